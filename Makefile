@@ -1,0 +1,38 @@
+# Two entry points: `make demo` and `make test`. Both run the idempotent set-up first.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST := $(PY) -m pytest
+
+.PHONY: setup test lint typecheck unit lab guard demo bench clean
+
+setup:
+	@./scripts/setup.sh
+
+test: setup
+	$(MAKE) --no-print-directory lint typecheck unit lab guard
+
+lint:
+	$(VENV)/bin/ruff check appliance tests
+	$(VENV)/bin/ruff format --check appliance tests
+
+typecheck:
+	$(VENV)/bin/mypy
+
+unit:
+	$(PYTEST) tests/unit -q
+
+lab:
+	$(PYTEST) tests/lab -q -m lab
+
+# After the lab suite: nothing the project installs may remain on the host itself.
+guard:
+	$(PYTEST) tests/guard -q
+
+demo: setup
+	$(PY) -m tests.lab.demo
+
+bench: setup
+	$(PYTEST) tests/bench -q -s -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-output

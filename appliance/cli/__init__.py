@@ -1,0 +1,1 @@
+"""The ``appliance`` command line: thin click wrappers over the library packages."""

@@ -1,0 +1,337 @@
+"""The appliance's configuration: one YAML file, checked with ``appliance config check``.
+
+Top-level sections: ``targets`` (what is protected and how to reach it), ``ledger`` (where
+and how the record is kept), ``capture`` (transparent redirection and attribution),
+``policy`` and ``masking``. Errors name the key, what was expected and the line.
+Secrets never appear in the file: an account's secret is a reference to a file or to a
+systemd credential (``$CREDENTIALS_DIRECTORY``), see :mod:`appliance.credentials`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.config._node import Node, load_document
+from appliance.errors import ConfigError
+
+__all__ = [
+    "Account",
+    "Address",
+    "CaptureConfig",
+    "ClientTLS",
+    "Config",
+    "ConfigError",
+    "LedgerConfig",
+    "Node",
+    "SecretRef",
+    "Target",
+    "UpstreamTLS",
+    "load_config",
+    "parse_config",
+]
+
+PROTOCOLS = ("postgres",)
+_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret comes from: a file path, or the name of a systemd credential."""
+
+    file: Path | None = None
+    credential: str | None = None
+
+    def describe(self) -> str:
+        return f"file {self.file}" if self.file else f"credential {self.credential!r}"
+
+
+@dataclass(frozen=True)
+class Address:
+    """One protected address: an IP, a network (CIDR) or a host name, with a port."""
+
+    kind: str  # "ip" | "cidr" | "host"
+    value: str  # normalised IP, network or host name
+    port: int
+
+    @property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        if self.kind == "host":
+            return None
+        return ipaddress.ip_network(self.value, strict=False)
+
+    def __str__(self) -> str:
+        host = f"[{self.value}]" if ":" in self.value else self.value
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class UpstreamTLS:
+    """TLS from the appliance to the target. ``mode`` follows libpq's sslmode names."""
+
+    mode: str = "prefer"  # disable | prefer | require | verify-ca | verify-full
+    ca: Path | None = None
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientTLS:
+    """TLS between the job and the appliance, terminated with the appliance's own CA."""
+
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Account:
+    """A service account: the upstream identity the appliance authenticates as."""
+
+    name: str
+    user: str
+    secret: SecretRef
+    database: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    protocol: str
+    addresses: tuple[Address, ...]
+    accounts: tuple[Account, ...]
+    listen: tuple[str, int] | None = None
+    tls: UpstreamTLS = field(default_factory=UpstreamTLS)
+    client_tls: ClientTLS | None = None
+    connect_timeout: float = 10.0
+
+    def account_for(self, claimed_user: str | None) -> Account:
+        """The account whose name equals the user the job claimed, else the first one."""
+        for account in self.accounts:
+            if account.name == claimed_user:
+                return account
+        return self.accounts[0]
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    dir: Path = Path("/var/lib/appliance/ledger")
+    origin: str = "appliance/" + socket.gethostname()
+    key: SecretRef = SecretRef(credential="ledger-signing-key")
+    checkpoint_interval: float = 1.0
+    checkpoint_entries: int = 10000
+    record_rows: bool = True
+    max_result_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    listen_port: int = 15001
+    mark: int = 0x4150
+    bridges: tuple[str, ...] = ("docker0", "br-*")
+    cgroup: Path | None = None  # None: the cgroup v2 root
+    bpf: bool = True
+    reconcile_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    targets: dict[str, Target]
+    ledger: LedgerConfig
+    capture: CaptureConfig
+    # Parsed by appliance.policy / appliance.masking; kept as nodes until they are loaded.
+    policy: Node | None = None
+    masking: Node | None = None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and check the config file at ``path``.
+
+    Raises ConfigError naming the key and line of the first problem found.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from None
+    return parse_config(text, source=str(p))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    """Parse config text; see :func:`load_config`."""
+    root = load_document(text, source)
+    top = root.keys(required=("targets",), optional=("ledger", "capture", "policy", "masking"))
+    targets = _parse_targets(top["targets"])
+    ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
+    capture = _parse_capture(top["capture"]) if "capture" in top else CaptureConfig()
+    return Config(
+        source=source,
+        targets=targets,
+        ledger=ledger,
+        capture=capture,
+        policy=top.get("policy"),
+        masking=top.get("masking"),
+    )
+
+
+# -- sections -----------------------------------------------------------------------------
+
+
+def _parse_targets(node: Node) -> dict[str, Target]:
+    items = node.items()
+    if not items:
+        node.fail("at least one target is required")
+    targets: dict[str, Target] = {}
+    listens: dict[tuple[str, int], str] = {}
+    for item in items:
+        target = _parse_target(item)
+        if target.name in targets:
+            item.mapping()["name"].fail(f"duplicate target name {target.name!r}")
+        if target.listen is not None:
+            if target.listen in listens:
+                item.mapping()["listen"].fail(f"listener already used by target {listens[target.listen]!r}")
+            listens[target.listen] = target.name
+        targets[target.name] = target
+    return targets
+
+
+def _parse_target(node: Node) -> Target:
+    m = node.keys(
+        required=("name", "protocol", "addresses", "accounts"),
+        optional=("listen", "tls", "client_tls", "connect_timeout"),
+    )
+    name = m["name"].str(pattern=_NAME)
+    protocol = m["protocol"].str(choices=PROTOCOLS)
+    addresses = tuple(parse_address(a) for a in m["addresses"].items_or_one())
+    if not addresses:
+        m["addresses"].fail("at least one address is required")
+    accounts_node = m["accounts"]
+    accounts = tuple(_parse_account(a) for a in accounts_node.items())
+    if not accounts:
+        accounts_node.fail("at least one service account is required")
+    seen: set[str] = set()
+    for a_node, account in zip(accounts_node.items(), accounts, strict=True):
+        if account.name in seen:
+            a_node.fail(f"duplicate account name {account.name!r}")
+        seen.add(account.name)
+    listen = parse_listen(m["listen"]) if "listen" in m else None
+    tls = _parse_upstream_tls(m["tls"]) if "tls" in m else UpstreamTLS()
+    client_tls = _parse_client_tls(m["client_tls"]) if "client_tls" in m else None
+    timeout = m["connect_timeout"].duration() if "connect_timeout" in m else 10.0
+    return Target(name, protocol, addresses, accounts, listen, tls, client_tls, timeout)
+
+
+def parse_address(node: Node) -> Address:
+    """``10.0.0.5:5432``, ``10.0.0.0/24:5432``, ``[fd00::5]:5432``, ``db.example:5432``."""
+    text = node.str()
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
+    if not m:
+        node.fail(f"expected host:port, ip:port, cidr:port or [ipv6]:port, got {text!r}")
+    host = m.group(1) or m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if not 0 < port < 65536:
+        node.fail(f"port out of range in {text!r}")
+    if "/" in host:
+        try:
+            net = ipaddress.ip_network(host, strict=False)
+        except ValueError:
+            node.fail(f"invalid network {host!r}")
+        return Address("cidr", str(net), port)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*", host):
+            node.fail(f"invalid host name {host!r}")
+        return Address("host", host.lower(), port)
+    return Address("ip", str(ip), port)
+
+
+def parse_listen(node: Node) -> tuple[str, int]:
+    address = parse_address(node)
+    if address.kind != "ip":
+        node.fail("a listener needs an IP address and a port")
+    return address.value, address.port
+
+
+def parse_secret(node: Node) -> SecretRef:
+    """A secret reference: ``{file: PATH}`` or ``{credential: NAME}``; never the secret."""
+    if not node.is_mapping:
+        node.fail(
+            "secrets are never written in the config: use {file: /path} or "
+            "{credential: NAME} (a systemd credential under $CREDENTIALS_DIRECTORY)"
+        )
+    m = node.keys(optional=("file", "credential"))
+    if len(m) != 1:
+        node.fail("give exactly one of 'file' or 'credential'")
+    if "file" in m:
+        return SecretRef(file=Path(m["file"].str()))
+    return SecretRef(credential=m["credential"].str(pattern=_NAME))
+
+
+def _parse_account(node: Node) -> Account:
+    m = node.keys(required=("name", "user", "secret"), optional=("database",))
+    return Account(
+        name=m["name"].str(pattern=_NAME),
+        user=m["user"].str(),
+        secret=parse_secret(m["secret"]),
+        database=m["database"].str() if "database" in m else None,
+    )
+
+
+def _parse_upstream_tls(node: Node) -> UpstreamTLS:
+    m = node.keys(optional=("mode", "ca", "server_name"))
+    mode = (
+        m["mode"].str(choices=("disable", "prefer", "require", "verify-ca", "verify-full"))
+        if "mode" in m
+        else "prefer"
+    )
+    ca = Path(m["ca"].str()) if "ca" in m else None
+    if mode in ("verify-ca", "verify-full") and ca is None:
+        node.fail(f"tls mode {mode} needs 'ca' (the CA certificate file that signs the server)")
+    return UpstreamTLS(mode, ca, m["server_name"].str() if "server_name" in m else None)
+
+
+def _parse_client_tls(node: Node) -> ClientTLS:
+    m = node.keys(required=("cert", "key"))
+    return ClientTLS(Path(m["cert"].str()), Path(m["key"].str()))
+
+
+def _parse_ledger(node: Node) -> LedgerConfig:
+    m = node.keys(
+        optional=(
+            "dir",
+            "origin",
+            "key",
+            "checkpoint_interval",
+            "checkpoint_entries",
+            "record_rows",
+            "max_result_bytes",
+        )
+    )
+    d = LedgerConfig()
+    return LedgerConfig(
+        dir=Path(m["dir"].str()) if "dir" in m else d.dir,
+        origin=m["origin"].str(pattern=r"[^\s+][^\s]*") if "origin" in m else d.origin,
+        key=parse_secret(m["key"]) if "key" in m else d.key,
+        checkpoint_interval=m["checkpoint_interval"].duration() if "checkpoint_interval" in m else d.checkpoint_interval,
+        checkpoint_entries=m["checkpoint_entries"].int(minimum=1) if "checkpoint_entries" in m else d.checkpoint_entries,
+        record_rows=m["record_rows"].bool() if "record_rows" in m else d.record_rows,
+        max_result_bytes=m["max_result_bytes"].size() if "max_result_bytes" in m else d.max_result_bytes,
+    )
+
+
+def _parse_capture(node: Node) -> CaptureConfig:
+    m = node.keys(optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval"))
+    d = CaptureConfig()
+    return CaptureConfig(
+        listen_port=m["listen_port"].int(minimum=1, maximum=65535) if "listen_port" in m else d.listen_port,
+        mark=m["mark"].int(minimum=1, maximum=0xFFFFFFFF) if "mark" in m else d.mark,
+        bridges=tuple(b.str() for b in m["bridges"].items()) if "bridges" in m else d.bridges,
+        cgroup=Path(m["cgroup"].str()) if "cgroup" in m else d.cgroup,
+        bpf=m["bpf"].bool() if "bpf" in m else d.bpf,
+        reconcile_interval=m["reconcile_interval"].duration() if "reconcile_interval" in m else d.reconcile_interval,
+    )

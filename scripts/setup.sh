@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up for a fresh Debian 12 machine (run as root).
+#
+# Installs the system packages the appliance, its lab and its tests need, makes bcc usable
+# (kernel headers, tracefs), and builds .venv from /usr/bin/python3 (so that Debian's
+# python3-bpfcc is importable) with the package and its test extras. A second run checks
+# each step and does nothing that is already done.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh must run as root (it installs packages, mounts tracefs, builds network namespaces in tests)" >&2
+  exit 2
+fi
+
+# --- apt ---------------------------------------------------------------------------------
+APT_PACKAGES=(
+  python3 python3-venv python3-dev python3-bpfcc bpfcc-tools
+  build-essential
+  iptables iproute2 util-linux procps kmod bpftool
+  postgresql postgresql-contrib postgresql-client pgbouncer
+  openssl ca-certificates curl
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+kver=$(uname -r)
+if [ ! -e "/lib/modules/$kver/build" ]; then
+  # The running kernel's own headers if the distribution has them, else the generic ones.
+  if apt-cache show "linux-headers-$kver" >/dev/null 2>&1; then
+    hdr="linux-headers-$kver"
+  else
+    hdr="linux-headers-amd64"
+  fi
+  dpkg-query -W -f='${Status}' "$hdr" 2>/dev/null | grep -q "install ok installed" || missing+=("$hdr")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts a cluster on install; the lab runs its own servers and needs none.
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters -h 2>/dev/null | while read -r ver name _; do
+      pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true
+    done
+  fi
+  systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true
+fi
+
+# --- kernel headers for bcc ------------------------------------------------------------
+if [ ! -e "/lib/modules/$kver/build" ]; then
+  gen=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
+  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1 || true)
+  if [ -n "$gen" ] && [ -n "$common" ]; then
+    log "kernel headers: linking /lib/modules/$kver/{build,source} to $gen, $common"
+    mkdir -p "/lib/modules/$kver"
+    ln -sfn "$gen" "/lib/modules/$kver/build"
+    ln -sfn "$common" "/lib/modules/$kver/source"
+  else
+    log "warning: no kernel headers found; bcc will not compile BPF programs"
+  fi
+fi
+
+# --- tracefs / bpffs ---------------------------------------------------------------------
+if [ -d /sys/kernel/tracing ] && ! mountpoint -q /sys/kernel/tracing; then
+  log "mounting tracefs at /sys/kernel/tracing"
+  mount -t tracefs nodev /sys/kernel/tracing || log "warning: could not mount tracefs"
+fi
+if [ -d /sys/fs/bpf ] && ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf || log "warning: could not mount bpffs"
+fi
+
+# --- virtualenv --------------------------------------------------------------------------
+# --system-site-packages: bcc is only packaged by Debian, for /usr/bin/python3.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.base_prefix != "/usr")' 2>/dev/null; then
+  log "creating .venv from /usr/bin/python3"
+  rm -rf .venv
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.appliance-installed
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  log "pip: installing appliance[test] into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  if ! .venv/bin/python -m pip install -q -e '.[test]' >.venv/pip-install.log 2>&1; then
+    cat .venv/pip-install.log >&2
+    exit 1
+  fi
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c 'import bcc' 2>/dev/null || log "warning: 'import bcc' fails in .venv"
+log "ready"
