@@ -193,7 +193,9 @@ def _parse_targets(node: Node) -> dict[str, Target]:
             item.mapping()["name"].fail(f"duplicate target name {target.name!r}")
         if target.listen is not None:
             if target.listen in listens:
-                item.mapping()["listen"].fail(f"listener already used by target {listens[target.listen]!r}")
+                item.mapping()["listen"].fail(
+                    f"listener already used by target {listens[target.listen]!r}"
+                )
             listens[target.listen] = target.name
         targets[target.name] = target
     return targets
@@ -204,8 +206,8 @@ def _parse_target(node: Node) -> Target:
         required=("name", "protocol", "addresses", "accounts"),
         optional=("listen", "tls", "client_tls", "connect_timeout"),
     )
-    name = m["name"].str(pattern=_NAME)
-    protocol = m["protocol"].str(choices=PROTOCOLS)
+    name = m["name"].string(pattern=_NAME)
+    protocol = m["protocol"].string(choices=PROTOCOLS)
     addresses = tuple(parse_address(a) for a in m["addresses"].items_or_one())
     if not addresses:
         m["addresses"].fail("at least one address is required")
@@ -227,7 +229,7 @@ def _parse_target(node: Node) -> Target:
 
 def parse_address(node: Node) -> Address:
     """``10.0.0.5:5432``, ``10.0.0.0/24:5432``, ``[fd00::5]:5432``, ``db.example:5432``."""
-    text = node.str()
+    text = node.string()
     m = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", text)
     if not m:
         node.fail(f"expected host:port, ip:port, cidr:port or [ipv6]:port, got {text!r}")
@@ -244,7 +246,10 @@ def parse_address(node: Node) -> Address:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*", host):
+        if not re.fullmatch(
+            r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*",
+            host,
+        ):
             node.fail(f"invalid host name {host!r}")
         return Address("host", host.lower(), port)
     return Address("ip", str(ip), port)
@@ -268,36 +273,36 @@ def parse_secret(node: Node) -> SecretRef:
     if len(m) != 1:
         node.fail("give exactly one of 'file' or 'credential'")
     if "file" in m:
-        return SecretRef(file=Path(m["file"].str()))
-    return SecretRef(credential=m["credential"].str(pattern=_NAME))
+        return SecretRef(file=Path(m["file"].string()))
+    return SecretRef(credential=m["credential"].string(pattern=_NAME))
 
 
 def _parse_account(node: Node) -> Account:
     m = node.keys(required=("name", "user", "secret"), optional=("database",))
     return Account(
-        name=m["name"].str(pattern=_NAME),
-        user=m["user"].str(),
+        name=m["name"].string(pattern=_NAME),
+        user=m["user"].string(),
         secret=parse_secret(m["secret"]),
-        database=m["database"].str() if "database" in m else None,
+        database=m["database"].string() if "database" in m else None,
     )
 
 
 def _parse_upstream_tls(node: Node) -> UpstreamTLS:
     m = node.keys(optional=("mode", "ca", "server_name"))
     mode = (
-        m["mode"].str(choices=("disable", "prefer", "require", "verify-ca", "verify-full"))
+        m["mode"].string(choices=("disable", "prefer", "require", "verify-ca", "verify-full"))
         if "mode" in m
         else "prefer"
     )
-    ca = Path(m["ca"].str()) if "ca" in m else None
+    ca = Path(m["ca"].string()) if "ca" in m else None
     if mode in ("verify-ca", "verify-full") and ca is None:
         node.fail(f"tls mode {mode} needs 'ca' (the CA certificate file that signs the server)")
-    return UpstreamTLS(mode, ca, m["server_name"].str() if "server_name" in m else None)
+    return UpstreamTLS(mode, ca, m["server_name"].string() if "server_name" in m else None)
 
 
 def _parse_client_tls(node: Node) -> ClientTLS:
     m = node.keys(required=("cert", "key"))
-    return ClientTLS(Path(m["cert"].str()), Path(m["key"].str()))
+    return ClientTLS(Path(m["cert"].string()), Path(m["key"].string()))
 
 
 def _parse_ledger(node: Node) -> LedgerConfig:
@@ -314,24 +319,36 @@ def _parse_ledger(node: Node) -> LedgerConfig:
     )
     d = LedgerConfig()
     return LedgerConfig(
-        dir=Path(m["dir"].str()) if "dir" in m else d.dir,
-        origin=m["origin"].str(pattern=r"[^\s+][^\s]*") if "origin" in m else d.origin,
+        dir=Path(m["dir"].string()) if "dir" in m else d.dir,
+        origin=m["origin"].string(pattern=r"[^\s+][^\s]*") if "origin" in m else d.origin,
         key=parse_secret(m["key"]) if "key" in m else d.key,
-        checkpoint_interval=m["checkpoint_interval"].duration() if "checkpoint_interval" in m else d.checkpoint_interval,
-        checkpoint_entries=m["checkpoint_entries"].int(minimum=1) if "checkpoint_entries" in m else d.checkpoint_entries,
-        record_rows=m["record_rows"].bool() if "record_rows" in m else d.record_rows,
-        max_result_bytes=m["max_result_bytes"].size() if "max_result_bytes" in m else d.max_result_bytes,
+        checkpoint_interval=m["checkpoint_interval"].duration()
+        if "checkpoint_interval" in m
+        else d.checkpoint_interval,
+        checkpoint_entries=m["checkpoint_entries"].integer(minimum=1)
+        if "checkpoint_entries" in m
+        else d.checkpoint_entries,
+        record_rows=m["record_rows"].boolean() if "record_rows" in m else d.record_rows,
+        max_result_bytes=m["max_result_bytes"].size()
+        if "max_result_bytes" in m
+        else d.max_result_bytes,
     )
 
 
 def _parse_capture(node: Node) -> CaptureConfig:
-    m = node.keys(optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval"))
+    m = node.keys(
+        optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval")
+    )
     d = CaptureConfig()
     return CaptureConfig(
-        listen_port=m["listen_port"].int(minimum=1, maximum=65535) if "listen_port" in m else d.listen_port,
-        mark=m["mark"].int(minimum=1, maximum=0xFFFFFFFF) if "mark" in m else d.mark,
-        bridges=tuple(b.str() for b in m["bridges"].items()) if "bridges" in m else d.bridges,
-        cgroup=Path(m["cgroup"].str()) if "cgroup" in m else d.cgroup,
-        bpf=m["bpf"].bool() if "bpf" in m else d.bpf,
-        reconcile_interval=m["reconcile_interval"].duration() if "reconcile_interval" in m else d.reconcile_interval,
+        listen_port=m["listen_port"].integer(minimum=1, maximum=65535)
+        if "listen_port" in m
+        else d.listen_port,
+        mark=m["mark"].integer(minimum=1, maximum=0xFFFFFFFF) if "mark" in m else d.mark,
+        bridges=tuple(b.string() for b in m["bridges"].items()) if "bridges" in m else d.bridges,
+        cgroup=Path(m["cgroup"].string()) if "cgroup" in m else d.cgroup,
+        bpf=m["bpf"].boolean() if "bpf" in m else d.bpf,
+        reconcile_interval=m["reconcile_interval"].duration()
+        if "reconcile_interval" in m
+        else d.reconcile_interval,
     )

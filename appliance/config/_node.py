@@ -16,7 +16,16 @@ import yaml
 
 from appliance.errors import ConfigError
 
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+}
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
@@ -71,7 +80,9 @@ class Node:
             out[key] = Node(value_node, self._child_path(key), self.source)
         return out
 
-    def keys(self, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, Node]:
+    def keys(
+        self, *, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+    ) -> dict[str, Node]:
         """The mapping, checked: every required key present, no key outside the two sets."""
         items = self.mapping()
         allowed = set(required) | set(optional)
@@ -110,7 +121,7 @@ class Node:
         """The scalar as YAML would resolve it (int, bool, str ...)."""
         return yaml.safe_load(yaml.serialize(self.raw))
 
-    def str(self, *, choices: tuple[str, ...] | None = None, pattern: str | None = None) -> str:
+    def string(self, *, choices: tuple[str, ...] | None = None, pattern: str | None = None) -> str:
         value = self._scalar()
         if self.raw.tag not in ("tag:yaml.org,2002:str",) and not isinstance(self._resolved(), str):
             # A number or boolean where a string is expected is almost always a typo.
@@ -123,7 +134,7 @@ class Node:
             self.fail("must not be empty")
         return value
 
-    def int(self, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def integer(self, *, minimum: int | None = None, maximum: int | None = None) -> int:
         value = self._resolved()
         if isinstance(value, bool) or not isinstance(value, int):
             self.fail(f"expected an integer, got {self._scalar()!r}")
@@ -133,7 +144,7 @@ class Node:
             self.fail(f"must be at most {maximum}, got {value}")
         return value
 
-    def bool(self) -> bool:
+    def boolean(self) -> bool:
         value = self._resolved()
         if not isinstance(value, bool):
             self.fail(f"expected true or false, got {self._scalar()!r}")

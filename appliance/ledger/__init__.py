@@ -1,0 +1,1 @@
+"""The signed, append-only ledger: entries, Merkle tree, C2SP checkpoints and proofs."""
