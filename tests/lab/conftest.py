@@ -1,0 +1,34 @@
+"""Fixtures for lab tests (root): one lab with a real PostgreSQL per test session.
+
+Lab tests fail, not skip, when the machine cannot run them: the suite is run as root on a
+machine set up by scripts/setup.sh.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.lab.lab import Lab, PgServer
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: run them through `make test`")
+    with Lab(n_targets=2) as built:
+        yield built
+
+
+@pytest.fixture(scope="session")
+def pg(lab: Lab) -> PgServer:
+    """PostgreSQL 15 on target 0 (198.18.0.2, fd00:a9e:0::2), TLS available, SCRAM auth."""
+    return lab.start_postgres(0, tls=True)
