@@ -13,7 +13,9 @@ from appliance import __version__
 from appliance.errors import ApplianceError
 
 # Each entry: (module under appliance.cli, attribute holding the click command or group).
-_COMMANDS: list[tuple[str, str]] = []
+_COMMANDS: list[tuple[str, str]] = [
+    ("config", "config_group"),
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
