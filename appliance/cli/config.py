@@ -54,8 +54,8 @@ def check(file: Path, fmt: str) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     click.echo(f"{file}: OK")
-    for name, t in summary["targets"].items():
-        click.echo(f"  target {name} ({t['protocol']}): {', '.join(t['addresses'])}")
-        for acc, info in t["accounts"].items():
-            click.echo(f"    account {acc}: user {info['user']}, secret from {info['secret']}")
-    click.echo(f"  ledger: {summary['ledger']['dir']} (origin {summary['ledger']['origin']})")
+    for name, t in cfg.targets.items():
+        click.echo(f"  target {name} ({t.protocol}): {', '.join(str(a) for a in t.addresses)}")
+        for acc in t.accounts:
+            click.echo(f"    account {acc.name}: user {acc.user}, secret from {acc.secret.describe()}")
+    click.echo(f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin})")
