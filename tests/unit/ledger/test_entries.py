@@ -1,0 +1,109 @@
+"""Canonical JSON and entry parsing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from appliance.ledger.entries import (
+    MalformedEntry,
+    blob_refs,
+    canonical_json,
+    encode_entry,
+    format_ts,
+    make_entry,
+    parse_entry,
+    ts_to_us,
+)
+from appliance.ledger.errors import CanonicalError
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.text(st.characters(exclude_categories=["Cs"])),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(st.characters(exclude_categories=["Cs"]), max_size=5), children)
+    ),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_canonical_json_is_the_stdlib_form(value: object) -> None:
+    want = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert canonical_json(value) == want
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ({"a": 1.5}, r"\$\.a: floats"),
+        ({"a": [1, float("nan")]}, r"\$\.a\[1\]: floats"),
+        ({1: "x"}, "key 1 is not a string"),
+        ({"a": 2**64}, "64 bits"),
+        ({"a": {1, 2}}, "set has no canonical"),
+        ({"a": "\ud800"}, "no canonical JSON form"),
+    ],
+)
+def test_non_canonical_values_are_refused(value: object, where: str) -> None:
+    with pytest.raises(CanonicalError, match=where):
+        canonical_json(value)
+
+
+def test_timestamps() -> None:
+    assert format_ts(0) == "1970-01-01T00:00:00.000000Z"
+    assert format_ts(1795638785.1234564) == "2026-11-25T20:33:05.123456Z"
+    assert ts_to_us("2026-11-25T20:33:05.123456Z") == 1795638785123456
+    with pytest.raises(ValueError):
+        ts_to_us("2026-11-25T20:33:05Z")
+
+
+def _entry(**kw: object) -> bytes:
+    base: dict[str, object] = {
+        "origin": "o",
+        "seq": 0,
+        "ts": "2026-11-25T20:33:05.123456Z",
+        "type": "statement",
+        "data": {"n": 1},
+    }
+    base.update(kw)
+    return encode_entry(make_entry(**base))  # type: ignore[arg-type]
+
+
+def test_entry_round_trip() -> None:
+    raw = _entry(session="s1", identity={"pid": 1}, account="a", target="t")
+    assert raw.startswith(b'{"account":"a","data":{"n":1},"identity":{"pid":1},"origin":"o"')
+    obj = parse_entry(raw)
+    assert obj["session"] == "s1" and obj["v"] == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"{", "not valid JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"v":1}', "wrong fields"),
+        (_entry().replace(b'"v":1', b'"v":2'), "format version"),
+        (_entry().replace(b'"seq":0', b'"seq":-1'), "seq"),
+        (_entry().replace(b".123456Z", b"Z"), "timestamp"),
+        (_entry().replace(b'"data":{"n":1}', b'"data":[]'), "data is not an object"),
+        (_entry(session=None).replace(b'"session":null', b'"session":1'), "session"),
+    ],
+)
+def test_malformed_entries(raw: bytes, why: str) -> None:
+    with pytest.raises(MalformedEntry, match=why):
+        parse_entry(raw)
+
+
+def test_blob_refs() -> None:
+    ref = {"sha256": "ab" * 32, "size": 3}
+    data = {"result": ref, "other": [{"x": ref}], "nope": {"sha256": "xy", "size": 1}}
+    assert [(r.path, r.size) for r in blob_refs(data)] == [
+        ("data.result", 3),
+        ("data.other[0].x", 3),
+    ]
