@@ -1,1 +1,44 @@
-"""The signed, append-only ledger: entries, Merkle tree, C2SP checkpoints and proofs."""
+"""The signed, append-only ledger: entries, Merkle tree, C2SP checkpoints and proofs.
+
+Where it sits: the proxy and the capture layer call :class:`LedgerWriter` (``append``,
+``open_blob``); the CLI and auditors read with :func:`iter_entries`, verify with
+:func:`verify_ledger`, and prove with :mod:`appliance.ledger.proof`.
+
+- :mod:`~appliance.ledger.entries`: entry types and canonical JSON (the hashed bytes);
+- :mod:`~appliance.ledger.merkle`: RFC 6962/9162 tree, inclusion and consistency proofs;
+- :mod:`~appliance.ledger.note`, :mod:`~appliance.ledger.checkpoint`: C2SP signed notes and
+  tlog-checkpoints; :mod:`~appliance.ledger.keys`: Ed25519 keys in C2SP vkey/skey form;
+- :mod:`~appliance.ledger.store`, :mod:`~appliance.ledger.recovery`,
+  :mod:`~appliance.ledger.writer`: the directory layout, crash recovery, the single writer.
+"""
+
+from appliance.ledger.checkpoint import Checkpoint
+from appliance.ledger.entries import Entry
+from appliance.ledger.errors import (
+    CanonicalError,
+    LedgerError,
+    LedgerUnavailable,
+    TamperError,
+)
+from appliance.ledger.keys import SigningKey, VerifierKey
+from appliance.ledger.recovery import RecoveryReport, recover
+from appliance.ledger.store import BlobReader, iter_entries, latest_checkpoint
+from appliance.ledger.writer import BlobSink, LedgerWriter
+
+__all__ = [
+    "BlobReader",
+    "BlobSink",
+    "CanonicalError",
+    "Checkpoint",
+    "Entry",
+    "LedgerError",
+    "LedgerUnavailable",
+    "LedgerWriter",
+    "RecoveryReport",
+    "SigningKey",
+    "TamperError",
+    "VerifierKey",
+    "iter_entries",
+    "latest_checkpoint",
+    "recover",
+]

@@ -1,0 +1,307 @@
+"""Crash recovery of a ledger directory, run by the writer on open and by ``ledger fsck``.
+
+Invariant 4 of the design: a signed checkpoint covers entries only after they were fsynced, so
+after any crash every entry below the latest checkpoint's size must be present and hash to
+its root. Recovery therefore:
+
+1. reads the checkpoint history; a record cut short at its very end (an interrupted append) is
+   a torn tail, anything else damaged is tampering;
+2. checks the history is a single line of growth: one origin, sizes never decreasing, never
+   two roots for one size;
+3. rebuilds the Merkle tree from ``entries.log``: every record below the latest signed size
+   must be intact, in sequence, and every checkpoint's root must match; the first damaged
+   record at or after that size starts the torn tail;
+4. checks each checkpoint's signature with the trusted keys (the writer's own key and keys the
+   log itself published);
+5. only if no tampering was found: copies each torn tail to ``recovered/`` and truncates it,
+   and rewrites ``checkpoint`` if a crash left it older than the history.
+
+Tampering raises :class:`~appliance.ledger.errors.TamperError` listing every finding, and
+nothing is modified. With ``dry_run`` nothing is ever modified; the report says what would be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
+from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
+from appliance.ledger.entries import KEY_PUBLISHED
+from appliance.ledger.errors import LedgerError, TamperError
+from appliance.ledger.keys import InvalidSignature, KeyFormatError, VerifierKey
+from appliance.ledger.merkle import CompactRange
+from appliance.ledger.note import MalformedNote
+from appliance.ledger.store import (
+    CHECKPOINT,
+    ENTRIES,
+    HISTORY,
+    RECOVERED,
+    atomic_write,
+    fsync_dir,
+    read_history,
+    unverified_checkpoint,
+)
+
+_KEY_PUBLISHED_MARK = b'"type":"' + KEY_PUBLISHED.encode() + b'"'
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """Bytes at the end of a file that no checkpoint covers and that are not a whole record."""
+
+    file: str
+    offset: int
+    length: int
+    reason: str
+    saved_to: Path | None
+
+
+@dataclass
+class RecoveryReport:
+    """What recovery found (and, unless ``dry_run``, did)."""
+
+    directory: Path
+    dry_run: bool
+    origin: str | None = None
+    entries: int = 0
+    checkpoints: int = 0
+    latest: Checkpoint | None = None
+    compact: CompactRange = field(default_factory=CompactRange)
+    last_ts: str | None = None
+    published: list[str] = field(default_factory=list)
+    torn: list[TornTail] = field(default_factory=list)
+    actions: list[str] = field(default_factory=list)
+
+    @property
+    def signed_size(self) -> int:
+        return self.latest.size if self.latest else 0
+
+    def summary(self) -> list[str]:
+        lines = [
+            f"{self.entries} entries, {self.checkpoints} checkpoints, "
+            f"latest signed size {self.signed_size}",
+        ]
+        if self.entries > self.signed_size:
+            lines.append(
+                f"{self.entries - self.signed_size} intact entries after the latest checkpoint "
+                "(the writer signs them on open)"
+            )
+        lines.extend(self.actions)
+        return lines
+
+
+def recover(
+    directory: Path,
+    *,
+    trusted: Sequence[VerifierKey] = (),
+    origin: str | None = None,
+    dry_run: bool = False,
+) -> RecoveryReport:
+    """Check ``directory`` and repair a torn tail; see the module docstring.
+
+    ``origin``, if given, is the origin the caller will write as: a ledger of another origin
+    raises LedgerError. Raises TamperError on damage inside signed history.
+    """
+    report = RecoveryReport(directory, dry_run)
+    findings: list[str] = []
+    would = "would " if dry_run else ""
+
+    # 1-2. checkpoint history ------------------------------------------------------------
+    notes, hscan = read_history(directory)
+    history_tail = None
+    if hscan.damage is not None:
+        if hscan.damage.at_eof:
+            history_tail = hscan.damage
+        else:
+            findings.append(
+                f"{HISTORY}: {hscan.damage.reason} at byte {hscan.damage.offset}, inside the "
+                "signed checkpoint history"
+            )
+    cps: list[Checkpoint] = []
+    for i, note in enumerate(notes):
+        try:
+            cps.append(unverified_checkpoint(note))
+        except MalformedNote as exc:
+            findings.append(f"checkpoint #{i} in {HISTORY} is malformed: {exc}")
+    for i in range(1, len(cps)):
+        a, b = cps[i - 1], cps[i]
+        if b.origin != a.origin:
+            findings.append(f"checkpoint #{i} has origin {b.origin!r}, earlier ones {a.origin!r}")
+        if b.size < a.size:
+            findings.append(
+                f"checkpoint #{i} (size {b.size}) rolls back checkpoint #{i - 1} (size {a.size})"
+            )
+    by_size: dict[int, list[tuple[int, Checkpoint]]] = {}
+    for i, cp in enumerate(cps):
+        by_size.setdefault(cp.size, []).append((i, cp))
+    for size, group in by_size.items():
+        if len({cp.root for _, cp in group}) > 1:
+            which = ", ".join(f"#{i}" for i, _ in group)
+            findings.append(f"checkpoints {which} are forks: two roots for tree size {size}")
+    if cps:
+        report.latest = max(cps, key=lambda c: c.size)
+        report.origin = cps[-1].origin
+        if origin is not None and report.origin != origin:
+            raise LedgerError(
+                f"{directory} is the ledger of origin {report.origin!r}, not {origin!r}"
+            )
+    report.checkpoints = len(cps)
+
+    # the `checkpoint` file must be one of the history's notes
+    cp_path = directory / CHECKPOINT
+    current: str | None
+    try:
+        current = cp_path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = None
+    except (OSError, UnicodeDecodeError) as exc:
+        current = None
+        findings.append(f"{CHECKPOINT} cannot be read: {exc}")
+    rewrite_checkpoint = False
+    if current is not None and current not in notes:
+        findings.append(f"{CHECKPOINT} holds a checkpoint that is not in {HISTORY}")
+    elif cps and current != notes[-1]:
+        rewrite_checkpoint = True
+        report.actions.append(f"{would}rewrite {CHECKPOINT} from the latest history record")
+
+    # 3. rebuild the tree from the entries ---------------------------------------------------
+    signed = report.signed_size
+    cr = report.compact
+    published: list[str] = []
+    last_payload: bytes | None = None
+    entries_tail = None
+    with MappedFile(directory / ENTRIES) as mf:
+        scanner = FrameScanner(mf.data, ENTRY_MAGIC)
+        n = 0
+        sha256 = hashlib.sha256
+        for frame in scanner:
+            if frame.seq != n:
+                entries_tail = (frame.offset, f"record {n} says seq {frame.seq}", len(mf.data))
+                break
+            payload = frame.payload
+            cr.append(sha256(b"\x00" + payload).digest())
+            n += 1
+            if n in by_size:
+                root = cr.root()
+                for i, cp in by_size[n]:
+                    if cp.root != root:
+                        findings.append(
+                            f"checkpoint #{i} (size {n}): entries 0..{n - 1} do not hash to its "
+                            "root (an entry it covers was changed, or it was forged)"
+                        )
+            if _KEY_PUBLISHED_MARK in payload:
+                vkey = _published_vkey(payload)
+                if vkey and vkey not in published:
+                    published.append(vkey)
+            last_payload = payload
+        else:
+            if scanner.damage is not None:
+                d = scanner.damage
+                entries_tail = (d.offset, d.reason, len(mf.data))
+        report.entries = n
+        if entries_tail is not None and n < signed:
+            findings.append(
+                f"{ENTRIES}: {entries_tail[1]} at byte {entries_tail[0]} (entry {n}), inside "
+                f"signed history (latest checkpoint covers {signed} entries)"
+            )
+        elif n < signed:
+            findings.append(
+                f"{ENTRIES} holds {n} entries but checkpoint of size {signed} covers more "
+                "(entries were deleted or the log truncated)"
+            )
+        tail_bytes = b""
+        if entries_tail is not None and n >= signed:
+            tail_bytes = bytes(mf.data[entries_tail[0] :])
+    report.published = published
+    if last_payload is not None:
+        try:
+            report.last_ts = orjson.loads(last_payload).get("ts")
+        except (orjson.JSONDecodeError, AttributeError):
+            report.last_ts = None
+
+    # 4. signatures ------------------------------------------------------------------------
+    verifiers = list(trusted)
+    for vkey in published:
+        try:
+            verifiers.append(VerifierKey.from_vkey(vkey))
+        except KeyFormatError:
+            continue
+    for i, note in enumerate(notes):
+        try:
+            open_checkpoint(note, verifiers)
+        except (InvalidSignature, MalformedNote) as exc:
+            findings.append(f"checkpoint #{i} is not validly signed by a trusted key: {exc}")
+
+    if findings:
+        raise TamperError(
+            f"{directory}: {findings[0]}"
+            + (f" (+{len(findings) - 1} more)" if findings[1:] else ""),
+            findings,
+        )
+
+    # 5. repair ----------------------------------------------------------------------------
+    if history_tail is not None:
+        with MappedFile(directory / HISTORY) as mf:
+            data = bytes(mf.data[history_tail.offset :])
+        report.torn.append(
+            _cut(directory, HISTORY, history_tail.offset, data, history_tail.reason, dry_run)
+        )
+    if entries_tail is not None:
+        report.torn.append(
+            _cut(directory, ENTRIES, entries_tail[0], tail_bytes, entries_tail[1], dry_run)
+        )
+    for t in report.torn:
+        where = f", copied to {t.saved_to}" if t.saved_to else ""
+        report.actions.append(
+            f"{would}truncate {t.file} at byte {t.offset}: {t.length} bytes of torn tail "
+            f"({t.reason}){where}"
+        )
+    if rewrite_checkpoint and not dry_run:
+        atomic_write(cp_path, notes[-1].encode())
+    return report
+
+
+def _published_vkey(payload: bytes) -> str | None:
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.get("type") != KEY_PUBLISHED:
+        return None
+    data = obj.get("data")
+    vkey = data.get("vkey") if type(data) is dict else None
+    return vkey if isinstance(vkey, str) else None
+
+
+def _cut(
+    directory: Path, name: str, offset: int, tail: bytes, reason: str, dry_run: bool
+) -> TornTail:
+    """Copy ``tail`` (the bytes of ``name`` from ``offset``) aside, then truncate the file."""
+    if dry_run:
+        return TornTail(name, offset, len(tail), reason, None)
+    rec = directory / RECOVERED
+    rec.mkdir(mode=0o750, exist_ok=True)
+    digest = hashlib.sha256(tail).hexdigest()[:16]
+    saved = rec / f"{name}.at-{offset}.{digest}.torn"
+    fd = os.open(saved, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        view = memoryview(tail)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_dir(rec)
+    fd = os.open(directory / name, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return TornTail(name, offset, len(tail), reason, saved)
