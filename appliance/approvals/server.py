@@ -36,7 +36,6 @@ from pathlib import Path
 
 from appliance.approvals.broker import Broker
 from appliance.approvals.errors import ApprovalsSocketError
-from appliance.errors import ApplianceError
 
 __all__ = ["DEFAULT_SOCKET", "MAX_LINE", "ApprovalServer", "peer_uid"]
 
@@ -168,10 +167,6 @@ class ApprovalServer:
             conn.close()
             return
         try:
-            if uid not in self.allowed_uids:
-                log.warning("approvals socket: refused pid %d uid %d (not allowed)", pid, uid)
-                await self._send(writer, _error("forbidden", f"uid {uid} may not use approvals"))
-                return
             while True:
                 try:
                     line = await reader.readline()
@@ -179,6 +174,14 @@ class ApprovalServer:
                     await self._send(writer, _error("too-long", f"line over {MAX_LINE} bytes"))
                     return
                 if not line:
+                    return
+                if uid not in self.allowed_uids:
+                    # Answer the request (closing on unread data would reset the connection
+                    # before the peer reads why), then hang up.
+                    log.warning("approvals socket: refused pid %d uid %d (not allowed)", pid, uid)
+                    await self._send(
+                        writer, _error("forbidden", f"uid {uid} may not use approvals")
+                    )
                     return
                 await self._send(writer, self._dispatch(line, pid, uid))
         except ConnectionError:
@@ -221,8 +224,10 @@ class ApprovalServer:
             log.info("approvals socket: decision from pid %d uid %d", pid, uid)
             try:
                 result = self.broker.submit(note)
-            except ApplianceError as exc:  # e.g. the ledger cannot record: nothing changed
-                log.error("approvals socket: cannot act on a decision: %s", exc)
+            except Exception as exc:
+                # The ledger could not record it: the broker changed nothing (it records
+                # before it releases), so the approver may simply try again.
+                log.exception("approvals socket: cannot act on a decision")
                 return _error("internal", f"the appliance could not act on the decision: {exc}")
             if not result.accepted:
                 assert result.reason is not None
