@@ -16,6 +16,8 @@ from appliance.errors import ApplianceError
 _COMMANDS: list[tuple[str, str]] = [
     ("config", "config_group"),
     ("approvals", "approvals"),
+    ("keys", "keys_group"),
+    ("ledger", "ledger_group"),
 ]
 
 

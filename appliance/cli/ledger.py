@@ -1,0 +1,456 @@
+"""``appliance ledger``: verify, query, replay, prove and export the signed ledger.
+
+Thin commands over :mod:`appliance.ledger`. Exit codes: 0 verified / done, 1 tampering or a
+proof that does not verify (the message says which entry or checkpoint and why), 2 could not
+do it (missing files, bad arguments, wrong key).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
+from appliance.ledger.entries import Entry
+from appliance.ledger.errors import LedgerError, TamperError
+from appliance.ledger.index import Index, Query, parse_identity_filter, parse_time
+from appliance.ledger.keys import VerifierKey, load_verifier_key
+from appliance.ledger.merkle import ProofError
+from appliance.ledger.proof import (
+    check_consistency,
+    check_proof,
+    load_tree,
+    make_proof,
+    parse_proof,
+)
+from appliance.ledger.recovery import recover
+from appliance.ledger.render import summarize, table, transcript, who
+from appliance.ledger.store import (
+    BlobReader,
+    latest_checkpoint,
+    require_ledger,
+    unverified_checkpoint,
+)
+from appliance.ledger.verify import verify_ledger
+
+_LEDGER = click.option(
+    "--ledger",
+    "directory",
+    required=True,
+    envvar="APPLIANCE_LEDGER",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Ledger directory (or $APPLIANCE_LEDGER).",
+)
+_FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+
+
+def _vkeys(values: Iterable[str]) -> list[VerifierKey]:
+    return [load_verifier_key(v) for v in values]
+
+
+def _vkey_option(required: bool) -> Callable[[Any], Any]:
+    return click.option(
+        "--vkey",
+        "vkeys",
+        multiple=True,
+        required=required,
+        help="Verifier key: a file or the vkey text itself (repeatable).",
+    )
+
+
+def _emit(obj: object) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=True))
+
+
+@click.group("ledger")
+def ledger_group() -> None:
+    """Verify, query, replay, prove and export the signed ledger."""
+
+
+# -- verify / fsck ------------------------------------------------------------------------
+
+
+class _Progress:
+    """Progress on stderr: a live line on a terminal, a line per 10% otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total == 0:
+            return
+        pct = done * 100 // total
+        if self.tty:
+            click.echo(f"\rverifying: {pct:3d}% of {total / 1e6:.1f} MB", nl=False, err=True)
+            if done >= total:
+                click.echo("", err=True)
+        elif pct // 10 != self.last // 10 or done >= total:
+            click.echo(f"verifying: {pct}% of {total / 1e6:.1f} MB", err=True)
+        self.last = pct
+
+
+@ledger_group.command("verify")
+@_LEDGER
+@_vkey_option(required=True)
+@_FORMAT
+@click.option("--progress/--no-progress", default=None, help="Default: on for logs > 16 MB.")
+@click.option("--no-blobs", is_flag=True, help="Skip hashing blobs.")
+@click.pass_context
+def verify_cmd(
+    ctx: click.Context,
+    directory: Path,
+    vkeys: tuple[str, ...],
+    fmt: str,
+    progress: bool | None,
+    no_blobs: bool,
+) -> None:
+    """Rebuild the Merkle tree from the entries and check every checkpoint's signature,
+    origin, size and root, their consistency, seq and time order, and blob hashes.
+
+    Exit 0 verified, 1 tampering or inconsistency found, 2 cannot verify.
+    """
+    require_ledger(directory)
+    verifiers = _vkeys(vkeys)
+    size = (directory / "entries.log").stat().st_size
+    show = progress if progress is not None else size > 16 * 1024 * 1024
+    t0 = time.monotonic()
+    report = verify_ledger(directory, verifiers, progress=_Progress(show), check_blobs=not no_blobs)
+    elapsed = time.monotonic() - t0
+    latest = report.latest
+    if fmt == "json":
+        _emit(
+            {
+                "ok": report.ok,
+                "origin": report.origin,
+                "entries": report.entries,
+                "checkpoints": report.checkpoints,
+                "latest": {"size": latest.size, "root": latest.root.hex()} if latest else None,
+                "blobs": report.blobs,
+                "findings": report.findings,
+                "warnings": report.warnings,
+            }
+        )
+    else:
+        click.echo(f"ledger {directory} (origin {report.origin})")
+        click.echo(
+            f"  {report.entries} entries, {report.checkpoints} checkpoints, {report.blobs} blobs "
+            f"({report.blob_bytes} B) checked in {elapsed:.2f} s"
+        )
+        if latest:
+            click.echo(f"  latest checkpoint: {latest.describe()}")
+        for w in report.warnings:
+            click.echo(f"  warning: {w}")
+        for f in report.findings:
+            click.echo(f"  TAMPERING: {f}")
+        click.echo("VERIFIED" if report.ok else "NOT VERIFIED")
+    if not report.ok:
+        if fmt == "json":
+            ctx.exit(1)
+        raise TamperError(f"{len(report.findings)} finding(s); first: {report.findings[0]}")
+
+
+@ledger_group.command("fsck")
+@_LEDGER
+@_vkey_option(required=False)
+@_FORMAT
+def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str) -> None:
+    """Run the writer's crash-recovery check without changing anything.
+
+    Reports a torn tail that recovery would copy to recovered/ and truncate, a stale
+    checkpoint file, and (exit 1) damage inside signed history. Signatures are checked with
+    --vkey and with the keys the ledger published.
+    """
+    require_ledger(directory)
+    try:
+        report = recover(directory, trusted=_vkeys(vkeys), dry_run=True)
+    except TamperError as exc:
+        if fmt == "json":
+            _emit({"ok": False, "findings": exc.findings})
+        else:
+            for f in exc.findings:
+                click.echo(f"TAMPERING: {f}")
+        raise
+    if fmt == "json":
+        _emit(
+            {
+                "ok": True,
+                "entries": report.entries,
+                "checkpoints": report.checkpoints,
+                "signed_size": report.signed_size,
+                "actions": report.actions,
+            }
+        )
+        return
+    for line in report.summary():
+        click.echo(line)
+    click.echo("clean" if not report.actions else "recovery needed (the writer does it on open)")
+
+
+# -- query / show / replay ---------------------------------------------------------------------
+
+
+def _print_entries(entries: Iterable[Entry], fmt: str) -> int:
+    n = 0
+    if fmt == "json":
+        for e in entries:
+            click.echo(e.raw.decode())
+            n += 1
+        return n
+    counted: list[Entry] = []
+
+    def counting() -> Iterable[Entry]:
+        for e in entries:
+            counted.append(e)
+            yield e
+
+    for line in table(counting()):
+        click.echo(line)
+    return len(counted)
+
+
+@ledger_group.command("query")
+@_LEDGER
+@click.option("--session")
+@click.option("--identity", "identity", multiple=True, help="KEY=VALUE, e.g. ci.repository=acme/*")
+@click.option("--target", help="Target name (glob).")
+@click.option("--type", "types", multiple=True, help="Entry type (glob, repeatable).")
+@click.option("--decision", type=click.Choice(["allow", "deny", "review"]))
+@click.option("--since", help="ISO 8601 date/time, UTC unless an offset is given (inclusive).")
+@click.option("--until", help="ISO 8601 date/time (exclusive).")
+@click.option("--limit", type=click.IntRange(min=1))
+@_FORMAT
+def query_cmd(
+    directory: Path,
+    session: str | None,
+    identity: tuple[str, ...],
+    target: str | None,
+    types: tuple[str, ...],
+    decision: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int | None,
+    fmt: str,
+) -> None:
+    """Entries matching all the filters, as a table or (--format json) JSON lines of the
+    stored entries. Backed by index.sqlite, updated from the log first."""
+    q = Query(
+        session=session,
+        identity=[parse_identity_filter(i) for i in identity],
+        target=target,
+        types=types,
+        decision=decision,
+        since=parse_time(since) if since else None,
+        until=parse_time(until) if until else None,
+        limit=limit,
+    )
+    with Index.open(directory) as index:
+        _print_entries(index.query(q), fmt)
+
+
+@ledger_group.command("reindex")
+@_LEDGER
+def reindex_cmd(directory: Path) -> None:
+    """Rebuild index.sqlite from the entries."""
+    with Index.open(directory, rebuild=True) as index:
+        n = index.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+    click.echo(f"indexed {n} entries")
+
+
+def _session_entries(directory: Path, session: str) -> list[Entry]:
+    with Index.open(directory) as index:
+        found = list(index.query(Query(session=session)))
+    if not found:
+        raise LedgerError(f"no entries for session {session!r} in {directory}")
+    return found
+
+
+@ledger_group.command("show")
+@_LEDGER
+@click.argument("session")
+@_FORMAT
+def show_cmd(directory: Path, session: str, fmt: str) -> None:
+    """Everything recorded about SESSION: who, target, account, and every entry."""
+    found = _session_entries(directory, session)
+    if fmt == "json":
+        _print_entries(found, fmt)
+        return
+    first = found[0].obj
+    start = next((e.obj for e in found if e.obj["type"] == "session.start"), first)
+    click.echo(f"session {session}")
+    click.echo(f"  target:   {start['target'] or '-'}")
+    click.echo(f"  account:  {start['account'] or '-'}")
+    click.echo(f"  who:      {who(start['identity'], None)}")
+    if start["identity"]:
+        for k, v in sorted(start["identity"].items()):
+            click.echo(f"    {k}: {json.dumps(v, ensure_ascii=False)}")
+    click.echo(f"  from {found[0].obj['ts']} to {found[-1].obj['ts']}, {len(found)} entries")
+    click.echo("")
+    for e in found:
+        click.echo(f"{e.seq:>7}  {e.obj['ts']}  {e.obj['type']:<18}  {summarize(e.obj, 120)}")
+
+
+@ledger_group.command("replay")
+@_LEDGER
+@click.argument("session")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Replay with the recorded timing divided by SPEED (0: no waiting).",
+)
+@click.option("--rows", type=click.IntRange(min=0), default=20, show_default=True)
+def replay_cmd(directory: Path, session: str, speed: float, rows: int) -> None:
+    """SESSION as a readable, time-ordered transcript: who, what, decisions, masked results."""
+    found = _session_entries(directory, session)
+    blobs = BlobReader(directory)
+
+    def load(sha: str) -> bytes | None:
+        return blobs.read(sha) if blobs.exists(sha) else None
+
+    replay(transcript(found, load, max_rows=rows), speed, time.sleep)
+
+
+def replay(
+    steps: Iterable[tuple[int, list[str]]], speed: float, sleep: Callable[[float], None]
+) -> None:
+    """Print transcript steps, waiting the recorded gaps divided by ``speed`` (if > 0)."""
+    prev: int | None = None
+    for at, lines in steps:
+        if speed > 0 and prev is not None and at > prev:
+            sleep((at - prev) / 1e6 / speed)
+        prev = at
+        for line in lines:
+            click.echo(line)
+
+
+# -- proofs ---------------------------------------------------------------------------------
+
+
+@ledger_group.command("prove")
+@_LEDGER
+@click.option("--index", "index", type=click.IntRange(min=0), required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Default: stdout.")
+@click.option("--no-entry", is_flag=True, help="Do not carry the entry in the proof's extra.")
+def prove_cmd(directory: Path, index: int, out: Path | None, no_entry: bool) -> None:
+    """Write a C2SP tlog-proof that entry INDEX is in the latest checkpoint."""
+    require_ledger(directory)
+    cp = latest_checkpoint(directory)
+    if cp is None:
+        raise LedgerError(f"{directory} has no checkpoint yet")
+    if index >= cp.size:
+        raise LedgerError(f"entry {index} is not covered by the latest checkpoint ({cp.size})")
+    tree, raws = load_tree(directory, cp.size)
+    text = make_proof(tree, raws, index, cp, carry=not no_entry).text()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}: entry {index} in checkpoint of size {cp.size}", err=True)
+
+
+@ledger_group.command("check-proof")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_vkey_option(required=True)
+@click.option("--entry", type=click.Path(dir_okay=False, path_type=Path), help="Entry bytes.")
+@click.option("--origin", help="Require this log origin.")
+@_FORMAT
+def check_proof_cmd(
+    file: Path, vkeys: tuple[str, ...], entry: Path | None, origin: str | None, fmt: str
+) -> None:
+    """Verify a tlog-proof offline: checkpoint signature and the entry's inclusion."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LedgerError(f"cannot read {file}: {exc}") from None
+    entry_bytes = None
+    if entry is not None:
+        try:
+            entry_bytes = entry.read_bytes()
+        except OSError as exc:
+            raise LedgerError(f"cannot read {entry}: {exc}") from None
+    proof = parse_proof(text)
+    cp, raw = check_proof(proof, _vkeys(vkeys), entry=entry_bytes, origin=origin)
+    try:
+        obj: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        obj = {}
+    if fmt == "json":
+        _emit(
+            {"ok": True, "index": proof.index, "origin": cp.origin, "size": cp.size, "entry": obj}
+        )
+        return
+    click.echo(
+        f"OK: entry {proof.index} ({obj.get('type', '?')}, {obj.get('ts', '?')}) is included in "
+        f"{cp.origin} at {cp.describe()}"
+    )
+
+
+def _read_checkpoint(path: Path, verifiers: list[VerifierKey]) -> Checkpoint:
+    try:
+        note = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LedgerError(f"cannot read {path}: {exc}") from None
+    return open_checkpoint(note, verifiers) if verifiers else unverified_checkpoint(note)
+
+
+@ledger_group.command("consistency")
+@click.argument("old", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--ledger",
+    "directory",
+    envvar="APPLIANCE_LEDGER",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Ledger to build the proof from (or give --proof).",
+)
+@_vkey_option(required=False)
+@click.option("--proof", "proof_file", type=click.Path(dir_okay=False, path_type=Path))
+@_FORMAT
+def consistency_cmd(
+    old: Path,
+    new: Path,
+    directory: Path | None,
+    vkeys: tuple[str, ...],
+    proof_file: Path | None,
+    fmt: str,
+) -> None:
+    """Prove (from --ledger) or check (--proof FILE, base64 lines) that checkpoint NEW
+    extends checkpoint OLD. Signatures are checked when --vkey is given."""
+    verifiers = _vkeys(vkeys)
+    a, b = _read_checkpoint(old, verifiers), _read_checkpoint(new, verifiers)
+    if proof_file is not None:
+        try:
+            lines = proof_file.read_text(encoding="ascii").split()
+            proof = [base64.b64decode(x, validate=True) for x in lines]
+        except (OSError, ValueError) as exc:
+            raise LedgerError(f"cannot read consistency proof {proof_file}: {exc}") from None
+    elif directory is not None:
+        require_ledger(directory)
+        if a.size > b.size:
+            raise ProofError(f"OLD (size {a.size}) is larger than NEW (size {b.size})")
+        tree, _ = load_tree(directory, b.size)
+        for cp, name in ((a, "OLD"), (b, "NEW")):
+            if tree.root(cp.size) != cp.root:
+                raise ProofError(f"{name} ({cp.describe()}) does not match the ledger's entries")
+        proof = tree.consistency_proof(a.size, b.size)
+    else:
+        raise LedgerError("give --ledger DIR to build the proof, or --proof FILE to check one")
+    check_consistency(a, b, proof)
+    b64 = [base64.b64encode(p).decode() for p in proof]
+    if fmt == "json":
+        _emit({"ok": True, "old": a.size, "new": b.size, "proof": b64})
+        return
+    click.echo(f"consistent: size {a.size} -> {b.size} ({a.origin})", err=True)
+    for line in b64:
+        click.echo(line)

@@ -1,0 +1,228 @@
+"""Human renderings of entries: one-line summaries (query, show) and session transcripts
+(replay). Pure functions of entries and blob bytes; the CLI does the printing and sleeping.
+
+Known entry types get a tailored line (following the producers' data conventions); unknown
+ones are shown as compact JSON, so new types are never hidden.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import orjson
+
+from appliance.ledger import entries as t
+from appliance.ledger.entries import Entry, blob_refs, ts_to_us
+
+BlobLoader = Callable[[str], bytes | None]
+
+
+def _short(text: object, width: int = 100) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _compact(value: object, width: int = 100) -> str:
+    return _short(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode(), width)
+
+
+def _ms(us: object) -> str:
+    return f"{us / 1000:.1f} ms" if isinstance(us, int) else "?"
+
+
+def who(identity: Mapping[str, Any] | None, account: str | None = None) -> str:
+    """'github acme/app ci.yml/build run 42, pid 1234 psql (/usr/bin/psql), uid 1000'."""
+    parts: list[str] = []
+    ident = identity or {}
+    ci = ident.get("ci")
+    if isinstance(ci, dict) and ci:
+        bits = [str(ci.get(k)) for k in ("provider", "repository") if ci.get(k)]
+        job = "/".join(str(ci[k]) for k in ("workflow", "job") if ci.get(k))
+        if job:
+            bits.append(job)
+        if ci.get("run_id"):
+            bits.append(f"run {ci['run_id']}")
+        parts.append(" ".join(bits))
+    if ident.get("source") == "unattributed":
+        parts.append("unattributed")
+    proc = []
+    if "pid" in ident:
+        proc.append(f"pid {ident['pid']}")
+    if ident.get("comm"):
+        proc.append(str(ident["comm"]))
+    if ident.get("exe"):
+        proc.append(f"({ident['exe']})")
+    if "uid" in ident:
+        proc.append(f"uid {ident['uid']}")
+    if proc:
+        parts.append(" ".join(proc))
+    if account:
+        parts.append(f"as {account}")
+    return ", ".join(parts) if parts else "unknown"
+
+
+def summarize(obj: Mapping[str, Any], width: int = 100) -> str:
+    """One line about an entry's data."""
+    d = obj.get("data") or {}
+    typ = obj.get("type")
+    n = f"#{d['n']} " if isinstance(d.get("n"), int) else ""
+    if typ == t.SESSION_START:
+        mode = f" [{d['policy_mode']}]" if d.get("policy_mode") else ""
+        return _short(
+            f"{d.get('client', '?')} -> {d.get('server', '?')} {d.get('protocol', '')} "
+            f"db={d.get('database', '?')} user={d.get('user', '?')}{mode}; "
+            f"{who(obj.get('identity'), obj.get('account'))}",
+            width,
+        )
+    if typ == t.STATEMENT:
+        params = f" params={d['params']}" if d.get("params") else ""
+        return _short(f"{n}{d.get('text', '')}{params}", width)
+    if typ == t.RESPONSE:
+        err = d.get("error")
+        if isinstance(err, dict):
+            return _short(f"{n}ERROR {err.get('code', '')} {err.get('message', '')}", width)
+        res = d.get("result")
+        stored = (
+            f", result {res['size']} B stored" if isinstance(res, dict) and "size" in res else ""
+        )
+        return _short(
+            f"{n}{d.get('tag') or 'OK'}: {d.get('rows', 0)} rows, "
+            f"{_ms(d.get('duration_us'))}{stored}",
+            width,
+        )
+    if typ == t.POLICY_DECISION:
+        enforced = "" if d.get("enforced", True) else " (observe only, not enforced)"
+        return _short(f"{n}{d.get('decision', '?')} by rule {d.get('rule', '?')}{enforced}", width)
+    if typ == t.MASKING_APPLIED:
+        counts = d.get("counts") or {k: v for k, v in d.items() if isinstance(v, int) and k != "n"}
+        return _short(f"{n}masked " + ", ".join(f"{k}: {v}" for k, v in counts.items()), width)
+    if typ == t.SESSION_END:
+        return _short(
+            f"{d.get('reason', 'closed')}; {d.get('bytes_in', '?')} B in, "
+            f"{d.get('bytes_out', '?')} B out, {_ms(d.get('duration_us'))}",
+            width,
+        )
+    if typ == t.KEY_PUBLISHED:
+        return _short(f"key {d.get('vkey', '?')}", width)
+    return _compact(d, width)
+
+
+def table(entries: Iterable[Entry]) -> Iterator[str]:
+    """Rows for ``query``: seq, time, type, session, target, summary."""
+    yield f"{'SEQ':>7}  {'TIME (UTC)':<27}  {'TYPE':<20}  {'SESSION':<12}  {'TARGET':<12}  SUMMARY"
+    for e in entries:
+        o = e.obj
+        yield (
+            f"{e.seq:>7}  {o['ts']:<27}  {o['type']:<20}  {_short(o['session'] or '-', 12):<12}  "
+            f"{_short(o['target'] or '-', 12):<12}  {summarize(o, 80)}"
+        )
+
+
+def read_result(blob: bytes, max_rows: int) -> tuple[list[str], list[list[str]], int]:
+    """Columns, up to ``max_rows`` rows (as display strings) and the total row count of a
+    result blob (JSON Lines: ``{"columns": [...]}`` then one array per row)."""
+    lines = blob.splitlines()
+    if not lines:
+        return [], [], 0
+    try:
+        head = orjson.loads(lines[0])
+        columns = [str(c) for c in head.get("columns", [])]
+    except (orjson.JSONDecodeError, AttributeError):
+        columns = []
+    rows: list[list[str]] = []
+    for line in lines[1 : max_rows + 1]:
+        try:
+            values = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            values = [line.decode("utf-8", "replace")]
+        rows.append([_cell(v) for v in values] if isinstance(values, list) else [_cell(values)])
+    return columns, rows, len(lines) - 1
+
+
+def _cell(v: object) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, dict) and isinstance(v.get("b64"), str):
+        try:
+            return "\\x" + base64.b64decode(v["b64"]).hex()
+        except (binascii.Error, ValueError):
+            return "<binary>"
+    return str(v)
+
+
+def _grid(columns: list[str], rows: list[list[str]], indent: str) -> list[str]:
+    cols = columns or [f"col{i + 1}" for i in range(max((len(r) for r in rows), default=0))]
+    widths = [len(c) for c in cols]
+    cells = [[_short(c, 40) for c in r] for r in rows]
+    for r in cells:
+        for i, c in enumerate(r[: len(widths)]):
+            widths[i] = max(widths[i], len(c))
+    out = [indent + " | ".join(c.ljust(w) for c, w in zip(cols, widths, strict=False))]
+    out.append(indent + "-+-".join("-" * w for w in widths))
+    for r in cells:
+        out.append(indent + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)))
+    return out
+
+
+def transcript(
+    entries: Iterable[Entry], load_blob: BlobLoader, *, max_rows: int = 20
+) -> Iterator[tuple[int, list[str]]]:
+    """A session as (time in µs since the epoch, lines) steps, in recorded order.
+
+    Who connected and as whom, each statement, the policy decision, approvals, masking, and
+    each response with its (masked) rows from the result blob.
+    """
+    start: int | None = None
+    for e in entries:
+        o, d = e.obj, e.obj["data"]
+        now = ts_to_us(o["ts"])
+        start = now if start is None else start
+        clock = f"[{o['ts'][11:23]} +{(now - start) / 1e6:7.3f}s]"
+        typ = o["type"]
+        lines: list[str]
+        if typ == t.SESSION_START:
+            lines = [
+                f"{clock} session {o['session']} to {o['target'] or d.get('server', '?')}",
+                f"    who:  {who(o['identity'], o['account'])}",
+                f"    conn: {summarize(o, 200).split(';')[0]}",
+            ]
+        elif typ == t.STATEMENT:
+            text = str(d.get("text", ""))
+            lines = [
+                f"{clock} {_prompt(d)} " + text.splitlines()[0] if text else f"{clock} (empty)"
+            ]
+            lines += ["        " + ln for ln in text.splitlines()[1:]]
+            if d.get("params"):
+                lines.append(f"        params: {d['params']}")
+        elif typ == t.RESPONSE:
+            lines = [f"{clock}   <- {summarize(o, 200)}"]
+            res = d.get("result")
+            if isinstance(res, dict) and isinstance(res.get("sha256"), str):
+                blob = load_blob(res["sha256"])
+                if blob is None:
+                    lines.append("        (result blob missing)")
+                else:
+                    cols, rows, total = read_result(blob, max_rows)
+                    lines += _grid(cols, rows, "        ")
+                    if total > len(rows):
+                        lines.append(f"        ... {total - len(rows)} more rows")
+        elif typ == t.POLICY_DECISION:
+            lines = [f"{clock}   policy: {summarize(o, 200)}"]
+        elif typ.startswith("approval."):
+            lines = [f"{clock}   {typ}: {_compact(d, 200)}"]
+        elif typ == t.SESSION_END:
+            lines = [f"{clock} session ended: {summarize(o, 200)}"]
+        else:
+            lines = [f"{clock}   {typ}: {summarize(o, 200)}"]
+        for ref in blob_refs(d):
+            if ref.path != "data.result":
+                lines.append(f"        blob {ref.path}: {ref.sha256[:16]}… ({ref.size} B)")
+        yield now, lines
+
+
+def _prompt(d: Mapping[str, Any]) -> str:
+    n = d.get("n")
+    return f"#{n} SQL>" if isinstance(n, int) else "SQL>"

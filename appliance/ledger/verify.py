@@ -1,0 +1,359 @@
+"""Independent verification of a whole ledger directory (``appliance ledger verify``).
+
+Trusts nothing in the directory but the verifier keys it is given. It:
+
+1. opens every checkpoint of ``checkpoints.log`` and the ``checkpoint`` file as C2SP signed
+   notes with the given keys, and checks their origin against the entries' origin;
+2. checks the checkpoints form one line of growth: sizes never go down (rollback), one root
+   per size (fork), the ``checkpoint`` file is the newest one recorded;
+3. reads every record of ``entries.log``: checksum, ``seq`` equal to its position, a
+   well-formed entry whose bytes are canonical, the ledger's origin, timestamps in order;
+4. rebuilds the RFC 6962 tree from the stored bytes and compares its root at every
+   checkpoint's size (equal roots at both ends is what makes successive checkpoints
+   consistent: the later tree contains the earlier one);
+5. hashes every blob an entry references and compares size and SHA-256.
+
+Findings (tampering or inconsistency, exit 1) name the entry or checkpoint and say why.
+:class:`~appliance.ledger.errors.LedgerError` (exit 2) means it could not verify at all: no
+ledger, nothing signed, or a key that signed none of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
+from appliance.ledger.checkpoint import Checkpoint, MalformedCheckpoint, parse_checkpoint_text
+from appliance.ledger.entries import (
+    KEY_PUBLISHED,
+    MalformedEntry,
+    blob_refs,
+    canonical_json,
+    may_have_blob_refs,
+    parse_entry,
+)
+from appliance.ledger.errors import CanonicalError, LedgerError, TamperError
+from appliance.ledger.keys import InvalidSignature, VerifierKey
+from appliance.ledger.merkle import CompactRange
+from appliance.ledger.note import MalformedNote, NoteError, UnverifiedNote, open_note
+from appliance.ledger.store import CHECKPOINT, ENTRIES, HISTORY, blob_path, read_history
+
+_FLOATISH = re.compile(rb"[0-9][.eE]")
+_MAX_SAME_KIND = 5
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify_ledger`. ``ok`` if there are no findings."""
+
+    directory: Path
+    origin: str | None = None
+    entries: int = 0
+    checkpoints: int = 0
+    latest: Checkpoint | None = None
+    blobs: int = 0
+    blob_bytes: int = 0
+    findings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    _kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+    def find(self, kind: str, message: str) -> None:
+        """Record a finding; after a few of one kind, only count them."""
+        n = self._kinds.get(kind, 0) + 1
+        self._kinds[kind] = n
+        if n <= _MAX_SAME_KIND:
+            self.findings.append(message)
+
+    def finish(self) -> None:
+        for kind, n in self._kinds.items():
+            if n > _MAX_SAME_KIND:
+                self.findings.append(f"... and {n - _MAX_SAME_KIND} more findings of kind {kind}")
+        self._kinds = {}
+
+    def raise_for_findings(self) -> None:
+        if self.findings:
+            raise TamperError(self.findings[0], self.findings)
+
+
+@dataclass
+class _Cp:
+    label: str
+    note: str
+    cp: Checkpoint | None = None
+    verified: bool = False
+    unverified_signers: str | None = None
+
+
+def verify_ledger(
+    directory: Path,
+    verifiers: Sequence[VerifierKey],
+    *,
+    progress: Progress | None = None,
+    check_blobs: bool = True,
+) -> VerifyReport:
+    """Verify ``directory``; see the module docstring. Returns the report (never raises
+    TamperError itself); raises LedgerError if verification is impossible."""
+    directory = Path(directory)
+    if not (directory / ENTRIES).is_file():
+        raise LedgerError(f"no ledger in {directory}: {ENTRIES} not found")
+    if not verifiers:
+        raise LedgerError("verification needs at least one verifier key")
+    report = VerifyReport(directory)
+
+    # 1. checkpoints ----------------------------------------------------------------------
+    notes, hscan = read_history(directory)
+    cps = [_Cp(f"checkpoint #{i}", n) for i, n in enumerate(notes)]
+    if hscan.damage is not None:
+        report.find(
+            "history",
+            f"{HISTORY}: {hscan.damage.reason} at byte {hscan.damage.offset}; records after it "
+            "cannot be read",
+        )
+    try:
+        current = (directory / CHECKPOINT).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        current = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LedgerError(f"cannot read {directory / CHECKPOINT}: {exc}") from None
+    if current is not None and current not in notes:
+        cps.append(_Cp(f"{CHECKPOINT} file", current))
+    if not cps:
+        raise LedgerError(f"{directory} has no signed checkpoint: nothing to verify against")
+    for c in cps:
+        _open(c, verifiers, report)
+    report.checkpoints = len(notes)
+
+    # 3-5. entries, tree, blobs -----------------------------------------------------------
+    by_size: dict[int, list[_Cp]] = {}
+    for c in cps:
+        if c.cp is not None:
+            by_size.setdefault(c.cp.size, []).append(c)
+    published = _scan_entries(directory, report, by_size, progress, check_blobs)
+
+    # wrong key, or checkpoints signed by someone else?
+    given = {v.to_vkey() for v in verifiers}
+    if not any(c.verified for c in cps) and not given & published:
+        signers = sorted({c.unverified_signers or "?" for c in cps})
+        raise LedgerError(
+            "none of the checkpoints is signed by the given key(s) "
+            f"{', '.join(sorted(given))}; they are signed by {'; '.join(signers)} and the "
+            "ledger never published the given key: wrong --vkey?"
+        )
+    for c in cps:
+        if c.cp is not None and not c.verified:
+            report.find(
+                "signature",
+                f"{c.label} (size {c.cp.size}) is not signed by the given key"
+                f" (signed by {c.unverified_signers}): re-signed or forged",
+            )
+    if not given & published:
+        report.warnings.append("the given key is not published (key.published) in this ledger")
+
+    # 1-2. origin and growth --------------------------------------------------------------
+    origin = report.origin
+    valid = [c for c in cps if c.cp is not None]
+    for c in valid:
+        assert c.cp is not None
+        if origin is not None and c.cp.origin != origin:
+            report.find(
+                "origin",
+                f"{c.label} (size {c.cp.size}) is for origin {c.cp.origin!r}, but this "
+                f"ledger's entries are of origin {origin!r}",
+            )
+    history = [c for c in valid if c.label.startswith("checkpoint #")]
+    for a, b in itertools.pairwise(history):
+        assert a.cp is not None and b.cp is not None
+        if b.cp.size < a.cp.size:
+            report.find(
+                "rollback",
+                f"{b.label} (size {b.cp.size}) rolls back {a.label} (size {a.cp.size})",
+            )
+    for size, group in by_size.items():
+        roots = {c.cp.root for c in group if c.cp is not None}
+        if len(roots) > 1:
+            report.find(
+                "fork",
+                f"fork: {', '.join(c.label for c in group)} sign different roots for tree "
+                f"size {size}",
+            )
+    if history and current is not None and current in notes and current != notes[-1]:
+        newest = history[-1].cp
+        cur = next(c.cp for c in history if c.note == current)
+        assert newest is not None and cur is not None
+        report.find(
+            "rollback",
+            f"{CHECKPOINT} file holds the checkpoint of size {cur.size} but the history "
+            f"reached size {newest.size}: rolled back",
+        )
+    elif current is not None and current not in notes:
+        report.find("history", f"{CHECKPOINT} file holds a checkpoint missing from {HISTORY}")
+    elif current is None and history:
+        report.warnings.append(f"{CHECKPOINT} file is missing (the writer rewrites it on open)")
+    for c in valid:
+        assert c.cp is not None
+        if c.cp.size > report.entries:
+            report.find(
+                "size",
+                f"{c.label} claims {c.cp.size} entries but the log holds only "
+                f"{report.entries} readable entries (entries deleted or log truncated)",
+            )
+    sizes = [c.cp.size for c in history if c.cp is not None]
+    if sizes:
+        report.latest = max((c.cp for c in history if c.cp is not None), key=lambda x: x.size)
+        if report.entries > max(sizes):
+            report.warnings.append(
+                f"{report.entries - max(sizes)} entries after the latest checkpoint are not "
+                "signed yet"
+            )
+    report.finish()
+    return report
+
+
+def _open(c: _Cp, verifiers: Sequence[VerifierKey], report: VerifyReport) -> None:
+    try:
+        text, _ = open_note(c.note, verifiers)
+        c.verified = True
+    except UnverifiedNote as exc:
+        text = _text_of(c.note)
+        c.unverified_signers = ", ".join(f"{n}+{k.hex()}" for n, k in exc.signers)
+    except InvalidSignature as exc:
+        report.find("signature", f"{c.label}: {exc}")
+        text = _text_of(c.note)
+    except (MalformedNote, NoteError) as exc:
+        report.find("malformed", f"{c.label} is not a valid signed note: {exc}")
+        return
+    try:
+        c.cp = parse_checkpoint_text(text)
+    except MalformedCheckpoint as exc:
+        report.find("malformed", f"{c.label} is not a valid checkpoint: {exc}")
+
+
+def _text_of(note: str) -> str:
+    return note[: note.rfind("\n\n") + 1]
+
+
+def _scan_entries(
+    directory: Path,
+    report: VerifyReport,
+    by_size: dict[int, list[_Cp]],
+    progress: Progress | None,
+    check_blobs: bool,
+) -> set[str]:
+    """Steps 3-5 over ``entries.log``; returns the vkeys the log published."""
+    published: set[str] = set()
+    blobs_seen: dict[str, str | None] = {}
+    cr = CompactRange()
+    sha256 = hashlib.sha256
+    dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
+    prev_ts = ""
+    origin: str | None = None
+    signed_sizes = sorted(by_size)
+    max_signed = signed_sizes[-1] if signed_sizes else 0
+    with MappedFile(directory / ENTRIES) as mf:
+        total = len(mf.data)
+        scanner = FrameScanner(mf.data, ENTRY_MAGIC)
+        i = 0
+        for frame in scanner:
+            raw = frame.payload
+            cr.append(sha256(b"\x00" + raw).digest())
+            if frame.seq != i:
+                how = "duplicated or reordered" if frame.seq < i else "missing or reordered"
+                report.find("seq", f"entry {i}: record says seq {frame.seq} (entries {how})")
+            try:
+                obj = parse_entry(raw)
+            except MalformedEntry as exc:
+                report.find("entry", f"entry {i}: malformed: {exc.reason}")
+                obj = None
+            if obj is not None:
+                if obj["seq"] != i:
+                    report.find("seq", f"entry {i}: its seq field says {obj['seq']}")
+                if origin is None:
+                    origin = obj["origin"]
+                elif obj["origin"] != origin:
+                    report.find(
+                        "origin", f"entry {i}: origin {obj['origin']!r}, ledger is {origin!r}"
+                    )
+                ts = obj["ts"]
+                if ts < prev_ts:
+                    report.find("ts", f"entry {i}: timestamp {ts} is earlier than {prev_ts}")
+                prev_ts = ts
+                if dumps(obj, option=sort) != raw or (
+                    _FLOATISH.search(raw) and not _canonical(obj, raw)
+                ):
+                    report.find("entry", f"entry {i}: stored bytes are not canonical JSON")
+                if obj["type"] == KEY_PUBLISHED and isinstance(obj["data"].get("vkey"), str):
+                    published.add(obj["data"]["vkey"])
+                if check_blobs and may_have_blob_refs(raw):
+                    for ref in blob_refs(obj["data"]):
+                        if ref.sha256 not in blobs_seen:
+                            blobs_seen[ref.sha256] = _check_blob(directory, ref.sha256, report)
+                        problem = blobs_seen[ref.sha256]
+                        if problem:
+                            report.find(
+                                "blob", f"entry {i}: {ref.path} blob {ref.sha256}: {problem}"
+                            )
+            i += 1
+            if i in by_size:
+                root = cr.root()
+                for c in by_size[i]:
+                    assert c.cp is not None
+                    if c.cp.root != root:
+                        prev = max((s for s in signed_sizes if s < i), default=0)
+                        report.find(
+                            "root",
+                            f"{c.label} (size {i}): the entries do not hash to its root; an "
+                            f"entry in {prev}..{i - 1} was changed, inserted or removed, or the "
+                            "checkpoint was forged",
+                        )
+            if progress is not None and i & 0xFFFF == 0:
+                progress(frame.end, total)
+        damage = scanner.damage
+        if damage is not None:
+            msg = f"{ENTRIES}: {damage.reason} at byte {damage.offset} (entry {i})"
+            if i < max_signed:
+                report.find("record", msg + ", inside signed history")
+            else:
+                report.warnings.append(msg + ", after the latest checkpoint: a torn tail")
+        if progress is not None:
+            progress(total, total)
+    report.entries = i
+    report.origin = origin
+    report.blobs = len(blobs_seen)
+    return published
+
+
+def _canonical(obj: object, raw: bytes) -> bool:
+    try:
+        return canonical_json(obj) == raw
+    except CanonicalError:
+        return False
+
+
+def _check_blob(directory: Path, sha: str, report: VerifyReport) -> str | None:
+    """None if the blob is present and hashes to its name; else what is wrong."""
+    path = blob_path(directory, sha)
+    h = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                report.blob_bytes += len(chunk)
+    except FileNotFoundError:
+        return "missing from the blob store"
+    except OSError as exc:
+        return f"cannot be read: {exc}"
+    if h.hexdigest() != sha:
+        return f"content was changed (it hashes to {h.hexdigest()})"
+    return None
