@@ -401,6 +401,8 @@ class Broker:
             "id": req.id,
             "session": req.session,
             "identity": req.identity,
+            "target": req.target,
+            "account": req.account,
             "rule": req.rule,
             "approvers": list(req.approvers),
             "statement_sha256": req.statement_sha256,

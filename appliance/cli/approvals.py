@@ -160,6 +160,9 @@ def _show(status: RequestStatus) -> None:
     click.echo(f"statement  {_one_line(r.statement, 400)}")
     click.echo(f"sha256     {r.statement_sha256}")
     click.echo(f"expires    {r.expires.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+    if r.window:
+        until = (r.created + r.window).strftime("%Y-%m-%dT%H:%M:%SZ")
+        click.echo(f"window     an approval also covers this statement from this job until {until}")
 
 
 def _one_line(text: str, width: int) -> str:

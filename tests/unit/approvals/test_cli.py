@@ -11,6 +11,7 @@ import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -158,6 +159,18 @@ def test_approve(appliance: Appliance) -> None:
     assert outcome.verdict is Verdict.GRANTED and outcome.reason == "OPS-12 data fix"
     granted = appliance.loop.call(lambda: appliance.records.last("approval.granted"))
     assert granted["note"] == outcome.note and "— alice " in str(outcome.note)
+
+
+def test_approve_shows_the_window_it_grants(appliance: Appliance) -> None:
+    req, held = appliance.hold(window=timedelta(minutes=15))
+    code, out, _ = run_cli(
+        "approvals", "approve", req.id, "--key", str(appliance.keys["alice"]),
+        "--socket", str(appliance.socket),
+    )  # fmt: skip
+    assert code == 0
+    window = "an approval also covers this statement from this job until 2026-11-25T12:15:00Z"
+    assert f"window     {window}\n" in out
+    assert held.result(timeout=30).granted
 
 
 def test_deny(appliance: Appliance) -> None:
