@@ -1,0 +1,280 @@
+"""The ``policy`` section of the configuration, checked and turned into a :class:`Policy`.
+
+Shape (see ``appliance/policy/example.yaml`` for a commented example)::
+
+    policy:
+      mode: enforce                 # or observe: decide and record, block nothing
+      approvals:
+        timeout: 10m                # default for review rules (default 10m)
+        approvers:
+          - name: alice             # must be the name inside the key
+            key: "alice+1234abcd+AbCd..."   # C2SP verifier key text, or {file: path}
+        socket: ...                 # socket and webhooks: see appliance.approvals.config
+      rules:                        # ordered, first match wins, at least one
+        - name: no-drops
+          match: {classes: [drop, truncate]}
+          action: deny
+          message: "DROP and TRUNCATE are not allowed from CI"
+        - name: review-risky
+          match: {classes: [risky], targets: [orders-db]}
+          action: review
+          approvers: [alice]
+          timeout: 5m               # optional, review only
+          window: 0                 # optional, review only: 0 = the approval is used once
+        - name: default
+          action: allow
+
+Matchers (all optional; all given must match; a list matches if any item does):
+``targets`` (target names), ``databases`` (globs), ``accounts`` (service account names),
+``classes`` (the statement has any of these classes or groups), ``only_classes`` (every
+class of the statement is among these), ``functions`` (globs on called function names),
+``unattributed`` (true: flows capture could not attribute; false: attributed ones), ``uid``
+(integers), ``exe`` and ``cgroup`` (globs), ``identity`` (globs on the CI job:
+``provider``, ``repository``, ``workflow``, ``job``).
+
+Every mistake is a :class:`~appliance.errors.ConfigError` naming the key and line: no
+section or no rules, unknown keys, targets, accounts, approvers or classes, a review rule
+without approvers, bad globs, a rule that can never be reached.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+
+from appliance.config import Node, Target
+from appliance.errors import ConfigError
+from appliance.ledger.keys import KeyFormatError, VerifierKey, load_verifier_key
+from appliance.policy._rules import (
+    ACTIONS,
+    CI_KEYS,
+    DEFAULT_APPROVAL_TIMEOUT,
+    MODES,
+    Glob,
+    Match,
+    Policy,
+    Rule,
+)
+from appliance.policy._vocabulary import CLASSES, GROUPS, UNKNOWN, expand
+
+__all__ = ["parse_policy"]
+
+_RULE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}"
+# Keys of policy.approvals that appliance.approvals.config parses (its TRANSPORT_KEYS).
+_APPROVALS_TRANSPORT_KEYS = ("socket", "webhooks")
+_MATCH_KEYS = (
+    "targets",
+    "databases",
+    "accounts",
+    "classes",
+    "only_classes",
+    "functions",
+    "unattributed",
+    "uid",
+    "exe",
+    "cgroup",
+    "identity",
+)
+
+
+def parse_policy(node: Node | None, *, targets: Mapping[str, Target]) -> Policy:
+    """Check the ``policy`` section (``node``; None if the file has none) against the
+    configured ``targets`` and return the policy.
+
+    Raises ConfigError at the first problem, naming the key and line. A missing section or
+    an empty rule list is an error: no policy never means "allow everything".
+    """
+    if node is None:
+        raise ConfigError(
+            "the configuration has no 'policy' section; write one (a policy with no rules "
+            "is not 'allow everything')"
+        )
+    m = node.keys(required=("rules",), optional=("mode", "approvals"))
+    mode = m["mode"].string(choices=MODES) if "mode" in m else "enforce"
+    approvers: dict[str, VerifierKey] = {}
+    timeout = DEFAULT_APPROVAL_TIMEOUT
+    if "approvals" in m:
+        approvers, timeout = _parse_approvals(m["approvals"])
+    rules_node = m["rules"]
+    items = rules_node.items()
+    if not items:
+        rules_node.fail("the rule list is empty; a policy needs at least one rule")
+    rules: list[Rule] = []
+    for item in items:
+        rule = _parse_rule(item, targets, approvers)
+        if any(r.name == rule.name for r in rules):
+            item.mapping()["name"].fail(f"duplicate rule name {rule.name!r}")
+        _check_reachable(rule, rules, item)
+        rules.append(rule)
+    return Policy(mode, tuple(rules), approvers, timeout)
+
+
+def _parse_approvals(node: Node) -> tuple[dict[str, VerifierKey], float]:
+    m = node.keys(optional=("timeout", "approvers", *_APPROVALS_TRANSPORT_KEYS))
+    timeout = _positive_duration(m["timeout"]) if "timeout" in m else DEFAULT_APPROVAL_TIMEOUT
+    approvers: dict[str, VerifierKey] = {}
+    for item in m["approvers"].items() if "approvers" in m else []:
+        a = item.keys(required=("name", "key"))
+        name = a["name"].string()
+        if name in approvers:
+            a["name"].fail(f"duplicate approver {name!r}")
+        key = _parse_key(a["key"])
+        if key.name != name:
+            a["key"].fail(f"this key is named {key.name!r}, not {name!r}")
+        if key in approvers.values():
+            a["key"].fail("this key is already given to another approver")
+        approvers[name] = key
+    return approvers, timeout
+
+
+def _parse_key(node: Node) -> VerifierKey:
+    """A verifier key: vkey text, or ``{file: path}`` of a file holding it."""
+    try:
+        if node.is_mapping:
+            return load_verifier_key(Path(node.keys(required=("file",))["file"].string()))
+        return VerifierKey.from_vkey(node.string())
+    except KeyFormatError as exc:
+        node.fail(f"bad approver key: {exc}")
+
+
+def _parse_rule(node: Node, targets: Mapping[str, Target], approvers: Mapping[str, object]) -> Rule:
+    m = node.keys(
+        required=("name", "action"),
+        optional=("match", "message", "approvers", "timeout", "window"),
+    )
+    name = m["name"].string(pattern=_RULE_NAME)
+    action = m["action"].string(choices=ACTIONS)
+    match = _parse_match(m["match"], targets) if "match" in m else Match()
+    message = None
+    if "message" in m:
+        if action == "allow":
+            m["message"].fail("only deny and review rules have a message")
+        message = m["message"].string()
+    for key in ("approvers", "timeout", "window"):
+        if key in m and action != "review":
+            m[key].fail(f"{key!r} is only for review rules")
+    names: tuple[str, ...] = ()
+    if action == "review":
+        if "approvers" not in m:
+            node.fail("a review rule needs 'approvers' (who may approve)")
+        names = tuple(_strings(m["approvers"]))
+        for item, approver in zip(m["approvers"].items_or_one(), names, strict=True):
+            if approver not in approvers:
+                known = ", ".join(sorted(approvers)) or "none are configured under approvals"
+                item.fail(f"unknown approver {approver!r} (known: {known})")
+    timeout = _positive_duration(m["timeout"]) if "timeout" in m else None
+    window = m["window"].duration() if "window" in m else 0.0
+    return Rule(name, action, match, message, names, timeout, window, where=node.where)
+
+
+def _parse_match(node: Node, targets: Mapping[str, Target]) -> Match:
+    m = node.keys(optional=_MATCH_KEYS)
+    target_names = None
+    if "targets" in m:
+        target_names = frozenset(_strings(m["targets"]))
+        for item in m["targets"].items_or_one():
+            if item.string() not in targets:
+                item.fail(f"unknown target {item.string()!r} (known: {', '.join(targets)})")
+    accounts = None
+    if "accounts" in m:
+        scope = [targets[t] for t in sorted(target_names)] if target_names else targets.values()
+        known = {a.name for t in scope for a in t.accounts}
+        accounts = frozenset(_strings(m["accounts"]))
+        for item in m["accounts"].items_or_one():
+            if item.string() not in known:
+                item.fail(
+                    f"unknown service account {item.string()!r} "
+                    f"(accounts of the matched targets: {', '.join(sorted(known))})"
+                )
+    classes = _classes(m["classes"]) if "classes" in m else None
+    only = _classes(m["only_classes"]) if "only_classes" in m else None
+    names_unknown = any(
+        item.string() == UNKNOWN
+        for key in ("classes", "only_classes")
+        if key in m
+        for item in m[key].items_or_one()
+    )
+    unattributed = m["unattributed"].boolean() if "unattributed" in m else None
+    if unattributed:
+        for key in ("uid", "exe", "cgroup", "identity"):
+            if key in m:
+                m[key].fail(f"an unattributed flow has no {key}: this rule can never match")
+    uids = None
+    if "uid" in m:
+        uids = frozenset(item.integer(minimum=0) for item in _nonempty(m["uid"]))
+    ci: list[tuple[str, tuple[Glob, ...]]] = []
+    if "identity" in m:
+        ident = m["identity"].keys(optional=CI_KEYS)
+        if not ident:
+            m["identity"].fail(f"give at least one of: {', '.join(CI_KEYS)}")
+        ci = [(key, _globs(value)) for key, value in ident.items()]
+    return Match(
+        targets=target_names,
+        databases=_globs(m["databases"]) if "databases" in m else None,
+        accounts=accounts,
+        classes=classes,
+        only_classes=only,
+        functions=_globs(m["functions"]) if "functions" in m else None,
+        unattributed=unattributed,
+        uids=uids,
+        exes=_globs(m["exe"]) if "exe" in m else None,
+        cgroups=_globs(m["cgroup"]) if "cgroup" in m else None,
+        ci=tuple(ci),
+        names_unknown=names_unknown,
+    )
+
+
+def _check_reachable(rule: Rule, before: list[Rule], node: Node) -> None:
+    """Fail on a rule that an earlier catch-all rule hides.
+
+    After a catch-all ``deny`` nothing is reached. After a catch-all ``allow`` or
+    ``review`` only ``unknown`` statements go on (rule 2 of the decision order), and only
+    a ``deny`` rule or one naming ``unknown`` can take them.
+    """
+    for earlier in before:
+        if not earlier.match.is_catch_all:
+            continue
+        if earlier.action == "deny" or (rule.action != "deny" and not rule.match.names_unknown):
+            node.fail(
+                f"rule {rule.name!r} can never match: rule {earlier.name!r} before it "
+                "matches every statement"
+            )
+
+
+def _nonempty(node: Node) -> list[Node]:
+    items = node.items_or_one()
+    if not items:
+        node.fail("an empty list matches nothing; leave the key out to match anything")
+    return items
+
+
+def _strings(node: Node) -> list[str]:
+    return [item.string() for item in _nonempty(node)]
+
+
+def _globs(node: Node) -> tuple[Glob, ...]:
+    out = []
+    for item in _nonempty(node):
+        try:
+            out.append(Glob.compile(item.string()))
+        except ValueError as exc:
+            item.fail(f"bad pattern: {exc}")
+    return tuple(out)
+
+
+def _classes(node: Node) -> frozenset[str]:
+    for item in _nonempty(node):
+        name = item.string()
+        if name not in CLASSES and name not in GROUPS:
+            close = difflib.get_close_matches(name, [*CLASSES, *GROUPS], n=3)
+            hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+            item.fail(f"unknown statement class {name!r}{hint}")
+    return expand(_strings(node))
+
+
+def _positive_duration(node: Node) -> float:
+    seconds = node.duration()
+    if seconds <= 0:
+        node.fail("must be longer than 0")
+    return seconds

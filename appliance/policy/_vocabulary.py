@@ -1,0 +1,111 @@
+"""The statement classes the classifier reports and the rules match on, and the groups that
+stand for several of them in a rule (``risky``, ``write``, ``read``).
+
+A class names an *effect* a statement has when the server runs it, not its first word: a
+``SELECT`` whose CTE deletes rows has the classes ``select`` and ``delete``. One statement
+usually has several classes (its own kind, what nested statements do, the functions it calls,
+the risky markers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Every class, with what it means. The text is the documentation; keep it in step with
+# appliance.policy._classify, which is the only place that hands these out.
+CLASSES: dict[str, str] = {
+    "select": "a query run for its rows: SELECT, VALUES, TABLE, and the query executed by "
+    "EXPLAIN ANALYZE, PREPARE, DECLARE CURSOR, CREATE TABLE AS or COPY (query); also FETCH, "
+    "MOVE and CLOSE of a cursor",
+    "insert": "inserts rows (INSERT, MERGE ... WHEN NOT MATCHED THEN INSERT)",
+    "update": "changes rows (UPDATE, INSERT ... ON CONFLICT DO UPDATE, MERGE ... THEN UPDATE)",
+    "delete": "deletes rows (DELETE, also inside a CTE, MERGE ... THEN DELETE)",
+    "merge": "MERGE",
+    "ddl": "creates or describes a schema object: CREATE ... (table, view, index, function, "
+    "schema, extension, database ...), SELECT INTO, COMMENT, SECURITY LABEL",
+    "alter": "alters a schema object or the server: ALTER ..., RENAME, ALTER SYSTEM, "
+    "REASSIGN OWNED, ALTER DEFAULT PRIVILEGES",
+    "drop": "drops a schema object: DROP ..., DROP DATABASE, DROP OWNED",
+    "truncate": "TRUNCATE",
+    "grant": "grants a privilege or a role membership (GRANT, ALTER DEFAULT PRIVILEGES GRANT)",
+    "revoke": "revokes a privilege or a role membership",
+    "role": "creates, changes or assumes a role: CREATE/ALTER/DROP ROLE|USER|GROUP, GRANT or "
+    "REVOKE of a role, SET ROLE, SET SESSION AUTHORIZATION, set_config('role', ...)",
+    "copy_to": "COPY ... TO (rows leave the server)",
+    "copy_from": "COPY ... FROM (rows enter a table)",
+    "copy_program": "COPY ... TO PROGRAM or FROM PROGRAM: the server runs a shell command",
+    "file_access": "the server reads or writes its own files or reaches outside itself: "
+    "pg_read_file, pg_ls_dir, lo_import, lo_export, adminpack, dblink, COPY to or from a "
+    "server file, LOAD",
+    "transaction": "BEGIN, COMMIT, ROLLBACK, SAVEPOINT, PREPARE TRANSACTION ...",
+    "set": "reads or changes a session setting: SET, RESET, SHOW, DISCARD, SET CONSTRAINTS, "
+    "set_config(...)",
+    "explain": "EXPLAIN (with ANALYZE the explained statement also runs and adds its classes)",
+    "lock": "takes explicit locks: LOCK, SELECT ... FOR UPDATE/SHARE, pg_advisory_lock(...)",
+    "maintenance": "VACUUM, ANALYZE, REINDEX, CLUSTER, CHECKPOINT, REFRESH MATERIALIZED VIEW",
+    "listen_notify": "LISTEN, UNLISTEN, NOTIFY",
+    "prepare": "PREPARE (with the classes of the prepared statement), EXECUTE, DEALLOCATE",
+    "function_call": "calls a function not known to be free of side effects (anything but "
+    "the immutable and stable functions of pg_catalog and a few harmless volatile ones, such "
+    "as random()); the names are in ``functions`` so that rules can match them",
+    "unknown": "cannot be classified: DO, CALL, functions that run SQL given as text "
+    "(query_to_xml, dblink), unparseable text, any statement the classifier does not know",
+    "delete_without_where": "a DELETE without WHERE, or whose WHERE is always true "
+    "(1=1, true, 'a'='a', NOT false, x=x ...)",
+    "update_without_where": "an UPDATE without WHERE, or whose WHERE is always true",
+}
+
+# Groups usable in a rule wherever a class is.
+GROUPS: dict[str, frozenset[str]] = {
+    # The preset of risky classes, ready to use: `match: {classes: [risky]}`.
+    "risky": frozenset(
+        {
+            "delete_without_where",
+            "update_without_where",
+            "drop",
+            "truncate",
+            "alter",
+            "grant",
+            "revoke",
+            "role",
+            "copy_program",
+            "file_access",
+        }
+    ),
+    # Changes data or schema. Used with `classes:` (the statement does any of these).
+    "write": frozenset(
+        {
+            "insert",
+            "update",
+            "delete",
+            "merge",
+            "truncate",
+            "copy_from",
+            "ddl",
+            "alter",
+            "drop",
+        }
+    ),
+    # Only reads. Used with `only_classes:` (everything the statement does is one of these):
+    # EXPLAIN without ANALYZE has the single class `explain`, so it is a read; EXPLAIN
+    # ANALYZE DELETE also has `delete`, so it is not.
+    "read": frozenset({"select", "copy_to", "explain"}),
+}
+
+UNKNOWN = "unknown"
+
+
+def expand(names: Iterable[str]) -> frozenset[str]:
+    """The classes named, with groups replaced by their members.
+
+    Raises KeyError naming the first name that is neither a class nor a group.
+    """
+    out: set[str] = set()
+    for name in names:
+        if name in GROUPS:
+            out |= GROUPS[name]
+        elif name in CLASSES:
+            out.add(name)
+        else:
+            raise KeyError(name)
+    return frozenset(out)
