@@ -28,9 +28,9 @@ from appliance.approvals import (
     Verdict,
 )
 from appliance.cli.main import main
-from appliance.ledger.keys import write_key_pair
+from appliance.ledger.keys import load_verifier_key, write_key_pair
 
-from .helpers import ALICE, BOB, MALLORY, MASKED, Recorder, make_broker, new_request
+from .helpers import ALICE, BOB, MALLORY, MASKED, T0, Recorder, make_broker, new_request
 
 T = TypeVar("T")
 
@@ -267,3 +267,33 @@ def test_approver_option_signs_under_another_policy_name(appliance: Appliance) -
     )  # fmt: skip
     assert code == 1 and "(approver-mismatch)" in err
     assert not held.done()
+
+
+def test_key_from_keys_generate_approves(tmp_path: Path) -> None:
+    """The whole approver workflow: `appliance keys generate --approver`, the vkey in the
+    policy, `appliance approvals approve` with the generated key."""
+    prefix = tmp_path / "carol"
+    code, _, err = run_cli("keys", "generate", "--approver", "carol", "--out", str(prefix))
+    assert code == 0, err
+    vkey = load_verifier_key(prefix.with_suffix(".vkey"))
+    broker, _, _ = make_broker()
+    broker.approver_keys = {**broker.approver_keys, "carol": vkey}
+    path = tmp_path / "approvals.sock"
+    server = ApprovalServer(broker, path, allowed_uids={os.geteuid()})
+    server.bind()
+    loop = LoopThread()
+    try:
+        loop.spawn(server.serve())
+        app = Appliance(loop, broker, Recorder(), ManualClock(T0), path, {})
+        req, held = app.hold(approvers=("carol",))
+        code, out, err = run_cli(
+            "approvals", "approve", req.id, "--key", str(prefix.with_suffix(".key")),
+            "--socket", str(path),
+        )  # fmt: skip
+        assert code == 0, err
+        assert out.endswith(f"accepted: request {req.id} approved by carol\n")
+        outcome = held.result(timeout=30)
+        assert outcome.granted and outcome.approver == "carol"
+    finally:
+        loop.stop()
+        server.close()
