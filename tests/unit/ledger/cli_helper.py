@@ -1,0 +1,24 @@
+"""Run the real CLI entry point in-process and return (exit code, stdout + stderr)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from appliance.cli.main import main
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    old = sys.argv
+    sys.argv = ["appliance", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+    out = capsys.readouterr()
+    return code, out.out + out.err
