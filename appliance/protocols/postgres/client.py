@@ -232,7 +232,10 @@ class ClientConnection:
             raise LocalProtocolError("fed data during the TLS handshake: feed decrypted data")
         if state is ClientState.AWAIT_STARTUP:
             self._framer.append(data)
-            return self._startup_packet()
+            events = self._startup_packet()
+            if self.state is ClientState.STARTUP_RECEIVED:
+                self._check_early_bytes()
+            return events
         if state is ClientState.AWAIT_PASSWORD:
             self._framer.append(data)
             taken = self._framer.take_frame()
@@ -245,12 +248,20 @@ class ClientConnection:
         # STARTUP_RECEIVED or AUTHENTICATING: the job should wait; keep what it sends
         # early (a pipelining client) until READY, within bounds.
         self._framer.append(data)
+        self._check_early_bytes()
+        return []
+
+    def _check_early_bytes(self) -> None:
         if self._framer.buffered > self.limits.frontend_other:
             raise PeerProtocolError(
                 f"{self._framer.buffered} bytes sent before authentication completed",
                 side="client",
             )
-        return []
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for incomplete (or not yet readable) messages."""
+        return self._framer.buffered
 
     def receive_eof(self) -> list[ClientEvent]:
         """The job closed its end. Raises PeerProtocolError if it left a message

@@ -199,13 +199,20 @@ class ServerConnection:
         self._notices: list[bytes] = []
         self._key: BackendKeyData | None = None
         self._out: list[bytes] = []
+        # Every backend type is framed during startup (the state decides what is allowed),
+        # so that asynchronous messages right after ReadyForQuery split correctly.
         self._framer = Framer(
-            self.limits.caps(BACKEND_STARTUP_TYPES, frontend=False), side="server"
+            self.limits.caps(BACKEND_STARTUP_TYPES + BACKEND_TYPES, frontend=False), side="server"
         )
         self._ssl_error = False
 
     def __repr__(self) -> str:
         return f"ServerConnection(user={self._user!r}, state={self.state.name})"
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete message."""
+        return self._framer.buffered
 
     # -- output ----------------------------------------------------------------------------
 
