@@ -531,7 +531,6 @@ _simple(
         "ListenStmt": ("listen_notify",),
         "UnlistenStmt": ("listen_notify",),
         "NotifyStmt": ("listen_notify",),
-        "DeallocateStmt": ("prepare",),
         "CheckPointStmt": ("maintenance",),
         "ReindexStmt": ("maintenance",),
         "ClusterStmt": ("maintenance",),
@@ -638,6 +637,12 @@ def _execute(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
     walk.add(ctx, "prepare")
     walk.prepared_name = f.get("name")
     walk.children(kind, f, ctx)  # parameters are expressions and may call functions
+
+
+@_handles("DeallocateStmt")
+def _deallocate(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
+    walk.add(ctx, "prepare")
+    walk.prepared_name = f.get("name")  # None for DEALLOCATE ALL
 
 
 @_handles("DeclareCursorStmt")

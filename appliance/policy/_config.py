@@ -9,6 +9,7 @@ Shape (see ``appliance/policy/example.yaml`` for a commented example)::
         approvers:
           - name: alice             # must be the name inside the key
             key: "alice+1234abcd+AbCd..."   # C2SP verifier key text, or {file: path}
+        # or the short form: approvers: {alice: "alice+1234abcd+AbCd...", bob: {file: ...}}
         socket: ...                 # socket and webhooks: see appliance.approvals.config
       rules:                        # ordered, first match wins, at least one
         - name: no-drops
@@ -114,18 +115,36 @@ def _parse_approvals(node: Node) -> tuple[dict[str, VerifierKey], float]:
     m = node.keys(optional=("timeout", "approvers", *_APPROVALS_TRANSPORT_KEYS))
     timeout = _positive_duration(m["timeout"]) if "timeout" in m else DEFAULT_APPROVAL_TIMEOUT
     approvers: dict[str, VerifierKey] = {}
-    for item in m["approvers"].items() if "approvers" in m else []:
-        a = item.keys(required=("name", "key"))
-        name = a["name"].string()
+    for name_node, key_node in _approver_entries(m["approvers"]) if "approvers" in m else []:
+        name = name_node.string()
         if name in approvers:
-            a["name"].fail(f"duplicate approver {name!r}")
-        key = _parse_key(a["key"])
+            name_node.fail(f"duplicate approver {name!r}")
+        key = _parse_key(key_node)
         if key.name != name:
-            a["key"].fail(f"this key is named {key.name!r}, not {name!r}")
+            key_node.fail(f"this key is named {key.name!r}, not {name!r}")
         if key in approvers.values():
-            a["key"].fail("this key is already given to another approver")
+            key_node.fail("this key is already given to another approver")
         approvers[name] = key
     return approvers, timeout
+
+
+def _approver_entries(node: Node) -> list[tuple[Node, Node]]:
+    """``[{name: alice, key: ...}, ...]`` or the short form ``{alice: ..., bob: ...}``."""
+    if node.is_mapping:
+        # The mapping's keys are plain strings; their nodes carry the line for errors.
+        return [(_key_node(node, name), value) for name, value in node.mapping().items()]
+    entries = []
+    for item in node.items():
+        a = item.keys(required=("name", "key"))
+        entries.append((a["name"], a["key"]))
+    return entries
+
+
+def _key_node(mapping: Node, name: str) -> Node:
+    for key_raw, _ in mapping.raw.value:
+        if key_raw.value == name:
+            return Node(key_raw, f"{mapping.path}.{name}", mapping.source)
+    raise AssertionError(f"{name!r} is a key of the mapping it came from")
 
 
 def _parse_key(node: Node) -> VerifierKey:

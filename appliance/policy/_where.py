@@ -7,7 +7,9 @@ only on what it can prove from the text: constants (``1=1``, ``'a'='a'``, ``true
 the boolean operators over them (``true OR x > 5``), and an expression compared with itself
 (``x = x``, ``lower(x) >= lower(x)``, ``x IS NOT DISTINCT FROM x``, ``x LIKE '%'``). The
 self-comparisons skip rows where the value is NULL; they are marked anyway, because whoever
-writes them means "every row". Anything it cannot prove counts as a real condition.
+writes them means "every row". Anything it cannot prove counts as a real condition, except
+an expression nested deeper than it looks (64 levels): that counts as keeping every row, so
+that nesting (``NOT NOT ... true``) cannot hide a constant.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 _MAX_DEPTH = 64
+
+
+class _TooDeep(Exception):
+    """The expression is nested deeper than _MAX_DEPTH."""
+
+
 _NO_VALUE = object()
 _NULL = object()
 _COMPARE = {
@@ -40,12 +48,19 @@ _MISSING: dict[str, Any] = {}
 def keeps_every_row(where: dict[str, Any] | None) -> bool:
     """True if ``where`` (a parse-tree node, or None for no WHERE) is provably true for
     every row (NULLs aside, see the module docstring)."""
-    return where is None or _truth(where, 0) is True
+    if where is None:
+        return True
+    try:
+        return _truth(where, 0) is True
+    except _TooDeep:
+        return True
 
 
 def _truth(node: Any, depth: int) -> bool | None:
     """True or False if the expression's value is known from the text, else None."""
-    if depth > _MAX_DEPTH or not isinstance(node, dict) or len(node) != 1:
+    if depth > _MAX_DEPTH:
+        raise _TooDeep
+    if not isinstance(node, dict) or len(node) != 1:
         return None
     ((kind, f),) = node.items()
     depth += 1
@@ -140,7 +155,9 @@ def _items(node: Any) -> list[Any]:
 
 def _value(node: Any, depth: int) -> object:
     """The constant's Python value (bool, Decimal, str, _NULL), or _NO_VALUE."""
-    if depth > _MAX_DEPTH or not isinstance(node, dict) or len(node) != 1:
+    if depth > _MAX_DEPTH:
+        raise _TooDeep
+    if not isinstance(node, dict) or len(node) != 1:
         return _NO_VALUE
     ((kind, f),) = node.items()
     if kind == "A_Const":
@@ -221,8 +238,9 @@ def _parse_bool(text: object) -> object:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """The two expressions are written the same (positions aside) and call nothing that
-    could return a different value each time (functions, subqueries, parameters)."""
+    """The two expressions are written the same (positions aside), contain no NULL constant
+    and call nothing that could return a different value each time (functions, subqueries,
+    parameters)."""
     if not isinstance(a, dict) or not isinstance(b, dict) or a.keys() != b.keys():
         return False
     ca, cb = _canon(a, 0), _canon(b, 0)
@@ -231,12 +249,14 @@ def _same(a: Any, b: Any) -> bool:
 
 def _canon(node: Any, depth: int) -> Any:
     if depth > _MAX_DEPTH:
-        return None
+        raise _TooDeep
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for key, value in node.items():
             if key in ("FuncCall", "SubLink", "ParamRef"):
                 return None
+            if key == "A_Const" and isinstance(value, dict) and value.get("isnull"):
+                return None  # NULL = NULL is NULL, not true
             if key == "location" or key.endswith(("_location", "_start", "_end")):
                 continue
             sub = _canon(value, depth + 1)

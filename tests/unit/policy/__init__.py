@@ -1,0 +1,1 @@
+"""Unit tests of appliance.policy: SQL classification, rules and the policy config."""

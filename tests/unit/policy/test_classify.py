@@ -1,0 +1,177 @@
+"""classify(): statement splitting, the cache, inputs that are not SQL, and hypothesis
+fuzzing (it never raises)."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from appliance.policy import Classification, classify
+from appliance.policy._classify import cache_clear, cache_info
+
+
+def test_statements_in_order_with_their_text_and_command() -> None:
+    result = classify("SELECT 'é€'; /* c */ DELETE FROM t WHERE id = 1;\n  COMMIT ;")
+    assert [s.index for s in result.statements] == [0, 1, 2]
+    # The parser starts a statement after the comments before it.
+    assert [s.text for s in result.statements] == [
+        "SELECT 'é€'",
+        "DELETE FROM t WHERE id = 1",
+        "COMMIT",
+    ]
+    assert [s.command for s in result.statements] == [
+        "SelectStmt",
+        "DeleteStmt",
+        "TransactionStmt",
+    ]
+    assert result.statements[1].writes == {"t"}
+    assert result.classes == {"select", "delete", "transaction"}
+
+
+def test_prepared_name_is_given_for_prepare_execute_deallocate() -> None:
+    names = [
+        classify(sql).statements[0].prepared_name
+        for sql in ("PREPARE p1 AS SELECT 1", "EXECUTE p1", "DEALLOCATE p1", "SELECT 1")
+    ]
+    assert names == ["p1", "p1", "p1", None]
+
+
+def test_unparseable_text_is_one_unknown_statement_with_the_reason() -> None:
+    result = classify("SELECT 1; DROP TABEL t")
+    assert result.classes == {"unknown"}
+    assert len(result.statements) == 1
+    assert result.statements[0].command == ""
+    assert result.statements[0].text == "SELECT 1; DROP TABEL t"
+    assert result.parse_error is not None and "syntax error" in result.parse_error
+
+
+def test_cache_returns_the_same_object_for_the_same_text() -> None:
+    cache_clear()
+    first = classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+    again = classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+    assert again is first
+    info = cache_info()
+    assert (info.hits, info.misses) == (1, 1)
+    other = classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2")
+    assert other is not first and other.classes == first.classes
+
+
+def test_long_texts_are_not_cached_but_classified_alike() -> None:
+    sql = "SELECT " + ", ".join(f"c{i}" for i in range(5000)) + " FROM t"
+    assert len(sql) > 16 * 1024
+    first, again = classify(sql), classify(sql)
+    assert first == again and first is not again
+    assert first.classes == {"select"}
+
+
+def test_standard_conforming_strings_off_refuses_backslashes() -> None:
+    # With standard_conforming_strings=on (what the grammar here assumes) this is one
+    # SELECT of a string; a server with it off reads '\'' as a quote, then DROP TABLE runs.
+    sql = "SELECT '\\'' ; DROP TABLE t; --'"
+    assert classify(sql).classes == {"select"}
+    off = classify(sql, standard_conforming_strings=False)
+    assert off.classes == {"unknown"}
+    assert off.parse_error is not None and "standard_conforming_strings" in off.parse_error
+    assert classify("DELETE FROM t", standard_conforming_strings=False).classes == {
+        "delete",
+        "delete_without_where",
+    }
+
+
+def test_inputs_that_are_not_sql() -> None:
+    for text in ("SELECT 1\x00; DROP TABLE t", "SELECT '\ud800'", "\x00"):
+        result = classify(text)
+        assert result.classes == {"unknown"} and result.parse_error
+    assert classify(b"SELECT 1").classes == {"unknown"}  # type: ignore[arg-type]
+
+
+def _nested(depth: int) -> str:
+    return "SELECT * FROM " + "(SELECT * FROM " * depth + "t" + ") s" * depth
+
+
+def test_deep_nesting_is_classified_up_to_a_limit_then_unknown() -> None:
+    result = classify(_nested(100))
+    assert result.classes == {"select"} and result.reads == {"t"}
+    too_deep = classify(_nested(1000))
+    assert too_deep.classes == {"unknown"}
+    assert too_deep.parse_error == "the statement is nested too deeply to classify"
+    calls = classify("SELECT " + "abs(" * 5000 + "1" + ")" * 5000)
+    assert calls.classes == {"unknown"} and calls.parse_error
+    parens = classify("SELECT " + "(" * 20000 + "1" + ")" * 20000)
+    assert parens.classes <= {"select", "unknown"}
+
+
+def test_where_nested_too_deeply_to_evaluate_counts_as_every_row() -> None:
+    shallow = "DELETE FROM t WHERE " + "NOT " * 20 + "(id = 5)"
+    assert classify(shallow).classes == {"delete"}
+    deep = "DELETE FROM t WHERE " + "NOT " * 80 + "(id = 5)"
+    assert classify(deep).classes == {"delete", "delete_without_where"}
+
+
+def test_records_are_json_without_floats() -> None:
+    result = classify("SELECT nextval('s'); DELETE FROM x.y USING z")
+    record = result.to_record()
+    text = json.dumps(record, sort_keys=True)
+    assert json.loads(text) == record
+    assert record["classes"] == ["delete", "delete_without_where", "function_call", "select"]
+    assert record["statements"][1] == {
+        "index": 1,
+        "command": "DeleteStmt",
+        "classes": ["delete", "delete_without_where"],
+        "reads": ["z"],
+        "writes": ["x.y"],
+        "functions": [],
+    }
+    assert "parse_error" not in record
+    assert "parse_error" in classify("nope").to_record()
+
+
+# -- hypothesis ----------------------------------------------------------------------------
+
+_FRAGMENTS = st.sampled_from(
+    [
+        "SELECT", "DELETE", "FROM", "WHERE", "UPDATE", "SET", "INSERT", "INTO", "VALUES",
+        "WITH", "AS", "(", ")", ";", ",", "'", "''", '"', "$$", "$t$", "E'", "\\", "\\'",
+        "--", "\n", "/*", "*/", "1", "=", "t", "x.y", "EXPLAIN", "ANALYZE", "COPY", "TO",
+        "PROGRAM", "DROP", "TABLE", "pg_read_file(", "DO", "CALL", "PREPARE", "EXECUTE",
+        "RETURNING", "*", "true", "NOT", "OR", "AND", "FOR UPDATE", "MERGE", "USING",
+        "ON", "WHEN", "MATCHED", "THEN", "\x00", "é", "\ud800", " ",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(max_size=200), st.booleans())
+def test_classify_never_raises_on_any_text(sql: str, scs: bool) -> None:
+    _check(classify(sql, standard_conforming_strings=scs))
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(_FRAGMENTS, max_size=40).map(" ".join), st.booleans())
+def test_classify_never_raises_on_sql_like_text(sql: str, scs: bool) -> None:
+    _check(classify(sql, standard_conforming_strings=scs))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["SELECT 1", "DELETE FROM t WHERE a = 1", "SELECT $$;$$", "COMMIT", "SET a = 1"]
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_each_statement_of_a_string_is_found(parts: list[str]) -> None:
+    result = classify(";".join(parts))
+    assert [s.text for s in result.statements] == parts
+
+
+def _check(result: Classification) -> None:
+    assert isinstance(result, Classification)
+    assert result.classes == frozenset().union(*(s.classes for s in result.statements))
+    if result.parse_error is not None:
+        assert result.classes == {"unknown"}
+    json.dumps(result.to_record())
