@@ -1,0 +1,136 @@
+"""The scanning engine: pre-filter, candidates, validation, overlaps, replacement.
+
+For a set of enabled detectors a :class:`Scanner` compiles one pre-filter, the alternation of
+their triggers, for ``str`` and for ``bytes``. Clean text -- which the pre-filter does not
+match -- costs that one scan. Otherwise every enabled detector's pattern runs and its
+validator keeps the real findings.
+
+Overlapping findings are resolved greedily by priority, then length: the winner is masked
+and the losers are dropped. Masking then repeats on its own output until nothing is found
+(at most :data:`MAX_PASSES` times), so that what a loser leaves behind is masked too and the
+output never contains a value a detector would find -- which also makes masking idempotent.
+Findings that lie inside one of our own tokens (``[HMAC:...]``) are not findings.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from appliance.masking._detectors import Detector, Options
+from appliance.masking._styles import TOKEN_RE, label_for, redact
+
+__all__ = ["MAX_PASSES", "Finding", "Scanner"]
+
+MAX_PASSES = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One value to mask. ``value`` is the normalised value (for the keyed hash); it must never
+    be logged or recorded."""
+
+    start: int
+    end: int
+    detector: str
+    priority: int
+    value: str
+
+
+class Scanner:
+    """Finds and masks the findings of a fixed set of detectors."""
+
+    def __init__(self, detectors: Sequence[Detector], options: Options) -> None:
+        self.detectors = tuple(sorted(detectors, key=lambda d: d.priority))
+        self.options = options
+        triggers = list(dict.fromkeys(d.trigger for d in self.detectors))
+        source = "|".join(f"(?:{t})" for t in triggers)
+        self._pre: re.Pattern[str] | None = re.compile(source, re.ASCII) if triggers else None
+        self._pre_b: re.Pattern[bytes] | None = (
+            re.compile(source.encode("ascii"), re.ASCII) if triggers else None
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.detectors)
+
+    def might_match(self, text: str) -> bool:
+        """False only if no enabled detector can find anything in ``text``."""
+        return self._pre is not None and self._pre.search(text) is not None
+
+    def might_match_bytes(self, data: bytes) -> bool:
+        """:meth:`might_match` on UTF-8 (or any ASCII-compatible) bytes, without decoding."""
+        return self._pre_b is not None and self._pre_b.search(data) is not None
+
+    def find(self, text: str) -> list[Finding]:
+        """The findings to mask in ``text``, sorted by position and not overlapping."""
+        if not self.might_match(text):
+            return []
+        candidates: list[Finding] = []
+        for detector in self.detectors:
+            for match in detector.pattern.finditer(text):
+                for start, end, value in detector.validate(match, self.options):
+                    if end > start:
+                        candidates.append(
+                            Finding(start, end, detector.name, detector.priority, value)
+                        )
+        if not candidates:
+            return []
+        if "[" in text:
+            tokens = [t.span() for t in TOKEN_RE.finditer(text)]
+            if tokens:
+                candidates = [f for f in candidates if not _inside_any(f, tokens)]
+        return _select(candidates)
+
+    def mask(
+        self,
+        text: str,
+        render: Callable[[Finding, str], str],
+        found: Callable[[Finding], None],
+    ) -> str:
+        """``text`` with every finding replaced by ``render(finding, original)``; ``found`` is called
+        once per replacement. Returns ``text`` itself (the same object) if nothing was found.
+        """
+        for _ in range(MAX_PASSES):
+            findings = self.find(text)
+            if not findings:
+                return text
+            parts: list[str] = []
+            pos = 0
+            for f in findings:
+                parts.append(text[pos : f.start])
+                parts.append(render(f, text[f.start : f.end]))
+                found(f)
+                pos = f.end
+            parts.append(text[pos:])
+            text = "".join(parts)
+        findings = self.find(text)
+        if not findings:
+            return text
+        # The renderings keep producing findings: give up on keeping anything (fail closed).
+        found(findings[0])
+        return redact(label_for(findings[0].detector))
+
+
+def _inside_any(f: Finding, spans: list[tuple[int, int]]) -> bool:
+    return any(start <= f.start and f.end <= end for start, end in spans)
+
+
+def _select(candidates: list[Finding]) -> list[Finding]:
+    """Greedy interval selection: by priority, then longest, then leftmost."""
+    if len(candidates) == 1:
+        return candidates
+    candidates.sort(key=lambda f: (f.priority, f.start - f.end, f.start))
+    starts: list[int] = []
+    chosen: list[Finding] = []
+    for f in candidates:
+        i = bisect.bisect_left(starts, f.start)
+        if i > 0 and chosen[i - 1].end > f.start:
+            continue
+        if i < len(chosen) and chosen[i].start < f.end:
+            continue
+        starts.insert(i, f.start)
+        chosen.insert(i, f)
+    return chosen

@@ -1,0 +1,229 @@
+"""Validation of candidate values: the checks that turn a pattern match into a finding.
+
+Pure functions over strings, offline, no I/O. Check digits come from python-stdnum (Luhn,
+ISO 7064 mod 97-10 and the IBAN registry, US SSN rules) and phone numbers from phonenumbers
+(Google's libphonenumber metadata); the rest (issuer prefixes, the GitHub token checksum,
+entropy) is written here because it is a few lines each.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import json
+import math
+import re
+from collections import Counter
+
+import phonenumbers
+from stdnum import iban as _iban
+from stdnum import luhn as _luhn
+from stdnum import numdb
+from stdnum.exceptions import ValidationError
+from stdnum.us import ssn as _ssn
+
+__all__ = [
+    "card_brand",
+    "github_checksum_ok",
+    "iban_length",
+    "iban_ok",
+    "jwt_ok",
+    "luhn_ok",
+    "phone_e164",
+    "shannon_entropy",
+    "ssn_ok",
+]
+
+# -- payment cards ---------------------------------------------------------------------------
+
+_ANY = frozenset(range(13, 20))
+# (lowest prefix, highest prefix, lengths). Prefixes are compared on as many leading digits as
+# the bound has. Sources: ISO/IEC 7812 issuer identification numbers as published by the
+# networks (Visa, Mastercard incl. the 2-series, Amex, Discover, Diners, JCB, UnionPay, Maestro,
+# Mir, RuPay, Troy). UATP (prefix 1) is left out: any 15-digit number starting with 1 would
+# need only a Luhn digit to pass.
+_ISSUERS: tuple[tuple[str, str, frozenset[int], str], ...] = (
+    ("4", "4", frozenset({13, 16, 19}), "visa"),
+    ("51", "55", frozenset({16}), "mastercard"),
+    ("2221", "2720", frozenset({16}), "mastercard"),
+    ("34", "34", frozenset({15}), "amex"),
+    ("37", "37", frozenset({15}), "amex"),
+    ("6011", "6011", frozenset(range(16, 20)), "discover"),
+    ("644", "649", frozenset(range(16, 20)), "discover"),
+    ("65", "65", frozenset(range(16, 20)), "discover"),
+    ("622126", "622925", frozenset(range(16, 20)), "discover"),
+    ("300", "305", frozenset(range(14, 20)), "diners"),
+    ("3095", "3095", frozenset(range(14, 20)), "diners"),
+    ("36", "36", frozenset(range(14, 20)), "diners"),
+    ("38", "39", frozenset(range(14, 20)), "diners"),
+    ("3528", "3589", frozenset(range(16, 20)), "jcb"),
+    ("62", "62", frozenset(range(16, 20)), "unionpay"),
+    ("81", "81", frozenset(range(16, 20)), "unionpay"),
+    ("2200", "2204", frozenset(range(16, 20)), "mir"),
+    ("60", "60", frozenset(range(16, 20)), "rupay"),
+    ("82", "82", frozenset(range(16, 20)), "rupay"),
+    ("508", "508", frozenset(range(16, 20)), "rupay"),
+    ("9792", "9792", frozenset({16}), "troy"),
+    ("50", "50", _ANY, "maestro"),
+    ("56", "69", _ANY, "maestro"),
+)
+
+
+def card_brand(digits: str) -> str | None:
+    """The card network whose prefix and length ``digits`` has, or None. No Luhn check."""
+    n = len(digits)
+    if not 13 <= n <= 19:
+        return None
+    for low, high, lengths, brand in _ISSUERS:
+        if n in lengths and low <= digits[: len(low)] <= high:
+            return brand
+    return None
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn (mod 10) check digit of ``digits`` is right."""
+    return bool(_luhn.is_valid(digits))
+
+
+# -- US social security numbers ---------------------------------------------------------------
+
+
+def ssn_ok(digits: str) -> bool:
+    """Nine digits that the SSA could have issued.
+
+    Excludes area 000, 666 and 900-999, group 00, serial 0000 and the numbers published in
+    advertising (078-05-1120 ...), as python-stdnum's ``us.ssn`` does.
+    """
+    return len(digits) == 9 and bool(_ssn.is_valid(digits))
+
+
+# -- IBAN -------------------------------------------------------------------------------------
+
+_IBAN_DB = numdb.get("iban")
+_BBAN_PART = re.compile(r"([1-9][0-9]*)!([nac])")
+
+
+@functools.cache
+def iban_length(country: str) -> int | None:
+    """The length of an IBAN of ``country`` (two capitals) per the SWIFT registry, or None."""
+    info = _IBAN_DB.info(country)
+    if not info or not info[0][1]:
+        return None
+    structure = str(info[0][1].get("bban", ""))
+    parts = _BBAN_PART.findall(structure)
+    if not parts:
+        return None
+    return 4 + sum(int(count) for count, _ in parts)
+
+
+def iban_ok(compact: str) -> bool:
+    """Mod 97-10 check digits right and the BBAN shaped as the country's registry entry says.
+
+    National check digits inside the BBAN are not checked: a value that passes the two
+    international checks is masked even if its bank would reject it.
+    """
+    try:
+        _iban.validate(compact, check_country=False)
+    except ValidationError:
+        return False
+    return True
+
+
+# -- phone numbers ----------------------------------------------------------------------------
+
+
+def phone_e164(text: str, regions: tuple[str, ...]) -> str | None:
+    """``text`` as an E.164 number if libphonenumber says it is one, else None.
+
+    With a leading ``+`` the number carries its country and must be valid. Without, it is
+    tried in ``regions`` order and must also be grouped as that region writes its numbers
+    (libphonenumber's STRICT_GROUPING): ``415-555-2671`` is a US number, ``3478-607512`` and
+    ``173.169.109.79`` are not.
+    """
+    if text.startswith("+"):
+        try:
+            number = phonenumbers.parse(text, None)
+        except phonenumbers.NumberParseException:
+            return None
+        if phonenumbers.is_valid_number(number):
+            return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        return None
+    for region in regions:
+        matcher = phonenumbers.PhoneNumberMatcher(
+            text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
+        )
+        for match in matcher:
+            if match.start == 0 and match.end == len(text):
+                return phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+def phone_region_known(region: str) -> bool:
+    """``region`` is a region code libphonenumber has metadata for (``US``, ``DE`` ...)."""
+    return region in phonenumbers.SUPPORTED_REGIONS
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _base62(n: int, width: int) -> str:
+    out = ""
+    while n:
+        n, r = divmod(n, 62)
+        out = _BASE62[r] + out
+    return out.rjust(width, "0")
+
+
+def github_checksum_ok(token: str) -> bool:
+    """The checksum of a GitHub token in the 2021 format (``ghp_`` + 30 random + 6 check).
+
+    The check is the CRC-32 of the 30 random characters, in base 62, left-padded to six
+    characters ("Behind GitHub's new authentication token formats", GitHub blog, 2021-04-05).
+    """
+    body = token[4:]
+    if len(body) != 36:
+        return False
+    crc = binascii.crc32(body[:30].encode("ascii"))
+    return _base62(crc, 6) == body[30:]
+
+
+def github_checksum(random30: str) -> str:
+    """The six checksum characters for 30 random characters (used to build test vectors)."""
+    return _base62(binascii.crc32(random30.encode("ascii")), 6)
+
+
+def _b64url_json(part: str) -> object:
+    raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    return json.loads(raw)
+
+
+def jwt_ok(parts: list[str]) -> bool:
+    """A JWS (3 parts) or JWE (5 parts) whose header is a JSON object naming its algorithm."""
+    if len(parts) not in (3, 5) or not parts[1 if len(parts) == 3 else 2]:
+        return False
+    try:
+        header = _b64url_json(parts[0])
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(header, dict) and isinstance(header.get("alg", header.get("enc")), str)
+
+
+def shannon_entropy(value: str) -> float:
+    """Shannon entropy of the characters of ``value``, in bits per character."""
+    if not value:
+        return 0.0
+    n = len(value)
+    return -sum(c / n * math.log2(c / n) for c in Counter(value).values())
+
+
+def char_classes(value: str) -> int:
+    """How many of lower case, upper case, digits and other characters ``value`` uses."""
+    return (
+        any(c.islower() for c in value)
+        + any(c.isupper() for c in value)
+        + any(c.isdigit() for c in value)
+        + any(not c.isalnum() for c in value)
+    )
