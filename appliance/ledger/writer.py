@@ -78,6 +78,9 @@ class BlobSink:
         self._size = 0
         self.ref: dict[str, Any] | None = None
         self.error: str | None = None
+        # Called in the writer thread when the blob is complete; what it returns joins the
+        # reference in the entry (e.g. the masking counts a transform gathered).
+        self.annotate: Callable[[], Mapping[str, Any]] | None = None
 
     @property
     def closed(self) -> bool:
@@ -477,6 +480,8 @@ class LedgerWriter:
             self._pending_dirs.add(final.parent)
         sink._fd = None
         sink.ref = {"sha256": sha, "size": sink._size}
+        if sink.annotate is not None:
+            sink.ref.update(sink.annotate())
 
     def _blob_discard(self, sink: BlobSink) -> None:
         if sink._fd is not None:
