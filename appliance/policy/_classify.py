@@ -244,6 +244,9 @@ def _statement(index: int, raw: dict[str, Any], encoded: bytes) -> StatementClas
 # -- the walk ---------------------------------------------------------------------------------
 
 
+_WRAPPED = frozenset({"Node", "Expr", "List"})
+
+
 def _struct_fields() -> dict[tuple[str, str], str]:
     """(node type, field) -> struct type, for the fields the JSON writes without a wrapper."""
     nodes = {
@@ -258,7 +261,8 @@ def _struct_fields() -> dict[tuple[str, str], str]:
             continue
         for field, info in slots.items():
             base = info.c_type.rstrip("*")
-            if info.c_type.endswith("*") and base in nodes and base not in ("Node", "List"):
+            # Node, Expr (abstract) and List fields hold {"Type": {...}} wrappers.
+            if info.c_type.endswith("*") and base in nodes and base not in _WRAPPED:
                 out[(name, field)] = base
     return out
 

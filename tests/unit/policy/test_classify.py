@@ -4,12 +4,17 @@ fuzzing (it never raises)."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pglast.parser import ParseError, parse_sql, parse_sql_json
+from pglast.visitors import Visitor
 
 from appliance.policy import Classification, classify
-from appliance.policy._classify import cache_clear, cache_info
+from appliance.policy._classify import _STRUCT_FIELDS, _quote, cache_clear, cache_info
+
+from .test_corpus import CORPUS, PSQL
 
 
 def test_statements_in_order_with_their_text_and_command() -> None:
@@ -174,4 +179,82 @@ def _check(result: Classification) -> None:
     assert result.classes == frozenset().union(*(s.classes for s in result.statements))
     if result.parse_error is not None:
         assert result.classes == {"unknown"}
+        # The classifier catches its own bugs to fail closed; a fuzz run must find none.
+        assert "a bug in appliance.policy" not in result.parse_error
     json.dumps(result.to_record())
+
+
+# -- the walk sees every node ------------------------------------------------------------
+
+
+def _shape_errors(kind: str, fields: dict[str, Any], out: list[str]) -> None:
+    """Where the JSON tree has a dict that is neither a ``{"Type": {...}}`` wrapper nor a
+    struct field the classifier knows from pglast.ast (the walk would not see inside)."""
+    for key, value in fields.items():
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if not isinstance(item, dict) or not item:
+                continue  # scalars; {} is a NULL list entry
+            struct = _STRUCT_FIELDS.get((kind, key))
+            if struct is not None and not isinstance(value, list):
+                _shape_errors(struct, item, out)
+            elif len(item) == 1 and next(iter(item))[:1].isupper():
+                ((child, child_fields),) = item.items()
+                _shape_errors(child, child_fields, out)
+            elif kind != "A_Const":  # A_Const's value union is read by _where, not walked
+                out.append(f"{kind}.{key}: {sorted(item)}")
+
+
+def test_the_walk_understands_every_node_of_the_corpus() -> None:
+    texts = [c["sql"] for c in CORPUS] + [q["sql"] for q in PSQL]
+    errors: list[str] = []
+    for text in texts:
+        try:
+            tree = json.loads(parse_sql_json(text))
+        except ParseError:
+            continue
+        for raw in tree.get("stmts", []):
+            ((kind, fields),) = raw["stmt"].items()
+            _shape_errors(kind, fields, errors)
+    assert errors == []
+
+
+class _Names(Visitor):
+    """pglast's own full traversal of its object tree: every function call and relation."""
+
+    def __init__(self) -> None:
+        self.functions: set[str] = set()
+        self.relations: set[str] = set()
+        self.ctes: set[str] = set()
+
+    def visit_FuncCall(self, ancestors: Any, node: Any) -> None:
+        self.functions.add(".".join(_quote(s.sval) for s in node.funcname))
+
+    def visit_RangeVar(self, ancestors: Any, node: Any) -> None:
+        parts = [p for p in (node.catalogname, node.schemaname, node.relname) if p]
+        self.relations.add(".".join(_quote(p) for p in parts))
+
+    def visit_CommonTableExpr(self, ancestors: Any, node: Any) -> None:
+        self.ctes.add(node.ctename)
+
+
+def test_functions_and_relations_agree_with_pglasts_own_traversal() -> None:
+    texts = [c["sql"] for c in CORPUS] + [q["sql"] for q in PSQL]
+    checked = 0
+    for text in texts:
+        result = classify(text)
+        if result.parse_error is not None or "CREATE FUNCTION" in text:
+            continue  # the classifier does not read function bodies, they do not run
+        names = _Names()
+        for stmt in parse_sql(text):
+            names(stmt)
+        assert result.functions == names.functions, text
+        found = result.reads | result.writes
+        # DROP names its objects as strings, not RangeVars; a CTE reference is not a relation.
+        dropped = frozenset().union(
+            *(s.writes for s in result.statements if s.command == "DropStmt")
+        )
+        assert found - names.relations <= dropped, text
+        assert names.relations - found <= names.ctes, text
+        checked += 1
+    assert checked > 150
