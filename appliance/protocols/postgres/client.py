@@ -44,7 +44,11 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from appliance.protocols.postgres._errors import LocalProtocolError, PeerProtocolError
+from appliance.protocols.postgres._errors import (
+    LocalProtocolError,
+    PeerProtocolError,
+    UpstreamAuthenticationError,
+)
 from appliance.protocols.postgres._framing import (
     FRONTEND_AUTH_TYPES,
     FRONTEND_TYPES,
@@ -412,9 +416,16 @@ class ClientConnection:
         self._out.append(error_response("FATAL", code, message, detail=detail, hint=hint))
         self.state = ClientState.CLOSED
 
-    def reject_peer_error(self, exc: PeerProtocolError) -> None:
-        """:meth:`reject` with the code and text of a PeerProtocolError of either side."""
-        if exc.side == "client":
+    def reject_peer_error(self, exc: PeerProtocolError | UpstreamAuthenticationError) -> None:
+        """:meth:`reject` with the code and text of a PeerProtocolError of either side, or
+        of an UpstreamAuthenticationError (neither carries a secret)."""
+        if isinstance(exc, UpstreamAuthenticationError):
+            self.reject(
+                exc.sqlstate,
+                "the appliance could not authenticate to the target",
+                detail=exc.message,
+            )
+        elif exc.side == "client":
             self.reject(exc.sqlstate, exc.message)
         else:
             self.reject(exc.sqlstate, "the upstream server broke the protocol", detail=exc.message)

@@ -21,10 +21,12 @@ from appliance.protocols.postgres import (
     SSLRequested,
     StartupReceived,
     Terminated,
+    UpstreamAuthenticationError,
 )
 from appliance.protocols.postgres.messages import (
     BackendKeyData,
     CancelRequest,
+    ErrorResponse,
     GSSENCRequest,
     NegotiateProtocolVersion,
     PasswordMessage,
@@ -368,6 +370,16 @@ def test_reject_peer_error_blames_the_server_without_confusing_the_job() -> None
     err = decode_backend(ty, fr[5:])
     assert err.message == "the upstream server broke the protocol"  # type: ignore[union-attr]
     assert err.detail == "bad BackendKeyData"  # type: ignore[union-attr]
+
+
+def test_reject_upstream_authentication_error() -> None:
+    conn = ClientConnection()
+    conn.receive_data(StartupMessage(3, 0, {"user": "u"}).encode())
+    conn.reject_peer_error(UpstreamAuthenticationError("the server asks for GSSAPI"))
+    [(ty, fr)] = reference_split(conn.data_to_send())
+    err = decode_backend(ty, fr[5:])
+    assert isinstance(err, ErrorResponse)
+    assert err.code == "08004" and err.detail == "the server asks for GSSAPI"
 
 
 def test_actions_out_of_state_are_local_errors() -> None:
