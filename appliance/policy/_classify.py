@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pglast import ast as pg_ast
-from pglast.parser import parse_sql_json
+from pglast.parser import ParseError, parse_sql_json
 
 from appliance.policy._functions import call_classes
 from appliance.policy._where import keeps_every_row
@@ -195,10 +195,12 @@ def _classify(sql: str, standard_conforming_strings: bool) -> Classification:
         )
     try:
         tree = json.loads(parse_sql_json(sql))
+    except ParseError as exc:  # the server's own message: 'syntax error at or near ...'
+        return _unparseable(sql, str(exc))
     except RecursionError:
         return _unparseable(sql, "the statement is nested too deeply to classify")
-    except Exception as exc:  # pglast.parser.ParseError and the parser's own limits
-        return _unparseable(sql, f"syntax error: {exc}")
+    except Exception as exc:  # the parser's other limits
+        return _unparseable(sql, f"the parser refused the text: {type(exc).__name__}: {exc}")
     try:
         statements = [
             _statement(index, raw, encoded) for index, raw in enumerate(tree.get("stmts", ()))
