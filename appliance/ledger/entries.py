@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -83,6 +83,7 @@ KNOWN_TYPES: tuple[str, ...] = (
 )
 
 FIELDS = ("account", "data", "identity", "origin", "seq", "session", "target", "ts", "type", "v")
+_FIELD_SET = frozenset(FIELDS)
 _TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
@@ -107,23 +108,35 @@ class Entry(NamedTuple):
 # -- canonical JSON -------------------------------------------------------------------------
 
 
-def _is_canonical(value: object) -> bool:
+_SCALARS = frozenset({str, bool, type(None)})
+
+
+def _is_canonical(value: Any) -> bool:
     """True if ``value`` consists only of dict (str keys), list/tuple, str, int, bool, None.
 
-    Exact type tests first: this runs on every append, so it is written for speed.
+    Exact type tests, scalars checked inline: this runs on every append, so it is written
+    for speed (a float, a subclass or any other type takes the slow path to an error).
     """
     t = type(value)
-    if t is str or t is bool or value is None:
+    if t in _SCALARS:
         return True
     if t is int:
-        return _INT_MIN <= cast(int, value) <= _INT_MAX
+        return _INT_MIN <= value <= _INT_MAX  # type: ignore[no-any-return]
     if t is dict:
-        for k, v in cast(dict[object, object], value).items():
-            if type(k) is not str or not _is_canonical(v):
+        for k, v in value.items():
+            if type(k) is not str:
+                return False
+            tv = type(v)
+            if tv in _SCALARS or (tv is int and _INT_MIN <= v <= _INT_MAX):
+                continue
+            if not _is_canonical(v):
                 return False
         return True
     if t is list or t is tuple:
-        for v in cast(list[object], value):  # noqa: SIM110
+        for v in value:
+            tv = type(v)
+            if tv in _SCALARS or (tv is int and _INT_MIN <= v <= _INT_MAX):
+                continue
             if not _is_canonical(v):
                 return False
         return True
@@ -250,7 +263,7 @@ def parse_entry(raw: bytes) -> dict[str, Any]:
         raise MalformedEntry(f"not valid JSON: {exc}") from None
     if type(obj) is not dict:
         raise MalformedEntry("not a JSON object")
-    if len(obj) != len(FIELDS) or any(k not in obj for k in FIELDS):
+    if obj.keys() != _FIELD_SET:
         missing = sorted(set(FIELDS) - set(obj))
         extra = sorted(set(obj) - set(FIELDS))
         raise MalformedEntry(f"wrong fields (missing {missing}, unexpected {extra})")
@@ -258,7 +271,8 @@ def parse_entry(raw: bytes) -> dict[str, Any]:
         raise MalformedEntry(f"unknown format version {obj['v']!r}")
     if type(obj["seq"]) is not int or obj["seq"] < 0:
         raise MalformedEntry("seq is not a non-negative integer")
-    if type(obj["ts"]) is not str or not _TS_RE.fullmatch(obj["ts"]):
+    ts = obj["ts"]
+    if type(ts) is not str or len(ts) != 27 or not _TS_RE.fullmatch(ts):
         raise MalformedEntry(f"malformed timestamp {obj['ts']!r}")
     if type(obj["type"]) is not str or not obj["type"]:
         raise MalformedEntry("type is not a non-empty string")

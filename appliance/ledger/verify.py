@@ -22,8 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
+import multiprocessing
+import os
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,17 +38,15 @@ from appliance.ledger.entries import (
     KEY_PUBLISHED,
     MalformedEntry,
     blob_refs,
-    canonical_json,
     may_have_blob_refs,
     parse_entry,
 )
-from appliance.ledger.errors import CanonicalError, LedgerError, TamperError
+from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.keys import InvalidSignature, VerifierKey
 from appliance.ledger.merkle import CompactRange
 from appliance.ledger.note import MalformedNote, NoteError, UnverifiedNote, open_note
 from appliance.ledger.store import CHECKPOINT, ENTRIES, HISTORY, blob_path, read_history
 
-_FLOATISH = re.compile(rb"[0-9][.eE]")
 _MAX_SAME_KIND = 5
 Progress = Callable[[int, int], None]
 
@@ -102,6 +103,7 @@ def verify_ledger(
     *,
     progress: Progress | None = None,
     check_blobs: bool = True,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Verify ``directory``; see the module docstring. Returns the report (never raises
     TamperError itself); raises LedgerError if verification is impossible."""
@@ -140,7 +142,10 @@ def verify_ledger(
     for c in cps:
         if c.cp is not None:
             by_size.setdefault(c.cp.size, []).append(c)
-    published = _scan_entries(directory, report, by_size, progress, check_blobs)
+    if workers is None:  # a worker process pays off only on large logs with a spare core
+        big = (directory / ENTRIES).stat().st_size > 64 * 1024 * 1024
+        workers = min(2, (os.cpu_count() or 1) - 1) if big else 0
+    published = _scan_entries(directory, report, by_size, progress, check_blobs, workers)
 
     # wrong key, or checkpoints signed by someone else?
     given = {v.to_vkey() for v in verifiers}
@@ -244,101 +249,173 @@ def _text_of(note: str) -> str:
     return note[: note.rfind("\n\n") + 1]
 
 
+CHUNK = 65536
+
+
+@dataclass
+class _Chunk:
+    """What checking one run of records found (picklable: it may come from a worker)."""
+
+    first_seq: int
+    count: int = 0
+    first_ts: str | None = None
+    last_ts: str | None = None
+    origin: str | None = None
+    findings: list[tuple[str, str]] = field(default_factory=list)
+    published: list[str] = field(default_factory=list)
+    blobs: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+
+def _check_chunk(path: str, start: int, end: int, first_seq: int, check_blobs: bool) -> _Chunk:
+    """Entry-level checks of the records in ``[start, end)`` of ``path`` (already checksummed
+    and in sequence): well-formed, canonical, seq field, origin, time order, blob references.
+
+    Runs in a worker process for large ledgers, so that parsing JSON overlaps with hashing.
+    """
+    out = _Chunk(first_seq)
+    find = out.findings.append
+    dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
+    prev_ts = ""
+    origin: str | None = None
+    i = first_seq
+    with MappedFile(Path(path)) as mf:
+        for frame in FrameScanner(mf.data[start:end], ENTRY_MAGIC, check_crc=False):
+            raw = frame.payload
+            try:
+                obj = parse_entry(raw)
+            except MalformedEntry as exc:
+                find(("entry", f"entry {i}: malformed: {exc.reason}"))
+                i += 1
+                continue
+            if obj["seq"] != i:
+                find(("seq", f"entry {i}: its seq field says {obj['seq']}"))
+            if origin is None:
+                origin = out.origin = obj["origin"]
+            elif obj["origin"] != origin:
+                find(("origin", f"entry {i}: origin {obj['origin']!r}, ledger is {origin!r}"))
+            ts = obj["ts"]
+            if ts < prev_ts:
+                find(("ts", f"entry {i}: timestamp {ts} is earlier than {prev_ts}"))
+            if out.first_ts is None:
+                out.first_ts = ts
+            prev_ts = ts
+            if dumps(obj, option=sort) != raw:
+                find(("entry", f"entry {i}: stored bytes are not canonical JSON"))
+            if obj["type"] == KEY_PUBLISHED and isinstance(obj["data"].get("vkey"), str):
+                out.published.append(obj["data"]["vkey"])
+            if check_blobs and may_have_blob_refs(raw):
+                for ref in blob_refs(obj["data"]):
+                    out.blobs.setdefault(ref.sha256, (i, ref.path))
+            i += 1
+    out.last_ts = prev_ts or None
+    out.count = i - first_seq
+    return out
+
+
 def _scan_entries(
     directory: Path,
     report: VerifyReport,
     by_size: dict[int, list[_Cp]],
     progress: Progress | None,
     check_blobs: bool,
+    workers: int,
 ) -> set[str]:
-    """Steps 3-5 over ``entries.log``; returns the vkeys the log published."""
-    published: set[str] = set()
-    blobs_seen: dict[str, str | None] = {}
+    """Steps 3-5 over ``entries.log``; returns the vkeys the log published.
+
+    This process checksums the records and rebuilds the tree; entry-level checks run per
+    chunk of records, in ``workers`` other processes if > 0 (so both overlap on two cores).
+    """
+    path = str(directory / ENTRIES)
     cr = CompactRange()
     sha256 = hashlib.sha256
-    dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
-    prev_ts = ""
-    origin: str | None = None
     signed_sizes = sorted(by_size)
     max_signed = signed_sizes[-1] if signed_sizes else 0
-    with MappedFile(directory / ENTRIES) as mf:
-        total = len(mf.data)
-        scanner = FrameScanner(mf.data, ENTRY_MAGIC)
-        i = 0
-        for frame in scanner:
-            raw = frame.payload
-            cr.append(sha256(b"\x00" + raw).digest())
-            if frame.seq != i:
-                how = "duplicated or reordered" if frame.seq < i else "missing or reordered"
-                report.find("seq", f"entry {i}: record says seq {frame.seq} (entries {how})")
-            try:
-                obj = parse_entry(raw)
-            except MalformedEntry as exc:
-                report.find("entry", f"entry {i}: malformed: {exc.reason}")
-                obj = None
-            if obj is not None:
-                if obj["seq"] != i:
-                    report.find("seq", f"entry {i}: its seq field says {obj['seq']}")
-                if origin is None:
-                    origin = obj["origin"]
-                elif obj["origin"] != origin:
-                    report.find(
-                        "origin", f"entry {i}: origin {obj['origin']!r}, ledger is {origin!r}"
-                    )
-                ts = obj["ts"]
-                if ts < prev_ts:
-                    report.find("ts", f"entry {i}: timestamp {ts} is earlier than {prev_ts}")
-                prev_ts = ts
-                if dumps(obj, option=sort) != raw or (
-                    _FLOATISH.search(raw) and not _canonical(obj, raw)
-                ):
-                    report.find("entry", f"entry {i}: stored bytes are not canonical JSON")
-                if obj["type"] == KEY_PUBLISHED and isinstance(obj["data"].get("vkey"), str):
-                    published.add(obj["data"]["vkey"])
-                if check_blobs and may_have_blob_refs(raw):
-                    for ref in blob_refs(obj["data"]):
-                        if ref.sha256 not in blobs_seen:
-                            blobs_seen[ref.sha256] = _check_blob(directory, ref.sha256, report)
-                        problem = blobs_seen[ref.sha256]
-                        if problem:
+    pending: list[Future[_Chunk]] = []
+    results: list[_Chunk] = []
+    # fork: the worker needs nothing re-imported; only when this process has no other
+    # threads (forking a threaded process can copy a held lock)
+    if workers > 0 and threading.active_count() == 1:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    else:
+        pool = None
+
+    def check(start: int, end: int, first: int) -> None:
+        if pool is None:
+            results.append(_check_chunk(path, start, end, first, check_blobs))
+        else:
+            pending.append(pool.submit(_check_chunk, path, start, end, first, check_blobs))
+
+    try:
+        with MappedFile(directory / ENTRIES) as mf:
+            total = len(mf.data)
+            scanner = FrameScanner(mf.data, ENTRY_MAGIC)
+            i = 0
+            chunk_start, chunk_first, pos = 0, 0, 0
+            for frame in scanner:
+                cr.append(sha256(b"\x00" + frame.payload).digest())
+                if frame.seq != i:
+                    how = "duplicated or reordered" if frame.seq < i else "missing or reordered"
+                    report.find("seq", f"entry {i}: record says seq {frame.seq} (entries {how})")
+                i += 1
+                pos = frame.end
+                if i in by_size:
+                    root = cr.root()
+                    for c in by_size[i]:
+                        assert c.cp is not None
+                        if c.cp.root != root:
+                            prev = max((s for s in signed_sizes if s < i), default=0)
                             report.find(
-                                "blob", f"entry {i}: {ref.path} blob {ref.sha256}: {problem}"
+                                "root",
+                                f"{c.label} (size {i}): the entries do not hash to its root; an "
+                                f"entry in {prev}..{i - 1} was changed, inserted or removed, or "
+                                "the checkpoint was forged",
                             )
-            i += 1
-            if i in by_size:
-                root = cr.root()
-                for c in by_size[i]:
-                    assert c.cp is not None
-                    if c.cp.root != root:
-                        prev = max((s for s in signed_sizes if s < i), default=0)
-                        report.find(
-                            "root",
-                            f"{c.label} (size {i}): the entries do not hash to its root; an "
-                            f"entry in {prev}..{i - 1} was changed, inserted or removed, or the "
-                            "checkpoint was forged",
-                        )
-            if progress is not None and i & 0xFFFF == 0:
-                progress(frame.end, total)
-        damage = scanner.damage
-        if damage is not None:
-            msg = f"{ENTRIES}: {damage.reason} at byte {damage.offset} (entry {i})"
-            if i < max_signed:
-                report.find("record", msg + ", inside signed history")
-            else:
-                report.warnings.append(msg + ", after the latest checkpoint: a torn tail")
-        if progress is not None:
-            progress(total, total)
+                if i - chunk_first == CHUNK:
+                    check(chunk_start, pos, chunk_first)
+                    chunk_start, chunk_first = pos, i
+                    if progress is not None:
+                        progress(pos, total)
+            if i > chunk_first:
+                check(chunk_start, pos, chunk_first)
+            damage = scanner.damage
+            if damage is not None:
+                msg = f"{ENTRIES}: {damage.reason} at byte {damage.offset} (entry {i})"
+                if i < max_signed:
+                    report.find("record", msg + ", inside signed history")
+                else:
+                    report.warnings.append(msg + ", after the latest checkpoint: a torn tail")
+        results.extend(f.result() for f in pending)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    if progress is not None:
+        progress(total, total)
+
+    published: set[str] = set()
+    blobs: dict[str, tuple[int, str]] = {}
+    origin = results[0].origin if results else None
+    prev_ts: str | None = None
+    for r in results:
+        for kind, msg in r.findings:
+            report.find(kind, msg)
+        if r.origin is not None and r.origin != origin:
+            report.find("origin", f"entry {r.first_seq}: origin {r.origin!r}, ledger is {origin!r}")
+        if prev_ts is not None and r.first_ts is not None and r.first_ts < prev_ts:
+            report.find(
+                "ts", f"entry {r.first_seq}: timestamp {r.first_ts} is earlier than {prev_ts}"
+            )
+        prev_ts = r.last_ts or prev_ts
+        published.update(r.published)
+        for sha, where in r.blobs.items():
+            blobs.setdefault(sha, where)
+    for sha, (seq, ref_path) in sorted(blobs.items(), key=lambda kv: kv[1]):
+        problem = _check_blob(directory, sha, report)
+        if problem:
+            report.find("blob", f"entry {seq}: {ref_path} blob {sha}: {problem}")
     report.entries = i
     report.origin = origin
-    report.blobs = len(blobs_seen)
+    report.blobs = len(blobs)
     return published
-
-
-def _canonical(obj: object, raw: bytes) -> bool:
-    try:
-        return canonical_json(obj) == raw
-    except CanonicalError:
-        return False
 
 
 def _check_blob(directory: Path, sha: str, report: VerifyReport) -> str | None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
 from pathlib import Path
 
 import orjson
 import pytest
 
+import appliance.ledger.verify as v
 from appliance.ledger._framing import CHECKPOINT_MAGIC, ENTRY_MAGIC, encode_frame
 from appliance.ledger.checkpoint import Checkpoint, sign_checkpoint
 from appliance.ledger.entries import canonical_json
@@ -268,3 +270,24 @@ def test_verify_copy_elsewhere(
     copy = tmp_path / "copy"
     shutil.copytree(ledger, copy, ignore=shutil.ignore_patterns("lock", "index.sqlite"))
     assert verify(capsys, copy)[0] == 0
+
+
+def test_worker_processes_find_the_same(ledger: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The multi-process path (used on large logs) checks the same, chunk by chunk."""
+    monkeypatch.setattr(v, "CHUNK", 3)
+    assert threading.active_count() == 1  # else verify would not fork a worker
+    assert v.verify_ledger(ledger, [KEY.verifier()], workers=1).ok
+    es = entries_of(ledger)
+    obj = orjson.loads(es[10][1])
+    obj["origin"] = "elsewhere"
+    es[10] = (10, canonical_json(obj))
+    obj = orjson.loads(es[16][1])
+    obj["ts"] = "2000-01-01T00:00:00.000000Z"
+    es[16] = (16, canonical_json(obj))
+    rewrite_entries(ledger, es)
+    report = v.verify_ledger(ledger, [KEY.verifier()], workers=1)
+    assert "entry 10: origin 'elsewhere', ledger is 'test.example/ledger'" in report.findings
+    assert "entry 16: timestamp 2000-01-01T00:00:00.000000Z is earlier than" in "\n".join(
+        report.findings
+    )
+    assert report.findings == v.verify_ledger(ledger, [KEY.verifier()], workers=0).findings
