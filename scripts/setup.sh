@@ -21,7 +21,7 @@ fi
 APT_PACKAGES=(
   python3 python3-venv python3-dev python3-bpfcc bpfcc-tools
   build-essential
-  iptables iproute2 util-linux procps kmod bpftool
+  iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
   openssl ca-certificates curl
 )

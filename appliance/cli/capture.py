@@ -1,0 +1,93 @@
+"""``appliance capture``: install, inspect and remove transparent capture.
+
+Thin commands over :mod:`appliance.capture`; they act on the network namespace they run in.
+Exit codes: 0 done / everything in place, 1 ``status`` found a rule missing or out of place,
+2 could not do it (bad config, a netfilter tool refused; the message quotes it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from appliance.capture import RuleState, install, remove, status
+from appliance.config import load_config
+
+_CONFIG = click.Path(dir_okay=False, path_type=Path)
+_FORMAT = click.Choice(["text", "json"])
+
+
+@click.group("capture")
+def capture_group() -> None:
+    """Transparent capture: the netfilter rules that send protected traffic to the appliance."""
+
+
+@capture_group.command("install")
+@click.option("--config", "config_path", type=_CONFIG, required=True, help="The config file.")
+@click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
+def install_command(config_path: Path, fmt: str) -> None:
+    """Install the capture rules (atomically; nothing changes if they are already in place).
+
+    Rules stay until `appliance capture remove`: stopping or killing the appliance leaves
+    protected targets refusing connections, never reachable around it.
+    """
+    report = install(load_config(config_path))
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    verb = "installed" if report.changed else "already in place"
+    click.echo(f"capture rules {verb}: {report.rules} iptables rules per family")
+    for protected in report.protected:
+        click.echo(f"  protected {protected}")
+    click.echo(f"  egress guard on {len(report.devices)} interfaces: {', '.join(report.devices)}")
+    for host in report.unresolved:
+        click.echo(f"  warning: {host} resolves to no address; not protected yet", err=True)
+
+
+@capture_group.command("remove")
+@click.option("--config", "config_path", type=_CONFIG, help="Ignored: every rule of ours goes.")
+def remove_command(config_path: Path | None) -> None:
+    """Remove every capture rule and chain of the appliance (the only way they go)."""
+    report = remove(load_config(config_path) if config_path else None)
+    if not report.removed:
+        click.echo("no capture rules were installed")
+    for item in report.removed:
+        click.echo(f"removed {item}")
+
+
+@capture_group.command("status")
+@click.option("--config", "config_path", type=_CONFIG, required=True, help="The config file.")
+@click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
+@click.pass_context
+def status_command(ctx: click.Context, config_path: Path, fmt: str) -> None:
+    """Show each capture rule, whether it is in place, and its counters (exit 1 if not all are)."""
+    report = status(load_config(config_path))
+    if fmt == "json":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for state in report.states:
+            click.echo(_line(state))
+        problems = report.problems()
+        if problems:
+            click.echo(f"status: {len(problems)} problem(s)")
+        else:
+            click.echo(f"status: ok, {len(report.states)} rules in place")
+    if not report.ok:
+        ctx.exit(1)
+
+
+def _line(state: RuleState) -> str:
+    if state.kind == "unexpected":
+        verdict = "UNEXPECTED"
+    elif not state.present:
+        verdict = "MISSING"
+    elif not state.in_place:
+        verdict = "MOVED"
+    else:
+        verdict = "ok"
+    where = f"{state.family} {state.table} {state.chain}"
+    counters = f"  [{state.packets} pkts, {state.bytes} bytes]" if state.packets is not None else ""
+    what = f"device {state.rule}" if state.kind == "device" else state.rule
+    return f"{verdict:<10} {where:<36} {what}{counters}"
