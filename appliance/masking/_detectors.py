@@ -162,7 +162,7 @@ def _uri(m: re.Match[str], _: Options) -> Iterator[Span]:
 _CARD = _c(r"(?<![0-9A-Za-z+])[0-9](?:[ -]?[0-9]){12,}(?![0-9A-Za-z])")
 # "MN84 4583 5725 0223 2288": the digits continue an IBAN-shaped token (the iban detector,
 # which runs first, takes it if its check digits are right).
-_IBAN_HEAD = _c(r"[A-Za-z]{2}[0-9]{2} \Z")
+_IBAN_HEAD = _c(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2} \Z")
 _GROUP = _c(r"[0-9]+")
 # Group sizes cards are printed in: 4-4-4-4(-1..3), 4-6-5 (Amex), 4-6-4 (Diners).
 _LAYOUT = _c(r"4(?:,4){2,3}(?:,[1-4])?|4,6,[45]")

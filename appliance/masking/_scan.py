@@ -90,28 +90,62 @@ class Scanner:
         render: Callable[[Finding, str], str],
         found: Callable[[Finding], None],
     ) -> str:
-        """``text`` with every finding replaced by ``render(finding, original)``; ``found`` is called
-        once per replacement. Returns ``text`` itself (the same object) if nothing was found.
+        """``text`` with every finding replaced by ``render(finding, original)``; ``found`` is
+        called once per replacement. Returns ``text`` itself (the same object) if nothing was
+        found.
+
+        Other occurrences of a found value (the password of ``password=x`` repeated further
+        on, where nothing says it is a password) are replaced too, where they stand alone.
         """
         for _ in range(MAX_PASSES):
             findings = self.find(text)
             if not findings:
                 return text
             parts: list[str] = []
+            renderings: dict[str, tuple[Finding, str]] = {}
             pos = 0
             for f in findings:
+                raw = text[f.start : f.end]
+                rendered = render(f, raw)
                 parts.append(text[pos : f.start])
-                parts.append(render(f, text[f.start : f.end]))
+                parts.append(rendered)
                 found(f)
+                renderings.setdefault(raw, (f, rendered))
                 pos = f.end
             parts.append(text[pos:])
             text = "".join(parts)
+            for raw, (f, rendered) in sorted(renderings.items(), key=lambda kv: -len(kv[0])):
+                text = _replace_elsewhere(text, raw, rendered, f, found)
         findings = self.find(text)
         if not findings:
             return text
         # The renderings keep producing findings: give up on keeping anything (fail closed).
         found(findings[0])
         return redact(label_for(findings[0].detector))
+
+
+def _replace_elsewhere(
+    text: str, raw: str, rendered: str, f: Finding, found: Callable[[Finding], None]
+) -> str:
+    """Replace the stand-alone occurrences of ``raw`` outside our tokens."""
+    if raw not in text:
+        return text
+    head = r"(?<![A-Za-z0-9])" if raw[:1].isalnum() else ""
+    tail = r"(?![A-Za-z0-9])" if raw[-1:].isalnum() else ""
+    tokens = [t.span() for t in TOKEN_RE.finditer(text)]
+    parts: list[str] = []
+    pos = 0
+    for m in re.finditer(head + re.escape(raw) + tail, text):
+        if any(a < m.end() and m.start() < b for a, b in tokens):
+            continue
+        parts.append(text[pos : m.start()])
+        parts.append(rendered)
+        found(f)
+        pos = m.end()
+    if not parts:
+        return text
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 def _inside_any(f: Finding, spans: list[tuple[int, int]]) -> bool:

@@ -351,7 +351,7 @@ def b64url(data: bytes) -> str:
 
 def tokens(rng: random.Random) -> Iterator[Record]:
     upper32 = string.ascii_uppercase + "234567"
-    for i in range(60):
+    for _ in range(60):
         value = rng.choice(["AKIA", "ASIA"]) + rand(rng, upper32, 16)
         yield valid("aws_access_key_id", "key_id", wrap(rng, value), value)
         secret = rand(rng, B64, 40)
@@ -398,8 +398,8 @@ def tokens(rng: random.Random) -> Iterator[Record]:
     for i in range(30):
         seed = bytes(rng.getrandbits(8) for _ in range(32))
         if i % 3 == 0:
-            key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
-            pem = key.private_bytes(
+            ed_key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+            pem = ed_key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
