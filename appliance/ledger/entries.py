@@ -251,28 +251,60 @@ def encode_entry(obj: Mapping[str, Any]) -> bytes:
     return canonical_json(obj if type(obj) is dict else dict(obj))
 
 
+_OPT_STR = frozenset({str, type(None)})
+_OPT_DICT = frozenset({dict, type(None)})
+
+
 def parse_entry(raw: bytes) -> dict[str, Any]:
     """Parse and check stored entry bytes; raise :class:`MalformedEntry` saying what is wrong.
 
     Checks the shape (all fields present with the right types, ``v`` known, ``ts`` format);
     does not check ``seq`` or ``origin`` against their context, which the caller knows.
+    The verifier runs this on every entry: one combined test first, the detailed ones only
+    to word an error.
     """
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise MalformedEntry(f"not valid JSON: {exc}") from None
+    if type(obj) is dict and obj.keys() == _FIELD_SET:
+        seq, ts, typ = obj["seq"], obj["ts"], obj["type"]
+        if (
+            obj["v"] == FORMAT_VERSION
+            and type(obj["v"]) is int
+            and type(seq) is int
+            and seq >= 0
+            and type(ts) is str
+            and len(ts) == 27
+            and type(typ) is str
+            and typ
+            and type(obj["origin"]) is str
+            and type(obj["data"]) is dict
+            and type(obj["session"]) in _OPT_STR
+            and type(obj["account"]) in _OPT_STR
+            and type(obj["target"]) in _OPT_STR
+            and type(obj["identity"]) in _OPT_DICT
+            and _TS_RE.fullmatch(ts)
+        ):
+            return obj
+    _explain(obj)
+    raise MalformedEntry("malformed entry")  # not reached: _explain raises
+
+
+def _explain(obj: Any) -> None:
+    """Raise MalformedEntry naming the first thing wrong with a parsed entry."""
     if type(obj) is not dict:
         raise MalformedEntry("not a JSON object")
     if obj.keys() != _FIELD_SET:
         missing = sorted(set(FIELDS) - set(obj))
         extra = sorted(set(obj) - set(FIELDS))
         raise MalformedEntry(f"wrong fields (missing {missing}, unexpected {extra})")
-    if obj["v"] != FORMAT_VERSION:
+    if obj["v"] != FORMAT_VERSION or type(obj["v"]) is not int:
         raise MalformedEntry(f"unknown format version {obj['v']!r}")
     if type(obj["seq"]) is not int or obj["seq"] < 0:
         raise MalformedEntry("seq is not a non-negative integer")
     ts = obj["ts"]
-    if type(ts) is not str or len(ts) != 27 or not _TS_RE.fullmatch(ts):
+    if type(ts) is not str or not _TS_RE.fullmatch(ts):
         raise MalformedEntry(f"malformed timestamp {obj['ts']!r}")
     if type(obj["type"]) is not str or not obj["type"]:
         raise MalformedEntry("type is not a non-empty string")
@@ -283,9 +315,7 @@ def parse_entry(raw: bytes) -> dict[str, Any]:
     for key in ("session", "account", "target"):
         if obj[key] is not None and type(obj[key]) is not str:
             raise MalformedEntry(f"{key} is neither a string nor null")
-    if obj["identity"] is not None and type(obj["identity"]) is not dict:
-        raise MalformedEntry("identity is neither an object nor null")
-    return obj
+    raise MalformedEntry("identity is neither an object nor null")
 
 
 def is_canonical_bytes(raw: bytes, obj: object) -> bool:

@@ -111,7 +111,8 @@ class Index:
             rows = []
             last_leaf = self._meta("last_leaf")
             offset = start_offset
-            for frame in FrameScanner(mf.data, ENTRY_MAGIC, start_offset):
+            scanner = FrameScanner(mf.data, ENTRY_MAGIC, start_offset)
+            for frame in scanner:
                 if frame.seq != size:
                     raise LedgerError(
                         f"{ENTRIES}: record {size} says seq {frame.seq}; run `ledger verify`"
@@ -139,6 +140,11 @@ class Index:
                 size += 1
                 offset = frame.end
                 last_leaf = hashlib.sha256(b"\x00" + frame.payload).hexdigest()
+            if scanner.damage is not None and not scanner.damage.at_eof:
+                raise LedgerError(
+                    f"{ENTRIES}: {scanner.damage.reason} at byte {scanner.damage.offset}; "
+                    "run `appliance ledger verify`"
+                )
             with self.db:
                 self.db.executemany(
                     "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows

@@ -144,7 +144,7 @@ def verify_ledger(
             by_size.setdefault(c.cp.size, []).append(c)
     if workers is None:  # a worker process pays off only on large logs with a spare core
         big = (directory / ENTRIES).stat().st_size > 64 * 1024 * 1024
-        workers = min(2, (os.cpu_count() or 1) - 1) if big else 0
+        workers = 2 if big and (os.cpu_count() or 1) > 1 else 0
     published = _scan_entries(directory, report, by_size, progress, check_blobs, workers)
 
     # wrong key, or checkpoints signed by someone else?

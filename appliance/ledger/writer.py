@@ -220,6 +220,11 @@ class LedgerWriter:
     # -- caller side -------------------------------------------------------------------------
 
     @property
+    def signed_size(self) -> int:
+        """How many entries are fsynced and covered by the latest signed checkpoint."""
+        return self._signed
+
+    @property
     def failed(self) -> BaseException | None:
         """The error that stopped the writer thread, if any."""
         return self._failed

@@ -34,7 +34,7 @@ def main() -> None:
         i += 1
         if i % 20 == 0:
             w.flush()
-            print(w._signed, flush=True)
+            print(w.signed_size, flush=True)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from appliance.ledger import TamperError, iter_entries
 from appliance.ledger._framing import ENTRY_MAGIC, encode_frame
 from appliance.ledger.entries import canonical_json, make_entry
 from appliance.ledger.recovery import recover
+from appliance.ledger.store import read_history
 from appliance.ledger.verify import verify_ledger
 from tests.unit.ledger.conftest import KEY, ORIGIN, frames, no_fsync, open_writer, write_session
 
@@ -126,3 +127,32 @@ def test_kill_9_in_a_loop(tmp_path: Path) -> None:
         with open_writer(d, fsync=no_fsync) as w:
             assert w.recovery.entries >= acked
         assert verify_ledger(d, [KEY.verifier()]).ok
+
+
+def test_torn_history_and_stale_checkpoint_file(tmp_path: Path) -> None:
+    """A crash while appending to checkpoints.log, or between it and the rename of
+    `checkpoint`: the torn history record is cut, the checkpoint file rewritten."""
+    d = tmp_path / "l"
+    with open_writer(d, fsync=no_fsync, checkpoint_interval=3600, checkpoint_entries=3) as w:
+        write_session(w, "s1")
+    history = d / "checkpoints.log"
+    notes_before = history.read_bytes()
+    stale = (d / "checkpoint").read_text()
+    with history.open("ab") as f:
+        f.write(b"ALC1\x00\x00\x00")  # a torn record
+    report = recover(d, trusted=[KEY.verifier()], dry_run=True)
+    assert report.actions == [
+        f"would truncate checkpoints.log at byte {len(notes_before)}: 7 bytes of torn tail "
+        "(record header cut short)"
+    ]
+    # the previous checkpoint file left behind by a crash before the rename
+    notes, _ = read_history(d)
+    (d / "checkpoint").write_text(notes[-2])
+    report = recover(d, trusted=[KEY.verifier()])
+    assert history.read_bytes() == notes_before
+    assert (d / "checkpoint").read_text() == stale
+    assert any("rewrite checkpoint" in a for a in report.actions)
+    assert verify_ledger(d, [KEY.verifier()]).ok
+    (d / "checkpoint").unlink()
+    recover(d, trusted=[KEY.verifier()])
+    assert (d / "checkpoint").read_text() == stale
