@@ -175,6 +175,7 @@ def recover(
     cr = report.compact
     published: list[str] = []
     last_payload: bytes | None = None
+    first_payload: bytes | None = None
     entries_tail = None
     with MappedFile(directory / ENTRIES) as mf:
         scanner = FrameScanner(mf.data, ENTRY_MAGIC)
@@ -200,6 +201,8 @@ def recover(
                 if vkey and vkey not in published:
                     published.append(vkey)
             last_payload = payload
+            if first_payload is None:
+                first_payload = payload
         else:
             if scanner.damage is not None:
                 d = scanner.damage
@@ -219,6 +222,15 @@ def recover(
         if entries_tail is not None and n >= signed:
             tail_bytes = bytes(mf.data[entries_tail[0] :])
     report.published = published
+    if report.origin is None and first_payload is not None:  # entries, but nothing signed yet
+        try:
+            report.origin = orjson.loads(first_payload).get("origin")
+        except (orjson.JSONDecodeError, AttributeError):
+            report.origin = None
+        if origin is not None and report.origin is not None and report.origin != origin:
+            raise LedgerError(
+                f"{directory} holds entries of origin {report.origin!r}, not {origin!r}"
+            )
     if last_payload is not None:
         try:
             report.last_ts = orjson.loads(last_payload).get("ts")

@@ -457,6 +457,8 @@ class LedgerWriter:
         if sink._transform is not None:
             try:
                 chunk = sink._transform(chunk)
+                if not isinstance(chunk, bytes):
+                    raise TypeError(f"transform returned {type(chunk).__name__}, not bytes")
             except Exception as exc:  # the producer's transform failed: drop the blob
                 sink.error = f"blob transform failed: {type(exc).__name__}: {exc}"
                 self._blob_discard(sink)

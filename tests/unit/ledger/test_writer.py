@@ -202,3 +202,25 @@ def test_fsync_error_stops_the_writer_for_good(tmp_path: Path) -> None:
 def test_bad_parameters(tmp_path: Path) -> None:
     with pytest.raises(LedgerError):
         open_writer(tmp_path / "l", checkpoint_entries=0)
+
+
+def test_a_transform_returning_text_drops_the_blob_not_the_writer(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    with open_writer(d) as w:
+        sink = w.open_blob(transform=lambda b: b.decode())  # type: ignore[arg-type,return-value]
+        sink.write(b"x")
+        w.append("response", data={"n": 1}, blobs={"result": sink})
+        w.append("after", data={})
+    es = [e.obj for e in iter_entries(d)]
+    assert es[1]["data"]["result"]["error"].startswith("blob transform failed: TypeError")
+    assert es[2]["type"] == "after"
+
+
+def test_unsigned_entries_of_another_origin_are_refused(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    with open_writer(d, fsync=lambda fd: None) as w:
+        w.append("a", data={})
+    (d / "checkpoint").unlink()
+    (d / "checkpoints.log").unlink()
+    with pytest.raises(LedgerError, match="holds entries of origin"):
+        open_writer(d, origin="other.example/log")
