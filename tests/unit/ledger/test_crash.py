@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,7 +101,7 @@ def test_kill_9_in_a_loop(tmp_path: Path) -> None:
     d = tmp_path / "l"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     kept: list[bytes] = []
-    for run in range(5):
+    for run in range(8):
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.unit.ledger.crash_child", str(d), str(run)],
             stdout=subprocess.PIPE,
@@ -114,6 +115,7 @@ def test_kill_9_in_a_loop(tmp_path: Path) -> None:
             line = proc.stdout.readline()
             assert line, "child writer died on its own"
             acked = int(line)
+        time.sleep(0.003 * run)  # kill at varied points of the write/fsync/sign cycle
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
