@@ -15,6 +15,7 @@ from appliance.errors import ApplianceError
 # Each entry: (module under appliance.cli, attribute holding the click command or group).
 _COMMANDS: list[tuple[str, str]] = [
     ("config", "config_group"),
+    ("run", "run_command"),
     ("approvals", "approvals"),
     ("keys", "keys_group"),
     ("ledger", "ledger_group"),

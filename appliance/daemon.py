@@ -1,0 +1,377 @@
+"""``appliance run``: the daemon that wires capture, policy, masking, approvals, the proxy and
+the ledger together.
+
+Start-up, in order (any failure stops the start with a clear error; nothing is served
+half-configured):
+
+1. config (already checked), policy and masking sections parsed;
+2. the ledger opened (recovery; a tampered history stops the start) and ``appliance.start``
+   recorded, with a loud warning when policy runs in observe mode;
+3. capture (``--capture``): netfilter rules installed/reconciled, eBPF attribution loaded
+   (a failure is recorded as ``capture.bpf_failed`` and sessions run ``unattributed``);
+4. the approvals socket and webhooks, when the policy names approvers;
+5. listeners bound, then "ready" (a log line, ``READY=1`` to systemd, and an optional
+   ready file).
+
+SIGTERM/SIGINT: stop accepting, finish in-flight statements, end sessions with 57P01,
+record ``appliance.stop``, sign a final checkpoint. Capture rules stay in place (fail
+closed): only ``appliance capture remove`` removes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from appliance import __version__, capture
+from appliance.approvals import (
+    ApprovalServer,
+    Broker,
+    SystemClock,
+    WebhookNotifier,
+    parse_approvals_transport,
+)
+from appliance.config import Config
+from appliance.credentials import read_secret
+from appliance.errors import ApplianceError
+from appliance.ledger import LedgerWriter
+from appliance.ledger.keys import SigningKey
+from appliance.masking import Masker, MaskingConfig, parse_masking
+from appliance.policy import Policy, parse_policy
+from appliance.protocols.postgres import CancelKeys
+from appliance.proxy.flows import FlowResolverImpl, Identify
+from appliance.proxy.pg.session import CancelRoute, SessionServices
+from appliance.proxy.server import ProxyServer
+
+log = logging.getLogger("appliance")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: structured logs for journald and log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            out.update(fields)
+        if record.exc_info and record.exc_info[1] is not None:
+            out["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        return json.dumps(out, default=str)
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(path)
+        s.send(message.encode())
+
+
+def load_masking_key(config: MaskingConfig, credentials_dir: str | None) -> tuple[bytes, str]:
+    """The HMAC key for the hash style: from the config's secret, else a random key for this
+    run (hash values are then joinable only within one run; recorded as such)."""
+    if config.key is not None:
+        return read_secret(config.key, credentials_dir=credentials_dir).encode(), "configured"
+    return secrets.token_bytes(32), "ephemeral (no masking key configured)"
+
+
+class Daemon:
+    """The running appliance; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        capture: bool = False,
+        ready_file: Path | None = None,
+        approvals_socket: Path | None = None,
+        grace: float = 30.0,
+    ) -> None:
+        self.config = config
+        self.capture = capture
+        self.ready_file = ready_file
+        self.approvals_socket = approvals_socket
+        self.grace = grace
+        self.credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        self.server: ProxyServer | None = None
+        self.ledger: LedgerWriter | None = None
+        self._stopping = False
+
+    def prepare(self) -> tuple[Policy | None, MaskingConfig]:
+        """Parse the sections that depend on the targets (policy, masking)."""
+        policy = (
+            parse_policy(self.config.policy, targets=self.config.targets)
+            if self.config.policy is not None
+            else None
+        )
+        masking = parse_masking(self.config.masking, targets=self.config.targets)
+        return policy, masking
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        policy, masking = self.prepare()
+        cfg = self.config
+        key_text = read_secret(cfg.ledger.key, credentials_dir=self.credentials_dir)
+        key = SigningKey.from_skey(key_text)
+        ledger = LedgerWriter.open(
+            cfg.ledger.dir,
+            origin=cfg.ledger.origin,
+            key=key,
+            checkpoint_interval=cfg.ledger.checkpoint_interval,
+            checkpoint_entries=cfg.ledger.checkpoint_entries,
+        )
+        self.ledger = ledger
+        try:
+            await self._serve(ledger, policy, masking, started)
+        finally:
+            with contextlib.suppress(ApplianceError):
+                ledger.append(
+                    "appliance.stop", data={"reason": "signal" if self._stopping else "error"}
+                )
+            ledger.close()
+            log.info("stopped; ledger closed with a final checkpoint")
+
+    async def _serve(
+        self, ledger: LedgerWriter, policy: Policy | None, masking: MaskingConfig, started: float
+    ) -> None:
+        cfg = self.config
+        mask_key, key_source = load_masking_key(masking, self.credentials_dir)
+        masker = Masker(masking, hmac_key=mask_key)
+        start: dict[str, Any] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "config": cfg.source,
+            "targets": sorted(cfg.targets),
+            "capture": self.capture,
+            "masking_key": key_source,
+            "policy": policy.start_record() if policy is not None else None,
+        }
+        if policy is None:
+            log.warning("no policy section: every statement is allowed (and recorded)")
+            start["warning"] = "no policy configured: every statement is allowed and recorded"
+        elif policy.warning:
+            log.warning(policy.warning)
+            start["warning"] = policy.warning
+        ledger.append("appliance.start", data=start)
+
+        identify: Identify | None = None
+        original_dst = target_for = None
+        reconcile: Callable[[], None] | None = None
+        attribution: CaptureRuntime | None = None
+        if self.capture:
+            attribution = CaptureRuntime(cfg, record=lambda t, d: ledger.append(t, data=d))
+            identify = attribution.identify
+            original_dst = capture.original_dst
+            target_for = capture.target_for
+            reconcile = attribution.reconcile
+
+        broker: Broker | None = None
+        approvals_server: ApprovalServer | None = None
+        notifier: WebhookNotifier | None = None
+        if policy is not None and policy.approvers:
+            transport = parse_approvals_transport(_approvals_node(cfg))
+            notifier = WebhookNotifier(
+                transport.webhooks, record=lambda t, d: ledger.append(t, data=d)
+            )
+            from datetime import timedelta
+
+            broker = Broker(
+                approver_keys=policy.approvers,
+                clock=SystemClock(),
+                rng=os.urandom,
+                record=lambda t, d: ledger.append(t, data=d),
+                notify=notifier.notify,
+                timeout=timedelta(seconds=policy.approval_timeout),
+            )
+            approvals_server = ApprovalServer(broker, self.approvals_socket or transport.socket)
+            approvals_server.bind()
+
+        client_tls: dict[str, ssl.SSLContext] = {}
+        for target in cfg.targets.values():
+            if target.client_tls is not None:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
+                client_tls[target.name] = context
+
+        services = SessionServices(
+            ledger=ledger,
+            policy=policy,
+            masker=masker,
+            broker=broker,
+            cancel_keys=CancelKeys[CancelRoute](random_bytes=secrets.token_bytes),
+            mark=cfg.capture.mark if self.capture else 0,
+            record_rows=cfg.ledger.record_rows,
+            max_result_bytes=cfg.ledger.max_result_bytes,
+            credentials_dir=self.credentials_dir,
+            client_tls=client_tls,
+            response_masking=masking.response_masking if masking.response else None,
+        )
+        resolver = FlowResolverImpl(
+            cfg, identify=identify, original_dst=original_dst, target_for=target_for
+        )
+        server = self.server = ProxyServer(cfg, services, resolver, transparent=self.capture)
+        bound = server.bind()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                serving = tg.create_task(server.serve())
+                helpers: list[asyncio.Task[None]] = []
+                if notifier is not None:
+                    tg.create_task(notifier.run())
+                if approvals_server is not None:
+                    helpers.append(tg.create_task(approvals_server.serve()))
+                if reconcile is not None:
+                    helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
+                elapsed = time.monotonic() - started
+                listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
+                ledger.append(
+                    "appliance.ready",
+                    data={"listening": listening, "startup_ms": round(elapsed * 1000)},
+                )
+                log.info(
+                    "ready",
+                    extra={"fields": {"listening": listening, "startup_ms": round(elapsed * 1000)}},
+                )
+                sd_notify("READY=1")
+                if self.ready_file is not None:
+                    self.ready_file.write_text(
+                        json.dumps({"pid": os.getpid(), "listening": listening}) + "\n"
+                    )
+                await serving
+                for task in helpers:
+                    task.cancel()
+                if notifier is not None:
+                    notifier.close()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if attribution is not None:
+                attribution.close()
+
+    async def _reconcile_loop(self, reconcile: Callable[[], None]) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.config.capture.reconcile_interval)
+            try:
+                await asyncio.to_thread(reconcile)
+            except ApplianceError as exc:
+                log.error("capture reconcile failed: %s", exc)
+
+    def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        sd_notify("STOPPING=1")
+        log.info("stopping: finishing in-flight statements")
+        if self.server is not None:
+            self.server.stop(self.grace)
+
+
+class CaptureRuntime:
+    """Capture while the daemon runs: rules installed at start and reconciled, eBPF
+    attribution loaded (or recorded as failed), identities resolved per session."""
+
+    def __init__(self, config: Config, *, record: Callable[[str, dict[str, Any]], None]) -> None:
+        self.config = config
+        self.record = record
+        report = capture.install(config)
+        record("capture.rules_installed", report.to_dict())
+        self.reconciler = capture.Reconciler(config)
+        self.cache = capture.IdentityCache()
+        self.attribution: capture.Attribution | None = None
+        self.unattributed_reason = "eBPF attribution disabled in the config"
+        self._lost = 0
+        if config.capture.bpf:
+            try:
+                self.attribution = capture.Attribution.from_config(config)
+            except capture.AttributionUnavailable as exc:
+                self.unattributed_reason = f"eBPF attribution failed to load: {exc}"
+                log.error(self.unattributed_reason)
+                record("capture.bpf_failed", {"reason": str(exc)})
+            else:
+                record(
+                    "capture.bpf_attached",
+                    {"cgroup": str(config.capture.cgroup or "(cgroup v2 root)")},
+                )
+
+    def identify(self, peer: tuple[str, int], local: tuple[str, int]) -> Mapping[str, Any]:
+        if self.attribution is None:
+            return capture.resolve_identity(None, cache=self.cache, reason=self.unattributed_reason)
+        owner = self.attribution.lookup(peer[0], peer[1])
+        reason = (
+            None
+            if owner is not None
+            else "no eBPF record of this connection (opened outside the attributed cgroup?)"
+        )
+        return capture.resolve_identity(owner, cache=self.cache, reason=reason)
+
+    def reconcile(self) -> None:
+        """Runs in a worker thread: restore rules and count lost attribution events."""
+        for change in self.reconciler.check_and_repair():
+            log.warning("capture rule restored: %s", change.to_dict())
+            self.record("capture.rules_restored", change.to_dict())
+        if self.attribution is not None:
+            lost = self.attribution.lost_events()
+            if lost > self._lost:
+                self.record("capture.events_lost", {"lost": lost - self._lost, "total": lost})
+                self._lost = lost
+
+    def close(self) -> None:
+        if self.attribution is not None:
+            self.attribution.close()
+            self.attribution = None
+
+
+def _approvals_node(cfg: Config) -> Any:
+    """The ``policy.approvals`` node, where the approvals transport keys live."""
+    if cfg.policy is None or not cfg.policy.is_mapping:
+        return None
+    approvals = cfg.policy.mapping().get("approvals")
+    return approvals
+
+
+def run(config: Config, **kwargs: Any) -> None:
+    """Run the daemon until a signal; raises ApplianceError when it cannot start."""
+    daemon = Daemon(config, **kwargs)
+    try:
+        import uvloop
+
+        runner: Callable[..., Any] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    runner(daemon.run())
+
+
+__all__ = ["Daemon", "JsonFormatter", "Mapping", "run", "sd_notify", "setup_logging"]

@@ -1,0 +1,213 @@
+"""The relay's hooks for one session: policy decisions, approvals, recording, masking.
+
+Where this sits: :class:`~appliance.proxy.pg.relay.Relay` calls these synchronously while it
+walks the messages; they classify and decide (policy), build the job's error messages,
+start approvals (the asyncio part is :meth:`SessionHooks.approval_task`, run in the
+session's task group), and forward everything worth keeping to the
+:class:`~appliance.proxy.pg.recording.SessionRecorder`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+from appliance.approvals import Broker, Outcome
+from appliance.masking import MaskCounts
+from appliance.policy import Decision, Policy, RequestContext, classify
+from appliance.protocols.postgres.messages import (
+    NoticeResponse,
+    NotificationResponse,
+    RowDescription,
+    error_response,
+)
+from appliance.proxy.pg.masking import ResponseMasker
+from appliance.proxy.pg.recording import SessionRecorder
+from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
+
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def identity_key(identity: Mapping[str, Any]) -> str:
+    """A stable string naming who runs a session, for approval windows and messages."""
+    if identity.get("source") != "ebpf":
+        return "unattributed"
+    ci = identity.get("ci") or {}
+    if ci:
+        parts = [
+            str(ci.get(k, "")) for k in ("provider", "repository", "workflow", "job", "run_id")
+        ]
+        return "ci:" + "/".join(parts)
+    return f"uid:{identity.get('uid')}:exe:{identity.get('exe')}"
+
+
+class SessionHooks:
+    """Implements :class:`~appliance.proxy.pg.relay.RelayHooks` for one session."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy | None,
+        recorder: SessionRecorder,
+        broker: Broker | None,
+        target: str,
+        database: str,
+        account: str,
+        identity: Mapping[str, Any],
+        new_id: Callable[[], str],
+        row_masker: RowMasker | None = None,
+        parameters: Mapping[str, str] | None = None,
+    ) -> None:
+        self.policy = policy
+        self.recorder = recorder
+        self.broker = broker
+        self.target = target
+        self.database = database
+        self.account = account
+        self.identity = identity
+        self.new_id = new_id
+        self._row_masker = row_masker
+        self.parameters: dict[str, str] = dict(parameters or {})
+        self._decisions: dict[int, Decision] = {}
+        self.pending_approval: Statement | None = None
+        self.approval_started: Callable[[Statement], None] | None = None
+
+    # -- deciding ----------------------------------------------------------------------------
+
+    def decide(self, stmt: Statement) -> Verdict:
+        if self.policy is None:
+            return ALLOW
+        # A fast-path function call has no SQL text: its placeholder text does not parse,
+        # so it is classified "unknown", which only an explicit rule lets through.
+        # With standard_conforming_strings off, backslashes escape quotes: the classifier
+        # must read the text as the server will (else a quote could hide a statement).
+        scs = self.parameters.get("standard_conforming_strings", "on") == "on"
+        classification = classify(stmt.text, standard_conforming_strings=scs)
+        decision = self.policy.decide(
+            RequestContext(
+                identity=self.identity,
+                target=self.target,
+                database=self.database,
+                account=self.account,
+                classification=classification,
+            )
+        )
+        record: dict[str, Any] = dict(decision.to_record())
+        record["decision"] = decision.action
+        record["classes"] = sorted(classification.classes)
+        if classification.writes:
+            record["writes"] = sorted(classification.writes)
+        if classification.reads:
+            record["reads"] = sorted(classification.reads)
+        action = decision.action
+        if action == "allow" and decision.enforced:
+            return Verdict("allow", True, b"", record)
+        decision_id = self.new_id()
+        record["decision_id"] = decision_id
+        self._decisions[stmt.n] = decision
+        error = b""
+        if action == "deny":
+            message = f"statement denied by policy rule {decision.rule!r}"
+            if decision.message:
+                message += f": {decision.message}"
+            error = error_response(
+                "ERROR",
+                INSUFFICIENT_PRIVILEGE,
+                message,
+                hint=f"appliance decision {decision_id}; classes: {', '.join(sorted(classification.classes))}",
+            )
+        return Verdict(action, decision.enforced, error, record)
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    def request_approval(self, stmt: Statement) -> None:
+        self.pending_approval = stmt
+        if self.approval_started is not None:
+            self.approval_started(stmt)
+
+    async def approval_task(self, stmt: Statement) -> tuple[bool, bytes, dict[str, Any]]:
+        """Ask for and await the approval of ``stmt``; return (approved, error, record)."""
+        decision = self._decisions.pop(stmt.n)
+        decision_id = str(stmt.verdict.record.get("decision_id", ""))
+        if self.broker is None:
+            error = error_response(
+                "ERROR",
+                INSUFFICIENT_PRIVILEGE,
+                "statement needs an approval, and approvals are not configured",
+            )
+            return False, error, {"outcome": "unavailable"}
+        raw = _statement_bytes(stmt)
+        request = self.broker.new_request(
+            session=self.recorder.session,
+            identity=identity_key(self.identity),
+            target=self.target,
+            account=self.account,
+            rule=decision.rule,
+            approvers=decision.approvers,
+            statement=self.recorder.mask(stmt.text),
+            statement_sha256=hashlib.sha256(raw).hexdigest(),
+            window=timedelta(seconds=decision.window),
+            timeout=timedelta(seconds=decision.timeout),
+        )
+        outcome: Outcome = await self.broker.request(request)
+        record = {
+            "request": request.id,
+            "outcome": outcome.verdict.value,
+            "approver": outcome.approver,
+        }
+        if outcome.granted:
+            return True, b"", record
+        error = error_response(
+            "ERROR",
+            INSUFFICIENT_PRIVILEGE,
+            outcome.message(),
+            hint=f"appliance decision {decision_id}; approval request {request.id}",
+        )
+        return False, error, record
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def statement_started(self, stmt: Statement) -> None:
+        self.recorder.statement(stmt)
+
+    def statement_finished(self, stmt: Statement) -> None:
+        masker = self._row_masker
+        to_job = masker.take_counts() if isinstance(masker, ResponseMasker) else None
+        self.recorder.response(stmt, masked_to_job=to_job)
+
+    def open_result(
+        self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
+    ) -> ResultSink | None:
+        return self.recorder.result_sink(stmt, description, formats)
+
+    def open_copy(self, stmt: Statement, direction: str) -> ResultSink | None:
+        return self.recorder.copy_sink(stmt, direction)
+
+    def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None:
+        self.recorder.notice(stmt, notice)
+
+    def notification(self, notification: NotificationResponse) -> None:
+        self.recorder.notification(notification)
+
+    def parameter(self, name: str, value: str) -> None:
+        self.parameters[name] = value
+
+    def row_masker(self) -> RowMasker | None:
+        return self._row_masker
+
+
+def _statement_bytes(stmt: Statement) -> bytes:
+    """The exact bytes an approval is about: the text, and for the extended protocol the
+    parameters as sent (length-prefixed, so that no two statements share an encoding)."""
+    parts = [stmt.text.encode()]
+    for value in stmt.params:
+        if value is None:
+            parts.append(b"\xff\xff\xff\xff")
+        else:
+            parts.append(len(value).to_bytes(4, "big") + value)
+    return b"\x00".join(parts) if stmt.params else parts[0]
+
+
+__all__ = ["MaskCounts", "SessionHooks", "identity_key"]

@@ -1,0 +1,429 @@
+"""What a PostgreSQL session leaves in the ledger, masked before anything is written.
+
+Where this sits: the session's relay hooks call :class:`SessionRecorder` for every statement,
+response, notice and decision; it builds the ledger entries (``session.start``,
+``statement``, ``policy.decision``, ``response``, ``masking.applied``, ``session.end`` ...)
+and hands them to the :class:`~appliance.ledger.LedgerWriter`, whose ``append`` only
+enqueues. Text that can carry personal data (statement text, bind parameters, error and
+notice fields, notification payloads) is masked here, on the event loop, with the
+detectors' cheap pre-filter first. Result rows are not decoded here at all: their raw
+DataRow/CopyData frames are copied once per run into a blob sink, and the decoding,
+masking and JSON encoding happen in the ledger's writer thread (:class:`RowsTransform`),
+off the hot path.
+
+Result blob format (JSON Lines): for each result set a header object
+``{"columns": [...], "types": [oid...], "formats": [0|1...]}`` (or ``{"copy": "in"|"out"}``)
+followed by one JSON array per row (strings, null, or ``{"binary": <bytes>}`` for a
+binary-format value that is not text-like: it is never written); for COPY, one JSON string per
+line. Everything in a blob is masked.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from appliance.ledger import BlobSink, LedgerWriter
+from appliance.masking import ColumnPlan, CopyRowError, MaskCounts, TargetMasker
+from appliance.protocols.postgres.messages import (
+    ErrorResponse,
+    NoticeResponse,
+    NotificationResponse,
+    RowDescription,
+    datarow_values,
+)
+from appliance.proxy.pg.relay import Statement
+
+_CHUNK = 256 * 1024
+_CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
+_HEADER, _ROWS, _COPY = b"H", b"D", b"d"
+_LEN = struct.Struct("!I")
+
+# Types whose binary format is their text (UTF-8): safe to decode and mask like text.
+_TEXT_LIKE = frozenset({25, 1043, 1042, 19, 114, 3802, 142, 705, 18})
+_INT_BINARY = {20: struct.Struct("!q"), 23: struct.Struct("!i"), 21: struct.Struct("!h")}
+
+
+def _us(seconds: float) -> int:
+    return round(seconds * 1_000_000)
+
+
+class RowsTransform:
+    """Runs in the ledger writer thread: raw frames in, masked JSON lines out.
+
+    Binary-format values are written only when they are text-like (their binary form is
+    their UTF-8 text) or integers (decoded to digits); any other binary value is recorded as
+    ``{"binary": <length>}``, never as bytes, because it cannot be scanned.
+    """
+
+    def __init__(self, masker: TargetMasker | None, counts: MaskCounts) -> None:
+        self.masker = masker
+        self.counts = counts
+        self.plan: ColumnPlan | None = None
+        self.types: tuple[int, ...] = ()
+        self.formats: tuple[int, ...] = ()
+        self.copy_csv = False
+        self._copy_plans: dict[int, ColumnPlan] = {}
+
+    def __call__(self, chunk: bytes) -> bytes:
+        kind, body = chunk[:1], chunk[1:]
+        if kind == _HEADER:
+            header = orjson.loads(body)
+            self.copy_csv = bool(header.get("csv"))
+            columns = header.get("columns")
+            self.types = tuple(header.get("types") or ())
+            self.formats = tuple(header.get("formats") or ())
+            if self.masker is not None and "copy" not in header and columns is not None:
+                self.plan = self.masker.column_plan(
+                    header.get("table"),
+                    columns,
+                    type_oids=list(self.types) if len(self.types) == len(columns) else None,
+                )
+            else:
+                self.plan = None
+            return body + b"\n"
+        out: list[bytes] = []
+        if kind == _ROWS:
+            for payload in _frames(body):
+                out.append(orjson.dumps(self._row(datarow_values(payload))))
+        else:
+            for payload in _frames(body):
+                out.extend(self._copy_lines(payload))
+        return b"\n".join(out) + b"\n" if out else b""
+
+    def _row(self, values: list[bytes | None]) -> list[Any]:
+        texts: list[bytes | None] = []
+        binary: dict[int, int] = {}
+        for i, value in enumerate(values):
+            fmt = self.formats[i] if i < len(self.formats) else 0
+            if value is None or fmt == 0:
+                texts.append(value)
+                continue
+            oid = self.types[i] if i < len(self.types) else 0
+            if oid in _TEXT_LIKE:
+                texts.append(value)
+            elif oid in _INT_BINARY and len(value) == _INT_BINARY[oid].size:
+                texts.append(str(_INT_BINARY[oid].unpack(value)[0]).encode())
+            else:
+                texts.append(None)
+                binary[i] = len(value)
+        masker = self.masker
+        if masker is not None:
+            plan = self.plan
+            if plan is None or len(plan.columns) != len(texts):
+                plan = self.plan = masker.column_plan(None, [None] * len(texts))
+            texts = masker.mask_values(plan, texts, self.counts)
+        row: list[Any] = []
+        for i, value in enumerate(texts):
+            if i in binary:
+                row.append({"binary": binary[i]})
+            elif value is None:
+                row.append(None)
+            else:
+                row.append(value.decode("utf-8", "replace"))
+        return row
+
+    def _copy_lines(self, payload: bytes) -> list[bytes]:
+        out = []
+        for line in payload.splitlines():
+            if self.masker is not None:
+                line = self._mask_copy_line(self.masker, line)
+            out.append(orjson.dumps(line.decode("utf-8", "replace")))
+        return out
+
+    def _mask_copy_line(self, masker: TargetMasker, line: bytes) -> bytes:
+        delimiter = "," if self.copy_csv else "\t"
+        n = line.count(delimiter.encode()) + 1
+        plan = self._copy_plans.get(n)
+        if plan is None:
+            plan = self._copy_plans[n] = masker.column_plan(None, [None] * n)
+        try:
+            return masker.mask_copy_line(
+                plan, line, self.counts, csv=self.copy_csv, delimiter=delimiter
+            )
+        except CopyRowError:
+            # Not splittable as expected (quoted delimiters, other options): the detectors
+            # still run over the whole line.
+            return masker.mask_text(line.decode("utf-8", "surrogateescape"), self.counts).encode(
+                "utf-8", "surrogateescape"
+            )
+
+
+def _frames(body: bytes) -> list[bytes]:
+    """Payloads of back-to-back frames (type byte + length + payload)."""
+    out = []
+    pos, n = 0, len(body)
+    while pos + 5 <= n:
+        (length,) = _LEN.unpack_from(body, pos + 1)
+        out.append(body[pos + 5 : pos + 1 + length])
+        pos += 1 + length
+    return out
+
+
+class RowsSink:
+    """A statement's result rows on their way to one blob; bounded by ``limit`` bytes."""
+
+    def __init__(self, blob: BlobSink, transform: RowsTransform, limit: int) -> None:
+        self.blob = blob
+        self.transform = transform
+        self.limit = limit
+        self.size = 0
+        self.truncated = False
+        self._buf = bytearray()
+        self._kind = _ROWS
+        self.closed = False
+
+    def header(self, header: Mapping[str, Any], *, copy: bool = False) -> None:
+        """Start a result set (or COPY data) in the blob."""
+        self._flush()
+        self._kind = _COPY if copy else _ROWS
+        self.blob.write(_HEADER + orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
+
+    def add(self, frames: bytes) -> None:
+        if self.truncated:
+            return
+        if self.size + len(frames) > self.limit:
+            self.truncated = True
+            return
+        self.size += len(frames)
+        self._buf += frames
+        if len(self._buf) >= _CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self.blob.write(self._kind + bytes(self._buf))
+            self._buf.clear()
+
+    def close(self) -> None:
+        """End of one result set (the blob stays open for the statement's next one)."""
+        self._flush()
+
+    def finish(self) -> None:
+        self._flush()
+        self.closed = True
+        self.blob.close()
+
+
+class _ResultView:
+    """The per-result-set face of a statement's :class:`RowsSink` (the relay's ResultSink)."""
+
+    def __init__(self, sink: RowsSink) -> None:
+        self.sink = sink
+
+    def add(self, frames: bytes) -> None:
+        self.sink.add(frames)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
+class SessionRecorder:
+    """Builds and appends one session's ledger entries; see the module docstring."""
+
+    def __init__(
+        self,
+        ledger: LedgerWriter,
+        *,
+        session: str,
+        target: str,
+        account: str | None,
+        identity: Mapping[str, Any],
+        masker: TargetMasker | None,
+        record_rows: bool,
+        max_result_bytes: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self.ledger = ledger
+        self.session = session
+        self.target = target
+        self.account = account
+        self.identity = dict(identity)
+        self.masker = masker
+        self.record_rows = record_rows
+        self.max_result_bytes = max_result_bytes
+        self.clock = clock
+        self._sinks: dict[int, RowsSink] = {}
+        self._counts: dict[int, MaskCounts] = {}
+
+    def append(
+        self, type: str, data: Mapping[str, Any], blobs: Mapping[str, BlobSink] | None = None
+    ) -> None:
+        self.ledger.append(
+            type,
+            session=self.session,
+            identity=self.identity,
+            account=self.account,
+            target=self.target,
+            data=data,
+            blobs=blobs,
+        )
+
+    # -- masking of text -------------------------------------------------------------------
+
+    def mask(self, text: str, counts: MaskCounts | None = None) -> str:
+        if self.masker is None:
+            return text
+        return self.masker.mask_text(text, counts if counts is not None else MaskCounts())
+
+    def _masked_params(self, stmt: Statement, counts: MaskCounts) -> list[Any]:
+        out: list[Any] = []
+        for i, value in enumerate(stmt.params):
+            fmt = (
+                stmt.param_formats[i]
+                if len(stmt.param_formats) > 1
+                else (stmt.param_formats or (0,))[0]
+            )
+            if value is None:
+                out.append(None)
+            elif fmt == 0:
+                out.append(self.mask(value.decode("utf-8", "replace"), counts))
+            else:
+                # A binary parameter: its type is not known here, so it is never written.
+                out.append({"binary": len(value)})
+        return out
+
+    def _error(self, error: ErrorResponse | NoticeResponse, counts: MaskCounts) -> dict[str, Any]:
+        out: dict[str, Any] = {"severity": error.severity, "code": error.code}
+        for name in (
+            "message",
+            "detail",
+            "hint",
+            "where",
+            "table_name",
+            "column_name",
+            "constraint_name",
+        ):
+            value = error.get(name)
+            if value is not None:
+                out[name] = self.mask(value, counts)
+        return out
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def statement(self, stmt: Statement) -> None:
+        counts = MaskCounts()
+        data: dict[str, Any] = {
+            "n": stmt.n,
+            "protocol": stmt.protocol,
+            "text": self.mask(stmt.text, counts),
+        }
+        if stmt.params:
+            data["params"] = self._masked_params(stmt, counts)
+        if stmt.statement_name:
+            data["prepared"] = stmt.statement_name
+        verdict = stmt.verdict.record
+        data["decision"] = verdict
+        if counts:
+            data["masking"] = counts.as_dict()
+        self.append("statement", data)
+        if verdict.get("decision") != "allow" or verdict.get("enforced") is False:
+            self.append("policy.decision", {"n": stmt.n, **verdict})
+        if counts:
+            self.append("masking.applied", {"n": stmt.n, "where": "statement", **counts.as_dict()})
+
+    def response(self, stmt: Statement, *, masked_to_job: MaskCounts | None = None) -> None:
+        counts = MaskCounts()
+        finished = stmt.finished if stmt.finished is not None else self.clock()
+        results = [
+            {"tag": r.tag, "rows": r.rows, "columns": list(r.columns) if r.columns else None}
+            for r in stmt.results
+        ]
+        last = stmt.results[-1] if stmt.results else None
+        data: dict[str, Any] = {
+            "n": stmt.n,
+            "outcome": stmt.outcome,
+            "tag": last.tag if last else None,
+            "rows": stmt.rows,
+            "columns": list(last.columns) if last and last.columns else [],
+            "duration_us": max(0, _us(finished - stmt.started)),
+            "error": self._error(stmt.error, counts) if stmt.error is not None else None,
+        }
+        if len(results) > 1:
+            data["results"] = results
+        if stmt.approval is not None:
+            data["approval"] = stmt.approval
+        if stmt.notices:
+            data["notices"] = stmt.notices
+        blobs = None
+        sink = self._sinks.pop(stmt.n, None)
+        if sink is not None:
+            sink.finish()
+            blobs = {"result": sink.blob}
+            if sink.truncated:
+                data["result_truncated"] = True
+        else:
+            data["result"] = None
+        if counts:
+            data["masking"] = counts.as_dict()
+        if masked_to_job:
+            data["masked_to_job"] = masked_to_job.as_dict()
+        self.append("response", data, blobs)
+        if counts:
+            self.append(
+                "masking.applied", {"n": stmt.n, "where": "error fields", **counts.as_dict()}
+            )
+        if masked_to_job:
+            self.append(
+                "masking.applied",
+                {"n": stmt.n, "where": "rows sent to the job", **masked_to_job.as_dict()},
+            )
+
+    def result_sink(
+        self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
+    ) -> _ResultView | None:
+        if not self.record_rows:
+            return None
+        sink = self._sink_for(stmt)
+        header: dict[str, Any] = {
+            "columns": [f.name for f in description.fields] if description else None,
+            "types": [f.type_oid for f in description.fields] if description else [],
+            "formats": list(formats),
+        }
+        sink.header(header)
+        return _ResultView(sink)
+
+    def copy_sink(self, stmt: Statement, direction: str) -> _ResultView | None:
+        if not self.record_rows:
+            return None
+        sink = self._sink_for(stmt)
+        csv = bool(_CSV.search(stmt.text))
+        sink.header({"copy": direction, "csv": csv}, copy=True)
+        return _ResultView(sink)
+
+    def _sink_for(self, stmt: Statement) -> RowsSink:
+        sink = self._sinks.get(stmt.n)
+        if sink is None:
+            counts = MaskCounts()
+            transform = RowsTransform(self.masker, counts)
+            blob = self.ledger.open_blob(transform)
+            # The writer thread adds the masking counts to the blob's reference in the entry.
+            blob.annotate = lambda: {"masking": counts.as_dict()} if counts else {}
+            sink = self._sinks[stmt.n] = RowsSink(blob, transform, self.max_result_bytes)
+        return sink
+
+    def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None:
+        counts = MaskCounts()
+        data = {"n": stmt.n if stmt else None, **self._error(notice, counts)}
+        self.append("notice", data)
+
+    def notification(self, notification: NotificationResponse) -> None:
+        counts = MaskCounts()
+        self.append(
+            "notification",
+            {
+                "channel": notification.channel,
+                "payload": self.mask(notification.payload, counts),
+                "pid": notification.pid,
+            },
+        )
+
+    def discard(self) -> None:
+        """Abort result blobs no entry will reference (a session that ended mid-statement)."""
+        for sink in self._sinks.values():
+            sink.blob.abort()
+        self._sinks.clear()

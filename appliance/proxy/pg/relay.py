@@ -1,0 +1,778 @@
+"""The sans-IO heart of a PostgreSQL session after startup: relay, track, decide, record.
+
+Where this sits: the asyncio shell (:mod:`appliance.proxy.pg.session`) feeds the job's and
+the server's :class:`~appliance.protocols.postgres.Messages` to :meth:`Relay.from_client`
+and :meth:`Relay.from_server`, writes :meth:`Relay.take_output` to the two sockets, and
+carries out what the relay asks of its :class:`RelayHooks` (decide a statement, record it,
+ask for an approval). No sockets, no clock (``now`` is passed in), no asyncio.
+
+What it does, per message:
+
+- **Relays in runs.** Consecutive messages that need nothing are forwarded as one slice of
+  the chunk they arrived in; DataRows are counted, and copied once per run into the
+  statement's result sink when rows are recorded. No object is built per row.
+- **Tracks what each response answers.** Every forwarded frontend message that the server
+  answers (Query, Parse, Bind, Describe, Execute, Close, Sync, FunctionCall) pushes an
+  expectation on a FIFO; server messages complete them in order (protocol-flow.html:
+  "the backend ... processes messages in order"; after an error in the extended protocol
+  it skips to the next Sync). That is how a response, its rows, its duration and its error
+  are attributed to the right statement, also with pipelining.
+- **Enforces verdicts.** A simple Query, an Execute or a FunctionCall is decided by the
+  hooks (policy). ``deny``: the message is not forwarded; an ErrorResponse is injected at
+  the exact place in the response stream where the server's answer would have been (after
+  the answers to everything forwarded before it); in the extended protocol the job's
+  messages are then discarded until Sync, which is forwarded so that ReadyForQuery carries
+  the server's real transaction status. ``review``: the message and everything after it are
+  held (the shell stops reading the job) until :meth:`Relay.approval_result`.
+- **Response masking**, when the hooks give a row masker: DataRow values are rewritten
+  (lengths recomputed); a column that must be masked but arrives in binary format fails
+  closed: the job gets an ErrorResponse naming the column, the rest of that result is
+  suppressed up to ReadyForQuery.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from appliance.protocols.postgres import Messages, PeerProtocolError
+from appliance.protocols.postgres.messages import (
+    Bind,
+    Close,
+    CommandComplete,
+    Describe,
+    ErrorResponse,
+    Execute,
+    NoticeResponse,
+    NotificationResponse,
+    ParameterStatus,
+    Parse,
+    Query,
+    RowDescription,
+    decode_backend,
+    decode_frontend,
+)
+
+_RFQ = {
+    ord("I"): b"Z\x00\x00\x00\x05I",
+    ord("T"): b"Z\x00\x00\x00\x05T",
+    ord("E"): b"Z\x00\x00\x00\x05E",
+}
+_I16 = struct.Struct("!h")
+
+# Frontend type bytes.
+F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE = (ord(c) for c in "QPBDE")
+F_CLOSE, F_SYNC, F_FLUSH, F_FUNCTION, F_TERMINATE = (ord(c) for c in "CSHFX")
+F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL = (ord(c) for c in "dcf")
+# Backend type bytes.
+B_PARSE_OK, B_BIND_OK, B_CLOSE_OK = (ord(c) for c in "123")
+B_ROWDESC, B_DATAROW, B_COMPLETE, B_EMPTY, B_SUSPENDED = (ord(c) for c in "TDCIs")
+B_ERROR, B_NOTICE, B_NOTIFY, B_READY, B_NODATA, B_PARAMDESC = (ord(c) for c in "ENAZnt")
+B_PARAMETER = ord("S")
+B_COPY_IN, B_COPY_OUT, B_COPY_BOTH, B_COPY_DATA, B_COPY_DONE, B_FUNC_RESULT = (
+    ord(c) for c in "GHWdcV"
+)
+
+
+# -- what the relay asks of the shell -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A policy decision for one statement, as the relay needs it.
+
+    ``action``: allow, deny or review. ``enforced``: False in observe mode (the statement
+    runs whatever the action). ``error``: for deny, the encoded ErrorResponse for the job.
+    ``record``: what the ledger keeps about the decision (JSON-safe).
+    """
+
+    action: str
+    enforced: bool = True
+    error: bytes = b""
+    record: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def blocks(self) -> bool:
+        return self.enforced and self.action != "allow"
+
+
+ALLOW = Verdict("allow", record={"decision": "allow"})
+
+
+class ResultSink(Protocol):
+    """Where a statement's result rows go (the ledger's blob store, masked off the hot path)."""
+
+    def add(self, frames: bytes) -> None:
+        """Whole DataRow (or CopyData) frames, back to back."""
+
+    def close(self) -> None: ...
+
+
+class RowMasker(Protocol):
+    """Rewrites DataRow values for the job when policy asks for response masking."""
+
+    def plan(self, row_description: RowDescription | None, formats: tuple[int, ...]) -> object: ...
+
+    def mask_frame(self, plan: object, frame: bytes) -> bytes | None:
+        """The frame rewritten, or None if no value changed. Raises MaskingRefused (fail
+        closed)."""
+        ...
+
+
+class MaskingRefused(Exception):
+    """A value that must be masked cannot be (binary format): the result is withheld."""
+
+
+class RelayHooks(Protocol):
+    def decide(self, stmt: Statement) -> Verdict:
+        """Classify and decide ``stmt`` (text, protocol); pure and fast."""
+
+    def statement_started(self, stmt: Statement) -> None:
+        """Record a statement that will run (or was blocked: ``stmt.verdict`` says)."""
+
+    def statement_finished(self, stmt: Statement) -> None:
+        """Record the response summary of a statement (``stmt.results``, ``stmt.error``)."""
+
+    def request_approval(self, stmt: Statement) -> None:
+        """Start an approval for ``stmt``; answer later with :meth:`Relay.approval_result`."""
+
+    def open_result(
+        self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
+    ) -> ResultSink | None:
+        """A sink for this result set's rows, or None when rows are not recorded."""
+
+    def open_copy(self, stmt: Statement, direction: str) -> ResultSink | None:
+        """A sink for COPY data (``direction`` "in" from the job, "out" to the job)."""
+
+    def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None: ...
+
+    def notification(self, notification: NotificationResponse) -> None: ...
+
+    def parameter(self, name: str, value: str) -> None:
+        """The server reported a new value of a run-time parameter (ParameterStatus)."""
+
+    def row_masker(self) -> RowMasker | None:
+        """The response masker for this session, or None (no masking toward the job)."""
+
+
+# -- statements and expectations ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Result:
+    """One result set of a statement (a simple Query may produce several)."""
+
+    tag: str | None = None
+    rows: int = 0
+    columns: tuple[str, ...] | None = None
+    sink: ResultSink | None = None
+
+
+@dataclass(slots=True)
+class Statement:
+    """A statement the job ran (or tried to): what, how it was decided, what came back."""
+
+    n: int
+    protocol: str  # "simple" | "extended" | "function"
+    text: str
+    params: tuple[bytes | None, ...] = ()
+    param_formats: tuple[int, ...] = ()
+    portal: str | None = None
+    statement_name: str | None = None
+    verdict: Verdict = ALLOW
+    started: float = 0.0
+    finished: float | None = None
+    results: list[Result] = field(default_factory=list)
+    error: ErrorResponse | None = None
+    outcome: str = "pending"  # ok | error | denied | skipped | suspended | cancelled
+    approval: dict[str, object] | None = None
+    notices: int = 0
+
+    @property
+    def current(self) -> Result:
+        if not self.results:
+            self.results.append(Result())
+        return self.results[-1]
+
+    @property
+    def rows(self) -> int:
+        return sum(r.rows for r in self.results)
+
+
+@dataclass(slots=True)
+class _Prepared:
+    text: str
+    description: RowDescription | None = None
+
+
+@dataclass(slots=True)
+class _Portal:
+    prepared: _Prepared | None
+    bind: Bind
+    description: RowDescription | None = None
+
+
+class X(enum.Enum):
+    """What an expectation waits for."""
+
+    QUERY = "Query"
+    PARSE = "Parse"
+    BIND = "Bind"
+    DESCRIBE = "Describe"
+    EXECUTE = "Execute"
+    CLOSE = "Close"
+    SYNC = "Sync"
+    FUNCTION = "FunctionCall"
+    INJECT = "(injected)"
+
+
+@dataclass(slots=True)
+class _Expect:
+    kind: X
+    stmt: Statement | None = None
+    describe: Describe | None = None
+    inject: bytes = b""
+    with_ready: bool = False  # an injected error that also ends a simple-protocol cycle
+    formats: tuple[int, ...] = ()
+    description: RowDescription | None = None
+
+
+class Relay:
+    """One session's relay state machine; see the module docstring."""
+
+    def __init__(self, hooks: RelayHooks, *, now: Callable[[], float]) -> None:
+        self.hooks = hooks
+        self.now = now
+        self.tx_status = ord("I")
+        self.statements = 0
+        self.bytes_from_client = 0
+        self.bytes_from_server = 0
+        self._to_client: list[bytes] = []
+        self._to_server: list[bytes] = []
+        self._expect: deque[_Expect] = deque()
+        self._prepared: dict[str, _Prepared] = {}
+        self._portals: dict[str, _Portal] = {}
+        self._discard_until_sync = False
+        self._server_error_in_batch = False
+        self._suppress_until_ready = False
+        self._held: tuple[Messages, int, Statement, _Expect] | None = None
+        self._queued: deque[Messages] = deque()
+        self._copy_in: tuple[Statement, ResultSink | None] | None = None
+        self._copy_out: Statement | None = None
+        self._result: Result | None = None
+        self._result_plan: object | None = None
+        self._masker = hooks.row_masker()
+        self.terminated = False
+
+    # -- output ----------------------------------------------------------------------------
+
+    def take_output(self) -> tuple[bytes, bytes]:
+        """Bytes for the job and for the server since the last call."""
+        c, s = self._to_client, self._to_server
+        to_client = c[0] if len(c) == 1 else b"".join(c)
+        to_server = s[0] if len(s) == 1 else b"".join(s)
+        c.clear()
+        s.clear()
+        return to_client, to_server
+
+    @property
+    def held(self) -> bool:
+        """True while a statement waits for approval (the shell stops reading the job)."""
+        return self._held is not None
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: no expectation pending, nothing held or queued."""
+        return not self._expect and self._held is None and not self._queued
+
+    @property
+    def in_flight(self) -> list[Statement]:
+        return [e.stmt for e in self._expect if e.stmt is not None and e.kind is not X.INJECT]
+
+    # -- from the job ------------------------------------------------------------------------
+
+    def from_client(self, msgs: Messages) -> None:
+        """Messages from the job. Raises PeerProtocolError for malformed payloads."""
+        self.bytes_from_client += len(msgs.chunk)
+        if self._held is not None or self._queued:
+            self._queued.append(msgs)
+            return
+        self._client_messages(msgs, 0)
+
+    def _client_messages(self, msgs: Messages, start: int) -> None:
+        chunk = msgs.chunk
+        frames = msgs.frames
+        run = frames[start][1] if start < len(frames) else len(chunk)
+        out = self._to_server
+        expect = self._expect.append
+        for i in range(start, len(frames)):
+            t, s, e = frames[i]
+            if self._discard_until_sync and t != F_SYNC:
+                # After a denial in the extended protocol: the server would skip these too.
+                if run < s:
+                    out.append(chunk[run:s])
+                run = e
+                continue
+            if t == F_BIND:
+                bind = decode_frontend(t, chunk[s + 5 : e])
+                assert isinstance(bind, Bind)
+                prepared = self._prepared.get(bind.statement)
+                self._portals[bind.portal] = _Portal(
+                    prepared, bind, prepared.description if prepared else None
+                )
+                expect(_Expect(X.BIND))
+            elif t == F_EXECUTE:
+                stmt = self._execute_statement(chunk[s + 5 : e])
+                if not self._admit(stmt, msgs, i, run, s):
+                    if self._held is not None:
+                        return
+                    run = e
+                    continue
+                portal = self._portals.get(stmt.portal or "")
+                exp = _Expect(X.EXECUTE, stmt)
+                if portal is not None:
+                    exp.formats = portal.bind.result_formats
+                    exp.description = portal.description
+                expect(exp)
+            elif t == F_PARSE:
+                parse = decode_frontend(t, chunk[s + 5 : e])
+                assert isinstance(parse, Parse)
+                self._prepared[parse.statement] = _Prepared(parse.sql)
+                expect(_Expect(X.PARSE))
+            elif t == F_SYNC:
+                self._discard_until_sync = False
+                expect(_Expect(X.SYNC))
+            elif t == F_DESCRIBE:
+                describe = decode_frontend(t, chunk[s + 5 : e])
+                assert isinstance(describe, Describe)
+                expect(_Expect(X.DESCRIBE, describe=describe))
+            elif t == F_QUERY:
+                query = decode_frontend(t, chunk[s + 5 : e])
+                assert isinstance(query, Query)
+                stmt = self._new_statement("simple", query.sql)
+                if not self._admit(stmt, msgs, i, run, s):
+                    if self._held is not None:
+                        return
+                    run = e
+                    continue
+                expect(_Expect(X.QUERY, stmt))
+            elif t == F_CLOSE:
+                close = decode_frontend(t, chunk[s + 5 : e])
+                assert isinstance(close, Close)
+                (self._prepared if close.kind == "S" else self._portals).pop(close.name, None)
+                expect(_Expect(X.CLOSE))
+            elif t == F_COPY_DATA:
+                if self._copy_in is not None and self._copy_in[1] is not None:
+                    self._copy_in[1].add(chunk[s:e])
+            elif t == F_COPY_DONE or t == F_COPY_FAIL:
+                if self._copy_in is not None:
+                    sink = self._copy_in[1]
+                    if sink is not None:
+                        sink.close()
+                    self._copy_in = None
+            elif t == F_FUNCTION:
+                stmt = self._new_statement("function", "(fast-path function call)")
+                if not self._admit(stmt, msgs, i, run, s):
+                    if self._held is not None:
+                        return
+                    run = e
+                    continue
+                expect(_Expect(X.FUNCTION, stmt))
+            elif t == F_TERMINATE:
+                self.terminated = True
+            # F_FLUSH and anything else: relayed as is, nothing expected back.
+        if run < len(chunk):
+            out.append(chunk[run:] if run else chunk)
+
+    def _new_statement(self, protocol: str, text: str) -> Statement:
+        self.statements += 1
+        return Statement(self.statements, protocol, text, started=self.now())
+
+    def _execute_statement(self, payload: bytes) -> Statement:
+        execute = decode_frontend(F_EXECUTE, payload)
+        assert isinstance(execute, Execute)
+        portal = self._portals.get(execute.portal)
+        if portal is None:
+            # A portal the job did not bind through the protocol (an SQL cursor): the
+            # statement text is not known here.
+            stmt = self._new_statement("extended", f"(portal {execute.portal!r})")
+        else:
+            text = (
+                portal.prepared.text
+                if portal.prepared
+                else f"(unknown statement {portal.bind.statement!r})"
+            )
+            stmt = self._new_statement("extended", text)
+            stmt.params = portal.bind.params
+            stmt.param_formats = portal.bind.param_formats
+            stmt.statement_name = portal.bind.statement
+        stmt.portal = execute.portal
+        return stmt
+
+    def _admit(self, stmt: Statement, msgs: Messages, i: int, run: int, start: int) -> bool:
+        """Decide ``stmt``; return True if its message is forwarded. For a hold, flush what
+        precedes it and save where to resume."""
+        verdict = self.hooks.decide(stmt)
+        stmt.verdict = verdict
+        if not verdict.blocks:
+            self.hooks.statement_started(stmt)
+            return True
+        chunk = msgs.chunk
+        if run < start:
+            self._to_server.append(chunk[run:start])
+        if verdict.action == "review":
+            self.hooks.statement_started(stmt)
+            kind = {"simple": X.QUERY, "extended": X.EXECUTE, "function": X.FUNCTION}[stmt.protocol]
+            self._held = (msgs, i, stmt, _Expect(kind, stmt))
+            self.hooks.request_approval(stmt)
+            return False
+        self._deny(stmt, verdict.error)
+        return False
+
+    def _deny(self, stmt: Statement, error: bytes, *, recorded: bool = False) -> None:
+        stmt.outcome = "denied"
+        stmt.finished = self.now()
+        if not recorded:
+            self.hooks.statement_started(stmt)
+        self.hooks.statement_finished(stmt)
+        simple = stmt.protocol != "extended"
+        if not simple:
+            self._discard_until_sync = True
+        self._expect.append(_Expect(X.INJECT, stmt, inject=error, with_ready=simple))
+        self._emit_injections()
+
+    def approval_result(
+        self, approved: bool, *, error: bytes = b"", record: dict[str, object] | None = None
+    ) -> None:
+        """The outcome of the held statement's approval: run it, or deny it with ``error``."""
+        if self._held is None:
+            return
+        msgs, i, stmt, exp = self._held
+        self._held = None
+        stmt.approval = record
+        chunk = msgs.chunk
+        _, s, e = msgs.frames[i]
+        if approved:
+            stmt.started = self.now()
+            portal = self._portals.get(stmt.portal or "")
+            if portal is not None:
+                exp.formats = portal.bind.result_formats
+                exp.description = portal.description
+            self._expect.append(exp)
+            self._to_server.append(chunk[s:e])
+        else:
+            self._deny(stmt, error, recorded=True)
+        if i + 1 < len(msgs.frames):
+            self._client_messages(msgs, i + 1)
+        while self._queued and self._held is None:
+            self._client_messages(self._queued.popleft(), 0)
+
+    # -- from the server ---------------------------------------------------------------------
+
+    def from_server(self, msgs: Messages) -> None:
+        """Messages from the server. Raises PeerProtocolError for a server that answers
+        what was not asked."""
+        self.bytes_from_server += len(msgs.chunk)
+        chunk = msgs.chunk
+        out = self._to_client
+        run = 0  # start of the bytes not yet forwarded
+        d_start = -1  # start of a run of rows being recorded
+        for t, s, e in msgs.frames:
+            if t == B_DATAROW or t == B_COPY_DATA:
+                result = self._result or self._begin_rows()
+                result.rows += 1
+                if self._suppress_until_ready:
+                    if run < s:
+                        out.append(chunk[run:s])
+                    run = e
+                    continue
+                if result.sink is not None and d_start < 0:
+                    d_start = s
+                if self._masker is not None and t == B_DATAROW:
+                    try:
+                        masked = self._masker.mask_frame(self._result_plan, chunk[s:e])
+                    except MaskingRefused as exc:
+                        masked = b""
+                        self._refuse_result(str(exc))
+                    if masked is not None:
+                        if run < s:
+                            out.append(chunk[run:s])
+                        if masked:
+                            out.append(masked)
+                        run = e
+                continue
+            if d_start >= 0:
+                assert self._result is not None and self._result.sink is not None
+                self._result.sink.add(chunk[d_start:s])
+                d_start = -1
+            forward = not self._suppress_until_ready or t == B_READY
+            if not forward:
+                if run < s:
+                    out.append(chunk[run:s])
+                run = e
+            if t == B_READY:
+                self._suppress_until_ready = False
+                self._server_ready(chunk[s + 5 : e])
+            elif t in _RESPONSES:
+                self._server_response(t, chunk[s + 5 : e])
+            elif t == B_NOTICE:
+                notice = decode_backend(t, chunk[s + 5 : e])
+                assert isinstance(notice, NoticeResponse)
+                head = self._expect[0].stmt if self._expect else None
+                if head is not None:
+                    head.notices += 1
+                self.hooks.notice(head, notice)
+            elif t == B_NOTIFY:
+                notification = decode_backend(t, chunk[s + 5 : e])
+                assert isinstance(notification, NotificationResponse)
+                self.hooks.notification(notification)
+            elif t == B_PARAMETER:
+                status = decode_backend(t, chunk[s + 5 : e])
+                assert isinstance(status, ParameterStatus)
+                self.hooks.parameter(status.name, status.value)
+            # CopyDone, FunctionCallResponse...: relayed as they are.
+            if self._expect and self._expect[0].kind is X.INJECT:
+                if run < e:
+                    out.append(chunk[run:e])
+                run = e
+                self._emit_injections()
+        if d_start >= 0:
+            assert self._result is not None and self._result.sink is not None
+            self._result.sink.add(chunk[d_start:])
+        if run < len(chunk):
+            out.append(chunk[run:] if run else chunk)
+
+    def _head(self, *kinds: X) -> _Expect:
+        if not self._expect or self._expect[0].kind not in kinds:
+            got = self._expect[0].kind.value if self._expect else "nothing"
+            raise PeerProtocolError(
+                f"server response does not match the request pending ({got})", side="server"
+            )
+        return self._expect[0]
+
+    def _begin_result(self, description: RowDescription | None, formats: tuple[int, ...]) -> Result:
+        """A new result set for the statement at the head of the queue."""
+        stmt = self._expect[0].stmt if self._expect else None
+        if stmt is None:
+            raise PeerProtocolError("a result arrived for no statement", side="server")
+        if stmt.results and stmt.results[-1].tag is None and not stmt.results[-1].rows:
+            result = stmt.results[-1]  # an unused placeholder
+        else:
+            result = Result()
+            stmt.results.append(result)
+        if description is not None:
+            result.columns = tuple(f.name for f in description.fields)
+        if self._copy_out is stmt:
+            result.sink = self.hooks.open_copy(stmt, "out")
+        else:
+            result.sink = self.hooks.open_result(stmt, description, formats)
+        if self._masker is not None:
+            self._result_plan = self._masker.plan(description, formats)
+        self._result = result
+        return result
+
+    def _begin_rows(self) -> Result:
+        """Rows with no RowDescription just before: an Execute, described earlier by a
+        Describe of its statement or portal, with the formats its Bind asked for."""
+        head = self._expect[0] if self._expect else None
+        if head is None or head.kind is not X.EXECUTE:
+            raise PeerProtocolError("rows arrived for no statement", side="server")
+        description = head.description
+        n = len(description.fields) if description is not None else 0
+        return self._begin_result(description, column_formats(head.formats, n))
+
+    def _end_result(self) -> None:
+        if self._result is not None and self._result.sink is not None:
+            self._result.sink.close()
+        self._result = None
+        self._result_plan = None
+
+    def _refuse_result(self, reason: str) -> None:
+        """Fail closed: withhold the rest of this result from the job, with an error."""
+        from appliance.protocols.postgres.messages import error_response
+
+        self._to_client.append(
+            error_response("ERROR", "42501", "result withheld by the appliance: " + reason)
+        )
+        head = self._expect[0].stmt if self._expect else None
+        if head is not None:
+            head.outcome = "withheld"
+        self._suppress_until_ready = True
+
+    def _server_response(self, t: int, payload: bytes) -> None:
+        expect = self._expect
+        if t == B_ROWDESC:
+            desc = decode_backend(t, payload)
+            assert isinstance(desc, RowDescription)
+            head = self._head(X.QUERY, X.DESCRIBE, X.EXECUTE)
+            if head.kind is X.DESCRIBE:
+                assert head.describe is not None
+                if head.describe.kind == "S":
+                    prepared = self._prepared.get(head.describe.name)
+                    if prepared is not None:
+                        prepared.description = desc
+                else:
+                    portal = self._portals.get(head.describe.name)
+                    if portal is not None:
+                        portal.description = desc
+                expect.popleft()
+            else:
+                self._end_result()
+                self._begin_result(desc, tuple(f.format for f in desc.fields))
+        elif t == B_COMPLETE or t == B_EMPTY or t == B_SUSPENDED:
+            head = self._head(X.QUERY, X.EXECUTE)
+            stmt = head.stmt
+            assert stmt is not None
+            result = self._result if self._result is not None else stmt.current
+            if t == B_COMPLETE:
+                complete = decode_backend(t, payload)
+                assert isinstance(complete, CommandComplete)
+                result.tag = complete.tag
+                if complete.rows is not None and not result.rows:
+                    result.rows = complete.rows
+            elif t == B_EMPTY:
+                result.tag = ""
+            self._end_result()
+            self._copy_out = None
+            if head.kind is X.EXECUTE:
+                stmt.outcome = "suspended" if t == B_SUSPENDED else "ok"
+                self._finish(expect.popleft())
+        elif t == B_ERROR:
+            error = decode_backend(t, payload)
+            assert isinstance(error, ErrorResponse)
+            self._end_result()
+            self._copy_out = None
+            if self._copy_in is not None:
+                if self._copy_in[1] is not None:
+                    self._copy_in[1].close()
+                self._copy_in = None
+            if not expect:
+                return  # an error outside any request (e.g. FATAL on shutdown): relayed
+            head = expect[0]
+            if head.stmt is not None and head.kind is not X.INJECT:
+                head.stmt.error = error
+                head.stmt.outcome = "error"
+            if head.kind in (X.QUERY, X.FUNCTION):
+                return  # ReadyForQuery ends the cycle
+            # Extended protocol: the server skips to the next Sync.
+            self._server_error_in_batch = True
+            while expect and expect[0].kind is not X.SYNC:
+                skipped = expect.popleft()
+                if skipped.kind is X.EXECUTE and skipped.stmt is not None:
+                    if skipped.stmt.outcome == "pending":
+                        skipped.stmt.outcome = "skipped"
+                    self._finish(skipped)
+        elif t == B_PARSE_OK:
+            self._head(X.PARSE)
+            expect.popleft()
+        elif t == B_BIND_OK:
+            self._head(X.BIND)
+            expect.popleft()
+        elif t == B_CLOSE_OK:
+            self._head(X.CLOSE)
+            expect.popleft()
+        elif t == B_NODATA:
+            self._head(X.DESCRIBE)
+            expect.popleft()
+        elif t == B_PARAMDESC:
+            self._head(X.DESCRIBE)
+        elif t == B_COPY_IN:
+            head = self._head(X.QUERY, X.EXECUTE)
+            assert head.stmt is not None
+            self._copy_in = (head.stmt, self.hooks.open_copy(head.stmt, "in"))
+        elif t == B_COPY_OUT or t == B_COPY_BOTH:
+            head = self._head(X.QUERY, X.EXECUTE)
+            assert head.stmt is not None
+            self._end_result()
+            self._copy_out = head.stmt
+            self._begin_result(None, ())
+
+    def _server_ready(self, payload: bytes) -> None:
+        if len(payload) != 1 or payload[0] not in _RFQ:
+            raise PeerProtocolError("malformed ReadyForQuery", side="server")
+        self.tx_status = payload[0]
+        self._server_error_in_batch = False
+        self._end_result()
+        self._copy_out = None
+        expect = self._expect
+        head = self._head(X.QUERY, X.SYNC, X.FUNCTION)
+        expect.popleft()
+        if head.kind is not X.SYNC and head.stmt is not None:
+            if head.stmt.outcome == "pending":
+                head.stmt.outcome = "ok"
+            self._finish(head)
+
+    def _finish(self, exp: _Expect) -> None:
+        stmt = exp.stmt
+        assert stmt is not None
+        stmt.finished = self.now()
+        self.hooks.statement_finished(stmt)
+
+    def _emit_injections(self) -> None:
+        """Send the injected errors that are now at the head of the response stream."""
+        expect = self._expect
+        while expect and expect[0].kind is X.INJECT:
+            exp = expect.popleft()
+            if self._server_error_in_batch and not exp.with_ready:
+                continue  # the server already failed this batch: the job expects one error
+            self._to_client.append(exp.inject)
+            if exp.with_ready:
+                self._to_client.append(_RFQ[self.tx_status])
+
+    # -- end -------------------------------------------------------------------------------
+
+    def abort(self, outcome: str = "cancelled") -> list[Statement]:
+        """The session is ending with work in flight: finish those statements as
+        ``outcome`` and close their sinks. Returns them."""
+        self._end_result()
+        if self._copy_in is not None and self._copy_in[1] is not None:
+            self._copy_in[1].close()
+        self._copy_in = None
+        done = []
+        if self._held is not None:
+            stmt = self._held[2]
+            stmt.outcome = outcome
+            stmt.finished = self.now()
+            self.hooks.statement_finished(stmt)
+            done.append(stmt)
+            self._held = None
+        for exp in self._expect:
+            if exp.kind is not X.INJECT and exp.stmt is not None and exp.stmt.finished is None:
+                exp.stmt.outcome = outcome
+                exp.stmt.finished = self.now()
+                self.hooks.statement_finished(exp.stmt)
+                done.append(exp.stmt)
+        self._expect.clear()
+        return done
+
+
+_RESPONSES = frozenset(
+    (
+        B_ROWDESC,
+        B_COMPLETE,
+        B_EMPTY,
+        B_SUSPENDED,
+        B_ERROR,
+        B_PARSE_OK,
+        B_BIND_OK,
+        B_CLOSE_OK,
+        B_NODATA,
+        B_PARAMDESC,
+        B_COPY_IN,
+        B_COPY_OUT,
+        B_COPY_BOTH,
+    )
+)
+
+
+def column_formats(formats: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """Bind's result format codes expanded to one per column (none: all text; one: all)."""
+    if not formats:
+        return (0,) * n
+    if len(formats) == 1:
+        return formats * n
+    return formats

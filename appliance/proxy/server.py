@@ -1,0 +1,214 @@
+"""Listeners and sessions: the appliance's asyncio server.
+
+Where this sits: the daemon (:mod:`appliance.daemon`) builds a :class:`ProxyServer` with the
+shared :class:`~appliance.proxy.pg.session.SessionServices` and a :class:`FlowResolver`, and
+runs :meth:`ProxyServer.serve`. Two kinds of listeners:
+
+- an *explicit* listener per target that has ``listen:`` in the config (before transparent
+  capture, or for jobs that are pointed at the appliance on purpose): the target is known;
+- the *transparent* listener on ``capture.listen_port`` (IPv4 and IPv6), to which netfilter
+  redirects the job's connections: the target comes from the connection's original
+  destination; a flow to an address that is not (or no longer) protected is refused and
+  recorded.
+
+Every accepted connection becomes one :class:`~appliance.proxy.pg.session.PgSession` task in
+the server's task group (structured concurrency: no session outlives the server). On stop,
+the listeners close, every session finishes the statement in flight and ends with
+"administrator shutdown" (57P01); after the grace period the rest are cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from appliance.config import Config, Target
+from appliance.errors import ApplianceError
+from appliance.proxy.pg.session import PgSession, SessionServices
+
+log = logging.getLogger("appliance.proxy")
+
+UNATTRIBUTED = {"source": "unattributed", "how": "unattributed: no attribution configured"}
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening address; ``target`` is None for the transparent listener."""
+
+    host: str
+    port: int
+    target: str | None = None
+
+    @property
+    def transparent(self) -> bool:
+        return self.target is None
+
+
+@dataclass(frozen=True)
+class Flow:
+    """What an accepted connection is: which target, where upstream, who."""
+
+    target: Target
+    upstream: tuple[str, int]
+    identity: Mapping[str, Any] = field(default_factory=lambda: dict(UNATTRIBUTED))
+
+
+class Refused(Exception):
+    """The connection is refused (not a protected destination, unresolvable target)."""
+
+    def __init__(self, reason: str, data: Mapping[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.data = dict(data or {})
+
+
+class FlowResolver(Protocol):
+    async def resolve(self, conn: socket.socket, listener: Listener) -> Flow:
+        """The flow of an accepted connection, or raise Refused."""
+
+
+class ProxyServer:
+    """Accepts connections on the configured listeners and runs a session for each."""
+
+    def __init__(
+        self,
+        config: Config,
+        services: SessionServices,
+        resolver: FlowResolver,
+        *,
+        transparent: bool = False,
+        new_session_id: Callable[[], str] | None = None,
+    ) -> None:
+        self.config = config
+        self.services = services
+        self.resolver = resolver
+        self.listeners: list[Listener] = [
+            Listener(t.listen[0], t.listen[1], t.name)
+            for t in config.targets.values()
+            if t.listen is not None
+        ]
+        if transparent:
+            port = config.capture.listen_port
+            self.listeners += [Listener("0.0.0.0", port), Listener("::", port)]
+        self.sessions: set[PgSession] = set()
+        self._new_id = new_session_id or (lambda: services.random_bytes(8).hex())
+        self._stop = asyncio.Event()
+        self._sockets: list[socket.socket] = []
+        self._grace = 30.0
+
+    def bind(self) -> list[tuple[str, int]]:
+        """Open every listening socket now (so that failures surface before 'ready');
+        return the bound addresses."""
+        bound = []
+        for listener in self.listeners:
+            family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((listener.host, listener.port))
+                sock.listen(1024)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                raise ApplianceError(
+                    f"cannot listen on {listener.host}:{listener.port}: {exc.strerror or exc}"
+                ) from None
+            self._sockets.append(sock)
+            bound.append(sock.getsockname()[:2])
+        return bound
+
+    async def serve(self) -> None:
+        """Serve until :meth:`stop`; then drain the sessions (see the module docstring)."""
+        if not self._sockets:
+            self.bind()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                accepts = [
+                    tg.create_task(self._accept(tg, s, listener))
+                    for s, listener in zip(self._sockets, self.listeners, strict=True)
+                ]
+                await self._stop.wait()
+                for task in accepts:
+                    task.cancel()
+                for sock in self._sockets:
+                    sock.close()
+                await self._drain()
+        finally:
+            for sock in self._sockets:
+                sock.close()
+
+    def stop(self, grace: float = 30.0) -> None:
+        self._grace = grace
+        self._stop.set()
+
+    async def _drain(self) -> None:
+        for session in list(self.sessions):
+            session.drain()
+        if not self.sessions:
+            return
+        done = asyncio.gather(*(s.done for s in list(self.sessions)), return_exceptions=True)
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self._grace)
+        except TimeoutError:
+            for session in list(self.sessions):
+                session.abort("appliance shutdown: grace period over")
+
+    async def _accept(self, tg: asyncio.TaskGroup, sock: socket.socket, listener: Listener) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(sock)
+            except OSError as exc:
+                log.warning("accept on %s:%s failed: %s", listener.host, listener.port, exc)
+                await asyncio.sleep(0.1)
+                continue
+            tg.create_task(self._session(conn, peer, listener))
+
+    async def _session(
+        self, conn: socket.socket, peer: tuple[Any, ...], listener: Listener
+    ) -> None:
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            flow = await self.resolver.resolve(conn, listener)
+        except Refused as refused:
+            log.warning("refused connection from %s: %s", peer[:2], refused.reason)
+            with contextlib.suppress(ApplianceError):
+                self.services.ledger.append(
+                    "capture.refused",
+                    data={
+                        "client": f"{peer[0]}:{peer[1]}",
+                        "reason": refused.reason,
+                        **refused.data,
+                    },
+                )
+            # A reset, not a FIN: the job sees "connection refused/reset", as without us.
+            conn.setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+            )
+            conn.close()
+            return
+        local = conn.getsockname()
+        session = PgSession(
+            self.services,
+            session_id=self._new_id(),
+            target=flow.target,
+            upstream=flow.upstream,
+            client=(peer[0], peer[1]),
+            server_address=(local[0], local[1]),
+            identity=flow.identity,
+        )
+        self.sessions.add(session)
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.connect_accepted_socket(lambda: session.client, conn)
+            await session.run()
+        finally:
+            self.sessions.discard(session)
