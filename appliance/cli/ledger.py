@@ -107,6 +107,13 @@ class _Progress:
 @_FORMAT
 @click.option("--progress/--no-progress", default=None, help="Default: on for logs > 16 MB.")
 @click.option("--no-blobs", is_flag=True, help="Skip hashing blobs.")
+@click.option(
+    "--checkpoint",
+    "held",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A checkpoint kept elsewhere (e.g. WORM storage) the ledger must still contain.",
+)
 @click.pass_context
 def verify_cmd(
     ctx: click.Context,
@@ -115,6 +122,7 @@ def verify_cmd(
     fmt: str,
     progress: bool | None,
     no_blobs: bool,
+    held: tuple[Path, ...],
 ) -> None:
     """Rebuild the Merkle tree from the entries and check every checkpoint's signature,
     origin, size and root, their consistency, seq and time order, and blob hashes.
@@ -126,7 +134,19 @@ def verify_cmd(
     size = (directory / "entries.log").stat().st_size
     show = progress if progress is not None else size > 16 * 1024 * 1024
     t0 = time.monotonic()
-    report = verify_ledger(directory, verifiers, progress=_Progress(show), check_blobs=not no_blobs)
+    trusted = []
+    for path in held:
+        try:
+            trusted.append((f"checkpoint {path}", path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"cannot read {path}: {exc}") from None
+    report = verify_ledger(
+        directory,
+        verifiers,
+        progress=_Progress(show),
+        check_blobs=not no_blobs,
+        trusted_checkpoints=trusted,
+    )
     elapsed = time.monotonic() - t0
     latest = report.latest
     if fmt == "json":
@@ -351,8 +371,8 @@ def prove_cmd(directory: Path, index: int, out: Path | None, no_entry: bool) -> 
         raise LedgerError(f"{directory} has no checkpoint yet")
     if index >= cp.size:
         raise LedgerError(f"entry {index} is not covered by the latest checkpoint ({cp.size})")
-    tree, raws = load_tree(directory, cp.size)
-    text = make_proof(tree, raws, index, cp, carry=not no_entry).text()
+    tree, kept = load_tree(directory, cp.size, keep=[index])
+    text = make_proof(tree, index, cp, entry=None if no_entry else kept[index]).text()
     if out is None:
         click.echo(text, nl=False)
     else:

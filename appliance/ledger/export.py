@@ -83,7 +83,7 @@ def export_bundle(directory: Path, session: str, out: BinaryIO) -> BundleSummary
             f"entry {found[-1].seq} of the session is not yet covered by a checkpoint "
             f"(latest covers {cp.size}); try again after the next checkpoint"
         )
-    tree, raws = load_tree(directory, cp.size)
+    tree, _ = load_tree(directory, cp.size)
     header = {
         "kind": "header",
         "format": BUNDLE_FORMAT,
@@ -95,7 +95,7 @@ def export_bundle(directory: Path, session: str, out: BinaryIO) -> BundleSummary
     out.write(orjson.dumps(header) + b"\n")
     blobs: dict[str, int] = {}
     for e in found:
-        proof = make_proof(tree, raws, e.seq, cp, carry=True)
+        proof = make_proof(tree, e.seq, cp, entry=e.raw)
         line = {"kind": "entry", "seq": e.seq, "tlog_proof": proof.text(), "entry": e.obj}
         out.write(orjson.dumps(line) + b"\n")
         for ref in blob_refs(e.obj["data"]):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,13 +119,17 @@ def check_proof(
     return cp, entry
 
 
-def load_tree(directory: Path, size: int | None = None) -> tuple[MerkleTree, list[bytes]]:
-    """The Merkle tree of the first ``size`` entries (all if None) and their stored bytes.
+def load_tree(
+    directory: Path, size: int | None = None, keep: Iterable[int] = ()
+) -> tuple[MerkleTree, dict[int, bytes]]:
+    """The Merkle tree of the first ``size`` entries (all if None), and the stored bytes of
+    the entries whose indices are in ``keep``.
 
     Raises LedgerError if the log holds fewer entries or is damaged before ``size``.
     """
+    wanted = set(keep)
     tree = MerkleTree()
-    raws: list[bytes] = []
+    kept: dict[int, bytes] = {}
     with MappedFile(directory / ENTRIES) as mf:
         scanner = FrameScanner(mf.data, ENTRY_MAGIC)
         for frame in scanner:
@@ -133,23 +137,27 @@ def load_tree(directory: Path, size: int | None = None) -> tuple[MerkleTree, lis
                 break
             if frame.seq != tree.size:
                 raise LedgerError(f"{ENTRIES}: record {tree.size} says seq {frame.seq}")
+            if tree.size in wanted:
+                kept[tree.size] = frame.payload
             tree.append(leaf_hash(frame.payload))
-            raws.append(frame.payload)
     if size is not None and tree.size < size:
         raise LedgerError(f"{ENTRIES} holds {tree.size} readable entries, fewer than {size}")
-    return tree, raws
+    return tree, kept
 
 
 def make_proof(
-    tree: MerkleTree, raws: Sequence[bytes], index: int, checkpoint: Checkpoint, *, carry: bool
+    tree: MerkleTree, index: int, checkpoint: Checkpoint, *, entry: bytes | None
 ) -> TlogProof:
-    """A tlog-proof of entry ``index`` against ``checkpoint`` (whose root must match)."""
+    """A tlog-proof of entry ``index`` against ``checkpoint`` (whose root must match),
+    carrying ``entry`` (the entry's stored bytes) as its extra data if given."""
     if tree.root(checkpoint.size) != checkpoint.root:
         raise ProofError(f"the entries do not hash to the checkpoint's root ({checkpoint.size})")
     if checkpoint.note is None:
         raise LedgerError("the checkpoint has no signed note")
+    if entry is not None and leaf_hash(entry) != tree.leaf(index):
+        raise ProofError(f"the given bytes are not entry {index}")
     hashes = tree.inclusion_proof(index, checkpoint.size)
-    return TlogProof(index, tuple(hashes), checkpoint.note, raws[index] if carry else None)
+    return TlogProof(index, tuple(hashes), checkpoint.note, entry)
 
 
 def check_consistency(old: Checkpoint, new: Checkpoint, proof: Sequence[bytes]) -> None:

@@ -104,9 +104,15 @@ def verify_ledger(
     progress: Progress | None = None,
     check_blobs: bool = True,
     workers: int | None = None,
+    trusted_checkpoints: Sequence[tuple[str, str]] = (),
 ) -> VerifyReport:
     """Verify ``directory``; see the module docstring. Returns the report (never raises
-    TamperError itself); raises LedgerError if verification is impossible."""
+    TamperError itself); raises LedgerError if verification is impossible.
+
+    ``trusted_checkpoints`` are ``(label, note)`` pairs obtained out of band (e.g. shipped to
+    WORM storage): the ledger must contain their entries with the same roots, which exposes a
+    rollback of the whole directory to an older, self-consistent state.
+    """
     directory = Path(directory)
     if not (directory / ENTRIES).is_file():
         raise LedgerError(f"no ledger in {directory}: {ENTRIES} not found")
@@ -131,6 +137,7 @@ def verify_ledger(
         raise LedgerError(f"cannot read {directory / CHECKPOINT}: {exc}") from None
     if current is not None and current not in notes:
         cps.append(_Cp(f"{CHECKPOINT} file", current))
+    cps.extend(_Cp(label, note) for label, note in trusted_checkpoints)
     if not cps:
         raise LedgerError(f"{directory} has no signed checkpoint: nothing to verify against")
     for c in cps:

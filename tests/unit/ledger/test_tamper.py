@@ -291,3 +291,34 @@ def test_worker_processes_find_the_same(ledger: Path, monkeypatch: pytest.Monkey
         report.findings
     )
     assert report.findings == v.verify_ledger(ledger, [KEY.verifier()], workers=0).findings
+
+
+def test_whole_directory_rolled_back_behind_a_held_checkpoint(
+    capsys: pytest.CaptureFixture[str], ledger: Path, tmp_path: Path
+) -> None:
+    """Truncating log and history consistently is invisible locally; a checkpoint the
+    auditor holds from WORM storage exposes it."""
+    held = tmp_path / "held-checkpoint"
+    held.write_text((ledger / "checkpoint").read_text())
+    notes, _ = read_history(ledger)
+    cut = frames(ledger / "entries.log")[13].offset
+    with (ledger / "entries.log").open("r+b") as f:
+        f.truncate(cut)
+    (ledger / "checkpoints.log").write_bytes(
+        b"".join(encode_frame(CHECKPOINT_MAGIC, i, n.encode()) for i, n in enumerate(notes[:4]))
+    )
+    (ledger / "checkpoint").write_text(notes[3])
+    assert verify(capsys, ledger)[0] == 0  # self-consistent
+    code, out = run_cli(
+        capsys,
+        "ledger",
+        "verify",
+        "--ledger",
+        str(ledger),
+        "--vkey",
+        VKEY,
+        "--checkpoint",
+        str(held),
+    )
+    assert code == 1
+    assert f"checkpoint {held} claims 20 entries but the log holds only 13" in out
