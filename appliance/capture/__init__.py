@@ -44,6 +44,7 @@ from appliance.capture._errors import (
     AttributionUnavailable,
     CaptureError,
     OriginalDstUnavailable,
+    RulesNotInPlace,
 )
 from appliance.capture._identity import IdentityCache, resolve_identity, unattributed
 from appliance.capture._netfilter import (
@@ -83,6 +84,7 @@ __all__ = [
     "RuleChange",
     "RuleSet",
     "RuleState",
+    "RulesNotInPlace",
     "StaleProgram",
     "StatusReport",
     "install",

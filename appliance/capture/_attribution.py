@@ -131,9 +131,9 @@ class Attribution:
         self._bpf = bpf
         self._functions = functions
         self._cgroup_fd = cgroup_fd
-        self._owners = bpf["apl_owners"]
-        self._flows = bpf["apl_flows"]
-        self._stats = bpf["apl_stats"]
+        self._owners = bpf[b"apl_owners"]
+        self._flows = bpf[b"apl_flows"]
+        self._stats = bpf[b"apl_stats"]
         self._misses = 0
         self.cgroup = cgroup
         self.stale_detached = stale
@@ -187,19 +187,23 @@ class Attribution:
         bpf: Any = None
         attached: list[tuple[Any, int]] = []
         try:
-            stale = cls._detach_stale(fd)
+            # Compile and load first: if that fails, whatever is attached stays untouched.
             try:
                 bpf = BPF(src_file=str(source).encode(), cflags=flags)
             except Exception as exc:
                 raise AttributionUnavailable(f"compiling {source} failed: {exc}") from None
-            table = bpf["apl_ports"]
+            table = bpf[b"apl_ports"]
             for port in wanted:
                 table[ctypes.c_uint16(port)] = ctypes.c_uint8(1)
+            loaded = []
             for name, prog_type, attach_type in _PROGRAMS:
                 try:
                     fn = bpf.load_func(name.encode(), prog_type, attach_type=attach_type)
                 except Exception as exc:
                     raise AttributionUnavailable(f"loading {name} failed: {exc}") from None
+                loaded.append((name, fn, attach_type))
+            stale = cls._detach_stale(fd)
+            for name, fn, attach_type in loaded:
                 try:
                     BPF.attach_func(fn, fd, attach_type, _BPF_F_ALLOW_MULTI)
                 except Exception as exc:

@@ -5,6 +5,7 @@ Whose fault it is decides the class:
 - :class:`CaptureError`: the host refused or could not do what capture needs (a netfilter
   tool is missing, ``iptables-restore`` or ``nft`` rejected a script, a cgroup does not
   exist). The message quotes the tool's own words and, for a rejected script, the line.
+- :class:`RulesNotInPlace` (exit 1): ``capture status`` found a rule missing or out of place.
 - :class:`OriginalDstUnavailable`: an accepted connection carries no original destination
   (it was not redirected, or its conntrack entry is gone); the session must be refused.
 - :class:`AttributionUnavailable`: the BPF attribution programs cannot be loaded or
@@ -20,6 +21,12 @@ from appliance.errors import ApplianceError
 
 class CaptureError(ApplianceError):
     """Capture rules could not be installed, read or removed (exit 2)."""
+
+
+class RulesNotInPlace(CaptureError):
+    """``capture status`` found rules missing or out of place: a finding (exit 1)."""
+
+    exit_code = 1
 
 
 class OriginalDstUnavailable(CaptureError):

@@ -47,6 +47,7 @@ from appliance.capture._rules import (
     parse_save,
     remove_script,
     render_rules,
+    script_tables,
 )
 from appliance.config import Config
 
@@ -89,7 +90,10 @@ def _explain(tool: str, stderr: str, script: str | None) -> str:
     """The tool's complaint, plus the script line it names (iptables-restore: "line N
     failed"; nft: "<stdin>:N:...")."""
     message = f"{tool} failed: {' '.join(stderr.split()) or 'no message'}"
-    m = re.search(r"line (\d+) failed|<cmdline>:(\d+):|/dev/stdin:(\d+):|-:(\d+):", stderr)
+    m = re.search(
+        r"line (\d+) failed|occurred at line: (\d+)|<cmdline>:(\d+):|/dev/stdin:(\d+):|-:(\d+):",
+        stderr,
+    )
     if script is not None and m:
         number = int(next(g for g in m.groups() if g))
         lines = script.splitlines()
@@ -304,11 +308,15 @@ def install(
 
     if _status_of(rules, saved, egress, devices).ok:
         return report(False, egress.devices)
-    applied: list[Family] = []
+    # iptables-restore commits table by table: one call per (family, table), so that a
+    # failure can be undone exactly.
+    applied: list[tuple[Family, str]] = []
     try:
         for family in FAMILIES:
-            _restore(family, install_script(rules.family(family), saved[family]))
-            applied.append(family)
+            wanted = rules.family(family)
+            for table in script_tables(wanted, saved[family]):
+                _restore(family, install_script(wanted, saved[family], only=table))
+                applied.append((family, table))
         devices = _apply_egress(rules.egress, interfaces)
     except CaptureError:
         _roll_back(applied, saved)
@@ -316,12 +324,15 @@ def install(
     return report(True, devices)
 
 
-def _roll_back(applied: list[Family], before: dict[Family, SavedRules]) -> None:
-    """Put each family in ``applied`` back to its chains of ``before`` (none: removed)."""
-    for family in applied:
+def _roll_back(applied: list[tuple[Family, str]], before: dict[Family, SavedRules]) -> None:
+    """Put each (family, table) in ``applied`` back to its chains of ``before``."""
+    for family, table in reversed(applied):
         now = read_saved(family)
         old = family_rules_from_saved(before[family])
-        _restore(family, install_script(old, now) if old else remove_script(now))
+        if old is not None and table in old.tables():
+            _restore(family, install_script(old, now, only=table))
+        else:
+            _restore(family, remove_script(now, only=table))
 
 
 def remove(config: Config | None = None) -> RemoveReport:

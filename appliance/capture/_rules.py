@@ -349,18 +349,29 @@ def family_rules_from_saved(saved: SavedRules) -> FamilyRules | None:
 # -- scripts --------------------------------------------------------------------------------
 
 
-def install_script(rules: FamilyRules, current: SavedRules | None) -> str:
-    """An ``iptables-restore --noflush`` script that makes our chains exactly ``rules``.
-
-    Declaring a chain of ours flushes it; every jump to it from its parent is deleted and
-    one is inserted as the parent's first rule; a chain of ours that ``rules`` does not
-    have (an older layout) is removed. One COMMIT per table; iptables-restore applies the
-    whole script in one transaction or not at all.
-    """
-    lines: list[str] = []
+def script_tables(rules: FamilyRules, current: SavedRules | None) -> list[str]:
+    """The tables an install script touches: those of ``rules``, then any other table that
+    still has a chain of ours."""
     tables = rules.tables()
     if current is not None:
         tables += [t for t, st in current.tables.items() if st.ours() and t not in tables]
+    return tables
+
+
+def install_script(
+    rules: FamilyRules, current: SavedRules | None, *, only: str | None = None
+) -> str:
+    """An ``iptables-restore --noflush`` script that makes our chains exactly ``rules``
+    (in table ``only``, or in every table of :func:`script_tables`).
+
+    Declaring a chain of ours flushes it; every jump to it from its parent is deleted and
+    one is inserted as the parent's first rule; a chain of ours that ``rules`` does not
+    have (an older layout) is removed. iptables-restore commits each table at its COMMIT
+    line, all of the table or nothing: callers that need several tables to change together
+    apply one table per call and undo the earlier ones on failure.
+    """
+    lines: list[str] = []
+    tables = [only] if only is not None else script_tables(rules, current)
     for table in tables:
         chains = [c for c in rules.chains if c.table == table]
         wanted = {c.name for c in chains}
@@ -382,11 +393,13 @@ def install_script(rules: FamilyRules, current: SavedRules | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def remove_script(current: SavedRules) -> str:
+def remove_script(current: SavedRules, *, only: str | None = None) -> str:
     """An ``iptables-restore --noflush`` script that deletes every chain of ours and every
-    rule that jumps to one; ``""`` when there is nothing of ours."""
+    rule that jumps to one (in table ``only``, or in all); ``""`` when there is nothing."""
     lines: list[str] = []
     for table in current.tables.values():
+        if only is not None and table.name != only:
+            continue
         ours = table.ours()
         if not ours:
             continue

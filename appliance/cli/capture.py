@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from appliance.capture import RuleState, install, remove, status
+from appliance.capture import RulesNotInPlace, RuleState, install, remove, status
 from appliance.config import load_config
 
 _CONFIG = click.Path(dir_okay=False, path_type=Path)
@@ -60,8 +60,7 @@ def remove_command(config_path: Path | None) -> None:
 @capture_group.command("status")
 @click.option("--config", "config_path", type=_CONFIG, required=True, help="The config file.")
 @click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
-@click.pass_context
-def status_command(ctx: click.Context, config_path: Path, fmt: str) -> None:
+def status_command(config_path: Path, fmt: str) -> None:
     """Show each capture rule, whether it is in place, and its counters (exit 1 if not all are)."""
     report = status(load_config(config_path))
     if fmt == "json":
@@ -69,13 +68,13 @@ def status_command(ctx: click.Context, config_path: Path, fmt: str) -> None:
     else:
         for state in report.states:
             click.echo(_line(state))
-        problems = report.problems()
-        if problems:
-            click.echo(f"status: {len(problems)} problem(s)")
-        else:
+        if report.ok:
             click.echo(f"status: ok, {len(report.states)} rules in place")
     if not report.ok:
-        ctx.exit(1)
+        raise RulesNotInPlace(
+            f"{len(report.problems())} capture rule(s) missing or out of place"
+            + ("" if report.installed else " (capture is not installed)")
+        )
 
 
 def _line(state: RuleState) -> str:

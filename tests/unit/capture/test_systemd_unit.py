@@ -32,7 +32,7 @@ def test_hardening_and_lifecycle_directives() -> None:
     assert d["Restart"] == ["always"]
     assert d["CapabilityBoundingSet"][0].split() == [
         "CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_RESOURCE",
-        "CAP_SYS_PTRACE",
+        "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH",
     ]  # fmt: skip
     assert (d["ProtectSystem"], d["PrivateTmp"], d["StateDirectory"]) == (
         ["strict"], ["yes"], ["appliance"],
