@@ -1,7 +1,9 @@
 """The query index: a SQLite file derived from ``entries.log``, never a source of truth.
 
 ``index.sqlite`` maps each entry (by seq) to the fields queries filter on and to the byte
-range of its record, so results are always read back from the log itself. It is brought up to
+range of its record, so results are always read back from the log itself. A session's
+identity is stored once (from its first entry that has one); an entry whose identity is null
+or the same is matched by ``--identity`` through its session's. It is brought up to
 date incrementally before each query (new entries appended since) and rebuilt from scratch if
 the log no longer starts with what was indexed (checked through the leaf hash of the last
 indexed entry), or on ``appliance ledger reindex``. If the ledger directory is read-only (an
@@ -26,7 +28,7 @@ from appliance.ledger.entries import Entry, MalformedEntry, format_ts, parse_ent
 from appliance.ledger.errors import LedgerError
 from appliance.ledger.store import ENTRIES, INDEX, require_ledger
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS entries (
@@ -41,6 +43,7 @@ CREATE TABLE IF NOT EXISTS entries (
     offset INTEGER NOT NULL,
     length INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, identity TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS entries_session ON entries (session, seq);
 CREATE INDEX IF NOT EXISTS entries_ts ON entries (ts);
 CREATE INDEX IF NOT EXISTS entries_type ON entries (type);
@@ -105,9 +108,13 @@ class Index:
         start_offset = int(self._meta("offset") or 0)
         with MappedFile(self.directory / ENTRIES) as mf:
             if self._meta("version") != SCHEMA_VERSION or not self._still_valid(mf.data, size):
-                self.db.execute("DELETE FROM entries")
-                self.db.execute("DELETE FROM meta")
+                self.db.executescript(
+                    "DROP TABLE IF EXISTS entries; DROP TABLE IF EXISTS sessions; "
+                    "DROP TABLE IF EXISTS meta;" + _SCHEMA
+                )
                 size, start_offset = 0, 0
+            known: dict[str, str] = dict(self.db.execute("SELECT session, identity FROM sessions"))
+            new_sessions: list[tuple[str, str]] = []
             rows = []
             last_leaf = self._meta("last_leaf")
             offset = start_offset
@@ -123,6 +130,14 @@ class Index:
                     raise LedgerError(f"entry {size} is malformed: {exc.reason}") from None
                 data = obj["data"]
                 decision = data.get("decision")
+                ident = orjson.dumps(obj["identity"]).decode() if obj["identity"] else None
+                sess = obj["session"]
+                if sess is not None and ident is not None:
+                    if sess not in known:
+                        known[sess] = ident
+                        new_sessions.append((sess, ident))
+                    if known[sess] == ident:
+                        ident = None  # the session's identity: stored once
                 rows.append(
                     (
                         size,
@@ -132,7 +147,7 @@ class Index:
                         obj["account"],
                         obj["target"],
                         decision if isinstance(decision, str) else None,
-                        orjson.dumps(obj["identity"]).decode() if obj["identity"] else None,
+                        ident,
                         frame.offset,
                         frame.end - frame.offset,
                     )
@@ -149,6 +164,7 @@ class Index:
                 self.db.executemany(
                     "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )
+                self.db.executemany("INSERT INTO sessions VALUES (?, ?)", new_sessions)
                 for k, v in (
                     ("version", SCHEMA_VERSION),
                     ("size", str(size)),
@@ -178,11 +194,11 @@ class Index:
         where: list[str] = []
         params: list[object] = []
         if q.session is not None:
-            where.append("session = ?")
+            where.append("e.session = ?")
             params.append(q.session)
         for key, value in q.identity:
             path = "$" + "".join(f'."{part}"' for part in key.split("."))
-            where.append("CAST(json_extract(identity, ?) AS TEXT) GLOB ?")
+            where.append("CAST(json_extract(COALESCE(e.identity, s.identity), ?) AS TEXT) GLOB ?")
             params += [path, value]
         if q.target is not None:
             where.append("target GLOB ?")
@@ -199,7 +215,9 @@ class Index:
         if q.until is not None:
             where.append("ts < ?")
             params.append(q.until)
-        sql = "SELECT seq, offset, length FROM entries"
+        sql = "SELECT seq, offset, length FROM entries e"
+        if q.identity:
+            sql += " LEFT JOIN sessions s ON e.session = s.session"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq"

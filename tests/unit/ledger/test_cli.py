@@ -55,6 +55,9 @@ def test_query_filters(capsys: pytest.CaptureFixture[str], ledger: Path) -> None
     assert len(q("--type", "policy.*")) == 5
     assert len(q("--type", "session.start", "--type", "session.end")) == 4
     assert len(q("--identity", "ci.repository=acme/*", "--type", "session.start")) == 2
+    # entries without an identity of their own match through their session's
+    assert len(q("--identity", "ci.repository=acme/*")) == 19
+    assert len(q("--identity", "ci.repository=acme/*", "--decision", "allow")) == 4
     assert q("--identity", "pid=4242", "--session", "s1")[0]["type"] == "session.start"
     assert q("--identity", "ci.repository=other/*") == []
     assert len(q("--target", "ord*", "--session", "s1")) == 8
