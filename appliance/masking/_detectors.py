@@ -1,19 +1,22 @@
-"""The detectors: for each kind of sensitive value, a cheap trigger, a candidate pattern and a
+"""The detectors: for each kind of sensitive value, a gate, a trigger, a candidate pattern and a
 validation step.
 
 Each :class:`Detector` has
 
-- ``trigger``: a regular expression that every finding's surroundings must match. The
-  triggers of the enabled detectors are joined into one pre-filter; text it does not match is
-  clean and costs one C-level regex scan (see :mod:`appliance.masking._scan`).
+- ``gate``: characters or a literal of which text holding a finding has at least one (``@``
+  for e-mail, a digit for cards). The gates of the enabled detectors are joined into one
+  pre-filter; text that fails it is clean after one fast C-level scan.
+- ``trigger``: a regular expression every finding's surroundings match; checked per detector
+  on text that passed the gate, so that only the patterns that can find something run (see
+  :mod:`appliance.masking._scan`).
 - ``pattern``: finds candidates; ``validate`` keeps those that pass the checks of
   :mod:`appliance.masking._validate` and says which part of the match is the value (a URI's
   password, not the whole URI).
 - ``priority``: where findings overlap, the lower number wins (a GitHub token inside
   ``token=...`` is reported as ``github_token``, not ``generic_secret``).
 
-All patterns are ASCII (``re.ASCII``): a digit is ``0-9``. The same trigger text is compiled
-for ``str`` and for ``bytes`` and means the same on both.
+All patterns are ASCII (``re.ASCII``): a digit is ``0-9``. The gate is compiled for ``str``
+and for ``bytes`` and means the same on both.
 
 Detector names are fixed: they appear in the config and in the ledger.
 """
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from appliance.masking import _validate as v
 from appliance.masking._styles import looks_masked
 
-__all__ = ["DETECTORS", "DETECTOR_NAMES", "Detector", "Options", "Span"]
+__all__ = ["DETECTORS", "DETECTOR_NAMES", "Detector", "Gate", "Options", "Span"]
 
 # start, end (in the text), normalised value (what the keyed hash is computed over)
 Span = tuple[int, int, str]
@@ -46,9 +49,18 @@ Validator = Callable[[re.Match[str], Options], Iterator[Span]]
 
 
 @dataclass(frozen=True)
+class Gate:
+    """The cheapest necessary condition: one of ``chars`` occurs, or ``literal`` matches."""
+
+    chars: str = ""
+    literal: str | None = None
+
+
+@dataclass(frozen=True)
 class Detector:
     name: str
     priority: int
+    gate: Gate
     trigger: str
     pattern: re.Pattern[str]
     validate: Validator
@@ -407,12 +419,16 @@ _TOKENISH = (
 # ... and short names that count only as a whole segment of a name (db_pass, not passenger).
 _SEGMENT = r"pass|pwd|pw|key|auth|session[_.-]?id|sessionid|cookie"
 _SUFFIX = r"hash|digest|value|enc|encrypted|plain|b64|base64|hex|id|str|string"
-_NAME = (
-    rf"(?<![A-Za-z0-9_.-])(?P<name>(?:[A-Za-z0-9_.-]*?(?:{_STRONG}|{_TOKENISH})"
-    rf"|(?:[A-Za-z0-9]+[_.-])*(?:{_SEGMENT}))(?:[_.-]?(?:{_SUFFIX}))?)(?![A-Za-z0-9])"
+# Any identifier followed by a separator and a value is a candidate; the validator keeps those
+# whose identifier is a key-like name. (Searching for the names inside the pattern is several
+# times slower: the engine tries every name at every character.)
+_KEY_NAME = _c(
+    rf"(?:[A-Za-z0-9_.-]*?(?:{_STRONG}|{_TOKENISH})|(?:[A-Za-z0-9]+[_.-])*(?:{_SEGMENT}))"
+    rf"(?:[_.-]?(?:{_SUFFIX}))?",
+    re.IGNORECASE,
 )
 _GENERIC = _c(
-    _NAME + r"[\"']?"
+    r"(?<![A-Za-z0-9_.-])(?P<name>[A-Za-z0-9_.-]+)[\"']?"
     r"(?:\s*(?::=|=>|==?|:)\s*(?:(?:bearer|basic|token|digest)\s+)?|\s+(?=E?['\"]))"
     r"(?:E?'(?P<sq>(?:[^'\\]|''|\\.)*)'|\"(?P<dq>(?:[^\"\\]|\\.)*)\""
     r"|(?P<bare>[^\s'\",;&(){}<>\[\]]+))",
@@ -426,13 +442,18 @@ _PLACEHOLDER = _c(
 )
 
 
-def _generic(m: re.Match[str], _: Options) -> Iterator[Span]:
+def _generic(m: re.Match[str], options: Options) -> Iterator[Span]:
     for group in ("sq", "dq", "bare"):
         if m.group(group) is not None:
             value = m.group(group)
             start, end = m.span(group)
             break
     else:  # pragma: no cover - the pattern always sets one of the three
+        return
+    if not _KEY_NAME.fullmatch(m.group("name")):
+        # note="password=x": not a key-like name, but its value may hold one.
+        for inner in _GENERIC.finditer(m.string, start, end):
+            yield from _generic(inner, options)
         return
     if not value or _PLACEHOLDER.fullmatch(value) or looks_masked(value):
         return
@@ -451,14 +472,32 @@ _KEYWORDS = (
 
 # -- the table --------------------------------------------------------------------------------
 
+_DIGIT = "0123456789"
+
+# name, priority, gate (characters; literal triggers), trigger, pattern, validator, what
 DETECTORS: tuple[Detector, ...] = (
     Detector(
-        "pem_private_key", 0, r"PRIVATE KEY", _PEM, _pem, "PEM private key blocks (RSA, EC, ...)"
+        "pem_private_key",
+        0,
+        Gate(literal="PRIVATE KEY"),
+        r"PRIVATE KEY",
+        _PEM,
+        _pem,
+        "PEM private key blocks (RSA, EC, OpenSSH, PKCS#8 ...)",
     ),
-    Detector("jwt", 1, r"eyJ", _JWT, _jwt, "JSON Web Tokens (JWS and JWE, header checked)"),
+    Detector(
+        "jwt",
+        1,
+        Gate(literal="eyJ"),
+        r"eyJ",
+        _JWT,
+        _jwt,
+        "JSON Web Tokens (JWS and JWE, header checked)",
+    ),
     Detector(
         "github_token",
         2,
+        Gate(chars="_"),
         r"gh[pousr]_|github_pat_",
         _GITHUB,
         _github,
@@ -467,6 +506,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "gitlab_token",
         3,
+        Gate(chars=_DIGIT, literal=r"gl[a-z]{1,7}-"),
         rf"(?:{_GITLAB_PREFIXES})-|GR1348941",
         _GITLAB,
         _plain,
@@ -475,6 +515,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "slack_token",
         4,
+        Gate(chars=":", literal=r"xox|xapp-"),
         r"xox[abposre]|xapp-|hooks\.slack\.com",
         _SLACK,
         _plain,
@@ -483,6 +524,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "stripe_key",
         5,
+        Gate(chars="_"),
         r"[sr]k_(?:live|test)_|whsec_",
         _STRIPE,
         _plain,
@@ -491,16 +533,34 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "aws_access_key_id",
         6,
+        Gate(literal=r"A(?:KIA|SIA|BIA|CCA)"),
         r"AKIA|ASIA|ABIA|ACCA",
         _AWS_ID,
         _plain,
         "AWS access key ids (AKIA..., ASIA...)",
     ),
-    Detector("uri_password", 7, r"://", _URI, _uri, "the password in scheme://user:pass@host"),
-    Detector("card", 10, _DIGITS7, _CARD, _card, "payment card numbers (issuer prefix, Luhn)"),
+    Detector(
+        "uri_password",
+        7,
+        Gate(chars=":"),
+        r"://",
+        _URI,
+        _uri,
+        "the password in scheme://user:pass@host",
+    ),
+    Detector(
+        "card",
+        10,
+        Gate(chars=_DIGIT),
+        _DIGITS7,
+        _CARD,
+        _card,
+        "payment card numbers (issuer prefix and length, Luhn)",
+    ),
     Detector(
         "iban",
         9,
+        Gate(chars=_DIGIT),
         r"[A-Za-z]{2}[0-9]{2}",
         _IBAN,
         _iban,
@@ -509,16 +569,34 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "ssn",
         12,
-        rf"{_DIGITS7}|(?i:ssn|social)",
+        Gate(chars=_DIGIT),
+        _DIGITS7,
         _SSN,
         _ssn,
-        "US social security numbers (dashed, or after a name that says SSN)",
+        "US social security numbers (dashed, or nine digits after a name that says SSN)",
     ),
-    Detector("email", 20, r"@", _EMAIL, _email, "e-mail addresses"),
-    Detector("phone", 21, _DIGITS7, _PHONE, _phone, "phone numbers (libphonenumber-valid)"),
+    Detector(
+        "email",
+        20,
+        Gate(chars="@"),
+        r"@",
+        _EMAIL,
+        _email,
+        "e-mail addresses",
+    ),
+    Detector(
+        "phone",
+        21,
+        Gate(chars=_DIGIT),
+        _DIGITS7,
+        _PHONE,
+        _phone,
+        "phone numbers (valid per libphonenumber; separators or a leading +)",
+    ),
     Detector(
         "ipv4",
         22,
+        Gate(chars=_DIGIT),
         r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",
         _IPV4,
         _plain,
@@ -527,6 +605,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "ipv6",
         23,
+        Gate(chars=":"),
         r"::|[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:",
         _IPV6,
         _ipv6,
@@ -535,6 +614,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "aws_secret_key",
         30,
+        Gate(chars=_DIGIT),  # the validator requires a digit
         r"[A-Za-z0-9/+]{40}",
         _AWS_SECRET,
         _aws_secret,
@@ -543,6 +623,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "generic_secret",
         31,
+        Gate(chars=":=\"'"),
         _KEYWORDS,
         _GENERIC,
         _generic,

@@ -207,7 +207,7 @@ class TargetMasker:
             elif not scanner.might_match_bytes(value):
                 continue
             else:
-                new = self._scan_value(action, value, counts)
+                new = self._scan_value(action, value, counts, gated=True)
             if new is not value:
                 if out is None:
                     out = list(values)
@@ -232,11 +232,13 @@ class TargetMasker:
             masked = json.dumps(masked, ensure_ascii=False)
         return masked.encode("utf-8", "surrogateescape")
 
-    def _scan_value(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
+    def _scan_value(
+        self, action: ColumnAction, value: bytes, counts: MaskCounts, *, gated: bool = False
+    ) -> bytes | None:
         text = value.decode("utf-8", "surrogateescape")
         if action.kind in (Kind.JSON, Kind.JSONB_BINARY):
             return self._scan_json(action, text, value, counts)
-        masked = self._mask(text, action.name, counts)
+        masked = self._mask(text, action.name, counts, gated=gated)
         if masked is text:
             return value
         if action.kind is Kind.STRICT:
@@ -306,11 +308,11 @@ class TargetMasker:
         counts.add(BINARY_UNSCANNED, action.name)
         return value
 
-    def _mask(self, text: str, column: str, counts: MaskCounts) -> str:
+    def _mask(self, text: str, column: str, counts: MaskCounts, *, gated: bool = False) -> str:
         def found(f: Finding) -> None:
             counts.add(f.detector, column)
 
-        return self._m._values.mask(text, self._m.render, found)
+        return self._m._values.mask(text, self._m.render, found, gated=gated)
 
     # -- COPY OUT -------------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """The scanning engine: pre-filter, candidates, validation, overlaps, replacement.
 
-For a set of enabled detectors a :class:`Scanner` compiles one pre-filter, the alternation of
-their triggers, for ``str`` and for ``bytes``. Clean text -- which the pre-filter does not
-match -- costs that one scan. Otherwise every enabled detector's pattern runs and its
-validator keeps the real findings.
+For a set of enabled detectors a :class:`Scanner` compiles one pre-filter from their gates
+(one character class and a few literals), for ``str`` and for ``bytes``. Text that fails it
+is clean after that one scan. Otherwise each detector's trigger is tried, and only the
+detectors whose trigger matches run their pattern; their validators keep the real findings.
 
 Overlapping findings are resolved greedily by priority, then length: the winner is masked
 and the losers are dropped. Masking then repeats on its own output until nothing is found
@@ -45,11 +45,11 @@ class Scanner:
     def __init__(self, detectors: Sequence[Detector], options: Options) -> None:
         self.detectors = tuple(sorted(detectors, key=lambda d: d.priority))
         self.options = options
-        triggers = list(dict.fromkeys(d.trigger for d in self.detectors))
-        source = "|".join(f"(?:{t})" for t in triggers)
-        self._pre: re.Pattern[str] | None = re.compile(source, re.ASCII) if triggers else None
+        self._triggers = [(d, re.compile(d.trigger, re.ASCII)) for d in self.detectors]
+        source = _gate_source(self.detectors)
+        self._pre: re.Pattern[str] | None = re.compile(source, re.ASCII) if source else None
         self._pre_b: re.Pattern[bytes] | None = (
-            re.compile(source.encode("ascii"), re.ASCII) if triggers else None
+            re.compile(source.encode("ascii"), re.ASCII) if source else None
         )
 
     @property
@@ -64,12 +64,21 @@ class Scanner:
         """:meth:`might_match` on UTF-8 (or any ASCII-compatible) bytes, without decoding."""
         return self._pre_b is not None and self._pre_b.search(data) is not None
 
-    def find(self, text: str) -> list[Finding]:
-        """The findings to mask in ``text``, sorted by position and not overlapping."""
-        if not self.might_match(text):
-            return []
+    def find(self, text: str, *, gated: bool = False) -> list[Finding]:
+        """The findings to mask in ``text``, sorted by position and not overlapping.
+
+        ``gated``: the caller has seen :meth:`might_match` (or its bytes form) say True.
+        """
+        if not gated:
+            # Our own tokens ("[REDACTED:EMAIL]") hold gate characters but no findings: a
+            # second pass over masked text should cost no more than one over clean text.
+            gate_text = TOKEN_RE.sub(" ", text) if "[" in text else text
+            if not self.might_match(gate_text):
+                return []
         candidates: list[Finding] = []
-        for detector in self.detectors:
+        for detector, trigger in self._triggers:
+            if trigger.search(text) is None:
+                continue
             for match in detector.pattern.finditer(text):
                 for start, end, value in detector.validate(match, self.options):
                     if end > start:
@@ -89,6 +98,8 @@ class Scanner:
         text: str,
         render: Callable[[Finding, str], str],
         found: Callable[[Finding], None],
+        *,
+        gated: bool = False,
     ) -> str:
         """``text`` with every finding replaced by ``render(finding, original)``; ``found`` is
         called once per replacement. Returns ``text`` itself (the same object) if nothing was
@@ -97,8 +108,8 @@ class Scanner:
         Other occurrences of a found value (the password of ``password=x`` repeated further
         on, where nothing says it is a password) are replaced too, where they stand alone.
         """
-        for _ in range(MAX_PASSES):
-            findings = self.find(text)
+        for n in range(MAX_PASSES):
+            findings = self.find(text, gated=gated and n == 0)
             if not findings:
                 return text
             parts: list[str] = []
@@ -146,6 +157,14 @@ def _replace_elsewhere(
         return text
     parts.append(text[pos:])
     return "".join(parts)
+
+
+def _gate_source(detectors: Sequence[Detector]) -> str:
+    """One character class for all the gate characters, then the literal gates."""
+    chars = "".join(sorted({c for d in detectors for c in d.gate.chars}))
+    parts = [f"[{re.escape(chars)}]"] if chars else []
+    parts += list(dict.fromkeys(d.gate.literal for d in detectors if d.gate.literal))
+    return "|".join(parts)
 
 
 def _inside_any(f: Finding, spans: list[tuple[int, int]]) -> bool:

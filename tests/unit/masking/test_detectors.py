@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from appliance.masking import DETECTOR_NAMES
@@ -196,12 +198,13 @@ def test_detector_names_are_the_fixed_list() -> None:
 
 
 @pytest.mark.parametrize(("detector", "text", "value"), TRUE_POSITIVES)
-def test_trigger_is_a_necessary_condition(detector: str, text: str, value: str) -> None:
+def test_gate_and_trigger_are_necessary_conditions(detector: str, text: str, value: str) -> None:
     """The pre-filter may only skip text in which the detector finds nothing."""
     d = next(d for d in DETECTORS if d.name == detector)
-    import re
-
     assert re.search(d.trigger, text, re.ASCII)
+    assert any(c in text for c in d.gate.chars) or (
+        d.gate.literal is not None and re.search(d.gate.literal, text)
+    )
 
 
 def test_two_findings_in_one_run() -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from appliance.masking import MaskCounts, Masker, Style
 from appliance.masking._detectors import DETECTORS, Options
-from appliance.masking._scan import Scanner
+from appliance.masking._scan import Finding, Scanner, _select
 from appliance.masking._styles import TOKEN_RE
 from tests.unit.masking.helpers import KEY, all_on, masker
 from tests.unit.masking.test_detectors import TRUE_POSITIVES
@@ -113,17 +113,30 @@ def test_clean_text_is_returned_unchanged(text: str) -> None:
         assert counts.total() >= len(tm.detect(text))
 
 
+def _reference_find(text: str) -> list[tuple[str, int, int]]:
+    """Every detector's pattern and validator on the whole text: no gate, no triggers."""
+    candidates = [
+        Finding(start, end, d.name, d.priority, value)
+        for d in DETECTORS
+        for m in d.pattern.finditer(text)
+        for start, end, value in d.validate(m, Options())
+        if end > start
+    ]
+    tokens = [t.span() for t in TOKEN_RE.finditer(text)]
+    kept = [f for f in candidates if not any(a <= f.start and f.end <= b for a, b in tokens)]
+    return [(f.detector, f.start, f.end) for f in _select(kept)] if kept else []
+
+
 @SETTINGS
 @given(texts)
 def test_prefilter_is_sound(text: str) -> None:
-    raw = [
-        span
-        for d in DETECTORS
-        for m in d.pattern.finditer(text)
-        for span in d.validate(m, Options())
-    ]
-    if raw:
-        assert ALL.might_match(text)
+    """The gate and the triggers only ever skip work: the findings are the same without them."""
+    reference = _reference_find(text)
+    assert [(f.detector, f.start, f.end) for f in ALL.find(text)] == reference
+    for d in DETECTORS:
+        if any(span for m in d.pattern.finditer(text) for span in d.validate(m, Options())):
+            assert ALL.might_match(text), d.name
+            assert re.search(d.trigger, text, re.ASCII), d.name
     assert ALL.might_match(text) == ALL.might_match_bytes(text.encode("utf-8", "surrogatepass"))
 
 
