@@ -55,8 +55,8 @@ class CgroupPaths:
                 inode = os.stat(dirpath).st_ino
             except OSError:
                 continue
-            rel = "/" + os.path.relpath(dirpath, self.root).removeprefix(".")
-            self._known[inode] = "/" if rel in ("/", "/.") else rel
+            rel = os.path.relpath(dirpath, self.root)
+            self._known[inode] = "/" if rel == "." else "/" + rel
             if inode == ident:
                 return self._known[inode]
         return None

@@ -4,11 +4,13 @@ Where this sits: ``appliance capture install|status|remove`` and the daemon's re
 call this module; it reads the kernel's state (``iptables-save -c``, ``ip6tables-save -c``,
 ``nft list table netdev appliance``), asks :mod:`._rules` / :mod:`._egress` for scripts and
 applies them with ``iptables-restore --noflush`` / ``ip6tables-restore --noflush`` /
-``nft -f``, each of which commits all or nothing.
+``nft -f``.
 
-Three commits cannot be one transaction, so :func:`install` takes a snapshot first and, if a
-later step fails, puts the earlier ones back as they were: a bad rule leaves nothing half
-installed. Nothing here removes rules except :func:`remove` (DESIGN.md, invariant 1: a
+iptables-restore commits table by table (the nat table of a script is in force even if its
+filter table is then refused), and IPv4, IPv6 and nft are separate commits anyway. So
+:func:`install` takes a snapshot, applies one (family, table) at a time, then the egress
+guard, and if any step fails puts the earlier ones back as they were: a bad rule leaves
+nothing half installed. Nothing here removes rules except :func:`remove` (DESIGN.md, invariant 1: a
 crash or a stop never opens the path to a target).
 
 Every call is blocking (a few subprocesses, milliseconds each); the daemon runs the
@@ -289,7 +291,7 @@ def install(
 
     ``rules`` overrides rendering (the reconcile loop passes what it rendered; tests pass a
     deliberately broken set). Does nothing when everything is already in place. If any of
-    the three commits fails, the ones already made are put back as they were and the
+    the commits fails, the ones already made are put back as they were and the
     failure is raised: CaptureError quoting the tool and the offending line.
     """
     rules = rules or render_rules(config, resolver=resolver or HostResolver())
@@ -318,8 +320,13 @@ def install(
                 _restore(family, install_script(wanted, saved[family], only=table))
                 applied.append((family, table))
         devices = _apply_egress(rules.egress, interfaces)
-    except CaptureError:
-        _roll_back(applied, saved)
+    except CaptureError as failed:
+        try:
+            _roll_back(applied, saved)
+        except CaptureError as undo:
+            raise CaptureError(
+                f"{failed}; putting the earlier rules back failed too: {undo}"
+            ) from None
         raise
     return report(True, devices)
 

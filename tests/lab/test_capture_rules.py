@@ -29,6 +29,7 @@ import pytest
 
 from appliance.capture import (
     CaptureError,
+    HostResolver,
     Reconciler,
     install,
     mark_socket,
@@ -440,6 +441,43 @@ def test_reconcile_restores_removed_and_moved_rules(
             )
         finally:
             sh(clab, f"iptables -D FORWARD -j ACCEPT; ip link del {new_if}")
+
+
+def test_reconcile_follows_a_host_name_target_to_its_new_address(clab: Lab) -> None:
+    path = clab.dir / "capture-host.yaml"
+    path.write_text(
+        "targets:\n  - {name: db, protocol: postgres, addresses: [db.lab.test:5432],\n"
+        "     accounts: [{name: ci, user: app, secret: {file: /none}}]}\n"
+    )
+    config = load_config(path)
+    dns = {"db.lab.test": ["198.18.0.2"]}
+    resolver = HostResolver(lambda host: dns.get(host, []))
+    reconciler = Reconciler(config, resolver=resolver)
+    try:
+        clab.run_in_runner(lambda: install(config, resolver=resolver))
+        assert "-d 198.18.0.2/32" in sh(clab, "iptables-save -t nat")
+        dns["db.lab.test"] = ["198.18.1.2", "fd00:a9e:1::2"]  # the database moved
+        changes = clab.run_in_runner(reconciler.check_and_repair)
+        problems = {(c.family, c.problem, c.rule) for c in changes}
+        assert (
+            "dns",
+            "resolved",
+            "db.lab.test: 198.18.0.2 -> 198.18.1.2, fd00:a9e:1::2",
+        ) in problems
+        assert (
+            "ipv4",
+            "unexpected",
+            "-d 198.18.0.2/32 -p tcp -m tcp --dport 5432 -j REDIRECT --to-ports 15001",
+        ) in problems
+        assert ("ipv6", "missing",
+                "-d fd00:a9e:1::2/128 -p tcp -m tcp --dport 5432 -j REDIRECT --to-ports 15001") in problems  # fmt: skip
+        nat = sh(clab, "iptables-save -t nat")
+        assert "-d 198.18.1.2/32" in nat and "198.18.0.2" not in nat
+        dns.clear()  # DNS down: the last good addresses stay protected
+        assert clab.run_in_runner(reconciler.check_and_repair) == []
+        assert "-d 198.18.1.2/32" in sh(clab, "iptables-save -t nat")
+    finally:
+        clab.run_in_runner(remove)
 
 
 # -- redirection ------------------------------------------------------------------------------------------

@@ -178,3 +178,14 @@ def test_unattributed_carries_the_reason() -> None:
     assert identity["source"] == "unattributed"
     assert identity["how"] == "unattributed: BPF program failed to load: EPERM"
     assert identity["pid"] is None and identity["ci"] is None
+
+
+def test_cgroup_paths_by_id(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    paths = CgroupPaths(tmp_path)
+    assert paths.path_of(os.stat(tmp_path).st_ino) == "/"
+    assert paths.path_of(os.stat(tmp_path / "a" / "b").st_ino) == "/a/b"
+    assert paths.path_of(1) is None
+    assert paths.remember("/a", os.stat(tmp_path / "a").st_ino)
+    assert not paths.remember("/a", 1)
+    assert CgroupPaths(None).path_of(5) is None
