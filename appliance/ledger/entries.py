@@ -212,10 +212,6 @@ def ts_to_us(ts: str) -> int:
     return int(dt.timestamp()) * 1_000_000 + int(ts[20:26])
 
 
-def is_timestamp(ts: object) -> bool:
-    return isinstance(ts, str) and _TS_RE.fullmatch(ts) is not None
-
-
 # -- building and parsing entries -------------------------------------------------------------
 
 
@@ -316,14 +312,6 @@ def _explain(obj: Any) -> None:
         if obj[key] is not None and type(obj[key]) is not str:
             raise MalformedEntry(f"{key} is neither a string nor null")
     raise MalformedEntry("identity is neither an object nor null")
-
-
-def is_canonical_bytes(raw: bytes, obj: object) -> bool:
-    """True if ``raw`` is exactly the canonical encoding of its parsed ``obj``."""
-    try:
-        return canonical_json(obj) == raw
-    except CanonicalError:
-        return False
 
 
 # -- blob references --------------------------------------------------------------------------

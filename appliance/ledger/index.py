@@ -12,7 +12,6 @@ auditor's copy), the index is built in memory.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import mmap
 import sqlite3
@@ -229,16 +228,6 @@ class Index:
                 raw = bytes(mf.data[off + HEADER.size : off + length - 4])
                 yield Entry(seq, raw, parse_entry(raw))
 
-    def sessions(self) -> list[tuple[str, str, str, int]]:
-        """(session, first ts, last ts, entries) of every session, oldest first."""
-        return [
-            (str(s), str(a), str(b), int(n))
-            for s, a, b, n in self.db.execute(
-                "SELECT session, MIN(ts), MAX(ts), COUNT(*) FROM entries "
-                "WHERE session IS NOT NULL GROUP BY session ORDER BY MIN(seq)"
-            )
-        ]
-
 
 def parse_time(text: str) -> str:
     """A user's time (ISO 8601 date or date-time, UTC unless an offset is given) as an entry
@@ -260,8 +249,3 @@ def parse_identity_filter(text: str) -> tuple[str, str]:
     if '"' in key:
         raise LedgerError("identity keys cannot contain double quotes")
     return key, value
-
-
-def glob_match(value: str | None, pattern: str) -> bool:
-    """Case-sensitive glob match, the same semantics as SQLite GLOB for simple patterns."""
-    return value is not None and fnmatch.fnmatchcase(value, pattern)

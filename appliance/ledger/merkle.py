@@ -74,12 +74,6 @@ class CompactRange:
             h = node_hash(left, h)
         return h
 
-    def copy(self) -> CompactRange:
-        other = CompactRange()
-        other._stack = list(self._stack)
-        other.size = self.size
-        return other
-
 
 def root_of(leaves: Sequence[bytes]) -> bytes:
     """MTH of the given leaf hashes (reference implementation, used by tests)."""

@@ -92,6 +92,7 @@ class VerifyReport:
 class _Cp:
     label: str
     note: str
+    in_history: bool = False
     cp: Checkpoint | None = None
     verified: bool = False
     unverified_signers: str | None = None
@@ -122,7 +123,7 @@ def verify_ledger(
 
     # 1. checkpoints ----------------------------------------------------------------------
     notes, hscan = read_history(directory)
-    cps = [_Cp(f"checkpoint #{i}", n) for i, n in enumerate(notes)]
+    cps = [_Cp(f"checkpoint #{i}", n, in_history=True) for i, n in enumerate(notes)]
     if hscan.damage is not None:
         report.find(
             "history",
@@ -184,7 +185,7 @@ def verify_ledger(
                 f"{c.label} (size {c.cp.size}) is for origin {c.cp.origin!r}, but this "
                 f"ledger's entries are of origin {origin!r}",
             )
-    history = [c for c in valid if c.label.startswith("checkpoint #")]
+    history = [c for c in valid if c.in_history]
     for a, b in itertools.pairwise(history):
         assert a.cp is not None and b.cp is not None
         if b.cp.size < a.cp.size:
