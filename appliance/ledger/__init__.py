@@ -9,7 +9,11 @@ Where it sits: the proxy and the capture layer call :class:`LedgerWriter` (``app
 - :mod:`~appliance.ledger.note`, :mod:`~appliance.ledger.checkpoint`: C2SP signed notes and
   tlog-checkpoints; :mod:`~appliance.ledger.keys`: Ed25519 keys in C2SP vkey/skey form;
 - :mod:`~appliance.ledger.store`, :mod:`~appliance.ledger.recovery`,
-  :mod:`~appliance.ledger.writer`: the directory layout, crash recovery, the single writer.
+  :mod:`~appliance.ledger.writer`: the directory layout, crash recovery, the single writer;
+- :mod:`~appliance.ledger.verify`, :mod:`~appliance.ledger.proof`: whole-ledger verification,
+  tlog-proofs and consistency; :mod:`~appliance.ledger.index`, :mod:`~appliance.ledger.render`:
+  queries and transcripts; :mod:`~appliance.ledger.export`, :mod:`~appliance.ledger.pcap`:
+  offline bundles and pcaps (protocol packages call ``pcap.register_renderer``).
 """
 
 from appliance.ledger.checkpoint import Checkpoint
@@ -23,6 +27,7 @@ from appliance.ledger.errors import (
 from appliance.ledger.keys import SigningKey, VerifierKey
 from appliance.ledger.recovery import RecoveryReport, recover
 from appliance.ledger.store import BlobReader, iter_entries, latest_checkpoint
+from appliance.ledger.verify import VerifyReport, verify_ledger
 from appliance.ledger.writer import BlobSink, LedgerWriter
 
 __all__ = [
@@ -38,7 +43,9 @@ __all__ = [
     "SigningKey",
     "TamperError",
     "VerifierKey",
+    "VerifyReport",
     "iter_entries",
     "latest_checkpoint",
     "recover",
+    "verify_ledger",
 ]
