@@ -21,8 +21,14 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
   four letters or digits, at most half); ``hash`` -> ``[HMAC:<16 hex>]``, HMAC-SHA256 under the
   appliance's masking key, so equal values stay joinable. Column rules also have ``none`` (no
   whole-value mask; the detectors still run -- a rule can never switch detection off).
-- **Pre-filter**: the triggers of the enabled detectors form one regular expression; a value
-  it does not match is clean after one scan (over the raw bytes, for result values).
+- **Pre-filter**: the gates of the enabled detectors (a character class -- digits, ``@``,
+  ``:``, ``=``, quotes, ``_`` -- and a few literals such as ``eyJ`` or ``AKIA``) form one
+  regular expression; a value it does not match is clean after one scan, over the raw bytes
+  for result values. Past it, each detector's trigger decides whether its pattern runs.
+- **Overlaps and repeats**: where findings overlap the more specific detector wins (a GitHub
+  token after ``token=``); masking repeats on its own output until nothing is found, so the
+  output never holds a value a detector finds (and masking is idempotent); a found value's
+  other stand-alone occurrences in the same text are masked too.
 - **Result values**: with type OIDs from RowDescription, a masked value of a type that text
   would not parse as (``int8``, ``date``, ``inet`` ...) becomes SQL NULL; ``json``/``jsonb``
   are masked inside the document (a card stored as a JSON number becomes a string). Without
@@ -44,6 +50,7 @@ The API the proxy uses::
     plan = tm.column_plan("public.customers", ["id", "card"], formats=[0], type_oids=[23, 25])
     row = tm.mask_values(plan, [b"1", b"4111111111111111"], counts)
     line = tm.mask_copy_line(plan, b"1\\t4111111111111111\\n", counts, csv=False, delimiter="\\t")
+    params = tm.mask_values(tm.parameter_plan(2), [b"1", b"bob@example.com"], counts)
     entry["masked"] = counts.as_dict()        # {"detectors": {...}, "columns": {...}}
     if config.response_masking("orders-db", identity): ...send the masked row...
 
@@ -51,7 +58,8 @@ Binary COPY tuples have the same field layout as DataRow: pass their fields to
 :meth:`TargetMasker.mask_values` with a plan built with ``formats=[1]``.
 
 What is not caught (by design or not yet): values split by the job on purpose
-(``substr(card, 1, 8)``), digits in non-ASCII scripts, bare nine-digit SSNs and bare
+(``substr(card, 1, 8)``), digits in non-ASCII scripts, a card run together with more digit
+groups that make it 13-19 digits long (``4111 1111 1111 1111 123``), bare nine-digit SSNs and bare
 ten-digit phone numbers without a name that says what they are, bind parameters whose
 meaning only the statement shows (``password = $1``: the detectors run on the parameter
 alone), and binary values of other types.

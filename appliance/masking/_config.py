@@ -157,6 +157,15 @@ class MaskingConfig:
     key: SecretRef | None = None
     phone_regions: tuple[str, ...] = ("US",)
 
+    def __post_init__(self) -> None:
+        unknown = set(self.detectors) - set(DETECTOR_NAMES)
+        if unknown:
+            raise ValueError(f"unknown detectors: {', '.join(sorted(unknown))}")
+        # Detectors left out keep their default setting.
+        merged = _default_detectors()
+        merged.update(self.detectors)
+        object.__setattr__(self, "detectors", merged)
+
     def response_masking(self, target: str, identity: Mapping[str, object]) -> bool:
         """Whether responses to this job on ``target`` are masked (DataRow, COPY OUT)."""
         return any(rule.matches(target, identity) for rule in self.response)

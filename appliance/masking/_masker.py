@@ -182,6 +182,23 @@ class TargetMasker:
             actions.append(ColumnAction(name, rule, label, kind_of(oid, binary), binary, oid))
         return ColumnPlan(tuple(actions))
 
+    def parameter_plan(
+        self, n: int, *, formats: Sequence[int] = (), type_oids: Sequence[int | None] | None = None
+    ) -> ColumnPlan:
+        """A plan for ``n`` bind parameters (named ``$1`` ...): detectors only, no column rules
+        (a parameter's column is only known from the statement). ``formats`` and
+        ``type_oids`` as in Bind and ParameterDescription."""
+        if len(formats) not in (0, 1, n):
+            raise ValueError("formats must be empty, one entry, or one per parameter")
+        if type_oids is not None and len(type_oids) != n:
+            raise ValueError("type_oids must have one entry per parameter")
+        actions = []
+        for i in range(n):
+            binary = bool(formats[0] if len(formats) == 1 else formats[i] if formats else 0)
+            oid = type_oids[i] if type_oids is not None else None
+            actions.append(ColumnAction(f"${i + 1}", None, "", kind_of(oid, binary), binary, oid))
+        return ColumnPlan(tuple(actions))
+
     def mask_values(
         self, plan: ColumnPlan, values: list[bytes | None], counts: MaskCounts
     ) -> list[bytes | None]:

@@ -262,3 +262,13 @@ def test_kinds_and_numbers() -> None:
     assert decode_number(NUMERIC, numeric("NaN")) is None
     assert decode_number(INT8, b"\x00") is None
     assert decode_number(INT4, (-5).to_bytes(4, "big", signed=True)) == "-5"
+
+
+def test_parameters_get_detectors_but_no_column_rules() -> None:
+    plan = TM.parameter_plan(3, formats=[0, 0, 1], type_oids=[TEXT, TEXT, INT8])
+    assert [c.name for c in plan.columns] == ["$1", "$2", "$3"]
+    assert all(c.rule is None for c in plan.columns)
+    counts = MaskCounts()
+    params: list[bytes | None] = [b"anything", b"bob@example.com", int8(42)]
+    assert TM.mask_values(plan, params, counts) == [b"anything", b"[REDACTED:EMAIL]", int8(42)]
+    assert counts.as_dict() == {"detectors": {"email": 1}, "columns": {"$2": 1}}
