@@ -123,6 +123,11 @@ def parse_egress(text: str) -> EgressState:
     return state
 
 
+def _position(chain: EgressChain, statement: str) -> int | None:
+    texts = [r[0] for r in chain.rules]
+    return texts.index(statement) if statement in texts else None
+
+
 def compare_egress(
     statements: Sequence[str], devices: Sequence[str], state: EgressState
 ) -> list[RuleState]:
@@ -131,8 +136,7 @@ def compare_egress(
     out: list[RuleState] = []
     covered = set(state.devices)
     for i, statement in enumerate(statements):
-        where = [[r[0] for r in c.rules].index(statement) if any(r[0] == statement for r in c.rules)
-                 else None for c in state.chains]  # fmt: skip
+        where = [_position(c, statement) for c in state.chains]
         present = bool(where) and None not in where
         matching = [r for c in state.chains for r in c.rules if r[0] == statement]
         counted = present and "counter" in statement.split()

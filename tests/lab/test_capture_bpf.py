@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -251,12 +251,12 @@ def test_entries_are_removed_when_the_connection_closes(
     assert attribution.entries() == (0, 0)
 
 
-def _eventually(check: object, attempts: int = 200) -> bool:
+def _eventually(check: Callable[[], bool], attempts: int = 200) -> bool:
     """Poll ``check`` until true (at most ``attempts`` times 25 ms); the outcome is asserted,
     never the time it took."""
     stop = threading.Event()
     for _ in range(attempts):
-        if check():  # type: ignore[operator]
+        if check():
             return True
         stop.wait(0.025)
     return False
