@@ -326,10 +326,13 @@ class BlobRef(NamedTuple):
 
 
 def is_blob_ref(value: object) -> bool:
-    """True for ``{"sha256": <64 lowercase hex>, "size": <int >= 0>}`` (exactly these keys)."""
+    """True for ``{"sha256": <64 lowercase hex>, "size": <int >= 0>, ...}``.
+
+    Other keys may annotate the reference (e.g. masking counts, see ``BlobSink.annotate``);
+    an object with these two keys anywhere in ``data`` is a blob reference by convention.
+    """
     return (
         type(value) is dict
-        and len(value) == 2
         and type(value.get("sha256")) is str
         and type(value.get("size")) is int
         and value["size"] >= 0

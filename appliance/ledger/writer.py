@@ -65,6 +65,11 @@ class BlobSink:
 
     ``write`` and ``close`` only enqueue; the writer thread does the work. After the entry that
     references it is written, ``ref`` is ``{"sha256": hex, "size": int}``.
+
+    ``annotate``, if set, is called in the writer thread when an entry referencing the blob is
+    encoded (after every chunk went through ``transform``); the mapping it returns is added to
+    the reference, e.g. ``{"masking": {"pan": 3}}`` counted by the transform. It must not
+    replace ``sha256`` or ``size``; if it fails, the reference carries ``annotation_error``.
     """
 
     def __init__(self, writer: LedgerWriter, transform: Callable[[bytes], bytes] | None) -> None:
@@ -78,8 +83,8 @@ class BlobSink:
         self._size = 0
         self.ref: dict[str, Any] | None = None
         self.error: str | None = None
-        # Called in the writer thread when the blob is complete; what it returns joins the
-        # reference in the entry (e.g. the masking counts a transform gathered).
+        # Called in the writer thread when an entry referencing the blob is encoded; what it
+        # returns joins the reference (e.g. the masking counts a transform gathered).
         self.annotate: Callable[[], Mapping[str, Any]] | None = None
 
     @property
@@ -430,10 +435,18 @@ class LedgerWriter:
     def _resolve_blobs(self, obj: dict[str, Any], blobs: dict[str, BlobSink]) -> bytes:
         data = dict(obj["data"])
         for k, sink in blobs.items():
-            if sink.ref is not None:
-                data[k] = sink.ref
-            else:
+            if sink.ref is None:
                 data[k] = {"error": sink.error or "blob was aborted"}
+                continue
+            ref = dict(sink.ref)
+            if sink.annotate is not None:
+                try:  # the producer's callback: its failure must not stop the writer
+                    extra = dict(sink.annotate())
+                    canonical_json(extra)
+                    ref.update((n, v) for n, v in extra.items() if n not in ("sha256", "size"))
+                except Exception as exc:
+                    ref["annotation_error"] = f"{type(exc).__name__}: {exc}"
+            data[k] = ref
         return canonical_json({**obj, "data": data})
 
     def _write_out(self) -> None:
@@ -487,8 +500,6 @@ class LedgerWriter:
             self._pending_dirs.add(final.parent)
         sink._fd = None
         sink.ref = {"sha256": sha, "size": sink._size}
-        if sink.annotate is not None:
-            sink.ref.update(sink.annotate())
 
     def _blob_discard(self, sink: BlobSink) -> None:
         if sink._fd is not None:

@@ -224,3 +224,31 @@ def test_unsigned_entries_of_another_origin_are_refused(tmp_path: Path) -> None:
     (d / "checkpoints.log").unlink()
     with pytest.raises(LedgerError, match="holds entries of origin"):
         open_writer(d, origin="other.example/log")
+
+
+def test_blob_annotations_join_the_reference(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    counts = {"pan": 0}
+
+    def mask(chunk: bytes) -> bytes:
+        counts["pan"] += chunk.count(b"4111")
+        return chunk.replace(b"4111", b"****")
+
+    with open_writer(d) as w:
+        sink = w.open_blob(mask)
+        sink.annotate = lambda: {"masking": dict(counts), "size": -1}
+        sink.write(b"4111 and 4111\n")
+        sink.write(b"4111\n")
+        w.append("response", data={"n": 1}, blobs={"result": sink})
+        bad = w.open_blob()
+        bad.annotate = lambda: {"x": 0.5}
+        bad.write(b"y")
+        w.append("response", data={"n": 2}, blobs={"result": bad})
+    es = [e.obj for e in iter_entries(d)]
+    ref = es[1]["data"]["result"]
+    assert ref["masking"] == {"pan": 3} and ref["size"] == len(b"**** and ****\n****\n")
+    assert es[2]["data"]["result"]["annotation_error"].startswith("CanonicalError")
+    blob = d / "blobs" / ref["sha256"][:2] / ref["sha256"]
+    blob.write_bytes(b"tampered")
+    report = verify_ledger(d, [KEY.verifier()])
+    assert any("data.result blob" in f and "content was changed" in f for f in report.findings)
