@@ -7,7 +7,10 @@ from pathlib import Path
 
 import click
 
-from appliance.config import load_config
+from appliance.approvals import ApprovalsTransportConfig, parse_approvals_transport
+from appliance.config import Config, load_config
+from appliance.masking import MaskingConfig, parse_masking
+from appliance.policy import Policy, parse_policy
 
 
 @click.group("config")
@@ -26,6 +29,7 @@ def check(file: Path, fmt: str) -> None:
     Secrets are never printed: only where they come from.
     """
     cfg = load_config(file)
+    policy, masking, transport = check_sections(cfg)
     summary = {
         "targets": {
             name: {
@@ -57,5 +61,32 @@ def check(file: Path, fmt: str) -> None:
     for name, t in cfg.targets.items():
         click.echo(f"  target {name} ({t.protocol}): {', '.join(str(a) for a in t.addresses)}")
         for acc in t.accounts:
-            click.echo(f"    account {acc.name}: user {acc.user}, secret from {acc.secret.describe()}")
+            click.echo(
+                f"    account {acc.name}: user {acc.user}, secret from {acc.secret.describe()}"
+            )
     click.echo(f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin})")
+    if policy is None:
+        click.echo("  policy: none (every statement is allowed and recorded)")
+    else:
+        click.echo(
+            f"  policy: {policy.mode}, {len(policy.rules)} rules, approvers: {', '.join(sorted(policy.approvers)) or '-'}"
+        )
+        if policy.warning:
+            click.echo(f"  WARNING: {policy.warning}")
+    click.echo(
+        f"  masking: {len(masking.columns)} column rules, response masking rules: {len(masking.response)}"
+    )
+
+
+def check_sections(
+    cfg: Config,
+) -> tuple[Policy | None, MaskingConfig, ApprovalsTransportConfig | None]:
+    """Parse the sections that other packages own; raise ConfigError on the first problem."""
+    policy = parse_policy(cfg.policy, targets=cfg.targets) if cfg.policy is not None else None
+    masking = parse_masking(cfg.masking, targets=cfg.targets)
+    transport = None
+    if cfg.policy is not None and cfg.policy.is_mapping:
+        approvals = cfg.policy.mapping().get("approvals")
+        if approvals is not None:
+            transport = parse_approvals_transport(approvals)
+    return policy, masking, transport
