@@ -53,6 +53,17 @@ def check(file: Path, fmt: str) -> None:
             "mark": hex(cfg.capture.mark),
             "bpf": cfg.capture.bpf,
         },
+        "policy": policy.start_record() if policy is not None else None,
+        "masking": {
+            "columns": len(masking.columns),
+            "response_rules": len(masking.response),
+            "key": masking.key.describe() if masking.key else None,
+        },
+        "approvals": (
+            {"socket": str(transport.socket), "webhooks": len(transport.webhooks)}
+            if transport is not None
+            else None
+        ),
     }
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2))
