@@ -36,6 +36,9 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
   a binary integer/numeric a detector matches, raises :class:`BinaryColumnError` (fail closed).
   Binary text-like values are scanned; other binary values cannot be and are counted as
   ``binary_unscanned``. ``bytea`` in text format is hex and is not scanned either.
+- **Error details**: column rules also apply where PostgreSQL quotes column values in an
+  error DETAIL (``Key (tax_id)=(...) already exists``); ``Failing row contains (...)``,
+  which has values without names, is redacted whole on a target that has column rules.
 - **Counts**: :class:`MaskCounts` holds how many masks per detector (``column_rule`` for
   whole-value rules) and per column -- never a value -- for the ledger entry.
 

@@ -8,6 +8,7 @@ pure: text in, masked text and counts out.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -125,13 +126,46 @@ class TargetMasker:
         self._m = masker
         self.target = target
         self._copy_formats: dict[tuple[object, ...], CopyFormat] = {}
+        self._has_rules = any(
+            r.applies_to(target) and r.style is not Style.NONE for r in masker.config.columns
+        )
 
     # -- free text ------------------------------------------------------------------------------
 
     def mask_text(self, text: str, counts: MaskCounts) -> str:
         """``text`` with every finding of the detectors on in scope ``all`` masked, each
-        counted by detector. Returns ``text`` itself if it is clean."""
+        counted by detector. Returns ``text`` itself if it is clean.
+
+        Column rules apply where PostgreSQL quotes column values in an error detail: the
+        values of ``Key (tax_id)=(12-3456789) already exists.`` are masked as the rule for
+        ``tax_id`` says, and ``Failing row contains (...)`` -- values without column names --
+        is redacted whole when this target has column rules.
+        """
+        if self._has_rules and ("ey (" in text or "Failing row contains (" in text):
+            text = self._mask_error_detail(text, counts)
         return self._m._text.mask(text, self._m.render, lambda f: counts.add(f.detector))
+
+    def _mask_error_detail(self, text: str, counts: MaskCounts) -> str:
+        def key(m: re.Match[str]) -> str:
+            columns = [c.strip().strip('"') for c in m.group(1).split(",")]
+            rules = [self._m.config.column_rule(self.target, None, c) for c in columns]
+            ruled = [(c, r) for c, r in zip(columns, rules, strict=True) if r is not None]
+            ruled = [(c, r) for c, r in ruled if r.style is not Style.NONE]
+            if not ruled:
+                return m.group()
+            column, rule = max(ruled, key=lambda cr: _STRENGTH[cr[1].style])
+            values = m.group(2)
+            raw = values.encode("utf-8", "surrogateescape")
+            masked = self._m.render_rule(rule, rule.redaction_label(column), values, raw)
+            counts.add(COLUMN_RULE, column)
+            head = m.group()[: m.start(2) - m.start()]
+            return f"{head}{masked}){m.group(3)}"
+
+        def row(m: re.Match[str]) -> str:
+            counts.add(COLUMN_RULE, None)
+            return "Failing row contains ([REDACTED:ROW])"
+
+        return _FAILING_ROW.sub(row, _KEY_DETAIL.sub(key, text))
 
     def detect(self, text: str, *, results: bool = False) -> list[tuple[str, int, int]]:
         """``(detector, start, end)`` of each finding in ``text`` (no values). ``results``:
@@ -358,6 +392,8 @@ class TargetMasker:
                 csv=csv, delimiter=delimiter, null=null, quote=quote, escape=escape
             )
             self._copy_formats[key] = fmt
+        if any(c.binary for c in plan.columns):
+            raise ValueError("a COPY text/CSV row needs a plan of text columns (formats=[0])")
         fields, eol = split_row(line, fmt)
         if len(fields) != len(plan.columns):
             raise CopyRowError(
@@ -376,6 +412,16 @@ class TargetMasker:
 
 
 _BINARY_KINDS = frozenset({Kind.NUMBER, Kind.OPAQUE, Kind.JSONB_BINARY})
+_STRENGTH = {Style.NONE: 0, Style.PARTIAL: 1, Style.HASH: 2, Style.REDACT: 3}
+
+# The DETAIL of unique, foreign key and exclusion violations (ri_triggers.c, nbtinsert.c,
+# execIndexing.c) and of NOT NULL and check violations (execMain.c).
+_KEY_DETAIL = re.compile(
+    r"\b[Kk]ey \((.+?)\)=\((.*?)\)"
+    r"( already exists| is not present| is still referenced| conflicts with|\.?\s*\Z)",
+    re.DOTALL,
+)
+_FAILING_ROW = re.compile(r"Failing row contains \((.*)\)", re.DOTALL)
 
 
 def _is_json(text: str) -> bool:

@@ -14,7 +14,8 @@ Each line is a JSON object:
 Valid values are built the way their issuers build them (Luhn digits, ISO 7064 check digits
 from the IBAN registry structures, GitHub's CRC-32 token checksum, HMAC-signed JWTs, real
 Ed25519/EC keys); phone numbers are kept only when libphonenumber calls them valid. The seed
-is fixed: running the script twice gives the same file.
+is fixed: running the script twice gives the same file (for the same versions of phonenumbers
+and python-stdnum, whose metadata decide which generated numbers are kept).
 """
 
 from __future__ import annotations

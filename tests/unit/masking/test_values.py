@@ -272,3 +272,29 @@ def test_parameters_get_detectors_but_no_column_rules() -> None:
     params: list[bytes | None] = [b"anything", b"bob@example.com", int8(42)]
     assert TM.mask_values(plan, params, counts) == [b"anything", b"[REDACTED:EMAIL]", int8(42)]
     assert counts.as_dict() == {"detectors": {"email": 1}, "columns": {"$2": 1}}
+
+
+def test_error_details_follow_the_column_rules() -> None:
+    counts = MaskCounts()
+    detail = "Key (tax_id)=(12-3456789) already exists."
+    assert TM.mask_text(detail, counts) == (
+        f"Key (tax_id)=({keyed_hash(KEY, b'12-3456789')}) already exists."
+    )
+    assert counts.as_dict() == {"detectors": {"column_rule": 1}, "columns": {"tax_id": 1}}
+    detail = 'Key (id, secret_answer)=(7, my first dog) is not present in table "t".'
+    assert TM.mask_text(detail, MaskCounts()) == (
+        'Key (id, secret_answer)=([REDACTED:SECRET_ANSWER]) is not present in table "t".'
+    )
+    exclusion = "Key (secret_answer)=(a) conflicts with existing key (secret_answer)=(b)."
+    assert TM.mask_text(exclusion, MaskCounts()) == (
+        "Key (secret_answer)=([REDACTED:SECRET_ANSWER]) conflicts with existing key"
+        " (secret_answer)=([REDACTED:SECRET_ANSWER])."
+    )
+    # Columns without a rule: only the detectors.
+    detail = "Key (email)=(bob@example.com) already exists."
+    assert TM.mask_text(detail, MaskCounts()) == "Key (email)=([REDACTED:EMAIL]) already exists."
+    # A failing row has no column names: with column rules on this target, all of it goes.
+    failing = "Failing row contains (7, Bob, null)."
+    assert TM.mask_text(failing, MaskCounts()) == "Failing row contains ([REDACTED:ROW])."
+    no_rules = Masker(MaskingConfig(), hmac_key=b"").for_target("orders-db")
+    assert no_rules.mask_text(failing, MaskCounts()) is failing
