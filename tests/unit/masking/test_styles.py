@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from appliance.masking import MaskCounts, Masker, Style
+from appliance.masking import MaskCounts, Masker, MaskingKeyError, Style
 from appliance.masking._config import DetectorSetting
 from appliance.masking._styles import keyed_hash, label_for, looks_masked, partial, redact
 from tests.unit.masking.helpers import KEY, all_on
@@ -87,3 +87,18 @@ def test_counts() -> None:
     }
     with pytest.raises(ValueError):
         counts.add("card", n=-1)
+
+
+def test_hash_style_needs_a_key() -> None:
+    with pytest.raises(MaskingKeyError, match="at least 16 bytes"):
+        Masker(all_on(Style.HASH), hmac_key=b"short")
+    Masker(all_on(Style.REDACT), hmac_key=b"")  # no hash style: no key needed
+
+
+def test_scope_results_keeps_statement_text_readable() -> None:
+    config = all_on(email=DetectorSetting(Style.REDACT, scope="results"))
+    tm = Masker(config, hmac_key=b"").for_target("t")
+    sql = "SELECT * FROM users WHERE email = 'bob@example.com'"
+    assert tm.mask_text(sql, MaskCounts()) is sql
+    plan = tm.column_plan("users", ["email"])
+    assert tm.mask_values(plan, [b"bob@example.com"], MaskCounts()) == [b"[REDACTED:EMAIL]"]
