@@ -9,8 +9,11 @@ what the asyncio shell does, minus the event loop.
 from __future__ import annotations
 
 import secrets
+import selectors
 import socket
 import ssl
+import subprocess
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -18,15 +21,22 @@ import pytest
 from appliance.credentials.scram import scram_verifier
 from appliance.protocols.postgres import (
     Authenticated,
+    CancelKeys,
+    CancelRequested,
+    ClientConnection,
     Messages,
     PeerProtocolError,
     ServerConnection,
     ServerReady,
+    SSLRequested,
     StartTLS,
     StartupFailed,
+    StartupReceived,
+    Terminated,
     UpstreamAuthenticationError,
 )
 from appliance.protocols.postgres.messages import (
+    CancelRequest,
     CommandComplete,
     DataRow,
     Query,
@@ -205,3 +215,162 @@ def test_server_vanishing_mid_startup_is_a_server_error(pg: LocalPg) -> None:
     with pytest.raises(PeerProtocolError) as info:
         conn.receive_eof()
     assert info.value.side == "server"
+
+
+# -- end to end: a minimal blocking proxy built from the sans-IO pieces ---------------------
+
+
+class MiniProxy:
+    """Just enough of the shell to show the pieces compose: one thread per job connection,
+    the job authenticates with nothing, the appliance injects the service account's
+    secret upstream, messages are relayed untouched, cancels are mapped to the real key."""
+
+    def __init__(self, pg: LocalPg, user: str) -> None:
+        self.pg, self.user = pg, user
+        self.keys: CancelKeys[tuple[str, int]] = CancelKeys(random_bytes=secrets.token_bytes)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.cancels_forwarded = 0
+        self.errors: list[BaseException] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(sock,), daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _session(self, job_sock: socket.socket) -> None:
+        job = ClientConnection()
+        up_sock: socket.socket | None = None
+        try:
+            up: ServerConnection | None = None
+            while up is None:
+                data = job_sock.recv(65536)
+                if not data:
+                    return
+                for ev in job.receive_data(data):
+                    if isinstance(ev, SSLRequested):
+                        job.answer_ssl(False)
+                    elif isinstance(ev, CancelRequested):
+                        found = self.keys.resolve(ev.request)
+                        if found is not None:
+                            real, route = found
+                            with socket.create_connection(route) as s:
+                                s.sendall(CancelRequest(real.pid, real.key).encode())
+                            self.cancels_forwarded += 1
+                        return
+                    elif isinstance(ev, StartupReceived):
+                        up = ServerConnection(
+                            user=self.user, database=self.user, password=PASSWORDS[self.user],
+                            random_bytes=secrets.token_bytes,
+                            parameters=ev.forwardable_parameters(), tls="disable",
+                        )  # fmt: skip
+                        events, up_sock = drive(self.pg, up)
+                        ready = ready_of(events)
+                        assert ready.backend_key is not None
+                        issued = self.keys.issue(ready.backend_key, ("127.0.0.1", self.pg.port))
+                        job.complete_startup(ready.parameters, issued, notices=ready.notices)
+                job_sock.sendall(job.data_to_send())
+            assert up_sock is not None
+            for ev in job.receive_data(b""):
+                assert isinstance(ev, Messages)
+                up_sock.sendall(ev.chunk)
+            self._relay(job, job_sock, up, up_sock)
+        except BaseException as exc:  # the test reports these
+            self.errors.append(exc)
+        finally:
+            job_sock.close()
+            if up_sock is not None:
+                up_sock.close()
+
+    def _relay(
+        self,
+        job: ClientConnection,
+        job_sock: socket.socket,
+        up: ServerConnection,
+        up_sock: socket.socket,
+    ) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(job_sock, selectors.EVENT_READ, "job")
+        sel.register(up_sock, selectors.EVENT_READ, "up")
+        while True:
+            for key, _ in sel.select():
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                data = sock.recv(65536)
+                if key.data == "job":
+                    events = job.receive_eof() if not data else job.receive_data(data)
+                    target = up_sock
+                else:
+                    events = up.receive_eof() if not data else up.receive_data(data)
+                    target = job_sock
+                for ev in events:
+                    if isinstance(ev, Messages):
+                        target.sendall(ev.chunk)
+                if not data or any(isinstance(e, Terminated) for e in events):
+                    return
+
+
+@pytest.fixture
+def proxy(pg: LocalPg) -> Iterator[MiniProxy]:
+    p = MiniProxy(pg, "scram_user")
+    try:
+        yield p
+    finally:
+        p.close()
+    assert not p.errors, p.errors
+
+
+def test_psql_without_password_through_the_proxy(pg: LocalPg, proxy: MiniProxy) -> None:
+    env = {"PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "20"}  # no PGPASSWORD, no .pgpass
+    out = subprocess.run(
+        ["/usr/lib/postgresql/15/bin/psql", "-X", "-At", "-h", "127.0.0.1", "-p",
+         str(proxy.port), "-U", "job", "-d", "scram_user",
+         "-c", "select current_user, count(*) from generate_series(1, 5000)"],
+        env=env, capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.decode().strip() == "scram_user|5000"
+
+
+def test_psycopg_extended_copy_and_cancel_through_the_proxy(pg: LocalPg, proxy: MiniProxy) -> None:
+    import psycopg
+
+    dsn = f"host=127.0.0.1 port={proxy.port} user=job dbname=scram_user sslmode=prefer"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("select %s::int + 1", (41,)).fetchone() == (42,)
+        with conn.cursor().copy("copy (select generate_series(1, 3)) to stdout") as copy:
+            assert [bytes(row) for row in copy] == [b"1\n", b"2\n", b"3\n"]
+        info = conn.pgconn.backend_pid
+        assert info != 0
+        errors: list[BaseException] = []
+
+        def sleeper() -> None:
+            try:
+                conn.execute("select pg_sleep(60)")
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=sleeper)
+        t.start()
+        for _ in range(1200):  # wait (bounded) until the statement runs on the server
+            active = pg.sql("select string_agg(query, ',') from pg_stat_activity")
+            if "pg_sleep(60)" in active:
+                break
+            threading.Event().wait(0.05)
+        # cancel_safe(): libpq's PQcancelCreate path (SSLRequest, then CancelRequest). The
+        # legacy conn.cancel() blocks inside libpq holding the GIL, which would starve this
+        # in-process proxy's threads.
+        conn.cancel_safe()
+        t.join(timeout=60)
+        assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled)
+        assert proxy.cancels_forwarded == 1
+        # The job's backend pid is the appliance's, not the server's.
+        server_pids = pg.sql("select string_agg(pid::text, ',') from pg_stat_activity")
+        assert str(info) not in server_pids.split(",")
