@@ -18,6 +18,7 @@ from appliance.approvals import Broker, Outcome
 from appliance.masking import MaskCounts
 from appliance.policy import Decision, Policy, RequestContext, classify
 from appliance.protocols.postgres.messages import (
+    ErrorResponse,
     NoticeResponse,
     NotificationResponse,
     RowDescription,
@@ -110,7 +111,8 @@ class SessionHooks:
         error = b""
         if action == "deny":
             message = f"statement denied by policy rule {decision.rule!r}"
-            if decision.message:
+            # The policy's own message when the rule has none repeats the line above.
+            if decision.message and decision.message != f"denied by policy rule {decision.rule!r}":
                 message += f": {decision.message}"
             error = error_response(
                 "ERROR",
@@ -184,6 +186,9 @@ class SessionHooks:
 
     def open_copy(self, stmt: Statement, direction: str) -> ResultSink | None:
         return self.recorder.copy_sink(stmt, direction)
+
+    def request_failed(self, request: str, text: str | None, error: ErrorResponse) -> None:
+        self.recorder.request_error(request, text, error)
 
     def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None:
         self.recorder.notice(stmt, notice)

@@ -1,18 +1,72 @@
-"""Response masking toward the job: DataRow values rewritten before the job sees them.
+"""Response masking toward the job: DataRow values and COPY OUT rows rewritten before the
+job sees them.
 
 Where this sits: when :meth:`~appliance.masking.MaskingConfig.response_masking` says so for
 a session's target and identity, the relay hands every DataRow frame to
-:class:`ResponseMasker`. Rows whose values need no mask are passed on untouched (the
-detectors' pre-filter makes that cheap); a changed row is re-encoded with its new lengths.
-A value that must be masked but arrives in binary format cannot be rewritten: the relay
-withholds the result and tells the job which column and why (fail closed).
+:class:`ResponseMasker`, and every CopyData frame of a COPY OUT. Rows whose values need no
+mask are passed on untouched (the detectors' pre-filter makes that cheap); a changed row is
+re-encoded with its new lengths. A value that must be masked but arrives in binary format
+cannot be rewritten: the relay withholds the result and tells the job which column and why
+(fail closed). A binary-format COPY OUT is refused the same way: its rows are not scanned.
+
+:func:`mask_copy_line` is shared with the ledger's row recording (text and CSV COPY rows).
 """
 
 from __future__ import annotations
 
-from appliance.masking import BinaryColumnError, ColumnPlan, MaskCounts, TargetMasker
+import re
+import struct
+from dataclasses import dataclass
+
+from appliance.masking import (
+    BinaryColumnError,
+    ColumnPlan,
+    CopyRowError,
+    MaskCounts,
+    TargetMasker,
+)
 from appliance.protocols.postgres.messages import RowDescription, datarow_values, encode_datarow
 from appliance.proxy.pg.relay import MaskingRefused
+
+_CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
+_LEN = struct.Struct("!I")
+
+
+def copy_is_csv(statement: str) -> bool:
+    """Whether a COPY statement asks for CSV (the protocol does not say; the text does)."""
+    return bool(_CSV.search(statement))
+
+
+def mask_copy_line(
+    masker: TargetMasker,
+    line: bytes,
+    counts: MaskCounts,
+    *,
+    csv: bool,
+    plans: dict[int, ColumnPlan],
+) -> bytes:
+    """One COPY text/CSV row (its line end kept) with its values masked. Column names are
+    not known in COPY, so every column is planned as unknown (column rules that may match
+    apply: fail closed). A row that does not split as expected (quoted delimiters, other
+    COPY options) is masked as text by the detectors instead."""
+    delimiter = "," if csv else "\t"
+    n = line.count(delimiter.encode()) + 1
+    plan = plans.get(n)
+    if plan is None:
+        plan = plans[n] = masker.column_plan(None, [None] * n)
+    try:
+        return masker.mask_copy_line(plan, line, counts, csv=csv, delimiter=delimiter)
+    except CopyRowError:
+        text = line.decode("utf-8", "surrogateescape")
+        return masker.mask_text(text, counts).encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPlan:
+    """How a COPY OUT's rows are masked: CSV or text, or refused (binary)."""
+
+    csv: bool
+    binary: bool
 
 
 class ResponseMasker:
@@ -21,6 +75,7 @@ class ResponseMasker:
     def __init__(self, masker: TargetMasker) -> None:
         self.masker = masker
         self.counts = MaskCounts()
+        self._copy_plans: dict[int, ColumnPlan] = {}
 
     def plan(
         self, row_description: RowDescription | None, formats: tuple[int, ...]
@@ -48,6 +103,26 @@ class ResponseMasker:
         if masked is values:
             return None
         return encode_datarow(masked)
+
+    def copy_plan(self, statement: str, binary: bool) -> CopyPlan:
+        return CopyPlan(csv=copy_is_csv(statement), binary=binary)
+
+    def mask_copy(self, plan: object, frame: bytes) -> bytes | None:
+        """The CopyData ``frame`` of a COPY OUT with its rows masked, or None if nothing
+        changed. Raises MaskingRefused for binary COPY (its values cannot be scanned)."""
+        if not isinstance(plan, CopyPlan) or plan.binary:
+            raise MaskingRefused(
+                "COPY in binary format cannot be masked for the job; use text or CSV format"
+            )
+        payload = frame[5:]
+        parts = [
+            mask_copy_line(self.masker, line, self.counts, csv=plan.csv, plans=self._copy_plans)
+            for line in payload.splitlines(keepends=True)
+        ]
+        masked = b"".join(parts)
+        if masked == payload:
+            return None
+        return b"d" + _LEN.pack(len(masked) + 4) + masked
 
     def take_counts(self) -> MaskCounts:
         counts, self.counts = self.counts, MaskCounts()

@@ -20,7 +20,6 @@ line. Everything in a blob is masked.
 
 from __future__ import annotations
 
-import re
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import orjson
 
 from appliance.ledger import BlobSink, LedgerWriter
-from appliance.masking import ColumnPlan, CopyRowError, MaskCounts, TargetMasker
+from appliance.masking import ColumnPlan, MaskCounts, TargetMasker
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
     NoticeResponse,
@@ -36,11 +35,11 @@ from appliance.protocols.postgres.messages import (
     RowDescription,
     datarow_values,
 )
+from appliance.proxy.pg.masking import copy_is_csv, mask_copy_line
 from appliance.proxy.pg.relay import Statement
 
 _CHUNK = 256 * 1024
-_CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
-_HEADER, _ROWS, _COPY = b"H", b"D", b"d"
+_HEADER, _ROWS, _COPY, _COPY_END = b"H", b"D", b"d", b"e"
 _LEN = struct.Struct("!I")
 
 # Types whose binary format is their text (UTF-8): safe to decode and mask like text.
@@ -68,6 +67,7 @@ class RowsTransform:
         self.formats: tuple[int, ...] = ()
         self.copy_csv = False
         self._copy_plans: dict[int, ColumnPlan] = {}
+        self._partial = b""
 
     def __call__(self, chunk: bytes) -> bytes:
         kind, body = chunk[:1], chunk[1:]
@@ -90,9 +90,12 @@ class RowsTransform:
         if kind == _ROWS:
             for payload in _frames(body):
                 out.append(orjson.dumps(self._row(datarow_values(payload))))
-        else:
+        elif kind == _COPY:
             for payload in _frames(body):
                 out.extend(self._copy_lines(payload))
+        elif kind == _COPY_END and self._partial:
+            out.append(self._copy_line(self._partial))
+            self._partial = b""
         return b"\n".join(out) + b"\n" if out else b""
 
     def _row(self, values: list[bytes | None]) -> list[Any]:
@@ -128,29 +131,20 @@ class RowsTransform:
         return row
 
     def _copy_lines(self, payload: bytes) -> list[bytes]:
-        out = []
-        for line in payload.splitlines():
-            if self.masker is not None:
-                line = self._mask_copy_line(self.masker, line)
-            out.append(orjson.dumps(line.decode("utf-8", "replace")))
-        return out
+        """Complete lines of COPY data. CopyData messages need not end at a line end (a
+        client sends its buffer as it fills): the piece after the last newline waits for
+        the next message, so that a value cut in two is still masked as one."""
+        data = self._partial + payload if self._partial else payload
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return [self._copy_line(line) for line in lines]
 
-    def _mask_copy_line(self, masker: TargetMasker, line: bytes) -> bytes:
-        delimiter = "," if self.copy_csv else "\t"
-        n = line.count(delimiter.encode()) + 1
-        plan = self._copy_plans.get(n)
-        if plan is None:
-            plan = self._copy_plans[n] = masker.column_plan(None, [None] * n)
-        try:
-            return masker.mask_copy_line(
-                plan, line, self.counts, csv=self.copy_csv, delimiter=delimiter
+    def _copy_line(self, line: bytes) -> bytes:
+        if self.masker is not None:
+            line = mask_copy_line(
+                self.masker, line, self.counts, csv=self.copy_csv, plans=self._copy_plans
             )
-        except CopyRowError:
-            # Not splittable as expected (quoted delimiters, other options): the detectors
-            # still run over the whole line.
-            return masker.mask_text(line.decode("utf-8", "surrogateescape"), self.counts).encode(
-                "utf-8", "surrogateescape"
-            )
+        return orjson.dumps(line.decode("utf-8", "replace"))
 
 
 def _frames(body: bytes) -> list[bytes]:
@@ -202,6 +196,9 @@ class RowsSink:
     def close(self) -> None:
         """End of one result set (the blob stays open for the statement's next one)."""
         self._flush()
+        if self._kind == _COPY and not self.truncated:
+            self.blob.write(_COPY_END)  # the last line may have no newline
+            self._kind = _ROWS
 
     def finish(self) -> None:
         self._flush()
@@ -391,7 +388,7 @@ class SessionRecorder:
         if not self.record_rows:
             return None
         sink = self._sink_for(stmt)
-        csv = bool(_CSV.search(stmt.text))
+        csv = copy_is_csv(stmt.text)
         sink.header({"copy": direction, "csv": csv}, copy=True)
         return _ResultView(sink)
 
@@ -405,6 +402,19 @@ class SessionRecorder:
             blob.annotate = lambda: {"masking": counts.as_dict()} if counts else {}
             sink = self._sinks[stmt.n] = RowsSink(blob, transform, self.max_result_bytes)
         return sink
+
+    def request_error(self, request: str, text: str | None, error: ErrorResponse) -> None:
+        """A request refused by the server outside any statement (see
+        :meth:`~appliance.proxy.pg.relay.RelayHooks.request_failed`)."""
+        counts = MaskCounts()
+        data: dict[str, Any] = {
+            "request": request,
+            "text": self.mask(text, counts) if text is not None else None,
+            "error": self._error(error, counts),
+        }
+        if counts:
+            data["masking"] = counts.as_dict()
+        self.append("request.error", data)
 
     def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None:
         counts = MaskCounts()

@@ -113,13 +113,23 @@ class ResultSink(Protocol):
 
 
 class RowMasker(Protocol):
-    """Rewrites DataRow values for the job when policy asks for response masking."""
+    """Rewrites DataRow values and COPY OUT rows for the job when policy asks for response
+    masking."""
 
     def plan(self, row_description: RowDescription | None, formats: tuple[int, ...]) -> object: ...
 
     def mask_frame(self, plan: object, frame: bytes) -> bytes | None:
-        """The frame rewritten, or None if no value changed. Raises MaskingRefused (fail
-        closed)."""
+        """The DataRow frame rewritten, or None if no value changed. Raises MaskingRefused
+        (fail closed)."""
+        ...
+
+    def copy_plan(self, statement: str, binary: bool) -> object:
+        """How to mask the CopyData of a COPY OUT started by ``statement``."""
+        ...
+
+    def mask_copy(self, plan: object, frame: bytes) -> bytes | None:
+        """The CopyData frame rewritten, or None if no value changed. Raises MaskingRefused
+        (binary COPY)."""
         ...
 
 
@@ -147,6 +157,11 @@ class RelayHooks(Protocol):
 
     def open_copy(self, stmt: Statement, direction: str) -> ResultSink | None:
         """A sink for COPY data (``direction`` "in" from the job, "out" to the job)."""
+
+    def request_failed(self, request: str, text: str | None, error: ErrorResponse) -> None:
+        """The server refused a request that is no statement of its own (Parse, Bind,
+        Describe, Close, Sync) and no Execute follows it in its batch; ``text`` is the SQL
+        of a Parse or of the statement a Bind binds."""
 
     def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None: ...
 
@@ -239,6 +254,7 @@ class _Expect:
     with_ready: bool = False  # an injected error that also ends a simple-protocol cycle
     formats: tuple[int, ...] = ()
     description: RowDescription | None = None
+    text: str | None = None  # the SQL a Parse carried (for an error with no statement)
 
 
 class Relay:
@@ -267,6 +283,7 @@ class Relay:
         self._result_plan: object | None = None
         self._masker = hooks.row_masker()
         self.terminated = False
+        self.server_fatal = False  # the server sent a FATAL error: it is ending the session
 
     # -- output ----------------------------------------------------------------------------
 
@@ -324,7 +341,7 @@ class Relay:
                 self._portals[bind.portal] = _Portal(
                     prepared, bind, prepared.description if prepared else None
                 )
-                expect(_Expect(X.BIND))
+                expect(_Expect(X.BIND, text=prepared.text if prepared else None))
             elif t == F_EXECUTE:
                 stmt = self._execute_statement(chunk[s + 5 : e])
                 if not self._admit(stmt, msgs, i, run, s):
@@ -342,7 +359,7 @@ class Relay:
                 parse = decode_frontend(t, chunk[s + 5 : e])
                 assert isinstance(parse, Parse)
                 self._prepared[parse.statement] = _Prepared(parse.sql)
-                expect(_Expect(X.PARSE))
+                expect(_Expect(X.PARSE, text=parse.sql))
             elif t == F_SYNC:
                 self._discard_until_sync = False
                 expect(_Expect(X.SYNC))
@@ -485,24 +502,30 @@ class Relay:
             if t == B_DATAROW or t == B_COPY_DATA:
                 result = self._result or self._begin_rows()
                 result.rows += 1
+                if result.sink is not None and d_start < 0:
+                    d_start = s  # recorded (masked in the ledger) even when withheld below
                 if self._suppress_until_ready:
                     if run < s:
                         out.append(chunk[run:s])
                     run = e
                     continue
-                if result.sink is not None and d_start < 0:
-                    d_start = s
-                if self._masker is not None and t == B_DATAROW:
+                masker = self._masker
+                if masker is not None:
                     try:
-                        masked = self._masker.mask_frame(self._result_plan, chunk[s:e])
+                        if t == B_DATAROW:
+                            masked = masker.mask_frame(self._result_plan, chunk[s:e])
+                        else:
+                            masked = masker.mask_copy(self._result_plan, chunk[s:e])
                     except MaskingRefused as exc:
-                        masked = b""
+                        if run < s:
+                            out.append(chunk[run:s])  # what came before, then the error
+                        run = e
                         self._refuse_result(str(exc))
+                        continue
                     if masked is not None:
                         if run < s:
                             out.append(chunk[run:s])
-                        if masked:
-                            out.append(masked)
+                        out.append(masked)
                         run = e
                 continue
             if d_start >= 0:
@@ -644,6 +667,8 @@ class Relay:
         elif t == B_ERROR:
             error = decode_backend(t, payload)
             assert isinstance(error, ErrorResponse)
+            if error.is_fatal:
+                self.server_fatal = True
             self._end_result()
             self._copy_out = None
             if self._copy_in is not None:
@@ -653,11 +678,14 @@ class Relay:
             if not expect:
                 return  # an error outside any request (e.g. FATAL on shutdown): relayed
             head = expect[0]
-            if head.stmt is not None and head.kind is not X.INJECT:
+            if head.kind in (X.QUERY, X.FUNCTION, X.EXECUTE):
+                assert head.stmt is not None
                 head.stmt.error = error
                 head.stmt.outcome = "error"
-            if head.kind in (X.QUERY, X.FUNCTION):
-                return  # ReadyForQuery ends the cycle
+                if head.kind is not X.EXECUTE:
+                    return  # ReadyForQuery ends the cycle
+            else:
+                self._request_error(head, error)
             # Extended protocol: the server skips to the next Sync.
             self._server_error_in_batch = True
             while expect and expect[0].kind is not X.SYNC:
@@ -690,6 +718,24 @@ class Relay:
             self._end_result()
             self._copy_out = head.stmt
             self._begin_result(None, ())
+            if self._masker is not None:
+                # Overall format: 0 text (or CSV), 1 binary.
+                binary = payload[:1] != b"\x00"
+                self._result_plan = self._masker.copy_plan(head.stmt.text, binary)
+
+    def _request_error(self, head: _Expect, error: ErrorResponse) -> None:
+        """An error answering Parse, Bind, Describe, Close or Sync (a statement that does not
+        parse, parameters that do not convert, a plan that fails, a deferred constraint at
+        the implicit commit). It is the error of the Execute that was to run next in this
+        batch, if there is one; else it is recorded on its own."""
+        for exp in self._expect:
+            if exp.kind is X.SYNC:
+                break
+            if exp.kind is X.EXECUTE and exp.stmt is not None:
+                exp.stmt.error = error
+                exp.stmt.outcome = "error"
+                return
+        self.hooks.request_failed(head.kind.value, head.text, error)
 
     def _server_ready(self, payload: bytes) -> None:
         if len(payload) != 1 or payload[0] not in _RFQ:

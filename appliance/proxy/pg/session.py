@@ -213,21 +213,17 @@ class PgSession:
                 self._end(SessionEnd("appliance shutdown", self._shutdown_error()))
         except PeerProtocolError as exc:
             self._protocol_error(exc)
-        except LedgerUnavailable as exc:
-            self._end(
-                SessionEnd(
-                    f"ledger unavailable: {exc}",
-                    _fatal(
-                        CONNECTION_FAILURE, "the appliance cannot record this session; it is closed"
-                    ),
-                )
-            )
+        except Exception as exc:  # a bug or an unusable ledger: this session ends, not others
+            self._end(self._unexpected(exc))
 
     def on_eof(self, side: str) -> None:
         if self.relay is None:
             if side == "client":
                 self._startup_events.put_nowait(SessionEnd("job disconnected during startup"))
+                self._end(SessionEnd("job disconnected during startup"))
             else:
+                # Not ended here: the startup task raises this (or the TLS error that
+                # closed the socket) with an error message the job can read.
                 self._up_events.put_nowait(
                     SessionEnd(
                         "upstream server closed during startup",
@@ -237,7 +233,6 @@ class PgSession:
                         ),
                     )
                 )
-            self._end(SessionEnd("closed during startup"))
             return
         if side == "client":
             self._end(
@@ -247,7 +242,16 @@ class PgSession:
             )
         else:
             self._flush()
-            self._end(SessionEnd("upstream server closed the connection"))
+            # A server that ends a session says why (FATAL ErrorResponse, relayed above); one
+            # that vanishes says nothing, and the job must not be left guessing.
+            error = b""
+            if not self.relay.server_fatal:
+                error = _fatal(
+                    CONNECTION_FAILURE,
+                    f"the appliance lost the connection to target {self.target.name!r}: "
+                    "the upstream server closed it",
+                )
+            self._end(SessionEnd("upstream server closed the connection", error))
 
     @property
     def job_terminated(self) -> bool:
@@ -346,6 +350,11 @@ class PgSession:
             self.done.set_result(end)
 
     def _protocol_error(self, exc: PeerProtocolError) -> None:
+        self._end(self._protocol_end(exc))
+
+    def _protocol_end(self, exc: PeerProtocolError, *, during: str = "") -> SessionEnd:
+        """The end of a session whose peer broke the protocol: recorded (``protocol.error``),
+        and the job told whose fault it was (08P01)."""
         if exc.side == "client":
             error = _fatal(exc.sqlstate, exc.message)
         else:
@@ -362,12 +371,8 @@ class PgSession:
                         "message": self.recorder.mask(exc.message),
                     },
                 )
-        self._end(
-            SessionEnd(
-                f"protocol violation by the {'job' if exc.side == 'client' else 'upstream server'}",
-                error,
-            )
-        )
+        who = "job" if exc.side == "client" else "upstream server"
+        return SessionEnd(f"protocol violation by the {who}{during}", error)
 
     async def _finish(self, end: SessionEnd) -> None:
         transport = self.client.transport
@@ -440,9 +445,7 @@ class PgSession:
         if isinstance(ev, SessionEnd):
             raise ev
         if isinstance(ev, PeerProtocolError):
-            raise SessionEnd(
-                f"protocol violation during startup ({ev.side})", _fatal(ev.sqlstate, ev.message)
-            )
+            raise self._protocol_end(ev, during=" during startup")
         if isinstance(ev, UpstreamAuthenticationError):
             raise SessionEnd(
                 f"upstream authentication failed: {ev.message}",
