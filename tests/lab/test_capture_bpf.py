@@ -244,11 +244,12 @@ def test_entries_are_removed_when_the_connection_closes(
         assert job.stdout is not None and job.stdout.readline() == b"198.18.0.2 5432\n"
         assert isinstance(listener.next().owner, FlowOwner)
         assert attribution.lookup(*peers[0]) is not None  # open: the entries are there
-        assert attribution.entries() == (1, 1)
+        assert _eventually(lambda: attribution.entries() == (1, 1))  # earlier flows gone
         job.communicate(b"close\n", timeout=30)  # the job closes its end
         assert _eventually(lambda: attribution.lookup(*peers[0]) is None)
-    assert attribution.stats()["closed"] == closed_before + 1
-    assert attribution.entries() == (0, 0)
+    # >=: a connection of an earlier test (a killed child's) may finish closing meanwhile.
+    assert attribution.stats()["closed"] >= closed_before + 1
+    assert _eventually(lambda: attribution.entries() == (0, 0))
 
 
 def _eventually(check: Callable[[], bool], attempts: int = 200) -> bool:
