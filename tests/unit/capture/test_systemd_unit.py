@@ -30,6 +30,7 @@ def test_hardening_and_lifecycle_directives() -> None:
     assert not {"ExecStop", "ExecStopPost", "ExecReload"} & d.keys()
     assert "remove" not in " ".join(v for vs in d.values() for v in vs)
     assert d["Restart"] == ["always"]
+    assert (d["Type"], d["NotifyAccess"]) == (["notify"], ["main"])
     assert d["CapabilityBoundingSet"][0].split() == [
         "CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SYS_RESOURCE",
         "CAP_SYS_PTRACE", "CAP_DAC_READ_SEARCH",
