@@ -29,12 +29,18 @@ from appliance.protocols.postgres.messages import RowDescription, datarow_values
 from appliance.proxy.pg.relay import MaskingRefused
 
 _CSV = re.compile(r"\bcsv\b", re.IGNORECASE)
+_BINARY = re.compile(r"\bbinary\b", re.IGNORECASE)
 _LEN = struct.Struct("!I")
 
 
 def copy_is_csv(statement: str) -> bool:
     """Whether a COPY statement asks for CSV (the protocol does not say; the text does)."""
     return bool(_CSV.search(statement))
+
+
+def copy_is_binary(statement: str) -> bool:
+    """Whether a COPY statement asks for the binary format (``FORMAT binary``, ``BINARY``)."""
+    return bool(_BINARY.search(statement))
 
 
 def mask_copy_line(
@@ -62,6 +68,13 @@ def mask_copy_line(
 
 
 @dataclass(frozen=True, slots=True)
+class UnknownColumns:
+    """The plan of rows whose columns were never described: Bind's format codes only."""
+
+    formats: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class CopyPlan:
     """How a COPY OUT's rows are masked: CSV or text, or refused (binary)."""
 
@@ -76,12 +89,15 @@ class ResponseMasker:
         self.masker = masker
         self.counts = MaskCounts()
         self._copy_plans: dict[int, ColumnPlan] = {}
+        self._unknown_plans: dict[tuple[int, tuple[int, ...]], ColumnPlan] = {}
 
     def plan(
         self, row_description: RowDescription | None, formats: tuple[int, ...]
-    ) -> ColumnPlan | None:
+    ) -> ColumnPlan | UnknownColumns:
         if row_description is None:
-            return None
+            # Rows of a portal never described: names and types unknown (column rules
+            # that may match apply), formats as Bind sent them.
+            return UnknownColumns(formats)
         fields = row_description.fields
         return self.masker.column_plan(
             None,
@@ -95,7 +111,7 @@ class ResponseMasker:
         MaskingRefused for a binary value that must be masked."""
         values = datarow_values(frame, 5)
         if not isinstance(plan, ColumnPlan) or len(plan.columns) != len(values):
-            plan = self.masker.column_plan(None, [None] * len(values))
+            plan = self._unknown_plan(plan, len(values))
         try:
             masked = self.masker.mask_values(plan, values, self.counts)
         except BinaryColumnError as exc:
@@ -103,6 +119,17 @@ class ResponseMasker:
         if masked is values:
             return None
         return encode_datarow(masked)
+
+    def _unknown_plan(self, plan: object, n: int) -> ColumnPlan:
+        formats = plan.formats if isinstance(plan, UnknownColumns) else ()
+        key = (n, formats)
+        cached = self._unknown_plans.get(key)
+        if cached is None:
+            if len(formats) > 1 and len(formats) != n:
+                formats = (1,)  # codes that do not fit the row: take every value as binary
+            cached = self.masker.column_plan(None, [None] * n, formats=formats)
+            self._unknown_plans[key] = cached
+        return cached
 
     def copy_plan(self, statement: str, binary: bool) -> CopyPlan:
         return CopyPlan(csv=copy_is_csv(statement), binary=binary)

@@ -12,10 +12,11 @@ masking and JSON encoding happen in the ledger's writer thread (:class:`RowsTran
 off the hot path.
 
 Result blob format (JSON Lines): for each result set a header object
-``{"columns": [...], "types": [oid...], "formats": [0|1...]}`` (or ``{"copy": "in"|"out"}``)
-followed by one JSON array per row (strings, null, or ``{"binary": <bytes>}`` for a
-binary-format value that is not text-like: it is never written); for COPY, one JSON string per
-line. Everything in a blob is masked.
+``{"columns": [...], "types": [oid...], "formats": [0|1...]}`` (or ``{"copy": "in"|"out",
+"csv": bool}``, with ``"binary": true`` for binary COPY) followed by one JSON array per row
+(strings, null, or ``{"binary": <bytes>}`` for a binary-format value that is not text-like:
+it is never written); for text/CSV COPY, one JSON string per line; for binary COPY, only
+``{"binary": <bytes>}`` per chunk. Everything in a blob is masked.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from appliance.protocols.postgres.messages import (
     RowDescription,
     datarow_values,
 )
-from appliance.proxy.pg.masking import copy_is_csv, mask_copy_line
+from appliance.proxy.pg.masking import copy_is_binary, copy_is_csv, mask_copy_line
 from appliance.proxy.pg.relay import Statement
 
 _CHUNK = 256 * 1024
@@ -66,6 +67,7 @@ class RowsTransform:
         self.types: tuple[int, ...] = ()
         self.formats: tuple[int, ...] = ()
         self.copy_csv = False
+        self.copy_binary = False
         self._copy_plans: dict[int, ColumnPlan] = {}
         self._partial = b""
 
@@ -74,6 +76,7 @@ class RowsTransform:
         if kind == _HEADER:
             header = orjson.loads(body)
             self.copy_csv = bool(header.get("csv"))
+            self.copy_binary = bool(header.get("binary"))
             columns = header.get("columns")
             self.types = tuple(header.get("types") or ())
             self.formats = tuple(header.get("formats") or ())
@@ -90,6 +93,9 @@ class RowsTransform:
         if kind == _ROWS:
             for payload in _frames(body):
                 out.append(orjson.dumps(self._row(datarow_values(payload))))
+        elif kind == _COPY and self.copy_binary:
+            # Binary COPY: values of unknown types that cannot be scanned; never written.
+            out.append(orjson.dumps({"binary": sum(len(p) for p in _frames(body))}))
         elif kind == _COPY:
             for payload in _frames(body):
                 out.extend(self._copy_lines(payload))
@@ -101,8 +107,11 @@ class RowsTransform:
     def _row(self, values: list[bytes | None]) -> list[Any]:
         texts: list[bytes | None] = []
         binary: dict[int, int] = {}
+        formats = self.formats
+        # One code for every column (a portal never described: its width is not known).
+        every = formats[0] if len(formats) == 1 else 0
         for i, value in enumerate(values):
-            fmt = self.formats[i] if i < len(self.formats) else 0
+            fmt = formats[i] if i < len(formats) else every
             if value is None or fmt == 0:
                 texts.append(value)
                 continue
@@ -178,7 +187,7 @@ class RowsSink:
         self.blob.write(_HEADER + orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
 
     def add(self, frames: bytes) -> None:
-        if self.truncated:
+        if self.truncated or self.closed:
             return
         if self.size + len(frames) > self.limit:
             self.truncated = True
@@ -195,6 +204,8 @@ class RowsSink:
 
     def close(self) -> None:
         """End of one result set (the blob stays open for the statement's next one)."""
+        if self.closed:
+            return
         self._flush()
         if self._kind == _COPY and not self.truncated:
             self.blob.write(_COPY_END)  # the last line may have no newline
@@ -388,8 +399,10 @@ class SessionRecorder:
         if not self.record_rows:
             return None
         sink = self._sink_for(stmt)
-        csv = copy_is_csv(stmt.text)
-        sink.header({"copy": direction, "csv": csv}, copy=True)
+        header = {"copy": direction, "csv": copy_is_csv(stmt.text)}
+        if copy_is_binary(stmt.text):
+            header["binary"] = True
+        sink.header(header, copy=True)
         return _ResultView(sink)
 
     def _sink_for(self, stmt: Statement) -> RowsSink:

@@ -228,7 +228,16 @@ class _Prepared:
 class _Portal:
     prepared: _Prepared | None
     bind: Bind
-    description: RowDescription | None = None
+    described: RowDescription | None = None  # the answer to a Describe of this portal
+
+    @property
+    def description(self) -> RowDescription | None:
+        """The portal's columns: from a Describe of the portal, else of its statement. Read
+        when its rows arrive: in a pipeline the Describe is answered after the Execute is
+        sent."""
+        if self.described is not None:
+            return self.described
+        return self.prepared.description if self.prepared is not None else None
 
 
 class X(enum.Enum):
@@ -250,10 +259,12 @@ class _Expect:
     kind: X
     stmt: Statement | None = None
     describe: Describe | None = None
+    # What a Describe describes, and the portal an Execute runs: the objects as they were
+    # when the job sent the message (a later Parse or Bind may reuse the name).
+    target: _Prepared | _Portal | None = None
+    portal: _Portal | None = None
     inject: bytes = b""
     with_ready: bool = False  # an injected error that also ends a simple-protocol cycle
-    formats: tuple[int, ...] = ()
-    description: RowDescription | None = None
     text: str | None = None  # the SQL a Parse carried (for an error with no statement)
 
 
@@ -278,6 +289,7 @@ class Relay:
         self._held: tuple[Messages, int, Statement, _Expect] | None = None
         self._queued: deque[Messages] = deque()
         self._copy_in: tuple[Statement, ResultSink | None] | None = None
+        self._copy_in_done: Statement | None = None
         self._copy_out: Statement | None = None
         self._result: Result | None = None
         self._result_plan: object | None = None
@@ -338,22 +350,16 @@ class Relay:
                 bind = decode_frontend(t, chunk[s + 5 : e])
                 assert isinstance(bind, Bind)
                 prepared = self._prepared.get(bind.statement)
-                self._portals[bind.portal] = _Portal(
-                    prepared, bind, prepared.description if prepared else None
-                )
+                self._portals[bind.portal] = _Portal(prepared, bind)
                 expect(_Expect(X.BIND, text=prepared.text if prepared else None))
             elif t == F_EXECUTE:
                 stmt = self._execute_statement(chunk[s + 5 : e])
-                if not self._admit(stmt, msgs, i, run, s):
+                exp = _Expect(X.EXECUTE, stmt, portal=self._portals.get(stmt.portal or ""))
+                if not self._admit(exp, msgs, i, run, s):
                     if self._held is not None:
                         return
                     run = e
                     continue
-                portal = self._portals.get(stmt.portal or "")
-                exp = _Expect(X.EXECUTE, stmt)
-                if portal is not None:
-                    exp.formats = portal.bind.result_formats
-                    exp.description = portal.description
                 expect(exp)
             elif t == F_PARSE:
                 parse = decode_frontend(t, chunk[s + 5 : e])
@@ -366,44 +372,60 @@ class Relay:
             elif t == F_DESCRIBE:
                 describe = decode_frontend(t, chunk[s + 5 : e])
                 assert isinstance(describe, Describe)
-                expect(_Expect(X.DESCRIBE, describe=describe))
+                named = self._prepared if describe.kind == "S" else self._portals
+                expect(_Expect(X.DESCRIBE, describe=describe, target=named.get(describe.name)))
             elif t == F_QUERY:
                 query = decode_frontend(t, chunk[s + 5 : e])
                 assert isinstance(query, Query)
-                stmt = self._new_statement("simple", query.sql)
-                if not self._admit(stmt, msgs, i, run, s):
+                exp = _Expect(X.QUERY, self._new_statement("simple", query.sql))
+                if not self._admit(exp, msgs, i, run, s):
                     if self._held is not None:
                         return
                     run = e
                     continue
-                expect(_Expect(X.QUERY, stmt))
+                expect(exp)
             elif t == F_CLOSE:
                 close = decode_frontend(t, chunk[s + 5 : e])
                 assert isinstance(close, Close)
                 (self._prepared if close.kind == "S" else self._portals).pop(close.name, None)
                 expect(_Expect(X.CLOSE))
             elif t == F_COPY_DATA:
-                if self._copy_in is not None and self._copy_in[1] is not None:
-                    self._copy_in[1].add(chunk[s:e])
+                copy_in = self._copy_in or self._early_copy_in()
+                if copy_in is not None and copy_in[1] is not None:
+                    copy_in[1].add(chunk[s:e])
             elif t == F_COPY_DONE or t == F_COPY_FAIL:
-                if self._copy_in is not None:
-                    sink = self._copy_in[1]
-                    if sink is not None:
-                        sink.close()
+                copy_in = self._copy_in or self._early_copy_in()
+                if copy_in is not None:
+                    if copy_in[1] is not None:
+                        copy_in[1].close()
                     self._copy_in = None
+                    self._copy_in_done = copy_in[0]
             elif t == F_FUNCTION:
-                stmt = self._new_statement("function", "(fast-path function call)")
-                if not self._admit(stmt, msgs, i, run, s):
+                exp = _Expect(
+                    X.FUNCTION, self._new_statement("function", "(fast-path function call)")
+                )
+                if not self._admit(exp, msgs, i, run, s):
                     if self._held is not None:
                         return
                     run = e
                     continue
-                expect(_Expect(X.FUNCTION, stmt))
+                expect(exp)
             elif t == F_TERMINATE:
                 self.terminated = True
             # F_FLUSH and anything else: relayed as is, nothing expected back.
         if run < len(chunk):
             out.append(chunk[run:] if run else chunk)
+
+    def _early_copy_in(self) -> tuple[Statement, ResultSink | None] | None:
+        """COPY data from the job before the server's CopyInResponse arrived (asyncpg does
+        not wait for it): it belongs to the last statement sent, still running."""
+        for exp in reversed(self._expect):
+            if exp.kind in (X.QUERY, X.EXECUTE) and exp.stmt is not None:
+                if exp.stmt.finished is not None or exp.stmt is self._copy_in_done:
+                    return None
+                self._copy_in = (exp.stmt, self.hooks.open_copy(exp.stmt, "in"))
+                return self._copy_in
+        return None
 
     def _new_statement(self, protocol: str, text: str) -> Statement:
         self.statements += 1
@@ -430,9 +452,11 @@ class Relay:
         stmt.portal = execute.portal
         return stmt
 
-    def _admit(self, stmt: Statement, msgs: Messages, i: int, run: int, start: int) -> bool:
-        """Decide ``stmt``; return True if its message is forwarded. For a hold, flush what
-        precedes it and save where to resume."""
+    def _admit(self, exp: _Expect, msgs: Messages, i: int, run: int, start: int) -> bool:
+        """Decide the statement of ``exp``; return True if its message is forwarded. For a
+        hold, flush what precedes it and save where to resume."""
+        stmt = exp.stmt
+        assert stmt is not None
         verdict = self.hooks.decide(stmt)
         stmt.verdict = verdict
         if not verdict.blocks:
@@ -443,8 +467,7 @@ class Relay:
             self._to_server.append(chunk[run:start])
         if verdict.action == "review":
             self.hooks.statement_started(stmt)
-            kind = {"simple": X.QUERY, "extended": X.EXECUTE, "function": X.FUNCTION}[stmt.protocol]
-            self._held = (msgs, i, stmt, _Expect(kind, stmt))
+            self._held = (msgs, i, stmt, exp)
             self.hooks.request_approval(stmt)
             return False
         self._deny(stmt, verdict.error)
@@ -475,10 +498,6 @@ class Relay:
         _, s, e = msgs.frames[i]
         if approved:
             stmt.started = self.now()
-            portal = self._portals.get(stmt.portal or "")
-            if portal is not None:
-                exp.formats = portal.bind.result_formats
-                exp.description = portal.description
             self._expect.append(exp)
             self._to_server.append(chunk[s:e])
         else:
@@ -604,9 +623,16 @@ class Relay:
         head = self._expect[0] if self._expect else None
         if head is None or head.kind is not X.EXECUTE:
             raise PeerProtocolError("rows arrived for no statement", side="server")
-        description = head.description
-        n = len(description.fields) if description is not None else 0
-        return self._begin_result(description, column_formats(head.formats, n))
+        portal = head.portal
+        if portal is None:
+            return self._begin_result(None, ())
+        description = portal.description
+        formats = portal.bind.result_formats
+        if description is None:
+            # Never described: the column count is unknown; Bind's codes are passed as
+            # sent (none: all text, one: all columns).
+            return self._begin_result(None, formats)
+        return self._begin_result(description, column_formats(formats, len(description.fields)))
 
     def _end_result(self) -> None:
         if self._result is not None and self._result.sink is not None:
@@ -633,15 +659,11 @@ class Relay:
             assert isinstance(desc, RowDescription)
             head = self._head(X.QUERY, X.DESCRIBE, X.EXECUTE)
             if head.kind is X.DESCRIBE:
-                assert head.describe is not None
-                if head.describe.kind == "S":
-                    prepared = self._prepared.get(head.describe.name)
-                    if prepared is not None:
-                        prepared.description = desc
-                else:
-                    portal = self._portals.get(head.describe.name)
-                    if portal is not None:
-                        portal.description = desc
+                target = head.target
+                if isinstance(target, _Prepared):
+                    target.description = desc
+                elif target is not None:
+                    target.described = desc
                 expect.popleft()
             else:
                 self._end_result()
@@ -650,7 +672,10 @@ class Relay:
             head = self._head(X.QUERY, X.EXECUTE)
             stmt = head.stmt
             assert stmt is not None
-            result = self._result if self._result is not None else stmt.current
+            result = self._result
+            if result is None:  # a command without rows: a result of its own
+                result = Result()
+                stmt.results.append(result)
             if t == B_COMPLETE:
                 complete = decode_backend(t, payload)
                 assert isinstance(complete, CommandComplete)
@@ -662,7 +687,8 @@ class Relay:
             self._end_result()
             self._copy_out = None
             if head.kind is X.EXECUTE:
-                stmt.outcome = "suspended" if t == B_SUSPENDED else "ok"
+                if stmt.outcome == "pending":  # not "withheld"
+                    stmt.outcome = "suspended" if t == B_SUSPENDED else "ok"
                 self._finish(expect.popleft())
         elif t == B_ERROR:
             error = decode_backend(t, payload)
@@ -711,7 +737,10 @@ class Relay:
         elif t == B_COPY_IN:
             head = self._head(X.QUERY, X.EXECUTE)
             assert head.stmt is not None
-            self._copy_in = (head.stmt, self.hooks.open_copy(head.stmt, "in"))
+            if self._copy_in_done is head.stmt:
+                self._copy_in_done = None  # the job sent all its data before this answer
+            elif self._copy_in is None or self._copy_in[0] is not head.stmt:
+                self._copy_in = (head.stmt, self.hooks.open_copy(head.stmt, "in"))
         elif t == B_COPY_OUT or t == B_COPY_BOTH:
             head = self._head(X.QUERY, X.EXECUTE)
             assert head.stmt is not None
