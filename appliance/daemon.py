@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -192,7 +193,8 @@ class Daemon:
             attribution = CaptureRuntime(cfg, record=lambda t, d: ledger.append(t, data=d))
             identify = attribution.identify
             original_dst = capture.original_dst
-            target_for = capture.target_for
+            # The reconcile loop's resolver: listener and rules agree on host-name targets.
+            target_for = functools.partial(capture.target_for, resolver=attribution.reconciler.resolver)
             reconcile = attribution.reconcile
 
         broker: Broker | None = None
