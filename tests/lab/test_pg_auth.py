@@ -13,6 +13,7 @@ import selectors
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -339,38 +340,53 @@ def test_psql_without_password_through_the_proxy(pg: LocalPg, proxy: MiniProxy) 
     assert out.stdout.decode().strip() == "scram_user|5000"
 
 
+_CANCEL_CLIENT = """
+import sys, threading, time, psycopg
+conn = psycopg.connect(sys.argv[1], autocommit=True)
+assert conn.execute("select %s::int + 1", (41,)).fetchone() == (42,)
+with conn.cursor().copy("copy (select generate_series(1, 3)) to stdout") as copy:
+    assert [bytes(row) for row in copy] == [b"1\\n", b"2\\n", b"3\\n"]
+print(conn.pgconn.backend_pid, flush=True)
+errors = []
+def sleeper():
+    try:
+        conn.execute("select pg_sleep(60)")
+    except BaseException as exc:
+        errors.append(exc)
+t = threading.Thread(target=sleeper)
+t.start()
+sys.stdin.readline()  # the test saw the statement running on the server
+conn.cancel()
+t.join(timeout=60)
+print(type(errors[0]).__name__ if errors else "no error", flush=True)
+"""
+
+
 def test_psycopg_extended_copy_and_cancel_through_the_proxy(pg: LocalPg, proxy: MiniProxy) -> None:
-    import psycopg
-
+    # The client runs in its own process: libpq's cancel blocks while holding the GIL, which
+    # would starve this in-process proxy's threads.
     dsn = f"host=127.0.0.1 port={proxy.port} user=job dbname=scram_user sslmode=prefer"
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        assert conn.execute("select %s::int + 1", (41,)).fetchone() == (42,)
-        with conn.cursor().copy("copy (select generate_series(1, 3)) to stdout") as copy:
-            assert [bytes(row) for row in copy] == [b"1\n", b"2\n", b"3\n"]
-        info = conn.pgconn.backend_pid
+    client = subprocess.Popen(
+        [sys.executable, "-c", _CANCEL_CLIENT, dsn],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None and client.stdin is not None
+        info = int(client.stdout.readline())
         assert info != 0
-        errors: list[BaseException] = []
-
-        def sleeper() -> None:
-            try:
-                conn.execute("select pg_sleep(60)")
-            except BaseException as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=sleeper)
-        t.start()
         for _ in range(1200):  # wait (bounded) until the statement runs on the server
             active = pg.sql("select string_agg(query, ',') from pg_stat_activity")
             if "pg_sleep(60)" in active:
                 break
             threading.Event().wait(0.05)
-        # cancel_safe(): libpq's PQcancelCreate path (SSLRequest, then CancelRequest). The
-        # legacy conn.cancel() blocks inside libpq holding the GIL, which would starve this
-        # in-process proxy's threads.
-        conn.cancel_safe()
-        t.join(timeout=60)
-        assert errors and isinstance(errors[0], psycopg.errors.QueryCanceled)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        outcome = client.stdout.readline().strip()
+        assert outcome == "QueryCanceled", client.stderr.read() if client.stderr else ""
         assert proxy.cancels_forwarded == 1
         # The job's backend pid is the appliance's, not the server's.
         server_pids = pg.sql("select string_agg(pid::text, ',') from pg_stat_activity")
         assert str(info) not in server_pids.split(",")
+    finally:
+        client.kill()
+        client.wait()
