@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from typing import Any
 import yaml
 
 from appliance.ledger import iter_entries
+from appliance.protocols.postgres.messages import CopyData, CopyDone, Query, StartupMessage
 from tests.lab.lab import Lab, LabError, PgServer
 
 APPLIANCE = str(Path(sys.executable).with_name("appliance"))
@@ -318,5 +320,76 @@ def dsn(port: int, user: str = "ci", **extra: str) -> str:
     return " ".join(f"{k}={v}" for k, v in parts.items())
 
 
-def environ_without_pg() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+def frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(type, payload) of the whole backend messages at the head of ``data``."""
+    out, pos = [], 0
+    while pos + 5 <= len(data):
+        (length,) = struct.unpack_from("!I", data, pos + 1)
+        out.append((data[pos], data[pos + 5 : pos + 1 + length]))
+        pos += 1 + length
+    return out
+
+
+class RawClient:
+    """A job speaking the protocol byte by byte from the runner namespace (no libpq), to
+    send what no client library would and see every byte that comes back."""
+
+    def __init__(self, lab: Lab, port: int, user: str, *, application_name: str = "raw") -> None:
+        self.user = user
+        self.application_name = application_name
+        box: dict[str, socket.socket] = {}
+
+        def connect() -> None:
+            box["s"] = socket.create_connection(("127.0.0.1", port), timeout=15)
+
+        lab.run_in_runner(connect)
+        self.sock = box["s"]
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def startup(self) -> bytes:
+        params = {"user": self.user, "database": "app", "application_name": self.application_name}
+        self.send(StartupMessage(3, 0, params).encode())
+        return self._until_ready()
+
+    def query(self, sql: str) -> bytes:
+        self.send(Query(sql).encode())
+        return self._until_ready()
+
+    def copy_in(self, sql: str, pieces: list[bytes]) -> bytes:
+        """COPY ... FROM STDIN with ``pieces`` as CopyData messages, cut where the test
+        wants (not at line ends); returns what came back."""
+        self.send(Query(sql).encode())
+        data = b""
+        while not any(t in (ord("G"), ord("E")) for t, _ in frames(data)):
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"connection closed: {data!r}")
+            data += chunk
+        self.send(b"".join(CopyData(p).encode() for p in pieces) + CopyDone().encode())
+        return data + self._until_ready()
+
+    def _until_ready(self) -> bytes:
+        data = b""
+        while not any(t == ord("Z") for t, _ in frames(data)):
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise AssertionError(f"connection closed: {data!r}")
+            data += chunk
+        return data
+
+    def read_to_end(self) -> bytes:
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := self.sock.recv(65536):
+                data += chunk
+        return data
+
+    def close(self) -> bytes:
+        data = b""
+        with contextlib.suppress(OSError):
+            self.send(b"X\0\0\0\x04")
+            data = self.read_to_end()
+        self.sock.close()
+        return data

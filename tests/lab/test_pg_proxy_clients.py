@@ -504,3 +504,51 @@ def _wait_running(appliance: Appliance, app: str) -> None:
         )
     )
     time.sleep(0.2)  # the statement reaches the server a moment after it is recorded
+
+
+# -- the ledger: every statement, in order, in its session --------------------------------------
+
+
+def test_every_statement_is_in_the_ledger_in_order_in_its_session(
+    lab: Lab, appliance: Appliance
+) -> None:
+    """Three clients at once, interleaving: each session's statements are exactly what that
+    client sent, in order, and no statement is in another session."""
+    sent: dict[str, list[str]] = {}
+
+    def client(name: str, pipeline: bool) -> None:
+        texts = [f"select {i} as {name}_{i}" for i in range(40)]
+        with psycopg.connect(dsn(PORT, application_name=name), autocommit=True) as conn:
+            if pipeline:
+                with conn.pipeline():
+                    for text in texts:
+                        conn.execute(text)
+            else:
+                for text in texts:
+                    conn.execute(text)
+        sent[name] = texts
+
+    def psql(name: str) -> None:
+        texts = [f"select {i} as {name}_{i};" for i in range(40)]
+        r = lab.job(["psql", "-X", "-q", "-f", "-"], input="\n".join(texts),
+                    env=job_env(PORT, PGAPPNAME=name))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        sent[name] = texts
+
+    threads = [
+        threading.Thread(target=lambda: lab.run_in_runner(client, "order_plain", False)),
+        threading.Thread(target=lambda: lab.run_in_runner(client, "order_pipe", True)),
+        threading.Thread(target=psql, args=("order_psql",)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(sent) == ["order_pipe", "order_plain", "order_psql"]
+    for name, texts in sent.items():
+        session = appliance.session_by_app(name)
+        assert len({e["session"] for e in session}) == 1
+        assert statements(session) == texts, name
+        by_n = responses(session)
+        assert [by_n[n]["outcome"] for n in range(1, 41)] == ["ok"] * 40
+        assert [by_n[n]["columns"] for n in range(1, 41)] == [[f"{name}_{i}"] for i in range(40)]

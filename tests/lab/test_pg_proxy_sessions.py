@@ -9,7 +9,6 @@ the module is used again at the end of each test that breaks something.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import struct
 import threading
@@ -20,16 +19,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from appliance.protocols.postgres.messages import (
-    ErrorResponse,
-    StartupMessage,
-    decode_backend,
-)
+from appliance.protocols.postgres.messages import ErrorResponse, decode_backend
 from tests.lab.lab import Lab, PgServer, setns
 from tests.lab.proxy import (
     Appliance,
+    RawClient,
     TargetSpec,
     dsn,
+    frames,
     job_env,
     running_appliance,
 )
@@ -291,8 +288,7 @@ def test_graceful_shutdown_finishes_the_statement_in_flight(
         assert app.proc is not None and app.proc.wait(timeout=30) == 0
         assert results["row"] == ("", "finished")
         assert any(
-            "terminating connection: the appliance is shutting down" in m
-            for m in results["after"]
+            "terminating connection: the appliance is shutting down" in m for m in results["after"]
         ), results["after"]
         received = idle.read_to_end()
         idle.close()
@@ -314,67 +310,6 @@ def test_ledger_of_the_module_verifies(appliance: Appliance) -> None:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def frames(data: bytes) -> list[tuple[int, bytes]]:
-    out, pos = [], 0
-    while pos + 5 <= len(data):
-        (length,) = struct.unpack_from("!I", data, pos + 1)
-        out.append((data[pos], data[pos + 5 : pos + 1 + length]))
-        pos += 1 + length
-    return out
-
-
-class RawClient:
-    """A job speaking the protocol byte by byte from the runner namespace (no libpq), to
-    send what no client library would and see every byte that comes back."""
-
-    def __init__(self, lab: Lab, port: int, user: str, *, application_name: str = "raw") -> None:
-        self.user = user
-        self.application_name = application_name
-        box: dict[str, socket.socket] = {}
-
-        def connect() -> None:
-            box["s"] = socket.create_connection(("127.0.0.1", port), timeout=15)
-
-        lab.run_in_runner(connect)
-        self.sock = box["s"]
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def startup(self) -> bytes:
-        params = {"user": self.user, "database": "app", "application_name": self.application_name}
-        self.send(StartupMessage(3, 0, params).encode())
-        return self._until_ready()
-
-    def query(self, sql: str) -> bytes:
-        self.send(b"Q" + struct.pack("!I", len(sql) + 5) + sql.encode() + b"\0")
-        return self._until_ready()
-
-    def _until_ready(self) -> bytes:
-        data = b""
-        while not any(t == ord("Z") for t, _ in frames(data)):
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise AssertionError(f"connection closed: {data!r}")
-            data += chunk
-        return data
-
-    def read_to_end(self) -> bytes:
-        data = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := self.sock.recv(65536):
-                data += chunk
-        return data
-
-    def close(self) -> bytes:
-        data = b""
-        with contextlib.suppress(OSError):
-            self.send(b"X\0\0\0\x04")
-            data = self.read_to_end()
-        self.sock.close()
-        return data
 
 
 class FakeUpstream:

@@ -1,0 +1,316 @@
+"""Policy and masking through a real appliance (issues 6 and 7), with real clients.
+
+- A denial reaches psql, psycopg and asyncpg as SQLSTATE 42501 naming the rule, with the
+  decision id in the hint, and the session goes on, inside a transaction too (the job gets
+  the server's real transaction status). Observe mode lets the statement run and records
+  ``enforced: false``.
+- No raw card number, SSN or e-mail address of the PII table reaches any byte under the
+  ledger directory or the appliance's log, whatever carried it: result rows, COPY OUT, an
+  error detail echoing a value, INSERT literals, bind parameters, COPY IN cut mid-value.
+- Response masking: off on target ``db``, on for target ``dbm`` (with a column rule on
+  ``ssn``), seen from psql and psycopg output; a binary column under a rule (asyncpg asks
+  for binary) fails closed with an error naming the column.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.lab.lab import Lab, PgServer
+from tests.lab.proxy import (
+    Appliance,
+    RawClient,
+    TargetSpec,
+    dsn,
+    job_env,
+    running_appliance,
+)
+
+PLAIN, MASKED, OBSERVE = 6472, 6473, 6474
+
+POLICY = {
+    "rules": [
+        {
+            "name": "no-drop",
+            "match": {"classes": ["drop"]},
+            "action": "deny",
+            "message": "no DROP from CI",
+        },
+        {"name": "unknown", "match": {"classes": ["unknown"]}, "action": "allow"},
+        {"name": "default", "action": "allow"},
+    ]
+}
+MASKING = {
+    "columns": [{"target": "dbm", "column": "ssn", "style": "redact", "label": "SSN"}],
+    "response": [{"target": "dbm"}],
+}
+
+ROWS = [
+    (1, "Ada", "4111111111111111", "536-22-1234", "ada@example.com"),
+    (2, "Bob", "5500000000000004", "401-32-7788", "bob@example.org"),
+]
+# Values the tests send themselves (literals, parameters, COPY IN).
+LITERAL = (3, "Eve", "4012888888881881", "123-45-6789", "eve@example.net")
+PARAMS = (4, "Pam", "6011111111111117", "387-12-3456", "pam@example.com")
+COPIED = (5, "Cid", "378282246310005", "212-33-4455", "cid@example.com")
+SENSITIVE = [v for r in (*ROWS, LITERAL, PARAMS, COPIED) for v in r[2:]]
+
+
+@pytest.fixture(scope="module")
+def appliance(
+    lab: Lab, pg: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Appliance]:
+    values = ", ".join(f"({i}, '{n}', '{c}', '{s}', '{e}')" for i, n, c, s, e in ROWS)
+    pg.admin_sql(
+        "drop table if exists pii, scratch, keep_me;"
+        "create table pii (id int primary key, name text, card text unique, ssn text, email text);"
+        f"insert into pii values {values};"
+        "create table scratch (n int); create table keep_me (n int);"
+        "alter table pii owner to app; alter table scratch owner to app;"
+        "alter table keep_me owner to app;",
+        database="app",
+    )
+    with running_appliance(
+        lab,
+        pg,
+        tmp_path_factory.mktemp("policy"),
+        targets=[TargetSpec("db", PLAIN), TargetSpec("dbm", MASKED)],
+        policy=POLICY,
+        masking=MASKING,
+    ) as app:
+        yield app
+
+
+def denial_entries(session: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e["data"] for e in session if e["type"] == "policy.decision"]
+
+
+# -- denial ------------------------------------------------------------------------------------
+
+PSQL_DENIED = r"""
+\set VERBOSITY verbose
+begin;
+insert into scratch values (1);
+drop table keep_me;
+\echo after-deny :LAST_ERROR_SQLSTATE
+insert into scratch values (2);
+commit;
+select count(*) as rows from scratch where n in (1, 2);
+"""
+
+
+def test_denial_reaches_psql_and_the_transaction_goes_on(lab: Lab, appliance: Appliance) -> None:
+    r = lab.job(
+        ["psql", "-X", "-f", "-"], input=PSQL_DENIED, env=job_env(PLAIN, PGAPPNAME="deny-psql")
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ERROR:  42501: statement denied by policy rule 'no-drop': no DROP from CI" in r.stderr
+    assert "after-deny 42501" in r.stdout
+    # COMMIT committed both inserts: the denial did not abort the server's transaction.
+    assert "COMMIT" in r.stdout and " rows \n------\n    2\n" in r.stdout
+    hint = next(line for line in r.stderr.splitlines() if line.startswith("HINT:"))
+    session = appliance.session_by_app("deny-psql")
+    (decision,) = denial_entries(session)
+    assert hint == f"HINT:  appliance decision {decision['decision_id']}; classes: drop"
+    assert (decision["action"], decision["rule"], decision["enforced"]) == ("deny", "no-drop", True)
+    outcomes = {e["data"]["n"]: e["data"]["outcome"] for e in session if e["type"] == "response"}
+    assert sorted(outcomes.values()).count("denied") == 1
+
+
+def test_denial_reaches_psycopg_in_extended_protocol_with_the_real_status(
+    lab: Lab, pg: PgServer, appliance: Appliance
+) -> None:
+    def body() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with psycopg.connect(dsn(PLAIN, application_name="deny-psycopg")) as conn:
+            conn.execute("insert into scratch values (%s)", (3,))
+            try:
+                conn.execute("drop table keep_me")
+            except psycopg.errors.InsufficientPrivilege as exc:
+                out["error"] = (exc.sqlstate, exc.diag.message_primary, exc.diag.message_hint)
+            out["status"] = conn.info.transaction_status.name
+            conn.execute("insert into scratch values (%s)", (4,))
+            conn.commit()
+            out["after"] = conn.execute("select count(*) from scratch where n in (3, 4)").fetchone()
+        return out
+
+    out = lab.run_in_runner(body)
+    code, message, hint = out["error"]
+    assert code == "42501"
+    assert message == "statement denied by policy rule 'no-drop': no DROP from CI"
+    assert hint.startswith("appliance decision ")
+    assert out["status"] == "INTRANS"  # the server's status: the transaction is fine
+    assert out["after"] == (2,)
+    assert "keep_me" in pg.admin_sql("select tablename from pg_tables", database="app")
+
+
+def test_denial_reaches_asyncpg(lab: Lab, appliance: Appliance) -> None:
+    async def main() -> tuple[str, str, int]:
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=PLAIN, user="ci", database="app", ssl=False,
+            server_settings={"application_name": "deny-asyncpg"},
+        )  # fmt: skip
+        try:
+            try:
+                await conn.fetch("drop table keep_me")
+            except asyncpg.InsufficientPrivilegeError as exc:
+                caught = (exc.sqlstate, str(exc))
+            after = await conn.fetchval("select 42")
+        finally:
+            await conn.close()
+        return caught[0], caught[1], after
+
+    code, message, after = lab.run_in_runner(lambda: asyncio.run(main()))
+    assert (code, after) == ("42501", 42)
+    assert "no-drop" in message
+
+
+def test_observe_mode_lets_the_statement_run_and_says_so(
+    lab: Lab, pg: PgServer, tmp_path: Path
+) -> None:
+    pg.admin_sql(
+        "create table observe_me (n int); alter table observe_me owner to app", database="app"
+    )
+    with running_appliance(
+        lab, pg, tmp_path / "observe", targets=[TargetSpec("db", OBSERVE)],
+        policy={**POLICY, "mode": "observe"},
+    ) as app:  # fmt: skip
+        r = lab.job(["psql", "-X", "-c", "drop table observe_me"],
+                    env=job_env(OBSERVE, PGAPPNAME="observe"))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert "DROP TABLE" in r.stdout
+        session = app.session_by_app("observe")
+        (decision,) = denial_entries(session)
+        assert (decision["action"], decision["enforced"]) == ("deny", False)
+        (start,) = [e["data"] for e in session if e["type"] == "session.start"]
+        assert start["policy_mode"] == "observe"
+        (response,) = [e["data"] for e in session if e["type"] == "response"]
+        assert response["outcome"] == "ok"
+        (started,) = [e["data"] for e in app.entries() if e["type"] == "appliance.start"]
+        assert "OBSERVE: nothing is blocked" in started["warning"]
+        assert start["policy"]["warning"] == started["warning"]
+    assert "observe_me" not in pg.admin_sql("select tablename from pg_tables", database="app")
+
+
+# -- nothing unmasked reaches disk ---------------------------------------------------------------
+
+PSQL_PII = f"""
+select * from pii order by id;
+\\copy pii to stdout
+copy (select * from pii order by id) to stdout with (format csv);
+insert into pii values {LITERAL!r};
+insert into pii values (9, 'Dup', '{ROWS[0][2]}', null, null);
+select id from pii where email = '{ROWS[1][4]}' or ssn = '{ROWS[1][3]}';
+"""
+
+
+def test_no_raw_pii_value_reaches_the_ledger_or_the_log(lab: Lab, appliance: Appliance) -> None:
+    r = lab.job(["psql", "-X", "-f", "-"], input=PSQL_PII, env=job_env(PLAIN, PGAPPNAME="pii-psql"))
+    assert r.returncode == 0, r.stderr
+    # Responses are not masked for target db: the job saw the values, so they flowed.
+    assert ROWS[0][2] in r.stdout and ROWS[1][3] in r.stdout
+    assert f"Key (card)=({ROWS[0][2]}) already exists." in r.stderr
+
+    def params() -> None:
+        with psycopg.connect(dsn(PLAIN, application_name="pii-psycopg"), autocommit=True) as conn:
+            conn.execute("insert into pii values (%s, %s, %s, %s, %s)", PARAMS)
+            conn.execute("select * from pii where card = %s or ssn = %s", (ROWS[0][2], ROWS[1][3]))
+            conn.execute("select %s::text, %s::text", (PARAMS[4], LITERAL[2]), binary=True)
+
+    lab.run_in_runner(params)
+    copy = RawClient(lab, PLAIN, "ci", application_name="pii-copy")
+    try:
+        copy.startup()
+        line = "\t".join(str(v) for v in COPIED).encode() + b"\n"
+        cut = line.index(COPIED[2].encode()) + 6  # inside the card number
+        answer = copy.copy_in("copy pii from stdin", [line[:cut], line[cut:]])
+        assert b"COPY 1" in answer
+    finally:
+        copy.close()
+
+    async def binary() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=PLAIN, user="ci", database="app", ssl=False,
+            server_settings={"application_name": "pii-asyncpg"},
+        )  # fmt: skip
+        try:
+            assert len(await conn.fetch("select * from pii")) == 5
+        finally:
+            await conn.close()
+
+    lab.run_in_runner(lambda: asyncio.run(binary()))
+    for app in ("pii-psql", "pii-psycopg", "pii-copy", "pii-asyncpg"):
+        appliance.session_by_app(app)
+    entries = appliance.entries()
+    assert any(e["type"] == "masking.applied" for e in entries)
+    for value in SENSITIVE:
+        assert appliance.files_containing(value.encode()) == [], value
+    r = appliance.verify()
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+# -- response masking ----------------------------------------------------------------------------
+
+
+def test_response_masking_on_and_off_from_psql(lab: Lab, appliance: Appliance) -> None:
+    sql = "select name, card, ssn, email from pii where id = 1"
+    plain = lab.job(["psql", "-X", "-A", "-t", "-c", sql], env=job_env(PLAIN))
+    masked = lab.job(["psql", "-X", "-A", "-t", "-c", sql], env=job_env(MASKED))
+    assert plain.stdout.strip() == "Ada|4111111111111111|536-22-1234|ada@example.com"
+    assert masked.stdout.strip() == "Ada|[REDACTED:CARD]|[REDACTED:SSN]|[REDACTED:EMAIL]"
+    copied = lab.job(["psql", "-X", "-c", r"\copy (select * from pii where id = 2) to stdout"],
+                     env=job_env(MASKED))  # fmt: skip
+    assert copied.returncode == 0, copied.stderr
+    # COPY names no columns: the rule on ssn may be about any of them, so every field is
+    # masked by it (fail closed); the detectors would have caught the values anyway.
+    assert copied.stdout == "\t".join(["[REDACTED:SSN]"] * 5) + "\n"
+
+
+def test_response_masking_on_and_off_from_psycopg(lab: Lab, appliance: Appliance) -> None:
+    def fetch(port: int) -> Any:
+        with psycopg.connect(dsn(port)) as conn:
+            return conn.execute("select card, email from pii where id = %s", (2,)).fetchone()
+
+    assert lab.run_in_runner(fetch, PLAIN) == (ROWS[1][2], ROWS[1][4])
+    assert lab.run_in_runner(fetch, MASKED) == ("[REDACTED:CARD]", "[REDACTED:EMAIL]")
+
+
+def test_binary_column_under_a_rule_fails_closed_naming_the_column(
+    lab: Lab, appliance: Appliance
+) -> None:
+    async def main() -> tuple[str, str, Any]:
+        import asyncpg
+
+        conn = await asyncpg.connect(
+            host="127.0.0.1", port=MASKED, user="ci", database="app", ssl=False,
+            server_settings={"application_name": "binary-refused"},
+        )  # fmt: skip
+        try:
+            try:
+                rows = await conn.fetch("select id, ssn from pii order by id")
+                return "", f"not refused: {rows}", None
+            except asyncpg.InsufficientPrivilegeError as exc:
+                caught = (exc.sqlstate, str(exc))
+            # The session goes on; a query without the column is served (binary, masked).
+            after = await conn.fetchval("select name from pii where id = 1")
+        finally:
+            await conn.close()
+        return caught[0], caught[1], after
+
+    code, message, after = lab.run_in_runner(lambda: asyncio.run(main()))
+    assert code == "42501"
+    assert "result withheld by the appliance" in message and "ssn" in message
+    assert after == "Ada"
+    session = appliance.session_by_app("binary-refused")
+    outcomes = [e["data"]["outcome"] for e in session if e["type"] == "response"]
+    assert "withheld" in outcomes
