@@ -194,7 +194,9 @@ class Daemon:
             identify = attribution.identify
             original_dst = capture.original_dst
             # The reconcile loop's resolver: listener and rules agree on host-name targets.
-            target_for = functools.partial(capture.target_for, resolver=attribution.reconciler.resolver)
+            target_for = functools.partial(
+                capture.target_for, resolver=attribution.reconciler.resolver
+            )
             reconcile = attribution.reconcile
 
         broker: Broker | None = None
@@ -211,7 +213,7 @@ class Daemon:
                 approver_keys=policy.approvers,
                 clock=SystemClock(),
                 rng=os.urandom,
-                record=lambda t, d: ledger.append(t, data=d),
+                record=functools.partial(_record_approval, ledger),
                 notify=notifier.notify,
                 timeout=timedelta(seconds=policy.approval_timeout),
             )
@@ -354,6 +356,19 @@ class CaptureRuntime:
         if self.attribution is not None:
             self.attribution.close()
             self.attribution = None
+
+
+def _record_approval(ledger: LedgerWriter, type: str, data: dict[str, Any]) -> None:
+    """Approval records belong to the session that holds the statement: file them there,
+    so that `ledger show/replay SESSION` tell the whole story."""
+    session = data.get("session")
+    ledger.append(
+        type,
+        session=session if isinstance(session, str) else None,
+        target=data.get("target") if isinstance(data.get("target"), str) else None,
+        account=data.get("account") if isinstance(data.get("account"), str) else None,
+        data=data,
+    )
 
 
 def _approvals_node(cfg: Config) -> Any:

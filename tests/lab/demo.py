@@ -1,22 +1,46 @@
 """`make demo`: a newcomer's first contact with the appliance, in the lab, without prompts.
 
-It builds the lab (a runner namespace playing the CI runner VM, a target namespace playing
-the production database host), starts a real PostgreSQL with a small table of customers,
-runs an unmodified job (psql) against the target's real address, shows what happened, then
-tears the lab down and says so. What the demo records is left under ``demo-output/``.
+What it shows, in under a minute:
+
+1. the lab: a runner namespace (the CI VM, with a job cgroup) and a target namespace (the
+   production database host) running a real PostgreSQL with a table of customers;
+2. the appliance started on the runner (`appliance run`): netfilter capture, eBPF
+   attribution, policy, masking, the signed ledger;
+3. an unmodified job (psql, no password, the database's real address) captured: its
+   identity (pid, exe, cgroup, CI variables) recorded, card numbers masked in its output;
+4. a DROP denied by policy; a DELETE held until the demo approver signs an approval;
+5. fail closed: with the appliance stopped, the job's connection is refused at once;
+6. `appliance ledger verify` passing, and the commands to look at the ledger yourself.
+
+Everything it records is left under ``demo-output/``; the lab is torn down at the end.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.lab.lab import Lab, PgServer
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "demo-output"
+APPLIANCE = str(ROOT / ".venv" / "bin" / "appliance")
+ORIGIN = "demo.appliance.test/ledger"
+JOB_ENV = {
+    "GITHUB_ACTIONS": "true",
+    "GITHUB_REPOSITORY": "acme/shop",
+    "GITHUB_WORKFLOW": "nightly-cleanup",
+    "GITHUB_JOB": "prune-customers",
+    "GITHUB_RUN_ID": "4242",
+    "GITHUB_RUN_ATTEMPT": "1",
+    "RUNNER_NAME": "runner-7",
+}
 
 CUSTOMERS = """
 CREATE TABLE customers (
@@ -27,16 +51,23 @@ CREATE TABLE customers (
     ssn     text NOT NULL
 );
 INSERT INTO customers (name, email, card, ssn) VALUES
-    ('Ada Lovelace',   'ada@example.com',    '4111 1111 1111 1111', '123-45-6789'),
-    ('Alan Turing',    'alan@example.org',   '5500-0000-0000-0004', '219-09-9999'),
-    ('Grace Hopper',   'grace@example.net',  '340000000000009',     '078-05-1120'),
-    ('Edsger Dijkstra','edsger@example.com', '6011000000000004',    '457-55-5462');
+    ('Ada Lovelace',    'ada@example.com',    '4111 1111 1111 1111', '536-22-1024'),
+    ('Alan Turing',     'alan@example.org',   '5500-0000-0000-0004', '412-68-3397'),
+    ('Grace Hopper',    'grace@example.net',  '340000000000009',     '301-45-8823'),
+    ('Edsger Dijkstra', 'edsger@example.com', '6011000000000004',    '223-19-4507');
 ALTER TABLE customers OWNER TO app;
 """
 
-BOLD, DIM, GREEN, RED, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m"
+BOLD, DIM, GREEN, RED, YELLOW, RESET = (
+    "\033[1m",
+    "\033[2m",
+    "\033[32m",
+    "\033[31m",
+    "\033[33m",
+    "\033[0m",
+)
 if not sys.stdout.isatty():
-    BOLD = DIM = GREEN = RED = RESET = ""
+    BOLD = DIM = GREEN = RED = YELLOW = RESET = ""
 
 
 def step(title: str) -> None:
@@ -45,74 +76,306 @@ def step(title: str) -> None:
 
 def show(text: str, indent: str = "   ") -> None:
     for line in text.rstrip("\n").splitlines():
-        print(f"{indent}{line}")
+        print(f"{indent}{line}", flush=True)
 
 
-def job_psql(lab: Lab, pg: PgServer, sql: str, *, password: str | None = None) -> tuple[int, str]:
-    env = {
-        "GITHUB_REPOSITORY": "acme/shop",
-        "GITHUB_WORKFLOW": "nightly-report",
-        "GITHUB_JOB": "export",
-    }
-    if password is not None:
-        env["PGPASSWORD"] = password
-    r = lab.job(["psql", "-X", "-h", pg.ipv4, "-U", "app", "-d", "app", "-c", sql], env=env)
-    return r.returncode, (r.stdout + r.stderr)
+def appliance(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The appliance CLI on the host (ledger, keys, approvals: files and unix sockets)."""
+    r = subprocess.run([APPLIANCE, *args], capture_output=True, text=True, timeout=60)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"appliance {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+    return r
+
+
+def psql_argv(pg: PgServer, sql: str) -> list[str]:
+    return [
+        "psql",
+        "-X",
+        "-h",
+        pg.ipv4,
+        "-U",
+        "ci",
+        "-d",
+        "app",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        sql,
+    ]
+
+
+def write_config(lab: Lab, pg: PgServer, vkey_alice: str) -> Path:
+    config = OUT / "config.yaml"
+    config.write_text(
+        f"""\
+# The appliance's configuration for the demo (see `appliance config check`).
+targets:
+  - name: orders-db
+    protocol: postgres
+    addresses: ["{pg.ipv4}:5432", "[{pg.ipv6}]:5432"]
+    tls: {{mode: prefer}}
+    accounts:
+      # The job never sees this secret: a root-only file on the runner.
+      - {{name: ci, user: app, secret: {{file: {pg.password_file()}}}}}
+ledger:
+  dir: {OUT / "ledger"}
+  origin: {ORIGIN}
+  key: {{file: {OUT / "keys" / "ledger.key"}}}
+  checkpoint_interval: 250ms
+capture:
+  listen_port: 15001
+  cgroup: {lab.job_cgroup}    # on a real runner: the cgroup v2 root (the default)
+policy:
+  mode: enforce
+  approvals:
+    timeout: 2m
+    socket: {OUT / "run" / "approvals.sock"}
+    approvers:
+      - {{name: alice, key: "{vkey_alice}"}}
+  rules:
+    - name: no-destructive-ddl
+      match: {{classes: [drop, truncate]}}
+      action: deny
+      message: "DROP and TRUNCATE are not allowed from CI"
+    - name: deletes-need-a-human
+      match: {{classes: [delete]}}
+      action: review
+      approvers: [alice]
+    - name: default
+      action: allow
+masking:
+  response:
+    # Jobs of acme/* get masked values back; the ledger is always masked.
+    - {{target: orders-db, identity: {{repository: "acme/*"}}}}
+"""
+    )
+    return config
+
+
+def wait_ready(
+    proc: subprocess.Popen[bytes], ready: Path, log: Path, timeout: float = 20
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready.exists() and ready.read_text().strip():
+            return dict(json.loads(ready.read_text()))
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"the appliance exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+            )
+        time.sleep(0.05)
+    raise RuntimeError(f"the appliance was not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+def ledger_entries(session: str | None = None, type_: str | None = None) -> list[dict[str, Any]]:
+    args = ["ledger", "query", "--ledger", str(OUT / "ledger"), "--format", "json"]
+    if session:
+        args += ["--session", session]
+    if type_:
+        args += ["--type", type_]
+    out = appliance(*args).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def last_session() -> dict[str, Any]:
+    starts = ledger_entries(type_="session.start")
+    return starts[-1]
 
 
 def main() -> int:
     started = time.monotonic()
     if OUT.exists():
         shutil.rmtree(OUT)
-    OUT.mkdir()
-    step(
-        "Building the lab: a runner namespace (the CI VM) and a target namespace (the database host)"
-    )
+    (OUT / "keys").mkdir(parents=True)
+    (OUT / "run").mkdir(mode=0o700)
+
+    step("1. The lab: a runner namespace (the CI VM) and a target namespace (the database host)")
     with Lab(n_targets=1) as lab:
         target = lab.targets[0]
-        print(f"   runner  {lab.runner.name}: {target.runner_ipv4}")
+        print(
+            f"   runner  {lab.runner.name}: {target.runner_ipv4}, job cgroup {lab.job_cgroup.name}"
+        )
         print(f"   target  {target.name}: {target.ipv4} / {target.ipv6}  (no route leaves the lab)")
-        print(f"   job cgroup {lab.job_cgroup}")
-
-        step("Starting PostgreSQL 15 on the target, with a table of customers")
         pg = lab.start_postgres(0)
         pg.admin_sql(CUSTOMERS, database="app")
+        print(f"   PostgreSQL 15 on {pg.ipv4}:5432 with a table of customers (cards, SSNs, emails)")
         print(
-            f"   postgres listening on {pg.ipv4}:5432, role 'app' authenticates with SCRAM-SHA-256"
+            "   role 'app' uses SCRAM-SHA-256; its password is in a root-only file the job cannot read"
         )
-        print("   its password lives in a root-only file: the job (uid nobody) cannot read it")
-        r = lab.job(["cat", str(pg.password_file())])
-        show(f"job$ cat {pg.password_file()}\n{r.stderr.strip()}", indent="   ")
 
-        step("The job runs psql against the database's real address, as CI jobs do today")
-        code, out = job_psql(lab, pg, "SELECT name, email, card, ssn FROM customers ORDER BY id")
+        step("2. Keys and config: a ledger signing key, an approver key for alice")
         show(
-            f"job$ psql -h {pg.ipv4} -U app -d app -c 'SELECT name, email, card, ssn FROM customers'"
+            appliance(
+                "keys", "generate", "--name", ORIGIN, "--out", str(OUT / "keys" / "ledger")
+            ).stdout
         )
-        show(out)
-        if code != 0:
+        show(
+            appliance(
+                "keys", "generate", "--approver", "alice", "--out", str(OUT / "keys" / "alice")
+            ).stdout
+        )
+        vkey_alice = (OUT / "keys" / "alice.vkey").read_text().strip()
+        config = write_config(lab, pg, vkey_alice)
+        show(appliance("config", "check", str(config)).stdout)
+
+        step("3. The appliance starts on the runner: capture rules, eBPF attribution, ledger")
+        log = OUT / "appliance.log"
+        ready = OUT / "run" / "ready.json"
+        daemon = lab.popen(
+            [APPLIANCE, "run", "--config", str(config), "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL,
+            stderr=open(log, "wb"),  # noqa: SIM115 - closed when the process ends
+        )
+        try:
+            info = wait_ready(daemon, ready, log)
+            startup = next(e for e in ledger_entries(type_="appliance.ready"))["data"]["startup_ms"]
             print(
-                f"   {GREEN}refused{RESET}: without the service account's password the job gets nothing"
+                f"   ready in {startup} ms, listening on {', '.join(info['listening'])} (pid {info['pid']})"
             )
-        code, out = job_psql(
-            lab,
-            pg,
-            "SELECT name, email, card, ssn FROM customers ORDER BY id",
-            password=pg.passwords["app"],
+            status = lab.popen(
+                [APPLIANCE, "capture", "status", "--config", str(config)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            out, _ = status.communicate(timeout=30)
+            show("\n".join(out.decode().splitlines()[:8]))
+
+            step(
+                "4. An unmodified job runs psql against the database's real address, with no password"
+            )
+            print(
+                f"   {DIM}job$ psql -h {pg.ipv4} -U ci -d app -c 'SELECT name, email, card, ssn FROM customers'{RESET}"
+            )
+            r = lab.job(
+                psql_argv(pg, "SELECT name, email, card, ssn FROM customers ORDER BY id"),
+                env=JOB_ENV,
+            )
+            show(r.stdout + r.stderr)
+            session = last_session()
+            ident = session["identity"]
+            ci = ident.get("ci") or {}
+            print(
+                f"   {GREEN}captured{RESET}: session {session['session']} of target {session['target']}, "
+                f"service account '{session['account']}' injected by the appliance"
+            )
+            print(
+                f"   job identity ({ident.get('how')}): pid {ident.get('pid')} uid {ident.get('uid')} "
+                f"exe {ident.get('exe')} cgroup {ident.get('cgroup')}"
+            )
+            print(
+                f"   CI: {ci.get('provider')} {ci.get('repository')} workflow '{ci.get('workflow')}' "
+                f"job '{ci.get('job')}' run {ci.get('run_id')}"
+            )
+            print(
+                "   card numbers and SSNs were masked in the job's output (policy: response masking for acme/*)"
+            )
+
+            step("5. A DROP is denied by policy, with the protocol's own error")
+            print(f"   {DIM}job$ psql ... -c 'DROP TABLE customers'{RESET}")
+            r = lab.job(psql_argv(pg, "DROP TABLE customers"), env=JOB_ENV)
+            show(r.stderr)
+            print(f"   {RED}denied{RESET} (exit {r.returncode}); the table is still there")
+
+            step("6. A DELETE is held until a named approver signs off")
+            print(
+                f"   {DIM}job$ psql ... -c \"DELETE FROM customers WHERE name = 'Edsger Dijkstra'\"{RESET}"
+            )
+            job = lab.popen(
+                psql_argv(pg, "DELETE FROM customers WHERE name = 'Edsger Dijkstra'"),
+                job=True,
+                env=JOB_ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            socket_path = str(OUT / "run" / "approvals.sock")
+            request: dict[str, Any] | None = None
+            for _ in range(200):
+                listed = appliance("approvals", "list", "--socket", socket_path, "--format", "json")
+                pending = json.loads(listed.stdout)
+                if pending:
+                    request = pending[0]
+                    break
+                time.sleep(0.1)
+            if request is None:
+                raise RuntimeError("no approval request appeared")
+            print(f"   {YELLOW}held{RESET}: the job waits; `appliance approvals list` shows:")
+            show(appliance("approvals", "list", "--socket", socket_path).stdout, indent="      ")
+            print(
+                f"   {DIM}alice$ appliance approvals approve {request['id']} --key alice.key --reason 'ticket OPS-42'{RESET}"
+            )
+            show(
+                appliance(
+                    "approvals",
+                    "approve",
+                    request["id"],
+                    "--key",
+                    str(OUT / "keys" / "alice.key"),
+                    "--reason",
+                    "ticket OPS-42",
+                    "--socket",
+                    socket_path,
+                ).stdout
+            )
+            out, err = job.communicate(timeout=60)
+            show((out + err).decode())
+            print(
+                f"   {GREEN}approved and run{RESET}: the signed decision is stored verbatim in the ledger"
+            )
+            delete_session = last_session()["session"]
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+
+        step("7. Fail closed: the appliance is stopped, its rules stay; the job is refused at once")
+        t0 = time.monotonic()
+        r = lab.job(psql_argv(pg, "SELECT 1"), env={**JOB_ENV, "PGCONNECT_TIMEOUT": "10"})
+        elapsed = time.monotonic() - t0
+        show(r.stderr)
+        print(f"   {RED}refused{RESET} in {elapsed:.2f}s: no appliance, no path to the database")
+        remove = lab.popen(
+            [APPLIANCE, "capture", "remove", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        print(
-            f"\n   {RED}Today{RESET}: a job that holds the long-lived password reads every card number,"
-        )
-        print("   and nothing records which job ran what:")
-        show(out)
-        (OUT / "README.txt").write_text(
-            "This directory holds what `make demo` recorded.\n"
-            "The appliance's ledger and verifier key appear here as the capabilities land.\n"
-        )
-    step("Lab torn down: namespaces, cgroup and server removed")
-    print(
-        f"   outputs kept in {OUT.relative_to(ROOT)}/ ; demo took {time.monotonic() - started:.1f}s"
+        out, _ = remove.communicate(timeout=30)
+        print("   (only `appliance capture remove` removes the rules:)")
+        show(out.decode(), indent="      ")
+
+    step("8. The lab is torn down (namespaces, cgroup, server). The evidence remains:")
+    verify = appliance(
+        "ledger",
+        "verify",
+        "--ledger",
+        str(OUT / "ledger"),
+        "--vkey",
+        str(OUT / "keys" / "ledger.vkey"),
     )
+    show(verify.stdout)
+    print("\n   The held-and-approved session, replayed from the ledger:")
+    show(
+        appliance("ledger", "replay", "--ledger", str(OUT / "ledger"), delete_session).stdout,
+        indent="      ",
+    )
+    rel = OUT.relative_to(ROOT)
+    print(f"\n{BOLD}Look for yourself{RESET} (ledger and verifier key are in {rel}/):")
+    print(
+        f"   .venv/bin/appliance ledger verify --ledger {rel}/ledger --vkey {rel}/keys/ledger.vkey"
+    )
+    print(
+        f"   .venv/bin/appliance ledger query  --ledger {rel}/ledger --type 'policy.*' --type 'approval.*'"
+    )
+    print(
+        f"   .venv/bin/appliance ledger query  --ledger {rel}/ledger --identity ci.repository=acme/shop"
+    )
+    print(f"   .venv/bin/appliance ledger replay --ledger {rel}/ledger {delete_session}")
+    print(
+        f"   .venv/bin/appliance ledger export --ledger {rel}/ledger --session {delete_session} --format pcap --out session.pcap"
+    )
+    print(f"\n   demo took {time.monotonic() - started:.1f}s")
     return 0
 
 

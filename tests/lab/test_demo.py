@@ -1,0 +1,33 @@
+"""`make demo` runs to the end and shows what it promises (it is a newcomer's first contact)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_demo_runs_to_the_end() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "tests.lab.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    out = r.stdout
+    # captured, attributed, masked
+    assert "captured: session" in out and "ebpf+procfs" in out and "acme/shop" in out
+    assert "[REDACTED:CARD]" in out and "4111 1111 1111 1111" not in out
+    # denied, held then approved
+    assert "statement denied by policy rule 'no-destructive-ddl'" in out
+    assert "approved by alice" in out and "DELETE 1" in out
+    # fail closed, verified, torn down
+    assert "Connection refused" in out
+    assert "VERIFIED" in out
+    assert "The lab is torn down" in out
+    assert (ROOT / "demo-output" / "ledger").is_dir()
+    assert (ROOT / "demo-output" / "keys" / "ledger.vkey").is_file()
