@@ -1,0 +1,322 @@
+"""The whole appliance with transparent capture: an unmodified job, its real target address.
+
+One pristine lab for this module (capture installs rules in its runner namespace). The
+appliance runs as on a runner: ``appliance run --config C`` (capture on), attribution
+attached to the lab's job cgroup. The job is psql as uid nobody in the job cgroup, with CI
+variables in its environment, connecting to 198.18.0.2:5432 with no password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.ledger import iter_entries
+from tests.lab.lab import Lab, PgServer
+
+APPLIANCE = str(Path(sys.executable).with_name("appliance"))
+ORIGIN = "lab.test/capture"
+CI_ENV = {
+    "GITHUB_ACTIONS": "true",
+    "GITHUB_REPOSITORY": "acme/shop",
+    "GITHUB_WORKFLOW": "deploy",
+    "GITHUB_JOB": "migrate",
+    "GITHUB_RUN_ID": "777",
+}
+
+
+class Runner:
+    """The appliance daemon in the lab's runner namespace, restartable."""
+
+    def __init__(self, lab: Lab, pg: PgServer, work: Path) -> None:
+        self.lab, self.pg, self.work = lab, pg, work
+        self.ledger = work / "ledger"
+        self.proc: subprocess.Popen[bytes] | None = None
+        subprocess.run(
+            [APPLIANCE, "keys", "generate", "--name", ORIGIN, "--out", str(work / "ledger")],
+            check=True,
+            capture_output=True,
+        )
+
+    def config(self, *, cgroup: Path) -> Path:
+        path = self.work / f"config-{cgroup.name}.yaml"
+        pg = self.pg
+        path.write_text(
+            f"""
+targets:
+  - name: db
+    protocol: postgres
+    addresses: ["{pg.ipv4}:5432", "[{pg.ipv6}]:5432"]
+    tls: {{mode: disable}}
+    accounts:
+      - {{name: ci, user: app, secret: {{file: {pg.password_file()}}}}}
+ledger:
+  dir: {self.ledger}
+  origin: {ORIGIN}
+  key: {{file: {self.work / "ledger.key"}}}
+  checkpoint_interval: 100ms
+capture:
+  listen_port: 15001
+  cgroup: {cgroup}
+"""
+        )
+        return path
+
+    def start(self, *, cgroup: Path | None = None) -> float:
+        """Start; return the seconds from spawn to ready."""
+        ready = self.work / "ready.json"
+        ready.unlink(missing_ok=True)
+        config = self.config(cgroup=cgroup or self.lab.job_cgroup)
+        log = (self.work / "appliance.log").open("ab")
+        t0 = time.monotonic()
+        self.proc = self.lab.popen(
+            [APPLIANCE, "run", "--config", str(config), "--ready-file", str(ready)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        log.close()
+        deadline = t0 + 30
+        while not (ready.exists() and ready.read_text().strip()):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"appliance did not start:\n{(self.work / 'appliance.log').read_text()[-3000:]}"
+                )
+            time.sleep(0.02)
+        return time.monotonic() - t0
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def entries(self, type_: str | None = None) -> list[dict[str, Any]]:
+        return [e.obj for e in iter_entries(self.ledger) if type_ is None or e.obj["type"] == type_]
+
+    def new_session(self, before: int) -> dict[str, Any]:
+        """The first session.start entry after the ``before`` first ones (waits for the writer,
+        which writes out at each checkpoint)."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            starts = self.entries("session.start")
+            if len(starts) > before:
+                return starts[before]
+            time.sleep(0.05)
+        raise AssertionError("no new session in the ledger")
+
+    def wait_for(self, type_: str) -> list[dict[str, Any]]:
+        """Entries of ``type_``, waiting (bounded) until at least one is on disk."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            found = self.entries(type_)
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"no {type_} entry in the ledger")
+
+    def sessions(self) -> int:
+        return len(self.entries("session.start"))
+
+    def statements(self, session: str) -> list[str]:
+        return [e["data"]["text"] for e in self.entries("statement") if e["session"] == session]
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
+    with Lab(n_targets=1) as lab:
+        pg = lab.start_postgres(0)
+        pg.admin_sql(
+            "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2), (3); ALTER TABLE t OWNER TO app;",
+            database="app",
+        )
+        r = Runner(lab, pg, tmp_path_factory.mktemp("capture"))
+        try:
+            r.start()
+            yield r
+        finally:
+            r.stop()
+            rm = lab.popen(
+                [APPLIANCE, "capture", "remove", "--config", str(r.config(cgroup=lab.job_cgroup))],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            rm.wait(timeout=30)
+
+
+# A psql that reports its pid and local port before it runs the query: `exec` keeps the pid.
+PSQL = (
+    'echo "pid=$$"; exec psql -X -A -t -h "$HOST" -U ci -d app '
+    '-c "select inet_client_port()" -c "$SQL"'
+)
+
+
+def job_psql(runner: Runner, host: str, sql: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    return runner.lab.job(
+        ["sh", "-c", PSQL], env={**CI_ENV, "HOST": host, "SQL": sql, **kw.pop("env", {})}, **kw
+    )
+
+
+def test_an_unmodified_psql_job_is_captured_and_attributed(runner: Runner) -> None:
+    before = runner.sessions()
+    r = job_psql(runner, runner.pg.ipv4, "select sum(x) from t")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    pid = int(lines[0].removeprefix("pid="))
+    server_seen_port = int(lines[1])
+    assert lines[-1] == "6"
+    start = runner.new_session(before)
+    # The server saw another connection than the job's: the appliance's, authenticated as
+    # the service account (the job sent no password).
+    job_port = int(start["data"]["client"].rsplit(":", 1)[1])
+    assert job_port != server_seen_port
+    ident = start["identity"]
+    assert ident["source"] == "ebpf" and ident["how"].startswith("ebpf")
+    assert ident["pid"] == pid
+    assert ident["uid"] == 65534
+    assert ident["exe"].endswith("/psql")
+    assert ident["cgroup"].endswith(f"/{runner.lab.job_cgroup.parent.name}/job")
+    assert ident["ci"]["repository"] == "acme/shop" and ident["ci"]["job"] == "migrate"
+    assert start["data"]["server"] == f"{runner.pg.ipv4}:5432"
+    assert start["account"] == "ci" and start["target"] == "db"
+    assert "select sum(x) from t" in runner.statements(start["session"])
+
+
+def test_ipv6_literal_and_ipv4_mapped_addresses_are_captured(runner: Runner) -> None:
+    for host in (runner.pg.ipv6, f"::ffff:{runner.pg.ipv4}"):
+        before = runner.sessions()
+        r = job_psql(runner, host, "select count(*) from t")
+        assert r.returncode == 0, (host, r.stderr)
+        assert r.stdout.split()[-1] == "3"
+        start = runner.new_session(before)
+        assert start["identity"]["source"] == "ebpf", host
+        assert "select count(*) from t" in runner.statements(start["session"])
+
+
+def test_a_container_behind_a_bridge_is_captured(runner: Runner) -> None:
+    container = runner.lab.add_container("c1", bridge="docker0", subnet="172.31.0.0/24")
+    before = runner.sessions()
+    r = runner.lab.job(
+        [
+            "psql",
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            runner.pg.ipv4,
+            "-U",
+            "ci",
+            "-d",
+            "app",
+            "-c",
+            "select 40 + 2",
+        ],
+        host=container,
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "42"
+    start = runner.new_session(before)
+    assert start["data"]["client"].startswith("172.31.0.2:")
+    assert "select 40 + 2" in runner.statements(start["session"])
+
+
+def test_killed_appliance_means_connection_refused_at_once(runner: Runner) -> None:
+    runner.stop(signal.SIGKILL)
+    try:
+        t0 = time.monotonic()
+        r = runner.lab.job(
+            ["psql", "-X", "-h", runner.pg.ipv4, "-U", "ci", "-d", "app", "-c", "select 1"],
+            env={"PGCONNECT_TIMEOUT": "20"},
+        )
+        elapsed = time.monotonic() - t0
+        assert r.returncode != 0
+        assert "Connection refused" in r.stderr, r.stderr
+        print(f"refused after {elapsed:.3f}s")  # a hang would have waited for PGCONNECT_TIMEOUT
+        # The rules survived the kill: nothing was removed.
+        status = runner.lab.popen(
+            [
+                APPLIANCE,
+                "capture",
+                "status",
+                "--config",
+                str(runner.config(cgroup=runner.lab.job_cgroup)),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        out, _ = status.communicate(timeout=30)
+        missing = [line for line in out.decode().splitlines() if line.startswith("MISSING")]
+        # Interfaces created since the last reconcile (the container's) lack the egress
+        # guard; every netfilter rule is still there.
+        assert all(" device " in line for line in missing), out.decode()
+        assert out.decode().count("REJECT --reject-with tcp-reset") >= 4
+    finally:
+        runner.start()
+
+
+def test_with_bpf_failing_sessions_flow_unattributed(runner: Runner) -> None:
+    runner.stop()
+    try:
+        runner.start(cgroup=Path("/sys/fs/cgroup/no-such-cgroup-for-appliance"))
+        failed = runner.wait_for("capture.bpf_failed")
+        assert failed and "no-such-cgroup" in json.dumps(failed[-1]["data"])
+        before = runner.sessions()
+        r = job_psql(runner, runner.pg.ipv4, "select max(x) from t")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[-1] == "3"
+        start = runner.new_session(before)
+        assert start["identity"]["source"] == "unattributed"
+        assert "eBPF attribution failed" in start["identity"]["how"]
+    finally:
+        runner.stop()
+        runner.start()
+
+
+def test_the_ledger_verifies(runner: Runner) -> None:
+    runner.stop()
+    try:
+        r = subprocess.run(
+            [
+                APPLIANCE,
+                "ledger",
+                "verify",
+                "--ledger",
+                str(runner.ledger),
+                "--vkey",
+                str(runner.work / "ledger.vkey"),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "VERIFIED" in r.stdout
+        types = {e["type"] for e in runner.entries()}
+        assert {
+            "capture.rules_installed",
+            "capture.bpf_attached",
+            "capture.bpf_failed",
+            "session.start",
+        } <= types
+    finally:
+        runner.start()
+
+
+def test_no_environment_leak_of_the_secret(runner: Runner) -> None:
+    secret = runner.pg.password_file().read_text().strip()
+    log = (runner.work / "appliance.log").read_bytes()
+    assert secret.encode() not in log
+    for path in runner.ledger.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    assert os.stat(runner.pg.password_file()).st_mode & 0o077 == 0
