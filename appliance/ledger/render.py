@@ -107,7 +107,38 @@ def summarize(obj: Mapping[str, Any], width: int = 100) -> str:
         )
     if typ == t.KEY_PUBLISHED:
         return _short(f"key {d.get('vkey', '?')}", width)
+    if isinstance(typ, str) and typ.startswith("approval."):
+        return _short(_approval(typ, d), width)
+    if typ == "session.ready":
+        tls = ", TLS upstream" if d.get("upstream_tls") else ""
+        return _short(f"authenticated upstream with {d.get('auth_method', '?')}{tls}", width)
     return _compact(d, width)
+
+
+def _approval(typ: str, d: Mapping[str, Any]) -> str:
+    """One line about an approval record (see :mod:`appliance.approvals`)."""
+    rid = d.get("id", "?")
+    reason = f": {d['reason']}" if d.get("reason") else ""
+    if typ == "approval.requested":
+        approvers = ", ".join(str(a) for a in d.get("approvers") or []) or "?"
+        return f"request {rid} by rule {d.get('rule', '?')}: waiting for {approvers} until {d.get('expires', '?')}"
+    if typ == "approval.granted":
+        if d.get("window_of"):
+            return f"request {rid} granted by the window of request {d['window_of']}"
+        return (
+            f"request {rid} approved by {d.get('approver', '?')}{reason} (signed decision stored)"
+        )
+    if typ == "approval.denied":
+        return f"request {rid} denied by {d.get('approver', '?')}{reason} (signed decision stored)"
+    if typ == "approval.timeout":
+        return f"request {rid} timed out (expired {d.get('expires', '?')})"
+    if typ == "approval.rejected":
+        return (
+            f"decision for request {rid} rejected ({d.get('reason', '?')}): {d.get('detail', '')}"
+        )
+    if typ == "approval.withdrawn":
+        return f"request {rid} withdrawn: the client disconnected"
+    return _compact(d, 200)
 
 
 def table(entries: Iterable[Entry]) -> Iterator[str]:
@@ -212,7 +243,7 @@ def transcript(
         elif typ == t.POLICY_DECISION:
             lines = [f"{clock}   policy: {summarize(o, 200)}"]
         elif typ.startswith("approval."):
-            lines = [f"{clock}   {typ}: {_compact(d, 200)}"]
+            lines = [f"{clock}   {typ.replace('.', ' ')}: {_approval(typ, d)}"]
         elif typ == t.SESSION_END:
             lines = [f"{clock} session ended: {summarize(o, 200)}"]
         else:
