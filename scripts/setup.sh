@@ -23,7 +23,7 @@ APT_PACKAGES=(
   build-essential
   iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
-  openssl ca-certificates curl tshark
+  openssl ca-certificates curl tshark systemd
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
