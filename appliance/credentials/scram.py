@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -125,8 +126,15 @@ def _b64(value: str, what: str) -> bytes:
         raise ScramError(f"{what} is not valid base64") from None
 
 
+@functools.lru_cache(maxsize=64)
 def salted_password(password: str, salt: bytes, iterations: int) -> bytes:
-    """Hi(Normalize(password), salt, i) of RFC 5802 with PostgreSQL's SASLprep."""
+    """Hi(Normalize(password), salt, i) of RFC 5802 with PostgreSQL's SASLprep.
+
+    Cached (per process, a few entries): the server's salt and iteration count are fixed
+    per role, and the derivation (4096 rounds of HMAC-SHA-256 by default, a few ms) would
+    otherwise run on the proxy's event loop for every new session. The cache holds only
+    what the secret already lets anyone compute; the secret itself is in memory anyway.
+    """
     return hashlib.pbkdf2_hmac("sha256", prepare_password(password), salt, iterations)
 
 
