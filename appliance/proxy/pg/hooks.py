@@ -29,6 +29,7 @@ from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
 INSUFFICIENT_PRIVILEGE = "42501"
+_ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
 
 
 def identity_key(identity: Mapping[str, Any]) -> str:
@@ -72,6 +73,11 @@ class SessionHooks:
         self._row_masker = row_masker
         self.parameters: dict[str, str] = dict(parameters or {})
         self._decisions: dict[int, Decision] = {}
+        # Allow verdicts by (text, standard_conforming_strings). A decision is a pure
+        # function of the classification and of what is fixed for the session (identity,
+        # target, database, account), so a prepared statement run again is not decided
+        # again. Only allows: a deny or review carries a new decision id each time.
+        self._allowed: dict[tuple[str, bool], Verdict] = {}
         self.pending_approval: Statement | None = None
         self.approval_started: Callable[[Statement], None] | None = None
 
@@ -85,6 +91,9 @@ class SessionHooks:
         # With standard_conforming_strings off, backslashes escape quotes: the classifier
         # must read the text as the server will (else a quote could hide a statement).
         scs = self.parameters.get("standard_conforming_strings", "on") == "on"
+        cached = self._allowed.get((stmt.text, scs))
+        if cached is not None:
+            return cached
         classification = classify(stmt.text, standard_conforming_strings=scs)
         decision = self.policy.decide(
             RequestContext(
@@ -104,7 +113,10 @@ class SessionHooks:
             record["reads"] = sorted(classification.reads)
         action = decision.action
         if action == "allow" and decision.enforced:
-            return Verdict("allow", True, b"", record)
+            verdict = Verdict("allow", True, b"", record)
+            if len(self._allowed) < _ALLOWED_CACHE:
+                self._allowed[(stmt.text, scs)] = verdict
+            return verdict
         decision_id = self.new_id()
         record["decision_id"] = decision_id
         self._decisions[stmt.n] = decision

@@ -72,7 +72,17 @@ class RowsTransform:
         self._partial = b""
 
     def __call__(self, chunk: bytes) -> bytes:
-        kind, body = chunk[:1], chunk[1:]
+        """A chunk written by :class:`RowsSink`: parts of ``kind (1 byte), length (4),
+        body``, back to back."""
+        out: list[bytes] = []
+        pos, end = 0, len(chunk)
+        while pos + 5 <= end:
+            (n,) = _LEN.unpack_from(chunk, pos + 1)
+            out.append(self._part(chunk[pos : pos + 1], chunk[pos + 5 : pos + 5 + n]))
+            pos += 5 + n
+        return b"".join(out)
+
+    def _part(self, kind: bytes, body: bytes) -> bytes:
         if kind == _HEADER:
             header = orjson.loads(body)
             self.copy_csv = bool(header.get("csv"))
@@ -168,7 +178,13 @@ def _frames(body: bytes) -> list[bytes]:
 
 
 class RowsSink:
-    """A statement's result rows on their way to one blob; bounded by ``limit`` bytes."""
+    """A statement's result rows on their way to one blob; bounded by ``limit`` bytes.
+
+    Everything (result headers, row runs, COPY data) is gathered here and handed to the
+    blob in few writes (every ``_CHUNK`` bytes and at the end): each write is a trip through
+    the ledger writer's queue and a wake-up of its thread, which competes with the event
+    loop for the GIL.
+    """
 
     def __init__(self, blob: BlobSink, transform: RowsTransform, limit: int) -> None:
         self.blob = blob
@@ -176,15 +192,16 @@ class RowsSink:
         self.limit = limit
         self.size = 0
         self.truncated = False
-        self._buf = bytearray()
+        self._pending = bytearray()  # parts ready for the blob
+        self._run = bytearray()  # frames of the current run, not yet a part
         self._kind = _ROWS
         self.closed = False
 
     def header(self, header: Mapping[str, Any], *, copy: bool = False) -> None:
         """Start a result set (or COPY data) in the blob."""
-        self._flush()
+        self._end_run()
         self._kind = _COPY if copy else _ROWS
-        self.blob.write(_HEADER + orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
+        self._part(_HEADER, orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
 
     def add(self, frames: bytes) -> None:
         if self.truncated or self.closed:
@@ -193,25 +210,36 @@ class RowsSink:
             self.truncated = True
             return
         self.size += len(frames)
-        self._buf += frames
-        if len(self._buf) >= _CHUNK:
+        self._run += frames
+        if len(self._run) + len(self._pending) >= _CHUNK:
             self._flush()
 
+    def _part(self, kind: bytes, body: bytes) -> None:
+        self._pending += kind + _LEN.pack(len(body)) + body
+
+    def _end_run(self) -> None:
+        if self._run:
+            self._part(self._kind, bytes(self._run))
+            self._run.clear()
+
     def _flush(self) -> None:
-        if self._buf:
-            self.blob.write(self._kind + bytes(self._buf))
-            self._buf.clear()
+        self._end_run()
+        if self._pending:
+            self.blob.write(bytes(self._pending))
+            self._pending.clear()
 
     def close(self) -> None:
         """End of one result set (the blob stays open for the statement's next one)."""
         if self.closed:
             return
-        self._flush()
+        self._end_run()
         if self._kind == _COPY and not self.truncated:
-            self.blob.write(_COPY_END)  # the last line may have no newline
+            self._part(_COPY_END, b"")  # the last line may have no newline
             self._kind = _ROWS
 
     def finish(self) -> None:
+        if self.closed:
+            return
         self._flush()
         self.closed = True
         self.blob.close()
