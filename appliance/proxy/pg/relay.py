@@ -16,7 +16,10 @@ What it does, per message:
   expectation on a FIFO; server messages complete them in order (protocol-flow.html:
   "the backend ... processes messages in order"; after an error in the extended protocol
   it skips to the next Sync). That is how a response, its rows, its duration and its error
-  are attributed to the right statement, also with pipelining.
+  are attributed to the right statement, also with pipelining. An error answering Parse,
+  Bind or Describe is the error of the Execute that follows in its batch (else it is
+  recorded on its own); a Describe's columns are read when the rows of the portal arrive
+  (in a pipeline the answer comes after the Execute was sent).
 - **Enforces verdicts.** A simple Query, an Execute or a FunctionCall is decided by the
   hooks (policy). ``deny``: the message is not forwarded; an ErrorResponse is injected at
   the exact place in the response stream where the server's answer would have been (after
@@ -24,10 +27,10 @@ What it does, per message:
   messages are then discarded until Sync, which is forwarded so that ReadyForQuery carries
   the server's real transaction status. ``review``: the message and everything after it are
   held (the shell stops reading the job) until :meth:`Relay.approval_result`.
-- **Response masking**, when the hooks give a row masker: DataRow values are rewritten
-  (lengths recomputed); a column that must be masked but arrives in binary format fails
-  closed: the job gets an ErrorResponse naming the column, the rest of that result is
-  suppressed up to ReadyForQuery.
+- **Response masking**, when the hooks give a row masker: DataRow values and COPY OUT rows
+  are rewritten (lengths recomputed); a column that must be masked but arrives in binary
+  format (or a binary COPY OUT) fails closed: the job gets an ErrorResponse naming the
+  column, the rest of that result is suppressed up to ReadyForQuery.
 """
 
 from __future__ import annotations
