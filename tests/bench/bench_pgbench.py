@@ -6,6 +6,7 @@ pgbench at 8 clients runs the same workloads against:
 - ``direct``: the server itself (pgbench authenticates with the password);
 - ``appliance``: ``appliance run`` with everything on: decoding, policy, recording of every
   statement and result to the signed ledger, default masking (uvloop, as in production);
+- ``appliance-norows``: the same with ``ledger.record_rows: false`` (what result blobs cost);
 - ``pgbouncer``: Debian's PgBouncer 1.x in session mode (a C proxy that does not decode
   statements), in the runner namespace;
 - ``relay``/``relay-uvloop``: a bare Python asyncio TCP relay (the floor for any Python proxy),
@@ -213,6 +214,7 @@ def profiled(pid: int, out: Path) -> Iterator[None]:
 
 
 @pytest.mark.bench
+@pytest.mark.timeout(3600)
 def test_pgbench_ratios(tmp_path: Path) -> None:
     only = set(filter(None, os.environ.get("PGBENCH_ONLY", "").split(",")))
     results: dict[str, dict[str, float]] = {}
@@ -235,23 +237,28 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
         assert init.returncode == 0, init.stderr
         pg.admin_sql("vacuum analyze", database="app")
         run_all("direct", direct_env(pg))
-        if not only or "appliance" in only:
-            policy = {
-                "rules": [
-                    {"name": "no-drop", "match": {"classes": ["drop"]}, "action": "deny"},
-                    {"name": "default", "action": "allow"},
-                ]
-            }
+        policy = {
+            "rules": [
+                {"name": "no-drop", "match": {"classes": ["drop"]}, "action": "deny"},
+                {"name": "default", "action": "allow"},
+            ]
+        }
+        # "appliance-norows": the same without recording result rows (ledger.record_rows:
+        # false), to show what the result blobs cost.
+        for setup, rows in (("appliance", True), ("appliance-norows", False)):
+            if only and setup not in only:
+                continue
             with running_appliance(
-                lab, pg, tmp_path / "appliance",
+                lab, pg, tmp_path / setup,
                 targets=[TargetSpec("db", PORTS["appliance"], accounts=[("app", "app")])],
                 policy=policy,
+                ledger_options={"checkpoint_interval": "1s", "record_rows": rows},  # defaults
             ) as app:  # fmt: skip
                 assert app.proc is not None
-                run_all("appliance", local_env(PORTS["appliance"]), pid=app.proc.pid)
+                run_all(setup, local_env(PORTS["appliance"]), pid=app.proc.pid)
                 ledger_mb = sum(p.stat().st_size for p in app.ledger.rglob("*") if p.is_file())
                 entries = len(app.entries())
-                print(f"appliance ledger: {entries} entries, {ledger_mb / 1e6:.0f} MB", flush=True)
+                print(f"{setup} ledger: {entries} entries, {ledger_mb / 1e6:.0f} MB", flush=True)
         if not only or "pgbouncer" in only:
             with pgbouncer(lab, pg, lab.dir / "pgbouncer"):  # readable by its user
                 run_all("pgbouncer", local_env(PORTS["pgbouncer"]))
@@ -262,7 +269,7 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
             with relay(lab, pg, tmp_path, loop=loop, port=PORTS[name]):
                 run_all(name, local_env(PORTS[name], password=pg.passwords["app"]))
 
-    setups = ["direct", "appliance", "pgbouncer", "relay", "relay-uvloop"]
+    setups = ["direct", "appliance", "appliance-norows", "pgbouncer", "relay", "relay-uvloop"]
     print(f"\npgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}: tps (ratio to direct)")
     print(f"{'':<24}" + "".join(f"{s:>20}" for s in setups))
     for key, row in results.items():
