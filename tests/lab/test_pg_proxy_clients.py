@@ -452,15 +452,17 @@ def test_asyncpg_workload_same_result_through_the_appliance(
 # -- cancel --------------------------------------------------------------------------------------
 
 
-def test_psql_cancel_stops_the_running_statement(lab: Lab, appliance: Appliance) -> None:
+def test_psql_cancel_stops_the_running_statement(
+    lab: Lab, pg: PgServer, appliance: Appliance
+) -> None:
     proc = lab.popen(
-        ["psql", "-X", "-c", "select pg_sleep(60)"],
+        ["psql", "-X", "-c", "select pg_sleep(60) as psql_cancel"],
         job=True,
         env=job_env(PORT, PGAPPNAME="psql-cancel"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _wait_running(appliance, "psql-cancel")
+    _wait_running(pg, "psql_cancel")
     proc.send_signal(2)  # SIGINT: psql sends a CancelRequest
     _, err = proc.communicate(timeout=20)
     assert b"canceling statement due to user request" in err
@@ -471,20 +473,27 @@ def test_psql_cancel_stops_the_running_statement(lab: Lab, appliance: Appliance)
     assert any(c["data"]["outcome"] == "forwarded" for c in cancels)
 
 
-def test_psycopg_cancel_stops_the_running_statement(lab: Lab, appliance: Appliance) -> None:
+def test_psycopg_cancel_stops_the_running_statement(
+    lab: Lab, pg: PgServer, appliance: Appliance
+) -> None:
     def body() -> str:
         with psycopg.connect(dsn(PORT, application_name="psycopg-cancel")) as conn:
-            timer = threading.Timer(0.5, conn.cancel)
-            timer.start()
+
+            def cancel() -> None:
+                _wait_running(pg, "psycopg_cancel")
+                conn.cancel()
+
+            canceller = threading.Thread(target=cancel)
+            canceller.start()
             try:
-                conn.execute("select pg_sleep(60)")
+                conn.execute("select pg_sleep(60) as psycopg_cancel")
             except psycopg.errors.QueryCanceled as exc:
                 conn.rollback()
                 # The connection is still usable after the cancel.
                 assert conn.execute("select 42").fetchone() == (42,)
                 return str(exc.sqlstate)
             finally:
-                timer.cancel()
+                canceller.join(30)
             return "not cancelled"
 
     assert lab.run_in_runner(body) == "57014"
@@ -497,13 +506,17 @@ def test_psycopg_cancel_stops_the_running_statement(lab: Lab, appliance: Applian
     assert "57014" in codes
 
 
-def _wait_running(appliance: Appliance, app: str) -> None:
-    appliance.wait_for(
-        lambda es: any(
-            e["type"] == "statement" and e["session"] in _sessions_named(es, app) for e in es
-        )
+def _wait_running(pg: PgServer, marker: str, timeout: float = 20) -> None:
+    """Until the server runs the statement carrying ``marker`` (a cancel sent earlier would
+    find nothing to cancel)."""
+    deadline = time.monotonic() + timeout
+    sql = (
+        "select count(*) from pg_stat_activity where state = 'active' "
+        f"and query like '%{marker}%' and query not like '%pg_stat_activity%'"
     )
-    time.sleep(0.2)  # the statement reaches the server a moment after it is recorded
+    while pg.admin_sql(sql).strip() != "1":
+        assert time.monotonic() < deadline, f"{marker} never ran"
+        time.sleep(0.05)
 
 
 # -- the ledger: every statement, in order, in its session --------------------------------------
