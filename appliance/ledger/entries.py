@@ -22,6 +22,7 @@ known ones below.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -185,6 +186,15 @@ def canonical_json(value: object) -> bytes:
         raise CanonicalError(f"value has no canonical JSON form: {exc}") from None
 
 
+def encode_trusted(value: object) -> bytes:
+    """:func:`canonical_json` without the type walk, for values built only from canonical
+    types by typed code (see ``LedgerWriter.append(trusted=True)``)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise CanonicalError(f"value has no canonical JSON form: {exc}") from None
+
+
 # -- timestamps -----------------------------------------------------------------------------
 
 
@@ -318,11 +328,23 @@ def _explain(obj: Any) -> None:
 
 
 class BlobRef(NamedTuple):
-    """A reference from an entry's data to a stored blob; ``path`` is a JSON path for messages."""
+    """A reference from an entry's data to a stored blob; ``path`` is a JSON path for messages.
+
+    ``inline``: a small blob's content carried in the entry itself (UTF-8 text), instead of a
+    file in the blob store; its SHA-256 and size are checked all the same.
+    """
 
     path: str
     sha256: str
     size: int
+    inline: str | None = None
+
+    def inline_ok(self) -> bool:
+        """True if the inline content matches the reference's hash and size."""
+        if self.inline is None:
+            return False
+        raw = self.inline.encode("utf-8")
+        return len(raw) == self.size and hashlib.sha256(raw).hexdigest() == self.sha256
 
 
 def is_blob_ref(value: object) -> bool:
@@ -344,7 +366,10 @@ def blob_refs(data: object, path: str = "data") -> Iterator[BlobRef]:
     """Every blob reference inside an entry's ``data``, depth first."""
     if type(data) is dict:
         if is_blob_ref(data):
-            yield BlobRef(path, data["sha256"], data["size"])
+            inline = data.get("inline")
+            yield BlobRef(
+                path, data["sha256"], data["size"], inline if type(inline) is str else None
+            )
             return
         for k, v in data.items():
             yield from blob_refs(v, f"{path}.{k}")

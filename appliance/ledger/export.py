@@ -99,7 +99,8 @@ def export_bundle(directory: Path, session: str, out: BinaryIO) -> BundleSummary
         line = {"kind": "entry", "seq": e.seq, "tlog_proof": proof.text(), "entry": e.obj}
         out.write(orjson.dumps(line) + b"\n")
         for ref in blob_refs(e.obj["data"]):
-            blobs[ref.sha256] = ref.size
+            if ref.inline is None:  # inline blobs travel inside their entry
+                blobs[ref.sha256] = ref.size
     reader = BlobReader(directory)
     for sha, size in blobs.items():
         data = reader.read(sha)
@@ -174,6 +175,10 @@ def verify_bundle(path: Path, verifiers: Sequence[VerifierKey]) -> BundleSummary
             prev = proof.index
             summary.entries += 1
             for ref in blob_refs(obj["data"]):
+                if ref.inline is not None:
+                    if not ref.inline_ok():
+                        f.append(f"entry {seq}: inline blob {ref.path} does not match its sha256")
+                    continue
                 wanted[ref.sha256] = (proof.index, ref.size)
         elif kind == "blob":
             try:

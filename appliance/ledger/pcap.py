@@ -239,8 +239,14 @@ def render_postgres(entries: list[dict[str, Any]], blobs: BlobReader) -> list[Se
                 rows: list[bytes] = []
                 res = d.get("result")
                 sha = res.get("sha256") if isinstance(res, dict) else None
-                if isinstance(sha, str) and blobs.exists(sha):
-                    lines = blobs.read(sha).splitlines()
+                inline = res.get("inline") if isinstance(res, dict) else None
+                content: bytes | None = None
+                if isinstance(inline, str):
+                    content = inline.encode()
+                elif isinstance(sha, str) and blobs.exists(sha):
+                    content = blobs.read(sha)
+                if content is not None:
+                    lines = content.splitlines()
                     if lines:
                         head = orjson.loads(lines[0])
                         if isinstance(head, dict) and head.get("columns"):

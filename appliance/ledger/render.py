@@ -232,7 +232,8 @@ def transcript(
             lines = [f"{clock}   <- {summarize(o, 200)}"]
             res = d.get("result")
             if isinstance(res, dict) and isinstance(res.get("sha256"), str):
-                blob = load_blob(res["sha256"])
+                inline = res.get("inline")
+                blob = inline.encode() if isinstance(inline, str) else load_blob(res["sha256"])
                 if blob is None:
                     lines.append("        (result blob missing)")
                 else:

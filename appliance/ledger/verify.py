@@ -313,6 +313,15 @@ def _check_chunk(path: str, start: int, end: int, first_seq: int, check_blobs: b
                 out.published.append(obj["data"]["vkey"])
             if check_blobs and may_have_blob_refs(raw):
                 for ref in blob_refs(obj["data"]):
+                    if ref.inline is not None:
+                        if not ref.inline_ok():
+                            find(
+                                (
+                                    "blob",
+                                    f"entry {i}: inline blob {ref.path} does not match its sha256/size",
+                                )
+                            )
+                        continue
                     out.blobs.setdefault(ref.sha256, (i, ref.path))
             i += 1
     out.last_ts = prev_ts or None

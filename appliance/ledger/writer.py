@@ -5,9 +5,10 @@ canonical form, assigns ``seq`` and ``ts`` in call order, and hands the encoded 
 bounded queue (blocking only when ``queue_limit`` items wait: backpressure). One background
 thread does all disk work, in queue order:
 
-- blob chunks: ``transform`` (e.g. masking) applied off the hot path, streamed to
-  ``blobs/tmp/``, hashed, renamed to ``blobs/ab/<sha256>`` on close (content addressed, so
-  written once);
+- blob chunks: ``transform`` (e.g. masking) applied off the hot path, hashed, and either
+  kept in memory and carried inline in the referencing entry (small UTF-8 results, up to
+  ``inline_limit``: no file per result set) or streamed to ``blobs/tmp/`` and renamed to
+  ``blobs/ab/<sha256>`` on close (content addressed, so written once);
 - entries: blob references filled in, framed, appended to ``entries.log`` (buffered), leaf
   hash added to the compact range;
 - checkpoints, at most ``checkpoint_interval`` seconds after the oldest unsigned entry or
@@ -38,6 +39,7 @@ from appliance.ledger.checkpoint import Checkpoint, sign_checkpoint
 from appliance.ledger.entries import (
     KEY_PUBLISHED,
     canonical_json,
+    encode_trusted,
     format_ts_us,
     make_entry,
     ts_to_us,
@@ -58,6 +60,14 @@ from appliance.ledger.store import (
 
 _ENTRY, _BLOB_WRITE, _BLOB_CLOSE, _BLOB_ABORT, _BLOB_PUT = range(5)
 _WRITE_BUFFER = 1 << 20
+# A blob whose (transformed) content stays within this many bytes and is UTF-8 text is
+# carried inline in the entry that references it (``{"sha256", "size", "inline"}``): no
+# file to create, rename and fsync per small result set. Larger blobs go to the store.
+INLINE_LIMIT = 8 * 1024
+# The writer thread takes the queue in batches: when _BATCH items wait, or when the oldest
+# has waited _BATCH_WAIT seconds (appends are durable only at the next checkpoint anyway).
+_BATCH = 1024
+_BATCH_WAIT = 0.01
 
 
 class BlobSink:
@@ -83,6 +93,8 @@ class BlobSink:
         self._size = 0
         self.ref: dict[str, Any] | None = None
         self.error: str | None = None
+        # writer-thread side: content kept in memory while it may still be inlined
+        self._mem: bytearray | None = bytearray() if writer._inline_limit > 0 else None
         # Called in the writer thread when an entry referencing the blob is encoded; what it
         # returns joins the reference (e.g. the masking counts a transform gathered).
         self.annotate: Callable[[], Mapping[str, Any]] | None = None
@@ -126,6 +138,7 @@ class LedgerWriter:
         report: RecoveryReport,
         lock_fd: int,
         fsync: Callable[[int], None],
+        inline_limit: int = 0,
     ) -> None:
         self.directory = directory
         self.origin = origin
@@ -137,6 +150,7 @@ class LedgerWriter:
         self._limit = queue_limit
         self._lock_fd = lock_fd
         self._fsync = fsync
+        self._inline_limit = inline_limit
 
         self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
@@ -176,8 +190,12 @@ class LedgerWriter:
         clock: Callable[[], float] = time.time,
         queue_limit: int = 100_000,
         fsync: Callable[[int], None] = os.fsync,
+        inline_limit: int = INLINE_LIMIT,
     ) -> LedgerWriter:
         """Lock ``directory`` (created if needed), recover it, start the writer thread.
+
+        ``inline_limit``: blobs up to this size (after their transform) that are UTF-8 text
+        are carried inline in the referencing entry instead of the blob store (0: never).
 
         Appends a ``key.published`` entry if ``key`` is new to this log. Raises TamperError
         on damage inside signed history, LedgerError if another writer holds the directory or
@@ -212,6 +230,7 @@ class LedgerWriter:
                 report=report,
                 lock_fd=lock_fd,
                 fsync=fsync,
+                inline_limit=inline_limit,
             )
         except BaseException:
             os.close(lock_fd)
@@ -238,7 +257,8 @@ class LedgerWriter:
         with self._cond:
             self._wait_for_room()
             self._queue.append(item)
-            if len(self._queue) == 1:
+            n = len(self._queue)
+            if n == 1 or n >= _BATCH:
                 self._cond.notify_all()
 
     def _wait_for_room(self) -> None:
@@ -261,11 +281,15 @@ class LedgerWriter:
         target: str | None = None,
         data: Mapping[str, Any],
         blobs: Mapping[str, BlobSink] | None = None,
+        trusted: bool = False,
     ) -> None:
         """Record one entry; see the module docstring. Thread-safe.
 
         Raises CanonicalError (nothing recorded) if the entry has no canonical form, and
-        LedgerUnavailable if the writer has stopped.
+        LedgerUnavailable if the writer has stopped. ``trusted``: the caller builds ``data``
+        and ``identity`` only from str, int, bool, None, lists and dicts (the proxy's typed
+        per-statement records, whose identity was checked once per session), so the
+        recursive type check is skipped on this hot path; encoding errors still raise.
         """
         if blobs:
             data = dict(data)
@@ -287,7 +311,8 @@ class LedgerWriter:
                 target=target,
                 data=data,
             )
-            raw = canonical_json(obj)  # raises CanonicalError before anything is consumed
+            # Raises CanonicalError before anything is consumed.
+            raw = encode_trusted(obj) if trusted else canonical_json(obj)
             if len(raw) > MAX_PAYLOAD:
                 raise CanonicalError(f"entry of {len(raw)} bytes is too large; use a blob")
             if blobs:
@@ -300,7 +325,9 @@ class LedgerWriter:
                 self._queue.append((_ENTRY, raw, None))
             self._next_seq += 1
             self._last_ts_us = ts_us
-            self._cond.notify_all()
+            n = len(self._queue)
+            if n <= 3 or n >= _BATCH:  # the first item(s) of a batch, or a full batch
+                self._cond.notify_all()
 
     def open_blob(self, transform: Callable[[bytes], bytes] | None = None) -> BlobSink:
         """A new blob sink; ``transform`` is applied to each chunk in the writer thread."""
@@ -377,14 +404,7 @@ class LedgerWriter:
         try:
             while True:
                 with self._cond:
-                    while not self._queue and not self._stopping and not self._flush_requested:
-                        if self._deadline is None:
-                            self._cond.wait()
-                        else:
-                            wait = self._deadline - time.monotonic()
-                            if wait <= 0:
-                                break
-                            self._cond.wait(wait)
+                    self._collect()
                     batch, self._queue = self._queue, collections.deque()
                     stopping = self._stopping
                     flush = self._flush_requested
@@ -403,6 +423,33 @@ class LedgerWriter:
             with self._cond:
                 self._failed = exc
                 self._cond.notify_all()
+
+    def _collect(self) -> None:
+        """Wait (holding the condition) until there is a batch to process: _BATCH items, or
+        items that waited _BATCH_WAIT, or a flush, a stop, or a checkpoint deadline.
+
+        Producers wake the writer only for the first item of a batch (or a full one), so
+        appends cost no thread switch each: the proxy's thread keeps the GIL.
+        """
+        first: float | None = None
+        while not self._stopping and not self._flush_requested:
+            n = len(self._queue)
+            if n >= _BATCH:
+                return
+            now = time.monotonic()
+            if n:
+                first = now if first is None else first
+                wait = first + _BATCH_WAIT - now
+                if self._deadline is not None:
+                    wait = min(wait, self._deadline - now)
+            elif self._deadline is None:
+                self._cond.wait()
+                continue
+            else:
+                wait = self._deadline - now
+            if wait <= 0:
+                return
+            self._cond.wait(wait)
 
     def _process(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
@@ -443,7 +490,9 @@ class LedgerWriter:
                 try:  # the producer's callback: its failure must not stop the writer
                     extra = dict(sink.annotate())
                     canonical_json(extra)
-                    ref.update((n, v) for n, v in extra.items() if n not in ("sha256", "size"))
+                    ref.update(
+                        (n, v) for n, v in extra.items() if n not in ("sha256", "size", "inline")
+                    )
                 except Exception as exc:
                     ref["annotation_error"] = f"{type(exc).__name__}: {exc}"
             data[k] = ref
@@ -476,18 +525,38 @@ class LedgerWriter:
                 sink.error = f"blob transform failed: {type(exc).__name__}: {exc}"
                 self._blob_discard(sink)
                 return
+        sink._hash.update(chunk)
+        sink._size += len(chunk)
+        mem = sink._mem
+        if mem is not None:
+            if sink._size <= self._inline_limit:
+                mem += chunk
+                return
+            sink._mem = None  # too large to inline: spill what was kept, then stream
+            chunk = bytes(mem) + chunk
         fd = self._blob_file(sink)
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]
-        sink._hash.update(chunk)
-        sink._size += len(chunk)
 
     def _blob_close(self, sink: BlobSink) -> None:
         if sink.error is not None or sink.ref is not None:
             return
-        fd = self._blob_file(sink)
         sha = sink._hash.hexdigest()
+        mem = sink._mem
+        if mem is not None:
+            sink._mem = None
+            try:
+                text = mem.decode("utf-8")
+            except UnicodeDecodeError:
+                fd = self._blob_file(sink)
+                view = memoryview(bytes(mem))
+                while view:
+                    view = view[os.write(fd, view) :]
+            else:
+                sink.ref = {"sha256": sha, "size": sink._size, "inline": text}
+                return
+        fd = self._blob_file(sink)
         final = self.directory / BLOBS / sha[:2] / sha
         assert sink._tmp is not None
         if final.exists():
@@ -502,6 +571,7 @@ class LedgerWriter:
         sink.ref = {"sha256": sha, "size": sink._size}
 
     def _blob_discard(self, sink: BlobSink) -> None:
+        sink._mem = None
         if sink._fd is not None:
             os.close(sink._fd)
             sink._fd = None

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from appliance.ledger import BlobSink, LedgerWriter
+from appliance.ledger.entries import canonical_json
 from appliance.masking import ColumnPlan, MaskCounts, TargetMasker
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
@@ -40,6 +41,7 @@ from appliance.proxy.pg.masking import copy_is_binary, copy_is_csv, mask_copy_li
 from appliance.proxy.pg.relay import Statement
 
 _CHUNK = 256 * 1024
+_MASK_CACHE = 1024
 _HEADER, _ROWS, _COPY, _COPY_END = b"H", b"D", b"d", b"e"
 _LEN = struct.Struct("!I")
 
@@ -284,11 +286,15 @@ class SessionRecorder:
         self.max_result_bytes = max_result_bytes
         self.clock = clock
         self._sinks: dict[int, RowsSink] = {}
-        self._counts: dict[int, MaskCounts] = {}
+        self._masked: dict[str, tuple[str, MaskCounts]] = {}
+        # Checked once here, so that the per-statement appends can skip the type walk.
+        canonical_json(self.identity)
 
     def append(
         self, type: str, data: Mapping[str, Any], blobs: Mapping[str, BlobSink] | None = None
     ) -> None:
+        """Append an entry of this session. Everything this class builds is str, int, bool,
+        None, lists and dicts (see :meth:`mask` for text), so the append is ``trusted``."""
         self.ledger.append(
             type,
             session=self.session,
@@ -297,14 +303,34 @@ class SessionRecorder:
             target=self.target,
             data=data,
             blobs=blobs,
+            trusted=True,
         )
 
     # -- masking of text -------------------------------------------------------------------
 
     def mask(self, text: str, counts: MaskCounts | None = None) -> str:
+        """``text`` with sensitive values masked, as valid Unicode (bytes that were not UTF-8
+        become U+FFFD, never lone surrogates)."""
+        if not text.isascii():
+            text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         if self.masker is None:
             return text
         return self.masker.mask_text(text, counts if counts is not None else MaskCounts())
+
+    def mask_statement(self, text: str, counts: MaskCounts) -> str:
+        """:meth:`mask` for statement text, cached per session: the same prepared or ORM
+        statement text comes back again and again (its counts are added each time)."""
+        hit = self._masked.get(text)
+        if hit is None:
+            found = MaskCounts()
+            hit = (self.mask(text, found), found)
+            if len(self._masked) >= _MASK_CACHE:
+                self._masked.clear()
+            self._masked[text] = hit
+        masked, found = hit
+        if found:
+            counts.update(found)
+        return masked
 
     def _masked_params(self, stmt: Statement, counts: MaskCounts) -> list[Any]:
         out: list[Any] = []
@@ -346,7 +372,7 @@ class SessionRecorder:
         data: dict[str, Any] = {
             "n": stmt.n,
             "protocol": stmt.protocol,
-            "text": self.mask(stmt.text, counts),
+            "text": self.mask_statement(stmt.text, counts),
         }
         if stmt.params:
             data["params"] = self._masked_params(stmt, counts)

@@ -35,6 +35,8 @@ def open_writer(directory: Path, **kw: object) -> LedgerWriter:
     kw.setdefault("origin", ORIGIN)
     kw.setdefault("key", KEY)
     kw.setdefault("clock", step_clock())
+    # Blobs go to the store (files) unless a test asks for inlining of small ones.
+    kw.setdefault("inline_limit", 0)
     return LedgerWriter.open(directory, **kw)  # type: ignore[arg-type]
 
 

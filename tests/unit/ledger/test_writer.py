@@ -252,3 +252,34 @@ def test_blob_annotations_join_the_reference(tmp_path: Path) -> None:
     blob.write_bytes(b"tampered")
     report = verify_ledger(d, [KEY.verifier()])
     assert any("data.result blob" in f and "content was changed" in f for f in report.findings)
+
+
+def test_small_blobs_are_inlined_large_ones_stored(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    with open_writer(d, inline_limit=64) as w:
+        small = w.open_blob(transform=lambda b: b.upper())
+        small.write(b"rows of a small ")
+        small.write(b"result")
+        w.append("response", data={"n": 1}, blobs={"result": small})
+        large = w.open_blob()
+        for _ in range(10):
+            large.write(b"0123456789")  # 100 bytes: spills to the store after 60
+        w.append("response", data={"n": 2}, blobs={"result": large})
+        binary = w.open_blob()
+        binary.write(b"\xff\xfe not utf-8")
+        w.append("response", data={"n": 3}, blobs={"result": binary})
+    es = [e.obj for e in iter_entries(d)]
+    text = b"ROWS OF A SMALL RESULT"
+    assert es[1]["data"]["result"] == {
+        "sha256": hashlib.sha256(text).hexdigest(),
+        "size": len(text),
+        "inline": text.decode(),
+    }
+    big = b"0123456789" * 10
+    want = hashlib.sha256(big).hexdigest()
+    assert es[2]["data"]["result"] == {"sha256": want, "size": 100}
+    assert (d / "blobs" / want[:2] / want).read_bytes() == big
+    raw = b"\xff\xfe not utf-8"
+    assert "inline" not in es[3]["data"]["result"]  # not text: stored as a file
+    stored = sorted(p.name for p in (d / "blobs").rglob("*") if p.is_file())
+    assert stored == sorted([want, hashlib.sha256(raw).hexdigest()])

@@ -34,7 +34,11 @@ CARD, OTHER = "4111111111111111", "5500000000000004"
 def ledger(tmp_path: Path) -> Iterator[LedgerWriter]:
     clock = iter(range(10**6))
     w = LedgerWriter.open(
-        tmp_path / "ledger", origin=ORIGIN, key=KEY, clock=lambda: 1.8e9 + next(clock)
+        tmp_path / "ledger",
+        origin=ORIGIN,
+        key=KEY,
+        clock=lambda: 1.8e9 + next(clock),
+        inline_limit=0,  # result blobs as files, read back by the tests
     )
     try:
         yield w
