@@ -113,7 +113,16 @@ class SessionHooks:
             record["reads"] = sorted(classification.reads)
         action = decision.action
         if action == "allow" and decision.enforced:
-            verdict = Verdict("allow", True, b"", record)
+            # The common case, on every statement entry: keep it short. The per-statement
+            # breakdown matters only when a string holds several statements.
+            slim = {
+                k: record[k]
+                for k in ("decision", "rule", "classes", "reads", "writes")
+                if k in record
+            }
+            if len(classification.statements) > 1:
+                slim["statements"] = record["statements"]
+            verdict = Verdict("allow", True, b"", slim)
             if len(self._allowed) < _ALLOWED_CACHE:
                 self._allowed[(stmt.text, scs)] = verdict
             return verdict
