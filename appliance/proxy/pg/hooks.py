@@ -115,11 +115,8 @@ class SessionHooks:
         if action == "allow" and decision.enforced:
             # The common case, on every statement entry: keep it short. The per-statement
             # breakdown matters only when a string holds several statements.
-            slim = {
-                k: record[k]
-                for k in ("decision", "rule", "classes", "reads", "writes")
-                if k in record
-            }
+            keep = ("decision", "rule", "classes", "reads", "writes")
+            slim: dict[str, object] = {k: record[k] for k in keep if k in record}
             if len(classification.statements) > 1:
                 slim["statements"] = record["statements"]
             verdict = Verdict("allow", True, b"", slim)
