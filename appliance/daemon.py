@@ -391,4 +391,4 @@ def run(config: Config, **kwargs: Any) -> None:
     runner(daemon.run())
 
 
-__all__ = ["Daemon", "JsonFormatter", "Mapping", "run", "sd_notify", "setup_logging"]
+__all__ = ["Daemon", "JsonFormatter", "run", "sd_notify", "setup_logging"]

@@ -15,7 +15,6 @@ from datetime import timedelta
 from typing import Any
 
 from appliance.approvals import Broker, Outcome
-from appliance.masking import MaskCounts
 from appliance.policy import Decision, Policy, RequestContext, classify
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
@@ -78,7 +77,6 @@ class SessionHooks:
         # target, database, account), so a prepared statement run again is not decided
         # again. Only allows: a deny or review carries a new decision id each time.
         self._allowed: dict[tuple[str, bool], Verdict] = {}
-        self.pending_approval: Statement | None = None
         self.approval_started: Callable[[Statement], None] | None = None
 
     # -- deciding ----------------------------------------------------------------------------
@@ -143,7 +141,6 @@ class SessionHooks:
     # -- approvals ---------------------------------------------------------------------------
 
     def request_approval(self, stmt: Statement) -> None:
-        self.pending_approval = stmt
         if self.approval_started is not None:
             self.approval_started(stmt)
 
@@ -233,4 +230,4 @@ def _statement_bytes(stmt: Statement) -> bytes:
     return b"\x00".join(parts) if stmt.params else parts[0]
 
 
-__all__ = ["MaskCounts", "SessionHooks", "identity_key"]
+__all__ = ["SessionHooks", "identity_key"]

@@ -36,7 +36,6 @@ What it does, per message:
 from __future__ import annotations
 
 import enum
-import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +64,6 @@ _RFQ = {
     ord("T"): b"Z\x00\x00\x00\x05T",
     ord("E"): b"Z\x00\x00\x00\x05E",
 }
-_I16 = struct.Struct("!h")
 
 # Frontend type bytes.
 F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE = (ord(c) for c in "QPBDE")
@@ -211,12 +209,6 @@ class Statement:
     notices: int = 0
 
     @property
-    def current(self) -> Result:
-        if not self.results:
-            self.results.append(Result())
-        return self.results[-1]
-
-    @property
     def rows(self) -> int:
         return sum(r.rows for r in self.results)
 
@@ -320,10 +312,6 @@ class Relay:
     def idle(self) -> bool:
         """Nothing in flight: no expectation pending, nothing held or queued."""
         return not self._expect and self._held is None and not self._queued
-
-    @property
-    def in_flight(self) -> list[Statement]:
-        return [e.stmt for e in self._expect if e.stmt is not None and e.kind is not X.INJECT]
 
     # -- from the job ------------------------------------------------------------------------
 
