@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import datetime
 import ipaddress
 import os
 import pwd
@@ -37,6 +36,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+
+from tests.certs import server_cert
 
 STATE_DIR = Path("/run/appliance-lab")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -574,59 +575,16 @@ class PgServer:
         raise LabError("postgres did not become ready")
 
     def _make_tls(self) -> list[str]:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-
-        now = datetime.datetime.now(datetime.UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, f"appliance lab CA {self.lab.lab_id}")]
-        )
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        sans = [
-            x509.DNSName(f"db{self.host.index}.lab.test"),
-            x509.IPAddress(ipaddress.ip_address(self.host.ipv4)),
-            x509.IPAddress(ipaddress.ip_address(self.host.ipv6)),
-        ]
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(
-                x509.Name(
-                    [x509.NameAttribute(NameOID.COMMON_NAME, f"db{self.host.index}.lab.test")]
-                )
-            )
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .sign(ca_key, hashes.SHA256())
+        tls = server_cert(
+            f"appliance lab CA {self.lab.lab_id}",
+            f"db{self.host.index}.lab.test",
+            [f"db{self.host.index}.lab.test", self.host.ipv4, self.host.ipv6],
         )
         self.ca_file = self.dir / "ca.pem"
-        self.ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self.ca_file.write_bytes(tls.ca_pem)
         crt, pkey = self.data / "server.crt", self.data / "server.key"
-        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        pkey.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        crt.write_bytes(tls.cert_pem)
+        pkey.write_bytes(tls.key_pem)
         for p in (crt, pkey):
             shutil.chown(p, "postgres", "postgres")
         pkey.chmod(0o600)

@@ -16,7 +16,6 @@ Roles made by :meth:`LocalPg.start` (password = ``PASSWORDS[role]``), each with 
 
 from __future__ import annotations
 
-import datetime
 import os
 import pwd
 import shutil
@@ -26,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from tests.certs import server_cert
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
@@ -120,65 +121,22 @@ class LocalPg:
             self.sql(f"CREATE DATABASE {role} OWNER {role}")
 
     def _make_tls(self) -> list[str]:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
+        from cryptography.hazmat.primitives import hashes
 
-        now = datetime.datetime.now(datetime.UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "appliance test CA")])
-        ca = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256())
-        )
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [
-                        x509.DNSName("localhost"),
-                        x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1")),
-                    ]
-                ),
-                critical=False,
-            )
-            .sign(ca_key, hashes.SHA384())  # so the channel-binding hash is SHA-384
+        # SHA-384: so that the channel-binding hash is not the default one.
+        tls = server_cert(
+            "appliance test CA", "localhost", ["localhost", "127.0.0.1"], sign_hash=hashes.SHA384()
         )
         pw = pwd.getpwnam("postgres")
-        for name, data in (
-            ("server.crt", cert.public_bytes(serialization.Encoding.PEM)),
-            (
-                "server.key",
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                ),
-            ),
-        ):
+        for name, data in (("server.crt", tls.cert_pem), ("server.key", tls.key_pem)):
             path = self.dir / name
             path.write_bytes(data)
             os.chown(path, pw.pw_uid, pw.pw_gid)
             os.chmod(path, 0o600)
         self.ca_pem = self.dir / "ca.crt"
-        self.ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        self.ca_pem.write_bytes(tls.ca_pem)
         os.chmod(self.ca_pem, 0o644)
-        self.ca_der = ca.public_bytes(serialization.Encoding.DER)
+        self.ca_der = tls.ca_der
         return [
             "ssl = on",
             f"ssl_cert_file = '{self.dir / 'server.crt'}'",
