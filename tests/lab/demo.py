@@ -177,9 +177,22 @@ def ledger_entries(session: str | None = None, type_: str | None = None) -> list
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def last_session() -> dict[str, Any]:
-    starts = ledger_entries(type_="session.start")
-    return starts[-1]
+def wait_for_session(seen: set[str], timeout: float = 30.0) -> dict[str, Any]:
+    """The start entry of the first session not in ``seen`` once it has ended.
+
+    Entries reach the ledger through the batched writer, a moment after the job's
+    connection closes, so the demo waits for the session's end entry to be on disk.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        ended = {e["session"] for e in ledger_entries(type_="session.end")}
+        for start in ledger_entries(type_="session.start"):
+            if start["session"] in ended and start["session"] not in seen:
+                seen.add(start["session"])
+                return start
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no new session reached the ledger within {timeout}s")
+        time.sleep(0.1)
 
 
 def main() -> int:
@@ -251,7 +264,8 @@ def main() -> int:
                 env=JOB_ENV,
             )
             show(r.stdout + r.stderr)
-            session = last_session()
+            seen: set[str] = set()
+            session = wait_for_session(seen)
             ident = session["identity"]
             ci = ident.get("ci") or {}
             print(
@@ -275,6 +289,7 @@ def main() -> int:
             r = lab.job(psql_argv(pg, "DROP TABLE customers"), env=JOB_ENV)
             show(r.stderr)
             print(f"   {RED}denied{RESET} (exit {r.returncode}); the table is still there")
+            wait_for_session(seen)
 
             step("6. A DELETE is held until a named approver signs off")
             print(
@@ -321,7 +336,7 @@ def main() -> int:
             print(
                 f"   {GREEN}approved and run{RESET}: the signed decision is stored verbatim in the ledger"
             )
-            delete_session = last_session()["session"]
+            delete_session = wait_for_session(seen)["session"]
         finally:
             daemon.send_signal(signal.SIGTERM)
             try:

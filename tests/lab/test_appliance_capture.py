@@ -107,15 +107,19 @@ capture:
         return [e.obj for e in iter_entries(self.ledger) if type_ is None or e.obj["type"] == type_]
 
     def new_session(self, before: int) -> dict[str, Any]:
-        """The first session.start entry after the ``before`` first ones (waits for the writer,
-        which writes out at each checkpoint)."""
-        deadline = time.monotonic() + 10
+        """The first session.start entry after the ``before`` first ones, once that session's
+        end is on disk too (the writer writes out in batches, so a session's entries can
+        straddle two writes)."""
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            starts = self.entries("session.start")
+            entries = self.entries()
+            starts = [e for e in entries if e["type"] == "session.start"]
             if len(starts) > before:
-                return starts[before]
+                sid = starts[before]["session"]
+                if any(e["type"] == "session.end" and e["session"] == sid for e in entries):
+                    return starts[before]
             time.sleep(0.05)
-        raise AssertionError("no new session in the ledger")
+        raise AssertionError("no new ended session in the ledger")
 
     def wait_for(self, type_: str) -> list[dict[str, Any]]:
         """Entries of ``type_``, waiting (bounded) until at least one is on disk."""

@@ -469,8 +469,11 @@ def test_psql_cancel_stops_the_running_statement(
     session = appliance.session_by_app("psql-cancel")
     (response,) = [e["data"] for e in session if e["type"] == "response"]
     assert response["error"]["code"] == "57014"
-    cancels = [e for e in appliance.entries() if e["type"] == "cancel.requested"]
-    assert any(c["data"]["outcome"] == "forwarded" for c in cancels)
+    appliance.wait_for(
+        lambda entries: any(
+            e["type"] == "cancel.requested" and e["data"]["outcome"] == "forwarded" for e in entries
+        )
+    )
 
 
 def test_psycopg_cancel_stops_the_running_statement(
