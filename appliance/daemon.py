@@ -265,6 +265,8 @@ class Daemon:
                     "appliance.ready",
                     data={"listening": listening, "startup_ms": round(elapsed * 1000)},
                 )
+                # Ready means the start of this run is on disk under a signed checkpoint.
+                await asyncio.to_thread(ledger.flush, 30)
                 log.info(
                     "ready",
                     extra={"fields": {"listening": listening, "startup_ms": round(elapsed * 1000)}},
