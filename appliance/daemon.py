@@ -48,7 +48,9 @@ from appliance.config import Config
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
+from appliance.ledger.api import Ledger
 from appliance.ledger.keys import SigningKey
+from appliance.ledger.remote import RemoteLedger
 from appliance.masking import Masker, MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
 from appliance.protocols.postgres import CancelKeys
@@ -125,7 +127,7 @@ class Daemon:
         self.grace = grace
         self.credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
         self.server: ProxyServer | None = None
-        self.ledger: LedgerWriter | None = None
+        self.ledger: Ledger | None = None
         self._stopping = False
 
     def prepare(self) -> tuple[Policy | None, MaskingConfig]:
@@ -144,7 +146,8 @@ class Daemon:
         cfg = self.config
         key_text = read_secret(cfg.ledger.key, credentials_dir=self.credentials_dir)
         key = SigningKey.from_skey(key_text)
-        ledger = LedgerWriter.open(
+        opener = RemoteLedger.open if cfg.ledger.writer == "process" else LedgerWriter.open
+        ledger: Ledger = opener(
             cfg.ledger.dir,
             origin=cfg.ledger.origin,
             key=key,
@@ -163,7 +166,7 @@ class Daemon:
             log.info("stopped; ledger closed with a final checkpoint")
 
     async def _serve(
-        self, ledger: LedgerWriter, policy: Policy | None, masking: MaskingConfig, started: float
+        self, ledger: Ledger, policy: Policy | None, masking: MaskingConfig, started: float
     ) -> None:
         cfg = self.config
         mask_key, key_source = load_masking_key(masking, self.credentials_dir)
@@ -360,7 +363,7 @@ class CaptureRuntime:
             self.attribution = None
 
 
-def _record_approval(ledger: LedgerWriter, type: str, data: dict[str, Any]) -> None:
+def _record_approval(ledger: Ledger, type: str, data: dict[str, Any]) -> None:
     """Approval records belong to the session that holds the statement: file them there,
     so that `ledger show/replay SESSION` tell the whole story."""
     session = data.get("session")

@@ -123,6 +123,9 @@ class LedgerConfig:
     checkpoint_entries: int = 10000
     record_rows: bool = True
     max_result_bytes: int = 16 * 1024 * 1024
+    # "process": the writer runs in a child process (no GIL shared with the proxy's event
+    # loop); "thread": in a thread of the daemon.
+    writer: str = "process"
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,7 @@ def _parse_ledger(node: Node) -> LedgerConfig:
             "checkpoint_entries",
             "record_rows",
             "max_result_bytes",
+            "writer",
         )
     )
     d = LedgerConfig()
@@ -332,6 +336,7 @@ def _parse_ledger(node: Node) -> LedgerConfig:
         max_result_bytes=m["max_result_bytes"].size()
         if "max_result_bytes" in m
         else d.max_result_bytes,
+        writer=m["writer"].string(choices=("process", "thread")) if "writer" in m else d.writer,
     )
 
 

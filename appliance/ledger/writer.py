@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.ledger._framing import CHECKPOINT_MAGIC, ENTRY_MAGIC, MAX_PAYLOAD, encode_frame
 from appliance.ledger.checkpoint import Checkpoint, sign_checkpoint
@@ -68,6 +68,14 @@ INLINE_LIMIT = 8 * 1024
 # has waited _BATCH_WAIT seconds (appends are durable only at the next checkpoint anyway).
 _BATCH = 1024
 _BATCH_WAIT = 0.01
+
+
+class TransformFactory(Protocol):
+    """Makes a fresh blob transform (and its annotation) per blob, in the writer's thread or
+    process. Picklable, so that :class:`~appliance.ledger.remote.RemoteLedger` can ship it
+    to its writer process once and name it afterwards."""
+
+    def new(self) -> tuple[Callable[[bytes], bytes], Callable[[], Mapping[str, Any]] | None]: ...
 
 
 class BlobSink:
@@ -139,8 +147,12 @@ class LedgerWriter:
         lock_fd: int,
         fsync: Callable[[int], None],
         inline_limit: int = 0,
+        on_signed: Callable[[int], None] | None = None,
+        threaded: bool = True,
     ) -> None:
         self.directory = directory
+        self._on_signed = on_signed
+        self._threaded = threaded
         self.origin = origin
         self.recovery = report
         self._key = key
@@ -159,6 +171,9 @@ class LedgerWriter:
         self._signed = report.signed_size  # under _cond
         self._flush_requested = report.entries > report.signed_size
         self._stopping = False
+        # True while the writer thread waits with nothing queued and no timeout: only then
+        # does an append wake it (see _collect).
+        self._idle = False
         self._failed: BaseException | None = None
         self._closed = False
 
@@ -191,6 +206,9 @@ class LedgerWriter:
         queue_limit: int = 100_000,
         fsync: Callable[[int], None] = os.fsync,
         inline_limit: int = INLINE_LIMIT,
+        on_signed: Callable[[int], None] | None = None,
+        lock_wait: float = 0.0,
+        threaded: bool = True,
     ) -> LedgerWriter:
         """Lock ``directory`` (created if needed), recover it, start the writer thread.
 
@@ -200,6 +218,11 @@ class LedgerWriter:
         Appends a ``key.published`` entry if ``key`` is new to this log. Raises TamperError
         on damage inside signed history, LedgerError if another writer holds the directory or
         the ledger belongs to another origin. ``fsync`` is replaceable for fault injection.
+        ``on_signed(size)`` is called in the writer thread after each checkpoint.
+        ``lock_wait``: how long to wait for another writer to let go of the directory (a
+        writer process finishing its last checkpoint after its proxy was killed).
+        ``threaded=False``: no writer thread; the owner calls :meth:`pump` to do the queued
+        work (the writer process of :mod:`appliance.ledger.remote` has nothing else to do).
         """
         if checkpoint_interval <= 0 or checkpoint_entries < 1 or queue_limit < 1:
             raise LedgerError("checkpoint interval, checkpoint entries and queue limit must be > 0")
@@ -210,11 +233,16 @@ class LedgerWriter:
             lock_fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o640)
         except OSError as exc:
             raise LedgerError(f"cannot open ledger directory {directory}: {exc}") from None
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(lock_fd)
-            raise LedgerError(f"another writer holds {directory}") from None
+        deadline = time.monotonic() + lock_wait
+        while True:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(lock_fd)
+                    raise LedgerError(f"another writer holds {directory}") from None
+                time.sleep(0.05)
         try:
             for stale in (directory / BLOBS / BLOB_TMP).iterdir():
                 stale.unlink()  # unfinished blobs; no entry can reference them
@@ -231,11 +259,14 @@ class LedgerWriter:
                 lock_fd=lock_fd,
                 fsync=fsync,
                 inline_limit=inline_limit,
+                on_signed=on_signed,
+                threaded=threaded,
             )
         except BaseException:
             os.close(lock_fd)
             raise
-        writer._thread.start()
+        if threaded:
+            writer._thread.start()
         vkey = key.verifier().to_vkey()
         if vkey not in report.published:
             writer.append(KEY_PUBLISHED, data={"vkey": vkey})
@@ -258,7 +289,7 @@ class LedgerWriter:
             self._wait_for_room()
             self._queue.append(item)
             n = len(self._queue)
-            if n == 1 or n >= _BATCH:
+            if (n == 1 and self._idle) or n >= _BATCH:
                 self._cond.notify_all()
 
     def _wait_for_room(self) -> None:
@@ -267,9 +298,32 @@ class LedgerWriter:
                 raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
             if self._stopping:
                 raise LedgerUnavailable("ledger writer is closed")
-            if len(self._queue) < self._limit:
+            if len(self._queue) < self._limit or not self._threaded:
                 return
             self._cond.wait()
+
+    def pump(self, *, flush: bool = False) -> float | None:
+        """Without a writer thread: do the queued work, and sign a checkpoint when one is due
+        (or ``flush``). Returns how many seconds until the next checkpoint is due (None:
+        none pending), for the owner's next call. Raises LedgerUnavailable once failed."""
+        assert not self._threaded, "pump() is for a writer opened with threaded=False"
+        if self._failed is not None:
+            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
+        flush = flush or self._flush_requested  # e.g. unsigned entries found on open
+        self._flush_requested = False
+        try:
+            batch, self._queue = self._queue, collections.deque()
+            for item in batch:
+                self._process(item)
+            due = self._deadline is not None and time.monotonic() >= self._deadline
+            if self._written > self._signed and (flush or due):
+                self._checkpoint()
+            elif flush:
+                self._publish_signed(self._written)
+        except BaseException as exc:
+            self._failed = exc
+            raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def append(
         self,
@@ -326,13 +380,60 @@ class LedgerWriter:
             self._next_seq += 1
             self._last_ts_us = ts_us
             n = len(self._queue)
-            if n <= 3 or n >= _BATCH:  # the first item(s) of a batch, or a full batch
+            if (n == 1 and self._idle) or n >= _BATCH:
                 self._cond.notify_all()
 
-    def open_blob(self, transform: Callable[[bytes], bytes] | None = None) -> BlobSink:
-        """A new blob sink; ``transform`` is applied to each chunk in the writer thread."""
+    @property
+    def next_seq(self) -> int:
+        """The ``seq`` the next entry gets."""
+        return self._next_seq
+
+    @property
+    def last_ts_us(self) -> int:
+        """The latest entry timestamp, in microseconds (entries never go back in time)."""
+        return self._last_ts_us
+
+    def append_encoded(
+        self,
+        seq: int,
+        ts_us: int,
+        entry: bytes | dict[str, Any],
+        blobs: Mapping[str, BlobSink] | None = None,
+    ) -> None:
+        """Record an entry another process built (see :mod:`appliance.ledger.remote`):
+        ``entry`` is its canonical bytes, or with ``blobs`` its object whose blob fields are
+        filled in here. ``seq`` must be the next one: entries arrive in order or not at all."""
+        with self._cond:
+            self._wait_for_room()
+            if seq != self._next_seq:
+                raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
+            if blobs:
+                assert isinstance(entry, dict)
+                for sink in blobs.values():
+                    if not sink.closed:
+                        sink._state = "closed"
+                        self._queue.append((_BLOB_CLOSE, sink))
+                self._queue.append((_ENTRY, entry, dict(blobs)))
+            else:
+                self._queue.append((_ENTRY, entry, None))
+            self._next_seq = seq + 1
+            self._last_ts_us = max(ts_us, self._last_ts_us)
+            n = len(self._queue)
+            if (n == 1 and self._idle) or n >= _BATCH:
+                self._cond.notify_all()
+
+    def open_blob(
+        self, transform: Callable[[bytes], bytes] | TransformFactory | None = None
+    ) -> BlobSink:
+        """A new blob sink; ``transform`` is applied to each chunk in the writer thread. A
+        :class:`TransformFactory` makes the transform and sets the sink's ``annotate``."""
         if self._failed is not None or self._stopping:
             raise LedgerUnavailable("ledger writer has stopped")
+        if transform is not None and hasattr(transform, "new"):
+            fn, annotate = transform.new()
+            sink = BlobSink(self, fn)
+            sink.annotate = annotate
+            return sink
         return BlobSink(self, transform)
 
     def put_blob(self, data: bytes) -> str:
@@ -347,6 +448,10 @@ class LedgerWriter:
 
         Raises LedgerUnavailable if the writer stops first, LedgerError on timeout.
         """
+        if not self._threaded:
+            if not self._closed:
+                self.pump(flush=True)
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._next_seq
@@ -380,7 +485,8 @@ class LedgerWriter:
             with self._cond:
                 self._stopping = True
                 self._cond.notify_all()
-            self._thread.join()
+            if self._threaded:
+                self._thread.join()
             self._closed = True
             for fd in (self._log_fd, self._hist_fd, *self._pending_fds):
                 try:
@@ -428,10 +534,13 @@ class LedgerWriter:
         """Wait (holding the condition) until there is a batch to process: _BATCH items, or
         items that waited _BATCH_WAIT, or a flush, a stop, or a checkpoint deadline.
 
-        Producers wake the writer only for the first item of a batch (or a full one), so
-        appends cost no thread switch each: the proxy's thread keeps the GIL.
+        Under load the writer wakes on its own, every _BATCH_WAIT, and producers never wake
+        it (a wake-up per append would hand the GIL to this thread once per statement).
+        Only after a quiet _BATCH_WAIT with nothing queued and no checkpoint due does it
+        sleep without a timeout (``_idle``), and then the next append wakes it.
         """
         first: float | None = None
+        quiet_since = time.monotonic()
         while not self._stopping and not self._flush_requested:
             n = len(self._queue)
             if n >= _BATCH:
@@ -443,10 +552,21 @@ class LedgerWriter:
                 if self._deadline is not None:
                     wait = min(wait, self._deadline - now)
             elif self._deadline is None:
-                self._cond.wait()
+                wait = quiet_since + _BATCH_WAIT - now
+                if wait <= 0:
+                    self._idle = True
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._idle = False
+                    quiet_since = time.monotonic()
+                    continue
+            else:  # a checkpoint is due: look at the queue every _BATCH_WAIT until then
+                wait = min(self._deadline - now, _BATCH_WAIT)
+                if wait <= 0:
+                    return
+                self._cond.wait(wait)
                 continue
-            else:
-                wait = self._deadline - now
             if wait <= 0:
                 return
             self._cond.wait(wait)
@@ -489,14 +609,17 @@ class LedgerWriter:
             if sink.annotate is not None:
                 try:  # the producer's callback: its failure must not stop the writer
                     extra = dict(sink.annotate())
-                    canonical_json(extra)
+                    if extra:
+                        canonical_json(extra)
                     ref.update(
                         (n, v) for n, v in extra.items() if n not in ("sha256", "size", "inline")
                     )
                 except Exception as exc:
                     ref["annotation_error"] = f"{type(exc).__name__}: {exc}"
             data[k] = ref
-        return canonical_json({**obj, "data": data})
+        # The entry was checked when appended, the references are str and int and the
+        # annotations were checked above: no need for the type walk again.
+        return encode_trusted({**obj, "data": data})
 
     def _write_out(self) -> None:
         view = memoryview(self._buf)
@@ -623,6 +746,8 @@ class LedgerWriter:
         with self._cond:
             self._signed = max(self._signed, size)
             self._cond.notify_all()
+        if self._on_signed is not None:
+            self._on_signed(size)
 
 
-__all__ = ["BlobSink", "LedgerWriter"]
+__all__ = ["BlobSink", "LedgerWriter", "TransformFactory"]

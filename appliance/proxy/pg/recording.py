@@ -3,7 +3,7 @@
 Where this sits: the session's relay hooks call :class:`SessionRecorder` for every statement,
 response, notice and decision; it builds the ledger entries (``session.start``,
 ``statement``, ``policy.decision``, ``response``, ``masking.applied``, ``session.end`` ...)
-and hands them to the :class:`~appliance.ledger.LedgerWriter`, whose ``append`` only
+and hands them to the ledger writer (:class:`~appliance.ledger.api.Ledger`), whose ``append`` only
 enqueues. Text that can carry personal data (statement text, bind parameters, error and
 notice fields, notification payloads) is masked here, on the event loop, with the
 detectors' cheap pre-filter first. Result rows are not decoded here at all: their raw
@@ -21,13 +21,14 @@ it is never written); for text/CSV COPY, one JSON string per line; for binary CO
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 
-from appliance.ledger import BlobSink, LedgerWriter
+from appliance.ledger.api import Blob, Ledger
 from appliance.ledger.entries import canonical_json
 from appliance.masking import ColumnPlan, MaskCounts, TargetMasker
 from appliance.protocols.postgres.messages import (
@@ -168,6 +169,28 @@ class RowsTransform:
         return orjson.dumps(line.decode("utf-8", "replace"))
 
 
+class RowsTransforms:
+    """The :class:`~appliance.ledger.TransformFactory` of result blobs for one target: a
+    :class:`RowsTransform` per blob, whose masking counts annotate the blob's reference.
+    Picklable (a masker and nothing else), so a writer in another process can run it."""
+
+    def __init__(self, masker: TargetMasker | None) -> None:
+        self.masker = masker
+
+    def new(self) -> tuple[Callable[[bytes], bytes], Callable[[], Mapping[str, Any]]]:
+        counts = MaskCounts()
+        return RowsTransform(
+            self.masker, counts
+        ), lambda: {"masking": counts.as_dict()} if counts else {}
+
+
+@functools.lru_cache(maxsize=256)
+def rows_transforms(masker: TargetMasker | None) -> RowsTransforms:
+    """One factory per target masker (the masker is cached per target), so that a writer
+    in another process receives each factory once."""
+    return RowsTransforms(masker)
+
+
 def _frames(body: bytes) -> list[bytes]:
     """Payloads of back-to-back frames (type byte + length + payload)."""
     out = []
@@ -188,9 +211,8 @@ class RowsSink:
     loop for the GIL.
     """
 
-    def __init__(self, blob: BlobSink, transform: RowsTransform, limit: int) -> None:
+    def __init__(self, blob: Blob, limit: int) -> None:
         self.blob = blob
-        self.transform = transform
         self.limit = limit
         self.size = 0
         self.truncated = False
@@ -265,7 +287,7 @@ class SessionRecorder:
 
     def __init__(
         self,
-        ledger: LedgerWriter,
+        ledger: Ledger,
         *,
         session: str,
         target: str,
@@ -286,12 +308,13 @@ class SessionRecorder:
         self.max_result_bytes = max_result_bytes
         self.clock = clock
         self._sinks: dict[int, RowsSink] = {}
+        self._rows = rows_transforms(masker)
         self._masked: dict[str, tuple[str, MaskCounts]] = {}
         # Checked once here, so that the per-statement appends can skip the type walk.
         canonical_json(self.identity)
 
     def append(
-        self, type: str, data: Mapping[str, Any], blobs: Mapping[str, BlobSink] | None = None
+        self, type: str, data: Mapping[str, Any], blobs: Mapping[str, Blob] | None = None
     ) -> None:
         """Append an entry of this session. Everything this class builds is str, int, bool,
         None, lists and dicts (see :meth:`mask` for text), so the append is ``trusted``."""
@@ -462,12 +485,10 @@ class SessionRecorder:
     def _sink_for(self, stmt: Statement) -> RowsSink:
         sink = self._sinks.get(stmt.n)
         if sink is None:
-            counts = MaskCounts()
-            transform = RowsTransform(self.masker, counts)
-            blob = self.ledger.open_blob(transform)
-            # The writer thread adds the masking counts to the blob's reference in the entry.
-            blob.annotate = lambda: {"masking": counts.as_dict()} if counts else {}
-            sink = self._sinks[stmt.n] = RowsSink(blob, transform, self.max_result_bytes)
+            # The writer decodes and masks the rows, and adds the masking counts to the
+            # blob's reference in the entry.
+            blob = self.ledger.open_blob(self._rows)
+            sink = self._sinks[stmt.n] = RowsSink(blob, self.max_result_bytes)
         return sink
 
     def request_error(self, request: str, text: str | None, error: ErrorResponse) -> None:

@@ -35,7 +35,7 @@ from appliance.approvals import Broker
 from appliance.config import Target
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
-from appliance.ledger import LedgerWriter
+from appliance.ledger.api import Ledger
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.masking import Masker
 from appliance.policy import Policy
@@ -84,7 +84,7 @@ class CancelRoute:
 class SessionServices:
     """What every session shares (one per appliance process)."""
 
-    ledger: LedgerWriter
+    ledger: Ledger
     policy: Policy | None
     masker: Masker | None
     broker: Broker | None

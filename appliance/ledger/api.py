@@ -1,0 +1,51 @@
+"""What the proxy needs from a ledger writer, whichever runs it.
+
+:class:`~appliance.ledger.LedgerWriter` writes from a thread of the caller's process;
+:class:`~appliance.ledger.remote.RemoteLedger` hands the same calls to a writer process (no
+GIL shared with the event loop). Both satisfy :class:`Ledger`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+
+class Blob(Protocol):
+    """A blob being written; referenced from an entry through ``append(blobs=...)``."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def write(self, chunk: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class Ledger(Protocol):
+    def append(
+        self,
+        type: str,
+        *,
+        session: str | None = None,
+        identity: Mapping[str, Any] | None = None,
+        account: str | None = None,
+        target: str | None = None,
+        data: Mapping[str, Any],
+        blobs: Mapping[str, Any] | None = None,
+        trusted: bool = False,
+    ) -> None: ...
+
+    def open_blob(self, transform: Callable[[bytes], bytes] | Any | None = None) -> Blob: ...
+
+    def flush(self, timeout: float | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    @property
+    def failed(self) -> BaseException | None: ...
+
+
+__all__ = ["Blob", "Ledger"]
