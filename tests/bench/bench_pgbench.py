@@ -6,6 +6,8 @@ pgbench at 8 clients runs the same workloads against:
 - ``direct``: the server itself (pgbench authenticates with the password);
 - ``appliance``: ``appliance run`` with everything on: decoding, policy, recording of every
   statement and result to the signed ledger, default masking (uvloop, as in production);
+- ``appliance-thread``: the same with ``ledger.writer: thread`` (the ledger writer in a thread
+  of the daemon, sharing the event loop's GIL, instead of its own process);
 - ``appliance-norows``: the same with ``ledger.record_rows: false`` (what result blobs cost);
 - ``pgbouncer``: Debian's PgBouncer 1.x in session mode (a C proxy that does not decode
   statements), in the runner namespace;
@@ -259,15 +261,20 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
             ]
         }
         # "appliance-norows": the same without recording result rows (ledger.record_rows:
-        # false), to show what the result blobs cost.
-        for setup, rows in (("appliance", True), ("appliance-norows", False)):
+        # false), to show what the result blobs cost; "appliance-thread": the ledger writer
+        # in a thread of the daemon instead of its own process (ledger.writer: thread).
+        for setup, rows, writer in (
+            ("appliance", True, "process"),
+            ("appliance-thread", True, "thread"),
+            ("appliance-norows", False, "process"),
+        ):
             if only and setup not in only:
                 continue
             with running_appliance(
                 lab, pg, tmp_path / setup,
                 targets=[TargetSpec("db", PORTS["appliance"], accounts=[("app", "app")])],
                 policy=policy,
-                ledger_options={"checkpoint_interval": "1s", "record_rows": rows},  # defaults
+                ledger_options={"checkpoint_interval": "1s", "record_rows": rows, "writer": writer},
             ) as app:  # fmt: skip
                 assert app.proc is not None
                 run_all(setup, local_env(PORTS["appliance"]), pid=app.proc.pid)
@@ -284,7 +291,15 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
             with relay(lab, pg, tmp_path, loop=loop, port=PORTS[name]):
                 run_all(name, local_env(PORTS[name], password=pg.passwords["app"]))
 
-    setups = ["direct", "appliance", "appliance-norows", "pgbouncer", "relay", "relay-uvloop"]
+    setups = [
+        "direct",
+        "appliance",
+        "appliance-thread",
+        "appliance-norows",
+        "pgbouncer",
+        "relay",
+        "relay-uvloop",
+    ]
     print(f"\npgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}: tps (ratio to direct)")
     print(f"{'':<24}" + "".join(f"{s:>20}" for s in setups))
     for key, row in results.items():

@@ -1,9 +1,10 @@
 """Policy and masking through a real appliance (issues 6 and 7), with real clients.
 
 - A denial reaches psql, psycopg and asyncpg as SQLSTATE 42501 naming the rule, with the
-  decision id in the hint, and the session goes on, inside a transaction too (the job gets
-  the server's real transaction status). Observe mode lets the statement run and records
-  ``enforced: false``.
+  decision id in the hint, and has the effect of a server-side error: a transaction block
+  is aborted (COMMIT rolls back), a pipeline's implicit transaction is rolled back, and the
+  job gets the server's real transaction status; the session goes on. Observe mode lets
+  the statement run and records ``enforced: false``.
 - No raw card number, SSN or e-mail address of the PII table reaches any byte under the
   ledger directory or the appliance's log, whatever carried it: result rows, COPY OUT, an
   error detail echoing a value, INSERT literals, bind parameters, COPY IN cut mid-value.
@@ -105,15 +106,21 @@ select count(*) as rows from scratch where n in (1, 2);
 """
 
 
-def test_denial_reaches_psql_and_the_transaction_goes_on(lab: Lab, appliance: Appliance) -> None:
+def test_denial_aborts_the_transaction_in_psql_like_a_server_error(
+    lab: Lab, appliance: Appliance
+) -> None:
     r = lab.job(
         ["psql", "-X", "-f", "-"], input=PSQL_DENIED, env=job_env(PLAIN, PGAPPNAME="deny-psql")
     )
     assert r.returncode == 0, r.stderr
     assert "ERROR:  42501: statement denied by policy rule 'no-drop': no DROP from CI" in r.stderr
     assert "after-deny 42501" in r.stdout
-    # COMMIT committed both inserts: the denial did not abort the server's transaction.
-    assert "COMMIT" in r.stdout and " rows \n------\n    2\n" in r.stdout
+    # As after any error in a transaction block: the next statement is refused, and COMMIT
+    # rolls back: a migration never half-applies because one of its statements was denied.
+    assert "25P02: current transaction is aborted" in r.stderr
+    assert "ROLLBACK" in r.stdout and " rows \n------\n    0\n" in r.stdout
+    # The stand-in the server refused never shows.
+    assert "appliance: statement denied" not in r.stdout + r.stderr
     hint = next(line for line in r.stderr.splitlines() if line.startswith("HINT:"))
     session = appliance.session_by_app("deny-psql")
     (decision,) = denial_entries(session)
@@ -135,6 +142,7 @@ def test_denial_reaches_psycopg_in_extended_protocol_with_the_real_status(
             except psycopg.errors.InsufficientPrivilege as exc:
                 out["error"] = (exc.sqlstate, exc.diag.message_primary, exc.diag.message_hint)
             out["status"] = conn.info.transaction_status.name
+            conn.rollback()
             conn.execute("insert into scratch values (%s)", (4,))
             conn.commit()
             out["after"] = conn.execute("select count(*) from scratch where n in (3, 4)").fetchone()
@@ -145,9 +153,50 @@ def test_denial_reaches_psycopg_in_extended_protocol_with_the_real_status(
     assert code == "42501"
     assert message == "statement denied by policy rule 'no-drop': no DROP from CI"
     assert hint.startswith("appliance decision ")
-    assert out["status"] == "INTRANS"  # the server's status: the transaction is fine
-    assert out["after"] == (2,)
+    assert out["status"] == "INERROR"  # the server's status: the transaction failed
+    assert out["after"] == (1,)  # 3 was rolled back with it
     assert "keep_me" in pg.admin_sql("select tablename from pg_tables", database="app")
+
+
+def test_denial_in_a_pipeline_rolls_back_its_implicit_transaction(
+    lab: Lab, pg: PgServer, appliance: Appliance
+) -> None:
+    """Extended protocol, no BEGIN: everything up to Sync is one implicit transaction. An
+    insert pipelined before a denied statement must not commit (it would not, had the
+    server refused the statement), and the next batch runs normally."""
+    from appliance.protocols.postgres.messages import Bind, Execute, Parse, Sync
+
+    def batch(*sqls: str) -> bytes:
+        return b"".join(
+            Parse("", sql, ()).encode()
+            + Bind("", "", (), (), ()).encode()
+            + Execute("", 0).encode()
+            for sql in sqls
+        )
+
+    client = RawClient(lab, PLAIN, "ci", application_name="deny-pipeline")
+    try:
+        client.startup()
+        client.send(batch("insert into scratch values (7)", "drop table keep_me") + Sync().encode())
+        first = client._until_ready()
+        client.send(batch("insert into scratch values (8)") + Sync().encode())
+        second = client._until_ready()
+    finally:
+        client.close()
+    assert b"C\x00\x00\x00\x0fINSERT 0 1\x00" in first  # the server ran the insert...
+    assert b"42501" in first and b"no DROP from CI" in first
+    assert b"42601" not in first and b"appliance: statement denied" not in first
+    assert first.endswith(b"Z\x00\x00\x00\x05I")
+    assert b"INSERT 0 1" in second
+    # ...and rolled it back with the denied statement's batch.
+    counts = pg.admin_sql("select n from scratch where n in (7, 8) order by n", database="app")
+    assert "8" in counts and "7" not in counts
+    session = appliance.session_by_app("deny-pipeline")
+    outcomes = sorted(
+        (e["data"]["n"], e["data"]["outcome"]) for e in session if e["type"] == "response"
+    )
+    # The insert's response says what the server said (INSERT 0 1) before the rollback.
+    assert outcomes == [(1, "ok"), (2, "denied"), (3, "ok")]
 
 
 def test_denial_reaches_asyncpg(lab: Lab, appliance: Appliance) -> None:

@@ -8,8 +8,8 @@ enqueues. Text that can carry personal data (statement text, bind parameters, er
 notice fields, notification payloads) is masked here, on the event loop, with the
 detectors' cheap pre-filter first. Result rows are not decoded here at all: their raw
 DataRow/CopyData frames are copied once per run into a blob sink, and the decoding,
-masking and JSON encoding happen in the ledger's writer thread (:class:`RowsTransform`),
-off the hot path.
+masking and JSON encoding happen in the ledger writer (:class:`RowsTransform`, made by
+:class:`RowsTransforms`), off the hot path: in the writer's own process by default.
 
 Result blob format (JSON Lines): for each result set a header object
 ``{"columns": [...], "types": [oid...], "formats": [0|1...]}`` (or ``{"copy": "in"|"out",
@@ -56,7 +56,7 @@ def _us(seconds: float) -> int:
 
 
 class RowsTransform:
-    """Runs in the ledger writer thread: raw frames in, masked JSON lines out.
+    """Runs in the ledger writer (its process or thread): raw frames in, masked JSON lines out.
 
     Binary-format values are written only when they are text-like (their binary form is
     their UTF-8 text) or integers (decoded to digits); any other binary value is recorded as

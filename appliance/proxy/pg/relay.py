@@ -21,12 +21,17 @@ What it does, per message:
   recorded on its own); a Describe's columns are read when the rows of the portal arrive
   (in a pipeline the answer comes after the Execute was sent).
 - **Enforces verdicts.** A simple Query, an Execute or a FunctionCall is decided by the
-  hooks (policy). ``deny``: the message is not forwarded; an ErrorResponse is injected at
-  the exact place in the response stream where the server's answer would have been (after
-  the answers to everything forwarded before it); in the extended protocol the job's
-  messages are then discarded until Sync, which is forwarded so that ReadyForQuery carries
-  the server's real transaction status. ``review``: the message and everything after it are
-  held (the shell stops reading the job) until :meth:`Relay.approval_result`.
+  hooks (policy). ``deny``: the message is not forwarded. In its place the server gets a
+  stand-in that cannot run anything and that it must refuse (a Query, or in the extended
+  protocol a Parse, of text that does not parse), so the denial has exactly the effect a
+  server-side error would have: the transaction block is aborted, an implicit transaction
+  (a pipeline up to Sync, a multi-statement Query) is rolled back, and in the extended
+  protocol the server skips to Sync. The server's error for the stand-in is swapped for
+  the appliance's denial at that very place in the response stream; in the extended
+  protocol the job's messages are discarded until Sync, which is forwarded so that
+  ReadyForQuery carries the server's real transaction status. ``review``: the message and
+  everything after it are held (the shell stops reading the job) until
+  :meth:`Relay.approval_result`.
 - **Response masking**, when the hooks give a row masker: DataRow values and COPY OUT rows
   are rewritten (lengths recomputed); a column that must be masked but arrives in binary
   format (or a binary COPY OUT) fails closed: the job gets an ErrorResponse naming the
@@ -59,11 +64,21 @@ from appliance.protocols.postgres.messages import (
     decode_frontend,
 )
 
-_RFQ = {
-    ord("I"): b"Z\x00\x00\x00\x05I",
-    ord("T"): b"Z\x00\x00\x00\x05T",
-    ord("E"): b"Z\x00\x00\x00\x05E",
-}
+# Stand-ins for a denied statement: text that cannot parse, so the server refuses it before
+# anything runs, whatever the session's state (a name the job already used for a prepared
+# statement fails too, with 42P05). Their errors never reach the job.
+_STAND_IN_SQL = b"appliance: statement denied by policy\0"
+_STAND_IN_QUERY = b"Q" + (4 + len(_STAND_IN_SQL)).to_bytes(4, "big") + _STAND_IN_SQL
+_STAND_IN_NAME = b"appliance.denied\0"
+_STAND_IN_PARSE = (
+    b"P"
+    + (4 + len(_STAND_IN_NAME) + len(_STAND_IN_SQL) + 2).to_bytes(4, "big")
+    + _STAND_IN_NAME
+    + _STAND_IN_SQL
+    + b"\0\0"
+)
+
+_TX_STATUS = frozenset(b"ITE")  # ReadyForQuery: idle, in a transaction, in a failed one
 
 # Frontend type bytes.
 F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE = (ord(c) for c in "QPBDE")
@@ -246,7 +261,7 @@ class X(enum.Enum):
     CLOSE = "Close"
     SYNC = "Sync"
     FUNCTION = "FunctionCall"
-    INJECT = "(injected)"
+    DENIED = "(denied)"  # the stand-in for a denied statement; its error becomes the denial
 
 
 @dataclass(slots=True)
@@ -258,8 +273,8 @@ class _Expect:
     # when the job sent the message (a later Parse or Bind may reuse the name).
     target: _Prepared | _Portal | None = None
     portal: _Portal | None = None
-    inject: bytes = b""
-    with_ready: bool = False  # an injected error that also ends a simple-protocol cycle
+    denial: bytes = b""  # the ErrorResponse the job gets instead of the stand-in's
+    simple: bool = False  # a Query stand-in (its ReadyForQuery ends the cycle)
     text: str | None = None  # the SQL a Parse carried (for an error with no statement)
 
 
@@ -279,7 +294,6 @@ class Relay:
         self._prepared: dict[str, _Prepared] = {}
         self._portals: dict[str, _Portal] = {}
         self._discard_until_sync = False
-        self._server_error_in_batch = False
         self._suppress_until_ready = False
         self._held: tuple[Messages, int, Statement, _Expect] | None = None
         self._queued: deque[Messages] = deque()
@@ -471,10 +485,13 @@ class Relay:
             self.hooks.statement_started(stmt)
         self.hooks.statement_finished(stmt)
         simple = stmt.protocol != "extended"
-        if not simple:
+        self._expect.append(_Expect(X.DENIED, stmt, denial=error, simple=simple))
+        if simple:
+            self._to_server.append(_STAND_IN_QUERY)
+            self._expect.append(_Expect(X.QUERY))  # the stand-in's ReadyForQuery
+        else:
+            self._to_server.append(_STAND_IN_PARSE)
             self._discard_until_sync = True
-        self._expect.append(_Expect(X.INJECT, stmt, inject=error, with_ready=simple))
-        self._emit_injections()
 
     def approval_result(
         self, approved: bool, *, error: bytes = b"", record: dict[str, object] | None = None
@@ -542,6 +559,12 @@ class Relay:
                 assert self._result is not None and self._result.sink is not None
                 self._result.sink.add(chunk[d_start:s])
                 d_start = -1
+            if t == B_ERROR and self._expect and self._expect[0].kind is X.DENIED:
+                if run < s:
+                    out.append(chunk[run:s])
+                run = e
+                self._denied(self._expect.popleft())
+                continue
             forward = not self._suppress_until_ready or t == B_READY
             if not forward:
                 if run < s:
@@ -568,11 +591,6 @@ class Relay:
                 assert isinstance(status, ParameterStatus)
                 self.hooks.parameter(status.name, status.value)
             # CopyDone, FunctionCallResponse...: relayed as they are.
-            if self._expect and self._expect[0].kind is X.INJECT:
-                if run < e:
-                    out.append(chunk[run:e])
-                run = e
-                self._emit_injections()
         if d_start >= 0:
             assert self._result is not None and self._result.sink is not None
             self._result.sink.add(chunk[d_start:])
@@ -696,15 +714,14 @@ class Relay:
                 return  # an error outside any request (e.g. FATAL on shutdown): relayed
             head = expect[0]
             if head.kind in (X.QUERY, X.FUNCTION, X.EXECUTE):
-                assert head.stmt is not None
-                head.stmt.error = error
-                head.stmt.outcome = "error"
+                if head.stmt is not None:  # None: a denied statement's stand-in
+                    head.stmt.error = error
+                    head.stmt.outcome = "error"
                 if head.kind is not X.EXECUTE:
                     return  # ReadyForQuery ends the cycle
             else:
                 self._request_error(head, error)
             # Extended protocol: the server skips to the next Sync.
-            self._server_error_in_batch = True
             while expect and expect[0].kind is not X.SYNC:
                 skipped = expect.popleft()
                 if skipped.kind is X.EXECUTE and skipped.stmt is not None:
@@ -758,10 +775,9 @@ class Relay:
         self.hooks.request_failed(head.kind.value, head.text, error)
 
     def _server_ready(self, payload: bytes) -> None:
-        if len(payload) != 1 or payload[0] not in _RFQ:
+        if len(payload) != 1 or payload[0] not in _TX_STATUS:
             raise PeerProtocolError("malformed ReadyForQuery", side="server")
         self.tx_status = payload[0]
-        self._server_error_in_batch = False
         self._end_result()
         self._copy_out = None
         expect = self._expect
@@ -778,16 +794,19 @@ class Relay:
         stmt.finished = self.now()
         self.hooks.statement_finished(stmt)
 
-    def _emit_injections(self) -> None:
-        """Send the injected errors that are now at the head of the response stream."""
-        expect = self._expect
-        while expect and expect[0].kind is X.INJECT:
-            exp = expect.popleft()
-            if self._server_error_in_batch and not exp.with_ready:
-                continue  # the server already failed this batch: the job expects one error
-            self._to_client.append(exp.inject)
-            if exp.with_ready:
-                self._to_client.append(_RFQ[self.tx_status])
+    def _denied(self, exp: _Expect) -> None:
+        """The server refused a denied statement's stand-in: the job gets the denial in place
+        of that error. (If an earlier error in the batch made the server skip the stand-in,
+        it was dropped with the rest of the batch: the job expects that one error only.)"""
+        if not self._suppress_until_ready:
+            self._to_client.append(exp.denial)
+        if not exp.simple:
+            expect = self._expect
+            while expect and expect[0].kind is not X.SYNC:
+                skipped = expect.popleft()
+                if skipped.kind is X.EXECUTE and skipped.stmt is not None:
+                    skipped.stmt.outcome = "skipped"
+                    self._finish(skipped)
 
     # -- end -------------------------------------------------------------------------------
 
@@ -807,7 +826,7 @@ class Relay:
             done.append(stmt)
             self._held = None
         for exp in self._expect:
-            if exp.kind is not X.INJECT and exp.stmt is not None and exp.stmt.finished is None:
+            if exp.kind is not X.DENIED and exp.stmt is not None and exp.stmt.finished is None:
                 exp.stmt.outcome = outcome
                 exp.stmt.finished = self.now()
                 self.hooks.statement_finished(exp.stmt)

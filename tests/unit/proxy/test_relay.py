@@ -107,6 +107,10 @@ def error(code: str = "22012", message: str = "division by zero") -> bytes:
 
 
 DENIED = error_response("ERROR", "42501", "statement denied by policy rule 'no'")
+# What the server gets instead of a denied statement, and what it answers.
+STAND_IN_Q = q("appliance: statement denied by policy")
+STAND_IN_P = parse("appliance: statement denied by policy", "appliance.denied")
+SYNTAX = error("42601", 'syntax error at or near "appliance"')
 REFUSED = error_response("ERROR", "42501", "approval refused")
 
 
@@ -443,7 +447,7 @@ def test_unexpected_server_messages_are_the_server_s_fault() -> None:
 # -- denial ------------------------------------------------------------------------------------
 
 
-def test_deny_in_simple_protocol_answers_with_the_real_status(
+def test_deny_in_simple_protocol_fails_the_transaction_as_a_server_error_would(
     split: Callable[[bytes], list[bytes]],
 ) -> None:
     deny = Verdict("deny", error=DENIED, record={"decision": "deny"})
@@ -451,13 +455,17 @@ def test_deny_in_simple_protocol_answers_with_the_real_status(
     p = Player(hooks, split)
     p.to_server(q("begin"))
     p.to_client(done("BEGIN") + ready("T"))
+    # The server gets a stand-in it refuses; its error is swapped for the denial, and its
+    # ReadyForQuery says the transaction failed, as after any error.
     to_client, to_server = p.client_sends(q("drop table t"))
-    assert (to_client, to_server) == (DENIED + ready("T"), b"")
+    assert (to_client, to_server) == (b"", STAND_IN_Q)
+    assert p.to_client(SYNTAX + ready("E")) == DENIED + ready("E")
     assert log_of(hooks, "finish")[-1] == ("finish", 2, "denied", (), 0, None)
     assert ("start", 2, "simple", "drop table t", (), "deny") in hooks.log
-    # The session goes on, in its transaction.
+    assert log_of(hooks, "request failed") == []  # the stand-in's error is nobody's
+    # The session goes on; COMMIT of the failed transaction rolls back, as PostgreSQL does.
     assert p.to_server(q("commit")) == q("commit")
-    assert p.to_client(done("COMMIT") + ready()) == done("COMMIT") + ready()
+    assert p.to_client(done("ROLLBACK") + ready()) == done("ROLLBACK") + ready()
 
 
 def test_deny_behind_pipelined_queries_is_answered_in_order(
@@ -466,17 +474,16 @@ def test_deny_behind_pipelined_queries_is_answered_in_order(
     hooks = Hooks({"drop table t": Verdict("deny", error=DENIED)})
     p = Player(hooks, split)
     to_client, to_server = p.client_sends(q("select 1") + q("drop table t") + q("select 3"))
-    assert (to_client, to_server) == (b"", q("select 1") + q("select 3"))
+    assert (to_client, to_server) == (b"", q("select 1") + STAND_IN_Q + q("select 3"))
     first = desc("a") + row("1") + done("SELECT 1") + ready()
-    # The denial is the answer to the second query: after the first one's, before the third.
-    assert p.to_client(first) == first + DENIED + ready()
     third = desc("a") + row("3") + done("SELECT 1") + ready()
-    assert p.to_client(third) == third
+    # The denial is the answer to the second query: after the first one's, before the third.
+    assert p.to_client(first + SYNTAX + ready() + third) == first + DENIED + ready() + third
     # A denial is recorded when it is decided; the other statements when they end.
     assert sorted(e[1:3] for e in log_of(hooks, "finish")) == [(1, "ok"), (2, "denied"), (3, "ok")]
 
 
-def test_deny_in_extended_protocol_discards_until_sync(
+def test_deny_in_extended_protocol_fails_the_batch_and_discards_until_sync(
     split: Callable[[bytes], list[bytes]],
 ) -> None:
     hooks = Hooks({"delete from t": Verdict("deny", error=DENIED)})
@@ -487,15 +494,19 @@ def test_deny_in_extended_protocol_discards_until_sync(
         parse("select 3") + bind() + execute(),
     )
     to_server = p.to_server(one + two + three + SYNC)
-    # The denied Execute and everything after it up to Sync never reach the server.
-    assert to_server == one + parse("delete from t") + bind() + SYNC
-    answer = PARSE_OK + BIND_OK + done("INSERT 0 1") + PARSE_OK + BIND_OK + ready()
+    # The denied Execute and everything after it up to Sync never reach the server; the
+    # stand-in makes the server fail the batch, so the insert before it is rolled back
+    # with the implicit transaction, as if the server itself had refused the delete.
+    assert to_server == one + parse("delete from t") + bind() + STAND_IN_P + SYNC
+    answer = PARSE_OK + BIND_OK + done("INSERT 0 1") + PARSE_OK + BIND_OK + SYNTAX + ready()
     expected = PARSE_OK + BIND_OK + done("INSERT 0 1") + PARSE_OK + BIND_OK + DENIED + ready()
     assert p.to_client(answer) == expected
     assert sorted(e[1:3] for e in log_of(hooks, "finish")) == [(1, "ok"), (2, "denied")]
     assert [e[3] for e in log_of(hooks, "start")] == ["insert into t values (1)", "delete from t"]
     # After Sync, the next batch runs.
     assert p.to_server(three + SYNC) == three + SYNC
+    p.to_client(PARSE_OK + BIND_OK + desc("a") + row("3") + done("SELECT 1") + ready())
+    assert log_of(hooks, "finish")[-1][1:3] == (3, "ok")
 
 
 def test_deny_after_a_server_error_in_the_same_batch_sends_one_error(
@@ -503,11 +514,15 @@ def test_deny_after_a_server_error_in_the_same_batch_sends_one_error(
 ) -> None:
     hooks = Hooks({"delete from t": Verdict("deny", error=DENIED)})
     p = Player(hooks, split)
-    p.to_server(extended("select 1/0") + parse("delete from t") + bind() + execute() + SYNC)
+    to_server = p.to_server(
+        extended("select 1/0") + parse("delete from t") + bind() + execute() + SYNC
+    )
+    assert to_server == extended("select 1/0") + parse("delete from t") + bind() + STAND_IN_P + SYNC
     answer = PARSE_OK + BIND_OK + desc("a") + error() + ready("I")
-    # The server skipped to Sync: the job expects that one error, not the denial too.
+    # The server skipped to Sync, the stand-in too: the job expects that one error only.
     assert p.to_client(answer) == answer
     assert sorted(e[1:3] for e in log_of(hooks, "finish")) == [(1, "error"), (2, "denied")]
+    assert p.relay.idle
 
 
 def test_observe_mode_lets_a_denied_statement_run(split: Callable[[bytes], list[bytes]]) -> None:
@@ -548,7 +563,9 @@ def test_review_refused_answers_with_the_error_and_goes_on(
     hooks = Hooks({"delete from t": Verdict("review")})
     p = Player(hooks, split)
     assert p.to_server(q("delete from t") + q("select 2")) == b""
-    assert p.approve(False) == (REFUSED + ready(), q("select 2"))
+    assert p.approve(False) == (b"", STAND_IN_Q + q("select 2"))
+    second = done("SELECT 0") + ready()
+    assert p.to_client(SYNTAX + ready() + second) == REFUSED + ready() + second
     assert log_of(hooks, "finish")[0] == ("finish", 1, "denied", (), 0, None)
 
 
@@ -559,8 +576,9 @@ def test_review_in_extended_protocol_refused_discards_until_sync(
     p = Player(hooks, split)
     head = parse("delete from t") + bind()
     assert p.to_server(head + execute() + extended("select 2") + SYNC) == head
-    assert p.approve(False) == (b"", SYNC)
-    assert p.to_client(PARSE_OK + BIND_OK + ready()) == PARSE_OK + BIND_OK + REFUSED + ready()
+    assert p.approve(False) == (b"", STAND_IN_P + SYNC)
+    answer = PARSE_OK + BIND_OK + SYNTAX + ready()
+    assert p.to_client(answer) == PARSE_OK + BIND_OK + REFUSED + ready()
     assert [e[1:3] for e in log_of(hooks, "finish")] == [(1, "denied")]
 
 
@@ -907,12 +925,12 @@ def play_fuzzed(chunks: list[tuple[str, bytes]], hooks: Hooks, size: int) -> Non
                 to_client, to_server = relay.take_output()
                 out["s"] += len(to_server)
                 out["c"] += len(to_client)
-                # Nothing is amplified: the job's bytes at most are forwarded; the job gets
-                # the server's bytes plus the appliance's own errors.
-                assert out["s"] <= taken_in["c"]
+                # Nothing is amplified: the job's bytes at most are forwarded, and a stand-in
+                # per denial; the job gets the server's bytes plus the appliance's errors.
+                denials = sum(1 for e in hooks.log if e[0] == "finish" and e[2] == "denied")
+                assert out["s"] <= taken_in["c"] + denials * len(STAND_IN_P)
                 if hooks.masker is None:
-                    errors = sum(1 for e in hooks.log if e[0] == "finish" and e[2] == "denied")
-                    assert out["c"] <= taken_in["s"] + errors * (len(DENIED) + 6)
+                    assert out["c"] <= taken_in["s"] + denials * len(DENIED)
                 assert framers[direction].buffered <= LIMITS.largest + 5
     except PeerProtocolError:
         pass  # the session ends; that is the only way out allowed

@@ -1,0 +1,202 @@
+"""The writer process (RemoteLedger): same ledger as the in-thread writer, failure is loud."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.ledger import (
+    CanonicalError,
+    LedgerError,
+    LedgerUnavailable,
+    TamperError,
+    iter_entries,
+    verify_ledger,
+)
+from appliance.ledger.remote import RemoteLedger
+from appliance.ledger.store import ENTRIES
+from appliance.masking import Masker, MaskingConfig
+from appliance.protocols.postgres.messages import DataRow
+from appliance.proxy.pg.recording import RowsSink, rows_transforms
+from tests.unit.ledger.conftest import KEY, ORIGIN, OTHER_KEY, open_writer, write_session
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def open_remote(directory: Path, **kw: object) -> RemoteLedger:
+    kw.setdefault("origin", ORIGIN)
+    kw.setdefault("key", KEY)
+    return RemoteLedger.open(directory, **kw)  # type: ignore[arg-type]
+
+
+def objs(directory: Path) -> list[dict[str, object]]:
+    return [e.obj for e in iter_entries(directory)]
+
+
+def test_entries_and_masked_result_blobs_reach_a_verifiable_ledger(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    masker = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+    with open_remote(d) as ledger:
+        for n in range(3):
+            ledger.append("statement", session="s1", data={"n": n, "text": "select card"})
+            blob = ledger.open_blob(rows_transforms(masker))
+            sink = RowsSink(blob, 1 << 20)
+            sink.header({"columns": ["card"], "types": [25], "formats": [0]})
+            sink.add(DataRow((b"4111 1111 1111 1111",)).encode())
+            sink.close()
+            sink.finish()
+            ledger.append("response", session="s1", data={"n": n}, blobs={"result": blob})
+        ledger.flush(30)
+        assert ledger.signed_size == 7  # key.published + 6
+    entries = objs(d)
+    assert [e["seq"] for e in entries] == list(range(7))
+    assert [e["type"] for e in entries[1:3]] == ["statement", "response"]
+    result = entries[2]["data"]["result"]  # type: ignore[index]
+    assert "[REDACTED:CARD]" in result["inline"] and "4111" not in result["inline"]
+    assert result["masking"]["detectors"] == {"card": 1}
+    report = verify_ledger(d, [KEY.verifier()])
+    assert report.ok and report.entries == 7
+
+
+def test_the_same_calls_give_the_same_ledger_as_the_thread_writer(tmp_path: Path) -> None:
+    """Byte for byte after the first entry (key.published, stamped by each writer's own
+    clock): same entries, same blob references."""
+    later = 1900000000.0  # 2030: after the key.published stamp, so entries keep this time
+    thread_dir, remote_dir = tmp_path / "t", tmp_path / "r"
+    with open_writer(thread_dir, clock=lambda: later, inline_limit=0) as w:
+        write_session(w, "s1")
+    with open_remote(remote_dir, clock=lambda: later, inline_limit=0) as r:
+        write_session(r, "s1")  # type: ignore[arg-type]
+    thread = [e.raw for e in iter_entries(thread_dir)]
+    remote = [e.raw for e in iter_entries(remote_dir)]
+    assert len(thread) == len(remote) == 9
+    assert thread[1:] == remote[1:]
+    assert verify_ledger(remote_dir, [KEY.verifier()]).ok
+
+
+def test_a_value_without_canonical_form_is_refused_in_the_callers_process(
+    tmp_path: Path,
+) -> None:
+    with open_remote(tmp_path / "l") as ledger:
+        with pytest.raises(CanonicalError, match="float"):
+            ledger.append("statement", data={"x": 1.5})
+        ledger.append("statement", data={"x": 1})  # nothing was consumed: seq 1 is next
+    assert [e["seq"] for e in objs(tmp_path / "l")] == [0, 1]
+
+
+def test_plain_functions_cannot_cross_into_the_writer_process(tmp_path: Path) -> None:
+    with (
+        open_remote(tmp_path / "l") as ledger,
+        pytest.raises(LedgerError, match="transform factories"),
+    ):
+        ledger.open_blob(lambda b: b)
+
+
+def test_appends_from_an_event_loop_are_batched_and_all_arrive(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    ledger = open_remote(d)
+
+    async def burst() -> None:
+        for n in range(2000):
+            ledger.append("statement", data={"n": n})
+            if n % 100 == 0:
+                await asyncio.sleep(0)
+
+    asyncio.run(burst())
+    ledger.close()
+    assert [e["data"]["n"] for e in objs(d)[1:]] == list(range(2000))  # type: ignore[index]
+
+
+def test_tampering_found_by_the_writer_process_is_raised_as_tampering(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    with open_writer(d) as w:
+        write_session(w, "s1")
+    raw = bytearray((d / ENTRIES).read_bytes())
+    i = raw.index(b"acme/shop")
+    raw[i] ^= 1
+    (d / ENTRIES).write_bytes(bytes(raw))
+    with pytest.raises(TamperError):
+        open_remote(d)
+
+
+def test_another_origin_or_a_held_lock_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    with open_remote(d):
+        t0 = time.monotonic()
+        with pytest.raises(LedgerError, match="another writer holds"):
+            open_remote(d, lock_wait=0.3)
+        assert time.monotonic() - t0 >= 0.3
+    with pytest.raises(LedgerError, match="origin"):
+        open_remote(d, origin="other.example/ledger", key=OTHER_KEY)
+
+
+def test_a_dead_writer_process_fails_every_later_append(tmp_path: Path) -> None:
+    ledger = open_remote(tmp_path / "l")
+    ledger.append("statement", data={"n": 1})
+    ledger.flush(30)
+    os.kill(ledger._proc.pid, signal.SIGKILL)
+    ledger._proc.wait()
+    deadline = time.monotonic() + 10
+    with pytest.raises(LedgerUnavailable):
+        while time.monotonic() < deadline:
+            ledger.append("statement", data={"n": 2})
+            time.sleep(0.01)
+    assert ledger.failed is not None
+    with pytest.raises(LedgerUnavailable):
+        ledger.flush(5)
+    with pytest.raises(LedgerUnavailable):
+        ledger.close()
+
+
+def test_a_killed_proxy_leaves_everything_it_sent_signed(tmp_path: Path) -> None:
+    """kill -9 of the proxy: its writer process signs what it received, then exits."""
+    d = tmp_path / "l"
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from appliance.ledger.remote import RemoteLedger
+        from tests.unit.ledger.conftest import KEY, ORIGIN
+        ledger = RemoteLedger.open({str(d)!r}, origin=ORIGIN, key=KEY)
+        for n in range(500):
+            ledger.append("statement", data={{"n": n}})  # sent at once: no event loop
+        print(ledger._proc.pid, flush=True)
+        os.kill(os.getpid(), 9)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    child = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{child}").exists():
+        time.sleep(0.05)
+    report = verify_ledger(d, [KEY.verifier()])
+    assert report.ok, report.findings
+    assert report.entries == 501
+    assert report.latest is not None and report.latest.size == 501
+
+
+def test_a_writer_without_thread_works_only_when_pumped(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    w = open_writer(d, threaded=False, checkpoint_interval=0.2)
+    w.append("statement", data={"n": 1})
+    assert w.signed_size == 0 and not (d / ENTRIES).read_bytes()  # nothing done yet
+    wait = w.pump()  # written, a checkpoint is due within the interval
+    assert wait is not None and 0 < wait <= 0.2
+    assert w.signed_size == 0
+    time.sleep(wait)
+    assert w.pump() is None  # signed
+    assert w.signed_size == 2
+    w.append("statement", data={"n": 2})
+    w.flush()
+    assert w.signed_size == 3
+    w.close()
+    assert verify_ledger(d, [KEY.verifier()]).ok
