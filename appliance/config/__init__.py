@@ -105,6 +105,9 @@ class Target:
     tls: UpstreamTLS = field(default_factory=UpstreamTLS)
     client_tls: ClientTLS | None = None
     connect_timeout: float = 10.0
+    # Startup settings forwarded from the job beyond the safe defaults
+    # (appliance.proxy.pg.parameters.SAFE), e.g. ("work_mem",).
+    startup_parameters: tuple[str, ...] = ()
 
     def account_for(self, claimed_user: str | None) -> Account:
         """The account whose name equals the user the job claimed, else the first one."""
@@ -207,7 +210,7 @@ def _parse_targets(node: Node) -> dict[str, Target]:
 def _parse_target(node: Node) -> Target:
     m = node.keys(
         required=("name", "protocol", "addresses", "accounts"),
-        optional=("listen", "tls", "client_tls", "connect_timeout"),
+        optional=("listen", "tls", "client_tls", "connect_timeout", "startup_parameters"),
     )
     name = m["name"].string(pattern=_NAME)
     protocol = m["protocol"].string(choices=PROTOCOLS)
@@ -227,7 +230,18 @@ def _parse_target(node: Node) -> Target:
     tls = _parse_upstream_tls(m["tls"]) if "tls" in m else UpstreamTLS()
     client_tls = _parse_client_tls(m["client_tls"]) if "client_tls" in m else None
     timeout = m["connect_timeout"].duration() if "connect_timeout" in m else 10.0
-    return Target(name, protocol, addresses, accounts, listen, tls, client_tls, timeout)
+    startup_parameters: tuple[str, ...] = ()
+    if "startup_parameters" in m:
+        names = []
+        for item in m["startup_parameters"].items():
+            setting = item.string(pattern=r"[A-Za-z_][A-Za-z0-9_.]*")
+            if setting.lower() in ("replication", "user", "database", "options"):
+                item.fail(f"{setting!r} is not a setting the appliance can forward")
+            names.append(setting)
+        startup_parameters = tuple(names)
+    return Target(
+        name, protocol, addresses, accounts, listen, tls, client_tls, timeout, startup_parameters
+    )
 
 
 def parse_address(node: Node) -> Address:

@@ -363,3 +363,47 @@ def test_binary_column_under_a_rule_fails_closed_naming_the_column(
     session = appliance.session_by_app("binary-refused")
     outcomes = [e["data"]["outcome"] for e in session if e["type"] == "response"]
     assert "withheld" in outcomes
+
+
+# -- startup parameters and client encoding ------------------------------------------------------
+
+
+def test_safe_startup_settings_pass_and_others_refuse_the_session(
+    lab: Lab, appliance: Appliance
+) -> None:
+    ok = lab.job(
+        ["psql", "-X", "-At", "-c", "show statement_timeout"],
+        env=job_env(PLAIN, PGAPPNAME="opts-ok", PGOPTIONS="-c statement_timeout=5s"),
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "5s"
+    refused = {
+        "opts-ro": {"PGOPTIONS": "-c default_transaction_read_only=off"},
+        "opts-role": {"PGOPTIONS": "-c role=postgres"},
+        "opts-sjis": {"PGCLIENTENCODING": "SJIS"},
+    }
+    for app, extra in refused.items():
+        r = lab.job(["psql", "-X", "-c", "select 1"], env=job_env(PLAIN, PGAPPNAME=app, **extra))
+        assert r.returncode != 0, (app, r.stdout)
+        assert "the appliance refuses startup parameter" in r.stderr, (app, r.stderr)
+        end = [e for e in appliance.session_by_app(app) if e["type"] == "session.end"]
+        assert end[0]["data"]["reason"].startswith("startup refused"), end
+    # A replication connection would stream the database past the statement policy.
+    r = lab.job(
+        ["psql", "-X", "-c", "IDENTIFY_SYSTEM", "dbname=app replication=database"],
+        env=job_env(PLAIN, PGAPPNAME="opts-repl"),
+    )
+    assert r.returncode != 0 and "replication connections bypass statement policy" in r.stderr
+
+
+def test_switching_to_another_client_encoding_ends_the_session(
+    lab: Lab, appliance: Appliance
+) -> None:
+    r = lab.job(
+        ["psql", "-X", "-c", "set client_encoding = 'SJIS'", "-c", "select 1"],
+        env=job_env(PLAIN, PGAPPNAME="enc-switch"),
+    )
+    assert r.returncode != 0
+    assert "the appliance refuses client encoding 'SJIS'" in r.stderr, r.stderr
+    end = [e for e in appliance.session_by_app("enc-switch") if e["type"] == "session.end"]
+    assert "client_encoding changed to SJIS" in end[0]["data"]["reason"]

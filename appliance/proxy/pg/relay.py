@@ -63,6 +63,7 @@ from appliance.protocols.postgres.messages import (
     decode_backend,
     decode_frontend,
 )
+from appliance.proxy.pg.parameters import is_utf8
 
 # Stand-ins for a denied statement: text that cannot parse, so the server refuses it before
 # anything runs, whatever the session's state (a name the job already used for a prepared
@@ -276,6 +277,16 @@ class _Expect:
     denial: bytes = b""  # the ErrorResponse the job gets instead of the stand-in's
     simple: bool = False  # a Query stand-in (its ReadyForQuery ends the cycle)
     text: str | None = None  # the SQL a Parse carried (for an error with no statement)
+
+
+class SessionRefused(Exception):
+    """The session cannot go on under the appliance (e.g. the client encoding became one the
+    policy cannot read); the shell ends it with ``message`` to the job."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        self.message = message
+        super().__init__(reason)
 
 
 class Relay:
@@ -589,6 +600,14 @@ class Relay:
             elif t == B_PARAMETER:
                 status = decode_backend(t, chunk[s + 5 : e])
                 assert isinstance(status, ParameterStatus)
+                if status.name == "client_encoding" and not is_utf8(status.value):
+                    # SET client_encoding (or set_config): what the job sends next would
+                    # be read by the server in an encoding the policy does not parse.
+                    raise SessionRefused(
+                        f"client_encoding changed to {status.value}",
+                        f"the appliance refuses client encoding {status.value!r}: "
+                        "statements must be UTF-8; the session is closed",
+                    )
                 self.hooks.parameter(status.name, status.value)
             # CopyDone, FunctionCallResponse...: relayed as they are.
         if d_start >= 0:

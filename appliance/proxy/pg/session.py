@@ -59,14 +59,16 @@ from appliance.protocols.postgres import (
 from appliance.protocols.postgres.messages import CancelRequest, error_response
 from appliance.proxy.pg.hooks import SessionHooks
 from appliance.proxy.pg.masking import ResponseMasker
+from appliance.proxy.pg.parameters import ParameterRefused, is_utf8, upstream_parameters
 from appliance.proxy.pg.recording import SessionRecorder
-from appliance.proxy.pg.relay import Relay, Statement
+from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
 
 log = logging.getLogger("appliance.proxy")
 
 ADMIN_SHUTDOWN = "57P01"
 CONNECTION_FAILURE = "08006"
 REJECTED = "08004"
+INSUFFICIENT_PRIVILEGE = "42501"
 PROTOCOL_VIOLATION = "08P01"
 _HIGH_WATER = 1 << 20
 
@@ -213,6 +215,8 @@ class PgSession:
                 self._end(SessionEnd("appliance shutdown", self._shutdown_error()))
         except PeerProtocolError as exc:
             self._protocol_error(exc)
+        except SessionRefused as exc:
+            self._end(SessionEnd(exc.reason, _fatal(INSUFFICIENT_PRIVILEGE, exc.message)))
         except Exception as exc:  # a bug or an unusable ledger: this session ends, not others
             self._end(self._unexpected(exc))
 
@@ -561,6 +565,15 @@ class PgSession:
             start["policy_mode"] = policy.mode
         self.recorder.append("session.start", start)
         try:
+            parameters = upstream_parameters(
+                startup.startup.parameters, allowed=target.startup_parameters
+            )
+        except ParameterRefused as exc:
+            raise SessionEnd(
+                f"startup refused: {exc}",
+                _fatal(INSUFFICIENT_PRIVILEGE, f"the appliance refuses {exc}"),
+            ) from None
+        try:
             secret = read_secret(account.secret, credentials_dir=self.services.credentials_dir)
         except ApplianceError as exc:
             raise SessionEnd(
@@ -589,7 +602,7 @@ class PgSession:
             database=self.database,
             password=secret,
             random_bytes=self.services.random_bytes,
-            parameters=startup.forwardable_parameters(),
+            parameters=parameters,
             tls=target.tls.mode,  # type: ignore[arg-type]
         )
         del secret
@@ -656,6 +669,18 @@ class PgSession:
 
     def _ready(self, ready: ServerReady) -> None:
         assert self.recorder is not None and self.client.transport is not None
+        encoding = dict(ready.parameters).get("client_encoding")
+        if encoding is not None and not is_utf8(encoding):
+            # A role or database default (ALTER ROLE ... SET client_encoding): statements
+            # would be read by the server in an encoding the policy does not parse.
+            raise SessionEnd(
+                f"startup refused: the server's client_encoding is {encoding}",
+                _fatal(
+                    INSUFFICIENT_PRIVILEGE,
+                    f"the appliance refuses client encoding {encoding!r} for target "
+                    f"{self.target.name!r}: statements must be UTF-8",
+                ),
+            )
         route = CancelRoute(
             self.upstream,
             socket.AF_INET6 if ":" in self.upstream[0] else socket.AF_INET,

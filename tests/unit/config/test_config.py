@@ -15,6 +15,7 @@ targets:
     addresses: [10.0.0.5:5432, "[fd00::5]:5432", db.example.com:5432, 10.1.0.0/16:6432]
     listen: 127.0.0.1:6432
     tls: {mode: verify-full, ca: /etc/appliance/ca.pem, server_name: db.example.com}
+    startup_parameters: [work_mem]
     accounts:
       - {name: ci-writer, user: app, secret: {file: /etc/appliance/app.pw}}
       - {name: ci-reader, user: reader, secret: {credential: reader-pw}, database: app}
@@ -25,6 +26,7 @@ ledger:
   checkpoint_interval: 500ms
   checkpoint_entries: 2000
   max_result_bytes: 8MiB
+  writer: thread
 capture:
   listen_port: 15001
   mark: 0x4150
@@ -48,6 +50,9 @@ def test_a_full_config_loads() -> None:
     assert cfg.ledger.checkpoint_interval == 0.5
     assert cfg.ledger.max_result_bytes == 8 * 1024 * 1024
     assert cfg.capture.mark == 0x4150
+    assert db.startup_parameters == ("work_mem",)
+    assert cfg.ledger.writer == "thread"
+    assert parse_config(GOOD.replace("  writer: thread\n", "")).ledger.writer == "process"
 
 
 def test_load_config_reads_a_file(tmp_path: Path) -> None:
@@ -66,6 +71,18 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
         ("targets: []\n", "<config>:1: targets: at least one target is required"),
         ("targets: {}\n", "<config>:1: targets: expected a list, got a mapping"),
         ("targetz: []\n", "<config>:1: targetz: unknown key 'targetz'"),
+        (
+            "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1:5432]\n"
+            "    startup_parameters: [replication]\n"
+            "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n",
+            "<config>:5: targets[0].startup_parameters[0]: 'replication' is not a setting",
+        ),
+        (
+            "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1:5432]\n"
+            "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n"
+            "ledger:\n  writer: fork\n",
+            "<config>:8: ledger.writer: expected one of process, thread; got 'fork'",
+        ),
         (
             "targets:\n  - name: a\n    protocol: mysql\n    addresses: [x:1]\n    accounts: []\n",
             "<config>:3: targets[0].protocol: expected one of postgres; got 'mysql'",

@@ -57,7 +57,7 @@ from appliance.protocols.postgres.messages import (
     notice_response,
 )
 from appliance.proxy.pg.masking import ResponseMasker
-from appliance.proxy.pg.relay import ALLOW, Relay, RowMasker, Statement, Verdict
+from appliance.proxy.pg.relay import ALLOW, Relay, RowMasker, SessionRefused, Statement, Verdict
 from tests.unit.postgres.transcripts import load
 
 # -- messages ----------------------------------------------------------------------------------
@@ -442,6 +442,20 @@ def test_unexpected_server_messages_are_the_server_s_fault() -> None:
         with pytest.raises(PeerProtocolError) as caught:
             p.server_sends(answer)
         assert caught.value.side == "server"
+
+
+def test_a_client_encoding_other_than_utf8_ends_the_session() -> None:
+    """SET client_encoding = 'SJIS': the server would read the job's next statements in an
+    encoding the policy does not parse; the server's ParameterStatus ends the session."""
+    hooks = Hooks()
+    p = Player(hooks, whole)
+    p.to_server(q("set client_encoding = 'UTF8'"))
+    same = ParameterStatus("client_encoding", "UTF8").encode() + done("SET") + ready()
+    assert p.to_client(same) == same
+    p.to_server(q("set client_encoding = 'SJIS'"))
+    with pytest.raises(SessionRefused, match="SJIS") as refused:
+        p.server_sends(ParameterStatus("client_encoding", "SJIS").encode() + done("SET") + ready())
+    assert "must be UTF-8" in refused.value.message
 
 
 # -- denial ------------------------------------------------------------------------------------
