@@ -414,6 +414,12 @@ def _name(nodes: Any) -> tuple[str, ...]:
     )
 
 
+def _utf8_constant(node: Any) -> bool:
+    """True if ``node`` is a string constant naming UTF-8 (any spelling the server takes)."""
+    value = _string_value(node)
+    return value is not None and value.strip().lower() in ("utf8", "utf-8", "unicode")
+
+
 def _string_value(node: Any) -> str | None:
     """The text of a string constant (``'role'``, also ``'role'::text``), else None."""
     if not isinstance(node, dict):
@@ -757,6 +763,10 @@ def _set(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
     # what happens).
     if ctx.top:
         walk.add(ctx, "role" if f.get("name") in _ROLE_SETTINGS else "set")
+        if f.get("name") == "client_encoding" and f.get("kind") == "VAR_SET_VALUE":
+            args = f.get("args") or [None]
+            if len(args) != 1 or not _utf8_constant(args[0]):
+                walk.add(ctx, "encoding")
 
 
 @_handles("RangeVar")
@@ -777,6 +787,10 @@ def _funccall(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
             # could be 'role', so it counts as one.
             if setting is None or setting.strip().lower() in _ROLE_SETTINGS:
                 walk.add(ctx, "role")
+            if setting is None or setting.strip().lower() == "client_encoding":
+                value = args[1] if len(args) > 1 else None
+                if not _utf8_constant(value):
+                    walk.add(ctx, "encoding")
     walk.children(kind, f, ctx, skip=("funcname",))
 
 

@@ -397,13 +397,64 @@ def test_safe_startup_settings_pass_and_others_refuse_the_session(
 
 
 def test_switching_to_another_client_encoding_ends_the_session(
-    lab: Lab, appliance: Appliance
+    lab: Lab, pg: PgServer, appliance: Appliance
 ) -> None:
+    """SET client_encoding is denied before it runs (next test); a function that switches
+    it where the policy cannot see is caught by the server's own report of the change."""
+    pg.admin_sql(
+        "create or replace function switch_encoding() returns void language plpgsql as "
+        "$$ begin perform set_config('client_encoding', 'SJIS', false); end $$;"
+        "grant execute on function switch_encoding() to app",
+        database="app",
+    )
     r = lab.job(
-        ["psql", "-X", "-c", "set client_encoding = 'SJIS'", "-c", "select 1"],
+        ["psql", "-X", "-c", "select switch_encoding()", "-c", "select 1"],
         env=job_env(PLAIN, PGAPPNAME="enc-switch"),
     )
     assert r.returncode != 0
     assert "the appliance refuses client encoding 'SJIS'" in r.stderr, r.stderr
     end = [e for e in appliance.session_by_app("enc-switch") if e["type"] == "session.end"]
     assert "client_encoding changed to SJIS" in end[0]["data"]["reason"]
+
+
+def test_set_names_to_another_encoding_is_denied_whatever_the_policy(
+    lab: Lab, appliance: Appliance
+) -> None:
+    r = lab.job(
+        ["psql", "-X", "-c", "SET NAMES 'SJIS'", "-c", "select 1 as still_here"],
+        env=job_env(PLAIN, PGAPPNAME="enc-names"),
+    )
+    assert "client encoding must stay UTF-8" in r.stderr, r.stderr
+    assert "still_here" in r.stdout  # denied, the session goes on
+    session = appliance.session_by_app("enc-names")
+    (decision,) = denial_entries(session)
+    assert decision["rule"] == "(built-in) utf8-only"
+
+
+def test_a_statement_pipelined_behind_a_set_cannot_be_read_two_ways(
+    lab: Lab, pg: PgServer, appliance: Appliance
+) -> None:
+    """SET standard_conforming_strings = off and, in the same write, a statement that is
+    one SELECT with the setting on (as the policy would read it) but a SELECT and a DROP
+    with it off (as the server will read it, once the SET has run)."""
+    from appliance.protocols.postgres.messages import Query
+
+    hidden = "SELECT 'a\\' , '; DROP TABLE keep_me; --'"
+    client = RawClient(lab, PLAIN, "ci", application_name="scs-race")
+    try:
+        client.startup()
+        client.send(
+            Query("SET standard_conforming_strings = off").encode() + Query(hidden).encode()
+        )
+        first = client._until_ready()
+        rest = first[first.index(b"Z\x00\x00\x00\x05") + 6 :]
+        second = rest if b"Z\x00\x00\x00\x05" in rest else rest + client._until_ready()
+    finally:
+        client.close()
+    assert b"SET" in first
+    assert b"42501" in second and b"settings-in-flight" not in second  # the job's message
+    assert b"sent before the server answered a SET" in second
+    assert "keep_me" in pg.admin_sql("select tablename from pg_tables", database="app")
+    session = appliance.session_by_app("scs-race")
+    rules = [d["rule"] for d in denial_entries(session)]
+    assert rules == ["(built-in) settings-in-flight"]

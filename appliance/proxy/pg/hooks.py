@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from appliance.approvals import Broker, Outcome
-from appliance.policy import Decision, Policy, RequestContext, classify
+from appliance.policy import Classification, Decision, Policy, RequestContext, classify
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
     NoticeResponse,
@@ -77,6 +77,12 @@ class SessionHooks:
         # target, database, account), so a prepared statement run again is not decided
         # again. Only allows: a deny or review carries a new decision id each time.
         self._allowed: dict[tuple[str, bool], Verdict] = {}
+        # Statements that may change how the server reads text (SET, RESET, set_config...)
+        # sent but not yet followed by a ReadyForQuery (which comes after the server
+        # reported its settings): until then, pipelined text with a backslash is also
+        # read as with standard_conforming_strings off.
+        self._settings_in_flight: set[int] = set()
+        self._settings_done: set[int] = set()
         self.approval_started: Callable[[Statement], None] | None = None
 
     # -- deciding ----------------------------------------------------------------------------
@@ -89,10 +95,30 @@ class SessionHooks:
         # With standard_conforming_strings off, backslashes escape quotes: the classifier
         # must read the text as the server will (else a quote could hide a statement).
         scs = self.parameters.get("standard_conforming_strings", "on") == "on"
-        cached = self._allowed.get((stmt.text, scs))
+        unsure = bool(self._settings_in_flight) and scs and "\\" in stmt.text
+        cached = None if unsure else self._allowed.get((stmt.text, scs))
         if cached is not None:
             return cached
         classification = classify(stmt.text, standard_conforming_strings=scs)
+        if unsure:
+            # A SET in flight may have turned standard_conforming_strings off: the server
+            # could read the backslashes as escapes, and so another statement than the
+            # one classified here.
+            return self._refuse(
+                classification,
+                "(built-in) settings-in-flight",
+                "statement denied by the appliance: it holds a backslash and was sent "
+                "before the server answered a SET that may change how backslashes are "
+                "read; send it after that statement completes",
+            )
+        if "encoding" in classification.classes:
+            return self._refuse(
+                classification,
+                "(built-in) utf8-only",
+                "statement denied by the appliance: the client encoding must stay UTF-8",
+            )
+        if "set" in classification.classes:
+            self._settings_in_flight.add(stmt.n)
         decision = self.policy.decide(
             RequestContext(
                 identity=self.identity,
@@ -137,6 +163,22 @@ class SessionHooks:
                 hint=f"appliance decision {decision_id}; classes: {', '.join(sorted(classification.classes))}",
             )
         return Verdict(action, decision.enforced, error, record)
+
+    def _refuse(self, classification: Classification, rule: str, message: str) -> Verdict:
+        """A denial built into the appliance, whatever the policy (observe mode included):
+        statements the server could read otherwise than the policy did."""
+        decision_id = self.new_id()
+        record: dict[str, Any] = {
+            "decision": "deny",
+            "rule": rule,
+            "enforced": True,
+            "decision_id": decision_id,
+            "classes": sorted(classification.classes),
+        }
+        error = error_response(
+            "ERROR", INSUFFICIENT_PRIVILEGE, message, hint=f"appliance decision {decision_id}"
+        )
+        return Verdict("deny", True, error, record)
 
     # -- approvals ---------------------------------------------------------------------------
 
@@ -190,6 +232,8 @@ class SessionHooks:
         self.recorder.statement(stmt)
 
     def statement_finished(self, stmt: Statement) -> None:
+        if stmt.n in self._settings_in_flight:
+            self._settings_done.add(stmt.n)
         masker = self._row_masker
         to_job = masker.take_counts() if isinstance(masker, ResponseMasker) else None
         self.recorder.response(stmt, masked_to_job=to_job)
@@ -213,6 +257,11 @@ class SessionHooks:
 
     def parameter(self, name: str, value: str) -> None:
         self.parameters[name] = value
+
+    def ready(self) -> None:
+        if self._settings_done:
+            self._settings_in_flight -= self._settings_done
+            self._settings_done.clear()
 
     def row_masker(self) -> RowMasker | None:
         return self._row_masker

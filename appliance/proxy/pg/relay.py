@@ -187,6 +187,9 @@ class RelayHooks(Protocol):
     def parameter(self, name: str, value: str) -> None:
         """The server reported a new value of a run-time parameter (ParameterStatus)."""
 
+    def ready(self) -> None:
+        """ReadyForQuery: the server has reported every setting changed before it."""
+
     def row_masker(self) -> RowMasker | None:
         """The response masker for this session, or None (no masking toward the job)."""
 
@@ -797,6 +800,7 @@ class Relay:
         if len(payload) != 1 or payload[0] not in _TX_STATUS:
             raise PeerProtocolError("malformed ReadyForQuery", side="server")
         self.tx_status = payload[0]
+        self.hooks.ready()
         self._end_result()
         self._copy_out = None
         expect = self._expect

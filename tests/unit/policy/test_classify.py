@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pglast.parser import ParseError, parse_sql, parse_sql_json
@@ -83,6 +84,31 @@ def test_standard_conforming_strings_off_refuses_backslashes() -> None:
         "delete",
         "delete_without_where",
     }
+
+
+@pytest.mark.parametrize(
+    ("sql", "switches"),
+    [
+        ("SET NAMES 'SJIS'", True),
+        ("SET client_encoding TO 'LATIN1'", True),
+        ("set local client_encoding = gbk", True),
+        ("SELECT set_config('client_encoding', 'BIG5', false)", True),
+        ("SELECT set_config('client_encoding', current_setting('x'), false)", True),
+        ("SELECT set_config(name, value, false) FROM settings", True),
+        ("SET client_encoding TO 'UTF8'", False),
+        ("SET NAMES 'utf-8'", False),
+        ("SET client_encoding = DEFAULT", False),
+        ("RESET client_encoding", False),
+        ("SELECT set_config('client_encoding', 'unicode', false)", False),
+        ("SELECT set_config('search_path', 'app', false)", False),
+    ],
+)
+def test_switching_the_client_encoding_away_from_utf8_is_its_own_class(
+    sql: str, switches: bool
+) -> None:
+    classes = classify(sql).classes
+    assert "set" in classes
+    assert ("encoding" in classes) is switches
 
 
 def test_inputs_that_are_not_sql() -> None:

@@ -143,6 +143,7 @@ class Hooks:
         self.masker = masker
         self.log: list[tuple[Any, ...]] = []
         self.sinks: list[tuple[int, str, ListSink]] = []
+        self.readies = 0
 
     def decide(self, stmt: Statement) -> Verdict:
         return self.verdicts.get(stmt.text, ALLOW)
@@ -172,6 +173,9 @@ class Hooks:
         sink = ListSink()
         self.sinks.append((stmt.n, f"copy {direction}", sink))
         return sink
+
+    def ready(self) -> None:
+        self.readies += 1
 
     def request_failed(self, request: str, text: str | None, error: ErrorResponse) -> None:
         self.log.append(("request failed", request, text, error.code))
@@ -401,6 +405,7 @@ def test_error_in_a_pipeline_skips_to_sync(split: Callable[[bytes], list[bytes]]
         ("finish", 2, "error", (), 0, "22012"),
         ("finish", 3, "skipped", (), 0, None),
     ]
+    assert hooks.readies == 1
     # The next batch is tracked from a clean state.
     p.to_server(extended("select 4") + SYNC)
     p.to_client(PARSE_OK + BIND_OK + desc("a") + row("4") + done("SELECT 1") + ready())
