@@ -39,6 +39,7 @@ from pglast.parser import ParseError, parse_sql_json
 
 from appliance.policy._functions import call_classes
 from appliance.policy._where import keeps_every_row
+from appliance.protocols.postgres.encodings import ascii_safe
 
 __all__ = ["Classification", "StatementClass", "classify"]
 
@@ -414,10 +415,11 @@ def _name(nodes: Any) -> tuple[str, ...]:
     )
 
 
-def _utf8_constant(node: Any) -> bool:
-    """True if ``node`` is a string constant naming UTF-8 (any spelling the server takes)."""
-    value = _string_value(node)
-    return value is not None and value.strip().lower() in ("utf8", "utf-8", "unicode")
+def _ascii_safe_constant(node: Any) -> bool:
+    """True if ``node`` is a string constant naming an encoding the server and the appliance
+    read alike (see :mod:`appliance.protocols.postgres.encodings`)."""
+    value = _string_value(node)  # SET's bare words (= sjis) are string constants too
+    return value is not None and ascii_safe(value)
 
 
 def _string_value(node: Any) -> str | None:
@@ -765,7 +767,7 @@ def _set(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
         walk.add(ctx, "role" if f.get("name") in _ROLE_SETTINGS else "set")
         if f.get("name") == "client_encoding" and f.get("kind") == "VAR_SET_VALUE":
             args = f.get("args") or [None]
-            if len(args) != 1 or not _utf8_constant(args[0]):
+            if len(args) != 1 or not _ascii_safe_constant(args[0]):
                 walk.add(ctx, "encoding")
 
 
@@ -789,7 +791,7 @@ def _funccall(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
                 walk.add(ctx, "role")
             if setting is None or setting.strip().lower() == "client_encoding":
                 value = args[1] if len(args) > 1 else None
-                if not _utf8_constant(value):
+                if not _ascii_safe_constant(value):
                     walk.add(ctx, "encoding")
     walk.children(kind, f, ctx, skip=("funcname",))
 

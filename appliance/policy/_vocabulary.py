@@ -40,9 +40,9 @@ CLASSES: dict[str, str] = {
     "transaction": "BEGIN, COMMIT, ROLLBACK, SAVEPOINT, PREPARE TRANSACTION ...",
     "set": "reads or changes a session setting: SET, RESET, SHOW, DISCARD, SET CONSTRAINTS, "
     "set_config(...)",
-    "encoding": "switches the client encoding away from UTF-8 (SET client_encoding, SET NAMES, "
-    "set_config('client_encoding', ...)): always refused by the appliance, whose policy "
-    "reads statements as UTF-8",
+    "encoding": "switches the client encoding to one the server reads otherwise than the "
+    "appliance (SJIS, BIG5, GBK, UHC, GB18030, JOHAB, or a name not written as a constant) "
+    "with SET client_encoding, SET NAMES or set_config: always refused by the appliance",
     "explain": "EXPLAIN (with ANALYZE the explained statement also runs and adds its classes)",
     "lock": "takes explicit locks: LOCK, SELECT ... FOR UPDATE/SHARE, pg_advisory_lock(...)",
     "maintenance": "VACUUM, ANALYZE, REINDEX, CLUSTER, CHECKPOINT, REFRESH MATERIALIZED VIEW",

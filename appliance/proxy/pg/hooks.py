@@ -114,8 +114,10 @@ class SessionHooks:
         if "encoding" in classification.classes:
             return self._refuse(
                 classification,
-                "(built-in) utf8-only",
-                "statement denied by the appliance: the client encoding must stay UTF-8",
+                "(built-in) ascii-safe-encoding",
+                "statement denied by the appliance: the client encoding may not become one "
+                "the server reads otherwise than the appliance (SJIS, BIG5, GBK, UHC, GB18030, "
+                "JOHAB)",
             )
         if "set" in classification.classes:
             self._settings_in_flight.add(stmt.n)

@@ -6,7 +6,7 @@ and ``replication``. Passed through unchecked they let a job undo what the datab
 owner set for the service account (``ALTER ROLE ci SET default_transaction_read_only =
 on``, ``-c role=admin``), open a replication connection that streams the whole database
 past the statement policy, or pick a client encoding such as GBK or SJIS in which the
-server reads a statement differently from the UTF-8 text the policy classified.
+server reads a statement differently from the text the policy classified.
 
 So the appliance forwards only settings it knows to be harmless to its decisions
 (:data:`SAFE`, plus any a target allows in its config), turns the ``-c name=value`` and
@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from appliance.protocols.postgres.encodings import ascii_safe
+
 # Settings drivers send at startup (libpq, JDBC, psycopg, asyncpg, node-postgres, Npgsql)
 # and settings a job may choose for itself without changing what it is allowed to do.
 SAFE = frozenset(
     {
         "application_name",
-        "client_encoding",  # UTF8 only, see below
+        "client_encoding",  # not the ASCII-unsafe ones, see below
         "datestyle",
         "intervalstyle",
         "timezone",
@@ -42,7 +44,6 @@ SAFE = frozenset(
         "jit",
     }
 )
-UTF8_NAMES = frozenset({"utf8", "utf-8", "unicode"})
 # Never forwarded: the appliance speaks for itself here.
 _OWN = frozenset({"user", "database"})
 
@@ -136,24 +137,19 @@ def upstream_parameters(
                 "not a setting the appliance forwards (a target can allow it with "
                 "startup_parameters)",
             )
-        if key == "client_encoding" and not is_utf8(value):
+        if key == "client_encoding" and not ascii_safe(value):
             raise ParameterRefused(
-                name, f"client encoding {value!r} is refused: statements must be UTF-8"
+                name,
+                f"client encoding {value!r} is refused: the server would read statements "
+                "otherwise than the appliance",
             )
         out[name] = value
     return out
 
 
-def is_utf8(encoding: str) -> bool:
-    """True for the names of UTF-8, as a driver may send them (asyncpg: ``'utf-8'``, quoted)
-    or as the server reports them (``UTF8``)."""
-    return encoding.strip().strip("'").strip().lower() in UTF8_NAMES
-
-
 __all__ = [
     "SAFE",
     "ParameterRefused",
-    "is_utf8",
     "options_settings",
     "split_options",
     "upstream_parameters",

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from appliance.protocols.postgres import Messages, PeerProtocolError
+from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import (
     Bind,
     Close,
@@ -63,7 +64,6 @@ from appliance.protocols.postgres.messages import (
     decode_backend,
     decode_frontend,
 )
-from appliance.proxy.pg.parameters import is_utf8
 
 # Stand-ins for a denied statement: text that cannot parse, so the server refuses it before
 # anything runs, whatever the session's state (a name the job already used for a prepared
@@ -603,13 +603,14 @@ class Relay:
             elif t == B_PARAMETER:
                 status = decode_backend(t, chunk[s + 5 : e])
                 assert isinstance(status, ParameterStatus)
-                if status.name == "client_encoding" and not is_utf8(status.value):
+                if status.name == "client_encoding" and not ascii_safe(status.value):
                     # SET client_encoding (or set_config): what the job sends next would
                     # be read by the server in an encoding the policy does not parse.
                     raise SessionRefused(
                         f"client_encoding changed to {status.value}",
                         f"the appliance refuses client encoding {status.value!r}: "
-                        "statements must be UTF-8; the session is closed",
+                        "the server would read statements otherwise than the appliance; "
+                        "the session is closed",
                     )
                 self.hooks.parameter(status.name, status.value)
             # CopyDone, FunctionCallResponse...: relayed as they are.

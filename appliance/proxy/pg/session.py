@@ -56,10 +56,11 @@ from appliance.protocols.postgres import (
     Terminated,
     UpstreamAuthenticationError,
 )
+from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import CancelRequest, error_response
 from appliance.proxy.pg.hooks import SessionHooks
 from appliance.proxy.pg.masking import ResponseMasker
-from appliance.proxy.pg.parameters import ParameterRefused, is_utf8, upstream_parameters
+from appliance.proxy.pg.parameters import ParameterRefused, upstream_parameters
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
 
@@ -670,7 +671,7 @@ class PgSession:
     def _ready(self, ready: ServerReady) -> None:
         assert self.recorder is not None and self.client.transport is not None
         encoding = dict(ready.parameters).get("client_encoding")
-        if encoding is not None and not is_utf8(encoding):
+        if encoding is not None and not ascii_safe(encoding):
             # A role or database default (ALTER ROLE ... SET client_encoding): statements
             # would be read by the server in an encoding the policy does not parse.
             raise SessionEnd(
@@ -678,7 +679,7 @@ class PgSession:
                 _fatal(
                     INSUFFICIENT_PRIVILEGE,
                     f"the appliance refuses client encoding {encoding!r} for target "
-                    f"{self.target.name!r}: statements must be UTF-8",
+                    f"{self.target.name!r}: the server would read statements otherwise",
                 ),
             )
         route = CancelRoute(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.proxy.pg.parameters import (
     ParameterRefused,
-    is_utf8,
     options_settings,
     split_options,
     upstream_parameters,
@@ -54,8 +54,9 @@ def test_options_become_checked_parameters() -> None:
         ({"options": "-c statement_timeout"}, "options", "not name=value"),
         ({"replication": "database"}, "replication", "replication connections"),
         ({"replication": "true"}, "replication", "replication connections"),
-        ({"client_encoding": "SJIS"}, "client_encoding", "statements must be UTF-8"),
-        ({"options": "-c client_encoding=GBK"}, "client_encoding", "UTF-8"),
+        ({"client_encoding": "SJIS"}, "client_encoding", "read statements otherwise"),
+        ({"client_encoding": "'Shift_JIS'"}, "client_encoding", "read statements otherwise"),
+        ({"options": "-c client_encoding=GBK"}, "client_encoding", "otherwise"),
     ],
 )
 def test_anything_else_refuses_the_session_naming_the_parameter(
@@ -78,6 +79,10 @@ def test_a_target_can_allow_more_settings_but_never_replication() -> None:
         upstream_parameters({"replication": "database"}, allowed=("replication",))
 
 
-def test_utf8_names() -> None:
-    assert all(is_utf8(n) for n in ("UTF8", "utf-8", "Unicode", " UTF8 ", "'utf-8'"))
-    assert not any(is_utf8(n) for n in ("SQL_ASCII", "LATIN1", "SJIS", "GBK", ""))
+def test_ascii_safe_encodings_pass_as_drivers_spell_them() -> None:
+    ok = ("UTF8", "utf-8", "Unicode", "'utf-8'", "SQL_ASCII", "LATIN1", "WIN1252", "EUC_JP")
+    for name in ok:
+        assert upstream_parameters({"client_encoding": name}) == {"client_encoding": name}
+    for name in ("SJIS", "Shift_JIS", "win932", "BIG5", "GBK", "cp936", "UHC", "GB18030"):
+        assert not ascii_safe(name), name
+    assert all(ascii_safe(n) for n in ok)
