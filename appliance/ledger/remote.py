@@ -45,6 +45,7 @@ from typing import Any
 
 import orjson
 
+from appliance.ledger.api import PendingBlob
 from appliance.ledger.entries import canonical_json, encode_trusted, format_ts_us, make_entry
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
 from appliance.ledger.keys import SigningKey
@@ -329,7 +330,9 @@ class RemoteLedger:
         if blobs:
             data = dict(data)
             for k, sink in blobs.items():
-                if not isinstance(sink, RemoteBlob) or sink._ledger is not self:
+                if not isinstance(sink, PendingBlob) and (
+                    not isinstance(sink, RemoteBlob) or sink._ledger is not self
+                ):
                     raise LedgerError("blob sink belongs to another writer")
                 data[k] = None
         with self._lock:
@@ -352,10 +355,19 @@ class RemoteLedger:
             if blobs:
                 refs = []
                 for k, sink in blobs.items():
-                    if not sink.closed:
-                        sink._state = "closed"
+                    if isinstance(sink, PendingBlob):
+                        # open, write and close in one go: no sink object for a small result
+                        blob_id = next(self._blob_ids)
+                        self._buffer(
+                            _OPEN, _U64.pack(blob_id) + _U32.pack(self._factory_id(sink.transform))
+                        )
+                        self._buffer(_WRITE, _U64.pack(blob_id) + sink.data)
+                    else:
+                        blob_id = sink.id
+                        if not sink.closed:
+                            sink._state = "closed"
                     name = k.encode()
-                    refs.append(_U64.pack(sink.id) + struct.pack("!H", len(name)) + name)
+                    refs.append(_U64.pack(blob_id) + struct.pack("!H", len(name)) + name)
                 body = struct.pack("!H", len(refs)) + b"".join(refs) + raw
                 self._buffer(_ENTRY_BLOBS, head + body)
             else:
@@ -372,23 +384,30 @@ class RemoteLedger:
             raise LedgerError("a remote ledger takes transform factories, not functions")
         with self._lock:
             self._check()
-            factory_id = 0
-            if transform is not None:
-                known = self._factories.get(id(transform))
-                if known is None:
-                    factory_id = len(self._factories) + 1
-                    try:
-                        blob = pickle.dumps(transform)
-                    except Exception as exc:
-                        raise LedgerError(f"transform factory cannot be sent: {exc}") from None
-                    # Keep the factory alive: its id() names it.
-                    self._factories[id(transform)] = (factory_id, transform)
-                    self._buffer(_FACTORY, _U32.pack(factory_id) + blob)
-                else:
-                    factory_id = known[0]
+            factory_id = self._factory_id(transform)
             sink = RemoteBlob(self, next(self._blob_ids))
             self._buffer(_OPEN, _U64.pack(sink.id) + _U32.pack(factory_id))
             return sink
+
+    def _factory_id(self, transform: object) -> int:
+        """The number naming ``transform`` in the child (sent there the first time; holding
+        ``_lock``); 0 for none."""
+        if transform is None:
+            return 0
+        if not hasattr(transform, "new"):
+            raise LedgerError("a remote ledger takes transform factories, not functions")
+        known = self._factories.get(id(transform))
+        if known is not None:
+            return known[0]
+        factory_id = len(self._factories) + 1
+        try:
+            blob = pickle.dumps(transform)
+        except Exception as exc:
+            raise LedgerError(f"transform factory cannot be sent: {exc}") from None
+        # Keep the factory alive: its id() names it.
+        self._factories[id(transform)] = (factory_id, transform)
+        self._buffer(_FACTORY, _U32.pack(factory_id) + blob)
+        return factory_id
 
     def put_blob(self, data: bytes) -> str:
         data = bytes(data)

@@ -25,6 +25,7 @@ raises :class:`LedgerUnavailable` and the proxy fails closed.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.ledger._framing import CHECKPOINT_MAGIC, ENTRY_MAGIC, MAX_PAYLOAD, encode_frame
+from appliance.ledger.api import PendingBlob
 from appliance.ledger.checkpoint import Checkpoint, sign_checkpoint
 from appliance.ledger.entries import (
     KEY_PUBLISHED,
@@ -345,43 +347,56 @@ class LedgerWriter:
         per-statement records, whose identity was checked once per session), so the
         recursive type check is skipped on this hot path; encoding errors still raise.
         """
+        opened: list[BlobSink] = []
         if blobs:
             data = dict(data)
+            blobs = dict(blobs)
             for k, sink in blobs.items():
+                if isinstance(sink, PendingBlob):
+                    pending = self.open_blob(sink.transform)
+                    pending.write(sink.data)
+                    opened.append(pending)
+                    blobs[k] = sink = pending
                 if sink._writer is not self:
                     raise LedgerError("blob sink belongs to another writer")
                 data[k] = None  # placeholder, replaced by the reference in the writer thread
-        with self._cond:
-            self._wait_for_room()
-            ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
-            obj = make_entry(
-                origin=self.origin,
-                seq=self._next_seq,
-                ts=format_ts_us(ts_us),
-                type=type,
-                session=session,
-                identity=identity,
-                account=account,
-                target=target,
-                data=data,
-            )
-            # Raises CanonicalError before anything is consumed.
-            raw = encode_trusted(obj) if trusted else canonical_json(obj)
-            if len(raw) > MAX_PAYLOAD:
-                raise CanonicalError(f"entry of {len(raw)} bytes is too large; use a blob")
-            if blobs:
-                for sink in blobs.values():
-                    if not sink.closed:
-                        sink._state = "closed"
-                        self._queue.append((_BLOB_CLOSE, sink))
-                self._queue.append((_ENTRY, obj, dict(blobs)))
-            else:
-                self._queue.append((_ENTRY, raw, None))
-            self._next_seq += 1
-            self._last_ts_us = ts_us
-            n = len(self._queue)
-            if (n == 1 and self._idle) or n >= _BATCH:
-                self._cond.notify_all()
+        try:
+            with self._cond:
+                self._wait_for_room()
+                ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
+                obj = make_entry(
+                    origin=self.origin,
+                    seq=self._next_seq,
+                    ts=format_ts_us(ts_us),
+                    type=type,
+                    session=session,
+                    identity=identity,
+                    account=account,
+                    target=target,
+                    data=data,
+                )
+                # Raises CanonicalError before anything is consumed.
+                raw = encode_trusted(obj) if trusted else canonical_json(obj)
+                if len(raw) > MAX_PAYLOAD:
+                    raise CanonicalError(f"entry of {len(raw)} bytes is too large; use a blob")
+                if blobs:
+                    for sink in blobs.values():
+                        if not sink.closed:
+                            sink._state = "closed"
+                            self._queue.append((_BLOB_CLOSE, sink))
+                    self._queue.append((_ENTRY, obj, dict(blobs)))
+                else:
+                    self._queue.append((_ENTRY, raw, None))
+                self._next_seq += 1
+                self._last_ts_us = ts_us
+                n = len(self._queue)
+                if (n == 1 and self._idle) or n >= _BATCH:
+                    self._cond.notify_all()
+        except BaseException:
+            for made in opened:  # nothing was recorded: drop what was opened for it
+                with contextlib.suppress(LedgerError):
+                    made.abort()
+            raise
 
     @property
     def next_seq(self) -> int:

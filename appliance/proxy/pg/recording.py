@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from appliance.ledger.api import Blob, Ledger
+from appliance.ledger.api import Blob, Ledger, PendingBlob
 from appliance.ledger.entries import canonical_json
 from appliance.masking import ColumnPlan, MaskCounts, TargetMasker
 from appliance.protocols.postgres.messages import (
@@ -206,16 +206,20 @@ class RowsSink:
     """A statement's result rows on their way to one blob; bounded by ``limit`` bytes.
 
     Everything (result headers, row runs, COPY data) is gathered here and handed to the
-    blob in few writes (every ``_CHUNK`` bytes and at the end): each write is a trip through
-    the ledger writer's queue and a wake-up of its thread, which competes with the event
-    loop for the GIL.
+    ledger in few writes, every ``_CHUNK`` bytes: the blob is opened only then. A result
+    that stays smaller (nearly all) never opens one: :meth:`finish` leaves it as a
+    :class:`~appliance.ledger.api.PendingBlob` that travels with the response entry, one
+    hand-over instead of an open, a write and a close.
     """
 
-    def __init__(self, blob: Blob, limit: int) -> None:
-        self.blob = blob
+    def __init__(self, ledger: Ledger, transform: object, limit: int) -> None:
+        self.ledger = ledger
+        self.transform = transform
         self.limit = limit
         self.size = 0
         self.truncated = False
+        self.blob: Blob | None = None  # once opened
+        self.pending: PendingBlob | None = None  # after finish, if never opened
         self._pending = bytearray()  # parts ready for the blob
         self._run = bytearray()  # frames of the current run, not yet a part
         self._kind = _ROWS
@@ -249,6 +253,8 @@ class RowsSink:
     def _flush(self) -> None:
         self._end_run()
         if self._pending:
+            if self.blob is None:
+                self.blob = self.ledger.open_blob(self.transform)
             self.blob.write(bytes(self._pending))
             self._pending.clear()
 
@@ -261,12 +267,28 @@ class RowsSink:
             self._part(_COPY_END, b"")  # the last line may have no newline
             self._kind = _ROWS
 
-    def finish(self) -> None:
-        if self.closed:
-            return
-        self._flush()
+    def finish(self) -> Blob | PendingBlob:
+        """The blob to reference from the response entry."""
+        if not self.closed:
+            self.closed = True
+            if self.blob is None:
+                self._end_run()
+                self.pending = PendingBlob(self.transform, bytes(self._pending))
+                self._pending.clear()
+            else:
+                self._flush()
+                self.blob.close()
+        if self.blob is not None:
+            return self.blob
+        assert self.pending is not None
+        return self.pending
+
+    def abort(self) -> None:
+        """Nothing will reference these rows (the session ended mid-statement)."""
         self.closed = True
-        self.blob.close()
+        if self.blob is not None:
+            self.blob.abort()
+        self._pending.clear()
 
 
 class _ResultView:
@@ -314,7 +336,10 @@ class SessionRecorder:
         canonical_json(self.identity)
 
     def append(
-        self, type: str, data: Mapping[str, Any], blobs: Mapping[str, Blob] | None = None
+        self,
+        type: str,
+        data: Mapping[str, Any],
+        blobs: Mapping[str, Blob | PendingBlob] | None = None,
     ) -> None:
         """Append an entry of this session. Everything this class builds is str, int, bool,
         None, lists and dicts (see :meth:`mask` for text), so the append is ``trusted``."""
@@ -437,8 +462,7 @@ class SessionRecorder:
         blobs = None
         sink = self._sinks.pop(stmt.n, None)
         if sink is not None:
-            sink.finish()
-            blobs = {"result": sink.blob}
+            blobs = {"result": sink.finish()}
             if sink.truncated:
                 data["result_truncated"] = True
         else:
@@ -487,8 +511,7 @@ class SessionRecorder:
         if sink is None:
             # The writer decodes and masks the rows, and adds the masking counts to the
             # blob's reference in the entry.
-            blob = self.ledger.open_blob(self._rows)
-            sink = self._sinks[stmt.n] = RowsSink(blob, self.max_result_bytes)
+            sink = self._sinks[stmt.n] = RowsSink(self.ledger, self._rows, self.max_result_bytes)
         return sink
 
     def request_error(self, request: str, text: str | None, error: ErrorResponse) -> None:
@@ -523,5 +546,5 @@ class SessionRecorder:
     def discard(self) -> None:
         """Abort result blobs no entry will reference (a session that ended mid-statement)."""
         for sink in self._sinks.values():
-            sink.blob.abort()
+            sink.abort()
         self._sinks.clear()

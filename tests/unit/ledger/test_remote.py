@@ -47,12 +47,14 @@ def test_entries_and_masked_result_blobs_reach_a_verifiable_ledger(tmp_path: Pat
     with open_remote(d) as ledger:
         for n in range(3):
             ledger.append("statement", session="s1", data={"n": n, "text": "select card"})
-            blob = ledger.open_blob(rows_transforms(masker))
-            sink = RowsSink(blob, 1 << 20)
+            sink = RowsSink(ledger, rows_transforms(masker), 1 << 24)
             sink.header({"columns": ["card"], "types": [25], "formats": [0]})
-            sink.add(DataRow((b"4111 1111 1111 1111",)).encode())
+            # the last result is large: its blob is opened and streamed before the entry
+            for _ in range(1 if n < 2 else 20_000):
+                sink.add(DataRow((b"4111 1111 1111 1111",)).encode())
             sink.close()
-            sink.finish()
+            blob = sink.finish()
+            assert (sink.blob is None) == (n < 2)
             ledger.append("response", session="s1", data={"n": n}, blobs={"result": blob})
         ledger.flush(30)
         assert ledger.signed_size == 7  # key.published + 6
@@ -62,8 +64,10 @@ def test_entries_and_masked_result_blobs_reach_a_verifiable_ledger(tmp_path: Pat
     result = entries[2]["data"]["result"]  # type: ignore[index]
     assert "[REDACTED:CARD]" in result["inline"] and "4111" not in result["inline"]
     assert result["masking"]["detectors"] == {"card": 1}
+    large = entries[6]["data"]["result"]  # type: ignore[index]
+    assert "inline" not in large and large["masking"]["detectors"] == {"card": 20_000}
     report = verify_ledger(d, [KEY.verifier()])
-    assert report.ok and report.entries == 7
+    assert report.ok and report.entries == 7 and report.blobs == 1
 
 
 def test_the_same_calls_give_the_same_ledger_as_the_thread_writer(tmp_path: Path) -> None:
