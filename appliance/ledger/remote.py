@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 
 from appliance.ledger.api import PendingBlob
-from appliance.ledger.entries import canonical_json, encode_trusted, format_ts_us, make_entry
+from appliance.ledger.entries import PrefixCache, format_ts_us
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
 from appliance.ledger.keys import SigningKey
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
@@ -174,6 +174,7 @@ class RemoteLedger:
         self._closed = False
         self._blob_ids = itertools.count(1)
         self._factories: dict[int, tuple[int, object]] = {}
+        self._prefixes = PrefixCache(origin)
         self._flush_tokens = itertools.count(1)
         self._cond = threading.Condition()
         self._signed = int(ready["signed"])
@@ -339,18 +340,8 @@ class RemoteLedger:
             self._check()
             ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
             seq = self._next_seq
-            obj = make_entry(
-                origin=self.origin,
-                seq=seq,
-                ts=format_ts_us(ts_us),
-                type=type,
-                session=session,
-                identity=identity,
-                account=account,
-                target=target,
-                data=data,
-            )
-            raw = encode_trusted(obj) if trusted else canonical_json(obj)
+            prefix = self._prefixes.get(session, identity, account, target)
+            raw = prefix.encode(seq, format_ts_us(ts_us), type, data, trusted=trusted)
             head = _U64.pack(seq) + _U64.pack(ts_us)
             if blobs:
                 refs = []

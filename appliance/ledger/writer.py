@@ -40,6 +40,7 @@ from appliance.ledger.api import PendingBlob
 from appliance.ledger.checkpoint import Checkpoint, sign_checkpoint
 from appliance.ledger.entries import (
     KEY_PUBLISHED,
+    PrefixCache,
     canonical_json,
     encode_trusted,
     format_ts_us,
@@ -154,6 +155,7 @@ class LedgerWriter:
     ) -> None:
         self.directory = directory
         self._on_signed = on_signed
+        self._prefixes = PrefixCache(origin)
         self._threaded = threaded
         self.origin = origin
         self.recovery = report
@@ -364,19 +366,11 @@ class LedgerWriter:
             with self._cond:
                 self._wait_for_room()
                 ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
-                obj = make_entry(
-                    origin=self.origin,
-                    seq=self._next_seq,
-                    ts=format_ts_us(ts_us),
-                    type=type,
-                    session=session,
-                    identity=identity,
-                    account=account,
-                    target=target,
-                    data=data,
-                )
                 # Raises CanonicalError before anything is consumed.
-                raw = encode_trusted(obj) if trusted else canonical_json(obj)
+                prefix = self._prefixes.get(session, identity, account, target)
+                raw = prefix.encode(
+                    self._next_seq, format_ts_us(ts_us), type, data, trusted=trusted
+                )
                 if len(raw) > MAX_PAYLOAD:
                     raise CanonicalError(f"entry of {len(raw)} bytes is too large; use a blob")
                 if blobs:
@@ -384,6 +378,18 @@ class LedgerWriter:
                         if not sink.closed:
                             sink._state = "closed"
                             self._queue.append((_BLOB_CLOSE, sink))
+                    # the writer thread fills in the references: it needs the object
+                    obj = make_entry(
+                        origin=self.origin,
+                        seq=self._next_seq,
+                        ts=format_ts_us(ts_us),
+                        type=type,
+                        session=session,
+                        identity=identity,
+                        account=account,
+                        target=target,
+                        data=data,
+                    )
                     self._queue.append((_ENTRY, obj, dict(blobs)))
                 else:
                     self._queue.append((_ENTRY, raw, None))

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.ledger.entries import (
+    EntryPrefix,
     MalformedEntry,
+    PrefixCache,
     blob_refs,
     canonical_json,
     encode_entry,
@@ -107,3 +109,55 @@ def test_blob_refs() -> None:
         ("data.result", 3),
         ("data.other[0].x", 3),
     ]
+
+
+texts = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+objects = st.dictionaries(texts, json_values, max_size=5)
+
+
+@given(
+    origin=texts,
+    session=st.none() | texts,
+    identity=st.none() | objects,
+    account=st.none() | texts,
+    target=st.none() | texts,
+    seq=st.integers(min_value=0, max_value=2**63 - 1),
+    type_=texts,
+    data=objects,
+    trusted=st.booleans(),
+)
+def test_entries_built_from_a_prefix_are_the_canonical_bytes(
+    origin: str,
+    session: str | None,
+    identity: dict[str, object] | None,
+    account: str | None,
+    target: str | None,
+    seq: int,
+    type_: str,
+    data: dict[str, object],
+    trusted: bool,
+) -> None:
+    ts = "2026-11-25T23:00:00.000001Z"
+    prefix = EntryPrefix(
+        origin=origin, session=session, identity=identity, account=account, target=target
+    )
+    expected = encode_entry(
+        make_entry(
+            origin=origin, seq=seq, ts=ts, type=type_, session=session, identity=identity,
+            account=account, target=target, data=data,
+        )
+    )  # fmt: skip
+    assert prefix.encode(seq, ts, type_, data, trusted=trusted) == expected
+
+
+def test_the_prefix_cache_tells_identities_apart_and_refuses_bad_ones() -> None:
+    cache = PrefixCache("o/x")
+    a, b = {"pid": 1}, {"pid": 2}
+    pa = cache.get("s1", a, "ci", "db")
+    assert cache.get("s1", a, "ci", "db") is pa
+    assert cache.get("s1", b, "ci", "db") is not pa
+    assert cache.get("s2", a, "ci", "db") is not pa
+    with pytest.raises(CanonicalError, match=r"\$\.identity\.pid: floats"):
+        cache.get("s3", {"pid": 1.5}, "ci", "db")
+    with pytest.raises(CanonicalError, match=r"\$\.data\.x: floats"):
+        pa.encode(1, "2026-11-25T23:00:00.000001Z", "t", {"x": 0.5}, trusted=False)
