@@ -288,12 +288,22 @@ def reindex_cmd(directory: Path) -> None:
     click.echo(f"indexed {n} entries")
 
 
+def _resolve_session(index: Index, directory: Path, session: str) -> str:
+    """SESSION given whole, or by a beginning that names one session only."""
+    matches = index.sessions_starting(session, limit=6) if session else []
+    if session in matches or len(matches) == 1:
+        return session if session in matches else matches[0]
+    if matches:
+        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise LedgerError(
+            f"{session!r} is the beginning of several sessions ({shown}); give more of it"
+        )
+    raise LedgerError(f"no entries for session {session!r} in {directory}")
+
+
 def _session_entries(directory: Path, session: str) -> list[Entry]:
     with Index.open(directory) as index:
-        found = list(index.query(Query(session=session)))
-    if not found:
-        raise LedgerError(f"no entries for session {session!r} in {directory}")
-    return found
+        return list(index.query(Query(session=_resolve_session(index, directory, session))))
 
 
 @ledger_group.command("show")
@@ -308,7 +318,7 @@ def show_cmd(directory: Path, session: str, fmt: str) -> None:
         return
     first = found[0].obj
     start = next((e.obj for e in found if e.obj["type"] == "session.start"), first)
-    click.echo(f"session {session}")
+    click.echo(f"session {first['session']}")
     click.echo(f"  target:   {start['target'] or '-'}")
     click.echo(f"  account:  {start['account'] or '-'}")
     click.echo(f"  who:      {who(start['identity'], None)}")
@@ -493,6 +503,9 @@ def export_cmd(directory: Path, session: str, fmt: str, out: Path) -> None:
     TCP stream rebuilt from the recorded (masked) messages, for Wireshark."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
+    require_ledger(directory)
+    with Index.open(directory) as index:
+        session = _resolve_session(index, directory, session)
     tmp = out.with_name(out.name + ".part")
     try:
         with tmp.open("wb") as f:

@@ -188,6 +188,15 @@ class Index:
         payload = data[off + HEADER.size : off + length - 4]
         return hashlib.sha256(b"\x00" + payload).hexdigest() == self._meta("last_leaf")
 
+    def sessions_starting(self, prefix: str, limit: int = 10) -> list[str]:
+        """Session ids that begin with ``prefix`` (at most ``limit``, sorted)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT session FROM entries WHERE session >= ? AND session < ? "
+            "ORDER BY session LIMIT ?",
+            (prefix, prefix + "\U0010ffff", limit),
+        )
+        return [str(r[0]) for r in rows]
+
     def query(self, q: Query) -> Iterator[Entry]:
         """Entries matching ``q`` in seq order, read back from the log."""
         where: list[str] = []

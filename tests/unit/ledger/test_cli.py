@@ -15,7 +15,7 @@ from appliance.ledger.keys import load_signing_key, load_verifier_key
 from appliance.ledger.render import transcript
 from appliance.ledger.store import BlobReader, read_history
 from tests.unit.ledger.cli_helper import run_cli
-from tests.unit.ledger.conftest import KEY, OTHER_KEY, open_writer
+from tests.unit.ledger.conftest import KEY, OTHER_KEY, open_writer, write_session
 
 VKEY = KEY.verifier().to_vkey()
 
@@ -103,6 +103,29 @@ def test_show_and_replay(capsys: pytest.CaptureFixture[str], ledger: Path) -> No
     assert "4111********1111" in out and "s1-2" in out and "NULL" in out
     code, out = run_cli(capsys, "ledger", "replay", "--ledger", str(ledger), "nope")
     assert code == 2 and "no entries for session" in out
+
+
+def test_a_session_can_be_named_by_its_beginning(
+    capsys: pytest.CaptureFixture[str], ledger: Path, tmp_path: Path
+) -> None:
+    code, out = run_cli(capsys, "ledger", "show", "--ledger", str(ledger), "s")
+    assert code == 2 and "'s' is the beginning of several sessions (s1, s2)" in out
+    d = tmp_path / "ids"
+    with open_writer(d) as w:
+        write_session(w, "7f3a9c01d2")
+        write_session(w, "7f4b00aa11")
+    code, out = run_cli(capsys, "ledger", "show", "--ledger", str(d), "7f3")
+    assert code == 0, out
+    assert out.startswith("session 7f3a9c01d2\n")
+    code, out = run_cli(capsys, "ledger", "replay", "--ledger", str(d), "7f4b")
+    assert code == 0 and "session 7f4b00aa11" in out.splitlines()[0]
+    bundle = tmp_path / "b.jsonl"
+    code, out = run_cli(
+        capsys, "ledger", "export", "--ledger", str(d), "--session", "7f3a", "--out", str(bundle)
+    )
+    assert code == 0 and "session 7f3a9c01d2" in out
+    code, out = run_cli(capsys, "ledger", "show", "--ledger", str(d), "7f")
+    assert code == 2 and "several sessions (7f3a9c01d2, 7f4b00aa11)" in out
 
 
 def test_replay_speed_waits_the_recorded_gaps(ledger: Path) -> None:
