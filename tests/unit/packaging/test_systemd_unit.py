@@ -1,0 +1,52 @@
+"""The runner image's unit file, checked by systemd's own verifier (no PID 1 needed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+UNIT = ROOT / "systemd" / "appliance.service"
+INSTALLED = "/opt/appliance/.venv/bin/appliance"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+
+
+def verify(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    unit = tmp_path / "appliance.service"
+    # The image installs the package at /opt/appliance; here it is this checkout's venv.
+    unit.write_text(text.replace(INSTALLED, str(Path(sys.executable).with_name("appliance"))))
+    return subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_the_unit_verifies_without_a_warning(tmp_path: Path) -> None:
+    text = UNIT.read_text()
+    assert INSTALLED in text
+    r = verify(text, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout + r.stderr == ""
+
+
+def test_the_verifier_would_see_a_mistake(tmp_path: Path) -> None:
+    """The check above can fail: a misspelt directive is reported."""
+    r = verify(UNIT.read_text().replace("ProtectClock=", "ProtectClok="), tmp_path)
+    assert "Unknown key 'ProtectClok'" in r.stdout + r.stderr
+
+
+def test_stopping_never_removes_the_capture_rules() -> None:
+    directives = [
+        line for line in UNIT.read_text().splitlines() if line and not line.startswith("#")
+    ]
+    assert any(
+        line.startswith("ExecStartPre=") and "capture install" in line for line in directives
+    )
+    assert not any("capture remove" in line for line in directives)
+    assert not any(line.startswith("ExecStop") for line in directives)
