@@ -188,6 +188,7 @@ class PgSession:
         self.account_name: str | None = None
         self.database: str | None = None
         self.user: str | None = None
+        self._hold_paused = False  # reading from the job paused for an approval hold
         self.auth_method: str | None = None
 
     # -- socket callbacks -------------------------------------------------------------------
@@ -298,7 +299,10 @@ class PgSession:
         if to_server:
             assert self.server is not None and self.server.transport is not None
             self.server.transport.write(to_server)
-        self._pause("client", "hold", relay.held)
+        held = relay.held
+        if held is not self._hold_paused:  # only on a change: this runs per round trip
+            self._hold_paused = held
+            self._pause("client", "hold", held)
 
     # -- the session -------------------------------------------------------------------------
 
