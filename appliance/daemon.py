@@ -59,6 +59,7 @@ from appliance.proxy.pg.session import CancelRoute, SessionServices
 from appliance.proxy.server import ProxyServer
 
 log = logging.getLogger("appliance")
+_LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
 
 
 class JsonFormatter(logging.Formatter):
@@ -262,6 +263,7 @@ class Daemon:
                     helpers.append(tg.create_task(approvals_server.serve()))
                 if reconcile is not None:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
+                helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 elapsed = time.monotonic() - started
                 listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
                 ledger.append(
@@ -289,6 +291,22 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             if attribution is not None:
                 attribution.close()
+
+    async def _watch_ledger(self, ledger: Ledger) -> None:
+        """A ledger that cannot record (an fsync error, a writer process gone) fails every
+        session; the daemon then stops, and exits with the error, so that the service
+        manager starts it again with a writer that recovers the ledger. Meanwhile the
+        capture rules stay: protected targets refuse connections."""
+        while not self._stopping:
+            await asyncio.sleep(_LEDGER_WATCH)
+            if ledger.failed is not None:
+                log.error(
+                    "the ledger cannot record (%s): stopping; sessions are refused until the "
+                    "appliance is restarted",
+                    ledger.failed,
+                )
+                self.stop()
+                return
 
     async def _reconcile_loop(self, reconcile: Callable[[], None]) -> None:
         while not self._stopping:

@@ -9,8 +9,11 @@ the module is used again at the end of each test that breaks something.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import struct
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -387,3 +390,29 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
             raise OSError("closed")
         data += chunk
     return data
+
+
+def test_a_dead_ledger_writer_stops_the_appliance_with_an_error(
+    lab: Lab, pg: PgServer, tmp_path: Path
+) -> None:
+    """Nothing may run unrecorded: when the ledger's writer process dies, sessions are
+    refused, and the daemon exits non-zero (its service manager restarts it)."""
+    with running_appliance(lab, pg, tmp_path / "dead", targets=[TargetSpec("db", 6499)]) as app:
+        assert app.proc is not None
+        r = lab.job(["psql", "-X", "-c", "select 1"], env=job_env(6499, PGAPPNAME="before"))
+        assert r.returncode == 0, r.stderr
+        app.session_by_app("before")  # on disk, under a checkpoint
+        writer = subprocess.run(
+            ["pgrep", "-P", str(app.proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(writer) == 1, writer
+        os.kill(int(writer[0]), signal.SIGKILL)
+        code = app.proc.wait(timeout=30)
+        assert code != 0
+        assert "the ledger cannot record" in app.log_text()
+        r = lab.job(["psql", "-X", "-c", "select 1"], env=job_env(6499, PGAPPNAME="after"))
+        assert r.returncode != 0
+    # What was recorded before is intact and verifies.
+    assert any(e["type"] == "session.end" for e in app.entries())
+    verified = app.verify()
+    assert verified.returncode == 0, verified.stdout + verified.stderr
