@@ -14,6 +14,7 @@ test: setup
 lint:
 	$(VENV)/bin/ruff check appliance tests
 	$(VENV)/bin/ruff format --check appliance tests
+	shellcheck scripts/*.sh packer/*.sh .ci/run
 
 typecheck:
 	$(VENV)/bin/mypy

@@ -23,7 +23,7 @@ APT_PACKAGES=(
   build-essential
   iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
-  openssl ca-certificates curl tshark systemd
+  openssl ca-certificates curl tshark systemd shellcheck
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -55,8 +55,8 @@ fi
 
 # --- kernel headers for bcc ------------------------------------------------------------
 if [ ! -e "/lib/modules/$kver/build" ]; then
-  gen=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
-  common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1 || true)
+  gen=$(find /usr/src -maxdepth 1 -name 'linux-headers-*-amd64' 2>/dev/null | sort -V | tail -n1 || true)
+  common=$(find /usr/src -maxdepth 1 -name 'linux-headers-*-common' 2>/dev/null | sort -V | tail -n1 || true)
   if [ -n "$gen" ] && [ -n "$common" ]; then
     log "kernel headers: linking /lib/modules/$kver/{build,source} to $gen, $common"
     mkdir -p "/lib/modules/$kver"
