@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import itertools
 import os
@@ -303,7 +304,9 @@ class RemoteLedger:
         with self._lock:
             self._scheduled = False
             if self._failed is None and self._out:
-                self._send_out()
+                # A failure is kept in _failed: the next append raises it to its caller.
+                with contextlib.suppress(LedgerUnavailable):
+                    self._send_out()
 
     def _send_out(self) -> None:
         data, self._out = self._out, bytearray()
