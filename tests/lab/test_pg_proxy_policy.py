@@ -458,3 +458,32 @@ def test_a_statement_pipelined_behind_a_set_cannot_be_read_two_ways(
     session = appliance.session_by_app("scs-race")
     rules = [d["rule"] for d in denial_entries(session)]
     assert rules == ["(built-in) settings-in-flight"]
+
+
+def test_denial_inside_a_psycopg_pipeline(lab: Lab, pg: PgServer, appliance: Appliance) -> None:
+    """psycopg's pipeline mode: the denial is the error of its own statement, the batch is
+    rolled back with it, and the connection carries on."""
+
+    def body() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with psycopg.connect(
+            dsn(PLAIN, application_name="deny-psycopg-pipeline"), autocommit=True
+        ) as conn:
+            try:
+                with conn.pipeline():
+                    conn.execute("insert into scratch values (%s)", (21,))
+                    conn.execute("drop table keep_me")
+                    conn.execute("insert into scratch values (%s)", (22,))
+            except psycopg.errors.InsufficientPrivilege as exc:
+                out["error"] = exc.sqlstate
+            out["status"] = conn.info.transaction_status.name
+            out["after"] = conn.execute(
+                "select count(*) from scratch where n in (21, 22)"
+            ).fetchone()
+        return out
+
+    out = lab.run_in_runner(body)
+    assert out["error"] == "42501"
+    assert out["status"] == "IDLE"
+    assert out["after"] == (0,)  # 21 rolled back with the batch, 22 never ran
+    assert "keep_me" in pg.admin_sql("select tablename from pg_tables", database="app")
