@@ -175,6 +175,11 @@ class TargetMasker:
 
     # -- result columns -------------------------------------------------------------------------
 
+    def table_scoped_columns(self) -> list[str]:
+        """The column patterns of this target's rules that also name a table: only for
+        those does it matter which table a result column comes from."""
+        return [r.column for r in self._m.config.columns if r.applies_to(self.target) and r.table]
+
     def column_plan(
         self,
         table: str | None,

@@ -487,3 +487,46 @@ def test_denial_inside_a_psycopg_pipeline(lab: Lab, pg: PgServer, appliance: App
     assert out["status"] == "IDLE"
     assert out["after"] == (0,)  # 21 rolled back with the batch, 22 never ran
     assert "keep_me" in pg.admin_sql("select tablename from pg_tables", database="app")
+
+
+def test_a_column_rule_with_a_table_masks_that_table_s_column_only(
+    lab: Lab, pg: PgServer, tmp_path: Path
+) -> None:
+    """{table: people, column: name}: people.name is masked (to the job and in the ledger),
+    products.name is not; a computed column named name cannot be placed: masked."""
+    pg.admin_sql(
+        "drop table if exists people, products;"
+        "create table people (name text); create table products (name text);"
+        "insert into people values ('Ada Lovelace'); insert into products values ('Widget');"
+        "alter table people owner to app; alter table products owner to app",
+        database="app",
+    )
+    masking = {
+        "columns": [
+            {
+                "target": "db",
+                "table": "people",
+                "column": "name",
+                "style": "redact",
+                "label": "NAME",
+            }
+        ],
+        "response": [{"target": "db"}],
+    }
+    with running_appliance(
+        lab, pg, tmp_path / "tables", targets=[TargetSpec("db", 6475)], masking=masking
+    ) as app:
+        sql = (
+            "select name from people; select name from products;"
+            " select upper(name) as name from products"
+        )
+        r = lab.job(["psql", "-X", "-At", "-c", sql], env=job_env(6475, PGAPPNAME="tables"))
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split("\n")[:3] == ["[REDACTED:NAME]", "Widget", "[REDACTED:NAME]"]
+        session = app.session_by_app("tables")
+        (ready,) = [e["data"] for e in session if e["type"] == "session.ready"]
+        # people and products, and catalog views with a "name" column (pg_settings ...)
+        assert "error" not in ready["column_tables"]
+        assert ready["column_tables"]["relations"] >= 2
+        assert app.files_containing(b"Ada Lovelace") == []
+        assert app.files_containing(b"Widget") != []  # recorded as is: no rule for it

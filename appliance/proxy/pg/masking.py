@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from appliance.masking import (
@@ -85,8 +86,10 @@ class CopyPlan:
 class ResponseMasker:
     """Implements :class:`~appliance.proxy.pg.relay.RowMasker` with a target's masker."""
 
-    def __init__(self, masker: TargetMasker) -> None:
+    def __init__(self, masker: TargetMasker, tables: Mapping[int, str] | None = None) -> None:
         self.masker = masker
+        # table OID -> "schema.table", for rules with a table pattern (proxy.pg.catalog)
+        self.tables = tables or {}
         self.counts = MaskCounts()
         self._copy_plans: dict[int, ColumnPlan] = {}
         self._unknown_plans: dict[tuple[int, tuple[int, ...]], ColumnPlan] = {}
@@ -99,9 +102,11 @@ class ResponseMasker:
             # that may match apply), formats as Bind sent them.
             return UnknownColumns(formats)
         fields = row_description.fields
+        tables = self.tables
         return self.masker.column_plan(
             None,
             [f.name for f in fields],
+            tables=[tables.get(f.table_oid) for f in fields] if tables else None,
             formats=formats if len(formats) == len(fields) else [f.format for f in fields],
             type_oids=[f.type_oid for f in fields],
         )

@@ -12,7 +12,8 @@ masking and JSON encoding happen in the ledger writer (:class:`RowsTransform`, m
 :class:`RowsTransforms`), off the hot path: in the writer's own process by default.
 
 Result blob format (JSON Lines): for each result set a header object
-``{"columns": [...], "types": [oid...], "formats": [0|1...]}`` (or ``{"copy": "in"|"out",
+``{"columns": [...], "types": [oid...], "formats": [0|1...]}``, with ``"tables": ["schema.
+table" | null ...]`` when the target's column rules name tables (or ``{"copy": "in"|"out",
 "csv": bool}``, with ``"binary": true`` for binary COPY) followed by one JSON array per row
 (strings, null, or ``{"binary": <bytes>}`` for a binary-format value that is not text-like:
 it is never written); for text/CSV COPY, one JSON string per line; for binary COPY, only
@@ -94,9 +95,11 @@ class RowsTransform:
             self.types = tuple(header.get("types") or ())
             self.formats = tuple(header.get("formats") or ())
             if self.masker is not None and "copy" not in header and columns is not None:
+                tables = header.get("tables")
                 self.plan = self.masker.column_plan(
-                    header.get("table"),
+                    None,
                     columns,
+                    tables=tables if tables and len(tables) == len(columns) else None,
                     type_oids=list(self.types) if len(self.types) == len(columns) else None,
                 )
             else:
@@ -331,6 +334,8 @@ class SessionRecorder:
         self.clock = clock
         self._sinks: dict[int, RowsSink] = {}
         self._rows = rows_transforms(masker)
+        # table OID -> "schema.table" (proxy.pg.catalog), set once the session is ready
+        self.tables: Mapping[int, str] = {}
         self._masked: dict[str, tuple[str, MaskCounts]] = {}
         # Checked once here, so that the per-statement appends can skip the type walk.
         canonical_json(self.identity)
@@ -493,6 +498,8 @@ class SessionRecorder:
             "types": [f.type_oid for f in description.fields] if description else [],
             "formats": list(formats),
         }
+        if self.tables and description:
+            header["tables"] = [self.tables.get(f.table_oid) for f in description.fields]
         sink.header(header)
         return _ResultView(sink)
 

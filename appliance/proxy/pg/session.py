@@ -58,6 +58,7 @@ from appliance.protocols.postgres import (
 )
 from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import CancelRequest, error_response
+from appliance.proxy.pg.catalog import CatalogReader, catalog_query
 from appliance.proxy.pg.hooks import SessionHooks
 from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.parameters import ParameterRefused, upstream_parameters
@@ -636,7 +637,8 @@ class PgSession:
                     ),
                 )
             elif isinstance(ev, ServerReady):
-                self._ready(ev)
+                tables, lookup = await self._table_names()
+                self._ready(ev, tables, lookup)
                 return
 
     async def _upstream_tls(self) -> None:
@@ -672,8 +674,37 @@ class PgSession:
         self.up.tls_established(cert)
         self._send_up()
 
-    def _ready(self, ready: ServerReady) -> None:
+    async def _table_names(self) -> tuple[dict[int, str], dict[str, Any] | None]:
+        """Table OID -> name, for column rules with a table pattern (:mod:`.catalog`):
+        asked once, on this upstream connection, before the job's startup completes.
+        Returns the map and what to record of the lookup (None: no lookup needed)."""
+        assert self.recorder is not None and self.server is not None
+        masker = self.recorder.masker
+        query = catalog_query(masker.table_scoped_columns()) if masker is not None else None
+        if query is None:
+            return {}, None
+        assert self.server.transport is not None
+        self.server.transport.write(query)
+        reader = CatalogReader()
+        while not reader.done:
+            ev = await self._next(self._up_events)
+            if isinstance(ev, Messages) and reader.feed(ev):
+                raise PeerProtocolError(
+                    "the server sent data after answering the catalog lookup", side="server"
+                )
+        if reader.error is not None:
+            log.warning("session %s: catalog lookup failed: %s", self.id, reader.error)
+            return {}, {"relations": 0, "error": reader.error}
+        return reader.tables, {"relations": len(reader.tables)}
+
+    def _ready(
+        self,
+        ready: ServerReady,
+        tables: dict[int, str] | None = None,
+        lookup: dict[str, Any] | None = None,
+    ) -> None:
         assert self.recorder is not None and self.client.transport is not None
+        self.recorder.tables = tables or {}
         encoding = dict(ready.parameters).get("client_encoding")
         if encoding is not None and not ascii_safe(encoding):
             # A role or database default (ALTER ROLE ... SET client_encoding): statements
@@ -710,6 +741,7 @@ class PgSession:
                 "auth_method": self.auth_method,
                 "upstream_tls": bool(self.up and self.up.tls),
                 "server_version": dict(ready.parameters).get("server_version"),
+                **({"column_tables": lookup} if lookup is not None else {}),
             },
         )
         # Synchronously: from here on the job's bytes go to the relay; none may be queued
@@ -722,7 +754,9 @@ class PgSession:
         row_masker = None
         if masking is not None and masking(self.target.name, self.identity):
             assert self.services.masker is not None
-            row_masker = ResponseMasker(self.services.masker.for_target(self.target.name))
+            row_masker = ResponseMasker(
+                self.services.masker.for_target(self.target.name), tables=self.recorder.tables
+            )
         self.hooks = SessionHooks(
             policy=self.services.policy,
             recorder=self.recorder,
