@@ -40,6 +40,7 @@ def check(file: Path, fmt: str) -> None:
                 "accounts": {
                     a.name: {"user": a.user, "secret": a.secret.describe()} for a in t.accounts
                 },
+                "startup_parameters": list(t.startup_parameters),
             }
             for name, t in cfg.targets.items()
         },
@@ -47,6 +48,7 @@ def check(file: Path, fmt: str) -> None:
             "dir": str(cfg.ledger.dir),
             "origin": cfg.ledger.origin,
             "key": cfg.ledger.key.describe(),
+            "writer": cfg.ledger.writer,
         },
         "capture": {
             "listen_port": cfg.capture.listen_port,
@@ -75,7 +77,11 @@ def check(file: Path, fmt: str) -> None:
             click.echo(
                 f"    account {acc.name}: user {acc.user}, secret from {acc.secret.describe()}"
             )
-    click.echo(f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin})")
+        if t.startup_parameters:
+            click.echo(f"    startup settings also forwarded: {', '.join(t.startup_parameters)}")
+    click.echo(
+        f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer})"
+    )
     if policy is None:
         click.echo("  policy: none (every statement is allowed and recorded)")
     else:
