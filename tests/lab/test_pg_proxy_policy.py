@@ -453,7 +453,7 @@ def test_a_statement_pipelined_behind_a_set_cannot_be_read_two_ways(
         client.close()
     assert b"SET" in first
     assert b"42501" in second and b"settings-in-flight" not in second  # the job's message
-    assert b"sent before the server answered a SET" in second
+    assert b"sent before the server answered a statement that may change" in second
     assert "keep_me" in pg.admin_sql("select tablename from pg_tables", database="app")
     session = appliance.session_by_app("scs-race")
     rules = [d["rule"] for d in denial_entries(session)]
@@ -530,3 +530,32 @@ def test_a_column_rule_with_a_table_masks_that_table_s_column_only(
         assert ready["column_tables"]["relations"] >= 2
         assert app.files_containing(b"Ada Lovelace") == []
         assert app.files_containing(b"Widget") != []  # recorded as is: no rule for it
+
+
+def test_non_ascii_text_pipelined_behind_a_function_call_waits_for_its_answer(
+    lab: Lab, pg: PgServer, appliance: Appliance
+) -> None:
+    """A function may switch the client encoding where the policy cannot see; until its
+    answer, pipelined text that another encoding would read otherwise (non-ASCII) is
+    refused. Once answered, the same text runs."""
+    from appliance.protocols.postgres.messages import Query
+
+    pg.admin_sql(
+        "create or replace function noop() returns int language sql as 'select 1';"
+        "grant execute on function noop() to app",
+        database="app",
+    )
+    client = RawClient(lab, PLAIN, "ci", application_name="fn-race")
+    try:
+        client.startup()
+        client.send(Query("select noop()").encode() + Query("select 'café' as x").encode())
+        first = client._until_ready()
+        rest = first[first.index(b"Z\x00\x00\x00\x05") + 6 :]
+        second = rest if b"Z\x00\x00\x00\x05" in rest else rest + client._until_ready()
+        third = client.query("select 'café' as x")
+    finally:
+        client.close()
+    assert b"42501" in second and b"may change how text is read" in second
+    assert "café".encode() in third and b"42501" not in third
+    session = appliance.session_by_app("fn-race")
+    assert [d["rule"] for d in denial_entries(session)] == ["(built-in) settings-in-flight"]

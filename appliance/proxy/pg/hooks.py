@@ -29,6 +29,8 @@ from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Ve
 
 INSUFFICIENT_PRIVILEGE = "42501"
 _ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
+# Classes of statements that may change session settings, directly or through code.
+_MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
 
 
 def identity_key(identity: Mapping[str, Any]) -> str:
@@ -76,11 +78,12 @@ class SessionHooks:
         # function of the classification and of what is fixed for the session (identity,
         # target, database, account), so a prepared statement run again is not decided
         # again. Only allows: a deny or review carries a new decision id each time.
-        self._allowed: dict[tuple[str, bool], Verdict] = {}
-        # Statements that may change how the server reads text (SET, RESET, set_config...)
-        # sent but not yet followed by a ReadyForQuery (which comes after the server
-        # reported its settings): until then, pipelined text with a backslash is also
-        # read as with standard_conforming_strings off.
+        # The flag: the statement may change session settings (see _settings_in_flight).
+        self._allowed: dict[tuple[str, bool], tuple[Verdict, bool]] = {}
+        # Statements that may change how the server reads text (SET, RESET, set_config, or
+        # a function, procedure or prepared statement that could call it) sent but not yet
+        # followed by a ReadyForQuery (which comes after the server reported its settings):
+        # until then, pipelined text that another setting would read otherwise is refused.
         self._settings_in_flight: set[int] = set()
         self._settings_done: set[int] = set()
         self.approval_started: Callable[[Statement], None] | None = None
@@ -95,21 +98,29 @@ class SessionHooks:
         # With standard_conforming_strings off, backslashes escape quotes: the classifier
         # must read the text as the server will (else a quote could hide a statement).
         scs = self.parameters.get("standard_conforming_strings", "on") == "on"
-        unsure = bool(self._settings_in_flight) and scs and "\\" in stmt.text
+        text = stmt.text
+        # Read otherwise: backslashes (standard_conforming_strings off) or non-ASCII
+        # characters (an ASCII-unsafe client encoding); pure ASCII text reads the same.
+        unsure = bool(self._settings_in_flight) and (
+            (scs and "\\" in text) or not text.isascii()
+        )
         cached = None if unsure else self._allowed.get((stmt.text, scs))
         if cached is not None:
-            return cached
+            verdict, changes_settings = cached
+            if changes_settings:
+                self._settings_in_flight.add(stmt.n)
+            return verdict
         classification = classify(stmt.text, standard_conforming_strings=scs)
         if unsure:
-            # A SET in flight may have turned standard_conforming_strings off: the server
-            # could read the backslashes as escapes, and so another statement than the
-            # one classified here.
+            # A statement in flight may have turned standard_conforming_strings off or
+            # switched the client encoding: the server could read another statement than
+            # the one classified here.
             return self._refuse(
                 classification,
                 "(built-in) settings-in-flight",
-                "statement denied by the appliance: it holds a backslash and was sent "
-                "before the server answered a SET that may change how backslashes are "
-                "read; send it after that statement completes",
+                "statement denied by the appliance: it holds a backslash or non-ASCII text "
+                "and was sent before the server answered a statement that may change how "
+                "text is read (SET, a function call); send it after that one completes",
             )
         if "encoding" in classification.classes:
             return self._refuse(
@@ -119,7 +130,8 @@ class SessionHooks:
                 "the server reads otherwise than the appliance (SJIS, BIG5, GBK, UHC, GB18030, "
                 "JOHAB)",
             )
-        if "set" in classification.classes:
+        changes_settings = bool(classification.classes & _MAY_CHANGE_SETTINGS)
+        if changes_settings:
             self._settings_in_flight.add(stmt.n)
         decision = self.policy.decide(
             RequestContext(
@@ -147,7 +159,7 @@ class SessionHooks:
                 slim["statements"] = record["statements"]
             verdict = Verdict("allow", True, b"", slim)
             if len(self._allowed) < _ALLOWED_CACHE:
-                self._allowed[(stmt.text, scs)] = verdict
+                self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
             return verdict
         decision_id = self.new_id()
         record["decision_id"] = decision_id
