@@ -101,9 +101,7 @@ class SessionHooks:
         text = stmt.text
         # Read otherwise: backslashes (standard_conforming_strings off) or non-ASCII
         # characters (an ASCII-unsafe client encoding); pure ASCII text reads the same.
-        unsure = bool(self._settings_in_flight) and (
-            (scs and "\\" in text) or not text.isascii()
-        )
+        unsure = bool(self._settings_in_flight) and ((scs and "\\" in text) or not text.isascii())
         cached = None if unsure else self._allowed.get((stmt.text, scs))
         if cached is not None:
             verdict, changes_settings = cached
