@@ -290,6 +290,24 @@ def main() -> int:
             show(r.stderr)
             print(f"   {RED}denied{RESET} (exit {r.returncode}); the table is still there")
             wait_for_session(seen)
+            migration = (
+                "BEGIN;\nCREATE TABLE customers_v2 (LIKE customers);\n"
+                "INSERT INTO customers_v2 SELECT * FROM customers;\n"
+                "DROP TABLE customers;\nCOMMIT;\n"
+            )
+            print(f"   {DIM}job$ psql ... <<EOF  (a migration, one statement at a time){RESET}")
+            show(migration, indent="        ")
+            argv = ["psql", "-X", "-h", pg.ipv4, "-U", "ci", "-d", "app", "-f", "-"]
+            r = lab.job(argv, env=JOB_ENV, input=migration)
+            show(r.stdout + r.stderr)
+            left = pg.admin_sql("select count(*) from pg_tables where tablename = 'customers_v2'")
+            if left.strip() != "0" or "ROLLBACK" not in r.stdout:
+                raise RuntimeError(f"the denied migration was not rolled back: {r.stdout}")
+            print(
+                f"   {RED}denied{RESET} inside the migration: like a server error, the denial "
+                "aborted the transaction; COMMIT rolled back, nothing was half-applied"
+            )
+            wait_for_session(seen)
 
             step("6. A DELETE is held until a named approver signs off")
             print(
