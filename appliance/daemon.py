@@ -60,6 +60,32 @@ from appliance.proxy.server import ProxyServer
 
 log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
+_LINK_SETTLE = 0.05  # seconds to let a burst of interface events pass before reconciling
+_RTMGRP_LINK = 1  # rtnetlink multicast group of interface events (linux/rtnetlink.h)
+
+
+def _link_events(changed: asyncio.Event) -> socket.socket | None:
+    """A netlink socket of interface events in this network namespace that sets
+    ``changed``; None if it cannot be opened (the periodic reconcile remains)."""
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        sock.bind((0, _RTMGRP_LINK))
+        sock.setblocking(False)
+    except OSError as exc:
+        log.warning("no interface events (%s): reconciling every interval only", exc)
+        return None
+
+    def drain() -> None:
+        try:
+            while sock.recv(65536):
+                changed.set()
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:  # ENOBUFS: events were dropped, so something changed
+            changed.set()
+
+    asyncio.get_running_loop().add_reader(sock.fileno(), drain)
+    return sock
 
 
 class JsonFormatter(logging.Formatter):
@@ -309,12 +335,26 @@ class Daemon:
                 return
 
     async def _reconcile_loop(self, reconcile: Callable[[], None]) -> None:
-        while not self._stopping:
-            await asyncio.sleep(self.config.capture.reconcile_interval)
-            try:
-                await asyncio.to_thread(reconcile)
-            except ApplianceError as exc:
-                log.error("capture reconcile failed: %s", exc)
+        """Reconcile every ``reconcile_interval``, and at once when a network interface
+        appears or changes (a container's veth gets the egress guard in milliseconds,
+        not at the next tick)."""
+        changed = asyncio.Event()
+        links = _link_events(changed)
+        try:
+            while not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), self.config.capture.reconcile_interval)
+                if changed.is_set():
+                    await asyncio.sleep(_LINK_SETTLE)  # one reconcile for a burst of events
+                    changed.clear()
+                try:
+                    await asyncio.to_thread(reconcile)
+                except ApplianceError as exc:
+                    log.error("capture reconcile failed: %s", exc)
+        finally:
+            if links is not None:
+                asyncio.get_running_loop().remove_reader(links.fileno())
+                links.close()
 
     def stop(self) -> None:
         if self._stopping:

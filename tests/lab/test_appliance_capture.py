@@ -67,6 +67,8 @@ ledger:
 capture:
   listen_port: 15001
   cgroup: {cgroup}
+  # Long: only interface events can explain a guard on a new interface within seconds.
+  reconcile_interval: 60s
 """
         )
         return path
@@ -231,6 +233,26 @@ def test_a_container_behind_a_bridge_is_captured(runner: Runner) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "42"
+    # The container's interfaces got the egress guard when they appeared, not at the next
+    # periodic reconcile (60 s here).
+    deadline = time.monotonic() + 10
+    while True:
+        status = runner.lab.popen(
+            [
+                APPLIANCE,
+                "capture",
+                "status",
+                "--config",
+                str(runner.config(cgroup=runner.lab.job_cgroup)),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        out, _ = status.communicate(timeout=30)
+        missing = [line for line in out.decode().splitlines() if line.startswith("MISSING")]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, missing
+        time.sleep(0.2)
     start = runner.new_session(before)
     assert start["data"]["client"].startswith("172.31.0.2:")
     assert "select 40 + 2" in runner.statements(start["session"])
