@@ -515,6 +515,59 @@ def _value_list(r: _Reader) -> tuple[bytes | None, ...]:
 
 
 def _decode_bind(r: _Reader) -> Bind:
+    """Bind runs once per statement of every extended-protocol client: a well-formed one is
+    read in one pass over the bytes; anything unusual takes the step-by-step reader, which
+    says precisely what is wrong (the results are equal: a property test checks it)."""
+    fast = _bind_fast(r.data)
+    if fast is not None:
+        r.pos = len(r.data)
+        return fast
+    return _decode_bind_checked(r)
+
+
+def _bind_fast(data: bytes) -> Bind | None:
+    try:
+        e1 = data.index(0)
+        e2 = data.index(0, e1 + 1)
+        pos = e2 + 1
+        (nf,) = _U16.unpack_from(data, pos)
+        pos += 2
+        param_formats = _I16S[nf].unpack_from(data, pos) if nf in _I16S else None
+        if param_formats is None:
+            return None
+        pos += 2 * nf
+        (nv,) = _U16.unpack_from(data, pos)
+        pos += 2
+        if nf not in (0, 1, nv):
+            return None
+        values: list[bytes | None] = []
+        for _ in range(nv):
+            (length,) = _I32.unpack_from(data, pos)
+            pos += 4
+            if length == -1:
+                values.append(None)
+                continue
+            if length < 0 or pos + length > len(data):
+                return None
+            values.append(data[pos : pos + length])
+            pos += length
+        (nr,) = _U16.unpack_from(data, pos)
+        pos += 2
+        result_formats = _I16S[nr].unpack_from(data, pos) if nr in _I16S else None
+        if result_formats is None or pos + 2 * nr != len(data):
+            return None
+    except (ValueError, struct.error):
+        return None
+    return Bind(
+        _text(data[:e1]), _text(data[e1 + 1 : e2]), param_formats, tuple(values), result_formats
+    )
+
+
+# Format-code arrays of the usual sizes, read in one call.
+_I16S = {n: struct.Struct(f"!{n}h") for n in range(0, 65)}
+
+
+def _decode_bind_checked(r: _Reader) -> Bind:
     portal, statement = r.cstring(), r.cstring()
     param_formats = _formats(r)
     params = _value_list(r)

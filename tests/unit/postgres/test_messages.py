@@ -337,3 +337,59 @@ def test_non_utf8_text_survives_a_round_trip() -> None:
     payload = b"select '\xe9t\xe9'\0"  # Latin-1 bytes from a non-UTF8 client
     msg = decode_frontend(ord("Q"), payload)
     assert isinstance(msg, Query) and msg.encode()[5:] == payload
+
+
+# -- Bind's one-pass reader agrees with the step-by-step one --------------------------------------
+
+_names = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=8)
+_binds = st.builds(
+    Bind,
+    _names,
+    _names,
+    st.lists(st.integers(0, 1), max_size=3).map(tuple),
+    st.lists(st.none() | st.binary(max_size=12), max_size=3).map(tuple),
+    st.lists(st.integers(0, 1), max_size=70).map(tuple),
+).filter(lambda b: len(b.param_formats) in (0, 1, len(b.params)))
+
+
+def _checked(payload: bytes) -> Bind | PeerProtocolError:
+    from appliance.protocols.postgres.messages import _decode_bind_checked, _Reader
+
+    r = _Reader(payload, "client", "Bind")
+    try:
+        bind = _decode_bind_checked(r)
+        r.done()
+    except PeerProtocolError as exc:
+        return exc
+    return bind
+
+
+@given(_binds)
+def test_bind_is_read_alike_both_ways(bind: Bind) -> None:
+    payload = bind.encode()[5:]
+    assert decode_frontend(ord("B"), payload) == bind == _checked(payload)
+
+
+@given(_binds, st.data())
+def test_a_damaged_bind_is_refused_or_read_alike_both_ways(bind: Bind, data: st.DataObject) -> None:
+    payload = bytearray(bind.encode()[5:])
+    for _ in range(data.draw(st.integers(1, 3))):
+        if not payload:
+            break
+        i = data.draw(st.integers(0, len(payload) - 1))
+        op = data.draw(st.sampled_from(["flip", "cut", "add"]))
+        if op == "flip":
+            payload[i] = data.draw(st.integers(0, 255))
+        elif op == "cut":
+            del payload[i:]
+        else:
+            payload[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+    expected = _checked(bytes(payload))
+    try:
+        got: Bind | PeerProtocolError = decode_frontend(ord("B"), bytes(payload))
+    except PeerProtocolError as exc:
+        got = exc
+    if isinstance(expected, PeerProtocolError):
+        assert isinstance(got, PeerProtocolError) and str(got) == str(expected)
+    else:
+        assert got == expected
