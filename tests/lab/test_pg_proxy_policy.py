@@ -530,6 +530,19 @@ def test_a_column_rule_with_a_table_masks_that_table_s_column_only(
         assert ready["column_tables"]["relations"] >= 2
         assert app.files_containing(b"Ada Lovelace") == []
         assert app.files_containing(b"Widget") != []  # recorded as is: no rule for it
+        # COPY as pg_dump writes it names schema, table and columns: masked per column.
+        copies = {
+            "COPY public.people (name) TO STDOUT": "[REDACTED:NAME]",
+            "COPY public.products (name) TO STDOUT": "Widget",
+            "COPY public.people (name) TO STDOUT (FORMAT csv, HEADER)": "name\n[REDACTED:NAME]",
+            # unqualified and no column list: the columns are unknown, fail closed
+            "COPY products TO STDOUT": "[REDACTED:NAME]",
+        }
+        for sql, expected in copies.items():
+            r = lab.job(["psql", "-X", "-At", "-c", sql], env=job_env(6475, PGAPPNAME="copies"))
+            assert r.returncode == 0, (sql, r.stderr)
+            assert r.stdout.strip() == expected, (sql, r.stdout)
+        assert app.files_containing(b"Ada Lovelace") == []
 
 
 def test_non_ascii_text_pipelined_behind_a_function_call_waits_for_its_answer(

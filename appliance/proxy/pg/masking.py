@@ -14,10 +14,13 @@ cannot be rewritten: the relay withholds the result and tells the job which colu
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from pglast.parser import ParseError, parse_sql_json
 
 from appliance.masking import (
     BinaryColumnError,
@@ -44,6 +47,48 @@ def copy_is_binary(statement: str) -> bool:
     return bool(_BINARY.search(statement))
 
 
+@dataclass(frozen=True, slots=True)
+class CopyColumns:
+    """What a COPY statement says of its rows (the protocol says nothing): the table, when
+    written with its schema (unqualified, it depends on search_path: None), the column list
+    when written (pg_dump writes both), and whether CSV rows start with a header line."""
+
+    table: str | None = None
+    columns: tuple[str, ...] | None = None
+    header: bool = False
+
+
+def copy_columns(statement: str) -> CopyColumns:
+    """Read :class:`CopyColumns` from a COPY statement; nothing known if it does not parse
+    as one COPY (then every column is unknown: fail closed)."""
+    try:
+        stmts = json.loads(parse_sql_json(statement)).get("stmts") or []
+    except (ParseError, ValueError):
+        return CopyColumns()
+    if len(stmts) != 1 or "CopyStmt" not in stmts[0].get("stmt", {}):
+        return CopyColumns()
+    copy = stmts[0]["stmt"]["CopyStmt"]
+    relation = copy.get("relation") or {}
+    table = None
+    if relation.get("schemaname") and relation.get("relname"):
+        table = f"{relation['schemaname']}.{relation['relname']}"
+    names = [a.get("String", {}).get("sval") for a in copy.get("attlist") or []]
+    columns = tuple(names) if names and all(isinstance(n, str) for n in names) else None
+    header = False
+    for option in copy.get("options") or []:
+        elem = option.get("DefElem", {})
+        if elem.get("defname") == "header":
+            arg = elem.get("arg")
+            if arg is None:
+                header = True
+            elif "Boolean" in arg:
+                header = bool(arg["Boolean"].get("boolval"))
+            else:
+                value = str(arg.get("String", {}).get("sval", "")).lower()
+                header = value in ("true", "on", "1", "match")
+    return CopyColumns(table, columns, header)
+
+
 def mask_copy_line(
     masker: TargetMasker,
     line: bytes,
@@ -51,16 +96,22 @@ def mask_copy_line(
     *,
     csv: bool,
     plans: dict[int, ColumnPlan],
+    copy: CopyColumns | None = None,
 ) -> bytes:
-    """One COPY text/CSV row (its line end kept) with its values masked. Column names are
-    not known in COPY, so every column is planned as unknown (column rules that may match
-    apply: fail closed). A row that does not split as expected (quoted delimiters, other
-    COPY options) is masked as text by the detectors instead."""
+    """One COPY text/CSV row (its line end kept) with its values masked. The columns are
+    those the COPY statement names (``copy``), when it names as many as the row has; else
+    every column is unknown (column rules that may match apply: fail closed). A row that
+    does not split as expected (quoted delimiters, other COPY options) is masked as text by
+    the detectors instead."""
     delimiter = "," if csv else "\t"
     n = line.count(delimiter.encode()) + 1
     plan = plans.get(n)
     if plan is None:
-        plan = plans[n] = masker.column_plan(None, [None] * n)
+        if copy is not None and copy.columns is not None and len(copy.columns) == n:
+            plan = masker.column_plan(None, list(copy.columns), tables=[copy.table] * n)
+        else:
+            plan = masker.column_plan(None, [None] * n)
+        plans[n] = plan
     try:
         return masker.mask_copy_line(plan, line, counts, csv=csv, delimiter=delimiter)
     except CopyRowError:
@@ -77,10 +128,12 @@ class UnknownColumns:
 
 @dataclass(frozen=True, slots=True)
 class CopyPlan:
-    """How a COPY OUT's rows are masked: CSV or text, or refused (binary)."""
+    """How a COPY OUT's rows are masked: CSV or text, or refused (binary); the columns and
+    table the statement names."""
 
     csv: bool
     binary: bool
+    copy: CopyColumns = CopyColumns()
 
 
 class ResponseMasker:
@@ -92,6 +145,7 @@ class ResponseMasker:
         self.tables = tables or {}
         self.counts = MaskCounts()
         self._copy_plans: dict[int, ColumnPlan] = {}
+        self._copy_header = False  # a CSV header line is still to come
         self._unknown_plans: dict[tuple[int, tuple[int, ...]], ColumnPlan] = {}
 
     def plan(
@@ -137,7 +191,10 @@ class ResponseMasker:
         return cached
 
     def copy_plan(self, statement: str, binary: bool) -> CopyPlan:
-        return CopyPlan(csv=copy_is_csv(statement), binary=binary)
+        copy = copy_columns(statement)
+        self._copy_plans.clear()  # planned anew for this COPY's columns
+        self._copy_header = copy.header
+        return CopyPlan(csv=copy_is_csv(statement), binary=binary, copy=copy)
 
     def mask_copy(self, plan: object, frame: bytes) -> bytes | None:
         """The CopyData ``frame`` of a COPY OUT with its rows masked, or None if nothing
@@ -147,10 +204,17 @@ class ResponseMasker:
                 "COPY in binary format cannot be masked for the job; use text or CSV format"
             )
         payload = frame[5:]
-        parts = [
-            mask_copy_line(self.masker, line, self.counts, csv=plan.csv, plans=self._copy_plans)
-            for line in payload.splitlines(keepends=True)
-        ]
+        lines = payload.splitlines(keepends=True)
+        parts = []
+        if lines and self._copy_header:
+            self._copy_header = False  # the CSV header line: column names, not data
+            parts.append(lines.pop(0))
+        parts.extend(
+            mask_copy_line(
+                self.masker, line, self.counts, csv=plan.csv, plans=self._copy_plans, copy=plan.copy
+            )
+            for line in lines
+        )
         masked = b"".join(parts)
         if masked == payload:
             return None

@@ -39,7 +39,13 @@ from appliance.protocols.postgres.messages import (
     RowDescription,
     datarow_values,
 )
-from appliance.proxy.pg.masking import copy_is_binary, copy_is_csv, mask_copy_line
+from appliance.proxy.pg.masking import (
+    CopyColumns,
+    copy_columns,
+    copy_is_binary,
+    copy_is_csv,
+    mask_copy_line,
+)
 from appliance.proxy.pg.relay import Statement
 
 _CHUNK = 256 * 1024
@@ -73,6 +79,8 @@ class RowsTransform:
         self.copy_csv = False
         self.copy_binary = False
         self._copy_plans: dict[int, ColumnPlan] = {}
+        self._copy = CopyColumns()
+        self._copy_header = False
         self._partial = b""
 
     def __call__(self, chunk: bytes) -> bytes:
@@ -91,6 +99,13 @@ class RowsTransform:
             header = orjson.loads(body)
             self.copy_csv = bool(header.get("csv"))
             self.copy_binary = bool(header.get("binary"))
+            self._copy_plans = {}
+            self._copy_header = bool(header.get("header"))
+            columns_named = header.get("columns") if "copy" in header else None
+            self._copy = CopyColumns(
+                header.get("table") if "copy" in header else None,
+                tuple(columns_named) if columns_named else None,
+            )
             columns = header.get("columns")
             self.types = tuple(header.get("types") or ())
             self.formats = tuple(header.get("formats") or ())
@@ -165,9 +180,16 @@ class RowsTransform:
         return [self._copy_line(line) for line in lines]
 
     def _copy_line(self, line: bytes) -> bytes:
-        if self.masker is not None:
+        if self._copy_header:
+            self._copy_header = False  # the CSV header line: column names, not data
+        elif self.masker is not None:
             line = mask_copy_line(
-                self.masker, line, self.counts, csv=self.copy_csv, plans=self._copy_plans
+                self.masker,
+                line,
+                self.counts,
+                csv=self.copy_csv,
+                plans=self._copy_plans,
+                copy=self._copy,
             )
         return orjson.dumps(line.decode("utf-8", "replace"))
 
@@ -507,9 +529,15 @@ class SessionRecorder:
         if not self.record_rows:
             return None
         sink = self._sink_for(stmt)
-        header = {"copy": direction, "csv": copy_is_csv(stmt.text)}
+        header: dict[str, Any] = {"copy": direction, "csv": copy_is_csv(stmt.text)}
         if copy_is_binary(stmt.text):
             header["binary"] = True
+        copy = copy_columns(stmt.text)
+        if copy.columns is not None:
+            header["columns"] = list(copy.columns)
+            header["table"] = copy.table
+        if copy.header:
+            header["header"] = True
         sink.header(header, copy=True)
         return _ResultView(sink)
 
