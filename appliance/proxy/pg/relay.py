@@ -744,13 +744,7 @@ class Relay:
                     return  # ReadyForQuery ends the cycle
             else:
                 self._request_error(head, error)
-            # Extended protocol: the server skips to the next Sync.
-            while expect and expect[0].kind is not X.SYNC:
-                skipped = expect.popleft()
-                if skipped.kind is X.EXECUTE and skipped.stmt is not None:
-                    if skipped.stmt.outcome == "pending":
-                        skipped.stmt.outcome = "skipped"
-                    self._finish(skipped)
+            self._skip_to_sync()
         elif t == B_PARSE_OK:
             self._head(X.PARSE)
             expect.popleft()
@@ -825,12 +819,18 @@ class Relay:
         if not self._suppress_until_ready:
             self._to_client.append(exp.denial)
         if not exp.simple:
-            expect = self._expect
-            while expect and expect[0].kind is not X.SYNC:
-                skipped = expect.popleft()
-                if skipped.kind is X.EXECUTE and skipped.stmt is not None:
+            self._skip_to_sync()
+
+    def _skip_to_sync(self) -> None:
+        """After an error in the extended protocol the server skips to the next Sync: the
+        Executes it skips end as ``skipped``."""
+        expect = self._expect
+        while expect and expect[0].kind is not X.SYNC:
+            skipped = expect.popleft()
+            if skipped.kind is X.EXECUTE and skipped.stmt is not None:
+                if skipped.stmt.outcome == "pending":
                     skipped.stmt.outcome = "skipped"
-                    self._finish(skipped)
+                self._finish(skipped)
 
     # -- end -------------------------------------------------------------------------------
 
