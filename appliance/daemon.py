@@ -49,7 +49,6 @@ from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
-from appliance.ledger.keys import SigningKey
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import Masker, MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
@@ -57,6 +56,7 @@ from appliance.protocols.postgres import CancelKeys
 from appliance.proxy.flows import FlowResolverImpl, Identify
 from appliance.proxy.pg.session import CancelRoute, SessionServices
 from appliance.proxy.server import ProxyServer
+from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health

@@ -11,7 +11,7 @@ Where it sits: the proxy's session asks policy, gets ``review``, masks the state
   (:class:`WebhookNotifier`) and listed by ``appliance approvals list``.
 - **Decision** (:class:`Decision`): a canonical seven-line body (:mod:`.decision`) inside a
   C2SP signed note (https://c2sp.org/signed-note) signed with the approver's Ed25519 key
-  (:class:`appliance.ledger.keys.SigningKey`, made by ``appliance keys generate --approver``).
+  (:class:`appliance.signing.keys.SigningKey`, made by ``appliance keys generate --approver``).
   An auditor checks it with any signed-note tool and the approver's vkey.
 - **Acceptance** (:meth:`Broker.submit`): the note verifies under the policy's key for an
   approver the request's rule names, the body names that approver, the request id is

@@ -36,8 +36,8 @@ from appliance.approvals.clock import Clock, format_time
 from appliance.approvals.decision import Decision, parse_decision
 from appliance.approvals.errors import ApprovalsUsageError, DecisionFormatError
 from appliance.approvals.request import ApprovalRequest, RequestState, RequestStatus
-from appliance.ledger.keys import InvalidSignature, VerifierKey
-from appliance.ledger.note import MalformedNote, NoteError, UnverifiedNote, open_note
+from appliance.signing.keys import InvalidSignature, VerifierKey
+from appliance.signing.note import MalformedNote, NoteError, UnverifiedNote, open_note
 
 __all__ = [
     "DEFAULT_TIMEOUT",

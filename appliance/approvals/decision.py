@@ -27,8 +27,8 @@ from typing import Literal
 
 from appliance.approvals.clock import format_time, parse_time
 from appliance.approvals.errors import DecisionFormatError
-from appliance.ledger.keys import SigningKey
-from appliance.ledger.note import sign_note
+from appliance.signing.keys import SigningKey
+from appliance.signing.note import sign_note
 
 __all__ = [
     "DECISION_HEADER",
@@ -44,7 +44,7 @@ MAX_REASON_CHARS = 1000
 _FIELDS = ("request", "statement-sha256", "decision", "approver", "time", "reason")
 REQUEST_ID_RE = re.compile(r"[a-z0-9]{8,64}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-# The C2SP key-name alphabet (printable ASCII without space or '+'), see ledger/keys.py.
+# The C2SP key-name alphabet (printable ASCII without space or '+'), see signing/keys.py.
 _APPROVER_RE = re.compile(r"[\x21-\x2a\x2c-\x7e]{1,128}")
 
 Verb = Literal["approve", "deny"]

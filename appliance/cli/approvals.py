@@ -26,7 +26,7 @@ from appliance.approvals import (
     sign_decision,
 )
 from appliance.approvals.decision import REQUEST_ID_RE
-from appliance.ledger.keys import load_signing_key
+from appliance.signing.keys import load_signing_key
 
 _STATEMENT_WIDTH = 60
 

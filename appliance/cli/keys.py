@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from appliance.ledger.keys import KeyFormatError, SigningKey, write_key_pair
+from appliance.signing.keys import KeyFormatError, SigningKey, write_key_pair
 
 
 @click.group("keys")

@@ -22,7 +22,6 @@ from appliance.ledger.entries import Entry
 from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.export import export_bundle, export_pcap, verify_bundle
 from appliance.ledger.index import Index, Query, parse_identity_filter, parse_time
-from appliance.ledger.keys import VerifierKey, load_verifier_key
 from appliance.ledger.merkle import ProofError
 from appliance.ledger.proof import (
     check_consistency,
@@ -40,6 +39,7 @@ from appliance.ledger.store import (
     unverified_checkpoint,
 )
 from appliance.ledger.verify import verify_ledger
+from appliance.signing.keys import VerifierKey, load_verifier_key
 
 _LEDGER = click.option(
     "--ledger",

@@ -6,8 +6,8 @@ Where it sits: the proxy and the capture layer call :class:`LedgerWriter` (``app
 
 - :mod:`~appliance.ledger.entries`: entry types and canonical JSON (the hashed bytes);
 - :mod:`~appliance.ledger.merkle`: RFC 6962/9162 tree, inclusion and consistency proofs;
-- :mod:`~appliance.ledger.note`, :mod:`~appliance.ledger.checkpoint`: C2SP signed notes and
-  tlog-checkpoints; :mod:`~appliance.ledger.keys`: Ed25519 keys in C2SP vkey/skey form;
+- :mod:`~appliance.ledger.checkpoint`: C2SP tlog-checkpoints (signed notes and keys live in
+  :mod:`appliance.signing`);
 - :mod:`~appliance.ledger.store`, :mod:`~appliance.ledger.recovery`,
   :mod:`~appliance.ledger.writer`: the directory layout, crash recovery, the single writer;
 - :mod:`~appliance.ledger.verify`, :mod:`~appliance.ledger.proof`: whole-ledger verification,
@@ -24,11 +24,11 @@ from appliance.ledger.errors import (
     LedgerUnavailable,
     TamperError,
 )
-from appliance.ledger.keys import SigningKey, VerifierKey
 from appliance.ledger.recovery import RecoveryReport, recover
 from appliance.ledger.store import BlobReader, iter_entries, latest_checkpoint
 from appliance.ledger.verify import VerifyReport, verify_ledger
 from appliance.ledger.writer import BlobSink, LedgerWriter
+from appliance.signing.keys import SigningKey, VerifierKey
 
 __all__ = [
     "BlobReader",

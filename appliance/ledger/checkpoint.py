@@ -4,7 +4,7 @@ A checkpoint's note text is exactly::
 
     <origin>\\n<tree size, decimal, no leading zeros>\\n<base64 root hash>\\n[extension lines\\n]
 
-It is signed as a C2SP signed note (:mod:`appliance.ledger.note`). This ledger writes no
+It is signed as a C2SP signed note (:mod:`appliance.signing.note`). This ledger writes no
 extension lines (the spec discourages them) but accepts non-empty ones when reading.
 """
 
@@ -16,9 +16,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from appliance.ledger.keys import SigningKey, VerifierKey
 from appliance.ledger.merkle import HASH_SIZE
-from appliance.ledger.note import MalformedNote, open_note, sign_note
+from appliance.signing.keys import SigningKey, VerifierKey
+from appliance.signing.note import MalformedNote, open_note, sign_note
 
 _SIZE_RE = re.compile(r"0|[1-9][0-9]*")
 

@@ -28,7 +28,6 @@ from pathlib import Path
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.errors import LedgerError
-from appliance.ledger.keys import VerifierKey
 from appliance.ledger.merkle import (
     HASH_SIZE,
     MerkleTree,
@@ -37,8 +36,9 @@ from appliance.ledger.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from appliance.ledger.note import MalformedNote
 from appliance.ledger.store import ENTRIES
+from appliance.signing.keys import VerifierKey
+from appliance.signing.note import MalformedNote
 
 HEADER = "c2sp.org/tlog-proof@v1"
 _INDEX_RE = re.compile(r"index (0|[1-9][0-9]*)")

@@ -34,9 +34,7 @@ from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import KEY_PUBLISHED
 from appliance.ledger.errors import LedgerError, TamperError
-from appliance.ledger.keys import InvalidSignature, KeyFormatError, VerifierKey
 from appliance.ledger.merkle import CompactRange
-from appliance.ledger.note import MalformedNote
 from appliance.ledger.store import (
     CHECKPOINT,
     ENTRIES,
@@ -47,6 +45,8 @@ from appliance.ledger.store import (
     read_history,
     unverified_checkpoint,
 )
+from appliance.signing.keys import InvalidSignature, KeyFormatError, VerifierKey
+from appliance.signing.note import MalformedNote
 
 _KEY_PUBLISHED_MARK = b'"type":"' + KEY_PUBLISHED.encode() + b'"'
 

@@ -49,8 +49,8 @@ import orjson
 from appliance.ledger.api import PendingBlob
 from appliance.ledger.entries import PrefixCache, format_ts_us
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
-from appliance.ledger.keys import SigningKey
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
+from appliance.signing.keys import SigningKey
 
 _HEAD = struct.Struct("!IB")
 _U64 = struct.Struct("!Q")

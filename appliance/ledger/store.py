@@ -27,8 +27,8 @@ from appliance.ledger._framing import CHECKPOINT_MAGIC, ENTRY_MAGIC, FrameScanne
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_text
 from appliance.ledger.entries import Entry, MalformedEntry, parse_entry
 from appliance.ledger.errors import LedgerError
-from appliance.ledger.keys import VerifierKey
-from appliance.ledger.note import MalformedNote, parse_note
+from appliance.signing.keys import VerifierKey
+from appliance.signing.note import MalformedNote, parse_note
 
 ENTRIES = "entries.log"
 HISTORY = "checkpoints.log"

@@ -42,10 +42,10 @@ from appliance.ledger.entries import (
     parse_entry,
 )
 from appliance.ledger.errors import LedgerError, TamperError
-from appliance.ledger.keys import InvalidSignature, VerifierKey
 from appliance.ledger.merkle import CompactRange
-from appliance.ledger.note import MalformedNote, NoteError, UnverifiedNote, open_note
 from appliance.ledger.store import CHECKPOINT, ENTRIES, HISTORY, blob_path, read_history
+from appliance.signing.keys import InvalidSignature, VerifierKey
+from appliance.signing.note import MalformedNote, NoteError, UnverifiedNote, open_note
 
 _MAX_SAME_KIND = 5
 Progress = Callable[[int, int], None]

@@ -48,7 +48,6 @@ from appliance.ledger.entries import (
     ts_to_us,
 )
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
-from appliance.ledger.keys import SigningKey
 from appliance.ledger.recovery import RecoveryReport, recover
 from appliance.ledger.store import (
     BLOB_TMP,
@@ -60,6 +59,7 @@ from appliance.ledger.store import (
     atomic_write,
     fsync_dir,
 )
+from appliance.signing.keys import SigningKey
 
 _ENTRY, _BLOB_WRITE, _BLOB_CLOSE, _BLOB_ABORT, _BLOB_PUT = range(5)
 _WRITE_BUFFER = 1 << 20

@@ -46,7 +46,6 @@ from pathlib import Path
 
 from appliance.config import Node, Target
 from appliance.errors import ConfigError
-from appliance.ledger.keys import KeyFormatError, VerifierKey, load_verifier_key
 from appliance.policy._rules import (
     ACTIONS,
     CI_KEYS,
@@ -58,6 +57,7 @@ from appliance.policy._rules import (
     Rule,
 )
 from appliance.policy._vocabulary import CLASSES, GROUPS, UNKNOWN, expand
+from appliance.signing.keys import KeyFormatError, VerifierKey, load_verifier_key
 
 __all__ = ["parse_policy"]
 

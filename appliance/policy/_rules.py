@@ -35,9 +35,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.ledger.keys import VerifierKey
 from appliance.policy._classify import Classification, StatementClass
 from appliance.policy._vocabulary import UNKNOWN
+from appliance.signing.keys import VerifierKey
 
 __all__ = [
     "ACTIONS",

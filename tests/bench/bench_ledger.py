@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from appliance.ledger import LedgerWriter
-from appliance.ledger.keys import SigningKey
 from appliance.ledger.store import read_history
 from appliance.ledger.verify import verify_ledger
+from appliance.signing.keys import SigningKey
 
 N = int(os.environ.get("LEDGER_BENCH_N", "1000000"))
 KEY = SigningKey.generate("bench.example/ledger", seed=b"\x05" * 32)

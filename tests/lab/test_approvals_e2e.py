@@ -21,8 +21,8 @@ import pytest
 
 from appliance.approvals import ApprovalsClient, DecisionRejected, RequestStatus
 from appliance.approvals.decision import Decision, sign_decision
-from appliance.ledger.keys import SigningKey, load_signing_key, load_verifier_key
-from appliance.ledger.note import open_note
+from appliance.signing.keys import SigningKey, load_signing_key, load_verifier_key
+from appliance.signing.note import open_note
 from tests.lab.lab import Lab, PgServer
 from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, job_env, running_appliance
 

@@ -15,7 +15,7 @@ from appliance.approvals import (
     statement_digest,
 )
 from appliance.ledger.entries import canonical_json
-from appliance.ledger.keys import SigningKey
+from appliance.signing.keys import SigningKey
 
 T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 ALICE = SigningKey.generate("alice", seed=bytes([1]) * 32)

@@ -26,8 +26,8 @@ from appliance.approvals import (
 )
 from appliance.approvals.broker import MAX_NOTE_CHARS
 from appliance.approvals.clock import Timer
-from appliance.ledger.keys import SigningKey
-from appliance.ledger.note import open_note
+from appliance.signing.keys import SigningKey
+from appliance.signing.note import open_note
 
 from .helpers import (
     ALICE,
@@ -256,7 +256,7 @@ def test_malformed_note_is_rejected(note: str) -> None:
 
 
 def test_signed_but_malformed_decision_is_rejected() -> None:
-    from appliance.ledger.note import sign_note
+    from appliance.signing.note import sign_note
 
     _refused(
         lambda r, _: sign_note(f"please approve {r.id}\n", [ALICE]),

@@ -28,7 +28,7 @@ from appliance.approvals import (
     Verdict,
 )
 from appliance.cli.main import main
-from appliance.ledger.keys import load_verifier_key, write_key_pair
+from appliance.signing.keys import load_verifier_key, write_key_pair
 
 from .helpers import ALICE, BOB, MALLORY, MASKED, T0, Recorder, make_broker, new_request
 

@@ -17,7 +17,7 @@ from appliance.approvals import (
     sign_decision,
 )
 from appliance.approvals.decision import MAX_REASON_CHARS
-from appliance.ledger.note import open_note
+from appliance.signing.note import open_note
 
 from .helpers import ALICE, BOB
 

@@ -9,7 +9,7 @@ import pytest
 
 from appliance.ledger import LedgerWriter
 from appliance.ledger._framing import ENTRY_MAGIC, Frame, FrameScanner
-from appliance.ledger.keys import SigningKey
+from appliance.signing.keys import SigningKey
 
 ORIGIN = "test.example/ledger"
 KEY = SigningKey.generate(ORIGIN, seed=b"\x11" * 32)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from appliance.ledger import LedgerWriter
-from appliance.ledger.keys import SigningKey
+from appliance.signing.keys import SigningKey
 
 ORIGIN = "test.example/ledger"
 KEY = SigningKey.generate(ORIGIN, seed=b"\x11" * 32)

@@ -11,9 +11,9 @@ import pytest
 
 from appliance.cli.ledger import replay
 from appliance.ledger.index import Index, Query
-from appliance.ledger.keys import load_signing_key, load_verifier_key
 from appliance.ledger.render import transcript
 from appliance.ledger.store import BlobReader, read_history
+from appliance.signing.keys import load_signing_key, load_verifier_key
 from tests.unit.ledger.cli_helper import run_cli
 from tests.unit.ledger.conftest import KEY, OTHER_KEY, open_writer, write_session
 

@@ -9,8 +9,8 @@ from appliance.errors import ApplianceError
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, encode_frame
 from appliance.ledger.checkpoint import Checkpoint, parse_checkpoint_text, sign_checkpoint
 from appliance.ledger.entries import MalformedEntry, parse_entry
-from appliance.ledger.note import open_note
 from appliance.ledger.proof import parse_proof
+from appliance.signing.note import open_note
 from tests.unit.ledger.conftest import KEY
 
 NOTE = sign_checkpoint(Checkpoint("o", 3, b"\x01" * 32), KEY)

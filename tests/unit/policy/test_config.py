@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from appliance.config import ConfigError, load_config, parse_config
-from appliance.ledger.keys import SigningKey, VerifierKey
 from appliance.policy import GROUPS, parse_policy
+from appliance.signing.keys import SigningKey, VerifierKey
 
 from .helpers import ALICE, BOB, EXAMPLE, TARGETS, config_text, ctx, load_policy
 

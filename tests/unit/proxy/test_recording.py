@@ -11,7 +11,6 @@ import orjson
 import pytest
 
 from appliance.ledger import BlobReader, LedgerWriter, iter_entries
-from appliance.ledger.keys import SigningKey
 from appliance.masking import Masker, MaskingConfig
 from appliance.protocols.postgres.messages import (
     CopyData,
@@ -24,6 +23,7 @@ from appliance.protocols.postgres.messages import (
 )
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, Result, Statement
+from appliance.signing.keys import SigningKey
 
 ORIGIN = "test.example/ledger"
 KEY = SigningKey.generate(ORIGIN, seed=b"\x33" * 32)

@@ -7,7 +7,7 @@ Formats (C2SP signed-note; the same as golang.org/x/mod/sumdb/note):
 - key id: the first 4 bytes of ``SHA-256(name || 0x0A || 0x01 || public key)``.
 
 Signing and verifying here is raw Ed25519 over given bytes; note framing lives in
-:mod:`appliance.ledger.note`.
+:mod:`appliance.signing.note`.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ from appliance.ledger.checkpoint import (
     parse_checkpoint_text,
     sign_checkpoint,
 )
-from appliance.ledger.keys import InvalidSignature, SigningKey, VerifierKey
-from appliance.ledger.note import (
+from appliance.signing.keys import InvalidSignature, SigningKey, VerifierKey
+from appliance.signing.note import (
     MalformedNote,
     UnverifiedNote,
     open_note,

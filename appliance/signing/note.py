@@ -8,7 +8,7 @@ reference implementation (golang.org/x/mod/sumdb/note ``Open``) rule for rule:
 - the text is everything up to and including the newline before the *last* blank line;
 - every line after it is a signature line and ends in a newline; at most 100 of them;
 - a signature whose (name, key id) matches no known key is ignored; one that matches a known
-  key must verify, else the note is rejected (:class:`~appliance.ledger.keys.InvalidSignature`);
+  key must verify, else the note is rejected (:class:`~appliance.signing.keys.InvalidSignature`);
 - at least one known key must have signed, else the note is rejected (InvalidSignature).
 
 Malformed notes raise :class:`MalformedNote` (a :class:`NoteError`).
@@ -21,7 +21,7 @@ import binascii
 from collections.abc import Sequence
 
 from appliance.errors import ApplianceError
-from appliance.ledger.keys import InvalidSignature, SigningKey, VerifierKey
+from appliance.signing.keys import InvalidSignature, SigningKey, VerifierKey
 
 MAX_SIGNATURES = 100
 _SIG_PREFIX = "— "  # U+2014 EM DASH, space
