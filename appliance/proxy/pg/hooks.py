@@ -15,7 +15,15 @@ from datetime import timedelta
 from typing import Any
 
 from appliance.approvals import Broker, Outcome
-from appliance.policy import Classification, Decision, Policy, RequestContext, classify
+from appliance.policy import (
+    Classification,
+    Decision,
+    GrammarError,
+    Policy,
+    RequestContext,
+    classify,
+    classify_function_call,
+)
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
     NoticeResponse,
@@ -28,6 +36,7 @@ from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
 INSUFFICIENT_PRIVILEGE = "42501"
+SYNTAX_ERROR = "42601"
 _ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
@@ -93,8 +102,12 @@ class SessionHooks:
     def decide(self, stmt: Statement) -> Verdict:
         if self.policy is None:
             return ALLOW
-        # A fast-path function call has no SQL text: its placeholder text does not parse,
-        # so it is classified "unknown", which only an explicit rule lets through.
+        if stmt.function_oid is not None:
+            # A fast-path call has no SQL text: it is classified by the function it calls.
+            classification = classify_function_call(stmt.function_oid)
+            if classification.classes & _MAY_CHANGE_SETTINGS:
+                self._settings_in_flight.add(stmt.n)
+            return self._decide(stmt, classification)
         # With standard_conforming_strings off, backslashes escape quotes: the classifier
         # must read the text as the server will (else a quote could hide a statement).
         scs = self.parameters.get("standard_conforming_strings", "on") == "on"
@@ -109,6 +122,8 @@ class SessionHooks:
                 self._settings_in_flight.add(stmt.n)
             return verdict
         classification = classify(stmt.text, standard_conforming_strings=scs)
+        if classification.syntax_error is not None:
+            return _rejected(classification.syntax_error)
         if unsure:
             # A statement in flight may have turned standard_conforming_strings off or
             # switched the client encoding: the server could read another statement than
@@ -131,6 +146,14 @@ class SessionHooks:
         changes_settings = bool(classification.classes & _MAY_CHANGE_SETTINGS)
         if changes_settings:
             self._settings_in_flight.add(stmt.n)
+        verdict = self._decide(stmt, classification)
+        if verdict.action == "allow" and verdict.enforced and len(self._allowed) < _ALLOWED_CACHE:
+            self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
+        return verdict
+
+    def _decide(self, stmt: Statement, classification: Classification) -> Verdict:
+        """The policy's verdict on ``stmt``, classified as ``classification``."""
+        assert self.policy is not None
         decision = self.policy.decide(
             RequestContext(
                 identity=self.identity,
@@ -155,16 +178,16 @@ class SessionHooks:
             slim: dict[str, object] = {k: record[k] for k in keep if k in record}
             if len(classification.statements) > 1:
                 slim["statements"] = record["statements"]
-            verdict = Verdict("allow", True, b"", slim)
-            if len(self._allowed) < _ALLOWED_CACHE:
-                self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
-            return verdict
+            return Verdict("allow", True, b"", slim)
         decision_id = self.new_id()
         record["decision_id"] = decision_id
         self._decisions[stmt.n] = decision
         error = b""
         if action == "deny":
-            message = f"statement denied by policy rule {decision.rule!r}"
+            what = "statement"
+            if stmt.function_oid is not None:
+                what = f"fast-path call of function {', '.join(sorted(classification.functions))}"
+            message = f"{what} denied by policy rule {decision.rule!r}"
             # The policy's own message when the rule has none repeats the line above.
             if decision.message and decision.message != f"denied by policy rule {decision.rule!r}":
                 message += f": {decision.message}"
@@ -277,6 +300,16 @@ class SessionHooks:
 
     def row_masker(self) -> RowMasker | None:
         return self._row_masker
+
+
+def _rejected(error: GrammarError) -> Verdict:
+    """Text PostgreSQL's grammar rejects: the job gets the error the server would give
+    (42601, the parser's message and position); it is recorded as that error, not as a
+    policy decision. Never forwarded: the parser here and the server's must not disagree
+    silently (fail closed)."""
+    response = error_response("ERROR", SYNTAX_ERROR, error.message, position=str(error.position))
+    record: dict[str, object] = {"decision": "syntax_error", "classes": ["unknown"]}
+    return Verdict("reject", True, response, record)
 
 
 def _statement_bytes(stmt: Statement) -> bytes:
