@@ -52,10 +52,11 @@ from appliance.ledger.api import Ledger
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import Masker, MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
-from appliance.protocols.postgres import CancelKeys
 from appliance.proxy.flows import FlowResolverImpl, Identify
-from appliance.proxy.pg.session import CancelRoute, SessionServices
 from appliance.proxy.server import ProxyServer
+from appliance.proxy.services import SessionServices
+from appliance.proxy.shell import ShellServices
+from appliance.proxy.tls import upstream_context
 from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
@@ -261,19 +262,24 @@ class Daemon:
             ledger=ledger,
             policy=policy,
             masker=masker,
-            broker=broker,
-            cancel_keys=CancelKeys[CancelRoute](random_bytes=secrets.token_bytes),
-            mark=cfg.capture.mark if self.capture else 0,
+            approvals=broker is not None,
             record_rows=cfg.ledger.record_rows,
             max_result_bytes=cfg.ledger.max_result_bytes,
-            credentials_dir=self.credentials_dir,
+            clock=time.time,
+            monotonic=time.monotonic,
+            random_bytes=secrets.token_bytes,
+            read_secret=functools.partial(read_secret, credentials_dir=self.credentials_dir),
+            upstream_tls=upstream_context,
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
         )
+        shell = ShellServices(mark=cfg.capture.mark if self.capture else 0, broker=broker)
         resolver = FlowResolverImpl(
             cfg, identify=identify, original_dst=original_dst, target_for=target_for
         )
-        server = self.server = ProxyServer(cfg, services, resolver, transparent=self.capture)
+        server = self.server = ProxyServer(
+            cfg, services, resolver, shell=shell, transparent=self.capture
+        )
         bound = server.bind()
 
         loop = asyncio.get_running_loop()

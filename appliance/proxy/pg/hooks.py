@@ -2,9 +2,10 @@
 
 Where this sits: :class:`~appliance.proxy.pg.relay.Relay` calls these synchronously while it
 walks the messages; they classify and decide (policy), build the job's error messages,
-start approvals (the asyncio part is :meth:`SessionHooks.approval_task`, run in the
-session's task group), and forward everything worth keeping to the
-:class:`~appliance.proxy.pg.recording.SessionRecorder`.
+queue approval requests (the session core, :mod:`appliance.proxy.pg.core`, asks for them
+with a command and brings the answer back through :meth:`SessionHooks.approval_answered`),
+and forward everything worth keeping to the
+:class:`~appliance.proxy.pg.recording.SessionRecorder`. Sans-IO: no await anywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from appliance.approvals import Broker, Outcome
 from appliance.policy import (
     Classification,
     Decision,
@@ -31,6 +31,7 @@ from appliance.protocols.postgres.messages import (
     RowDescription,
     error_response,
 )
+from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
@@ -63,7 +64,6 @@ class SessionHooks:
         *,
         policy: Policy | None,
         recorder: SessionRecorder,
-        broker: Broker | None,
         target: str,
         database: str,
         account: str,
@@ -74,7 +74,6 @@ class SessionHooks:
     ) -> None:
         self.policy = policy
         self.recorder = recorder
-        self.broker = broker
         self.target = target
         self.database = database
         self.account = account
@@ -95,7 +94,8 @@ class SessionHooks:
         # until then, pipelined text that another setting would read otherwise is refused.
         self._settings_in_flight: set[int] = set()
         self._settings_done: set[int] = set()
-        self.approval_started: Callable[[Statement], None] | None = None
+        # Statements held for approval, not yet asked for (drained by the session core).
+        self.approvals: list[Statement] = []
 
     # -- deciding ----------------------------------------------------------------------------
 
@@ -218,36 +218,43 @@ class SessionHooks:
     # -- approvals ---------------------------------------------------------------------------
 
     def request_approval(self, stmt: Statement) -> None:
-        if self.approval_started is not None:
-            self.approval_started(stmt)
+        """Queue the request; the session core turns it into an ``AskApproval`` command."""
+        self.approvals.append(stmt)
 
-    async def approval_task(self, stmt: Statement) -> tuple[bool, bytes, dict[str, Any]]:
-        """Ask for and await the approval of ``stmt``; return (approved, error, record)."""
-        decision = self._decisions.pop(stmt.n)
+    def approval_fields(self, stmt: Statement) -> dict[str, Any]:
+        """The broker's ``new_request`` arguments for ``stmt`` (the text masked; the digest
+        of the exact bytes the approver signs for)."""
+        decision = self._decisions[stmt.n]
+        return {
+            "session": self.recorder.session,
+            "identity": identity_key(self.identity),
+            "target": self.target,
+            "account": self.account,
+            "rule": decision.rule,
+            "approvers": decision.approvers,
+            "statement": self.recorder.mask(stmt.text),
+            "statement_sha256": hashlib.sha256(_statement_bytes(stmt)).hexdigest(),
+            "window": timedelta(seconds=decision.window),
+            "timeout": timedelta(seconds=decision.timeout),
+        }
+
+    def approval_answered(
+        self, stmt: Statement, answer: ApprovalAnswered
+    ) -> tuple[bool, bytes, dict[str, Any]]:
+        """What the relay does with the answer: (approved, the job's error, the record)."""
+        self._decisions.pop(stmt.n, None)
         decision_id = str(stmt.verdict.record.get("decision_id", ""))
-        if self.broker is None:
+        outcome = answer.outcome
+        if answer.error is not None or outcome is None:
             error = error_response(
                 "ERROR",
                 INSUFFICIENT_PRIVILEGE,
-                "statement needs an approval, and approvals are not configured",
+                f"statement needs an approval, and none can be asked: {answer.error}",
+                hint=f"appliance decision {decision_id}",
             )
-            return False, error, {"outcome": "unavailable"}
-        raw = _statement_bytes(stmt)
-        request = self.broker.new_request(
-            session=self.recorder.session,
-            identity=identity_key(self.identity),
-            target=self.target,
-            account=self.account,
-            rule=decision.rule,
-            approvers=decision.approvers,
-            statement=self.recorder.mask(stmt.text),
-            statement_sha256=hashlib.sha256(raw).hexdigest(),
-            window=timedelta(seconds=decision.window),
-            timeout=timedelta(seconds=decision.timeout),
-        )
-        outcome: Outcome = await self.broker.request(request)
+            return False, error, {"outcome": "unavailable", "error": answer.error}
         record = {
-            "request": request.id,
+            "request": answer.request,
             "outcome": outcome.verdict.value,
             "approver": outcome.approver,
         }
@@ -257,7 +264,7 @@ class SessionHooks:
             "ERROR",
             INSUFFICIENT_PRIVILEGE,
             outcome.message(),
-            hint=f"appliance decision {decision_id}; approval request {request.id}",
+            hint=f"appliance decision {decision_id}; approval request {answer.request}",
         )
         return False, error, record
 
