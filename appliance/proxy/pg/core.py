@@ -651,8 +651,8 @@ class PgSession:
         self.state = State.ENDED
         if error:
             self._to_job.append(error)
-        if self.up is not None:
-            self.up.close()
+        if self.up is not None and not (relay is not None and relay.terminated):
+            self.up.close()  # a Terminate, unless the job's own went through already
             self._to_up.append(self.up.data_to_send())
         if self._issued is not None:
             self.shared.cancel_keys.release(self._issued)
