@@ -33,7 +33,12 @@ class Protocol:
     Connection's interface (``async run(sock)``, ``drain()``, ``abort(reason)``, ``done``);
     ``shared``: of a function
     ``shared(random_bytes)`` making what all its sessions share (or None);
-    ``target_keys``: the target config keys the protocol reads beyond the common ones;
+    ``target_keys``: the target config keys the protocol reads beyond the common ones
+    (``name``, ``protocol``, ``addresses``, ``listen``, ``connect_timeout``, ``accounts``);
+    ``options``: ``"module:function"`` called with the target's checked mapping
+    (``dict[str, Node]``) that returns the protocol's own settings object, kept as
+    ``Target.options`` (raise through ``Node.fail`` for precise errors);
+    ``requires_accounts``: a target must name at least one service account;
     ``pcap``: module that registers the protocol's pcap renderer when imported (or None).
     """
 
@@ -44,6 +49,8 @@ class Protocol:
     runner: str | None = None
     shared: str | None = None
     target_keys: tuple[str, ...] = ()
+    options: str | None = None
+    requires_accounts: bool = True
     pcap: str | None = None
 
     def load(self, ref: str) -> Any:
