@@ -39,6 +39,7 @@ from typing import Any
 from appliance.config import Target
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
+from appliance.masking.postgres import ResponseMasker
 from appliance.protocols.postgres import (
     Authenticated,
     CancelKeys,
@@ -97,7 +98,6 @@ from appliance.proxy.commands import (
 )
 from appliance.proxy.pg.catalog import CatalogReader, catalog_query
 from appliance.proxy.pg.hooks import SessionHooks
-from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.parameters import ParameterRefused, upstream_parameters
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from appliance.masking.postgres import ResponseMasker
 from appliance.policy import (
     Classification,
     Decision,
@@ -33,7 +34,6 @@ from appliance.protocols.postgres.messages import (
 )
 from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR
 from appliance.proxy.commands import ApprovalAnswered
-from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
