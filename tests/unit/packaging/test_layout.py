@@ -81,4 +81,6 @@ def test_the_allow_list_only_shrinks() -> None:
     modules = _modules()
     untested = modules - _tested(modules)
     stale = sorted(ALLOWED_WITHOUT_TESTS - untested)
-    assert not stale, f"these modules have tests now (or are gone): remove them from the list: {stale}"
+    assert not stale, (
+        f"these modules have tests now (or are gone): remove them from the list: {stale}"
+    )
