@@ -255,7 +255,8 @@ class UpstreamConnection:
             self._send(self._answer(plugin, data))
             return None
         if head == AUTH_MORE_DATA:
-            return self._more_data(payload[1:])
+            self._more_data(payload[1:])
+            return None
         raise PeerProtocolError(
             f"unexpected packet 0x{head:02x} during authentication", side="server"
         )
@@ -290,8 +291,8 @@ class UpstreamConnection:
 
 
 __all__ = [
-    "AuthenticationFailed",
     "Authenticated",
+    "AuthenticationFailed",
     "StartTLS",
     "UpState",
     "UpstreamConnection",
