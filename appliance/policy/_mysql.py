@@ -491,7 +491,7 @@ def _statement(index: int, text: str, backslash_escapes: bool) -> tuple[Statemen
     if len(trees) != 1 or trees[0] is None:
         return _keywords(index, text, head, classes, bare, "not one statement")
     tree = trees[0]
-    if isinstance(tree, exp.Command):
+    if isinstance(tree, exp.Command) or not isinstance(tree, exp.Expression):
         return _keywords(index, text, head, classes, bare, None)
     return _tree(index, text, tree, classes)
 

@@ -239,8 +239,10 @@ class MySQLSession:
 
     def _handle(self, event: Event) -> Commands:
         state = self.state
-        if isinstance(event, UpstreamOpened) and state is State.CONNECTING:
-            self.state = State.GREETING
+        if isinstance(event, UpstreamOpened):
+            # The server's handshake may have been read already (it speaks first).
+            if state is State.CONNECTING:
+                self.state = State.GREETING
             return NO_COMMANDS
         if isinstance(event, UpstreamFailed) and state is State.CONNECTING:
             return self._end(
@@ -310,7 +312,7 @@ class MySQLSession:
     # -- startup --------------------------------------------------------------------------------
 
     def _upstream(self, data: bytes) -> Commands:
-        if self.state is State.GREETING:
+        if self.state in (State.CONNECTING, State.GREETING):
             self._greeting_raw += data
             packets = self._greeting_framer.feed(data)
             if not packets:

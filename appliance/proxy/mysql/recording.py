@@ -38,7 +38,7 @@ from appliance.protocols.mysql.messages import (
 )
 from appliance.proxy.pg.recording import RowsSink
 
-_LEN = struct.Struct("<I")
+_LEN = struct.Struct("!I")  # as RowsSink frames its parts
 _HEADER, _ROWS = b"H", b"D"
 
 # MySQL column types -> the PostgreSQL type OIDs the masker knows, so that a masked value

@@ -508,7 +508,7 @@ class Relay:
                     "the server sent a packet no command asked for", side="server"
                 )
             pend = self.pending[0]
-            if pend.kind is Kind.RESULT and pend.phase is Phase.ROWS:
+            if pend.phase is Phase.ROWS and pend.kind is not Kind.FETCH:
                 self._row(pend, seq, payload)  # the hot path
             else:
                 self._response(pend, seq, payload)
