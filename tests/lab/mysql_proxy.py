@@ -97,7 +97,12 @@ def running_appliance(
         targets={t.name: t.port for t in targets},
     )
     doc = config(
-        server, targets, ledger=app.ledger, key=workdir / "ledger.key", policy=policy, masking=masking
+        server,
+        targets,
+        ledger=app.ledger,
+        key=workdir / "ledger.key",
+        policy=policy,
+        masking=masking,
     )
     app.config.write_text(yaml.safe_dump(doc, sort_keys=False))
     try:
