@@ -47,7 +47,7 @@ POLICY = {
                     "lock",
                     "alter",
                     "copy_from",
-                ]  # fmt: skip
+                ]
             },
         },
     ],
