@@ -214,17 +214,5 @@ def export_pcap(directory: Path, session: str, out: BinaryIO) -> int:
     d = start["data"]
     client = parse_endpoint(str(d.get("client", "")))
     server = parse_endpoint(str(d.get("server", "")))
-    _load_renderers()
     segments = renderer_for(str(d.get("protocol", "")))(found, BlobReader(directory))
     return write_pcap(out, client, server, segments)
-
-
-def _load_renderers() -> None:
-    """Import each protocol's pcap renderer module (the registry's ``pcap`` field)."""
-    import importlib
-
-    from appliance.proxy.registry import PROTOCOLS
-
-    for protocol in PROTOCOLS.values():
-        if protocol.pcap is not None:
-            importlib.import_module(protocol.pcap)

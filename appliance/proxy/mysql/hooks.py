@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from appliance.approvals.request import identity_key
 from appliance.policy import Classification, Decision, Policy, RequestContext
 from appliance.policy._mysql import classify_mysql
 from appliance.protocols.mysql.messages import Err
 from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.mysql.recording import MySQLRecorder
-from appliance.proxy.pg.hooks import identity_key
 
 ER_TABLEACCESS_DENIED = 1142  # "<command> command denied to user ..." (SQLSTATE 42000)
 ER_SPECIFIC_ACCESS_DENIED = 1227

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from appliance.ledger.entries import ts_to_us
 from appliance.ledger.pcap import C2S, S2C, Segment, register_renderer
+from appliance.ledger.results import cell_bytes, read_result
 from appliance.ledger.store import BlobReader
 from appliance.protocols.mysql._wire import packet
 from appliance.protocols.mysql.constants import Cap, Status, Type
@@ -43,7 +42,8 @@ def _ts(obj: dict[str, Any]) -> float:
     return ts_to_us(obj["ts"]) / 1e6
 
 
-def _rows(d: dict[str, Any], blobs: BlobReader) -> tuple[list[str], list[list[Any]]]:
+def _result(d: dict[str, Any], blobs: BlobReader) -> tuple[list[str], list[list[Any]]]:
+    """The columns and rows of a response's result blob (:mod:`appliance.ledger.results`)."""
     columns = [str(c) for c in d.get("columns") or []]
     res = d.get("result")
     content: bytes | None = None
@@ -54,23 +54,10 @@ def _rows(d: dict[str, Any], blobs: BlobReader) -> tuple[list[str], list[list[An
         elif isinstance(sha, str) and blobs.exists(sha):
             content = blobs.read(sha)
     rows: list[list[Any]] = []
-    if content:
-        for line in content.splitlines():
-            obj = orjson.loads(line)
-            if isinstance(obj, dict):
-                if obj.get("columns"):
-                    columns = [str(c) for c in obj["columns"]]
-            elif isinstance(obj, list):
-                rows.append(obj)
+    for result in read_result(content) if content else []:
+        columns = [str(c) for c in result.columns] or columns
+        rows.extend(result.rows)
     return columns, rows
-
-
-def _cell(v: Any) -> bytes | None:
-    if v is None:
-        return None
-    if isinstance(v, dict):
-        return f"[binary {v.get('binary')} bytes]".encode()
-    return str(v).encode()
 
 
 def render_mysql(entries: list[dict[str, Any]], blobs: BlobReader) -> list[Segment]:
@@ -113,7 +100,7 @@ def render_mysql(entries: list[dict[str, Any]], blobs: BlobReader) -> list[Segme
                     ).encode(),
                 )
             else:
-                columns, rows = _rows(d, blobs)
+                columns, rows = _result(d, blobs)
                 if not columns:
                     msg = packet(
                         1, Ok(int(d.get("affected_rows") or 0), 0, Status.AUTOCOMMIT).encode(_CAPS)
@@ -142,7 +129,7 @@ def render_mysql(entries: list[dict[str, Any]], blobs: BlobReader) -> list[Segme
                     parts.append(packet(seq, Eof(0, Status.AUTOCOMMIT).encode()))
                     for row in rows:
                         seq += 1
-                        parts.append(packet(seq, encode_text_row([_cell(v) for v in row])))
+                        parts.append(packet(seq, encode_text_row([cell_bytes(v) for v in row])))
                     seq += 1
                     parts.append(packet(seq, Eof(0, Status.AUTOCOMMIT).encode()))
                     msg = b"".join(parts)

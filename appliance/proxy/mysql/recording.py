@@ -26,6 +26,7 @@ import orjson
 
 from appliance.ledger.api import Blob, Ledger, PendingBlob
 from appliance.ledger.entries import canonical_json
+from appliance.ledger.results import binary_cell
 from appliance.masking import ColumnPlan, MaskCounts, TargetMasker
 from appliance.protocols.mysql import PeerProtocolError
 from appliance.protocols.mysql.constants import BINARY_CHARSET, Type
@@ -150,7 +151,7 @@ class RowsTransform:
                 if v is None:
                     row.append(None)
                 elif i < len(self.bytes_columns) and self.bytes_columns[i] and not _printable(v):
-                    row.append({"binary": len(v)})
+                    row.append(binary_cell(len(v)))
                 else:
                     row.append(v.decode("utf-8", "replace"))
             out.append(orjson.dumps(row) + b"\n")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.masking import BinaryColumnError, MaskCounts, TargetMasker
+from appliance.masking import MaskCounts, TargetMasker
 from appliance.protocols.mysql import PeerProtocolError
 from appliance.protocols.mysql._wire import Reader, chunks_of, packet
 from appliance.protocols.mysql.constants import (
@@ -836,10 +836,7 @@ class Relay:
             None if v is None else binary_to_text(v, c.type, c.unsigned)
             for v, c in zip(raw, cols, strict=True)
         ]
-        try:
-            masked = masker.mask_values(plan, texts, self.masked_to_job)
-        except BinaryColumnError:  # pragma: no cover - the plan is text-only
-            raise
+        masked = masker.mask_values(plan, texts, self.masked_to_job)
         if masked is texts:
             return payload
         out: list[bytes | None] = []

@@ -89,7 +89,7 @@ class Drive:
             "10.11.19-MariaDB", 77, SCRAMBLE, SERVER_CAPS, 45, 2, "mysql_native_password"
         )
         self.out(self.core.receive("upstream", packet(0, hs.encode())))
-        ((seq, greeting),) = Framer("server").feed(self.to_job)
+        ((_seq, greeting),) = Framer("server").feed(self.to_job)
         job_hs = Handshake.decode(greeting)
         assert job_hs.connection_id != 77 and not job_hs.capabilities & Cap.COMPRESS
         self.to_job = b""
