@@ -335,34 +335,38 @@ class Connection:
 
     # -- the commands that wait ----------------------------------------------------------------
 
-    async def _open_upstream(self, command: OpenUpstream) -> None:
-        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
+    async def _connect(self, address: tuple[str, int], timeout: float) -> socket.socket:
+        """A marked socket connected to ``address``; raises _Unreachable saying why."""
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         make = self.services.upstream_socket or upstream_socket
-        loop = asyncio.get_running_loop()
         try:
             sock = make(family, self.services.mark)
         except OSError as exc:
-            self.event(UpstreamFailed(_why(exc)))
-            return
+            raise _Unreachable(_why(exc)) from None
         except ApplianceError as exc:  # the mark cannot be set
-            self.event(UpstreamFailed(str(exc)))
-            return
+            raise _Unreachable(str(exc)) from None
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), timeout)
         except TimeoutError:
             sock.close()
-            self.event(UpstreamFailed("timed out", timed_out=True))
-            return
+            raise _Unreachable("timed out", timed_out=True) from None
         except OSError as exc:
             sock.close()
-            self.event(UpstreamFailed(_why(exc)))
-            return
+            raise _Unreachable(_why(exc)) from None
         except BaseException:
             sock.close()
             raise
+        return sock
+
+    async def _open_upstream(self, command: OpenUpstream) -> None:
+        try:
+            sock = await self._connect(command.address, command.timeout)
+        except _Unreachable as exc:
+            self.event(UpstreamFailed(exc.why, timed_out=exc.timed_out))
+            return
         endpoint = self.upstream = _Endpoint(self, "upstream")
         local = sock.getsockname()
-        await loop.create_connection(lambda: endpoint, sock=sock)
+        await asyncio.get_running_loop().create_connection(lambda: endpoint, sock=sock)
         if self._paused["upstream"]:
             assert endpoint.transport is not None
             endpoint.transport.pause_reading()
@@ -416,26 +420,26 @@ class Connection:
         self.event(ApprovalAnswered(command.key, outcome, request.id))
 
     async def _send_once(self, command: SendOnce) -> None:
-        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
-        make = self.services.upstream_socket or upstream_socket
-        loop = asyncio.get_running_loop()
         try:
-            sock = make(family, self.services.mark)
+            sock = await self._connect(command.address, command.timeout)
+        except _Unreachable as exc:
+            self.event(SentOnce(False, exc.why))
+            return
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, command.payload)
         except OSError as exc:
             self.event(SentOnce(False, _why(exc)))
-            return
-        except ApplianceError as exc:
-            self.event(SentOnce(False, str(exc)))
-            return
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
-            await loop.sock_sendall(sock, command.payload)
-        except (OSError, TimeoutError) as exc:
-            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else _why(exc)))
             return
         finally:
             sock.close()
         self.event(SentOnce(True))
+
+
+class _Unreachable(Exception):
+    def __init__(self, why: str, *, timed_out: bool = False) -> None:
+        super().__init__(why)
+        self.why = why
+        self.timed_out = timed_out
 
 
 __all__ = ["HIGH_WATER", "Connection", "ShellServices", "upstream_socket"]
