@@ -26,7 +26,7 @@ from pathlib import Path
 from appliance.ledger._framing import CHECKPOINT_MAGIC, ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_text
 from appliance.ledger.entries import Entry, MalformedEntry, parse_entry
-from appliance.ledger.errors import LedgerError
+from appliance.ledger.errors import LedgerError, TamperError
 from appliance.signing.keys import VerifierKey
 from appliance.signing.note import MalformedNote, parse_note
 
@@ -75,32 +75,32 @@ def iter_frames_of_entries(directory: Path) -> Iterator[tuple[int, bytes]]:
     """(seq, payload) of every complete, checksummed record of ``entries.log`` in file order.
 
     Stops silently at a record cut short at the end of the file (a writer may be appending);
-    raises LedgerError for damage anywhere else.
+    raises TamperError for damage anywhere else.
     """
     with MappedFile(directory / ENTRIES) as mf:
         scanner = FrameScanner(mf.data, ENTRY_MAGIC)
         for frame in scanner:
             yield frame.seq, frame.payload
         if scanner.damage and not scanner.damage.at_eof:
-            raise LedgerError(
+            raise TamperError(
                 f"{directory / ENTRIES}: {scanner.damage.reason} at byte {scanner.damage.offset}"
                 " (run `appliance ledger verify`)"
             )
 
 
 def iter_entries(directory: Path, *, start: int = 0) -> Iterator[Entry]:
-    """Every entry from ``start`` on, parsed. Raises LedgerError on damage (see above)."""
+    """Every entry from ``start`` on, parsed. Raises TamperError on damage (see above)."""
     expected = 0
     for seq, payload in iter_frames_of_entries(directory):
         if seq != expected:
-            raise LedgerError(f"record {expected} of {ENTRIES} says seq {seq}")
+            raise TamperError(f"record {expected} of {ENTRIES} says seq {seq}")
         expected += 1
         if seq < start:
             continue
         try:
             obj = parse_entry(payload)
         except MalformedEntry as exc:
-            raise LedgerError(f"entry {seq} is malformed: {exc.reason}") from None
+            raise TamperError(f"entry {seq} is malformed: {exc.reason}") from None
         yield Entry(seq, payload, obj)
 
 

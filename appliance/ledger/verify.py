@@ -11,7 +11,9 @@ Trusts nothing in the directory but the verifier keys it is given. It:
 4. rebuilds the RFC 6962 tree from the stored bytes and compares its root at every
    checkpoint's size (equal roots at both ends is what makes successive checkpoints
    consistent: the later tree contains the earlier one);
-5. hashes every blob an entry references and compares size and SHA-256.
+5. hashes every blob an entry references and compares size and SHA-256;
+6. compares every row of the query index ``index.sqlite``, if there is one, with its entry
+   (see :mod:`appliance.ledger.index`: what queries, show, replay and export read).
 
 Findings (tampering or inconsistency, exit 1) name the entry or checkpoint and say why.
 :class:`~appliance.ledger.errors.LedgerError` (exit 2) means it could not verify at all: no
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import orjson
 
+from appliance.ledger import index
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, MalformedCheckpoint, parse_checkpoint_text
 from appliance.ledger.entries import (
@@ -43,7 +46,7 @@ from appliance.ledger.entries import (
 )
 from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.merkle import CompactRange
-from appliance.ledger.store import CHECKPOINT, ENTRIES, HISTORY, blob_path, read_history
+from appliance.ledger.store import CHECKPOINT, ENTRIES, HISTORY, INDEX, blob_path, read_history
 from appliance.signing.keys import InvalidSignature, VerifierKey
 from appliance.signing.note import MalformedNote, NoteError, UnverifiedNote, open_note
 
@@ -272,15 +275,26 @@ class _Chunk:
     findings: list[tuple[str, str]] = field(default_factory=list)
     published: list[str] = field(default_factory=list)
     blobs: dict[str, tuple[int, str]] = field(default_factory=dict)
+    identities: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
-def _check_chunk(path: str, start: int, end: int, first_seq: int, check_blobs: bool) -> _Chunk:
+_INDEX_HINT = (
+    "(the query index does not match the log: it was edited or damaged; "
+    "`appliance ledger reindex` rebuilds it)"
+)
+
+
+def _check_chunk(
+    path: str, start: int, end: int, first_seq: int, check_blobs: bool, check_index: bool
+) -> _Chunk:
     """Entry-level checks of the records in ``[start, end)`` of ``path`` (already checksummed
-    and in sequence): well-formed, canonical, seq field, origin, time order, blob references.
+    and in sequence): well-formed, canonical, seq field, origin, time order, blob references,
+    and (``check_index``) the query index's rows for them.
 
     Runs in a worker process for large ledgers, so that parsing JSON overlaps with hashing.
     """
     out = _Chunk(first_seq)
+    rows: list[index.Row] = []
     find = out.findings.append
     dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
     prev_ts = ""
@@ -297,6 +311,8 @@ def _check_chunk(path: str, start: int, end: int, first_seq: int, check_blobs: b
                 continue
             if obj["seq"] != i:
                 find(("seq", f"entry {i}: its seq field says {obj['seq']}"))
+            if check_index:
+                rows.append(index.derive_row(i, start + frame.offset, start + frame.end, raw, obj))
             if origin is None:
                 origin = out.origin = obj["origin"]
             elif obj["origin"] != origin:
@@ -326,6 +342,14 @@ def _check_chunk(path: str, start: int, end: int, first_seq: int, check_blobs: b
             i += 1
     out.last_ts = prev_ts or None
     out.count = i - first_seq
+    db = index.open_for_check(Path(path).parent) if check_index else None
+    if db is not None:
+        try:
+            for problem in index.check_rows(db, rows):
+                find(("index", f"{INDEX}: {problem} {_INDEX_HINT}"))
+        finally:
+            db.close()
+        out.identities = index.first_identities(rows)
     return out
 
 
@@ -356,11 +380,15 @@ def _scan_entries(
     else:
         pool = None
 
+    db = index.open_for_check(directory)
+    check_index = db is not None
+
     def check(start: int, end: int, first: int) -> None:
+        args = (path, start, end, first, check_blobs, check_index)
         if pool is None:
-            results.append(_check_chunk(path, start, end, first, check_blobs))
+            results.append(_check_chunk(*args))
         else:
-            pending.append(pool.submit(_check_chunk, path, start, end, first, check_blobs))
+            pending.append(pool.submit(_check_chunk, *args))
 
     try:
         with MappedFile(directory / ENTRIES) as mf:
@@ -410,6 +438,7 @@ def _scan_entries(
 
     published: set[str] = set()
     blobs: dict[str, tuple[int, str]] = {}
+    identities: dict[str, tuple[int, str]] = {}
     origin = results[0].origin if results else None
     prev_ts: str | None = None
     for r in results:
@@ -425,6 +454,14 @@ def _scan_entries(
         published.update(r.published)
         for sha, where in r.blobs.items():
             blobs.setdefault(sha, where)
+        for session, first in r.identities.items():
+            identities.setdefault(session, first)
+    if db is not None:
+        try:
+            for mismatch in index.check_tables(db, i, identities):
+                report.find("index", f"{INDEX}: {mismatch} {_INDEX_HINT}")
+        finally:
+            db.close()
     for sha, (seq, ref_path) in sorted(blobs.items(), key=lambda kv: kv[1]):
         problem = _check_blob(directory, sha, report)
         if problem:
