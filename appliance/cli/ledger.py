@@ -214,17 +214,19 @@ def verify_cmd(
 @_LEDGER
 @_vkey_option(required=False)
 @_FORMAT
+@click.option("--no-blobs", is_flag=True, help="Skip hashing blobs.")
 @_json_report
-def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str) -> None:
+def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str, no_blobs: bool) -> None:
     """Run the writer's crash-recovery check without changing anything.
 
     Reports a torn tail that recovery would copy to recovered/ and truncate, a stale
-    checkpoint file, and (exit 1) damage inside signed history. Signatures are checked with
-    --vkey and with the keys the ledger published.
+    checkpoint file, and (exit 1) damage inside signed history or a blob that is missing or
+    does not hash to its name. Signatures are checked with --vkey and with the keys the
+    ledger published.
     """
     require_ledger(directory)
     try:
-        report = recover(directory, trusted=_vkeys(vkeys), dry_run=True)
+        report = recover(directory, trusted=_vkeys(vkeys), dry_run=True, check_blobs=not no_blobs)
     except TamperError as exc:
         if fmt == "text":
             for f in exc.findings:
@@ -237,6 +239,7 @@ def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str) -> None:
                 "entries": report.entries,
                 "checkpoints": report.checkpoints,
                 "signed_size": report.signed_size,
+                "blobs": report.blobs,
                 "actions": report.actions,
             }
         )

@@ -19,6 +19,7 @@ single-writer local file format; shipping to WORM storage copies the same object
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -144,6 +145,24 @@ def latest_checkpoint(
         return unverified_checkpoint(note)
     except MalformedNote as exc:
         raise LedgerError(f"{directory / CHECKPOINT} is malformed: {exc}") from None
+
+
+def check_blob(directory: Path, sha256: str) -> tuple[str | None, int]:
+    """(None if the blob is present and hashes to its name, else what is wrong; bytes read)."""
+    h = hashlib.sha256()
+    read = 0
+    try:
+        with blob_path(directory, sha256).open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                read += len(chunk)
+    except FileNotFoundError:
+        return "missing from the blob store", read
+    except OSError as exc:
+        return f"cannot be read: {exc}", read
+    if h.hexdigest() != sha256:
+        return f"content was changed (it hashes to {h.hexdigest()})", read
+    return None, read
 
 
 def fsync_dir(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:

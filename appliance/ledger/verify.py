@@ -23,7 +23,6 @@ ledger, nothing signed, or a key that signed none of it.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import multiprocessing
 import os
 import threading
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from appliance.ledger import index
+from appliance.ledger import history, index
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, MalformedCheckpoint, parse_checkpoint_text
 from appliance.ledger.entries import (
@@ -46,7 +45,7 @@ from appliance.ledger.entries import (
 )
 from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.merkle import CompactRange
-from appliance.ledger.store import CHECKPOINT, ENTRIES, HISTORY, INDEX, blob_path, read_history
+from appliance.ledger.store import CHECKPOINT, ENTRIES, INDEX, check_blob, read_history
 from appliance.signing.keys import InvalidSignature, VerifierKey
 from appliance.signing.note import MalformedNote, NoteError, UnverifiedNote, open_note
 
@@ -128,11 +127,7 @@ def verify_ledger(
     notes, hscan = read_history(directory)
     cps = [_Cp(f"checkpoint #{i}", n, in_history=True) for i, n in enumerate(notes)]
     if hscan.damage is not None:
-        report.find(
-            "history",
-            f"{HISTORY}: {hscan.damage.reason} at byte {hscan.damage.offset}; records after it "
-            "cannot be read",
-        )
+        _judge(report, history.history_damage(hscan.damage))
     try:
         current = (directory / CHECKPOINT).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -177,57 +172,25 @@ def verify_ledger(
     if not given & published:
         report.warnings.append("the given key is not published (key.published) in this ledger")
 
-    # 1-2. origin and growth --------------------------------------------------------------
-    origin = report.origin
-    valid = [c for c in cps if c.cp is not None]
-    for c in valid:
-        assert c.cp is not None
-        if origin is not None and c.cp.origin != origin:
-            report.find(
-                "origin",
-                f"{c.label} (size {c.cp.size}) is for origin {c.cp.origin!r}, but this "
-                f"ledger's entries are of origin {origin!r}",
-            )
-    history = [c for c in valid if c.in_history]
-    for a, b in itertools.pairwise(history):
-        assert a.cp is not None and b.cp is not None
-        if b.cp.size < a.cp.size:
-            report.find(
-                "rollback",
-                f"{b.label} (size {b.cp.size}) rolls back {a.label} (size {a.cp.size})",
-            )
-    for size, group in by_size.items():
-        roots = {c.cp.root for c in group if c.cp is not None}
-        if len(roots) > 1:
-            report.find(
-                "fork",
-                f"fork: {', '.join(c.label for c in group)} sign different roots for tree "
-                f"size {size}",
-            )
-    if history and current is not None and current in notes and current != notes[-1]:
-        newest = history[-1].cp
-        cur = next(c.cp for c in history if c.note == current)
-        assert newest is not None and cur is not None
-        report.find(
-            "rollback",
-            f"{CHECKPOINT} file holds the checkpoint of size {cur.size} but the history "
-            f"reached size {newest.size}: rolled back",
-        )
-    elif current is not None and current not in notes:
-        report.find("history", f"{CHECKPOINT} file holds a checkpoint missing from {HISTORY}")
-    elif current is None and history:
-        report.warnings.append(f"{CHECKPOINT} file is missing (the writer rewrites it on open)")
-    for c in valid:
-        assert c.cp is not None
-        if c.cp.size > report.entries:
-            report.find(
-                "size",
-                f"{c.label} claims {c.cp.size} entries but the log holds only "
-                f"{report.entries} readable entries (entries deleted or log truncated)",
-            )
-    sizes = [c.cp.size for c in history if c.cp is not None]
+    # 1-2. origin and growth (the rules: appliance.ledger.history) --------------------------
+    valid = [(c.label, c.cp) for c in cps if c.cp is not None]
+    in_history = [(c.label, c.cp) for c in cps if c.cp is not None and c.in_history]
+    for label, cp in valid:
+        _judge(report, history.origin_mismatch(label, cp, report.origin))
+    for finding in history.growth(in_history):
+        _judge(report, finding)
+    groups: dict[int, list[tuple[str, Checkpoint]]] = {}
+    for label, cp in valid:
+        groups.setdefault(cp.size, []).append((label, cp))
+    for finding in history.forks(groups):
+        _judge(report, finding)
+    sizes_of_notes = [c.cp.size if c.cp is not None else None for c in cps if c.in_history]
+    _judge(report, history.checkpoint_file(current, notes, sizes_of_notes))
+    for label, cp in valid:
+        _judge(report, history.entries_short(report.entries, label, cp.size))
+    sizes = [cp.size for _, cp in in_history]
     if sizes:
-        report.latest = max((c.cp for c in history if c.cp is not None), key=lambda x: x.size)
+        report.latest = max((cp for _, cp in in_history), key=lambda x: x.size)
         if report.entries > max(sizes):
             report.warnings.append(
                 f"{report.entries - max(sizes)} entries after the latest checkpoint are not "
@@ -235,6 +198,13 @@ def verify_ledger(
             )
     report.finish()
     return report
+
+
+def _judge(report: VerifyReport, verdict: history.Finding | history.Leftover | None) -> None:
+    if isinstance(verdict, history.Finding):
+        report.find(verdict.kind, verdict.message)
+    elif isinstance(verdict, history.Leftover):
+        report.warnings.append(f"{verdict.message} (the writer repairs it on open)")
 
 
 def _open(c: _Cp, verifiers: Sequence[VerifierKey], report: VerifyReport) -> None:
@@ -409,12 +379,7 @@ def _scan_entries(
                         assert c.cp is not None
                         if c.cp.root != root:
                             prev = max((s for s in signed_sizes if s < i), default=0)
-                            report.find(
-                                "root",
-                                f"{c.label} (size {i}): the entries do not hash to its root; an "
-                                f"entry in {prev}..{i - 1} was changed, inserted or removed, or "
-                                "the checkpoint was forged",
-                            )
+                            _judge(report, history.root_mismatch(c.label, i, prev))
                 if i - chunk_first == CHUNK:
                     check(chunk_start, pos, chunk_first)
                     chunk_start, chunk_first = pos, i
@@ -422,13 +387,8 @@ def _scan_entries(
                         progress(pos, total)
             if i > chunk_first:
                 check(chunk_start, pos, chunk_first)
-            damage = scanner.damage
-            if damage is not None:
-                msg = f"{ENTRIES}: {damage.reason} at byte {damage.offset} (entry {i})"
-                if i < max_signed:
-                    report.find("record", msg + ", inside signed history")
-                else:
-                    report.warnings.append(msg + ", after the latest checkpoint: a torn tail")
+            if scanner.damage is not None:
+                _judge(report, history.entries_damage(scanner.damage, i, max_signed))
         results.extend(f.result() for f in pending)
     finally:
         if pool is not None:
@@ -463,28 +423,11 @@ def _scan_entries(
         finally:
             db.close()
     for sha, (seq, ref_path) in sorted(blobs.items(), key=lambda kv: kv[1]):
-        problem = _check_blob(directory, sha, report)
+        problem, read = check_blob(directory, sha)
+        report.blob_bytes += read
         if problem:
-            report.find("blob", f"entry {seq}: {ref_path} blob {sha}: {problem}")
+            _judge(report, history.blob(seq, f"{ref_path} blob {sha}", problem))
     report.entries = i
     report.origin = origin
     report.blobs = len(blobs)
     return published
-
-
-def _check_blob(directory: Path, sha: str, report: VerifyReport) -> str | None:
-    """None if the blob is present and hashes to its name; else what is wrong."""
-    path = blob_path(directory, sha)
-    h = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                report.blob_bytes += len(chunk)
-    except FileNotFoundError:
-        return "missing from the blob store"
-    except OSError as exc:
-        return f"cannot be read: {exc}"
-    if h.hexdigest() != sha:
-        return f"content was changed (it hashes to {h.hexdigest()})"
-    return None
