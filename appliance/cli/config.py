@@ -9,7 +9,7 @@ import click
 
 from appliance.approvals import ApprovalsTransportConfig, parse_approvals_transport
 from appliance.config import Config, load_config
-from appliance.masking import MaskingConfig, parse_masking
+from appliance.masking import EPHEMERAL, MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
 
 
@@ -59,7 +59,7 @@ def check(file: Path, fmt: str) -> None:
         "masking": {
             "columns": len(masking.columns),
             "response_rules": len(masking.response),
-            "key": masking.key.describe() if masking.key else None,
+            "key": _masking_key(masking),
         },
         "approvals": (
             {"socket": str(transport.socket), "webhooks": len(transport.webhooks)}
@@ -93,6 +93,22 @@ def check(file: Path, fmt: str) -> None:
     click.echo(
         f"  masking: {len(masking.columns)} column rules, response masking rules: {len(masking.response)}"
     )
+    if masking.ephemeral_key:
+        click.echo(
+            "  WARNING: masking key: ephemeral (a new key every run: hash tokens compare only "
+            "within one run of one runner)"
+        )
+    elif masking.key is not None:
+        click.echo(
+            f"  masking key: {masking.key.describe()} (hash tokens compare across the runs "
+            "and runners that share it)"
+        )
+
+
+def _masking_key(masking: MaskingConfig) -> str | None:
+    if masking.ephemeral_key:
+        return EPHEMERAL
+    return masking.key.describe() if masking.key else None
 
 
 def check_sections(
