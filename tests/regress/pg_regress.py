@@ -27,6 +27,7 @@ import difflib
 import os
 import pwd
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -42,6 +43,7 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_REGRESS = Path("/usr/lib/postgresql/15/lib/pgxs/src/test/regress/pg_regress")
 LISTEN_PORT = 6543
 RUN_TIMEOUT = 45 * 60  # seconds per run; a run still going then is stopped and reported
+KEEP_RUNS = 3  # earlier runs' outputs (some 80 MB each) are removed
 
 ALLOW_EVERYTHING = {
     "mode": "enforce",
@@ -207,6 +209,8 @@ def main() -> int:
     tests = scheduled_tests(regress)
     out = BUILD / time.strftime("run-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
+    for old in sorted(BUILD.glob("run-*"))[:-KEEP_RUNS]:
+        shutil.rmtree(old)
     started = time.monotonic()
     with Lab(n_targets=2) as lab:
         direct_pg, appliance_pg = lab.start_postgres(0), lab.start_postgres(1)
