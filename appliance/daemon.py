@@ -51,8 +51,9 @@ from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.remote import RemoteLedger
-from appliance.masking import EPHEMERAL, Masker, MaskingConfig, key_record
+from appliance.masking import EPHEMERAL, MaskCounts, Masker, MaskingConfig, key_record
 from appliance.proxy.flows import FlowResolverImpl, Identify
+from appliance.proxy.refusals import RefusalLog
 from appliance.proxy.server import ProxyServer
 from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import ShellServices
@@ -61,6 +62,7 @@ from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
+_REFUSALS_INTERVAL = 60.0  # seconds over which refused connections are counted
 _LINK_SETTLE = 0.05  # seconds to let a burst of interface events pass before reconciling
 _RTMGRP_LINK = 1  # rtnetlink multicast group of interface events (linux/rtnetlink.h)
 
@@ -266,6 +268,10 @@ class Daemon:
                 context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
                 client_tls[target.name] = context
 
+        any_target = masker.for_target("")  # detectors only: refusals name no column
+        refusals = RefusalLog(
+            ledger, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
+        )
         services = SessionServices(
             ledger=ledger,
             policy=policy,
@@ -281,6 +287,7 @@ class Daemon:
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
             write_ahead=cfg.ledger.durability == "write-ahead",
+            refusals=refusals,
         )
         shell = ShellServices(
             mark=cfg.capture.mark if self.capture else 0, broker=broker, durable=ledger.sync
@@ -307,6 +314,7 @@ class Daemon:
                 if reconcile is not None:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
+                helpers.append(tg.create_task(self._flush_refusals(refusals)))
                 elapsed = time.monotonic() - started
                 listening = [format_endpoint(h, p) for h, p in bound]
                 ledger.append(
@@ -350,6 +358,17 @@ class Daemon:
                 )
                 self.stop()
                 return
+
+    async def _flush_refusals(self, refusals: RefusalLog) -> None:
+        """Record the counts of refused connections every interval (and once at stop)."""
+        try:
+            while True:
+                await asyncio.sleep(_REFUSALS_INTERVAL)
+                with contextlib.suppress(ApplianceError):
+                    refusals.flush()
+        finally:
+            with contextlib.suppress(ApplianceError):
+                refusals.flush()
 
     async def _reconcile_loop(self, reconcile: Callable[[], None]) -> None:
         """Reconcile every ``reconcile_interval``, and at once when a network interface
