@@ -23,7 +23,8 @@ The pieces, each in its own module:
   :class:`FlowOwner`; raises :class:`AttributionUnavailable` with the reason when BPF cannot
   run (the daemon records ``capture.bpf_failed`` and goes on unattributed).
 - identity (:mod:`._identity`, :mod:`._ci`): :func:`resolve_identity`,
-  :class:`IdentityCache`.
+  :class:`IdentityCache`; :func:`job_environ` reads the CI token variables for
+  :mod:`appliance.identity` (secrets: read per call, never recorded).
 
 The daemon's use, in order: ``install(config)`` at start (idempotent); a
 ``Reconciler(config)`` whose ``check_and_repair()`` runs every
@@ -46,7 +47,12 @@ from appliance.capture._errors import (
     OriginalDstUnavailable,
     RulesNotInPlace,
 )
-from appliance.capture._identity import IdentityCache, resolve_identity, unattributed
+from appliance.capture._identity import (
+    IdentityCache,
+    job_environ,
+    resolve_identity,
+    unattributed,
+)
 from appliance.capture._netfilter import (
     InstallReport,
     Reconciler,
@@ -88,6 +94,7 @@ __all__ = [
     "StaleProgram",
     "StatusReport",
     "install",
+    "job_environ",
     "mark_socket",
     "namespace_interfaces",
     "normalise_ip",
