@@ -160,7 +160,11 @@ class Daemon:
     def prepare(self) -> tuple[Policy | None, MaskingConfig]:
         """Parse the sections that depend on the targets (policy, masking)."""
         policy = (
-            parse_policy(self.config.policy, targets=self.config.targets)
+            parse_policy(
+                self.config.policy,
+                targets=self.config.targets,
+                verifiable=self.config.identity is not None,
+            )
             if self.config.policy is not None
             else None
         )

@@ -9,6 +9,7 @@ import click
 
 from appliance.approvals import ApprovalsTransportConfig, parse_approvals_transport
 from appliance.config import Config, load_config
+from appliance.identity import parse_identity
 from appliance.masking import MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
 
@@ -30,6 +31,7 @@ def check(file: Path, fmt: str) -> None:
     """
     cfg = load_config(file)
     policy, masking, transport = check_sections(cfg)
+    identity = parse_identity(cfg.identity)
     summary = {
         "targets": {
             name: {
@@ -55,6 +57,19 @@ def check(file: Path, fmt: str) -> None:
             "mark": hex(cfg.capture.mark),
             "bpf": cfg.capture.bpf,
         },
+        "identity": (
+            {
+                i.name: {
+                    "provider": i.provider,
+                    "issuer": i.issuer,
+                    "token": i.token.kind,
+                    "keys": str(i.keys_file) if i.keys_file else (i.jwks_uri or "discovery"),
+                }
+                for i in identity.issuers
+            }
+            if identity is not None
+            else None
+        ),
         "policy": policy.start_record() if policy is not None else None,
         "masking": {
             "columns": len(masking.columns),
@@ -82,6 +97,13 @@ def check(file: Path, fmt: str) -> None:
     click.echo(
         f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer})"
     )
+    if identity is None:
+        click.echo("  identity: no token issuer (every CI field is claimed, none verified)")
+    else:
+        for i in identity.issuers:
+            click.echo(
+                f"  identity issuer {i.name} ({i.provider}): {i.issuer}, token {i.token.kind}"
+            )
     if policy is None:
         click.echo("  policy: none (every statement is allowed and recorded)")
     else:
@@ -99,7 +121,12 @@ def check_sections(
     cfg: Config,
 ) -> tuple[Policy | None, MaskingConfig, ApprovalsTransportConfig | None]:
     """Parse the sections that other packages own; raise ConfigError on the first problem."""
-    policy = parse_policy(cfg.policy, targets=cfg.targets) if cfg.policy is not None else None
+    parse_identity(cfg.identity)
+    policy = (
+        parse_policy(cfg.policy, targets=cfg.targets, verifiable=cfg.identity is not None)
+        if cfg.policy is not None
+        else None
+    )
     masking = parse_masking(cfg.masking, targets=cfg.targets)
     transport = None
     if cfg.policy is not None and cfg.policy.is_mapping:

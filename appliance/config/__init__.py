@@ -2,7 +2,7 @@
 
 Top-level sections: ``targets`` (what is protected and how to reach it), ``ledger`` (where
 and how the record is kept), ``capture`` (transparent redirection and attribution),
-``policy`` and ``masking``. Errors name the key, what was expected and the line.
+``identity`` (trusted CI token issuers), ``policy`` and ``masking``. Errors name the key, what was expected and the line.
 Secrets never appear in the file: an account's secret is a reference to a file or to a
 systemd credential (``$CREDENTIALS_DIRECTORY``), see :mod:`appliance.credentials`.
 """
@@ -147,9 +147,11 @@ class Config:
     targets: dict[str, Target]
     ledger: LedgerConfig
     capture: CaptureConfig
-    # Parsed by appliance.policy / appliance.masking; kept as nodes until they are loaded.
+    # Parsed by appliance.policy / appliance.masking / appliance.identity; kept as nodes
+    # until they are loaded.
     policy: Node | None = None
     masking: Node | None = None
+    identity: Node | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -170,7 +172,9 @@ def load_config(path: str | Path) -> Config:
 def parse_config(text: str, *, source: str = "<config>") -> Config:
     """Parse config text; see :func:`load_config`."""
     root = load_document(text, source)
-    top = root.keys(required=("targets",), optional=("ledger", "capture", "policy", "masking"))
+    top = root.keys(
+        required=("targets",), optional=("ledger", "capture", "identity", "policy", "masking")
+    )
     targets = _parse_targets(top["targets"])
     ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
     capture = _parse_capture(top["capture"]) if "capture" in top else CaptureConfig()
@@ -181,6 +185,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         capture=capture,
         policy=top.get("policy"),
         masking=top.get("masking"),
+        identity=top.get("identity"),
     )
 
 
