@@ -9,6 +9,9 @@ half-configured):
    recorded, with a loud warning when policy runs in observe mode;
 3. capture (``--capture``): netfilter rules installed/reconciled, eBPF attribution loaded
    (a failure is recorded as ``capture.bpf_failed`` and sessions run ``unattributed``);
+   with an ``identity`` section, the token issuers' keys loaded (``identity.keys_loaded``,
+   or ``identity.keys_unavailable``: that issuer's jobs stay unverified until a fetch
+   succeeds);
 4. the approvals socket and webhooks, when the policy names approvers;
 5. listeners bound, then "ready" (a log line, ``READY=1`` to systemd, and an optional
    ready file).
@@ -47,6 +50,7 @@ from appliance.approvals import (
 from appliance.config import Config
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
+from appliance.identity import Outcome, Verifier, annotate, boot_id, parse_identity
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.remote import RemoteLedger
@@ -224,7 +228,16 @@ class Daemon:
         reconcile: Callable[[], None] | None = None
         attribution: CaptureRuntime | None = None
         if self.capture:
-            attribution = CaptureRuntime(cfg, record=lambda t, d: ledger.append(t, data=d))
+            identity = parse_identity(cfg.identity)
+            verifier = None
+            if identity is not None:
+                verifier = Verifier(
+                    identity, boot_id=boot_id(), record=lambda t, d: ledger.append(t, data=d)
+                )
+                await verifier.start()
+            attribution = CaptureRuntime(
+                cfg, record=lambda t, d: ledger.append(t, data=d), verifier=verifier
+            )
             identify = attribution.identify
             original_dst = capture.original_dst
             # The reconcile loop's resolver: listener and rules agree on host-name targets.
@@ -372,11 +385,19 @@ class Daemon:
 
 class CaptureRuntime:
     """Capture while the daemon runs: rules installed at start and reconciled, eBPF
-    attribution loaded (or recorded as failed), identities resolved per session."""
+    attribution loaded (or recorded as failed), identities resolved per session (and the
+    job's CI token verified when ``verifier`` is given)."""
 
-    def __init__(self, config: Config, *, record: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        record: Callable[[str, dict[str, Any]], None],
+        verifier: Verifier | None = None,
+    ) -> None:
         self.config = config
         self.record = record
+        self.verifier = verifier
         report = capture.install(config)
         record("capture.rules_installed", report.to_dict())
         self.reconciler = capture.Reconciler(config)
@@ -397,16 +418,20 @@ class CaptureRuntime:
                     {"cgroup": str(config.capture.cgroup or "(cgroup v2 root)")},
                 )
 
-    def identify(self, peer: tuple[str, int], local: tuple[str, int]) -> Mapping[str, Any]:
+    async def identify(self, peer: tuple[str, int], local: tuple[str, int]) -> Mapping[str, Any]:
+        owner = self.attribution.lookup(peer[0], peer[1]) if self.attribution else None
         if self.attribution is None:
-            return capture.resolve_identity(None, cache=self.cache, reason=self.unattributed_reason)
-        owner = self.attribution.lookup(peer[0], peer[1])
-        reason = (
-            None
-            if owner is not None
-            else "no eBPF record of this connection (opened outside the attributed cgroup?)"
-        )
-        return capture.resolve_identity(owner, cache=self.cache, reason=reason)
+            reason = self.unattributed_reason
+        else:
+            reason = "no eBPF record of this connection (opened outside the attributed cgroup?)"
+        found = capture.resolve_identity(owner, cache=self.cache, reason=reason)
+        if self.verifier is None:
+            return annotate(found, None)
+        if owner is None:
+            why = {"status": "absent", "reason": "unattributed: no process to read a token from"}
+            return annotate(found, Outcome("absent", why))
+        _pid, environ = capture.job_environ(owner, self.verifier.variables, cache=self.cache)
+        return await self.verifier.identify(found, environ)
 
     def reconcile(self) -> None:
         """Runs in a worker thread: restore rules and count lost attribution events."""

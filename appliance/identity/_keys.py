@@ -111,6 +111,11 @@ class KeyStore:
                         if not self.keys:
                             raise
                         # Keep the keys we have: a fetch failing is no reason to forget them.
+                if not self.keys:
+                    raise KeysUnavailable(
+                        "no keys yet: the last fetch failed, the next is tried "
+                        f"{self.refresh_interval:g}s after it"
+                    )
         found = self.keys.get(kid)
         if found is None:
             raise TokenRejected("unknown-key", f"issuer {self.issuer.issuer} has no key {kid!r}")
