@@ -405,6 +405,8 @@ class CaptureRuntime:
         self.attribution: capture.Attribution | None = None
         self.unattributed_reason = "eBPF attribution disabled in the config"
         self._lost = 0
+        self._secrets = capture.appliance_secrets(config)
+        self._privileged: dict[tuple[int, str, str], None] = {}
         if config.capture.bpf:
             try:
                 self.attribution = capture.Attribution.from_config(config)
@@ -417,6 +419,7 @@ class CaptureRuntime:
                     "capture.bpf_attached",
                     {"cgroup": str(config.capture.cgroup or "(cgroup v2 root)")},
                 )
+        self.check_jobs()
 
     async def identify(self, peer: tuple[str, int], local: tuple[str, int]) -> Mapping[str, Any]:
         owner = self.attribution.lookup(peer[0], peer[1]) if self.attribution else None
@@ -434,15 +437,35 @@ class CaptureRuntime:
         return await self.verifier.identify(found, environ)
 
     def reconcile(self) -> None:
-        """Runs in a worker thread: restore rules and count lost attribution events."""
+        """Runs in a worker thread: restore rules, count lost attribution events, and record
+        each job process newly found privileged (root, a dangerous capability, access to
+        the appliance's secrets: see :mod:`appliance.capture._privileges`)."""
         for change in self.reconciler.check_and_repair():
             log.warning("capture rule restored: %s", change.to_dict())
             self.record("capture.rules_restored", change.to_dict())
+        self.check_jobs()
         if self.attribution is not None:
             lost = self.attribution.lost_events()
             if lost > self._lost:
                 self.record("capture.events_lost", {"lost": lost - self._lost, "total": lost})
                 self._lost = lost
+
+    def check_jobs(self) -> None:
+        jobs = capture.check_jobs(
+            capture.jobs_cgroup(self.config),
+            secrets=self._secrets,
+            ledger=self.config.ledger.dir,
+            exclude=(os.getpid(),),
+        )
+        for finding in jobs.findings:
+            seen = (finding.pid, finding.problem, finding.detail)
+            if seen in self._privileged:
+                continue
+            self._privileged[seen] = None
+            while len(self._privileged) > 4096:
+                self._privileged.pop(next(iter(self._privileged)))
+            log.warning("privileged job process: %s", finding.to_dict())
+            self.record("capture.job_privileged", {**finding.to_dict(), "cgroups": jobs.cgroups})
 
     def close(self) -> None:
         if self.attribution is not None:

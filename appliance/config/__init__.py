@@ -139,6 +139,10 @@ class CaptureConfig:
     cgroup: Path | None = None  # None: the cgroup v2 root
     bpf: bool = True
     reconcile_interval: float = 2.0
+    # Where the CI jobs run (a cgroup directory; a glob may match several): their
+    # processes are checked for root, dangerous capabilities and access to the appliance's
+    # secrets (appliance.capture._privileges). None: ``cgroup`` when it is set.
+    jobs_cgroup: str | None = None
 
 
 @dataclass(frozen=True)
@@ -361,7 +365,15 @@ def _parse_ledger(node: Node) -> LedgerConfig:
 
 def _parse_capture(node: Node) -> CaptureConfig:
     m = node.keys(
-        optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval")
+        optional=(
+            "listen_port",
+            "mark",
+            "bridges",
+            "cgroup",
+            "bpf",
+            "reconcile_interval",
+            "jobs_cgroup",
+        )
     )
     d = CaptureConfig()
     return CaptureConfig(
@@ -375,4 +387,5 @@ def _parse_capture(node: Node) -> CaptureConfig:
         reconcile_interval=m["reconcile_interval"].duration()
         if "reconcile_interval" in m
         else d.reconcile_interval,
+        jobs_cgroup=m["jobs_cgroup"].string(pattern=r"/.*") if "jobs_cgroup" in m else None,
     )
