@@ -17,7 +17,8 @@ the state a test wrote into ``DIR`` with :meth:`TestIssuer.save`:
   "valid" | "expired" | "wrong-audience" | "wrong-issuer" | "forged" | "unknown-key"}}``);
   the answer is ``{"value": <JWT>}`` with the job's claims, the requested audience (or,
   per ``make``, a spoiled token). Every token request is appended to ``DIR/requests.log``
-  (the job name and the audience) so tests can count them.
+  (the job name and the audience) so tests can count them, and every token it hands out
+  to ``DIR/tokens.log``, so tests can show that none of them reached a ledger or a log.
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ def _handler(directory: Path) -> type[BaseHTTPRequestHandler]:
             with lock, (directory / "requests.log").open("a") as log:
                 log.write(f"{job_name} {audience}\n")
             token = issuer.mint(job["claims"], audience=audience, make=job.get("make", "valid"))
+            with lock, (directory / "tokens.log").open("a") as log:
+                log.write(token + "\n")
             return self._json(200, {"count": 1, "value": token})
 
     return Handler
