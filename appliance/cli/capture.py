@@ -91,9 +91,9 @@ def status_command(config_path: Path, fmt: str) -> None:
     else:
         for state in report.states:
             click.echo(_line(state))
+        _jobs_lines(jobs)
         if report.ok:
             click.echo(f"status: ok, {len(report.states)} rules in place")
-        _jobs_lines(jobs)
     if not report.ok:
         raise RulesNotInPlace(
             f"{len(report.problems())} capture rule(s) missing or out of place"
