@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -36,14 +35,12 @@ from typing import Any
 
 import pytest
 
-from appliance.ledger import iter_entries
 from tests.certs import server_cert
 from tests.lab.lab import Lab, PgServer
+from tests.lab.test_appliance_capture import APPLIANCE, Runner
 from tests.oidc import TestIssuer, requests_logged
 
-APPLIANCE = str(Path(sys.executable).with_name("appliance"))
 ROOT = Path(__file__).resolve().parents[2]
-ORIGIN = "lab.test/identity"
 ISSUER_HOST = "198.18.1.2"
 GITHUB = f"https://{ISSUER_HOST}:8443"
 GITLAB = f"https://{ISSUER_HOST}:8444"
@@ -63,17 +60,16 @@ PROD_CLAIMS = {
 }
 
 
-class World:
-    """The lab, the issuers and the appliance; see the module docstring."""
+class World(Runner):
+    """The capture test's appliance (:class:`Runner`) with an ``identity`` section, a policy
+    that needs verified identity, and the lab's two issuers; see the module docstring."""
 
     def __init__(self, lab: Lab, pg: PgServer, work: Path) -> None:
-        self.lab, self.pg, self.work = lab, pg, work
-        self.ledger = work / "ledger"
+        super().__init__(lab, pg, work)
         self.log = work / "appliance.log"
         self.issuers = {GITHUB: TestIssuer(GITHUB), GITLAB: TestIssuer(GITLAB)}
         self.dirs = {url: work / f"issuer-{url.rsplit(':', 1)[1]}" for url in self.issuers}
         self.jobs: dict[str, dict[str, Any]] = {}
-        self.proc: subprocess.Popen[bytes] | None = None
         tls = server_cert("lab OIDC CA", ISSUER_HOST, [ISSUER_HOST])
         (work / "ca.pem").write_bytes(tls.ca_pem)
         (work / "cert.pem").write_bytes(tls.cert_pem)
@@ -90,36 +86,16 @@ class World:
             )  # fmt: skip
         for d in self.dirs.values():
             _wait(lambda d=d: (d / "ready").exists(), "issuer")  # type: ignore[misc]
-        subprocess.run(
-            [APPLIANCE, "keys", "generate", "--name", ORIGIN, "--out", str(work / "ledger")],
-            check=True,
-            capture_output=True,
-        )
+        self.config_path = self.config(cgroup=lab.job_cgroup)
 
-    @property
-    def config(self) -> Path:
-        return self.work / "config.yaml"
-
-    def write_config(self) -> None:
+    def config(self, *, cgroup: Path) -> Path:
+        path = super().config(cgroup=cgroup)
         ca = self.work / "ca.pem"
-        self.config.write_text(
-            f"""
-targets:
-  - name: db
-    protocol: postgres
-    addresses: ["{self.pg.ipv4}:5432"]
-    tls: {{mode: disable}}
-    accounts:
-      - {{name: ci, user: app, secret: {{file: {self.pg.password_file()}}}}}
-ledger:
-  dir: {self.ledger}
-  origin: {ORIGIN}
-  key: {{file: {self.work / "ledger.key"}}}
-  checkpoint_interval: 100ms
-capture:
-  listen_port: 15001
-  cgroup: {self.lab.job_cgroup}
-  reconcile_interval: 1s
+        # Reconcile (and so the jobs' privilege check) every second, not every minute.
+        base = path.read_text().replace("reconcile_interval: 60s", "reconcile_interval: 1s")
+        path.write_text(
+            base
+            + f"""
 identity:
   refresh_interval: 1s
   issuers:
@@ -149,29 +125,11 @@ policy:
       message: "only a verified acme/prod job may"
 """
         )
+        return path
 
-    def start(self) -> None:
-        self.write_config()
-        ready = self.work / "ready.json"
-        log = self.log.open("ab")
-        self.proc = self.lab.popen(
-            [APPLIANCE, "run", "--config", str(self.config), "--ready-file", str(ready)],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        log.close()
-        _wait(lambda: ready.exists() and bool(ready.read_text().strip()), "appliance", self)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def remove(self) -> None:
         self.lab.popen(
-            [APPLIANCE, "capture", "remove", "--config", str(self.config)],
+            [APPLIANCE, "capture", "remove", "--config", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         ).wait(timeout=30)
@@ -197,9 +155,6 @@ policy:
             ["psql", "-X", "-A", "-t", "-h", self.pg.ipv4, "-U", "ci", "-d", "app", "-c", sql],
             env={**env, "PGAPPNAME": app, "PGCONNECT_TIMEOUT": "15"},
         )
-
-    def entries(self) -> list[dict[str, Any]]:
-        return [e.obj for e in iter_entries(self.ledger)] if self.ledger.exists() else []
 
     def session(self, app: str) -> list[dict[str, Any]]:
         """The entries of the session started by ``app``, once it has ended."""
@@ -253,6 +208,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             yield w
         finally:
             w.stop()
+            w.remove()
 
 
 # -- verified identity ---------------------------------------------------------------------
@@ -429,7 +385,7 @@ def test_the_unprivileged_job_cannot_undo_the_appliance(world: World) -> None:
     assert r.returncode != 0 and "Permission denied" in r.stderr
     # The rules are all still in place, and nothing in the jobs' cgroup is privileged.
     st = lab.popen(
-        [APPLIANCE, "capture", "status", "--config", str(world.config)],
+        [APPLIANCE, "capture", "status", "--config", str(world.config_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     out, err = st.communicate(timeout=60)
@@ -450,7 +406,15 @@ def test_status_reports_a_deliberately_over_privileged_job(world: World) -> None
     try:
         time.sleep(0.3)
         st = lab.popen(
-            [APPLIANCE, "capture", "status", "--config", str(world.config), "--format", "json"],
+            [
+                APPLIANCE,
+                "capture",
+                "status",
+                "--config",
+                str(world.config_path),
+                "--format",
+                "json",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -463,7 +427,7 @@ def test_status_reports_a_deliberately_over_privileged_job(world: World) -> None
         detail = next(f["detail"] for f in found if f["pid"] == capable.pid)
         assert "CAP_NET_ADMIN" in detail
         text = lab.popen(
-            [APPLIANCE, "capture", "status", "--config", str(world.config)],
+            [APPLIANCE, "capture", "status", "--config", str(world.config_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         ).communicate(timeout=60)[0]

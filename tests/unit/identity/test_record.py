@@ -51,3 +51,16 @@ def test_a_verified_job_without_ci_variables() -> None:
     out = annotate({"source": "ebpf", "ci": None}, Outcome("verified", TOKEN, fields))
     assert out["ci"]["provider"] == "gitlab" and out["ci"]["repository"] == "a/b"
     assert out["ci"]["run_id"] == "5" and out["ci"]["job"] is None and out["mismatch"] == []
+
+
+def test_ledger_show_says_what_is_verified() -> None:
+    from appliance.ledger.render import who
+
+    fields = fields_from_claims("github", {"repository": "acme/fork", "run_id": "7"})
+    verified = annotate(CLAIMED, Outcome("verified", TOKEN, fields))
+    assert who(verified).startswith(
+        "github acme/fork deploy run 7 [verified: provider, repository, run_id] "
+        "[environment claimed repository=acme/prod]"
+    )
+    rejected = annotate(CLAIMED, Outcome("rejected", {"status": "rejected", "reason": "expired"}))
+    assert "[claimed; token rejected: expired]" in who(rejected)
