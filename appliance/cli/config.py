@@ -7,11 +7,9 @@ from pathlib import Path
 
 import click
 
-from appliance.approvals import ApprovalsTransportConfig, parse_approvals_transport
-from appliance.config import Config, load_config
-from appliance.identity import parse_identity
-from appliance.masking import MaskingConfig, parse_masking
-from appliance.policy import Policy, parse_policy
+from appliance.config import load_config
+from appliance.config.sections import parse_sections
+from appliance.proxy import registry
 
 
 @click.group("config")
@@ -30,9 +28,14 @@ def check(file: Path, fmt: str) -> None:
     Secrets are never printed: only where they come from.
     """
     cfg = load_config(file)
-    policy, masking, transport = check_sections(cfg)
-    identity = parse_identity(cfg.identity)
+    sections = parse_sections(cfg)
+    policy, masking, transport = sections.policy, sections.masking, sections.approvals
+    identity = sections.identity
     summary = {
+        "protocols": {
+            name: registry.PROTOCOLS[name].description
+            for name in sorted({t.protocol for t in cfg.targets.values()})
+        },
         "targets": {
             name: {
                 "protocol": t.protocol,
@@ -57,6 +60,12 @@ def check(file: Path, fmt: str) -> None:
             "mark": hex(cfg.capture.mark),
             "bpf": cfg.capture.bpf,
         },
+        "policy": policy.start_record() if policy is not None else None,
+        "masking": {
+            "columns": len(masking.columns),
+            "response_rules": len(masking.response),
+            "key": masking.key.describe() if masking.key else None,
+        },
         "identity": (
             {
                 i.name: {
@@ -70,12 +79,6 @@ def check(file: Path, fmt: str) -> None:
             if identity is not None
             else None
         ),
-        "policy": policy.start_record() if policy is not None else None,
-        "masking": {
-            "columns": len(masking.columns),
-            "response_rules": len(masking.response),
-            "key": masking.key.describe() if masking.key else None,
-        },
         "approvals": (
             {"socket": str(transport.socket), "webhooks": len(transport.webhooks)}
             if transport is not None
@@ -88,6 +91,7 @@ def check(file: Path, fmt: str) -> None:
     click.echo(f"{file}: OK")
     for name, t in cfg.targets.items():
         click.echo(f"  target {name} ({t.protocol}): {', '.join(str(a) for a in t.addresses)}")
+        click.echo(f"    protocol: {registry.PROTOCOLS[t.protocol].description}")
         for acc in t.accounts:
             click.echo(
                 f"    account {acc.name}: user {acc.user}, secret from {acc.secret.describe()}"
@@ -101,9 +105,7 @@ def check(file: Path, fmt: str) -> None:
         click.echo("  identity: no token issuer (every CI field is claimed, none verified)")
     else:
         for i in identity.issuers:
-            click.echo(
-                f"  identity issuer {i.name} ({i.provider}): {i.issuer}, token {i.token.kind}"
-            )
+            click.echo(f"  identity issuer {i.name} ({i.provider}): {i.issuer}, token {i.token.kind}")
     if policy is None:
         click.echo("  policy: none (every statement is allowed and recorded)")
     else:
@@ -115,22 +117,3 @@ def check(file: Path, fmt: str) -> None:
     click.echo(
         f"  masking: {len(masking.columns)} column rules, response masking rules: {len(masking.response)}"
     )
-
-
-def check_sections(
-    cfg: Config,
-) -> tuple[Policy | None, MaskingConfig, ApprovalsTransportConfig | None]:
-    """Parse the sections that other packages own; raise ConfigError on the first problem."""
-    parse_identity(cfg.identity)
-    policy = (
-        parse_policy(cfg.policy, targets=cfg.targets, verifiable=cfg.identity is not None)
-        if cfg.policy is not None
-        else None
-    )
-    masking = parse_masking(cfg.masking, targets=cfg.targets)
-    transport = None
-    if cfg.policy is not None and cfg.policy.is_mapping:
-        approvals = cfg.policy.mapping().get("approvals")
-        if approvals is not None:
-            transport = parse_approvals_transport(approvals)
-    return policy, masking, transport
