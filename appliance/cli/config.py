@@ -105,7 +105,9 @@ def check(file: Path, fmt: str) -> None:
         click.echo("  identity: no token issuer (every CI field is claimed, none verified)")
     else:
         for i in identity.issuers:
-            click.echo(f"  identity issuer {i.name} ({i.provider}): {i.issuer}, token {i.token.kind}")
+            click.echo(
+                f"  identity issuer {i.name} ({i.provider}): {i.issuer}, token {i.token.kind}"
+            )
     if policy is None:
         click.echo("  policy: none (every statement is allowed and recorded)")
     else:
