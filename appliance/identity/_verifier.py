@@ -160,13 +160,16 @@ class Verifier:
             return cached.outcome
         pending = self._inflight.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            try:
+                return await asyncio.shield(pending)
+            except _LeaderGone:  # the session that was asking was cancelled: ask ourselves
+                return await self.outcome(environ)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             outcome, entry = await self._obtain(issuer, environ)
-        except BaseException as exc:  # cancelled: the sessions waiting with us try again
-            future.set_exception(exc)
+        except BaseException:
+            future.set_exception(_LeaderGone())
             future.exception()  # retrieved: no "never retrieved" warning when nobody waits
             raise
         finally:
@@ -300,6 +303,10 @@ class Verifier:
                 "cgroup": identity.get("cgroup"),
             },
         )
+
+
+class _LeaderGone(Exception):
+    """The session whose request the others were waiting on was cancelled."""
 
 
 class _Refused(Exception):

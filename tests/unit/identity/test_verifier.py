@@ -48,11 +48,12 @@ class MemoryIssuers(Fetcher):
         self.token_issuer = issuers[ISS]
         self.calls: list[str] = []
         self.now = T0
+        self.delay = 0.0
 
     async def get(
         self, url: str, *, headers: Mapping[str, str] | None = None, ca: Path | None = None
     ) -> bytes:
-        await asyncio.sleep(0)  # a real suspension point, as a thread hop would be
+        await asyncio.sleep(self.delay)  # a real suspension point, as a thread hop would be
         parts = urllib.parse.urlsplit(url)
         self.calls.append(f"{parts.netloc}{parts.path}")
         base = f"{parts.scheme}://{parts.netloc}"
@@ -284,3 +285,22 @@ def test_pinned_keys_are_never_fetched(tmp_path: Path) -> None:
     assert run(go())["token"]["status"] == "verified"
     assert not [c for c in w.fetch.calls if c.startswith("gitlab.lab.test")]
     assert [c for c in w.fetch.calls if c.startswith("token.lab.test")]  # github's: fetched
+
+
+def test_a_cancelled_session_does_not_take_the_others_with_it() -> None:
+    w = World()
+
+    async def go() -> dict[str, Any]:
+        await w.verifier.start()
+        env = w.job("j1")
+        w.fetch.delay = 0.2
+        first = asyncio.create_task(w.verifier.identify(CLAIMED, env))
+        await asyncio.sleep(0.05)  # first is now waiting on the token request
+        second = asyncio.create_task(w.verifier.identify(CLAIMED, env))
+        await asyncio.sleep(0.05)  # and second waits for first's answer
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await second
+
+    assert run(go())["token"]["status"] == "verified"
