@@ -35,7 +35,10 @@ apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends \
 install -d -m 0755 "$dest"
 cp -a "$src/appliance" "$src/bpf" "$src/pyproject.toml" "$src/README.md" "$dest/"
 /usr/bin/python3 -m venv --system-site-packages "$dest/.venv"
-"$dest/.venv/bin/pip" install -q "$dest"
+# Editable: the package runs from $dest, where bpf/*.c (loaded by bcc at start) sits beside
+# it; a plain install would copy the package alone into site-packages and attribution would
+# not find its programs (tests/image/test_provision.py caught that).
+"$dest/.venv/bin/pip" install -q -e "$dest"
 
 install -D -m 0644 "$src/systemd/appliance.service" /etc/systemd/system/appliance.service
 install -d -m 0750 /etc/appliance

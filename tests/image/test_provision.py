@@ -22,6 +22,11 @@ pip's cache. Cold (nothing cached) the test takes about 4 to 5 minutes on the 2-
 dpkg unpacking bcc's LLVM and pip building the venv. It runs in ``make test`` (target
 ``image``) and alone with ``make image-test``.
 
+Attribution: on the development VM bcc fails to compile ``bpf/attribution.c`` inside the
+container, so the job's session is recorded ``unattributed`` with that reason (the test
+accepts it, and checks the program is at least found); on a runner whose kernel matches
+its headers this is expected to load, but it is not shown here.
+
 Two accommodations for this machine, not for a runner image: the container gets the host's
 ``/lib/modules`` and ``/usr/src`` (read-only) because bcc compiles against the running
 kernel's headers and this kernel is not Debian's; and pip in the container trusts the host's
@@ -291,8 +296,14 @@ def test_a_job_in_the_container_is_captured(image: tuple[Machine, Path, Path]) -
     runner_uid = machine.sh(["id", "-u", "runner"]).stdout.strip()
     if ident["source"] == "ebpf":
         assert str(ident["uid"]) == runner_uid and ident["exe"].endswith("/psql")
-    else:  # BPF could not load in the container: capture still holds (DESIGN.md, invariant 2)
-        assert any(e["type"] == "capture.bpf_failed" for e in found)
+    else:
+        # On this development VM bcc does not compile attribution.c inside the container
+        # (its kernel is not Debian's; the cause is not pinned down yet): capture holds
+        # without it (DESIGN.md, invariant 2), and the reason is recorded. The program
+        # itself must be found, which a plain pip install of the image did not do.
+        (failed,) = [e["data"] for e in found if e["type"] == "capture.bpf_failed"]
+        assert "not found" not in failed["reason"], failed
+        assert ident["how"].startswith("unattributed: eBPF attribution failed to load")
     verify = subprocess.run(
         [APPLIANCE, "ledger", "verify", "--ledger", str(root / "var/lib/appliance/ledger"),
          "--vkey", str(work / "ledger.vkey")],
