@@ -6,7 +6,7 @@ cloud image has and a job's client: systemd, dbus, sudo, postgresql-client), the
 run it on the VM), then the root is *booted* with ``systemd-nspawn -b`` inside the lab's
 runner network namespace, with the example config (``packer/config.example.yaml``) as
 provisioned plus test credentials (the ledger key, the database password, the database's
-CA) and ``db.internal.example`` pointing at the lab's PostgreSQL. Then:
+CA, the masking key) and ``db.internal.example`` pointing at the lab's PostgreSQL. Then:
 
 - ``appliance.service`` is enabled, and active after boot (Type=notify: it said READY);
 - a job, as the job user ``runner`` in a unit of the container (as a runner service would
@@ -209,9 +209,14 @@ def give_credentials(root: Path, pg: PgServer, work: Path) -> None:
         [APPLIANCE, "keys", "generate", "--name", ORIGIN, "--out", str(work / "ledger")],
         check=True, capture_output=True,
     )  # fmt: skip
+    subprocess.run(
+        [APPLIANCE, "keys", "generate", "--masking-key", "--out", str(work / "masking")],
+        check=True, capture_output=True,
+    )  # fmt: skip
     creds = root / "etc/appliance/credentials"
-    shutil.copy(work / "ledger.key", creds / "ledger-signing-key")
-    (creds / "ledger-signing-key").chmod(0o600)
+    for source, name in (("ledger.key", "ledger-signing-key"), ("masking.key", "masking-key")):
+        shutil.copy(work / source, creds / name)
+        (creds / name).chmod(0o600)
     password = pg.passwords["app"]
     pg.admin_sql(f"CREATE ROLE ci_writer LOGIN PASSWORD '{password}'; GRANT app TO ci_writer;")
     hba = pg.data / "pg_hba.conf"
