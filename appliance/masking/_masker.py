@@ -245,17 +245,20 @@ class TargetMasker:
         if len(values) != len(plan.columns):
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
         out: list[bytes | None] | None = None
-        might_match = self._m._values.might_match_bytes
+        candidates = self._m._values.candidates_bytes
         for i, value in enumerate(values):
             if value is None:
                 continue
             action = plan.columns[i]
             if action.binary:
                 new = self._mask_binary(action, value, counts)
-            elif action.rule is None and not might_match(value):
-                continue
-            else:
+            elif action.rule is not None or action.kind is Kind.JSON:
                 new = self._mask_one(action, value, counts)
+            else:
+                only = candidates(value)
+                if not only:
+                    continue
+                new = self._mask_one(action, value, counts, only=only)
             if new is not value:
                 if out is None:
                     out = list(values)
@@ -271,7 +274,7 @@ class TargetMasker:
         value that cannot be read as text here (never written)."""
         if len(values) != len(plan.columns):
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
-        might_match = self._m._values.might_match_bytes
+        candidates = self._m._values.candidates_bytes
         out: list[str | dict[str, int] | None] = []
         for i, value in enumerate(values):
             if value is None:
@@ -290,8 +293,9 @@ class TargetMasker:
                     out.append(binary_cell(len(value)))
                     continue
                 text, action = readable, action.text
-            if action.rule is not None or might_match(text):
-                masked = self._mask_one(action, text, counts)
+            only = None
+            if action.rule is not None or action.kind is Kind.JSON or (only := candidates(text)):
+                masked = self._mask_one(action, text, counts, only=only)
                 if masked is None:
                     out.append(None)
                     continue
@@ -299,12 +303,20 @@ class TargetMasker:
             out.append(text.decode("utf-8", "replace"))
         return out
 
-    def _mask_one(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
+    def _mask_one(
+        self,
+        action: ColumnAction,
+        value: bytes,
+        counts: MaskCounts,
+        *,
+        only: Sequence[int] | None = None,
+    ) -> bytes | None:
         """One text-format value (or the text of a binary one) masked: the value itself if
-        unchanged, None for SQL NULL."""
+        unchanged, None for SQL NULL. ``only``: the detectors the pre-filter let through for
+        ``value`` (None: not asked yet)."""
         if action.rule is not None:
             return self._mask_whole(action, value, counts)
-        return self._scan_value(action, value, counts, gated=True)
+        return self._scan_value(action, value, counts, only=only)
 
     def _mask_binary(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
         """A binary-format value masked for the wire (see :meth:`mask_values`)."""
@@ -316,9 +328,12 @@ class TargetMasker:
                 return None  # a rule covers it, and it cannot be read here: no value at all
             counts.add(BINARY_UNSCANNED, action.name)
             return value
-        if text_action.rule is None and not self._m._values.might_match_bytes(text):
-            return value
-        masked = self._mask_one(text_action, text, counts)
+        only = None
+        if text_action.rule is None and text_action.kind is not Kind.JSON:
+            only = self._m._values.candidates_bytes(text)
+            if not only:
+                return value
+        masked = self._mask_one(text_action, text, counts, only=only)
         if masked is text:
             return value
         if masked is None or action.kind is Kind.NUMBER:
@@ -342,12 +357,19 @@ class TargetMasker:
         return masked.encode("utf-8", "surrogateescape")
 
     def _scan_value(
-        self, action: ColumnAction, value: bytes, counts: MaskCounts, *, gated: bool = False
+        self,
+        action: ColumnAction,
+        value: bytes,
+        counts: MaskCounts,
+        *,
+        only: Sequence[int] | None = None,
     ) -> bytes | None:
         text = value.decode("utf-8", "surrogateescape")
         if action.kind is Kind.JSON:
+            # What is scanned is each string (and number) of the document, unescaped: the
+            # pre-filter runs on each of them, never on the document's bytes.
             return self._scan_json(action, text, value, counts)
-        masked = self._mask(text, action.name, counts, gated=gated)
+        masked = self._mask(text, action.name, counts, only=only)
         if masked is text:
             return value
         if action.kind is Kind.STRICT:
@@ -391,11 +413,13 @@ class TargetMasker:
             return value
         return json.dumps(masked_doc, ensure_ascii=False).encode("utf-8", "surrogateescape")
 
-    def _mask(self, text: str, column: str, counts: MaskCounts, *, gated: bool = False) -> str:
+    def _mask(
+        self, text: str, column: str, counts: MaskCounts, *, only: Sequence[int] | None = None
+    ) -> str:
         def found(f: Finding) -> None:
             counts.add(f.detector, column)
 
-        return self._m._values.mask(text, self._m.render, found, gated=gated)
+        return self._m._values.mask(text, self._m.render, found, only=only)
 
     # -- COPY OUT -------------------------------------------------------------------------------
 

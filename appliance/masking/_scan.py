@@ -1,9 +1,9 @@
 """The scanning engine: pre-filter, candidates, validation, overlaps, replacement.
 
-For a set of enabled detectors a :class:`Scanner` compiles one pre-filter from their gates
-(one character class and a few literals), for ``str`` and for ``bytes``. Text that fails it
-is clean after that one scan. Otherwise each detector's trigger is tried, and only the
-detectors whose trigger matches run their pattern; their validators keep the real findings.
+For a set of enabled detectors a :class:`Scanner` compiles their pre-filter patterns into one
+:class:`~appliance.masking._prefilter.Prefilter`. One pass of it over a text says which
+detectors can find something there (usually none); only those run their pattern, and their
+validators keep the real findings.
 
 Overlapping findings are resolved greedily by priority, then length: the winner is masked
 and the losers are dropped. Masking then repeats on its own output until nothing is found
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from appliance.masking._detectors import Detector, Options
+from appliance.masking._prefilter import ENGINE, prefilter
 from appliance.masking._styles import TOKEN_RE, label_for, redact
 
 __all__ = ["MAX_PASSES", "Finding", "Scanner"]
@@ -42,14 +43,13 @@ class Finding:
 class Scanner:
     """Finds and masks the findings of a fixed set of detectors."""
 
-    def __init__(self, detectors: Sequence[Detector], options: Options) -> None:
+    def __init__(
+        self, detectors: Sequence[Detector], options: Options, *, engine: str = ENGINE
+    ) -> None:
         self.detectors = tuple(sorted(detectors, key=lambda d: d.priority))
         self.options = options
-        self._triggers = [(d, re.compile(d.trigger, re.ASCII)) for d in self.detectors]
-        source = _gate_source(self.detectors)
-        self._pre: re.Pattern[str] | None = re.compile(source, re.ASCII) if source else None
-        self._pre_b: re.Pattern[bytes] | None = (
-            re.compile(source.encode("ascii"), re.ASCII) if source else None
+        self.prefilter = prefilter(
+            tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter), engine
         )
 
     @property
@@ -58,27 +58,30 @@ class Scanner:
 
     def might_match(self, text: str) -> bool:
         """False only if no enabled detector can find anything in ``text``."""
-        return self._pre is not None and self._pre.search(text) is not None
+        return bool(self.prefilter.which(text.encode("utf-8", "surrogatepass")))
 
     def might_match_bytes(self, data: bytes) -> bool:
         """:meth:`might_match` on UTF-8 (or any ASCII-compatible) bytes, without decoding."""
-        return self._pre_b is not None and self._pre_b.search(data) is not None
+        return bool(self.prefilter.which(data))
 
-    def find(self, text: str, *, gated: bool = False) -> list[Finding]:
+    def candidates_bytes(self, data: bytes) -> list[int]:
+        """The detectors (indexes into :attr:`detectors`) that may find something in
+        ``data`` (UTF-8 bytes): pass them to :meth:`find` as ``only``."""
+        return self.prefilter.which(data)
+
+    def find(self, text: str, *, only: Sequence[int] | None = None) -> list[Finding]:
         """The findings to mask in ``text``, sorted by position and not overlapping.
 
-        ``gated``: the caller has seen :meth:`might_match` (or its bytes form) say True.
+        ``only``: the detectors the pre-filter let through for this text (from
+        :meth:`candidates_bytes` on its bytes); None runs the pre-filter here.
         """
-        if not gated:
-            # Our own tokens ("[REDACTED:EMAIL]") hold gate characters but no findings: a
-            # second pass over masked text should cost no more than one over clean text.
-            gate_text = TOKEN_RE.sub(" ", text) if "[" in text else text
-            if not self.might_match(gate_text):
-                return []
+        if only is None:
+            only = self.prefilter.which(text.encode("utf-8", "surrogatepass"))
+        if not only:
+            return []
         candidates: list[Finding] = []
-        for detector, trigger in self._triggers:
-            if trigger.search(text) is None:
-                continue
+        for i in only:
+            detector = self.detectors[i]
             for match in detector.pattern.finditer(text):
                 for start, end, value in detector.validate(match, self.options):
                     if end > start:
@@ -99,7 +102,7 @@ class Scanner:
         render: Callable[[Finding, str], str],
         found: Callable[[Finding], None],
         *,
-        gated: bool = False,
+        only: Sequence[int] | None = None,
     ) -> str:
         """``text`` with every finding replaced by ``render(finding, original)``; ``found`` is
         called once per replacement. Returns ``text`` itself (the same object) if nothing was
@@ -109,7 +112,7 @@ class Scanner:
         on, where nothing says it is a password) are replaced too, where they stand alone.
         """
         for n in range(MAX_PASSES):
-            findings = self.find(text, gated=gated and n == 0)
+            findings = self.find(text, only=only if n == 0 else None)
             if not findings:
                 return text
             parts: list[str] = []
@@ -157,14 +160,6 @@ def _replace_elsewhere(
         return text
     parts.append(text[pos:])
     return "".join(parts)
-
-
-def _gate_source(detectors: Sequence[Detector]) -> str:
-    """One character class for all the gate characters, then the literal gates."""
-    chars = "".join(sorted({c for d in detectors for c in d.gate.chars}))
-    parts = [f"[{re.escape(chars)}]"] if chars else []
-    parts += list(dict.fromkeys(d.gate.literal for d in detectors if d.gate.literal))
-    return "|".join(parts)
 
 
 def _inside_any(f: Finding, spans: list[tuple[int, int]]) -> bool:

@@ -1,0 +1,225 @@
+"""A large table exported through the appliance with masking on (benchmark, not a test; needs
+root: it builds a lab).
+
+Issue 19's goal: a 1 GB table exported with ``pg_dump`` and ``COPY ... TO STDOUT`` through the
+appliance, masking on, in at most 2x the direct time. In one lab (PostgreSQL 15 in a target
+namespace, the clients as the job in the runner namespace):
+
+- a table ``customers`` of about ``EXPORT_MB`` MB (default 1024) is loaded: per row an id, a
+  name, an e-mail address, a card number (Luhn-valid, distinct per row), a timestamp, an
+  amount and a note of prose (one in ten notes holds a phone number, one in twenty an e-mail);
+- ``COPY customers TO STDOUT`` (psql, output to /dev/null) and ``pg_dump -t customers`` (to
+  /dev/null) run directly against the server and through ``appliance run`` with everything
+  on and every row recorded: ``ledger.max_result_bytes`` above the table's size, so the
+  ledger writer masks and writes every row (the default, 16 MiB, would record only the
+  first ones); ``appliance+response`` masks the rows sent to the job as well;
+- setups run in alternation, ``EXPORT_ROUNDS`` rounds (default 2); the median time of each is
+  printed with its ratio to direct. ``EXPORT_BASELINE=/path/to/other/.venv/bin/appliance``
+  adds another build (e.g. a worktree of main) as ``baseline``, on the same table.
+
+Checked, not timed: the ledger holds no card number or e-mail address of the table (a
+sample of rows is searched for in every file the appliance wrote) and says how many were
+masked. Run with ``pytest tests/bench/bench_masking_export.py -m bench -s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import statistics
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from stdnum import luhn
+
+from tests.lab.lab import PG_BIN, Lab, PgServer
+from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, job_env, running_appliance
+
+EXPORT_MB = int(os.environ.get("EXPORT_MB", "1024"))
+ROUNDS = int(os.environ.get("EXPORT_ROUNDS", "2"))
+PORTS = {"appliance": 6452, "appliance+response": 6453, "baseline": 6454}
+POLICY = {"rules": [{"name": "default", "action": "allow"}]}
+
+FIRST = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
+LAST = ["Smith", "Jones", "Garcia", "Nguyen", "Kowalski", "Rossi", "Tanaka", "Ali"]
+NOTES = [
+    "Customer asked about the delivery window for order {n}; support lead reviewed the"
+    " invoice total and adjusted it after the call on {d}.",
+    "Shipped {q} items from warehouse {w} at {t}, tracking number pending; the courier"
+    " confirmed pickup and the customer was told by e-mail.",
+    "Refund of {a} approved by the billing team on {d}; the original payment was split over"
+    " two invoices and the second one was voided.",
+    "Account moved to tier {q} after {n} orders this year; discount applies from the next"
+    " billing cycle, see ticket {w} for the approval.",
+]
+
+
+def _row(i: int, rng: random.Random) -> str:
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    body = "4" + f"{rng.randrange(10**14):014d}"
+    card = body + luhn.calc_check_digit(body)
+    if i % 2:
+        card = "-".join(card[k : k + 4] for k in range(0, 16, 4))
+    day = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    note = rng.choice(NOTES).format(
+        n=rng.randint(1000, 999999),
+        d=day,
+        q=rng.randint(1, 9),
+        w=f"WH-{rng.randint(10, 99)}",
+        t=f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
+        a=f"${rng.randint(5, 900)}.{rng.randint(0, 99):02d}",
+    )
+    if i % 10 == 3:
+        note += f" Call back on ({rng.randint(201, 989)}) {rng.randint(200, 999)}-{rng.randint(1000, 9999)}."
+    if i % 20 == 7:
+        note += f" Copy to {last.lower()}.billing@example.org."
+    email = f"{first.lower()}.{last.lower()}{i}@example.com"
+    amount = f"{rng.randint(1, 99999)}.{rng.randint(0, 99):02d}"
+    return f"{i}\t{first} {last}\t{email}\t{card}\t{day} 10:{i % 60:02d}:00+00\t{amount}\t{note}\n"
+
+
+def _rows(target_bytes: int) -> Iterator[bytes]:
+    """Chunks of COPY text rows, about ``target_bytes`` in all (deterministic)."""
+    rng = random.Random(19)
+    written, i = 0, 0
+    while written < target_bytes:
+        chunk = "".join(_row(i + k, rng) for k in range(2000)).encode()
+        i += 2000
+        written += len(chunk)
+        yield chunk
+
+
+def load(pg: PgServer, target_bytes: int) -> tuple[int, list[str]]:
+    """Create and fill the table; return its size in bytes (as COPY text) and a sample of the
+    cards and e-mails in it."""
+    pg.admin_sql(
+        "CREATE TABLE customers (id bigint PRIMARY KEY, name text, email text, card text,"
+        " created_at timestamptz, amount numeric(12,2), note text);"
+        "ALTER TABLE customers OWNER TO app;",
+        database="app",
+    )
+    proc = subprocess.Popen(
+        ["runuser", "-u", "postgres", "--", str(PG_BIN / "psql"), "-X", "-q",
+         "-v", "ON_ERROR_STOP=1", "-h", str(pg.socket_dir), "-p", str(pg.port), "-d", "app",
+         "-c", "COPY customers FROM STDIN"],
+        stdin=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    size = 0
+    sample: list[str] = []
+    for n, chunk in enumerate(_rows(target_bytes)):
+        proc.stdin.write(chunk)
+        size += len(chunk)
+        if n % 50 == 0:
+            fields = chunk.split(b"\n", 1)[0].decode().split("\t")
+            sample += [fields[2], fields[3]]
+    proc.stdin.close()
+    assert proc.wait() == 0
+    pg.admin_sql("VACUUM ANALYZE customers", database="app")
+    return size, sample
+
+
+def direct_env(pg: PgServer) -> dict[str, str]:
+    return {
+        "PGHOST": pg.ipv4,
+        "PGPORT": str(pg.port),
+        "PGUSER": "app",
+        "PGDATABASE": "app",
+        "PGPASSWORD": pg.passwords["app"],
+        "PGSSLMODE": "disable",
+    }
+
+
+CLIENTS = {
+    "COPY TO STDOUT": ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null",
+                       "-c", "COPY customers TO STDOUT"],
+    "pg_dump": ["pg_dump", "-t", "customers", "-f", "/dev/null"],
+}  # fmt: skip
+
+
+def export(lab: Lab, env: dict[str, str], argv: list[str]) -> float:
+    t0 = time.perf_counter()
+    r = lab.job(argv, env=env, timeout=3600)
+    elapsed = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    return elapsed
+
+
+def _masked_counts(app: Appliance) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for e in app.entries():
+        if e["type"] != "response":
+            continue
+        result = e["data"].get("result") or {}
+        for name, n in (result.get("masking") or {}).get("detectors", {}).items():
+            total[name] = total.get(name, 0) + n
+    return total
+
+
+def _assert_absent(app: Appliance, values: list[str]) -> None:
+    """None of ``values`` is in any file the appliance wrote (each file read once)."""
+    needles = [v.encode() for v in values]
+    for path in [*app.ledger.rglob("*"), app.log]:
+        if path.is_file():
+            data = path.read_bytes()
+            found = [n for n in needles if n in data]
+            assert not found, (path, found)
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(4 * 3600)
+def test_export_through_the_appliance(tmp_path: Path) -> None:
+    baseline = os.environ.get("EXPORT_BASELINE")
+    times: dict[tuple[str, str], list[float]] = {}
+    with Lab(n_targets=1) as lab:
+        pg = lab.start_postgres(0)
+        t0 = time.perf_counter()
+        size, sample = load(pg, EXPORT_MB * 1_000_000)
+        print(f"\nloaded {size / 1e6:.0f} MB (COPY text) in {time.perf_counter() - t0:.0f} s")
+        ledger = {
+            "checkpoint_interval": "1s",
+            "max_result_bytes": 2 * size + 64 * 1024 * 1024,
+        }
+        setups: dict[str, tuple[str, dict[str, object] | None]] = {
+            "appliance": (APPLIANCE, None),
+            "appliance+response": (APPLIANCE, {"response": True}),
+        }
+        if baseline:
+            setups["baseline"] = (baseline, None)
+        apps: dict[str, Appliance] = {}
+        with contextlib.ExitStack() as stack:
+            for name, (exe, masking) in setups.items():
+                apps[name] = stack.enter_context(
+                    running_appliance(
+                        lab, pg, tmp_path / name,
+                        targets=[TargetSpec("db", PORTS[name], accounts=[("app", "app")])],
+                        policy=POLICY, masking=masking, ledger_options=ledger, executable=exe,
+                    )
+                )  # fmt: skip
+            envs = {"direct": direct_env(pg)} | {n: job_env(PORTS[n], "app") for n in setups}
+            for r in range(ROUNDS):
+                for client, argv in CLIENTS.items():
+                    for setup, env in envs.items():
+                        dt = export(lab, env, argv)
+                        times.setdefault((client, setup), []).append(dt)
+                        print(f"round {r + 1} {client:15} {setup:19} {dt:8.1f} s", flush=True)
+            for name, app in apps.items():
+                counts = _masked_counts(app)
+                print(f"{name} ledger: masked {counts}")
+                assert counts.get("card", 0) >= ROUNDS * len(sample) // 2, counts
+                _assert_absent(app, sample[:20])
+
+    print(f"\nexport of {size / 1e6:.0f} MB, median of {ROUNDS} (s, ratio to direct):")
+    names = ["direct", *setups]
+    print(f"{'':16}" + "".join(f"{n:>26}" for n in names))
+    for client in CLIENTS:
+        ref = statistics.median(times[(client, "direct")])
+        cells = []
+        for n in names:
+            t = statistics.median(times[(client, n)])
+            cells.append(f"{t:>15.1f} ({t / ref:5.2f}x)")
+        print(f"{client:16}" + "".join(f"{c:>26}" for c in cells))
