@@ -121,6 +121,18 @@ class TargetMasker:
             r.applies_to(target) and r.style is not Style.NONE for r in masker.config.columns
         )
 
+    @property
+    def has_column_rules(self) -> bool:
+        """Whether some column rule (other than style none) applies to this target."""
+        return self._has_rules
+
+    def where(self, data: bytes) -> list[tuple[int, int]]:
+        """Spans of ``data`` (UTF-8 bytes holding many values: rows of a COPY) outside of
+        which no result-value detector can find anything: a value lying wholly outside
+        every span is clean as it stands (see :meth:`Prefilter.where
+        <appliance.masking._prefilter.Prefilter.where>`)."""
+        return [(start, end) for start, end, _ in self._m._values.prefilter.where(data)]
+
     # -- free text ------------------------------------------------------------------------------
 
     def mask_text(self, text: str, counts: MaskCounts) -> str:

@@ -18,6 +18,9 @@ chunks are kept as binary cells (length only).
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -116,6 +119,12 @@ class CopyPlan:
     binary: bool
 
 
+# Text format: a backslash that is not the whole of a NULL field (\N): an escape, after which
+# a value is not the bytes of the line. CSV: a quote.
+_TEXT_ESCAPE = re.compile(rb"\\(?!N[\t\n])|(?<=[^\t\n])\\N")
+_CSV_QUOTE = re.compile(rb'"')
+
+
 class _CopyLines:
     """COPY rows of one COPY, masked line by line: the plans per row width, the CSV
     header line still to come."""
@@ -131,6 +140,28 @@ class _CopyLines:
             self.header = False  # the CSV header line: column names, not data
             return line
         return mask_copy_line(self.masker, line, counts, copy=self.copy, plans=self.plans)
+
+    def to_mask(self, body: bytes, starts: list[int]) -> set[int]:
+        """Of the lines of ``body`` (line ``i`` starts at ``starts[i]``; a last entry is
+        its end), those :meth:`mask` may change; it returns every other one unchanged.
+
+        One pre-filter pass over the whole body (:meth:`TargetMasker.where`) instead of a
+        call per value: a line that no span touches, that holds no escape (text) or quote
+        (CSV), whose values are therefore its own bytes, has nothing to mask, unless a
+        column rule applies to this target (then every line is masked one by one).
+        """
+        n = len(starts) - 1
+        if self.header or self.masker.has_column_rules:
+            return set(range(n))
+        marked: set[int] = set()
+        for start, end in self.masker.where(body):
+            first = bisect.bisect_right(starts, start) - 1
+            last = bisect.bisect_right(starts, end - 1) - 1
+            marked.update(range(first, last + 1))
+        escape = _CSV_QUOTE if self.copy.format == "csv" else _TEXT_ESCAPE
+        for m in escape.finditer(body):
+            marked.add(bisect.bisect_right(starts, m.start()) - 1)
+        return marked
 
 
 class ResponseMasker:
@@ -193,6 +224,9 @@ class ResponseMasker:
                 "COPY in binary format cannot be masked for the job; use text or CSV format"
             )
         payload = frame[5:]
+        starts = [0, len(payload)]
+        if not self._copy.to_mask(payload, starts):
+            return None  # the whole payload as one line: nothing in it to mask
         masked = b"".join(
             self._copy.mask(line, self.counts) for line in payload.splitlines(keepends=True)
         )
@@ -266,11 +300,27 @@ class LedgerRows:
 
     def copy_text(self, payload: bytes) -> list[str]:
         """Complete lines of COPY text/CSV data, masked; the piece after the last newline
-        waits for the next call (or :meth:`copy_end`)."""
+        waits for the next call (or :meth:`copy_end`). Give it as much data at once as
+        there is: the lines are pre-filtered together, and only those that may hold
+        something to mask are masked one by one."""
         data = self._partial + payload if self._partial else payload
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        return [self._line(line) for line in lines]
+        cut = data.rfind(b"\n") + 1
+        body, self._partial = data[:cut], data[cut:]
+        if not body:
+            return []
+        lines = body.split(b"\n")
+        lines.pop()  # after the last newline: empty
+        # Decoding the whole body and splitting it gives each line's own decoding: a newline
+        # is one byte that never belongs to a multi-byte sequence.
+        texts = body.decode("utf-8", "replace").split("\n")
+        texts.pop()
+        copy_lines = self._copy_lines
+        if copy_lines is None:
+            return texts
+        starts = list(itertools.accumulate(map((1).__add__, map(len, lines)), initial=0))
+        for i in sorted(copy_lines.to_mask(body, starts)):
+            texts[i] = self._line(lines[i])
+        return texts
 
     def copy_end(self) -> list[str]:
         """The last line of the COPY, if it had no line end."""
