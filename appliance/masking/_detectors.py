@@ -25,6 +25,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -55,6 +56,10 @@ class Detector:
     pattern: re.Pattern[str]
     validate: Validator
     description: str
+    # The characters every match of ``pattern`` consists of, where that is a small set (the
+    # pre-filter patterns' matches too): long texts are then searched only in the runs of
+    # these characters around pre-filter matches (appliance.masking._scan).
+    runs: frozenset[str] | None = None
 
 
 def _c(pattern: str, flags: int = 0) -> re.Pattern[str]:
@@ -548,6 +553,7 @@ DETECTORS: tuple[Detector, ...] = (
         _CARD,
         _card,
         "payment card numbers (issuer prefix and length, Luhn)",
+        frozenset("0123456789 -"),
     ),
     Detector(
         "iban",
@@ -576,6 +582,7 @@ DETECTORS: tuple[Detector, ...] = (
         _EMAIL,
         _email,
         "e-mail addresses",
+        frozenset(string.ascii_letters + string.digits + "._%+-@"),
     ),
     Detector(
         "phone",
@@ -584,6 +591,7 @@ DETECTORS: tuple[Detector, ...] = (
         _PHONE,
         _phone,
         "phone numbers (valid per libphonenumber; separators or a leading +)",
+        frozenset("0123456789 .()+-"),
     ),
     Detector(
         "ipv4",

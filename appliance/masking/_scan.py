@@ -15,8 +15,9 @@ Findings that lie inside one of our own tokens (``[HMAC:...]``) are not findings
 from __future__ import annotations
 
 import bisect
+import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from appliance.masking._detectors import Detector, Options
@@ -26,6 +27,9 @@ from appliance.masking._styles import TOKEN_RE, label_for, redact
 __all__ = ["MAX_PASSES", "Finding", "Scanner"]
 
 MAX_PASSES = 4
+# From this many characters on, a text's pre-filter matches are located, and detectors whose
+# matches keep to runs of some characters (Detector.runs) search only the runs around them.
+WINDOW_FROM = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +48,16 @@ class Scanner:
     """Finds and masks the findings of a fixed set of detectors."""
 
     def __init__(
-        self, detectors: Sequence[Detector], options: Options, *, engine: str = ENGINE
+        self,
+        detectors: Sequence[Detector],
+        options: Options,
+        *,
+        engine: str = ENGINE,
+        window_from: int = WINDOW_FROM,
     ) -> None:
         self.detectors = tuple(sorted(detectors, key=lambda d: d.priority))
         self.options = options
+        self.window_from = window_from
         self.prefilter = prefilter(
             tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter), engine
         )
@@ -75,14 +85,30 @@ class Scanner:
         ``only``: the detectors the pre-filter let through for this text (from
         :meth:`candidates_bytes` on its bytes); None runs the pre-filter here.
         """
+        spans: dict[int, list[int]] = {}
         if only is None:
-            only = self.prefilter.which(text.encode("utf-8", "surrogatepass"))
+            data = text.encode("utf-8", "surrogatepass")
+            if len(text) >= self.window_from and text.isascii():
+                # Long text: where each detector's pre-filter patterns matched, so that a
+                # detector whose matches are confined to runs of some characters runs only
+                # on the runs around them (byte offsets are character offsets here).
+                for _, end, i in self.prefilter.where(data):
+                    spans.setdefault(i, []).append(end)
+                only = sorted(spans)
+            else:
+                only = self.prefilter.which(data)
         if not only:
             return []
         candidates: list[Finding] = []
         for i in only:
             detector = self.detectors[i]
-            for match in detector.pattern.finditer(text):
+            ends = spans.get(i)
+            matches = (
+                _in_runs(detector, text, ends)
+                if ends is not None and detector.runs is not None
+                else detector.pattern.finditer(text)
+            )
+            for match in matches:
                 for start, end, value in detector.validate(match, self.options):
                     if end > start:
                         candidates.append(
@@ -160,6 +186,42 @@ def _replace_elsewhere(
         return text
     parts.append(text[pos:])
     return "".join(parts)
+
+
+def _in_runs(detector: Detector, text: str, ends: list[int]) -> Iterator[re.Match[str]]:
+    """The matches of ``detector.pattern`` in the runs of ``detector.runs`` characters that
+    hold one of the pre-filter match ends ``ends``: the same matches as a search of the
+    whole text makes there, and the only ones that can be findings.
+
+    Why the same: a match consists of run characters only, so it lies inside one run, and
+    a search of the whole text enters each run with no match begun before it; searching
+    from the run's start (look-behinds still see the text before it, look-aheads the text
+    after it) finds the matches the whole search finds in the run. Why the only ones: every
+    finding holds a pre-filter match (whose characters are run characters too), so its run
+    holds that match's end.
+    """
+    allowed = detector.runs
+    assert allowed is not None
+    extend = _run_re(allowed)
+    done = 0
+    for end in sorted(ends):
+        if end <= done:
+            continue  # inside the run just searched
+        start = end - 1
+        while start > 0 and text[start - 1] in allowed:
+            start -= 1
+        m = extend.match(text, end)
+        stop = m.end() if m is not None else end
+        for match in detector.pattern.finditer(text, start):
+            if match.start() >= stop:
+                break
+            yield match
+        done = stop
+
+
+@functools.cache
+def _run_re(allowed: frozenset[str]) -> re.Pattern[str]:
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(allowed)) + "]*")
 
 
 def _inside_any(f: Finding, spans: list[tuple[int, int]]) -> bool:

@@ -70,6 +70,9 @@ STYLES = [Style.REDACT, Style.PARTIAL, Style.HASH]
 MASKERS = {style: Masker(all_on(style), hmac_key=KEY).for_target("t") for style in STYLES}
 ALL = Scanner(DETECTORS, Options())
 ALL_RE = Scanner(DETECTORS, Options(), engine="re")
+# Every text searched as a long one: detectors with runs search only around pre-filter matches.
+ALL_RUNS = Scanner(DETECTORS, Options(), window_from=0)
+ALL_RUNS_RE = Scanner(DETECTORS, Options(), engine="re", window_from=0)
 
 
 def _outside_tokens(text: str) -> str:
@@ -139,6 +142,8 @@ def test_prefilter_is_sound(text: str) -> None:
     reference = _reference_find(text)
     assert [(f.detector, f.start, f.end) for f in ALL.find(text)] == reference
     assert [(f.detector, f.start, f.end) for f in ALL_RE.find(text)] == reference
+    assert [(f.detector, f.start, f.end) for f in ALL_RUNS.find(text)] == reference
+    assert [(f.detector, f.start, f.end) for f in ALL_RUNS_RE.find(text)] == reference
     data = text.encode("utf-8", "surrogatepass")
     for i, d in enumerate(ALL.detectors):
         if any(span for m in d.pattern.finditer(text) for span in d.validate(m, Options())):
@@ -183,3 +188,16 @@ def test_phone_precheck_only_skips_what_libphonenumber_rejects(text: str, region
 @pytest.mark.parametrize("region", _PHONE_REGIONS)
 def test_phone_precheck_on_known_numbers(text: str, region: str) -> None:
     assert phone_e164(text, (region,)) == _matched_whole(text, region)
+
+
+def test_long_texts_of_the_corpus_find_what_the_whole_search_finds() -> None:
+    """The corpus's texts run together into long ones (ASCII ones searched around the
+    pre-filter's matches): the findings are those of every detector on the whole text."""
+    from tests.unit.masking.test_corpus import _load
+
+    records = [r["text"] for r in _load()]
+    for i in range(0, len(records), 25):
+        text = " ; ".join(records[i : i + 25])
+        reference = _reference_find(text)
+        assert [(f.detector, f.start, f.end) for f in ALL.find(text)] == reference
+        assert [(f.detector, f.start, f.end) for f in ALL_RUNS_RE.find(text)] == reference
