@@ -24,6 +24,7 @@ APT_PACKAGES=(
   iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
   openssl ca-certificates curl tshark systemd shellcheck
+  chromium
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
