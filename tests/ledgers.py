@@ -22,8 +22,9 @@ import orjson
 
 from appliance.approvals.decision import Decision, sign_decision
 from appliance.ledger import LedgerWriter
+from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, encode_frame
 from appliance.ledger.api import PendingBlob
-from appliance.ledger.entries import format_ts
+from appliance.ledger.entries import canonical_json, format_ts, parse_entry
 from appliance.signing.keys import SigningKey
 
 T0 = 1796083200.0  # 2026-12-01T00:00:00Z
@@ -218,3 +219,30 @@ def write_fleet(
 
 def read_json(path: Path) -> Any:
     return orjson.loads(path.read_bytes())
+
+
+def tamper_denial(log: Path) -> None:
+    """Rewrite the first denied statement as an allowed SELECT, with a valid frame: only the
+    Merkle tree can tell."""
+    data = (log / "entries.log").read_bytes()
+    frames = list(FrameScanner(data, ENTRY_MAGIC))
+    out = []
+    done = False
+    for f in frames:
+        payload = f.payload
+        obj = parse_entry(payload)
+        if (
+            not done
+            and obj["type"] == "statement"
+            and obj["data"]["decision"]["decision"] == "deny"
+        ):
+            obj["data"]["text"] = "SELECT 1"
+            obj["data"]["decision"] = {
+                "decision": "allow",
+                "rule": "default",
+                "classes": ["select"],
+            }
+            payload, done = canonical_json(obj), True
+        out.append(encode_frame(ENTRY_MAGIC, f.seq, payload))
+    assert done
+    (log / "entries.log").write_bytes(b"".join(out))

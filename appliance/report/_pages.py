@@ -222,9 +222,9 @@ def openssl_commands(log: str) -> str:
             "sed '/^$/,$d' \"$L/checkpoint\" > text",
             "# the signature: base64 after the key name, less its 4-byte key id",
             "grep '^\u2014 ' \"$L/checkpoint\" | head -n 1 | cut -d' ' -f3 | base64 -d | tail -c 64 > sig",
-            "# the public key: the vkey's third field, less its 1-byte algorithm, as DER then PEM",
+            "# the public key: the vkey after its second +, less its 1-byte algorithm, as DER then PEM",
             "{ printf '\\060\\052\\060\\005\\006\\003\\053\\145\\160\\003\\041\\000'; "
-            'cut -d+ -f3 "$L/vkey" | base64 -d | tail -c 32; } > pub.der',
+            'cut -d+ -f3- "$L/vkey" | base64 -d | tail -c 32; } > pub.der',
             "openssl pkey -pubin -inform DER -in pub.der -out pub.pem",
             "openssl pkeyutl -verify -pubin -inkey pub.pem -rawin -in text -sigfile sig",
         ]

@@ -35,7 +35,7 @@ def merkle_root(leaves: list[bytes]) -> bytes:
 
 def open_checkpoint(note: str, vkey: str) -> tuple[str, int, str]:
     """(origin, size, base64 root) of a checkpoint note signed by ``vkey``; else ValueError."""
-    name, key_id, b64 = vkey.strip().split("+")
+    name, key_id, b64 = vkey.strip().split("+", 2)  # base64 may hold a +
     key = base64.b64decode(b64)  # 0x01 (Ed25519) || 32-byte public key
     if key[0] != 1 or sha(name.encode() + b"\n" + key)[:4].hex() != key_id:
         raise ValueError("malformed verifier key")

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, encode_frame
-from appliance.ledger.entries import canonical_json, parse_entry
 from tests.chromium import dump_dom, texts_by_id
-from tests.ledgers import Expected, ledger_key, read_json, write_fleet
+from tests.ledgers import Expected, ledger_key, read_json, tamper_denial, write_fleet
 from tests.unit.ledger.cli_helper import run_cli
 
 BOOTS = 2
@@ -207,33 +205,6 @@ def test_a_period_takes_only_its_logs(
     assert [lf["origin"] for lf in r["logs"]] == ["ci.example/runner-1/boot-1"]
     assert r["totals"]["sessions"] == expected.sessions // BOOTS
     assert r["period"]["since"] == "2026-12-02T00:00:00.000000Z"
-
-
-def tamper_denial(log: Path) -> None:
-    """Rewrite the first denied statement as an allowed SELECT, with a valid frame: only the
-    Merkle tree can tell."""
-    data = (log / "entries.log").read_bytes()
-    frames = list(FrameScanner(data, ENTRY_MAGIC))
-    out = []
-    done = False
-    for f in frames:
-        payload = f.payload
-        obj = parse_entry(payload)
-        if (
-            not done
-            and obj["type"] == "statement"
-            and obj["data"]["decision"]["decision"] == "deny"
-        ):
-            obj["data"]["text"] = "SELECT 1"
-            obj["data"]["decision"] = {
-                "decision": "allow",
-                "rule": "default",
-                "classes": ["select"],
-            }
-            payload, done = canonical_json(obj), True
-        out.append(encode_frame(ENTRY_MAGIC, f.seq, payload))
-    assert done
-    (log / "entries.log").write_bytes(b"".join(out))
 
 
 @pytest.mark.parametrize("how", ["rewritten entry", "flipped bit"])
