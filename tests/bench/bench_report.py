@@ -37,7 +37,7 @@ def test_report_of_1000_sessions(tmp_path: Path) -> None:
         boot = Boot(tmp_path / "fleet" / f"runner-{b}", origin, expected, start=T0 + b * 3600)
         for n in range(SESSIONS // BOOTS):
             kind = KINDS[n % len(KINDS)]
-            boot.session(n, kind, statements=65 if kind in ("query", "unattributed") else 1)
+            boot.session(n, kind, statements=200 if kind in ("query", "unattributed") else 1)
         boot.close()
     written = time.perf_counter() - t0
     t1 = time.perf_counter()
