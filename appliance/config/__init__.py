@@ -17,6 +17,7 @@ from pathlib import Path
 
 from appliance.config._node import Node, load_document
 from appliance.errors import ConfigError
+from appliance.proxy import registry
 
 __all__ = [
     "Account",
@@ -34,7 +35,6 @@ __all__ = [
     "parse_config",
 ]
 
-PROTOCOLS = ("postgres",)
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 
 
@@ -208,12 +208,16 @@ def _parse_targets(node: Node) -> dict[str, Target]:
 
 
 def _parse_target(node: Node) -> Target:
+    # The protocol says which keys a target may have beyond the common ones.
+    raw = node.mapping()
+    if "protocol" not in raw:
+        node.fail("missing required key 'protocol'")
+    protocol = raw["protocol"].string(choices=tuple(registry.PROTOCOLS))
     m = node.keys(
         required=("name", "protocol", "addresses", "accounts"),
-        optional=("listen", "tls", "client_tls", "connect_timeout", "startup_parameters"),
+        optional=("listen", "connect_timeout", *registry.PROTOCOLS[protocol].target_keys),
     )
     name = m["name"].string(pattern=_NAME)
-    protocol = m["protocol"].string(choices=PROTOCOLS)
     addresses = tuple(parse_address(a) for a in m["addresses"].items_or_one())
     if not addresses:
         m["addresses"].fail("at least one address is required")

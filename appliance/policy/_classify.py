@@ -38,10 +38,12 @@ from pglast import ast as pg_ast
 from pglast.parser import ParseError, parse_sql_json
 
 from appliance.policy._functions import call_classes
+from appliance.policy._plpgsql import body_sql
 from appliance.policy._where import keeps_every_row
+from appliance.protocols.postgres import fastpath
 from appliance.protocols.postgres.encodings import ascii_safe
 
-__all__ = ["Classification", "StatementClass", "classify"]
+__all__ = ["Classification", "GrammarError", "StatementClass", "classify", "classify_function_call"]
 
 # Texts up to this many characters are cached (keyed by the exact text).
 _CACHE_TEXT_LIMIT = 16 * 1024
@@ -100,12 +102,23 @@ class StatementClass:
 
 
 @dataclass(frozen=True)
+class GrammarError:
+    """PostgreSQL's grammar rejects the text: the server would answer SQLSTATE 42601 with
+    this message and position (1-based, in characters, as the ErrorResponse's ``P`` field)
+    and run nothing of it."""
+
+    message: str
+    position: int
+
+
+@dataclass(frozen=True)
 class Classification:
     """A whole query string, classified: one :class:`StatementClass` per statement, in
     order, and the unions of their classes, relations and functions.
 
     An empty string or one holding only comments has no statements. Unparseable text has
-    one statement of class ``unknown`` and ``parse_error`` says why.
+    one statement of class ``unknown`` and ``parse_error`` says why; when the reason is that
+    PostgreSQL's grammar rejects it, ``syntax_error`` is the error the server would give.
     """
 
     statements: tuple[StatementClass, ...]
@@ -114,10 +127,14 @@ class Classification:
     writes: frozenset[str]
     functions: frozenset[str]
     parse_error: str | None = None
+    syntax_error: GrammarError | None = None
 
     @classmethod
     def of(
-        cls, statements: Iterable[StatementClass], parse_error: str | None = None
+        cls,
+        statements: Iterable[StatementClass],
+        parse_error: str | None = None,
+        syntax_error: GrammarError | None = None,
     ) -> Classification:
         """The classification made of ``statements`` (unions computed here)."""
         stmts = tuple(statements)
@@ -132,6 +149,7 @@ class Classification:
             union("writes"),
             union("functions"),
             parse_error,
+            syntax_error,
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -166,6 +184,24 @@ def classify(sql: str, *, standard_conforming_strings: bool = True) -> Classific
     return _classify(sql, standard_conforming_strings)
 
 
+def classify_function_call(oid: int) -> Classification:
+    """Classify a fast-path FunctionCall of function ``oid`` (there is no SQL text): a
+    built-in large-object function has the classes a call to it in SQL would have, and its
+    name in ``functions``, so rules can allow it by name (``functions: [lo_*]``); a function
+    the appliance cannot name is ``unknown`` too, named ``oid:<n>`` in ``functions``."""
+    text = fastpath.statement_text(oid)
+    name = fastpath.function_name(oid)
+    if name is None:
+        classes = frozenset({"function_call", "unknown"})
+        functions = frozenset({f"oid:{oid}"})
+    else:
+        classes = call_classes(("pg_catalog", name))
+        functions = frozenset({name})
+    return Classification.of(
+        [StatementClass(0, text, "FunctionCall", classes, functions=functions)]
+    )
+
+
 def cache_info() -> functools._CacheInfo:
     """Hits, misses and size of the classification cache (for the benchmark and stats)."""
     return _classify_cached.cache_info()
@@ -197,7 +233,10 @@ def _classify(sql: str, standard_conforming_strings: bool) -> Classification:
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError as exc:  # the server's own message: 'syntax error at or near ...'
-        return _unparseable(sql, str(exc))
+        # pglast's location is 0-based in characters; the server's position is 1-based.
+        message = str(exc.args[0]) if exc.args else str(exc)
+        location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+        return _unparseable(sql, message, GrammarError(message, location + 1))
     except RecursionError:
         return _unparseable(sql, "the statement is nested too deeply to classify")
     except Exception as exc:  # the parser's other limits
@@ -216,10 +255,12 @@ def _classify(sql: str, standard_conforming_strings: bool) -> Classification:
     return Classification.of(statements)
 
 
-def _unparseable(sql: str, reason: str) -> Classification:
+def _unparseable(sql: str, reason: str, syntax_error: GrammarError | None = None) -> Classification:
     text = sql.strip() if isinstance(sql, str) else ""
     return Classification.of(
-        [StatementClass(0, text, "", frozenset({"unknown"}))], parse_error=reason
+        [StatementClass(0, text, "", frozenset({"unknown"}))],
+        parse_error=reason,
+        syntax_error=syntax_error,
     )
 
 
@@ -550,7 +591,6 @@ _simple(
         "ClusterStmt": ("maintenance",),
         "VacuumStmt": ("maintenance",),
         "LockStmt": ("lock",),
-        "DoStmt": ("unknown",),
         "CallStmt": ("unknown",),
         "LoadStmt": ("file_access",),
         "FetchStmt": ("select",),
@@ -561,6 +601,37 @@ _simple(
         "DropRoleStmt": ("role",),
     }
 )
+
+
+@_handles("DoStmt")
+def _do(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
+    """A DO block has the classes of what its PL/pgSQL body runs (:mod:`._plpgsql`), or is
+    ``unknown`` when the body cannot be read (dynamic SQL, another language)."""
+    body: str | None = None
+    language = "plpgsql"
+    for arg in f.get("args", ()):
+        elem = arg.get("DefElem", _MISSING) if isinstance(arg, dict) else _MISSING
+        value = elem.get("arg", _MISSING).get("String", _MISSING).get("sval")
+        if elem.get("defname") == "as" and isinstance(value, str):
+            body = value
+        elif elem.get("defname") == "language" and isinstance(value, str):
+            language = value.lower()
+    texts = body_sql(body) if body is not None and language == "plpgsql" else None
+    if texts is None:
+        walk.add(ctx, "unknown")
+        return
+    walk.add(ctx, "do")
+    for text in texts:
+        inner = (
+            _classify_cached(text, True)
+            if len(text) <= _CACHE_TEXT_LIMIT
+            else _classify(text, True)
+        )
+        walk.add(ctx, *inner.classes)
+        if ctx.effects:
+            walk.writes.update(inner.writes)
+        walk.reads.update(inner.reads)
+        walk.functions.update(inner.functions)
 
 
 @_handles("SelectStmt")

@@ -458,7 +458,8 @@ class SessionRecorder:
         if counts:
             data["masking"] = counts.as_dict()
         self.append("statement", data)
-        if verdict.get("decision") != "allow" or verdict.get("enforced") is False:
+        decided = verdict.get("decision")
+        if (decided != "allow" and decided != "syntax_error") or verdict.get("enforced") is False:
             self.append("policy.decision", {"n": stmt.n, **verdict})
         if counts:
             self.append("masking.applied", {"n": stmt.n, "where": "statement", **counts.as_dict()})

@@ -46,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.protocols.postgres import Messages, PeerProtocolError
+from appliance.protocols.postgres import Messages, PeerProtocolError, fastpath
 from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import (
     Bind,
@@ -55,6 +55,7 @@ from appliance.protocols.postgres.messages import (
     Describe,
     ErrorResponse,
     Execute,
+    FunctionCall,
     NoticeResponse,
     NotificationResponse,
     ParameterStatus,
@@ -102,8 +103,10 @@ B_COPY_IN, B_COPY_OUT, B_COPY_BOTH, B_COPY_DATA, B_COPY_DONE, B_FUNC_RESULT = (
 class Verdict:
     """A policy decision for one statement, as the relay needs it.
 
-    ``action``: allow, deny or review. ``enforced``: False in observe mode (the statement
-    runs whatever the action). ``error``: for deny, the encoded ErrorResponse for the job.
+    ``action``: allow, deny, review, or reject (the statement is an error of its own, such
+    as text PostgreSQL's grammar rejects: it is answered like a denial, with ``error``, and
+    recorded as that error). ``enforced``: False in observe mode (the statement runs
+    whatever the action). ``error``: for deny and reject, the encoded ErrorResponse for the job.
     ``record``: what the ledger keeps about the decision (JSON-safe).
     """
 
@@ -226,6 +229,7 @@ class Statement:
     outcome: str = "pending"  # ok | error | denied | skipped | suspended | cancelled
     approval: dict[str, object] | None = None
     notices: int = 0
+    function_oid: int | None = None  # a fast-path FunctionCall's function
 
     @property
     def rows(self) -> int:
@@ -420,9 +424,11 @@ class Relay:
                     self._copy_in = None
                     self._copy_in_done = copy_in[0]
             elif t == F_FUNCTION:
-                exp = _Expect(
-                    X.FUNCTION, self._new_statement("function", "(fast-path function call)")
-                )
+                call = decode_frontend(t, chunk[s + 5 : e])
+                assert isinstance(call, FunctionCall)
+                stmt = self._new_statement("function", fastpath.statement_text(call.function_oid))
+                stmt.function_oid = call.function_oid
+                exp = _Expect(X.FUNCTION, stmt)
                 if not self._admit(exp, msgs, i, run, s):
                     if self._held is not None:
                         return
@@ -489,11 +495,22 @@ class Relay:
             self._held = (msgs, i, stmt, exp)
             self.hooks.request_approval(stmt)
             return False
-        self._deny(stmt, verdict.error)
+        self._deny(stmt, verdict.error, rejected=verdict.action == "reject")
         return False
 
-    def _deny(self, stmt: Statement, error: bytes, *, recorded: bool = False) -> None:
-        stmt.outcome = "denied"
+    def _deny(
+        self, stmt: Statement, error: bytes, *, recorded: bool = False, rejected: bool = False
+    ) -> None:
+        """Answer ``stmt`` with ``error`` in place of the server (see the module docstring).
+        ``rejected``: the statement is an error of its own (text the grammar rejects), not a
+        denial: it ends as ``error``, with that error, as the server would have ended it."""
+        if rejected:
+            stmt.outcome = "error"
+            refusal = decode_backend(B_ERROR, error[5:])
+            assert isinstance(refusal, ErrorResponse)
+            stmt.error = refusal
+        else:
+            stmt.outcome = "denied"
         stmt.finished = self.now()
         if not recorded:
             self.hooks.statement_started(stmt)
@@ -795,7 +812,6 @@ class Relay:
         if len(payload) != 1 or payload[0] not in _TX_STATUS:
             raise PeerProtocolError("malformed ReadyForQuery", side="server")
         self.tx_status = payload[0]
-        self.hooks.ready()
         self._end_result()
         self._copy_out = None
         expect = self._expect
@@ -805,6 +821,9 @@ class Relay:
             if head.stmt.outcome == "pending":
                 head.stmt.outcome = "ok"
             self._finish(head)
+        # After the statement this answers is finished: what it may have changed is settled
+        # now, not at the next ReadyForQuery (issue 12: a SET refused the next statement).
+        self.hooks.ready()
 
     def _finish(self, exp: _Expect) -> None:
         stmt = exp.stmt

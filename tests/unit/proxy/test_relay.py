@@ -488,6 +488,59 @@ def test_deny_in_simple_protocol_fails_the_transaction_as_a_server_error_would(
     assert p.to_client(done("ROLLBACK") + ready()) == done("ROLLBACK") + ready()
 
 
+def test_a_rejected_statement_ends_as_its_own_error_not_as_a_denial(
+    split: Callable[[bytes], list[bytes]],
+) -> None:
+    """Text the grammar rejects: the job gets that error where the server would have put
+    it, the transaction fails as after any error, and it is recorded as an error."""
+    grammar = error_response("ERROR", "42601", 'syntax error at or near "selec"', position="1")
+    hooks = Hooks(
+        {"selec 1": Verdict("reject", error=grammar, record={"decision": "syntax_error"})}
+    )
+    p = Player(hooks, split)
+    p.to_server(q("begin"))
+    p.to_client(done("BEGIN") + ready("T"))
+    assert p.client_sends(q("selec 1")) == (b"", STAND_IN_Q)
+    assert p.to_client(SYNTAX + ready("E")) == grammar + ready("E")
+    assert log_of(hooks, "finish")[-1] == ("finish", 2, "error", (), 0, "42601")
+
+
+def test_ready_comes_after_the_statement_it_answers_is_finished() -> None:
+    """The hooks learn that a statement is finished before they hear the ReadyForQuery
+    that answers it: what it may have changed is settled at that ReadyForQuery."""
+    hooks = Hooks()
+    p = Player(hooks, whole)
+    events: list[str] = []
+    finished, ready_ = hooks.statement_finished, hooks.ready
+    hooks.statement_finished = lambda stmt: (events.append(f"finish {stmt.n}"), finished(stmt))[1]  # type: ignore[method-assign]
+    hooks.ready = lambda: (events.append("ready"), ready_())[1]  # type: ignore[method-assign]
+    p.to_server(q("set search_path to public"))
+    p.to_client(done("SET") + ready())
+    assert events == ["finish 1", "ready"]
+
+
+def test_a_fastpath_call_is_a_statement_of_the_function_it_calls(
+    split: Callable[[bytes], list[bytes]],
+) -> None:
+    from appliance.protocols.postgres.messages import FunctionCall, FunctionCallResponse
+
+    hooks = Hooks()
+    p = Player(hooks, split)
+    call = FunctionCall(952, (0, 0), (b"16384", b"131072"), 0).encode()
+    assert p.to_server(call) == call
+    reply = FunctionCallResponse(b"0").encode() + ready("T")
+    assert p.to_client(reply) == reply
+    assert (
+        "start",
+        1,
+        "function",
+        "-- fast-path function call: lo_open (oid 952)",
+        (),
+        "allow",
+    ) in hooks.log
+    assert log_of(hooks, "finish") == [("finish", 1, "ok", (), 0, None)]
+
+
 def test_deny_behind_pipelined_queries_is_answered_in_order(
     split: Callable[[bytes], list[bytes]],
 ) -> None:
