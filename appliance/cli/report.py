@@ -60,6 +60,9 @@ def report_command(
     """Write the evidence package for [--since, --until) from the logs in --source: static
     HTML (open OUT/index.html), report.json, the signed checkpoints and entries, proofs,
     and a standalone checker (OUT/verify.html says how to use it)."""
+    period = Period(parse_time(since) if since else None, parse_time(until) if until else None)
+    if period.since is not None and period.until is not None and period.since >= period.until:
+        raise LedgerError(f"--since {since} is not before --until {until}")
     stages: dict[str, Progress] = {}
 
     def show(stage: str, done: int, total: int) -> None:
@@ -72,9 +75,7 @@ def report_command(
             sources=sources,
             out=out,
             verifiers=[load_verifier_key(v) for v in vkeys],
-            period=Period(
-                parse_time(since) if since else None, parse_time(until) if until else None
-            ),
+            period=period,
             rows=rows,
             progress=show,
         )

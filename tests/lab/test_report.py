@@ -35,7 +35,7 @@ import pytest
 from appliance.approvals import ApprovalsClient
 from appliance.ledger import iter_entries
 from tests.chromium import dump_dom, texts_by_id
-from tests.lab.lab import Lab, PgServer
+from tests.lab.lab import Lab, PgServer, stop_process
 from tests.ledgers import tamper_denial
 
 APPLIANCE = str(Path(sys.executable).with_name("appliance"))
@@ -125,13 +125,8 @@ masking:
         return ledger
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, sig)
         self.proc = None
 
     def psql(self, sql: str, env: dict[str, str], **kw: Any) -> subprocess.Popen[bytes]:

@@ -260,3 +260,7 @@ def test_refuses_a_directory_that_is_not_empty(
     assert code == 2 and "not an empty directory" in out
     code, out = report(capsys, tmp_path / "nothing-here", tmp_path / "o2", keys)
     assert code == 2 and "not a directory" in out
+    code, out = report(
+        capsys, source, tmp_path / "o3", keys, "--since", "2026-12-02", "--until", "2026-12-01"
+    )
+    assert code == 2 and "is not before --until" in out
