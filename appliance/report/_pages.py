@@ -84,6 +84,9 @@ class Pages:
         self.proofs = proofs
         self.rows = rows
         self.log_names = {lf.slug: lf.origin or lf.name for lf in facts.logs}
+        self.holds: dict[tuple[str, str | None], list[Any]] = {}
+        for h in facts.holds:
+            self.holds.setdefault((h.log, h.session), []).append(h)
 
     def _render(self, template: str, path: str, **kw: Any) -> tuple[str, str]:
         root = "../" * path.count("/")
@@ -209,6 +212,7 @@ class Pages:
             log=log,
             transcript=transcript,
             rows=self.rows,
+            holds=self.holds.get((s.log, s.id), []),
         )
 
 

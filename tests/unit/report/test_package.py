@@ -85,6 +85,8 @@ def test_counts_match_what_was_written(
     )
     assert all(h["approver"] == "alice" and h["reason"] == "ticket OPS-42" for h in granted)
     assert all(h["proof"] and (package / h["proof"]).is_file() for h in granted)
+    for h in r["holds"]:  # the session page links to its holds
+        assert f"decisions.html#hold-{h['id']}" in (package / h["page"]).read_text()
     for s in r["sessions"]:
         assert (package / s["page"]).is_file()
 
