@@ -52,7 +52,7 @@ from appliance.report._facts import (
     to_json,
 )
 from appliance.report._pages import Pages
-from appliance.report.sources import LogDir, resolve
+from appliance.report.sources import LogDir, Remote, resolve
 from appliance.signing.keys import InvalidSignature, VerifierKey
 from appliance.signing.note import NoteError, open_note
 
@@ -70,6 +70,7 @@ class ReportRequest:
     period: Period = field(default_factory=Period)
     rows: int = 20
     progress: Progress | None = None
+    remote: Remote | None = None  # pulls a bucket URL's logs into a cache (see sources)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def build_report(req: ReportRequest) -> ReportResult:
     out = req.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise LedgerError(f"{out} exists and is not an empty directory; refusing to overwrite")
-    logs = resolve(req.sources)
+    logs = resolve(req.sources, remote=req.remote)
     progress = req.progress or (lambda stage, done, total: None)
     collector = Collector(req.period)
     where: dict[str, LogDir] = {}

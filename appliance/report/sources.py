@@ -6,15 +6,15 @@ becomes a :class:`LogDir`: the directory to read and a ``name`` that depends onl
 source's layout (its path relative to the source), never on where the copy lives, so that two
 people building the report from their own copies get the same bytes.
 
-A bucket source (``s3://BUCKET/PREFIX``) belongs here too, as one more branch of
-:func:`resolve` that pulls the logs into a local cache and yields their directories; it needs
-the fleet's bucket API, which is not in this tree yet.
+A bucket source (``s3://BUCKET/PREFIX``) is a ``remote`` function given to :func:`resolve`:
+it pulls the logs under the URL into a local cache and returns their directories (named by
+the bucket's log names). The CLI supplies it once the fleet's bucket API is in this tree.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,9 +48,13 @@ def local_logs(root: Path) -> Iterator[LogDir]:
             yield LogDir(path, path.relative_to(root).as_posix())
 
 
-def resolve(sources: Sequence[str]) -> list[LogDir]:
-    """The logs of every source, de-duplicated by directory; names made unique by the
-    source's position when two sources hold the same relative layout.
+Remote = Callable[[str], Sequence[LogDir]]
+
+
+def resolve(sources: Sequence[str], *, remote: Remote | None = None) -> list[LogDir]:
+    """The logs of every source (``remote(url)`` for a ``scheme://`` one), de-duplicated by
+    directory; names made unique by the source's position when two sources hold the same
+    relative layout.
 
     Raises LedgerError if a source cannot be read or no log is found.
     """
@@ -58,13 +62,16 @@ def resolve(sources: Sequence[str]) -> list[LogDir]:
     seen: set[Path] = set()
     names: set[str] = set()
     for i, source in enumerate(sources):
-        if "://" in source:
+        if "://" in source and remote is None:
             scheme = source.split("://", 1)[0]
             raise LedgerError(
                 f"source {source}: {scheme}:// sources are not supported yet (copy the logs "
                 "to a local directory and give that)"
             )
-        for log in local_logs(Path(source)):
+        here = (
+            remote(source) if "://" in source and remote is not None else local_logs(Path(source))
+        )
+        for log in here:
             real = log.path.resolve()
             if real in seen:
                 continue

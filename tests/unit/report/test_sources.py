@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.ledger.errors import LedgerError
-from appliance.report.sources import resolve
+from appliance.report.sources import LogDir, resolve
 
 
 def ledger(path: Path) -> Path:
@@ -39,3 +39,20 @@ def test_what_cannot_be_a_source(tmp_path: Path) -> None:
         resolve([str(tmp_path)])
     with pytest.raises(LedgerError, match="s3:// sources are not supported yet"):
         resolve(["s3://evidence/fleet"])
+
+
+def test_a_remote_source_is_pulled_by_the_function_given(tmp_path: Path) -> None:
+    cache = ledger(tmp_path / "cache" / "ci.example%2Frunner-1")
+    pulled: list[str] = []
+
+    def remote(url: str) -> list[LogDir]:
+        pulled.append(url)
+        return [LogDir(cache, "ci.example%2Frunner-1")]
+
+    local = ledger(tmp_path / "local")
+    found = resolve(["s3://evidence/fleet", str(local)], remote=remote)
+    assert pulled == ["s3://evidence/fleet"]
+    assert [(log.path, log.name) for log in found] == [
+        (cache, "ci.example%2Frunner-1"),
+        (local, "local"),
+    ]
