@@ -27,26 +27,42 @@ class Protocol:
     """One protocol.
 
     ``core``: ``"module:attribute"`` of the session core class, called as
-    ``core(services, shared, target, info)``; ``shared``: of a function
+    ``core(services, shared, target, info)`` and run by :class:`~appliance.proxy.shell.
+    Connection`; or, for a protocol whose library owns its connections, ``runner``: a
+    class called as ``runner(services, shared, target, info, shell_services)`` with the
+    Connection's interface (``async run(sock)``, ``drain()``, ``abort(reason)``, ``done``);
+    ``shared``: of a function
     ``shared(random_bytes)`` making what all its sessions share (or None);
-    ``target_keys``: the target config keys the protocol reads beyond the common ones;
+    ``target_keys``: the target config keys the protocol reads beyond the common ones
+    (``name``, ``protocol``, ``addresses``, ``listen``, ``connect_timeout``, ``accounts``);
+    ``options``: ``"module:function"`` called with the target's checked mapping
+    (``dict[str, Node]``) that returns the protocol's own settings object, kept as
+    ``Target.options`` (raise through ``Node.fail`` for precise errors);
+    ``requires_accounts``: a target must name at least one service account;
     ``pcap``: module that registers the protocol's pcap renderer when imported (or None).
     """
 
     name: str
     description: str
     default_port: int
-    core: str
+    core: str | None = None
+    runner: str | None = None
     shared: str | None = None
     target_keys: tuple[str, ...] = ()
+    options: str | None = None
+    requires_accounts: bool = True
     pcap: str | None = None
 
     def load(self, ref: str) -> Any:
         module, _, attr = ref.partition(":")
         return getattr(importlib.import_module(module), attr)
 
-    def core_factory(self) -> Callable[..., Any]:
-        factory: Callable[..., Any] = self.load(self.core)
+    def session_factory(self) -> Callable[..., Any]:
+        """What the proxy server calls for each connection (see the class docstring)."""
+        ref = self.core or self.runner
+        if ref is None:
+            raise ValueError(f"protocol {self.name!r} has neither a core nor a runner")
+        factory: Callable[..., Any] = self.load(ref)
         return factory
 
     def make_shared(self, random_bytes: Callable[[int], bytes]) -> Any:

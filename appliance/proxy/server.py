@@ -93,11 +93,11 @@ class ProxyServer:
         self.services = services
         self.shell = shell or ShellServices()
         self.resolver = resolver
-        self._cores = {
-            name: registry.get(name).core_factory()
-            for name in {t.protocol for t in config.targets.values()}
+        self._protocols = {
+            name: registry.get(name) for name in {t.protocol for t in config.targets.values()}
         }
-        for name in self._cores:
+        self._factories = {name: p.session_factory() for name, p in self._protocols.items()}
+        for name in self._protocols:
             if name not in services.shared:
                 services.shared[name] = registry.get(name).make_shared(services.random_bytes)
         self.listeners: list[Listener] = [
@@ -108,7 +108,7 @@ class ProxyServer:
         if transparent:
             port = config.capture.listen_port
             self.listeners += [Listener("0.0.0.0", port), Listener("::", port)]
-        self.sessions: set[Connection] = set()
+        self.sessions: set[Any] = set()  # Connection, or a protocol's own runner
         self._new_id = new_session_id or (lambda: services.random_bytes(8).hex())
         self._stop = asyncio.Event()
         self._sockets: list[socket.socket] = []
@@ -217,10 +217,14 @@ class ProxyServer:
             upstream=flow.upstream,
             identity=flow.identity,
         )
-        core = self._cores[target.protocol](
-            self.services, self.services.shared.get(target.protocol), target, info
-        )
-        connection = Connection(core, self.shell, name=info.session_id)
+        make = self._factories[target.protocol]
+        shared = self.services.shared.get(target.protocol)
+        connection: Any
+        if self._protocols[target.protocol].core is not None:
+            core = make(self.services, shared, target, info)
+            connection = Connection(core, self.shell, name=info.session_id)
+        else:
+            connection = make(self.services, shared, target, info, self.shell)
         self.sessions.add(connection)
         try:
             await connection.run(conn)

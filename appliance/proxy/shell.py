@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -104,6 +105,8 @@ class _Endpoint(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         assert self.transport is not None
         self.transport.set_write_buffer_limits(high=HIGH_WATER)
+        if self.side == "job":
+            self.conn.started()  # before any byte of the job is delivered
 
     def data_received(self, data: bytes) -> None:
         self.conn.on_data(self.side, data)
@@ -120,6 +123,11 @@ class _Endpoint(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.conn.pause(_other(self.side), "backpressure", False)
+
+
+def _why(exc: OSError) -> str:
+    """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 def _other(side: Side) -> Side:
@@ -140,6 +148,7 @@ class Connection:
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._paused: dict[Side, set[str]] = {"job": set(), "upstream": set()}
+        self._tls_early: dict[Side, list[bytes]] = {}
 
     # -- running -------------------------------------------------------------------------
 
@@ -150,7 +159,6 @@ class Connection:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 await loop.connect_accepted_socket(lambda: self.job, sock)
-                self._call(self.core.start)
                 await self.done
                 for task in list(self._tasks):
                     task.cancel()  # a held request's approval is withdrawn, a connect dropped
@@ -158,6 +166,11 @@ class Connection:
             for timer in self._timers.values():
                 timer.cancel()
             self._close_all()
+
+    def started(self) -> None:
+        """The job's socket is connected: the core starts (its first commands may be to
+        pause reading, so this runs before any data is delivered)."""
+        self._call(self.core.start)
 
     def drain(self) -> None:
         self.event(Drain())
@@ -169,6 +182,12 @@ class Connection:
 
     def on_data(self, side: Side, data: bytes) -> None:
         if self.done.done():
+            return
+        early = self._tls_early.get(side)
+        if early is not None:
+            # Decrypted bytes can arrive before start_tls returns: they wait for the core
+            # to hear that TLS is up (else its answer would go out on the raw socket).
+            early.append(data)
             return
         core = self.core
         try:
@@ -247,6 +266,7 @@ class Connection:
             self._spawn(self._open_upstream(command))
         elif isinstance(command, StartTLS):
             self.pause(command.side, "tls", True)
+            self._tls_early[command.side] = []
             self._spawn(self._start_tls(command))
         elif isinstance(command, AskApproval):
             self._spawn(self._approval(command))
@@ -320,7 +340,7 @@ class Connection:
         try:
             sock = make(family, self.services.mark)
         except OSError as exc:
-            self.event(UpstreamFailed(exc.strerror or str(exc)))
+            self.event(UpstreamFailed(_why(exc)))
             return
         try:
             await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
@@ -330,7 +350,7 @@ class Connection:
             return
         except OSError as exc:
             sock.close()
-            self.event(UpstreamFailed(exc.strerror or str(exc)))
+            self.event(UpstreamFailed(_why(exc)))
             return
         except BaseException:
             sock.close()
@@ -357,9 +377,11 @@ class Connection:
                 server_hostname=None if side == "job" else command.server_hostname,
             )
         except (ssl.SSLError, OSError, ConnectionError) as exc:
+            self._tls_early.pop(side, None)
             self.event(TLSFailed(side, str(exc)))
             return
         if new is None:  # the connection closed during the handshake
+            self._tls_early.pop(side, None)
             self.event(TLSFailed(side, "the connection closed during the TLS handshake"))
             return
         endpoint.transport = new
@@ -370,7 +392,10 @@ class Connection:
         alpn = tls.selected_alpn_protocol() if tls is not None else None
         name = getattr(tls, "server_hostname", None) if side == "job" else None
         self.pause(side, "tls", False)
+        early = self._tls_early.pop(side, [])
         self.event(TLSEstablished(side, cert, alpn, name))
+        for data in early:
+            self.on_data(side, data)
 
     async def _approval(self, command: AskApproval) -> None:
         broker = self.services.broker
@@ -392,13 +417,13 @@ class Connection:
         try:
             sock = make(family, self.services.mark)
         except OSError as exc:
-            self.event(SentOnce(False, exc.strerror or str(exc)))
+            self.event(SentOnce(False, _why(exc)))
             return
         try:
             await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
             await loop.sock_sendall(sock, command.payload)
         except (OSError, TimeoutError) as exc:
-            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else str(exc)))
+            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else _why(exc)))
             return
         finally:
             sock.close()

@@ -60,6 +60,14 @@ from appliance.protocols.postgres import (
 )
 from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import BackendKeyData, CancelRequest, error_response
+from appliance.protocols.postgres.sqlstate import (
+    ADMIN_SHUTDOWN,
+    CONNECTION_FAILURE,
+    INSUFFICIENT_PRIVILEGE,
+    INTERNAL_ERROR,
+    PROTOCOL_VIOLATION,
+)
+from appliance.protocols.postgres.sqlstate import REJECTED_ESTABLISHMENT as REJECTED
 from appliance.proxy.commands import (
     NO_COMMANDS,
     Abort,
@@ -95,12 +103,6 @@ from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
 from appliance.proxy.services import SessionServices
 
-ADMIN_SHUTDOWN = "57P01"
-CONNECTION_FAILURE = "08006"
-REJECTED = "08004"
-INSUFFICIENT_PRIVILEGE = "42501"
-PROTOCOL_VIOLATION = "08P01"
-INTERNAL_ERROR = "XX000"
 STARTUP_TIMER = "startup"
 
 

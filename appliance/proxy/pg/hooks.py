@@ -31,13 +31,12 @@ from appliance.protocols.postgres.messages import (
     RowDescription,
     error_response,
 )
+from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR
 from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
-INSUFFICIENT_PRIVILEGE = "42501"
-SYNTAX_ERROR = "42601"
 _ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
