@@ -50,10 +50,16 @@ def package(
     out = tmp_path_factory.mktemp("pkg") / "out"
     args = [sys.executable, "-m", "appliance.cli.main", "report", "--source", str(source)]
     args += ["--out", str(out), *(a for k in keys for a in ("--vkey", str(k)))]
+    before = tree(source)
     r = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "VERIFIED" in r.stdout
+    assert tree(source) == before  # the logs are only read
     return out
+
+
+def tree(root: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_counts_match_what_was_written(
