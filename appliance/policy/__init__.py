@@ -40,10 +40,12 @@ Public API::
 
 from appliance.policy._classify import (
     Classification,
+    CopySpec,
     GrammarError,
     StatementClass,
     classify,
     classify_function_call,
+    copy_spec,
 )
 from appliance.policy._config import parse_policy
 from appliance.policy._rules import (
@@ -67,6 +69,7 @@ __all__ = [
     "GROUPS",
     "NO_RULE",
     "Classification",
+    "CopySpec",
     "Decision",
     "Glob",
     "GrammarError",
@@ -78,6 +81,7 @@ __all__ = [
     "StatementDecision",
     "classify",
     "classify_function_call",
+    "copy_spec",
     "expand",
     "parse_policy",
 ]

@@ -36,9 +36,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.config import Target
+from appliance.config import Target, format_endpoint
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
+from appliance.masking.postgres import ResponseMasker
 from appliance.protocols.postgres import (
     Authenticated,
     CancelKeys,
@@ -97,7 +98,6 @@ from appliance.proxy.commands import (
 )
 from appliance.proxy.pg.catalog import CatalogReader, catalog_query
 from appliance.proxy.pg.hooks import SessionHooks
-from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.parameters import ParameterRefused, upstream_parameters
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
@@ -694,8 +694,7 @@ def _shutdown_error() -> bytes:
 
 
 def _addr(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_endpoint(address[0], address[1])
 
 
 def shared(random_bytes: Any) -> PgShared:

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from appliance.masking.postgres import MaskingRefused
 from appliance.protocols.postgres import Messages, PeerProtocolError, fastpath
 from appliance.protocols.postgres.codes import (
     B_BIND_OK,
@@ -172,10 +173,6 @@ class RowMasker(Protocol):
         """The CopyData frame rewritten, or None if no value changed. Raises MaskingRefused
         (binary COPY)."""
         ...
-
-
-class MaskingRefused(Exception):
-    """A value that must be masked cannot be (binary format): the result is withheld."""
 
 
 class RelayHooks(Protocol):
