@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from appliance.approvals.decision import Decision, sign_decision
+from appliance.approvals.decision import SignedDecision, sign_decision
 from appliance.ledger import LedgerWriter
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, encode_frame
 from appliance.ledger.api import PendingBlob
@@ -172,7 +172,7 @@ class Boot:
         e.holds += 1
         if kind == "approved":
             when = datetime.fromtimestamp(int(self.t), UTC)
-            d = Decision(rid, sha, "approve", "alice", when, "ticket OPS-42")
+            d = SignedDecision(rid, sha, "approve", "alice", when, "ticket OPS-42")
             note = sign_decision(d, APPROVER)
             add("approval.granted", {"id": rid, "decision": "approve", "approver": "alice",
                                      "reason": "ticket OPS-42", "note": note,
