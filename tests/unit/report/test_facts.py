@@ -68,3 +68,18 @@ def test_a_log_outside_the_period_is_left_out() -> None:
     log.add("01T10:00:01", "session.start", {}, "s1")
     facts = feed(log, Period("2026-12-05T00:00:00.000000Z", None)).facts()
     assert facts.logs == [] and facts.gaps == [] and facts.in_period() == []
+
+
+def test_capture_events_are_gaps() -> None:
+    log = Log()
+    log.add("01T10:00:00", "appliance.start", {})
+    log.add("01T10:00:01", "capture.bpf_failed", {"reason": "no BTF"})
+    log.add("01T10:00:02", "capture.rules_restored", {"table": "nat"})
+    log.add("01T10:00:03", "appliance.stop", {"reason": "signal"})
+    facts = feed(log, Period()).facts()
+    assert [(g.kind, g.detail) for g in facts.gaps] == [
+        ("capture", "eBPF attribution failed to load: flows ran unattributed "
+                    "(capture.bpf_failed: reason=no BTF)"),
+        ("capture", "capture rules had been removed or changed and were restored "
+                    "(capture.rules_restored: table=nat)"),
+    ]  # fmt: skip
