@@ -87,10 +87,10 @@ def report_command(
         f"{totals['denials']} denied, {totals['holds']} held"
     )
     click.echo(f"package hash (sha256 of SHA256SUMS): {result.sums_sha256}")
-    if result.status == "tampered":
+    if result.facts.status == "tampered":
         bad = ", ".join(lf.origin or lf.name for lf in result.facts.tampered)
         raise TamperError(f"TAMPERING DETECTED in {bad}; see {result.out / 'index.html'}")
-    if result.status == "unverifiable":
+    if result.facts.status == "unverifiable":
         bad = ", ".join(lf.origin or lf.name for lf in result.facts.unverifiable)
         raise Unverified(f"NOT VERIFIED: {bad}; see {result.out / 'index.html'}")
     click.echo("VERIFIED: every log of the period matches its signed checkpoints")

@@ -199,6 +199,13 @@ class Facts:
     def unverifiable(self) -> list[LogFacts]:
         return [lf for lf in self.logs if lf.check.status == "unverifiable"]
 
+    @property
+    def status(self) -> str:
+        """``tampered`` if any log is, else ``unverifiable`` if any log is, else ``verified``."""
+        if self.tampered:
+            return "tampered"
+        return "unverifiable" if self.unverifiable else "verified"
+
     def in_period(self) -> list[SessionFacts]:
         return [s for s in self.sessions if s.in_period]
 

@@ -80,12 +80,6 @@ class ReportResult:
     files: int
     sums_sha256: str  # SHA-256 of SHA256SUMS: one hash for the whole package
 
-    @property
-    def status(self) -> str:
-        if self.facts.tampered:
-            return "tampered"
-        return "unverifiable" if self.facts.unverifiable else "verified"
-
 
 def build_report(req: ReportRequest) -> ReportResult:
     """Write the package (see the module docstring) and return what it found.
@@ -133,7 +127,7 @@ def build_report(req: ReportRequest) -> ReportResult:
         facts,
         {
             "format": FORMAT,
-            "status": ReportResult(out, facts, 0, "").status,
+            "status": facts.status,
             "soc2": [{**c.__dict__, "sections": _soc2.sections_for(c.id)} for c in _soc2.CRITERIA],
             "proofs": {f"{log}/{seq}": path for (log, seq), path in sorted(proofs.items())},
         },

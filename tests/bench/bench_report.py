@@ -45,7 +45,7 @@ def test_report_of_1000_sessions(tmp_path: Path) -> None:
     result = build_report(ReportRequest([str(tmp_path / "fleet")], tmp_path / "out", keys))
     took, cpu = time.perf_counter() - t1, time.process_time() - cpu1
     totals = result.facts.totals()
-    assert result.status == "verified"
+    assert result.facts.status == "verified"
     assert totals["sessions"] == expected.sessions == SESSIONS
     assert totals["statements"] == expected.statements
     assert totals["denials"] == expected.denials and totals["holds"] == expected.holds
