@@ -257,7 +257,11 @@ def _write_log(
     if check.status != "verified" or check.checkpoint_note is None or check.signed_size is None:
         return  # a proof against a log that contradicts itself would prove nothing
     seqs = {d.seq for d in facts.denials if d.log == lf.slug}
-    seqs |= {h.outcome_seq for h in facts.holds if h.log == lf.slug and h.note and h.outcome_seq is not None}
+    seqs |= {
+        h.outcome_seq
+        for h in facts.holds
+        if h.log == lf.slug and h.note and h.outcome_seq is not None
+    }
     seqs = {s for s in seqs if s is not None and s < check.signed_size}
     if not seqs:
         return
