@@ -170,9 +170,19 @@ def test_the_package_checks_out_without_the_appliance(package: Path, tmp_path: P
     assert r.returncode == 1 and f"FAIL {log.name}" in r.stdout, r.stdout
 
 
-def test_every_section_renders_in_chromium(package: Path) -> None:
+def test_every_link_stays_in_the_package(package: Path) -> None:
     pages = list(package.rglob("*.html"))
     assert pages and not [p for p in pages if "<script" in p.read_text()]  # no script at all
+    broken = []
+    for page in pages:
+        for href in re.findall(r'href="([^"#]+)[^"]*"', page.read_text()):
+            assert "://" not in href, (page, href)  # nothing from the network
+            if not (page.parent / html.unescape(href)).is_file():
+                broken.append((page.relative_to(package), href))
+    assert broken == []
+
+
+def test_every_section_renders_in_chromium(package: Path) -> None:
     index = texts_by_id(dump_dom(package / "index.html"))
     for section in ("status", "summary", "verification", "logs", "totals", "charts", "soc2"):
         assert index.get(section), section
