@@ -447,6 +447,15 @@ class Collector:
                 )
             if lf.read_error:
                 gaps.append(Gap("unreadable", lf.slug, None, None, None, lf.read_error))
+        by_origin: dict[str | None, list[LogFacts]] = {}
+        for lf in logs:
+            by_origin.setdefault(lf.origin, []).append(lf)
+        for origin, same in by_origin.items():
+            if origin is not None and len(same) > 1:  # a copy counted twice, or a fork
+                names = ", ".join(sorted(lf.name for lf in same))
+                for lf in same:
+                    detail = f"{len(same)} logs claim origin {origin}: {names}"
+                    gaps.append(Gap("duplicate origin", lf.slug, lf.first_ts, None, None, detail))
         sessions = sorted(
             self.sessions.values(), key=lambda s: (s.start or "", s.log, s.id)
         )  # sessions without a start (begun before the log) sort first

@@ -83,3 +83,15 @@ def test_capture_events_are_gaps() -> None:
         ("capture", "capture rules had been removed or changed and were restored "
                     "(capture.rules_restored: table=nat)"),
     ]  # fmt: skip
+
+
+def test_two_logs_of_one_origin_are_a_gap() -> None:
+    log = Log()
+    log.add("01T10:00:00", "appliance.start", {})
+    log.add("01T10:00:01", "appliance.stop", {})
+    c = Collector(Period())
+    for name in ("copy-1", "copy-2"):
+        c.feed(LogFacts(name, name, None, LogCheck("verified", signed_size=2)), log.entries)
+    gaps = c.facts().gaps
+    assert [g.kind for g in gaps] == ["duplicate origin", "duplicate origin"]
+    assert gaps[0].detail == "2 logs claim origin o: copy-1, copy-2"
