@@ -28,13 +28,31 @@ from appliance.ledger.entries import Entry
 UNATTRIBUTED = "unattributed"
 APPROVAL_WITHDRAWN = "approval.withdrawn"
 
-# Capture events an auditor must see as possible gaps in what was captured or attributed.
-CAPTURE_GAPS = {
-    t.CAPTURE_RULES_RESTORED: "capture rules had been removed or changed and were restored",
-    t.CAPTURE_BPF_FAILED: "eBPF attribution failed to load: flows ran unattributed",
-    t.CAPTURE_EVENTS_LOST: "attribution events were lost",
-    t.CAPTURE_REFUSED: "capture refused a flow",
-    t.PROTOCOL_ERROR: "a peer broke the protocol; the session was closed",
+# Entries an auditor must see as gaps in what was captured, attributed or verified:
+# type -> (the gap's kind in the report, what it means).
+GAP_TYPES = {
+    t.CAPTURE_RULES_RESTORED: (
+        "capture",
+        "capture rules had been removed or changed and were restored",
+    ),
+    t.CAPTURE_BPF_FAILED: ("capture", "eBPF attribution failed to load: flows ran unattributed"),
+    t.CAPTURE_EVENTS_LOST: ("capture", "attribution events were lost"),
+    t.CAPTURE_REFUSED: ("capture", "capture refused a flow"),
+    t.CAPTURE_REFUSED_SUMMARY: ("capture", "more flows refused by capture (counted)"),
+    t.CAPTURE_JOB_PRIVILEGED: (
+        "capture",
+        "a job process was root, held a dangerous capability or could reach the appliance's secrets",
+    ),
+    t.CONNECTION_REFUSED: ("refused connection", "a connection ended before its session started"),
+    t.CONNECTION_REFUSED_SUMMARY: ("refused connection", "more such connections (counted)"),
+    t.IDENTITY_KEYS_UNAVAILABLE: ("identity", "a CI issuer's keys could not be loaded"),
+    t.IDENTITY_REJECTED: ("identity", "a job's CI token was rejected"),
+    t.IDENTITY_UNAVAILABLE: ("identity", "a job's CI token could not be checked"),
+    t.IDENTITY_MISMATCH: (
+        "identity",
+        "the job's environment claimed other CI fields than its verified token",
+    ),
+    t.PROTOCOL_ERROR: ("protocol error", "a peer broke the protocol; the session was closed"),
 }
 
 
@@ -140,9 +158,12 @@ class ApplianceStopped:
 
 
 @dataclass(frozen=True, slots=True)
-class CaptureGap:
+class Noted:
+    """An entry listed as a gap (see :data:`GAP_TYPES`): its gap kind, entry type, meaning."""
+
     at: Where
     kind: str
+    type: str
     what: str
     detail: str
 
@@ -163,7 +184,7 @@ Event = (
     | DecisionRefused
     | ApplianceStarted
     | ApplianceStopped
-    | CaptureGap
+    | Noted
     | KeyPublished
 )
 
@@ -171,8 +192,8 @@ Event = (
 @dataclass(frozen=True, slots=True)
 class IdentityKey:
     """Who, as the report groups it: a CI job (provider, repository, workflow, job), a
-    process without CI variables, or ``unattributed``. ``claimed``: the CI fields come from
-    the job's own environment (not verified)."""
+    process without CI variables, or ``unattributed``. ``claimed``: some of these CI fields
+    come from the job's own environment, not from a verified CI token."""
 
     kind: str  # ci | process | unattributed
     fields: tuple[str, ...] = field(default=())
@@ -195,10 +216,14 @@ def identity_key(identity: Mapping[str, Any] | None) -> IdentityKey:
         return IdentityKey(UNATTRIBUTED)
     ci = ident.get("ci")
     if isinstance(ci, Mapping) and ci.get("repository"):
+        keys = ("provider", "repository", "workflow", "job")
+        # appliance.identity: "verified" lists the ci keys a verified CI token stated
+        verified = ident.get("verified")
+        verified = set(verified) if isinstance(verified, list) else set()
         return IdentityKey(
             "ci",
-            tuple(str(ci.get(k) or "") for k in ("provider", "repository", "workflow", "job")),
-            claimed=not bool(ci.get("verified")),
+            tuple(str(ci.get(k) or "") for k in keys),
+            claimed=not {k for k in keys if ci.get(k)} <= verified,
         )
     return IdentityKey("process", (str(ident.get("exe") or ident.get("comm") or "?"),))
 
@@ -325,9 +350,10 @@ def events_of(entry: Entry) -> list[Event]:
         return [ApplianceStarted(at, _str(d.get("version")), mode)]
     if typ == t.APPLIANCE_STOP:
         return [ApplianceStopped(at, str(d.get("reason", "?")))]
-    if typ in CAPTURE_GAPS:
+    if typ in GAP_TYPES:
+        kind, what = GAP_TYPES[typ]
         detail = ", ".join(f"{k}={d[k]}" for k in sorted(d) if isinstance(d[k], str | int))
-        return [CaptureGap(at, typ, CAPTURE_GAPS[typ], detail)]
+        return [Noted(at, kind, typ, what, detail)]
     if typ == t.KEY_PUBLISHED and isinstance(d.get("vkey"), str):
         return [KeyPublished(at, d["vkey"])]
     return []

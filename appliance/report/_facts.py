@@ -418,10 +418,10 @@ class Collector:
                 self.refusals.append(
                     Refusal(log.slug, ev.at.seq, ev.at.ts, ev.id, ev.reason, ev.detail, ev.approver)
                 )
-        elif isinstance(ev, a.CaptureGap) and inside:
+        elif isinstance(ev, a.Noted) and inside:
             page = s.page if s is not None else None
-            detail = f"{ev.what} ({ev.kind}{': ' + ev.detail if ev.detail else ''})"
-            self.gaps.append(Gap("capture", log.slug, ev.at.ts, ev.at.session, page, detail))
+            detail = f"{ev.what} ({ev.type}{': ' + ev.detail if ev.detail else ''})"
+            self.gaps.append(Gap(ev.kind, log.slug, ev.at.ts, ev.at.session, page, detail))
 
     # -- the whole -----------------------------------------------------------------------------
 

@@ -26,8 +26,9 @@ CRITERIA: tuple[Criterion, ...] = (
     Criterion(
         "CC6.2",
         "Users are identified and authorised before they are given access.",
-        "Each session names the CI job (repository, workflow, job, run) and the process that "
-        "opened it; flows nobody could be attributed to are listed as gaps.",
+        "Each session names the CI job (repository, workflow, job, run), whether a verified CI "
+        "token stated it or the job only claimed it, and the process that opened it; flows "
+        "nobody could be attributed to and rejected or mismatched tokens are listed as gaps.",
     ),
     Criterion(
         "CC6.3",

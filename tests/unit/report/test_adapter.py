@@ -84,7 +84,9 @@ def test_capture_events_and_unknown_types() -> None:
     [ev] = a.events_of(
         entry("capture.rules_restored", {"rule": "nat"}, session=None, identity=None)
     )
-    assert isinstance(ev, a.CaptureGap) and ev.detail == "rule=nat"
+    assert isinstance(ev, a.Noted) and (ev.kind, ev.detail) == ("capture", "rule=nat")
+    [ev] = a.events_of(entry("identity.mismatch", {"field": "repository"}))
+    assert isinstance(ev, a.Noted) and ev.kind == "identity"
     assert a.events_of(entry("session.ready", {"auth_method": "scram-sha-256"})) == []
     assert a.events_of(entry("something.new", {})) == []
 
@@ -96,5 +98,9 @@ def test_identity_keys() -> None:
     assert a.identity_key(unattributed).label == "unattributed"
     assert a.unattributed_reason(unattributed) == "unattributed: eBPF attribution disabled"
     assert a.unattributed_reason(IDENT) is None
+    verified = {**IDENT, "verified": ["job", "provider", "repository", "run_id", "workflow"]}
+    assert not a.identity_key(verified).claimed
+    partly = {**IDENT, "verified": ["provider", "repository"]}
+    assert a.identity_key(partly).claimed
     plain = {"source": "ebpf", "exe": "/usr/bin/psql", "ci": None}
     assert a.identity_key(plain).label == "no CI identity: /usr/bin/psql"
