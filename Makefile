@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup test lint typecheck unit lab image image-test guard demo bench pg-regress clean
+.PHONY: setup test lint typecheck unit lab image image-test guard demo bench soak pg-regress clean
 
 setup:
 	@./scripts/setup.sh
@@ -42,6 +42,10 @@ demo: setup
 
 bench: setup
 	$(PYTEST) tests/bench -q -s -m bench
+
+# About 7 minutes: 200 sessions for 5 minutes, then a minute of reconnect churn.
+soak: setup
+	$(PYTEST) tests/soak -q -s -m soak
 
 # PostgreSQL's own regression suite, direct and through the appliance (allow-everything
 # policy): prints both pass/fail sets and their difference. Minutes; not part of `make test`.

@@ -543,7 +543,7 @@ class PgServer:
             "fsync = off",
             "synchronous_commit = off",
             "full_page_writes = off",
-            "max_connections = 200",
+            "max_connections = 300",
             "shared_buffers = 128MB",
             "log_min_messages = warning",
         ]
