@@ -99,6 +99,19 @@ def in_netns(path: str | Path) -> Iterator[None]:
         os.close(back)
 
 
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
+) -> None:
+    """Send ``sig`` to ``proc`` if it runs and wait; SIGKILL it after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from appliance.ledger import iter_entries
-from tests.lab.lab import Lab, PgServer
+from tests.lab.lab import Lab, PgServer, stop_process
 
 APPLIANCE = str(Path(sys.executable).with_name("appliance"))
 ORIGIN = "lab.test/capture"
@@ -96,13 +96,8 @@ capture:
         return time.monotonic() - t0
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, sig)
         self.proc = None
 
     def entries(self, type_: str | None = None) -> list[dict[str, Any]]:
