@@ -6,9 +6,14 @@ half-configured):
 
 1. config (already checked), policy and masking sections parsed;
 2. the ledger opened (recovery; a tampered history stops the start) and ``appliance.start``
-   recorded, with a loud warning when policy runs in observe mode;
-3. capture (``--capture``): netfilter rules installed/reconciled, eBPF attribution loaded
-   (a failure is recorded as ``capture.bpf_failed`` and sessions run ``unattributed``);
+   recorded, with a loud warning when policy runs in observe mode, and how the previous run
+   ended (its last seq, and whether that was its ``appliance.stop``: a kill -9 or a crash
+   leaves none);
+3. capture (``--capture``): the daemon must run in ``capture.appliance_cgroup`` (the rules
+   let marked traffic out from there only), netfilter rules installed/reconciled, eBPF
+   attribution loaded (a failure is recorded as ``capture.bpf_failed`` and sessions run
+   ``unattributed``); refused uses of the appliance's mark are recorded as
+   ``capture.bypass_attempt``;
 4. the approvals socket and webhooks, when the policy names approvers;
 5. listeners bound, then "ready" (a log line, ``READY=1`` to systemd, and an optional
    ready file).
@@ -34,7 +39,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from appliance import __version__, capture
 from appliance.approvals import (
@@ -49,6 +54,7 @@ from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
+from appliance.ledger.recovery import LastEntry
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import Masker, MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
@@ -61,6 +67,8 @@ from appliance.signing.keys import SigningKey
 log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
 _LINK_SETTLE = 0.05  # seconds to let a burst of interface events pass before reconciling
+_BYPASS_WATCH = 0.25  # seconds between reads of refused uses of the appliance's mark
+_BYPASS_IN_FULL = 16  # bypass attempts recorded one by one per read; the rest are counted
 _RTMGRP_LINK = 1  # rtnetlink multicast group of interface events (linux/rtnetlink.h)
 
 
@@ -174,16 +182,17 @@ class Daemon:
         key_text = read_secret(cfg.ledger.key, credentials_dir=self.credentials_dir)
         key = SigningKey.from_skey(key_text)
         opener = RemoteLedger.open if cfg.ledger.writer == "process" else LedgerWriter.open
-        ledger: Ledger = opener(
+        opened: RemoteLedger | LedgerWriter = opener(
             cfg.ledger.dir,
             origin=cfg.ledger.origin,
             key=key,
             checkpoint_interval=cfg.ledger.checkpoint_interval,
             checkpoint_entries=cfg.ledger.checkpoint_entries,
         )
-        self.ledger = ledger
+        previous = opened.last_at_open
+        self.ledger = ledger = opened
         try:
-            await self._serve(ledger, policy, masking, started)
+            await self._serve(ledger, policy, masking, started, previous)
         finally:
             with contextlib.suppress(ApplianceError):
                 ledger.append(
@@ -193,7 +202,12 @@ class Daemon:
             log.info("stopped; ledger closed with a final checkpoint")
 
     async def _serve(
-        self, ledger: Ledger, policy: Policy | None, masking: MaskingConfig, started: float
+        self,
+        ledger: Ledger,
+        policy: Policy | None,
+        masking: MaskingConfig,
+        started: float,
+        previous: LastEntry | None,
     ) -> None:
         cfg = self.config
         mask_key, key_source = load_masking_key(masking, self.credentials_dir)
@@ -213,6 +227,15 @@ class Daemon:
         elif policy.warning:
             log.warning(policy.warning)
             start["warning"] = policy.warning
+        start["previous_run"] = previous_run(previous)
+        if previous is not None and not start["previous_run"]["stopped_cleanly"]:
+            log.warning(
+                "the previous run did not stop cleanly: its last entry is #%d (%s, %s), "
+                "not appliance.stop (killed or crashed)",
+                previous.seq,
+                previous.type,
+                previous.ts,
+            )
         ledger.append("appliance.start", data=start)
 
         identify: Identify | None = None
@@ -220,7 +243,10 @@ class Daemon:
         reconcile: Callable[[], None] | None = None
         attribution: CaptureRuntime | None = None
         if self.capture:
-            attribution = CaptureRuntime(cfg, record=lambda t, d: ledger.append(t, data=d))
+            attribution = CaptureRuntime(
+                cfg,
+                record=lambda t, d, identity=None: ledger.append(t, data=d, identity=identity),
+            )
             identify = attribution.identify
             original_dst = capture.original_dst
             # The reconcile loop's resolver: listener and rules agree on host-name targets.
@@ -289,6 +315,8 @@ class Daemon:
                     helpers.append(tg.create_task(approvals_server.serve()))
                 if reconcile is not None:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
+                if attribution is not None and attribution.attribution is not None:
+                    helpers.append(tg.create_task(self._bypass_loop(attribution)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 elapsed = time.monotonic() - started
                 listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
@@ -356,6 +384,13 @@ class Daemon:
                 asyncio.get_running_loop().remove_reader(links.fileno())
                 links.close()
 
+    async def _bypass_loop(self, runtime: CaptureRuntime) -> None:
+        """Record refused uses of the appliance's mark soon after they happen (the process
+        that tried is then still there to be named)."""
+        while not self._stopping:
+            await asyncio.sleep(_BYPASS_WATCH)
+            runtime.record_bypass_attempts()
+
     def stop(self) -> None:
         if self._stopping:
             return
@@ -366,15 +401,34 @@ class Daemon:
             self.server.stop(self.grace)
 
 
+class Record(Protocol):
+    def __call__(
+        self, type: str, data: dict[str, Any], identity: Mapping[str, Any] | None = None
+    ) -> None: ...
+
+
 class CaptureRuntime:
     """Capture while the daemon runs: rules installed at start and reconciled, eBPF
-    attribution loaded (or recorded as failed), identities resolved per session."""
+    attribution loaded (or recorded as failed), identities resolved per session, refused
+    uses of the appliance's mark recorded.
 
-    def __init__(self, config: Config, *, record: Callable[[str, dict[str, Any]], None]) -> None:
+    Raises CaptureError if the daemon does not run in ``capture.appliance_cgroup``.
+    """
+
+    def __init__(self, config: Config, *, record: Record) -> None:
         self.config = config
         self.record = record
+        own = capture.require_own_cgroup(config.capture.appliance_cgroup)
         report = capture.install(config)
-        record("capture.rules_installed", report.to_dict())
+        record(
+            "capture.rules_installed",
+            {
+                **report.to_dict(),
+                "appliance_cgroup": config.capture.appliance_cgroup,
+                "running_in": own,
+                "conntrack_zone": config.capture.conntrack_zone,
+            },
+        )
         self.reconciler = capture.Reconciler(config)
         self.cache = capture.IdentityCache()
         self.attribution: capture.Attribution | None = None
@@ -404,6 +458,43 @@ class CaptureRuntime:
         )
         return capture.resolve_identity(owner, cache=self.cache, reason=reason)
 
+    def record_bypass_attempts(self) -> None:
+        """Record each connect() that eBPF refused for carrying the appliance's mark from
+        outside its cgroup: who (identity) and where to; past ``_BYPASS_IN_FULL`` per read,
+        one entry counts the rest (a loop of attempts must not flood the ledger)."""
+        if self.attribution is None:
+            return
+        attempts = self.attribution.bypass_attempts()
+        for owner in attempts[:_BYPASS_IN_FULL]:
+            identity = capture.resolve_identity(owner, cache=self.cache)
+            target = capture.target_for(self.config, *owner.dst, resolver=self.reconciler.resolver)
+            data = {
+                "dst": _addr(owner.dst),
+                "target": target.name if target is not None else None,
+                "mark": f"{self.config.capture.mark:#x}",
+                "refused": "connect() refused by eBPF (EPERM): the appliance's mark from "
+                "outside the appliance's cgroup",
+            }
+            log.warning(
+                "bypass attempt refused: pid %d (%s, uid %d) connected to %s with the "
+                "appliance's mark",
+                owner.tgid,
+                owner.comm,
+                owner.uid,
+                data["dst"],
+            )
+            self.record("capture.bypass_attempt", data, identity)
+        rest = attempts[_BYPASS_IN_FULL:]
+        if rest:
+            self.record(
+                "capture.bypass_attempt",
+                {
+                    "more": len(rest),
+                    "pids": sorted({o.tgid for o in rest})[:32],
+                    "dsts": sorted({_addr(o.dst) for o in rest})[:32],
+                },
+            )
+
     def reconcile(self) -> None:
         """Runs in a worker thread: restore rules and count lost attribution events."""
         for change in self.reconciler.check_and_repair():
@@ -419,6 +510,25 @@ class CaptureRuntime:
         if self.attribution is not None:
             self.attribution.close()
             self.attribution = None
+
+
+def previous_run(last: LastEntry | None) -> dict[str, Any] | None:
+    """How the previous run ended, for ``appliance.start``: the seq, type and time of the
+    ledger's last entry, and whether that was an ``appliance.stop`` (a run killed with
+    SIGKILL, or crashed, leaves none). None for a new ledger."""
+    if last is None:
+        return None
+    return {
+        "last_seq": last.seq,
+        "last_type": last.type,
+        "last_ts": last.ts,
+        "stopped_cleanly": last.type == "appliance.stop",
+    }
+
+
+def _addr(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _record_approval(ledger: Ledger, type: str, data: dict[str, Any]) -> None:

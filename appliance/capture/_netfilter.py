@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from appliance.capture._cgroup import cgroup_dir
 from appliance.capture._egress import FAMILY as EGRESS_FAMILY
 from appliance.capture._egress import TABLE as EGRESS_TABLE
 from appliance.capture._egress import (
@@ -294,6 +295,7 @@ def install(
     the commits fails, the ones already made are put back as they were and the
     failure is raised: CaptureError quoting the tool and the offending line.
     """
+    ensure_cgroup(config.capture.appliance_cgroup)
     rules = rules or render_rules(config, resolver=resolver or HostResolver())
     saved = {f: read_saved(f) for f in FAMILIES}
     egress = read_egress()
@@ -329,6 +331,27 @@ def install(
             ) from None
         raise
     return report(True, devices)
+
+
+def ensure_cgroup(path: str) -> None:
+    """Make the appliance's cgroup if it is not there yet: the cgroup match names an
+    existing cgroup (systemd makes the unit's at start; ``capture install`` run before the
+    service has made it may make it first, and systemd then uses it).
+
+    Raises CaptureError if there is no cgroup v2 hierarchy or the directory cannot be made.
+    """
+    directory = cgroup_dir(path)
+    if directory is None:
+        raise CaptureError(
+            "no cgroup v2 hierarchy is mounted: the rules cannot tell the appliance's own "
+            "connections from anyone else's"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaptureError(
+            f"cannot make the appliance's cgroup {directory}: {exc.strerror}"
+        ) from None
 
 
 def _roll_back(applied: list[tuple[Family, str]], before: dict[Family, SavedRules]) -> None:

@@ -136,9 +136,15 @@ class CaptureConfig:
     listen_port: int = 15001
     mark: int = 0x4150
     bridges: tuple[str, ...] = ("docker0", "br-*")
-    cgroup: Path | None = None  # None: the cgroup v2 root
+    cgroup: Path | None = None  # where eBPF attribution attaches; None: the cgroup v2 root
     bpf: bool = True
     reconcile_interval: float = 2.0
+    # The appliance's own cgroup (a path in the cgroup v2 hierarchy): marked traffic to a
+    # protected target is let out only from it (issue 13). systemd gives the unit this one.
+    appliance_cgroup: str = "/system.slice/appliance.service"
+    # The conntrack zone of the appliance's own upstream flows: kept apart from the jobs'
+    # redirected flows, so that neither can be taken for the other (issue 13).
+    conntrack_zone: int = 0x4150
 
 
 @dataclass(frozen=True)
@@ -356,8 +362,9 @@ def _parse_ledger(node: Node) -> LedgerConfig:
 
 def _parse_capture(node: Node) -> CaptureConfig:
     m = node.keys(
-        optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval")
-    )
+        optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval",
+                  "appliance_cgroup", "conntrack_zone")
+    )  # fmt: skip
     d = CaptureConfig()
     return CaptureConfig(
         listen_port=m["listen_port"].integer(minimum=1, maximum=65535)
@@ -370,4 +377,22 @@ def _parse_capture(node: Node) -> CaptureConfig:
         reconcile_interval=m["reconcile_interval"].duration()
         if "reconcile_interval" in m
         else d.reconcile_interval,
+        appliance_cgroup=_appliance_cgroup(m["appliance_cgroup"])
+        if "appliance_cgroup" in m
+        else d.appliance_cgroup,
+        conntrack_zone=m["conntrack_zone"].integer(minimum=1, maximum=0xFFFF)
+        if "conntrack_zone" in m
+        else d.conntrack_zone,
     )
+
+
+def _appliance_cgroup(node: Node) -> str:
+    """A cgroup below the root, as /proc/self/cgroup and iptables' cgroup match write it.
+    Not the root itself: it holds every process, so the mark alone would open the door."""
+    value = node.string()
+    if not re.fullmatch(r"(/[A-Za-z0-9_.@:+-]+)+", value):
+        node.fail(
+            f"expected a cgroup path below the root, like /system.slice/appliance.service; "
+            f"got {value!r}"
+        )
+    return value

@@ -49,6 +49,7 @@ import orjson
 from appliance.ledger.api import PendingBlob
 from appliance.ledger.entries import PrefixCache, format_ts_us
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
+from appliance.ledger.recovery import LastEntry
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
 from appliance.signing.keys import SigningKey
 
@@ -163,6 +164,12 @@ class RemoteLedger:
         self.directory = directory
         self.origin = origin
         self.recovery_summary = str(ready.get("recovery", ""))
+        last = ready.get("last")
+        self.last_at_open = (
+            LastEntry(int(last["seq"]), last.get("type"), last.get("ts"))
+            if isinstance(last, dict)
+            else None
+        )
         self._sock = sock
         self._proc = proc
         self._clock = clock
@@ -541,6 +548,7 @@ class _Child:
             "last_ts_us": writer.last_ts_us,
             "signed": writer.signed_size,
             "recovery": "; ".join(writer.recovery.summary()),
+            "last": writer.last_at_open.to_dict() if writer.last_at_open else None,
         }
         self.send(_READY, orjson.dumps(ready))
         try:

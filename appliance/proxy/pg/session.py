@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.approvals import Broker
+from appliance.capture import upstream_socket
 from appliance.config import Target
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
@@ -511,7 +512,7 @@ class PgSession:
         else:
             real, route = found
             entry["outcome"] = "forwarded"
-            sock = _upstream_socket(route.family, route.mark)
+            sock = upstream_socket(route.family, route.mark)
             try:
                 await asyncio.wait_for(
                     asyncio.get_running_loop().sock_connect(sock, route.address), 5
@@ -587,7 +588,7 @@ class PgSession:
                 _fatal(REJECTED, f"the appliance has no usable secret for target {target.name!r}"),
             ) from None
         family = socket.AF_INET6 if ":" in self.upstream[0] else socket.AF_INET
-        sock = _upstream_socket(family, self.services.mark)
+        sock = upstream_socket(family, self.services.mark)
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(loop.sock_connect(sock, self.upstream), target.connect_timeout)
@@ -818,14 +819,3 @@ def _fatal(code: str, message: str, *, detail: str | None = None) -> bytes:
 def _addr(address: tuple[str, int]) -> str:
     host, port = address[0], address[1]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _upstream_socket(family: int, mark: int) -> socket.socket:
-    """A non-blocking TCP socket carrying the appliance's mark (SO_MARK): netfilter neither
-    redirects it back to the appliance nor rejects it as a bypass."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    if mark:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
