@@ -180,6 +180,7 @@ class RemoteLedger:
         self._scheduled = False
         self._failed: BaseException | None = None
         self._closed = False
+        self._stop_sent = False  # the child was told to stop: its exit is no failure
         self._blob_ids = itertools.count(1)
         self._factories: dict[int, tuple[int, object]] = {}
         self._prefixes = PrefixCache(origin)
@@ -440,8 +441,10 @@ class RemoteLedger:
         try:
             with self._lock:
                 if self._failed is None:
+                    self._stop_sent = True
                     self._buffer(_STOP, b"")
-                    self._send_out()
+                    if self._out:  # without an event loop, _buffer has sent it already
+                        self._send_out()
                 self._closed = True
         except LedgerUnavailable:
             pass
@@ -492,7 +495,7 @@ class RemoteLedger:
                 self._cond.notify_all()
             return
         with self._cond:
-            if not self._closed and self._failed is None:
+            if not self._closed and not self._stop_sent and self._failed is None:
                 self._failed = LedgerUnavailable("the ledger writer process exited")
             self._cond.notify_all()
 
