@@ -9,8 +9,8 @@ netfilter egress hook (Linux 5.16+) runs in ``__dev_queue_xmit`` and, for
 ``PACKET_QDISC_BYPASS`` sockets, in ``packet_xmit`` as well: every frame a device sends
 passes it. The guard hooks every interface of the namespace (the reconcile loop adds new
 ones) and drops TCP to a protected address and port unless it carries the appliance's
-mark and comes from a socket of the appliance's user (the mark alone is not enough: see
-:func:`appliance.capture._rules.egress_statements`). Redirected flows never reach it (their
+mark, and drops the mark itself on a socket of any user but the appliance's (the mark
+alone is not enough: see :func:`appliance.capture._rules.egress_statements`). Redirected flows never reach it (their
 destination is already the listener on lo) and the appliance's own upstream packets pass.
 
 Why per interface: a netdev hook names its devices. Linux 6.17 can hook every interface,
@@ -28,7 +28,8 @@ Layout (one chain per at most :data:`DEVICES_PER_CHAIN` interfaces)::
     table netdev appliance {
         chain egress-0 {
             type filter hook egress devices = { eth0, lo } priority -500; policy accept;
-            meta mark 0x00004150 meta skuid 0 accept
+            meta mark 0x00004150 meta skuid != 0 counter drop
+            meta mark 0x00004150 accept
             ip daddr 10.0.0.5 tcp dport 5432 counter drop
         }
     }

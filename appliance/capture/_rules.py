@@ -7,16 +7,16 @@ it; the same scripts are used for IPv4 (``iptables``) and IPv6 (``ip6tables``).
 The layout, identical for both families (each chain of ours is jumped to from the first
 rule of its parent chain)::
 
-    raw     OUTPUT     -> APPLIANCE-OUTPUT      marked and from the appliance's cgroup: CT
-                                                --zone-orig Z (its own conntrack zone)
+    raw     OUTPUT     -> APPLIANCE-OUTPUT      marked: CT --zone-orig Z (a conntrack zone of
+                                                the appliance's flows)
     nat     OUTPUT     -> APPLIANCE-OUTPUT      marked: RETURN (never redirected back to the
                                                 appliance); to a protected address:port:
                                                 REDIRECT to the appliance listener
     nat     PREROUTING -> APPLIANCE-PREROUTING  in from a container bridge (docker0, br-*) to
                                                 a protected address:port: REDIRECT likewise
     filter  OUTPUT     -> APPLIANCE-OUTPUT      marked and from the appliance's cgroup: RETURN;
-                                                to a protected address:port: REJECT with a TCP
-                                                reset
+                                                marked and ESTABLISHED: RETURN; to a protected
+                                                address:port: REJECT with a TCP reset
     filter  FORWARD    -> APPLIANCE-FORWARD     to a protected address:port: REJECT (a
                                                 forwarded packet never carries our mark: the
                                                 kernel clears it when it crosses namespaces)
@@ -34,6 +34,11 @@ The mark alone opens nothing (issue 13): anyone with CAP_NET_RAW or CAP_NET_ADMI
 ``SO_MARK``, so the filter lets marked traffic out only from the appliance's own cgroup
 (``capture.appliance_cgroup``; netfilter's cgroup match, which looks at the socket's
 cgroup). A marked connection from any other cgroup is not redirected either: it is refused.
+Once a connection is up, its later packets pass as ESTABLISHED: the kernel answers for a
+socket the appliance has closed (the ACK of the server's FIN in TIME_WAIT, a reset) from its
+own control socket, which carries the socket's mark but no cgroup of the appliance; refused
+at first, they left the server retransmitting its FIN. Only a connection whose first packet
+passed the cgroup match is ESTABLISHED in the zone of marked flows.
 The cgroup match resolves its path once, when the rule is added; a cgroup removed and made
 again (systemd does so at every restart of the unit) is another cgroup. So the rule carries
 the cgroup's id in a comment: when the id changes, the rule no longer compares equal and is
@@ -45,9 +50,9 @@ new flow of one kind can reuse the source port of a closed flow of the other who
 connection-tracking entry still lingers; the kernel then takes the new SYN for a packet of
 the old entry, so that a job's connection skips the redirect and meets the REJECT, or the
 appliance's own connection is redirected to its own listener (issue 13: 106 of 200
-``pgbench -C`` clients refused in 60 s). The raw rule puts the appliance's flows in a
-conntrack zone of their own (``capture.conntrack_zone``, original direction only: replies
-still find them in the default zone), so that neither kind ever finds an entry of the other.
+``pgbench -C`` clients refused in 60 s). The raw rule puts marked flows in a conntrack zone
+of their own (``capture.conntrack_zone``, original direction only: replies still find them
+in the default zone), so that neither kind ever finds an entry of the other.
 
 Rules are written exactly as ``iptables-save`` prints them, so that "is this rule in
 place" is a string comparison.
@@ -252,6 +257,7 @@ def _family_rules(
 ) -> FamilyRules:
     mine = [p for p in protected if p.family == family]
     marked = f"-m mark --mark {mark:#x}"
+    established = "-m conntrack --ctstate ESTABLISHED"
     redirect = f"-j REDIRECT --to-ports {listen_port}"
     reject = "-j REJECT --reject-with tcp-reset"
 
@@ -263,13 +269,14 @@ def _family_rules(
         family,
         (
             Chain("raw", "OUTPUT", PREFIX + "OUTPUT",
-                  (f"{marked} {own} -j CT --zone-orig {zone}",)),
+                  (f"{marked} -j CT --zone-orig {zone}",)),
             Chain("nat", "OUTPUT", PREFIX + "OUTPUT",
                   (f"{marked} -j RETURN", *(f"{dest(p)} {redirect}" for p in mine))),
             Chain("nat", "PREROUTING", PREFIX + "PREROUTING",
                   tuple(f"{dest(p, b)} {redirect}" for b in bridges for p in mine)),
             Chain("filter", "OUTPUT", PREFIX + "OUTPUT",
-                  (f"{marked} {own} -j RETURN", *(f"{dest(p)} {reject}" for p in mine))),
+                  (f"{marked} {own} -j RETURN", f"{marked} {established} -j RETURN",
+                   *(f"{dest(p)} {reject}" for p in mine))),
             Chain("filter", "FORWARD", PREFIX + "FORWARD",
                   tuple(f"{dest(p)} {reject}" for p in mine)),
             Chain("filter", "INPUT", PREFIX + "INPUT",
@@ -285,11 +292,17 @@ def egress_statements(protected: Iterable[Protected], mark: int) -> tuple[str, .
     Packet sockets (scapy's default, any AF_PACKET sender) skip iptables entirely; the
     netfilter egress hook sees them (for qdisc-bypass sockets too, since Linux 5.16).
     The hook cannot see a socket's cgroup, and CAP_NET_RAW alone lets a process mark a packet
-    socket (Linux 5.17+): so marked packets pass only from sockets of uid 0, the
-    appliance's (systemd/appliance.service runs it as root). A root job is beyond what a
-    same-host control holds (DESIGN.md, threat model); its IP sockets meet the cgroup match.
+    socket (Linux 5.17+): so the mark on a socket of any user but the appliance's (root:
+    systemd/appliance.service) is dropped first. The mark then passes: the appliance's own
+    packets, and the kernel's answers for its closed sockets (TIME_WAIT ACKs and resets
+    carry the socket's mark but come from no socket of a user, so the uid test does not
+    apply to them). A root job is beyond what a same-host control holds (DESIGN.md, threat
+    model); its IP sockets meet the cgroup match, its packet sockets pass here.
     """
-    lines = [f"meta mark {mark:#010x} meta skuid {APPLIANCE_UID} accept"]
+    lines = [
+        f"meta mark {mark:#010x} meta skuid != {APPLIANCE_UID} counter drop",
+        f"meta mark {mark:#010x} accept",
+    ]
     for p in protected:
         proto = "ip" if p.family == "ipv4" else "ip6"
         net = str(p.network.network_address) if _is_host(p.network) else p.network.with_prefixlen

@@ -42,7 +42,7 @@ IPV4 = f"""\
 *raw
 :APPLIANCE-OUTPUT - [0:0]
 -I OUTPUT 1 -j APPLIANCE-OUTPUT
--A APPLIANCE-OUTPUT -m mark --mark 0x4150 {OWN} -j CT --zone-orig 16720
+-A APPLIANCE-OUTPUT -m mark --mark 0x4150 -j CT --zone-orig 16720
 COMMIT
 *nat
 :APPLIANCE-OUTPUT - [0:0]
@@ -68,6 +68,7 @@ COMMIT
 -I FORWARD 1 -j APPLIANCE-FORWARD
 -I INPUT 1 -j APPLIANCE-INPUT
 -A APPLIANCE-OUTPUT -m mark --mark 0x4150 {OWN} -j RETURN
+-A APPLIANCE-OUTPUT -m mark --mark 0x4150 -m conntrack --ctstate ESTABLISHED -j RETURN
 -A APPLIANCE-OUTPUT -d 198.18.0.2/32 -p tcp -m tcp --dport 5432 -j REJECT --reject-with tcp-reset
 -A APPLIANCE-OUTPUT -d 10.9.0.0/16 -p tcp -m tcp --dport 6432 -j REJECT --reject-with tcp-reset
 -A APPLIANCE-OUTPUT -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -j REJECT --reject-with tcp-reset
@@ -118,11 +119,16 @@ def test_marked_traffic_passes_only_from_the_appliances_cgroup_in_its_own_conntr
         chains = {(c.table, c.name): c.rules for c in rules().family(family).chains}
         # Marked: not redirected, whatever the cgroup (never back to the appliance itself) ...
         assert chains["nat", "APPLIANCE-OUTPUT"][0] == "-m mark --mark 0x4150 -j RETURN"
-        # ... let out only from the appliance's cgroup: from any other, the REJECTs below.
-        assert chains["filter", "APPLIANCE-OUTPUT"][0] == f"-m mark --mark 0x4150 {OWN} -j RETURN"
-        assert all("REJECT" in r for r in chains["filter", "APPLIANCE-OUTPUT"][1:])
+        # ... let out only from the appliance's cgroup (then, once ESTABLISHED, the kernel's
+        # answers for its closed sockets too): from any other, the REJECTs below.
+        assert chains["filter", "APPLIANCE-OUTPUT"][:2] == (
+            f"-m mark --mark 0x4150 {OWN} -j RETURN",
+            "-m mark --mark 0x4150 -m conntrack --ctstate ESTABLISHED -j RETURN",
+        )
+        assert all("REJECT" in r for r in chains["filter", "APPLIANCE-OUTPUT"][2:])
+        # Marked flows in a conntrack zone of their own.
         assert chains["raw", "APPLIANCE-OUTPUT"] == (
-            f"-m mark --mark 0x4150 {OWN} -j CT --zone-orig 16720",
+            "-m mark --mark 0x4150 -j CT --zone-orig 16720",
         )
 
 
@@ -143,16 +149,18 @@ def test_zone_and_cgroup_come_from_the_config() -> None:
             "bridges: [docker0, br-*]", "bridges: [], appliance_cgroup: /lab/a, conntrack_zone: 7"
         )
     )
-    r = render_rules(cfg, resolver=lambda host: [], cgroup_ids=lambda path: 9)
+    text = render_rules(cfg, resolver=lambda host: [], cgroup_ids=lambda path: 9).text("ipv4")
+    assert "-A APPLIANCE-OUTPUT -m mark --mark 0x4150 -j CT --zone-orig 7\n" in text
     assert (
         '-m mark --mark 0x4150 -m cgroup --path "/lab/a" -m comment --comment "appliance cgroup '
-        'id 9" -j CT --zone-orig 7' in r.text("ipv4")
+        'id 9" -j RETURN' in text
     )
 
 
 def test_egress_statements_are_written_as_nft_prints_them() -> None:
     assert rules().egress == (
-        "meta mark 0x00004150 meta skuid 0 accept",
+        "meta mark 0x00004150 meta skuid != 0 counter drop",
+        "meta mark 0x00004150 accept",
         "ip daddr 198.18.0.2 tcp dport 5432 counter drop",
         "ip6 daddr fd00:a9e::2 tcp dport 5432 counter drop",
         "ip daddr 10.9.0.0/16 tcp dport 6432 counter drop",
