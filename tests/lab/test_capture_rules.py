@@ -175,6 +175,17 @@ def marked_client(lab: Lab, ip: str, port: int = 5432, *, who: str) -> str:
     return r.stdout.strip()
 
 
+def marked_root_job(lab: Lab, ip: str, port: int = 5432) -> tuple[int, str]:
+    """The MARKED client run as a root job (root, job cgroup): its pid and its report."""
+    script = 'echo "pid=$$"; exec "$PYTHON" -I -c "$MARKED" "$ADDRESS" "$PORT" "$MARK"'
+    env = {"PYTHON": sys.executable, "MARKED": MARKED, "ADDRESS": ip, "PORT": str(port),
+           "MARK": hex(MARK)}  # fmt: skip
+    r = lab.job(["sh", "-c", script], env=env, uid=0, timeout=30)
+    assert r.returncode == 0, r.stderr
+    pid, report = r.stdout.split("\n", 1)
+    return int(pid.removeprefix("pid=")), report.strip()
+
+
 def reject_packets(lab: Lab, tool: str = "iptables-save") -> int:
     """Packets the filter OUTPUT chain of ours refused (REJECT) so far."""
     return sum(
