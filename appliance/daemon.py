@@ -37,7 +37,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,19 +49,20 @@ from appliance.approvals import (
     WebhookNotifier,
     parse_approvals_transport,
 )
-from appliance.config import Config
+from appliance.config import Config, format_endpoint
+from appliance.config.sections import Sections, parse_sections
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.recovery import LastEntry
 from appliance.ledger.remote import RemoteLedger
-from appliance.masking import Masker, MaskingConfig, parse_masking
-from appliance.policy import Policy, parse_policy
-from appliance.protocols.postgres import CancelKeys
+from appliance.masking import Masker, MaskingConfig
 from appliance.proxy.flows import FlowResolverImpl, Identify
-from appliance.proxy.pg.session import CancelRoute, SessionServices
 from appliance.proxy.server import ProxyServer
+from appliance.proxy.services import SessionServices
+from appliance.proxy.shell import ShellServices
+from appliance.proxy.tls import upstream_context
 from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
@@ -121,6 +122,9 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # sqlglot warns about MySQL syntax it reads loosely; the MySQL classifier checks the
+    # statement kinds itself (appliance.policy._mysql), so those warnings are noise here.
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
 def sd_notify(message: str) -> None:
@@ -165,19 +169,9 @@ class Daemon:
         self.ledger: Ledger | None = None
         self._stopping = False
 
-    def prepare(self) -> tuple[Policy | None, MaskingConfig]:
-        """Parse the sections that depend on the targets (policy, masking)."""
-        policy = (
-            parse_policy(self.config.policy, targets=self.config.targets)
-            if self.config.policy is not None
-            else None
-        )
-        masking = parse_masking(self.config.masking, targets=self.config.targets)
-        return policy, masking
-
     async def run(self) -> None:
         started = time.monotonic()
-        policy, masking = self.prepare()
+        sections = parse_sections(self.config)
         cfg = self.config
         key_text = read_secret(cfg.ledger.key, credentials_dir=self.credentials_dir)
         key = SigningKey.from_skey(key_text)
@@ -192,7 +186,7 @@ class Daemon:
         previous = opened.last_at_open
         self.ledger = ledger = opened
         try:
-            await self._serve(ledger, policy, masking, started, previous)
+            await self._serve(ledger, sections, started, previous)
         finally:
             with contextlib.suppress(ApplianceError):
                 ledger.append(
@@ -202,14 +196,10 @@ class Daemon:
             log.info("stopped; ledger closed with a final checkpoint")
 
     async def _serve(
-        self,
-        ledger: Ledger,
-        policy: Policy | None,
-        masking: MaskingConfig,
-        started: float,
-        previous: LastEntry | None,
+        self, ledger: Ledger, sections: Sections, started: float, previous: LastEntry | None
     ) -> None:
         cfg = self.config
+        policy, masking = sections.policy, sections.masking
         mask_key, key_source = load_masking_key(masking, self.credentials_dir)
         masker = Masker(masking, hmac_key=mask_key)
         start: dict[str, Any] = {
@@ -259,7 +249,7 @@ class Daemon:
         approvals_server: ApprovalServer | None = None
         notifier: WebhookNotifier | None = None
         if policy is not None and policy.approvers:
-            transport = parse_approvals_transport(_approvals_node(cfg))
+            transport = sections.approvals or parse_approvals_transport(None)
             notifier = WebhookNotifier(
                 transport.webhooks, record=lambda t, d: ledger.append(t, data=d)
             )
@@ -287,19 +277,24 @@ class Daemon:
             ledger=ledger,
             policy=policy,
             masker=masker,
-            broker=broker,
-            cancel_keys=CancelKeys[CancelRoute](random_bytes=secrets.token_bytes),
-            mark=cfg.capture.mark if self.capture else 0,
+            approvals=broker is not None,
             record_rows=cfg.ledger.record_rows,
             max_result_bytes=cfg.ledger.max_result_bytes,
-            credentials_dir=self.credentials_dir,
+            clock=time.time,
+            monotonic=time.monotonic,
+            random_bytes=secrets.token_bytes,
+            read_secret=functools.partial(read_secret, credentials_dir=self.credentials_dir),
+            upstream_tls=upstream_context,
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
         )
+        shell = ShellServices(mark=cfg.capture.mark if self.capture else 0, broker=broker)
         resolver = FlowResolverImpl(
             cfg, identify=identify, original_dst=original_dst, target_for=target_for
         )
-        server = self.server = ProxyServer(cfg, services, resolver, transparent=self.capture)
+        server = self.server = ProxyServer(
+            cfg, services, resolver, shell=shell, transparent=self.capture
+        )
         bound = server.bind()
 
         loop = asyncio.get_running_loop()
@@ -319,7 +314,7 @@ class Daemon:
                     helpers.append(tg.create_task(self._bypass_loop(attribution)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 elapsed = time.monotonic() - started
-                listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
+                listening = [format_endpoint(h, p) for h, p in bound]
                 ledger.append(
                     "appliance.ready",
                     data={"listening": listening, "startup_ms": round(elapsed * 1000)},
@@ -460,40 +455,26 @@ class CaptureRuntime:
 
     def record_bypass_attempts(self) -> None:
         """Record each connect() that eBPF refused for carrying the appliance's mark from
-        outside its cgroup: who (identity) and where to; past ``_BYPASS_IN_FULL`` per read,
-        one entry counts the rest (a loop of attempts must not flood the ledger)."""
+        outside its cgroup (see :func:`bypass_entries`)."""
         if self.attribution is None:
             return
         attempts = self.attribution.bypass_attempts()
         for owner in attempts[:_BYPASS_IN_FULL]:
-            identity = capture.resolve_identity(owner, cache=self.cache)
-            target = capture.target_for(self.config, *owner.dst, resolver=self.reconciler.resolver)
-            data = {
-                "dst": _addr(owner.dst),
-                "target": target.name if target is not None else None,
-                "mark": f"{self.config.capture.mark:#x}",
-                "refused": "connect() refused by eBPF (EPERM): the appliance's mark from "
-                "outside the appliance's cgroup",
-            }
             log.warning(
                 "bypass attempt refused: pid %d (%s, uid %d) connected to %s with the "
                 "appliance's mark",
                 owner.tgid,
                 owner.comm,
                 owner.uid,
-                data["dst"],
+                format_endpoint(*owner.dst),
             )
+        for data, identity in bypass_entries(
+            attempts,
+            self.config,
+            identify=lambda owner: capture.resolve_identity(owner, cache=self.cache),
+            resolver=self.reconciler.resolver,
+        ):
             self.record("capture.bypass_attempt", data, identity)
-        rest = attempts[_BYPASS_IN_FULL:]
-        if rest:
-            self.record(
-                "capture.bypass_attempt",
-                {
-                    "more": len(rest),
-                    "pids": sorted({o.tgid for o in rest})[:32],
-                    "dsts": sorted({_addr(o.dst) for o in rest})[:32],
-                },
-            )
 
     def reconcile(self) -> None:
         """Runs in a worker thread: restore rules and count lost attribution events."""
@@ -512,6 +493,39 @@ class CaptureRuntime:
             self.attribution = None
 
 
+def bypass_entries(
+    attempts: Sequence[capture.FlowOwner],
+    config: Config,
+    *,
+    identify: Callable[[capture.FlowOwner], Mapping[str, Any]],
+    resolver: Callable[[str], Sequence[str]] | None = None,
+) -> list[tuple[dict[str, Any], Mapping[str, Any] | None]]:
+    """The ``capture.bypass_attempt`` entries (data, identity) for refused uses of the
+    appliance's mark: one per attempt, who (``identify``) and where to; past
+    ``_BYPASS_IN_FULL`` in one read, a single entry counts the rest (a loop of attempts must
+    not flood the ledger)."""
+    out: list[tuple[dict[str, Any], Mapping[str, Any] | None]] = []
+    for owner in attempts[:_BYPASS_IN_FULL]:
+        target = capture.target_for(config, *owner.dst, resolver=resolver)
+        data = {
+            "dst": format_endpoint(*owner.dst),
+            "target": target.name if target is not None else None,
+            "mark": f"{config.capture.mark:#x}",
+            "refused": "connect() refused by eBPF (EPERM): the appliance's mark from outside "
+            "the appliance's cgroup",
+        }
+        out.append((data, identify(owner)))
+    rest = attempts[_BYPASS_IN_FULL:]
+    if rest:
+        more = {
+            "more": len(rest),
+            "pids": sorted({o.tgid for o in rest})[:32],
+            "dsts": sorted({format_endpoint(*o.dst) for o in rest})[:32],
+        }
+        out.append((more, None))
+    return out
+
+
 def previous_run(last: LastEntry | None) -> dict[str, Any] | None:
     """How the previous run ended, for ``appliance.start``: the seq, type and time of the
     ledger's last entry, and whether that was an ``appliance.stop`` (a run killed with
@@ -524,11 +538,6 @@ def previous_run(last: LastEntry | None) -> dict[str, Any] | None:
         "last_ts": last.ts,
         "stopped_cleanly": last.type == "appliance.stop",
     }
-
-
-def _addr(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _record_approval(ledger: Ledger, type: str, data: dict[str, Any]) -> None:
@@ -544,14 +553,6 @@ def _record_approval(ledger: Ledger, type: str, data: dict[str, Any]) -> None:
     )
 
 
-def _approvals_node(cfg: Config) -> Any:
-    """The ``policy.approvals`` node, where the approvals transport keys live."""
-    if cfg.policy is None or not cfg.policy.is_mapping:
-        return None
-    approvals = cfg.policy.mapping().get("approvals")
-    return approvals
-
-
 def run(config: Config, **kwargs: Any) -> None:
     """Run the daemon until a signal; raises ApplianceError when it cannot start."""
     daemon = Daemon(config, **kwargs)
@@ -564,4 +565,12 @@ def run(config: Config, **kwargs: Any) -> None:
     runner(daemon.run())
 
 
-__all__ = ["Daemon", "JsonFormatter", "run", "sd_notify", "setup_logging"]
+__all__ = [
+    "Daemon",
+    "JsonFormatter",
+    "bypass_entries",
+    "previous_run",
+    "run",
+    "sd_notify",
+    "setup_logging",
+]

@@ -117,7 +117,8 @@ def upstream_socket(family: int, mark: int) -> socket.socket:
     (0: not marked, the appliance runs without capture), Nagle off (the proxy writes whole
     messages).
 
-    Raises CaptureError if the mark cannot be set (the socket is closed then).
+    Raises OSError if no socket can be made, CaptureError if the mark cannot be set (the
+    socket is closed then).
     """
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
