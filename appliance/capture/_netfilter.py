@@ -310,8 +310,12 @@ def install(
             unresolved=rules.unresolved,
         )
 
-    if _status_of(rules, saved, egress, devices).ok:
+    now = _status_of(rules, saved, egress, devices)
+    if now.ok:
         return report(False, egress.devices)
+    # Only what is not in place is written again: an interface that appears rewrites the
+    # egress guard alone (quickly, and without resetting the REJECT counters of iptables).
+    wrong = {(s.family, s.table) for s in now.problems()}
     # iptables-restore commits table by table: one call per (family, table), so that a
     # failure can be undone exactly.
     applied: list[tuple[Family, str]] = []
@@ -319,9 +323,13 @@ def install(
         for family in FAMILIES:
             wanted = rules.family(family)
             for table in script_tables(wanted, saved[family]):
-                _restore(family, install_script(wanted, saved[family], only=table))
-                applied.append((family, table))
-        devices = _apply_egress(rules.egress, interfaces)
+                if (family, table) in wrong:
+                    _restore(family, install_script(wanted, saved[family], only=table))
+                    applied.append((family, table))
+        if (EGRESS_FAMILY, EGRESS_TABLE) in wrong:
+            devices = _apply_egress(rules.egress, interfaces)
+        else:
+            devices = egress.devices
     except CaptureError as failed:
         try:
             _roll_back(applied, saved)

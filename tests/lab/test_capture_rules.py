@@ -513,6 +513,25 @@ def test_reconcile_restores_removed_and_moved_rules(
             sh(clab, f"iptables -D FORWARD -j ACCEPT; ip link del {new_if}")
 
 
+def test_a_new_interface_rewrites_the_egress_guard_alone(
+    clab: Lab, cpg: PgServer, config_path: Path, config: Config
+) -> None:
+    t0 = clab.targets[0]
+    with installed(clab, config_path):
+        assert marked_client(clab, t0.ipv4, who="root-job").startswith("error")
+        rejected = reject_packets(clab)
+        assert rejected >= 1
+        new_if = f"ap{clab.lab_id}e0"
+        sh(clab, f"ip link add {new_if} type veth peer name ap{clab.lab_id}e1")
+        try:
+            changes = clab.run_in_runner(Reconciler(config).check_and_repair)
+            assert {(c.table, c.problem) for c in changes} == {("appliance", "not covered")}
+            assert new_if in sh(clab, "nft list table netdev appliance")
+            assert reject_packets(clab) == rejected  # iptables untouched: counters kept
+        finally:
+            sh(clab, f"ip link del {new_if}")
+
+
 def test_a_cgroup_made_anew_is_noticed_and_the_rules_follow_it(
     clab: Lab, cpg: PgServer, config_path: Path, config: Config
 ) -> None:
