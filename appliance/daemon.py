@@ -217,8 +217,8 @@ class Daemon:
         elif policy.warning:
             log.warning(policy.warning)
             start["warning"] = policy.warning
-        start["previous_run"] = previous_run(previous)
-        if previous is not None and not start["previous_run"]["stopped_cleanly"]:
+        start["previous_run"] = ended = previous_run(previous)
+        if previous is not None and ended is not None and not ended["stopped_cleanly"]:
             log.warning(
                 "the previous run did not stop cleanly: its last entry is #%d (%s, %s), "
                 "not appliance.stop (killed or crashed)",
