@@ -57,7 +57,7 @@ from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.recovery import LastEntry
 from appliance.ledger.remote import RemoteLedger
-from appliance.masking import Masker, MaskingConfig
+from appliance.masking import EPHEMERAL, Masker, MaskingConfig, key_record
 from appliance.proxy.flows import FlowResolverImpl, Identify
 from appliance.proxy.server import ProxyServer
 from appliance.proxy.services import SessionServices
@@ -139,12 +139,27 @@ def sd_notify(message: str) -> None:
         s.send(message.encode())
 
 
-def load_masking_key(config: MaskingConfig, credentials_dir: str | None) -> tuple[bytes, str]:
-    """The HMAC key for the hash style: from the config's secret, else a random key for this
-    run (hash values are then joinable only within one run; recorded as such)."""
+def load_masking_key(
+    config: MaskingConfig,
+    credentials_dir: str | None,
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> tuple[bytes, dict[str, Any]]:
+    """The HMAC key for the hash style, and what ``appliance.start`` records about it (its
+    source and id, see :mod:`appliance.masking._key`).
+
+    The configured secret (a file or a systemd credential, one for the whole fleet), else a
+    random key for this run: with ``key: ephemeral`` (recorded and logged as such), or when no
+    style is ``hash`` and the key masks nothing. Raises SecretError if the secret cannot be
+    read."""
     if config.key is not None:
-        return read_secret(config.key, credentials_dir=credentials_dir).encode(), "configured"
-    return secrets.token_bytes(32), "ephemeral (no masking key configured)"
+        key = read_secret(config.key, credentials_dir=credentials_dir).encode()
+        return key, key_record(key, config.key.describe(), ephemeral=False, used=config.uses_hash)
+    key = random_bytes(32)
+    if config.ephemeral_key:
+        record = key_record(key, EPHEMERAL, ephemeral=True, used=config.uses_hash)
+        log.warning(record["warning"])
+        return key, record
+    return key, key_record(key, "none configured (no style is hash)", ephemeral=False, used=False)
 
 
 class Daemon:
