@@ -224,6 +224,7 @@ class Daemon:
             "targets": sorted(cfg.targets),
             "capture": self.capture,
             "masking_key": key_source,
+            "durability": cfg.ledger.durability,
             "policy": policy.start_record() if policy is not None else None,
         }
         if policy is None:
@@ -302,8 +303,11 @@ class Daemon:
             upstream_tls=upstream_context,
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
+            write_ahead=cfg.ledger.durability == "write-ahead",
         )
-        shell = ShellServices(mark=cfg.capture.mark if self.capture else 0, broker=broker)
+        shell = ShellServices(
+            mark=cfg.capture.mark if self.capture else 0, broker=broker, durable=ledger.sync
+        )
         resolver = FlowResolverImpl(
             cfg, identify=identify, original_dst=original_dst, target_for=target_for
         )

@@ -54,6 +54,7 @@ def check(file: Path, fmt: str) -> None:
             "origin": cfg.ledger.origin,
             "key": cfg.ledger.key.describe(),
             "writer": cfg.ledger.writer,
+            "durability": cfg.ledger.durability,
         },
         "capture": {
             "listen_port": cfg.capture.listen_port,
@@ -86,7 +87,8 @@ def check(file: Path, fmt: str) -> None:
         if t.startup_parameters:
             click.echo(f"    startup settings also forwarded: {', '.join(t.startup_parameters)}")
     click.echo(
-        f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer})"
+        f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer},"
+        f" durability {cfg.ledger.durability})"
     )
     if policy is None:
         click.echo("  policy: none (every statement is allowed and recorded)")

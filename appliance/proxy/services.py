@@ -57,6 +57,9 @@ class SessionServices:
     upstream_tls: Callable[[UpstreamTLS], ssl.SSLContext] = _no_tls
     client_tls: Mapping[str, ssl.SSLContext] = field(default_factory=dict)
     startup_timeout: float = 60.0
+    # ledger.durability "write-ahead": a statement that may change a target is sent only
+    # once its entry is durable (False: entries are durable at the next checkpoint).
+    write_ahead: bool = False
     response_masking: Callable[[str, Mapping[str, Any]], bool] | None = None
     # Per protocol, state all its sessions share (PostgreSQL: the cancel key table), made
     # by the registry entry's ``shared`` factory.

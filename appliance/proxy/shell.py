@@ -25,7 +25,7 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ class ShellServices:
     mark: int = 0
     broker: Broker | None = None
     upstream_socket: Callable[[int, int], socket.socket] | None = None
+    durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 
 
 class _Endpoint(asyncio.Protocol):
@@ -228,6 +229,8 @@ class Connection:
             self._spawn(self._start_tls(command))
         elif isinstance(command, c.AskApproval):
             self._spawn(self._approval(command))
+        elif isinstance(command, c.AwaitDurable):
+            self._spawn(self._durable(command))
         elif isinstance(command, c.SendOnce):
             self._spawn(self._send_once(command))
         elif isinstance(command, c.SetTimer):
@@ -370,6 +373,18 @@ class Connection:
             return
         outcome = await broker.request(request)
         self.event(c.ApprovalAnswered(command.key, outcome, request.id))
+
+    async def _durable(self, command: c.AwaitDurable) -> None:
+        sync = self.services.durable
+        if sync is None:
+            self.event(c.Durable(command.key, False, "the ledger cannot sync"))
+            return
+        try:
+            await sync()
+        except ApplianceError as exc:
+            self.event(c.Durable(command.key, False, str(exc)))
+            return
+        self.event(c.Durable(command.key, True))
 
     async def _send_once(self, command: c.SendOnce) -> None:
         try:

@@ -74,11 +74,13 @@ from appliance.proxy.commands import (
     Abort,
     ApprovalAnswered,
     AskApproval,
+    AwaitDurable,
     ClearTimer,
     Command,
     Commands,
     ConnectionInfo,
     Drain,
+    Durable,
     End,
     Eof,
     Event,
@@ -167,6 +169,7 @@ class PgSession:
         self._held = False
         self._draining = False
         self._asked: dict[int, Statement] = {}
+        self._syncs = 0
 
     # -- the shell's side ------------------------------------------------------------------
 
@@ -277,6 +280,19 @@ class PgSession:
             )
         if isinstance(event, ApprovalAnswered):
             return self._approval_answered(event)
+        if isinstance(event, Durable) and self.relay is not None:
+            if not event.ok:
+                # Not on disk: what waited for it is never sent, and the session ends.
+                return self._end(
+                    f"ledger cannot record: {event.why}",
+                    _fatal(
+                        CONNECTION_FAILURE,
+                        "the appliance cannot record this statement; it was not sent, and "
+                        "the session is closed",
+                    ),
+                )
+            self.relay.durable_result(True)
+            return self._after_relay()
         if isinstance(event, SentOnce) and state is State.CANCELLING:
             return self._cancel_sent(event)
         if isinstance(event, Eof):
@@ -570,6 +586,7 @@ class PgSession:
             new_id=lambda: self.services.random_bytes(8).hex(),
             row_masker=row_masker,
             parameters=parameters,
+            write_ahead=self.services.write_ahead,
         )
         self.relay = Relay(self.hooks, now=self.services.monotonic)
         self.state = State.RELAY
@@ -584,9 +601,18 @@ class PgSession:
         hooks, relay = self.hooks, self.relay
         assert hooks is not None and relay is not None
         held = relay.held
-        if not hooks.approvals and held is self._held and not self._draining:
+        if (
+            not hooks.approvals
+            and held is self._held
+            and not self._draining
+            and not hooks.durable_requested
+        ):
             return NO_COMMANDS  # the hot path
         commands: list[Command] = []
+        if hooks.durable_requested:
+            hooks.durable_requested = False
+            self._syncs += 1
+            commands.append(AwaitDurable(self._syncs))
         for stmt in hooks.approvals:
             self._asked[stmt.n] = stmt
             commands.append(AskApproval(stmt.n, hooks.approval_fields(stmt)))
