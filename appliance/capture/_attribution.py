@@ -171,7 +171,12 @@ class Attribution:
             return 0
 
         self._on_bypass = on_bypass  # bcc keeps only a C wrapper: hold the function too
-        bpf[b"apl_bypass"].open_ring_buffer(on_bypass)
+        try:
+            bpf[b"apl_bypass"].open_ring_buffer(on_bypass)
+        except Exception as exc:  # start() releases the programs and says why
+            raise AttributionUnavailable(
+                f"opening the ring buffer apl_bypass failed: {exc}"
+            ) from None
         self.cgroup = cgroup
         self.stale_detached = stale
 
