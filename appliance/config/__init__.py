@@ -2,7 +2,7 @@
 
 Top-level sections: ``targets`` (what is protected and how to reach it), ``ledger`` (where
 and how the record is kept), ``capture`` (transparent redirection and attribution),
-``policy`` and ``masking``. Errors name the key, what was expected and the line.
+``identity`` (trusted CI token issuers), ``policy`` and ``masking``. Errors name the key, what was expected and the line.
 Secrets never appear in the file: an account's secret is a reference to a file or to a
 systemd credential (``$CREDENTIALS_DIRECTORY``), see :mod:`appliance.credentials`.
 """
@@ -159,6 +159,10 @@ class CaptureConfig:
     # The conntrack zone of the appliance's own upstream flows: kept apart from the jobs'
     # redirected flows, so that neither can be taken for the other (issue 13).
     conntrack_zone: int = 0x4150
+    # Where the CI jobs run (a cgroup directory; a glob may match several): their
+    # processes are checked for root, dangerous capabilities and access to the appliance's
+    # secrets (appliance.capture._privileges). None: ``cgroup`` when it is set.
+    jobs_cgroup: str | None = None
 
 
 @dataclass(frozen=True)
@@ -167,9 +171,11 @@ class Config:
     targets: dict[str, Target]
     ledger: LedgerConfig
     capture: CaptureConfig
-    # Parsed by appliance.policy / appliance.masking; kept as nodes until they are loaded.
+    # Parsed by appliance.policy / appliance.masking / appliance.identity; kept as nodes
+    # until they are loaded.
     policy: Node | None = None
     masking: Node | None = None
+    identity: Node | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -190,7 +196,9 @@ def load_config(path: str | Path) -> Config:
 def parse_config(text: str, *, source: str = "<config>") -> Config:
     """Parse config text; see :func:`load_config`."""
     root = load_document(text, source)
-    top = root.keys(required=("targets",), optional=("ledger", "capture", "policy", "masking"))
+    top = root.keys(
+        required=("targets",), optional=("ledger", "capture", "identity", "policy", "masking")
+    )
     targets = _parse_targets(top["targets"])
     ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
     capture = _parse_capture(top["capture"]) if "capture" in top else CaptureConfig()
@@ -201,6 +209,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         capture=capture,
         policy=top.get("policy"),
         masking=top.get("masking"),
+        identity=top.get("identity"),
     )
 
 
@@ -403,7 +412,7 @@ def _parse_ledger(node: Node) -> LedgerConfig:
 def _parse_capture(node: Node) -> CaptureConfig:
     m = node.keys(
         optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval",
-                  "appliance_cgroup", "conntrack_zone")
+                  "appliance_cgroup", "conntrack_zone", "jobs_cgroup")
     )  # fmt: skip
     d = CaptureConfig()
     return CaptureConfig(
@@ -423,6 +432,7 @@ def _parse_capture(node: Node) -> CaptureConfig:
         conntrack_zone=m["conntrack_zone"].integer(minimum=1, maximum=0xFFFF)
         if "conntrack_zone" in m
         else d.conntrack_zone,
+        jobs_cgroup=m["jobs_cgroup"].string(pattern=r"/.*") if "jobs_cgroup" in m else None,
     )
 
 
@@ -430,6 +440,11 @@ def _appliance_cgroup(node: Node) -> str:
     """A cgroup below the root, as /proc/self/cgroup and iptables' cgroup match write it.
     Not the root itself: it holds every process, so the mark alone would open the door."""
     value = node.string()
+    if value.startswith("/sys/fs/cgroup"):
+        node.fail(
+            f"write the cgroup's path in the hierarchy, as /proc/self/cgroup shows it "
+            f"(/system.slice/appliance.service), not its directory; got {value!r}"
+        )
     if not re.fullmatch(r"(/[A-Za-z0-9_.@:+-]+)+", value):
         node.fail(
             f"expected a cgroup path below the root, like /system.slice/appliance.service; "

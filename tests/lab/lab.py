@@ -445,11 +445,10 @@ class Lab:
         return server
 
     def start_postgres(
-        self, target: int = 0, *, tls: bool = False, port: int = 5432, max_connections: int = 200
+        self, target: int = 0, *, tls: bool = False, port: int = 5432, tls_names: Sequence[str] = ()
     ) -> PgServer:
-        server = PgServer(
-            self, self.targets[target], port=port, tls=tls, max_connections=max_connections
-        )
+        """A PostgreSQL on a target; ``tls_names`` are further names its certificate has."""
+        server = PgServer(self, self.targets[target], port=port, tls=tls, tls_names=tls_names)
         self._servers.append(server)
         server.start()
         return server
@@ -490,13 +489,13 @@ class PgServer:
     }
 
     def __init__(
-        self, lab: Lab, host: TargetHost, *, port: int, tls: bool, max_connections: int = 200
+        self, lab: Lab, host: TargetHost, *, port: int, tls: bool, tls_names: Sequence[str] = ()
     ) -> None:
         self.lab = lab
         self.host = host
         self.port = port
         self.tls = tls
-        self.max_connections = max_connections
+        self.tls_names = tuple(tls_names)
         self.dir = lab.dir / f"pg-{host.index}"
         self.data = self.dir / "data"
         self.socket_dir = self.dir / "sock"
@@ -543,7 +542,7 @@ class PgServer:
             "fsync = off",
             "synchronous_commit = off",
             "full_page_writes = off",
-            f"max_connections = {self.max_connections}",
+            "max_connections = 300",
             "shared_buffers = 128MB",
             "log_min_messages = warning",
         ]
@@ -604,7 +603,7 @@ class PgServer:
         tls = server_cert(
             f"appliance lab CA {self.lab.lab_id}",
             f"db{self.host.index}.lab.test",
-            [f"db{self.host.index}.lab.test", self.host.ipv4, self.host.ipv6],
+            [f"db{self.host.index}.lab.test", *self.tls_names, self.host.ipv4, self.host.ipv6],
         )
         self.ca_file = self.dir / "ca.pem"
         self.ca_file.write_bytes(tls.ca_pem)

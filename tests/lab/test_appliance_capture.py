@@ -148,7 +148,7 @@ capture:
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
     with Lab(n_targets=1) as lab:
-        pg = lab.start_postgres(0, max_connections=300)  # the churn run's 200 clients and more
+        pg = lab.start_postgres(0)  # max_connections 300: the churn run has 200 clients
         pg.admin_sql(
             "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2), (3); ALTER TABLE t OWNER TO app;",
             database="app",

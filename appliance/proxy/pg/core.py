@@ -269,7 +269,7 @@ class PgSession:
             return NO_COMMANDS
         if isinstance(event, TLSFailed):
             if event.side == "job":
-                return self._end(f"job TLS failed: {event.why}")
+                return self._end("job TLS failed", detail=event.why)
             return self._end(
                 f"upstream TLS failed: {event.why}",
                 _fatal(
@@ -423,7 +423,9 @@ class PgSession:
     def _forward_cancel(self, request: CancelRequest) -> Commands:
         found = self.shared.cancel_keys.resolve(request)
         if found is None:
-            self._record_cancel(None, "unknown key")
+            # Guessing keys costs the guesser nothing: aggregated, like other refusals.
+            self._refused("cancel request with an unknown key")
+            self.state = State.CANCELLING  # recorded: the end below records nothing more
             return self._end("cancel request")
         real, route = found
         self._cancel = route
@@ -661,14 +663,16 @@ class PgSession:
             )
         who = "job" if exc.side == "client" else "upstream server"
         during = "" if self.state is State.RELAY else " during startup"
-        return self._end(f"protocol violation by the {who}{during}", error)
+        return self._end(f"protocol violation by the {who}{during}", error, detail=exc.message)
 
-    def _end(self, reason: str, error: bytes = b"") -> Commands:
+    def _end(self, reason: str, error: bytes = b"", *, detail: str | None = None) -> Commands:
         """End the session once: statements in flight finish as cancelled, the job gets
         ``error`` after whatever the relay still had for it, the server a Terminate, and
-        the ledger ``session.end``."""
+        the ledger ``session.end`` (or, before the session started, a refusal)."""
         if self.state is State.ENDED:
             return NO_COMMANDS
+        if self.recorder is None and self.state is not State.CANCELLING:
+            self._refused(reason, detail)
         relay = self.relay
         if relay is not None:
             try:
@@ -700,6 +704,33 @@ class PgSession:
             except ApplianceError:
                 pass  # the ledger is failing: the daemon's watchdog stops the appliance
         return [Log("info", f"ended: {reason}"), End(reason)]
+
+    def _refused(self, reason: str, detail: str | None = None) -> None:
+        """A connection that ended before its session started (see :mod:`..refusals`)."""
+        data: dict[str, Any] = {
+            "protocol": "postgres",
+            "client": _addr(self.info.client),
+            "listener": _addr(self.info.listener),
+            "connection": self.id,
+        }
+        if detail is not None:
+            data["detail"] = detail
+        refusals = self.services.refusals
+        if refusals is None:
+            self.services.ledger.append(
+                "connection.refused",
+                identity=self.identity,
+                target=self.target.name,
+                data={"source": self.info.client[0], "reason": reason, **data},
+            )
+            return
+        refusals.refused(
+            source=self.info.client[0],
+            reason=reason,
+            data=data,
+            target=self.target.name,
+            identity=self.identity,
+        )
 
     def _pull_relay(self) -> None:
         """Move the relay's pending output behind what this core queued before it."""

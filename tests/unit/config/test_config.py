@@ -147,6 +147,12 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
         (
             "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1:5432]\n"
             "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n"
+            "capture:\n  appliance_cgroup: /sys/fs/cgroup/system.slice/appliance.service\n",
+            "<config>:8: capture.appliance_cgroup: write the cgroup's path in the hierarchy",
+        ),
+        (
+            "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1:5432]\n"
+            "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n"
             "capture:\n  conntrack_zone: 70000\n",
             "<config>:8: capture.conntrack_zone: must be at most 65535",
         ),
