@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 from stdnum import luhn
 
+from tests.bench.bench_pgbench import direct_env
 from tests.lab.lab import PG_BIN, Lab, PgServer
 from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, job_env, running_appliance
 
@@ -121,17 +122,6 @@ def load(pg: PgServer, target_bytes: int) -> tuple[int, list[str]]:
     assert proc.wait() == 0
     pg.admin_sql("VACUUM ANALYZE customers", database="app")
     return size, sample
-
-
-def direct_env(pg: PgServer) -> dict[str, str]:
-    return {
-        "PGHOST": pg.ipv4,
-        "PGPORT": str(pg.port),
-        "PGUSER": "app",
-        "PGDATABASE": "app",
-        "PGPASSWORD": pg.passwords["app"],
-        "PGSSLMODE": "disable",
-    }
 
 
 CLIENTS = {
