@@ -126,12 +126,14 @@ class TargetMasker:
         """Whether some column rule (other than style none) applies to this target."""
         return self._has_rules
 
-    def where(self, data: bytes) -> list[tuple[int, int]]:
-        """Spans of ``data`` (UTF-8 bytes holding many values: rows of a COPY) outside of
-        which no result-value detector can find anything: a value lying wholly outside
-        every span is clean as it stands (see :meth:`Prefilter.where
-        <appliance.masking._prefilter.Prefilter.where>`)."""
-        return [(start, end) for start, end, _ in self._m._values.prefilter.where(data)]
+    def where(self, data: bytes) -> list[tuple[int, int, int]]:
+        """``(start, end, detector)`` spans of ``data`` (UTF-8 bytes holding many values:
+        rows of a COPY): a result-value detector can find something in a value lying inside
+        ``data`` only if one of its spans overlaps that value; a value no span overlaps is
+        clean as it stands (see :meth:`Prefilter.where
+        <appliance.masking._prefilter.Prefilter.where>`). Pass the detectors of the spans
+        overlapping each value to :meth:`mask_values` as ``candidates``."""
+        return self._m._values.prefilter.where(data)
 
     # -- free text ------------------------------------------------------------------------------
 
@@ -242,7 +244,12 @@ class TargetMasker:
         return ColumnPlan(tuple(actions))
 
     def mask_values(
-        self, plan: ColumnPlan, values: list[bytes | None], counts: MaskCounts
+        self,
+        plan: ColumnPlan,
+        values: list[bytes | None],
+        counts: MaskCounts,
+        *,
+        candidates: Sequence[Sequence[int]] | None = None,
     ) -> list[bytes | None]:
         """The row's values masked per ``plan``, for the wire (toward the job); ``values``
         itself if nothing changed. None is SQL NULL.
@@ -253,11 +260,17 @@ class TargetMasker:
         a detector finding in a binary number) becomes NULL, as a masked value of a non-text
         type does in text format. A binary value that cannot be read here passes unscanned
         (counted as ``binary_unscanned``), or becomes NULL when a column rule covers it.
+
+        ``candidates``: per value, the detectors that may find something in it, when the
+        caller has pre-filtered many values at once (see :meth:`where`); else each value is
+        pre-filtered here.
         """
         if len(values) != len(plan.columns):
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
+        if candidates is not None and len(candidates) != len(values):
+            raise ValueError("candidates must have one entry per value")
         out: list[bytes | None] | None = None
-        candidates = self._m._values.candidates_bytes
+        prefilter = self._m._values.candidates_bytes
         for i, value in enumerate(values):
             if value is None:
                 continue
@@ -267,7 +280,7 @@ class TargetMasker:
             elif action.rule is not None or action.kind is Kind.JSON:
                 new = self._mask_one(action, value, counts)
             else:
-                only = candidates(value)
+                only = prefilter(value) if candidates is None else candidates[i]
                 if not only:
                     continue
                 new = self._mask_one(action, value, counts, only=only)
@@ -446,12 +459,14 @@ class TargetMasker:
         null: str | None = None,
         quote: str = '"',
         escape: str | None = None,
+        candidates: Sequence[Sequence[int]] | None = None,
     ) -> bytes:
         """One COPY OUT row (text or CSV format) with its values masked per ``plan``.
 
         ``null``/``quote``/``escape`` are the COPY options (defaults as PostgreSQL's). Fields
-        that no mask changes are kept byte for byte. Raises CopyRowError if the row does not
-        parse or has a different number of fields than the plan.
+        that no mask changes are kept byte for byte. ``candidates`` as in
+        :meth:`mask_values`, per field. Raises CopyRowError if the row does not parse or has
+        a different number of fields than the plan.
         """
         key = (csv, delimiter, null, quote, escape)
         fmt = self._copy_formats.get(key)
@@ -468,7 +483,7 @@ class TargetMasker:
                 f"COPY row has {len(fields)} fields, the plan has {len(plan.columns)} columns"
             )
         values = [f.value for f in fields]
-        masked = self.mask_values(plan, values, counts)
+        masked = self.mask_values(plan, values, counts, candidates=candidates)
         if masked is values:
             return line
         single = len(fields) == 1

@@ -181,13 +181,29 @@ def _plain_digits(text: str) -> str | None:
     return _NOT_DIGIT.sub("", text) if _PLAIN_PHONE.fullmatch(text) else None
 
 
+# The number types libphonenumber's _number_type_helper tries: a valid number matches one.
+_NUMBER_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
+
+
 @functools.cache
 def _region_shapes(region: str) -> tuple[re.Pattern[str] | None, dict[int, re.Pattern[str]]] | None:
     """What a valid number dialled in ``region`` without "+" can look like, for
     :func:`_may_be_valid`: the region's international dialling prefix, and per length the
-    national number patterns of the regions that share its country code. None where the
-    region rewrites numbers when it strips its national prefix (then the national number
-    is not a tail of the digits) or has no metadata."""
+    patterns of the number types (fixed line, mobile, toll free ...) of that length of the
+    regions that share its country code. None where the region rewrites numbers when it
+    strips its national prefix (then the national number is not a tail of the digits) or
+    has no metadata."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
     if metadata is None or metadata.national_prefix_transform_rule or not metadata.country_code:
         return None
@@ -195,11 +211,17 @@ def _region_shapes(region: str) -> tuple[re.Pattern[str] | None, dict[int, re.Pa
     by_length: dict[int, list[str]] = {}
     for code in phonenumbers.region_codes_for_country_code(metadata.country_code):
         other = phonenumbers.PhoneMetadata.metadata_for_region(code)
-        desc = other.general_desc if other is not None else None
-        if desc is None or not desc.possible_length or desc.national_number_pattern is None:
+        general = other.general_desc if other is not None else None
+        if general is None or not general.possible_length:
             return None
-        for length in desc.possible_length:
-            by_length.setdefault(length, []).append(desc.national_number_pattern)
+        for name in _NUMBER_TYPES:
+            desc = getattr(other, name, None)
+            if desc is None or desc.national_number_pattern is None:
+                continue
+            # A type without lengths of its own has the general description's.
+            for length in desc.possible_length or general.possible_length:
+                if length in general.possible_length:
+                    by_length.setdefault(length, []).append(desc.national_number_pattern)
     return idd, {n: re.compile("|".join(f"(?:{p})" for p in ps)) for n, ps in by_length.items()}
 
 
@@ -212,7 +234,8 @@ def _may_be_valid(digits: str, region: str) -> bool:
     significant number is what is left of the digits once a country code or national prefix
     is cut from their front -- a tail of the digits, unless the region rewrites numbers
     (excluded above). A valid number's national significant number has one of the possible
-    lengths of its region's general description and matches its pattern.
+    lengths of its region's general description, and one of its number types (fixed line,
+    mobile ...: ``_number_type_helper``) has that length and a pattern it matches.
     """
     shapes = _region_shapes(region)
     if shapes is None:

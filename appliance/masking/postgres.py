@@ -45,6 +45,7 @@ __all__ = [
 
 _LEN = struct.Struct("!I")
 _UNKNOWN_COPY = CopySpec("out")
+Span = tuple[int, int, int]  # start, end, detector (see TargetMasker.where)
 
 
 class MaskingRefused(Exception):
@@ -81,6 +82,7 @@ def mask_copy_line(
     *,
     copy: CopySpec,
     plans: dict[int, ColumnPlan],
+    candidates: Sequence[Sequence[int]] | None = None,
 ) -> bytes:
     """One COPY text/CSV row (its line end kept) with its values masked. The columns are
     those the COPY statement names, when it names as many as the row has; else every column
@@ -97,7 +99,9 @@ def mask_copy_line(
             plan = masker.column_plan(None, [None] * n)
         plans[n] = plan
     try:
-        return masker.mask_copy_line(plan, line, counts, csv=csv, delimiter=delimiter)
+        return masker.mask_copy_line(
+            plan, line, counts, csv=csv, delimiter=delimiter, candidates=candidates
+        )
     except CopyRowError:
         text = line.decode("utf-8", "surrogateescape")
         return masker.mask_text(text, counts).encode("utf-8", "surrogateescape")
@@ -135,33 +139,64 @@ class _CopyLines:
         self.plans: dict[int, ColumnPlan] = {}
         self.header = copy.header and copy.format == "csv"
 
-    def mask(self, line: bytes, counts: MaskCounts) -> bytes:
+    def mask(
+        self, line: bytes, counts: MaskCounts, candidates: Sequence[Sequence[int]] | None = None
+    ) -> bytes:
         if self.header:
             self.header = False  # the CSV header line: column names, not data
             return line
-        return mask_copy_line(self.masker, line, counts, copy=self.copy, plans=self.plans)
+        return mask_copy_line(
+            self.masker, line, counts, copy=self.copy, plans=self.plans, candidates=candidates
+        )
 
-    def to_mask(self, body: bytes, starts: list[int]) -> set[int]:
+    def to_mask(self, body: bytes, starts: list[int]) -> dict[int, list[Span] | None]:
         """Of the lines of ``body`` (line ``i`` starts at ``starts[i]``; a last entry is
         its end), those :meth:`mask` may change; it returns every other one unchanged.
 
         One pre-filter pass over the whole body (:meth:`TargetMasker.where`) instead of a
         call per value: a line that no span touches, that holds no escape (text) or quote
         (CSV), whose values are therefore its own bytes, has nothing to mask, unless a
-        column rule applies to this target (then every line is masked one by one).
+        column rule applies to this target (then every line is masked one by one). For a
+        line whose values are its own bytes, the spans that touch it come along (offsets
+        in the line: :func:`field_candidates` turns them into ``candidates``); None for
+        the others.
         """
         n = len(starts) - 1
         if self.header or self.masker.has_column_rules:
-            return set(range(n))
-        marked: set[int] = set()
-        for start, end in self.masker.where(body):
+            return dict.fromkeys(range(n))
+        marked: dict[int, list[Span] | None] = {}
+        for start, end, detector in self.masker.where(body):
             first = bisect.bisect_right(starts, start) - 1
             last = bisect.bisect_right(starts, end - 1) - 1
-            marked.update(range(first, last + 1))
+            for i in range(first, last + 1):
+                spans = marked.setdefault(i, [])
+                if spans is not None:
+                    spans.append((start - starts[i], end - starts[i], detector))
         escape = _CSV_QUOTE if self.copy.format == "csv" else _TEXT_ESCAPE
         for m in escape.finditer(body):
-            marked.add(bisect.bisect_right(starts, m.start()) - 1)
+            marked[bisect.bisect_right(starts, m.start()) - 1] = None
         return marked
+
+    @property
+    def delimiter(self) -> bytes:
+        return b"," if self.copy.format == "csv" else b"\t"
+
+
+def field_candidates(line: bytes, delimiter: bytes, spans: list[Span]) -> list[list[int]]:
+    """Per field of ``line`` (split at ``delimiter``: a line with no escape or quote), the
+    detectors of the ``spans`` (offsets in the line) that overlap it."""
+    fields = line.split(delimiter)
+    starts = list(itertools.accumulate(map((1).__add__, map(len, fields)), initial=0))
+    out: list[list[int]] = [[] for _ in fields]
+    for start, end, detector in spans:
+        first = max(bisect.bisect_right(starts, start) - 1, 0)
+        last = min(bisect.bisect_right(starts, end - 1) - 1, len(fields) - 1)
+        for i in range(first, last + 1):
+            if detector not in out[i]:
+                out[i].append(detector)
+    for found in out:
+        found.sort()
+    return out
 
 
 class ResponseMasker:
@@ -318,8 +353,14 @@ class LedgerRows:
         if copy_lines is None:
             return texts
         starts = list(itertools.accumulate(map((1).__add__, map(len, lines)), initial=0))
-        for i in sorted(copy_lines.to_mask(body, starts)):
-            texts[i] = self._line(lines[i])
+        for i, spans in sorted(copy_lines.to_mask(body, starts).items()):
+            line = lines[i]
+            if spans is None:
+                masked = copy_lines.mask(line, self.counts)
+            else:
+                candidates = field_candidates(line, copy_lines.delimiter, spans)
+                masked = copy_lines.mask(line, self.counts, candidates)
+            texts[i] = masked.decode("utf-8", "replace")
         return texts
 
     def copy_end(self) -> list[str]:

@@ -6,7 +6,7 @@ over three sets of texts -- the labelled corpus (tests/data/masking/corpus.jsonl
 and look-alike, one short text each: the worst case, something to check in every text), prose
 (:func:`prose`: support notes, log lines and SQL with dates, amounts, ids, versions, URLs and
 words such as "password" or "token", but nothing to mask), and the mix of both (each corpus
-text after a paragraph of prose; about one byte in six from the corpus). Each set is measured
+text after a paragraph of prose; about one byte in seventeen from the corpus). Each set is measured
 in a fresh process (tests/bench/scan_rate.py, CPU time, best of three), this checkout against
 ``MASKING_BASELINE`` (the directory of another checkout holding ``appliance/``, e.g.
 ``git archive main appliance | tar -x -C DIR``) when set, in alternation, ``MASKING_ROUNDS``
