@@ -7,6 +7,7 @@ pure: text in, masked text and counts out.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -58,6 +59,16 @@ class ColumnPlan:
     """Per-column decisions for one result shape (one RowDescription or COPY)."""
 
     columns: tuple[ColumnAction, ...]
+
+    @functools.cached_property
+    def scan_only(self) -> bool:
+        """Every column is text format, scanned by the detectors and under no column rule,
+        and what is scanned is the value's own bytes (not JSON, whose strings are unescaped
+        first): then a row no detector can find anything in is kept as it is."""
+        return all(
+            c.rule is None and not c.binary and c.kind in (Kind.TEXT, Kind.STRICT)
+            for c in self.columns
+        )
 
     @property
     def unreadable_binary(self) -> tuple[str, ...]:
@@ -269,6 +280,8 @@ class TargetMasker:
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
         if candidates is not None and len(candidates) != len(values):
             raise ValueError("candidates must have one entry per value")
+        if candidates is None and self._clean_row(plan, values):
+            return values
         out: list[bytes | None] | None = None
         prefilter = self._m._values.candidates_bytes
         for i, value in enumerate(values):
@@ -299,6 +312,8 @@ class TargetMasker:
         value that cannot be read as text here (never written)."""
         if len(values) != len(plan.columns):
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
+        if self._clean_row(plan, values):
+            return [None if v is None else v.decode("utf-8", "replace") for v in values]
         candidates = self._m._values.candidates_bytes
         out: list[str | dict[str, int] | None] = []
         for i, value in enumerate(values):
@@ -327,6 +342,14 @@ class TargetMasker:
                 text = masked
             out.append(text.decode("utf-8", "replace"))
         return out
+
+    def _clean_row(self, plan: ColumnPlan, values: list[bytes | None]) -> bool:
+        """True if no value of the row can change: one pre-filter pass over all its values
+        (joined: a match across two of them only sends the row down the slow path)."""
+        if not plan.scan_only or len(values) < 2:
+            return False
+        joined = b"\x00".join([v for v in values if v is not None])
+        return not self._m._values.candidates_bytes(joined)
 
     def _mask_one(
         self,
