@@ -5,9 +5,11 @@ Issue 19's goal: a 1 GB table exported with ``pg_dump`` and ``COPY ... TO STDOUT
 appliance, masking on, in at most 2x the direct time. In one lab (PostgreSQL 15 in a target
 namespace, the clients as the job in the runner namespace):
 
-- a table ``customers`` of about ``EXPORT_MB`` MB (default 1024) is loaded: per row an id, a
-  name, an e-mail address, a card number (Luhn-valid, distinct per row), a timestamp, an
-  amount and a note of prose (one in ten notes holds a phone number, one in twenty an e-mail);
+- two tables of about ``EXPORT_MB`` MB each (default 1024) are loaded: ``customers``, per
+  row an id, a name, an e-mail address, a card number (Luhn-valid, distinct per row), a
+  timestamp, an amount and a note of prose (one in ten notes holds a phone number, one in
+  twenty an e-mail): every row has something to mask; ``events``, log lines (timestamp,
+  level, service, a message with ids, durations, versions), one in fifty naming an e-mail;
 - ``COPY customers TO STDOUT`` (psql, output to /dev/null) and ``pg_dump -t customers`` (to
   /dev/null) run directly against the server and through ``appliance run`` with everything
   on and every row recorded: ``ledger.max_result_bytes`` above the table's size, so the
@@ -17,7 +19,7 @@ namespace, the clients as the job in the runner namespace):
   printed with its ratio to direct. ``EXPORT_BASELINE=/path/to/other/.venv/bin/appliance``
   adds another build (e.g. a worktree of main) as ``baseline``, on the same table.
 
-Checked, not timed: the ledger holds no card number or e-mail address of the table (a
+Checked, not timed: the ledger holds no card number or e-mail address of ``customers`` (a
 sample of rows is searched for in every file the appliance wrote) and says how many were
 masked. Run with ``pytest tests/bench/bench_masking_export.py -m bench -s``.
 """
@@ -83,52 +85,94 @@ def _row(i: int, rng: random.Random) -> str:
     return f"{i}\t{first} {last}\t{email}\t{card}\t{day} 10:{i % 60:02d}:00+00\t{amount}\t{note}\n"
 
 
-def _rows(target_bytes: int) -> Iterator[bytes]:
-    """Chunks of COPY text rows, about ``target_bytes`` in all (deterministic)."""
+LEVELS = ["INFO", "INFO", "INFO", "WARN", "DEBUG", "ERROR"]
+EVENTS = [
+    "job {n} finished in {ms} ms, {q} retries, queue depth {q}{q}",
+    "cache miss for key orders:{n}, refilled from the primary in {ms} ms",
+    "deploy {v} rolled out to {q} of 9 hosts, health checks green at {t}",
+    "request GET /api/v2/orders/{n} returned 200 in {ms} ms (user agent: ci-runner/{v})",
+    "scheduled vacuum of table events_{q} took {ms} ms, {n} dead tuples removed",
+]
+
+
+def _event(i: int, rng: random.Random) -> str:
+    message = rng.choice(EVENTS).format(
+        n=rng.randint(1000, 9_999_999),
+        ms=rng.randint(1, 5000),
+        q=rng.randint(1, 9),
+        v=f"{rng.randint(1, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 99)}",
+        t=f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
+    )
+    if i % 50 == 7:  # one event in fifty names a person
+        message += f" (reported by {rng.choice(FIRST).lower()}.{i}@example.com)"
+    day = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
+    at = f"{day} {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}+00"
+    service = f"svc-{rng.randint(1, 40)}"
+    return f"{i}\t{at}\t{rng.choice(LEVELS)}\t{service}\t{message}\n"
+
+
+# name: (columns, one row, the fields whose values must never reach the ledger)
+TABLES = {
+    "customers": (
+        "id bigint PRIMARY KEY, name text, email text, card text, created_at timestamptz,"
+        " amount numeric(12,2), note text",
+        _row,
+        (2, 3),
+    ),
+    "events": (
+        "id bigint PRIMARY KEY, at timestamptz, level text, service text, message text",
+        _event,
+        (),
+    ),
+}
+
+
+def _rows(table: str, target_bytes: int) -> Iterator[bytes]:
+    """Chunks of COPY text rows of ``table``, about ``target_bytes`` in all (deterministic)."""
+    make = TABLES[table][1]
     rng = random.Random(19)
     written, i = 0, 0
     while written < target_bytes:
-        chunk = "".join(_row(i + k, rng) for k in range(2000)).encode()
+        chunk = "".join(make(i + k, rng) for k in range(2000)).encode()
         i += 2000
         written += len(chunk)
         yield chunk
 
 
-def load(pg: PgServer, target_bytes: int) -> tuple[int, list[str]]:
-    """Create and fill the table; return its size in bytes (as COPY text) and a sample of the
-    cards and e-mails in it."""
+def load(pg: PgServer, table: str, target_bytes: int) -> tuple[int, list[str]]:
+    """Create and fill ``table``; return its size in bytes (as COPY text) and a sample of
+    the values in it that must be masked."""
+    columns, _, secret = TABLES[table]
     pg.admin_sql(
-        "CREATE TABLE customers (id bigint PRIMARY KEY, name text, email text, card text,"
-        " created_at timestamptz, amount numeric(12,2), note text);"
-        "ALTER TABLE customers OWNER TO app;",
-        database="app",
+        f"CREATE TABLE {table} ({columns}); ALTER TABLE {table} OWNER TO app;", database="app"
     )
     proc = subprocess.Popen(
         ["runuser", "-u", "postgres", "--", str(PG_BIN / "psql"), "-X", "-q",
          "-v", "ON_ERROR_STOP=1", "-h", str(pg.socket_dir), "-p", str(pg.port), "-d", "app",
-         "-c", "COPY customers FROM STDIN"],
+         "-c", f"COPY {table} FROM STDIN"],
         stdin=subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdin is not None
     size = 0
     sample: list[str] = []
-    for n, chunk in enumerate(_rows(target_bytes)):
+    for n, chunk in enumerate(_rows(table, target_bytes)):
         proc.stdin.write(chunk)
         size += len(chunk)
         if n % 50 == 0:
             fields = chunk.split(b"\n", 1)[0].decode().split("\t")
-            sample += [fields[2], fields[3]]
+            sample += [fields[k] for k in secret]
     proc.stdin.close()
     assert proc.wait() == 0
-    pg.admin_sql("VACUUM ANALYZE customers", database="app")
+    pg.admin_sql(f"VACUUM ANALYZE {table}", database="app")
     return size, sample
 
 
-CLIENTS = {
-    "COPY TO STDOUT": ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null",
-                       "-c", "COPY customers TO STDOUT"],
-    "pg_dump": ["pg_dump", "-t", "customers", "-f", "/dev/null"],
-}  # fmt: skip
+def clients(table: str) -> dict[str, list[str]]:
+    return {
+        "COPY TO STDOUT": ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null",
+                           "-c", f"COPY {table} TO STDOUT"],
+        "pg_dump": ["pg_dump", "-t", table, "-f", "/dev/null"],
+    }  # fmt: skip
 
 
 def export(lab: Lab, env: dict[str, str], argv: list[str]) -> float:
@@ -164,15 +208,20 @@ def _assert_absent(app: Appliance, values: list[str]) -> None:
 @pytest.mark.timeout(4 * 3600)
 def test_export_through_the_appliance(tmp_path: Path) -> None:
     baseline = os.environ.get("EXPORT_BASELINE")
-    times: dict[tuple[str, str], list[float]] = {}
+    times: dict[tuple[str, str, str], list[float]] = {}
     with Lab(n_targets=1) as lab:
         pg = lab.start_postgres(0)
-        t0 = time.perf_counter()
-        size, sample = load(pg, EXPORT_MB * 1_000_000)
-        print(f"\nloaded {size / 1e6:.0f} MB (COPY text) in {time.perf_counter() - t0:.0f} s")
+        sizes: dict[str, int] = {}
+        sample: list[str] = []
+        for table in TABLES:
+            t0 = time.perf_counter()
+            sizes[table], found = load(pg, table, EXPORT_MB * 1_000_000)
+            sample += found
+            took = time.perf_counter() - t0
+            print(f"\nloaded {table}: {sizes[table] / 1e6:.0f} MB (COPY text) in {took:.0f} s")
         ledger = {
             "checkpoint_interval": "1s",
-            "max_result_bytes": 2 * size + 64 * 1024 * 1024,
+            "max_result_bytes": 2 * max(sizes.values()) + 64 * 1024 * 1024,
         }
         setups: dict[str, tuple[str, dict[str, object] | None]] = {
             "appliance": (APPLIANCE, None),
@@ -192,24 +241,27 @@ def test_export_through_the_appliance(tmp_path: Path) -> None:
                 )  # fmt: skip
             envs = {"direct": direct_env(pg)} | {n: job_env(PORTS[n], "app") for n in setups}
             for r in range(ROUNDS):
-                for client, argv in CLIENTS.items():
-                    for setup, env in envs.items():
-                        dt = export(lab, env, argv)
-                        times.setdefault((client, setup), []).append(dt)
-                        print(f"round {r + 1} {client:15} {setup:19} {dt:8.1f} s", flush=True)
+                for table in TABLES:
+                    for client, argv in clients(table).items():
+                        for setup, env in envs.items():
+                            dt = export(lab, env, argv)
+                            times.setdefault((table, client, setup), []).append(dt)
+                            print(f"round {r + 1} {table:9} {client:15} {setup:19} {dt:8.1f} s",
+                                  flush=True)  # fmt: skip
             for name, app in apps.items():
                 counts = _masked_counts(app)
                 print(f"{name} ledger: masked {counts}")
                 assert counts.get("card", 0) >= ROUNDS * len(sample) // 2, counts
                 _assert_absent(app, sample[:20])
 
-    print(f"\nexport of {size / 1e6:.0f} MB, median of {ROUNDS} (s, ratio to direct):")
     names = ["direct", *setups]
-    print(f"{'':16}" + "".join(f"{n:>26}" for n in names))
-    for client in CLIENTS:
-        ref = statistics.median(times[(client, "direct")])
-        cells = []
-        for n in names:
-            t = statistics.median(times[(client, n)])
-            cells.append(f"{t:>15.1f} ({t / ref:5.2f}x)")
-        print(f"{client:16}" + "".join(f"{c:>26}" for c in cells))
+    for table in TABLES:
+        print(f"\n{table}: export of {sizes[table] / 1e6:.0f} MB, median of {ROUNDS} (s, ratio)")
+        print(f"{'':16}" + "".join(f"{n:>26}" for n in names))
+        for client in clients(table):
+            ref = statistics.median(times[(table, client, "direct")])
+            cells = []
+            for n in names:
+                t = statistics.median(times[(table, client, n)])
+                cells.append(f"{t:>15.1f} ({t / ref:5.2f}x)")
+            print(f"{client:16}" + "".join(f"{c:>26}" for c in cells))
