@@ -11,6 +11,7 @@ and forward everything worth keeping to the
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -123,7 +124,8 @@ class SessionHooks:
         # Read otherwise: backslashes (standard_conforming_strings off) or non-ASCII
         # characters (an ASCII-unsafe client encoding); pure ASCII text reads the same.
         unsure = bool(self._settings_in_flight) and ((scs and "\\" in text) or not text.isascii())
-        cached = None if unsure else self._allowed.get((stmt.text, scs))
+        shape = _shape(text)
+        cached = None if unsure else self._allowed.get((shape, scs))
         if cached is not None:
             verdict, changes_settings = cached
             if changes_settings:
@@ -158,7 +160,7 @@ class SessionHooks:
         if verdict.action == "allow" and verdict.enforced:
             if len(self._allowed) >= _ALLOWED_CACHE:
                 self._allowed.clear()
-            self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
+            self._allowed[(shape, scs)] = (verdict, changes_settings)
         return verdict
 
     def _decide(self, stmt: Statement, classification: Classification) -> Verdict:
@@ -326,6 +328,23 @@ class SessionHooks:
 
 
 _ALLOW_DURABLE = Verdict("allow", True, b"", {"decision": "allow"}, True)
+
+# Texts in which a digit may be anything but an integer literal (strings, quoted names,
+# dollar quotes, parameters, escapes, comments) are never reshaped.
+_NOT_SHAPED = re.compile(r"""['"$\\]|--|/\*""")
+_INTEGER = re.compile(r"(?<![\w.])[0-9]+(?![\w.])")
+
+
+def _shape(text: str) -> str:
+    """The key under which an allow is remembered: ``text`` with its integer literals as 0
+    (``... WHERE aid = 42`` and ``... WHERE aid = 7`` share one), for text with no quote,
+    dollar, backslash or comment; else ``text`` itself. A statement's classes and the
+    tables it reads and writes, hence the policy's decision, never depend on an integer's
+    value; texts that differ only there (ORMs and pgbench in the simple protocol) are then
+    parsed once, not per statement. The statement's own text is what is recorded."""
+    if _NOT_SHAPED.search(text):
+        return text
+    return _INTEGER.sub("0", text)
 
 
 def _rejected(error: GrammarError) -> Verdict:
