@@ -54,6 +54,6 @@ def install() -> None:
 
 
 def build(module: ModuleType) -> str:
-    """"compiled" if ``module`` is an extension (mypyc), else "pure"."""
+    """ "compiled" if ``module`` is an extension (mypyc), else "pure"."""
     path = getattr(module, "__file__", None) or ""
     return "pure" if path.endswith((".py", ".pyc")) else "compiled"

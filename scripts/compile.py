@@ -1,8 +1,7 @@
 """Compile the hot path's typed modules with mypyc (in place, beside their sources).
 
 Which modules: those every statement and every result passes through (framing, the session
-core, the relay, its hooks and recorder, entry encoding; in the ledger writer process, the
-writer, its framing and Merkle tree), all typed under ``mypy --strict``.
+core, the relay, its hooks and recorder, entry encoding), all typed under ``mypy --strict``.
 Each compiled module is an extension (``*.so``) beside its ``.py``; Python imports the
 extension first. Their sources stay the pure-Python build: ``APPLIANCE_PURE=1`` makes the
 interpreter import the ``.py`` files instead (:mod:`appliance._pure`), and ``make test-pure``
@@ -26,10 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 HOT_MODULES = [
     "appliance/protocols/postgres/_framing.py",
     "appliance/ledger/entries.py",
-    "appliance/ledger/_framing.py",
-    "appliance/ledger/merkle.py",
-    "appliance/ledger/writer.py",
-    "appliance/ledger/remote.py",
     "appliance/proxy/pg/relay.py",
     "appliance/proxy/pg/hooks.py",
     "appliance/proxy/pg/recording.py",
@@ -48,7 +43,8 @@ def _extensions() -> list[Path]:
 
 
 def clean() -> None:
-    for path in _extensions():
+    """Remove every extension under appliance/ (also of modules no longer in the list)."""
+    for path in (ROOT / "appliance").rglob("*" + sysconfig.get_config_var("EXT_SUFFIX")):
         path.unlink(missing_ok=True)
     STAMP.unlink(missing_ok=True)
 

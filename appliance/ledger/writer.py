@@ -454,9 +454,7 @@ class LedgerWriter:
         MySQL string, and this writer's random nonce is nowhere else)."""
         return f"\x00blob {self._nonce} {name}"
 
-    def _holes(
-        self, raw: bytes, blobs: Mapping[str, BlobSink]
-    ) -> list[tuple[int, int, BlobSink]]:
+    def _holes(self, raw: bytes, blobs: Mapping[str, BlobSink]) -> list[tuple[int, int, BlobSink]]:
         """Where the markers of ``blobs`` are in ``raw``: ``(start, end, sink)``."""
         out = []
         for name, sink in blobs.items():

@@ -291,7 +291,17 @@ def rss_mb(pid: int) -> float:
 def run_pgbench(lab: Lab, env: dict[str, str], args: list[str], seconds: int, clients: int):  # type: ignore[no-untyped-def]
     """pgbench as the job: (tps, transactions)."""
     r = lab.job(
-        ["pgbench", "-n", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), *args],
+        [
+            "pgbench",
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, 2)),
+            "-T",
+            str(seconds),
+            *args,
+        ],
         env=env,
         timeout=seconds * 4 + 120,
     )
@@ -384,7 +394,9 @@ def test_pgbench_table(tmp_path: Path) -> None:
             t0 = time.monotonic()
             app.start()
             ready = time.monotonic() - t0
-            setups.append(Setup(name, local_env(port), functools.partial(appliance_pids, app), ready))
+            setups.append(
+                Setup(name, local_env(port), functools.partial(appliance_pids, app), ready)
+            )
         if not only or "pgbouncer" in only:
             proc = stack.enter_context(pgbouncer(lab, pg, lab.dir / "pgbouncer"))
             setups.append(Setup("pgbouncer", local_env(PORTS["pgbouncer"]), lambda p=proc: [p.pid]))

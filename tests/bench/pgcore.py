@@ -35,14 +35,14 @@ from appliance.protocols.postgres import CancelKeys
 from appliance.protocols.postgres.messages import (
     AuthenticationOk,
     BackendKeyData,
-    BindComplete,
     Bind,
+    BindComplete,
     CommandComplete,
     DataRow,
     Describe,
     Execute,
-    NoData,
     FieldDescription,
+    NoData,
     ParameterStatus,
     Parse,
     ParseComplete,
@@ -52,11 +52,11 @@ from appliance.protocols.postgres.messages import (
     StartupMessage,
     Sync,
 )
-from tests.unit.policy.helpers import load_policy
 from appliance.proxy.commands import AwaitDurable, ConnectionInfo, Durable, UpstreamOpened
 from appliance.proxy.pg.core import CancelRoute, PgSession, PgShared
 from appliance.proxy.services import SessionServices
 from appliance.signing.keys import SigningKey
+from tests.unit.policy.helpers import load_policy
 
 POLICY = """
   mode: enforce
@@ -117,7 +117,9 @@ class Conversation:
             (Account("app", "app", SecretRef(file=Path("/secrets/app"))),),
             tls=UpstreamTLS("disable"),
         )
-        info = ConnectionInfo(f"s{n}", ("10.9.0.1", 40000 + n), ("127.0.0.1", 6432), ("10.0.0.5", 5432))
+        info = ConnectionInfo(
+            f"s{n}", ("10.9.0.1", 40000 + n), ("127.0.0.1", 6432), ("10.0.0.5", 5432)
+        )
         self.core = PgSession(services, shared, target, info)
         self.ledger = services.ledger
         self.prepared: set[str] = set()
@@ -158,7 +160,9 @@ class Conversation:
         self.core.receive("upstream", server)
         self._out()
 
-    def script(self, script: list[str], mode: str, rng: Callable[[int], int]) -> list[tuple[bytes, bytes]]:
+    def script(
+        self, script: list[str], mode: str, rng: Callable[[int], int]
+    ) -> list[tuple[bytes, bytes]]:
         """One transaction's steps: (what the job sends, what the server answers)."""
         steps = []
         for i, sql in enumerate(script):
@@ -223,9 +227,7 @@ async def run(workload: str, mode: str, transactions: int, clients: int = 8) -> 
             for s in sessions:  # warm up: prepare, fill the caches
                 await s.play(s.script(script, mode, rng))
             # Each session's transactions, encoded before the clock starts.
-            plays = [
-                (s, s.script(script, mode, rng)) for s in sessions for _ in range(32)
-            ]
+            plays = [(s, s.script(script, mode, rng)) for s in sessions for _ in range(32)]
             child = ledger._proc.pid
             c0, w0 = time.process_time(), _cpu(child)
             t0 = time.perf_counter()
