@@ -1,46 +1,55 @@
-"""pgbench through the appliance, compared (benchmark, not a test; needs root: it builds a lab).
+"""pgbench through the appliance, compared: the one table of ``make bench`` (benchmark, not a
+test; needs root: it builds a lab).
 
 In one lab (PostgreSQL 15 in a target namespace, pgbench as the job in the runner namespace),
-pgbench at 8 clients runs the same workloads against:
+every setup runs at once on its own port, and the workloads are measured in alternation
+(``PGBENCH_ROUNDS`` rounds, default 2, the order of the setups rotated each round):
 
 - ``direct``: the server itself (pgbench authenticates with the password);
-- ``appliance``: ``appliance run`` with everything on: decoding, policy, recording of every
-  statement and result to the signed ledger, default masking (uvloop, as in production);
-- ``appliance-checkpoint``: the same with ``ledger.durability: checkpoint`` (statements
-  that change the target are not written ahead: what the write-ahead costs);
-- ``appliance-thread``: the same with ``ledger.writer: thread`` (the ledger writer in a thread
-  of the daemon, sharing the event loop's GIL, instead of its own process);
-- ``appliance-norows``: the same with ``ledger.record_rows: false`` (what result blobs cost);
-- ``pgbouncer``: Debian's PgBouncer 1.x in session mode (a C proxy that does not decode
-  statements), in the runner namespace;
-- ``relay``/``relay-uvloop``: a bare Python asyncio TCP relay (the floor for any Python proxy),
-  with the standard event loop and with uvloop.
+- ``appliance``: ``appliance run`` with everything on (decoding, policy, recording of every
+  statement and result to the signed ledger, default masking, ``ledger.durability:
+  write-ahead``), the compiled build (mypyc, ``scripts/compile.py``), uvloop;
+- ``appliance-pure``: the same with ``APPLIANCE_PURE=1`` (the pure-Python build);
+- ``appliance-checkpoint``: the compiled build with ``ledger.durability: checkpoint``
+  (statements that change the target are not fsynced before they are sent): what the
+  write-ahead costs;
+- ``pgbouncer``: Debian's PgBouncer in session mode (C, decodes no statement);
+- ``relay``: a bare uvloop TCP relay in Python (the floor for any Python proxy).
 
-Workloads: ``-S`` (select-only) and the default tpcb-like, each with ``-M simple`` and
-``-M prepared``; ``-c 8 -j 2 -T $PGBENCH_SECONDS`` (default 15) on a scale-10 database. The
-ratios to ``direct`` are printed; the goal is >= 0.61 for the appliance. Nothing is asserted
-about speed. Run with ``make bench`` or
-``pytest tests/bench/bench_pgbench.py -m bench -s``; ``PGBENCH_ONLY=appliance,direct``
-restricts the setups, ``PGBENCH_PROFILE=1`` samples the appliance with py-spy during its
-runs (the flame graphs land in the temp dir, printed at the end).
+Workloads: ``-S`` (select-only) and tpcb-like, each ``-M simple`` and ``-M prepared``, 8
+clients, ``-j 2 -T $PGBENCH_SECONDS`` (10), scale 10. Per workload and setup the table
+shows: tps (median of the rounds, [min-max]), ratios to direct and to PgBouncer, CPU µs per
+transaction of the setup's own processes (the appliance's daemon plus its ledger writer
+process; PgBouncer; the relay; from /proc), the latency of one client (pgbench ``--log``,
+``-T $PGBENCH_LATENCY_SECONDS``: p50 and p99 per transaction, and the p50 added over direct
+per statement: a tpcb-like transaction is 7 statements), and for the appliance setups the
+peak RSS (MB, daemon + writer) while 200 sessions run select-only; under it, each
+appliance's start-to-ready time (a restart, process start to ready file). Nothing is
+asserted about speed. ``PGBENCH_ONLY=appliance,pgbouncer`` restricts the setups (direct
+always runs).
 
-Where the time went (py-spy, /proc CPU counters; select-only -M prepared, 2-core VM):
+``tests/bench/pgcore.py`` plays the same conversations through the session core without
+sockets (CPU µs per transaction of the proxy and of its writer process, repeatable, or
+instruction counts under callgrind): use it to compare changes on this noisy machine.
 
-- session 1: the ledger writer thread made one blob file per result set and was woken on
-  every append, so it and the event loop traded the GIL per statement. Fixed then: small
-  results inline in their entry, batched queue, "trusted" hot-path appends.
-- session 2: the writer thread still took a third of the process's GIL time, and a wake-up
-  per statement. Now the writer runs in its own process (appliance/ledger/remote.py): the
-  loop encodes entries and sends them every few ms in one write; rows are decoded and
-  masked there. select-only prepared went from 0.10x (writer thread, same run) to 0.14x.
-  The thread writer no longer wakes per append either (it polls every 10 ms under load).
-- now, at ~8k tps: the event loop uses ~0.8 core (0.57 user, 0.23 system) and the writer
-  process ~0.45 core, with 1.8 of the 2 cores busy. Of the loop's time about a third is
-  the two socket writes per round trip (a bare relay's whole cost), the rest is decoding,
-  statement tracking, the policy cache, masking bind parameters and building two entries.
-- next: one entry per completed statement instead of two; a specialised Bind/Execute path
-  that builds no message objects; several proxy processes on SO_REUSEPORT sharing one
-  writer process, for hosts with cores to spare.
+Where the time goes (2-core VM shared with other labs; see the README for the last table):
+
+- tpcb-like with write-ahead: four statements per transaction change the target, and each
+  waits for an fsync of the ledger before it is sent (group commit across sessions): 2-3 ms
+  each under load here, several times what the rest of the hot path costs;
+  ``appliance-checkpoint`` shows the hot path without it.
+- the simple protocol: every select-only text differs (literals), and was parsed by pglast
+  each time (~250 µs); an allow is now remembered under the text's shape (integer literals
+  as 0), so pgbench -S is classified once per session.
+- per statement, the daemon builds two entries (statement and response) and masks the
+  statement and its parameters (the masking scanner runs a dozen detector patterns on any
+  text with digits: appliance/masking, another issue); the writer process hashes, frames
+  and masks the result rows (a column plan built per result set), about twice the
+  daemon's CPU per select-only transaction.
+- next: one entry per completed statement instead of two (every reader of the ledger must
+  follow), no message objects for Bind/Execute/Describe, a cached column plan in the
+  writer, and several proxy processes on SO_REUSEPORT sharing one writer (cancel keys must
+  then route across processes): not done yet.
 """
 
 from __future__ import annotations

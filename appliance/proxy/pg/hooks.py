@@ -5,7 +5,7 @@ walks the messages; they classify and decide (policy), build the job's error mes
 queue approval requests (the session core, :mod:`appliance.proxy.pg.core`, asks for them
 with a command and brings the answer back through :meth:`SessionHooks.approval_answered`),
 and forward everything worth keeping to the
-:class:`~appliance.proxy.pg.recording.SessionRecorder`. Sans-IO: no await anywhere.
+:class:`~appliance.proxy.pg.recording.SessionRecorder` (:class:`Recorder`). Sans-IO: no await anywhere.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.approvals.request import identity_key
+from appliance.masking import MaskCounts
 from appliance.masking.postgres import ResponseMasker
 from appliance.policy import (
     Classification,
@@ -36,7 +37,6 @@ from appliance.protocols.postgres.messages import (
 )
 from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR
 from appliance.proxy.commands import ApprovalAnswered
-from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
 # Distinct statement texts whose allow is remembered per session (then forgotten at once):
@@ -52,6 +52,32 @@ _CHANGES_NOTHING = frozenset(
 )
 
 
+class Recorder(Protocol):
+    """What the hooks hand over to be recorded: :class:`~appliance.proxy.pg.recording.
+    SessionRecorder` (a protocol, not that class: the compiled build checks a class-typed
+    argument's type at run time, and tests record with their own)."""
+
+    session: str
+
+    def mask(self, text: str, counts: MaskCounts | None = None) -> str: ...
+
+    def statement(self, stmt: Statement) -> None: ...
+
+    def response(self, stmt: Statement, *, masked_to_job: MaskCounts | None = None) -> None: ...
+
+    def result_sink(
+        self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
+    ) -> ResultSink | None: ...
+
+    def copy_sink(self, stmt: Statement, direction: str) -> ResultSink | None: ...
+
+    def request_error(self, request: str, text: str | None, error: ErrorResponse) -> None: ...
+
+    def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None: ...
+
+    def notification(self, notification: NotificationResponse) -> None: ...
+
+
 class SessionHooks:
     """Implements :class:`~appliance.proxy.pg.relay.RelayHooks` for one session."""
 
@@ -59,7 +85,7 @@ class SessionHooks:
         self,
         *,
         policy: Policy | None,
-        recorder: SessionRecorder,
+        recorder: Recorder,
         target: str,
         database: str,
         account: str,
