@@ -5,17 +5,19 @@ walks the messages; they classify and decide (policy), build the job's error mes
 queue approval requests (the session core, :mod:`appliance.proxy.pg.core`, asks for them
 with a command and brings the answer back through :meth:`SessionHooks.approval_answered`),
 and forward everything worth keeping to the
-:class:`~appliance.proxy.pg.recording.SessionRecorder`. Sans-IO: no await anywhere.
+:class:`~appliance.proxy.pg.recording.SessionRecorder` (:class:`Recorder`). Sans-IO: no await anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.approvals.request import identity_key
+from appliance.masking import MaskCounts
 from appliance.masking.postgres import ResponseMasker
 from appliance.policy import (
     Classification,
@@ -35,7 +37,6 @@ from appliance.protocols.postgres.messages import (
 )
 from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR
 from appliance.proxy.commands import ApprovalAnswered
-from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
 # Distinct statement texts whose allow is remembered per session (then forgotten at once):
@@ -51,6 +52,32 @@ _CHANGES_NOTHING = frozenset(
 )
 
 
+class Recorder(Protocol):
+    """What the hooks hand over to be recorded: :class:`~appliance.proxy.pg.recording.
+    SessionRecorder` (a protocol, not that class: the compiled build checks a class-typed
+    argument's type at run time, and tests record with their own)."""
+
+    session: str
+
+    def mask(self, text: str, counts: MaskCounts | None = None) -> str: ...
+
+    def statement(self, stmt: Statement) -> None: ...
+
+    def response(self, stmt: Statement, *, masked_to_job: MaskCounts | None = None) -> None: ...
+
+    def result_sink(
+        self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
+    ) -> ResultSink | None: ...
+
+    def copy_sink(self, stmt: Statement, direction: str) -> ResultSink | None: ...
+
+    def request_error(self, request: str, text: str | None, error: ErrorResponse) -> None: ...
+
+    def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None: ...
+
+    def notification(self, notification: NotificationResponse) -> None: ...
+
+
 class SessionHooks:
     """Implements :class:`~appliance.proxy.pg.relay.RelayHooks` for one session."""
 
@@ -58,7 +85,7 @@ class SessionHooks:
         self,
         *,
         policy: Policy | None,
-        recorder: SessionRecorder,
+        recorder: Recorder,
         target: str,
         database: str,
         account: str,
@@ -123,7 +150,8 @@ class SessionHooks:
         # Read otherwise: backslashes (standard_conforming_strings off) or non-ASCII
         # characters (an ASCII-unsafe client encoding); pure ASCII text reads the same.
         unsure = bool(self._settings_in_flight) and ((scs and "\\" in text) or not text.isascii())
-        cached = None if unsure else self._allowed.get((stmt.text, scs))
+        shape = _shape(text)
+        cached = None if unsure else self._allowed.get((shape, scs))
         if cached is not None:
             verdict, changes_settings = cached
             if changes_settings:
@@ -158,7 +186,7 @@ class SessionHooks:
         if verdict.action == "allow" and verdict.enforced:
             if len(self._allowed) >= _ALLOWED_CACHE:
                 self._allowed.clear()
-            self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
+            self._allowed[(shape, scs)] = (verdict, changes_settings)
         return verdict
 
     def _decide(self, stmt: Statement, classification: Classification) -> Verdict:
@@ -326,6 +354,23 @@ class SessionHooks:
 
 
 _ALLOW_DURABLE = Verdict("allow", True, b"", {"decision": "allow"}, True)
+
+# Texts in which a digit may be anything but an integer literal (strings, quoted names,
+# dollar quotes, parameters, escapes, comments) are never reshaped.
+_NOT_SHAPED = re.compile(r"""['"$\\]|--|/\*""")
+_INTEGER = re.compile(r"(?<![\w.])[0-9]+(?![\w.])")
+
+
+def _shape(text: str) -> str:
+    """The key under which an allow is remembered: ``text`` with its integer literals as 0
+    (``... WHERE aid = 42`` and ``... WHERE aid = 7`` share one), for text with no quote,
+    dollar, backslash or comment; else ``text`` itself. A statement's classes and the
+    tables it reads and writes, hence the policy's decision, never depend on an integer's
+    value; texts that differ only there (ORMs and pgbench in the simple protocol) are then
+    parsed once, not per statement. The statement's own text is what is recorded."""
+    if _NOT_SHAPED.search(text):
+        return text
+    return _INTEGER.sub("0", text)
 
 
 def _rejected(error: GrammarError) -> Verdict:
