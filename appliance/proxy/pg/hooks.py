@@ -110,7 +110,8 @@ class SessionHooks:
         # target, database, account), so a prepared statement run again is not decided
         # again. Only allows: a deny or review carries a new decision id each time.
         # The flag: the statement may change session settings (see _settings_in_flight).
-        self._allowed: dict[tuple[str, bool], tuple[Verdict, bool]] = {}
+        # Keys: (text, standard_conforming_strings, True if text is a shape: see _shape).
+        self._allowed: dict[tuple[str, bool, bool], tuple[Verdict, bool]] = {}
         # Statements that may change how the server reads text (SET, RESET, set_config, or
         # a function, procedure or prepared statement that could call it) sent but not yet
         # followed by a ReadyForQuery (which comes after the server reported its settings):
@@ -151,7 +152,11 @@ class SessionHooks:
         # characters (an ASCII-unsafe client encoding); pure ASCII text reads the same.
         unsure = bool(self._settings_in_flight) and ((scs and "\\" in text) or not text.isascii())
         shape = _shape(text)
-        cached = None if unsure else self._allowed.get((shape, scs))
+        cached = None
+        if not unsure:
+            cached = self._allowed.get((text, scs, False))
+            if cached is None and shape is not text:
+                cached = self._allowed.get((shape, scs, True))
         if cached is not None:
             verdict, changes_settings = cached
             if changes_settings:
@@ -186,7 +191,13 @@ class SessionHooks:
         if verdict.action == "allow" and verdict.enforced:
             if len(self._allowed) >= _ALLOWED_CACHE:
                 self._allowed.clear()
-            self._allowed[(shape, scs)] = (verdict, changes_settings)
+            # Under its shape only what no integer can change: a plain read. Elsewhere a
+            # value decides (WHERE 3 > 2 keeps every row, WHERE 2 > 3 none; EXPLAIN
+            # (ANALYZE 1) runs its statement, (ANALYZE 0) does not).
+            if classification.classes == _SHAPE_SAFE and shape is not text:
+                self._allowed[(shape, scs, True)] = (verdict, changes_settings)
+            else:
+                self._allowed[(text, scs, False)] = (verdict, changes_settings)
         return verdict
 
     def _decide(self, stmt: Statement, classification: Classification) -> Verdict:
@@ -361,13 +372,18 @@ _NOT_SHAPED = re.compile(r"""['"$\\]|--|/\*""")
 _INTEGER = re.compile(r"(?<![\w.])[0-9]+(?![\w.])")
 
 
+_SHAPE_SAFE = frozenset({"select"})
+
+
 def _shape(text: str) -> str:
-    """The key under which an allow is remembered: ``text`` with its integer literals as 0
-    (``... WHERE aid = 42`` and ``... WHERE aid = 7`` share one), for text with no quote,
-    dollar, backslash or comment; else ``text`` itself. A statement's classes and the
-    tables it reads and writes, hence the policy's decision, never depend on an integer's
-    value; texts that differ only there (ORMs and pgbench in the simple protocol) are then
-    parsed once, not per statement. The statement's own text is what is recorded."""
+    """The key under which the allow of a plain read (classes exactly ``select``) is
+    remembered: ``text`` with its integer literals as 0 (``... WHERE aid = 42`` and ``...
+    WHERE aid = 7`` share one), for text with no quote, dollar, backslash or comment; else
+    ``text`` itself. A plain read's classes, relations and functions never depend on an
+    integer's value, so texts that differ only there (ORMs and pgbench in the simple
+    protocol) are parsed once, not per statement. Other statements are remembered by their
+    exact text: there a value can decide (``DELETE ... WHERE 3 > 2``, ``EXPLAIN (ANALYZE
+    1)``). The statement's own text is what is recorded."""
     if _NOT_SHAPED.search(text):
         return text
     return _INTEGER.sub("0", text)

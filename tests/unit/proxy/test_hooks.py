@@ -188,3 +188,27 @@ def test_a_denied_shape_is_not_remembered() -> None:
     s.job(Query("DROP TABLE t2").encode())
     assert [r["decision"] for _, _, r in s.recorder.statements] == ["deny", "deny"]
     assert not s.hooks._allowed
+
+
+WHERE_POLICY = """
+- {name: no-mass-delete, match: {classes: [delete_without_where]}, action: deny}
+- {name: no-analyze-delete, match: {classes: [delete]}, action: deny}
+- {name: rest, action: allow}
+"""
+
+
+def test_an_allowed_statement_does_not_vouch_for_another_with_other_integers() -> None:
+    """Plain reads are remembered under their shape (integers as 0); anything else by its
+    exact text, since an integer can decide what it does."""
+    s = Session()
+    s.hooks.policy = rules(WHERE_POLICY)
+    s.job(Query("select * from t where id = 1").encode())
+    s.server_says(answered("SELECT 1"))
+    assert s.job(Query("select * from t where id = 2").encode())[1]  # the same shape: allowed
+    s.server_says(answered("SELECT 1"))
+    # EXPLAIN (ANALYZE 0) only plans its DELETE; (ANALYZE 1) runs it.
+    assert s.job(Query("explain (analyze 0) delete from t").encode())[1]
+    s.server_says(answered("EXPLAIN"))
+    _, to_server = s.job(Query("explain (analyze 1) delete from t").encode())
+    assert Query("explain (analyze 1) delete from t").encode() not in to_server
+    assert s.recorder.statements[-1][2]["rule"] == "no-mass-delete"  # the first rule that matches
