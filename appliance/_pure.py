@@ -10,14 +10,49 @@ variable, and so the build.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.abc
 import importlib.machinery as machinery
 import os
 import sys
+import sysconfig
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 ENV = "APPLIANCE_PURE"
+# The modules scripts/compile.py compiles (the hot path), and the digest of their sources it
+# records beside the extensions: an extension older than its source is never imported.
+HOT_MODULES = (
+    "appliance/protocols/postgres/_framing.py",
+    "appliance/ledger/entries.py",
+    "appliance/proxy/pg/relay.py",
+    "appliance/proxy/pg/hooks.py",
+    "appliance/proxy/pg/recording.py",
+    "appliance/proxy/pg/core.py",
+)
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES_DIGEST = ROOT / "build" / "compiled.sources"
+
+
+def sources_digest() -> str:
+    """SHA-256 over the hot modules' names and sources, as they are now."""
+    h = hashlib.sha256()
+    for module in HOT_MODULES:
+        h.update(module.encode() + (ROOT / module).read_bytes())
+    return h.hexdigest()
+
+
+def stale() -> bool:
+    """True if a compiled extension of the hot path exists but was built from other
+    sources (edited since ``make setup``): importing it would run old code."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    if not any((ROOT / m.removesuffix(".py")).with_suffix(suffix).exists() for m in HOT_MODULES):
+        return False
+    try:
+        return SOURCES_DIGEST.read_text().strip() != sources_digest()
+    except OSError:
+        return True
 
 
 class _SourcesOnly(importlib.abc.MetaPathFinder):
@@ -46,10 +81,18 @@ class _SourcesOnly(importlib.abc.MetaPathFinder):
 
 
 def install() -> None:
-    """Import the pure-Python build from here on if ``APPLIANCE_PURE`` is set (not "0")."""
-    if os.environ.get(ENV, "0") not in ("", "0") and not any(
-        isinstance(f, _SourcesOnly) for f in sys.meta_path
-    ):
+    """Import the pure-Python build from here on if ``APPLIANCE_PURE`` is set (not "0"), or
+    if the compiled extensions are stale (then say so once, on stderr)."""
+    if any(isinstance(f, _SourcesOnly) for f in sys.meta_path):
+        return
+    if os.environ.get(ENV, "0") not in ("", "0"):
+        sys.meta_path.insert(0, _SourcesOnly())
+    elif stale():
+        print(
+            "appliance: the compiled hot path is older than its sources; running the "
+            "pure-Python build (make setup compiles it again)",
+            file=sys.stderr,
+        )
         sys.meta_path.insert(0, _SourcesOnly())
 
 

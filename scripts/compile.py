@@ -22,14 +22,9 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HOT_MODULES = [
-    "appliance/protocols/postgres/_framing.py",
-    "appliance/ledger/entries.py",
-    "appliance/proxy/pg/relay.py",
-    "appliance/proxy/pg/hooks.py",
-    "appliance/proxy/pg/recording.py",
-    "appliance/proxy/pg/core.py",
-]
+sys.path.insert(0, str(ROOT))
+from appliance._pure import HOT_MODULES, SOURCES_DIGEST, sources_digest  # noqa: E402
+
 GROUP = "appliance._hot"  # the shared library: appliance/_hot__mypyc.*.so
 STAMP = ROOT / "build" / "compiled.stamp"
 
@@ -71,7 +66,7 @@ def build() -> None:
     dist = Distribution(
         {
             "name": "appliance-hot",
-            "ext_modules": mypycify(HOT_MODULES, opt_level="3", group_name=GROUP),
+            "ext_modules": mypycify(list(HOT_MODULES), opt_level="3", group_name=GROUP),
             "script_name": "scripts/compile.py",
             "script_args": ["build_ext", "--inplace", "--build-temp", "build/mypyc-temp"],
         }
@@ -96,6 +91,7 @@ def main() -> int:
     build()
     STAMP.parent.mkdir(exist_ok=True)
     STAMP.write_text(want)
+    SOURCES_DIGEST.write_text(sources_digest() + "\n")  # what appliance._pure checks
     return 0
 
 

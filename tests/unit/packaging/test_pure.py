@@ -44,3 +44,22 @@ def test_this_process_runs_the_build_its_environment_asks_for() -> None:
     if os.environ.get(_pure.ENV, "0") not in ("", "0"):
         assert _pure.build(relay) == "pure"
     assert _pure.build(relay) in ("pure", "compiled")
+
+
+def test_a_stale_extension_is_never_imported(tmp_path: Path) -> None:
+    """Sources edited since the last compile: the digest recorded beside the extensions no
+    longer matches, and the sources run (an old extension would run old code)."""
+    import pytest
+
+    mp = pytest.MonkeyPatch()
+    try:
+        digest = tmp_path / "compiled.sources"
+        mp.setattr(_pure, "SOURCES_DIGEST", digest)
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        compiled = (ROOT / "appliance" / "proxy" / "pg" / f"relay{suffix}").exists()
+        digest.write_text(_pure.sources_digest() + "\n")
+        assert _pure.stale() is False
+        digest.write_text("0" * 64 + "\n")
+        assert _pure.stale() is compiled  # without extensions nothing can be stale
+    finally:
+        mp.undo()
