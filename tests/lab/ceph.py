@@ -110,9 +110,7 @@ class CephS3:
         self.conf = self.dir / "ceph.conf"
         self.tls = tls
         self.ca_file: Path | None = None
-        self.root = S3Credentials(
-            "LAB" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30)
-        )
+        self.root = S3Credentials("LAB" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._links = 0
         self.started_in: float | None = None
@@ -436,9 +434,7 @@ rgw enable usage log = false
         else:
             s3.create_bucket(Bucket=name)
             if versioning:
-                s3.put_bucket_versioning(
-                    Bucket=name, VersioningConfiguration={"Status": "Enabled"}
-                )
+                s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
         if default_retention is not None:
             mode, days = default_retention
             s3.put_object_lock_configuration(
