@@ -14,8 +14,10 @@ half-configured):
    ready file).
 
 SIGTERM/SIGINT: stop accepting, finish in-flight statements, end sessions with 57P01,
-record ``appliance.stop``, sign a final checkpoint. Capture rules stay in place (fail
-closed): only ``appliance capture remove`` removes them.
+record ``appliance.stop``, sign a final checkpoint and, with ``ledger.ship``, ship it all to
+the fleet's bucket (:mod:`appliance.ledger.fleet.runner`; shipping also runs all along,
+checkpoint by checkpoint). Capture rules stay in place (fail closed): only
+``appliance capture remove`` removes them.
 """
 
 from __future__ import annotations
@@ -44,11 +46,14 @@ from appliance.approvals import (
     WebhookNotifier,
     parse_approvals_transport,
 )
+from appliance.bucket import open_bucket
 from appliance.config import Config
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
+from appliance.ledger.fleet.runner import BacklogGuard, ShipRunner
+from appliance.ledger.fleet.ship import Shipper
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import Masker, MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
@@ -62,6 +67,9 @@ log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
 _LINK_SETTLE = 0.05  # seconds to let a burst of interface events pass before reconciling
 _RTMGRP_LINK = 1  # rtnetlink multicast group of interface events (linux/rtnetlink.h)
+# On stop, how long the last ship may take (systemd/appliance.service: TimeoutStopSec covers
+# the sessions' grace period plus this).
+FINAL_SHIP_TIMEOUT = 20.0
 
 
 def _link_events(changed: asyncio.Event) -> socket.socket | None:
@@ -182,8 +190,10 @@ class Daemon:
             checkpoint_entries=cfg.ledger.checkpoint_entries,
         )
         self.ledger = ledger
+        shipping: ShipRunner | None = None
         try:
-            await self._serve(ledger, policy, masking, started)
+            shipping = self._ship_runner(ledger)
+            await self._serve(ledger, policy, masking, started, shipping)
         finally:
             with contextlib.suppress(ApplianceError):
                 ledger.append(
@@ -191,9 +201,41 @@ class Daemon:
                 )
             ledger.close()
             log.info("stopped; ledger closed with a final checkpoint")
+            if shipping is not None:
+                # Everything recorded goes to the bucket before the process exits (the unit
+                # gives this the time: TimeoutStopSec, and stops before the network).
+                shipped = await asyncio.to_thread(shipping.final, FINAL_SHIP_TIMEOUT)
+                s = shipping.status
+                if shipped:
+                    log.info(
+                        "final ship: the bucket holds the ledger up to size %d", s.shipped_size
+                    )
+                else:
+                    log.error(
+                        "final ship incomplete: %d entries not in %s (%s); they stay in %s",
+                        s.backlog,
+                        s.to,
+                        s.last_error,
+                        cfg.ledger.dir,
+                    )
+
+    def _ship_runner(self, ledger: Ledger) -> ShipRunner | None:
+        """The shipping loop, if ``ledger.ship`` is configured (its credentials are read
+        now: a missing secret stops the start)."""
+        ship = self.config.ledger.ship
+        if ship is None:
+            return None
+        bucket = open_bucket(ship.bucket, credentials_dir=self.credentials_dir)
+        shipper = Shipper(self.config.ledger.dir, bucket, lock=ship.object_lock)
+        return ShipRunner(shipper, ship, record=lambda t, d: ledger.append(t, data=d))
 
     async def _serve(
-        self, ledger: Ledger, policy: Policy | None, masking: MaskingConfig, started: float
+        self,
+        ledger: Ledger,
+        policy: Policy | None,
+        masking: MaskingConfig,
+        started: float,
+        shipping: ShipRunner | None = None,
     ) -> None:
         cfg = self.config
         mask_key, key_source = load_masking_key(masking, self.credentials_dir)
@@ -257,8 +299,11 @@ class Daemon:
                 context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
                 client_tls[target.name] = context
 
+        sessions_ledger: Ledger = ledger
+        if shipping is not None and shipping.config.on_backlog == "refuse":
+            sessions_ledger = BacklogGuard(ledger, shipping)
         services = SessionServices(
-            ledger=ledger,
+            ledger=sessions_ledger,
             policy=policy,
             masker=masker,
             broker=broker,
@@ -290,6 +335,8 @@ class Daemon:
                 if reconcile is not None:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
+                if shipping is not None:
+                    helpers.append(tg.create_task(shipping.run()))
                 elapsed = time.monotonic() - started
                 listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
                 ledger.append(

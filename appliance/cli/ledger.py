@@ -8,6 +8,8 @@ do it (missing files, bad arguments, wrong key).
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import json
 import sys
 import time
@@ -17,6 +19,14 @@ from typing import Any
 
 import click
 
+from appliance.cli._fleet import pull_cmd, session_directory, ship_cmd, verify_from_bucket
+from appliance.cli._source import (
+    CACHE_OPTION,
+    ORIGIN_OPTION,
+    BucketOptions,
+    bucket_options,
+    pull_source,
+)
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import Entry
 from appliance.ledger.errors import LedgerError, TamperError
@@ -49,6 +59,40 @@ _LEDGER = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Ledger directory (or $APPLIANCE_LEDGER).",
 )
+
+
+def _ledger_or_source(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--ledger DIR`` or ``--source s3://...`` (with the bucket options, ``--cache`` and
+    ``--origin``): the command gets ``directory`` and ``bucket``/``cache``/``origin``."""
+    for option in (
+        ORIGIN_OPTION,
+        CACHE_OPTION,
+        bucket_options("--source", "Read every log under this bucket URL instead."),
+        click.option(
+            "--ledger",
+            "directory",
+            envvar="APPLIANCE_LEDGER",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Ledger directory (or $APPLIANCE_LEDGER).",
+        ),
+    ):
+        f = option(f)
+    return f
+
+
+def _directories(
+    directory: Path | None, bucket: BucketOptions | None, cache: Path | None, origin: str | None
+) -> list[Path]:
+    """The ledger directories a command reads: ``--ledger``, or the pulled logs of
+    ``--source``."""
+    if (directory is None) == (bucket is None):
+        raise LedgerError("give --ledger DIR or --source s3://BUCKET[/PREFIX]")
+    if directory is not None:
+        return [require_ledger(directory)]
+    assert bucket is not None
+    return pull_source(bucket, cache, origin)
+
+
 _FORMAT = click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -102,7 +146,7 @@ class _Progress:
 
 
 @ledger_group.command("verify")
-@_LEDGER
+@_ledger_or_source
 @_vkey_option(required=True)
 @_FORMAT
 @click.option("--progress/--no-progress", default=None, help="Default: on for logs > 16 MB.")
@@ -114,23 +158,47 @@ class _Progress:
     type=click.Path(dir_okay=False, path_type=Path),
     help="A checkpoint kept elsewhere (e.g. WORM storage) the ledger must still contain.",
 )
+@click.option(
+    "--state",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --source: remember the largest verified checkpoint per log here, and refuse "
+    "a later rollback or fork.",
+)
 @click.pass_context
 def verify_cmd(
     ctx: click.Context,
-    directory: Path,
+    directory: Path | None,
+    bucket: BucketOptions | None,
+    cache: Path | None,
+    origin: str | None,
     vkeys: tuple[str, ...],
     fmt: str,
     progress: bool | None,
     no_blobs: bool,
     held: tuple[Path, ...],
+    state: Path | None,
 ) -> None:
     """Rebuild the Merkle tree from the entries and check every checkpoint's signature,
     origin, size and root, their consistency, seq and time order, and blob hashes.
 
+    With --source, every log under the bucket URL, straight from the bucket: also every
+    object version (delete markers, overwrites, missing checkpoints, bundles or blobs).
+
     Exit 0 verified, 1 tampering or inconsistency found, 2 cannot verify.
     """
-    require_ledger(directory)
     verifiers = _vkeys(vkeys)
+    if bucket is not None:
+        if directory is not None or held:
+            raise LedgerError("--source verifies the bucket: no --ledger or --checkpoint with it")
+        verify_from_bucket(
+            ctx, bucket, cache, origin, state, verifiers, fmt, progress, not no_blobs
+        )
+        return
+    if directory is None:
+        raise LedgerError("give --ledger DIR or --source s3://BUCKET[/PREFIX]")
+    if state is not None:
+        raise LedgerError("--state goes with --source")
+    require_ledger(directory)
     size = (directory / "entries.log").stat().st_size
     show = progress if progress is not None else size > 16 * 1024 * 1024
     t0 = time.monotonic()
@@ -221,7 +289,7 @@ def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str) -> None:
 # -- query / show / replay ---------------------------------------------------------------------
 
 
-def _print_entries(entries: Iterable[Entry], fmt: str) -> int:
+def _print_entries(entries: Iterable[Entry], fmt: str, *, origins: bool = False) -> int:
     n = 0
     if fmt == "json":
         for e in entries:
@@ -235,13 +303,13 @@ def _print_entries(entries: Iterable[Entry], fmt: str) -> int:
             counted.append(e)
             yield e
 
-    for line in table(counting()):
+    for line in table(counting(), origins=origins):
         click.echo(line)
     return len(counted)
 
 
 @ledger_group.command("query")
-@_LEDGER
+@_ledger_or_source
 @click.option("--session")
 @click.option("--identity", "identity", multiple=True, help="KEY=VALUE, e.g. ci.repository=acme/*")
 @click.option("--target", help="Target name (glob).")
@@ -252,7 +320,10 @@ def _print_entries(entries: Iterable[Entry], fmt: str) -> int:
 @click.option("--limit", type=click.IntRange(min=1))
 @_FORMAT
 def query_cmd(
-    directory: Path,
+    directory: Path | None,
+    bucket: BucketOptions | None,
+    cache: Path | None,
+    origin: str | None,
     session: str | None,
     identity: tuple[str, ...],
     target: str | None,
@@ -264,7 +335,8 @@ def query_cmd(
     fmt: str,
 ) -> None:
     """Entries matching all the filters, as a table or (--format json) JSON lines of the
-    stored entries. Backed by index.sqlite, updated from the log first."""
+    stored entries. Backed by index.sqlite, updated from the log first. With --source,
+    across every log under the bucket URL, in time order."""
     q = Query(
         session=session,
         identity=[parse_identity_filter(i) for i in identity],
@@ -275,8 +347,21 @@ def query_cmd(
         until=parse_time(until) if until else None,
         limit=limit,
     )
-    with Index.open(directory) as index:
-        _print_entries(index.query(q), fmt)
+    dirs = _directories(directory, bucket, cache, origin)
+    if len(dirs) == 1:
+        with Index.open(dirs[0]) as index:
+            _print_entries(index.query(q), fmt)
+        return
+    indexes = [Index.open(d) for d in dirs]
+    try:
+        merged = heapq.merge(
+            *(index.query(q) for index in indexes),
+            key=lambda e: (e.obj["ts"], e.obj["origin"], e.seq),
+        )
+        _print_entries(itertools.islice(merged, q.limit), fmt, origins=True)
+    finally:
+        for index in indexes:
+            index.close()
 
 
 @ledger_group.command("reindex")
@@ -307,11 +392,19 @@ def _session_entries(directory: Path, session: str) -> list[Entry]:
 
 
 @ledger_group.command("show")
-@_LEDGER
+@_ledger_or_source
 @click.argument("session")
 @_FORMAT
-def show_cmd(directory: Path, session: str, fmt: str) -> None:
+def show_cmd(
+    directory: Path | None,
+    bucket: BucketOptions | None,
+    cache: Path | None,
+    origin: str | None,
+    session: str,
+    fmt: str,
+) -> None:
     """Everything recorded about SESSION: who, target, account, and every entry."""
+    directory = session_directory(_directories(directory, bucket, cache, origin), session)
     found = _session_entries(directory, session)
     if fmt == "json":
         _print_entries(found, fmt)
@@ -332,7 +425,7 @@ def show_cmd(directory: Path, session: str, fmt: str) -> None:
 
 
 @ledger_group.command("replay")
-@_LEDGER
+@_ledger_or_source
 @click.argument("session")
 @click.option(
     "--speed",
@@ -341,8 +434,17 @@ def show_cmd(directory: Path, session: str, fmt: str) -> None:
     help="Replay with the recorded timing divided by SPEED (0: no waiting).",
 )
 @click.option("--rows", type=click.IntRange(min=0), default=20, show_default=True)
-def replay_cmd(directory: Path, session: str, speed: float, rows: int) -> None:
+def replay_cmd(
+    directory: Path | None,
+    bucket: BucketOptions | None,
+    cache: Path | None,
+    origin: str | None,
+    session: str,
+    speed: float,
+    rows: int,
+) -> None:
     """SESSION as a readable, time-ordered transcript: who, what, decisions, masked results."""
+    directory = session_directory(_directories(directory, bucket, cache, origin), session)
     found = _session_entries(directory, session)
     blobs = BlobReader(directory)
 
@@ -491,19 +593,27 @@ def consistency_cmd(
 
 
 @ledger_group.command("export")
-@_LEDGER
+@_ledger_or_source
 @click.option("--session", required=True)
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "pcap"]), default="jsonl", show_default=True
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def export_cmd(directory: Path, session: str, fmt: str, out: Path) -> None:
+def export_cmd(
+    directory: Path | None,
+    bucket: BucketOptions | None,
+    cache: Path | None,
+    origin: str | None,
+    session: str,
+    fmt: str,
+    out: Path,
+) -> None:
     """Export one session: a self-contained bundle an auditor verifies offline (entries,
     blobs, checkpoint, a tlog-proof per entry, published keys), or a pcap of the session's
     TCP stream rebuilt from the recorded (masked) messages, for Wireshark."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
-    require_ledger(directory)
+    directory = session_directory(_directories(directory, bucket, cache, origin), session)
     with Index.open(directory) as index:
         session = _resolve_session(index, directory, session)
     tmp = out.with_name(out.name + ".part")
@@ -549,3 +659,7 @@ def verify_bundle_cmd(file: Path, vkeys: tuple[str, ...], fmt: str) -> None:
         f"VERIFIED: session {s.session}: {s.entries} entries and {s.blobs} blobs included in "
         f"{s.origin} at size {s.size}"
     )
+
+
+ledger_group.add_command(ship_cmd)
+ledger_group.add_command(pull_cmd)

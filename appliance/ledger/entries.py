@@ -57,6 +57,12 @@ CAPTURE_BPF_FAILED = "capture.bpf_failed"
 CAPTURE_EVENTS_LOST = "capture.events_lost"
 CAPTURE_REFUSED = "capture.refused"
 PROTOCOL_ERROR = "protocol.error"
+# Shipping to the fleet's bucket (appliance.ledger.fleet.runner).
+SHIP_STALLED = "ledger.ship_stalled"
+SHIP_RESUMED = "ledger.ship_resumed"
+SHIP_BACKLOG = "ledger.ship_backlog"
+SHIP_CONFLICT = "ledger.ship_conflict"
+SHIP_GAP = "ledger.ship_gap"
 
 KNOWN_TYPES: tuple[str, ...] = (
     APPLIANCE_START,
@@ -81,6 +87,11 @@ KNOWN_TYPES: tuple[str, ...] = (
     CAPTURE_EVENTS_LOST,
     CAPTURE_REFUSED,
     PROTOCOL_ERROR,
+    SHIP_STALLED,
+    SHIP_RESUMED,
+    SHIP_BACKLOG,
+    SHIP_CONFLICT,
+    SHIP_GAP,
 )
 
 FIELDS = ("account", "data", "identity", "origin", "seq", "session", "target", "ts", "type", "v")

@@ -169,6 +169,11 @@ class Shipper:
         """The size of the newest local checkpoint read so far."""
         return self.local.sizes[-1] if self.local.sizes else 0
 
+    @property
+    def log_url(self) -> str:
+        """Where this log goes (known after :meth:`reconcile`)."""
+        return str(self._log.url) if self._log is not None else str(self.fleet.url)
+
     def backlog(self) -> int:
         """Entries signed locally but not yet in the bucket (after the last refresh)."""
         shipped = self.progress.signed_size if self.progress is not None else 0

@@ -1,0 +1,144 @@
+"""Where ledger commands read from: a local ``--ledger DIR`` or the fleet's bucket.
+
+``--source s3://BUCKET/PREFIX`` (with ``--endpoint-url``, ``--region``, ``--ca``; credentials
+from the AWS SDK's own chain: ``AWS_PROFILE``, ``AWS_ACCESS_KEY_ID``..., ``~/.aws``) pulls
+every log under the prefix (or those whose origin matches ``--origin GLOB``) into a local
+cache, incrementally (``--cache DIR``, default ``$XDG_CACHE_HOME/appliance/s3/BUCKET/PREFIX``),
+with progress on stderr, and hands the commands one ordinary ledger directory per log.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from appliance.bucket import Bucket, BucketSettings, check_endpoint_url, parse_bucket_url
+from appliance.ledger.errors import LedgerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class ByteProgress:
+    """Progress of a long transfer or check on stderr: a live line on a terminal, a line per
+    10% otherwise; silent below ``min_total`` bytes."""
+
+    def __init__(self, verb: str, *, enabled: bool | None = None, min_total: int = 16 << 20):
+        self.verb = verb
+        self.enabled = enabled
+        self.min_total = min_total
+        self.tty = sys.stderr.isatty()
+        self.last = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        on = self.enabled if self.enabled is not None else total >= self.min_total
+        if not on or total == 0:
+            return
+        pct = done * 100 // total
+        if self.tty:
+            click.echo(f"\r{self.verb}: {pct:3d}% of {total / 1e6:.1f} MB", nl=False, err=True)
+            if done >= total:
+                click.echo("", err=True)
+        elif pct // 10 != self.last // 10 or (done >= total and self.last < 100):
+            click.echo(f"{self.verb}: {pct}% of {total / 1e6:.1f} MB", err=True)
+        self.last = pct
+
+
+def bucket_options(url_option: str, help: str) -> Callable[[F], F]:
+    """``url_option`` (an s3:// URL) and the connection options, passed on as ``bucket``
+    (a :class:`BucketOptions`, None when the URL is not given)."""
+
+    def decorate(f: F) -> F:
+        options = [
+            click.option(url_option, "bucket_url", metavar="s3://BUCKET[/PREFIX]", help=help),
+            click.option(
+                "--endpoint-url",
+                envvar="APPLIANCE_S3_ENDPOINT",
+                help="S3 endpoint (radosgw, MinIO...); default AWS. Or $APPLIANCE_S3_ENDPOINT.",
+            ),
+            click.option("--region", default="us-east-1", show_default=True),
+            click.option(
+                "--ca",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="CA bundle for an https endpoint with a private CA.",
+            ),
+        ]
+        for option in reversed(options):
+            f = option(f)
+
+        @functools.wraps(f)  # carries the options click attached to f
+        def wrapper(**kwargs: Any) -> Any:
+            url = kwargs.pop("bucket_url")
+            endpoint, region, ca = (
+                kwargs.pop("endpoint_url"),
+                kwargs.pop("region"),
+                kwargs.pop("ca"),
+            )
+            kwargs["bucket"] = BucketOptions(url, endpoint, region, ca) if url else None
+            return f(**kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class BucketOptions:
+    url: str
+    endpoint_url: str | None
+    region: str
+    ca: Path | None
+
+    def open(self) -> Bucket:
+        """The bucket (credentials from the AWS SDK's chain). Raises BucketURLError."""
+        settings = BucketSettings(
+            url=parse_bucket_url(self.url),
+            endpoint_url=check_endpoint_url(self.endpoint_url) if self.endpoint_url else None,
+            region=self.region,
+            ca=self.ca,
+        )
+        return Bucket(settings)
+
+    def default_cache(self) -> Path:
+        url = parse_bucket_url(self.url)
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return base / "appliance" / "s3" / url.bucket / (url.prefix or "_")
+
+
+def pull_source(
+    bucket: BucketOptions, cache: Path | None, origin: str | None, *, progress: bool | None = None
+) -> list[Path]:
+    """Pull the logs under ``bucket`` (matching ``origin``) into the cache; their
+    directories, in origin order. Raises LedgerError if there is none."""
+    from appliance.ledger.fleet import list_logs, pull_logs, take_inventory
+
+    b = bucket.open()
+    root = cache or bucket.default_cache()
+    logs = list_logs(b, origin)
+    if not logs:
+        what = f" with origin {origin!r}" if origin else ""
+        raise LedgerError(f"no logs{what} under {b.url}/logs/")
+    results = pull_logs(
+        b,
+        [take_inventory(b, log) for log in logs],
+        root,
+        progress=ByteProgress("pulling", enabled=progress),
+    )
+    for r in results:
+        for problem in [*r.gaps, *r.bad_objects]:
+            click.echo(f"warning: {r.log.origin}: {problem}", err=True)
+    return [r.directory for r in results if (r.directory / "entries.log").exists()]
+
+
+CACHE_OPTION = click.option(
+    "--cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Local cache of the pulled logs (default: $XDG_CACHE_HOME/appliance/s3/BUCKET/PREFIX).",
+)
+ORIGIN_OPTION = click.option("--origin", help="Only logs whose origin matches this glob.")
