@@ -192,11 +192,13 @@ class ShipRunner:
                     return True
             except ShipConflict as exc:
                 self._failed("conflict", exc, now)
+                self._update_backlog(now)
                 self._write_status(now)
                 self._pending.clear()
                 return False
             except (BucketError, LedgerError) as exc:
                 self._failed("retrying", exc, now)
+                self._update_backlog(now)
                 self._write_status(now)
                 log.warning("final ship: %s", exc)
             if time.monotonic() + pause > deadline:
