@@ -250,6 +250,9 @@ class Shipper:
         Raises BucketUnavailable (try again later: nothing is lost, the next round resumes
         where this one stopped), BucketDenied/BucketError, ShipConflict, LedgerError."""
         if self.progress is None:
+            self.local.refresh()
+            if not self.local.notes:
+                return Round(0, 0, 0, 0)  # nothing signed yet: nothing to ship
             self.reconcile()
         p, log_bucket = self.progress, self._log
         assert p is not None and log_bucket is not None
