@@ -21,6 +21,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("ledger", "ledger_group"),
     ("capture", "capture_group"),
     ("status", "status_command"),
+    ("bucket", "bucket_policy_command"),
 ]
 
 

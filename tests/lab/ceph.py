@@ -54,6 +54,12 @@ class S3Credentials:
 
     access_key: str
     secret_key: str
+    user: str = "lab"
+
+    @property
+    def arn(self) -> str:
+        """The user as a bucket policy names it (no tenant)."""
+        return f"arn:aws:iam:::user/{self.user}"
 
     def shared_file(self, path: Path, *, mode: int = 0o600) -> Path:
         """Write the pair as an AWS shared credentials file (``[default]`` profile)."""
@@ -389,7 +395,9 @@ rgw enable usage log = false
 
     def add_user(self, uid: str) -> S3Credentials:
         """A new S3 user (no buckets of its own; give it access with a bucket policy)."""
-        creds = S3Credentials("LAB" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30))
+        creds = S3Credentials(
+            "LAB" + secrets.token_hex(8).upper(), secrets.token_urlsafe(30), user=uid
+        )
         self._radosgw_admin(
             "user", "create", f"--uid={uid}", f"--display-name={uid}",
             f"--access-key={creds.access_key}", f"--secret-key={creds.secret_key}",

@@ -72,3 +72,17 @@ def wait_shipped(
             return status
         time.sleep(0.1)
     raise AssertionError(f"not shipped within {timeout}s: {status}")
+
+
+def ship_local(
+    ceph: Any, directory: Path, url: str, *, lock: tuple[str, int] | None = None
+) -> None:
+    """Ship a ledger directory from the test process (inside the storage namespace)."""
+    from appliance.bucket import Bucket, BucketSettings, Credentials, ObjectLock, parse_bucket_url
+    from appliance.ledger.fleet import Shipper
+
+    settings = BucketSettings(parse_bucket_url(url), endpoint_url="http://127.0.0.1:7480")
+    creds = Credentials(ceph.root.access_key, ceph.root.secret_key)
+    with ceph.inside():
+        bucket = Bucket(settings, credentials=creds, attempts=1)
+        Shipper(directory, bucket, lock=ObjectLock(*lock) if lock else None).ship()

@@ -239,7 +239,9 @@ def test_storage_down_with_on_backlog_refuse_fails_closed_until_it_drains(
         r = psql(lab, 6604, "drained", "select 'open again'")
         assert r.returncode == 0 and "open again" in r.stdout, r.stderr
         entries = app.wait_for(
-            lambda es: [e["data"]["state"] for e in es if e["type"] == "ledger.ship_backlog"]
-            == ["refusing", "serving"]
+            lambda es: (
+                [e["data"]["state"] for e in es if e["type"] == "ledger.ship_backlog"]
+                == ["refusing", "serving"]
+            )
         )
         assert [e["type"] for e in entries].count("ledger.ship_stalled") == 1
