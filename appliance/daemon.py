@@ -48,6 +48,7 @@ from appliance.approvals import (
 )
 from appliance.bucket import open_bucket
 from appliance.config import Config
+from appliance.config.sections import Sections, parse_sections
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
@@ -55,12 +56,12 @@ from appliance.ledger.api import Ledger
 from appliance.ledger.fleet.runner import BacklogGuard, ShipRunner
 from appliance.ledger.fleet.ship import Shipper
 from appliance.ledger.remote import RemoteLedger
-from appliance.masking import Masker, MaskingConfig, parse_masking
-from appliance.policy import Policy, parse_policy
-from appliance.protocols.postgres import CancelKeys
+from appliance.masking import Masker, MaskingConfig
 from appliance.proxy.flows import FlowResolverImpl, Identify
-from appliance.proxy.pg.session import CancelRoute, SessionServices
 from appliance.proxy.server import ProxyServer
+from appliance.proxy.services import SessionServices
+from appliance.proxy.shell import ShellServices
+from appliance.proxy.tls import upstream_context
 from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
@@ -165,19 +166,9 @@ class Daemon:
         self.ledger: Ledger | None = None
         self._stopping = False
 
-    def prepare(self) -> tuple[Policy | None, MaskingConfig]:
-        """Parse the sections that depend on the targets (policy, masking)."""
-        policy = (
-            parse_policy(self.config.policy, targets=self.config.targets)
-            if self.config.policy is not None
-            else None
-        )
-        masking = parse_masking(self.config.masking, targets=self.config.targets)
-        return policy, masking
-
     async def run(self) -> None:
         started = time.monotonic()
-        policy, masking = self.prepare()
+        sections = parse_sections(self.config)
         cfg = self.config
         key_text = read_secret(cfg.ledger.key, credentials_dir=self.credentials_dir)
         key = SigningKey.from_skey(key_text)
@@ -193,7 +184,7 @@ class Daemon:
         shipping: ShipRunner | None = None
         try:
             shipping = self._ship_runner(ledger)
-            await self._serve(ledger, policy, masking, started, shipping)
+            await self._serve(ledger, sections, started, shipping)
         finally:
             with contextlib.suppress(ApplianceError):
                 ledger.append(
@@ -232,12 +223,12 @@ class Daemon:
     async def _serve(
         self,
         ledger: Ledger,
-        policy: Policy | None,
-        masking: MaskingConfig,
+        sections: Sections,
         started: float,
         shipping: ShipRunner | None = None,
     ) -> None:
         cfg = self.config
+        policy, masking = sections.policy, sections.masking
         mask_key, key_source = load_masking_key(masking, self.credentials_dir)
         masker = Masker(masking, hmac_key=mask_key)
         start: dict[str, Any] = {
@@ -275,7 +266,7 @@ class Daemon:
         approvals_server: ApprovalServer | None = None
         notifier: WebhookNotifier | None = None
         if policy is not None and policy.approvers:
-            transport = parse_approvals_transport(_approvals_node(cfg))
+            transport = sections.approvals or parse_approvals_transport(None)
             notifier = WebhookNotifier(
                 transport.webhooks, record=lambda t, d: ledger.append(t, data=d)
             )
@@ -306,19 +297,24 @@ class Daemon:
             ledger=sessions_ledger,
             policy=policy,
             masker=masker,
-            broker=broker,
-            cancel_keys=CancelKeys[CancelRoute](random_bytes=secrets.token_bytes),
-            mark=cfg.capture.mark if self.capture else 0,
+            approvals=broker is not None,
             record_rows=cfg.ledger.record_rows,
             max_result_bytes=cfg.ledger.max_result_bytes,
-            credentials_dir=self.credentials_dir,
+            clock=time.time,
+            monotonic=time.monotonic,
+            random_bytes=secrets.token_bytes,
+            read_secret=functools.partial(read_secret, credentials_dir=self.credentials_dir),
+            upstream_tls=upstream_context,
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
         )
+        shell = ShellServices(mark=cfg.capture.mark if self.capture else 0, broker=broker)
         resolver = FlowResolverImpl(
             cfg, identify=identify, original_dst=original_dst, target_for=target_for
         )
-        server = self.server = ProxyServer(cfg, services, resolver, transparent=self.capture)
+        server = self.server = ProxyServer(
+            cfg, services, resolver, shell=shell, transparent=self.capture
+        )
         bound = server.bind()
 
         loop = asyncio.get_running_loop()
@@ -479,14 +475,6 @@ def _record_approval(ledger: Ledger, type: str, data: dict[str, Any]) -> None:
         account=data.get("account") if isinstance(data.get("account"), str) else None,
         data=data,
     )
-
-
-def _approvals_node(cfg: Config) -> Any:
-    """The ``policy.approvals`` node, where the approvals transport keys live."""
-    if cfg.policy is None or not cfg.policy.is_mapping:
-        return None
-    approvals = cfg.policy.mapping().get("approvals")
-    return approvals
 
 
 def run(config: Config, **kwargs: Any) -> None:

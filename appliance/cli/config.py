@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
-from appliance.approvals import ApprovalsTransportConfig, parse_approvals_transport
-from appliance.config import Config, load_config
-from appliance.masking import MaskingConfig, parse_masking
-from appliance.policy import Policy, parse_policy
+from appliance.config import load_config
+from appliance.config.sections import parse_sections
+from appliance.proxy import registry
 
 
 @click.group("config")
@@ -29,8 +28,13 @@ def check(file: Path, fmt: str) -> None:
     Secrets are never printed: only where they come from.
     """
     cfg = load_config(file)
-    policy, masking, transport = check_sections(cfg)
+    sections = parse_sections(cfg)
+    policy, masking, transport = sections.policy, sections.masking, sections.approvals
     summary = {
+        "protocols": {
+            name: registry.PROTOCOLS[name].description
+            for name in sorted({t.protocol for t in cfg.targets.values()})
+        },
         "targets": {
             name: {
                 "protocol": t.protocol,
@@ -73,6 +77,7 @@ def check(file: Path, fmt: str) -> None:
     click.echo(f"{file}: OK")
     for name, t in cfg.targets.items():
         click.echo(f"  target {name} ({t.protocol}): {', '.join(str(a) for a in t.addresses)}")
+        click.echo(f"    protocol: {registry.PROTOCOLS[t.protocol].description}")
         for acc in t.accounts:
             click.echo(
                 f"    account {acc.name}: user {acc.user}, secret from {acc.secret.describe()}"
@@ -93,17 +98,3 @@ def check(file: Path, fmt: str) -> None:
     click.echo(
         f"  masking: {len(masking.columns)} column rules, response masking rules: {len(masking.response)}"
     )
-
-
-def check_sections(
-    cfg: Config,
-) -> tuple[Policy | None, MaskingConfig, ApprovalsTransportConfig | None]:
-    """Parse the sections that other packages own; raise ConfigError on the first problem."""
-    policy = parse_policy(cfg.policy, targets=cfg.targets) if cfg.policy is not None else None
-    masking = parse_masking(cfg.masking, targets=cfg.targets)
-    transport = None
-    if cfg.policy is not None and cfg.policy.is_mapping:
-        approvals = cfg.policy.mapping().get("approvals")
-        if approvals is not None:
-            transport = parse_approvals_transport(approvals)
-    return policy, masking, transport

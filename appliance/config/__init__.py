@@ -14,10 +14,11 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from appliance.config._node import Node, load_document
 from appliance.errors import ConfigError
+from appliance.proxy import registry
 
 if TYPE_CHECKING:  # appliance.bucket imports this module (SecretRef): no cycle at run time
     from appliance.bucket import BucketSettings, ObjectLock
@@ -40,7 +41,6 @@ __all__ = [
     "parse_config",
 ]
 
-PROTOCOLS = ("postgres",)
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 
 
@@ -114,6 +114,8 @@ class Target:
     # Startup settings forwarded from the job beyond the safe defaults
     # (appliance.proxy.pg.parameters.SAFE), e.g. ("work_mem",).
     startup_parameters: tuple[str, ...] = ()
+    # The protocol's own settings (appliance.proxy.registry: Protocol.options), or None.
+    options: Any = None
 
     def account_for(self, claimed_user: str | None) -> Account:
         """The account whose name equals the user the job claimed, else the first one."""
@@ -231,24 +233,36 @@ def _parse_targets(node: Node) -> dict[str, Target]:
 
 
 def _parse_target(node: Node) -> Target:
+    # The protocol says which keys a target may have beyond the common ones.
+    raw = node.mapping()
+    if "protocol" not in raw:
+        node.fail("missing required key 'protocol'")
+    protocol = raw["protocol"].string(choices=tuple(registry.PROTOCOLS))
+    spec = registry.PROTOCOLS[protocol]
     m = node.keys(
-        required=("name", "protocol", "addresses", "accounts"),
-        optional=("listen", "tls", "client_tls", "connect_timeout", "startup_parameters"),
+        required=(
+            "name",
+            "protocol",
+            "addresses",
+            *(("accounts",) if spec.requires_accounts else ()),
+        ),
+        optional=("listen", "connect_timeout", "accounts", *spec.target_keys),
     )
     name = m["name"].string(pattern=_NAME)
-    protocol = m["protocol"].string(choices=PROTOCOLS)
     addresses = tuple(parse_address(a) for a in m["addresses"].items_or_one())
     if not addresses:
         m["addresses"].fail("at least one address is required")
-    accounts_node = m["accounts"]
-    accounts = tuple(_parse_account(a) for a in accounts_node.items())
-    if not accounts:
-        accounts_node.fail("at least one service account is required")
-    seen: set[str] = set()
-    for a_node, account in zip(accounts_node.items(), accounts, strict=True):
-        if account.name in seen:
-            a_node.fail(f"duplicate account name {account.name!r}")
-        seen.add(account.name)
+    accounts: tuple[Account, ...] = ()
+    if "accounts" in m:
+        accounts_node = m["accounts"]
+        accounts = tuple(_parse_account(a) for a in accounts_node.items())
+        if not accounts and spec.requires_accounts:
+            accounts_node.fail("at least one service account is required")
+        seen: set[str] = set()
+        for a_node, account in zip(accounts_node.items(), accounts, strict=True):
+            if account.name in seen:
+                a_node.fail(f"duplicate account name {account.name!r}")
+            seen.add(account.name)
     listen = parse_listen(m["listen"]) if "listen" in m else None
     tls = _parse_upstream_tls(m["tls"]) if "tls" in m else UpstreamTLS()
     client_tls = _parse_client_tls(m["client_tls"]) if "client_tls" in m else None
@@ -262,8 +276,18 @@ def _parse_target(node: Node) -> Target:
                 item.fail(f"{setting!r} is not a setting the appliance can forward")
             names.append(setting)
         startup_parameters = tuple(names)
+    options = spec.load(spec.options)(m) if spec.options is not None else None
     return Target(
-        name, protocol, addresses, accounts, listen, tls, client_tls, timeout, startup_parameters
+        name,
+        protocol,
+        addresses,
+        accounts,
+        listen,
+        tls,
+        client_tls,
+        timeout,
+        startup_parameters,
+        options,
     )
 
 

@@ -9,9 +9,11 @@ decision's message as the PostgreSQL error) or holds the statement for approval
 - :func:`classify` (``sql -> Classification``): every statement of the string, by its effect
   as the server's own grammar reads it (pglast / libpg_query): a DELETE inside a CTE is a
   delete, EXPLAIN ANALYZE runs its statement, COPY ... PROGRAM runs a shell command, DO and
-  CALL are ``unknown``. Relations read and written and functions called are extracted.
-  Never raises: unparseable text is ``unknown`` with ``parse_error`` set. Cached by exact
-  text. The class vocabulary and groups are :data:`CLASSES` and :data:`GROUPS`.
+  CALL are ``unknown`` (a DO block whose PL/pgSQL body has no dynamic SQL has the classes
+  of what the body runs, plus ``do``). Relations read and written and functions called are
+  extracted. Never raises: unparseable text is ``unknown`` with ``parse_error`` set, and
+  ``syntax_error`` (:class:`GrammarError`) when PostgreSQL's grammar rejects it. Cached by
+  exact text. :func:`classify_function_call` does the same for a fast-path call by OID. The class vocabulary and groups are :data:`CLASSES` and :data:`GROUPS`.
 - :func:`parse_policy` (``Node -> Policy``): the ``policy`` config section, checked, every
   mistake a :class:`~appliance.errors.ConfigError` with key and line.
 - :meth:`Policy.decide` (``RequestContext -> Decision``): pure; first matching rule per
@@ -36,7 +38,15 @@ Public API::
              enforced, statements).lets_through; .to_record()
 """
 
-from appliance.policy._classify import Classification, StatementClass, classify
+from appliance.policy._classify import (
+    Classification,
+    CopySpec,
+    GrammarError,
+    StatementClass,
+    classify,
+    classify_function_call,
+    copy_spec,
+)
 from appliance.policy._config import parse_policy
 from appliance.policy._rules import (
     CONFLICT_RULE,
@@ -59,8 +69,10 @@ __all__ = [
     "GROUPS",
     "NO_RULE",
     "Classification",
+    "CopySpec",
     "Decision",
     "Glob",
+    "GrammarError",
     "Match",
     "Policy",
     "RequestContext",
@@ -68,6 +80,8 @@ __all__ = [
     "StatementClass",
     "StatementDecision",
     "classify",
+    "classify_function_call",
+    "copy_spec",
     "expand",
     "parse_policy",
 ]

@@ -38,10 +38,20 @@ from pglast import ast as pg_ast
 from pglast.parser import ParseError, parse_sql_json
 
 from appliance.policy._functions import call_classes
+from appliance.policy._plpgsql import body_sql
 from appliance.policy._where import keeps_every_row
+from appliance.protocols.postgres import fastpath
 from appliance.protocols.postgres.encodings import ascii_safe
 
-__all__ = ["Classification", "StatementClass", "classify"]
+__all__ = [
+    "Classification",
+    "CopySpec",
+    "GrammarError",
+    "StatementClass",
+    "classify",
+    "classify_function_call",
+    "copy_spec",
+]
 
 # Texts up to this many characters are cached (keyed by the exact text).
 _CACHE_TEXT_LIMIT = 16 * 1024
@@ -64,6 +74,20 @@ _MISSING: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
+class CopySpec:
+    """What a COPY statement says of its data (the protocol says nothing): the direction,
+    the table when written with its schema (unqualified, it depends on ``search_path``:
+    None), the column list when written (pg_dump writes both), the format (``text``,
+    ``csv`` or ``binary``) and whether CSV data starts with a header line."""
+
+    direction: str  # "in" (FROM) | "out" (TO)
+    table: str | None = None
+    columns: tuple[str, ...] | None = None
+    format: str = "text"
+    header: bool = False
+
+
+@dataclass(frozen=True)
 class StatementClass:
     """One statement of a query string, classified.
 
@@ -83,6 +107,7 @@ class StatementClass:
     writes: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
     prepared_name: str | None = None
+    copy: CopySpec | None = None  # for a COPY statement
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-safe summary for the ledger (without the text, which is recorded apart)."""
@@ -100,12 +125,23 @@ class StatementClass:
 
 
 @dataclass(frozen=True)
+class GrammarError:
+    """PostgreSQL's grammar rejects the text: the server would answer SQLSTATE 42601 with
+    this message and position (1-based, in characters, as the ErrorResponse's ``P`` field)
+    and run nothing of it."""
+
+    message: str
+    position: int
+
+
+@dataclass(frozen=True)
 class Classification:
     """A whole query string, classified: one :class:`StatementClass` per statement, in
     order, and the unions of their classes, relations and functions.
 
     An empty string or one holding only comments has no statements. Unparseable text has
-    one statement of class ``unknown`` and ``parse_error`` says why.
+    one statement of class ``unknown`` and ``parse_error`` says why; when the reason is that
+    PostgreSQL's grammar rejects it, ``syntax_error`` is the error the server would give.
     """
 
     statements: tuple[StatementClass, ...]
@@ -114,10 +150,14 @@ class Classification:
     writes: frozenset[str]
     functions: frozenset[str]
     parse_error: str | None = None
+    syntax_error: GrammarError | None = None
 
     @classmethod
     def of(
-        cls, statements: Iterable[StatementClass], parse_error: str | None = None
+        cls,
+        statements: Iterable[StatementClass],
+        parse_error: str | None = None,
+        syntax_error: GrammarError | None = None,
     ) -> Classification:
         """The classification made of ``statements`` (unions computed here)."""
         stmts = tuple(statements)
@@ -132,6 +172,7 @@ class Classification:
             union("writes"),
             union("functions"),
             parse_error,
+            syntax_error,
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -166,6 +207,24 @@ def classify(sql: str, *, standard_conforming_strings: bool = True) -> Classific
     return _classify(sql, standard_conforming_strings)
 
 
+def classify_function_call(oid: int) -> Classification:
+    """Classify a fast-path FunctionCall of function ``oid`` (there is no SQL text): a
+    built-in large-object function has the classes a call to it in SQL would have, and its
+    name in ``functions``, so rules can allow it by name (``functions: [lo_*]``); a function
+    the appliance cannot name is ``unknown`` too, named ``oid:<n>`` in ``functions``."""
+    text = fastpath.statement_text(oid)
+    name = fastpath.function_name(oid)
+    if name is None:
+        classes = frozenset({"function_call", "unknown"})
+        functions = frozenset({f"oid:{oid}"})
+    else:
+        classes = call_classes(("pg_catalog", name))
+        functions = frozenset({name})
+    return Classification.of(
+        [StatementClass(0, text, "FunctionCall", classes, functions=functions)]
+    )
+
+
 def cache_info() -> functools._CacheInfo:
     """Hits, misses and size of the classification cache (for the benchmark and stats)."""
     return _classify_cached.cache_info()
@@ -197,7 +256,10 @@ def _classify(sql: str, standard_conforming_strings: bool) -> Classification:
     try:
         tree = json.loads(parse_sql_json(sql))
     except ParseError as exc:  # the server's own message: 'syntax error at or near ...'
-        return _unparseable(sql, str(exc))
+        # pglast's location is 0-based in characters; the server's position is 1-based.
+        message = str(exc.args[0]) if exc.args else str(exc)
+        location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+        return _unparseable(sql, message, GrammarError(message, location + 1))
     except RecursionError:
         return _unparseable(sql, "the statement is nested too deeply to classify")
     except Exception as exc:  # the parser's other limits
@@ -216,10 +278,12 @@ def _classify(sql: str, standard_conforming_strings: bool) -> Classification:
     return Classification.of(statements)
 
 
-def _unparseable(sql: str, reason: str) -> Classification:
+def _unparseable(sql: str, reason: str, syntax_error: GrammarError | None = None) -> Classification:
     text = sql.strip() if isinstance(sql, str) else ""
     return Classification.of(
-        [StatementClass(0, text, "", frozenset({"unknown"}))], parse_error=reason
+        [StatementClass(0, text, "", frozenset({"unknown"}))],
+        parse_error=reason,
+        syntax_error=syntax_error,
     )
 
 
@@ -241,6 +305,7 @@ def _statement(index: int, raw: dict[str, Any], encoded: bytes) -> StatementClas
         frozenset(walk.writes),
         frozenset(walk.functions),
         walk.prepared_name,
+        _copy_spec(fields) if kind == "CopyStmt" else None,
     )
 
 
@@ -550,7 +615,6 @@ _simple(
         "ClusterStmt": ("maintenance",),
         "VacuumStmt": ("maintenance",),
         "LockStmt": ("lock",),
-        "DoStmt": ("unknown",),
         "CallStmt": ("unknown",),
         "LoadStmt": ("file_access",),
         "FetchStmt": ("select",),
@@ -561,6 +625,37 @@ _simple(
         "DropRoleStmt": ("role",),
     }
 )
+
+
+@_handles("DoStmt")
+def _do(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
+    """A DO block has the classes of what its PL/pgSQL body runs (:mod:`._plpgsql`), or is
+    ``unknown`` when the body cannot be read (dynamic SQL, another language)."""
+    body: str | None = None
+    language = "plpgsql"
+    for arg in f.get("args", ()):
+        elem = arg.get("DefElem", _MISSING) if isinstance(arg, dict) else _MISSING
+        value = elem.get("arg", _MISSING).get("String", _MISSING).get("sval")
+        if elem.get("defname") == "as" and isinstance(value, str):
+            body = value
+        elif elem.get("defname") == "language" and isinstance(value, str):
+            language = value.lower()
+    texts = body_sql(body) if body is not None and language == "plpgsql" else None
+    if texts is None:
+        walk.add(ctx, "unknown")
+        return
+    walk.add(ctx, "do")
+    for text in texts:
+        inner = (
+            _classify_cached(text, True)
+            if len(text) <= _CACHE_TEXT_LIMIT
+            else _classify(text, True)
+        )
+        walk.add(ctx, *inner.classes)
+        if ctx.effects:
+            walk.writes.update(inner.writes)
+        walk.reads.update(inner.reads)
+        walk.functions.update(inner.functions)
 
 
 @_handles("SelectStmt")
@@ -624,6 +719,40 @@ def _copy(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
         walk.add(ctx, "file_access")  # a file on the server, not the client's STDIN/STDOUT
     walk.relation(f.get("relation"), ctx, write=is_from)
     walk.children(kind, f, ctx, skip=("relation",), top=("query",))
+
+
+def _copy_spec(f: dict[str, Any]) -> CopySpec:
+    relation = f.get("relation") or {}
+    table = None
+    if relation.get("schemaname") and relation.get("relname"):
+        table = f"{relation['schemaname']}.{relation['relname']}"
+    names = [a.get("String", _MISSING).get("sval") for a in f.get("attlist") or []]
+    columns = tuple(names) if names and all(isinstance(n, str) for n in names) else None
+    fmt, header = "text", False
+    for option in f.get("options") or []:
+        elem = option.get("DefElem", _MISSING)
+        name = elem.get("defname")
+        if name == "format":
+            value = _option_string(elem)
+            fmt = value if value in ("text", "csv", "binary") else fmt
+        elif name == "header":
+            header = _option_true(elem) or _option_string(elem) == "match"
+    return CopySpec("in" if f.get("is_from") else "out", table, columns, fmt, header)
+
+
+def _option_string(elem: dict[str, Any]) -> str | None:
+    arg = elem.get("arg")
+    if isinstance(arg, dict) and "String" in arg:
+        return str(arg["String"].get("sval", "")).lower()
+    return None
+
+
+def copy_spec(sql: str) -> CopySpec | None:
+    """What the COPY statement ``sql`` says of its data; None if ``sql`` is not exactly one
+    COPY (then nothing is known of its rows: the caller fails closed). Read from the
+    (cached) classification: the statement is parsed once."""
+    stmts = classify(sql).statements
+    return stmts[0].copy if len(stmts) == 1 else None
 
 
 @_handles("ExplainStmt")

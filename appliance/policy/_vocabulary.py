@@ -51,7 +51,9 @@ CLASSES: dict[str, str] = {
     "function_call": "calls a function not known to be free of side effects (anything but "
     "the immutable and stable functions of pg_catalog and a few harmless volatile ones, such "
     "as random()); the names are in ``functions`` so that rules can match them",
-    "unknown": "cannot be classified: DO, CALL, functions that run SQL given as text "
+    "do": "an anonymous code block (DO) whose PL/pgSQL body was read: the block also has the "
+    "classes of every statement and expression its body runs",
+    "unknown": "cannot be classified: DO with dynamic SQL (EXECUTE) or in another language, CALL, functions that run SQL given as text "
     "(query_to_xml, dblink), unparseable text, any statement the classifier does not know",
     "delete_without_where": "a DELETE without WHERE, or whose WHERE is always true "
     "(1=1, true, 'a'='a', NOT false, x=x ...)",

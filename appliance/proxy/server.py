@@ -1,8 +1,8 @@
-"""Listeners and sessions: the appliance's asyncio server.
+"""Listeners and connections: the appliance's asyncio server.
 
 Where this sits: the daemon (:mod:`appliance.daemon`) builds a :class:`ProxyServer` with the
-shared :class:`~appliance.proxy.pg.session.SessionServices` and a :class:`FlowResolver`, and
-runs :meth:`ProxyServer.serve`. Two kinds of listeners:
+shared :class:`~appliance.proxy.services.SessionServices`, the shell's services and a
+:class:`FlowResolver`, and runs :meth:`ProxyServer.serve`. Two kinds of listeners:
 
 - an *explicit* listener per target that has ``listen:`` in the config (before transparent
   capture, or for jobs that are pointed at the appliance on purpose): the target is known;
@@ -11,10 +11,11 @@ runs :meth:`ProxyServer.serve`. Two kinds of listeners:
   destination; a flow to an address that is not (or no longer) protected is refused and
   recorded.
 
-Every accepted connection becomes one :class:`~appliance.proxy.pg.session.PgSession` task in
-the server's task group (structured concurrency: no session outlives the server). On stop,
-the listeners close, every session finishes the statement in flight and ends with
-"administrator shutdown" (57P01); after the grace period the rest are cut.
+Every accepted connection becomes one :class:`~appliance.proxy.shell.Connection` task in the
+server's task group (structured concurrency: no session outlives the server), running the
+session core of its target's protocol (:mod:`appliance.proxy.registry`). On stop, the
+listeners close, every session is asked to drain (finish what is in flight, then end as its
+protocol says an administrator shutdown ends); after the grace period the rest are cut.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from typing import Any, Protocol
 
 from appliance.config import Config, Target
 from appliance.errors import ApplianceError
-from appliance.proxy.pg.session import PgSession, SessionServices
+from appliance.proxy import registry
+from appliance.proxy.commands import ConnectionInfo
+from appliance.proxy.services import SessionServices
+from appliance.proxy.shell import Connection, ShellServices
 
 log = logging.getLogger("appliance.proxy")
 
@@ -81,12 +85,21 @@ class ProxyServer:
         services: SessionServices,
         resolver: FlowResolver,
         *,
+        shell: ShellServices | None = None,
         transparent: bool = False,
         new_session_id: Callable[[], str] | None = None,
     ) -> None:
         self.config = config
         self.services = services
+        self.shell = shell or ShellServices()
         self.resolver = resolver
+        self._protocols = {
+            name: registry.get(name) for name in {t.protocol for t in config.targets.values()}
+        }
+        self._factories = {name: p.session_factory() for name, p in self._protocols.items()}
+        for name in self._protocols:
+            if name not in services.shared:
+                services.shared[name] = registry.get(name).make_shared(services.random_bytes)
         self.listeners: list[Listener] = [
             Listener(t.listen[0], t.listen[1], t.name)
             for t in config.targets.values()
@@ -95,7 +108,7 @@ class ProxyServer:
         if transparent:
             port = config.capture.listen_port
             self.listeners += [Listener("0.0.0.0", port), Listener("::", port)]
-        self.sessions: set[PgSession] = set()
+        self.sessions: set[Any] = set()  # Connection, or a protocol's own runner
         self._new_id = new_session_id or (lambda: services.random_bytes(8).hex())
         self._stop = asyncio.Event()
         self._sockets: list[socket.socket] = []
@@ -196,19 +209,24 @@ class ProxyServer:
             conn.close()
             return
         local = conn.getsockname()
-        session = PgSession(
-            self.services,
+        target = flow.target
+        info = ConnectionInfo(
             session_id=self._new_id(),
-            target=flow.target,
-            upstream=flow.upstream,
             client=(peer[0], peer[1]),
-            server_address=(local[0], local[1]),
+            listener=(local[0], local[1]),
+            upstream=flow.upstream,
             identity=flow.identity,
         )
-        self.sessions.add(session)
+        make = self._factories[target.protocol]
+        shared = self.services.shared.get(target.protocol)
+        connection: Any
+        if self._protocols[target.protocol].core is not None:
+            core = make(self.services, shared, target, info)
+            connection = Connection(core, self.shell, name=info.session_id)
+        else:
+            connection = make(self.services, shared, target, info, self.shell)
+        self.sessions.add(connection)
         try:
-            loop = asyncio.get_running_loop()
-            await loop.connect_accepted_socket(lambda: session.client, conn)
-            await session.run()
+            await connection.run(conn)
         finally:
-            self.sessions.discard(session)
+            self.sessions.discard(connection)

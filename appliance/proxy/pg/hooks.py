@@ -2,9 +2,10 @@
 
 Where this sits: :class:`~appliance.proxy.pg.relay.Relay` calls these synchronously while it
 walks the messages; they classify and decide (policy), build the job's error messages,
-start approvals (the asyncio part is :meth:`SessionHooks.approval_task`, run in the
-session's task group), and forward everything worth keeping to the
-:class:`~appliance.proxy.pg.recording.SessionRecorder`.
+queue approval requests (the session core, :mod:`appliance.proxy.pg.core`, asks for them
+with a command and brings the answer back through :meth:`SessionHooks.approval_answered`),
+and forward everything worth keeping to the
+:class:`~appliance.proxy.pg.recording.SessionRecorder`. Sans-IO: no await anywhere.
 """
 
 from __future__ import annotations
@@ -14,8 +15,16 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
-from appliance.approvals import Broker, Outcome
-from appliance.policy import Classification, Decision, Policy, RequestContext, classify
+from appliance.masking.postgres import ResponseMasker
+from appliance.policy import (
+    Classification,
+    Decision,
+    GrammarError,
+    Policy,
+    RequestContext,
+    classify,
+    classify_function_call,
+)
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
     NoticeResponse,
@@ -23,11 +32,11 @@ from appliance.protocols.postgres.messages import (
     RowDescription,
     error_response,
 )
-from appliance.proxy.pg.masking import ResponseMasker
+from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR
+from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
-INSUFFICIENT_PRIVILEGE = "42501"
 _ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
@@ -54,7 +63,6 @@ class SessionHooks:
         *,
         policy: Policy | None,
         recorder: SessionRecorder,
-        broker: Broker | None,
         target: str,
         database: str,
         account: str,
@@ -65,7 +73,6 @@ class SessionHooks:
     ) -> None:
         self.policy = policy
         self.recorder = recorder
-        self.broker = broker
         self.target = target
         self.database = database
         self.account = account
@@ -86,15 +93,20 @@ class SessionHooks:
         # until then, pipelined text that another setting would read otherwise is refused.
         self._settings_in_flight: set[int] = set()
         self._settings_done: set[int] = set()
-        self.approval_started: Callable[[Statement], None] | None = None
+        # Statements held for approval, not yet asked for (drained by the session core).
+        self.approvals: list[Statement] = []
 
     # -- deciding ----------------------------------------------------------------------------
 
     def decide(self, stmt: Statement) -> Verdict:
         if self.policy is None:
             return ALLOW
-        # A fast-path function call has no SQL text: its placeholder text does not parse,
-        # so it is classified "unknown", which only an explicit rule lets through.
+        if stmt.function_oid is not None:
+            # A fast-path call has no SQL text: it is classified by the function it calls.
+            classification = classify_function_call(stmt.function_oid)
+            if classification.classes & _MAY_CHANGE_SETTINGS:
+                self._settings_in_flight.add(stmt.n)
+            return self._decide(stmt, classification)
         # With standard_conforming_strings off, backslashes escape quotes: the classifier
         # must read the text as the server will (else a quote could hide a statement).
         scs = self.parameters.get("standard_conforming_strings", "on") == "on"
@@ -109,6 +121,8 @@ class SessionHooks:
                 self._settings_in_flight.add(stmt.n)
             return verdict
         classification = classify(stmt.text, standard_conforming_strings=scs)
+        if classification.syntax_error is not None:
+            return _rejected(classification.syntax_error)
         if unsure:
             # A statement in flight may have turned standard_conforming_strings off or
             # switched the client encoding: the server could read another statement than
@@ -131,6 +145,14 @@ class SessionHooks:
         changes_settings = bool(classification.classes & _MAY_CHANGE_SETTINGS)
         if changes_settings:
             self._settings_in_flight.add(stmt.n)
+        verdict = self._decide(stmt, classification)
+        if verdict.action == "allow" and verdict.enforced and len(self._allowed) < _ALLOWED_CACHE:
+            self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
+        return verdict
+
+    def _decide(self, stmt: Statement, classification: Classification) -> Verdict:
+        """The policy's verdict on ``stmt``, classified as ``classification``."""
+        assert self.policy is not None
         decision = self.policy.decide(
             RequestContext(
                 identity=self.identity,
@@ -155,16 +177,16 @@ class SessionHooks:
             slim: dict[str, object] = {k: record[k] for k in keep if k in record}
             if len(classification.statements) > 1:
                 slim["statements"] = record["statements"]
-            verdict = Verdict("allow", True, b"", slim)
-            if len(self._allowed) < _ALLOWED_CACHE:
-                self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
-            return verdict
+            return Verdict("allow", True, b"", slim)
         decision_id = self.new_id()
         record["decision_id"] = decision_id
         self._decisions[stmt.n] = decision
         error = b""
         if action == "deny":
-            message = f"statement denied by policy rule {decision.rule!r}"
+            what = "statement"
+            if stmt.function_oid is not None:
+                what = f"fast-path call of function {', '.join(sorted(classification.functions))}"
+            message = f"{what} denied by policy rule {decision.rule!r}"
             # The policy's own message when the rule has none repeats the line above.
             if decision.message and decision.message != f"denied by policy rule {decision.rule!r}":
                 message += f": {decision.message}"
@@ -195,36 +217,43 @@ class SessionHooks:
     # -- approvals ---------------------------------------------------------------------------
 
     def request_approval(self, stmt: Statement) -> None:
-        if self.approval_started is not None:
-            self.approval_started(stmt)
+        """Queue the request; the session core turns it into an ``AskApproval`` command."""
+        self.approvals.append(stmt)
 
-    async def approval_task(self, stmt: Statement) -> tuple[bool, bytes, dict[str, Any]]:
-        """Ask for and await the approval of ``stmt``; return (approved, error, record)."""
-        decision = self._decisions.pop(stmt.n)
+    def approval_fields(self, stmt: Statement) -> dict[str, Any]:
+        """The broker's ``new_request`` arguments for ``stmt`` (the text masked; the digest
+        of the exact bytes the approver signs for)."""
+        decision = self._decisions[stmt.n]
+        return {
+            "session": self.recorder.session,
+            "identity": identity_key(self.identity),
+            "target": self.target,
+            "account": self.account,
+            "rule": decision.rule,
+            "approvers": decision.approvers,
+            "statement": self.recorder.mask(stmt.text),
+            "statement_sha256": hashlib.sha256(_statement_bytes(stmt)).hexdigest(),
+            "window": timedelta(seconds=decision.window),
+            "timeout": timedelta(seconds=decision.timeout),
+        }
+
+    def approval_answered(
+        self, stmt: Statement, answer: ApprovalAnswered
+    ) -> tuple[bool, bytes, dict[str, Any]]:
+        """What the relay does with the answer: (approved, the job's error, the record)."""
+        self._decisions.pop(stmt.n, None)
         decision_id = str(stmt.verdict.record.get("decision_id", ""))
-        if self.broker is None:
+        outcome = answer.outcome
+        if answer.error is not None or outcome is None:
             error = error_response(
                 "ERROR",
                 INSUFFICIENT_PRIVILEGE,
-                "statement needs an approval, and approvals are not configured",
+                f"statement needs an approval, and none can be asked: {answer.error}",
+                hint=f"appliance decision {decision_id}",
             )
-            return False, error, {"outcome": "unavailable"}
-        raw = _statement_bytes(stmt)
-        request = self.broker.new_request(
-            session=self.recorder.session,
-            identity=identity_key(self.identity),
-            target=self.target,
-            account=self.account,
-            rule=decision.rule,
-            approvers=decision.approvers,
-            statement=self.recorder.mask(stmt.text),
-            statement_sha256=hashlib.sha256(raw).hexdigest(),
-            window=timedelta(seconds=decision.window),
-            timeout=timedelta(seconds=decision.timeout),
-        )
-        outcome: Outcome = await self.broker.request(request)
+            return False, error, {"outcome": "unavailable", "error": answer.error}
         record = {
-            "request": request.id,
+            "request": answer.request,
             "outcome": outcome.verdict.value,
             "approver": outcome.approver,
         }
@@ -234,7 +263,7 @@ class SessionHooks:
             "ERROR",
             INSUFFICIENT_PRIVILEGE,
             outcome.message(),
-            hint=f"appliance decision {decision_id}; approval request {request.id}",
+            hint=f"appliance decision {decision_id}; approval request {answer.request}",
         )
         return False, error, record
 
@@ -277,6 +306,16 @@ class SessionHooks:
 
     def row_masker(self) -> RowMasker | None:
         return self._row_masker
+
+
+def _rejected(error: GrammarError) -> Verdict:
+    """Text PostgreSQL's grammar rejects: the job gets the error the server would give
+    (42601, the parser's message and position); it is recorded as that error, not as a
+    policy decision. Never forwarded: the parser here and the server's must not disagree
+    silently (fail closed)."""
+    response = error_response("ERROR", SYNTAX_ERROR, error.message, position=str(error.position))
+    record: dict[str, object] = {"decision": "syntax_error", "classes": ["unknown"]}
+    return Verdict("reject", True, response, record)
 
 
 def _statement_bytes(stmt: Statement) -> bytes:

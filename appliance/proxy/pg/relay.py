@@ -46,7 +46,41 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from appliance.protocols.postgres import Messages, PeerProtocolError
+from appliance.masking.postgres import MaskingRefused
+from appliance.protocols.postgres import Messages, PeerProtocolError, fastpath
+from appliance.protocols.postgres.codes import (
+    B_BIND_OK,
+    B_CLOSE_OK,
+    B_COMPLETE,
+    B_COPY_BOTH,
+    B_COPY_DATA,
+    B_COPY_IN,
+    B_COPY_OUT,
+    B_DATAROW,
+    B_EMPTY,
+    B_ERROR,
+    B_NODATA,
+    B_NOTICE,
+    B_NOTIFY,
+    B_PARAMDESC,
+    B_PARAMETER,
+    B_PARSE_OK,
+    B_READY,
+    B_ROWDESC,
+    B_SUSPENDED,
+    F_BIND,
+    F_CLOSE,
+    F_COPY_DATA,
+    F_COPY_DONE,
+    F_COPY_FAIL,
+    F_DESCRIBE,
+    F_EXECUTE,
+    F_FUNCTION,
+    F_PARSE,
+    F_QUERY,
+    F_SYNC,
+    F_TERMINATE,
+)
 from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import (
     Bind,
@@ -55,6 +89,7 @@ from appliance.protocols.postgres.messages import (
     Describe,
     ErrorResponse,
     Execute,
+    FunctionCall,
     NoticeResponse,
     NotificationResponse,
     ParameterStatus,
@@ -64,6 +99,7 @@ from appliance.protocols.postgres.messages import (
     decode_backend,
     decode_frontend,
 )
+from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE
 
 # Stand-ins for a denied statement: text that cannot parse, so the server refuses it before
 # anything runs, whatever the session's state (a name the job already used for a prepared
@@ -81,19 +117,6 @@ _STAND_IN_PARSE = (
 
 _TX_STATUS = frozenset(b"ITE")  # ReadyForQuery: idle, in a transaction, in a failed one
 
-# Frontend type bytes.
-F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE = (ord(c) for c in "QPBDE")
-F_CLOSE, F_SYNC, F_FLUSH, F_FUNCTION, F_TERMINATE = (ord(c) for c in "CSHFX")
-F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL = (ord(c) for c in "dcf")
-# Backend type bytes.
-B_PARSE_OK, B_BIND_OK, B_CLOSE_OK = (ord(c) for c in "123")
-B_ROWDESC, B_DATAROW, B_COMPLETE, B_EMPTY, B_SUSPENDED = (ord(c) for c in "TDCIs")
-B_ERROR, B_NOTICE, B_NOTIFY, B_READY, B_NODATA, B_PARAMDESC = (ord(c) for c in "ENAZnt")
-B_PARAMETER = ord("S")
-B_COPY_IN, B_COPY_OUT, B_COPY_BOTH, B_COPY_DATA, B_COPY_DONE, B_FUNC_RESULT = (
-    ord(c) for c in "GHWdcV"
-)
-
 
 # -- what the relay asks of the shell -------------------------------------------------------
 
@@ -102,8 +125,10 @@ B_COPY_IN, B_COPY_OUT, B_COPY_BOTH, B_COPY_DATA, B_COPY_DONE, B_FUNC_RESULT = (
 class Verdict:
     """A policy decision for one statement, as the relay needs it.
 
-    ``action``: allow, deny or review. ``enforced``: False in observe mode (the statement
-    runs whatever the action). ``error``: for deny, the encoded ErrorResponse for the job.
+    ``action``: allow, deny, review, or reject (the statement is an error of its own, such
+    as text PostgreSQL's grammar rejects: it is answered like a denial, with ``error``, and
+    recorded as that error). ``enforced``: False in observe mode (the statement runs
+    whatever the action). ``error``: for deny and reject, the encoded ErrorResponse for the job.
     ``record``: what the ledger keeps about the decision (JSON-safe).
     """
 
@@ -148,10 +173,6 @@ class RowMasker(Protocol):
         """The CopyData frame rewritten, or None if no value changed. Raises MaskingRefused
         (binary COPY)."""
         ...
-
-
-class MaskingRefused(Exception):
-    """A value that must be masked cannot be (binary format): the result is withheld."""
 
 
 class RelayHooks(Protocol):
@@ -226,6 +247,7 @@ class Statement:
     outcome: str = "pending"  # ok | error | denied | skipped | suspended | cancelled
     approval: dict[str, object] | None = None
     notices: int = 0
+    function_oid: int | None = None  # a fast-path FunctionCall's function
 
     @property
     def rows(self) -> int:
@@ -298,7 +320,7 @@ class Relay:
     def __init__(self, hooks: RelayHooks, *, now: Callable[[], float]) -> None:
         self.hooks = hooks
         self.now = now
-        self.tx_status = ord("I")
+        self.tx_status = ord("I")  # ReadyForQuery's status: idle
         self.statements = 0
         self.bytes_from_client = 0
         self.bytes_from_server = 0
@@ -420,9 +442,11 @@ class Relay:
                     self._copy_in = None
                     self._copy_in_done = copy_in[0]
             elif t == F_FUNCTION:
-                exp = _Expect(
-                    X.FUNCTION, self._new_statement("function", "(fast-path function call)")
-                )
+                call = decode_frontend(t, chunk[s + 5 : e])
+                assert isinstance(call, FunctionCall)
+                stmt = self._new_statement("function", fastpath.statement_text(call.function_oid))
+                stmt.function_oid = call.function_oid
+                exp = _Expect(X.FUNCTION, stmt)
                 if not self._admit(exp, msgs, i, run, s):
                     if self._held is not None:
                         return
@@ -489,11 +513,22 @@ class Relay:
             self._held = (msgs, i, stmt, exp)
             self.hooks.request_approval(stmt)
             return False
-        self._deny(stmt, verdict.error)
+        self._deny(stmt, verdict.error, rejected=verdict.action == "reject")
         return False
 
-    def _deny(self, stmt: Statement, error: bytes, *, recorded: bool = False) -> None:
-        stmt.outcome = "denied"
+    def _deny(
+        self, stmt: Statement, error: bytes, *, recorded: bool = False, rejected: bool = False
+    ) -> None:
+        """Answer ``stmt`` with ``error`` in place of the server (see the module docstring).
+        ``rejected``: the statement is an error of its own (text the grammar rejects), not a
+        denial: it ends as ``error``, with that error, as the server would have ended it."""
+        if rejected:
+            stmt.outcome = "error"
+            refusal = decode_backend(B_ERROR, error[5:])
+            assert isinstance(refusal, ErrorResponse)
+            stmt.error = refusal
+        else:
+            stmt.outcome = "denied"
         stmt.finished = self.now()
         if not recorded:
             self.hooks.statement_started(stmt)
@@ -677,7 +712,9 @@ class Relay:
         from appliance.protocols.postgres.messages import error_response
 
         self._to_client.append(
-            error_response("ERROR", "42501", "result withheld by the appliance: " + reason)
+            error_response(
+                "ERROR", INSUFFICIENT_PRIVILEGE, "result withheld by the appliance: " + reason
+            )
         )
         head = self._expect[0].stmt if self._expect else None
         if head is not None:
@@ -795,7 +832,6 @@ class Relay:
         if len(payload) != 1 or payload[0] not in _TX_STATUS:
             raise PeerProtocolError("malformed ReadyForQuery", side="server")
         self.tx_status = payload[0]
-        self.hooks.ready()
         self._end_result()
         self._copy_out = None
         expect = self._expect
@@ -805,6 +841,9 @@ class Relay:
             if head.stmt.outcome == "pending":
                 head.stmt.outcome = "ok"
             self._finish(head)
+        # After the statement this answers is finished: what it may have changed is settled
+        # now, not at the next ReadyForQuery (issue 12: a SET refused the next statement).
+        self.hooks.ready()
 
     def _finish(self, exp: _Expect) -> None:
         stmt = exp.stmt

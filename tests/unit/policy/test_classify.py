@@ -273,6 +273,8 @@ def test_functions_and_relations_agree_with_pglasts_own_traversal() -> None:
         result = classify(text)
         if result.parse_error is not None or "CREATE FUNCTION" in text:
             continue  # the classifier does not read function bodies, they do not run
+        if "do" in result.classes:
+            continue  # a DO body is read by PL/pgSQL's parser, which pglast's walk skips
         names = _Names()
         for stmt in parse_sql(text):
             names(stmt)
@@ -286,3 +288,53 @@ def test_functions_and_relations_agree_with_pglasts_own_traversal() -> None:
         assert names.relations - found <= names.ctes, text
         checked += 1
     assert checked > 150
+
+
+# -- DO blocks and fast-path calls (issue 12) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "BEGIN EXECUTE 'DELETE FROM t'; END",
+        "DECLARE r record; BEGIN FOR r IN EXECUTE 'SELECT 1' LOOP END LOOP; END",
+        "DECLARE c refcursor; BEGIN OPEN c FOR EXECUTE 'SELECT 1'; END",
+        "DECLARE a int[]; BEGIN a[(SELECT 1)] := 2; END",  # a subscripted target: not read
+        "BEGIN PERFORM query_to_xml('delete from t', true, false, ''); END",
+        "BEGIN this is not pl/pgsql; END",
+    ],
+)
+def test_a_do_block_that_cannot_be_read_whole_is_unknown(body: str) -> None:
+    assert "unknown" in classify(f"DO $body$ {body} $body$").classes
+
+
+def test_a_do_body_that_holds_the_wrapping_tag_is_still_read() -> None:
+    result = classify(
+        "DO $x$ BEGIN RAISE NOTICE '$appliance_do$'; DELETE FROM t WHERE id = 1; END $x$"
+    )
+    assert result.classes == {"do", "delete"} and result.writes == {"t"}
+
+
+def test_a_do_block_with_a_set_config_is_a_settings_change() -> None:
+    result = classify("DO $$ BEGIN PERFORM set_config('client_encoding', 'SJIS', false); END $$")
+    assert {"do", "set", "encoding"} <= result.classes
+
+
+def test_a_syntax_error_carries_the_server_s_message_and_position() -> None:
+    result = classify("select 'Ünï' froom x")
+    assert result.syntax_error is not None
+    assert result.syntax_error.message == 'syntax error at or near "x"'
+    assert result.syntax_error.position == 20  # 1-based, in characters
+    assert classify("select 1").syntax_error is None
+    # Text that is not read for other reasons is unknown, but no syntax error.
+    off = classify("select 'a\\' ", standard_conforming_strings=False)
+    assert off.classes == {"unknown"} and off.syntax_error is None
+
+
+def test_fastpath_calls_are_classified_by_the_function_they_call() -> None:
+    from appliance.policy import classify_function_call
+
+    lo_open = classify_function_call(952)
+    assert lo_open.functions == {"lo_open"} and lo_open.classes == {"function_call"}
+    user = classify_function_call(16390)
+    assert user.functions == {"oid:16390"} and user.classes == {"function_call", "unknown"}

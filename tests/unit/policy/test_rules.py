@@ -209,7 +209,9 @@ def test_no_matching_rule_denies() -> None:
 # -- unknown statements ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sql", ["DO $$ BEGIN END $$", "CALL p()", "SELEC 1", "SELECT 1; DO 'x'"])
+@pytest.mark.parametrize(
+    "sql", ["DO $$ BEGIN EXECUTE 'x'; END $$", "CALL p()", "SELEC 1", "SELECT 1; DO 'x'"]
+)
 def test_a_catch_all_allow_does_not_let_unknown_through(sql: str) -> None:
     p = rules(CATCH_ALL_ALLOW)
     d = p.decide(ctx(sql))
@@ -227,7 +229,7 @@ def test_a_rule_naming_unknown_decides_it() -> None:
         "- {name: review-opaque, match: {classes: [unknown]}, action: review, approvers: [bob]}\n"
         + CATCH_ALL_ALLOW
     )
-    d = p.decide(ctx("DO $$ BEGIN END $$"))
+    d = p.decide(ctx("DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$"))
     assert (d.action, d.rule, d.approvers) == ("review", "review-opaque", ("bob",))
     assert p.decide(ctx("SELEC 1")).rule == "review-opaque"
     assert p.decide(ctx("SELECT 1")).rule == "rest"

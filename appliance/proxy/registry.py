@@ -1,0 +1,95 @@
+"""The protocols the appliance speaks: one entry each, read by the config, the daemon and
+the proxy server.
+
+Where this sits: ``targets[].protocol`` in the config must name an entry here (``config
+check`` lists them); the daemon makes each entry's shared state once; the proxy server
+builds a session core for every accepted connection from the entry of the flow's target.
+
+A protocol plugs in with one :class:`Protocol` entry (see :mod:`appliance.proxy` for the
+contract its core implements). Entries name their modules by string, so reading the
+config does not import the proxy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.errors import ConfigError
+
+__all__ = ["PROTOCOLS", "Protocol", "get"]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One protocol.
+
+    ``core``: ``"module:attribute"`` of the session core class, called as
+    ``core(services, shared, target, info)`` and run by :class:`~appliance.proxy.shell.
+    Connection`; or, for a protocol whose library owns its connections, ``runner``: a
+    class called as ``runner(services, shared, target, info, shell_services)`` with the
+    Connection's interface (``async run(sock)``, ``drain()``, ``abort(reason)``, ``done``);
+    ``shared``: of a function
+    ``shared(random_bytes)`` making what all its sessions share (or None);
+    ``target_keys``: the target config keys the protocol reads beyond the common ones
+    (``name``, ``protocol``, ``addresses``, ``listen``, ``connect_timeout``, ``accounts``);
+    ``options``: ``"module:function"`` called with the target's checked mapping
+    (``dict[str, Node]``) that returns the protocol's own settings object, kept as
+    ``Target.options`` (raise through ``Node.fail`` for precise errors);
+    ``requires_accounts``: a target must name at least one service account;
+    ``pcap``: module that registers the protocol's pcap renderer when imported (or None).
+    """
+
+    name: str
+    description: str
+    default_port: int
+    core: str | None = None
+    runner: str | None = None
+    shared: str | None = None
+    target_keys: tuple[str, ...] = ()
+    options: str | None = None
+    requires_accounts: bool = True
+    pcap: str | None = None
+
+    def load(self, ref: str) -> Any:
+        module, _, attr = ref.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def session_factory(self) -> Callable[..., Any]:
+        """What the proxy server calls for each connection (see the class docstring)."""
+        ref = self.core or self.runner
+        if ref is None:
+            raise ValueError(f"protocol {self.name!r} has neither a core nor a runner")
+        factory: Callable[..., Any] = self.load(ref)
+        return factory
+
+    def make_shared(self, random_bytes: Callable[[int], bytes]) -> Any:
+        return self.load(self.shared)(random_bytes) if self.shared is not None else None
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol(
+            name="postgres",
+            description="PostgreSQL wire protocol 3.0/3.2 (psql, libpq, JDBC, psycopg, asyncpg...)",
+            default_port=5432,
+            core="appliance.proxy.pg.core:PgSession",
+            shared="appliance.proxy.pg.core:shared",
+            target_keys=("tls", "client_tls", "startup_parameters"),
+            pcap="appliance.proxy.pg.pcap",
+        ),
+    )
+}
+
+
+def get(name: str) -> Protocol:
+    """The entry for ``name``; raises ConfigError listing the protocols known."""
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown protocol {name!r}; known: {', '.join(sorted(PROTOCOLS))}"
+        ) from None

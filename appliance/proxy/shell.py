@@ -1,0 +1,433 @@
+"""The asyncio shell of one connection: it carries out what the session core decides.
+
+Where this sits: :class:`~appliance.proxy.server.ProxyServer` accepts a connection, resolves
+its flow and builds the protocol's session core; :meth:`Connection.run` then runs the
+connection in its own task group until the core says :class:`~.commands.End`:
+
+- bytes read from the job or the upstream go to :meth:`SessionCore.receive`; after every
+  call the core's output is written to the two sockets, then its commands are carried
+  out in order (:mod:`appliance.proxy.commands`);
+- commands that wait (connect upstream, TLS on either side, an approval, a one-shot send)
+  run as tasks of the connection's task group and answer with an event; timers are loop
+  callbacks that answer with :class:`~.commands.TimerFired`;
+- backpressure: a side whose write buffer is over the high-water mark stops the reading
+  of the other side until it drains; a core's own pauses (a statement held for approval,
+  a drain) add their reasons, and a side is read only when no reason holds it;
+- a core that raises is a bug (or a ledger that cannot record): the connection ends with
+  what :meth:`SessionCore.crashed` says, and the other connections go on.
+
+Nothing here knows a protocol, a SQLSTATE or a ledger entry type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.approvals import Broker
+from appliance.errors import ApplianceError
+from appliance.ledger.errors import LedgerUnavailable
+from appliance.proxy.commands import (
+    Abort,
+    ApprovalAnswered,
+    AskApproval,
+    ClearTimer,
+    Command,
+    Commands,
+    Drain,
+    End,
+    Eof,
+    Event,
+    Log,
+    OpenUpstream,
+    PauseReading,
+    SendOnce,
+    SentOnce,
+    SessionCore,
+    SetTimer,
+    Side,
+    StartTLS,
+    TimerFired,
+    TLSEstablished,
+    TLSFailed,
+    UpstreamFailed,
+    UpstreamOpened,
+)
+
+log = logging.getLogger("appliance.proxy")
+
+HIGH_WATER = 1 << 20  # bytes buffered for a socket before the other side stops being read
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+@dataclass(frozen=True)
+class ShellServices:
+    """What the shell needs of the appliance: the socket mark of its upstream connections
+    and the approvals broker (None: approvals are not configured)."""
+
+    mark: int = 0
+    broker: Broker | None = None
+    upstream_socket: Callable[[int, int], socket.socket] | None = None
+
+
+def upstream_socket(family: int, mark: int) -> socket.socket:
+    """A non-blocking TCP socket carrying the appliance's mark (SO_MARK): netfilter neither
+    redirects it back to the appliance nor rejects it as a bypass."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if mark:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class _Endpoint(asyncio.Protocol):
+    """One socket of a connection; passes bytes and flow-control signals on."""
+
+    def __init__(self, conn: Connection, side: Side) -> None:
+        self.conn = conn
+        self.side = side
+        self.transport: asyncio.Transport | None = None
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
+        assert self.transport is not None
+        self.transport.set_write_buffer_limits(high=HIGH_WATER)
+        if self.side == "job":
+            self.conn.started()  # before any byte of the job is delivered
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.on_data(self.side, data)
+
+    def eof_received(self) -> bool:
+        self.conn.on_eof(self.side, None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.conn.on_eof(self.side, str(exc) if exc is not None else None)
+
+    def pause_writing(self) -> None:
+        self.conn.pause(_other(self.side), "backpressure", True)
+
+    def resume_writing(self) -> None:
+        self.conn.pause(_other(self.side), "backpressure", False)
+
+
+def _why(exc: OSError) -> str:
+    """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+def _other(side: Side) -> Side:
+    return "upstream" if side == "job" else "job"
+
+
+class Connection:
+    """One accepted connection and its session core; see the module docstring."""
+
+    def __init__(self, core: SessionCore, services: ShellServices, *, name: str) -> None:
+        self.core = core
+        self.services = services
+        self.name = name
+        self.job = _Endpoint(self, "job")
+        self.upstream: _Endpoint | None = None
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._tg: asyncio.TaskGroup | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._paused: dict[Side, set[str]] = {"job": set(), "upstream": set()}
+        self._tls_early: dict[Side, list[bytes]] = {}
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, sock: socket.socket) -> None:
+        """Run the connection on the accepted ``sock`` until the core ends it."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                await loop.connect_accepted_socket(lambda: self.job, sock)
+                await self.done
+                for task in list(self._tasks):
+                    task.cancel()  # a held request's approval is withdrawn, a connect dropped
+        finally:
+            for timer in self._timers.values():
+                timer.cancel()
+            self._close_all()
+
+    def started(self) -> None:
+        """The job's socket is connected: the core starts (its first commands may be to
+        pause reading, so this runs before any data is delivered)."""
+        self._call(self.core.start)
+
+    def drain(self) -> None:
+        self.event(Drain())
+
+    def abort(self, reason: str) -> None:
+        self.event(Abort(reason))
+
+    # -- from the sockets ------------------------------------------------------------------
+
+    def on_data(self, side: Side, data: bytes) -> None:
+        if self.done.done():
+            return
+        early = self._tls_early.get(side)
+        if early is not None:
+            # Decrypted bytes can arrive before start_tls returns: they wait for the core
+            # to hear that TLS is up (else its answer would go out on the raw socket).
+            early.append(data)
+            return
+        core = self.core
+        try:
+            commands = core.receive(side, data)
+        except Exception as exc:  # a bug in the core, or a ledger that cannot record
+            self._crashed(exc)
+            return
+        # The hot path, inline: write what the core produced, then its commands (rarely any).
+        to_job, to_upstream = core.take_output()
+        if to_job:
+            transport = self.job.transport
+            if transport is not None:
+                transport.write(to_job)
+        if to_upstream:
+            upstream = self.upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.write(to_upstream)
+        if commands:
+            self._carry_out(commands)
+
+    def on_eof(self, side: Side, lost: str | None) -> None:
+        endpoint = self.job if side == "job" else self.upstream
+        if endpoint is None or endpoint.eof:
+            return
+        endpoint.eof = True
+        self.event(Eof(side, lost))
+
+    def event(self, event: Event) -> None:
+        """Hand ``event`` to the core and carry out what it answers."""
+        if not self.done.done():
+            self._call(self.core.handle, event)
+
+    # -- carrying out ------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., Commands], *args: Any) -> None:
+        try:
+            commands = fn(*args)
+        except Exception as exc:
+            self._crashed(exc)
+            return
+        self._flush()
+        self._carry_out(commands)
+
+    def _crashed(self, exc: BaseException) -> None:
+        if not isinstance(exc, LedgerUnavailable):
+            log.error("session %s failed: %s", self.name, exc, exc_info=exc)
+        try:
+            commands = self.core.crashed(exc)
+        except Exception as again:  # the last words failed too: just close
+            log.error("session %s could not end cleanly: %s", self.name, again, exc_info=again)
+            self._finish("appliance error")
+            return
+        self._flush()
+        self._carry_out(commands)
+
+    def _flush(self) -> None:
+        to_job, to_upstream = self.core.take_output()
+        if to_job and self.job.transport is not None and not self.job.transport.is_closing():
+            self.job.transport.write(to_job)
+        up = self.upstream
+        if to_upstream and up is not None and up.transport and not up.transport.is_closing():
+            up.transport.write(to_upstream)
+
+    def _carry_out(self, commands: Commands) -> None:
+        for command in commands:
+            if self.done.done():
+                return
+            self._one(command)
+
+    def _one(self, command: Command) -> None:
+        if isinstance(command, PauseReading):
+            self.pause(command.side, command.why, command.paused)
+        elif isinstance(command, End):
+            self._finish(command.reason)
+        elif isinstance(command, OpenUpstream):
+            self._spawn(self._open_upstream(command))
+        elif isinstance(command, StartTLS):
+            self.pause(command.side, "tls", True)
+            self._tls_early[command.side] = []
+            self._spawn(self._start_tls(command))
+        elif isinstance(command, AskApproval):
+            self._spawn(self._approval(command))
+        elif isinstance(command, SendOnce):
+            self._spawn(self._send_once(command))
+        elif isinstance(command, SetTimer):
+            old = self._timers.pop(command.name, None)
+            if old is not None:
+                old.cancel()
+            self._timers[command.name] = asyncio.get_running_loop().call_later(
+                command.seconds, self._fire, command.name
+            )
+        elif isinstance(command, ClearTimer):
+            timer = self._timers.pop(command.name, None)
+            if timer is not None:
+                timer.cancel()
+        elif isinstance(command, Log):
+            log.log(
+                _LEVELS.get(command.level, logging.INFO),
+                "session %s: %s",
+                self.name,
+                command.message,
+            )
+        else:  # pragma: no cover - the Command union is closed
+            raise TypeError(f"unknown command {command!r}")
+
+    def _fire(self, name: str) -> None:
+        self._timers.pop(name, None)
+        self.event(TimerFired(name))
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._tg is not None
+        task = self._tg.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def pause(self, side: Side, why: str, paused: bool) -> None:
+        """Add or remove a reason not to read ``side``; read it only when none holds it."""
+        reasons = self._paused[side]
+        endpoint = self.job if side == "job" else self.upstream
+        was = bool(reasons)
+        if paused:
+            reasons.add(why)
+        else:
+            reasons.discard(why)
+        if endpoint is None or endpoint.transport is None or endpoint.transport.is_closing():
+            return
+        if bool(reasons) != was:
+            if reasons:
+                endpoint.transport.pause_reading()
+            else:
+                endpoint.transport.resume_reading()
+
+    def _finish(self, reason: str) -> None:
+        if self.done.done():
+            return
+        self._close_all()
+        self.done.set_result(reason)
+
+    def _close_all(self) -> None:
+        for endpoint in (self.job, self.upstream):
+            if endpoint and endpoint.transport and not endpoint.transport.is_closing():
+                endpoint.transport.close()
+
+    # -- the commands that wait ----------------------------------------------------------------
+
+    async def _open_upstream(self, command: OpenUpstream) -> None:
+        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
+        make = self.services.upstream_socket or upstream_socket
+        loop = asyncio.get_running_loop()
+        try:
+            sock = make(family, self.services.mark)
+        except OSError as exc:
+            self.event(UpstreamFailed(_why(exc)))
+            return
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
+        except TimeoutError:
+            sock.close()
+            self.event(UpstreamFailed("timed out", timed_out=True))
+            return
+        except OSError as exc:
+            sock.close()
+            self.event(UpstreamFailed(_why(exc)))
+            return
+        except BaseException:
+            sock.close()
+            raise
+        endpoint = self.upstream = _Endpoint(self, "upstream")
+        local = sock.getsockname()
+        await loop.create_connection(lambda: endpoint, sock=sock)
+        if self._paused["upstream"]:
+            assert endpoint.transport is not None
+            endpoint.transport.pause_reading()
+        self.event(UpstreamOpened((local[0], local[1])))
+
+    async def _start_tls(self, command: StartTLS) -> None:
+        side = command.side
+        endpoint = self.job if side == "job" else self.upstream
+        assert endpoint is not None and endpoint.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            new = await loop.start_tls(
+                endpoint.transport,
+                endpoint,
+                command.context,
+                server_side=side == "job",
+                server_hostname=None if side == "job" else command.server_hostname,
+            )
+        except (ssl.SSLError, OSError, ConnectionError) as exc:
+            self._tls_early.pop(side, None)
+            self.event(TLSFailed(side, str(exc)))
+            return
+        if new is None:  # the connection closed during the handshake
+            self._tls_early.pop(side, None)
+            self.event(TLSFailed(side, "the connection closed during the TLS handshake"))
+            return
+        endpoint.transport = new
+        if self._paused[side] - {"tls"}:
+            new.pause_reading()  # a reason that arose during the handshake still holds
+        tls = new.get_extra_info("ssl_object")
+        cert = tls.getpeercert(binary_form=True) if tls is not None and side == "upstream" else None
+        alpn = tls.selected_alpn_protocol() if tls is not None else None
+        name = getattr(tls, "server_hostname", None) if side == "job" else None
+        self.pause(side, "tls", False)
+        early = self._tls_early.pop(side, [])
+        self.event(TLSEstablished(side, cert, alpn, name))
+        for data in early:
+            self.on_data(side, data)
+
+    async def _approval(self, command: AskApproval) -> None:
+        broker = self.services.broker
+        if broker is None:
+            self.event(ApprovalAnswered(command.key, error="approvals are not configured"))
+            return
+        try:
+            request = broker.new_request(**command.fields)
+        except ApplianceError as exc:
+            self.event(ApprovalAnswered(command.key, error=str(exc)))
+            return
+        outcome = await broker.request(request)
+        self.event(ApprovalAnswered(command.key, outcome, request.id))
+
+    async def _send_once(self, command: SendOnce) -> None:
+        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
+        make = self.services.upstream_socket or upstream_socket
+        loop = asyncio.get_running_loop()
+        try:
+            sock = make(family, self.services.mark)
+        except OSError as exc:
+            self.event(SentOnce(False, _why(exc)))
+            return
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
+            await loop.sock_sendall(sock, command.payload)
+        except (OSError, TimeoutError) as exc:
+            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else _why(exc)))
+            return
+        finally:
+            sock.close()
+        self.event(SentOnce(True))
+
+
+__all__ = ["HIGH_WATER", "Connection", "ShellServices", "upstream_socket"]

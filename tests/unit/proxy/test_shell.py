@@ -1,0 +1,286 @@
+"""The shell carries out a core's commands on real sockets (loopback, no root): a scripted
+core relays between a job and an echo upstream, asks for TLS, timers, approvals and one-shot
+sends, and crashes; the shell must do exactly what it is told and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from appliance.proxy.commands import (
+    ApprovalAnswered,
+    AskApproval,
+    Command,
+    Commands,
+    End,
+    Eof,
+    Event,
+    Log,
+    OpenUpstream,
+    PauseReading,
+    SendOnce,
+    SentOnce,
+    SetTimer,
+    Side,
+    StartTLS,
+    TimerFired,
+    TLSEstablished,
+    UpstreamFailed,
+    UpstreamOpened,
+)
+from appliance.proxy.shell import Connection, ShellServices
+from tests.certs import server_cert
+
+
+class ScriptedCore:
+    """Relays job <-> upstream; ``on`` maps an event type (or "start") to its commands."""
+
+    def __init__(self, on: dict[Any, Callable[[Any], list[Command]]] | None = None) -> None:
+        self.on = on or {}
+        self.events: list[Event] = []
+        self.to_job: list[bytes] = []
+        self.to_up: list[bytes] = []
+        self.crash_on: bytes | None = None
+        self.crashes: list[BaseException] = []
+
+    def start(self) -> Commands:
+        return self.on.get("start", lambda _: [])(None)
+
+    def receive(self, side: Side, data: bytes) -> Commands:
+        if self.crash_on is not None and self.crash_on in data:
+            raise RuntimeError("core bug")
+        (self.to_up if side == "job" else self.to_job).append(data)
+        return ()
+
+    def handle(self, event: Event) -> Commands:
+        self.events.append(event)
+        if isinstance(event, Eof):
+            return [End(f"{event.side} closed")]
+        return self.on.get(type(event), lambda _: [])(event)
+
+    def take_output(self) -> tuple[bytes, bytes]:
+        out = b"".join(self.to_job), b"".join(self.to_up)
+        self.to_job.clear()
+        self.to_up.clear()
+        return out
+
+    def crashed(self, exc: BaseException) -> Commands:
+        self.crashes.append(exc)
+        self.to_job.append(b"last words\n")
+        return [End("crashed")]
+
+
+async def _echo_server() -> tuple[asyncio.Server, tuple[str, int]]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[:2]
+
+
+async def _run(
+    core: ScriptedCore,
+    client: Callable[[tuple[str, int]], Awaitable[Any]],
+    services: ShellServices | None = None,
+) -> Any:
+    """Accept one connection into a Connection running ``core``; run ``client`` against it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    loop = asyncio.get_running_loop()
+    conn = Connection(core, services or ShellServices(), name="test")
+
+    async def serve() -> None:
+        sock, _ = await loop.sock_accept(listener)
+        await conn.run(sock)
+
+    try:
+        async with asyncio.timeout(10):
+            task = asyncio.create_task(serve())
+            result = await client(listener.getsockname()[:2])
+            await task
+            return result
+    finally:
+        listener.close()
+
+
+def test_bytes_relay_through_an_opened_upstream_and_eof_ends() -> None:
+    async def main() -> None:
+        server, echo = await _echo_server()
+        core = ScriptedCore({"start": lambda _: [OpenUpstream(echo, 5), Log("info", "hi")]})
+
+        async def client(address: tuple[str, int]) -> bytes:
+            reader, writer = await asyncio.open_connection(*address)
+            await asyncio.sleep(0.05)  # the upstream is being opened
+            writer.write(b"ping")
+            got = await reader.readexactly(4)
+            writer.close()
+            return got
+
+        assert await _run(core, client) == b"ping"
+        assert isinstance(core.events[0], UpstreamOpened)
+        assert core.events[-1] == Eof("job", None) or core.events[-1].side == "job"  # type: ignore[union-attr]
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_an_unreachable_upstream_is_an_event() -> None:
+    async def main() -> None:
+        closed = socket.create_server(("127.0.0.1", 0))
+        address = closed.getsockname()[:2]
+        closed.close()  # nothing listens there now
+        core = ScriptedCore(
+            {
+                "start": lambda _: [OpenUpstream(address, 5)],
+                UpstreamFailed: lambda ev: [End("refused")],
+            }
+        )
+
+        async def client(address: tuple[str, int]) -> bytes:
+            reader, _ = await asyncio.open_connection(*address)
+            return await reader.read()
+
+        assert await _run(core, client) == b""
+        (failed,) = [e for e in core.events if isinstance(e, UpstreamFailed)]
+        assert "refused" in failed.why.lower()
+
+    asyncio.run(main())
+
+
+def test_timers_fire_and_approvals_without_a_broker_answer_with_an_error() -> None:
+    async def main() -> None:
+        core = ScriptedCore(
+            {
+                "start": lambda _: [SetTimer("t", 0.01), AskApproval(7, {})],
+                TimerFired: lambda ev: [],
+                ApprovalAnswered: lambda ev: [End("answered")],
+            }
+        )
+
+        async def client(address: tuple[str, int]) -> bytes:
+            reader, _ = await asyncio.open_connection(*address)
+            return await reader.read()
+
+        await _run(core, client)
+        answered = [e for e in core.events if isinstance(e, ApprovalAnswered)]
+        assert answered == [ApprovalAnswered(7, error="approvals are not configured")]
+
+    asyncio.run(main())
+
+
+def test_a_crashing_core_ends_with_its_last_words() -> None:
+    async def main() -> None:
+        core = ScriptedCore()
+        core.crash_on = b"boom"
+
+        async def client(address: tuple[str, int]) -> bytes:
+            reader, writer = await asyncio.open_connection(*address)
+            writer.write(b"boom")
+            return await reader.read()
+
+        assert await _run(core, client) == b"last words\n"
+        assert [str(e) for e in core.crashes] == ["core bug"]
+
+    asyncio.run(main())
+
+
+def test_send_once_delivers_the_payload_on_a_new_connection() -> None:
+    async def main() -> None:
+        received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            received.set_result(await reader.read())
+            writer.close()
+
+        server = await asyncio.start_server(sink, "127.0.0.1", 0)
+        target = server.sockets[0].getsockname()[:2]
+        core = ScriptedCore(
+            {"start": lambda _: [SendOnce(target, b"cancel!")], SentOnce: lambda ev: [End("sent")]}
+        )
+
+        async def client(address: tuple[str, int]) -> bytes:
+            reader, _ = await asyncio.open_connection(*address)
+            return await reader.read()
+
+        await _run(core, client)
+        assert await received == b"cancel!"
+        assert SentOnce(True) in core.events
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_job_side_tls_pauses_reading_until_the_handshake_is_done(tmp_path: Any) -> None:
+    tls = server_cert("shell test CA", "appliance.test", ["appliance.test"])
+    (tmp_path / "cert.pem").write_bytes(tls.cert_pem)
+    (tmp_path / "key.pem").write_bytes(tls.key_pem)
+    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+
+    async def main() -> None:
+        core = ScriptedCore(
+            {
+                "start": lambda _: [StartTLS("job", context)],
+                TLSEstablished: lambda ev: [PauseReading("job", "x", False)],
+            }
+        )
+
+        def greet(data: bytes) -> None:
+            core.to_job.append(b"hello over TLS:" + data)
+
+        core.receive = lambda side, data: (greet(data), ())[1]  # type: ignore[method-assign]
+
+        async def client(address: tuple[str, int]) -> bytes:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            reader, writer = await asyncio.open_connection(
+                *address, ssl=ctx, server_hostname="appliance.test"
+            )
+            writer.write(b"hi")
+            got = await reader.readexactly(len(b"hello over TLS:hi"))
+            writer.close()
+            return got
+
+        assert await _run(core, client) == b"hello over TLS:hi"
+        assert any(isinstance(e, TLSEstablished) and e.side == "job" for e in core.events)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("paused", [True, False])
+def test_pause_reasons_add_up(paused: bool) -> None:
+    """A side is read only when no reason holds it: the core's own and backpressure."""
+
+    class Transport:
+        def __init__(self) -> None:
+            self.reading = True
+
+        def pause_reading(self) -> None:
+            self.reading = False
+
+        def resume_reading(self) -> None:
+            self.reading = True
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def main() -> None:
+        conn = Connection(ScriptedCore(), ShellServices(), name="t")
+        transport = Transport()
+        conn.job.transport = transport  # type: ignore[assignment]
+        conn.pause("job", "hold", True)
+        conn.pause("job", "backpressure", paused)
+        conn.pause("job", "hold", False)
+        assert transport.reading is (not paused)
+        conn.pause("job", "backpressure", False)
+        assert transport.reading
+
+    asyncio.run(main())
