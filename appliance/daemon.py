@@ -46,6 +46,8 @@ from appliance.approvals import (
     WebhookNotifier,
     parse_approvals_transport,
 )
+from appliance.approvals.hub import HubRunner
+from appliance.approvals.request import ApprovalRequest
 from appliance.bucket import open_bucket
 from appliance.config import Config
 from appliance.config.sections import Sections, parse_sections
@@ -172,6 +174,7 @@ class Daemon:
         cfg = self.config
         key_text = read_secret(cfg.ledger.key, credentials_dir=self.credentials_dir)
         key = SigningKey.from_skey(key_text)
+        self._key = key  # also signs approval requests posted to the hub
         opener = RemoteLedger.open if cfg.ledger.writer == "process" else LedgerWriter.open
         ledger: Ledger = opener(
             cfg.ledger.dir,
@@ -263,6 +266,7 @@ class Daemon:
             reconcile = attribution.reconcile
 
         broker: Broker | None = None
+        hub: HubRunner | None = None
         approvals_server: ApprovalServer | None = None
         notifier: WebhookNotifier | None = None
         if policy is not None and policy.approvers:
@@ -272,16 +276,38 @@ class Daemon:
             )
             from datetime import timedelta
 
+            hubs: list[HubRunner] = []  # the hub needs the broker, the broker its hooks
+
+            def record_approval(type: str, data: dict[str, Any]) -> None:
+                _record_approval(ledger, type, data)
+                for h in hubs:
+                    h.observe(type, data)
+
+            def notify(req: ApprovalRequest) -> None:
+                notifier.notify(req)
+                for h in hubs:
+                    h.notify(req)
+
             broker = Broker(
                 approver_keys=policy.approvers,
                 clock=SystemClock(),
                 rng=os.urandom,
-                record=functools.partial(_record_approval, ledger),
-                notify=notifier.notify,
+                record=record_approval,
+                notify=notify,
                 timeout=timedelta(seconds=policy.approval_timeout),
             )
             approvals_server = ApprovalServer(broker, self.approvals_socket or transport.socket)
             approvals_server.bind()
+            if transport.hub is not None:
+                hub = HubRunner(
+                    open_bucket(transport.hub.bucket, credentials_dir=self.credentials_dir),
+                    broker,
+                    self._key,
+                    cfg.ledger.origin,
+                    record=lambda t, d: ledger.append(t, data=d),
+                    poll_interval=transport.hub.poll_interval,
+                )
+                hubs.append(hub)
 
         client_tls: dict[str, ssl.SSLContext] = {}
         for target in cfg.targets.values():
@@ -333,6 +359,8 @@ class Daemon:
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 if shipping is not None:
                     helpers.append(tg.create_task(shipping.run()))
+                if hub is not None:
+                    helpers.append(tg.create_task(hub.run()))
                 elapsed = time.monotonic() - started
                 listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
                 ledger.append(

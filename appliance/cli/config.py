@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from appliance.config import load_config
+from appliance.config import Config, load_config
 from appliance.config.sections import parse_sections
 from appliance.proxy import registry
 
@@ -53,6 +53,7 @@ def check(file: Path, fmt: str) -> None:
             "origin": cfg.ledger.origin,
             "key": cfg.ledger.key.describe(),
             "writer": cfg.ledger.writer,
+            "ship": _ship_summary(cfg),
         },
         "capture": {
             "listen_port": cfg.capture.listen_port,
@@ -87,6 +88,14 @@ def check(file: Path, fmt: str) -> None:
     click.echo(
         f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer})"
     )
+    ship = _ship_summary(cfg)
+    if ship is not None:
+        lock = ship["object_lock"] or "the bucket's default retention"
+        click.echo(
+            f"    shipped to {ship['to']} (endpoint {ship['endpoint_url'] or 'AWS'}, credentials "
+            f"from {ship['credentials']}, lock {lock}); backlog over {ship['backlog_limit']} "
+            f"entries: {ship['on_backlog']}"
+        )
     if policy is None:
         click.echo("  policy: none (every statement is allowed and recorded)")
     else:
@@ -98,3 +107,21 @@ def check(file: Path, fmt: str) -> None:
     click.echo(
         f"  masking: {len(masking.columns)} column rules, response masking rules: {len(masking.response)}"
     )
+
+
+def _ship_summary(cfg: Config) -> dict[str, object] | None:
+    ship = cfg.ledger.ship
+    if ship is None:
+        return None
+    b = ship.bucket
+    lock = ship.object_lock
+    return {
+        "to": str(b.url),
+        "endpoint_url": b.endpoint_url,
+        "region": b.region,
+        "ca": str(b.ca) if b.ca else None,
+        "credentials": b.credentials.describe() if b.credentials else "the AWS SDK's chain",
+        "object_lock": f"{lock.mode} {lock.retain_days} days" if lock else None,
+        "backlog_limit": ship.backlog_limit,
+        "on_backlog": ship.on_backlog,
+    }

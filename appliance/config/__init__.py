@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # appliance.bucket imports this module (SecretRef): no cycle 
     from appliance.bucket import BucketSettings, ObjectLock
 
 __all__ = [
+    "BUCKET_KEYS",
     "Account",
     "Address",
     "CaptureConfig",

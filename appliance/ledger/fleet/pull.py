@@ -95,8 +95,8 @@ def take_inventory(bucket: Bucket, log: LogRef) -> Inventory:
     versions: dict[str, list[ObjectVersion]] = {}
     for v in bucket.child(log.prefix).list_versions(""):
         versions.setdefault(v.key, []).append(v)
-    for vs in versions.values():  # newest first, whatever order the server listed them in
-        vs.sort(key=lambda v: (not v.latest, -v.last_modified.timestamp()))
+    # S3 lists the versions of a key newest first (delete markers among them, by time);
+    # timestamps have a one-second grain on some servers, so the listing order is kept.
     inv = Inventory(log, versions)
     for key in sorted(versions):
         parsed = layout.parse_key(key)
