@@ -67,7 +67,11 @@ def check(file: Path, fmt: str) -> None:
             "key": masking.key.describe() if masking.key else None,
         },
         "approvals": (
-            {"socket": str(transport.socket), "webhooks": len(transport.webhooks)}
+            {
+                "socket": str(transport.socket),
+                "webhooks": len(transport.webhooks),
+                "hub": str(transport.hub.bucket.url) if transport.hub else None,
+            }
             if transport is not None
             else None
         ),
@@ -102,6 +106,12 @@ def check(file: Path, fmt: str) -> None:
         click.echo(
             f"  policy: {policy.mode}, {len(policy.rules)} rules, approvers: {', '.join(sorted(policy.approvers)) or '-'}"
         )
+        if transport is not None and transport.hub is not None:
+            h = transport.hub.bucket
+            click.echo(
+                f"    approvals also through {h.url} (endpoint {h.endpoint_url or 'AWS'}, polled "
+                f"every {transport.hub.poll_interval:g} s)"
+            )
         if policy.warning:
             click.echo(f"  WARNING: {policy.warning}")
     click.echo(
