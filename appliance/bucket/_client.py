@@ -20,6 +20,7 @@ import base64
 import configparser
 import datetime
 import hashlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -317,8 +318,12 @@ def _make_client(
     read_timeout: float,
     attempts: int,
 ) -> Any:
-    import boto3
-    from botocore.config import Config
+    with warnings.catch_warnings():
+        # Debian's pyOpenSSL, seen by urllib3 through --system-site-packages, warns on import.
+        warnings.filterwarnings("ignore", message="DSA is deprecated")
+        import boto3
+        import botocore.httpsession  # noqa: F401 - imports urllib3's pyOpenSSL support now
+        from botocore.config import Config
 
     config = Config(
         region_name=settings.region,
