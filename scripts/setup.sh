@@ -24,6 +24,8 @@ APT_PACKAGES=(
   iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
   openssl ca-certificates curl tshark systemd shellcheck
+  # the fleet's bucket in the lab: a one-node Ceph cluster with radosgw (tests/lab/ceph.py)
+  ceph-mon ceph-osd radosgw ceph-common
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
