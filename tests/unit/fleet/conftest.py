@@ -17,7 +17,15 @@ from moto import mock_aws
 
 from appliance.bucket import Bucket, BucketSettings, parse_bucket_url
 from appliance.ledger import LedgerWriter
-from tests.unit.ledger.conftest import KEY, ORIGIN, open_writer, write_session
+from tests.unit.ledger.conftest import KEY, ORIGIN, no_fsync, write_session
+from tests.unit.ledger.conftest import open_writer as _open_writer
+
+
+def open_writer(directory: Path, **kw: Any) -> LedgerWriter:
+    """The ledger tests' writer, without the disk flushes (what is shipped is the point)."""
+    kw.setdefault("fsync", no_fsync)
+    return _open_writer(directory, **kw)
+
 
 BUCKET = "evidence"
 URL = f"s3://{BUCKET}/fleet"

@@ -11,9 +11,18 @@ import pytest
 from appliance.bucket import Bucket
 from appliance.ledger.fleet import Shipper, list_logs, pull_log, take_inventory
 from appliance.ledger.verify import verify_ledger
-from tests.unit.fleet.conftest import BUCKET, KEY, LOG, URL, grow, make_ledger, versions
+from tests.unit.fleet.conftest import (
+    BUCKET,
+    KEY,
+    LOG,
+    URL,
+    grow,
+    make_ledger,
+    open_writer,
+    versions,
+    write_session,
+)
 from tests.unit.ledger.cli_helper import run_cli
-from tests.unit.ledger.conftest import open_writer, write_session
 
 
 def pull(bucket: Bucket, cache: Path) -> Any:

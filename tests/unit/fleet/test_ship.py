@@ -10,8 +10,17 @@ import pytest
 from appliance.bucket import Bucket, BucketUnavailable
 from appliance.ledger.fleet import ShipConflict, Shipper, layout
 from appliance.ledger.store import read_history
-from tests.unit.fleet.conftest import BUCKET, LOG, VKEY, grow, make_ledger, versions
-from tests.unit.ledger.conftest import OTHER_KEY, open_writer, write_session
+from tests.unit.fleet.conftest import (
+    BUCKET,
+    LOG,
+    VKEY,
+    grow,
+    make_ledger,
+    open_writer,
+    versions,
+    write_session,
+)
+from tests.unit.ledger.conftest import OTHER_KEY
 
 
 def keys(s3: Any) -> list[str]:

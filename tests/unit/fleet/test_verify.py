@@ -17,9 +17,20 @@ from appliance.ledger.checkpoint import Checkpoint, sign_checkpoint
 from appliance.ledger.fleet import Shipper, layout
 from appliance.ledger.merkle import CompactRange
 from appliance.ledger.store import read_history, unverified_checkpoint
-from tests.unit.fleet.conftest import BUCKET, KEY, LOG, URL, VKEY, grow, make_ledger, versions
+from tests.unit.fleet.conftest import (
+    BUCKET,
+    KEY,
+    LOG,
+    URL,
+    VKEY,
+    grow,
+    make_ledger,
+    open_writer,
+    versions,
+    write_session,
+)
 from tests.unit.ledger.cli_helper import run_cli
-from tests.unit.ledger.conftest import ORIGIN, OTHER_KEY, open_writer, write_session
+from tests.unit.ledger.conftest import ORIGIN, OTHER_KEY
 
 
 @pytest.fixture
