@@ -49,7 +49,7 @@ from appliance.approvals import (
 from appliance.approvals.hub import HubRunner
 from appliance.approvals.request import ApprovalRequest
 from appliance.bucket import open_bucket
-from appliance.config import Config
+from appliance.config import Config, format_endpoint
 from appliance.config.sections import Sections, parse_sections
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
@@ -124,6 +124,9 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # sqlglot warns about MySQL syntax it reads loosely; the MySQL classifier checks the
+    # statement kinds itself (appliance.policy._mysql), so those warnings are noise here.
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
 def sd_notify(message: str) -> None:
@@ -362,7 +365,7 @@ class Daemon:
                 if hub is not None:
                     helpers.append(tg.create_task(hub.run()))
                 elapsed = time.monotonic() - started
-                listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
+                listening = [format_endpoint(h, p) for h, p in bound]
                 ledger.append(
                     "appliance.ready",
                     data={"listening": listening, "startup_ms": round(elapsed * 1000)},

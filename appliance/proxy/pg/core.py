@@ -36,7 +36,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.config import Target
+from appliance.config import Target, format_endpoint
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.masking.postgres import ResponseMasker
@@ -694,8 +694,7 @@ def _shutdown_error() -> bytes:
 
 
 def _addr(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_endpoint(address[0], address[1])
 
 
 def shared(random_bytes: Any) -> PgShared:
