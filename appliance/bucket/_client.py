@@ -339,7 +339,7 @@ def _make_client(
         # Debian's pyOpenSSL, seen by urllib3 through --system-site-packages, warns on import.
         warnings.filterwarnings("ignore", message="DSA is deprecated")
         import boto3
-        import botocore.httpsession  # noqa: F401 - imports urllib3's pyOpenSSL support now
+        import botocore.httpsession  # imports urllib3 and its pyOpenSSL support here
         import botocore.session
         from botocore.config import Config
 

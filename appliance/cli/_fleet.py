@@ -17,6 +17,7 @@ import click
 from appliance.bucket import ObjectLock
 from appliance.cli._source import (
     CACHE_OPTION,
+    LEDGER_OPTION,
     ORIGIN_OPTION,
     BucketOptions,
     ByteProgress,
@@ -30,14 +31,7 @@ from appliance.signing.keys import VerifierKey
 
 
 @click.command("ship")
-@click.option(
-    "--ledger",
-    "directory",
-    required=True,
-    envvar="APPLIANCE_LEDGER",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Ledger directory (or $APPLIANCE_LEDGER).",
-)
+@LEDGER_OPTION
 @bucket_options("--to", "The fleet's bucket URL (the log goes under logs/<origin>/).")
 @click.option(
     "--lock-mode",

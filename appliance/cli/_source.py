@@ -136,6 +136,14 @@ def pull_source(
     return [r.directory for r in results if (r.directory / "entries.log").exists()]
 
 
+LEDGER_OPTION = click.option(
+    "--ledger",
+    "directory",
+    required=True,
+    envvar="APPLIANCE_LEDGER",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Ledger directory (or $APPLIANCE_LEDGER).",
+)
 CACHE_OPTION = click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),

@@ -11,7 +11,6 @@ import base64
 import heapq
 import itertools
 import json
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -22,8 +21,10 @@ import click
 from appliance.cli._fleet import pull_cmd, session_directory, ship_cmd, verify_from_bucket
 from appliance.cli._source import (
     CACHE_OPTION,
+    LEDGER_OPTION,
     ORIGIN_OPTION,
     BucketOptions,
+    ByteProgress,
     bucket_options,
     pull_source,
 )
@@ -51,14 +52,7 @@ from appliance.ledger.store import (
 from appliance.ledger.verify import verify_ledger
 from appliance.signing.keys import VerifierKey, load_verifier_key
 
-_LEDGER = click.option(
-    "--ledger",
-    "directory",
-    required=True,
-    envvar="APPLIANCE_LEDGER",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Ledger directory (or $APPLIANCE_LEDGER).",
-)
+_LEDGER = LEDGER_OPTION
 
 
 def _ledger_or_source(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -122,27 +116,6 @@ def ledger_group() -> None:
 
 
 # -- verify / fsck ------------------------------------------------------------------------
-
-
-class _Progress:
-    """Progress on stderr: a live line on a terminal, a line per 10% otherwise."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self.last = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total == 0:
-            return
-        pct = done * 100 // total
-        if self.tty:
-            click.echo(f"\rverifying: {pct:3d}% of {total / 1e6:.1f} MB", nl=False, err=True)
-            if done >= total:
-                click.echo("", err=True)
-        elif pct // 10 != self.last // 10 or done >= total:
-            click.echo(f"verifying: {pct}% of {total / 1e6:.1f} MB", err=True)
-        self.last = pct
 
 
 @ledger_group.command("verify")
@@ -211,7 +184,7 @@ def verify_cmd(
     report = verify_ledger(
         directory,
         verifiers,
-        progress=_Progress(show),
+        progress=ByteProgress("verifying", enabled=show),
         check_blobs=not no_blobs,
         trusted_checkpoints=trusted,
     )

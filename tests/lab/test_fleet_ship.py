@@ -8,6 +8,7 @@ storage down mid-run (serve, and fail closed), and SIGTERM right after a session
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -34,6 +35,36 @@ def auditor(ceph: CephS3) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def creds_file(ceph: CephS3, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return ceph.root.shared_file(tmp_path_factory.mktemp("s3") / "s3.credentials")
+
+
+@pytest.fixture
+def url(ceph: CephS3) -> str:
+    """A fresh bucket (versioning, Object Lock) for the test: its fleet URL."""
+    bucket = bucket_name("fleet")
+    ceph.create_bucket(bucket)
+    return f"s3://{bucket}/fleet"
+
+
+@contextlib.contextmanager
+def shipping(
+    lab: Lab, pg: PgServer, workdir: Path, port: int, url: str, endpoint: str, creds: Path,
+    **ship: Any,
+) -> Iterator[Appliance]:  # fmt: skip
+    """An appliance in the runner with ``ledger.ship`` to ``url`` (COMPLIANCE, 1 day)."""
+    with running_appliance(
+        lab, pg, workdir, targets=[TargetSpec("db", port)],
+        ledger_options=ship_options(url, endpoint, creds, **ship),
+    ) as app:  # fmt: skip
+        yield app
+
+
+def pull(ceph: CephS3, auditor: tuple[str, str], url: str, to: Path) -> Path:
+    """``ledger pull`` from the auditor's namespace; the copy of the lab's log."""
+    ns, endpoint = auditor
+    r = cli(ns, ceph.root, "ledger", "pull", "--source", url, "--endpoint-url", endpoint,
+            "--to", str(to))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return to / "lab.test%2Fledger"
 
 
 def psql(lab: Lab, port: int, app: str, sql: str = "select 1") -> subprocess.CompletedProcess[str]:
@@ -65,15 +96,10 @@ def test_round_trip_ship_while_running_verify_from_the_bucket_pull_and_verify(
     auditor: tuple[str, str],
     creds_file: Path,
     tmp_path: Path,
+    url: str,
 ) -> None:
-    bucket = bucket_name("roundtrip")
-    ceph.create_bucket(bucket)
-    url = f"s3://{bucket}/fleet"
     ns, endpoint = auditor
-    with running_appliance(
-        lab, pg, tmp_path / "app", targets=[TargetSpec("db", 6601)],
-        ledger_options=ship_options(url, s3_endpoint, creds_file),
-    ) as app:  # fmt: skip
+    with shipping(lab, pg, tmp_path / "app", 6601, url, s3_endpoint, creds_file) as app:
         r = psql(lab, 6601, "shipped", "select 40 + 2")
         assert r.returncode == 0 and r.stdout.strip() == "42", r.stderr
         session = app.session_by_app("shipped")
@@ -88,7 +114,7 @@ def test_round_trip_ship_while_running_verify_from_the_bucket_pull_and_verify(
         assert log["ok"] and log["origin"] == "lab.test/ledger" and log["entries"] >= len(session)
         # every object is under COMPLIANCE retention, as configured
         key = f"fleet/logs/lab.test%2Fledger/checkpoints/{0:020d}"
-        head = ceph.admin().head_object(Bucket=bucket, Key=key)
+        head = ceph.admin().head_object(Bucket=url.split("/")[2], Key=key)
         assert head["ObjectLockMode"] == "COMPLIANCE"
         assert head["ObjectLockRetainUntilDate"] > CephS3.retain_until(0)
         shown = cli(
@@ -96,12 +122,7 @@ def test_round_trip_ship_while_running_verify_from_the_bucket_pull_and_verify(
             "--cache", str(tmp_path / "cache"), session[0]["session"],
         )  # fmt: skip
         assert shown.returncode == 0 and "select 40 + 2" in shown.stdout, shown.stderr
-    pulled = cli(
-        ns, ceph.root, "ledger", "pull", "--source", url, "--endpoint-url", endpoint,
-        "--to", str(tmp_path / "pulled"),
-    )  # fmt: skip
-    assert pulled.returncode == 0, pulled.stderr
-    copy = tmp_path / "pulled" / "lab.test%2Fledger"
+    copy = pull(ceph, auditor, url, tmp_path / "pulled")
     local = subprocess.run(
         [APPLIANCE, "ledger", "verify", "--ledger", str(copy), "--vkey", str(app.vkey)],
         capture_output=True, text=True, timeout=60,
@@ -119,25 +140,14 @@ def test_sigterm_right_after_a_session_leaves_everything_in_the_bucket(
     auditor: tuple[str, str],
     creds_file: Path,
     tmp_path: Path,
+    url: str,
 ) -> None:
-    bucket = bucket_name("sigterm")
-    ceph.create_bucket(bucket)
-    url = f"s3://{bucket}/fleet"
-    with running_appliance(
-        lab, pg, tmp_path / "app", targets=[TargetSpec("db", 6602)],
-        ledger_options=ship_options(url, s3_endpoint, creds_file),
-    ) as app:  # fmt: skip
+    with shipping(lab, pg, tmp_path / "app", 6602, url, s3_endpoint, creds_file) as app:
         assert psql(lab, 6602, "last-words", "select 'bye'").returncode == 0
         app.session_by_app("last-words")
         app.signal(signal.SIGTERM)  # at once: the session's entries are barely signed
         assert app.stop() == 0
-    ns, endpoint = auditor
-    pulled = cli(
-        ns, ceph.root, "ledger", "pull", "--source", url, "--endpoint-url", endpoint,
-        "--to", str(tmp_path / "pulled"),
-    )  # fmt: skip
-    assert pulled.returncode == 0, pulled.stderr
-    copy = tmp_path / "pulled" / "lab.test%2Fledger"
+    copy = pull(ceph, auditor, url, tmp_path / "pulled")
     assert (copy / "entries.log").read_bytes() == (app.ledger / "entries.log").read_bytes()
     notes, _ = read_history(app.ledger)
     assert (copy / "checkpoint").read_text() == notes[-1]
@@ -164,14 +174,9 @@ def test_storage_down_mid_run_sessions_go_on_and_everything_ships_after(
     creds_file: Path,
     tmp_path: Path,
     gateway_back: None,
+    url: str,
 ) -> None:
-    bucket = bucket_name("down")
-    ceph.create_bucket(bucket)
-    url = f"s3://{bucket}/fleet"
-    with running_appliance(
-        lab, pg, tmp_path / "app", targets=[TargetSpec("db", 6603)],
-        ledger_options=ship_options(url, s3_endpoint, creds_file),
-    ) as app:  # fmt: skip
+    with shipping(lab, pg, tmp_path / "app", 6603, url, s3_endpoint, creds_file) as app:
         wait_shipped(app.ledger)
         ceph.stop_gateway()
         for i in range(3):
@@ -211,14 +216,12 @@ def test_storage_down_with_on_backlog_refuse_fails_closed_until_it_drains(
     creds_file: Path,
     tmp_path: Path,
     gateway_back: None,
+    url: str,
 ) -> None:
-    bucket = bucket_name("refuse")
-    ceph.create_bucket(bucket)
-    url = f"s3://{bucket}/fleet"
-    opts = ship_options(url, s3_endpoint, creds_file, backlog_limit=5, on_backlog="refuse")
-    with running_appliance(
-        lab, pg, tmp_path / "app", targets=[TargetSpec("db", 6604)], ledger_options=opts
-    ) as app:
+    with shipping(
+        lab, pg, tmp_path / "app", 6604, url, s3_endpoint, creds_file,
+        backlog_limit=5, on_backlog="refuse",
+    ) as app:  # fmt: skip
         wait_shipped(app.ledger)
         ceph.stop_gateway()
         r = psql(lab, 6604, "before-limit")  # its entries push the backlog over the limit
