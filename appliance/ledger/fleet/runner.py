@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -121,6 +122,10 @@ class ShipRunner:
         self._gaps_recorded = False
         self._written: dict[str, Any] | None = None
         self._pending: list[tuple[str, dict[str, Any]]] = []
+        # One round at a time: a round's worker thread outlives the cancelled task that
+        # awaited it, and the final ship must not run beside it (a put made twice is a
+        # second version on radosgw).
+        self._one = threading.Lock()
 
     @property
     def refusing(self) -> bool:
@@ -150,6 +155,10 @@ class ShipRunner:
     def round(self) -> float:
         """One round with its bookkeeping (any thread); returns the seconds until the next
         one. What it records waits for :meth:`flush_records`."""
+        with self._one:
+            return self._round()
+
+    def _round(self) -> float:
         now = self.clock()
         try:
             self.shipper.ship()
@@ -178,6 +187,14 @@ class ShipRunner:
         until ``timeout`` seconds have passed. True if the bucket holds it all. Nothing is
         recorded any more (the log and the journal say what happened)."""
         deadline = time.monotonic() + timeout
+        if not self._one.acquire(timeout=timeout):
+            return False
+        try:
+            return self._final(deadline)
+        finally:
+            self._one.release()
+
+    def _final(self, deadline: float) -> bool:
         pause = 0.2
         while True:
             now = self.clock()

@@ -13,7 +13,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from appliance.approvals import Decision, Verdict, sign_decision
+from appliance.approvals import Resolution, SignedDecision, sign_decision
 from appliance.approvals.hub import ForgedRequest, HubClient, HubRunner, open_request, request_note
 from appliance.approvals.request import RequestState
 from appliance.bucket import Bucket, BucketSettings, parse_bucket_url
@@ -38,7 +38,7 @@ def bucket(monkeypatch: pytest.MonkeyPatch) -> Iterator[Bucket]:
 
 def decide(found: Any, verb: str = "approve", key: SigningKey = ALICE, name: str = "alice") -> str:
     r = found.status.request
-    d = Decision(r.id, r.statement_sha256, verb, name, T0, "ok from the hub")  # type: ignore[arg-type]
+    d = SignedDecision(r.id, r.statement_sha256, verb, name, T0, "ok from the hub")  # type: ignore[arg-type]
     return sign_decision(d, key)
 
 
@@ -81,7 +81,7 @@ def test_approved_through_the_bucket(bucket: Bucket) -> None:
         name = client.post_decision(found, decide(found))
         await one_round(hub)
         outcome = await asyncio.wait_for(held, 1)
-        assert outcome.verdict is Verdict.GRANTED and outcome.approver == "alice"
+        assert outcome.verdict is Resolution.GRANTED and outcome.approver == "alice"
         receipt = client.receipt(found, name)
         assert receipt is not None and receipt.accepted
         hub.observe("approval.granted", recorder.last("approval.granted"))
