@@ -38,11 +38,11 @@ def pg(lab: Lab) -> PgServer:
 
 @pytest.fixture(scope="session")
 def ceph() -> Iterator[CephS3]:
-    """One Ceph cluster (monitor, memstore OSD, radosgw) for the whole session: it takes
-    about 13 s to start; tests make their own buckets."""
+    """One Ceph cluster (monitor, memstore OSD, radosgw; HTTP, and HTTPS with a lab CA) for
+    the whole session: it takes about 13 s to start; tests make their own buckets."""
     if os.geteuid() != 0:
         pytest.fail("lab tests need root: run them through `make test`")
-    with CephS3() as cluster:
+    with CephS3(tls=True) as cluster:
         yield cluster
 
 
