@@ -206,6 +206,9 @@ mon max pg per osd = 1000
 mon warn on pool no redundancy = false
 mon data avail warn = 1
 mon data avail crit = 0
+# A killed radosgw leaves its watches on the control objects until this timeout: metadata
+# writes (a new bucket) wait for it after stop_gateway/start_gateway (30 s by default).
+osd client watch timeout = 3
 
 [mon]
 mon data = {d}/mon/$cluster-$id
