@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,15 @@ def test_approved_from_a_namespace_that_reaches_only_the_bucket(
         granted = app.wait_for(lambda es: any(e["type"] == "approval.granted" for e in es))
         (g,) = [e for e in granted if e["type"] == "approval.granted"]
         assert g["data"]["approver"] == "alice" and g["data"]["reason"] == "from the hub"
+        # from the decision landing in the bucket to the statement's release (the runner polls
+        # every 300 ms here): the grant is recorded before the statement runs
+        decisions = [
+            v for v in ceph.all_versions(bucket, "fleet/approvals/") if "/decision." in v["Key"]
+        ]
+        posted = max(v["LastModified"] for v in decisions)
+        granted_at = datetime.fromisoformat(g["ts"].replace("Z", "+00:00"))
+        latency = (granted_at - posted).total_seconds()
+        assert latency < 3.0, f"decision to release took {latency:.2f} s"
         # the runner posted the outcome: the fleet's list no longer shows it
         deadline = time.monotonic() + 10
         while True:
