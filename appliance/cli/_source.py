@@ -112,14 +112,25 @@ class BucketOptions:
 
 
 def pull_source(
-    bucket: BucketOptions, cache: Path | None, origin: str | None, *, progress: bool | None = None
+    bucket: BucketOptions,
+    cache: Path | None,
+    origin: str | None,
+    *,
+    progress: bool | None = None,
+    offline: bool = False,
 ) -> list[Path]:
     """Pull the logs under ``bucket`` (matching ``origin``) into the cache; their
-    directories, in origin order. Raises LedgerError if there is none."""
-    from appliance.ledger.fleet import list_logs, pull_logs, take_inventory
+    directories, in origin order (``offline``: the cache as it is, the bucket unread).
+    Raises LedgerError if there is none."""
+    from appliance.ledger.fleet import cached_logs, list_logs, pull_logs, take_inventory
 
-    b = bucket.open()
     root = cache or bucket.default_cache()
+    if offline:
+        cached = [r.directory for r in cached_logs(root, origin)]
+        if not cached:
+            raise LedgerError(f"no logs in the cache {root}: pull them first (without --offline)")
+        return cached
+    b = bucket.open()
     logs = list_logs(b, origin)
     if not logs:
         what = f" with origin {origin!r}" if origin else ""
@@ -150,3 +161,8 @@ CACHE_OPTION = click.option(
     help="Local cache of the pulled logs (default: $XDG_CACHE_HOME/appliance/s3/BUCKET/PREFIX).",
 )
 ORIGIN_OPTION = click.option("--origin", help="Only logs whose origin matches this glob.")
+OFFLINE_OPTION = click.option(
+    "--offline",
+    is_flag=True,
+    help="With --source: read the cache as the last pull left it (no request to the bucket).",
+)

@@ -22,6 +22,7 @@ from appliance.cli._fleet import pull_cmd, session_directory, ship_cmd, verify_f
 from appliance.cli._source import (
     CACHE_OPTION,
     LEDGER_OPTION,
+    OFFLINE_OPTION,
     ORIGIN_OPTION,
     BucketOptions,
     ByteProgress,
@@ -59,6 +60,7 @@ def _ledger_or_source(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--ledger DIR`` or ``--source s3://...`` (with the bucket options, ``--cache`` and
     ``--origin``): the command gets ``directory`` and ``bucket``/``cache``/``origin``."""
     for option in (
+        OFFLINE_OPTION,
         ORIGIN_OPTION,
         CACHE_OPTION,
         bucket_options("--source", "Read every log under this bucket URL instead."),
@@ -75,7 +77,11 @@ def _ledger_or_source(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _directories(
-    directory: Path | None, bucket: BucketOptions | None, cache: Path | None, origin: str | None
+    directory: Path | None,
+    bucket: BucketOptions | None,
+    cache: Path | None,
+    origin: str | None,
+    offline: bool = False,
 ) -> list[Path]:
     """The ledger directories a command reads: ``--ledger``, or the pulled logs of
     ``--source``."""
@@ -84,7 +90,7 @@ def _directories(
     if directory is not None:
         return [require_ledger(directory)]
     assert bucket is not None
-    return pull_source(bucket, cache, origin)
+    return pull_source(bucket, cache, origin, offline=offline)
 
 
 _FORMAT = click.option(
@@ -144,6 +150,7 @@ def verify_cmd(
     bucket: BucketOptions | None,
     cache: Path | None,
     origin: str | None,
+    offline: bool,
     vkeys: tuple[str, ...],
     fmt: str,
     progress: bool | None,
@@ -161,8 +168,10 @@ def verify_cmd(
     """
     verifiers = _vkeys(vkeys)
     if bucket is not None:
-        if directory is not None or held:
-            raise LedgerError("--source verifies the bucket: no --ledger or --checkpoint with it")
+        if directory is not None or held or offline:
+            raise LedgerError(
+                "--source verifies the bucket: no --ledger, --checkpoint or --offline with it"
+            )
         verify_from_bucket(
             ctx, bucket, cache, origin, state, verifiers, fmt, progress, not no_blobs
         )
@@ -297,6 +306,7 @@ def query_cmd(
     bucket: BucketOptions | None,
     cache: Path | None,
     origin: str | None,
+    offline: bool,
     session: str | None,
     identity: tuple[str, ...],
     target: str | None,
@@ -320,7 +330,7 @@ def query_cmd(
         until=parse_time(until) if until else None,
         limit=limit,
     )
-    dirs = _directories(directory, bucket, cache, origin)
+    dirs = _directories(directory, bucket, cache, origin, offline)
     if len(dirs) == 1:
         with Index.open(dirs[0]) as index:
             _print_entries(index.query(q), fmt)
@@ -373,11 +383,12 @@ def show_cmd(
     bucket: BucketOptions | None,
     cache: Path | None,
     origin: str | None,
+    offline: bool,
     session: str,
     fmt: str,
 ) -> None:
     """Everything recorded about SESSION: who, target, account, and every entry."""
-    directory = session_directory(_directories(directory, bucket, cache, origin), session)
+    directory = session_directory(_directories(directory, bucket, cache, origin, offline), session)
     found = _session_entries(directory, session)
     if fmt == "json":
         _print_entries(found, fmt)
@@ -412,12 +423,13 @@ def replay_cmd(
     bucket: BucketOptions | None,
     cache: Path | None,
     origin: str | None,
+    offline: bool,
     session: str,
     speed: float,
     rows: int,
 ) -> None:
     """SESSION as a readable, time-ordered transcript: who, what, decisions, masked results."""
-    directory = session_directory(_directories(directory, bucket, cache, origin), session)
+    directory = session_directory(_directories(directory, bucket, cache, origin, offline), session)
     found = _session_entries(directory, session)
     blobs = BlobReader(directory)
 
@@ -577,6 +589,7 @@ def export_cmd(
     bucket: BucketOptions | None,
     cache: Path | None,
     origin: str | None,
+    offline: bool,
     session: str,
     fmt: str,
     out: Path,
@@ -586,7 +599,7 @@ def export_cmd(
     TCP stream rebuilt from the recorded (masked) messages, for Wireshark."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
-    directory = session_directory(_directories(directory, bucket, cache, origin), session)
+    directory = session_directory(_directories(directory, bucket, cache, origin, offline), session)
     with Index.open(directory) as index:
         session = _resolve_session(index, directory, session)
     tmp = out.with_name(out.name + ".part")

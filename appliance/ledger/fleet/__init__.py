@@ -8,7 +8,8 @@ cache and verifies, queries or exports them as local ledgers.
 - :mod:`.layout`: the key names and the bundle format (the one home of the layout);
 - :mod:`.ship`: :class:`Shipper`, one round = everything signed since the last one;
 - :mod:`.runner`: :class:`ShipRunner`, the daemon's loop: rounds, backoff, status, backlog;
-- :mod:`.pull`: :func:`list_logs`, :func:`take_inventory`, :func:`pull_log` (incremental);
+- :mod:`.pull`: :func:`list_logs`, :func:`take_inventory`, :func:`pull_log` (incremental),
+  :func:`cached_logs` (what a cache holds, without the bucket);
 - :mod:`.verify`: :func:`verify_source`, findings from object versions plus the ledger's own
   verification of the pulled copy;
 - :mod:`.state`: :class:`StateDir`, the verifier's memory of the largest checkpoint per log.
@@ -19,6 +20,7 @@ from appliance.ledger.fleet.pull import (
     Inventory,
     LogRef,
     PullResult,
+    cached_logs,
     list_logs,
     pull_log,
     pull_logs,
@@ -37,6 +39,7 @@ __all__ = [
     "ShipConflict",
     "Shipper",
     "StateDir",
+    "cached_logs",
     "list_logs",
     "log_name",
     "log_prefix",

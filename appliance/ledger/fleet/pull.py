@@ -293,6 +293,23 @@ def pull_log(
     return result
 
 
+def cached_logs(cache_root: Path, pattern: str | None = None) -> list[PullResult]:
+    """The logs a cache holds from earlier pulls (origins matching ``pattern``), as they
+    are: no bucket is read. In origin order."""
+    out: list[PullResult] = []
+    for manifest in sorted(Path(cache_root).glob(f"*/{MANIFEST}")):
+        directory = manifest.parent
+        try:
+            origin = layout.origin_of(directory.name)
+        except LedgerError:
+            continue
+        m = _Manifest.load(manifest, origin)
+        if m is None or (pattern is not None and not fnmatch.fnmatchcase(origin, pattern)):
+            continue
+        out.append(PullResult(LogRef(origin, directory.name), directory, m.entries, m.checkpoints))
+    return sorted(out, key=lambda r: r.log.origin)
+
+
 def pull_logs(
     bucket: Bucket,
     inventories: Iterable[Inventory],
@@ -350,6 +367,7 @@ __all__ = [
     "Inventory",
     "LogRef",
     "PullResult",
+    "cached_logs",
     "list_logs",
     "pending_bytes",
     "pull_log",

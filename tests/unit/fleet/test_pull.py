@@ -90,7 +90,7 @@ def fleet(tmp_path: Path, bucket: Bucket, n: int = 3) -> list[Path]:
 
 
 def test_query_show_and_replay_across_the_fleet(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, bucket: Bucket
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, bucket: Bucket, s3: Any
 ) -> None:
     fleet(tmp_path, bucket)
     src = ["--source", URL, "--cache", str(tmp_path / "cache")]
@@ -117,6 +117,14 @@ def test_query_show_and_replay_across_the_fleet(
         capsys, "ledger", "verify-bundle", str(out_file), "--vkey", KEY.verifier().to_vkey()
     )
     assert code == 0, out
+    # --offline reads the cache as it is: nothing is asked of the bucket
+    for v in versions(s3, "fleet/").values():
+        for x in v:
+            s3.delete_object(Bucket=BUCKET, Key=x["Key"], VersionId=x["VersionId"])
+    code, out = run_cli(capsys, "ledger", "query", *src, "--offline", "--type", "session.end")
+    assert code == 0 and len(out.splitlines()) == 4, out
+    code, out = run_cli(capsys, "ledger", "query", *src, "--type", "session.end")
+    assert code == 2 and "no logs under" in out
 
 
 def test_pull_command(capsys: pytest.CaptureFixture[str], tmp_path: Path, bucket: Bucket) -> None:
