@@ -328,6 +328,9 @@ class BacklogGuard:
     def flush(self, timeout: float | None = None) -> None:
         self._ledger.flush(timeout)
 
+    async def sync(self) -> None:
+        await self._ledger.sync()
+
     def close(self) -> None:
         self._ledger.close()
 
