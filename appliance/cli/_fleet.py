@@ -162,13 +162,20 @@ def _verdict_json(v: LogVerdict) -> dict[str, object]:
 
 def session_directory(directories: Sequence[Path], session: str) -> Path:
     """The one ledger among ``directories`` that holds SESSION (given whole or by a
-    beginning that names one session only). Raises LedgerError."""
+    beginning that names one session only); a single directory is returned as it is (the
+    command resolves the session there). Raises LedgerError."""
     from appliance.ledger.index import Index
 
+    if len(directories) == 1:
+        return directories[0]
     found: list[tuple[Path, str]] = []
     for d in directories:
         with Index.open(d) as index:
-            found += [(d, s) for s in index.sessions_starting(session, limit=6)]
+            try:
+                found.append((d, index.resolve_session(session)))
+            except LedgerError as exc:
+                if "no entries for session" not in str(exc):
+                    raise LedgerError(f"{d.name}: {exc}") from None
     exact = [f for f in found if f[1] == session]
     if len(exact) == 1 or len(found) == 1:
         return (exact or found)[0][0]

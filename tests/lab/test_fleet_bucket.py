@@ -161,7 +161,7 @@ def test_an_overwrite_is_found(
     ("kind", "index", "expected"),
     [
         ("checkpoints/", 1, "checkpoints #1 are missing (removed from the bucket)"),
-        ("entries/", 0, "checkpoint #0 claims 4 entries but the log holds only 0"),
+        ("entries/", 0, "checkpoint #0 claims 4 entries but entries.log holds only 0"),
         ("blobs/", 2, "missing from the blob store"),
     ],
 )

@@ -106,7 +106,7 @@ def test_the_same_content_written_twice_is_only_a_warning(
     ("kind", "index", "expected"),
     [
         ("checkpoints/", 2, "checkpoints #2 are missing (removed from the bucket)"),
-        ("entries/", 0, "checkpoint #0 claims 4 entries but the log holds only 0"),
+        ("entries/", 0, "checkpoint #0 claims 4 entries but entries.log holds only 0"),
         ("blobs/", 1, "missing from the blob store"),
         ("vkey", 0, "vkey is missing"),
     ],
