@@ -155,6 +155,66 @@ LEDGER_OPTION = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help="Ledger directory (or $APPLIANCE_LEDGER).",
 )
+
+
+@dataclass(frozen=True)
+class LedgerSource:
+    """Where a ledger command reads: ``--ledger DIR``, or ``--source`` (with ``--cache``,
+    ``--origin``, ``--offline``)."""
+
+    directory: Path | None
+    bucket: BucketOptions | None
+    cache: Path | None = None
+    origin: str | None = None
+    offline: bool = False
+
+    def directories(self) -> list[Path]:
+        """The ledger directories to read: ``--ledger``, or the pulled logs of ``--source``.
+        Raises LedgerError."""
+        from appliance.ledger.store import require_ledger
+
+        if (self.directory is None) == (self.bucket is None):
+            raise LedgerError("give --ledger DIR or --source s3://BUCKET[/PREFIX]")
+        if self.directory is not None:
+            return [require_ledger(self.directory)]
+        assert self.bucket is not None
+        return pull_source(self.bucket, self.cache, self.origin, offline=self.offline)
+
+
+def ledger_or_source(f: F) -> F:
+    """``--ledger DIR`` or ``--source s3://...`` with the bucket options, ``--cache``,
+    ``--origin`` and ``--offline``, passed on as ``source`` (a :class:`LedgerSource`)."""
+
+    @functools.wraps(f)  # carries the options click attached to f
+    def wrapper(**kwargs: Any) -> Any:
+        kwargs["source"] = LedgerSource(
+            kwargs.pop("directory"),
+            kwargs.pop("bucket"),
+            kwargs.pop("cache"),
+            kwargs.pop("origin"),
+            kwargs.pop("offline"),
+        )
+        return f(**kwargs)
+
+    options = [
+        click.option(
+            "--ledger",
+            "directory",
+            envvar="APPLIANCE_LEDGER",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Ledger directory (or $APPLIANCE_LEDGER).",
+        ),
+        bucket_options("--source", "Read every log under this bucket URL instead."),
+        CACHE_OPTION,
+        ORIGIN_OPTION,
+        OFFLINE_OPTION,
+    ]
+    decorated: Any = wrapper
+    for option in reversed(options):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
+
+
 CACHE_OPTION = click.option(
     "--cache",
     type=click.Path(file_okay=False, path_type=Path),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -65,10 +66,18 @@ _HUB_PARAMS = (
 )
 
 
-def _hub_options(f: click.decorators.FC) -> click.decorators.FC:
-    for param in reversed(_HUB_PARAMS):
-        f = param(f)
-    return f
+def _options(*params: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """One decorator for several click parameters, in the order given."""
+
+    def apply(f: Any) -> Any:
+        for param in reversed(params):
+            f = param(f)
+        return f
+
+    return apply
+
+
+_hub_options = _options(*_HUB_PARAMS)
 
 
 def _hub(bucket: BucketOptions, vkeys: tuple[str, ...]) -> HubClient:
@@ -176,10 +185,7 @@ _DECIDE_PARAMS = (
 )
 
 
-def _decide_options(f: click.decorators.FC) -> click.decorators.FC:
-    for param in reversed(_DECIDE_PARAMS):
-        f = param(f)
-    return f
+_decide_options = _options(*_DECIDE_PARAMS)
 
 
 @approvals.command("approve")

@@ -20,16 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from appliance.cli._fleet import pull_cmd, session_directory, ship_cmd, verify_from_bucket
-from appliance.cli._source import (
-    CACHE_OPTION,
-    LEDGER_OPTION,
-    OFFLINE_OPTION,
-    ORIGIN_OPTION,
-    BucketOptions,
-    ByteProgress,
-    bucket_options,
-    pull_source,
-)
+from appliance.cli._source import LEDGER_OPTION, ByteProgress, LedgerSource, ledger_or_source
 from appliance.errors import ApplianceError
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import Entry
@@ -56,43 +47,6 @@ from appliance.ledger.verify import verify_ledger
 from appliance.signing.keys import VerifierKey, load_verifier_key
 
 _LEDGER = LEDGER_OPTION
-
-
-def _ledger_or_source(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``--ledger DIR`` or ``--source s3://...`` (with the bucket options, ``--cache`` and
-    ``--origin``): the command gets ``directory`` and ``bucket``/``cache``/``origin``."""
-    for option in (
-        OFFLINE_OPTION,
-        ORIGIN_OPTION,
-        CACHE_OPTION,
-        bucket_options("--source", "Read every log under this bucket URL instead."),
-        click.option(
-            "--ledger",
-            "directory",
-            envvar="APPLIANCE_LEDGER",
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Ledger directory (or $APPLIANCE_LEDGER).",
-        ),
-    ):
-        f = option(f)
-    return f
-
-
-def _directories(
-    directory: Path | None,
-    bucket: BucketOptions | None,
-    cache: Path | None,
-    origin: str | None,
-    offline: bool = False,
-) -> list[Path]:
-    """The ledger directories a command reads: ``--ledger``, or the pulled logs of
-    ``--source``."""
-    if (directory is None) == (bucket is None):
-        raise LedgerError("give --ledger DIR or --source s3://BUCKET[/PREFIX]")
-    if directory is not None:
-        return [require_ledger(directory)]
-    assert bucket is not None
-    return pull_source(bucket, cache, origin, offline=offline)
 
 
 _FORMAT = click.option(
@@ -151,7 +105,7 @@ def ledger_group() -> None:
 
 
 @ledger_group.command("verify")
-@_ledger_or_source
+@ledger_or_source
 @_vkey_option(required=True)
 @_FORMAT
 @click.option("--progress/--no-progress", default=None, help="Default: on for logs > 16 MB.")
@@ -173,11 +127,7 @@ def ledger_group() -> None:
 @_json_report
 def verify_cmd(
     ctx: click.Context,
-    directory: Path | None,
-    bucket: BucketOptions | None,
-    cache: Path | None,
-    origin: str | None,
-    offline: bool,
+    source: LedgerSource,
     vkeys: tuple[str, ...],
     fmt: str,
     progress: bool | None,
@@ -194,14 +144,16 @@ def verify_cmd(
     Exit 0 verified, 1 tampering or inconsistency found, 2 cannot verify.
     """
     verifiers = _vkeys(vkeys)
-    if bucket is not None:
-        if directory is not None or held or offline:
+    directory = source.directory
+    if source.bucket is not None:
+        if directory is not None or held or source.offline:
             raise LedgerError(
                 "--source verifies the bucket: no --ledger, --checkpoint or --offline with it"
             )
         verify_from_bucket(
-            ctx, bucket, cache, origin, state, verifiers, fmt, progress, not no_blobs
-        )
+            ctx, source.bucket, source.cache, source.origin, state, verifiers, fmt, progress,
+            not no_blobs,
+        )  # fmt: skip
         return
     if directory is None:
         raise LedgerError("give --ledger DIR or --source s3://BUCKET[/PREFIX]")
@@ -322,7 +274,7 @@ def _print_entries(entries: Iterable[Entry], fmt: str, *, origins: bool = False)
 
 
 @ledger_group.command("query")
-@_ledger_or_source
+@ledger_or_source
 @click.option("--session")
 @click.option("--identity", "identity", multiple=True, help="KEY=VALUE, e.g. ci.repository=acme/*")
 @click.option("--target", help="Target name (glob).")
@@ -333,11 +285,7 @@ def _print_entries(entries: Iterable[Entry], fmt: str, *, origins: bool = False)
 @click.option("--limit", type=click.IntRange(min=1))
 @_FORMAT
 def query_cmd(
-    directory: Path | None,
-    bucket: BucketOptions | None,
-    cache: Path | None,
-    origin: str | None,
-    offline: bool,
+    source: LedgerSource,
     session: str | None,
     identity: tuple[str, ...],
     target: str | None,
@@ -361,7 +309,7 @@ def query_cmd(
         until=parse_time(until) if until else None,
         limit=limit,
     )
-    dirs = _directories(directory, bucket, cache, origin, offline)
+    dirs = source.directories()
     if len(dirs) == 1:
         with Index.open(dirs[0]) as index:
             try:
@@ -408,20 +356,16 @@ def _session_entries(directory: Path, session: str) -> list[Entry]:
 
 
 @ledger_group.command("show")
-@_ledger_or_source
+@ledger_or_source
 @click.argument("session")
 @_FORMAT
 def show_cmd(
-    directory: Path | None,
-    bucket: BucketOptions | None,
-    cache: Path | None,
-    origin: str | None,
-    offline: bool,
+    source: LedgerSource,
     session: str,
     fmt: str,
 ) -> None:
     """Everything recorded about SESSION: who, target, account, and every entry."""
-    directory = session_directory(_directories(directory, bucket, cache, origin, offline), session)
+    directory = session_directory(source.directories(), session)
     found = _session_entries(directory, session)
     if fmt == "json":
         _print_entries(found, fmt)
@@ -442,7 +386,7 @@ def show_cmd(
 
 
 @ledger_group.command("replay")
-@_ledger_or_source
+@ledger_or_source
 @click.argument("session")
 @click.option(
     "--speed",
@@ -452,17 +396,13 @@ def show_cmd(
 )
 @click.option("--rows", type=click.IntRange(min=0), default=20, show_default=True)
 def replay_cmd(
-    directory: Path | None,
-    bucket: BucketOptions | None,
-    cache: Path | None,
-    origin: str | None,
-    offline: bool,
+    source: LedgerSource,
     session: str,
     speed: float,
     rows: int,
 ) -> None:
     """SESSION as a readable, time-ordered transcript: who, what, decisions, masked results."""
-    directory = session_directory(_directories(directory, bucket, cache, origin, offline), session)
+    directory = session_directory(source.directories(), session)
     found = _session_entries(directory, session)
     blobs = BlobReader(directory)
 
@@ -613,18 +553,14 @@ def consistency_cmd(
 
 
 @ledger_group.command("export")
-@_ledger_or_source
+@ledger_or_source
 @click.option("--session", required=True)
 @click.option(
     "--format", "fmt", type=click.Choice(["jsonl", "pcap"]), default="jsonl", show_default=True
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export_cmd(
-    directory: Path | None,
-    bucket: BucketOptions | None,
-    cache: Path | None,
-    origin: str | None,
-    offline: bool,
+    source: LedgerSource,
     session: str,
     fmt: str,
     out: Path,
@@ -634,7 +570,7 @@ def export_cmd(
     TCP stream rebuilt from the recorded (masked) messages, for Wireshark."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
-    directory = session_directory(_directories(directory, bucket, cache, origin, offline), session)
+    directory = session_directory(source.directories(), session)
     with Index.open(directory) as index:
         session = index.resolve_session(session)
         _say_notes(index)
