@@ -25,6 +25,7 @@ APT_PACKAGES=(
   postgresql postgresql-contrib postgresql-client pgbouncer
   mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
+  debootstrap systemd-container
   # the fleet's bucket in the lab: a one-node Ceph cluster with radosgw (tests/lab/ceph.py)
   ceph-mon ceph-osd radosgw ceph-common
 )
