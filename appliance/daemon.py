@@ -213,10 +213,27 @@ class Daemon:
             shipping = self._ship_runner(ledger)
             await self._serve(ledger, sections, started, shipping)
         finally:
+            # A second SIGTERM (an impatient supervisor, `kill` twice) must not cut the final
+            # checkpoint or the final ship short; the service manager's SIGKILL after
+            # TimeoutStopSec remains the backstop.
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(
+                signal.SIGTERM, lambda: log.warning("already stopping: finishing the ledger")
+            )
+            try:
+                await self._finish(ledger, shipping)
+            finally:
+                loop.remove_signal_handler(signal.SIGTERM)
+
+    async def _finish(self, ledger: Ledger, shipping: ShipRunner | None) -> None:
+        """Record the stop, sign the last checkpoint, ship everything (``ledger.ship``)."""
+        cfg = self.config
+        try:
             with contextlib.suppress(ApplianceError):
                 ledger.append(
                     "appliance.stop", data={"reason": "signal" if self._stopping else "error"}
                 )
+        finally:
             ledger.close()
             log.info("stopped; ledger closed with a final checkpoint")
             if shipping is not None:
