@@ -213,17 +213,16 @@ class Daemon:
             shipping = self._ship_runner(ledger)
             await self._serve(ledger, sections, started, shipping)
         finally:
-            # A second SIGTERM (an impatient supervisor, `kill` twice) must not cut the final
-            # checkpoint or the final ship short; the service manager's SIGKILL after
-            # TimeoutStopSec remains the backstop.
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(
-                signal.SIGTERM, lambda: log.warning("already stopping: finishing the ledger")
-            )
+            # The handlers _serve installed stay while the last checkpoint is signed and
+            # shipped: a second SIGTERM (an impatient supervisor, `kill` twice) is logged,
+            # not obeyed; the service manager's SIGKILL after TimeoutStopSec stays the
+            # backstop.
             try:
                 await self._finish(ledger, shipping)
             finally:
-                loop.remove_signal_handler(signal.SIGTERM)
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
 
     async def _finish(self, ledger: Ledger, shipping: ShipRunner | None) -> None:
         """Record the stop, sign the last checkpoint, ship everything (``ledger.ship``)."""
@@ -444,8 +443,7 @@ class Daemon:
                 if notifier is not None:
                     notifier.close()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            # The signal handlers stay until run() has finished the ledger (see there).
             if attribution is not None:
                 attribution.close()
 
@@ -500,6 +498,7 @@ class Daemon:
 
     def stop(self) -> None:
         if self._stopping:
+            log.warning("already stopping: finishing the sessions, the ledger and its ship")
             return
         self._stopping = True
         sd_notify("STOPPING=1")
