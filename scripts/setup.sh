@@ -26,6 +26,7 @@ APT_PACKAGES=(
   mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
   debootstrap systemd-container
+  chromium
   # the fleet's bucket in the lab: a one-node Ceph cluster with radosgw (tests/lab/ceph.py)
   ceph-mon ceph-osd radosgw ceph-common
 )
@@ -100,6 +101,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     exit 1
   fi
   echo "$want" > "$stamp"
+fi
+# The hot path compiled with mypyc (scripts/compile.py: only when its sources changed; the
+# pure-Python build is the same tree with APPLIANCE_PURE=1).
+if ! .venv/bin/python scripts/compile.py >.venv/compile.log 2>&1; then
+  cat .venv/compile.log >&2
+  exit 1
 fi
 .venv/bin/python -c 'import bcc' 2>/dev/null || log "warning: 'import bcc' fails in .venv"
 log "ready"

@@ -20,7 +20,7 @@ from appliance.cli._source import (
     LEDGER_OPTION,
     ORIGIN_OPTION,
     BucketOptions,
-    ByteProgress,
+    Progress,
     bucket_options,
     pull_source,
 )
@@ -109,7 +109,7 @@ def verify_from_bucket(
         cache or bucket.default_cache(),
         pattern=origin,
         state=StateDir(state) if state is not None else None,
-        progress=ByteProgress("pulling", enabled=progress),
+        progress=Progress(progress, "pulling"),
         check_blobs=check_blobs,
     )
     elapsed = time.monotonic() - t0

@@ -25,28 +25,32 @@ from appliance.ledger.errors import LedgerError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class ByteProgress:
-    """Progress of a long transfer or check on stderr: a live line on a terminal, a line per
-    10% otherwise; silent below ``min_total`` bytes."""
+class Progress:
+    """Progress on stderr: a live line on a terminal, a line per 10% otherwise. ``done`` and
+    ``total`` are bytes (shown in MB) or, with ``in_bytes=False``, items. ``enabled`` None:
+    on for totals of 16 MB and more."""
 
-    def __init__(self, verb: str, *, enabled: bool | None = None, min_total: int = 16 << 20):
-        self.verb = verb
+    def __init__(
+        self, enabled: bool | None, label: str = "verifying", *, in_bytes: bool = True
+    ) -> None:
         self.enabled = enabled
-        self.min_total = min_total
+        self.label = label
+        self.in_bytes = in_bytes
         self.tty = sys.stderr.isatty()
         self.last = -1
 
     def __call__(self, done: int, total: int) -> None:
-        on = self.enabled if self.enabled is not None else total >= self.min_total
+        on = self.enabled if self.enabled is not None else total >= 16 << 20
         if not on or total == 0:
             return
         pct = done * 100 // total
+        of = f"{total / 1e6:.1f} MB" if self.in_bytes else str(total)
         if self.tty:
-            click.echo(f"\r{self.verb}: {pct:3d}% of {total / 1e6:.1f} MB", nl=False, err=True)
+            click.echo(f"\r{self.label}: {pct:3d}% of {of}", nl=False, err=True)
             if done >= total:
                 click.echo("", err=True)
-        elif pct // 10 != self.last // 10 or (done >= total and self.last < 100):
-            click.echo(f"{self.verb}: {pct}% of {total / 1e6:.1f} MB", err=True)
+        elif pct // 10 != self.last // 10 or done >= total:
+            click.echo(f"{self.label}: {pct}% of {of}", err=True)
         self.last = pct
 
 
@@ -139,7 +143,7 @@ def pull_source(
         b,
         [take_inventory(b, log) for log in logs],
         root,
-        progress=ByteProgress("pulling", enabled=progress),
+        progress=Progress(progress, "pulling"),
     )
     for r in results:
         for problem in [*r.gaps, *r.bad_objects]:

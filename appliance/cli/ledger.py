@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import click
 
 from appliance.cli._fleet import pull_cmd, session_directory, ship_cmd, verify_from_bucket
-from appliance.cli._source import LEDGER_OPTION, ByteProgress, LedgerSource, ledger_or_source
+from appliance.cli._source import LEDGER_OPTION, LedgerSource, Progress, ledger_or_source
 from appliance.errors import ApplianceError
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import Entry
@@ -172,7 +172,7 @@ def verify_cmd(
     report = verify_ledger(
         directory,
         verifiers,
-        progress=ByteProgress("verifying", enabled=show),
+        progress=Progress(show),
         check_blobs=not no_blobs,
         trusted_checkpoints=trusted,
     )

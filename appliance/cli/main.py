@@ -22,6 +22,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("capture", "capture_group"),
     ("status", "status_command"),
     ("bucket", "bucket_policy_command"),
+    ("report", "report_command"),
 ]
 
 

@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from appliance.cli._source import BucketOptions, ByteProgress, bucket_options
+from appliance.cli._source import BucketOptions, Progress, bucket_options
 
 
 def test_bucket_options_become_one_parameter() -> None:
@@ -33,8 +33,11 @@ def test_the_default_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 
 def test_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
-    p = ByteProgress("pulling", min_total=100)
-    p(0, 50)  # small: silent
+    quiet = Progress(None, "pulling")
+    quiet(0, 50 << 20)
+    assert capsys.readouterr().err == "pulling: 0% of 52.4 MB\n"  # large: on by default
+    quiet(0, 50)  # small: silent
+    p = Progress(True, "pulling")
     for done in range(0, 1001, 50):
         p(done, 1000)
     err = capsys.readouterr().err.splitlines()
