@@ -11,7 +11,9 @@ The patterns of all enabled detectors are compiled into one Hyperscan database (
 multi-pattern engine, the ``hyperscan`` package; one pass over the text at hundreds of
 MB/s whatever the number of patterns). Where it cannot be imported or cannot run on this
 CPU, the same patterns run one by one with :mod:`re` (:data:`ENGINE` says which): slower,
-same answers (the tests run both).
+same answers. ``APPLIANCE_PREFILTER=re`` in the environment makes :mod:`re` the engine even
+where Hyperscan imports (``make unit-pure`` runs the unit suite so; child processes such as
+the ledger writer inherit it).
 
 Patterns are ASCII and have no look-arounds or back-references; they run over UTF-8 bytes
 (``str`` is encoded with ``surrogatepass``: every non-ASCII character becomes bytes >= 0x80
@@ -25,12 +27,13 @@ again on the other side (the ledger writer's process).
 from __future__ import annotations
 
 import functools
+import os
 import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["ENGINE", "Prefilter", "prefilter"]
+__all__ = ["ENGINE", "ENV", "Prefilter", "prefilter"]
 
 
 def _load_hyperscan() -> Any:
@@ -45,8 +48,9 @@ def _load_hyperscan() -> Any:
     return hyperscan
 
 
+ENV = "APPLIANCE_PREFILTER"
 _hs = _load_hyperscan()
-ENGINE = "hyperscan" if _hs is not None else "re"
+ENGINE = "hyperscan" if _hs is not None and os.environ.get(ENV) != "re" else "re"
 
 # (detector index, pattern); a pattern may start with (?i)
 Pattern = tuple[int, str]
