@@ -24,6 +24,7 @@ APT_PACKAGES=(
   iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
   openssl ca-certificates curl tshark systemd shellcheck
+  nginx git awscli fcgiwrap
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -51,7 +52,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     done
   fi
   systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true
+  # Likewise nginx and fcgiwrap: the lab starts its own from temporary directories, in its
+  # target namespaces; the host serves nothing.
+  for unit in nginx fcgiwrap.socket fcgiwrap; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || service "${unit%.socket}" stop >/dev/null 2>&1 || true
+  done
 fi
+# kubectl: the lab's Kubernetes tests need a client that speaks exec over WebSockets
+# (v5.channel.k8s.io, kubectl 1.30 and later). Debian 12 packages only kubernetes-client
+# 1.20 (SPDY only); the machine image brings kubectl 1.32. Without it those tests fail.
+command -v kubectl >/dev/null 2>&1 || log "warning: no kubectl on this machine (Debian 12's kubernetes-client 1.20 cannot exec over WebSockets)"
 
 # --- kernel headers for bcc ------------------------------------------------------------
 if [ ! -e "/lib/modules/$kver/build" ]; then
