@@ -153,6 +153,8 @@ class Config:
     # Parsed by appliance.policy / appliance.masking; kept as nodes until they are loaded.
     policy: Node | None = None
     masking: Node | None = None
+    # The per-boot CA of HTTPS targets (appliance.proxy.http.options.parse_interception).
+    interception: Node | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -173,7 +175,9 @@ def load_config(path: str | Path) -> Config:
 def parse_config(text: str, *, source: str = "<config>") -> Config:
     """Parse config text; see :func:`load_config`."""
     root = load_document(text, source)
-    top = root.keys(required=("targets",), optional=("ledger", "capture", "policy", "masking"))
+    top = root.keys(
+        required=("targets",), optional=("ledger", "capture", "policy", "masking", "interception")
+    )
     targets = _parse_targets(top["targets"])
     ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
     capture = _parse_capture(top["capture"]) if "capture" in top else CaptureConfig()
@@ -184,6 +188,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         capture=capture,
         policy=top.get("policy"),
         masking=top.get("masking"),
+        interception=top.get("interception"),
     )
 
 

@@ -273,9 +273,12 @@ class H1Client:
         if head.upgrade:
             out += [("connection", "upgrade"), ("upgrade", head.upgrade)]
         try:
-            return self._conn.send(
-                h11.Request(method=head.method, target=head.target, headers=_wire(tuple(out)))
-            ) or b""
+            return (
+                self._conn.send(
+                    h11.Request(method=head.method, target=head.target, headers=_wire(tuple(out)))
+                )
+                or b""
+            )
         except h11.LocalProtocolError as exc:
             raise PeerError(f"the request cannot be forwarded: {exc}") from None
 
@@ -302,7 +305,9 @@ class H1Client:
         conn = self._conn
         if conn is None:
             if data:
-                raise PeerError("the server sent data with no request in flight", side="upstream", status=502)
+                raise PeerError(
+                    "the server sent data with no request in flight", side="upstream", status=502
+                )
             return [Closed()]
         conn.receive_data(data)
         events: list[Event] = []
@@ -324,7 +329,11 @@ class H1Client:
                     return events
                 if "close" in (header(headers, "connection") or "").lower():
                     self.reusable = False
-                body = not informational and self._method != "HEAD" and event.status_code not in (204, 304)
+                body = (
+                    not informational
+                    and self._method != "HEAD"
+                    and event.status_code not in (204, 304)
+                )
                 events.append(self._response(event, headers, body=body))
             elif isinstance(event, h11.Data):
                 events.append(Body(self.stream, bytes(event.data)))
@@ -335,9 +344,13 @@ class H1Client:
                 self._conn = None
                 return events
             elif isinstance(event, h11.ConnectionClosed):
-                raise PeerError("the server closed the connection mid-response", side="upstream", status=502)
+                raise PeerError(
+                    "the server closed the connection mid-response", side="upstream", status=502
+                )
 
-    def _response(self, event: h11.Response | h11.InformationalResponse, headers: Headers, *, body: bool) -> ResponseHead:
+    def _response(
+        self, event: h11.Response | h11.InformationalResponse, headers: Headers, *, body: bool
+    ) -> ResponseHead:
         return ResponseHead(
             stream=self.stream,
             status=event.status_code,

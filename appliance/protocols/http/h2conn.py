@@ -128,7 +128,9 @@ class H2Server:
                 self._flush()
         return events
 
-    def _head(self, stream: int, raw: list[tuple[bytes, bytes]] | list[h2.events.Header], ended: bool) -> RequestHead:
+    def _head(
+        self, stream: int, raw: list[tuple[bytes, bytes]] | list[h2.events.Header], ended: bool
+    ) -> RequestHead:
         pseudo: dict[str, str] = {}
         headers: list[tuple[str, str]] = []
         for k, v in raw:
@@ -148,11 +150,10 @@ class H2Server:
         if length is not None and not length.isdigit():
             raise PeerError("a content-length that is not a number")
         method = pseudo.get(":method", "")
-        if method in ("GET", "HEAD", "TRACE") and not ended:
-            # As in HTTP/1.1 (see ._head): a body on GET is not forwarded. The stream's
-            # end may come with an empty DATA frame: that is no body.
-            if length not in (None, "0"):
-                raise PeerError(f"a body on {method}")
+        # As in HTTP/1.1 (see ._head): a body on GET is not forwarded. The stream's end may
+        # come with an empty DATA frame: that is no body.
+        if method in ("GET", "HEAD", "TRACE") and not ended and length not in (None, "0"):
+            raise PeerError(f"a body on {method}")
         return RequestHead(
             stream=stream,
             method=method,
