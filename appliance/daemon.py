@@ -247,6 +247,14 @@ class Daemon:
                 context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
                 client_tls[target.name] = context
 
+        from appliance.proxy import registry
+
+        shared: dict[str, Any] = {}
+        for name in sorted({t.protocol for t in cfg.targets.values()}):
+            spec = registry.get(name)
+            if spec.prepare is not None:
+                shared[name] = spec.load(spec.prepare)(cfg, lambda t, d: ledger.append(t, data=d))
+
         services = SessionServices(
             ledger=ledger,
             policy=policy,
@@ -261,6 +269,7 @@ class Daemon:
             upstream_tls=upstream_context,
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
+            shared=shared,
         )
         shell = ShellServices(mark=cfg.capture.mark if self.capture else 0, broker=broker)
         resolver = FlowResolverImpl(

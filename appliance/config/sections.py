@@ -15,6 +15,7 @@ from appliance.approvals import ApprovalsTransportConfig, parse_approvals_transp
 from appliance.config import Config
 from appliance.masking import MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
+from appliance.proxy.http.options import Interception, parse_interception
 
 __all__ = ["Sections", "parse_sections"]
 
@@ -22,11 +23,13 @@ __all__ = ["Sections", "parse_sections"]
 @dataclass(frozen=True)
 class Sections:
     """``policy`` (None: no policy section), ``masking``, and ``approvals``: the
-    transport approvers use (the ``policy.approvals`` keys; None when absent)."""
+    transport approvers use (the ``policy.approvals`` keys; None when absent);
+    ``interception``: where the HTTPS targets' CA goes (None: no http target)."""
 
     policy: Policy | None
     masking: MaskingConfig
     approvals: ApprovalsTransportConfig | None
+    interception: Interception | None = None
 
 
 def parse_sections(cfg: Config) -> Sections:
@@ -38,4 +41,7 @@ def parse_sections(cfg: Config) -> Sections:
         node = cfg.policy.mapping().get("approvals")
         if node is not None:
             transport = parse_approvals_transport(node)
-    return Sections(policy, masking, transport)
+    interception = None
+    if cfg.interception is not None or any(t.protocol == "http" for t in cfg.targets.values()):
+        interception = parse_interception(cfg.interception)
+    return Sections(policy, masking, transport, interception)

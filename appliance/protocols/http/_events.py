@@ -65,8 +65,12 @@ class ResponseHead:
 
 @dataclass(frozen=True, slots=True)
 class Body:
+    """Body bytes of ``stream``; ``flow``: HTTP/2 flow-controlled bytes to acknowledge
+    (:meth:`~.h2conn.H2Server.ack`) once they are passed on."""
+
     stream: int
     data: bytes
+    flow: int = 0
 
 
 @dataclass(frozen=True, slots=True)

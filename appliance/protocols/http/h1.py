@@ -142,7 +142,7 @@ class H1Server:
                 events.append(Body(stream, bytes(event.data)))
             elif isinstance(event, h11.EndOfMessage):
                 events.append(End(stream, _text(event.headers)))
-                if conn.their_state is h11.MIGHT_SWITCH_PROTOCOL:
+                if conn.their_state is h11._state.MIGHT_SWITCH_PROTOCOL:
                     continue  # next_event says PAUSED and keeps what followed
                 self._finish(conn)
                 return True

@@ -20,6 +20,8 @@ Bounds (each abuse ends the connection with a GOAWAY and a :class:`~._errors.Pee
 
 from __future__ import annotations
 
+from typing import Any
+
 import h2.config
 import h2.connection
 import h2.errors
@@ -62,6 +64,9 @@ class H2Server:
         )
         self.conn.decoder.max_header_list_size = max_header_list
         self.conn.initiate_connection()
+        # Streams that wait for their turn hold their windows unacknowledged: the connection's
+        # window has room for every stream's, so that the one being served never starves.
+        self.conn.increment_flow_control_window(max_streams * 65535)
         self.max_resets = max_resets
         self.resets = 0
         self.closed = False
@@ -95,11 +100,9 @@ class H2Server:
                     events.append(End(ev.stream_id))
             elif isinstance(ev, h2.events.DataReceived):
                 assert ev.stream_id is not None and ev.data is not None
-                # The window reopens as soon as the bytes are read: the shell stops reading
-                # the job while the upstream socket is full, which bounds what waits here.
-                if ev.flow_controlled_length:
-                    self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                events.append(Body(ev.stream_id, bytes(ev.data)))
+                # The window reopens when the core has passed the bytes on (ack): a stream
+                # that waits (its turn upstream, an approval) holds one window at most.
+                events.append(Body(ev.stream_id, bytes(ev.data), ev.flow_controlled_length or 0))
                 if ev.stream_ended is not None:
                     events.append(End(ev.stream_id))
             elif isinstance(ev, h2.events.TrailersReceived):
@@ -128,9 +131,7 @@ class H2Server:
                 self._flush()
         return events
 
-    def _head(
-        self, stream: int, raw: list[tuple[bytes, bytes]] | list[h2.events.Header], ended: bool
-    ) -> RequestHead:
+    def _head(self, stream: int, raw: Any, ended: bool) -> RequestHead:
         pseudo: dict[str, str] = {}
         headers: list[tuple[str, str]] = []
         for k, v in raw:
@@ -165,6 +166,15 @@ class H2Server:
             content_length=int(length) if length is not None else None,
             scheme=pseudo.get(":scheme", "https"),
         )
+
+    def ack(self, stream: int, n: int) -> bytes:
+        """``n`` flow-controlled bytes of ``stream`` were passed on: reopen the window."""
+        if n:
+            try:
+                self.conn.acknowledge_received_data(n, stream)
+            except h2.exceptions.StreamClosedError:
+                self.conn.increment_flow_control_window(n)
+        return self.data_to_send()
 
     # -- responses ---------------------------------------------------------------------------
 
