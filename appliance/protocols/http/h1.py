@@ -15,6 +15,7 @@ After a 101 response both sides stop parsing and hand over (:class:`~._events.Sw
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterable
 
@@ -35,6 +36,7 @@ from appliance.protocols.http._events import (
 from appliance.protocols.http._head import HOP_BY_HOP, check_request_head
 
 MAX_HEAD = 64 * 1024
+_BARE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 
 
 def _text(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -107,6 +109,10 @@ class H1Server:
         while buf[:2] == b"\r\n":  # RFC 9112 §2.2: empty lines before a request are ignored
             del buf[:2]
         end = buf.find(b"\r\n\r\n")
+        # A bare LF or CR is refused at once (else a head that never has CRLF CRLF waits).
+        limit = end + 4 if end >= 0 else len(buf) - buf.endswith(b"\r")
+        if _BARE.search(bytes(buf[:limit])):
+            raise PeerError("a line of the request head does not end in CRLF")
         if end < 0:
             if len(buf) > self.max_head:
                 raise PeerError("the request head is too large", status=431)

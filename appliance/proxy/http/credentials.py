@@ -141,7 +141,7 @@ class Injector:
         request = AWSRequest(
             method=head.method,
             url=f"https://{head.authority}{head.target}",
-            headers=[("host", head.authority), *((k, v) for k, v in kept if k != "content-length")],
+            headers={"host": head.authority, **{k: v for k, v in kept if k != "content-length"}},
         )
         signature = signer.sign(request, now)
         out = tuple((k.lower(), v) for k, v in request.headers.items() if k.lower() != "host")

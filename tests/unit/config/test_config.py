@@ -85,7 +85,7 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
         ),
         (
             "targets:\n  - name: a\n    protocol: mysql\n    addresses: [x:1]\n    accounts: []\n",
-            "<config>:3: targets[0].protocol: expected one of postgres; got 'mysql'",
+            "<config>:3: targets[0].protocol: expected one of postgres, http; got 'mysql'",
         ),
         (
             "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1]\n    accounts: []\n",
