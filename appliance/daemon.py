@@ -44,7 +44,7 @@ from appliance.approvals import (
     WebhookNotifier,
     parse_approvals_transport,
 )
-from appliance.config import Config
+from appliance.config import Config, format_endpoint
 from appliance.config.sections import Sections, parse_sections
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
@@ -295,7 +295,7 @@ class Daemon:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 elapsed = time.monotonic() - started
-                listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
+                listening = [format_endpoint(h, p) for h, p in bound]
                 ledger.append(
                     "appliance.ready",
                     data={"listening": listening, "startup_ms": round(elapsed * 1000)},

@@ -32,6 +32,7 @@ __all__ = [
     "SecretRef",
     "Target",
     "UpstreamTLS",
+    "format_endpoint",
     "load_config",
     "parse_config",
 ]
@@ -50,6 +51,12 @@ class SecretRef:
         return f"file {self.file}" if self.file else f"credential {self.credential!r}"
 
 
+def format_endpoint(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[fd00::5]:5432``): how the config,
+    the logs and the ledger write an endpoint."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Address:
     """One protected address: an IP, a network (CIDR) or a host name, with a port."""
@@ -65,8 +72,7 @@ class Address:
         return ipaddress.ip_network(self.value, strict=False)
 
     def __str__(self) -> str:
-        host = f"[{self.value}]" if ":" in self.value else self.value
-        return f"{host}:{self.port}"
+        return format_endpoint(self.value, self.port)
 
 
 @dataclass(frozen=True)

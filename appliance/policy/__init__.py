@@ -40,10 +40,12 @@ Public API::
 
 from appliance.policy._classify import (
     Classification,
+    CopySpec,
     GrammarError,
     StatementClass,
     classify,
     classify_function_call,
+    copy_spec,
 )
 from appliance.policy._config import parse_policy
 from appliance.policy._rules import (
@@ -70,6 +72,7 @@ __all__ = [
     "GROUPS",
     "NO_RULE",
     "Classification",
+    "CopySpec",
     "Decision",
     "Glob",
     "GrammarError",
@@ -84,6 +87,7 @@ __all__ = [
     "StatementDecision",
     "classify",
     "classify_function_call",
+    "copy_spec",
     "expand",
     "parse_policy",
 ]

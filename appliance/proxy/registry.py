@@ -84,6 +84,7 @@ PROTOCOLS: dict[str, Protocol] = {
             core="appliance.proxy.pg.core:PgSession",
             shared="appliance.proxy.pg.core:shared",
             target_keys=("tls", "client_tls", "startup_parameters"),
+            pcap="appliance.proxy.pg.pcap",
         ),
         Protocol(
             name="http",

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.approvals import Broker
+from appliance.capture import mark_socket
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy.commands import (
@@ -77,15 +78,16 @@ class ShellServices:
 
 
 def upstream_socket(family: int, mark: int) -> socket.socket:
-    """A non-blocking TCP socket carrying the appliance's mark (SO_MARK): netfilter neither
-    redirects it back to the appliance nor rejects it as a bypass."""
+    """A non-blocking TCP socket carrying the appliance's mark (:func:`appliance.capture.
+    mark_socket`): netfilter neither redirects it back to the appliance nor rejects it as a
+    bypass. Raises OSError, or CaptureError when the mark cannot be set."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         if mark:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            mark_socket(sock, mark)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
+    except BaseException:
         sock.close()
         raise
     return sock
@@ -342,6 +344,9 @@ class Connection:
         except OSError as exc:
             self.event(UpstreamFailed(_why(exc)))
             return
+        except ApplianceError as exc:  # the mark cannot be set
+            self.event(UpstreamFailed(str(exc)))
+            return
         try:
             await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
         except TimeoutError:
@@ -418,6 +423,9 @@ class Connection:
             sock = make(family, self.services.mark)
         except OSError as exc:
             self.event(SentOnce(False, _why(exc)))
+            return
+        except ApplianceError as exc:
+            self.event(SentOnce(False, str(exc)))
             return
         try:
             await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)

@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from appliance.ledger import iter_entries
+from appliance.ledger import BlobReader, iter_entries
+from appliance.ledger.results import read_result
 from appliance.protocols.postgres.messages import CopyData, CopyDone, Query, StartupMessage
 from tests.lab.lab import Lab, LabError, PgServer
 
@@ -174,6 +175,19 @@ class Appliance:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def result_rows(self, response: Mapping[str, Any]) -> list[list[object]]:
+        """The rows (cells) of a ``response`` entry's data, as the ledger keeps them."""
+        res = response.get("result")
+        if not isinstance(res, dict):
+            return []
+        inline = res.get("inline")
+        blob = (
+            inline.encode()
+            if isinstance(inline, str)
+            else BlobReader(self.ledger).read(res["sha256"])
+        )
+        return [row for result in read_result(blob) for row in result.rows]
 
     def files_containing(self, needle: bytes) -> list[Path]:
         """Files under the ledger directory, or the log, whose bytes contain ``needle``."""

@@ -36,9 +36,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.config import Target
+from appliance.config import Target, format_endpoint
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
+from appliance.masking.postgres import ResponseMasker
 from appliance.protocols.postgres import (
     Authenticated,
     CancelKeys,
@@ -60,6 +61,14 @@ from appliance.protocols.postgres import (
 )
 from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import BackendKeyData, CancelRequest, error_response
+from appliance.protocols.postgres.sqlstate import (
+    ADMIN_SHUTDOWN,
+    CONNECTION_FAILURE,
+    INSUFFICIENT_PRIVILEGE,
+    INTERNAL_ERROR,
+    PROTOCOL_VIOLATION,
+)
+from appliance.protocols.postgres.sqlstate import REJECTED_ESTABLISHMENT as REJECTED
 from appliance.proxy.commands import (
     NO_COMMANDS,
     Abort,
@@ -89,18 +98,11 @@ from appliance.proxy.commands import (
 )
 from appliance.proxy.pg.catalog import CatalogReader, catalog_query
 from appliance.proxy.pg.hooks import SessionHooks
-from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.parameters import ParameterRefused, upstream_parameters
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
 from appliance.proxy.services import SessionServices
 
-ADMIN_SHUTDOWN = "57P01"
-CONNECTION_FAILURE = "08006"
-REJECTED = "08004"
-INSUFFICIENT_PRIVILEGE = "42501"
-PROTOCOL_VIOLATION = "08P01"
-INTERNAL_ERROR = "XX000"
 STARTUP_TIMER = "startup"
 
 
@@ -692,8 +694,7 @@ def _shutdown_error() -> bytes:
 
 
 def _addr(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_endpoint(address[0], address[1])
 
 
 def shared(random_bytes: Any) -> PgShared:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from appliance.approvals.request import identity_key
+from appliance.masking.postgres import ResponseMasker
 from appliance.policy import (
     Classification,
     Decision,
@@ -31,29 +33,14 @@ from appliance.protocols.postgres.messages import (
     RowDescription,
     error_response,
 )
+from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR
 from appliance.proxy.commands import ApprovalAnswered
-from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
-INSUFFICIENT_PRIVILEGE = "42501"
-SYNTAX_ERROR = "42601"
 _ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
-
-
-def identity_key(identity: Mapping[str, Any]) -> str:
-    """A stable string naming who runs a session, for approval windows and messages."""
-    if identity.get("source") != "ebpf":
-        return "unattributed"
-    ci = identity.get("ci") or {}
-    if ci:
-        parts = [
-            str(ci.get(k, "")) for k in ("provider", "repository", "workflow", "job", "run_id")
-        ]
-        return "ci:" + "/".join(parts)
-    return f"uid:{identity.get('uid')}:exe:{identity.get('exe')}"
 
 
 class SessionHooks:
@@ -331,4 +318,4 @@ def _statement_bytes(stmt: Statement) -> bytes:
     return b"\x00".join(parts) if stmt.params else parts[0]
 
 
-__all__ = ["SessionHooks", "identity_key"]
+__all__ = ["SessionHooks"]

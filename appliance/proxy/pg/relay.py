@@ -46,7 +46,41 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from appliance.masking.postgres import MaskingRefused
 from appliance.protocols.postgres import Messages, PeerProtocolError, fastpath
+from appliance.protocols.postgres.codes import (
+    B_BIND_OK,
+    B_CLOSE_OK,
+    B_COMPLETE,
+    B_COPY_BOTH,
+    B_COPY_DATA,
+    B_COPY_IN,
+    B_COPY_OUT,
+    B_DATAROW,
+    B_EMPTY,
+    B_ERROR,
+    B_NODATA,
+    B_NOTICE,
+    B_NOTIFY,
+    B_PARAMDESC,
+    B_PARAMETER,
+    B_PARSE_OK,
+    B_READY,
+    B_ROWDESC,
+    B_SUSPENDED,
+    F_BIND,
+    F_CLOSE,
+    F_COPY_DATA,
+    F_COPY_DONE,
+    F_COPY_FAIL,
+    F_DESCRIBE,
+    F_EXECUTE,
+    F_FUNCTION,
+    F_PARSE,
+    F_QUERY,
+    F_SYNC,
+    F_TERMINATE,
+)
 from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import (
     Bind,
@@ -65,6 +99,7 @@ from appliance.protocols.postgres.messages import (
     decode_backend,
     decode_frontend,
 )
+from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE
 
 # Stand-ins for a denied statement: text that cannot parse, so the server refuses it before
 # anything runs, whatever the session's state (a name the job already used for a prepared
@@ -81,19 +116,6 @@ _STAND_IN_PARSE = (
 )
 
 _TX_STATUS = frozenset(b"ITE")  # ReadyForQuery: idle, in a transaction, in a failed one
-
-# Frontend type bytes.
-F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE = (ord(c) for c in "QPBDE")
-F_CLOSE, F_SYNC, F_FLUSH, F_FUNCTION, F_TERMINATE = (ord(c) for c in "CSHFX")
-F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL = (ord(c) for c in "dcf")
-# Backend type bytes.
-B_PARSE_OK, B_BIND_OK, B_CLOSE_OK = (ord(c) for c in "123")
-B_ROWDESC, B_DATAROW, B_COMPLETE, B_EMPTY, B_SUSPENDED = (ord(c) for c in "TDCIs")
-B_ERROR, B_NOTICE, B_NOTIFY, B_READY, B_NODATA, B_PARAMDESC = (ord(c) for c in "ENAZnt")
-B_PARAMETER = ord("S")
-B_COPY_IN, B_COPY_OUT, B_COPY_BOTH, B_COPY_DATA, B_COPY_DONE, B_FUNC_RESULT = (
-    ord(c) for c in "GHWdcV"
-)
 
 
 # -- what the relay asks of the shell -------------------------------------------------------
@@ -151,10 +173,6 @@ class RowMasker(Protocol):
         """The CopyData frame rewritten, or None if no value changed. Raises MaskingRefused
         (binary COPY)."""
         ...
-
-
-class MaskingRefused(Exception):
-    """A value that must be masked cannot be (binary format): the result is withheld."""
 
 
 class RelayHooks(Protocol):
@@ -302,7 +320,7 @@ class Relay:
     def __init__(self, hooks: RelayHooks, *, now: Callable[[], float]) -> None:
         self.hooks = hooks
         self.now = now
-        self.tx_status = ord("I")
+        self.tx_status = ord("I")  # ReadyForQuery's status: idle
         self.statements = 0
         self.bytes_from_client = 0
         self.bytes_from_server = 0
@@ -694,7 +712,9 @@ class Relay:
         from appliance.protocols.postgres.messages import error_response
 
         self._to_client.append(
-            error_response("ERROR", "42501", "result withheld by the appliance: " + reason)
+            error_response(
+                "ERROR", INSUFFICIENT_PRIVILEGE, "result withheld by the appliance: " + reason
+            )
         )
         head = self._expect[0].stmt if self._expect else None
         if head is not None:

@@ -10,8 +10,9 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from appliance.ledger.pcap import MSS, parse_endpoint, render_postgres, write_pcap
+from appliance.ledger.pcap import MSS, parse_endpoint, write_pcap
 from appliance.ledger.store import BlobReader
+from appliance.proxy.pg.pcap import render_postgres
 from tests.unit.ledger.cli_helper import run_cli
 from tests.unit.ledger.conftest import KEY, OTHER_KEY
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from appliance.approvals.broker import Outcome, Verdict
+from appliance.approvals.broker import Outcome, Resolution
 from appliance.approvals.request import ApprovalRequest
 from appliance.config import Account, Address, SecretRef, Target, UpstreamTLS
 from appliance.errors import ApplianceError
@@ -458,7 +458,7 @@ REVIEW = """
 """
 
 
-def _outcome(verdict: Verdict) -> Outcome:
+def _outcome(verdict: Resolution) -> Outcome:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     request = ApprovalRequest(
         "r1", "s1", "unattributed", "db", "ci", "hold-deletes", ("alice",), "delete", "00",
@@ -476,7 +476,7 @@ def test_a_held_statement_is_an_approval_command_and_a_pause() -> None:
     assert ask.fields["statement"] == "delete from t where id = 1"
     assert PauseReading("job", "hold", True) in commands
     assert d.take_up() == b""  # nothing forwarded while held
-    commands = d.event(ApprovalAnswered(ask.key, _outcome(Verdict.GRANTED), "r1"))
+    commands = d.event(ApprovalAnswered(ask.key, _outcome(Resolution.GRANTED), "r1"))
     assert PauseReading("job", "hold", False) in commands
     assert d.take_up() == Query("delete from t where id = 1").encode() + Query("select 1").encode()
 
@@ -486,7 +486,7 @@ def test_a_refused_approval_answers_the_job_with_the_outcome() -> None:
     connect(d)
     d.take_job()
     ask = next(c for c in d.job(Query("delete from t").encode()) if isinstance(c, AskApproval))
-    d.event(ApprovalAnswered(ask.key, _outcome(Verdict.DENIED), "r1"))
+    d.event(ApprovalAnswered(ask.key, _outcome(Resolution.DENIED), "r1"))
     d.up(error_response("ERROR", "42601", "stand-in") + ReadyForQuery("I").encode())
     assert b"approval r1 denied by alice" in d.take_job()
 
