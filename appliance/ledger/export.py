@@ -201,18 +201,6 @@ def verify_bundle(path: Path, verifiers: Sequence[VerifierKey]) -> BundleSummary
     return summary
 
 
-def _load_renderer(protocol: str) -> None:
-    """Import the module that registers ``protocol``'s pcap renderer (its registry entry's
-    ``pcap``; PostgreSQL's is built in)."""
-    import importlib
-
-    from appliance.proxy import registry
-
-    spec = registry.PROTOCOLS.get(protocol)
-    if spec is not None and spec.pcap is not None:
-        importlib.import_module(spec.pcap)
-
-
 def session_entries(directory: Path, session: str) -> list[dict[str, Any]]:
     """Every entry of ``session`` (objects), in order; raises LedgerError if none."""
     require_ledger(directory)
@@ -225,18 +213,12 @@ def session_entries(directory: Path, session: str) -> list[dict[str, Any]]:
 
 def export_pcap(directory: Path, session: str, out: BinaryIO) -> int:
     """Write the session as a pcap (see :mod:`appliance.ledger.pcap`); return packet count."""
-    require_ledger(directory)
-    with Index.open(directory) as index:
-        found = [e.obj for e in index.query(Query(session=session))]
-    if not found:
-        raise LedgerError(f"no entries for session {session!r}")
+    found = session_entries(directory, session)
     start: dict[str, Any] | None = next((o for o in found if o["type"] == "session.start"), None)
     if start is None:
         raise LedgerError(f"session {session!r} has no session.start entry (addresses unknown)")
     d = start["data"]
     client = parse_endpoint(str(d.get("client", "")))
     server = parse_endpoint(str(d.get("server", "")))
-    protocol = str(d.get("protocol", ""))
-    _load_renderer(protocol)
-    segments = renderer_for(protocol)(found, BlobReader(directory))
+    segments = renderer_for(str(d.get("protocol", "")))(found, BlobReader(directory))
     return write_pcap(out, client, server, segments)

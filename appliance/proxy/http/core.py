@@ -102,7 +102,7 @@ from appliance.proxy.http.errors import error_body
 from appliance.proxy.http.options import HttpOptions
 from appliance.proxy.http.recording import BodyCapture, HttpRecorder
 from appliance.proxy.http.websocket import WebSocketRecorder
-from appliance.proxy.pg.hooks import identity_key
+from appliance.approvals.request import identity_key
 from appliance.proxy.services import SessionServices
 
 HANDSHAKE_TIMER = "handshake"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from appliance.approvals.broker import Outcome, Verdict
+from appliance.approvals.broker import Outcome, Resolution
 from appliance.approvals.request import ApprovalRequest
 from appliance.proxy.commands import (
     ApprovalAnswered,
@@ -30,7 +30,7 @@ from tests.unit.http.harness import (
 )
 
 
-def _outcome(verdict: Verdict) -> Outcome:
+def _outcome(verdict: Resolution) -> Outcome:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     request = ApprovalRequest(
         "r1", "s1", "unattributed", "api", "ci", "review-posts", ("alice",), "POST", "00",
@@ -189,7 +189,7 @@ def test_a_held_request_waits_for_the_signed_approval_then_runs() -> None:
     assert PauseReading("job", "hold", True) in commands
     assert ask.fields["statement"].startswith("POST https://api.lab.test/deploy/prod")
     assert d.take_up() == b""
-    outcome = _outcome(Verdict.GRANTED)
+    outcome = _outcome(Resolution.GRANTED)
     commands = d.event(ApprovalAnswered(ask.key, outcome, "req-1"))
     assert PauseReading("job", "hold", False) in commands
     ((req, body),) = parse_requests(d.take_up())
@@ -207,7 +207,7 @@ def test_a_denied_approval_answers_403_and_forwards_nothing() -> None:
         for c in d.job(request("POST", "/deploy/prod", "api.lab.test"))
         if isinstance(c, AskApproval)
     )
-    d.event(ApprovalAnswered(ask.key, _outcome(Verdict.DENIED), "req-2"))
+    d.event(ApprovalAnswered(ask.key, _outcome(Resolution.DENIED), "req-2"))
     ((resp, _),) = parse_responses(d.take_job())
     assert resp.status_code == 403 and d.take_up() == b""
 
