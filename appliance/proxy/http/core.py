@@ -41,6 +41,7 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
+from appliance.approvals.request import identity_key
 from appliance.config import Target
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
@@ -102,7 +103,6 @@ from appliance.proxy.http.errors import error_body
 from appliance.proxy.http.options import HttpOptions
 from appliance.proxy.http.recording import BodyCapture, HttpRecorder
 from appliance.proxy.http.websocket import WebSocketRecorder
-from appliance.approvals.request import identity_key
 from appliance.proxy.services import SessionServices
 
 HANDSHAKE_TIMER = "handshake"
