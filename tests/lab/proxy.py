@@ -68,6 +68,7 @@ class Appliance:
     ready: Path
     proc: subprocess.Popen[bytes] | None = None
     targets: dict[str, int] = field(default_factory=dict)
+    executable: str = APPLIANCE  # another build's ``appliance`` (benchmarks compare two)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -77,7 +78,7 @@ class Appliance:
         log = self.log.open("ab")
         try:
             self.proc = self.lab.popen(
-                [APPLIANCE, "run", "--config", str(self.config), "--no-capture",
+                [self.executable, "run", "--config", str(self.config), "--no-capture",
                  "--ready-file", str(self.ready), "--grace", "20"],
                 host=self.lab.runner, stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
@@ -269,8 +270,10 @@ def running_appliance(
     policy: Mapping[str, Any] | None = None,
     masking: Mapping[str, Any] | None = None,
     ledger_options: Mapping[str, Any] | None = None,
+    executable: str = APPLIANCE,
 ) -> Iterator[Appliance]:
-    """Configure, start and (always) stop an appliance; see the module docstring."""
+    """Configure, start and (always) stop an appliance (``executable``: this checkout's by
+    default); see the module docstring."""
     workdir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [APPLIANCE, "keys", "generate", "--name", ORIGIN, "--out", str(workdir / "ledger")],
@@ -287,6 +290,7 @@ def running_appliance(
         vkey=workdir / "ledger.vkey",
         ready=workdir / "ready",
         targets={t.name: t.port for t in targets},
+        executable=executable,
     )
     write_config(
         app.config,
