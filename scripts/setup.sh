@@ -24,7 +24,7 @@ APT_PACKAGES=(
   iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
   openssl ca-certificates curl tshark systemd shellcheck
-  nginx git awscli fcgiwrap
+  nginx git awscli fcgiwrap python3-requests
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -100,7 +100,6 @@ def install(ca_pem: bytes, config: TrustConfig) -> Mapping[str, str]:
             _write(config.local_dir / f"{CA_NAME}.crt", ca_pem)
             command = [
                 "update-ca-certificates",
-                "--fresh",
                 "--certsconf",
                 str(config.certs_conf),
                 "--certsdir",
