@@ -141,7 +141,7 @@ def _record_sni(context: ssl.SSLContext) -> None:
     def note(obj: Any, name: str | None, ctx: ssl.SSLContext) -> int | None:
         if name:
             _SNI[obj] = name
-        return inner(obj, name, ctx) if inner is not None else None
+        return inner(obj, name, ctx) if inner is not None else None  # type: ignore[arg-type]
 
     context.sni_callback = note
     context._appliance_notes_sni = True  # type: ignore[attr-defined]

@@ -627,6 +627,12 @@ class HttpSession:
             if self.account is not None and self.options.auth.type not in ("none", "client_cert"):
                 secret = self.services.read_secret(self.account.secret)
                 credential = Credential(self.account.user, secret.strip())
+                self.recorder.add_secret(credential.secret)
+                if self.options.auth.type == "basic":
+                    import base64
+
+                    pair = f"{credential.user}:{credential.secret}".encode()
+                    self.recorder.add_secret(base64.b64encode(pair).decode())
             self.injector = Injector(self.options.auth, credential)
         return self.injector
 

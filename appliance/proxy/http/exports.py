@@ -90,7 +90,7 @@ def har(
             "headers": [{"name": k, "value": v} for k, v in rq.get("headers") or []],
             "queryString": query,
             "headersSize": -1,
-            "bodySize": (rs.get("request_body") or {}).get("size", 0),
+            "bodySize": (rs.get("request_body") or {}).get("length", 0),
         }
         body_text = blob_text(rs.get("request_body_blob"), blobs)
         if body_text is not None:
@@ -100,7 +100,7 @@ def har(
             }
         resp_headers = rs.get("headers") or []
         content: dict[str, Any] = {
-            "size": (rs.get("body") or {}).get("size", 0),
+            "size": (rs.get("body") or {}).get("length", 0),
             "mimeType": _header(resp_headers, "content-type") or "",
         }
         text = blob_text(rs.get("body_blob"), blobs)

@@ -10,8 +10,8 @@ exchange and WebSocket message; entries are built here and appended through
   ``decision``, ``credential`` (what was removed, what kind was added: never a value);
 - ``policy.decision`` for every request not simply allowed (as for SQL);
 - ``http.response``: ``n``, ``status``, ``headers``, ``duration_us`` (to the head,
-  ``wait_us``, and to the end), ``request_body`` and ``body``: each ``{"size", "sha256",
-  "truncated"}`` of the *whole* body plus ``"blob"``, the masked first ``record_body`` bytes
+  ``wait_us``, and to the end), ``request_body`` and ``body``: each ``{"length", "digest": "sha256:...",
+  "truncated"}`` of the *whole* body; ``request_body_blob`` and ``body_blob``, the masked first ``record_body`` bytes
   (masked in the ledger writer, :class:`BodyTransforms`; a body that is not text has no
   blob); ``approval`` when the request was held; ``error`` when it never got a response;
 - ``websocket.message``: ``n``, ``direction`` (``c2s``/``s2c``), ``opcode``, ``text``
@@ -50,6 +50,7 @@ SECRET_HEADERS = frozenset(
 )
 """Headers whose values are credentials: recorded as ``[REDACTED]``, whatever they hold."""
 REDACTED = "[REDACTED]"
+REDACTED_CREDENTIAL = b"[REDACTED:CREDENTIAL]"
 _MAX_INFLATED = 4 * 1024 * 1024
 
 
@@ -79,16 +80,24 @@ class BodyCapture:
             self.kept += data[:room]
 
     def summary(self) -> dict[str, Any]:
+        """Length and digest of the whole body (not ``size``/``sha256``: those two keys
+        together mean a blob reference in an entry, see ``ledger.entries.is_blob_ref``)."""
         return {
-            "size": self.size,
-            "sha256": self.hash.hexdigest(),
+            "length": self.size,
+            "digest": "sha256:" + self.hash.hexdigest(),
             "truncated": self.size > len(self.kept),
         }
 
-    def pending(self, transforms: BodyTransforms) -> PendingBlob | None:
-        """The blob of the kept bytes (masked by the writer), or None (empty, or not kept)."""
+    def pending(
+        self, transforms: BodyTransforms, secrets: tuple[bytes, ...] = ()
+    ) -> PendingBlob | None:
+        """The blob of the kept bytes (masked by the writer), or None (empty, or not kept).
+        ``secrets`` (the injected credential) are cut out here, before the bytes leave."""
         if not self.kept:
             return None
+        for secret in secrets:
+            if secret in self.kept:
+                self.kept = bytearray(bytes(self.kept).replace(secret, REDACTED_CREDENTIAL))
         head = orjson.dumps(
             {
                 "content_type": self.content_type,
@@ -205,7 +214,19 @@ class HttpRecorder:
         self.masker = masker
         self.record_body = record_body
         self.transforms = body_transforms(masker, paths)
+        self.secrets: tuple[bytes, ...] = ()  # the injected credential, as it may be echoed
         canonical_json(self.identity)
+
+    def add_secret(self, *values: str) -> None:
+        """Values never to record, wherever they show up (a response echoing the token)."""
+        self.secrets = tuple({*self.secrets, *(v.encode() for v in values if len(v) >= 4)})
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            value = secret.decode()
+            if value in text:
+                text = text.replace(value, REDACTED_CREDENTIAL.decode())
+        return text
 
     def append(
         self, type: str, data: Mapping[str, Any], blobs: Mapping[str, Any] | None = None
@@ -223,12 +244,13 @@ class HttpRecorder:
     # -- masking -------------------------------------------------------------------------------
 
     def mask(self, text: str, counts: MaskCounts | None = None) -> str:
+        text = self.scrub(text)
         if self.masker is None:
             return text
         return self.masker.mask_text(text, counts if counts is not None else MaskCounts())
 
     def url(self, target: str, counts: MaskCounts) -> str:
-        path, sep, query = target.partition("?")
+        path, sep, query = self.scrub(target).partition("?")
         if self.masker is None:
             return target
         masked_path = self.masker.mask_value_text(path, counts, "path")
@@ -242,9 +264,9 @@ class HttpRecorder:
             if name in SECRET_HEADERS or name == secret:
                 out.append([name, REDACTED])
             elif self.masker is not None:
-                out.append([name, mask_header(self.masker, name, value, counts)])
+                out.append([name, mask_header(self.masker, name, self.scrub(value), counts)])
             else:
-                out.append([name, value])
+                out.append([name, self.scrub(value)])
         return out
 
     def capture(self, headers: Headers) -> BodyCapture:
@@ -253,4 +275,4 @@ class HttpRecorder:
     def body(self, capture: BodyCapture | None) -> tuple[dict[str, Any] | None, PendingBlob | None]:
         if capture is None:
             return None, None
-        return capture.summary(), capture.pending(self.transforms)
+        return capture.summary(), capture.pending(self.transforms, self.secrets)

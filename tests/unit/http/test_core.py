@@ -100,7 +100,7 @@ def test_an_allowed_request_goes_up_with_the_targets_token_and_comes_back(bytewi
     assert "4111111111111111" not in rq["url"] and "abc" not in rq["url"]
     assert ["authorization", "[REDACTED]"] in rq["headers"]
     (rs,) = d.ledger.all("http.response")
-    assert rs["status"] == 200 and rs["body"]["size"] == len(body)
+    assert rs["status"] == 200 and rs["body"]["length"] == len(body)
     assert rs["credential"] == {"removed": ["authorization"], "added": "bearer"}
     (blobs,) = d.ledger.blobs("http.response")
     assert b"123-45-6789" in blobs["body_blob"].data  # masked in the writer (BodyTransform)
