@@ -421,3 +421,83 @@ def nginx_and_appliance(
     finally:
         app.stop()
         nginx.stop()
+
+
+class KubeServer:
+    """The lab's small Kubernetes API server (:mod:`tests.lab.kube_server`; not
+    kube-apiserver) on a target's port 443, with a certificate from its own lab CA."""
+
+    def __init__(
+        self, lab: Lab, host: TargetHost, *, token: str, name: str = "kube.lab.test"
+    ) -> None:
+        self.lab = lab
+        self.host = host
+        self.name = name
+        self.token = token
+        self.dir = lab.dir / f"kube-{host.index}"
+        self.ca_file = self.dir / "ca.pem"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tls = server_cert(f"lab kube CA {self.lab.lab_id}", self.name, [self.name, self.host.ipv4])
+        self.ca_file.write_bytes(tls.ca_pem)
+        (self.dir / "server.crt").write_bytes(tls.cert_pem)
+        (self.dir / "server.key").write_bytes(tls.key_pem)
+        (self.dir / "server.key").chmod(0o600)
+        token_file = self.dir / "token"
+        token_file.write_text(self.token)
+        token_file.chmod(0o600)
+        root = Path(__file__).resolve().parents[2]
+        self.proc = self.lab.popen(
+            [sys.executable, "-m", "tests.lab.kube_server", str(self.dir / "server.crt"), str(self.dir / "server.key"), self.host.ipv4, "443", str(token_file)],
+            host=self.host, cwd=str(root), stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "wb"),  # noqa: SIM115
+        )  # fmt: skip
+        try:
+            wait_port(self.host.ipv4, 443, netns=self.host.path)
+        except LabError:
+            raise LabError(
+                f"the lab Kubernetes server did not start: {(self.dir / 'server.log').read_text()[-2000:]}"
+            ) from None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kube_target(self, token_file: Path) -> dict[str, Any]:
+        return {
+            "name": "k8s",
+            "protocol": "http",
+            "addresses": [f"{self.host.ipv4}:443"],
+            "names": [self.name],
+            "kubernetes": True,
+            "tls": {"mode": "verify-full", "ca": str(self.ca_file)},
+            "auth": {"type": "bearer"},
+            "accounts": [{"name": "deployer", "user": "-", "secret": {"file": str(token_file)}}],
+        }
+
+    def kubeconfig(self, path: Path) -> Path:
+        """What the runner image writes for the job: the real server, no secret, and no
+        ``certificate-authority-data`` (kubectl would then ignore the system store)."""
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "lab", "cluster": {"server": f"https://{self.name}"}}],
+                    "users": [
+                        {"name": "ci", "user": {"token": "placeholder-the-job-has-no-secret"}}
+                    ],
+                    "contexts": [
+                        {
+                            "name": "lab",
+                            "context": {"cluster": "lab", "user": "ci", "namespace": "default"},
+                        }
+                    ],
+                    "current-context": "lab",
+                }
+            )
+        )
+        path.chmod(0o644)
+        return path

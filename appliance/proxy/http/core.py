@@ -722,6 +722,8 @@ class HttpSession:
             )
         )
         self._finish_record(ex)
+        ex.state = "done"
+        self._forget(ex)
         self.active = None
         self.state = State.WEBSOCKET
         subprotocol = header(head.headers, "sec-websocket-protocol")

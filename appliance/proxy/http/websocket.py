@@ -88,6 +88,8 @@ class WebSocketRecorder:
                     d.buffer += raw[:room]
                 if frame.message_finished:
                     self._message(direction, d)
+                    d.buffer.clear()
+                    d.size = 0
         except ParseFailed as exc:
             raise PeerError(
                 f"a WebSocket frame the appliance cannot read: {exc}",
@@ -142,9 +144,10 @@ class WebSocketRecorder:
     def finish(self) -> None:
         """Messages cut off by the end of the connection are recorded as far as they came."""
         for direction, d in self.directions.items():
-            if d.buffer:
+            if d.size:
                 self._message(direction, d)
                 d.buffer.clear()
+                d.size = 0
 
 
 __all__ = ["CHANNELS", "KUBE_BASE64", "KUBE_BINARY", "WebSocketRecorder"]
