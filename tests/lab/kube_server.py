@@ -24,6 +24,7 @@ import os
 import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -334,7 +335,7 @@ async def main(cert: str, key: str, address: str, port: int, token_file: str) ->
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["http/1.1"])
-    cluster = Cluster(open(token_file).read().strip())
+    cluster = Cluster(Path(token_file).read_text().strip())
     server = await asyncio.start_server(
         lambda r, w: handle(cluster, r, w), address, port, ssl=context
     )
