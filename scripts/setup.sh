@@ -23,6 +23,7 @@ APT_PACKAGES=(
   build-essential
   iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
+  mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
   nginx git awscli fcgiwrap python3-requests
 )
@@ -57,6 +58,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   for unit in nginx fcgiwrap.socket fcgiwrap; do
     systemctl disable --now "$unit" >/dev/null 2>&1 || service "${unit%.socket}" stop >/dev/null 2>&1 || true
   done
+  # Likewise MariaDB: the lab starts its own servers from temporary data directories.
+  systemctl disable --now mariadb >/dev/null 2>&1 || service mariadb stop >/dev/null 2>&1 || true
+  update-rc.d mariadb disable >/dev/null 2>&1 || true
 fi
 # kubectl: the lab's Kubernetes tests need a client that speaks exec over WebSockets
 # (v5.channel.k8s.io, kubectl 1.30 and later). Debian 12 packages only kubernetes-client

@@ -84,8 +84,8 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
             "<config>:8: ledger.writer: expected one of process, thread; got 'fork'",
         ),
         (
-            "targets:\n  - name: a\n    protocol: mysql\n    addresses: [x:1]\n    accounts: []\n",
-            "<config>:3: targets[0].protocol: expected one of postgres, http; got 'mysql'",
+            "targets:\n  - name: a\n    protocol: oracle\n    addresses: [x:1]\n    accounts: []\n",
+            "<config>:3: targets[0].protocol: expected one of postgres, http, mysql; got 'oracle'",
         ),
         (
             "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1]\n    accounts: []\n",
