@@ -87,7 +87,6 @@ PROTOCOLS: dict[str, Protocol] = {
             pcap="appliance.proxy.pg.pcap",
         ),
         Protocol(
-<<<<<<< HEAD
             name="http",
             description="HTTP/1.1 and HTTP/2 over TLS (REST APIs, S3 with SigV4, the Kubernetes API)",
             default_port=443,
@@ -97,7 +96,8 @@ PROTOCOLS: dict[str, Protocol] = {
             options="appliance.proxy.http.options:parse_options",
             requires_accounts=False,
             pcap="appliance.proxy.http.exports",
-=======
+        ),
+        Protocol(
             name="mysql",
             description="MySQL and MariaDB client/server protocol (mariadb, mysql, PyMySQL, "
             "mysqlclient, mysql-connector...)",
@@ -107,7 +107,6 @@ PROTOCOLS: dict[str, Protocol] = {
             target_keys=("tls", "client_tls", "local_infile", "server_public_key"),
             options="appliance.proxy.mysql.core:options",
             pcap="appliance.proxy.mysql.pcap",
->>>>>>> main
         ),
     )
 }
