@@ -18,7 +18,6 @@ rule names it. Never raises.
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from collections.abc import Iterable
 
@@ -28,10 +27,6 @@ from sqlglot.errors import SqlglotError
 
 from appliance.policy._classify import Classification, StatementClass
 from appliance.policy._mysql_text import split_statements, strip_strings
-
-# sqlglot logs a warning for each statement it falls back to parsing as a Command; the
-# classifier reads those itself, so the warning is noise in the appliance's log.
-logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 _CACHE_ENTRIES = 4096
 _CACHE_TEXT_LIMIT = 16 * 1024
