@@ -108,7 +108,7 @@ def har(
             content["text"] = text
         if rs.get("body"):
             content["comment"] = (
-                f"sha256 {rs['body'].get('sha256')}; truncated: {rs['body'].get('truncated')}"
+                f"{rs['body'].get('digest')}; truncated: {rs['body'].get('truncated')}"
             )
         wait = rs.get("wait_us", 0) / 1000
         total = rs.get("duration_us", 0) / 1000

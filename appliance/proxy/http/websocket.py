@@ -47,6 +47,7 @@ class _Direction:
         self.opcode: Opcode | None = None
         self.buffer = bytearray()
         self.size = 0
+        self.in_message = False
 
 
 class WebSocketRecorder:
@@ -76,7 +77,10 @@ class WebSocketRecorder:
                     self.closed = True
                     self._append(direction, {"opcode": "close"})
                     continue
-                if frame.opcode is not Opcode.CONTINUATION:
+                if not d.in_message:
+                    # A message starts (wsproto hands a frame over in pieces as its bytes
+                    # arrive, each with the frame's opcode).
+                    d.in_message = True
                     d.opcode = frame.opcode
                     d.buffer.clear()
                     d.size = 0
@@ -90,6 +94,7 @@ class WebSocketRecorder:
                     self._message(direction, d)
                     d.buffer.clear()
                     d.size = 0
+                    d.in_message = False
         except ParseFailed as exc:
             raise PeerError(
                 f"a WebSocket frame the appliance cannot read: {exc}",
