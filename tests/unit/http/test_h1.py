@@ -21,8 +21,8 @@ from appliance.protocols.http import (
     parse_kube,
 )
 from appliance.protocols.http._errors import LocalProtocolError
-from appliance.protocols.http._head import HOP_BY_HOP
 from appliance.protocols.http._events import header
+from appliance.protocols.http._head import HOP_BY_HOP
 
 CONVERSATION = (
     b"POST /a?x=1 HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
