@@ -10,7 +10,10 @@ What it shows, in under a minute:
    identity (pid, exe, cgroup, CI variables) recorded, card numbers masked in its output;
 4. a DROP denied by policy; a DELETE held until the demo approver signs an approval;
 5. fail closed: with the appliance stopped, the job's connection is refused at once;
-6. `appliance ledger verify` passing, and the commands to look at the ledger yourself.
+6. `appliance ledger verify` passing, and the commands to look at the ledger yourself;
+7. HTTPS (:mod:`tests.lab.demo_http`): an API upload held until alice signs, ``kubectl
+   delete`` denied with a Kubernetes Status, the AWS CLI uploading to Ceph's S3 with keys
+   the appliance injects.
 
 Everything it records is left under ``demo-output/``; the lab is torn down at the end.
 """
@@ -408,6 +411,12 @@ def main() -> int:
     print(
         f"   .venv/bin/appliance ledger export --ledger {rel}/ledger --session {delete_session} --format pcap --out session.pcap"
     )
+    from tests.lab import demo_http
+
+    https = OUT / "https"
+    https.mkdir()
+    demo_http.run(https, vkey_alice, OUT / "keys" / "alice.key")
+    print(f"   .venv/bin/appliance ledger query  --ledger {rel}/https/ledger.d --type 'http.*'")
     print(f"\n   demo took {time.monotonic() - started:.1f}s")
     return 0
 

@@ -204,6 +204,7 @@ class HttpAppliance:
         targets: list[dict[str, Any]],
         policy: Mapping[str, Any] | None = None,
         masking: Mapping[str, Any] | None = None,
+        trust: Path | None = None,
     ) -> None:
         self.lab = lab
         self.work = work
@@ -211,7 +212,8 @@ class HttpAppliance:
         self.ledger = work / "ledger.d"
         self.log = work / "appliance.log"
         self.ready = work / "ready.json"
-        self.trust = work / "trust"
+        # The job (uid nobody) reads the bundle: under the lab's directory, which it can reach.
+        self.trust = trust or lab.dir / "trust"
         self.env_file = self.trust / "job.env"
         self.bundle = self.trust / "etc-ssl-certs" / "ca-certificates.crt"
         self.proc: subprocess.Popen[bytes] | None = None
