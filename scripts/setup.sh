@@ -25,7 +25,7 @@ APT_PACKAGES=(
   postgresql postgresql-contrib postgresql-client pgbouncer
   mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
-  nginx git awscli fcgiwrap python3-requests
+  nginx git awscli fcgiwrap python3-requests nghttp2-client
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -205,6 +205,7 @@ class HttpAppliance:
         policy: Mapping[str, Any] | None = None,
         masking: Mapping[str, Any] | None = None,
         trust: Path | None = None,
+        capture: bool = True,
     ) -> None:
         self.lab = lab
         self.work = work
@@ -217,6 +218,7 @@ class HttpAppliance:
         self.env_file = self.trust / "job.env"
         self.bundle = self.trust / "etc-ssl-certs" / "ca-certificates.crt"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.capture = capture
         subprocess.run(
             [APPLIANCE, "keys", "generate", "--name", ORIGIN, "--out", str(work / "ledger")],
             check=True, capture_output=True, timeout=60,
@@ -263,7 +265,8 @@ class HttpAppliance:
         self.ready.unlink(missing_ok=True)
         log = self.log.open("ab")
         self.proc = self.lab.popen(
-            [APPLIANCE, "run", "--config", str(self.config), "--ready-file", str(self.ready), "--grace", "10"],
+            [APPLIANCE, "run", "--config", str(self.config), "--ready-file", str(self.ready), "--grace", "10",
+             *([] if self.capture else ["--no-capture"])],
             stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
         log.close()
