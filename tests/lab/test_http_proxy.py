@@ -224,3 +224,95 @@ def test_the_ledger_verifies(env: tuple[Lab, Nginx, HttpAppliance]) -> None:
         timeout=120,
     )
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+SMUGGLE = r"""
+import socket, ssl, sys
+ctx = ssl.create_default_context()
+raw = sys.stdin.buffer.read()
+with socket.create_connection(("api.lab.test", 443), timeout=20) as s:
+    with ctx.wrap_socket(s, server_hostname="api.lab.test") as t:
+        t.sendall(raw)
+        out = b""
+        while chunk := t.recv(65536):
+            out += chunk
+print(out.split(b"\r\n", 1)[0].decode())
+"""
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /hello.txt HTTP/1.1\r\nHost: api.lab.test\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin/smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /hello.txt HTTP/1.1\r\nHost: api.lab.test\r\nContent-Length: 44\r\n\r\nGET /admin/smuggled HTTP/1.1\r\nHost: api.lab.test\r\n\r\n",
+        b"POST /hello.txt HTTP/1.1\r\nHost: api.lab.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\nGET /admin/smuggled HTTP/1.1\r\n\r\n",
+    ],
+    ids=["cl-and-te", "body-on-get", "two-te"],
+)
+def test_smuggling_is_refused_before_nginx_sees_it(
+    env: tuple[Lab, Nginx, HttpAppliance], raw: bytes
+) -> None:
+    _, nginx, app = env
+    r = app.job(["/usr/bin/python3", "-c", SMUGGLE], input=raw)
+    assert r.stdout.strip() in ("HTTP/1.1 400 Bad Request", "HTTP/1.1 501 Not Implemented"), (
+        r.stdout + r.stderr
+    )
+    assert "smuggled" not in (nginx.dir / "access.log").read_text()
+    app.wait_for(lambda es: any(e["type"] == "protocol.error" for e in es))
+
+
+def test_nothing_raw_reaches_the_ledger(env: tuple[Lab, Nginx, HttpAppliance]) -> None:
+    """Cards, SSNs and tokens in a request body, a query string and headers, and in the
+    response body, are masked before anything is written; the export as HAR holds the same."""
+    import subprocess
+
+    from tests.lab.http_lab import APPLIANCE
+
+    _, _, app = env
+    before = app.session_count()
+    body = json.dumps(
+        {
+            "customer": {
+                "card": "5500 0000 0000 0004",
+                "ssn": "401-62-7853",
+                "note": "password=hunter2-very-secret",
+            }
+        }
+    )
+    # Everything in a curl config on stdin: a command line is recorded as the job's identity.
+    lab = env[0]
+    payload = lab.dir / "customer.json"
+    payload.write_text(body)
+    payload.chmod(0o644)
+    config = (
+        'url = "https://api.lab.test/upload/customer.json?ssn=401-62-7853&card=5500000000000004"\n'
+        'header = "X-Customer-Card: 5500 0000 0000 0004"\n'
+        'header = "Cookie: session=s3cr3t-cookie-value"\n'
+        'header = "Content-Type: application/json"\n'
+        f'upload-file = "{payload}"\n'
+    )
+    r = app.job([*CURL, "-o", "/dev/null", "-w", "%{http_code}", "-K", "-"], input=config.encode())
+    assert r.stdout in ("201", "204"), r.stderr
+    (session,) = app.sessions_after(before)
+    app.wait_for(lambda es: True)
+    for needle in (
+        b"5500 0000 0000 0004",
+        b"5500000000000004",
+        b"401-62-7853",
+        b"s3cr3t-cookie-value",
+        b"hunter2-very-secret",
+    ):
+        assert app.files_containing(needle) == [], needle
+    har = app.work / "customer.har"
+    done = subprocess.run(
+        [APPLIANCE, "ledger", "export", "--ledger", str(app.ledger), "--session", session[0]["session"], "--format", "har", "--out", str(har)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(har.read_text())
+    (entry,) = doc["log"]["entries"]
+    assert (
+        entry["request"]["method"] == "PUT"
+        and "[REDACTED:CARD]" in entry["request"]["postData"]["text"]
+    )
+    assert "401-62-7853" not in har.read_text()
