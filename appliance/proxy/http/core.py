@@ -46,6 +46,7 @@ from appliance.config import Target
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.masking import MaskCounts
+from appliance.masking._bodies import body_kind, mask_body
 from appliance.policy import Decision, HttpRequestContext
 from appliance.protocols.http import (
     Body,
@@ -153,6 +154,8 @@ class Exchange:
     applied: Applied | None = None
     resigner: ChunkResigner | None = None
     discard: bool = False  # the job reset the stream: the response is read and dropped
+    held_body: bytearray | None = None  # a response held whole to be masked toward the job
+    masked_to_job: MaskCounts | None = None
 
 
 class HttpSession:
@@ -191,6 +194,8 @@ class HttpSession:
             paths=tuple(paths),
             record_body=self.options.record_body,
         )
+        masking = services.response_masking
+        self.mask_to_job = bool(masking is not None and masker is not None and masking(target.name, self.identity))
         self.exchanges: dict[int, Exchange] = {}  # by stream
         self.queue: deque[Exchange] = deque()
         self.active: Exchange | None = None
@@ -673,7 +678,9 @@ class HttpSession:
                 ex.response = ev
                 ex.responded = self.services.monotonic()
                 ex.response_body = self.recorder.capture(ev.headers) if ev.body else None
-                if not ex.discard:
+                if self.mask_to_job and ev.body and _maskable(ev.headers):
+                    ex.held_body = bytearray()  # sent at its end, masked (Content-Length fixed)
+                elif not ex.discard:
                     head = ResponseHead(stream, ev.status, ev.headers, ev.reason, body=ev.body)
                     if isinstance(codec, H1Server):
                         self._to_job.append(codec.respond(head, close=self._draining))
@@ -682,7 +689,16 @@ class HttpSession:
             elif isinstance(ev, Body):
                 if ex.response_body is not None:
                     ex.response_body.add(ev.data)
-                if not ex.discard:
+                if ex.held_body is not None:
+                    ex.held_body += ev.data
+                    if len(ex.held_body) > self.services.max_result_bytes:
+                        # Fail closed: a response that cannot be masked whole is not sent.
+                        self.active = None
+                        ex.held_body = None
+                        ex.response = None
+                        commands += self._refuse(ex, 502, "the response is too large to be masked for this job", rule=None)
+                        return [*commands, *self._end("a response too large to mask")]
+                elif not ex.discard:
                     self._to_job.append(codec.body(stream, ev.data))
                     if (
                         isinstance(codec, H2Server)
@@ -692,7 +708,9 @@ class HttpSession:
                         self._paused_upstream = True
                         commands.append(PauseReading("upstream", "window", True))
             elif isinstance(ev, End):
-                if not ex.discard:
+                if ex.held_body is not None and not ex.discard:
+                    self._send_masked(ex)
+                elif not ex.discard:
                     self._to_job.append(codec.end(stream))
                 self.active = None
                 ex.state = "done"
@@ -706,6 +724,27 @@ class HttpSession:
                     return [*commands, *self._end("the job asked to close the connection")]
                 commands += self._pump()
         return commands
+
+    def _send_masked(self, ex: Exchange) -> None:
+        """A held response, masked, with its Content-Length fixed."""
+        codec, resp, body = self.codec, ex.response, ex.held_body
+        assert codec is not None and resp is not None and body is not None
+        masker = self.recorder.masker
+        assert masker is not None
+        counts = MaskCounts()
+        content_type = header(resp.headers, "content-type")
+        masked = mask_body(masker, bytes(body), content_type, counts, paths=self.recorder.paths)
+        out = bytes(body) if masked is None else masked.encode()
+        ex.masked_to_job = counts
+        headers = tuple((k, v) for k, v in resp.headers if k not in ("content-length", "etag", "content-md5"))
+        head = ResponseHead(ex.head.stream, resp.status, (*headers, ("content-length", str(len(out)))), resp.reason)
+        if isinstance(codec, H1Server):
+            self._to_job.append(codec.respond(head, close=self._draining))
+        else:
+            self._to_job.append(codec.respond(head))
+        self._to_job.append(codec.body(ex.head.stream, out))
+        self._to_job.append(codec.end(ex.head.stream))
+        ex.held_body = None
 
     def _switch(self, ex: Exchange, head: ResponseHead, leftover_up: bytes) -> Commands:
         """A 101: the connection leaves HTTP; WebSocket messages are relayed and recorded."""
@@ -951,6 +990,8 @@ class HttpSession:
             }
         if ex.approval is not None:
             data["approval"] = ex.approval
+        if ex.masked_to_job is not None:
+            data["masked_to_job"] = ex.masked_to_job.as_dict()
         for key, capture in (("request_body", ex.request_body), ("body", ex.response_body)):
             summary, pending = self.recorder.body(capture)
             if summary is not None:
@@ -1064,6 +1105,13 @@ _REASON = {
     502: "Bad Gateway",
     503: "Service Unavailable",
 }
+
+
+def _maskable(headers: tuple[tuple[str, str], ...]) -> bool:
+    """A response body the appliance can mask toward the job: text it can read, not
+    compressed (a compressed or binary body passes as it is; the ledger's copy is masked)."""
+    encoding = (header(headers, "content-encoding") or "identity").lower()
+    return encoding == "identity" and body_kind(header(headers, "content-type")) != "binary"
 
 
 def _switch_headers(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:

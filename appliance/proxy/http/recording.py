@@ -213,6 +213,7 @@ class HttpRecorder:
         self.identity = dict(identity)
         self.masker = masker
         self.record_body = record_body
+        self.paths = paths
         self.transforms = body_transforms(masker, paths)
         self.secrets: tuple[bytes, ...] = ()  # the injected credential, as it may be echoed
         canonical_json(self.identity)

@@ -122,6 +122,8 @@ class Drive:
         policy: str = ALLOW_ALL,
         upstream: tuple[str, int] = ("198.18.0.2", 443),
         masker: bool = True,
+        mask_responses: bool = False,
+        max_result_bytes: int = 16 << 20,
     ) -> None:
         from appliance.policy import parse_policy
 
@@ -135,6 +137,8 @@ class Drive:
             clock=lambda: NOW.timestamp(),
             monotonic=lambda: float(next(clock)) / 1000,
             random_bytes=lambda n: b"\x01" * n,
+            response_masking=(lambda t, i: True) if mask_responses else None,
+            max_result_bytes=max_result_bytes,
             read_secret=lambda ref: (
                 TOKEN if cfg.targets[target].options.auth.type != "aws_sigv4" else "REALSECRET/abc"
             ),

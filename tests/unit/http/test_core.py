@@ -484,3 +484,31 @@ def test_a_websocket_upgrade_relays_and_records_kubernetes_channels() -> None:
     assert "4111111111111111" not in messages[0]["text"]
     assert messages[1]["text"] == "hello\n"
     assert Opcode.BINARY is not None
+
+
+def test_responses_are_masked_toward_the_job_when_policy_asks() -> None:
+    d = Drive(mask_responses=True)
+    d.open()
+    d.job(request("GET", "/customers", "api.lab.test"))
+    body = json.dumps({"card": "4111 1111 1111 1111", "name": "Ada"}).encode()
+    d.up(response(200, body, [("content-type", "application/json"), ("etag", '"abc"')]))
+    ((resp, got),) = parse_responses(d.take_job())
+    assert json.loads(got) == {"card": "[REDACTED:CARD]", "name": "Ada"}
+    assert dict(resp.headers)[b"content-length"] == str(len(got)).encode()
+    assert b"etag" not in dict(resp.headers)
+    (rs,) = d.ledger.all("http.response")
+    assert rs["masked_to_job"]["detectors"] == {"card": 1}
+    # Binary passes as it is.
+    d.job(request("GET", "/logo.png", "api.lab.test"))
+    d.up(response(200, b"\x894111111111111111", [("content-type", "image/png")]))
+    ((_, got),) = parse_responses(d.take_job())
+    assert got == b"\x894111111111111111"
+
+
+def test_a_response_too_large_to_mask_is_not_sent() -> None:
+    d = Drive(mask_responses=True, max_result_bytes=1000)
+    d.open()
+    d.job(request("GET", "/big", "api.lab.test"))
+    d.up(response(200, b"x" * 5000, [("content-type", "text/plain")]))
+    ((resp, _),) = parse_responses(d.take_job())
+    assert resp.status_code == 502 and d.ended is not None
