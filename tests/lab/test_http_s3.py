@@ -101,3 +101,48 @@ def test_multipart_upload_and_download_with_injected_keys(
     app.wait_for(lambda es: True)
     assert app.files_containing(s3.root.secret_key.encode()) == []
     assert app.files_containing(b"dummy-the-job-has-no-key") == []
+
+
+STREAMING = r"""
+import http.client, os, ssl, sys
+data = os.urandom(200_000)
+chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)] + [b""]
+sig = b"0" * 64  # the job's chunk signatures: any; the appliance signs every chunk again
+body = b"".join(b"%x;chunk-signature=%s\r\n%s\r\n" % (len(c), sig, c) for c in chunks)
+conn = http.client.HTTPSConnection("s3.lab.test", 7443, context=ssl.create_default_context(), timeout=60)
+conn.request("PUT", "/artifacts/streamed.bin", body=body, headers={
+    "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+    "content-encoding": "aws-chunked",
+    "x-amz-decoded-content-length": str(len(data)),
+    "x-amz-date": "20200101T000000Z",
+    "authorization": "AWS4-HMAC-SHA256 Credential=AKIDUMMY/20200101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=00",
+})
+r = conn.getresponse()
+print(r.status, r.read()[:300])
+sys.stdout.write(__import__("hashlib").sha256(data).hexdigest() + "\n")
+"""
+
+
+def test_aws_chunked_uploads_are_signed_again_chunk_by_chunk(
+    env: tuple[Lab, CephS3, HttpAppliance],
+) -> None:
+    """STREAMING-AWS4-HMAC-SHA256-PAYLOAD (the Java and Go SDKs' signed streaming uploads):
+    each chunk's signature is chained from the appliance's own seed signature; radosgw checks
+    them all and stores the decoded body."""
+    _, s3, app = env
+    r = app.job(["/usr/bin/python3", "-c", STREAMING])
+    status, digest = r.stdout.splitlines()[0], r.stdout.splitlines()[-1]
+    assert status.startswith("200"), r.stdout + r.stderr
+    obj = s3.admin().get_object(Bucket="artifacts", Key="streamed.bin")["Body"].read()
+    assert hashlib.sha256(obj).hexdigest() == digest
+
+    def resigned(entries: list[dict]) -> list[dict]:
+        return [
+            e["data"]
+            for e in entries
+            if e["type"] == "http.response"
+            and e["data"].get("credential", {}).get("chunks_resigned")
+        ]
+
+    (resp,) = resigned(app.wait_for(lambda es: bool(resigned(es))))
+    assert resp["status"] == 200
