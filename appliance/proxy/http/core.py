@@ -195,7 +195,9 @@ class HttpSession:
             record_body=self.options.record_body,
         )
         masking = services.response_masking
-        self.mask_to_job = bool(masking is not None and masker is not None and masking(target.name, self.identity))
+        self.mask_to_job = bool(
+            masking is not None and masker is not None and masking(target.name, self.identity)
+        )
         self.exchanges: dict[int, Exchange] = {}  # by stream
         self.queue: deque[Exchange] = deque()
         self.active: Exchange | None = None
@@ -321,6 +323,10 @@ class HttpSession:
             self.codec = H1Server()
         self._record_start()
         self._timers.add(IDLE_TIMER)
+        try:
+            self._credentials()  # now: the secret is known to the recorder before any entry
+        except ApplianceError:
+            pass  # told to the job with its first request (_pump)
         return [ClearTimer(HANDSHAKE_TIMER), SetTimer(IDLE_TIMER, IDLE_TIMEOUT), *self._connect()]
 
     def _connect(self) -> list[Command]:
@@ -696,7 +702,12 @@ class HttpSession:
                         self.active = None
                         ex.held_body = None
                         ex.response = None
-                        commands += self._refuse(ex, 502, "the response is too large to be masked for this job", rule=None)
+                        commands += self._refuse(
+                            ex,
+                            502,
+                            "the response is too large to be masked for this job",
+                            rule=None,
+                        )
                         return [*commands, *self._end("a response too large to mask")]
                 elif not ex.discard:
                     self._to_job.append(codec.body(stream, ev.data))
@@ -736,8 +747,12 @@ class HttpSession:
         masked = mask_body(masker, bytes(body), content_type, counts, paths=self.recorder.paths)
         out = bytes(body) if masked is None else masked.encode()
         ex.masked_to_job = counts
-        headers = tuple((k, v) for k, v in resp.headers if k not in ("content-length", "etag", "content-md5"))
-        head = ResponseHead(ex.head.stream, resp.status, (*headers, ("content-length", str(len(out)))), resp.reason)
+        headers = tuple(
+            (k, v) for k, v in resp.headers if k not in ("content-length", "etag", "content-md5")
+        )
+        head = ResponseHead(
+            ex.head.stream, resp.status, (*headers, ("content-length", str(len(out)))), resp.reason
+        )
         if isinstance(codec, H1Server):
             self._to_job.append(codec.respond(head, close=self._draining))
         else:

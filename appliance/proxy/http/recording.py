@@ -52,6 +52,7 @@ SECRET_HEADERS = frozenset(
 REDACTED = "[REDACTED]"
 REDACTED_CREDENTIAL = b"[REDACTED:CREDENTIAL]"
 _MAX_INFLATED = 4 * 1024 * 1024
+_HEADER_CACHE = 1024
 
 
 def _us(seconds: float) -> int:
@@ -216,6 +217,9 @@ class HttpRecorder:
         self.paths = paths
         self.transforms = body_transforms(masker, paths)
         self.secrets: tuple[bytes, ...] = ()  # the injected credential, as it may be echoed
+        # Header values come back request after request (user agent, accept, content type):
+        # each is masked once per session (with its counts), as statements are for SQL.
+        self._headers: dict[tuple[str, str], tuple[str, MaskCounts]] = {}
         canonical_json(self.identity)
 
     def add_secret(self, *values: str) -> None:
@@ -265,7 +269,16 @@ class HttpRecorder:
             if name in SECRET_HEADERS or name == secret:
                 out.append([name, REDACTED])
             elif self.masker is not None:
-                out.append([name, mask_header(self.masker, name, self.scrub(value), counts)])
+                hit = self._headers.get((name, value))
+                if hit is None:
+                    found = MaskCounts()
+                    hit = (mask_header(self.masker, name, self.scrub(value), found), found)
+                    if len(self._headers) >= _HEADER_CACHE:
+                        self._headers.clear()
+                    self._headers[(name, value)] = hit
+                if hit[1]:
+                    counts.update(hit[1])
+                out.append([name, hit[0]])
             else:
                 out.append([name, self.scrub(value)])
         return out
