@@ -51,8 +51,9 @@ from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.remote import RemoteLedger
-from appliance.masking import Masker, MaskingConfig
+from appliance.masking import EPHEMERAL, MaskCounts, Masker, MaskingConfig, key_record
 from appliance.proxy.flows import FlowResolverImpl, Identify
+from appliance.proxy.refusals import RefusalLog
 from appliance.proxy.server import ProxyServer
 from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import ShellServices
@@ -61,6 +62,7 @@ from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
+_REFUSALS_INTERVAL = 60.0  # seconds over which refused connections are counted
 _LINK_SETTLE = 0.05  # seconds to let a burst of interface events pass before reconciling
 _RTMGRP_LINK = 1  # rtnetlink multicast group of interface events (linux/rtnetlink.h)
 
@@ -131,12 +133,27 @@ def sd_notify(message: str) -> None:
         s.send(message.encode())
 
 
-def load_masking_key(config: MaskingConfig, credentials_dir: str | None) -> tuple[bytes, str]:
-    """The HMAC key for the hash style: from the config's secret, else a random key for this
-    run (hash values are then joinable only within one run; recorded as such)."""
+def load_masking_key(
+    config: MaskingConfig,
+    credentials_dir: str | None,
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> tuple[bytes, dict[str, Any]]:
+    """The HMAC key for the hash style, and what ``appliance.start`` records about it (its
+    source and id, see :mod:`appliance.masking._key`).
+
+    The configured secret (a file or a systemd credential, one for the whole fleet), else a
+    random key for this run: with ``key: ephemeral`` (recorded and logged as such), or when no
+    style is ``hash`` and the key masks nothing. Raises SecretError if the secret cannot be
+    read."""
     if config.key is not None:
-        return read_secret(config.key, credentials_dir=credentials_dir).encode(), "configured"
-    return secrets.token_bytes(32), "ephemeral (no masking key configured)"
+        key = read_secret(config.key, credentials_dir=credentials_dir).encode()
+        return key, key_record(key, config.key.describe(), ephemeral=False, used=config.uses_hash)
+    key = random_bytes(32)
+    if config.ephemeral_key:
+        record = key_record(key, EPHEMERAL, ephemeral=True, used=config.uses_hash)
+        log.warning(record["warning"])
+        return key, record
+    return key, key_record(key, "none configured (no style is hash)", ephemeral=False, used=False)
 
 
 class Daemon:
@@ -198,6 +215,7 @@ class Daemon:
             "targets": sorted(cfg.targets),
             "capture": self.capture,
             "masking_key": key_source,
+            "durability": cfg.ledger.durability,
             "policy": policy.start_record() if policy is not None else None,
         }
         if policy is None:
@@ -258,6 +276,10 @@ class Daemon:
             if spec.prepare is not None:
                 shared[name] = spec.load(spec.prepare)(cfg, lambda t, d: ledger.append(t, data=d))
 
+        any_target = masker.for_target("")  # detectors only: refusals name no column
+        refusals = RefusalLog(
+            ledger, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
+        )
         services = SessionServices(
             ledger=ledger,
             policy=policy,
@@ -273,8 +295,12 @@ class Daemon:
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
             shared=shared,
+            write_ahead=cfg.ledger.durability == "write-ahead",
+            refusals=refusals,
         )
-        shell = ShellServices(mark=cfg.capture.mark if self.capture else 0, broker=broker)
+        shell = ShellServices(
+            mark=cfg.capture.mark if self.capture else 0, broker=broker, durable=ledger.sync
+        )
         resolver = FlowResolverImpl(
             cfg, identify=identify, original_dst=original_dst, target_for=target_for
         )
@@ -297,6 +323,7 @@ class Daemon:
                 if reconcile is not None:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
+                helpers.append(tg.create_task(self._flush_refusals(refusals)))
                 elapsed = time.monotonic() - started
                 listening = [format_endpoint(h, p) for h, p in bound]
                 ledger.append(
@@ -340,6 +367,17 @@ class Daemon:
                 )
                 self.stop()
                 return
+
+    async def _flush_refusals(self, refusals: RefusalLog) -> None:
+        """Record the counts of refused connections every interval (and once at stop)."""
+        try:
+            while True:
+                await asyncio.sleep(_REFUSALS_INTERVAL)
+                with contextlib.suppress(ApplianceError):
+                    refusals.flush()
+        finally:
+            with contextlib.suppress(ApplianceError):
+                refusals.flush()
 
     async def _reconcile_loop(self, reconcile: Callable[[], None]) -> None:
         """Reconcile every ``reconcile_interval``, and at once when a network interface

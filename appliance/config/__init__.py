@@ -138,6 +138,11 @@ class LedgerConfig:
     # "process": the writer runs in a child process (no GIL shared with the proxy's event
     # loop); "thread": in a thread of the daemon.
     writer: str = "process"
+    # "write-ahead": a statement that may change a target (every class but reads, settings,
+    # transaction control) is on disk before it is sent, or refused; "checkpoint": entries
+    # become durable at the next checkpoint (faster, and a crash can lose up to one
+    # interval of acknowledged changes).
+    durability: str = "write-ahead"
 
 
 @dataclass(frozen=True)
@@ -369,6 +374,7 @@ def _parse_ledger(node: Node) -> LedgerConfig:
             "record_rows",
             "max_result_bytes",
             "writer",
+            "durability",
         )
     )
     d = LedgerConfig()
@@ -387,6 +393,9 @@ def _parse_ledger(node: Node) -> LedgerConfig:
         if "max_result_bytes" in m
         else d.max_result_bytes,
         writer=m["writer"].string(choices=("process", "thread")) if "writer" in m else d.writer,
+        durability=m["durability"].string(choices=("write-ahead", "checkpoint"))
+        if "durability" in m
+        else d.durability,
     )
 
 

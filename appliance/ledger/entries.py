@@ -56,6 +56,9 @@ CAPTURE_BPF_ATTACHED = "capture.bpf_attached"
 CAPTURE_BPF_FAILED = "capture.bpf_failed"
 CAPTURE_EVENTS_LOST = "capture.events_lost"
 CAPTURE_REFUSED = "capture.refused"
+CAPTURE_REFUSED_SUMMARY = "capture.refused.summary"
+CONNECTION_REFUSED = "connection.refused"  # ended before its session started
+CONNECTION_REFUSED_SUMMARY = "connection.refused.summary"  # more of them, counted
 PROTOCOL_ERROR = "protocol.error"
 
 KNOWN_TYPES: tuple[str, ...] = (
@@ -80,6 +83,9 @@ KNOWN_TYPES: tuple[str, ...] = (
     CAPTURE_BPF_FAILED,
     CAPTURE_EVENTS_LOST,
     CAPTURE_REFUSED,
+    CAPTURE_REFUSED_SUMMARY,
+    CONNECTION_REFUSED,
+    CONNECTION_REFUSED_SUMMARY,
     PROTOCOL_ERROR,
 )
 

@@ -70,7 +70,7 @@ def export_bundle(directory: Path, session: str, out: BinaryIO) -> BundleSummary
     if cp is None:
         raise LedgerError(f"{directory} has no checkpoint yet")
     with Index.open(directory) as index:
-        found = list(index.query(Query(session=session)))
+        found = index.session(session)
         published = [
             e.obj["data"].get("vkey")
             for e in index.query(Query(types=[KEY_PUBLISHED]))
@@ -205,7 +205,7 @@ def session_entries(directory: Path, session: str) -> list[dict[str, Any]]:
     """Every entry of ``session`` (objects), in order; raises LedgerError if none."""
     require_ledger(directory)
     with Index.open(directory) as index:
-        found = [e.obj for e in index.query(Query(session=session))]
+        found = [e.obj for e in index.session(session)]
     if not found:
         raise LedgerError(f"no entries for session {session!r}")
     return found

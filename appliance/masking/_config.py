@@ -2,7 +2,8 @@
 responses to the job are masked.
 
 Parsed from :class:`appliance.config.Node` so that every error names the key and the line.
-The masking key is a :class:`~appliance.config.SecretRef`; reading it is the caller's job.
+The masking key is a :class:`~appliance.config.SecretRef` (reading it is the caller's job),
+or ``ephemeral``, spelled out (see :mod:`appliance.masking._key`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from appliance.config import Node, SecretRef, Target, parse_secret
 from appliance.masking._detectors import DETECTOR_NAMES
 from appliance.masking._jsonpath import JsonPath, parse_json_path
+from appliance.masking._key import EPHEMERAL
 from appliance.masking._styles import Style, label_for
 from appliance.masking._validate import phone_region_known
 
@@ -157,6 +159,8 @@ class MaskingConfig:
     response: tuple[ResponseRule, ...] = ()
     key: SecretRef | None = None
     phone_regions: tuple[str, ...] = ("US",)
+    # key: ephemeral -- a random key per run, chosen in so many words (never a default)
+    ephemeral_key: bool = False
     # HTTP JSON bodies: values at these paths masked whole (appliance.masking._bodies).
     json_paths: tuple[JsonPath, ...] = ()
 
@@ -164,6 +168,8 @@ class MaskingConfig:
         unknown = set(self.detectors) - set(DETECTOR_NAMES)
         if unknown:
             raise ValueError(f"unknown detectors: {', '.join(sorted(unknown))}")
+        if self.ephemeral_key and self.key is not None:
+            raise ValueError("a masking key is either a secret or ephemeral, not both")
         # Detectors left out keep their default setting.
         merged = _default_detectors()
         merged.update(self.detectors)
@@ -210,7 +216,10 @@ def parse_masking(node: Node | None, *, targets: Mapping[str, Target]) -> Maskin
     ::
 
         masking:
-          key: {file: /etc/appliance/mask.key}   # needed when a style is hash
+          key: {credential: masking-key}         # needed when a style is hash: one key
+                                                 # for the fleet (or {file: ...}), so that
+                                                 # tokens compare across runs and runners;
+                                                 # `key: ephemeral`: a new key every run
           phone_regions: [US, DE]                # for numbers written without +CC
           detectors:                             # style per detector, or off
             card: partial
@@ -240,7 +249,12 @@ def parse_masking(node: Node | None, *, targets: Mapping[str, Target]) -> Maskin
         tuple(_parse_column(c, targets) for c in m["columns"].items()) if "columns" in m else ()
     )
     response = _parse_response(m["response"], targets) if "response" in m else ()
-    key = parse_secret(m["key"]) if "key" in m else None
+    key, ephemeral = None, False
+    if "key" in m:
+        if not m["key"].is_mapping and getattr(m["key"].raw, "value", None) == EPHEMERAL:
+            ephemeral = True
+        else:
+            key = parse_secret(m["key"])
     regions: tuple[str, ...] = ("US",)
     if "phone_regions" in m:
         regions = tuple(r.string() for r in m["phone_regions"].items_or_one())
@@ -254,9 +268,13 @@ def parse_masking(node: Node | None, *, targets: Mapping[str, Target]) -> Maskin
         if "json_paths" in m
         else ()
     )
-    config = MaskingConfig(detectors, columns, response, key, regions, json_paths)
-    if config.uses_hash and key is None:
-        node.fail("the hash style needs a masking key: add key: {file: ...} or {credential: ...}")
+    config = MaskingConfig(detectors, columns, response, key, regions, ephemeral, json_paths)
+    if config.uses_hash and key is None and not ephemeral:
+        node.fail(
+            "the hash style needs a masking key: add key: {credential: NAME} or {file: PATH}, "
+            "the same for every runner so that tokens compare across runs and runners (or "
+            f"key: {EPHEMERAL}, a new key every run: tokens compare only within one run)"
+        )
     return config
 
 

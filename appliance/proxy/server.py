@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance.capture import unattributed
-from appliance.config import Config, Target
+from appliance.config import Config, Target, format_endpoint
 from appliance.errors import ApplianceError
 from appliance.proxy import registry
 from appliance.proxy.commands import ConnectionInfo
@@ -194,15 +194,19 @@ class ProxyServer:
             flow = await self.resolver.resolve(conn, listener)
         except Refused as refused:
             log.warning("refused connection from %s: %s", peer[:2], refused.reason)
+            data = {"client": format_endpoint(peer[0], peer[1]), **refused.data}
             with contextlib.suppress(ApplianceError):
-                self.services.ledger.append(
-                    "capture.refused",
-                    data={
-                        "client": f"{peer[0]}:{peer[1]}",
-                        "reason": refused.reason,
-                        **refused.data,
-                    },
-                )
+                if self.services.refusals is not None:
+                    self.services.refusals.refused(
+                        source=str(peer[0]),
+                        reason=refused.reason,
+                        data=data,
+                        kind="capture.refused",
+                    )
+                else:
+                    self.services.ledger.append(
+                        "capture.refused", data={"reason": refused.reason, **data}
+                    )
             # A reset, not a FIN: the job sees "connection refused/reset", as without us.
             conn.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"

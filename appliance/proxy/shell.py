@@ -16,8 +16,7 @@ connection in its own task group until the core says :class:`~.commands.End`:
 - a core that raises is a bug (or a ledger that cannot record): the connection ends with
   what :meth:`SessionCore.crashed` says, and the other connections go on.
 
-Nothing here knows a protocol, a SQLSTATE or a ledger entry type.
-"""
+Nothing here knows a protocol, a SQLSTATE or a ledger entry type."""
 
 from __future__ import annotations
 
@@ -27,45 +26,22 @@ import os
 import socket
 import ssl
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.approvals import Broker
-from appliance.capture import mark_socket
+from appliance.capture import upstream_socket
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
-from appliance.proxy.commands import (
-    Abort,
-    ApprovalAnswered,
-    AskApproval,
-    ClearTimer,
-    Command,
-    Commands,
-    Drain,
-    End,
-    Eof,
-    Event,
-    Log,
-    OpenUpstream,
-    PauseReading,
-    SendOnce,
-    SentOnce,
-    SessionCore,
-    SetTimer,
-    Side,
-    StartTLS,
-    TimerFired,
-    TLSEstablished,
-    TLSFailed,
-    UpstreamFailed,
-    UpstreamOpened,
-)
+from appliance.proxy import commands as c
+from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
 
 log = logging.getLogger("appliance.proxy")
 
 HIGH_WATER = 1 << 20  # bytes buffered for a socket before the other side stops being read
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_OTHER: dict[Side, Side] = {"job": "upstream", "upstream": "job"}
 
 
 @dataclass(frozen=True)
@@ -76,22 +52,7 @@ class ShellServices:
     mark: int = 0
     broker: Broker | None = None
     upstream_socket: Callable[[int, int], socket.socket] | None = None
-
-
-def upstream_socket(family: int, mark: int) -> socket.socket:
-    """A non-blocking TCP socket carrying the appliance's mark (:func:`appliance.capture.
-    mark_socket`): netfilter neither redirects it back to the appliance nor rejects it as a
-    bypass. Raises OSError, or CaptureError when the mark cannot be set."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        if mark:
-            mark_socket(sock, mark)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 
 
 class _Endpoint(asyncio.Protocol):
@@ -120,10 +81,10 @@ class _Endpoint(asyncio.Protocol):
         self.conn.on_eof(self.side, str(exc) if exc is not None else None)
 
     def pause_writing(self) -> None:
-        self.conn.pause(_other(self.side), "backpressure", True)
+        self.conn.pause(_OTHER[self.side], "backpressure", True)
 
     def resume_writing(self) -> None:
-        self.conn.pause(_other(self.side), "backpressure", False)
+        self.conn.pause(_OTHER[self.side], "backpressure", False)
 
 
 # The name each job's TLS handshake asked for (SNI), by TLS object: a server-side SSLObject
@@ -150,10 +111,6 @@ def _record_sni(context: ssl.SSLContext) -> None:
 def _why(exc: OSError) -> str:
     """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _other(side: Side) -> Side:
-    return "upstream" if side == "job" else "job"
 
 
 class Connection:
@@ -196,7 +153,7 @@ class Connection:
                 timer.cancel()
             self._close_all()
 
-    def started(self) -> StartTLS | None:
+    def started(self) -> c.StartTLS | None:
         """The job's socket is accepted: the core starts before any byte is read (its first
         commands may be to pause reading). A ``StartTLS`` of the job's side among them is
         returned, not spawned: the handshake is the socket's first use (see
@@ -206,14 +163,14 @@ class Connection:
         except Exception as exc:
             self._crashed(exc)
             return None
-        tls = next((c for c in commands if isinstance(c, StartTLS) and c.side == "job"), None)
-        self._carry_out([c for c in commands if c is not tls])
+        tls = next((x for x in commands if isinstance(x, c.StartTLS) and x.side == "job"), None)
+        self._carry_out([x for x in commands if x is not tls])
         return tls
 
-    async def _accept_tls(self, sock: socket.socket, command: StartTLS) -> None:
+    async def _accept_tls(self, sock: socket.socket, command: c.StartTLS) -> None:
         """Accept ``sock`` with TLS from its first byte (the appliance is the server); the
-        core hears :class:`TLSEstablished` (ALPN, the SNI the job asked for) or
-        :class:`TLSFailed`; bytes decrypted before it heard wait for it."""
+        core hears :class:`~.commands.TLSEstablished` (ALPN, the SNI the job asked for) or
+        :class:`~.commands.TLSFailed`; bytes decrypted before it heard wait for it."""
         loop = asyncio.get_running_loop()
         _record_sni(command.context)
         self._tls_early["job"] = []
@@ -224,7 +181,7 @@ class Connection:
         except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
             sock.close()
             self._tls_early.pop("job", None)
-            self.event(TLSFailed("job", str(exc) or type(exc).__name__))
+            self.event(c.TLSFailed("job", str(exc) or type(exc).__name__))
             return
         transport = self.job.transport
         assert transport is not None
@@ -233,15 +190,15 @@ class Connection:
         tls = transport.get_extra_info("ssl_object")
         alpn = tls.selected_alpn_protocol() if tls is not None else None
         early = self._tls_early.pop("job", [])
-        self.event(TLSEstablished("job", None, alpn, _SNI.pop(tls, None)))
+        self.event(c.TLSEstablished("job", None, alpn, _SNI.pop(tls, None)))
         for data in early:
             self.on_data("job", data)
 
     def drain(self) -> None:
-        self.event(Drain())
+        self.event(c.Drain())
 
     def abort(self, reason: str) -> None:
-        self.event(Abort(reason))
+        self.event(c.Abort(reason))
 
     # -- from the sockets ------------------------------------------------------------------
 
@@ -278,7 +235,7 @@ class Connection:
         if endpoint is None or endpoint.eof:
             return
         endpoint.eof = True
-        self.event(Eof(side, lost))
+        self.event(c.Eof(side, lost))
 
     def event(self, event: Event) -> None:
         """Hand ``event`` to the core and carry out what it answers."""
@@ -323,46 +280,44 @@ class Connection:
             self._one(command)
 
     def _one(self, command: Command) -> None:
-        if isinstance(command, PauseReading):
+        if isinstance(command, c.PauseReading):
             self.pause(command.side, command.why, command.paused)
-        elif isinstance(command, End):
+        elif isinstance(command, c.End):
             self._finish(command.reason)
-        elif isinstance(command, OpenUpstream):
+        elif isinstance(command, c.OpenUpstream):
             self._spawn(self._open_upstream(command))
-        elif isinstance(command, StartTLS):
+        elif isinstance(command, c.StartTLS):
             if command.side == "job":
                 _record_sni(command.context)
             self.pause(command.side, "tls", True)
             self._tls_early[command.side] = []
             self._spawn(self._start_tls(command))
-        elif isinstance(command, AskApproval):
+        elif isinstance(command, c.AskApproval):
             self._spawn(self._approval(command))
-        elif isinstance(command, SendOnce):
+        elif isinstance(command, c.AwaitDurable):
+            self._spawn(self._durable(command))
+        elif isinstance(command, c.SendOnce):
             self._spawn(self._send_once(command))
-        elif isinstance(command, SetTimer):
+        elif isinstance(command, c.SetTimer):
             old = self._timers.pop(command.name, None)
             if old is not None:
                 old.cancel()
             self._timers[command.name] = asyncio.get_running_loop().call_later(
                 command.seconds, self._fire, command.name
             )
-        elif isinstance(command, ClearTimer):
+        elif isinstance(command, c.ClearTimer):
             timer = self._timers.pop(command.name, None)
             if timer is not None:
                 timer.cancel()
-        elif isinstance(command, Log):
-            log.log(
-                _LEVELS.get(command.level, logging.INFO),
-                "session %s: %s",
-                self.name,
-                command.message,
-            )
+        elif isinstance(command, c.Log):
+            level = _LEVELS.get(command.level, logging.INFO)
+            log.log(level, "session %s: %s", self.name, command.message)
         else:  # pragma: no cover - the Command union is closed
             raise TypeError(f"unknown command {command!r}")
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
-        self.event(TimerFired(name))
+        self.event(c.TimerFired(name))
 
     def _spawn(self, coro: Any) -> None:
         assert self._tg is not None
@@ -400,40 +355,44 @@ class Connection:
 
     # -- the commands that wait ----------------------------------------------------------------
 
-    async def _open_upstream(self, command: OpenUpstream) -> None:
-        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
+    async def _connect(self, address: tuple[str, int], timeout: float) -> socket.socket:
+        """A marked socket connected to ``address``; raises _Unreachable saying why."""
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         make = self.services.upstream_socket or upstream_socket
-        loop = asyncio.get_running_loop()
         try:
             sock = make(family, self.services.mark)
         except OSError as exc:
-            self.event(UpstreamFailed(_why(exc)))
-            return
+            raise _Unreachable(_why(exc)) from None
         except ApplianceError as exc:  # the mark cannot be set
-            self.event(UpstreamFailed(str(exc)))
-            return
+            raise _Unreachable(str(exc)) from None
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), timeout)
         except TimeoutError:
             sock.close()
-            self.event(UpstreamFailed("timed out", timed_out=True))
-            return
+            raise _Unreachable("timed out", timed_out=True) from None
         except OSError as exc:
             sock.close()
-            self.event(UpstreamFailed(_why(exc)))
-            return
+            raise _Unreachable(_why(exc)) from None
         except BaseException:
             sock.close()
             raise
+        return sock
+
+    async def _open_upstream(self, command: c.OpenUpstream) -> None:
+        try:
+            sock = await self._connect(command.address, command.timeout)
+        except _Unreachable as exc:
+            self.event(c.UpstreamFailed(exc.why, timed_out=exc.timed_out))
+            return
         endpoint = self.upstream = _Endpoint(self, "upstream")
         local = sock.getsockname()
-        await loop.create_connection(lambda: endpoint, sock=sock)
+        await asyncio.get_running_loop().create_connection(lambda: endpoint, sock=sock)
         if self._paused["upstream"]:
             assert endpoint.transport is not None
             endpoint.transport.pause_reading()
-        self.event(UpstreamOpened((local[0], local[1])))
+        self.event(c.UpstreamOpened((local[0], local[1])))
 
-    async def _start_tls(self, command: StartTLS) -> None:
+    async def _start_tls(self, command: c.StartTLS) -> None:
         side = command.side
         endpoint = self.job if side == "job" else self.upstream
         assert endpoint is not None and endpoint.transport is not None
@@ -448,11 +407,11 @@ class Connection:
             )
         except (ssl.SSLError, OSError, ConnectionError) as exc:
             self._tls_early.pop(side, None)
-            self.event(TLSFailed(side, str(exc)))
+            self.event(c.TLSFailed(side, str(exc)))
             return
         if new is None:  # the connection closed during the handshake
             self._tls_early.pop(side, None)
-            self.event(TLSFailed(side, "the connection closed during the TLS handshake"))
+            self.event(c.TLSFailed(side, "the connection closed during the TLS handshake"))
             return
         endpoint.transport = new
         if self._paused[side] - {"tls"}:
@@ -463,44 +422,56 @@ class Connection:
         name = _SNI.pop(tls, None) if side == "job" else None
         self.pause(side, "tls", False)
         early = self._tls_early.pop(side, [])
-        self.event(TLSEstablished(side, cert, alpn, name))
+        self.event(c.TLSEstablished(side, cert, alpn, name))
         for data in early:
             self.on_data(side, data)
 
-    async def _approval(self, command: AskApproval) -> None:
+    async def _approval(self, command: c.AskApproval) -> None:
         broker = self.services.broker
         if broker is None:
-            self.event(ApprovalAnswered(command.key, error="approvals are not configured"))
+            self.event(c.ApprovalAnswered(command.key, error="approvals are not configured"))
             return
         try:
             request = broker.new_request(**command.fields)
         except ApplianceError as exc:
-            self.event(ApprovalAnswered(command.key, error=str(exc)))
+            self.event(c.ApprovalAnswered(command.key, error=str(exc)))
             return
         outcome = await broker.request(request)
-        self.event(ApprovalAnswered(command.key, outcome, request.id))
+        self.event(c.ApprovalAnswered(command.key, outcome, request.id))
 
-    async def _send_once(self, command: SendOnce) -> None:
-        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
-        make = self.services.upstream_socket or upstream_socket
-        loop = asyncio.get_running_loop()
-        try:
-            sock = make(family, self.services.mark)
-        except OSError as exc:
-            self.event(SentOnce(False, _why(exc)))
+    async def _durable(self, command: c.AwaitDurable) -> None:
+        sync = self.services.durable
+        if sync is None:
+            self.event(c.Durable(command.key, False, "the ledger cannot sync"))
             return
+        try:
+            await sync()
         except ApplianceError as exc:
-            self.event(SentOnce(False, str(exc)))
+            self.event(c.Durable(command.key, False, str(exc)))
+            return
+        self.event(c.Durable(command.key, True))
+
+    async def _send_once(self, command: c.SendOnce) -> None:
+        try:
+            sock = await self._connect(command.address, command.timeout)
+        except _Unreachable as exc:
+            self.event(c.SentOnce(False, exc.why))
             return
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
-            await loop.sock_sendall(sock, command.payload)
-        except (OSError, TimeoutError) as exc:
-            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else _why(exc)))
+            await asyncio.get_running_loop().sock_sendall(sock, command.payload)
+        except OSError as exc:
+            self.event(c.SentOnce(False, _why(exc)))
             return
         finally:
             sock.close()
-        self.event(SentOnce(True))
+        self.event(c.SentOnce(True))
 
 
-__all__ = ["HIGH_WATER", "Connection", "ShellServices", "upstream_socket"]
+class _Unreachable(Exception):
+    def __init__(self, why: str, *, timed_out: bool = False) -> None:
+        super().__init__(why)
+        self.why = why
+        self.timed_out = timed_out
+
+
+__all__ = ["HIGH_WATER", "Connection", "ShellServices"]

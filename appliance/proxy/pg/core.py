@@ -74,11 +74,13 @@ from appliance.proxy.commands import (
     Abort,
     ApprovalAnswered,
     AskApproval,
+    AwaitDurable,
     ClearTimer,
     Command,
     Commands,
     ConnectionInfo,
     Drain,
+    Durable,
     End,
     Eof,
     Event,
@@ -167,6 +169,7 @@ class PgSession:
         self._held = False
         self._draining = False
         self._asked: dict[int, Statement] = {}
+        self._syncs = 0
 
     # -- the shell's side ------------------------------------------------------------------
 
@@ -266,7 +269,7 @@ class PgSession:
             return NO_COMMANDS
         if isinstance(event, TLSFailed):
             if event.side == "job":
-                return self._end(f"job TLS failed: {event.why}")
+                return self._end("job TLS failed", detail=event.why)
             return self._end(
                 f"upstream TLS failed: {event.why}",
                 _fatal(
@@ -277,6 +280,19 @@ class PgSession:
             )
         if isinstance(event, ApprovalAnswered):
             return self._approval_answered(event)
+        if isinstance(event, Durable) and self.relay is not None:
+            if not event.ok:
+                # Not on disk: what waited for it is never sent, and the session ends.
+                return self._end(
+                    f"ledger cannot record: {event.why}",
+                    _fatal(
+                        CONNECTION_FAILURE,
+                        "the appliance cannot record this statement; it was not sent, and "
+                        "the session is closed",
+                    ),
+                )
+            self.relay.durable_result(True)
+            return self._after_relay()
         if isinstance(event, SentOnce) and state is State.CANCELLING:
             return self._cancel_sent(event)
         if isinstance(event, Eof):
@@ -407,7 +423,9 @@ class PgSession:
     def _forward_cancel(self, request: CancelRequest) -> Commands:
         found = self.shared.cancel_keys.resolve(request)
         if found is None:
-            self._record_cancel(None, "unknown key")
+            # Guessing keys costs the guesser nothing: aggregated, like other refusals.
+            self._refused("cancel request with an unknown key")
+            self.state = State.CANCELLING  # recorded: the end below records nothing more
             return self._end("cancel request")
         real, route = found
         self._cancel = route
@@ -570,6 +588,7 @@ class PgSession:
             new_id=lambda: self.services.random_bytes(8).hex(),
             row_masker=row_masker,
             parameters=parameters,
+            write_ahead=self.services.write_ahead,
         )
         self.relay = Relay(self.hooks, now=self.services.monotonic)
         self.state = State.RELAY
@@ -584,9 +603,18 @@ class PgSession:
         hooks, relay = self.hooks, self.relay
         assert hooks is not None and relay is not None
         held = relay.held
-        if not hooks.approvals and held is self._held and not self._draining:
+        if (
+            not hooks.approvals
+            and held is self._held
+            and not self._draining
+            and not hooks.durable_requested
+        ):
             return NO_COMMANDS  # the hot path
         commands: list[Command] = []
+        if hooks.durable_requested:
+            hooks.durable_requested = False
+            self._syncs += 1
+            commands.append(AwaitDurable(self._syncs))
         for stmt in hooks.approvals:
             self._asked[stmt.n] = stmt
             commands.append(AskApproval(stmt.n, hooks.approval_fields(stmt)))
@@ -635,14 +663,16 @@ class PgSession:
             )
         who = "job" if exc.side == "client" else "upstream server"
         during = "" if self.state is State.RELAY else " during startup"
-        return self._end(f"protocol violation by the {who}{during}", error)
+        return self._end(f"protocol violation by the {who}{during}", error, detail=exc.message)
 
-    def _end(self, reason: str, error: bytes = b"") -> Commands:
+    def _end(self, reason: str, error: bytes = b"", *, detail: str | None = None) -> Commands:
         """End the session once: statements in flight finish as cancelled, the job gets
         ``error`` after whatever the relay still had for it, the server a Terminate, and
-        the ledger ``session.end``."""
+        the ledger ``session.end`` (or, before the session started, a refusal)."""
         if self.state is State.ENDED:
             return NO_COMMANDS
+        if self.recorder is None and self.state is not State.CANCELLING:
+            self._refused(reason, detail)
         relay = self.relay
         if relay is not None:
             try:
@@ -674,6 +704,33 @@ class PgSession:
             except ApplianceError:
                 pass  # the ledger is failing: the daemon's watchdog stops the appliance
         return [Log("info", f"ended: {reason}"), End(reason)]
+
+    def _refused(self, reason: str, detail: str | None = None) -> None:
+        """A connection that ended before its session started (see :mod:`..refusals`)."""
+        data: dict[str, Any] = {
+            "protocol": "postgres",
+            "client": _addr(self.info.client),
+            "listener": _addr(self.info.listener),
+            "connection": self.id,
+        }
+        if detail is not None:
+            data["detail"] = detail
+        refusals = self.services.refusals
+        if refusals is None:
+            self.services.ledger.append(
+                "connection.refused",
+                identity=self.identity,
+                target=self.target.name,
+                data={"source": self.info.client[0], "reason": reason, **data},
+            )
+            return
+        refusals.refused(
+            source=self.info.client[0],
+            reason=reason,
+            data=data,
+            target=self.target.name,
+            identity=self.identity,
+        )
 
     def _pull_relay(self) -> None:
         """Move the relay's pending output behind what this core queued before it."""
