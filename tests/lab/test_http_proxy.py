@@ -41,24 +41,37 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Nginx, 
         yield lab, nginx, app
 
 
-def _one(app: HttpAppliance, before: int) -> list[dict]:
-    (session,) = app.sessions_after(before)
-    return session
+def _session_with(app: HttpAppliance, url: str) -> list[dict]:
+    """The entries of the one session that requested ``url`` (a path unique to the test),
+    once it has ended: found by content, not by order (sessions end and reach the ledger
+    in their own time)."""
+
+    def found(entries: list[dict]) -> list[dict]:
+        ids = {
+            e["session"]
+            for e in entries
+            if e["type"] == "http.request" and e["data"]["url"].startswith(url)
+        }
+        ended = {e["session"] for e in entries if e["type"] == "session.end"}
+        if len(ids) != 1 or not ids <= ended:
+            return []
+        return [e for e in entries if e["session"] in ids]
+
+    return found(app.wait_for(lambda es: bool(found(es))))
 
 
 def test_curl_http11_gets_the_targets_token_and_never_holds_it(
     env: tuple[Lab, Nginx, HttpAppliance],
 ) -> None:
     _, _, app = env
-    before = app.session_count()
     # The header comes through a config on stdin: a command line is recorded (identity).
     r = app.job(
-        [*CURL, "--http1.1", "-K", "-", "https://api.lab.test/whoami"],
+        [*CURL, "--http1.1", "-K", "-", "https://api.lab.test/whoami?t=11"],
         input=b'header = "Authorization: Bearer job-has-no-secret"\n',
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"authorization=Bearer {TOKEN}"
-    session = _one(app, before)
+    session = _session_with(app, "/whoami?t=11")
     start = session[0]["data"]
     assert start["sni"] == "api.lab.test" and start["alpn"] == "http/1.1"
     assert session[0]["identity"]["ci"]["repository"] == "acme/shop"
@@ -78,13 +91,12 @@ def test_curl_http2_and_the_system_store_alone(env: tuple[Lab, Nginx, HttpApplia
     """No trust variables: curl reads /etc/ssl/certs/ca-certificates.crt, which
     update-ca-certificates rebuilt with the appliance's CA."""
     _, _, app = env
-    before = app.session_count()
-    r = app.job([*CURL, "--http2", "https://api.lab.test/orders.json"], trust_env=False)
+    r = app.job([*CURL, "--http2", "https://api.lab.test/orders.json?t=h2"], trust_env=False)
     assert r.returncode == 0, r.stderr
     assert (
         json.loads(r.stdout)["orders"][0]["card"] == "4111 1111 1111 1111"
     )  # the job's data, untouched
-    session = _one(app, before)
+    session = _session_with(app, "/orders.json?t=h2")
     assert session[0]["data"]["alpn"] == "h2"
     (resp,) = [e["data"] for e in session if e["type"] == "http.response"]
     blob = resp["body_blob"]
@@ -104,7 +116,6 @@ def test_python_requests(env: tuple[Lab, Nginx, HttpAppliance]) -> None:
 
 def test_git_clone_over_https(env: tuple[Lab, Nginx, HttpAppliance]) -> None:
     _, _, app = env
-    before = app.session_count()
     r = app.job(
         ["git", "clone", "-q", "https://api.lab.test/git/repo.git", "/tmp/clone-lab"], timeout=120
     )
@@ -115,9 +126,11 @@ def test_git_clone_over_https(env: tuple[Lab, Nginx, HttpAppliance]) -> None:
         import shutil
 
         shutil.rmtree("/tmp/clone-lab", ignore_errors=True)
-    sessions = app.sessions_after(before)
-    urls = [e["data"]["url"] for s in sessions for e in s if e["type"] == "http.request"]
-    assert any("git-upload-pack" in u for u in urls)
+    app.wait_for(
+        lambda es: any(
+            e["type"] == "http.request" and "git-upload-pack" in e["data"]["url"] for e in es
+        )
+    )
 
 
 def test_a_denied_request_gets_the_apis_error_and_never_reaches_nginx(
@@ -173,13 +186,17 @@ def test_plain_http_on_80_is_captured_and_refused(env: tuple[Lab, Nginx, HttpApp
 def test_ipv6_is_captured_too(env: tuple[Lab, Nginx, HttpAppliance]) -> None:
     lab, _, app = env
     t = lab.targets[0]
-    before = app.session_count()
     r = app.job(
-        [*CURL, "--connect-to", f"api.lab.test:443:[{t.ipv6}]:443", "https://api.lab.test/whoami"]
+        [
+            *CURL,
+            "--connect-to",
+            f"api.lab.test:443:[{t.ipv6}]:443",
+            "https://api.lab.test/whoami?t=v6",
+        ]
     )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"authorization=Bearer {TOKEN}"
-    session = _one(app, before)
+    session = _session_with(app, "/whoami?t=v6")
     assert session[0]["data"]["server"] == "[fd00:a9e::2]:443"
 
 
@@ -269,7 +286,6 @@ def test_nothing_raw_reaches_the_ledger(env: tuple[Lab, Nginx, HttpAppliance]) -
     from tests.lab.http_lab import APPLIANCE
 
     _, _, app = env
-    before = app.session_count()
     body = json.dumps(
         {
             "customer": {
@@ -293,7 +309,7 @@ def test_nothing_raw_reaches_the_ledger(env: tuple[Lab, Nginx, HttpAppliance]) -
     )
     r = app.job([*CURL, "-o", "/dev/null", "-w", "%{http_code}", "-K", "-"], input=config.encode())
     assert r.stdout in ("201", "204"), r.stderr
-    (session,) = app.sessions_after(before)
+    session = _session_with(app, "/upload/customer.json")
     app.wait_for(lambda es: True)
     for needle in (
         b"5500 0000 0000 0004",
