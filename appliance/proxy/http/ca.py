@@ -41,7 +41,8 @@ LEAF_LIFETIME = datetime.timedelta(days=7)
 _BACKDATE = datetime.timedelta(minutes=5)
 
 
-def _is_ip(name: str) -> bool:
+def is_ip(name: str) -> bool:
+    """``name`` is an IP address (a target protected by address, no SNI)."""
     try:
         ipaddress.ip_address(name)
     except ValueError:
@@ -78,7 +79,7 @@ class InterceptionCA:
         self._key = ec.generate_private_key(ec.SECP256R1())
         subtrees: list[x509.GeneralName] = []
         for n in self.names:
-            if _is_ip(n):
+            if is_ip(n):
                 subtrees.append(x509.IPAddress(ipaddress.ip_network(n)))
             else:
                 subtrees.append(x509.DNSName(n[2:] if n.startswith("*.") else n))
@@ -129,7 +130,7 @@ class InterceptionCA:
             raise ApplianceError(f"{name!r} is not a protected name")
         key = ec.generate_private_key(ec.SECP256R1())
         san: x509.GeneralName = (
-            x509.IPAddress(ipaddress.ip_address(name)) if _is_ip(name) else x509.DNSName(name)
+            x509.IPAddress(ipaddress.ip_address(name)) if is_ip(name) else x509.DNSName(name)
         )
         cert = (
             x509.CertificateBuilder()
@@ -237,4 +238,4 @@ def upstream_context(
     return context
 
 
-__all__ = ["ALPN", "InterceptionCA", "name_matches", "upstream_context"]
+__all__ = ["ALPN", "InterceptionCA", "is_ip", "name_matches", "upstream_context"]

@@ -42,7 +42,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from appliance.approvals.request import identity_key
-from appliance.config import Target
+from appliance.config import Target, format_endpoint
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.masking import MaskCounts
@@ -92,7 +92,7 @@ from appliance.proxy.commands import (
 from appliance.proxy.commands import (
     End as EndSession,
 )
-from appliance.proxy.http.ca import InterceptionCA
+from appliance.proxy.http.ca import InterceptionCA, is_ip, name_matches
 from appliance.proxy.http.credentials import (
     Applied,
     ChunkResigner,
@@ -224,7 +224,7 @@ class HttpSession:
             self._record_start()
             return [SetTimer(IDLE_TIMER, IDLE_TIMEOUT), *self._connect()]
         names = self.options.names
-        default = next((n for n in names if not n.startswith("*.") and _is_ip(n)), None)
+        default = next((n for n in names if not n.startswith("*.") and is_ip(n)), None)
         context = self.shared.ca.job_context(names, default=default)
         self._timers.add(HANDSHAKE_TIMER)
         return [SetTimer(HANDSHAKE_TIMER, 30.0), StartTLS("job", context)]
@@ -312,7 +312,7 @@ class HttpSession:
         self._timers.discard(HANDSHAKE_TIMER)
         self.sni = (event.server_name or "").lower() or None
         if self.sni is None:
-            ips = [n for n in self.options.names if _is_ip(n)]
+            ips = [n for n in self.options.names if is_ip(n)]
             self.sni = ips[0] if ips else None
         self.alpn = event.alpn
         if event.alpn == "h2":
@@ -468,7 +468,7 @@ class HttpSession:
             )
         elif head.upgrade is not None and head.upgrade != "websocket":
             refusal = (400, "(built-in) upgrade", f"upgrade to {head.upgrade!r} is not relayed")
-        elif self.plaintext and not any(_name_ok(p, host) for p in self.options.names):
+        elif self.plaintext and not any(name_matches(p, host) for p in self.options.names):
             refusal = (
                 421,
                 "(built-in) host",
@@ -941,9 +941,9 @@ class HttpSession:
         self._recorded_start = True
         start: dict[str, Any] = {
             "protocol": "http",
-            "client": _addr(self.info.client),
-            "server": _addr(self.info.upstream),
-            "listener": _addr(self.info.listener),
+            "client": format_endpoint(*self.info.client),
+            "server": format_endpoint(*self.info.upstream),
+            "listener": format_endpoint(*self.info.listener),
             "tls": not self.plaintext,
             "sni": self.sni,
             "alpn": self.alpn,
@@ -1146,27 +1146,6 @@ def _host(authority: str) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _is_ip(name: str) -> bool:
-    import ipaddress
-
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-def _name_ok(pattern: str, host: str) -> bool:
-    from appliance.proxy.http.ca import name_matches
-
-    return name_matches(pattern, host)
-
-
-def _addr(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 __all__ = ["Exchange", "HttpSession", "HttpShared", "State"]
