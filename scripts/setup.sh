@@ -26,6 +26,7 @@ APT_PACKAGES=(
   mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
   nginx git awscli fcgiwrap python3-requests nghttp2-client
+  debootstrap systemd-container
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -44,6 +44,17 @@ def who(identity: Mapping[str, Any] | None, account: str | None = None) -> str:
             bits.append(job)
         if ci.get("run_id"):
             bits.append(f"run {ci['run_id']}")
+        # appliance.identity: which of these a verified CI token states.
+        token = ident.get("token")
+        if isinstance(token, dict) and token.get("status") == "verified":
+            bits.append(f"[verified: {', '.join(ident.get('verified') or [])}]")
+        elif isinstance(token, dict) and token.get("status") == "rejected":
+            bits.append(f"[claimed; token rejected: {token.get('reason')}]")
+        else:
+            bits.append("[claimed]")
+        if ident.get("mismatch"):
+            said = ", ".join(f"{m['field']}={m['claimed']}" for m in ident["mismatch"])
+            bits.append(f"[environment claimed {said}]")
         parts.append(" ".join(bits))
     if ident.get("source") == "unattributed":
         parts.append("unattributed")

@@ -35,13 +35,12 @@ from appliance.capture import upstream_socket
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy import commands as c
+from appliance.proxy._endpoint import HIGH_WATER, Endpoint
 from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
 
 log = logging.getLogger("appliance.proxy")
 
-HIGH_WATER = 1 << 20  # bytes buffered for a socket before the other side stops being read
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-_OTHER: dict[Side, Side] = {"job": "upstream", "upstream": "job"}
 
 
 @dataclass(frozen=True)
@@ -55,6 +54,7 @@ class ShellServices:
     durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 
 
+<<<<<<< HEAD
 class _Endpoint(asyncio.Protocol):
     """One socket of a connection; passes bytes and flow-control signals on."""
 
@@ -108,6 +108,8 @@ def _record_sni(context: ssl.SSLContext) -> None:
     context._appliance_notes_sni = True  # type: ignore[attr-defined]
 
 
+=======
+>>>>>>> main
 def _why(exc: OSError) -> str:
     """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
@@ -120,8 +122,8 @@ class Connection:
         self.core = core
         self.services = services
         self.name = name
-        self.job = _Endpoint(self, "job")
-        self.upstream: _Endpoint | None = None
+        self.job = Endpoint(self, "job")
+        self.upstream: Endpoint | None = None
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -384,7 +386,7 @@ class Connection:
         except _Unreachable as exc:
             self.event(c.UpstreamFailed(exc.why, timed_out=exc.timed_out))
             return
-        endpoint = self.upstream = _Endpoint(self, "upstream")
+        endpoint = self.upstream = Endpoint(self, "upstream")
         local = sock.getsockname()
         await asyncio.get_running_loop().create_connection(lambda: endpoint, sock=sock)
         if self._paused["upstream"]:
