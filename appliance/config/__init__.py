@@ -169,12 +169,9 @@ class Config:
     # until they are loaded.
     policy: Node | None = None
     masking: Node | None = None
-<<<<<<< HEAD
+    identity: Node | None = None
     # The per-boot CA of HTTPS targets (appliance.proxy.http.options.parse_interception).
     interception: Node | None = None
-=======
-    identity: Node | None = None
->>>>>>> main
 
 
 def load_config(path: str | Path) -> Config:
@@ -196,11 +193,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     """Parse config text; see :func:`load_config`."""
     root = load_document(text, source)
     top = root.keys(
-<<<<<<< HEAD
-        required=("targets",), optional=("ledger", "capture", "policy", "masking", "interception")
-=======
-        required=("targets",), optional=("ledger", "capture", "identity", "policy", "masking")
->>>>>>> main
+        required=("targets",),
+        optional=("ledger", "capture", "identity", "policy", "masking", "interception"),
     )
     targets = _parse_targets(top["targets"])
     ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
@@ -212,11 +206,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         capture=capture,
         policy=top.get("policy"),
         masking=top.get("masking"),
-<<<<<<< HEAD
-        interception=top.get("interception"),
-=======
         identity=top.get("identity"),
->>>>>>> main
+        interception=top.get("interception"),
     )
 
 

@@ -25,22 +25,15 @@ __all__ = ["Sections", "parse_sections"]
 @dataclass(frozen=True)
 class Sections:
     """``policy`` (None: no policy section), ``masking``, and ``approvals``: the
-<<<<<<< HEAD
-    transport approvers use (the ``policy.approvals`` keys; None when absent);
-    ``interception``: where the HTTPS targets' CA goes (None: no http target)."""
-=======
     transport approvers use (the ``policy.approvals`` keys; None when absent); ``identity``:
-    the trusted CI token issuers (None: no section, every CI field is claimed)."""
->>>>>>> main
+    the trusted CI token issuers (None: no section, every CI field is claimed);
+    ``interception``: where the HTTPS targets' CA goes (None: no http target)."""
 
     policy: Policy | None
     masking: MaskingConfig
     approvals: ApprovalsTransportConfig | None
-<<<<<<< HEAD
-    interception: Interception | None = None
-=======
     identity: IdentityConfig | None = None
->>>>>>> main
+    interception: Interception | None = None
 
 
 def parse_sections(cfg: Config) -> Sections:
@@ -57,11 +50,7 @@ def parse_sections(cfg: Config) -> Sections:
         node = cfg.policy.mapping().get("approvals")
         if node is not None:
             transport = parse_approvals_transport(node)
-<<<<<<< HEAD
     interception = None
     if cfg.interception is not None or any(t.protocol == "http" for t in cfg.targets.values()):
         interception = parse_interception(cfg.interception)
-    return Sections(policy, masking, transport, interception)
-=======
-    return Sections(policy, masking, transport, identity)
->>>>>>> main
+    return Sections(policy, masking, transport, identity, interception)

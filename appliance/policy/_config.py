@@ -305,7 +305,6 @@ def _parse_match(node: Node, targets: Mapping[str, Target], verifiable: bool) ->
     )
 
 
-<<<<<<< HEAD
 def _parse_http_match(node: Node) -> HttpMatch:
     m = node.keys(optional=_HTTP_KEYS)
     methods = None
@@ -349,7 +348,8 @@ def _parse_kube_match(node: Node) -> KubeMatch:
         names=_globs(m["names"]) if "names" in m else None,
         subresources=_globs(m["subresources"]) if "subresources" in m else None,
     )
-=======
+
+
 def _trust(node: Node) -> str:
     """``verified: true`` -> verified, ``false`` -> unverified, ``any`` -> any."""
     if node.raw.tag.endswith(":bool"):
@@ -357,7 +357,6 @@ def _trust(node: Node) -> str:
     if node.string() != "any":
         node.fail(f"expected true, false or any, got {node.string()!r}")
     return "any"
->>>>>>> main
 
 
 def _check_reachable(rule: Rule, before: list[Rule], node: Node) -> None:

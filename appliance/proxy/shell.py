@@ -54,39 +54,6 @@ class ShellServices:
     durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 
 
-<<<<<<< HEAD
-class _Endpoint(asyncio.Protocol):
-    """One socket of a connection; passes bytes and flow-control signals on."""
-
-    def __init__(self, conn: Connection, side: Side) -> None:
-        self.conn = conn
-        self.side = side
-        self.transport: asyncio.Transport | None = None
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport  # type: ignore[assignment]
-        assert self.transport is not None
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.on_data(self.side, data)
-
-    def eof_received(self) -> bool:
-        self.conn.on_eof(self.side, None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.on_eof(self.side, str(exc) if exc is not None else None)
-
-    def pause_writing(self) -> None:
-        self.conn.pause(_OTHER[self.side], "backpressure", True)
-
-    def resume_writing(self) -> None:
-        self.conn.pause(_OTHER[self.side], "backpressure", False)
-
-
 # The name each job's TLS handshake asked for (SNI), by TLS object: a server-side SSLObject
 # does not keep it (its server_hostname is None), so the context's SNI callback notes it.
 _SNI: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
@@ -108,8 +75,6 @@ def _record_sni(context: ssl.SSLContext) -> None:
     context._appliance_notes_sni = True  # type: ignore[attr-defined]
 
 
-=======
->>>>>>> main
 def _why(exc: OSError) -> str:
     """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
