@@ -14,7 +14,7 @@ import orjson
 
 from appliance.ledger import entries as t
 from appliance.ledger.entries import Entry, blob_refs, ts_to_us
-from appliance.ledger.results import cell_text, read_result
+from appliance.ledger.results import cell_text, read_result, result_bytes
 
 BlobLoader = Callable[[str], bytes | None]
 
@@ -210,8 +210,7 @@ def transcript(
             lines = [f"{clock}   <- {summarize(o, 200)}"]
             res = d.get("result")
             if isinstance(res, dict) and isinstance(res.get("sha256"), str):
-                inline = res.get("inline")
-                blob = inline.encode() if isinstance(inline, str) else load_blob(res["sha256"])
+                blob = result_bytes(d, load_blob)
                 if blob is None:
                     lines.append("        (result blob missing)")
                 else:
