@@ -382,7 +382,17 @@ class TargetMasker:
         ``value`` (None: not asked yet)."""
         if action.rule is not None:
             return self._mask_whole(action, value, counts)
-        return self._scan_value(action, value, counts, only=only)
+        text = value.decode("utf-8", "surrogateescape")
+        if action.kind is Kind.JSON:
+            # What is scanned is each string (and number) of the document, unescaped: the
+            # pre-filter runs on each of them, never on the document's bytes.
+            return self._scan_json(action, text, value, counts)
+        masked = self._mask(text, action.name, counts, only=only)
+        if masked is text:
+            return value
+        if action.kind is Kind.STRICT:
+            return None
+        return masked.encode("utf-8", "surrogateescape")
 
     def _mask_binary(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
         """A binary-format value masked for the wire (see :meth:`mask_values`)."""
@@ -420,26 +430,6 @@ class TargetMasker:
             return None
         if action.kind is Kind.JSON and not _is_json(masked):
             masked = json.dumps(masked, ensure_ascii=False)
-        return masked.encode("utf-8", "surrogateescape")
-
-    def _scan_value(
-        self,
-        action: ColumnAction,
-        value: bytes,
-        counts: MaskCounts,
-        *,
-        only: Sequence[int] | None = None,
-    ) -> bytes | None:
-        text = value.decode("utf-8", "surrogateescape")
-        if action.kind is Kind.JSON:
-            # What is scanned is each string (and number) of the document, unescaped: the
-            # pre-filter runs on each of them, never on the document's bytes.
-            return self._scan_json(action, text, value, counts)
-        masked = self._mask(text, action.name, counts, only=only)
-        if masked is text:
-            return value
-        if action.kind is Kind.STRICT:
-            return None
         return masked.encode("utf-8", "surrogateescape")
 
     def _scan_json(
