@@ -1,28 +1,25 @@
 """The relay's hooks for one session: policy decisions, approvals, recording, masking.
 
 Where this sits: :class:`~appliance.proxy.pg.relay.Relay` calls these synchronously while it
-walks the messages; they classify and decide (policy), build the job's error messages,
-queue approval requests (the session core, :mod:`appliance.proxy.pg.core`, asks for them
-with a command and brings the answer back through :meth:`SessionHooks.approval_answered`),
-and forward everything worth keeping to the
+walks the messages; they classify (pglast) and decide through the
+:class:`~appliance.proxy.statement_policy.StatementPolicy` every SQL protocol shares, build
+the job's error messages (the shared denial's words in an ErrorResponse, its detail as
+HINT), queue approval requests (the session core, :mod:`appliance.proxy.pg.core`, asks for
+them with a command and brings the answer back through :meth:`SessionHooks.
+approval_answered`), and forward everything worth keeping to the
 :class:`~appliance.proxy.pg.recording.SessionRecorder`. Sans-IO: no await anywhere.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from typing import Any
 
-from appliance.approvals.request import identity_key
 from appliance.masking.postgres import ResponseMasker
 from appliance.policy import (
     Classification,
-    Decision,
     GrammarError,
     Policy,
-    RequestContext,
     classify,
     classify_function_call,
 )
@@ -37,8 +34,17 @@ from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX
 from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
+from appliance.proxy.statement_policy import (
+    ENCODING_RULE,
+    SETTINGS_IN_FLIGHT_RULE,
+    Decided,
+    Denial,
+    SettingsInFlight,
+    StatementPolicy,
+    read_otherwise,
+    settings_in_flight_message,
+)
 
-_ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
 
@@ -61,28 +67,28 @@ class SessionHooks:
     ) -> None:
         self.policy = policy
         self.recorder = recorder
-        self.target = target
-        self.database = database
-        self.account = account
-        self.identity = identity
-        self.new_id = new_id
+        # Allow verdicts by (text, standard_conforming_strings), with whether the statement
+        # may change session settings (see _in_flight).
+        self.statements: StatementPolicy[tuple[str, bool], tuple[Verdict, bool]] = StatementPolicy(
+            policy,
+            session=recorder.session,
+            target=target,
+            database=database,
+            account=account,
+            identity=identity,
+            new_id=new_id,
+            mask=recorder.mask,
+        )
         self._row_masker = row_masker
         self.parameters: dict[str, str] = dict(parameters or {})
-        self._decisions: dict[int, Decision] = {}
-        # Allow verdicts by (text, standard_conforming_strings). A decision is a pure
-        # function of the classification and of what is fixed for the session (identity,
-        # target, database, account), so a prepared statement run again is not decided
-        # again. Only allows: a deny or review carries a new decision id each time.
-        # The flag: the statement may change session settings (see _settings_in_flight).
-        self._allowed: dict[tuple[str, bool], tuple[Verdict, bool]] = {}
         # Statements that may change how the server reads text (SET, RESET, set_config, or
         # a function, procedure or prepared statement that could call it) sent but not yet
         # followed by a ReadyForQuery (which comes after the server reported its settings):
         # until then, pipelined text that another setting would read otherwise is refused.
-        self._settings_in_flight: set[int] = set()
-        self._settings_done: set[int] = set()
-        # Statements held for approval, not yet asked for (drained by the session core).
-        self.approvals: list[Statement] = []
+        self._in_flight = SettingsInFlight()
+        # Statements held for approval, not yet asked for: (n, the request's fields, the
+        # statement), drained by the session core (statement_policy.Holds).
+        self.approvals: list[tuple[int, dict[str, Any], Statement]] = []
 
     # -- deciding ----------------------------------------------------------------------------
 
@@ -93,22 +99,23 @@ class SessionHooks:
             # A fast-path call has no SQL text: it is classified by the function it calls.
             classification = classify_function_call(stmt.function_oid)
             if classification.classes & _MAY_CHANGE_SETTINGS:
-                self._settings_in_flight.add(stmt.n)
-            return self._decide(stmt, classification)
+                self._in_flight.sent(stmt.n)
+            what = f"fast-path call of function {', '.join(sorted(classification.functions))}"
+            return _verdict(self.statements.decide(classification, what=what))
         # With standard_conforming_strings off, backslashes escape quotes: the classifier
         # must read the text as the server will (else a quote could hide a statement).
         scs = self.parameters.get("standard_conforming_strings", "on") == "on"
         text = stmt.text
         # Read otherwise: backslashes (standard_conforming_strings off) or non-ASCII
         # characters (an ASCII-unsafe client encoding); pure ASCII text reads the same.
-        unsure = bool(self._settings_in_flight) and ((scs and "\\" in text) or not text.isascii())
-        cached = None if unsure else self._allowed.get((stmt.text, scs))
+        unsure = bool(self._in_flight) and read_otherwise(text, backslashes=scs)
+        cached = None if unsure else self.statements.cached((text, scs))
         if cached is not None:
             verdict, changes_settings = cached
             if changes_settings:
-                self._settings_in_flight.add(stmt.n)
+                self._in_flight.sent(stmt.n)
             return verdict
-        classification = classify(stmt.text, standard_conforming_strings=scs)
+        classification = classify(text, standard_conforming_strings=scs)
         if classification.syntax_error is not None:
             return _rejected(classification.syntax_error)
         if unsure:
@@ -117,143 +124,52 @@ class SessionHooks:
             # the one classified here.
             return self._refuse(
                 classification,
-                "(built-in) settings-in-flight",
-                "statement denied by the appliance: it holds a backslash or non-ASCII text "
-                "and was sent before the server answered a statement that may change how "
-                "text is read (SET, a function call); send it after that one completes",
+                SETTINGS_IN_FLIGHT_RULE,
+                settings_in_flight_message("SET, a function call"),
             )
         if "encoding" in classification.classes:
             return self._refuse(
                 classification,
-                "(built-in) ascii-safe-encoding",
+                ENCODING_RULE,
                 "statement denied by the appliance: the client encoding may not become one "
                 "the server reads otherwise than the appliance (SJIS, BIG5, GBK, UHC, GB18030, "
                 "JOHAB)",
             )
         changes_settings = bool(classification.classes & _MAY_CHANGE_SETTINGS)
         if changes_settings:
-            self._settings_in_flight.add(stmt.n)
-        verdict = self._decide(stmt, classification)
-        if verdict.action == "allow" and verdict.enforced and len(self._allowed) < _ALLOWED_CACHE:
-            self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
+            self._in_flight.sent(stmt.n)
+        verdict = _verdict(self.statements.decide(classification))
+        if verdict.action == "allow" and verdict.enforced:
+            self.statements.remember((text, scs), (verdict, changes_settings))
         return verdict
-
-    def _decide(self, stmt: Statement, classification: Classification) -> Verdict:
-        """The policy's verdict on ``stmt``, classified as ``classification``."""
-        assert self.policy is not None
-        decision = self.policy.decide(
-            RequestContext(
-                identity=self.identity,
-                target=self.target,
-                database=self.database,
-                account=self.account,
-                classification=classification,
-            )
-        )
-        record: dict[str, Any] = dict(decision.to_record())
-        record["decision"] = decision.action
-        record["classes"] = sorted(classification.classes)
-        if classification.writes:
-            record["writes"] = sorted(classification.writes)
-        if classification.reads:
-            record["reads"] = sorted(classification.reads)
-        action = decision.action
-        if action == "allow" and decision.enforced:
-            # The common case, on every statement entry: keep it short. The per-statement
-            # breakdown matters only when a string holds several statements.
-            keep = ("decision", "rule", "classes", "reads", "writes")
-            slim: dict[str, object] = {k: record[k] for k in keep if k in record}
-            if len(classification.statements) > 1:
-                slim["statements"] = record["statements"]
-            return Verdict("allow", True, b"", slim)
-        decision_id = self.new_id()
-        record["decision_id"] = decision_id
-        self._decisions[stmt.n] = decision
-        error = b""
-        if action == "deny":
-            what = "statement"
-            if stmt.function_oid is not None:
-                what = f"fast-path call of function {', '.join(sorted(classification.functions))}"
-            message = f"{what} denied by policy rule {decision.rule!r}"
-            # The policy's own message when the rule has none repeats the line above.
-            if decision.message and decision.message != f"denied by policy rule {decision.rule!r}":
-                message += f": {decision.message}"
-            error = error_response(
-                "ERROR",
-                INSUFFICIENT_PRIVILEGE,
-                message,
-                hint=f"appliance decision {decision_id}; classes: {', '.join(sorted(classification.classes))}",
-            )
-        return Verdict(action, decision.enforced, error, record)
 
     def _refuse(self, classification: Classification, rule: str, message: str) -> Verdict:
         """A denial built into the appliance, whatever the policy (observe mode included):
         statements the server could read otherwise than the policy did."""
-        decision_id = self.new_id()
-        record: dict[str, Any] = {
-            "decision": "deny",
-            "rule": rule,
-            "enforced": True,
-            "decision_id": decision_id,
-            "classes": sorted(classification.classes),
-        }
-        error = error_response(
-            "ERROR", INSUFFICIENT_PRIVILEGE, message, hint=f"appliance decision {decision_id}"
-        )
-        return Verdict("deny", True, error, record)
+        return _verdict(self.statements.refuse(classification, rule, message))
 
     # -- approvals ---------------------------------------------------------------------------
 
     def request_approval(self, stmt: Statement) -> None:
         """Queue the request; the session core turns it into an ``AskApproval`` command."""
-        self.approvals.append(stmt)
+        self.approvals.append((stmt.n, self.approval_fields(stmt), stmt))
 
     def approval_fields(self, stmt: Statement) -> dict[str, Any]:
         """The broker's ``new_request`` arguments for ``stmt`` (the text masked; the digest
-        of the exact bytes the approver signs for)."""
-        decision = self._decisions[stmt.n]
-        return {
-            "session": self.recorder.session,
-            "identity": identity_key(self.identity),
-            "target": self.target,
-            "account": self.account,
-            "rule": decision.rule,
-            "approvers": decision.approvers,
-            "statement": self.recorder.mask(stmt.text),
-            "statement_sha256": hashlib.sha256(_statement_bytes(stmt)).hexdigest(),
-            "window": timedelta(seconds=decision.window),
-            "timeout": timedelta(seconds=decision.timeout),
-        }
+        of the exact bytes the approver signs for: the text, and for the extended protocol
+        the parameters as sent)."""
+        decision = stmt.verdict.decision
+        assert decision is not None
+        return self.statements.approval_fields(decision, stmt.text, stmt.params)
 
     def approval_answered(
         self, stmt: Statement, answer: ApprovalAnswered
     ) -> tuple[bool, bytes, dict[str, Any]]:
         """What the relay does with the answer: (approved, the job's error, the record)."""
-        self._decisions.pop(stmt.n, None)
         decision_id = str(stmt.verdict.record.get("decision_id", ""))
-        outcome = answer.outcome
-        if answer.error is not None or outcome is None:
-            error = error_response(
-                "ERROR",
-                INSUFFICIENT_PRIVILEGE,
-                f"statement needs an approval, and none can be asked: {answer.error}",
-                hint=f"appliance decision {decision_id}",
-            )
-            return False, error, {"outcome": "unavailable", "error": answer.error}
-        record = {
-            "request": answer.request,
-            "outcome": outcome.verdict.value,
-            "approver": outcome.approver,
-        }
-        if outcome.granted:
-            return True, b"", record
-        error = error_response(
-            "ERROR",
-            INSUFFICIENT_PRIVILEGE,
-            outcome.message(),
-            hint=f"appliance decision {decision_id}; approval request {answer.request}",
-        )
-        return False, error, record
+        result = self.statements.approval_answered(decision_id, answer)
+        error = _error(result.denial) if result.denial is not None else b""
+        return result.approved, error, result.record
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -261,8 +177,7 @@ class SessionHooks:
         self.recorder.statement(stmt)
 
     def statement_finished(self, stmt: Statement) -> None:
-        if stmt.n in self._settings_in_flight:
-            self._settings_done.add(stmt.n)
+        self._in_flight.answered(stmt.n)
         masker = self._row_masker
         to_job = masker.take_counts() if isinstance(masker, ResponseMasker) else None
         self.recorder.response(stmt, masked_to_job=to_job)
@@ -288,12 +203,20 @@ class SessionHooks:
         self.parameters[name] = value
 
     def ready(self) -> None:
-        if self._settings_done:
-            self._settings_in_flight -= self._settings_done
-            self._settings_done.clear()
+        self._in_flight.settle()
 
     def row_masker(self) -> RowMasker | None:
         return self._row_masker
+
+
+def _error(denial: Denial) -> bytes:
+    """A denial as the job sees it: SQLSTATE 42501, the words, the detail as HINT."""
+    return error_response("ERROR", INSUFFICIENT_PRIVILEGE, denial.message, hint=denial.detail)
+
+
+def _verdict(decided: Decided) -> Verdict:
+    error = _error(decided.denial) if decided.denial is not None else b""
+    return Verdict(decided.action, decided.enforced, error, decided.record, decided.decision)
 
 
 def _rejected(error: GrammarError) -> Verdict:
@@ -304,18 +227,6 @@ def _rejected(error: GrammarError) -> Verdict:
     response = error_response("ERROR", SYNTAX_ERROR, error.message, position=str(error.position))
     record: dict[str, object] = {"decision": "syntax_error", "classes": ["unknown"]}
     return Verdict("reject", True, response, record)
-
-
-def _statement_bytes(stmt: Statement) -> bytes:
-    """The exact bytes an approval is about: the text, and for the extended protocol the
-    parameters as sent (length-prefixed, so that no two statements share an encoding)."""
-    parts = [stmt.text.encode()]
-    for value in stmt.params:
-        if value is None:
-            parts.append(b"\xff\xff\xff\xff")
-        else:
-            parts.append(len(value).to_bytes(4, "big") + value)
-    return b"\x00".join(parts) if stmt.params else parts[0]
 
 
 __all__ = ["SessionHooks"]

@@ -20,7 +20,6 @@ ALLOWED_WITHOUT_TESTS = frozenset(
         "appliance.cli.keys",
         "appliance.cli.run",
         "appliance.daemon",
-        "appliance.ledger.api",
         "appliance.masking._counts",
         "appliance.masking._masker",  # through the package: test_values, test_copy ...
         "appliance.policy._builtins",

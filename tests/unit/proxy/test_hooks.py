@@ -142,8 +142,8 @@ def test_fastpath_calls_are_decided_by_function_name() -> None:
 def test_an_approval_request_carries_the_masked_statement_and_its_digest() -> None:
     s = Session()
     s.job(Query("delete from t where card = '4111111111111111'").encode())
-    (stmt,) = s.hooks.approvals
-    fields = s.hooks.approval_fields(stmt)
+    ((n, fields, stmt),) = s.hooks.approvals
+    assert n == stmt.n and fields == s.hooks.approval_fields(stmt)
     assert fields["statement"] == "delete from t where card = '[REDACTED:CARD]'"
     assert fields["identity"] == UNATTRIBUTED and fields["approvers"] == ("alice",)
     assert fields["timeout"].total_seconds() == 90
