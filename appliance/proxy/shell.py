@@ -127,6 +127,44 @@ class _Endpoint(asyncio.Protocol):
         self.conn.pause(_other(self.side), "backpressure", False)
 
 
+async def _hand_to_tls(
+    transport: asyncio.BaseTransport,
+    plain: asyncio.BaseProtocol,
+    handshake: asyncio.Future[Any],
+    early: bytes,
+) -> None:
+    """Give ``early`` (bytes read before TLS started) to the TLS protocol ``start_tls`` puts
+    on ``transport``, ahead of anything read from the socket after them.
+
+    ``start_tls`` (asyncio's and uvloop's alike) swaps the transport's protocol for its TLS
+    protocol in its first step, and queues that protocol's ``connection_made`` and the
+    transport's ``resume_reading`` with ``call_soon``; a callback queued right after that
+    step runs after both and before the socket is read again (the loop polls only between
+    batches of callbacks). The bytes go in through the TLS protocol's own
+    :class:`asyncio.BufferedProtocol` interface (``get_buffer``/``buffer_updated``).
+    """
+    while transport.get_protocol() is plain:
+        if handshake.done():
+            return  # it failed before it began: the caller hears why
+        await asyncio.sleep(0)
+    tls = transport.get_protocol()
+    asyncio.get_running_loop().call_soon(_feed, tls, early)
+
+
+def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
+    get_buffer = getattr(protocol, "get_buffer", None)
+    if get_buffer is None:  # a streaming protocol
+        protocol.data_received(data)  # type: ignore[attr-defined]
+        return
+    view = memoryview(data)
+    while view:
+        buf = get_buffer(len(view))
+        n = min(len(buf), len(view))
+        buf[:n] = view[:n]
+        protocol.buffer_updated(n)  # type: ignore[attr-defined]
+        view = view[n:]
+
+
 def _why(exc: OSError) -> str:
     """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
@@ -373,14 +411,24 @@ class Connection:
         endpoint = self.job if side == "job" else self.upstream
         assert endpoint is not None and endpoint.transport is not None
         loop = asyncio.get_running_loop()
+        raw = endpoint.transport
+        starting = loop.start_tls(
+            raw,
+            endpoint,
+            command.context,
+            server_side=side == "job",
+            server_hostname=None if side == "job" else command.server_hostname,
+        )
         try:
-            new = await loop.start_tls(
-                endpoint.transport,
-                endpoint,
-                command.context,
-                server_side=side == "job",
-                server_hostname=None if side == "job" else command.server_hostname,
-            )
+            if command.early:
+                handshake = asyncio.ensure_future(starting)
+                try:
+                    await _hand_to_tls(raw, endpoint, handshake, command.early)
+                    new = await handshake
+                finally:
+                    handshake.cancel()  # if this task was cancelled meanwhile
+            else:
+                new = await starting
         except (ssl.SSLError, OSError, ConnectionError) as exc:
             self._tls_early.pop(side, None)
             self.event(TLSFailed(side, str(exc)))

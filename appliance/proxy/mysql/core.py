@@ -397,7 +397,7 @@ class MySQLSession:
                 context = self.services.client_tls.get(self.target.name)
                 assert context is not None
                 self.state = State.JOB_TLS
-                return [StartTLS("job", context)]
+                return [StartTLS("job", context, early=ev.early)]
             if isinstance(ev, JobHello):
                 return self._hello(ev)
         return NO_COMMANDS
