@@ -199,12 +199,16 @@ def pgbouncer(lab: Lab, pg: PgServer, workdir: Path) -> Iterator[None]:
 
 
 @contextmanager
-def relay(lab: Lab, pg: PgServer, workdir: Path, *, loop: str, port: int) -> Iterator[None]:
+def relay(
+    lab: Lab, upstream: tuple[str, int], workdir: Path, *, loop: str, port: int
+) -> Iterator[None]:
+    """The bare relay (:data:`RELAY`) on 127.0.0.1:``port`` in the runner namespace, to
+    ``upstream``; ``loop``: asyncio or uvloop."""
     workdir.mkdir(parents=True, exist_ok=True)
-    script = workdir / "relay.py"
+    script = workdir / f"relay-{port}.py"
     script.write_text(RELAY)
     proc = lab.popen(
-        [sys.executable, str(script), pg.ipv4, str(pg.port), str(port), loop],
+        [sys.executable, str(script), upstream[0], str(upstream[1]), str(port), loop],
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -293,10 +297,10 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
             name = "relay" if loop == "asyncio" else "relay-uvloop"
             if only and name not in only:
                 continue
-            with relay(lab, pg, tmp_path, loop=loop, port=PORTS[name]):
+            with relay(lab, (pg.ipv4, pg.port), tmp_path, loop=loop, port=PORTS[name]):
                 run_all(name, local_env(PORTS[name], password=pg.passwords["app"]))
 
-    _table(
+    ratio_table(
         results,
         setups=[
             "direct",
@@ -308,11 +312,15 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
             "relay-uvloop",
         ],
         reference="direct",
+        title=f"pgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}",
     )
 
 
-def _table(results: dict[str, dict[str, float]], *, setups: list[str], reference: str) -> None:
-    print(f"\npgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}: tps (ratio to {reference})")
+def ratio_table(
+    results: dict[str, dict[str, float]], *, setups: list[str], reference: str, title: str
+) -> None:
+    """Print ``results`` (workload -> setup -> tps) with each setup's ratio to ``reference``."""
+    print(f"\n{title}: tps (ratio to {reference})")
     print(f"{'':<24}" + "".join(f"{s:>20}" for s in setups))
     for key, row in results.items():
         cells = []
@@ -371,4 +379,9 @@ def test_pgbench_against_a_baseline_build(tmp_path: Path) -> None:
     medians = {
         key: {name: statistics.median(v) for name, v in row.items()} for key, row in samples.items()
     }
-    _table(medians, setups=["baseline", "this"], reference="baseline")
+    ratio_table(
+        medians,
+        setups=["baseline", "this"],
+        reference="baseline",
+        title=f"pgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}, median of {rounds}",
+    )
