@@ -220,13 +220,20 @@ def test_send_once_delivers_the_payload_on_a_new_connection() -> None:
     asyncio.run(main())
 
 
-def test_job_side_tls_pauses_reading_until_the_handshake_is_done(tmp_path: Any) -> None:
+def _server_context(tmp_path: Any) -> ssl.SSLContext:
+    """The appliance's job-side TLS context, with a certificate for appliance.test whose CA
+    is written to ``tmp_path/ca.pem``."""
     tls = server_cert("shell test CA", "appliance.test", ["appliance.test"])
     (tmp_path / "cert.pem").write_bytes(tls.cert_pem)
     (tmp_path / "key.pem").write_bytes(tls.key_pem)
     (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+def test_job_side_tls_pauses_reading_until_the_handshake_is_done(tmp_path: Any) -> None:
+    context = _server_context(tmp_path)
 
     async def main() -> None:
         core = ScriptedCore(
@@ -301,12 +308,7 @@ def _tls_client(address: tuple[str, int], cafile: str, request: bytes, message: 
 def test_tls_bytes_read_with_the_request_are_handed_to_tls(tmp_path: Any, loop: str) -> None:
     """StartTLS ``early``: the ClientHello that came in the same read as the protocol's
     TLS request reaches the TLS layer, ahead of what is read after it."""
-    tls = server_cert("shell test CA", "appliance.test", ["appliance.test"])
-    (tmp_path / "cert.pem").write_bytes(tls.cert_pem)
-    (tmp_path / "key.pem").write_bytes(tls.key_pem)
-    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context = _server_context(tmp_path)
     early: list[bytes] = []
 
     async def main() -> bytes:
