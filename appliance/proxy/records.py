@@ -6,14 +6,16 @@ SessionRecorder`, :class:`~appliance.proxy.mysql.recording.MySQLRecorder`) subcl
 :class:`SessionRecords` and builds the data of its entries from its own messages; the
 rules of what accompanies them live here once: a ``policy.decision`` entry for every
 statement not simply allowed (or not enforced), a ``masking.applied`` entry for every place
-something was masked (the statement, the error fields, the rows sent to the job), a
+something was masked (the statement, the response's fields: error fields and column names,
+which MySQL takes from the expression's text, ``SELECT '4111...'``; the rows sent to the
+job), a
 response's result blob from the statement's :class:`~appliance.ledger.result_sink.RowsSink`
 (or ``"result": null``). Everything is masked before it is appended (invariant 3).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from appliance.ledger.api import Blob, Ledger, PendingBlob
@@ -120,6 +122,10 @@ class SessionRecords:
             counts.update(found)
         return masked
 
+    def mask_names(self, names: Sequence[str], counts: MaskCounts) -> list[str]:
+        """Column names masked (cached like statement text: the same names come back)."""
+        return [self.mask_statement(name, counts) for name in names]
+
     # -- entries ---------------------------------------------------------------------------
 
     def statement_entries(
@@ -145,8 +151,8 @@ class SessionRecords:
         masked_to_job: MaskCounts | None = None,
     ) -> None:
         """The ``response`` entry of statement ``n``: ``data`` (masked into ``counts``: the
-        error fields) with the statement's result blob, then ``masking.applied`` for the
-        error fields and for the rows sent to the job."""
+        error fields and column names) with the statement's result blob, then
+        ``masking.applied`` for those fields and for the rows sent to the job."""
         blobs = None
         sink = self._sinks.pop(n, None)
         if sink is not None:
@@ -161,7 +167,7 @@ class SessionRecords:
             data["masked_to_job"] = masked_to_job.as_dict()
         self.append("response", data, blobs)
         if counts:
-            self.append("masking.applied", {"n": n, "where": "error fields", **counts.as_dict()})
+            self.append("masking.applied", {"n": n, "where": "response fields", **counts.as_dict()})
         if masked_to_job:
             self.append(
                 "masking.applied",

@@ -27,6 +27,22 @@ one lab, measured in alternation (``SYSBENCH_ROUNDS``, default 3), medians compa
 
 The numbers are noisy on a shared 2-core machine: sysbench, MariaDB, the appliance and its
 ledger writer share two cores (and other people's work), so a ratio says more than a tps.
+
+Where the time goes (first run, load average 10-18 from other work on the 2 cores; ratios
+to direct): ``appliance`` 0.01x, ``appliance-norows`` 0.09-0.19x, the bare relay 0.38-0.79x.
+
+- With result rows recorded, the ledger writer process is the bottleneck (py-spy: busy all
+  the time, the event loop mostly idle waiting for it): it masks every value of every row,
+  and sysbench's ``c`` and ``pad`` columns are runs of eleven-digit groups that the card,
+  SSN and phone detectors all have to examine (about 240 us per row under that load, 8 us
+  without a masker). oltp_read_only reads some 300 rows per transaction. The card detector
+  no longer searches groups no card can start at (4x less on these rows); the rest is the
+  detectors' cost on digit-heavy text, which a real table of cards or phone numbers pays
+  as well.
+- Without rows, prepared statements (``ps=auto``) are classified once per PREPARE;
+  unprepared ones (``ps=disable``) carry their values in the text, so every statement is a
+  new text for sqlglot (pure Python, about 1 ms per statement under that load): half the
+  tps again.
 """
 
 from __future__ import annotations

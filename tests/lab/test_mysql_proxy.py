@@ -28,7 +28,7 @@ from tests.lab.proxy import APPLIANCE, Appliance
 
 pytestmark = pytest.mark.lab
 
-PORT, ED_PORT, TLS_PORT, INFILE_PORT, JOB_TLS_PORT = 13306, 13307, 13308, 13309, 13310
+PORT, ED_PORT, TLS_PORT, INFILE_PORT, JOB_TLS_PORT, MASKED_PORT = range(13306, 13312)
 CARD = "4111111111111111"
 POLICY = {
     "mode": "enforce",
@@ -86,8 +86,12 @@ def app(lab: Lab, customers: MariaServer) -> Iterator[Appliance]:
         MySQLTarget("tls", TLS_PORT, accounts=(("tls", "app_tls"),), tls={"mode": "require"}),
         MySQLTarget("infile", INFILE_PORT, extra={"local_infile": True}),
         MySQLTarget("job-tls", JOB_TLS_PORT, extra={"client_tls": client_tls}),
+        MySQLTarget("masked", MASKED_PORT),
     ]
-    with running_appliance(lab, customers, work, targets=targets, policy=POLICY) as appliance:
+    masking = {"response": [{"target": "masked"}]}
+    with running_appliance(
+        lab, customers, work, targets=targets, policy=POLICY, masking=masking
+    ) as appliance:
         yield appliance
 
 
@@ -198,6 +202,40 @@ def test_pymysql_rows_and_prepared_statements_leave_nothing_raw(lab: Lab, app: A
         e for e in app.entries() if e["type"] == "statement" and e["data"]["protocol"] == "execute"
     ]
     assert executes and all(CARD not in str(e) for e in executes)
+
+
+def test_rows_are_masked_toward_the_job_as_in_the_ledger(lab: Lab, app: Appliance) -> None:
+    """A target whose responses are masked: text rows (PyMySQL) and binary rows
+    (mysql-connector's prepared cursor) reach the job masked, with the same values as the
+    ledger keeps; a masked value of a type that cannot hold a mask is NULL."""
+    code = textwrap.dedent(
+        f"""
+        import pymysql, mysql.connector
+        c = pymysql.connect(host="127.0.0.1", port={MASKED_PORT}, user="ci", database="app",
+                            program_name="masked-text")
+        cur = c.cursor()
+        cur.execute("SELECT id, card, CAST('{CARD}' AS UNSIGNED) FROM customers WHERE id = 1")
+        print(repr(cur.fetchone()))
+        c.close()
+        k = mysql.connector.connect(host="127.0.0.1", port={MASKED_PORT}, user="ci",
+                                    database="app", use_pure=True, ssl_disabled=True)
+        kc = k.cursor(prepared=True)
+        kc.execute("SELECT id, card, name FROM customers WHERE id = ?", (1,))
+        print(repr(kc.fetchone()))
+        k.close()
+        """
+    )
+    r = lab.job([sys.executable, "-c", code], env={"PYTHONPATH": str(Path(__file__).parents[2])})
+    assert r.returncode == 0, r.stderr
+    text_row, binary_row = r.stdout.splitlines()
+    assert text_row == "(1, '[REDACTED:CARD]', None)"
+    assert binary_row == "(1, '[REDACTED:CARD]', 'Ann')"
+    session = app.wait_session_end(lambda d: d.get("application_name") == "masked-text")
+    response = next(e for e in session if e["type"] == "response" and e["data"]["columns"])
+    assert response["data"]["masked_to_job"]["detectors"] == {"card": 2}
+    assert app.result_rows(response["data"]) == [["1", "[REDACTED:CARD]", None]]
+    # The server names the third column after its expression: the name is masked too.
+    assert response["data"]["columns"][2] == "CAST('[REDACTED:CARD]' AS UNSIGNED)"
 
 
 def test_duplicate_key_error_is_masked_in_the_ledger(lab: Lab, app: Appliance) -> None:

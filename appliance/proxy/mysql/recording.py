@@ -48,8 +48,10 @@ class RowsTransform(MaskingTransform):
     def part(self, kind: bytes, body: bytes) -> bytes:
         if kind == HEADER:
             header = orjson.loads(body)
-            columns = self.rows.header(header)
-            shown = {k: header[k] for k in ("columns", "tables") if k in header}
+            columns = self.rows.header(header)  # planned by the real names
+            shown: dict[str, Any] = {"columns": self._names(columns.names)}
+            if "tables" in header:
+                shown["tables"] = header["tables"]
             shown["types"] = [f"mysql:{_type_name(t)}" for t in columns.types]
             return orjson.dumps(shown, option=orjson.OPT_SORT_KEYS) + b"\n"
         out = []
@@ -59,6 +61,14 @@ class RowsTransform(MaskingTransform):
             out.append(orjson.dumps(self.rows.row(body[pos + 4 : pos + 4 + n])) + b"\n")
             pos += 4 + n
         return b"".join(out)
+
+    def _names(self, names: Sequence[str]) -> list[str]:
+        """Column names as written: masked (MySQL names a column after its expression,
+        ``SELECT '4111...'``)."""
+        masker = self.masker
+        if masker is None:
+            return list(names)
+        return [masker.mask_text(name, self.counts) for name in names]
 
 
 def _type_name(t: int) -> str:
@@ -151,7 +161,7 @@ class MySQLRecorder(SessionRecords):
             "outcome": outcome,
             "rows": rows,
             "affected_rows": affected,
-            "columns": list(columns),
+            "columns": self.mask_names(columns, counts),
             "duration_us": max(0, _us(finished - started)),
             "error": self.error(error, counts) if error is not None else None,
         }

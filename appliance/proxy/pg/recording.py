@@ -62,7 +62,16 @@ class RowsTransform(MaskingTransform):
     def part(self, kind: bytes, body: bytes) -> bytes:
         rows = self.rows
         if kind == HEADER:
-            rows.header(orjson.loads(body))
+            header = orjson.loads(body)
+            rows.header(header)  # planned by the real names
+            if self.masker is not None and header.get("columns"):
+                # Written masked: a column may be named after a value ("AS "4111...").
+                masker: TargetMasker = self.masker
+                header["columns"] = [
+                    None if c is None else masker.mask_text(c, self.counts)
+                    for c in header["columns"]
+                ]
+                return orjson.dumps(header, option=orjson.OPT_SORT_KEYS) + b"\n"
             return body + b"\n"
         out: list[bytes] = []
         if kind == ROWS:
@@ -161,7 +170,11 @@ class SessionRecorder(SessionRecords):
         counts = MaskCounts()
         finished = stmt.finished if stmt.finished is not None else self.clock()
         results = [
-            {"tag": r.tag, "rows": r.rows, "columns": list(r.columns) if r.columns else None}
+            {
+                "tag": r.tag,
+                "rows": r.rows,
+                "columns": self.mask_names(r.columns, counts) if r.columns else None,
+            }
             for r in stmt.results
         ]
         last = stmt.results[-1] if stmt.results else None
@@ -170,7 +183,7 @@ class SessionRecorder(SessionRecords):
             "outcome": stmt.outcome,
             "tag": last.tag if last else None,
             "rows": stmt.rows,
-            "columns": list(last.columns) if last and last.columns else [],
+            "columns": (results[-1]["columns"] or []) if results else [],
             "duration_us": max(0, _us(finished - stmt.started)),
             "error": self._error(stmt.error, counts) if stmt.error is not None else None,
         }

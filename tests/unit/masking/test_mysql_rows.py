@@ -148,3 +148,14 @@ def test_malformed_rows_leave_only_their_length() -> None:
     assert ledger.row(b"\x01garbage") == [{"binary": 8}]
     raw, texts = row_texts(encode_text_row([b"a", None]), ResultColumns.of(COLUMNS[:2], False))
     assert raw is texts and texts == [b"a", None]
+
+
+def test_a_column_named_after_a_value_never_keys_the_counts_with_it() -> None:
+    """MySQL names a column after its expression: ``SELECT '4111...'`` has a column named
+    ``4111...``, and the counts the ledger keeps are keyed by column names."""
+    tm = _masker().for_target("shop")
+    columns = ResultColumns.of([_col(CARD.decode(), Type.VAR_STRING, table="")], binary=False)
+    job = ResponseMasker(tm)
+    job.mask_row(job.plan(columns), columns, encode_text_row([CARD]))
+    counts = job.take_counts().as_dict()
+    assert counts["detectors"] == {"card": 1} and CARD.decode() not in str(counts)
