@@ -25,6 +25,7 @@ APT_PACKAGES=(
   postgresql postgresql-contrib postgresql-client pgbouncer
   mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
+  debootstrap systemd-container
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -2,7 +2,7 @@
 
 Top-level sections: ``targets`` (what is protected and how to reach it), ``ledger`` (where
 and how the record is kept), ``capture`` (transparent redirection and attribution),
-``policy`` and ``masking``. Errors name the key, what was expected and the line.
+``identity`` (trusted CI token issuers), ``policy`` and ``masking``. Errors name the key, what was expected and the line.
 Secrets never appear in the file: an account's secret is a reference to a file or to a
 systemd credential (``$CREDENTIALS_DIRECTORY``), see :mod:`appliance.credentials`.
 """
@@ -138,6 +138,11 @@ class LedgerConfig:
     # "process": the writer runs in a child process (no GIL shared with the proxy's event
     # loop); "thread": in a thread of the daemon.
     writer: str = "process"
+    # "write-ahead": a statement that may change a target (every class but reads, settings,
+    # transaction control) is on disk before it is sent, or refused; "checkpoint": entries
+    # become durable at the next checkpoint (faster, and a crash can lose up to one
+    # interval of acknowledged changes).
+    durability: str = "write-ahead"
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,10 @@ class CaptureConfig:
     cgroup: Path | None = None  # None: the cgroup v2 root
     bpf: bool = True
     reconcile_interval: float = 2.0
+    # Where the CI jobs run (a cgroup directory; a glob may match several): their
+    # processes are checked for root, dangerous capabilities and access to the appliance's
+    # secrets (appliance.capture._privileges). None: ``cgroup`` when it is set.
+    jobs_cgroup: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,9 +165,11 @@ class Config:
     targets: dict[str, Target]
     ledger: LedgerConfig
     capture: CaptureConfig
-    # Parsed by appliance.policy / appliance.masking; kept as nodes until they are loaded.
+    # Parsed by appliance.policy / appliance.masking / appliance.identity; kept as nodes
+    # until they are loaded.
     policy: Node | None = None
     masking: Node | None = None
+    identity: Node | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -179,7 +190,9 @@ def load_config(path: str | Path) -> Config:
 def parse_config(text: str, *, source: str = "<config>") -> Config:
     """Parse config text; see :func:`load_config`."""
     root = load_document(text, source)
-    top = root.keys(required=("targets",), optional=("ledger", "capture", "policy", "masking"))
+    top = root.keys(
+        required=("targets",), optional=("ledger", "capture", "identity", "policy", "masking")
+    )
     targets = _parse_targets(top["targets"])
     ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
     capture = _parse_capture(top["capture"]) if "capture" in top else CaptureConfig()
@@ -190,6 +203,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         capture=capture,
         policy=top.get("policy"),
         masking=top.get("masking"),
+        identity=top.get("identity"),
     )
 
 
@@ -364,6 +378,7 @@ def _parse_ledger(node: Node) -> LedgerConfig:
             "record_rows",
             "max_result_bytes",
             "writer",
+            "durability",
         )
     )
     d = LedgerConfig()
@@ -382,12 +397,23 @@ def _parse_ledger(node: Node) -> LedgerConfig:
         if "max_result_bytes" in m
         else d.max_result_bytes,
         writer=m["writer"].string(choices=("process", "thread")) if "writer" in m else d.writer,
+        durability=m["durability"].string(choices=("write-ahead", "checkpoint"))
+        if "durability" in m
+        else d.durability,
     )
 
 
 def _parse_capture(node: Node) -> CaptureConfig:
     m = node.keys(
-        optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval")
+        optional=(
+            "listen_port",
+            "mark",
+            "bridges",
+            "cgroup",
+            "bpf",
+            "reconcile_interval",
+            "jobs_cgroup",
+        )
     )
     d = CaptureConfig()
     return CaptureConfig(
@@ -401,4 +427,5 @@ def _parse_capture(node: Node) -> CaptureConfig:
         reconcile_interval=m["reconcile_interval"].duration()
         if "reconcile_interval" in m
         else d.reconcile_interval,
+        jobs_cgroup=m["jobs_cgroup"].string(pattern=r"/.*") if "jobs_cgroup" in m else None,
     )

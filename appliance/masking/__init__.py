@@ -48,7 +48,8 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
 The API the proxy uses::
 
     config = parse_masking(cfg.masking, targets=cfg.targets)        # ConfigError on mistakes
-    masker = Masker(config, hmac_key=key_bytes)                    # key: config.key (SecretRef)
+    masker = Masker(config, hmac_key=key_bytes)    # key: config.key (SecretRef) or ephemeral
+    start["masking_key"] = key_record(key_bytes, ...)  # its id: tokens compare across runs
     tm = masker.for_target("orders-db")                            # cached per target
 
     counts = MaskCounts()
@@ -83,6 +84,7 @@ from appliance.masking._config import (
 from appliance.masking._copy import CopyRowError
 from appliance.masking._counts import MaskCounts
 from appliance.masking._detectors import DETECTOR_NAMES
+from appliance.masking._key import EPHEMERAL, key_id, key_record
 from appliance.masking._masker import (
     BINARY_UNSCANNED,
     COLUMN_RULE,
@@ -98,6 +100,7 @@ __all__ = [
     "BINARY_UNSCANNED",
     "COLUMN_RULE",
     "DETECTOR_NAMES",
+    "EPHEMERAL",
     "ColumnAction",
     "ColumnPlan",
     "ColumnRule",
@@ -110,5 +113,7 @@ __all__ = [
     "ResponseRule",
     "Style",
     "TargetMasker",
+    "key_id",
+    "key_record",
     "parse_masking",
 ]

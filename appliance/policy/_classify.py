@@ -259,6 +259,9 @@ def _classify(sql: str, standard_conforming_strings: bool) -> Classification:
         # pglast's location is 0-based in characters; the server's position is 1-based.
         message = str(exc.args[0]) if exc.args else str(exc)
         location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+        if location == 0 and message.endswith("at end of input"):
+            # pglast gives no location there; the server's is the end of the text
+            location = len(sql)
         return _unparseable(sql, message, GrammarError(message, location + 1))
     except RecursionError:
         return _unparseable(sql, "the statement is nested too deeply to classify")

@@ -25,7 +25,7 @@ from appliance.masking import MaskCounts, TargetMasker
 
 __all__ = ["MaskingTransform", "SessionRecords"]
 
-_MASK_CACHE = 1024  # statement texts whose masked form a session remembers
+_MASK_CACHE = 64  # masked statement texts remembered per session (then forgotten at once)
 _NOT_A_DECISION = frozenset({"allow", "syntax_error"})
 
 

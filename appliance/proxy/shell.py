@@ -16,8 +16,7 @@ connection in its own task group until the core says :class:`~.commands.End`:
 - a core that raises is a bug (or a ledger that cannot record): the connection ends with
   what :meth:`SessionCore.crashed` says, and the other connections go on.
 
-Nothing here knows a protocol, a SQLSTATE or a ledger entry type.
-"""
+Nothing here knows a protocol, a SQLSTATE or a ledger entry type."""
 
 from __future__ import annotations
 
@@ -26,44 +25,21 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.approvals import Broker
-from appliance.capture import mark_socket
+from appliance.capture import upstream_socket
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
-from appliance.proxy.commands import (
-    Abort,
-    ApprovalAnswered,
-    AskApproval,
-    ClearTimer,
-    Command,
-    Commands,
-    Drain,
-    End,
-    Eof,
-    Event,
-    Log,
-    OpenUpstream,
-    PauseReading,
-    SendOnce,
-    SentOnce,
-    SessionCore,
-    SetTimer,
-    Side,
-    StartTLS,
-    TimerFired,
-    TLSEstablished,
-    TLSFailed,
-    UpstreamFailed,
-    UpstreamOpened,
-)
+from appliance.proxy import commands as c
+from appliance.proxy._endpoint import HIGH_WATER, Endpoint
+from appliance.proxy._starttls import start_tls
+from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
 
 log = logging.getLogger("appliance.proxy")
 
-HIGH_WATER = 1 << 20  # bytes buffered for a socket before the other side stops being read
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -75,103 +51,12 @@ class ShellServices:
     mark: int = 0
     broker: Broker | None = None
     upstream_socket: Callable[[int, int], socket.socket] | None = None
-
-
-def upstream_socket(family: int, mark: int) -> socket.socket:
-    """A non-blocking TCP socket carrying the appliance's mark (:func:`appliance.capture.
-    mark_socket`): netfilter neither redirects it back to the appliance nor rejects it as a
-    bypass. Raises OSError, or CaptureError when the mark cannot be set."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        if mark:
-            mark_socket(sock, mark)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _Endpoint(asyncio.Protocol):
-    """One socket of a connection; passes bytes and flow-control signals on."""
-
-    def __init__(self, conn: Connection, side: Side) -> None:
-        self.conn = conn
-        self.side = side
-        self.transport: asyncio.Transport | None = None
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport  # type: ignore[assignment]
-        assert self.transport is not None
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
-        if self.side == "job":
-            self.conn.started()  # before any byte of the job is delivered
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.on_data(self.side, data)
-
-    def eof_received(self) -> bool:
-        self.conn.on_eof(self.side, None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.on_eof(self.side, str(exc) if exc is not None else None)
-
-    def pause_writing(self) -> None:
-        self.conn.pause(_other(self.side), "backpressure", True)
-
-    def resume_writing(self) -> None:
-        self.conn.pause(_other(self.side), "backpressure", False)
-
-
-async def _hand_to_tls(
-    transport: asyncio.BaseTransport,
-    plain: asyncio.BaseProtocol,
-    handshake: asyncio.Future[Any],
-    early: bytes,
-) -> None:
-    """Give ``early`` (bytes read before TLS started) to the TLS protocol ``start_tls`` puts
-    on ``transport``, ahead of anything read from the socket after them.
-
-    ``start_tls`` (asyncio's and uvloop's alike) swaps the transport's protocol for its TLS
-    protocol in its first step, and queues that protocol's ``connection_made`` and the
-    transport's ``resume_reading`` with ``call_soon``; a callback queued right after that
-    step runs after both and before the socket is read again (the loop polls only between
-    batches of callbacks). The bytes go in through the TLS protocol's own
-    :class:`asyncio.BufferedProtocol` interface (``get_buffer``/``buffer_updated``).
-    """
-    while transport.get_protocol() is plain:
-        if handshake.done():
-            return  # it failed before it began: the caller hears why
-        await asyncio.sleep(0)
-    tls = transport.get_protocol()
-    asyncio.get_running_loop().call_soon(_feed, tls, early)
-
-
-def _feed(protocol: asyncio.BaseProtocol, data: bytes) -> None:
-    get_buffer = getattr(protocol, "get_buffer", None)
-    if get_buffer is None:  # a streaming protocol
-        protocol.data_received(data)  # type: ignore[attr-defined]
-        return
-    view = memoryview(data)
-    while view:
-        buf = get_buffer(len(view))
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        protocol.buffer_updated(n)  # type: ignore[attr-defined]
-        view = view[n:]
+    durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 
 
 def _why(exc: OSError) -> str:
     """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _other(side: Side) -> Side:
-    return "upstream" if side == "job" else "job"
 
 
 class Connection:
@@ -181,8 +66,8 @@ class Connection:
         self.core = core
         self.services = services
         self.name = name
-        self.job = _Endpoint(self, "job")
-        self.upstream: _Endpoint | None = None
+        self.job = Endpoint(self, "job")
+        self.upstream: Endpoint | None = None
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -213,10 +98,10 @@ class Connection:
         self._call(self.core.start)
 
     def drain(self) -> None:
-        self.event(Drain())
+        self.event(c.Drain())
 
     def abort(self, reason: str) -> None:
-        self.event(Abort(reason))
+        self.event(c.Abort(reason))
 
     # -- from the sockets ------------------------------------------------------------------
 
@@ -253,7 +138,7 @@ class Connection:
         if endpoint is None or endpoint.eof:
             return
         endpoint.eof = True
-        self.event(Eof(side, lost))
+        self.event(c.Eof(side, lost))
 
     def event(self, event: Event) -> None:
         """Hand ``event`` to the core and carry out what it answers."""
@@ -298,44 +183,42 @@ class Connection:
             self._one(command)
 
     def _one(self, command: Command) -> None:
-        if isinstance(command, PauseReading):
+        if isinstance(command, c.PauseReading):
             self.pause(command.side, command.why, command.paused)
-        elif isinstance(command, End):
+        elif isinstance(command, c.End):
             self._finish(command.reason)
-        elif isinstance(command, OpenUpstream):
+        elif isinstance(command, c.OpenUpstream):
             self._spawn(self._open_upstream(command))
-        elif isinstance(command, StartTLS):
+        elif isinstance(command, c.StartTLS):
             self.pause(command.side, "tls", True)
             self._tls_early[command.side] = []
             self._spawn(self._start_tls(command))
-        elif isinstance(command, AskApproval):
+        elif isinstance(command, c.AskApproval):
             self._spawn(self._approval(command))
-        elif isinstance(command, SendOnce):
+        elif isinstance(command, c.AwaitDurable):
+            self._spawn(self._durable(command))
+        elif isinstance(command, c.SendOnce):
             self._spawn(self._send_once(command))
-        elif isinstance(command, SetTimer):
+        elif isinstance(command, c.SetTimer):
             old = self._timers.pop(command.name, None)
             if old is not None:
                 old.cancel()
             self._timers[command.name] = asyncio.get_running_loop().call_later(
                 command.seconds, self._fire, command.name
             )
-        elif isinstance(command, ClearTimer):
+        elif isinstance(command, c.ClearTimer):
             timer = self._timers.pop(command.name, None)
             if timer is not None:
                 timer.cancel()
-        elif isinstance(command, Log):
-            log.log(
-                _LEVELS.get(command.level, logging.INFO),
-                "session %s: %s",
-                self.name,
-                command.message,
-            )
+        elif isinstance(command, c.Log):
+            level = _LEVELS.get(command.level, logging.INFO)
+            log.log(level, "session %s: %s", self.name, command.message)
         else:  # pragma: no cover - the Command union is closed
             raise TypeError(f"unknown command {command!r}")
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
-        self.event(TimerFired(name))
+        self.event(c.TimerFired(name))
 
     def _spawn(self, coro: Any) -> None:
         assert self._tg is not None
@@ -373,69 +256,63 @@ class Connection:
 
     # -- the commands that wait ----------------------------------------------------------------
 
-    async def _open_upstream(self, command: OpenUpstream) -> None:
-        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
+    async def _connect(self, address: tuple[str, int], timeout: float) -> socket.socket:
+        """A marked socket connected to ``address``; raises _Unreachable saying why."""
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         make = self.services.upstream_socket or upstream_socket
-        loop = asyncio.get_running_loop()
         try:
             sock = make(family, self.services.mark)
         except OSError as exc:
-            self.event(UpstreamFailed(_why(exc)))
-            return
+            raise _Unreachable(_why(exc)) from None
         except ApplianceError as exc:  # the mark cannot be set
-            self.event(UpstreamFailed(str(exc)))
-            return
+            raise _Unreachable(str(exc)) from None
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), timeout)
         except TimeoutError:
             sock.close()
-            self.event(UpstreamFailed("timed out", timed_out=True))
-            return
+            raise _Unreachable("timed out", timed_out=True) from None
         except OSError as exc:
             sock.close()
-            self.event(UpstreamFailed(_why(exc)))
-            return
+            raise _Unreachable(_why(exc)) from None
         except BaseException:
             sock.close()
             raise
-        endpoint = self.upstream = _Endpoint(self, "upstream")
+        return sock
+
+    async def _open_upstream(self, command: c.OpenUpstream) -> None:
+        try:
+            sock = await self._connect(command.address, command.timeout)
+        except _Unreachable as exc:
+            self.event(c.UpstreamFailed(exc.why, timed_out=exc.timed_out))
+            return
+        endpoint = self.upstream = Endpoint(self, "upstream")
         local = sock.getsockname()
-        await loop.create_connection(lambda: endpoint, sock=sock)
+        await asyncio.get_running_loop().create_connection(lambda: endpoint, sock=sock)
         if self._paused["upstream"]:
             assert endpoint.transport is not None
             endpoint.transport.pause_reading()
-        self.event(UpstreamOpened((local[0], local[1])))
+        self.event(c.UpstreamOpened((local[0], local[1])))
 
-    async def _start_tls(self, command: StartTLS) -> None:
+    async def _start_tls(self, command: c.StartTLS) -> None:
         side = command.side
         endpoint = self.job if side == "job" else self.upstream
         assert endpoint is not None and endpoint.transport is not None
-        loop = asyncio.get_running_loop()
-        raw = endpoint.transport
-        starting = loop.start_tls(
-            raw,
-            endpoint,
-            command.context,
-            server_side=side == "job",
-            server_hostname=None if side == "job" else command.server_hostname,
-        )
         try:
-            if command.early:
-                handshake = asyncio.ensure_future(starting)
-                try:
-                    await _hand_to_tls(raw, endpoint, handshake, command.early)
-                    new = await handshake
-                finally:
-                    handshake.cancel()  # if this task was cancelled meanwhile
-            else:
-                new = await starting
+            new = await start_tls(
+                endpoint.transport,
+                endpoint,
+                command.context,
+                server_side=side == "job",
+                server_hostname=None if side == "job" else command.server_hostname,
+                early=command.early,
+            )
         except (ssl.SSLError, OSError, ConnectionError) as exc:
             self._tls_early.pop(side, None)
-            self.event(TLSFailed(side, str(exc)))
+            self.event(c.TLSFailed(side, str(exc)))
             return
         if new is None:  # the connection closed during the handshake
             self._tls_early.pop(side, None)
-            self.event(TLSFailed(side, "the connection closed during the TLS handshake"))
+            self.event(c.TLSFailed(side, "the connection closed during the TLS handshake"))
             return
         endpoint.transport = new
         if self._paused[side] - {"tls"}:
@@ -446,44 +323,56 @@ class Connection:
         name = getattr(tls, "server_hostname", None) if side == "job" else None
         self.pause(side, "tls", False)
         early = self._tls_early.pop(side, [])
-        self.event(TLSEstablished(side, cert, alpn, name))
+        self.event(c.TLSEstablished(side, cert, alpn, name))
         for data in early:
             self.on_data(side, data)
 
-    async def _approval(self, command: AskApproval) -> None:
+    async def _approval(self, command: c.AskApproval) -> None:
         broker = self.services.broker
         if broker is None:
-            self.event(ApprovalAnswered(command.key, error="approvals are not configured"))
+            self.event(c.ApprovalAnswered(command.key, error="approvals are not configured"))
             return
         try:
             request = broker.new_request(**command.fields)
         except ApplianceError as exc:
-            self.event(ApprovalAnswered(command.key, error=str(exc)))
+            self.event(c.ApprovalAnswered(command.key, error=str(exc)))
             return
         outcome = await broker.request(request)
-        self.event(ApprovalAnswered(command.key, outcome, request.id))
+        self.event(c.ApprovalAnswered(command.key, outcome, request.id))
 
-    async def _send_once(self, command: SendOnce) -> None:
-        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
-        make = self.services.upstream_socket or upstream_socket
-        loop = asyncio.get_running_loop()
-        try:
-            sock = make(family, self.services.mark)
-        except OSError as exc:
-            self.event(SentOnce(False, _why(exc)))
+    async def _durable(self, command: c.AwaitDurable) -> None:
+        sync = self.services.durable
+        if sync is None:
+            self.event(c.Durable(command.key, False, "the ledger cannot sync"))
             return
+        try:
+            await sync()
         except ApplianceError as exc:
-            self.event(SentOnce(False, str(exc)))
+            self.event(c.Durable(command.key, False, str(exc)))
+            return
+        self.event(c.Durable(command.key, True))
+
+    async def _send_once(self, command: c.SendOnce) -> None:
+        try:
+            sock = await self._connect(command.address, command.timeout)
+        except _Unreachable as exc:
+            self.event(c.SentOnce(False, exc.why))
             return
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
-            await loop.sock_sendall(sock, command.payload)
-        except (OSError, TimeoutError) as exc:
-            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else _why(exc)))
+            await asyncio.get_running_loop().sock_sendall(sock, command.payload)
+        except OSError as exc:
+            self.event(c.SentOnce(False, _why(exc)))
             return
         finally:
             sock.close()
-        self.event(SentOnce(True))
+        self.event(c.SentOnce(True))
 
 
-__all__ = ["HIGH_WATER", "Connection", "ShellServices", "upstream_socket"]
+class _Unreachable(Exception):
+    def __init__(self, why: str, *, timed_out: bool = False) -> None:
+        super().__init__(why)
+        self.why = why
+        self.timed_out = timed_out
+
+
+__all__ = ["HIGH_WATER", "Connection", "ShellServices"]

@@ -38,7 +38,10 @@ __all__ = [
     "statement_bytes",
 ]
 
-ALLOWED_CACHE = 4096  # distinct statement texts whose allow verdict a session remembers
+# Distinct statement texts whose allow is remembered per session (then forgotten at once):
+# a prepared or repeated statement hits it; texts with literals never repeat, and 200
+# sessions must not keep thousands each (issue 13: memory).
+ALLOWED_CACHE = 64
 SETTINGS_IN_FLIGHT_RULE = "(built-in) settings-in-flight"
 ENCODING_RULE = "(built-in) ascii-safe-encoding"
 _SLIM = ("decision", "rule", "classes", "reads", "writes")
@@ -193,8 +196,9 @@ class StatementPolicy(Generic[K, V]):
         return self._allowed.get(key)
 
     def remember(self, key: K, value: V) -> None:
-        if len(self._allowed) < ALLOWED_CACHE:
-            self._allowed[key] = value
+        if len(self._allowed) >= ALLOWED_CACHE:
+            self._allowed.clear()
+        self._allowed[key] = value
 
     # -- deciding -------------------------------------------------------------------------------
 

@@ -6,6 +6,8 @@ pgbench at 8 clients runs the same workloads against:
 - ``direct``: the server itself (pgbench authenticates with the password);
 - ``appliance``: ``appliance run`` with everything on: decoding, policy, recording of every
   statement and result to the signed ledger, default masking (uvloop, as in production);
+- ``appliance-checkpoint``: the same with ``ledger.durability: checkpoint`` (statements
+  that change the target are not written ahead: what the write-ahead costs);
 - ``appliance-thread``: the same with ``ledger.writer: thread`` (the ledger writer in a thread
   of the daemon, sharing the event loop's GIL, instead of its own process);
 - ``appliance-norows``: the same with ``ledger.record_rows: false`` (what result blobs cost);
@@ -272,10 +274,11 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
         # "appliance-norows": the same without recording result rows (ledger.record_rows:
         # false), to show what the result blobs cost; "appliance-thread": the ledger writer
         # in a thread of the daemon instead of its own process (ledger.writer: thread).
-        for setup, rows, writer in (
-            ("appliance", True, "process"),
-            ("appliance-thread", True, "thread"),
-            ("appliance-norows", False, "process"),
+        for setup, rows, writer, durability in (
+            ("appliance", True, "process", "write-ahead"),
+            ("appliance-checkpoint", True, "process", "checkpoint"),
+            ("appliance-thread", True, "thread", "write-ahead"),
+            ("appliance-norows", False, "process", "write-ahead"),
         ):
             if only and setup not in only:
                 continue
@@ -283,7 +286,12 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
                 lab, pg, tmp_path / setup,
                 targets=[TargetSpec("db", PORTS["appliance"], accounts=[("app", "app")])],
                 policy=policy,
-                ledger_options={"checkpoint_interval": "1s", "record_rows": rows, "writer": writer},
+                ledger_options={
+                    "checkpoint_interval": "1s",
+                    "record_rows": rows,
+                    "writer": writer,
+                    "durability": durability,
+                },
             ) as app:  # fmt: skip
                 assert app.proc is not None
                 run_all(setup, local_env(PORTS["appliance"]), pid=app.proc.pid)
@@ -305,6 +313,7 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
         setups=[
             "direct",
             "appliance",
+            "appliance-checkpoint",
             "appliance-thread",
             "appliance-norows",
             "pgbouncer",

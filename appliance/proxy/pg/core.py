@@ -73,11 +73,13 @@ from appliance.proxy.commands import (
     NO_COMMANDS,
     Abort,
     ApprovalAnswered,
+    AwaitDurable,
     ClearTimer,
     Command,
     Commands,
     ConnectionInfo,
     Drain,
+    Durable,
     End,
     Eof,
     Event,
@@ -164,6 +166,7 @@ class PgSession:
         self._to_job: list[bytes] = []
         self._to_up: list[bytes] = []
         self.holds: Holds[Statement] = Holds()
+        self._syncs = 0
 
     # -- the shell's side ------------------------------------------------------------------
 
@@ -263,7 +266,7 @@ class PgSession:
             return NO_COMMANDS
         if isinstance(event, TLSFailed):
             if event.side == "job":
-                return self._end(f"job TLS failed: {event.why}")
+                return self._end("job TLS failed", detail=event.why)
             return self._end(
                 f"upstream TLS failed: {event.why}",
                 _fatal(
@@ -274,6 +277,19 @@ class PgSession:
             )
         if isinstance(event, ApprovalAnswered):
             return self._approval_answered(event)
+        if isinstance(event, Durable) and self.relay is not None:
+            if not event.ok:
+                # Not on disk: what waited for it is never sent, and the session ends.
+                return self._end(
+                    f"ledger cannot record: {event.why}",
+                    _fatal(
+                        CONNECTION_FAILURE,
+                        "the appliance cannot record this statement; it was not sent, and "
+                        "the session is closed",
+                    ),
+                )
+            self.relay.durable_result(True)
+            return self._after_relay()
         if isinstance(event, SentOnce) and state is State.CANCELLING:
             return self._cancel_sent(event)
         if isinstance(event, Eof):
@@ -404,7 +420,9 @@ class PgSession:
     def _forward_cancel(self, request: CancelRequest) -> Commands:
         found = self.shared.cancel_keys.resolve(request)
         if found is None:
-            self._record_cancel(None, "unknown key")
+            # Guessing keys costs the guesser nothing: aggregated, like other refusals.
+            self._refused("cancel request with an unknown key")
+            self.state = State.CANCELLING  # recorded: the end below records nothing more
             return self._end("cancel request")
         real, route = found
         self._cancel = route
@@ -567,6 +585,7 @@ class PgSession:
             new_id=lambda: self.services.random_bytes(8).hex(),
             row_masker=row_masker,
             parameters=parameters,
+            write_ahead=self.services.write_ahead,
         )
         self.relay = Relay(self.hooks, now=self.services.monotonic)
         self.state = State.RELAY
@@ -581,6 +600,12 @@ class PgSession:
         hooks, relay = self.hooks, self.relay
         assert hooks is not None and relay is not None
         commands = self.holds.commands(hooks.approvals, relay.held)
+        if hooks.durable_requested:
+            # Before anything else: the statements that may change the target wait for
+            # their entries to be durable (write-ahead).
+            hooks.durable_requested = False
+            self._syncs += 1
+            commands = [AwaitDurable(self._syncs), *(commands or ())]
         if commands is None:
             return NO_COMMANDS  # the hot path
         if self.holds.draining and (relay.idle or relay.held):
@@ -624,14 +649,16 @@ class PgSession:
             )
         who = "job" if exc.side == "client" else "upstream server"
         during = "" if self.state is State.RELAY else " during startup"
-        return self._end(f"protocol violation by the {who}{during}", error)
+        return self._end(f"protocol violation by the {who}{during}", error, detail=exc.message)
 
-    def _end(self, reason: str, error: bytes = b"") -> Commands:
+    def _end(self, reason: str, error: bytes = b"", *, detail: str | None = None) -> Commands:
         """End the session once: statements in flight finish as cancelled, the job gets
         ``error`` after whatever the relay still had for it, the server a Terminate, and
-        the ledger ``session.end``."""
+        the ledger ``session.end`` (or, before the session started, a refusal)."""
         if self.state is State.ENDED:
             return NO_COMMANDS
+        if self.recorder is None and self.state is not State.CANCELLING:
+            self._refused(reason, detail)
         relay = self.relay
         if relay is not None:
             try:
@@ -663,6 +690,33 @@ class PgSession:
             except ApplianceError:
                 pass  # the ledger is failing: the daemon's watchdog stops the appliance
         return [Log("info", f"ended: {reason}"), End(reason)]
+
+    def _refused(self, reason: str, detail: str | None = None) -> None:
+        """A connection that ended before its session started (see :mod:`..refusals`)."""
+        data: dict[str, Any] = {
+            "protocol": "postgres",
+            "client": _addr(self.info.client),
+            "listener": _addr(self.info.listener),
+            "connection": self.id,
+        }
+        if detail is not None:
+            data["detail"] = detail
+        refusals = self.services.refusals
+        if refusals is None:
+            self.services.ledger.append(
+                "connection.refused",
+                identity=self.identity,
+                target=self.target.name,
+                data={"source": self.info.client[0], "reason": reason, **data},
+            )
+            return
+        refusals.refused(
+            source=self.info.client[0],
+            reason=reason,
+            data=data,
+            target=self.target.name,
+            identity=self.identity,
+        )
 
     def _pull_relay(self) -> None:
         """Move the relay's pending output behind what this core queued before it."""

@@ -47,6 +47,11 @@ from appliance.proxy.statement_policy import (
 
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
+# Classes that change nothing on the target (reads, session settings, transaction control,
+# locks, notifications): everything else is written ahead (durable before it is sent).
+_CHANGES_NOTHING = frozenset(
+    {"select", "copy_to", "explain", "set", "transaction", "listen_notify", "lock"}
+)
 
 
 class SessionHooks:
@@ -64,6 +69,7 @@ class SessionHooks:
         new_id: Callable[[], str],
         row_masker: RowMasker | None = None,
         parameters: Mapping[str, str] | None = None,
+        write_ahead: bool = False,
     ) -> None:
         self.policy = policy
         self.recorder = recorder
@@ -89,19 +95,31 @@ class SessionHooks:
         # Statements held for approval, not yet asked for: (n, the request's fields, the
         # statement), drained by the session core (statement_policy.Holds).
         self.approvals: list[tuple[int, dict[str, Any], Statement]] = []
+        # write_ahead: statements that may change the target wait for their entry to be
+        # durable (ledger.durability); durable_requested: the relay asked for a sync.
+        self.write_ahead = write_ahead
+        self.durable_requested = False
 
     # -- deciding ----------------------------------------------------------------------------
 
     def decide(self, stmt: Statement) -> Verdict:
         if self.policy is None:
-            return ALLOW
+            # No policy: everything passes, and is still written ahead when it may change
+            # the target.
+            if not self.write_ahead:
+                return ALLOW
+            if stmt.function_oid is not None:
+                return _ALLOW_DURABLE
+            scs = self.parameters.get("standard_conforming_strings", "on") == "on"
+            classes = classify(stmt.text, standard_conforming_strings=scs).classes
+            return ALLOW if classes <= _CHANGES_NOTHING else _ALLOW_DURABLE
         if stmt.function_oid is not None:
             # A fast-path call has no SQL text: it is classified by the function it calls.
             classification = classify_function_call(stmt.function_oid)
             if classification.classes & _MAY_CHANGE_SETTINGS:
                 self._in_flight.sent(stmt.n)
             what = f"fast-path call of function {', '.join(sorted(classification.functions))}"
-            return _verdict(self.statements.decide(classification, what=what))
+            return self._verdict(self.statements.decide(classification, what=what), classification)
         # With standard_conforming_strings off, backslashes escape quotes: the classifier
         # must read the text as the server will (else a quote could hide a statement).
         scs = self.parameters.get("standard_conforming_strings", "on") == "on"
@@ -138,21 +156,36 @@ class SessionHooks:
         changes_settings = bool(classification.classes & _MAY_CHANGE_SETTINGS)
         if changes_settings:
             self._in_flight.sent(stmt.n)
-        verdict = _verdict(self.statements.decide(classification))
+        verdict = self._verdict(self.statements.decide(classification), classification)
         if verdict.action == "allow" and verdict.enforced:
             self.statements.remember((text, scs), (verdict, changes_settings))
         return verdict
 
+    def _verdict(self, decided: Decided, classification: Classification) -> Verdict:
+        """The shared decision as PostgreSQL's verdict; written ahead (``durable``) when
+        the statement may change the target."""
+        error = _error(decided.denial) if decided.denial is not None else b""
+        durable = self.write_ahead and not classification.classes <= _CHANGES_NOTHING
+        return Verdict(
+            decided.action, decided.enforced, error, decided.record, durable, decided.decision
+        )
+
     def _refuse(self, classification: Classification, rule: str, message: str) -> Verdict:
         """A denial built into the appliance, whatever the policy (observe mode included):
         statements the server could read otherwise than the policy did."""
-        return _verdict(self.statements.refuse(classification, rule, message))
+        decided = self.statements.refuse(classification, rule, message)
+        assert decided.denial is not None
+        return Verdict("deny", True, _error(decided.denial), decided.record)
 
     # -- approvals ---------------------------------------------------------------------------
 
     def request_approval(self, stmt: Statement) -> None:
         """Queue the request; the session core turns it into an ``AskApproval`` command."""
         self.approvals.append((stmt.n, self.approval_fields(stmt), stmt))
+
+    def request_durable(self) -> None:
+        """Note the relay's sync request; the session core makes it an ``AwaitDurable``."""
+        self.durable_requested = True
 
     def approval_fields(self, stmt: Statement) -> dict[str, Any]:
         """The broker's ``new_request`` arguments for ``stmt`` (the text masked; the digest
@@ -214,9 +247,7 @@ def _error(denial: Denial) -> bytes:
     return error_response("ERROR", INSUFFICIENT_PRIVILEGE, denial.message, hint=denial.detail)
 
 
-def _verdict(decided: Decided) -> Verdict:
-    error = _error(decided.denial) if decided.denial is not None else b""
-    return Verdict(decided.action, decided.enforced, error, decided.record, decided.decision)
+_ALLOW_DURABLE = Verdict("allow", True, b"", {"decision": "allow"}, True)
 
 
 def _rejected(error: GrammarError) -> Verdict:

@@ -138,6 +138,9 @@ class Verdict:
     enforced: bool = True
     error: bytes = b""
     record: dict[str, object] = field(default_factory=dict)
+    # The statement may change the target: its entry must be on disk before it is sent
+    # (write-ahead; see Relay.durable_result).
+    durable: bool = False
     decision: Decision | None = None
 
     @property
@@ -190,6 +193,9 @@ class RelayHooks(Protocol):
 
     def request_approval(self, stmt: Statement) -> None:
         """Start an approval for ``stmt``; answer later with :meth:`Relay.approval_result`."""
+
+    def request_durable(self) -> None:
+        """Make every entry recorded so far durable; answer with :meth:`Relay.durable_result`."""
 
     def open_result(
         self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
@@ -336,6 +342,11 @@ class Relay:
         self._suppress_until_ready = False
         self._held: tuple[Messages, int, Statement, _Expect] | None = None
         self._queued: deque[Messages] = deque()
+        # Write-ahead: a statement that may change the target was admitted in this step
+        # (_needs_sync); what this step would send waits for its entry to be durable
+        # (_withheld, None when nothing waits).
+        self._needs_sync = False
+        self._withheld: list[bytes] | None = None
         self._copy_in: tuple[Statement, ResultSink | None] | None = None
         self._copy_in_done: Statement | None = None
         self._copy_out: Statement | None = None
@@ -358,23 +369,52 @@ class Relay:
 
     @property
     def held(self) -> bool:
-        """True while a statement waits for approval (the shell stops reading the job)."""
-        return self._held is not None
+        """True while a statement waits for approval or for its entry to be durable (the
+        shell stops reading the job)."""
+        return self._held is not None or self._withheld is not None
 
     @property
     def idle(self) -> bool:
         """Nothing in flight: no expectation pending, nothing held or queued."""
-        return not self._expect and self._held is None and not self._queued
+        return (
+            not self._expect and self._held is None and not self._queued and self._withheld is None
+        )
 
     # -- from the job ------------------------------------------------------------------------
 
     def from_client(self, msgs: Messages) -> None:
         """Messages from the job. Raises PeerProtocolError for malformed payloads."""
         self.bytes_from_client += len(msgs.chunk)
-        if self._held is not None or self._queued:
+        if self._held is not None or self._queued or self._withheld is not None:
             self._queued.append(msgs)
             return
         self._client_messages(msgs, 0)
+        self._write_ahead()
+
+    def _write_ahead(self) -> None:
+        """After a step that admitted a statement which may change the target: withhold
+        everything the step would send the server until the entries are durable (one sync
+        for the whole step: a pipeline waits once)."""
+        if self._needs_sync:
+            self._needs_sync = False
+            self._withheld = self._to_server[:]
+            self._to_server.clear()
+            self.hooks.request_durable()
+
+    def durable_result(self, durable: bool) -> None:
+        """The entries recorded before the sync are on disk (``durable``): send what was
+        withheld and go on with what the job sent meanwhile. If they could not be made
+        durable nothing withheld is ever sent: the caller ends the session."""
+        withheld, self._withheld = self._withheld, None
+        if withheld is None or not durable:
+            return
+        self._to_server[:0] = withheld
+        self._drain_queue()
+
+    def _drain_queue(self) -> None:
+        while self._queued and self._held is None and self._withheld is None:
+            self._client_messages(self._queued.popleft(), 0)
+            self._write_ahead()
 
     def _client_messages(self, msgs: Messages, start: int) -> None:
         chunk = msgs.chunk
@@ -507,6 +547,8 @@ class Relay:
         stmt.verdict = verdict
         if not verdict.blocks:
             self.hooks.statement_started(stmt)
+            if verdict.durable:
+                self._needs_sync = True
             return True
         chunk = msgs.chunk
         if run < start:
@@ -560,12 +602,14 @@ class Relay:
             stmt.started = self.now()
             self._expect.append(exp)
             self._to_server.append(chunk[s:e])
+            if stmt.verdict.durable:
+                self._needs_sync = True
         else:
             self._deny(stmt, error, recorded=True)
         if i + 1 < len(msgs.frames):
             self._client_messages(msgs, i + 1)
-        while self._queued and self._held is None:
-            self._client_messages(self._queued.popleft(), 0)
+        self._write_ahead()
+        self._drain_queue()
 
     # -- from the server ---------------------------------------------------------------------
 
@@ -883,6 +927,7 @@ class Relay:
         if self._copy_in is not None and self._copy_in[1] is not None:
             self._copy_in[1].close()
         self._copy_in = None
+        self._withheld = None  # never sent: its statements end as ``outcome`` below
         done = []
         if self._held is not None:
             stmt = self._held[2]

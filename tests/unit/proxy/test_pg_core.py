@@ -33,6 +33,7 @@ from appliance.protocols.postgres.messages import (
     ReadyForQuery,
     SSLRequest,
     StartupMessage,
+    Terminate,
     decode_backend,
     error_response,
 )
@@ -40,10 +41,12 @@ from appliance.proxy.commands import (
     Abort,
     ApprovalAnswered,
     AskApproval,
+    AwaitDurable,
     ClearTimer,
     Command,
     ConnectionInfo,
     Drain,
+    Durable,
     End,
     Eof,
     Event,
@@ -406,12 +409,15 @@ def test_the_startup_timeout_is_an_event() -> None:
     assert d.fatal()["code"] == "08006" and d.fatal()["message"] == "startup timed out"
 
 
-def test_garbage_from_the_job_is_its_own_protocol_violation() -> None:
+def test_garbage_from_the_job_is_its_own_protocol_violation_and_recorded() -> None:
     d = Drive()
     d.start()
     d.job(b"\x00\x00\x00\x08\x12\x34\x56\x78")  # a startup code no one speaks
     assert d.fatal()["severity"] == "FATAL"
     assert d.ended is not None and "protocol violation by the job during startup" in d.ended.reason
+    refused = d.ledger.last("connection.refused")
+    assert refused["reason"] == "protocol violation by the job during startup"
+    assert "detail" in refused and d.ledger.types() == ["connection.refused"]
 
 
 # -- cancel ------------------------------------------------------------------------------------------
@@ -441,11 +447,20 @@ def test_a_cancel_with_an_unknown_key_is_recorded_and_dropped() -> None:
     d = Drive()
     d.start()
     assert not any(isinstance(c, SendOnce) for c in d.job(CancelRequest(7, b"1234").encode()))
+    # Guessing keys costs the guesser nothing: recorded as a refusal (aggregated by the
+    # daemon's RefusalLog), once.
     assert d.ledger.entries == [
         (
-            "cancel.requested",
+            "connection.refused",
             None,
-            {"client": "10.9.0.1:40000", "connection": "s1", "outcome": "unknown key"},
+            {
+                "source": "10.9.0.1",
+                "reason": "cancel request with an unknown key",
+                "protocol": "postgres",
+                "client": "10.9.0.1:40000",
+                "listener": "127.0.0.1:6432",
+                "connection": "s1",
+            },
         )
     ]
 
@@ -543,3 +558,35 @@ def test_a_bug_in_the_core_ends_the_session_with_xx000() -> None:
     d._out(d.core.crashed(RuntimeError("boom")))
     assert d.fatal()["code"] == "XX000"
     assert d.ledger.last("session.end")["reason"] == "appliance error: RuntimeError: boom"
+
+
+# -- write-ahead ------------------------------------------------------------------------------------
+
+
+def test_a_write_is_sent_only_once_its_entry_is_durable() -> None:
+    d = Drive(policy_rules="- {name: rest, action: allow}")
+    d.services.write_ahead = True
+    connect(d)
+    commands = d.job(Query("update t set x = 1").encode())
+    (wait,) = [c for c in commands if isinstance(c, AwaitDurable)]
+    assert PauseReading("job", "hold", True) in commands
+    assert d.take_up() == b""
+    assert "statement" in d.ledger.types()  # recorded before the wait
+    commands = d.event(Durable(wait.key, True))
+    assert d.take_up() == Query("update t set x = 1").encode()
+    assert PauseReading("job", "hold", False) in commands
+    # A read is not held.
+    d.up(b"C\x00\x00\x00\x0dUPDATE 1\x00" + ReadyForQuery("I").encode())
+    assert not any(isinstance(c, AwaitDurable) for c in d.job(Query("select 1").encode()))
+    assert d.take_up() == Query("select 1").encode()
+
+
+def test_a_write_that_cannot_be_made_durable_is_refused_and_never_sent() -> None:
+    d = Drive(policy_rules="- {name: rest, action: allow}")
+    d.services.write_ahead = True
+    connect(d)
+    (wait,) = [c for c in d.job(Query("delete from t").encode()) if isinstance(c, AwaitDurable)]
+    d.event(Durable(wait.key, False, "writer process died"))
+    assert d.take_up() == Terminate().encode()  # the delete never reached the server
+    assert d.fatal()["code"] == "08006" and "was not sent" in d.fatal()["message"]
+    assert d.ledger.last("session.end")["reason"] == "ledger cannot record: writer process died"

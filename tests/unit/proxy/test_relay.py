@@ -1025,3 +1025,56 @@ def test_fuzzed_conversations_with_denials_holds_and_masking(
 @given(st.lists(st.tuples(st.sampled_from("cs"), st.binary(max_size=64)), max_size=20))
 def test_random_bytes_raise_only_peer_errors(chunks: list[tuple[str, bytes]]) -> None:
     play_fuzzed(chunks, FuzzHooks(masker=masker()), 1 << 20)
+
+
+# -- write-ahead ----------------------------------------------------------------------------------
+
+WRITE = Verdict("allow", record={"decision": "allow"}, durable=True)
+
+
+class SyncHooks(Hooks):
+    def __init__(self, verdicts: dict[str, Verdict]) -> None:
+        super().__init__(verdicts)
+        self.syncs = 0
+
+    def request_durable(self) -> None:
+        self.syncs += 1
+
+
+def test_a_write_waits_for_its_entry_to_be_durable(split: Callable[[bytes], list[bytes]]) -> None:
+    hooks = SyncHooks({"insert into t values (1)": WRITE})
+    p = Player(hooks, split)
+    assert p.to_server(q("select 1")) == q("select 1")  # a read goes at once
+    p.to_client(desc("a") + row("1") + done("SELECT 1") + ready())
+    to_client, to_server = p.client_sends(q("insert into t values (1)"))
+    assert (to_client, to_server) == (b"", b"")  # recorded, not sent
+    assert hooks.syncs == 1 and p.relay.held
+    assert ("start", 2, "simple", "insert into t values (1)", (), "allow") in hooks.log
+    # What the job sends meanwhile waits behind it, in order.
+    assert p.client_sends(q("select 2")) == (b"", b"")
+    p.relay.durable_result(True)
+    assert p.relay.take_output() == (b"", q("insert into t values (1)") + q("select 2"))
+    assert not p.relay.held
+
+
+def test_a_pipeline_of_writes_waits_once() -> None:
+    hooks = SyncHooks({"insert into t values (1)": WRITE})
+    p = Player(hooks, whole)
+    batch = (
+        parse("insert into t values (1)") + bind() + execute()
+        + bind() + execute() + bind() + execute() + SYNC
+    )  # fmt: skip
+    assert p.to_server(batch) == b""
+    assert hooks.syncs == 1
+    p.relay.durable_result(True)
+    assert p.relay.take_output() == (b"", batch)
+
+
+def test_what_could_not_be_made_durable_is_never_sent() -> None:
+    hooks = SyncHooks({"insert into t values (1)": WRITE})
+    p = Player(hooks, whole)
+    p.to_server(q("insert into t values (1)"))
+    p.relay.durable_result(False)
+    assert p.relay.take_output() == (b"", b"")
+    assert [s.outcome for s in p.relay.abort()] == ["cancelled"]
+    assert p.relay.take_output() == (b"", b"")
