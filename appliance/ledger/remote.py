@@ -52,6 +52,7 @@ import orjson
 from appliance.ledger.api import PendingBlob
 from appliance.ledger.entries import PrefixCache, format_ts_us
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
+from appliance.ledger.recovery import LastEntry
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
 from appliance.signing.keys import SigningKey
 
@@ -168,6 +169,12 @@ class RemoteLedger:
         self.directory = directory
         self.origin = origin
         self.recovery_summary = str(ready.get("recovery", ""))
+        last = ready.get("last")
+        self.last_at_open = (
+            LastEntry(int(last["seq"]), last.get("type"), last.get("ts"))
+            if isinstance(last, dict)
+            else None
+        )
         self._sock = sock
         self._proc = proc
         self._clock = clock
@@ -178,6 +185,7 @@ class RemoteLedger:
         self._scheduled = False
         self._failed: BaseException | None = None
         self._closed = False
+        self._stop_sent = False  # the child was told to stop: its exit is no failure
         self._blob_ids = itertools.count(1)
         self._factories: dict[int, tuple[int, object]] = {}
         self._prefixes = PrefixCache(origin)
@@ -472,8 +480,10 @@ class RemoteLedger:
         try:
             with self._lock:
                 if self._failed is None:
+                    self._stop_sent = True
                     self._buffer(_STOP, b"")
-                    self._send_out()
+                    if self._out:  # without an event loop, _buffer has sent it already
+                        self._send_out()
                 self._closed = True
         except LedgerUnavailable:
             pass
@@ -528,7 +538,7 @@ class RemoteLedger:
                 self._cond.notify_all()
             return
         with self._cond:
-            if not self._closed and self._failed is None:
+            if not self._closed and not self._stop_sent and self._failed is None:
                 self._failed = LedgerUnavailable("the ledger writer process exited")
             self._resolve_syncs(final=True)
             self._cond.notify_all()
@@ -597,6 +607,7 @@ class _Child:
             "last_ts_us": writer.last_ts_us,
             "signed": writer.signed_size,
             "recovery": "; ".join(writer.recovery.summary()),
+            "last": writer.last_at_open.to_dict() if writer.last_at_open else None,
         }
         self.send(_READY, orjson.dumps(ready))
         try:

@@ -53,7 +53,7 @@ from appliance.ledger.entries import (
     ts_to_us,
 )
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
-from appliance.ledger.recovery import RecoveryReport, recover
+from appliance.ledger.recovery import LastEntry, RecoveryReport, recover
 from appliance.ledger.store import (
     BLOB_TMP,
     BLOBS,
@@ -289,6 +289,11 @@ class LedgerWriter:
     def signed_size(self) -> int:
         """How many entries are fsynced and covered by the latest signed checkpoint."""
         return self._signed
+
+    @property
+    def last_at_open(self) -> LastEntry | None:
+        """The last entry the ledger held when opened (None: it was empty)."""
+        return self.recovery.last
 
     @property
     def failed(self) -> BaseException | None:
