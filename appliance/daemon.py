@@ -265,6 +265,7 @@ class Daemon:
                 cfg,
                 record=lambda t, d, identity=None: ledger.append(t, data=d, identity=identity),
                 verifier=verifier,
+                mask=lambda text: masker.for_target("").mask_text(text, MaskCounts()),
             )
             identify = attribution.identify
             original_dst = capture.original_dst
@@ -466,6 +467,7 @@ class CaptureRuntime:
         *,
         record: Record,
         verifier: Verifier | None = None,
+        mask: Callable[[str], str] | None = None,
     ) -> None:
         self.config = config
         self.record = record
@@ -482,7 +484,7 @@ class CaptureRuntime:
             },
         )
         self.reconciler = capture.Reconciler(config)
-        self.cache = capture.IdentityCache()
+        self.cache = capture.IdentityCache(mask=mask)
         self.attribution: capture.Attribution | None = None
         self.unattributed_reason = "eBPF attribution disabled in the config"
         self._lost = 0

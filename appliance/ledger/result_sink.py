@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
+from mypy_extensions import mypyc_attr
 
 from appliance.ledger.api import Blob, Ledger, PendingBlob
 
@@ -50,6 +51,7 @@ def parts(chunk: bytes) -> Iterator[tuple[bytes, bytes]]:
         pos += 5 + n
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled, and subclassed by protocols
 class PartsTransform:
     """The base of a protocol's blob transform (it runs in the ledger writer): a chunk of
     parts in, the blob's JSON lines out. Subclasses implement :meth:`part` and may add to
@@ -77,6 +79,10 @@ class Transforms:
     def __init__(self, make: type[PartsTransform], masker: Any) -> None:
         self.make = make
         self.masker = masker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Spelled out: a class compiled by mypyc is pickled only this way.
+        return (Transforms, (self.make, self.masker))
 
     def new(self) -> tuple[Callable[[bytes], bytes], Callable[[], Mapping[str, Any]]]:
         transform = self.make(self.masker)

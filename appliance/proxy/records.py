@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from mypy_extensions import mypyc_attr
+
 from appliance.ledger.api import Blob, Ledger, PendingBlob
 from appliance.ledger.entries import canonical_json
 from appliance.ledger.result_sink import PartsTransform, RowsSink, transforms
@@ -29,6 +31,7 @@ _MASK_CACHE = 64  # masked statement texts remembered per session (then forgotte
 _NOT_A_DECISION = frozenset({"allow", "syntax_error"})
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled, and subclassed by protocols
 class MaskingTransform(PartsTransform):
     """The base of a protocol's result-blob transform: it counts what it masked
     (``counts``), and the counts annotate the blob's reference in the response entry."""
@@ -41,6 +44,7 @@ class MaskingTransform(PartsTransform):
         return {"masking": self.counts.as_dict()} if self.counts else {}
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled, and subclassed by protocols
 class SessionRecords:
     """One session's ledger entries; see the module docstring. A subclass names its
     protocol's blob transform as ``transform`` (a :class:`~appliance.ledger.result_sink.

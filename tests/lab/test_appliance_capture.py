@@ -450,3 +450,21 @@ def test_no_environment_leak_of_the_secret(runner: Runner) -> None:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert os.stat(runner.pg.password_file()).st_mode & 0o077 == 0
+
+
+def test_a_secret_on_the_job_s_command_line_never_reaches_the_ledger(runner: Runner) -> None:
+    """The job's command line is part of its identity: a password in a connection URI or
+    after --password is masked before the identity is kept."""
+    before = runner.sessions()
+    uri = f"postgresql://ci:Tr0ub4dor-and-3@{runner.pg.ipv4}:5432/app?sslmode=disable"
+    r = runner.lab.job(
+        ["psql", "-X", "-At", uri, "-c", "select 'cmdline-secret'"],
+        env={**CI_ENV, "PGCONNECT_TIMEOUT": "10"},
+    )
+    assert r.returncode == 0, r.stderr
+    start = runner.new_session(before)
+    assert start["identity"]["exe"].endswith("/psql")
+    assert any("postgresql://" in a for a in start["identity"]["cmdline"])
+    for path in [*runner.ledger.rglob("*"), runner.work / "appliance.log"]:
+        if path.is_file():
+            assert b"Tr0ub4dor-and-3" not in path.read_bytes(), path

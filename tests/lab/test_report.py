@@ -92,6 +92,7 @@ ledger:
 capture:
   listen_port: 15001
   cgroup: {self.lab.job_cgroup}
+  appliance_cgroup: {self.lab.appliance_cgroup_path}
 policy:
   mode: enforce
   approvals:
@@ -113,6 +114,7 @@ masking:
         log = (self.work / "appliance.log").open("ab")
         self.proc = self.lab.popen(
             [APPLIANCE, "run", "--config", str(config), "--ready-file", str(ready)],
+            cgroup=self.lab.appliance_cgroup,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
