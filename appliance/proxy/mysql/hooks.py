@@ -102,7 +102,6 @@ class SessionPolicy:
         identity: Mapping[str, Any],
         new_id: Callable[[], str],
     ) -> None:
-        self.policy = policy
         self.recorder = recorder
         # Allow verdicts by (text, backslash escapes, database): USE changes the database.
         self.statements: StatementPolicy[tuple[str, bool, str | None], Verdict] = StatementPolicy(
@@ -120,6 +119,10 @@ class SessionPolicy:
         self.charset = "utf8mb4"
         self.in_flight = SettingsInFlight()  # settings probes sent, not yet answered
         self._probes = 0
+
+    @property
+    def policy(self) -> Policy | None:
+        return self.statements.policy
 
     @property
     def database(self) -> str | None:

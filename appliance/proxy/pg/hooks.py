@@ -99,7 +99,6 @@ class SessionHooks:
         parameters: Mapping[str, str] | None = None,
         write_ahead: bool = False,
     ) -> None:
-        self.policy = policy
         self.recorder = recorder
         # Allow verdicts by (text, standard_conforming_strings, True if text is a shape: see
         # _shape), with whether the statement may change session settings (see _in_flight).
@@ -130,10 +129,20 @@ class SessionHooks:
         self.write_ahead = write_ahead
         self.durable_requested = False
 
+    @property
+    def policy(self) -> Policy | None:
+        """The policy deciding this session's statements (one home: the shared
+        :class:`~appliance.proxy.statement_policy.StatementPolicy`)."""
+        return self.statements.policy
+
+    @policy.setter
+    def policy(self, policy: Policy | None) -> None:
+        self.statements.policy = policy
+
     # -- deciding ----------------------------------------------------------------------------
 
     def decide(self, stmt: Statement) -> Verdict:
-        if self.policy is None:
+        if self.statements.policy is None:
             # No policy: everything passes, and is still written ahead when it may change
             # the target.
             if not self.write_ahead:
