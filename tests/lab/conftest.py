@@ -1,5 +1,6 @@
 """Fixtures for lab tests (root): one lab per test session, with a real PostgreSQL (target
-0) and a real MariaDB (target 1), each started once, when a test first needs it.
+0) and a real MariaDB (target 1), and one real S3 server (Ceph's radosgw), each started
+once, when a test first needs it.
 
 Lab tests fail, not skip, when the machine cannot run them: the suite is run as root on a
 machine set up by scripts/setup.sh.
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.lab.ceph import CephS3
 from tests.lab.lab import Lab, MariaServer, PgServer
 
 
@@ -41,3 +43,19 @@ def maria(lab: Lab) -> MariaServer:
     (native password), ``app_ed`` (ed25519), ``app_tls`` (REQUIRE SSL). Modules make their
     own tables."""
     return lab.start_mariadb(1)
+
+
+@pytest.fixture(scope="session")
+def ceph() -> Iterator[CephS3]:
+    """One Ceph cluster (monitor, memstore OSD, radosgw; HTTP, and HTTPS with a lab CA) for
+    the whole session: it takes about 13 s to start; tests make their own buckets."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: run them through `make test`")
+    with CephS3(tls=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(lab: Lab, ceph: CephS3) -> str:
+    """The gateway's URL as the lab's runner namespace reaches it (a link of its own)."""
+    return ceph.link(lab.runner.name)
