@@ -166,7 +166,11 @@ def test_unparseable_text_is_denied_by_default(lab: Lab, app: Appliance) -> None
 def test_pymysql_rows_and_prepared_statements_leave_nothing_raw(lab: Lab, app: Appliance) -> None:
     code = textwrap.dedent(
         f"""
+        # The C extension loads the OpenSSL it was built with (3.2, vendored in the wheel)
+        # only if Python's ssl module has not loaded Debian's libssl.so.3 (3.0) first.
+        import _mysql_connector
         import pymysql, MySQLdb, mysql.connector
+        assert mysql.connector.HAVE_CEXT
         out = []
         c = pymysql.connect(host="127.0.0.1", port={PORT}, user="ci", database="app", program_name="pymysql-job")
         cur = c.cursor(); cur.execute("SELECT id, name, card, balance, born FROM customers ORDER BY id")
@@ -176,8 +180,9 @@ def test_pymysql_rows_and_prepared_statements_leave_nothing_raw(lab: Lab, app: A
         m = MySQLdb.connect(host="127.0.0.1", port={PORT}, user="ci", database="app")
         mc = m.cursor(); mc.execute("SELECT name FROM customers WHERE id=%s", (2,)); out.append(mc.fetchone()[0])
         m.close()
-        for pure in (True,):  # the C extension is not in the wheel installed here
+        for pure in (True, False):  # pure Python, then the C extension (libmysqlclient)
             k = mysql.connector.connect(host="127.0.0.1", port={PORT}, user="ci", database="app", use_pure=pure, ssl_disabled=True)
+            assert type(k).__name__ == ("MySQLConnection" if pure else "CMySQLConnection")
             kc = k.cursor(prepared=True)
             kc.execute("SELECT id, card, balance, born, seen, flag FROM customers WHERE id = ?", (1,))
             out.append(repr(kc.fetchall()))
@@ -195,8 +200,9 @@ def test_pymysql_rows_and_prepared_statements_leave_nothing_raw(lab: Lab, app: A
     )
     assert lines[1] == CARD and lines[2] == "Bob"
     assert CARD in lines[3]  # binary rows (mysql-connector, pure Python)
+    assert lines[4] == lines[3]  # the same through its C extension
     time.sleep(1)
-    app.wait_for(lambda es: sum(e["type"] == "session.end" for e in es) >= 5)
+    app.wait_for(lambda es: sum(e["type"] == "session.end" for e in es) >= 6)
     assert app.files_containing(CARD.encode()) == []
     executes = [
         e for e in app.entries() if e["type"] == "statement" and e["data"]["protocol"] == "execute"
