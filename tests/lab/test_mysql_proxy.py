@@ -564,12 +564,13 @@ ALEMBIC_REVISION = textwrap.dedent(
 )
 
 
-def test_wireshark_reads_the_pcap_export_of_a_recorded_session(
+def test_replay_and_wireshark_read_a_recorded_session(
     lab: Lab, app: Appliance, tmp_path: Path
 ) -> None:
-    """A session recorded from the mariadb CLI, exported as pcap, read by Wireshark's own
-    MySQL dissector (tshark): the login, each query, result rows (masked, as the ledger
-    keeps them), an error; no malformed packet and no warning."""
+    """A session recorded from the mariadb CLI: ``ledger replay`` tells it (the job, each
+    statement, the denial, masked rows); exported as pcap, Wireshark's own MySQL dissector
+    (tshark) reads the login, each query, result rows (masked, as the ledger keeps them),
+    an error; no malformed packet and no warning."""
     script = (
         "SELECT id, name, card FROM customers ORDER BY id; "
         "SELECT 'pcap' AS marker; INSERT INTO t_pcap VALUES (1); DROP TABLE customers;"
@@ -578,6 +579,15 @@ def test_wireshark_reads_the_pcap_export_of_a_recorded_session(
     r = lab.job(mariadb(PORT, "-N", "--force", "-e", script))
     assert "ERROR 1142" in r.stderr and CARD in r.stdout
     sid = _session_with(app, "SELECT 'pcap' AS marker")[0]["session"]
+    replay = subprocess.run(
+        [APPLIANCE, "ledger", "replay", "--ledger", str(app.ledger), sid],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    told = replay.stdout
+    assert "SQL> SELECT id, name, card FROM customers ORDER BY id" in told
+    assert "[REDACTED:CARD]" in told and CARD not in told and "Ann" in told
+    assert "SQL> DROP TABLE customers" in told and "no-drop" in told
     pcap = tmp_path / "mysql.pcap"
     export = subprocess.run(
         [APPLIANCE, "ledger", "export", "--ledger", str(app.ledger), "--session", sid,
