@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -153,6 +154,30 @@ def test_drop_denied_with_mysql_error_inside_transaction(
     assert r.stdout.split() == ["1"]
     assert maria.admin_sql("SELECT COUNT(*) FROM customers", database="app").strip() == "2"
     assert maria.admin_sql("SELECT COUNT(*) FROM t_tx", database="app").strip() == "1"
+
+
+def test_the_cli_sources_a_script_file(lab: Lab, app: Appliance) -> None:
+    """``source`` in the mariadb CLI: each statement of the file goes through policy; the
+    denied one fails with MySQL's error and, with --force, the script goes on."""
+    where = Path(tempfile.mkdtemp(prefix="mysql-source-"))
+    try:
+        where.chmod(0o755)  # the job runs as nobody
+        script = where / "migrate.sql"
+        script.write_text(
+            "CREATE TABLE IF NOT EXISTS t_src (a INT);\n"
+            "INSERT INTO t_src VALUES (41), (1);\n"
+            "SELECT SUM(a) AS total FROM t_src;\n"
+            "DROP TABLE t_src;\n"
+            "SELECT 'sourced' AS marker;\n"
+        )
+        script.chmod(0o644)
+        r = lab.job(mariadb(PORT, "--force", "-N", "-e", f"source {script}"))
+    finally:
+        shutil.rmtree(where)
+    assert r.stdout.split() == ["42", "sourced"]
+    assert "ERROR 1142 (42000)" in r.stderr and "no-drop" in r.stderr
+    texts = [e["data"]["text"] for e in _session_with(app, "'sourced'") if e["type"] == "statement"]
+    assert "INSERT INTO t_src VALUES (41), (1)" in texts and "DROP TABLE t_src" in texts
 
 
 def test_unparseable_text_is_denied_by_default(lab: Lab, app: Appliance) -> None:
@@ -303,44 +328,49 @@ def test_kill_query_from_a_second_connection_cancels_only_its_own(lab: Lab, app:
     assert other_job.returncode == 1
 
 
+ALL_TYPES = (
+    "SET NAMES utf8mb4; CREATE TABLE all_types (id INT AUTO_INCREMENT PRIMARY KEY, ti TINYINT, si SMALLINT,"
+    " mi MEDIUMINT, bi BIGINT UNSIGNED, f FLOAT, d DOUBLE, dec30 DECIMAL(30,10), b BIT(10),"
+    " dt DATE, tm TIME(6), dtm DATETIME(6), ts TIMESTAMP NULL, y YEAR, c CHAR(3),"
+    " vc VARCHAR(40) CHARACTER SET utf8mb4, bin BINARY(4), vb VARBINARY(16), tt TINYTEXT,"
+    " tx TEXT, lb LONGBLOB, e ENUM('a','b'), st SET('x','y','z'), j JSON, g POINT,"
+    " ip INET6, u UUID, KEY (vc), UNIQUE KEY (bi)) ENGINE=InnoDB;"
+    "INSERT INTO all_types VALUES (NULL, -128, 32767, -8388608, 18446744073709551615, 1.5,"
+    " -2.25e-300, -12345678901234567890.0123456789, b'1010101010', '2024-02-29',"
+    " '-838:59:59.000000', '2024-05-06 07:08:09.123456', '2038-01-19 03:14:07', 2155, 'ab',"
+    " 'caf\u00e9 \U0001f600 quote'' and \\\\ backslash', X'00010203', X'ff00fe', 'tiny',"
+    " REPEAT('long text ', 500), REPEAT(X'00ff7f', 70000), 'b', 'x,z', '{\"k\": [1, null]}',"
+    " ST_GeomFromText('POINT(1 2)'), '2001:db8::1', '123e4567-e89b-12d3-a456-426614174000'),"
+    " (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
+    " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);"
+)
+
+
 def test_mariadb_dump_through_the_appliance_is_identical_to_a_direct_dump(
     lab: Lab, app: Appliance, maria: MariaServer
 ) -> None:
-    via = lab.job(
-        [
-            "mariadb-dump",
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            str(PORT),
-            "-u",
-            "ci",
-            "--skip-ssl",
-            "--skip-dump-date",
-            "app",
-            "customers",
-        ]
-    )
-    assert via.returncode == 0, via.stderr
+    """A schema with many types (integers to their limits, floats, decimals, bits, every
+    temporal type, character and binary strings, a 210 KB blob, ENUM, SET, JSON, geometry,
+    INET6, UUID, NULLs): dumped through the appliance, byte for byte the direct dump."""
+    maria.admin_sql(ALL_TYPES, database="app")
+    tables = ["--skip-dump-date", "app", "customers", "all_types"]
+    proc = lab.popen(
+        ["mariadb-dump", "--no-defaults", "-h", "127.0.0.1", "-P", str(PORT), "-u", "ci",
+         "--skip-ssl", *tables],
+        job=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    via, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
     direct = subprocess.run(
-        [
-            "mariadb-dump",
-            "--no-defaults",
-            f"--socket={maria.socket}",
-            "-uroot",
-            "--skip-dump-date",
-            "app",
-            "customers",
-        ],
-        capture_output=True,
-        check=True,
-    )
+        ["mariadb-dump", "--no-defaults", f"--socket={maria.socket}", "-uroot", *tables],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
 
-    def body(dump: str) -> list[str]:
-        return [line for line in dump.splitlines() if not line.startswith("-- Host:")]
+    def body(dump: bytes) -> list[bytes]:  # the bytes, blobs included
+        return [line for line in dump.split(b"\n") if not line.startswith(b"-- Host:")]
 
-    assert body(via.stdout) == body(direct.stdout.decode(errors="replace"))
+    assert b"INSERT INTO `all_types`" in via and len(via) > 200_000
+    assert body(via) == body(direct)
 
 
 def test_the_job_logs_in_over_tls_with_the_appliances_certificate(lab: Lab, app: Appliance) -> None:
