@@ -12,6 +12,17 @@ from typing import Any
 from appliance.approvals import ApprovalsClient, RequestStatus
 from tests.lab.proxy import APPLIANCE, Appliance
 
+# The rules of the approval tests: a DELETE waits for alice's signed decision, the rest runs.
+ALICE_REVIEWS_DELETES: list[dict[str, Any]] = [
+    {
+        "name": "deletes-need-alice",
+        "match": {"classes": ["delete"]},
+        "action": "review",
+        "approvers": ["alice"],
+    },
+    {"name": "default", "action": "allow"},
+]
+
 
 def keygen(workdir: Path, name: str) -> tuple[Path, str]:
     out = workdir / name

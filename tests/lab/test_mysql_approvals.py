@@ -24,7 +24,7 @@ import pytest
 from appliance.approvals import ApprovalsClient
 from appliance.signing.keys import load_verifier_key
 from appliance.signing.note import open_note
-from tests.lab.approvals import cli, entries_of, keygen, wait_pending
+from tests.lab.approvals import ALICE_REVIEWS_DELETES, cli, entries_of, keygen, wait_pending
 from tests.lab.lab import Lab, MariaServer
 from tests.lab.mysql_proxy import MySQLTarget, mariadb, running_appliance
 
@@ -44,15 +44,7 @@ def setup(
             "socket": str(socket_path),
             "approvers": [{"name": "alice", "key": alice_vkey}],
         },
-        "rules": [
-            {
-                "name": "deletes-need-alice",
-                "match": {"classes": ["delete"]},
-                "action": "review",
-                "approvers": ["alice"],
-            },
-            {"name": "default", "action": "allow"},
-        ],
+        "rules": ALICE_REVIEWS_DELETES,
     }
     maria.admin_sql(
         "CREATE TABLE held (id INT PRIMARY KEY);"

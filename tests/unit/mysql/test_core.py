@@ -146,6 +146,16 @@ class Drive:
         return b"".join(out)
 
 
+def _ended_with_an_err_if_at_all(d: Drive) -> None:
+    """A session that ended did so once, recorded, the job told why with an ERR."""
+    if d.core.state is State.ENDED:
+        assert any(isinstance(c, End) for c in d.commands)
+        assert d.ledger.types()[-1] == "session.end"
+        if "protocol.error" in d.ledger.types():
+            packets = Framer("server").feed(d.to_job)
+            assert packets and packets[-1][1][0] == 0xFF
+
+
 def test_login_query_and_denial() -> None:
     d = Drive()
     d.login()
@@ -176,12 +186,7 @@ def test_damaged_input_ends_only_this_session_with_an_err(
         d.out(d.core.receive(side, chunk))  # type: ignore[arg-type]
         if d.core.state is State.ENDED:
             break
-    if d.core.state is State.ENDED:
-        assert any(isinstance(c, End) for c in d.commands)
-        assert d.ledger.types()[-1] == "session.end"
-        if "protocol.error" in d.ledger.types():
-            packets = Framer("server").feed(d.to_job)
-            assert packets and packets[-1][1][0] == 0xFF
+    _ended_with_an_err_if_at_all(d)
 
 
 def _column(name: str, type_: int) -> bytes:
@@ -281,9 +286,4 @@ def test_mutated_transcripts_end_only_this_session_with_bounded_memory(
     finally:
         tracemalloc.stop()
     assert peak < 2 << 20
-    if d.core.state is State.ENDED:
-        assert any(isinstance(c, End) for c in d.commands)
-        assert d.ledger.types()[-1] == "session.end"
-        if "protocol.error" in d.ledger.types():
-            packets = Framer("server").feed(d.to_job)
-            assert packets and packets[-1][1][0] == 0xFF
+    _ended_with_an_err_if_at_all(d)
