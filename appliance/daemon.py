@@ -387,6 +387,14 @@ class Daemon:
                 context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
                 client_tls[target.name] = context
 
+        from appliance.proxy import registry
+
+        shared: dict[str, Any] = {}
+        for name in sorted({t.protocol for t in cfg.targets.values()}):
+            spec = registry.get(name)
+            if spec.prepare is not None:
+                shared[name] = spec.load(spec.prepare)(cfg, lambda t, d: ledger.append(t, data=d))
+
         any_target = masker.for_target("")  # detectors only: refusals name no column
         refusals = RefusalLog(
             ledger, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
@@ -408,6 +416,7 @@ class Daemon:
             upstream_tls=upstream_context,
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
+            shared=shared,
             write_ahead=cfg.ledger.durability == "write-ahead",
             refusals=refusals,
         )

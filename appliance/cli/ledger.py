@@ -25,7 +25,7 @@ from appliance.errors import ApplianceError
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import Entry
 from appliance.ledger.errors import LedgerError, TamperError
-from appliance.ledger.export import export_bundle, export_pcap, verify_bundle
+from appliance.ledger.export import export_bundle, export_pcap, session_entries, verify_bundle
 from appliance.ledger.index import Index, Query, parse_identity_filter, parse_time
 from appliance.ledger.merkle import ProofError
 from appliance.ledger.proof import (
@@ -556,7 +556,11 @@ def consistency_cmd(
 @ledger_or_source
 @click.option("--session", required=True)
 @click.option(
-    "--format", "fmt", type=click.Choice(["jsonl", "pcap"]), default="jsonl", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "pcap", "har", "asciicast"]),
+    default="jsonl",
+    show_default=True,
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
 def export_cmd(
@@ -567,7 +571,9 @@ def export_cmd(
 ) -> None:
     """Export one session: a self-contained bundle an auditor verifies offline (entries,
     blobs, checkpoint, a tlog-proof per entry, published keys), or a pcap of the session's
-    TCP stream rebuilt from the recorded (masked) messages, for Wireshark."""
+    TCP stream rebuilt from the recorded (masked) messages, for Wireshark; for an HTTP
+    session, HAR 1.2 (browser developer tools) or asciicast v2 (its Kubernetes exec and
+    attach streams, for asciinema)."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
     directory = session_directory(source.directories(), session)
@@ -580,6 +586,19 @@ def export_cmd(
             if fmt == "jsonl":
                 s = export_bundle(directory, session, f)
                 what = f"{s.entries} entries, {s.blobs} blobs, proofs against size {s.size}"
+            elif fmt in ("har", "asciicast"):
+                from appliance.ledger.store import BlobReader
+                from appliance.proxy.http import exports
+
+                found = session_entries(directory, session)
+                if fmt == "har":
+                    doc = exports.har(found, BlobReader(directory))
+                    f.write(json.dumps(doc, indent=1).encode())
+                    what = f"{len(doc['log']['entries'])} HAR entries"
+                else:
+                    lines = exports.asciicast(found)
+                    f.write(("\n".join(lines) + "\n").encode())
+                    what = f"{len(lines) - 1} terminal events"
             else:
                 what = f"{export_pcap(directory, session, f)} packets"
         tmp.rename(out)

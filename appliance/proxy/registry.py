@@ -39,7 +39,11 @@ class Protocol:
     (``dict[str, Node]``) that returns the protocol's own settings object, kept as
     ``Target.options`` (raise through ``Node.fail`` for precise errors);
     ``requires_accounts``: a target must name at least one service account;
-    ``pcap``: module that registers the protocol's pcap renderer when imported (or None).
+    ``pcap``: module that registers the protocol's pcap renderer when imported (or None);
+    ``prepare``: ``"module:function"`` the daemon calls once before it listens, as
+    ``prepare(config, record)`` (``record(type, data)`` appends to the ledger), for work
+    on the host (the http protocol's interception CA and trust); what it returns is the
+    protocol's shared state instead of ``shared``'s.
     """
 
     name: str
@@ -52,6 +56,7 @@ class Protocol:
     options: str | None = None
     requires_accounts: bool = True
     pcap: str | None = None
+    prepare: str | None = None
 
     def load(self, ref: str) -> Any:
         module, _, attr = ref.partition(":")
@@ -80,6 +85,17 @@ PROTOCOLS: dict[str, Protocol] = {
             shared="appliance.proxy.pg.core:shared",
             target_keys=("tls", "client_tls", "startup_parameters"),
             pcap="appliance.proxy.pg.pcap",
+        ),
+        Protocol(
+            name="http",
+            description="HTTP/1.1 and HTTP/2 over TLS (REST APIs, S3 with SigV4, the Kubernetes API)",
+            default_port=443,
+            core="appliance.proxy.http.core:HttpSession",
+            prepare="appliance.proxy.http.setup:prepare",
+            target_keys=("tls", "names", "kubernetes", "auth", "record_body", "plaintext"),
+            options="appliance.proxy.http.options:parse_options",
+            requires_accounts=False,
+            pcap="appliance.proxy.http.exports",
         ),
         Protocol(
             name="mysql",

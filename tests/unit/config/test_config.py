@@ -87,7 +87,7 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
         ),
         (
             "targets:\n  - name: a\n    protocol: oracle\n    addresses: [x:1]\n    accounts: []\n",
-            "<config>:3: targets[0].protocol: expected one of postgres, mysql; got 'oracle'",
+            "<config>:3: targets[0].protocol: expected one of postgres, http, mysql; got 'oracle'",
         ),
         (
             "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1]\n    accounts: []\n",
