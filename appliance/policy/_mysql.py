@@ -302,7 +302,7 @@ _KEYWORDS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("LOCK TABLE", "lock"),
         ("UNLOCK TABLES", "lock"),
         ("UNLOCK TABLE", "lock"),
-        ("CALL", "unknown"),
+        ("CALL", "function_call unknown"),  # as PostgreSQL's CALL
         ("DEALLOCATE PREPARE", "prepare"),
         ("DROP PREPARE", "prepare"),
         ("EXECUTE", "prepare"),
@@ -511,7 +511,9 @@ def _keywords(
             if prefix == "REVOKE" and not re.search(r"\bON\b", bare, re.I):
                 got.add("role")
             reads, writes = _keyword_relations(prefix, text)
-            return _make(index, text, prefix, got | classes, reads, writes), None
+            called = _CALLED.match(text.strip()) if prefix == "CALL" else None
+            functions = {_name(called.group(1)).lower()} if called else set()
+            return _make(index, text, prefix, got | classes, reads, writes, functions), None
     return (
         _make(index, text, head.split(" ")[0] if head else "", {"unknown", *classes}),
         error
@@ -622,6 +624,9 @@ def _tree(
     functions: set[str] = set()
     for f in tree.find_all(exp.Anonymous):
         name = str(f.this).lower()
+        if isinstance(f.parent, exp.Dot) and f.parent.expression is f:
+            # db.f(): a stored function of that database, never a built-in of that name
+            name = f"{f.parent.this.name.lower()}.{name}"
         functions.add(name)
         if name in _FILE_FUNCTIONS:
             classes.add("file_access")
@@ -657,6 +662,7 @@ _LOCKED = re.compile(
     rf"(?:^|,)\s*({_NAME})(?:\s+(?:AS\s+)?(?!READ\b|WRITE\b|LOW_PRIORITY\b)[`\w$]+)?\s+(?:READ|WRITE|LOW_PRIORITY)\b",
     re.I,
 )
+_CALLED = re.compile(rf"CALL\s+({_NAME})", re.I)
 _HANDLED = re.compile(rf"HANDLER\s+({_NAME})", re.I)
 
 

@@ -39,6 +39,18 @@ def test_text_both_servers_read_is_classified_alike(text: str) -> None:
     assert (mysql.classes, mysql.reads, mysql.writes) == (pg.classes, pg.reads, pg.writes)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["CALL p(1)", "CALL s.p()", "SELECT my_func(1)", "SELECT s.my_func(1)", "SELECT s.concat(1)"],
+)
+def test_calls_are_classified_and_named_alike(text: str) -> None:
+    """A called routine is a function_call under its name as written (a rule's
+    ``functions``), in both grammars: ``s.concat`` is a stored function of s, no built-in."""
+    mysql, pg = classify_mysql(text), classify(text)
+    assert (mysql.classes, mysql.functions) == (pg.classes, pg.functions)
+    assert "function_call" in mysql.classes
+
+
 # (text, classes, reads, writes): MySQL's own forms.
 MYSQL = [
     ("SELECT a FROM `shop`.`orders` o", {"select"}, {"shop.orders"}, set()),
@@ -82,7 +94,7 @@ def test_mysql_forms_get_their_classes_and_tables(
     "text",
     [
         "FLUSH PRIVILEGES",
-        "CALL refresh_totals(1)",
+        "CALL refresh_totals(1)",  # its body is not known
         "CREATE PROCEDURE p() BEGIN DELETE FROM t; END",
         "SELECT /*!99999 1; DROP TABLE t; */ 2",
         "PREPARE s FROM @sql",
