@@ -120,22 +120,38 @@ def test_held_then_refused_answers_with_mysqls_error_and_the_session_goes_on(
     entries_of(setup["app"], "approval.denied", status.request.id)
 
 
-def test_a_prepared_execution_is_held_with_its_parameters(
-    lab: Lab, maria: MariaServer, setup: dict[str, Any]
-) -> None:
-    """mysql-connector's prepared cursor: COM_STMT_PREPARE passes, each COM_STMT_EXECUTE of
-    the DELETE is held; the approver signs the text with the bound value."""
-    code = textwrap.dedent(
-        f"""
+_CONNECTORS = {
+    # COM_STMT_PREPARE answered, then COM_STMT_EXECUTE
+    "mysql-connector": """
         import mysql.connector
-        c = mysql.connector.connect(host="127.0.0.1", port={PORT}, user="ci", database="app",
+        c = mysql.connector.connect(host="127.0.0.1", port={port}, user="ci", database="app",
                                     use_pure=True, ssl_disabled=True)
         cur = c.cursor(prepared=True)
-        cur.execute("DELETE FROM held WHERE id = ?", (7,))
+        cur.execute("DELETE FROM held WHERE id = ?", ({id},))
         c.commit()
         print("deleted", cur.rowcount)
-        """
-    )
+        """,
+    # MariaDB's execute-direct: PREPARE and EXECUTE (of "the statement just prepared") in one
+    # write, before the server answers the PREPARE
+    "mariadb-connector": """
+        import mariadb
+        c = mariadb.connect(host="127.0.0.1", port={port}, user="ci", database="app")
+        cur = c.cursor()
+        cur.execute("DELETE FROM held WHERE id = ?", ({id},))
+        c.commit()
+        print("deleted", cur.rowcount)
+        """,
+}
+
+
+@pytest.mark.parametrize(("connector", "row"), [("mysql-connector", 7), ("mariadb-connector", 8)])
+def test_a_prepared_execution_is_held_with_its_parameters(
+    lab: Lab, maria: MariaServer, setup: dict[str, Any], connector: str, row: int
+) -> None:
+    """A prepared DELETE: COM_STMT_PREPARE passes, each COM_STMT_EXECUTE is held; the
+    approver signs the text with the bound value. MariaDB Connector/Python sends its EXECUTE
+    with the PREPARE: it is held all the same, as the statement the server prepared."""
+    code = textwrap.dedent(_CONNECTORS[connector].format(port=PORT, id=row))
     job = lab.popen(
         [sys.executable, "-c", code],
         job=True,
@@ -144,18 +160,18 @@ def test_a_prepared_execution_is_held_with_its_parameters(
         stderr=subprocess.PIPE,
     )
     status = wait_pending(setup["client"], text="DELETE FROM held WHERE id = ?")
-    assert _count(maria, "id = 7") == "1"
+    assert _count(maria, f"id = {row}") == "1"
     _decide(setup, "approve", status.request.id, "cleanup")
     out, err = job.communicate(timeout=60)
     assert out.strip() == b"deleted 1", err
-    assert _count(maria, "id = 7") == "0"
+    assert _count(maria, f"id = {row}") == "0"
     statements = [
         e["data"]
         for e in setup["app"].entries()
         if e["type"] == "statement" and e["session"] == status.request.session
     ]
     (execute,) = [s for s in statements if s["protocol"] == "execute"]
-    assert execute["params"] == ["7"] and execute["decision"]["decision"] == "review"
+    assert execute["params"] == [str(row)] and execute["decision"]["decision"] == "review"
 
 
 def test_the_ledger_verifies(setup: dict[str, Any]) -> None:

@@ -269,6 +269,35 @@ def test_rows_are_masked_toward_the_job_as_in_the_ledger(lab: Lab, app: Applianc
     assert response["data"]["columns"][2] == "CAST('[REDACTED:CARD]' AS UNSIGNED)"
 
 
+def test_a_server_side_cursor_fetches_rows_masked(lab: Lab, app: Appliance) -> None:
+    """MariaDB Connector/Python's read-only cursor: COM_STMT_EXECUTE opens a cursor on the
+    server, the rows come by COM_STMT_FETCH (the connector asks for all of them at once),
+    masked toward the job as the target asks, and recorded with nothing raw in the ledger."""
+    code = textwrap.dedent(
+        f"""
+        import mariadb
+        from mariadb.constants import CURSOR
+        c = mariadb.connect(host="127.0.0.1", port={MASKED_PORT}, user="ci", database="app")
+        cur = c.cursor(cursor_type=CURSOR.READ_ONLY)
+        cur.execute("SELECT id, card, name FROM customers WHERE id > ? ORDER BY id", (0,))
+        for row in cur.fetchall():
+            print(repr(row))
+        cur.close()
+        c.close()
+        """
+    )
+    r = lab.job([sys.executable, "-c", code], env={"PYTHONPATH": str(Path(__file__).parents[2])})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["(1, '[REDACTED:CARD]', 'Ann')", "(2, None, 'Bob')"]
+    session = _session_with(app, "WHERE id > ? ORDER BY id")
+    fetches = [e for e in session if e["type"] == "statement" and e["data"]["protocol"] == "fetch"]
+    # Its EXECUTE came with the PREPARE (execute-direct): recorded as that statement's.
+    (execute,) = [e for e in session if e["data"].get("protocol") == "execute"]
+    assert execute["data"]["params"] == ["0"]
+    assert fetches and fetches[0]["data"]["prepared"] == execute["data"]["prepared"]
+    assert CARD not in str(session) and app.files_containing(CARD.encode()) == []
+
+
 def test_duplicate_key_error_is_masked_in_the_ledger(lab: Lab, app: Appliance) -> None:
     r = lab.job(
         mariadb(

@@ -168,6 +168,9 @@ class Relay:
         self.pending: deque[_Pending] = deque()
         self.prepared: dict[int, Prepared] = {}
         self._last_prepared: Prepared | None = None
+        # MariaDB's execute-direct: an EXECUTE of "the statement just prepared" sent before
+        # the server answered that PREPARE waits (with the commands after it) for the answer.
+        self._awaiting_prepare: _Pending | None = None
         self.backlog: deque[tuple[int, bytes]] = deque()
         self.held: _Pending | None = None
         self.held_params: tuple[str, list[bytes | None] | None] | None = None
@@ -220,7 +223,7 @@ class Relay:
             self._command(seq, payload)
 
     def _resume(self) -> None:
-        while self.backlog and self.held is None:
+        while self.backlog and self.held is None and self._awaiting_prepare is None:
             seq, payload = self.backlog.popleft()
             self._command(seq, payload)
 
@@ -360,6 +363,17 @@ class Relay:
         sid = Reader(payload, "client", "COM_STMT_EXECUTE", 1).u32()
         prep = self.prepared.get(sid)
         if prep is None and sid == 0xFFFFFFFF:
+            unanswered = next(
+                (p for p in reversed(self.pending) if p.kind is Kind.PREPARE and p.prep is None),
+                None,
+            )
+            if unanswered is not None:
+                # Which statement, its parameters and its verdict are known only once the
+                # server answers that PREPARE (else the execution would be checked and
+                # recorded as the previous statement's, or not at all).
+                self.backlog.appendleft((seq, payload))
+                self._awaiting_prepare = unanswered
+                return
             prep = self._last_prepared  # MariaDB: "the statement just prepared"
         if prep is None:
             # The server has no such statement either (every PREPARE passes here): it will
@@ -589,6 +603,9 @@ class Relay:
             return
         if kind is Kind.PREPARE:
             self._prepare_response(pend, seq, payload)
+            if self._awaiting_prepare is pend and (pend.prep is not None or head == 0xFF):
+                self._awaiting_prepare = None
+                self._resume()
             return
         # RESULT and PROBE
         if phase is Phase.FIRST:

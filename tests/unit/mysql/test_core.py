@@ -287,3 +287,23 @@ def test_mutated_transcripts_end_only_this_session_with_bounded_memory(
         tracemalloc.stop()
     assert peak < 2 << 20
     _ended_with_an_err_if_at_all(d)
+
+
+def test_an_execute_direct_waits_for_its_prepare_to_be_answered() -> None:
+    """MariaDB's execute-direct (Connector/C, Connector/Python cursors): PREPARE and an
+    EXECUTE of "the statement just prepared" (id 0xFFFFFFFF) in one write. The EXECUTE goes
+    upstream only once the server has said which statement it is, and is checked and
+    recorded as that statement's, with its parameters."""
+    d = Drive()
+    d.login()
+    steps = _transcript()
+    prepare, prepare_ok = steps[2][1], steps[3][1]
+    direct = packet(0, b"\x17\xff\xff\xff\xff" + steps[4][1][9:])  # the same execution, id -1
+    d.out(d.core.receive("job", prepare + direct))
+    assert d.to_up == prepare  # the EXECUTE waits
+    d.to_up = b""
+    d.out(d.core.receive("upstream", prepare_ok))
+    assert d.to_up == direct
+    execute = d.ledger.last("statement")
+    assert execute["protocol"] == "execute" and execute["params"] == ["7"]
+    assert execute["text"] == "SELECT card, id FROM t WHERE id = ?"
