@@ -18,7 +18,6 @@ ALLOWED_WITHOUT_TESTS = frozenset(
         "appliance.approvals.errors",
         "appliance.capture._errors",
         "appliance.cli.keys",
-        "appliance.ledger.api",
         "appliance.masking._counts",
         "appliance.masking._masker",  # through the package: test_values, test_copy ...
         "appliance.policy._builtins",
