@@ -52,6 +52,7 @@ from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import Masker, MaskingConfig
+from appliance.proxy import registry
 from appliance.proxy.flows import FlowResolverImpl, Identify
 from appliance.proxy.server import ProxyServer
 from appliance.proxy.services import SessionServices
@@ -269,6 +270,7 @@ class Daemon:
         server = self.server = ProxyServer(
             cfg, services, resolver, shell=shell, transparent=self.capture
         )
+        install_trust(cfg, services.shared, record=lambda d: ledger.append("capture.trust_installed", data=d))  # fmt: skip
         bound = server.bind()
 
         loop = asyncio.get_running_loop()
@@ -414,6 +416,24 @@ class CaptureRuntime:
         if self.attribution is not None:
             self.attribution.close()
             self.attribution = None
+
+
+def install_trust(
+    config: Config, shared: Mapping[str, Any], *, record: Callable[[dict[str, Any]], None]
+) -> None:
+    """Make the runner's clients trust the appliance for each protocol that needs it (the
+    registry's ``trust`` hooks: SSH's CA line); raises ApplianceError when one cannot."""
+    for name in sorted({t.protocol for t in config.targets.values()}):
+        protocol = registry.get(name)
+        if protocol.trust is None:
+            continue
+        targets = [t for t in config.targets.values() if t.protocol == name]
+        try:
+            done = protocol.load(protocol.trust)(config, targets, shared.get(name))
+        except OSError as exc:
+            raise ApplianceError(f"cannot make the runner trust the appliance for {name}: {exc}") from None  # fmt: skip
+        log.info("runner trust installed for %s: %s", name, done)
+        record({"protocol": name, **done})
 
 
 def _record_approval(ledger: Ledger, type: str, data: dict[str, Any]) -> None:

@@ -142,6 +142,8 @@ class CaptureConfig:
     cgroup: Path | None = None  # None: the cgroup v2 root
     bpf: bool = True
     reconcile_interval: float = 2.0
+    # Where the runner's SSH clients find the appliance's CA (appliance.proxy.ssh).
+    ssh_known_hosts: Path = Path("/etc/ssh/ssh_known_hosts")
 
 
 @dataclass(frozen=True)
@@ -381,7 +383,15 @@ def _parse_ledger(node: Node) -> LedgerConfig:
 
 def _parse_capture(node: Node) -> CaptureConfig:
     m = node.keys(
-        optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval")
+        optional=(
+            "listen_port",
+            "mark",
+            "bridges",
+            "cgroup",
+            "bpf",
+            "reconcile_interval",
+            "ssh_known_hosts",
+        )
     )
     d = CaptureConfig()
     return CaptureConfig(
@@ -395,4 +405,7 @@ def _parse_capture(node: Node) -> CaptureConfig:
         reconcile_interval=m["reconcile_interval"].duration()
         if "reconcile_interval" in m
         else d.reconcile_interval,
+        ssh_known_hosts=Path(m["ssh_known_hosts"].string())
+        if "ssh_known_hosts" in m
+        else d.ssh_known_hosts,
     )

@@ -39,7 +39,13 @@ class Protocol:
     (``dict[str, Node]``) that returns the protocol's own settings object, kept as
     ``Target.options`` (raise through ``Node.fail`` for precise errors);
     ``requires_accounts``: a target must name at least one service account;
-    ``pcap``: module that registers the protocol's pcap renderer when imported (or None).
+    ``pcap``: module that registers the protocol's pcap renderer when imported (or None);
+    ``trust``: ``"module:function"`` the daemon calls once at start, as ``trust(config,
+    targets, shared)``, to make the runner's clients trust the appliance for the
+    protocol's ``targets`` (SSH: the CA line of ``ssh_known_hosts``); it returns what the
+    ``capture.trust_installed`` entry records and raises OSError when it cannot;
+    ``untrust``: ``"module:function"`` that ``appliance capture remove`` calls as
+    ``untrust(config or None)``, returning what it removed.
     """
 
     name: str
@@ -52,6 +58,8 @@ class Protocol:
     options: str | None = None
     requires_accounts: bool = True
     pcap: str | None = None
+    trust: str | None = None
+    untrust: str | None = None
 
     def load(self, ref: str) -> Any:
         module, _, attr = ref.partition(":")
@@ -79,6 +87,24 @@ PROTOCOLS: dict[str, Protocol] = {
             core="appliance.proxy.pg.core:PgSession",
             shared="appliance.proxy.pg.core:shared",
             target_keys=("tls", "client_tls", "startup_parameters"),
+        ),
+        Protocol(
+            name="ssh",
+            description="SSH 2 (ssh, scp, sftp, rsync, git, Ansible): exec, shell, "
+            "subsystems, forwards; keys the job never holds",
+            default_port=22,
+            runner="appliance.proxy.ssh.runner:SshRunner",
+            shared="appliance.proxy.ssh.keys:shared",
+            target_keys=(
+                "known_hosts",
+                "login_timeout",
+                "max_channels",
+                "max_recording",
+                "max_transfer_content",
+            ),
+            options="appliance.proxy.ssh.options:parse_options",
+            trust="appliance.proxy.ssh.known_hosts:trust",
+            untrust="appliance.proxy.ssh.known_hosts:untrust",
         ),
     )
 }

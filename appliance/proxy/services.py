@@ -63,4 +63,18 @@ class SessionServices:
     shared: dict[str, Any] = field(default_factory=dict)
 
 
-__all__ = ["SessionServices"]
+def identity_key(identity: Mapping[str, Any]) -> str:
+    """A stable string naming who runs a session, for approval windows and messages (the
+    same for every protocol: an approval window covers one CI job, whatever it reaches)."""
+    if identity.get("source") != "ebpf":
+        return "unattributed"
+    ci = identity.get("ci") or {}
+    if ci:
+        parts = [
+            str(ci.get(k, "")) for k in ("provider", "repository", "workflow", "job", "run_id")
+        ]
+        return "ci:" + "/".join(parts)
+    return f"uid:{identity.get('uid')}:exe:{identity.get('exe')}"
+
+
+__all__ = ["SessionServices", "identity_key"]

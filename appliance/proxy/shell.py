@@ -91,6 +91,35 @@ def upstream_socket(family: int, mark: int) -> socket.socket:
     return sock
 
 
+async def connect_marked(
+    services: ShellServices, address: tuple[str, int], timeout: float
+) -> socket.socket:
+    """A connected, non-blocking upstream socket carrying the appliance's mark; raises
+    OSError (the system's words: :func:`why`) or TimeoutError."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    make = services.upstream_socket or upstream_socket
+    sock = make(family, services.mark)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def ask_approval(broker: Broker | None, command: AskApproval) -> ApprovalAnswered:
+    """Carry out an :class:`~.commands.AskApproval`: make the request and wait for its
+    outcome (a signed decision or the timeout); the answer the core is given."""
+    if broker is None:
+        return ApprovalAnswered(command.key, error="approvals are not configured")
+    try:
+        request = broker.new_request(**command.fields)
+    except ApplianceError as exc:
+        return ApprovalAnswered(command.key, error=str(exc))
+    outcome = await broker.request(request)
+    return ApprovalAnswered(command.key, outcome, request.id)
+
+
 class _Endpoint(asyncio.Protocol):
     """One socket of a connection; passes bytes and flow-control signals on."""
 
@@ -125,7 +154,7 @@ class _Endpoint(asyncio.Protocol):
         self.conn.pause(_other(self.side), "backpressure", False)
 
 
-def _why(exc: OSError) -> str:
+def why(exc: OSError) -> str:
     """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
 
@@ -334,27 +363,15 @@ class Connection:
     # -- the commands that wait ----------------------------------------------------------------
 
     async def _open_upstream(self, command: OpenUpstream) -> None:
-        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
-        make = self.services.upstream_socket or upstream_socket
         loop = asyncio.get_running_loop()
         try:
-            sock = make(family, self.services.mark)
-        except OSError as exc:
-            self.event(UpstreamFailed(_why(exc)))
-            return
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
+            sock = await connect_marked(self.services, command.address, command.timeout)
         except TimeoutError:
-            sock.close()
             self.event(UpstreamFailed("timed out", timed_out=True))
             return
         except OSError as exc:
-            sock.close()
-            self.event(UpstreamFailed(_why(exc)))
+            self.event(UpstreamFailed(why(exc)))
             return
-        except BaseException:
-            sock.close()
-            raise
         endpoint = self.upstream = _Endpoint(self, "upstream")
         local = sock.getsockname()
         await loop.create_connection(lambda: endpoint, sock=sock)
@@ -398,17 +415,7 @@ class Connection:
             self.on_data(side, data)
 
     async def _approval(self, command: AskApproval) -> None:
-        broker = self.services.broker
-        if broker is None:
-            self.event(ApprovalAnswered(command.key, error="approvals are not configured"))
-            return
-        try:
-            request = broker.new_request(**command.fields)
-        except ApplianceError as exc:
-            self.event(ApprovalAnswered(command.key, error=str(exc)))
-            return
-        outcome = await broker.request(request)
-        self.event(ApprovalAnswered(command.key, outcome, request.id))
+        self.event(await ask_approval(self.services.broker, command))
 
     async def _send_once(self, command: SendOnce) -> None:
         family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
@@ -417,17 +424,25 @@ class Connection:
         try:
             sock = make(family, self.services.mark)
         except OSError as exc:
-            self.event(SentOnce(False, _why(exc)))
+            self.event(SentOnce(False, why(exc)))
             return
         try:
             await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
             await loop.sock_sendall(sock, command.payload)
         except (OSError, TimeoutError) as exc:
-            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else _why(exc)))
+            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else why(exc)))
             return
         finally:
             sock.close()
         self.event(SentOnce(True))
 
 
-__all__ = ["HIGH_WATER", "Connection", "ShellServices", "upstream_socket"]
+__all__ = [
+    "HIGH_WATER",
+    "Connection",
+    "ShellServices",
+    "ask_approval",
+    "connect_marked",
+    "upstream_socket",
+    "why",
+]

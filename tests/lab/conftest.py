@@ -12,6 +12,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab.lab import Lab, PgServer
+from tests.lab.ssh import SshRunner
+from tests.lab.sshd import SshServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,3 +34,22 @@ def lab() -> Iterator[Lab]:
 def pg(lab: Lab) -> PgServer:
     """PostgreSQL 15 on target 0 (198.18.0.2, fd00:a9e:0::2), TLS available, SCRAM auth."""
     return lab.start_postgres(0, tls=True)
+
+
+@pytest.fixture(scope="session")
+def ssh_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshRunner]:
+    """A lab of its own (capture installs rules in its runner namespace): Debian's sshd on
+    target 1 port 22 and the appliance protecting it with transparent capture."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: run them through `make test`")
+    with Lab(n_targets=2) as ssh_lab:
+        sshd = SshServer(ssh_lab, ssh_lab.targets[1])
+        ssh_lab._servers.append(sshd)  # stopped with the lab
+        sshd.start()
+        runner = SshRunner(ssh_lab, sshd, tmp_path_factory.mktemp("ssh"))
+        try:
+            runner.start()
+            yield runner
+        finally:
+            runner.stop()
+            runner.remove_capture()

@@ -35,25 +35,13 @@ from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
+from appliance.proxy.services import identity_key
 
 INSUFFICIENT_PRIVILEGE = "42501"
 SYNTAX_ERROR = "42601"
 _ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
-
-
-def identity_key(identity: Mapping[str, Any]) -> str:
-    """A stable string naming who runs a session, for approval windows and messages."""
-    if identity.get("source") != "ebpf":
-        return "unattributed"
-    ci = identity.get("ci") or {}
-    if ci:
-        parts = [
-            str(ci.get(k, "")) for k in ("provider", "repository", "workflow", "job", "run_id")
-        ]
-        return "ci:" + "/".join(parts)
-    return f"uid:{identity.get('uid')}:exe:{identity.get('exe')}"
 
 
 class SessionHooks:
