@@ -71,7 +71,7 @@ def policy(alice_vkey: str, socket: Path) -> dict[str, Any]:
             },
             {
                 "name": "sftp-secret-dir",
-                "match": {"classes": ["file_read", "file_list"], "ssh": {"paths": ["*/secret*"]}},
+                "match": {"classes": ["file_read"], "ssh": {"paths": ["*/secrets/*"]}},
                 "action": "deny",
                 "message": "secrets stay on the host",
             },

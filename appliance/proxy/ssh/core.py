@@ -155,6 +155,7 @@ class _Channel:
     scp: ScpSource | None = None
     scp_side: str = "job"  # the side that sends the files
     scp_path: str = ""
+    scp_into: bool = False  # the path is a directory the files go into
     scp_transfer: Transfer | None = None
     scp_offset: int = 0
     recording: StreamRecording | None = None
@@ -504,7 +505,11 @@ class SshSession:
                 assert isinstance(stmt, SshOperation)
                 channel.scp = ScpSource()
                 channel.scp_side = "job" if "file_write" in stmt.classes else "upstream"
-                channel.scp_path = stmt.paths[0] if stmt.paths else ""
+                channel.scp_path = stmt.paths[0] if stmt.paths else "."
+                flags = "".join(a[1:] for a in stmt.arguments if a.startswith("-") and a != "--")
+                # scp -t PATH: PATH is the file unless -d (several files) or -r says it is a
+                # directory; scp -f PATH: PATH names the file (or the tree, with -r).
+                channel.scp_into = bool(set(flags) & {"d", "r"}) or channel.scp_path.endswith("/")
         elif event.request == "shell":
             classification = shell_request(pty=channel.pty is not None)
             text = "shell"
@@ -714,7 +719,7 @@ class SshSession:
         direction = "upload" if channel.scp_side == "job" else "download"
         for ev in events:
             if ev.kind == "file":
-                path = posixpath.join(channel.scp_path or ".", *ev.dirs, ev.name)
+                path = _scp_path(channel.scp_path, channel.scp_into, channel.scp_side, ev)
                 transfer = Transfer(
                     "scp", direction, path, cap=self.options.max_transfer_content, n=channel.n or 0
                 )
@@ -1024,6 +1029,19 @@ def _exec_mode(classification: Classification) -> str:
     if name in _BINARY_PROGRAMS and statements[0].classes & {"file_read", "file_write"}:
         return "binary"
     return "plain"
+
+
+def _scp_path(path: str, into: bool, source: str, ev: ScpEvent) -> str:
+    """Where a file of an scp stream is on the target. Upload (``scp -t PATH``): PATH
+    itself, or a file in it when it is a directory; download (``scp -f PATH``): PATH, or
+    the file a pattern or a tree (-r) named."""
+    if source == "job":
+        return posixpath.join(path, *ev.dirs, ev.name) if into or ev.dirs else path
+    if ev.dirs:
+        return posixpath.join(path, *ev.dirs[1:], ev.name)
+    if posixpath.basename(path) == ev.name:
+        return path
+    return posixpath.join(posixpath.dirname(path), ev.name)
 
 
 def _host_name(target: Target, upstream: tuple[str, int]) -> str:
