@@ -30,8 +30,9 @@ from appliance.ledger.proof import (
     make_proof,
     parse_proof,
 )
+from appliance.ledger.recordings import export_asciicast
 from appliance.ledger.recovery import recover
-from appliance.ledger.render import summarize, table, transcript, who
+from appliance.ledger.render import Raw, summarize, table, transcript, who
 from appliance.ledger.store import (
     BlobReader,
     latest_checkpoint,
@@ -360,9 +361,10 @@ def replay(
     for at, lines in steps:
         if speed > 0 and prev is not None and at > prev:
             sleep((at - prev) / 1e6 / speed)
-        prev = at
+        prev = at if prev is None else max(prev, at)
         for line in lines:
-            click.echo(line)
+            # A terminal's output (an SSH recording) is written as the operator saw it.
+            click.echo(line, nl=not isinstance(line, Raw))
 
 
 # -- proofs ---------------------------------------------------------------------------------
@@ -494,13 +496,25 @@ def consistency_cmd(
 @_LEDGER
 @click.option("--session", required=True)
 @click.option(
-    "--format", "fmt", type=click.Choice(["jsonl", "pcap"]), default="jsonl", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "pcap", "asciicast"]),
+    default="jsonl",
+    show_default=True,
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def export_cmd(directory: Path, session: str, fmt: str, out: Path) -> None:
+@click.option(
+    "--request",
+    "n",
+    type=click.IntRange(min=1),
+    help="asciicast: the request (statement number) whose recording to export "
+    "(default: the session's first terminal).",
+)
+def export_cmd(directory: Path, session: str, fmt: str, out: Path, n: int | None) -> None:
     """Export one session: a self-contained bundle an auditor verifies offline (entries,
-    blobs, checkpoint, a tlog-proof per entry, published keys), or a pcap of the session's
-    TCP stream rebuilt from the recorded (masked) messages, for Wireshark."""
+    blobs, checkpoint, a tlog-proof per entry, published keys), a pcap of the session's
+    TCP stream rebuilt from the recorded (masked) messages, for Wireshark, or an SSH
+    terminal recording as asciicast v2 (masked), for asciinema."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
     require_ledger(directory)
@@ -512,6 +526,8 @@ def export_cmd(directory: Path, session: str, fmt: str, out: Path) -> None:
             if fmt == "jsonl":
                 s = export_bundle(directory, session, f)
                 what = f"{s.entries} entries, {s.blobs} blobs, proofs against size {s.size}"
+            elif fmt == "asciicast":
+                what = f"{export_asciicast(directory, session, f, n=n)} events"
             else:
                 what = f"{export_pcap(directory, session, f)} packets"
         tmp.rename(out)

@@ -11,10 +11,16 @@ their own with no key in it.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -120,7 +126,11 @@ class SshRunner:
                     "login_timeout": "3s",
                     "max_channels": 8,
                     "accounts": [
-                        {"name": "deploy", "user": "deploy", "secret": {"file": str(s.account_key)}},
+                        {
+                            "name": "deploy",
+                            "user": "deploy",
+                            "secret": {"file": str(s.account_key)},
+                        },
                         {
                             "name": "deploy-cert",
                             "user": "deploy",
@@ -135,7 +145,11 @@ class SshRunner:
                     "addresses": [f"[{s.host.ipv6}]:22"],
                     "known_hosts": str(s.wrong_known_hosts),
                     "accounts": [
-                        {"name": "deploy", "user": "deploy", "secret": {"file": str(s.account_key)}},
+                        {
+                            "name": "deploy",
+                            "user": "deploy",
+                            "secret": {"file": str(s.account_key)},
+                        },
                     ],
                 },
             ],
@@ -268,6 +282,63 @@ class SshRunner:
              "--reason", reason, "--socket", str(self.socket)],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
+
+
+class Terminal:
+    """An interactive ssh on a pseudo-terminal, driven expect-style."""
+
+    def __init__(self, target: SshRunner, *args: str) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.proc = target.popen_job(
+            ["ssh", "-tt", "-o", "BatchMode=yes", f"deploy@{target.sshd.ipv4}", *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={"TERM": "xterm"},
+        )
+        os.close(slave)
+        self.seen = b""
+
+    def expect(self, needle: bytes, timeout: float = 20) -> bytes:
+        deadline = time.monotonic() + timeout
+        while needle not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{needle!r} not seen; got {self.seen[-500:]!r}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    raise AssertionError(
+                        f"{needle!r} not seen before EOF; got {self.seen[-500:]!r}"
+                    )
+                self.seen += chunk
+        return self.seen
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.kill(self.proc.pid, signal.SIGWINCH)
+
+    def close(self) -> int:
+        try:
+            return self.proc.wait(timeout=20)
+        finally:
+            os.close(self.master)
+
+
+def recording(runner: SshRunner, ref: dict[str, object]) -> str:
+    """A recording blob's text (inline, or from the blob store)."""
+    if isinstance(ref.get("inline"), str):
+        return str(ref["inline"])
+    sha = str(ref["sha256"])
+    return (runner.ledger / "blobs" / sha[:2] / sha).read_text()
 
 
 def of_type(entries: list[dict[str, Any]], type_: str) -> list[dict[str, Any]]:

@@ -11,22 +11,16 @@ echo), ``scp`` both ways (SFTP and the legacy protocol), ``sftp -b``, ``rsync -e
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import pty
-import select
-import signal
-import struct
 import subprocess
 import sys
-import termios
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.lab.ssh import SshRunner, of_type, ssh
+from tests.lab.ssh import SshRunner, Terminal, of_type, recording, ssh
 
 CARD = "4111 1111 1111 1111"
 SECRET = "hunter2-no-echo"
@@ -85,7 +79,9 @@ def test_exit_status_and_stderr_are_relayed(target: SshRunner) -> None:
 
 
 def test_standard_input_reaches_the_command(target: SshRunner) -> None:
-    r = target.job(ssh(target.sshd.ipv4, "cat > piped.txt && wc -c < piped.txt"), input="a" * 100_000)
+    r = target.job(
+        ssh(target.sshd.ipv4, "cat > piped.txt && wc -c < piped.txt"), input="a" * 100_000
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "100000"
 
@@ -96,53 +92,6 @@ def test_a_certificate_account_logs_in(target: SshRunner) -> None:
     ready = of_type(target.session("echo cert-login"), "session.ready")[0]
     assert ready["account"] == "deploy-cert"
     assert ready["data"]["auth_method"] == "publickey (certificate)"
-
-
-class Terminal:
-    """An interactive ssh on a pseudo-terminal, driven expect-style."""
-
-    def __init__(self, target: SshRunner) -> None:
-        self.master, slave = pty.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-        self.proc = target.popen_job(
-            ["ssh", "-tt", "-o", "BatchMode=yes", f"deploy@{target.sshd.ipv4}"],
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            env={"TERM": "xterm"},
-        )
-        os.close(slave)
-        self.seen = b""
-
-    def expect(self, needle: bytes, timeout: float = 20) -> bytes:
-        deadline = time.monotonic() + timeout
-        while needle not in self.seen:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"{needle!r} not seen; got {self.seen[-500:]!r}")
-            ready, _, _ = select.select([self.master], [], [], left)
-            if ready:
-                try:
-                    chunk = os.read(self.master, 65536)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    raise AssertionError(f"{needle!r} not seen before EOF; got {self.seen[-500:]!r}")
-                self.seen += chunk
-        return self.seen
-
-    def type(self, text: str) -> None:
-        os.write(self.master, text.encode())
-
-    def resize(self, rows: int, cols: int) -> None:
-        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        os.kill(self.proc.pid, signal.SIGWINCH)
-
-    def close(self) -> int:
-        try:
-            return self.proc.wait(timeout=20)
-        finally:
-            os.close(self.master)
 
 
 def test_an_interactive_shell_on_a_terminal(target: SshRunner) -> None:
@@ -158,7 +107,7 @@ def test_an_interactive_shell_on_a_terminal(target: SshRunner) -> None:
         term.type("cat cards.txt\r")
         term.expect(b"paid")
         # The prompt is built at run time, so that the echo of this line does not hold it.
-        term.type("p=Pass; read -s -p \"${p}word: \" pw; echo; echo got ${#pw} chars\r")
+        term.type('p=Pass; read -s -p "${p}word: " pw; echo; echo got ${#pw} chars\r')
         term.expect(b"Password: ")
         term.type(SECRET + "\r")
         term.expect(b"got 15 chars")
@@ -180,15 +129,9 @@ def test_an_interactive_shell_on_a_terminal(target: SshRunner) -> None:
     assert "shell-marker" in blob
 
 
-def recording(target: SshRunner, ref: dict[str, object]) -> str:
-    """A recording blob's text (inline, or from the blob store)."""
-    if isinstance(ref.get("inline"), str):
-        return str(ref["inline"])
-    sha = str(ref["sha256"])
-    return (target.ledger / "blobs" / sha[:2] / sha).read_text()
-
-
-def test_scp_up_and_down_over_sftp_and_the_legacy_protocol(target: SshRunner, tmp_path: Path) -> None:
+def test_scp_up_and_down_over_sftp_and_the_legacy_protocol(
+    target: SshRunner, tmp_path: Path
+) -> None:
     host = target.sshd.ipv4
     local = target.home / "upload.txt"
     content = f"release notes\ncard {CARD}\n".encode() * 50
@@ -196,11 +139,15 @@ def test_scp_up_and_down_over_sftp_and_the_legacy_protocol(target: SshRunner, tm
     os.chown(local, 65534, 65534)
     digest = hashlib.sha256(content).hexdigest()
     for mode, name in (([], "up-sftp.txt"), (["-O"], "up-legacy.txt")):
-        r = target.job(["scp", "-q", "-o", "BatchMode=yes", *mode, str(local), f"deploy@{host}:{name}"])
+        r = target.job(
+            ["scp", "-q", "-o", "BatchMode=yes", *mode, str(local), f"deploy@{host}:{name}"]
+        )
         assert r.returncode == 0, (mode, r.stderr)
         assert (target.sshd.home / name).read_bytes() == content
         down = target.home / f"down-{name}"
-        r = target.job(["scp", "-q", "-o", "BatchMode=yes", *mode, f"deploy@{host}:{name}", str(down)])
+        r = target.job(
+            ["scp", "-q", "-o", "BatchMode=yes", *mode, f"deploy@{host}:{name}", str(down)]
+        )
         assert r.returncode == 0, (mode, r.stderr)
         assert down.read_bytes() == content
     transfers = target.wait_for(lambda es: len(of_type(es, "ssh.transfer")) >= 4)
@@ -276,7 +223,7 @@ def test_signals_and_window_changes_from_an_asyncssh_client(target: SshRunner) -
     script = (
         "import asyncio, asyncssh\n"
         "async def main():\n"
-        f"    async with asyncssh.connect('{target.sshd.ipv4}', username='deploy', known_hosts='/etc/ssh/ssh_known_hosts', client_keys=None, agent_path=None) as c:\n"  # noqa: E501
+        f"    async with asyncssh.connect('{target.sshd.ipv4}', username='deploy', known_hosts='/etc/ssh/ssh_known_hosts', client_keys=None, agent_path=None) as c:\n"
         "        p = await c.create_process('echo started; exec sleep 30', term_type='xterm')\n"
         "        print(await p.stdout.readline(), end='', flush=True)\n"
         "        p.change_terminal_size(120, 40)\n"

@@ -13,8 +13,8 @@ Lines, one event per line::
     [2345, "i", "masked input line\\r"]
     [3456, "r", "100x30"]
 
-asciicast v2's event stream with integer microseconds (``ledger export --format asciicast``
-divides them).
+asciicast v2's event stream with integer microseconds (the format's home is
+:mod:`appliance.ledger.recordings`, which also reads it and exports asciicast).
 
 Masking sees whole lines: output is held until its line ends (or :data:`FLUSH_BYTES` are
 held), so a card number echoed one key at a time is masked as one value. When output pauses
@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from appliance.ledger.recordings import event_line, header_line
 from appliance.masking import MaskCounts, TargetMasker
 
 __all__ = ["FLUSH_BYTES", "FLUSH_GAP_US", "StreamTransform", "StreamTransforms", "frame"]
@@ -116,7 +117,7 @@ class StreamTransform:
         if kind == b"h":
             info = orjson.loads(data)
             self.pty = bool(info.get("pty"))
-            out.append(orjson.dumps(info, option=orjson.OPT_SORT_KEYS) + b"\n")
+            out.append(header_line(info))
         elif kind == b"o" or kind == b"e" or (kind == b"i" and not self.pty):
             if kind == b"o" and self.pty:
                 self._watch(data.decode("utf-8", "replace"))
@@ -128,7 +129,7 @@ class StreamTransform:
             self._settle(out)
         elif kind == b"r":
             self._flush(out)
-            out.append(orjson.dumps([at, "r", data.decode("ascii", "replace")]) + b"\n")
+            out.append(event_line(at, "r", data.decode("ascii", "replace")))
         elif kind == b"z":
             self._flush(out)
             if self._keys:
@@ -163,7 +164,7 @@ class StreamTransform:
 
     def _write(self, kind: bytes, at: int, data: bytes, out: list[bytes]) -> None:
         text = data.decode("utf-8", "replace")
-        out.append(orjson.dumps([at, kind.decode(), self._mask(text)]) + b"\n")
+        out.append(event_line(at, kind.decode(), self._mask(text)))
 
     # -- terminal input --------------------------------------------------------------------
 
@@ -209,7 +210,7 @@ class StreamTransform:
                 text = f"[NO-ECHO: {len(edited)} characters]" + typed.text[-1:]
             else:
                 text = self._mask(typed.text)
-            out.append(orjson.dumps([typed.at, "i", text]) + b"\n")
+            out.append(event_line(typed.at, "i", text))
 
     def _mask(self, text: str) -> str:
         return self.masker.mask_text(text, self.counts) if self.masker is not None else text
