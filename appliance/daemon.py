@@ -270,7 +270,9 @@ class Daemon:
         server = self.server = ProxyServer(
             cfg, services, resolver, shell=shell, transparent=self.capture
         )
-        install_trust(cfg, services.shared, record=lambda d: ledger.append("capture.trust_installed", data=d))  # fmt: skip
+        install_trust(
+            cfg, services.shared, record=lambda d: ledger.append("capture.trust_installed", data=d)
+        )
         bound = server.bind()
 
         loop = asyncio.get_running_loop()
@@ -431,7 +433,9 @@ def install_trust(
         try:
             done = protocol.load(protocol.trust)(config, targets, shared.get(name))
         except OSError as exc:
-            raise ApplianceError(f"cannot make the runner trust the appliance for {name}: {exc}") from None  # fmt: skip
+            raise ApplianceError(
+                f"cannot make the runner trust the appliance for {name}: {exc}"
+            ) from None
         log.info("runner trust installed for %s: %s", name, done)
         record({"protocol": name, **done})
 

@@ -89,7 +89,9 @@ def _blob(ref: Mapping[str, Any], blobs: BlobReader) -> bytes | None:
     return None
 
 
-def recordings(entries: Iterator[Mapping[str, Any]] | list[Any], blobs: BlobReader) -> Iterator[Recording]:  # fmt: skip
+def recordings(
+    entries: Iterator[Mapping[str, Any]] | list[Any], blobs: BlobReader
+) -> Iterator[Recording]:
     """The recordings referenced by a session's ``response`` entries, in order."""
     for obj in entries:
         d = obj.get("data") or {}

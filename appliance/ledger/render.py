@@ -303,7 +303,11 @@ def _terminal(o: Mapping[str, Any], load_blob: BlobLoader) -> Iterator[tuple[int
         return
     inline = ref.get("inline")
     sha = ref.get("sha256")
-    blob = inline.encode() if isinstance(inline, str) else (load_blob(sha) if isinstance(sha, str) else None)  # fmt: skip
+    blob = (
+        inline.encode()
+        if isinstance(inline, str)
+        else (load_blob(sha) if isinstance(sha, str) else None)
+    )
     if blob is None:
         yield ts_to_us(o["ts"]), ["        (recording blob missing)"]
         return

@@ -127,7 +127,23 @@ GROUPS: dict[str, frozenset[str]] = {
 
 UNKNOWN = "unknown"
 # The classes of SSH operations (appliance.policy._ssh); the rest are SQL's.
-SSH_CLASSES = frozenset({c for c in CLASSES if c.startswith(("ssh_", "file_"))})
+SSH_CLASSES = frozenset(
+    {
+        "ssh_shell",
+        "ssh_exec",
+        "ssh_sudo",
+        "ssh_subsystem",
+        "file_read",
+        "file_write",
+        "file_remove",
+        "file_rename",
+        "file_list",
+        "ssh_port_forward",
+        "ssh_remote_forward",
+        "ssh_agent_forward",
+        "ssh_x11_forward",
+    }
+)
 # Classes only a rule that names them (or a deny) decides: a catch-all allow does not let
 # through what nobody could read, nor open a tunnel nobody asked for.
 EXPLICIT = frozenset({UNKNOWN, *GROUPS["ssh_forwarding"]})

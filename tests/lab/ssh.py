@@ -253,18 +253,23 @@ class SshRunner:
                 raise AssertionError(f"ledger condition not met in {timeout}s; tail:\n{tail}")
             time.sleep(0.05)
 
-    def session(self, text: str, *, timeout: float = 20) -> list[dict[str, Any]]:
-        """The entries of the one ended session with a statement whose text holds ``text``."""
+    def session(
+        self, text: str, *, timeout: float = 20, latest: bool = False
+    ) -> list[dict[str, Any]]:
+        """The entries of the one ended session with a statement whose text holds ``text``
+        (``latest``: the last of several)."""
 
         def sid(entries: list[dict[str, Any]]) -> str | None:
-            found = {
-                e["session"]
-                for e in entries
-                if e["type"] == "statement" and text in str(e["data"].get("text", ""))
-            }
-            if len(found) > 1:
+            found = list(
+                dict.fromkeys(
+                    e["session"]
+                    for e in entries
+                    if e["type"] == "statement" and text in str(e["data"].get("text", ""))
+                )
+            )
+            if len(found) > 1 and not latest:
                 raise AssertionError(f"{len(found)} sessions ran {text!r}")
-            return next(iter(found), None)
+            return found[-1] if found else None
 
         def ended(entries: list[dict[str, Any]]) -> bool:
             s = sid(entries)
@@ -278,10 +283,22 @@ class SshRunner:
 
     def approve(self, request_id: str, reason: str = "ok") -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [APPLIANCE, "approvals", "approve", request_id, "--key", str(self.alice_key),
-             "--reason", reason, "--socket", str(self.socket)],
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+            [
+                APPLIANCE,
+                "approvals",
+                "approve",
+                request_id,
+                "--key",
+                str(self.alice_key),
+                "--reason",
+                reason,
+                "--socket",
+                str(self.socket),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
 
 class Terminal:

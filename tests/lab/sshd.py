@@ -108,8 +108,21 @@ class SshServer:
         cert_src = self.dir / "account"
         shutil.copy(self.account_key, cert_src)
         shutil.copy(f"{self.account_key}.pub", f"{cert_src}.pub")
-        run(["ssh-keygen", "-q", "-s", str(d / "user_ca"), "-I", "appliance", "-n", USER,
-             "-V", "-5m:+1d", f"{cert_src}.pub"])  # fmt: skip
+        run(
+            [
+                "ssh-keygen",
+                "-q",
+                "-s",
+                str(d / "user_ca"),
+                "-I",
+                "appliance",
+                "-n",
+                USER,
+                "-V",
+                "-5m:+1d",
+                f"{cert_src}.pub",
+            ]
+        )
         cert = Path(f"{cert_src}-cert.pub").read_text()
         with_cert = self.account_key_with_cert
         fd = os.open(with_cert, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

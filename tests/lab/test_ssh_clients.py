@@ -31,7 +31,13 @@ def target(ssh_runner: SshRunner) -> SshRunner:
     """The target's files: a file with a card number, a release script, a bare git repo."""
     s = ssh_runner.sshd
     s.as_user(["sh", "-c", f"printf 'customer ada {CARD} paid\\n' > cards.txt"])
-    s.as_user(["sh", "-c", "printf '#!/bin/sh\\necho released > released.txt\\n' > release.sh && chmod +x release.sh"])  # fmt: skip
+    s.as_user(
+        [
+            "sh",
+            "-c",
+            "printf '#!/bin/sh\\necho released > released.txt\\n' > release.sh && chmod +x release.sh",
+        ]
+    )
     s.as_user(["sh", "-c", "mkdir -p secrets && echo token > secrets/token"])
     s.as_user(
         [
@@ -116,7 +122,7 @@ def test_an_interactive_shell_on_a_terminal(target: SshRunner) -> None:
     finally:
         if term.proc.poll() is None:
             term.proc.kill()
-    session = target.session("shell")
+    session = target.session("shell", latest=True)
     statement = of_type(session, "statement")[0]["data"]
     assert statement["request"] == "shell"
     assert statement["pty"] == {"term": "xterm", "cols": 80, "rows": 24}
@@ -170,7 +176,9 @@ def test_scp_up_and_down_over_sftp_and_the_legacy_protocol(
 def test_sftp_batch_and_a_denied_operation(target: SshRunner) -> None:
     host = target.sshd.ipv4
     batch = target.home / "batch.sftp"
-    batch.write_text("mkdir drop\nput /etc/hostname drop/hostname\nls drop\nrename drop/hostname drop/h2\nrm drop/h2\nrmdir drop\n")  # fmt: skip
+    batch.write_text(
+        "mkdir drop\nput /etc/hostname drop/hostname\nls drop\nrename drop/hostname drop/h2\nrm drop/h2\nrmdir drop\n"
+    )
     r = target.job(["sftp", "-o", "BatchMode=yes", "-b", str(batch), f"deploy@{host}"])
     assert r.returncode == 0, r.stderr
     assert not (target.sshd.home / "drop").exists()
@@ -188,7 +196,13 @@ def test_sftp_batch_and_a_denied_operation(target: SshRunner) -> None:
     )
     ops = [e["data"]["request"] for e in of_type(decisions, "statement")]
     # OpenSSH renames with its posix-rename extension when the server offers it.
-    for op in ("sftp.mkdir", "sftp.open", "sftp.posix-rename@openssh.com", "sftp.remove", "sftp.rmdir"):  # fmt: skip
+    for op in (
+        "sftp.mkdir",
+        "sftp.open",
+        "sftp.posix-rename@openssh.com",
+        "sftp.remove",
+        "sftp.rmdir",
+    ):
         assert op in ops, ops
 
 
@@ -198,7 +212,9 @@ def test_rsync_over_ssh(target: SshRunner) -> None:
     (src / "a.txt").write_text("alpha\n" * 1000)
     (src / "b.txt").write_text("beta\n")
     subprocess.run(["chown", "-R", "65534:65534", str(src)], check=True)
-    r = target.job(["rsync", "-a", "-e", "ssh -o BatchMode=yes", f"{src}/", f"deploy@{target.sshd.ipv4}:tree/"])  # fmt: skip
+    r = target.job(
+        ["rsync", "-a", "-e", "ssh -o BatchMode=yes", f"{src}/", f"deploy@{target.sshd.ipv4}:tree/"]
+    )
     assert r.returncode == 0, r.stderr
     assert (target.sshd.home / "tree" / "a.txt").read_text() == "alpha\n" * 1000
     statement = of_type(target.session("rsync --server"), "statement")[0]["data"]
@@ -243,7 +259,9 @@ def test_signals_and_window_changes_from_an_asyncssh_client(target: SshRunner) -
 def test_ansible_ping_and_copy(target: SshRunner) -> None:
     host = target.sshd.ipv4
     inventory = target.home / "inventory.ini"
-    inventory.write_text(f"web ansible_host={host} ansible_user=deploy ansible_python_interpreter=/usr/bin/python3\n")  # fmt: skip
+    inventory.write_text(
+        f"web ansible_host={host} ansible_user=deploy ansible_python_interpreter=/usr/bin/python3\n"
+    )
     bin_dir = Path(sys.executable).parent
     env = {
         "ANSIBLE_HOST_KEY_CHECKING": "True",
@@ -252,16 +270,27 @@ def test_ansible_ping_and_copy(target: SshRunner) -> None:
         "ANSIBLE_NOCOLOR": "1",
         "PATH": f"{bin_dir}:/usr/bin:/bin",
     }
-    r = target.job([str(bin_dir / "ansible"), "-i", str(inventory), "web", "-m", "ping"], env=env, timeout=120)  # fmt: skip
+    r = target.job(
+        [str(bin_dir / "ansible"), "-i", str(inventory), "web", "-m", "ping"], env=env, timeout=120
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert '"ping": "pong"' in r.stdout
     src = target.home / "motd.txt"
     src.write_text("deployed by ansible\n")
     os.chown(src, 65534, 65534)
     r = target.job(
-        [str(bin_dir / "ansible"), "-i", str(inventory), "web", "-m", "copy",
-         "-a", f"src={src} dest=motd.txt mode=0644"],
-        env=env, timeout=120,
-    )  # fmt: skip
+        [
+            str(bin_dir / "ansible"),
+            "-i",
+            str(inventory),
+            "web",
+            "-m",
+            "copy",
+            "-a",
+            f"src={src} dest=motd.txt mode=0644",
+        ],
+        env=env,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (target.sshd.home / "motd.txt").read_text() == "deployed by ansible\n"

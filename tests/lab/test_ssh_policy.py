@@ -38,14 +38,23 @@ while True:
 def target(ssh_runner: SshRunner) -> SshRunner:
     s = ssh_runner.sshd
     s.as_user(["sh", "-c", f"printf 'invoice for bob card {CARD} due\\n' > invoice.txt"])
-    s.as_user(["sh", "-c", "printf '#!/bin/sh\\necho released > released.txt\\necho release done\\n' > release.sh && chmod +x release.sh"])  # fmt: skip
+    s.as_user(
+        [
+            "sh",
+            "-c",
+            "printf '#!/bin/sh\\necho released > released.txt\\necho release done\\n' > release.sh && chmod +x release.sh",
+        ]
+    )
     return ssh_runner
 
 
 def test_a_denied_command_is_refused_with_the_rule_and_status_126(target: SshRunner) -> None:
     r = target.job(ssh(target.sshd.ipv4, "rm -rf /tmp/precious && echo gone"))
     assert r.returncode == 126
-    assert "appliance: denied by policy rule 'no-recursive-rm': no recursive deletes from CI" in r.stderr  # fmt: skip
+    assert (
+        "appliance: denied by policy rule 'no-recursive-rm': no recursive deletes from CI"
+        in r.stderr
+    )
     assert "gone" not in r.stdout
     session = target.session("rm -rf /tmp/precious")
     decision = of_type(session, "policy.decision")[0]["data"]
@@ -143,15 +152,28 @@ def test_a_local_forward_is_refused_unless_a_rule_names_it(target: SshRunner) ->
             port = _local_port(target)
             host, dport = dest.split(":")
             fwd = target.popen_job(
-                ["ssh", "-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-                 "-L", f"127.0.0.1:{port}:{host}:{dport}", f"deploy@{target.sshd.ipv4}"],
+                [
+                    "ssh",
+                    "-N",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "ExitOnForwardFailure=yes",
+                    "-L",
+                    f"127.0.0.1:{port}:{host}:{dport}",
+                    f"deploy@{target.sshd.ipv4}",
+                ],
                 stderr=subprocess.PIPE,
-            )  # fmt: skip
+            )
             try:
                 data = _through(target, port, b"GET /\n")
             finally:
                 fwd.terminate()
-                _, err = fwd.communicate(timeout=20)
+                try:
+                    _, err = fwd.communicate(timeout=10)
+                except subprocess.TimeoutExpired:
+                    fwd.kill()
+                    _, err = fwd.communicate(timeout=10)
             if allowed:
                 assert data == b"metrics ok", err
             else:
@@ -163,7 +185,9 @@ def test_a_local_forward_is_refused_unless_a_rule_names_it(target: SshRunner) ->
                 for e in es
             )
         )
-        forwards = [e["data"] for e in of_type(entries, "statement") if e["data"]["request"] == "forward"]  # fmt: skip
+        forwards = [
+            e["data"] for e in of_type(entries, "statement") if e["data"]["request"] == "forward"
+        ]
         by_text = {f["text"]: f["decision"]["decision"] for f in forwards}
         assert by_text["local forward to 127.0.0.1:9100"] == "allow"
         assert by_text["local forward to 127.0.0.1:22"] == "deny"
@@ -177,19 +201,29 @@ def test_a_local_forward_is_refused_unless_a_rule_names_it(target: SshRunner) ->
 
 def test_a_remote_forward_is_refused_and_recorded(target: SshRunner) -> None:
     r = target.job(
-        ["ssh", "-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
-         "-R", "127.0.0.1:9200:127.0.0.1:80", f"deploy@{target.sshd.ipv4}"],
+        [
+            "ssh",
+            "-N",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-R",
+            "127.0.0.1:9200:127.0.0.1:80",
+            f"deploy@{target.sshd.ipv4}",
+        ],
         timeout=30,
-    )  # fmt: skip
+    )
     assert r.returncode == 255
     assert "remote port forwarding failed" in r.stderr, r.stderr
     target.wait_for(
         lambda es: any(
-            e["type"] == "statement" and e["data"].get("text") == "remote forward 127.0.0.1:9200"
+            e["type"] == "statement"
+            and e["data"].get("text") == "remote forward 127.0.0.1:9200"
             and e["data"]["decision"]["decision"] == "deny"
             for e in es
         )
-    )  # fmt: skip
+    )
 
 
 def test_agent_forwarding_is_never_relayed(target: SshRunner) -> None:
@@ -200,10 +234,16 @@ def test_agent_forwarding_is_never_relayed(target: SshRunner) -> None:
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         r = target.job(
-            ["ssh", "-A", "-o", "BatchMode=yes", f"deploy@{target.sshd.ipv4}",
-             "echo agent=${SSH_AUTH_SOCK:-none}"],
+            [
+                "ssh",
+                "-A",
+                "-o",
+                "BatchMode=yes",
+                f"deploy@{target.sshd.ipv4}",
+                "echo agent=${SSH_AUTH_SOCK:-none}",
+            ],
             env={"SSH_AUTH_SOCK": str(sock)},
-        )  # fmt: skip
+        )
     finally:
         agent.kill()
         agent.wait()
@@ -226,22 +266,37 @@ def test_the_replay_shows_what_the_operator_saw_masked(target: SshRunner, tmp_pa
         if term.proc.poll() is None:
             term.proc.kill()
     assert CARD.encode() in term.seen  # the operator saw the real value
-    session = target.session("shell")
+    session = target.session("shell", latest=True)
     sid = session[0]["session"]
     replay = subprocess.run(
         [APPLIANCE, "ledger", "replay", "--ledger", str(target.ledger), sid, "--speed", "50"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert replay.returncode == 0, replay.stderr
-    assert "replay-marker" in replay.stdout
+    assert "replay-marker" in replay.stdout, replay.stdout
     assert "invoice for bob card [REDACTED:CARD] due" in replay.stdout
     assert "5555" not in replay.stdout
     cast = tmp_path / "shell.cast"
     r = subprocess.run(
-        [APPLIANCE, "ledger", "export", "--ledger", str(target.ledger), "--session", sid,
-         "--format", "asciicast", "--out", str(cast)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            APPLIANCE,
+            "ledger",
+            "export",
+            "--ledger",
+            str(target.ledger),
+            "--session",
+            sid,
+            "--format",
+            "asciicast",
+            "--out",
+            str(cast),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     lines = cast.read_text().splitlines()
     header = json.loads(lines[0])
@@ -254,8 +309,10 @@ def test_the_replay_shows_what_the_operator_saw_masked(target: SshRunner, tmp_pa
     # asciinema itself reads it (asciinema cat prints the output stream).
     cat = subprocess.run(
         [str(Path(APPLIANCE).with_name("asciinema")), "cat", str(cast)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cat.returncode == 0, cat.stderr
     assert "invoice for bob card [REDACTED:CARD] due" in cat.stdout
 
@@ -269,7 +326,13 @@ def test_the_job_never_holds_the_upstream_key(target: SshRunner) -> None:
     assert r.returncode != 0 and "Permission denied" in r.stderr
     # Not in its environment, nor in any message it receives: the job's SSH connection
     # ends at the appliance (the verbose client log shows every key it was offered).
-    r = target.job(["sh", "-c", "env; ssh -vvv -o BatchMode=yes deploy@" + target.sshd.ipv4 + " 'env; echo key-check'"])  # fmt: skip
+    r = target.job(
+        [
+            "sh",
+            "-c",
+            "env; ssh -vvv -o BatchMode=yes deploy@" + target.sshd.ipv4 + " 'env; echo key-check'",
+        ]
+    )
     assert r.returncode == 0, r.stderr
     everything = r.stdout + r.stderr
     assert "key-check" in everything
@@ -289,8 +352,12 @@ def test_a_target_host_key_that_does_not_match_is_refused(target: SshRunner) -> 
     entries = target.wait_for(
         lambda es: any(e["type"] == "ssh.upstream_refused" and e["target"] == "web6" for e in es)
     )
-    refused = [e for e in entries if e["type"] == "ssh.upstream_refused" and e["target"] == "web6"][-1]  # fmt: skip
+    refused = [e for e in entries if e["type"] == "ssh.upstream_refused" and e["target"] == "web6"][
+        -1
+    ]
     assert refused["data"]["stage"] == "host_key"
     sid = refused["session"]
-    end = target.wait_for(lambda es: any(e["type"] == "session.end" and e["session"] == sid for e in es))  # fmt: skip
+    end = target.wait_for(
+        lambda es: any(e["type"] == "session.end" and e["session"] == sid for e in es)
+    )
     assert any(e["type"] == "session.end" and e["session"] == sid for e in end)

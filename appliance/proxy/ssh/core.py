@@ -614,6 +614,7 @@ class SshSession:
             )
             channel.n = None  # answered
         if channel.kind != "session":
+            channel.state = "finished"  # a refused forward takes no channel slot
             return [
                 RefuseChannel(
                     channel.chan, OPEN_ADMINISTRATIVELY_PROHIBITED, f"appliance: {message}"

@@ -385,7 +385,11 @@ class SshRunner:
             return
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             sock.close()
-            self.event(UpstreamFailed("protocol" if isinstance(exc, asyncssh.Error) else "connect", _describe(exc)))  # fmt: skip
+            self.event(
+                UpstreamFailed(
+                    "protocol" if isinstance(exc, asyncssh.Error) else "connect", _describe(exc)
+                )
+            )
             return
         if self.done.done():
             conn.close()
