@@ -16,11 +16,11 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import asyncssh
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.errors import ApplianceError
+from appliance.proxy.ssh._asyncssh import asyncssh
 
 __all__ = ["CERT_LIFETIME", "SshShared", "account_key", "shared"]
 

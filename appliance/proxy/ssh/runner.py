@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +38,7 @@ from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy.commands import ConnectionInfo, Side
 from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import ShellServices, ask_approval, connect_marked, why
+from appliance.proxy.ssh._asyncssh import asyncssh
 from appliance.proxy.ssh.core import SshSession
 from appliance.proxy.ssh.events import (
     Abort,
@@ -86,11 +86,6 @@ from appliance.proxy.ssh.events import (
     WithdrawApproval,
 )
 from appliance.proxy.ssh.keys import SshShared, account_key
-
-with warnings.catch_warnings():
-    # asyncssh imports DSA support that cryptography deprecates; the appliance uses none.
-    warnings.simplefilter("ignore")
-    import asyncssh
 
 log = logging.getLogger("appliance.proxy")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

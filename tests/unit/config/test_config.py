@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Address, ConfigError, load_config, parse_config
+from appliance.proxy.registry import PROTOCOLS
 
 GOOD = """\
 targets:
@@ -84,8 +85,8 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
             "<config>:8: ledger.writer: expected one of process, thread; got 'fork'",
         ),
         (
-            "targets:\n  - name: a\n    protocol: mysql\n    addresses: [x:1]\n    accounts: []\n",
-            "<config>:3: targets[0].protocol: expected one of postgres; got 'mysql'",
+            "targets:\n  - name: a\n    protocol: telnet\n    addresses: [x:1]\n    accounts: []\n",
+            f"<config>:3: targets[0].protocol: expected one of {', '.join(PROTOCOLS)}; got 'telnet'",
         ),
         (
             "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1]\n    accounts: []\n",
