@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup test lint typecheck unit lab guard demo bench clean
+.PHONY: setup test lint typecheck unit lab guard demo bench pg-regress clean
 
 setup:
 	@./scripts/setup.sh
@@ -34,6 +34,12 @@ demo: setup
 
 bench: setup
 	$(PYTEST) tests/bench -q -s -m bench
+
+# PostgreSQL's own regression suite, direct and through the appliance (allow-everything
+# policy): prints both pass/fail sets and their difference. Minutes; not part of `make test`.
+pg-regress: setup
+	./scripts/pg-regress-setup.sh
+	$(PY) -m tests.regress.pg_regress
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-output

@@ -44,14 +44,14 @@ from appliance.approvals import (
     WebhookNotifier,
     parse_approvals_transport,
 )
-from appliance.config import Config
+from appliance.config import Config, format_endpoint
 from appliance.config.sections import Sections, parse_sections
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.remote import RemoteLedger
-from appliance.masking import Masker, MaskingConfig
+from appliance.masking import EPHEMERAL, Masker, MaskingConfig, key_record
 from appliance.proxy import registry
 from appliance.proxy.flows import FlowResolverImpl, Identify
 from appliance.proxy.server import ProxyServer
@@ -115,6 +115,9 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # sqlglot warns about MySQL syntax it reads loosely; the MySQL classifier checks the
+    # statement kinds itself (appliance.policy._mysql), so those warnings are noise here.
+    logging.getLogger("sqlglot").setLevel(logging.ERROR)
 
 
 def sd_notify(message: str) -> None:
@@ -129,12 +132,27 @@ def sd_notify(message: str) -> None:
         s.send(message.encode())
 
 
-def load_masking_key(config: MaskingConfig, credentials_dir: str | None) -> tuple[bytes, str]:
-    """The HMAC key for the hash style: from the config's secret, else a random key for this
-    run (hash values are then joinable only within one run; recorded as such)."""
+def load_masking_key(
+    config: MaskingConfig,
+    credentials_dir: str | None,
+    random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+) -> tuple[bytes, dict[str, Any]]:
+    """The HMAC key for the hash style, and what ``appliance.start`` records about it (its
+    source and id, see :mod:`appliance.masking._key`).
+
+    The configured secret (a file or a systemd credential, one for the whole fleet), else a
+    random key for this run: with ``key: ephemeral`` (recorded and logged as such), or when no
+    style is ``hash`` and the key masks nothing. Raises SecretError if the secret cannot be
+    read."""
     if config.key is not None:
-        return read_secret(config.key, credentials_dir=credentials_dir).encode(), "configured"
-    return secrets.token_bytes(32), "ephemeral (no masking key configured)"
+        key = read_secret(config.key, credentials_dir=credentials_dir).encode()
+        return key, key_record(key, config.key.describe(), ephemeral=False, used=config.uses_hash)
+    key = random_bytes(32)
+    if config.ephemeral_key:
+        record = key_record(key, EPHEMERAL, ephemeral=True, used=config.uses_hash)
+        log.warning(record["warning"])
+        return key, record
+    return key, key_record(key, "none configured (no style is hash)", ephemeral=False, used=False)
 
 
 class Daemon:
@@ -196,6 +214,7 @@ class Daemon:
             "targets": sorted(cfg.targets),
             "capture": self.capture,
             "masking_key": key_source,
+            "durability": cfg.ledger.durability,
             "policy": policy.start_record() if policy is not None else None,
         }
         if policy is None:
@@ -262,8 +281,11 @@ class Daemon:
             upstream_tls=upstream_context,
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
+            write_ahead=cfg.ledger.durability == "write-ahead",
         )
-        shell = ShellServices(mark=cfg.capture.mark if self.capture else 0, broker=broker)
+        shell = ShellServices(
+            mark=cfg.capture.mark if self.capture else 0, broker=broker, durable=ledger.sync
+        )
         resolver = FlowResolverImpl(
             cfg, identify=identify, original_dst=original_dst, target_for=target_for
         )
@@ -290,7 +312,7 @@ class Daemon:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 elapsed = time.monotonic() - started
-                listening = [f"{h}:{p}" if ":" not in h else f"[{h}]:{p}" for h, p in bound]
+                listening = [format_endpoint(h, p) for h, p in bound]
                 ledger.append(
                     "appliance.ready",
                     data={"listening": listening, "startup_ms": round(elapsed * 1000)},

@@ -23,6 +23,7 @@ APT_PACKAGES=(
   build-essential
   iptables nftables iproute2 util-linux procps kmod bpftool
   postgresql postgresql-contrib postgresql-client pgbouncer
+  mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
   openssh-client openssh-sftp-server rsync git
 )
@@ -78,6 +79,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     done
   fi
   systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true
+  # Likewise MariaDB: the lab starts its own servers from temporary data directories.
+  systemctl disable --now mariadb >/dev/null 2>&1 || service mariadb stop >/dev/null 2>&1 || true
+  update-rc.d mariadb disable >/dev/null 2>&1 || true
 fi
 
 # --- kernel headers for bcc ------------------------------------------------------------

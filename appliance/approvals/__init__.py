@@ -9,7 +9,7 @@ Where it sits: the proxy's session asks policy, gets ``review``, masks the state
   SHA-256 of the exact statement bytes (:func:`statement_digest`), created, expires, and the
   rule's grant window. Recorded as ``approval.requested``; announced by webhook
   (:class:`WebhookNotifier`) and listed by ``appliance approvals list``.
-- **Decision** (:class:`Decision`): a canonical seven-line body (:mod:`.decision`) inside a
+- **SignedDecision** (:class:`SignedDecision`): a canonical seven-line body (:mod:`.decision`) inside a
   C2SP signed note (https://c2sp.org/signed-note) signed with the approver's Ed25519 key
   (:class:`appliance.signing.keys.SigningKey`, made by ``appliance keys generate --approver``).
   An auditor checks it with any signed-note tool and the approver's vkey.
@@ -48,13 +48,12 @@ Wiring (the proxy's owner)::
 
 from appliance.approvals.broker import (
     DEFAULT_TIMEOUT,
-    UNATTRIBUTED,
     Broker,
     Outcome,
     RecordFn,
     RejectReason,
+    Resolution,
     SubmitResult,
-    Verdict,
 )
 from appliance.approvals.client import ApprovalsClient, DecisionAccepted
 from appliance.approvals.clock import Clock, ManualClock, SystemClock, format_time, parse_time
@@ -63,7 +62,12 @@ from appliance.approvals.config import (
     ApprovalsTransportConfig,
     parse_approvals_transport,
 )
-from appliance.approvals.decision import Decision, format_decision, parse_decision, sign_decision
+from appliance.approvals.decision import (
+    SignedDecision,
+    format_decision,
+    parse_decision,
+    sign_decision,
+)
 from appliance.approvals.errors import (
     ApprovalsError,
     ApprovalsProtocolError,
@@ -76,9 +80,11 @@ from appliance.approvals.errors import (
     RequestNotPending,
 )
 from appliance.approvals.request import (
+    UNATTRIBUTED,
     ApprovalRequest,
     RequestState,
     RequestStatus,
+    identity_key,
     statement_digest,
 )
 from appliance.approvals.server import DEFAULT_SOCKET, ApprovalServer
@@ -100,7 +106,6 @@ __all__ = [
     "ApprovalsUsageError",
     "Broker",
     "Clock",
-    "Decision",
     "DecisionAccepted",
     "DecisionFormatError",
     "DecisionRejected",
@@ -112,13 +117,15 @@ __all__ = [
     "RequestNotPending",
     "RequestState",
     "RequestStatus",
+    "Resolution",
+    "SignedDecision",
     "SubmitResult",
     "SystemClock",
-    "Verdict",
     "WebhookNotifier",
     "WebhookTarget",
     "format_decision",
     "format_time",
+    "identity_key",
     "parse_approvals_transport",
     "parse_decision",
     "parse_time",

@@ -33,30 +33,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from appliance.approvals.clock import Clock, format_time
-from appliance.approvals.decision import Decision, parse_decision
+from appliance.approvals.decision import SignedDecision, parse_decision
 from appliance.approvals.errors import ApprovalsUsageError, DecisionFormatError
-from appliance.approvals.request import ApprovalRequest, RequestState, RequestStatus
+from appliance.approvals.request import UNATTRIBUTED, ApprovalRequest, RequestState, RequestStatus
 from appliance.signing.keys import InvalidSignature, VerifierKey
 from appliance.signing.note import MalformedNote, NoteError, UnverifiedNote, open_note
 
 __all__ = [
     "DEFAULT_TIMEOUT",
-    "UNATTRIBUTED",
     "Broker",
     "NotifyFn",
     "Outcome",
     "RecordFn",
     "RejectReason",
+    "Resolution",
     "Rng",
     "SubmitResult",
-    "Verdict",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)
-# The identity of a flow eBPF could not attribute (DESIGN.md); such flows never share a window.
-UNATTRIBUTED = "unattributed"
 # A note longer than this is not a decision; it is rejected and recorded by digest only.
 MAX_NOTE_CHARS = 8192
 _ID_BYTES = 10
@@ -66,7 +63,7 @@ NotifyFn = Callable[[ApprovalRequest], None]
 Rng = Callable[[int], bytes]
 
 
-class Verdict(enum.Enum):
+class Resolution(enum.Enum):
     GRANTED = "granted"
     DENIED = "denied"
     TIMED_OUT = "timeout"
@@ -77,7 +74,7 @@ class Outcome:
     """How a held statement ended. ``note`` is the signed decision (None on timeout);
     ``window_of`` is the id of the earlier request whose grant covered this one."""
 
-    verdict: Verdict
+    verdict: Resolution
     request: ApprovalRequest
     approver: str | None = None
     reason: str = ""
@@ -86,16 +83,16 @@ class Outcome:
 
     @property
     def granted(self) -> bool:
-        return self.verdict is Verdict.GRANTED
+        return self.verdict is Resolution.GRANTED
 
     def message(self) -> str:
         """One line for the client: who decided and why, or that nobody did in time."""
         req = self.request
         why = f": {self.reason}" if self.reason else " (no reason given)"
-        if self.verdict is Verdict.GRANTED:
+        if self.verdict is Resolution.GRANTED:
             via = f" (window of request {self.window_of})" if self.window_of else ""
             return f"approval {req.id} granted by {self.approver}{via}{why}"
-        if self.verdict is Verdict.DENIED:
+        if self.verdict is Resolution.DENIED:
             return f"approval {req.id} denied by {self.approver}{why}"
         waited = int((req.expires - req.created).total_seconds())
         return (
@@ -332,7 +329,7 @@ class Broker:
 
     # -- transitions -------------------------------------------------------------------------
 
-    def _accept(self, pending: _Pending, d: Decision, note: str) -> SubmitResult:
+    def _accept(self, pending: _Pending, d: SignedDecision, note: str) -> SubmitResult:
         req = pending.request
         granted = d.decision == "approve"
         data = self._decision_data(req, d, note)
@@ -343,7 +340,7 @@ class Broker:
         del self._pending[req.id]
         state = RequestState.GRANTED if granted else RequestState.DENIED
         self._remember(req, state, d.approver, note)
-        verdict = Verdict.GRANTED if granted else Verdict.DENIED
+        verdict = Resolution.GRANTED if granted else Resolution.DENIED
         pending.future.set_result(Outcome(verdict, req, d.approver, d.reason, note))
         log.info("approval %s %s by %s", req.id, state.value, d.approver)
         if granted and req.window > timedelta(0):
@@ -386,7 +383,7 @@ class Broker:
         self._remember(req, RequestState.GRANTED, grant.approver, None)
         log.info("approval %s granted by the window of %s", req.id, grant.request_id)
         return Outcome(
-            Verdict.GRANTED, req, grant.approver, grant.reason, grant.note, grant.request_id
+            Resolution.GRANTED, req, grant.approver, grant.reason, grant.note, grant.request_id
         )
 
     def _time_out(self, request_id: str) -> None:
@@ -419,7 +416,7 @@ class Broker:
             raise
         del self._pending[request_id]
         self._remember(req, RequestState.TIMED_OUT, None, None)
-        pending.future.set_result(Outcome(Verdict.TIMED_OUT, req))
+        pending.future.set_result(Outcome(Resolution.TIMED_OUT, req))
         log.info("approval %s timed out", req.id)
 
     def _withdraw(self, request_id: str) -> None:
@@ -446,7 +443,7 @@ class Broker:
 
     # -- rejections --------------------------------------------------------------------------
 
-    def _reject_closed(self, d: Decision, note: str) -> SubmitResult:
+    def _reject_closed(self, d: SignedDecision, note: str) -> SubmitResult:
         closed = self._closed.get(d.request_id)
         if closed is None:
             detail = f"no approval request {d.request_id} is pending"
@@ -467,7 +464,7 @@ class Broker:
         return self._reject(RejectReason.ALREADY_DECIDED, detail, note, d)
 
     def _reject(
-        self, reason: RejectReason, detail: str, note: str, d: Decision | None = None
+        self, reason: RejectReason, detail: str, note: str, d: SignedDecision | None = None
     ) -> SubmitResult:
         data: dict[str, object] = {"reason": reason.value, "detail": detail}
         if len(note) <= MAX_NOTE_CHARS:
@@ -489,7 +486,7 @@ class Broker:
         )
 
     @staticmethod
-    def _decision_data(req: ApprovalRequest, d: Decision, note: str) -> dict[str, object]:
+    def _decision_data(req: ApprovalRequest, d: SignedDecision, note: str) -> dict[str, object]:
         return {
             "id": req.id,
             "session": req.session,

@@ -33,7 +33,7 @@ from appliance.signing.note import sign_note
 __all__ = [
     "DECISION_HEADER",
     "MAX_REASON_CHARS",
-    "Decision",
+    "SignedDecision",
     "format_decision",
     "parse_decision",
     "sign_decision",
@@ -51,7 +51,7 @@ Verb = Literal["approve", "deny"]
 
 
 @dataclass(frozen=True)
-class Decision:
+class SignedDecision:
     """What one approver decided about one approval request."""
 
     request_id: str
@@ -62,7 +62,7 @@ class Decision:
     reason: str = ""
 
 
-def format_decision(d: Decision) -> str:
+def format_decision(d: SignedDecision) -> str:
     """The canonical decision body. Raises DecisionFormatError if a field cannot be encoded."""
     _check_fields(d)
     reason = json.dumps(d.reason, ensure_ascii=True)
@@ -77,7 +77,7 @@ def format_decision(d: Decision) -> str:
     )
 
 
-def parse_decision(body: str) -> Decision:
+def parse_decision(body: str) -> SignedDecision:
     """Parse a decision body; raise DecisionFormatError unless it is exactly canonical."""
     if not body.endswith("\n"):
         raise DecisionFormatError("decision body must end with a newline")
@@ -102,7 +102,7 @@ def parse_decision(body: str) -> Decision:
         raise DecisionFormatError(f"bad reason or time: {exc}") from None
     if not isinstance(reason, str):
         raise DecisionFormatError("reason must be a JSON string")
-    d = Decision(
+    d = SignedDecision(
         request_id=values["request"],
         statement_sha256=values["statement-sha256"],
         decision="approve" if verb == "approve" else "deny",
@@ -115,12 +115,12 @@ def parse_decision(body: str) -> Decision:
     return d
 
 
-def sign_decision(d: Decision, key: SigningKey) -> str:
+def sign_decision(d: SignedDecision, key: SigningKey) -> str:
     """The decision as a C2SP signed note, signed with the approver's key."""
     return sign_note(format_decision(d), [key])
 
 
-def _check_fields(d: Decision) -> None:
+def _check_fields(d: SignedDecision) -> None:
     if not REQUEST_ID_RE.fullmatch(d.request_id):
         raise DecisionFormatError(f"malformed request id {d.request_id[:70]!r}")
     if not _SHA256_RE.fullmatch(d.statement_sha256):

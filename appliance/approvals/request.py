@@ -14,6 +14,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from appliance.approvals.clock import format_time, parse_time
 from appliance.approvals.decision import REQUEST_ID_RE
@@ -25,6 +26,24 @@ __all__ = ["ApprovalRequest", "RequestState", "RequestStatus", "statement_digest
 def statement_digest(statement: bytes) -> str:
     """Lowercase hex SHA-256 of the exact statement bytes, as a decision names it."""
     return hashlib.sha256(statement).hexdigest()
+
+
+# The identity of a flow eBPF could not attribute (DESIGN.md); such flows never share a window.
+UNATTRIBUTED = "unattributed"
+
+
+def identity_key(identity: Mapping[str, Any]) -> str:
+    """A stable string naming who runs a session, for approval windows and messages: the CI
+    job, else the uid and executable, else :data:`UNATTRIBUTED` (never shares a window)."""
+    if identity.get("source") != "ebpf":
+        return UNATTRIBUTED
+    ci = identity.get("ci") or {}
+    if ci:
+        parts = [
+            str(ci.get(k, "")) for k in ("provider", "repository", "workflow", "job", "run_id")
+        ]
+        return "ci:" + "/".join(parts)
+    return f"uid:{identity.get('uid')}:exe:{identity.get('exe')}"
 
 
 @dataclass(frozen=True)

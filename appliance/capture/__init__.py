@@ -63,6 +63,7 @@ from appliance.capture._origdst import (
     normalise_ip,
     original_dst,
     target_for,
+    upstream_socket,
     upstream_socket_options,
 )
 from appliance.capture._resolve import HostResolver, system_lookup
@@ -99,5 +100,6 @@ __all__ = [
     "system_lookup",
     "target_for",
     "unattributed",
+    "upstream_socket",
     "upstream_socket_options",
 ]

@@ -26,6 +26,7 @@ from pathlib import Path
 from appliance.capture._attribution import FlowOwner
 from appliance.capture._cgroup import CgroupPaths, cgroup2_root
 from appliance.capture._ci import ci_from_environ, parse_environ
+from appliance.config import format_endpoint
 
 MAX_ANCESTORS = 64
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -228,9 +229,7 @@ def resolve_identity(
         "cgroup": cgroup,
         "cgroup_id": owner.cgroup_id,
         "netns_cookie": owner.netns_cookie,
-        "dst": f"[{owner.dst[0]}]:{owner.dst[1]}"
-        if ":" in owner.dst[0]
-        else f"{owner.dst[0]}:{owner.dst[1]}",
+        "dst": format_endpoint(owner.dst[0], owner.dst[1]),
         "ci": ci,
         "ci_source_pid": ci_pid,
         "ci_source": ci_source,

@@ -114,3 +114,19 @@ def mark_socket(sock: socket.socket, mark: int) -> None:
                 "cannot mark the upstream socket (SO_MARK needs CAP_NET_ADMIN); without the "
                 "mark the capture rules would refuse the appliance's own connection"
             ) from None
+
+
+def upstream_socket(family: int, mark: int) -> socket.socket:
+    """A non-blocking TCP socket for an upstream connection, carrying the appliance's mark
+    (:func:`mark_socket`): netfilter neither redirects it back to the appliance nor rejects
+    it as a bypass. Raises OSError, or CaptureError when the mark cannot be set."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        if mark:
+            mark_socket(sock, mark)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -19,10 +19,10 @@ import click
 from appliance.approvals import (
     DEFAULT_SOCKET,
     ApprovalsClient,
-    Decision,
     RequestNotPending,
     RequestState,
     RequestStatus,
+    SignedDecision,
     sign_decision,
 )
 from appliance.approvals.decision import REQUEST_ID_RE
@@ -137,7 +137,7 @@ def _decide(
     if status.state is not RequestState.PENDING:
         by = f" by {status.approver}" if status.approver else ""
         raise RequestNotPending(f"request {request_id} is already {status.state.value}{by}")
-    decision = Decision(
+    decision = SignedDecision(
         request_id=request_id,
         statement_sha256=status.request.statement_sha256,
         decision=verb,

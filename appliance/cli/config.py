@@ -9,6 +9,7 @@ import click
 
 from appliance.config import load_config
 from appliance.config.sections import parse_sections
+from appliance.masking import EPHEMERAL, MaskingConfig
 from appliance.proxy import registry
 
 
@@ -53,6 +54,7 @@ def check(file: Path, fmt: str) -> None:
             "origin": cfg.ledger.origin,
             "key": cfg.ledger.key.describe(),
             "writer": cfg.ledger.writer,
+            "durability": cfg.ledger.durability,
         },
         "capture": {
             "listen_port": cfg.capture.listen_port,
@@ -63,7 +65,7 @@ def check(file: Path, fmt: str) -> None:
         "masking": {
             "columns": len(masking.columns),
             "response_rules": len(masking.response),
-            "key": masking.key.describe() if masking.key else None,
+            "key": _masking_key(masking),
         },
         "approvals": (
             {"socket": str(transport.socket), "webhooks": len(transport.webhooks)}
@@ -85,7 +87,8 @@ def check(file: Path, fmt: str) -> None:
         if t.startup_parameters:
             click.echo(f"    startup settings also forwarded: {', '.join(t.startup_parameters)}")
     click.echo(
-        f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer})"
+        f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer},"
+        f" durability {cfg.ledger.durability})"
     )
     if policy is None:
         click.echo("  policy: none (every statement is allowed and recorded)")
@@ -98,3 +101,19 @@ def check(file: Path, fmt: str) -> None:
     click.echo(
         f"  masking: {len(masking.columns)} column rules, response masking rules: {len(masking.response)}"
     )
+    if masking.ephemeral_key:
+        click.echo(
+            "  WARNING: masking key: ephemeral (a new key every run: hash tokens compare only "
+            "within one run of one runner)"
+        )
+    elif masking.key is not None:
+        click.echo(
+            f"  masking key: {masking.key.describe()} (hash tokens compare across the runs "
+            "and runners that share it)"
+        )
+
+
+def _masking_key(masking: MaskingConfig) -> str | None:
+    if masking.ephemeral_key:
+        return EPHEMERAL
+    return masking.key.describe() if masking.key else None

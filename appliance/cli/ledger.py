@@ -8,15 +8,17 @@ do it (missing files, bad arguments, wrong key).
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from appliance.errors import ApplianceError
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import Entry
 from appliance.ledger.errors import LedgerError, TamperError
@@ -73,6 +75,30 @@ def _emit(obj: object) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False, sort_keys=True))
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _json_report(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """For a command whose ``--format json`` output is one report object: when it fails,
+    print ``{"ok": false, "error", "findings"}`` on stdout before the error ends it, so that a
+    script reads a report whatever happened (the exit code still says which: 1 or 2)."""
+
+    @functools.wraps(fn)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return fn(*args, **kwargs)
+        except ApplianceError as exc:
+            if kwargs.get("fmt") == "json":
+                findings = exc.findings if isinstance(exc, TamperError) else []
+                if exc.exit_code == 1 and not findings:
+                    findings = [str(exc)]
+                _emit({"ok": False, "error": str(exc), "findings": findings})
+            raise
+
+    return run
+
+
 @click.group("ledger")
 def ledger_group() -> None:
     """Verify, query, replay, prove and export the signed ledger."""
@@ -116,6 +142,7 @@ class _Progress:
     help="A checkpoint kept elsewhere (e.g. WORM storage) the ledger must still contain.",
 )
 @click.pass_context
+@_json_report
 def verify_cmd(
     ctx: click.Context,
     directory: Path,
@@ -177,29 +204,32 @@ def verify_cmd(
             click.echo(f"  TAMPERING: {f}")
         click.echo("VERIFIED" if report.ok else "NOT VERIFIED")
     if not report.ok:
-        if fmt == "json":
+        message = f"{len(report.findings)} finding(s); first: {report.findings[0]}"
+        if fmt == "json":  # the report above is the JSON output; no second object
+            click.echo(f"error: {message}", err=True)
             ctx.exit(1)
-        raise TamperError(f"{len(report.findings)} finding(s); first: {report.findings[0]}")
+        raise TamperError(message)
 
 
 @ledger_group.command("fsck")
 @_LEDGER
 @_vkey_option(required=False)
 @_FORMAT
-def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str) -> None:
+@click.option("--no-blobs", is_flag=True, help="Skip hashing blobs.")
+@_json_report
+def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str, no_blobs: bool) -> None:
     """Run the writer's crash-recovery check without changing anything.
 
     Reports a torn tail that recovery would copy to recovered/ and truncate, a stale
-    checkpoint file, and (exit 1) damage inside signed history. Signatures are checked with
-    --vkey and with the keys the ledger published.
+    checkpoint file, and (exit 1) damage inside signed history or a blob that is missing or
+    does not hash to its name. Signatures are checked with --vkey and with the keys the
+    ledger published.
     """
     require_ledger(directory)
     try:
-        report = recover(directory, trusted=_vkeys(vkeys), dry_run=True)
+        report = recover(directory, trusted=_vkeys(vkeys), dry_run=True, check_blobs=not no_blobs)
     except TamperError as exc:
-        if fmt == "json":
-            _emit({"ok": False, "findings": exc.findings})
-        else:
+        if fmt == "text":
             for f in exc.findings:
                 click.echo(f"TAMPERING: {f}")
         raise
@@ -210,6 +240,7 @@ def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str) -> None:
                 "entries": report.entries,
                 "checkpoints": report.checkpoints,
                 "signed_size": report.signed_size,
+                "blobs": report.blobs,
                 "actions": report.actions,
             }
         )
@@ -277,7 +308,10 @@ def query_cmd(
         limit=limit,
     )
     with Index.open(directory) as index:
-        _print_entries(index.query(q), fmt)
+        try:
+            _print_entries(index.query(q), fmt)
+        finally:
+            _say_notes(index)
 
 
 @ledger_group.command("reindex")
@@ -286,25 +320,23 @@ def reindex_cmd(directory: Path) -> None:
     """Rebuild index.sqlite from the entries."""
     with Index.open(directory, rebuild=True) as index:
         n = index.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        _say_notes(index)
     click.echo(f"indexed {n} entries")
 
 
-def _resolve_session(index: Index, directory: Path, session: str) -> str:
-    """SESSION given whole, or by a beginning that names one session only."""
-    matches = index.sessions_starting(session, limit=6) if session else []
-    if session in matches or len(matches) == 1:
-        return session if session in matches else matches[0]
-    if matches:
-        shown = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-        raise LedgerError(
-            f"{session!r} is the beginning of several sessions ({shown}); give more of it"
-        )
-    raise LedgerError(f"no entries for session {session!r} in {directory}")
+def _say_notes(index: Index) -> None:
+    for note in index.notes:
+        click.echo(f"warning: {note}", err=True)
 
 
 def _session_entries(directory: Path, session: str) -> list[Entry]:
+    """SESSION (given whole, or by a beginning that names one session only), complete: every
+    entry of it in the log, whatever the index says (see appliance.ledger.index)."""
     with Index.open(directory) as index:
-        return list(index.query(Query(session=_resolve_session(index, directory, session))))
+        try:
+            return index.session(index.resolve_session(session))
+        finally:
+            _say_notes(index)
 
 
 @ledger_group.command("show")
@@ -398,6 +430,7 @@ def prove_cmd(directory: Path, index: int, out: Path | None, no_entry: bool) -> 
 @click.option("--entry", type=click.Path(dir_okay=False, path_type=Path), help="Entry bytes.")
 @click.option("--origin", help="Require this log origin.")
 @_FORMAT
+@_json_report
 def check_proof_cmd(
     file: Path, vkeys: tuple[str, ...], entry: Path | None, origin: str | None, fmt: str
 ) -> None:
@@ -450,6 +483,7 @@ def _read_checkpoint(path: Path, verifiers: list[VerifierKey]) -> Checkpoint:
 @_vkey_option(required=False)
 @click.option("--proof", "proof_file", type=click.Path(dir_okay=False, path_type=Path))
 @_FORMAT
+@_json_report
 def consistency_cmd(
     old: Path,
     new: Path,
@@ -519,7 +553,8 @@ def export_cmd(directory: Path, session: str, fmt: str, out: Path, n: int | None
         raise LedgerError(f"{out} exists; refusing to overwrite")
     require_ledger(directory)
     with Index.open(directory) as index:
-        session = _resolve_session(index, directory, session)
+        session = index.resolve_session(session)
+        _say_notes(index)
     tmp = out.with_name(out.name + ".part")
     try:
         with tmp.open("wb") as f:
@@ -540,14 +575,16 @@ def export_cmd(directory: Path, session: str, fmt: str, out: Path, n: int | None
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @_vkey_option(required=True)
 @_FORMAT
+@_json_report
 def verify_bundle_cmd(file: Path, vkeys: tuple[str, ...], fmt: str) -> None:
     """Verify an exported bundle offline: checkpoint signature, each entry's inclusion proof,
     session and origin of each entry, and every referenced blob's SHA-256."""
     try:
         s = verify_bundle(file, _vkeys(vkeys))
     except TamperError as exc:
-        for f in exc.findings:
-            click.echo(f"TAMPERING: {f}")
+        if fmt == "text":
+            for f in exc.findings:
+                click.echo(f"TAMPERING: {f}")
         raise
     if fmt == "json":
         _emit(

@@ -38,9 +38,14 @@ for _module, _attr in _COMMANDS:
 
 
 def main() -> None:
-    """Run the CLI; map appliance errors to their exit codes, never print a traceback."""
+    """Run the CLI; map appliance errors to their exit codes, never print a traceback.
+
+    With ``standalone_mode=False`` click *returns* the code a command exits with
+    (``ctx.exit(1)``) instead of exiting: it is passed on here, or a command that reports
+    tampering through ``ctx.exit`` would end with 0 (issue 12).
+    """
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
@@ -52,6 +57,8 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    # A command returns None; click returns an int only for ctx.exit(code).
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

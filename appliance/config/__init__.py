@@ -32,6 +32,7 @@ __all__ = [
     "SecretRef",
     "Target",
     "UpstreamTLS",
+    "format_endpoint",
     "load_config",
     "parse_config",
 ]
@@ -50,6 +51,12 @@ class SecretRef:
         return f"file {self.file}" if self.file else f"credential {self.credential!r}"
 
 
+def format_endpoint(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets (``[fd00::5]:5432``): how the config,
+    the logs and the ledger write an endpoint."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Address:
     """One protected address: an IP, a network (CIDR) or a host name, with a port."""
@@ -65,8 +72,7 @@ class Address:
         return ipaddress.ip_network(self.value, strict=False)
 
     def __str__(self) -> str:
-        host = f"[{self.value}]" if ":" in self.value else self.value
-        return f"{host}:{self.port}"
+        return format_endpoint(self.value, self.port)
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,11 @@ class LedgerConfig:
     # "process": the writer runs in a child process (no GIL shared with the proxy's event
     # loop); "thread": in a thread of the daemon.
     writer: str = "process"
+    # "write-ahead": a statement that may change a target (every class but reads, settings,
+    # transaction control) is on disk before it is sent, or refused; "checkpoint": entries
+    # become durable at the next checkpoint (faster, and a crash can lose up to one
+    # interval of acknowledged changes).
+    durability: str = "write-ahead"
 
 
 @dataclass(frozen=True)
@@ -360,6 +371,7 @@ def _parse_ledger(node: Node) -> LedgerConfig:
             "record_rows",
             "max_result_bytes",
             "writer",
+            "durability",
         )
     )
     d = LedgerConfig()
@@ -378,6 +390,9 @@ def _parse_ledger(node: Node) -> LedgerConfig:
         if "max_result_bytes" in m
         else d.max_result_bytes,
         writer=m["writer"].string(choices=("process", "thread")) if "writer" in m else d.writer,
+        durability=m["durability"].string(choices=("write-ahead", "checkpoint"))
+        if "durability" in m
+        else d.durability,
     )
 
 

@@ -53,6 +53,10 @@ class Ledger(Protocol):
 
     def flush(self, timeout: float | None = None) -> None: ...
 
+    async def sync(self) -> None:
+        """Return once everything appended so far is fsynced (signed or not); raise
+        LedgerUnavailable if it cannot be (the write-ahead of a statement)."""
+
     def close(self) -> None: ...
 
     @property

@@ -70,7 +70,7 @@ def export_bundle(directory: Path, session: str, out: BinaryIO) -> BundleSummary
     if cp is None:
         raise LedgerError(f"{directory} has no checkpoint yet")
     with Index.open(directory) as index:
-        found = list(index.query(Query(session=session)))
+        found = index.session(session)
         published = [
             e.obj["data"].get("vkey")
             for e in index.query(Query(types=[KEY_PUBLISHED]))
@@ -205,7 +205,7 @@ def export_pcap(directory: Path, session: str, out: BinaryIO) -> int:
     """Write the session as a pcap (see :mod:`appliance.ledger.pcap`); return packet count."""
     require_ledger(directory)
     with Index.open(directory) as index:
-        found = [e.obj for e in index.query(Query(session=session))]
+        found = [e.obj for e in index.session(session)]
     if not found:
         raise LedgerError(f"no entries for session {session!r}")
     start: dict[str, Any] | None = next((o for o in found if o["type"] == "session.start"), None)

@@ -8,25 +8,21 @@ most 1460 bytes with PSH on the last, an ACK from the peer, FIN both ways) over 
 IPv4 or IPv6, written with dpkt. What the pcap shows is what the ledger recorded, masked values
 included; it is a view of the evidence, not the evidence (the entries are).
 
-Protocol packages register renderers with :func:`register_renderer`; the PostgreSQL v3
-renderer here is deliberately small: simple Query for each statement; RowDescription, DataRow
-(from the result blob), CommandComplete or ErrorResponse, and ReadyForQuery for responses.
+Protocols register renderers with :func:`register_renderer` from the module their registry
+entry names (:mod:`appliance.proxy.registry`, ``pcap``), imported on first use: PostgreSQL's
+is :mod:`appliance.proxy.pg.pcap`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import importlib
 import ipaddress
 import socket
-import struct
 from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import dpkt
-import orjson
 
-from appliance.ledger.entries import ts_to_us
 from appliance.ledger.errors import LedgerError
 from appliance.ledger.store import BlobReader
 
@@ -46,6 +42,13 @@ def register_renderer(protocol: str, fn: Renderer) -> None:
 
 
 def renderer_for(protocol: str) -> Renderer:
+    """The renderer of ``protocol``'s sessions; raises LedgerError if it has none."""
+    if protocol not in _RENDERERS:
+        from appliance.proxy import registry  # names modules only; imports nothing heavy
+
+        entry = registry.PROTOCOLS.get(protocol)
+        if entry is not None and entry.pcap is not None:
+            importlib.import_module(entry.pcap)
     try:
         return _RENDERERS[protocol]
     except KeyError:
@@ -155,111 +158,3 @@ def write_pcap(
     emit(t_end, S2C, F | A)
     emit(t_end, C2S, A)
     return count
-
-
-# -- PostgreSQL v3 renderer ---------------------------------------------------------------------
-
-
-def _msg(kind: bytes, body: bytes) -> bytes:
-    return kind + struct.pack(">i", len(body) + 4) + body
-
-
-def _cstr(s: str) -> bytes:
-    return s.replace("\x00", "").encode() + b"\x00"
-
-
-def pg_startup(user: str, database: str) -> bytes:
-    body = struct.pack(">i", 196608) + _cstr("user") + _cstr(user)
-    body += _cstr("database") + _cstr(database) + b"\x00"
-    return struct.pack(">i", len(body) + 4) + body
-
-
-def pg_query(text: str) -> bytes:
-    return _msg(b"Q", _cstr(text))
-
-
-def pg_ready(status: bytes = b"I") -> bytes:
-    return _msg(b"Z", status)
-
-
-def pg_row_description(columns: Sequence[str]) -> bytes:
-    body = struct.pack(">h", len(columns))
-    for name in columns:  # type text (oid 25), variable length, text format
-        body += _cstr(name) + struct.pack(">ihihih", 0, 0, 25, -1, -1, 0)
-    return _msg(b"T", body)
-
-
-def pg_data_row(values: Sequence[bytes | None]) -> bytes:
-    body = struct.pack(">h", len(values))
-    for v in values:
-        body += struct.pack(">i", -1) if v is None else struct.pack(">i", len(v)) + v
-    return _msg(b"D", body)
-
-
-def pg_command_complete(tag: str) -> bytes:
-    return _msg(b"C", _cstr(tag))
-
-
-def pg_error(code: str, message: str) -> bytes:
-    body = b"S" + _cstr("ERROR") + b"V" + _cstr("ERROR") + b"C" + _cstr(code)
-    return _msg(b"E", body + b"M" + _cstr(message) + b"\x00")
-
-
-def _value(v: object) -> bytes | None:
-    if v is None:
-        return None
-    if isinstance(v, dict) and isinstance(v.get("b64"), str):
-        try:
-            return base64.b64decode(v["b64"])
-        except (binascii.Error, ValueError):
-            return b""
-    return str(v).encode()
-
-
-def _ts(obj: dict[str, Any]) -> float:
-    return ts_to_us(obj["ts"]) / 1e6
-
-
-def render_postgres(entries: list[dict[str, Any]], blobs: BlobReader) -> list[Segment]:
-    """Minimal valid PostgreSQL v3 traffic for a recorded session (see module docstring)."""
-    out: list[Segment] = []
-    for e in entries:
-        d, ts, typ = e["data"], _ts(e), e["type"]
-        if typ == "session.start":
-            out.append((ts, C2S, pg_startup(str(d.get("user", "")), str(d.get("database", "")))))
-            out.append((ts, S2C, _msg(b"R", struct.pack(">i", 0)) + pg_ready()))
-        elif typ == "statement":
-            out.append((ts, C2S, pg_query(str(d.get("text", "")))))
-        elif typ == "response":
-            err = d.get("error")
-            if isinstance(err, dict):
-                msg = pg_error(str(err.get("code", "XX000")), str(err.get("message", "")))
-            else:
-                columns = [str(c) for c in d.get("columns") or []]
-                rows: list[bytes] = []
-                res = d.get("result")
-                sha = res.get("sha256") if isinstance(res, dict) else None
-                inline = res.get("inline") if isinstance(res, dict) else None
-                content: bytes | None = None
-                if isinstance(inline, str):
-                    content = inline.encode()
-                elif isinstance(sha, str) and blobs.exists(sha):
-                    content = blobs.read(sha)
-                if content is not None:
-                    lines = content.splitlines()
-                    if lines:
-                        head = orjson.loads(lines[0])
-                        if isinstance(head, dict) and head.get("columns"):
-                            columns = [str(c) for c in head["columns"]]
-                        for line in lines[1:]:
-                            vals = orjson.loads(line)
-                            rows.append(pg_data_row([_value(v) for v in vals]))
-                msg = (pg_row_description(columns) if columns else b"") + b"".join(rows)
-                msg += pg_command_complete(str(d.get("tag") or ""))
-            out.append((ts, S2C, msg + pg_ready()))
-        elif typ == "session.end":
-            out.append((ts, C2S, _msg(b"X", b"")))
-    return out
-
-
-register_renderer("postgres", render_postgres)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
-from appliance.ledger.errors import LedgerError
+from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.merkle import (
     HASH_SIZE,
     MerkleTree,
@@ -125,7 +125,7 @@ def load_tree(
     """The Merkle tree of the first ``size`` entries (all if None), and the stored bytes of
     the entries whose indices are in ``keep``.
 
-    Raises LedgerError if the log holds fewer entries or is damaged before ``size``.
+    Raises TamperError if the log holds fewer entries or is damaged before ``size``.
     """
     wanted = set(keep)
     tree = MerkleTree()
@@ -136,12 +136,13 @@ def load_tree(
             if size is not None and tree.size >= size:
                 break
             if frame.seq != tree.size:
-                raise LedgerError(f"{ENTRIES}: record {tree.size} says seq {frame.seq}")
+                raise TamperError(f"{ENTRIES}: record {tree.size} says seq {frame.seq}")
             if tree.size in wanted:
                 kept[tree.size] = frame.payload
             tree.append(leaf_hash(frame.payload))
     if size is not None and tree.size < size:
-        raise LedgerError(f"{ENTRIES} holds {tree.size} readable entries, fewer than {size}")
+        # Fewer entries than a signed checkpoint covers: signed history was cut or damaged.
+        raise TamperError(f"{ENTRIES} holds {tree.size} readable entries, fewer than {size}")
     return tree, kept
 
 

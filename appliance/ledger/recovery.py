@@ -2,19 +2,20 @@
 
 Invariant 4 of the design: a signed checkpoint covers entries only after they were fsynced, so
 after any crash every entry below the latest checkpoint's size must be present and hash to
-its root. Recovery therefore:
+its root. What a crash may leave and what is tampering is decided by the rules of
+:mod:`appliance.ledger.history` (shared with ``ledger verify``). Recovery:
 
-1. reads the checkpoint history; a record cut short at its very end (an interrupted append) is
-   a torn tail, anything else damaged is tampering;
+1. reads the checkpoint history (a torn last record is a crash's leftover);
 2. checks the history is a single line of growth: one origin, sizes never decreasing, never
-   two roots for one size;
+   two roots for one size; and the ``checkpoint`` file against it;
 3. rebuilds the Merkle tree from ``entries.log``: every record below the latest signed size
    must be intact, in sequence, and every checkpoint's root must match; the first damaged
    record at or after that size starts the torn tail;
 4. checks each checkpoint's signature with the trusted keys (the writer's own key and keys the
    log itself published);
-5. only if no tampering was found: copies each torn tail to ``recovered/`` and truncates it,
-   and rewrites ``checkpoint`` if a crash left it older than the history.
+5. with ``check_blobs`` (``ledger fsck``): hashes every blob an entry references;
+6. only if no tampering was found: copies each torn tail to ``recovered/`` and truncates it,
+   and rewrites ``checkpoint`` if a crash left it missing or behind the history.
 
 Tampering raises :class:`~appliance.ledger.errors.TamperError` listing every finding, and
 nothing is modified. With ``dry_run`` nothing is ever modified; the report says what would be.
@@ -30,9 +31,16 @@ from pathlib import Path
 
 import orjson
 
-from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
+from appliance.ledger import history
+from appliance.ledger._framing import ENTRY_MAGIC, Damage, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
-from appliance.ledger.entries import KEY_PUBLISHED
+from appliance.ledger.entries import (
+    KEY_PUBLISHED,
+    MalformedEntry,
+    blob_refs,
+    may_have_blob_refs,
+    parse_entry,
+)
 from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.merkle import CompactRange
 from appliance.ledger.store import (
@@ -41,6 +49,7 @@ from appliance.ledger.store import (
     HISTORY,
     RECOVERED,
     atomic_write,
+    check_blob,
     fsync_dir,
     read_history,
     unverified_checkpoint,
@@ -75,6 +84,7 @@ class RecoveryReport:
     compact: CompactRange = field(default_factory=CompactRange)
     last_ts: str | None = None
     published: list[str] = field(default_factory=list)
+    blobs: int = 0  # blobs checked (check_blobs only)
     torn: list[TornTail] = field(default_factory=list)
     actions: list[str] = field(default_factory=list)
 
@@ -85,7 +95,7 @@ class RecoveryReport:
     def summary(self) -> list[str]:
         lines = [
             f"{self.entries} entries, {self.checkpoints} checkpoints, "
-            f"latest signed size {self.signed_size}",
+            f"latest signed size {self.signed_size}, {self.blobs} blobs checked",
         ]
         if self.entries > self.signed_size:
             lines.append(
@@ -102,11 +112,13 @@ def recover(
     trusted: Sequence[VerifierKey] = (),
     origin: str | None = None,
     dry_run: bool = False,
+    check_blobs: bool = False,
 ) -> RecoveryReport:
     """Check ``directory`` and repair a torn tail; see the module docstring.
 
     ``origin``, if given, is the origin the caller will write as: a ledger of another origin
-    raises LedgerError. Raises TamperError on damage inside signed history.
+    raises LedgerError. Raises TamperError on damage inside signed history (and, with
+    ``check_blobs``, on a missing or changed blob).
     """
     report = RecoveryReport(directory, dry_run)
     findings: list[str] = []
@@ -116,34 +128,25 @@ def recover(
     notes, hscan = read_history(directory)
     history_tail = None
     if hscan.damage is not None:
-        if hscan.damage.at_eof:
-            history_tail = hscan.damage
+        verdict = history.history_damage(hscan.damage)
+        if isinstance(verdict, history.Finding):
+            findings.append(verdict.message)
         else:
-            findings.append(
-                f"{HISTORY}: {hscan.damage.reason} at byte {hscan.damage.offset}, inside the "
-                "signed checkpoint history"
-            )
-    cps: list[Checkpoint] = []
+            history_tail = hscan.damage
+    labelled: list[tuple[str, Checkpoint]] = []
+    sizes: list[int | None] = []
     for i, note in enumerate(notes):
         try:
-            cps.append(unverified_checkpoint(note))
+            labelled.append((f"checkpoint #{i}", unverified_checkpoint(note)))
+            sizes.append(labelled[-1][1].size)
         except MalformedNote as exc:
             findings.append(f"checkpoint #{i} in {HISTORY} is malformed: {exc}")
-    for i in range(1, len(cps)):
-        a, b = cps[i - 1], cps[i]
-        if b.origin != a.origin:
-            findings.append(f"checkpoint #{i} has origin {b.origin!r}, earlier ones {a.origin!r}")
-        if b.size < a.size:
-            findings.append(
-                f"checkpoint #{i} (size {b.size}) rolls back checkpoint #{i - 1} (size {a.size})"
-            )
-    by_size: dict[int, list[tuple[int, Checkpoint]]] = {}
-    for i, cp in enumerate(cps):
-        by_size.setdefault(cp.size, []).append((i, cp))
-    for size, group in by_size.items():
-        if len({cp.root for _, cp in group}) > 1:
-            which = ", ".join(f"#{i}" for i, _ in group)
-            findings.append(f"checkpoints {which} are forks: two roots for tree size {size}")
+            sizes.append(None)
+    cps = [cp for _, cp in labelled]
+    by_size: dict[int, list[tuple[str, Checkpoint]]] = {}
+    for label, cp in labelled:
+        by_size.setdefault(cp.size, []).append((label, cp))
+    findings += [f.message for f in history.growth(labelled) + history.forks(by_size)]
     if cps:
         report.latest = max(cps, key=lambda c: c.size)
         report.origin = cps[-1].origin
@@ -164,9 +167,10 @@ def recover(
         current = None
         findings.append(f"{CHECKPOINT} cannot be read: {exc}")
     rewrite_checkpoint = False
-    if current is not None and current not in notes:
-        findings.append(f"{CHECKPOINT} holds a checkpoint that is not in {HISTORY}")
-    elif cps and current != notes[-1]:
+    file_verdict = history.checkpoint_file(current, notes, sizes)
+    if isinstance(file_verdict, history.Finding):
+        findings.append(file_verdict.message)
+    elif file_verdict is not None:
         rewrite_checkpoint = True
         report.actions.append(f"{would}rewrite {CHECKPOINT} from the latest history record")
 
@@ -176,26 +180,28 @@ def recover(
     published: list[str] = []
     last_payload: bytes | None = None
     first_payload: bytes | None = None
-    entries_tail = None
+    entries_tail: Damage | None = None
+    blobs: dict[str, tuple[int, str]] = {}
     with MappedFile(directory / ENTRIES) as mf:
         scanner = FrameScanner(mf.data, ENTRY_MAGIC)
         n = 0
+        previous = 0
         sha256 = hashlib.sha256
         for frame in scanner:
             if frame.seq != n:
-                entries_tail = (frame.offset, f"record {n} says seq {frame.seq}", len(mf.data))
+                entries_tail = Damage(frame.offset, f"record {n} says seq {frame.seq}", False)
                 break
             payload = frame.payload
             cr.append(sha256(b"\x00" + payload).digest())
+            if check_blobs and may_have_blob_refs(payload):
+                findings += _blob_refs(n, payload, blobs)
             n += 1
             if n in by_size:
                 root = cr.root()
-                for i, cp in by_size[n]:
+                for label, cp in by_size[n]:
                     if cp.root != root:
-                        findings.append(
-                            f"checkpoint #{i} (size {n}): entries 0..{n - 1} do not hash to its "
-                            "root (an entry it covers was changed, or it was forged)"
-                        )
+                        findings.append(history.root_mismatch(label, n, previous).message)
+                previous = n
             if _KEY_PUBLISHED_MARK in payload:
                 vkey = _published_vkey(payload)
                 if vkey and vkey not in published:
@@ -204,23 +210,17 @@ def recover(
             if first_payload is None:
                 first_payload = payload
         else:
-            if scanner.damage is not None:
-                d = scanner.damage
-                entries_tail = (d.offset, d.reason, len(mf.data))
+            entries_tail = scanner.damage
         report.entries = n
-        if entries_tail is not None and n < signed:
-            findings.append(
-                f"{ENTRIES}: {entries_tail[1]} at byte {entries_tail[0]} (entry {n}), inside "
-                f"signed history (latest checkpoint covers {signed} entries)"
-            )
-        elif n < signed:
-            findings.append(
-                f"{ENTRIES} holds {n} entries but checkpoint of size {signed} covers more "
-                "(entries were deleted or the log truncated)"
-            )
+        if entries_tail is not None:
+            verdict = history.entries_damage(entries_tail, n, signed)
+            if isinstance(verdict, history.Finding):
+                findings.append(verdict.message)
+        elif (short := history.entries_short(n, "the latest checkpoint", signed)) is not None:
+            findings.append(short.message)
         tail_bytes = b""
         if entries_tail is not None and n >= signed:
-            tail_bytes = bytes(mf.data[entries_tail[0] :])
+            tail_bytes = bytes(mf.data[entries_tail.offset :])
     report.published = published
     if report.origin is None and first_payload is not None:  # entries, but nothing signed yet
         try:
@@ -250,6 +250,13 @@ def recover(
         except (InvalidSignature, MalformedNote) as exc:
             findings.append(f"checkpoint #{i} is not validly signed by a trusted key: {exc}")
 
+    # 5. blobs -----------------------------------------------------------------------------
+    for sha, (seq, what) in sorted(blobs.items(), key=lambda kv: kv[1]):
+        problem, _ = check_blob(directory, sha)
+        if problem is not None:
+            findings.append(history.blob(seq, f"{what} blob {sha}", problem).message)
+    report.blobs = len(blobs)
+
     if findings:
         raise TamperError(
             f"{directory}: {findings[0]}"
@@ -257,7 +264,7 @@ def recover(
             findings,
         )
 
-    # 5. repair ----------------------------------------------------------------------------
+    # 6. repair ----------------------------------------------------------------------------
     if history_tail is not None:
         with MappedFile(directory / HISTORY) as mf:
             data = bytes(mf.data[history_tail.offset :])
@@ -266,7 +273,7 @@ def recover(
         )
     if entries_tail is not None:
         report.torn.append(
-            _cut(directory, ENTRIES, entries_tail[0], tail_bytes, entries_tail[1], dry_run)
+            _cut(directory, ENTRIES, entries_tail.offset, tail_bytes, entries_tail.reason, dry_run)
         )
     for t in report.torn:
         where = f", copied to {t.saved_to}" if t.saved_to else ""
@@ -277,6 +284,22 @@ def recover(
     if rewrite_checkpoint and not dry_run:
         atomic_write(cp_path, notes[-1].encode())
     return report
+
+
+def _blob_refs(seq: int, payload: bytes, blobs: dict[str, tuple[int, str]]) -> list[str]:
+    """Note the stored blobs entry ``seq`` references in ``blobs``; return findings about
+    its inline ones (checked here, they have no file)."""
+    try:
+        obj = parse_entry(payload)
+    except MalformedEntry:
+        return []  # not for the blob check to say: verify reports malformed entries
+    out = []
+    for ref in blob_refs(obj["data"]):
+        if ref.inline is None:
+            blobs.setdefault(ref.sha256, (seq, ref.path))
+        elif not ref.inline_ok():
+            out.append(f"entry {seq}: inline blob {ref.path} does not match its sha256/size")
+    return out
 
 
 def _published_vkey(payload: bytes) -> str | None:

@@ -15,7 +15,10 @@ Who does what:
 - the child (``python -c 'from appliance.ledger.remote import child_main; child_main()'``)
   owns the ledger directory through an ordinary :class:`LedgerWriter` and feeds it
   (:meth:`LedgerWriter.append_encoded`); it reports each signed size, flush completions,
-  and a failure, after which it exits.
+  and a failure, after which it exits;
+- a sync (:meth:`RemoteLedger.sync`, the write-ahead of a statement that may change a
+  target) is sent at once, not after the batching delay; the child answers all the syncs
+  it read in one gulp with one fsync (group commit across sessions).
 
 Failing closed: if the child reports a failure or dies, every later ``append`` raises
 :class:`LedgerUnavailable`. Backpressure: when the child falls behind, its writer's queue
@@ -56,9 +59,11 @@ _HEAD = struct.Struct("!IB")
 _U64 = struct.Struct("!Q")
 _U32 = struct.Struct("!I")
 # proxy -> writer
-_ENTRY, _ENTRY_BLOBS, _FACTORY, _OPEN, _WRITE, _CLOSE, _ABORT, _PUT, _FLUSH, _STOP = range(10)
+_ENTRY, _ENTRY_BLOBS, _FACTORY, _OPEN, _WRITE, _CLOSE, _ABORT, _PUT, _FLUSH, _STOP, _SYNC = range(
+    11
+)
 # writer -> proxy
-_READY, _SIGNED, _FLUSHED, _FAILED = range(4)
+_READY, _SIGNED, _FLUSHED, _FAILED, _SYNCED = range(5)
 _SETUP = 100
 # From the event loop, the buffer is sent _SEND_DELAY seconds after its first entry (one
 # send for many entries: durability comes with the next checkpoint anyway), or at once
@@ -177,9 +182,12 @@ class RemoteLedger:
         self._factories: dict[int, tuple[int, object]] = {}
         self._prefixes = PrefixCache(origin)
         self._flush_tokens = itertools.count(1)
+        self._sync_tokens = itertools.count(1)
+        self._sync_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._cond = threading.Condition()
         self._signed = int(ready["signed"])
         self._flushed = 0
+        self._synced = 0
         self._reader = _Reader(sock)
         self._thread = threading.Thread(target=self._listen, name="ledger-remote", daemon=True)
 
@@ -408,6 +416,37 @@ class RemoteLedger:
         self._send(_PUT, data)
         return hashlib.sha256(data).hexdigest()
 
+    async def sync(self) -> None:
+        """Return once everything appended so far is written and fsynced by the writer
+        process (not necessarily signed yet). Raises LedgerUnavailable if it cannot be."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._check()
+            token = next(self._sync_tokens)
+            with self._cond:
+                self._sync_waiters.append((token, loop, future))
+                if self._failed is not None:  # failed meanwhile: the listener is done
+                    self._resolve_syncs(final=True)
+            self._buffer(_SYNC, _U64.pack(token))
+            self._send_out()
+        await future
+
+    def _resolve_syncs(self, *, final: bool = False) -> None:
+        """Settle the sync waiters the writer has answered, or all of them once it failed or
+        its channel ended (``final``); holding ``_cond``, from the listener thread."""
+        keep = []
+        for token, loop, future in self._sync_waiters:
+            if self._failed is not None or (final and token > self._synced):
+                why = self._failed or "the ledger writer is closed"
+                error = LedgerUnavailable(f"ledger writer has stopped: {why}")
+                loop.call_soon_threadsafe(_settle, future, error)
+            elif token <= self._synced:
+                loop.call_soon_threadsafe(_settle, future, None)
+            else:
+                keep.append((token, loop, future))
+        self._sync_waiters = keep
+
     def flush(self, timeout: float | None = None) -> None:
         """Return once everything appended so far is fsynced and under a signed checkpoint."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -471,6 +510,8 @@ class RemoteLedger:
                         self._signed = max(self._signed, _U64.unpack(payload)[0])
                     elif kind == _FLUSHED:
                         self._flushed = max(self._flushed, _U64.unpack(payload)[0])
+                    elif kind == _SYNCED:
+                        self._synced = max(self._synced, _U64.unpack(payload)[0])
                     elif kind == _FAILED:
                         error = pickle.loads(payload)
                         self._failed = (
@@ -478,16 +519,29 @@ class RemoteLedger:
                             if isinstance(error, BaseException)
                             else LedgerUnavailable(str(error))
                         )
+                    self._resolve_syncs()
                     self._cond.notify_all()
         except Exception as exc:
             with self._cond:
                 self._failed = self._failed or LedgerUnavailable(f"ledger channel: {exc}")
+                self._resolve_syncs()
                 self._cond.notify_all()
             return
         with self._cond:
             if not self._closed and self._failed is None:
                 self._failed = LedgerUnavailable("the ledger writer process exited")
+            self._resolve_syncs(final=True)
             self._cond.notify_all()
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    """Resolve a sync waiter on its own loop (it may have been cancelled meanwhile)."""
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 # -- the writer process --------------------------------------------------------------------------
@@ -501,6 +555,8 @@ class _Child:
         self.writer: LedgerWriter | None = None
         self.factories: dict[int, TransformFactory] = {}
         self.blobs: dict[int, BlobSink] = {}
+        self.sync_token = 0  # the latest sync asked for
+        self.synced = 0  # the latest answered
 
     def send(self, kind: int, payload: bytes) -> None:
         with self.send_lock:
@@ -582,7 +638,12 @@ class _Child:
                         return True
                     self.handle(writer, kind, payload)
             timeout = writer.pump()
-            if ready and not full:
+            if self.sync_token > self.synced:
+                # Every sync read in this gulp: one fsync, one answer (group commit).
+                writer.durable()
+                self.synced = self.sync_token
+                self.send(_SYNCED, _U64.pack(self.synced))
+            elif ready and not full:
                 time.sleep(_NAP)
 
     def handle(self, writer: LedgerWriter, kind: int, payload: bytes) -> None:
@@ -624,6 +685,8 @@ class _Child:
         elif kind == _FLUSH:
             writer.flush()
             self.send(_FLUSHED, payload)
+        elif kind == _SYNC:
+            self.sync_token = max(self.sync_token, _U64.unpack(payload)[0])
         else:
             raise LedgerError(f"ledger channel: unknown message kind {kind}")
 

@@ -7,8 +7,6 @@ ones are shown as compact JSON, so new types are never hidden.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -17,6 +15,7 @@ import orjson
 from appliance.ledger import entries as t
 from appliance.ledger.entries import Entry, blob_refs, ts_to_us
 from appliance.ledger.recordings import channel_start_us, read_recording
+from appliance.ledger.results import cell_text, read_result
 
 BlobLoader = Callable[[str], bytes | None]
 
@@ -189,38 +188,6 @@ def table(entries: Iterable[Entry]) -> Iterator[str]:
         )
 
 
-def read_result(blob: bytes, max_rows: int) -> tuple[list[str], list[list[str]], int]:
-    """Columns, up to ``max_rows`` rows (as display strings) and the total row count of a
-    result blob (JSON Lines: ``{"columns": [...]}`` then one array per row)."""
-    lines = blob.splitlines()
-    if not lines:
-        return [], [], 0
-    try:
-        head = orjson.loads(lines[0])
-        columns = [str(c) for c in head.get("columns", [])]
-    except (orjson.JSONDecodeError, AttributeError):
-        columns = []
-    rows: list[list[str]] = []
-    for line in lines[1 : max_rows + 1]:
-        try:
-            values = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            values = [line.decode("utf-8", "replace")]
-        rows.append([_cell(v) for v in values] if isinstance(values, list) else [_cell(values)])
-    return columns, rows, len(lines) - 1
-
-
-def _cell(v: object) -> str:
-    if v is None:
-        return "NULL"
-    if isinstance(v, dict) and isinstance(v.get("b64"), str):
-        try:
-            return "\\x" + base64.b64decode(v["b64"]).hex()
-        except (binascii.Error, ValueError):
-            return "<binary>"
-    return str(v)
-
-
 def _grid(columns: list[str], rows: list[list[str]], indent: str) -> list[str]:
     cols = columns or [f"col{i + 1}" for i in range(max((len(r) for r in rows), default=0))]
     widths = [len(c) for c in cols]
@@ -277,10 +244,15 @@ def transcript(
                 if blob is None:
                     lines.append("        (result blob missing)")
                 else:
-                    cols, rows, total = read_result(blob, max_rows)
-                    lines += _grid(cols, rows, "        ")
-                    if total > len(rows):
-                        lines.append(f"        ... {total - len(rows)} more rows")
+                    for result in read_result(blob, max_rows):
+                        rows = [[cell_text(c) for c in row] for row in result.rows]
+                        if result.copy is not None:
+                            lines.append(f"        COPY {result.copy}:")
+                            lines += ["        " + r[0] for r in rows]
+                        else:
+                            lines += _grid(result.columns, rows, "        ")
+                        if result.total > len(rows):
+                            lines.append(f"        ... {result.total - len(rows)} more rows")
         elif typ == t.POLICY_DECISION:
             lines = [f"{clock}   policy: {summarize(o, 200)}"]
         elif typ.startswith("approval."):

@@ -19,6 +19,7 @@ single-writer local file format; shipping to WORM storage copies the same object
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 from appliance.ledger._framing import CHECKPOINT_MAGIC, ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_text
 from appliance.ledger.entries import Entry, MalformedEntry, parse_entry
-from appliance.ledger.errors import LedgerError
+from appliance.ledger.errors import LedgerError, TamperError
 from appliance.signing.keys import VerifierKey
 from appliance.signing.note import MalformedNote, parse_note
 
@@ -75,32 +76,32 @@ def iter_frames_of_entries(directory: Path) -> Iterator[tuple[int, bytes]]:
     """(seq, payload) of every complete, checksummed record of ``entries.log`` in file order.
 
     Stops silently at a record cut short at the end of the file (a writer may be appending);
-    raises LedgerError for damage anywhere else.
+    raises TamperError for damage anywhere else.
     """
     with MappedFile(directory / ENTRIES) as mf:
         scanner = FrameScanner(mf.data, ENTRY_MAGIC)
         for frame in scanner:
             yield frame.seq, frame.payload
         if scanner.damage and not scanner.damage.at_eof:
-            raise LedgerError(
+            raise TamperError(
                 f"{directory / ENTRIES}: {scanner.damage.reason} at byte {scanner.damage.offset}"
                 " (run `appliance ledger verify`)"
             )
 
 
 def iter_entries(directory: Path, *, start: int = 0) -> Iterator[Entry]:
-    """Every entry from ``start`` on, parsed. Raises LedgerError on damage (see above)."""
+    """Every entry from ``start`` on, parsed. Raises TamperError on damage (see above)."""
     expected = 0
     for seq, payload in iter_frames_of_entries(directory):
         if seq != expected:
-            raise LedgerError(f"record {expected} of {ENTRIES} says seq {seq}")
+            raise TamperError(f"record {expected} of {ENTRIES} says seq {seq}")
         expected += 1
         if seq < start:
             continue
         try:
             obj = parse_entry(payload)
         except MalformedEntry as exc:
-            raise LedgerError(f"entry {seq} is malformed: {exc.reason}") from None
+            raise TamperError(f"entry {seq} is malformed: {exc.reason}") from None
         yield Entry(seq, payload, obj)
 
 
@@ -144,6 +145,24 @@ def latest_checkpoint(
         return unverified_checkpoint(note)
     except MalformedNote as exc:
         raise LedgerError(f"{directory / CHECKPOINT} is malformed: {exc}") from None
+
+
+def check_blob(directory: Path, sha256: str) -> tuple[str | None, int]:
+    """(None if the blob is present and hashes to its name, else what is wrong; bytes read)."""
+    h = hashlib.sha256()
+    read = 0
+    try:
+        with blob_path(directory, sha256).open("rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+                read += len(chunk)
+    except FileNotFoundError:
+        return "missing from the blob store", read
+    except OSError as exc:
+        return f"cannot be read: {exc}", read
+    if h.hexdigest() != sha256:
+        return f"content was changed (it hashes to {h.hexdigest()})", read
+    return None, read
 
 
 def fsync_dir(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:

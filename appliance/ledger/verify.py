@@ -11,7 +11,9 @@ Trusts nothing in the directory but the verifier keys it is given. It:
 4. rebuilds the RFC 6962 tree from the stored bytes and compares its root at every
    checkpoint's size (equal roots at both ends is what makes successive checkpoints
    consistent: the later tree contains the earlier one);
-5. hashes every blob an entry references and compares size and SHA-256.
+5. hashes every blob an entry references and compares size and SHA-256;
+6. compares every row of the query index ``index.sqlite``, if there is one, with its entry
+   (see :mod:`appliance.ledger.index`: what queries, show, replay and export read).
 
 Findings (tampering or inconsistency, exit 1) name the entry or checkpoint and say why.
 :class:`~appliance.ledger.errors.LedgerError` (exit 2) means it could not verify at all: no
@@ -21,7 +23,6 @@ ledger, nothing signed, or a key that signed none of it.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import multiprocessing
 import os
 import threading
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import orjson
 
+from appliance.ledger import history, index
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, MalformedCheckpoint, parse_checkpoint_text
 from appliance.ledger.entries import (
@@ -43,7 +45,7 @@ from appliance.ledger.entries import (
 )
 from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.merkle import CompactRange
-from appliance.ledger.store import CHECKPOINT, ENTRIES, HISTORY, blob_path, read_history
+from appliance.ledger.store import CHECKPOINT, ENTRIES, INDEX, check_blob, read_history
 from appliance.signing.keys import InvalidSignature, VerifierKey
 from appliance.signing.note import MalformedNote, NoteError, UnverifiedNote, open_note
 
@@ -125,11 +127,7 @@ def verify_ledger(
     notes, hscan = read_history(directory)
     cps = [_Cp(f"checkpoint #{i}", n, in_history=True) for i, n in enumerate(notes)]
     if hscan.damage is not None:
-        report.find(
-            "history",
-            f"{HISTORY}: {hscan.damage.reason} at byte {hscan.damage.offset}; records after it "
-            "cannot be read",
-        )
+        _judge(report, history.history_damage(hscan.damage))
     try:
         current = (directory / CHECKPOINT).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -174,57 +172,25 @@ def verify_ledger(
     if not given & published:
         report.warnings.append("the given key is not published (key.published) in this ledger")
 
-    # 1-2. origin and growth --------------------------------------------------------------
-    origin = report.origin
-    valid = [c for c in cps if c.cp is not None]
-    for c in valid:
-        assert c.cp is not None
-        if origin is not None and c.cp.origin != origin:
-            report.find(
-                "origin",
-                f"{c.label} (size {c.cp.size}) is for origin {c.cp.origin!r}, but this "
-                f"ledger's entries are of origin {origin!r}",
-            )
-    history = [c for c in valid if c.in_history]
-    for a, b in itertools.pairwise(history):
-        assert a.cp is not None and b.cp is not None
-        if b.cp.size < a.cp.size:
-            report.find(
-                "rollback",
-                f"{b.label} (size {b.cp.size}) rolls back {a.label} (size {a.cp.size})",
-            )
-    for size, group in by_size.items():
-        roots = {c.cp.root for c in group if c.cp is not None}
-        if len(roots) > 1:
-            report.find(
-                "fork",
-                f"fork: {', '.join(c.label for c in group)} sign different roots for tree "
-                f"size {size}",
-            )
-    if history and current is not None and current in notes and current != notes[-1]:
-        newest = history[-1].cp
-        cur = next(c.cp for c in history if c.note == current)
-        assert newest is not None and cur is not None
-        report.find(
-            "rollback",
-            f"{CHECKPOINT} file holds the checkpoint of size {cur.size} but the history "
-            f"reached size {newest.size}: rolled back",
-        )
-    elif current is not None and current not in notes:
-        report.find("history", f"{CHECKPOINT} file holds a checkpoint missing from {HISTORY}")
-    elif current is None and history:
-        report.warnings.append(f"{CHECKPOINT} file is missing (the writer rewrites it on open)")
-    for c in valid:
-        assert c.cp is not None
-        if c.cp.size > report.entries:
-            report.find(
-                "size",
-                f"{c.label} claims {c.cp.size} entries but the log holds only "
-                f"{report.entries} readable entries (entries deleted or log truncated)",
-            )
-    sizes = [c.cp.size for c in history if c.cp is not None]
+    # 1-2. origin and growth (the rules: appliance.ledger.history) --------------------------
+    valid = [(c.label, c.cp) for c in cps if c.cp is not None]
+    in_history = [(c.label, c.cp) for c in cps if c.cp is not None and c.in_history]
+    for label, cp in valid:
+        _judge(report, history.origin_mismatch(label, cp, report.origin))
+    for finding in history.growth(in_history):
+        _judge(report, finding)
+    groups: dict[int, list[tuple[str, Checkpoint]]] = {}
+    for label, cp in valid:
+        groups.setdefault(cp.size, []).append((label, cp))
+    for finding in history.forks(groups):
+        _judge(report, finding)
+    sizes_of_notes = [c.cp.size if c.cp is not None else None for c in cps if c.in_history]
+    _judge(report, history.checkpoint_file(current, notes, sizes_of_notes))
+    for label, cp in valid:
+        _judge(report, history.entries_short(report.entries, label, cp.size))
+    sizes = [cp.size for _, cp in in_history]
     if sizes:
-        report.latest = max((c.cp for c in history if c.cp is not None), key=lambda x: x.size)
+        report.latest = max((cp for _, cp in in_history), key=lambda x: x.size)
         if report.entries > max(sizes):
             report.warnings.append(
                 f"{report.entries - max(sizes)} entries after the latest checkpoint are not "
@@ -232,6 +198,13 @@ def verify_ledger(
             )
     report.finish()
     return report
+
+
+def _judge(report: VerifyReport, verdict: history.Finding | history.Leftover | None) -> None:
+    if isinstance(verdict, history.Finding):
+        report.find(verdict.kind, verdict.message)
+    elif isinstance(verdict, history.Leftover):
+        report.warnings.append(f"{verdict.message} (the writer repairs it on open)")
 
 
 def _open(c: _Cp, verifiers: Sequence[VerifierKey], report: VerifyReport) -> None:
@@ -272,15 +245,26 @@ class _Chunk:
     findings: list[tuple[str, str]] = field(default_factory=list)
     published: list[str] = field(default_factory=list)
     blobs: dict[str, tuple[int, str]] = field(default_factory=dict)
+    identities: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
-def _check_chunk(path: str, start: int, end: int, first_seq: int, check_blobs: bool) -> _Chunk:
+_INDEX_HINT = (
+    "(the query index does not match the log: it was edited or damaged; "
+    "`appliance ledger reindex` rebuilds it)"
+)
+
+
+def _check_chunk(
+    path: str, start: int, end: int, first_seq: int, check_blobs: bool, check_index: bool
+) -> _Chunk:
     """Entry-level checks of the records in ``[start, end)`` of ``path`` (already checksummed
-    and in sequence): well-formed, canonical, seq field, origin, time order, blob references.
+    and in sequence): well-formed, canonical, seq field, origin, time order, blob references,
+    and (``check_index``) the query index's rows for them.
 
     Runs in a worker process for large ledgers, so that parsing JSON overlaps with hashing.
     """
     out = _Chunk(first_seq)
+    rows: list[index.Row] = []
     find = out.findings.append
     dumps, sort = orjson.dumps, orjson.OPT_SORT_KEYS
     prev_ts = ""
@@ -297,6 +281,8 @@ def _check_chunk(path: str, start: int, end: int, first_seq: int, check_blobs: b
                 continue
             if obj["seq"] != i:
                 find(("seq", f"entry {i}: its seq field says {obj['seq']}"))
+            if check_index:
+                rows.append(index.derive_row(i, start + frame.offset, start + frame.end, raw, obj))
             if origin is None:
                 origin = out.origin = obj["origin"]
             elif obj["origin"] != origin:
@@ -326,6 +312,14 @@ def _check_chunk(path: str, start: int, end: int, first_seq: int, check_blobs: b
             i += 1
     out.last_ts = prev_ts or None
     out.count = i - first_seq
+    db = index.open_for_check(Path(path).parent) if check_index else None
+    if db is not None:
+        try:
+            for problem in index.check_rows(db, rows):
+                find(("index", f"{INDEX}: {problem} {_INDEX_HINT}"))
+        finally:
+            db.close()
+        out.identities = index.first_identities(rows)
     return out
 
 
@@ -356,11 +350,15 @@ def _scan_entries(
     else:
         pool = None
 
+    db = index.open_for_check(directory)
+    check_index = db is not None
+
     def check(start: int, end: int, first: int) -> None:
+        args = (path, start, end, first, check_blobs, check_index)
         if pool is None:
-            results.append(_check_chunk(path, start, end, first, check_blobs))
+            results.append(_check_chunk(*args))
         else:
-            pending.append(pool.submit(_check_chunk, path, start, end, first, check_blobs))
+            pending.append(pool.submit(_check_chunk, *args))
 
     try:
         with MappedFile(directory / ENTRIES) as mf:
@@ -381,12 +379,7 @@ def _scan_entries(
                         assert c.cp is not None
                         if c.cp.root != root:
                             prev = max((s for s in signed_sizes if s < i), default=0)
-                            report.find(
-                                "root",
-                                f"{c.label} (size {i}): the entries do not hash to its root; an "
-                                f"entry in {prev}..{i - 1} was changed, inserted or removed, or "
-                                "the checkpoint was forged",
-                            )
+                            _judge(report, history.root_mismatch(c.label, i, prev))
                 if i - chunk_first == CHUNK:
                     check(chunk_start, pos, chunk_first)
                     chunk_start, chunk_first = pos, i
@@ -394,13 +387,8 @@ def _scan_entries(
                         progress(pos, total)
             if i > chunk_first:
                 check(chunk_start, pos, chunk_first)
-            damage = scanner.damage
-            if damage is not None:
-                msg = f"{ENTRIES}: {damage.reason} at byte {damage.offset} (entry {i})"
-                if i < max_signed:
-                    report.find("record", msg + ", inside signed history")
-                else:
-                    report.warnings.append(msg + ", after the latest checkpoint: a torn tail")
+            if scanner.damage is not None:
+                _judge(report, history.entries_damage(scanner.damage, i, max_signed))
         results.extend(f.result() for f in pending)
     finally:
         if pool is not None:
@@ -410,6 +398,7 @@ def _scan_entries(
 
     published: set[str] = set()
     blobs: dict[str, tuple[int, str]] = {}
+    identities: dict[str, tuple[int, str]] = {}
     origin = results[0].origin if results else None
     prev_ts: str | None = None
     for r in results:
@@ -425,29 +414,20 @@ def _scan_entries(
         published.update(r.published)
         for sha, where in r.blobs.items():
             blobs.setdefault(sha, where)
+        for session, first in r.identities.items():
+            identities.setdefault(session, first)
+    if db is not None:
+        try:
+            for mismatch in index.check_tables(db, i, identities):
+                report.find("index", f"{INDEX}: {mismatch} {_INDEX_HINT}")
+        finally:
+            db.close()
     for sha, (seq, ref_path) in sorted(blobs.items(), key=lambda kv: kv[1]):
-        problem = _check_blob(directory, sha, report)
+        problem, read = check_blob(directory, sha)
+        report.blob_bytes += read
         if problem:
-            report.find("blob", f"entry {seq}: {ref_path} blob {sha}: {problem}")
+            _judge(report, history.blob(seq, f"{ref_path} blob {sha}", problem))
     report.entries = i
     report.origin = origin
     report.blobs = len(blobs)
     return published
-
-
-def _check_blob(directory: Path, sha: str, report: VerifyReport) -> str | None:
-    """None if the blob is present and hashes to its name; else what is wrong."""
-    path = blob_path(directory, sha)
-    h = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
-                report.blob_bytes += len(chunk)
-    except FileNotFoundError:
-        return "missing from the blob store"
-    except OSError as exc:
-        return f"cannot be read: {exc}"
-    if h.hexdigest() != sha:
-        return f"content was changed (it hashes to {h.hexdigest()})"
-    return None

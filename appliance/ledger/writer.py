@@ -15,7 +15,11 @@ thread does all disk work, in queue order:
   every ``checkpoint_entries`` entries, or when ``flush`` asks: write out, fsync the log and
   every new blob and its directory, sign the root (C2SP checkpoint), append the note to
   ``checkpoints.log`` and fsync it, then replace ``checkpoint`` atomically. Only then does
-  ``flush`` return for the entries it covers (design invariant 4).
+  ``flush`` return for the entries it covers (design invariant 4);
+- syncs, when :meth:`LedgerWriter.durable` asks (write-ahead of a statement that may change
+  a target): write out and fsync the log and new blobs, without signing; whoever waits is
+  released once everything appended before the request is on disk. A crash after that
+  keeps the entries: recovery signs what it finds complete after the last checkpoint.
 
 Any I/O error (an fsync error above all) stops the writer for good: it is never retried,
 because after a failed fsync the kernel may have dropped the dirty pages. ``append`` then
@@ -24,6 +28,7 @@ raises :class:`LedgerUnavailable` and the proxy fails closed.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import fcntl
@@ -174,6 +179,8 @@ class LedgerWriter:
         self._last_ts_us = ts_to_us(report.last_ts) if report.last_ts else 0
         self._signed = report.signed_size  # under _cond
         self._flush_requested = report.entries > report.signed_size
+        self._sync_requested = False
+        self._durable = report.entries  # fsynced (signed or not), under _cond
         self._stopping = False
         # True while the writer thread waits with nothing queued and no timeout: only then
         # does an append wake it (see _collect).
@@ -315,6 +322,7 @@ class LedgerWriter:
             raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
         flush = flush or self._flush_requested  # e.g. unsigned entries found on open
         self._flush_requested = False
+        sync, self._sync_requested = self._sync_requested, False
         try:
             batch, self._queue = self._queue, collections.deque()
             for item in batch:
@@ -324,6 +332,8 @@ class LedgerWriter:
                 self._checkpoint()
             elif flush:
                 self._publish_signed(self._written)
+            elif sync and self._written > self._durable:
+                self._sync()
         except BaseException as exc:
             self._failed = exc
             raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
@@ -492,6 +502,39 @@ class LedgerWriter:
                     raise LedgerError(f"ledger flush timed out after {timeout} s")
                 self._cond.wait(remaining)
 
+    def durable(self, timeout: float | None = None) -> None:
+        """Return once everything appended so far is written and fsynced (not necessarily
+        signed yet): the write-ahead of a statement that may change a target.
+
+        Raises LedgerUnavailable if the writer stops first, LedgerError on timeout."""
+        if not self._threaded:
+            if not self._closed:
+                self._sync_requested = True
+                self.pump()
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._next_seq
+            while self._durable < target:
+                if self._failed is not None:
+                    raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
+                if self._closed or self._stopping:
+                    raise LedgerUnavailable("ledger writer is closed")
+                if not self._thread.is_alive():
+                    raise LedgerUnavailable("ledger writer thread is not running")
+                self._sync_requested = True
+                self._cond.notify_all()
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise LedgerError(f"ledger sync timed out after {timeout} s")
+                self._cond.wait(remaining)
+            if self._failed is not None:
+                raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
+
+    async def sync(self) -> None:
+        """:meth:`durable`, awaited from the event loop (in a worker thread)."""
+        await asyncio.to_thread(self.durable)
+
     def close(self) -> None:
         """Flush, sign a final checkpoint, stop the thread and release the directory.
 
@@ -536,6 +579,7 @@ class LedgerWriter:
                     stopping = self._stopping
                     flush = self._flush_requested
                     self._flush_requested = False
+                    sync, self._sync_requested = self._sync_requested, False
                     self._cond.notify_all()  # room for producers blocked on the limit
                 for item in batch:
                     self._process(item)
@@ -544,6 +588,8 @@ class LedgerWriter:
                     self._checkpoint()
                 elif flush:
                     self._publish_signed(self._written)
+                elif sync and self._written > self._durable:
+                    self._sync()
                 if stopping and not self._queue:
                     return
         except BaseException as exc:  # any failure stops the writer for good
@@ -562,7 +608,7 @@ class LedgerWriter:
         """
         first: float | None = None
         quiet_since = time.monotonic()
-        while not self._stopping and not self._flush_requested:
+        while not self._stopping and not self._flush_requested and not self._sync_requested:
             n = len(self._queue)
             if n >= _BATCH:
                 return
@@ -739,8 +785,8 @@ class LedgerWriter:
 
     # checkpoints
 
-    def _checkpoint(self) -> None:
-        """Make everything written durable, then sign and publish a checkpoint of it."""
+    def _sync(self) -> None:
+        """Make everything written durable (log, new blobs and their directories)."""
         self._write_out()
         self._fsync(self._log_fd)
         for fd in self._pending_fds:
@@ -751,6 +797,13 @@ class LedgerWriter:
         for d in self._pending_dirs:
             fsync_dir(d, self._fsync)
         self._pending_dirs.clear()
+        with self._cond:
+            self._durable = max(self._durable, self._written)
+            self._cond.notify_all()
+
+    def _checkpoint(self) -> None:
+        """Make everything written durable, then sign and publish a checkpoint of it."""
+        self._sync()
         size = self._written
         note = sign_checkpoint(Checkpoint(self.origin, size, self._compact.root()), self._key)
         frame = encode_frame(CHECKPOINT_MAGIC, self._history_seq, note.encode())

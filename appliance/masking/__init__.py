@@ -32,10 +32,13 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
 - **Result values**: with type OIDs from RowDescription, a masked value of a type that text
   would not parse as (``int8``, ``date``, ``inet`` ...) becomes SQL NULL; ``json``/``jsonb``
   are masked inside the document (a card stored as a JSON number becomes a string). Without
-  type OIDs every column is taken as text. A binary-format value that a column rule covers, or
-  a binary integer/numeric a detector matches, raises :class:`BinaryColumnError` (fail closed).
-  Binary text-like values are scanned; other binary values cannot be and are counted as
-  ``binary_unscanned``. ``bytea`` in text format is hex and is not scanned either.
+  type OIDs every column is taken as text. A binary-format value is masked through its text,
+  one decision for the job's rows (:meth:`TargetMasker.mask_values`) and the ledger's
+  (:meth:`TargetMasker.mask_cells`): text-like and ``jsonb`` values are rewritten in binary
+  form, a binary integer or ``numeric`` that must be masked becomes NULL; other binary
+  values cannot be read, are counted as ``binary_unscanned``, and become NULL under a column
+  rule. ``bytea`` in text format is hex and is not scanned either. PostgreSQL's rows and
+  COPY data, toward the job and toward the ledger, are in :mod:`appliance.masking.postgres`.
 - **Error details**: column rules also apply where PostgreSQL quotes column values in an
   error DETAIL (``Key (tax_id)=(...) already exists``); ``Failing row contains (...)``,
   which has values without names, is redacted whole on a target that has column rules.
@@ -45,7 +48,8 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
 The API the proxy uses::
 
     config = parse_masking(cfg.masking, targets=cfg.targets)        # ConfigError on mistakes
-    masker = Masker(config, hmac_key=key_bytes)                    # key: config.key (SecretRef)
+    masker = Masker(config, hmac_key=key_bytes)    # key: config.key (SecretRef) or ephemeral
+    start["masking_key"] = key_record(key_bytes, ...)  # its id: tokens compare across runs
     tm = masker.for_target("orders-db")                            # cached per target
 
     counts = MaskCounts()
@@ -80,10 +84,10 @@ from appliance.masking._config import (
 from appliance.masking._copy import CopyRowError
 from appliance.masking._counts import MaskCounts
 from appliance.masking._detectors import DETECTOR_NAMES
+from appliance.masking._key import EPHEMERAL, key_id, key_record
 from appliance.masking._masker import (
     BINARY_UNSCANNED,
     COLUMN_RULE,
-    BinaryColumnError,
     ColumnAction,
     ColumnPlan,
     Masker,
@@ -96,7 +100,7 @@ __all__ = [
     "BINARY_UNSCANNED",
     "COLUMN_RULE",
     "DETECTOR_NAMES",
-    "BinaryColumnError",
+    "EPHEMERAL",
     "ColumnAction",
     "ColumnPlan",
     "ColumnRule",
@@ -109,5 +113,7 @@ __all__ = [
     "ResponseRule",
     "Style",
     "TargetMasker",
+    "key_id",
+    "key_record",
     "parse_masking",
 ]

@@ -2,7 +2,8 @@
 responses to the job are masked.
 
 Parsed from :class:`appliance.config.Node` so that every error names the key and the line.
-The masking key is a :class:`~appliance.config.SecretRef`; reading it is the caller's job.
+The masking key is a :class:`~appliance.config.SecretRef` (reading it is the caller's job),
+or ``ephemeral``, spelled out (see :mod:`appliance.masking._key`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from appliance.config import Node, SecretRef, Target, parse_secret
 from appliance.masking._detectors import DETECTOR_NAMES
+from appliance.masking._key import EPHEMERAL
 from appliance.masking._styles import Style, label_for
 from appliance.masking._validate import phone_region_known
 
@@ -156,11 +158,15 @@ class MaskingConfig:
     response: tuple[ResponseRule, ...] = ()
     key: SecretRef | None = None
     phone_regions: tuple[str, ...] = ("US",)
+    # key: ephemeral -- a random key per run, chosen in so many words (never a default)
+    ephemeral_key: bool = False
 
     def __post_init__(self) -> None:
         unknown = set(self.detectors) - set(DETECTOR_NAMES)
         if unknown:
             raise ValueError(f"unknown detectors: {', '.join(sorted(unknown))}")
+        if self.ephemeral_key and self.key is not None:
+            raise ValueError("a masking key is either a secret or ephemeral, not both")
         # Detectors left out keep their default setting.
         merged = _default_detectors()
         merged.update(self.detectors)
@@ -205,7 +211,10 @@ def parse_masking(node: Node | None, *, targets: Mapping[str, Target]) -> Maskin
     ::
 
         masking:
-          key: {file: /etc/appliance/mask.key}   # needed when a style is hash
+          key: {credential: masking-key}         # needed when a style is hash: one key
+                                                 # for the fleet (or {file: ...}), so that
+                                                 # tokens compare across runs and runners;
+                                                 # `key: ephemeral`: a new key every run
           phone_regions: [US, DE]                # for numbers written without +CC
           detectors:                             # style per detector, or off
             card: partial
@@ -231,7 +240,12 @@ def parse_masking(node: Node | None, *, targets: Mapping[str, Target]) -> Maskin
         tuple(_parse_column(c, targets) for c in m["columns"].items()) if "columns" in m else ()
     )
     response = _parse_response(m["response"], targets) if "response" in m else ()
-    key = parse_secret(m["key"]) if "key" in m else None
+    key, ephemeral = None, False
+    if "key" in m:
+        if not m["key"].is_mapping and getattr(m["key"].raw, "value", None) == EPHEMERAL:
+            ephemeral = True
+        else:
+            key = parse_secret(m["key"])
     regions: tuple[str, ...] = ("US",)
     if "phone_regions" in m:
         regions = tuple(r.string() for r in m["phone_regions"].items_or_one())
@@ -240,9 +254,13 @@ def parse_masking(node: Node | None, *, targets: Mapping[str, Target]) -> Maskin
                 r_node.fail(f"unknown phone region {region!r} (ISO 3166 codes such as US, DE)")
         if not regions:
             m["phone_regions"].fail("at least one region is needed")
-    config = MaskingConfig(detectors, columns, response, key, regions)
-    if config.uses_hash and key is None:
-        node.fail("the hash style needs a masking key: add key: {file: ...} or {credential: ...}")
+    config = MaskingConfig(detectors, columns, response, key, regions, ephemeral)
+    if config.uses_hash and key is None and not ephemeral:
+        node.fail(
+            "the hash style needs a masking key: add key: {credential: NAME} or {file: PATH}, "
+            "the same for every runner so that tokens compare across runs and runners (or "
+            f"key: {EPHEMERAL}, a new key every run: tokens compare only within one run)"
+        )
     return config
 
 

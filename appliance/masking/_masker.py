@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from appliance.errors import ApplianceError
+from appliance.ledger.results import binary_cell
 from appliance.masking._config import ColumnRule, MaskingConfig
 from appliance.masking._copy import CopyFormat, CopyRowError, encode_field, split_row
 from appliance.masking._counts import MaskCounts
 from appliance.masking._detectors import DETECTORS, Options
-from appliance.masking._pgtypes import Kind, decode_number, kind_of
+from appliance.masking._pgtypes import Kind, binary_is_text, decode_number, kind_of
 from appliance.masking._scan import Finding, Scanner
 from appliance.masking._styles import Style, keyed_hash, label_for, partial, redact
 
 __all__ = [
-    "BinaryColumnError",
     "ColumnAction",
     "ColumnPlan",
     "Masker",
@@ -33,18 +33,6 @@ __all__ = [
 MIN_KEY_BYTES = 16
 COLUMN_RULE = "column_rule"  # the "detector" name counted for whole-value column masks
 BINARY_UNSCANNED = "binary_unscanned"  # counted for binary values no detector could read
-
-
-class BinaryColumnError(ApplianceError):
-    """A value that must be masked arrived in binary format, where it cannot be rewritten.
-
-    Fail closed: the caller must not pass the row on. The message names the column and why.
-    """
-
-    def __init__(self, column: str, reason: str) -> None:
-        self.column = column
-        self.reason = reason
-        super().__init__(f"column {column}: {reason}; refusing to pass it on unmasked")
 
 
 class MaskingKeyError(ApplianceError):
@@ -61,6 +49,8 @@ class ColumnAction:
     kind: Kind
     binary: bool
     type_oid: int | None = None
+    # For a binary column: how its values read as text (see _text_view); None if they do not.
+    text: ColumnAction | None = None
 
 
 @dataclass(frozen=True)
@@ -70,9 +60,10 @@ class ColumnPlan:
     columns: tuple[ColumnAction, ...]
 
     @property
-    def refused_binary(self) -> tuple[str, ...]:
-        """Columns whose non-NULL values :meth:`TargetMasker.mask_values` will refuse."""
-        return tuple(c.name for c in self.columns if c.binary and c.rule is not None)
+    def unreadable_binary(self) -> tuple[str, ...]:
+        """Binary columns whose values cannot be read as text here (see :func:`_text_kind`):
+        never scanned, and made NULL when a column rule covers them."""
+        return tuple(c.name for c in self.columns if c.binary and c.text is None)
 
 
 class Masker:
@@ -218,7 +209,7 @@ class TargetMasker:
                 name = f"{col_table}.{column}" if col_table else column
             label = rule.redaction_label(column) if rule is not None else ""
             oid = type_oids[i] if type_oids is not None else None
-            actions.append(ColumnAction(name, rule, label, kind_of(oid, binary), binary, oid))
+            actions.append(_action(name, rule, label, kind_of(oid, binary), binary, oid))
         return ColumnPlan(tuple(actions))
 
     def parameter_plan(
@@ -235,50 +226,112 @@ class TargetMasker:
         for i in range(n):
             binary = bool(formats[0] if len(formats) == 1 else formats[i] if formats else 0)
             oid = type_oids[i] if type_oids is not None else None
-            actions.append(ColumnAction(f"${i + 1}", None, "", kind_of(oid, binary), binary, oid))
+            actions.append(_action(f"${i + 1}", None, "", kind_of(oid, binary), binary, oid))
         return ColumnPlan(tuple(actions))
 
     def mask_values(
         self, plan: ColumnPlan, values: list[bytes | None], counts: MaskCounts
     ) -> list[bytes | None]:
-        """The row's values masked per ``plan``; ``values`` itself if nothing changed.
+        """The row's values masked per ``plan``, for the wire (toward the job); ``values``
+        itself if nothing changed. None is SQL NULL.
 
-        Raises BinaryColumnError for a non-NULL binary value that a column rule covers, or in
-        which a detector finds something (binary integers and numerics are read as digits).
-        Binary values of types that cannot be read here are passed on and counted as
-        ``binary_unscanned``.
+        A binary-format value is masked through its text (see :func:`_text_kind`, the same
+        decision as :meth:`mask_cells` makes for the ledger): a text-like or ``jsonb`` value
+        is rewritten in its binary form; any other type that must be masked (a column rule,
+        a detector finding in a binary number) becomes NULL, as a masked value of a non-text
+        type does in text format. A binary value that cannot be read here passes unscanned
+        (counted as ``binary_unscanned``), or becomes NULL when a column rule covers it.
         """
         if len(values) != len(plan.columns):
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
         out: list[bytes | None] | None = None
-        scanner = self._m._values
+        might_match = self._m._values.might_match_bytes
         for i, value in enumerate(values):
             if value is None:
                 continue
             action = plan.columns[i]
-            if action.rule is not None:
-                new = self._mask_whole(action, value, counts)
-            elif action.kind in _BINARY_KINDS:
-                new = self._scan_binary(action, value, counts)
-            elif not scanner.might_match_bytes(value):
+            if action.binary:
+                new = self._mask_binary(action, value, counts)
+            elif action.rule is None and not might_match(value):
                 continue
             else:
-                new = self._scan_value(action, value, counts, gated=True)
+                new = self._mask_one(action, value, counts)
             if new is not value:
                 if out is None:
                     out = list(values)
                 out[i] = new
         return values if out is None else out
 
+    def mask_cells(
+        self, plan: ColumnPlan, values: list[bytes | None], counts: MaskCounts
+    ) -> list[str | dict[str, int] | None]:
+        """The row's values masked per ``plan``, for the ledger's result blobs: each as the
+        text it has in text format (masked exactly as :meth:`mask_values` masks it for the
+        job), None for NULL, or :func:`~appliance.ledger.results.binary_cell` for a binary
+        value that cannot be read as text here (never written)."""
+        if len(values) != len(plan.columns):
+            raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
+        might_match = self._m._values.might_match_bytes
+        out: list[str | dict[str, int] | None] = []
+        for i, value in enumerate(values):
+            if value is None:
+                out.append(None)
+                continue
+            action = plan.columns[i]
+            text = value
+            if action.binary:
+                if action.text is None:
+                    if action.rule is None:
+                        counts.add(BINARY_UNSCANNED, action.name)
+                    out.append(binary_cell(len(value)))
+                    continue
+                readable = _text_of(action, value)
+                if readable is None:  # malformed for its type: nothing readable to write
+                    out.append(binary_cell(len(value)))
+                    continue
+                text, action = readable, action.text
+            if action.rule is not None or might_match(text):
+                masked = self._mask_one(action, text, counts)
+                if masked is None:
+                    out.append(None)
+                    continue
+                text = masked
+            out.append(text.decode("utf-8", "replace"))
+        return out
+
+    def _mask_one(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
+        """One text-format value (or the text of a binary one) masked: the value itself if
+        unchanged, None for SQL NULL."""
+        if action.rule is not None:
+            return self._mask_whole(action, value, counts)
+        return self._scan_value(action, value, counts, gated=True)
+
+    def _mask_binary(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
+        """A binary-format value masked for the wire (see :meth:`mask_values`)."""
+        text_action = action.text
+        text = _text_of(action, value) if text_action is not None else None
+        if text_action is None or text is None:
+            if action.rule is not None:
+                counts.add(COLUMN_RULE, action.name)
+                return None  # a rule covers it, and it cannot be read here: no value at all
+            counts.add(BINARY_UNSCANNED, action.name)
+            return value
+        if text_action.rule is None and not self._m._values.might_match_bytes(text):
+            return value
+        masked = self._mask_one(text_action, text, counts)
+        if masked is text:
+            return value
+        if masked is None or action.kind is Kind.NUMBER:
+            return None  # a binary number cannot hold a mask
+        if action.kind is Kind.JSONB_BINARY:
+            return _JSONB_VERSION + masked
+        if binary_is_text(action.type_oid):
+            return masked  # a text-like type: its binary form is its text
+        return None  # a type not known to be text: the masked text would not parse
+
     def _mask_whole(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
         rule = action.rule
         assert rule is not None
-        if action.binary:
-            raise BinaryColumnError(
-                action.name,
-                f"the column rule for {rule.column!r} masks it ({rule.style.value}), and a"
-                " value in binary format cannot be rewritten (ask for text format)",
-            )
         counts.add(COLUMN_RULE, action.name)
         text = value.decode("utf-8", "surrogateescape")
         masked = self._m.render_rule(rule, action.label, text, value)
@@ -292,7 +345,7 @@ class TargetMasker:
         self, action: ColumnAction, value: bytes, counts: MaskCounts, *, gated: bool = False
     ) -> bytes | None:
         text = value.decode("utf-8", "surrogateescape")
-        if action.kind in (Kind.JSON, Kind.JSONB_BINARY):
+        if action.kind is Kind.JSON:
             return self._scan_json(action, text, value, counts)
         masked = self._mask(text, action.name, counts, gated=gated)
         if masked is text:
@@ -304,9 +357,6 @@ class TargetMasker:
     def _scan_json(
         self, action: ColumnAction, text: str, value: bytes, counts: MaskCounts
     ) -> bytes | None:
-        prefix = ""
-        if action.kind is Kind.JSONB_BINARY:
-            prefix, text = text[:1], text[1:]
         try:
             doc = json.loads(text)
         except ValueError:
@@ -339,30 +389,7 @@ class TargetMasker:
         masked_doc = walk(doc)
         if not changed:
             return value
-        return (prefix + json.dumps(masked_doc, ensure_ascii=False)).encode(
-            "utf-8", "surrogateescape"
-        )
-
-    def _scan_binary(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes:
-        if action.kind is Kind.JSONB_BINARY and value[:1] == b"\x01":
-            if not self._m._values.might_match_bytes(value):
-                return value
-            new = self._scan_value(action, value, counts)
-            assert new is not None  # JSON text after its version byte stays JSON
-            return new
-        if action.kind is Kind.NUMBER and action.type_oid is not None:
-            digits = decode_number(action.type_oid, value)
-            if digits is not None:
-                findings = self._m._values.find(digits)
-                if findings:
-                    raise BinaryColumnError(
-                        action.name,
-                        f"the {findings[0].detector} detector matches its value, and a binary"
-                        " number cannot be rewritten (ask for text format)",
-                    )
-                return value
-        counts.add(BINARY_UNSCANNED, action.name)
-        return value
+        return json.dumps(masked_doc, ensure_ascii=False).encode("utf-8", "surrogateescape")
 
     def _mask(self, text: str, column: str, counts: MaskCounts, *, gated: bool = False) -> str:
         def found(f: Finding) -> None:
@@ -416,7 +443,49 @@ class TargetMasker:
         return fmt.delimiter.join(parts) + eol
 
 
-_BINARY_KINDS = frozenset({Kind.NUMBER, Kind.OPAQUE, Kind.JSONB_BINARY})
+_JSONB_VERSION = b"\x01"  # jsonb's binary format: a version byte, then the JSON text
+
+
+def _text_kind(kind: Kind) -> Kind | None:
+    """How the values of a binary column of ``kind`` read as text, or None if they cannot
+    be read here: text-like types are their text; ``jsonb`` is JSON after its version
+    byte; integers and ``numeric`` read as digits (a masked number is NULL, as for a
+    non-text type in text format); other types are opaque."""
+    if kind is Kind.TEXT:
+        return Kind.TEXT
+    if kind is Kind.JSONB_BINARY:
+        return Kind.JSON
+    if kind is Kind.NUMBER:
+        return Kind.STRICT
+    return None
+
+
+def _action(
+    name: str, rule: ColumnRule | None, label: str, kind: Kind, binary: bool, oid: int | None
+) -> ColumnAction:
+    """A column's action; a binary column also gets the action for its text (made once per
+    plan, not per value)."""
+    text = None
+    if binary:
+        text_kind = _text_kind(kind)
+        if text_kind is not None:
+            text = ColumnAction(name, rule, label, text_kind, False, oid)
+    return ColumnAction(name, rule, label, kind, binary, oid, text)
+
+
+def _text_of(action: ColumnAction, value: bytes) -> bytes | None:
+    """The text a binary ``value`` of ``action``'s column has in text format, or None if
+    it is malformed for its type."""
+    if action.kind is Kind.JSONB_BINARY:
+        return value[1:] if value[:1] == _JSONB_VERSION else None
+    if action.kind is Kind.NUMBER:
+        if action.type_oid is None:
+            return None
+        digits = decode_number(action.type_oid, value)
+        return digits.encode() if digits is not None else None
+    return value
+
+
 _STRENGTH = {Style.NONE: 0, Style.PARTIAL: 1, Style.HASH: 2, Style.REDACT: 3}
 
 # The DETAIL of unique, foreign key and exclusion violations (ri_triggers.c, nbtinsert.c,

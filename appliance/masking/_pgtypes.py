@@ -21,11 +21,14 @@ from __future__ import annotations
 import enum
 import struct
 
-__all__ = ["Kind", "decode_number", "kind_of"]
+__all__ = ["Kind", "binary_is_text", "decode_number", "kind_of"]
 
 FIRST_NORMAL_OID = 16384  # OIDs below are built in (transam.h FirstNormalObjectId)
 
 _TEXT_LIKE = frozenset({0, 18, 19, 25, 142, 705, 1042, 1043})
+# Types whose binary format is their text (textsend and alike): a masked value can be
+# written back in binary. 0 (no type known) is not one of them.
+_BINARY_IS_TEXT = _TEXT_LIKE - {0}
 _JSON = 114
 _JSONB = 3802
 _INTS = {21: "!h", 23: "!i", 20: "!q", 26: "!I"}  # int2, int4, int8, oid
@@ -57,6 +60,11 @@ def kind_of(type_oid: int | None, binary: bool) -> Kind:
     if binary:
         return Kind.NUMBER if type_oid in _INTS or type_oid == _NUMERIC else Kind.OPAQUE
     return Kind.STRICT
+
+
+def binary_is_text(type_oid: int | None) -> bool:
+    """Whether a binary value of ``type_oid`` is its text, so a mask can be written back."""
+    return type_oid in _BINARY_IS_TEXT
 
 
 def decode_number(type_oid: int, data: bytes) -> str | None:

@@ -49,10 +49,12 @@ Public API::
 
 from appliance.policy._classify import (
     Classification,
+    CopySpec,
     GrammarError,
     StatementClass,
     classify,
     classify_function_call,
+    copy_spec,
 )
 from appliance.policy._config import parse_policy
 from appliance.policy._rules import (
@@ -86,6 +88,7 @@ __all__ = [
     "GROUPS",
     "NO_RULE",
     "Classification",
+    "CopySpec",
     "Decision",
     "Glob",
     "GrammarError",
@@ -100,6 +103,7 @@ __all__ = [
     "classify",
     "classify_exec",
     "classify_function_call",
+    "copy_spec",
     "expand",
     "file_operation",
     "forward_request",

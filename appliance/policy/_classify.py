@@ -43,7 +43,15 @@ from appliance.policy._where import keeps_every_row
 from appliance.protocols.postgres import fastpath
 from appliance.protocols.postgres.encodings import ascii_safe
 
-__all__ = ["Classification", "GrammarError", "StatementClass", "classify", "classify_function_call"]
+__all__ = [
+    "Classification",
+    "CopySpec",
+    "GrammarError",
+    "StatementClass",
+    "classify",
+    "classify_function_call",
+    "copy_spec",
+]
 
 # Texts up to this many characters are cached (keyed by the exact text).
 _CACHE_TEXT_LIMIT = 16 * 1024
@@ -66,6 +74,20 @@ _MISSING: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
+class CopySpec:
+    """What a COPY statement says of its data (the protocol says nothing): the direction,
+    the table when written with its schema (unqualified, it depends on ``search_path``:
+    None), the column list when written (pg_dump writes both), the format (``text``,
+    ``csv`` or ``binary``) and whether CSV data starts with a header line."""
+
+    direction: str  # "in" (FROM) | "out" (TO)
+    table: str | None = None
+    columns: tuple[str, ...] | None = None
+    format: str = "text"
+    header: bool = False
+
+
+@dataclass(frozen=True)
 class StatementClass:
     """One statement of a query string, classified.
 
@@ -85,6 +107,7 @@ class StatementClass:
     writes: frozenset[str] = frozenset()
     functions: frozenset[str] = frozenset()
     prepared_name: str | None = None
+    copy: CopySpec | None = None  # for a COPY statement
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-safe summary for the ledger (without the text, which is recorded apart)."""
@@ -236,6 +259,9 @@ def _classify(sql: str, standard_conforming_strings: bool) -> Classification:
         # pglast's location is 0-based in characters; the server's position is 1-based.
         message = str(exc.args[0]) if exc.args else str(exc)
         location = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else 0
+        if location == 0 and message.endswith("at end of input"):
+            # pglast gives no location there; the server's is the end of the text
+            location = len(sql)
         return _unparseable(sql, message, GrammarError(message, location + 1))
     except RecursionError:
         return _unparseable(sql, "the statement is nested too deeply to classify")
@@ -282,6 +308,7 @@ def _statement(index: int, raw: dict[str, Any], encoded: bytes) -> StatementClas
         frozenset(walk.writes),
         frozenset(walk.functions),
         walk.prepared_name,
+        _copy_spec(fields) if kind == "CopyStmt" else None,
     )
 
 
@@ -695,6 +722,40 @@ def _copy(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
         walk.add(ctx, "file_access")  # a file on the server, not the client's STDIN/STDOUT
     walk.relation(f.get("relation"), ctx, write=is_from)
     walk.children(kind, f, ctx, skip=("relation",), top=("query",))
+
+
+def _copy_spec(f: dict[str, Any]) -> CopySpec:
+    relation = f.get("relation") or {}
+    table = None
+    if relation.get("schemaname") and relation.get("relname"):
+        table = f"{relation['schemaname']}.{relation['relname']}"
+    names = [a.get("String", _MISSING).get("sval") for a in f.get("attlist") or []]
+    columns = tuple(names) if names and all(isinstance(n, str) for n in names) else None
+    fmt, header = "text", False
+    for option in f.get("options") or []:
+        elem = option.get("DefElem", _MISSING)
+        name = elem.get("defname")
+        if name == "format":
+            value = _option_string(elem)
+            fmt = value if value in ("text", "csv", "binary") else fmt
+        elif name == "header":
+            header = _option_true(elem) or _option_string(elem) == "match"
+    return CopySpec("in" if f.get("is_from") else "out", table, columns, fmt, header)
+
+
+def _option_string(elem: dict[str, Any]) -> str | None:
+    arg = elem.get("arg")
+    if isinstance(arg, dict) and "String" in arg:
+        return str(arg["String"].get("sval", "")).lower()
+    return None
+
+
+def copy_spec(sql: str) -> CopySpec | None:
+    """What the COPY statement ``sql`` says of its data; None if ``sql`` is not exactly one
+    COPY (then nothing is known of its rows: the caller fails closed). Read from the
+    (cached) classification: the statement is parsed once."""
+    stmts = classify(sql).statements
+    return stmts[0].copy if len(stmts) == 1 else None
 
 
 @_handles("ExplainStmt")

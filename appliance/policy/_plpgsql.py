@@ -143,5 +143,5 @@ def _expr_sql(expr: Any) -> str | None:
         return "SELECT " + query
     if mode in _MODES_ASSIGN:
         match = _ASSIGNMENT.match(query)
-        return "SELECT " + match.group(1) if match else None
+        return "SELECT " + match.group(1).strip() if match else None
     return None

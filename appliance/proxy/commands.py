@@ -55,6 +55,15 @@ class AskApproval:
 
 
 @dataclass(frozen=True, slots=True)
+class AwaitDurable:
+    """Make every ledger entry appended so far durable (fsynced); answered by
+    :class:`Durable` with the same ``key``. The write-ahead of a statement that may change
+    the target: it is sent only after that answer."""
+
+    key: int
+
+
+@dataclass(frozen=True, slots=True)
 class SendOnce:
     """Open a new marked connection to ``address``, send ``payload``, close (a PostgreSQL
     cancel request); answered by :class:`SentOnce`."""
@@ -108,6 +117,7 @@ Command = (
     OpenUpstream
     | StartTLS
     | AskApproval
+    | AwaitDurable
     | SendOnce
     | PauseReading
     | SetTimer
@@ -156,6 +166,15 @@ class ApprovalAnswered:
 
 
 @dataclass(frozen=True, slots=True)
+class Durable:
+    """The answer to :class:`AwaitDurable`: ``ok``, or why the entries are not on disk."""
+
+    key: int
+    ok: bool
+    why: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SentOnce:
     ok: bool
     why: str | None = None
@@ -192,6 +211,7 @@ Event = (
     | TLSEstablished
     | TLSFailed
     | ApprovalAnswered
+    | Durable
     | SentOnce
     | Eof
     | TimerFired

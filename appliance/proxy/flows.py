@@ -16,22 +16,15 @@ Where this sits: the server calls :meth:`FlowResolverImpl.resolve` once per conn
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from appliance.capture import normalise_ip, unattributed
 from appliance.config import Config, Target
-from appliance.proxy.server import UNATTRIBUTED, Flow, Listener, Refused
+from appliance.proxy.server import Flow, Listener, Refused
 
 Identify = Callable[[tuple[str, int], tuple[str, int]], Mapping[str, Any]]
-
-
-def _fold(ip: str) -> str:
-    addr = ipaddress.ip_address(ip.split("%", 1)[0])
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 class FlowResolverImpl:
@@ -53,7 +46,7 @@ class FlowResolverImpl:
     async def resolve(self, conn: socket.socket, listener: Listener) -> Flow:
         peer = conn.getpeername()
         local = conn.getsockname()
-        peer2 = (_fold(peer[0]), int(peer[1]))
+        peer2 = (normalise_ip(peer[0]), int(peer[1]))
         if listener.transparent:
             if self.original_dst is None or self.target_for is None:
                 raise Refused("transparent listener without capture")
@@ -61,7 +54,7 @@ class FlowResolverImpl:
                 ip, port = self.original_dst(conn)
             except OSError as exc:
                 raise Refused(f"no original destination: {exc}") from None
-            ip = _fold(ip)
+            ip = normalise_ip(ip)
             target = self.target_for(self.config, ip, port)
             if target is None:
                 raise Refused(
@@ -74,9 +67,9 @@ class FlowResolverImpl:
             upstream = await upstream_address(target)
         identity: Mapping[str, Any]
         if self.identify is not None:
-            identity = self.identify(peer2, (_fold(local[0]), int(local[1])))
+            identity = self.identify(peer2, (normalise_ip(local[0]), int(local[1])))
         else:
-            identity = dict(UNATTRIBUTED)
+            identity = unattributed("no attribution configured")
         return Flow(target, upstream, identity)
 
 

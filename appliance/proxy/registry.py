@@ -87,6 +87,18 @@ PROTOCOLS: dict[str, Protocol] = {
             core="appliance.proxy.pg.core:PgSession",
             shared="appliance.proxy.pg.core:shared",
             target_keys=("tls", "client_tls", "startup_parameters"),
+            pcap="appliance.proxy.pg.pcap",
+        ),
+        Protocol(
+            name="mysql",
+            description="MySQL and MariaDB client/server protocol (mariadb, mysql, PyMySQL, "
+            "mysqlclient, mysql-connector...)",
+            default_port=3306,
+            core="appliance.proxy.mysql.core:MySQLSession",
+            shared="appliance.proxy.mysql.core:shared",
+            target_keys=("tls", "client_tls", "local_infile", "server_public_key"),
+            options="appliance.proxy.mysql.core:options",
+            pcap="appliance.proxy.mysql.pcap",
         ),
         Protocol(
             name="ssh",

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from appliance.capture import unattributed
 from appliance.config import Config, Target
 from appliance.errors import ApplianceError
 from appliance.proxy import registry
@@ -36,8 +37,6 @@ from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import Connection, ShellServices
 
 log = logging.getLogger("appliance.proxy")
-
-UNATTRIBUTED = {"source": "unattributed", "how": "unattributed: no attribution configured"}
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,9 @@ class Flow:
 
     target: Target
     upstream: tuple[str, int]
-    identity: Mapping[str, Any] = field(default_factory=lambda: dict(UNATTRIBUTED))
+    identity: Mapping[str, Any] = field(
+        default_factory=lambda: unattributed("no attribution configured")
+    )
 
 
 class Refused(Exception):

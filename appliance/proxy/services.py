@@ -57,24 +57,13 @@ class SessionServices:
     upstream_tls: Callable[[UpstreamTLS], ssl.SSLContext] = _no_tls
     client_tls: Mapping[str, ssl.SSLContext] = field(default_factory=dict)
     startup_timeout: float = 60.0
+    # ledger.durability "write-ahead": a statement that may change a target is sent only
+    # once its entry is durable (False: entries are durable at the next checkpoint).
+    write_ahead: bool = False
     response_masking: Callable[[str, Mapping[str, Any]], bool] | None = None
     # Per protocol, state all its sessions share (PostgreSQL: the cancel key table), made
     # by the registry entry's ``shared`` factory.
     shared: dict[str, Any] = field(default_factory=dict)
 
 
-def identity_key(identity: Mapping[str, Any]) -> str:
-    """A stable string naming who runs a session, for approval windows and messages (the
-    same for every protocol: an approval window covers one CI job, whatever it reaches)."""
-    if identity.get("source") != "ebpf":
-        return "unattributed"
-    ci = identity.get("ci") or {}
-    if ci:
-        parts = [
-            str(ci.get(k, "")) for k in ("provider", "repository", "workflow", "job", "run_id")
-        ]
-        return "ci:" + "/".join(parts)
-    return f"uid:{identity.get('uid')}:exe:{identity.get('exe')}"
-
-
-__all__ = ["SessionServices", "identity_key"]
+__all__ = ["SessionServices"]

@@ -16,54 +16,30 @@ connection in its own task group until the core says :class:`~.commands.End`:
 - a core that raises is a bug (or a ledger that cannot record): the connection ends with
   what :meth:`SessionCore.crashed` says, and the other connections go on.
 
-Nothing here knows a protocol, a SQLSTATE or a ledger entry type.
-"""
+Nothing here knows a protocol, a SQLSTATE or a ledger entry type."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.approvals import Broker
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
-from appliance.proxy.commands import (
-    Abort,
-    ApprovalAnswered,
-    AskApproval,
-    ClearTimer,
-    Command,
-    Commands,
-    Drain,
-    End,
-    Eof,
-    Event,
-    Log,
-    OpenUpstream,
-    PauseReading,
-    SendOnce,
-    SentOnce,
-    SessionCore,
-    SetTimer,
-    Side,
-    StartTLS,
-    TimerFired,
-    TLSEstablished,
-    TLSFailed,
-    UpstreamFailed,
-    UpstreamOpened,
-)
+from appliance.proxy import commands as c
+from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
+from appliance.proxy.waits import Unreachable, ask_approval, connect_marked, why
 
 log = logging.getLogger("appliance.proxy")
 
 HIGH_WATER = 1 << 20  # bytes buffered for a socket before the other side stops being read
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_OTHER: dict[Side, Side] = {"job": "upstream", "upstream": "job"}
 
 
 @dataclass(frozen=True)
@@ -74,50 +50,7 @@ class ShellServices:
     mark: int = 0
     broker: Broker | None = None
     upstream_socket: Callable[[int, int], socket.socket] | None = None
-
-
-def upstream_socket(family: int, mark: int) -> socket.socket:
-    """A non-blocking TCP socket carrying the appliance's mark (SO_MARK): netfilter neither
-    redirects it back to the appliance nor rejects it as a bypass."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        if mark:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-async def connect_marked(
-    services: ShellServices, address: tuple[str, int], timeout: float
-) -> socket.socket:
-    """A connected, non-blocking upstream socket carrying the appliance's mark; raises
-    OSError (the system's words: :func:`why`) or TimeoutError."""
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    make = services.upstream_socket or upstream_socket
-    sock = make(family, services.mark)
-    try:
-        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), timeout)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def ask_approval(broker: Broker | None, command: AskApproval) -> ApprovalAnswered:
-    """Carry out an :class:`~.commands.AskApproval`: make the request and wait for its
-    outcome (a signed decision or the timeout); the answer the core is given."""
-    if broker is None:
-        return ApprovalAnswered(command.key, error="approvals are not configured")
-    try:
-        request = broker.new_request(**command.fields)
-    except ApplianceError as exc:
-        return ApprovalAnswered(command.key, error=str(exc))
-    outcome = await broker.request(request)
-    return ApprovalAnswered(command.key, outcome, request.id)
+    durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 
 
 class _Endpoint(asyncio.Protocol):
@@ -148,19 +81,10 @@ class _Endpoint(asyncio.Protocol):
         self.conn.on_eof(self.side, str(exc) if exc is not None else None)
 
     def pause_writing(self) -> None:
-        self.conn.pause(_other(self.side), "backpressure", True)
+        self.conn.pause(_OTHER[self.side], "backpressure", True)
 
     def resume_writing(self) -> None:
-        self.conn.pause(_other(self.side), "backpressure", False)
-
-
-def why(exc: OSError) -> str:
-    """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
-    return os.strerror(exc.errno) if exc.errno else str(exc)
-
-
-def _other(side: Side) -> Side:
-    return "upstream" if side == "job" else "job"
+        self.conn.pause(_OTHER[self.side], "backpressure", False)
 
 
 class Connection:
@@ -202,10 +126,10 @@ class Connection:
         self._call(self.core.start)
 
     def drain(self) -> None:
-        self.event(Drain())
+        self.event(c.Drain())
 
     def abort(self, reason: str) -> None:
-        self.event(Abort(reason))
+        self.event(c.Abort(reason))
 
     # -- from the sockets ------------------------------------------------------------------
 
@@ -242,7 +166,7 @@ class Connection:
         if endpoint is None or endpoint.eof:
             return
         endpoint.eof = True
-        self.event(Eof(side, lost))
+        self.event(c.Eof(side, lost))
 
     def event(self, event: Event) -> None:
         """Hand ``event`` to the core and carry out what it answers."""
@@ -287,44 +211,42 @@ class Connection:
             self._one(command)
 
     def _one(self, command: Command) -> None:
-        if isinstance(command, PauseReading):
+        if isinstance(command, c.PauseReading):
             self.pause(command.side, command.why, command.paused)
-        elif isinstance(command, End):
+        elif isinstance(command, c.End):
             self._finish(command.reason)
-        elif isinstance(command, OpenUpstream):
+        elif isinstance(command, c.OpenUpstream):
             self._spawn(self._open_upstream(command))
-        elif isinstance(command, StartTLS):
+        elif isinstance(command, c.StartTLS):
             self.pause(command.side, "tls", True)
             self._tls_early[command.side] = []
             self._spawn(self._start_tls(command))
-        elif isinstance(command, AskApproval):
+        elif isinstance(command, c.AskApproval):
             self._spawn(self._approval(command))
-        elif isinstance(command, SendOnce):
+        elif isinstance(command, c.AwaitDurable):
+            self._spawn(self._durable(command))
+        elif isinstance(command, c.SendOnce):
             self._spawn(self._send_once(command))
-        elif isinstance(command, SetTimer):
+        elif isinstance(command, c.SetTimer):
             old = self._timers.pop(command.name, None)
             if old is not None:
                 old.cancel()
             self._timers[command.name] = asyncio.get_running_loop().call_later(
                 command.seconds, self._fire, command.name
             )
-        elif isinstance(command, ClearTimer):
+        elif isinstance(command, c.ClearTimer):
             timer = self._timers.pop(command.name, None)
             if timer is not None:
                 timer.cancel()
-        elif isinstance(command, Log):
-            log.log(
-                _LEVELS.get(command.level, logging.INFO),
-                "session %s: %s",
-                self.name,
-                command.message,
-            )
+        elif isinstance(command, c.Log):
+            level = _LEVELS.get(command.level, logging.INFO)
+            log.log(level, "session %s: %s", self.name, command.message)
         else:  # pragma: no cover - the Command union is closed
             raise TypeError(f"unknown command {command!r}")
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
-        self.event(TimerFired(name))
+        self.event(c.TimerFired(name))
 
     def _spawn(self, coro: Any) -> None:
         assert self._tg is not None
@@ -362,25 +284,21 @@ class Connection:
 
     # -- the commands that wait ----------------------------------------------------------------
 
-    async def _open_upstream(self, command: OpenUpstream) -> None:
-        loop = asyncio.get_running_loop()
+    async def _open_upstream(self, command: c.OpenUpstream) -> None:
         try:
             sock = await connect_marked(self.services, command.address, command.timeout)
-        except TimeoutError:
-            self.event(UpstreamFailed("timed out", timed_out=True))
-            return
-        except OSError as exc:
-            self.event(UpstreamFailed(why(exc)))
+        except Unreachable as exc:
+            self.event(c.UpstreamFailed(exc.why, timed_out=exc.timed_out))
             return
         endpoint = self.upstream = _Endpoint(self, "upstream")
         local = sock.getsockname()
-        await loop.create_connection(lambda: endpoint, sock=sock)
+        await asyncio.get_running_loop().create_connection(lambda: endpoint, sock=sock)
         if self._paused["upstream"]:
             assert endpoint.transport is not None
             endpoint.transport.pause_reading()
-        self.event(UpstreamOpened((local[0], local[1])))
+        self.event(c.UpstreamOpened((local[0], local[1])))
 
-    async def _start_tls(self, command: StartTLS) -> None:
+    async def _start_tls(self, command: c.StartTLS) -> None:
         side = command.side
         endpoint = self.job if side == "job" else self.upstream
         assert endpoint is not None and endpoint.transport is not None
@@ -395,11 +313,11 @@ class Connection:
             )
         except (ssl.SSLError, OSError, ConnectionError) as exc:
             self._tls_early.pop(side, None)
-            self.event(TLSFailed(side, str(exc)))
+            self.event(c.TLSFailed(side, str(exc)))
             return
         if new is None:  # the connection closed during the handshake
             self._tls_early.pop(side, None)
-            self.event(TLSFailed(side, "the connection closed during the TLS handshake"))
+            self.event(c.TLSFailed(side, "the connection closed during the TLS handshake"))
             return
         endpoint.transport = new
         if self._paused[side] - {"tls"}:
@@ -410,39 +328,39 @@ class Connection:
         name = getattr(tls, "server_hostname", None) if side == "job" else None
         self.pause(side, "tls", False)
         early = self._tls_early.pop(side, [])
-        self.event(TLSEstablished(side, cert, alpn, name))
+        self.event(c.TLSEstablished(side, cert, alpn, name))
         for data in early:
             self.on_data(side, data)
 
-    async def _approval(self, command: AskApproval) -> None:
+    async def _approval(self, command: c.AskApproval) -> None:
         self.event(await ask_approval(self.services.broker, command))
 
-    async def _send_once(self, command: SendOnce) -> None:
-        family = socket.AF_INET6 if ":" in command.address[0] else socket.AF_INET
-        make = self.services.upstream_socket or upstream_socket
-        loop = asyncio.get_running_loop()
-        try:
-            sock = make(family, self.services.mark)
-        except OSError as exc:
-            self.event(SentOnce(False, why(exc)))
+    async def _durable(self, command: c.AwaitDurable) -> None:
+        sync = self.services.durable
+        if sync is None:
+            self.event(c.Durable(command.key, False, "the ledger cannot sync"))
             return
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, command.address), command.timeout)
-            await loop.sock_sendall(sock, command.payload)
-        except (OSError, TimeoutError) as exc:
-            self.event(SentOnce(False, "timed out" if isinstance(exc, TimeoutError) else why(exc)))
+            await sync()
+        except ApplianceError as exc:
+            self.event(c.Durable(command.key, False, str(exc)))
+            return
+        self.event(c.Durable(command.key, True))
+
+    async def _send_once(self, command: c.SendOnce) -> None:
+        try:
+            sock = await connect_marked(self.services, command.address, command.timeout)
+        except Unreachable as exc:
+            self.event(c.SentOnce(False, exc.why))
+            return
+        try:
+            await asyncio.get_running_loop().sock_sendall(sock, command.payload)
+        except OSError as exc:
+            self.event(c.SentOnce(False, why(exc)))
             return
         finally:
             sock.close()
-        self.event(SentOnce(True))
+        self.event(c.SentOnce(True))
 
 
-__all__ = [
-    "HIGH_WATER",
-    "Connection",
-    "ShellServices",
-    "ask_approval",
-    "connect_marked",
-    "upstream_socket",
-    "why",
-]
+__all__ = ["HIGH_WATER", "Connection", "ShellServices"]

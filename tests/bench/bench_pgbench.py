@@ -6,6 +6,8 @@ pgbench at 8 clients runs the same workloads against:
 - ``direct``: the server itself (pgbench authenticates with the password);
 - ``appliance``: ``appliance run`` with everything on: decoding, policy, recording of every
   statement and result to the signed ledger, default masking (uvloop, as in production);
+- ``appliance-checkpoint``: the same with ``ledger.durability: checkpoint`` (statements
+  that change the target are not written ahead: what the write-ahead costs);
 - ``appliance-thread``: the same with ``ledger.writer: thread`` (the ledger writer in a thread
   of the daemon, sharing the event loop's GIL, instead of its own process);
 - ``appliance-norows``: the same with ``ledger.record_rows: false`` (what result blobs cost);
@@ -43,10 +45,12 @@ Where the time went (py-spy, /proc CPU counters; select-only -M prepared, 2-core
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -56,7 +60,7 @@ from pathlib import Path
 import pytest
 
 from tests.lab.lab import Lab, PgServer, wait_port
-from tests.lab.proxy import TargetSpec, running_appliance
+from tests.lab.proxy import APPLIANCE, TargetSpec, running_appliance
 
 SECONDS = int(os.environ.get("PGBENCH_SECONDS", "15"))
 CLIENTS = 8
@@ -266,10 +270,11 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
         # "appliance-norows": the same without recording result rows (ledger.record_rows:
         # false), to show what the result blobs cost; "appliance-thread": the ledger writer
         # in a thread of the daemon instead of its own process (ledger.writer: thread).
-        for setup, rows, writer in (
-            ("appliance", True, "process"),
-            ("appliance-thread", True, "thread"),
-            ("appliance-norows", False, "process"),
+        for setup, rows, writer, durability in (
+            ("appliance", True, "process", "write-ahead"),
+            ("appliance-checkpoint", True, "process", "checkpoint"),
+            ("appliance-thread", True, "thread", "write-ahead"),
+            ("appliance-norows", False, "process", "write-ahead"),
         ):
             if only and setup not in only:
                 continue
@@ -277,7 +282,12 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
                 lab, pg, tmp_path / setup,
                 targets=[TargetSpec("db", PORTS["appliance"], accounts=[("app", "app")])],
                 policy=policy,
-                ledger_options={"checkpoint_interval": "1s", "record_rows": rows, "writer": writer},
+                ledger_options={
+                    "checkpoint_interval": "1s",
+                    "record_rows": rows,
+                    "writer": writer,
+                    "durability": durability,
+                },
             ) as app:  # fmt: skip
                 assert app.proc is not None
                 run_all(setup, local_env(PORTS["appliance"]), pid=app.proc.pid)
@@ -294,23 +304,80 @@ def test_pgbench_ratios(tmp_path: Path) -> None:
             with relay(lab, pg, tmp_path, loop=loop, port=PORTS[name]):
                 run_all(name, local_env(PORTS[name], password=pg.passwords["app"]))
 
-    setups = [
-        "direct",
-        "appliance",
-        "appliance-thread",
-        "appliance-norows",
-        "pgbouncer",
-        "relay",
-        "relay-uvloop",
-    ]
-    print(f"\npgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}: tps (ratio to direct)")
+    _table(
+        results,
+        setups=[
+            "direct",
+            "appliance",
+            "appliance-checkpoint",
+            "appliance-thread",
+            "appliance-norows",
+            "pgbouncer",
+            "relay",
+            "relay-uvloop",
+        ],
+        reference="direct",
+    )
+
+
+def _table(results: dict[str, dict[str, float]], *, setups: list[str], reference: str) -> None:
+    print(f"\npgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}: tps (ratio to {reference})")
     print(f"{'':<24}" + "".join(f"{s:>20}" for s in setups))
     for key, row in results.items():
         cells = []
         for s in setups:
-            if s not in row:
+            if s not in row or reference not in row:
                 cells.append(f"{'-':>20}")
                 continue
-            ratio = row[s] / row["direct"]
+            ratio = row[s] / row[reference]
             cells.append(f"{row[s]:>11.0f} ({ratio:4.2f}x)")
         print(f"{key:<24}" + "".join(cells))
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(7200)
+@pytest.mark.skipif(
+    not os.environ.get("PGBENCH_BASELINE"),
+    reason="set PGBENCH_BASELINE to another build's `appliance` executable to compare with it",
+)
+def test_pgbench_against_a_baseline_build(tmp_path: Path) -> None:
+    """This build against another (``PGBENCH_BASELINE=/path/to/.venv/bin/appliance``, e.g. a
+    worktree of an earlier commit), in one lab, both running at once and measured in
+    alternation (``PGBENCH_ROUNDS``, default 3): the median tps of each, and the ratio."""
+    baseline = os.environ["PGBENCH_BASELINE"]
+    rounds = int(os.environ.get("PGBENCH_ROUNDS", "3"))
+    samples: dict[str, dict[str, list[float]]] = {}
+    policy = {
+        "rules": [
+            {"name": "no-drop", "match": {"classes": ["drop"]}, "action": "deny"},
+            {"name": "default", "action": "allow"},
+        ]
+    }
+    with Lab(n_targets=1) as lab:
+        pg = lab.start_postgres(0)
+        init = lab.job(["pgbench", "-i", "-q", "-s", str(SCALE)], env=direct_env(pg), timeout=600)
+        assert init.returncode == 0, init.stderr
+        pg.admin_sql("vacuum analyze", database="app")
+        builds = {"this": (APPLIANCE, 6442), "baseline": (baseline, 6443)}
+        with contextlib.ExitStack() as stack:
+            for name, (exe, port) in builds.items():
+                stack.enter_context(
+                    running_appliance(
+                        lab, pg, tmp_path / name,
+                        targets=[TargetSpec("db", port, accounts=[("app", "app")])],
+                        policy=policy, ledger_options={"checkpoint_interval": "1s"},
+                        executable=exe,
+                    )
+                )  # fmt: skip
+            for _ in range(rounds):
+                for workload, flags in WORKLOADS:
+                    for mode in MODES:
+                        key = f"{workload} -M {mode}"
+                        for name, (_, port) in builds.items():
+                            tps = pgbench(lab, local_env(port), [*flags, "-M", mode])
+                            samples.setdefault(key, {}).setdefault(name, []).append(tps)
+                            print(f"{name:>9} {key:<24} {tps:10.0f} tps", flush=True)
+    medians = {
+        key: {name: statistics.median(v) for name, v in row.items()} for key, row in samples.items()
+    }
+    _table(medians, setups=["baseline", "this"], reference="baseline")

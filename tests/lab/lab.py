@@ -235,7 +235,7 @@ class Lab:
     targets: list[TargetHost] = field(init=False, default_factory=list)
     job_cgroup: Path = field(init=False)
     dir: Path = field(init=False)
-    _servers: list[PgServer] = field(init=False, default_factory=list)
+    _servers: list[PgServer | MariaServer] = field(init=False, default_factory=list)
     _procs: list[subprocess.Popen[bytes]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
@@ -455,6 +455,13 @@ class Lab:
 
     # -- servers -------------------------------------------------------------------------------
 
+    def start_mariadb(self, target: int = 1, *, tls: bool = True, port: int = 3306) -> MariaServer:
+        """MariaDB on target namespace ``target`` (1 by default: PostgreSQL is on 0)."""
+        server = MariaServer(self, self.targets[target], port=port, tls=tls)
+        self._servers.append(server)
+        server.start()
+        return server
+
     def start_postgres(self, target: int = 0, *, tls: bool = False, port: int = 5432) -> PgServer:
         server = PgServer(self, self.targets[target], port=port, tls=tls)
         self._servers.append(server)
@@ -640,3 +647,113 @@ class PgServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+class MariaServer:
+    """A real MariaDB server (Debian's) in a target namespace, from a fresh data directory in
+    the lab directory, on port 3306 of the target's addresses.
+
+    Accounts (database ``app``, all privileges on it): ``app`` (mysql_native_password),
+    ``app_ed`` (MariaDB's ed25519) and ``app_tls`` (native password, REQUIRE SSL). Passwords
+    are random, in root-only files (:meth:`password_file`). With ``tls=True`` the server has
+    a certificate from a lab CA (``ca_file``). Root logs in over the unix socket only.
+    """
+
+    ACCOUNTS: ClassVar[tuple[str, ...]] = ("app", "app_ed", "app_tls")
+
+    def __init__(self, lab: Lab, host: TargetHost, *, port: int = 3306, tls: bool = True) -> None:
+        self.lab = lab
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.dir = lab.dir / f"mariadb-{host.index}"
+        self.data = self.dir / "data"
+        self.socket = self.dir / "mysqld.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.passwords = {a: secrets.token_urlsafe(18) for a in self.ACCOUNTS}
+        self.ca_file: Path | None = None
+
+    @property
+    def ipv4(self) -> str:
+        return self.host.ipv4
+
+    def password_file(self, account: str = "app") -> Path:
+        return self.lab.dir / "secrets" / f"mariadb-{self.host.index}-{account}.password"
+
+    def start(self) -> None:
+        self.dir.mkdir()
+        shutil.chown(self.dir, "mysql", "mysql")
+        run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--user=mysql",
+             "--auth-root-authentication-method=socket", "--skip-test-db"],
+            timeout=120,
+        )  # fmt: skip
+        args = [
+            "mariadbd", "--no-defaults", f"--datadir={self.data}", f"--socket={self.socket}",
+            f"--port={self.port}", f"--bind-address={self.host.ipv4}", "--user=mysql",
+            "--skip-name-resolve", f"--pid-file={self.dir / 'mariadbd.pid'}",
+            f"--log-error={self.dir / 'error.log'}", "--innodb-buffer-pool-size=64M",
+            "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin", "--max-connections=300",
+            "--plugin-load-add=auth_ed25519",
+        ]  # fmt: skip
+        if self.tls:
+            args += self._make_tls()
+        self.proc = self.lab.popen(
+            args, host=self.host, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise LabError(f"mariadbd exited: {(self.dir / 'error.log').read_text()[-2000:]}")
+            probe = subprocess.run(
+                ["mariadb-admin", "--no-defaults", f"--socket={self.socket}", "-uroot", "ping"],
+                capture_output=True,
+            )
+            if probe.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise LabError("mariadbd did not become ready")
+            time.sleep(0.1)
+        pw = self.passwords
+        self.admin_sql(
+            "CREATE DATABASE app;"
+            f"CREATE USER app@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD('{pw['app']}');"
+            f"CREATE USER app_ed@'%' IDENTIFIED VIA ed25519 USING PASSWORD('{pw['app_ed']}');"
+            f"CREATE USER app_tls@'%' IDENTIFIED BY '{pw['app_tls']}' REQUIRE SSL;"
+            "GRANT ALL ON app.* TO app@'%', app_ed@'%', app_tls@'%';"
+            "GRANT PROCESS ON *.* TO app@'%';"
+        )
+        for account in self.ACCOUNTS:
+            path = self.password_file(account)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(pw[account] + "\n")
+
+    def _make_tls(self) -> list[str]:
+        tls = server_cert(
+            f"appliance lab CA {self.lab.lab_id}",
+            f"mysql{self.host.index}.lab.test",
+            [f"mysql{self.host.index}.lab.test", self.host.ipv4, self.host.ipv6],
+        )
+        self.ca_file = self.dir / "ca.pem"
+        self.ca_file.write_bytes(tls.ca_pem)
+        crt, key = self.dir / "server.crt", self.dir / "server.key"
+        crt.write_bytes(tls.cert_pem)
+        key.write_bytes(tls.key_pem)
+        for p in (crt, key, self.ca_file):
+            shutil.chown(p, "mysql", "mysql")
+        key.chmod(0o600)
+        return [f"--ssl-cert={crt}", f"--ssl-key={key}", f"--ssl-ca={self.ca_file}"]
+
+    def admin_sql(self, sql: str, *, database: str | None = None) -> str:
+        """Run SQL as root over the unix socket; return the tab-separated output."""
+        argv = ["mariadb", "--no-defaults", f"--socket={self.socket}", "-uroot", "-N", "-B"]
+        if database:
+            argv.append(database)
+        return run([*argv, "-e", sql])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            with contextlib.suppress(Exception):
+                self.proc.wait(timeout=10)

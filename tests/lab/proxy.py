@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from appliance.ledger import iter_entries
+from appliance.ledger import BlobReader, iter_entries
+from appliance.ledger.results import read_result
 from appliance.protocols.postgres.messages import CopyData, CopyDone, Query, StartupMessage
 from tests.lab.lab import Lab, LabError, PgServer
 
@@ -67,6 +68,7 @@ class Appliance:
     ready: Path
     proc: subprocess.Popen[bytes] | None = None
     targets: dict[str, int] = field(default_factory=dict)
+    executable: str = APPLIANCE  # another build's ``appliance`` (benchmarks compare two)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -76,7 +78,7 @@ class Appliance:
         log = self.log.open("ab")
         try:
             self.proc = self.lab.popen(
-                [APPLIANCE, "run", "--config", str(self.config), "--no-capture",
+                [self.executable, "run", "--config", str(self.config), "--no-capture",
                  "--ready-file", str(self.ready), "--grace", "20"],
                 host=self.lab.runner, stdout=subprocess.DEVNULL, stderr=log,
             )  # fmt: skip
@@ -175,6 +177,19 @@ class Appliance:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def result_rows(self, response: Mapping[str, Any]) -> list[list[object]]:
+        """The rows (cells) of a ``response`` entry's data, as the ledger keeps them."""
+        res = response.get("result")
+        if not isinstance(res, dict):
+            return []
+        inline = res.get("inline")
+        blob = (
+            inline.encode()
+            if isinstance(inline, str)
+            else BlobReader(self.ledger).read(res["sha256"])
+        )
+        return [row for result in read_result(blob) for row in result.rows]
+
     def files_containing(self, needle: bytes) -> list[Path]:
         """Files under the ledger directory, or the log, whose bytes contain ``needle``."""
         found = []
@@ -255,8 +270,10 @@ def running_appliance(
     policy: Mapping[str, Any] | None = None,
     masking: Mapping[str, Any] | None = None,
     ledger_options: Mapping[str, Any] | None = None,
+    executable: str = APPLIANCE,
 ) -> Iterator[Appliance]:
-    """Configure, start and (always) stop an appliance; see the module docstring."""
+    """Configure, start and (always) stop an appliance (``executable``: this checkout's by
+    default); see the module docstring."""
     workdir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [APPLIANCE, "keys", "generate", "--name", ORIGIN, "--out", str(workdir / "ledger")],
@@ -273,6 +290,7 @@ def running_appliance(
         vkey=workdir / "ledger.vkey",
         ready=workdir / "ready",
         targets={t.name: t.port for t in targets},
+        executable=executable,
     )
     write_config(
         app.config,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from appliance.approvals import ApprovalsClient, DecisionRejected, RequestStatus
-from appliance.approvals.decision import Decision, sign_decision
+from appliance.approvals.decision import SignedDecision, sign_decision
 from appliance.signing.keys import SigningKey, load_signing_key, load_verifier_key
 from appliance.signing.note import open_note
 from tests.lab.lab import Lab, PgServer
@@ -205,8 +205,8 @@ def test_bad_decisions_are_refused_and_recorded(
     req = status.request
     alice = load_signing_key(setup["alice"])
 
-    def decision(request_id: str, sha: str, approver: str = "alice") -> Decision:
-        return Decision(request_id, sha, "approve", approver, datetime.now(UTC), "")
+    def decision(request_id: str, sha: str, approver: str = "alice") -> SignedDecision:
+        return SignedDecision(request_id, sha, "approve", approver, datetime.now(UTC), "")
 
     cases = {
         # signed by a key the policy does not know

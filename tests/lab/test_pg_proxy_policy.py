@@ -334,35 +334,32 @@ def test_response_masking_on_and_off_from_psycopg(lab: Lab, appliance: Appliance
     assert lab.run_in_runner(fetch, MASKED) == ("[REDACTED:CARD]", "[REDACTED:EMAIL]")
 
 
-def test_binary_column_under_a_rule_fails_closed_naming_the_column(
+def test_a_binary_text_column_under_a_rule_is_masked_for_asyncpg(
     lab: Lab, appliance: Appliance
 ) -> None:
-    async def main() -> tuple[str, str, Any]:
+    """asyncpg asks for binary results: a text column's binary form is its text, so the
+    rule's mask is written back, the same value the ledger keeps."""
+
+    async def main() -> list[Any]:
         import asyncpg
 
         conn = await asyncpg.connect(
             host="127.0.0.1", port=MASKED, user="ci", database="app", ssl=False,
-            server_settings={"application_name": "binary-refused"},
+            server_settings={"application_name": "binary-masked"},
         )  # fmt: skip
         try:
-            try:
-                rows = await conn.fetch("select id, ssn from pii order by id")
-                return "", f"not refused: {rows}", None
-            except asyncpg.InsufficientPrivilegeError as exc:
-                caught = (exc.sqlstate, str(exc))
-            # The session goes on; a query without the column is served (binary, masked).
-            after = await conn.fetchval("select name from pii where id = 1")
+            return [
+                tuple(r)
+                for r in await conn.fetch("select id, ssn from pii where id <= 2 order by id")
+            ]
         finally:
             await conn.close()
-        return caught[0], caught[1], after
 
-    code, message, after = lab.run_in_runner(lambda: asyncio.run(main()))
-    assert code == "42501"
-    assert "result withheld by the appliance" in message and "ssn" in message
-    assert after == "Ada"
-    session = appliance.session_by_app("binary-refused")
-    outcomes = [e["data"]["outcome"] for e in session if e["type"] == "response"]
-    assert "withheld" in outcomes
+    rows = lab.run_in_runner(lambda: asyncio.run(main()))
+    assert rows == [(1, "[REDACTED:SSN]"), (2, "[REDACTED:SSN]")]
+    session = appliance.session_by_app("binary-masked")
+    (response,) = [e["data"] for e in session if e["type"] == "response" and e["data"]["rows"]]
+    assert appliance.result_rows(response) == [["1", "[REDACTED:SSN]"], ["2", "[REDACTED:SSN]"]]
 
 
 # -- startup parameters and client encoding ------------------------------------------------------
@@ -572,3 +569,58 @@ def test_non_ascii_text_pipelined_behind_a_function_call_waits_for_its_answer(
     assert "café".encode() in third and b"42501" not in third
     session = appliance.session_by_app("fn-race")
     assert [d["rule"] for d in denial_entries(session)] == ["(built-in) settings-in-flight"]
+
+
+def test_binary_jsonb_numeric_and_oid_are_masked_alike_for_the_job_and_the_ledger(
+    lab: Lab, pg: PgServer, tmp_path: Path
+) -> None:
+    """One decision per value, two renderings: the job (asyncpg in binary, psql in text)
+    and the ledger's result blob show the same masked values for jsonb, numeric and oid
+    columns under column rules, and for a card inside a jsonb document (a detector)."""
+    pg.admin_sql(
+        "drop table if exists typed;"
+        "create table typed (id int, doc jsonb, amount numeric, ref oid, note jsonb);"
+        """insert into typed values (1, '{"pan": "4111111111111111"}', 4111111111111111, 4242,"""
+        """ '{"card": "4111111111111111", "n": 1}');"""
+        "alter table typed owner to app;",
+        database="app",
+    )
+    masking = {
+        "columns": [
+            {"target": "db", "table": "typed", "column": c, "style": "redact", "label": c.upper()}
+            for c in ("doc", "amount", "ref")
+        ],
+        "response": [{"target": "db"}],
+    }
+    sql = "select id, doc, amount, ref, note from typed"
+    with running_appliance(
+        lab, pg, tmp_path / "typed", targets=[TargetSpec("db", 6476)], masking=masking
+    ) as app:
+
+        async def binary() -> list[Any]:
+            import asyncpg
+
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=6476, user="ci", database="app", ssl=False,
+                server_settings={"application_name": "typed-binary"},
+            )  # fmt: skip
+            try:
+                return list(await conn.fetchrow(sql))
+            finally:
+                await conn.close()
+
+        from_binary = lab.run_in_runner(lambda: asyncio.run(binary()))
+        r = lab.job(["psql", "-X", "-At", "-c", sql], env=job_env(6476, PGAPPNAME="typed-text"))
+        assert r.returncode == 0, r.stderr
+        from_text = r.stdout.strip().split("|")
+        masked_doc = '"[REDACTED:DOC]"'
+        masked_note = '{"n": 1, "card": "[REDACTED:CARD]"}'
+        assert from_binary == [1, masked_doc, None, None, masked_note]
+        assert from_text == ["1", masked_doc, "", "", masked_note]
+        for app_name in ("typed-binary", "typed-text"):
+            session = app.session_by_app(app_name)
+            (response,) = [
+                e["data"] for e in session if e["type"] == "response" and e["data"]["rows"]
+            ]
+            assert app.result_rows(response) == [["1", masked_doc, None, None, masked_note]]
+        assert app.files_containing(b"4111111111111111") == []

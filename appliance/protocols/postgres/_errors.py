@@ -17,13 +17,9 @@ from __future__ import annotations
 from typing import Literal
 
 from appliance.errors import ApplianceError
+from appliance.protocols.postgres.sqlstate import PROTOCOL_VIOLATION, REJECTED_ESTABLISHMENT
 
 Side = Literal["client", "server"]
-
-PROTOCOL_VIOLATION = "08P01"
-# "sqlserver_rejected_establishment_of_sqlconnection": the job did nothing wrong, the
-# appliance could not open the upstream session on its behalf.
-REJECTED_ESTABLISHMENT = "08004"
 
 
 class PeerProtocolError(ApplianceError):

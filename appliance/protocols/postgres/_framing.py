@@ -26,6 +26,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from appliance.protocols.postgres import codes as c
 from appliance.protocols.postgres._errors import PeerProtocolError, Side
 
 KiB = 1024
@@ -36,13 +37,23 @@ _unpack_length = _LENGTH.unpack_from
 
 # Message types by direction (protocol 3.0 and 3.2). Frontend, normal phase: what
 # PostgresMain accepts after authentication.
-FRONTEND_TYPES = b"QPBEDCSHFdcfX"
+FRONTEND_TYPES = bytes(
+    (c.F_QUERY, c.F_PARSE, c.F_BIND, c.F_EXECUTE, c.F_DESCRIBE, c.F_CLOSE, c.F_SYNC,
+     c.F_FLUSH, c.F_FUNCTION, c.F_COPY_DATA, c.F_COPY_DONE, c.F_COPY_FAIL, c.F_TERMINATE)
+)  # fmt: skip
 # Frontend during authentication: PasswordMessage / SASLInitialResponse / SASLResponse.
-FRONTEND_AUTH_TYPES = b"p"
+FRONTEND_AUTH_TYPES = bytes((c.F_PASSWORD,))
 # Backend, normal phase (after the first ReadyForQuery).
-BACKEND_TYPES = b"123ACDEGHINSTVWZcdnst"
+BACKEND_TYPES = bytes(
+    (c.B_PARSE_OK, c.B_BIND_OK, c.B_CLOSE_OK, c.B_NOTIFY, c.B_COMPLETE, c.B_DATAROW,
+     c.B_ERROR, c.B_COPY_IN, c.B_COPY_OUT, c.B_EMPTY, c.B_NOTICE, c.B_PARAMETER, c.B_ROWDESC,
+     c.B_FUNCTION_RESULT, c.B_COPY_BOTH, c.B_READY, c.B_COPY_DONE, c.B_COPY_DATA, c.B_NODATA,
+     c.B_SUSPENDED, c.B_PARAMDESC)
+)  # fmt: skip
 # Backend during startup and authentication.
-BACKEND_STARTUP_TYPES = b"RvSKNEZ"
+BACKEND_STARTUP_TYPES = bytes(
+    (c.B_AUTHENTICATION, c.B_NEGOTIATE, c.B_PARAMETER, c.B_KEY, c.B_NOTICE, c.B_ERROR, c.B_READY)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,15 +91,15 @@ class Limits:
         special: Mapping[int, int]
         if frontend:
             special = {
-                ord("Q"): self.query,
-                ord("P"): self.query,
-                ord("B"): self.bind,
-                ord("F"): self.bind,
-                ord("d"): self.copy_data,
+                c.F_QUERY: self.query,
+                c.F_PARSE: self.query,
+                c.F_BIND: self.bind,
+                c.F_FUNCTION: self.bind,
+                c.F_COPY_DATA: self.copy_data,
             }
             other = self.frontend_other
         else:
-            special = {ord("D"): self.data_row, ord("d"): self.copy_data}
+            special = {c.B_DATAROW: self.data_row, c.B_COPY_DATA: self.copy_data}
             other = self.backend_other
         table = [0] * 256
         for t in types:

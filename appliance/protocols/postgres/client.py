@@ -56,6 +56,7 @@ from appliance.protocols.postgres._framing import (
     Limits,
     Messages,
 )
+from appliance.protocols.postgres.codes import F_TERMINATE
 from appliance.protocols.postgres.messages import (
     AuthenticationCleartextPassword,
     AuthenticationOk,
@@ -71,9 +72,9 @@ from appliance.protocols.postgres.messages import (
     decode_startup,
     error_response,
 )
+from appliance.protocols.postgres.sqlstate import FEATURE_NOT_SUPPORTED, INVALID_AUTHORIZATION
 
 SUPPORTED_MINORS = (0, 2)  # 3.1 was never released; 3.2 is PostgreSQL 18's
-_TERMINATE = ord("X")
 
 
 class ClientState(enum.Enum):
@@ -213,7 +214,7 @@ class ClientConnection:
                 return []
             msgs = Messages(chunk, frames)
             for i, (t, _, _) in enumerate(frames):
-                if t == _TERMINATE:
+                if t == F_TERMINATE:
                     if i != len(frames) - 1 or self._framer.buffered:
                         raise PeerProtocolError("data after Terminate", side="client")
                     self.state = ClientState.CLOSED
@@ -315,13 +316,13 @@ class ClientConnection:
                 f"unsupported frontend protocol {msg.major}.{msg.minor}: the appliance "
                 f"supports 3.0 to 3.{self.max_minor}",
                 side="client",
-                sqlstate="0A000",
+                sqlstate=FEATURE_NOT_SUPPORTED,
             )
         if not msg.parameters.get("user"):
             raise PeerProtocolError(
                 "no PostgreSQL user name specified in startup packet",
                 side="client",
-                sqlstate="28000",
+                sqlstate=INVALID_AUTHORIZATION,
             )
         unrecognized = tuple(msg.protocol_options)
         if msg.minor >= self.max_minor:

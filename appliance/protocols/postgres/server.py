@@ -52,6 +52,15 @@ from appliance.protocols.postgres._framing import (
     Limits,
     Messages,
 )
+from appliance.protocols.postgres.codes import (
+    B_AUTHENTICATION,
+    B_ERROR,
+    B_KEY,
+    B_NEGOTIATE,
+    B_NOTICE,
+    B_PARAMETER,
+    B_READY,
+)
 from appliance.protocols.postgres.messages import (
     AuthenticationCleartextPassword,
     AuthenticationMD5Password,
@@ -137,8 +146,6 @@ class ServerClosed:
 
 
 ServerEvent = StartTLS | Authenticated | ServerReady | StartupFailed | Messages | ServerClosed
-
-_R, _V, _S, _K, _N, _E, _Z = (ord(c) for c in "RvSKNEZ")
 
 
 class ServerConnection:
@@ -341,13 +348,13 @@ class ServerConnection:
         events: list[ServerEvent] = []
         for i, (t, s, e) in enumerate(frames):
             payload = chunk[s + 5 : e]
-            if t == _E:
+            if t == B_ERROR:
                 error = decode_backend(t, payload)
                 assert isinstance(error, ErrorResponse)
                 self.state = ServerState.FAILED
                 events.append(StartupFailed(error))
                 return events
-            if t == _N:
+            if t == B_NOTICE:
                 decode_backend(t, payload)  # shape check
                 self._notices.append(chunk[s:e])
             elif self.state is ServerState.AUTHENTICATING:
@@ -368,7 +375,7 @@ class ServerConnection:
         return events
 
     def _authentication_message(self, t: int, payload: bytes) -> ServerEvent | None:
-        if t == _V:
+        if t == B_NEGOTIATE:
             if self._answered or self.method is not None:
                 raise PeerProtocolError(
                     "NegotiateProtocolVersion after authentication began", side="server"
@@ -382,7 +389,7 @@ class ServerConnection:
                 )
             self.minor = npv.minor
             return None
-        if t != _R:
+        if t != B_AUTHENTICATION:
             raise PeerProtocolError(
                 f"message {chr(t)!r} before authentication completed", side="server"
             )
@@ -494,12 +501,12 @@ class ServerConnection:
         return Authenticated(self.method)
 
     def _ready_phase_message(self, t: int, payload: bytes) -> ServerEvent | None:
-        if t == _S:
+        if t == B_PARAMETER:
             msg = decode_backend(t, payload)
             assert isinstance(msg, ParameterStatus)
             self._parameters.append((msg.name, msg.value))
             return None
-        if t == _K:
+        if t == B_KEY:
             key = decode_backend(t, payload)
             assert isinstance(key, BackendKeyData)
             if self._key is not None:
@@ -508,7 +515,7 @@ class ServerConnection:
                 raise PeerProtocolError("protocol 3.0 cancel keys are 4 bytes", side="server")
             self._key = key
             return None
-        if t == _Z:
+        if t == B_READY:
             decode_backend(t, payload)
             self.state = ServerState.READY
             self._framer.set_caps(self.limits.caps(BACKEND_TYPES, frontend=False))

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from appliance.protocols.postgres import Messages, PeerProtocolError
+from appliance.protocols.postgres.codes import B_DATAROW, B_ERROR, B_READY
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
     Query,
@@ -32,7 +33,6 @@ from appliance.protocols.postgres.messages import (
 _SPECIAL = frozenset(".^$*+?()[]{}|\\")
 # More relations than this and the map is dropped (the rules apply by column name alone).
 MAX_RELATIONS = 100_000
-_ROW, _READY, _ERROR = (ord(c) for c in "DZE")
 
 
 def glob_to_regex(glob: str) -> str:
@@ -114,13 +114,13 @@ class CatalogReader:
         for t, s, e in msgs.frames:
             if self.done:
                 return chunk[s:]
-            if t == _ROW:
+            if t == B_DATAROW:
                 self._row(chunk[s:e])
-            elif t == _ERROR:
+            elif t == B_ERROR:
                 error = decode_backend(t, chunk[s + 5 : e])
                 assert isinstance(error, ErrorResponse)
                 self.error = f"{error.code}: {error.message}"
-            elif t == _READY:
+            elif t == B_READY:
                 self.done = True
                 if self._rows > MAX_RELATIONS:
                     self.tables.clear()

@@ -36,9 +36,10 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.config import Target
+from appliance.config import Target, format_endpoint
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
+from appliance.masking.postgres import ResponseMasker
 from appliance.protocols.postgres import (
     Authenticated,
     CancelKeys,
@@ -60,16 +61,26 @@ from appliance.protocols.postgres import (
 )
 from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import BackendKeyData, CancelRequest, error_response
+from appliance.protocols.postgres.sqlstate import (
+    ADMIN_SHUTDOWN,
+    CONNECTION_FAILURE,
+    INSUFFICIENT_PRIVILEGE,
+    INTERNAL_ERROR,
+    PROTOCOL_VIOLATION,
+)
+from appliance.protocols.postgres.sqlstate import REJECTED_ESTABLISHMENT as REJECTED
 from appliance.proxy.commands import (
     NO_COMMANDS,
     Abort,
     ApprovalAnswered,
     AskApproval,
+    AwaitDurable,
     ClearTimer,
     Command,
     Commands,
     ConnectionInfo,
     Drain,
+    Durable,
     End,
     Eof,
     Event,
@@ -89,18 +100,11 @@ from appliance.proxy.commands import (
 )
 from appliance.proxy.pg.catalog import CatalogReader, catalog_query
 from appliance.proxy.pg.hooks import SessionHooks
-from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.parameters import ParameterRefused, upstream_parameters
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
 from appliance.proxy.services import SessionServices
 
-ADMIN_SHUTDOWN = "57P01"
-CONNECTION_FAILURE = "08006"
-REJECTED = "08004"
-INSUFFICIENT_PRIVILEGE = "42501"
-PROTOCOL_VIOLATION = "08P01"
-INTERNAL_ERROR = "XX000"
 STARTUP_TIMER = "startup"
 
 
@@ -165,6 +169,7 @@ class PgSession:
         self._held = False
         self._draining = False
         self._asked: dict[int, Statement] = {}
+        self._syncs = 0
 
     # -- the shell's side ------------------------------------------------------------------
 
@@ -275,6 +280,19 @@ class PgSession:
             )
         if isinstance(event, ApprovalAnswered):
             return self._approval_answered(event)
+        if isinstance(event, Durable) and self.relay is not None:
+            if not event.ok:
+                # Not on disk: what waited for it is never sent, and the session ends.
+                return self._end(
+                    f"ledger cannot record: {event.why}",
+                    _fatal(
+                        CONNECTION_FAILURE,
+                        "the appliance cannot record this statement; it was not sent, and "
+                        "the session is closed",
+                    ),
+                )
+            self.relay.durable_result(True)
+            return self._after_relay()
         if isinstance(event, SentOnce) and state is State.CANCELLING:
             return self._cancel_sent(event)
         if isinstance(event, Eof):
@@ -568,6 +586,7 @@ class PgSession:
             new_id=lambda: self.services.random_bytes(8).hex(),
             row_masker=row_masker,
             parameters=parameters,
+            write_ahead=self.services.write_ahead,
         )
         self.relay = Relay(self.hooks, now=self.services.monotonic)
         self.state = State.RELAY
@@ -582,9 +601,18 @@ class PgSession:
         hooks, relay = self.hooks, self.relay
         assert hooks is not None and relay is not None
         held = relay.held
-        if not hooks.approvals and held is self._held and not self._draining:
+        if (
+            not hooks.approvals
+            and held is self._held
+            and not self._draining
+            and not hooks.durable_requested
+        ):
             return NO_COMMANDS  # the hot path
         commands: list[Command] = []
+        if hooks.durable_requested:
+            hooks.durable_requested = False
+            self._syncs += 1
+            commands.append(AwaitDurable(self._syncs))
         for stmt in hooks.approvals:
             self._asked[stmt.n] = stmt
             commands.append(AskApproval(stmt.n, hooks.approval_fields(stmt)))
@@ -692,8 +720,7 @@ def _shutdown_error() -> bytes:
 
 
 def _addr(address: tuple[str, int]) -> str:
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_endpoint(address[0], address[1])
 
 
 def shared(random_bytes: Any) -> PgShared:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
+from appliance.approvals.request import identity_key
+from appliance.masking.postgres import ResponseMasker
 from appliance.policy import (
     Classification,
     Decision,
@@ -31,17 +33,19 @@ from appliance.protocols.postgres.messages import (
     RowDescription,
     error_response,
 )
+from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR
 from appliance.proxy.commands import ApprovalAnswered
-from appliance.proxy.pg.masking import ResponseMasker
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
-from appliance.proxy.services import identity_key
 
-INSUFFICIENT_PRIVILEGE = "42501"
-SYNTAX_ERROR = "42601"
 _ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
+# Classes that change nothing on the target (reads, session settings, transaction control,
+# locks, notifications): everything else is written ahead (durable before it is sent).
+_CHANGES_NOTHING = frozenset(
+    {"select", "copy_to", "explain", "set", "transaction", "listen_notify", "lock"}
+)
 
 
 class SessionHooks:
@@ -59,6 +63,7 @@ class SessionHooks:
         new_id: Callable[[], str],
         row_masker: RowMasker | None = None,
         parameters: Mapping[str, str] | None = None,
+        write_ahead: bool = False,
     ) -> None:
         self.policy = policy
         self.recorder = recorder
@@ -84,12 +89,24 @@ class SessionHooks:
         self._settings_done: set[int] = set()
         # Statements held for approval, not yet asked for (drained by the session core).
         self.approvals: list[Statement] = []
+        # write_ahead: statements that may change the target wait for their entry to be
+        # durable (ledger.durability); durable_requested: the relay asked for a sync.
+        self.write_ahead = write_ahead
+        self.durable_requested = False
 
     # -- deciding ----------------------------------------------------------------------------
 
     def decide(self, stmt: Statement) -> Verdict:
         if self.policy is None:
-            return ALLOW
+            # No policy: everything passes, and is still written ahead when it may change
+            # the target.
+            if not self.write_ahead:
+                return ALLOW
+            if stmt.function_oid is not None:
+                return _ALLOW_DURABLE
+            scs = self.parameters.get("standard_conforming_strings", "on") == "on"
+            classes = classify(stmt.text, standard_conforming_strings=scs).classes
+            return ALLOW if classes <= _CHANGES_NOTHING else _ALLOW_DURABLE
         if stmt.function_oid is not None:
             # A fast-path call has no SQL text: it is classified by the function it calls.
             classification = classify_function_call(stmt.function_oid)
@@ -159,6 +176,7 @@ class SessionHooks:
         if classification.reads:
             record["reads"] = sorted(classification.reads)
         action = decision.action
+        durable = self.write_ahead and not classification.classes <= _CHANGES_NOTHING
         if action == "allow" and decision.enforced:
             # The common case, on every statement entry: keep it short. The per-statement
             # breakdown matters only when a string holds several statements.
@@ -166,7 +184,7 @@ class SessionHooks:
             slim: dict[str, object] = {k: record[k] for k in keep if k in record}
             if len(classification.statements) > 1:
                 slim["statements"] = record["statements"]
-            return Verdict("allow", True, b"", slim)
+            return Verdict("allow", True, b"", slim, durable)
         decision_id = self.new_id()
         record["decision_id"] = decision_id
         self._decisions[stmt.n] = decision
@@ -185,7 +203,7 @@ class SessionHooks:
                 message,
                 hint=f"appliance decision {decision_id}; classes: {', '.join(sorted(classification.classes))}",
             )
-        return Verdict(action, decision.enforced, error, record)
+        return Verdict(action, decision.enforced, error, record, durable)
 
     def _refuse(self, classification: Classification, rule: str, message: str) -> Verdict:
         """A denial built into the appliance, whatever the policy (observe mode included):
@@ -208,6 +226,10 @@ class SessionHooks:
     def request_approval(self, stmt: Statement) -> None:
         """Queue the request; the session core turns it into an ``AskApproval`` command."""
         self.approvals.append(stmt)
+
+    def request_durable(self) -> None:
+        """Note the relay's sync request; the session core makes it an ``AwaitDurable``."""
+        self.durable_requested = True
 
     def approval_fields(self, stmt: Statement) -> dict[str, Any]:
         """The broker's ``new_request`` arguments for ``stmt`` (the text masked; the digest
@@ -297,6 +319,9 @@ class SessionHooks:
         return self._row_masker
 
 
+_ALLOW_DURABLE = Verdict("allow", True, b"", {"decision": "allow"}, True)
+
+
 def _rejected(error: GrammarError) -> Verdict:
     """Text PostgreSQL's grammar rejects: the job gets the error the server would give
     (42601, the parser's message and position); it is recorded as that error, not as a
@@ -319,4 +344,4 @@ def _statement_bytes(stmt: Statement) -> bytes:
     return b"\x00".join(parts) if stmt.params else parts[0]
 
 
-__all__ = ["SessionHooks", "identity_key"]
+__all__ = ["SessionHooks"]

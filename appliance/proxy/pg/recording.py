@@ -11,13 +11,11 @@ DataRow/CopyData frames are copied once per run into a blob sink, and the decodi
 masking and JSON encoding happen in the ledger writer (:class:`RowsTransform`, made by
 :class:`RowsTransforms`), off the hot path: in the writer's own process by default.
 
-Result blob format (JSON Lines): for each result set a header object
-``{"columns": [...], "types": [oid...], "formats": [0|1...]}``, with ``"tables": ["schema.
-table" | null ...]`` when the target's column rules name tables (or ``{"copy": "in"|"out",
-"csv": bool}``, with ``"binary": true`` for binary COPY) followed by one JSON array per row
-(strings, null, or ``{"binary": <bytes>}`` for a binary-format value that is not text-like:
-it is never written); for text/CSV COPY, one JSON string per line; for binary COPY, only
-``{"binary": <bytes>}`` per chunk. Everything in a blob is masked.
+Result blobs follow :mod:`appliance.ledger.results` (the one home of that format); the
+header of a PostgreSQL result set also carries ``types`` (OIDs), ``formats`` and, when the
+target's column rules name tables, ``tables``; a COPY's header says what its statement
+says (``csv``, ``binary``, ``table``, ``columns``, ``header``). Everything in a blob is
+masked, by the same decisions as the job's rows (:mod:`appliance.masking.postgres`).
 """
 
 from __future__ import annotations
@@ -31,20 +29,15 @@ import orjson
 
 from appliance.ledger.api import Blob, Ledger, PendingBlob
 from appliance.ledger.entries import canonical_json
-from appliance.masking import ColumnPlan, MaskCounts, TargetMasker
+from appliance.masking import MaskCounts, TargetMasker
+from appliance.masking.postgres import LedgerRows
+from appliance.policy import copy_spec
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
     NoticeResponse,
     NotificationResponse,
     RowDescription,
     datarow_values,
-)
-from appliance.proxy.pg.masking import (
-    CopyColumns,
-    copy_columns,
-    copy_is_binary,
-    copy_is_csv,
-    mask_copy_line,
 )
 from appliance.proxy.pg.relay import Statement
 
@@ -53,35 +46,18 @@ _MASK_CACHE = 1024
 _HEADER, _ROWS, _COPY, _COPY_END = b"H", b"D", b"d", b"e"
 _LEN = struct.Struct("!I")
 
-# Types whose binary format is their text (UTF-8): safe to decode and mask like text.
-_TEXT_LIKE = frozenset({25, 1043, 1042, 19, 114, 3802, 142, 705, 18})
-_INT_BINARY = {20: struct.Struct("!q"), 23: struct.Struct("!i"), 21: struct.Struct("!h")}
-
 
 def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
 
 class RowsTransform:
-    """Runs in the ledger writer (its process or thread): raw frames in, masked JSON lines out.
-
-    Binary-format values are written only when they are text-like (their binary form is
-    their UTF-8 text) or integers (decoded to digits); any other binary value is recorded as
-    ``{"binary": <length>}``, never as bytes, because it cannot be scanned.
-    """
+    """Runs in the ledger writer (its process or thread): raw frames in, masked JSON lines
+    out (:mod:`appliance.ledger.results`), masked by :class:`~appliance.masking.postgres.
+    LedgerRows` exactly as the job's rows are."""
 
     def __init__(self, masker: TargetMasker | None, counts: MaskCounts) -> None:
-        self.masker = masker
-        self.counts = counts
-        self.plan: ColumnPlan | None = None
-        self.types: tuple[int, ...] = ()
-        self.formats: tuple[int, ...] = ()
-        self.copy_csv = False
-        self.copy_binary = False
-        self._copy_plans: dict[int, ColumnPlan] = {}
-        self._copy = CopyColumns()
-        self._copy_header = False
-        self._partial = b""
+        self.rows = LedgerRows(masker, counts)
 
     def __call__(self, chunk: bytes) -> bytes:
         """A chunk written by :class:`RowsSink`: parts of ``kind (1 byte), length (4),
@@ -95,103 +71,22 @@ class RowsTransform:
         return b"".join(out)
 
     def _part(self, kind: bytes, body: bytes) -> bytes:
+        rows = self.rows
         if kind == _HEADER:
-            header = orjson.loads(body)
-            self.copy_csv = bool(header.get("csv"))
-            self.copy_binary = bool(header.get("binary"))
-            self._copy_plans = {}
-            self._copy_header = bool(header.get("header"))
-            columns_named = header.get("columns") if "copy" in header else None
-            self._copy = CopyColumns(
-                header.get("table") if "copy" in header else None,
-                tuple(columns_named) if columns_named else None,
-            )
-            columns = header.get("columns")
-            self.types = tuple(header.get("types") or ())
-            self.formats = tuple(header.get("formats") or ())
-            if self.masker is not None and "copy" not in header and columns is not None:
-                tables = header.get("tables")
-                self.plan = self.masker.column_plan(
-                    None,
-                    columns,
-                    tables=tables if tables and len(tables) == len(columns) else None,
-                    type_oids=list(self.types) if len(self.types) == len(columns) else None,
-                )
-            else:
-                self.plan = None
+            rows.header(orjson.loads(body))
             return body + b"\n"
         out: list[bytes] = []
         if kind == _ROWS:
             for payload in _frames(body):
-                out.append(orjson.dumps(self._row(datarow_values(payload))))
-        elif kind == _COPY and self.copy_binary:
-            # Binary COPY: values of unknown types that cannot be scanned; never written.
-            out.append(orjson.dumps({"binary": sum(len(p) for p in _frames(body))}))
+                out.append(orjson.dumps(rows.row(datarow_values(payload))))
+        elif kind == _COPY and rows.copy is not None and rows.copy.format == "binary":
+            out.append(orjson.dumps(rows.copy_binary(sum(len(p) for p in _frames(body)))))
         elif kind == _COPY:
             for payload in _frames(body):
-                out.extend(self._copy_lines(payload))
-        elif kind == _COPY_END and self._partial:
-            out.append(self._copy_line(self._partial))
-            self._partial = b""
+                out.extend(orjson.dumps(line) for line in rows.copy_text(payload))
+        elif kind == _COPY_END:
+            out.extend(orjson.dumps(line) for line in rows.copy_end())
         return b"\n".join(out) + b"\n" if out else b""
-
-    def _row(self, values: list[bytes | None]) -> list[Any]:
-        texts: list[bytes | None] = []
-        binary: dict[int, int] = {}
-        formats = self.formats
-        # One code for every column (a portal never described: its width is not known).
-        every = formats[0] if len(formats) == 1 else 0
-        for i, value in enumerate(values):
-            fmt = formats[i] if i < len(formats) else every
-            if value is None or fmt == 0:
-                texts.append(value)
-                continue
-            oid = self.types[i] if i < len(self.types) else 0
-            if oid in _TEXT_LIKE:
-                texts.append(value)
-            elif oid in _INT_BINARY and len(value) == _INT_BINARY[oid].size:
-                texts.append(str(_INT_BINARY[oid].unpack(value)[0]).encode())
-            else:
-                texts.append(None)
-                binary[i] = len(value)
-        masker = self.masker
-        if masker is not None:
-            plan = self.plan
-            if plan is None or len(plan.columns) != len(texts):
-                plan = self.plan = masker.column_plan(None, [None] * len(texts))
-            texts = masker.mask_values(plan, texts, self.counts)
-        row: list[Any] = []
-        for i, value in enumerate(texts):
-            if i in binary:
-                row.append({"binary": binary[i]})
-            elif value is None:
-                row.append(None)
-            else:
-                row.append(value.decode("utf-8", "replace"))
-        return row
-
-    def _copy_lines(self, payload: bytes) -> list[bytes]:
-        """Complete lines of COPY data. CopyData messages need not end at a line end (a
-        client sends its buffer as it fills): the piece after the last newline waits for
-        the next message, so that a value cut in two is still masked as one."""
-        data = self._partial + payload if self._partial else payload
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        return [self._copy_line(line) for line in lines]
-
-    def _copy_line(self, line: bytes) -> bytes:
-        if self._copy_header:
-            self._copy_header = False  # the CSV header line: column names, not data
-        elif self.masker is not None:
-            line = mask_copy_line(
-                self.masker,
-                line,
-                self.counts,
-                csv=self.copy_csv,
-                plans=self._copy_plans,
-                copy=self._copy,
-            )
-        return orjson.dumps(line.decode("utf-8", "replace"))
 
 
 class RowsTransforms:
@@ -530,14 +425,14 @@ class SessionRecorder:
         if not self.record_rows:
             return None
         sink = self._sink_for(stmt)
-        header: dict[str, Any] = {"copy": direction, "csv": copy_is_csv(stmt.text)}
-        if copy_is_binary(stmt.text):
+        copy = copy_spec(stmt.text)
+        header: dict[str, Any] = {"copy": direction, "csv": bool(copy and copy.format == "csv")}
+        if copy is not None and copy.format == "binary":
             header["binary"] = True
-        copy = copy_columns(stmt.text)
-        if copy.columns is not None:
+        if copy is not None and copy.columns is not None:
             header["columns"] = list(copy.columns)
             header["table"] = copy.table
-        if copy.header:
+        if copy is not None and copy.header:
             header["header"] = True
         sink.header(header, copy=True)
         return _ResultView(sink)

@@ -46,7 +46,41 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from appliance.masking.postgres import MaskingRefused
 from appliance.protocols.postgres import Messages, PeerProtocolError, fastpath
+from appliance.protocols.postgres.codes import (
+    B_BIND_OK,
+    B_CLOSE_OK,
+    B_COMPLETE,
+    B_COPY_BOTH,
+    B_COPY_DATA,
+    B_COPY_IN,
+    B_COPY_OUT,
+    B_DATAROW,
+    B_EMPTY,
+    B_ERROR,
+    B_NODATA,
+    B_NOTICE,
+    B_NOTIFY,
+    B_PARAMDESC,
+    B_PARAMETER,
+    B_PARSE_OK,
+    B_READY,
+    B_ROWDESC,
+    B_SUSPENDED,
+    F_BIND,
+    F_CLOSE,
+    F_COPY_DATA,
+    F_COPY_DONE,
+    F_COPY_FAIL,
+    F_DESCRIBE,
+    F_EXECUTE,
+    F_FUNCTION,
+    F_PARSE,
+    F_QUERY,
+    F_SYNC,
+    F_TERMINATE,
+)
 from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import (
     Bind,
@@ -65,6 +99,7 @@ from appliance.protocols.postgres.messages import (
     decode_backend,
     decode_frontend,
 )
+from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE
 
 # Stand-ins for a denied statement: text that cannot parse, so the server refuses it before
 # anything runs, whatever the session's state (a name the job already used for a prepared
@@ -81,19 +116,6 @@ _STAND_IN_PARSE = (
 )
 
 _TX_STATUS = frozenset(b"ITE")  # ReadyForQuery: idle, in a transaction, in a failed one
-
-# Frontend type bytes.
-F_QUERY, F_PARSE, F_BIND, F_DESCRIBE, F_EXECUTE = (ord(c) for c in "QPBDE")
-F_CLOSE, F_SYNC, F_FLUSH, F_FUNCTION, F_TERMINATE = (ord(c) for c in "CSHFX")
-F_COPY_DATA, F_COPY_DONE, F_COPY_FAIL = (ord(c) for c in "dcf")
-# Backend type bytes.
-B_PARSE_OK, B_BIND_OK, B_CLOSE_OK = (ord(c) for c in "123")
-B_ROWDESC, B_DATAROW, B_COMPLETE, B_EMPTY, B_SUSPENDED = (ord(c) for c in "TDCIs")
-B_ERROR, B_NOTICE, B_NOTIFY, B_READY, B_NODATA, B_PARAMDESC = (ord(c) for c in "ENAZnt")
-B_PARAMETER = ord("S")
-B_COPY_IN, B_COPY_OUT, B_COPY_BOTH, B_COPY_DATA, B_COPY_DONE, B_FUNC_RESULT = (
-    ord(c) for c in "GHWdcV"
-)
 
 
 # -- what the relay asks of the shell -------------------------------------------------------
@@ -114,6 +136,9 @@ class Verdict:
     enforced: bool = True
     error: bytes = b""
     record: dict[str, object] = field(default_factory=dict)
+    # The statement may change the target: its entry must be on disk before it is sent
+    # (write-ahead; see Relay.durable_result).
+    durable: bool = False
 
     @property
     def blocks(self) -> bool:
@@ -153,10 +178,6 @@ class RowMasker(Protocol):
         ...
 
 
-class MaskingRefused(Exception):
-    """A value that must be masked cannot be (binary format): the result is withheld."""
-
-
 class RelayHooks(Protocol):
     def decide(self, stmt: Statement) -> Verdict:
         """Classify and decide ``stmt`` (text, protocol); pure and fast."""
@@ -169,6 +190,9 @@ class RelayHooks(Protocol):
 
     def request_approval(self, stmt: Statement) -> None:
         """Start an approval for ``stmt``; answer later with :meth:`Relay.approval_result`."""
+
+    def request_durable(self) -> None:
+        """Make every entry recorded so far durable; answer with :meth:`Relay.durable_result`."""
 
     def open_result(
         self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
@@ -302,7 +326,7 @@ class Relay:
     def __init__(self, hooks: RelayHooks, *, now: Callable[[], float]) -> None:
         self.hooks = hooks
         self.now = now
-        self.tx_status = ord("I")
+        self.tx_status = ord("I")  # ReadyForQuery's status: idle
         self.statements = 0
         self.bytes_from_client = 0
         self.bytes_from_server = 0
@@ -315,6 +339,11 @@ class Relay:
         self._suppress_until_ready = False
         self._held: tuple[Messages, int, Statement, _Expect] | None = None
         self._queued: deque[Messages] = deque()
+        # Write-ahead: a statement that may change the target was admitted in this step
+        # (_needs_sync); what this step would send waits for its entry to be durable
+        # (_withheld, None when nothing waits).
+        self._needs_sync = False
+        self._withheld: list[bytes] | None = None
         self._copy_in: tuple[Statement, ResultSink | None] | None = None
         self._copy_in_done: Statement | None = None
         self._copy_out: Statement | None = None
@@ -337,23 +366,52 @@ class Relay:
 
     @property
     def held(self) -> bool:
-        """True while a statement waits for approval (the shell stops reading the job)."""
-        return self._held is not None
+        """True while a statement waits for approval or for its entry to be durable (the
+        shell stops reading the job)."""
+        return self._held is not None or self._withheld is not None
 
     @property
     def idle(self) -> bool:
         """Nothing in flight: no expectation pending, nothing held or queued."""
-        return not self._expect and self._held is None and not self._queued
+        return (
+            not self._expect and self._held is None and not self._queued and self._withheld is None
+        )
 
     # -- from the job ------------------------------------------------------------------------
 
     def from_client(self, msgs: Messages) -> None:
         """Messages from the job. Raises PeerProtocolError for malformed payloads."""
         self.bytes_from_client += len(msgs.chunk)
-        if self._held is not None or self._queued:
+        if self._held is not None or self._queued or self._withheld is not None:
             self._queued.append(msgs)
             return
         self._client_messages(msgs, 0)
+        self._write_ahead()
+
+    def _write_ahead(self) -> None:
+        """After a step that admitted a statement which may change the target: withhold
+        everything the step would send the server until the entries are durable (one sync
+        for the whole step: a pipeline waits once)."""
+        if self._needs_sync:
+            self._needs_sync = False
+            self._withheld = self._to_server[:]
+            self._to_server.clear()
+            self.hooks.request_durable()
+
+    def durable_result(self, durable: bool) -> None:
+        """The entries recorded before the sync are on disk (``durable``): send what was
+        withheld and go on with what the job sent meanwhile. If they could not be made
+        durable nothing withheld is ever sent: the caller ends the session."""
+        withheld, self._withheld = self._withheld, None
+        if withheld is None or not durable:
+            return
+        self._to_server[:0] = withheld
+        self._drain_queue()
+
+    def _drain_queue(self) -> None:
+        while self._queued and self._held is None and self._withheld is None:
+            self._client_messages(self._queued.popleft(), 0)
+            self._write_ahead()
 
     def _client_messages(self, msgs: Messages, start: int) -> None:
         chunk = msgs.chunk
@@ -486,6 +544,8 @@ class Relay:
         stmt.verdict = verdict
         if not verdict.blocks:
             self.hooks.statement_started(stmt)
+            if verdict.durable:
+                self._needs_sync = True
             return True
         chunk = msgs.chunk
         if run < start:
@@ -539,12 +599,14 @@ class Relay:
             stmt.started = self.now()
             self._expect.append(exp)
             self._to_server.append(chunk[s:e])
+            if stmt.verdict.durable:
+                self._needs_sync = True
         else:
             self._deny(stmt, error, recorded=True)
         if i + 1 < len(msgs.frames):
             self._client_messages(msgs, i + 1)
-        while self._queued and self._held is None:
-            self._client_messages(self._queued.popleft(), 0)
+        self._write_ahead()
+        self._drain_queue()
 
     # -- from the server ---------------------------------------------------------------------
 
@@ -694,7 +756,9 @@ class Relay:
         from appliance.protocols.postgres.messages import error_response
 
         self._to_client.append(
-            error_response("ERROR", "42501", "result withheld by the appliance: " + reason)
+            error_response(
+                "ERROR", INSUFFICIENT_PRIVILEGE, "result withheld by the appliance: " + reason
+            )
         )
         head = self._expect[0].stmt if self._expect else None
         if head is not None:
@@ -860,6 +924,7 @@ class Relay:
         if self._copy_in is not None and self._copy_in[1] is not None:
             self._copy_in[1].close()
         self._copy_in = None
+        self._withheld = None  # never sent: its statements end as ``outcome`` below
         done = []
         if self._held is not None:
             stmt = self._held[2]

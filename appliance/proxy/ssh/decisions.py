@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from appliance.approvals.request import identity_key
 from appliance.policy import Classification, Decision, Policy, RequestContext
 from appliance.proxy.commands import ApprovalAnswered
-from appliance.proxy.services import identity_key
 
 __all__ = ["ALLOWED", "SshDecider", "SshVerdict"]
 

@@ -37,7 +37,7 @@ from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy.commands import ConnectionInfo, Side
 from appliance.proxy.services import SessionServices
-from appliance.proxy.shell import ShellServices, ask_approval, connect_marked, why
+from appliance.proxy.shell import ShellServices
 from appliance.proxy.ssh._asyncssh import asyncssh
 from appliance.proxy.ssh.core import SshSession
 from appliance.proxy.ssh.events import (
@@ -86,6 +86,7 @@ from appliance.proxy.ssh.events import (
     WithdrawApproval,
 )
 from appliance.proxy.ssh.keys import SshShared, account_key
+from appliance.proxy.waits import Unreachable, ask_approval, connect_marked, why
 
 log = logging.getLogger("appliance.proxy")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -333,11 +334,8 @@ class SshRunner:
     async def _connect(self, c: ConnectUpstream) -> None:
         try:
             sock = await connect_marked(self.shell, c.address, c.timeout)
-        except TimeoutError:
-            self.event(UpstreamFailed("connect", "timed out"))
-            return
-        except OSError as exc:
-            self.event(UpstreamFailed("connect", why(exc)))
+        except Unreachable as exc:
+            self.event(UpstreamFailed("connect", exc.why))
             return
         try:
             key, cert = account_key(c.key)

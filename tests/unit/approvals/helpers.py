@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 from appliance.approvals import (
     ApprovalRequest,
     Broker,
-    Decision,
     ManualClock,
+    SignedDecision,
     sign_decision,
     statement_digest,
 )
@@ -104,7 +104,7 @@ def decision_note(
     statement_sha256: str | None = None,
 ) -> str:
     return sign_decision(
-        Decision(
+        SignedDecision(
             request_id=request_id or req.id,
             statement_sha256=statement_sha256 or req.statement_sha256,
             decision="approve" if verb == "approve" else "deny",

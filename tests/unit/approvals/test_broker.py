@@ -22,7 +22,7 @@ from appliance.approvals import (
     Outcome,
     RejectReason,
     RequestState,
-    Verdict,
+    Resolution,
 )
 from appliance.approvals.broker import MAX_NOTE_CHARS
 from appliance.approvals.clock import Timer
@@ -74,7 +74,7 @@ def test_held_then_approved() -> None:
 
         assert result.accepted and result.request_id == req.id and result.approver == "alice"
         outcome = await task
-        assert outcome.verdict is Verdict.GRANTED and outcome.granted
+        assert outcome.verdict is Resolution.GRANTED and outcome.granted
         assert outcome.approver == "alice" and outcome.reason == "migration ticket OPS-12"
         assert outcome.note == note
         assert rec.types() == ["approval.requested", "approval.granted"]
@@ -103,7 +103,7 @@ def test_held_then_denied() -> None:
 
         assert result.accepted and result.decision == "deny"
         outcome = await task
-        assert outcome.verdict is Verdict.DENIED and not outcome.granted
+        assert outcome.verdict is Resolution.DENIED and not outcome.granted
         assert outcome.message() == f"approval {req.id} denied by bob: change freeze"
         assert rec.types() == ["approval.requested", "approval.denied"]
         assert rec.last("approval.denied")["approver"] == "bob"
@@ -123,7 +123,7 @@ def test_held_then_timed_out() -> None:
         clock.advance(1)
         outcome = await task
 
-        assert outcome.verdict is Verdict.TIMED_OUT and outcome.approver is None
+        assert outcome.verdict is Resolution.TIMED_OUT and outcome.approver is None
         assert outcome.message() == (
             f"approval {req.id} timed out: no decision by alice, bob within 300s "
             "(rule prod-deletes)"
@@ -335,7 +335,7 @@ def test_decision_after_expiry_is_rejected_even_before_the_timer_runs() -> None:
 
         assert result.reason is RejectReason.EXPIRED
         outcome = await task
-        assert outcome.verdict is Verdict.TIMED_OUT
+        assert outcome.verdict is Resolution.TIMED_OUT
         assert rec.types() == ["approval.requested", "approval.timeout", "approval.rejected"]
         clock.due[0]()  # the late timer finds nothing left to do
         assert len(rec.entries) == 3
@@ -486,7 +486,7 @@ def test_a_denial_does_not_carry_over() -> None:
         first = new_request(broker, window=window)
         t1 = await hold(broker, first)
         broker.submit(decision_note(first, verb="deny"))
-        assert (await t1).verdict is Verdict.DENIED
+        assert (await t1).verdict is Resolution.DENIED
         second = new_request(broker, window=window)
         t2 = await hold(broker, second)
         assert not t2.done()

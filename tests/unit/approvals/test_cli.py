@@ -25,7 +25,7 @@ from appliance.approvals import (
     ManualClock,
     Outcome,
     RequestState,
-    Verdict,
+    Resolution,
 )
 from appliance.cli.main import main
 from appliance.signing.keys import load_verifier_key, write_key_pair
@@ -156,7 +156,7 @@ def test_approve(appliance: Appliance) -> None:
     assert f"statement  {MASKED}" in out and f"sha256     {req.statement_sha256}" in out
     assert out.endswith(f"accepted: request {req.id} approved by alice\n")
     outcome = held.result(timeout=30)
-    assert outcome.verdict is Verdict.GRANTED and outcome.reason == "OPS-12 data fix"
+    assert outcome.verdict is Resolution.GRANTED and outcome.reason == "OPS-12 data fix"
     granted = appliance.loop.call(lambda: appliance.records.last("approval.granted"))
     assert granted["note"] == outcome.note and "— alice " in str(outcome.note)
 
@@ -228,7 +228,7 @@ def test_deciding_a_closed_request_exits_1(appliance: Appliance) -> None:
 def test_deciding_a_timed_out_request_exits_1(appliance: Appliance) -> None:
     req, held = appliance.hold()
     appliance.loop.call(lambda: appliance.clock.advance(600))
-    assert held.result(timeout=30).verdict is Verdict.TIMED_OUT
+    assert held.result(timeout=30).verdict is Resolution.TIMED_OUT
     status = appliance.loop.call(lambda: appliance.broker.status(req.id))
     assert status is not None and status.state is RequestState.TIMED_OUT
 

@@ -1,4 +1,4 @@
-"""Decision bodies: the exact text an approver signs, and everything the parser refuses."""
+"""SignedDecision bodies: the exact text an approver signs, and everything the parser refuses."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.approvals import (
-    Decision,
     DecisionFormatError,
+    SignedDecision,
     format_decision,
     parse_decision,
     sign_decision,
@@ -23,7 +23,7 @@ from .helpers import ALICE, BOB
 
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 WHEN = datetime(2026, 11, 25, 12, 0, 30, tzinfo=UTC)
-DECISION = Decision("3f1c0a9b2d4e6f708192", SHA, "approve", "alice", WHEN, 'ok "for" 14:00')
+DECISION = SignedDecision("3f1c0a9b2d4e6f708192", SHA, "approve", "alice", WHEN, 'ok "for" 14:00')
 BODY = (
     "appliance/approval-decision/v1\n"
     "request 3f1c0a9b2d4e6f708192\n"
@@ -51,7 +51,7 @@ def test_signed_decision_is_a_c2sp_note_by_the_approver() -> None:
 
 
 def test_reason_cannot_inject_lines() -> None:
-    evil = Decision(
+    evil = SignedDecision(
         DECISION.request_id, SHA, "deny", "bob", WHEN, "x\napprover mallory\n\n— mallory AAAA"
     )
     body = format_decision(evil)
@@ -61,7 +61,7 @@ def test_reason_cannot_inject_lines() -> None:
 
 @given(st.text(max_size=MAX_REASON_CHARS))
 def test_any_reason_round_trips(reason: str) -> None:
-    d = Decision(DECISION.request_id, SHA, "deny", "bob", WHEN, reason)
+    d = SignedDecision(DECISION.request_id, SHA, "deny", "bob", WHEN, reason)
     body = format_decision(d)
     assert body.isascii() and body.count("\n") == 7
     assert parse_decision(body) == d
@@ -101,14 +101,20 @@ def test_parser_refuses_anything_but_the_canonical_body(body: str, message: str)
 def test_formatter_refuses_bad_fields() -> None:
     with pytest.raises(DecisionFormatError, match="reason longer"):
         format_decision(
-            Decision(DECISION.request_id, SHA, "deny", "bob", WHEN, "x" * (MAX_REASON_CHARS + 1))
+            SignedDecision(
+                DECISION.request_id, SHA, "deny", "bob", WHEN, "x" * (MAX_REASON_CHARS + 1)
+            )
         )
     with pytest.raises(DecisionFormatError, match="timezone-aware"):
-        format_decision(Decision(DECISION.request_id, SHA, "deny", "bob", datetime(2026, 1, 1), ""))
+        format_decision(
+            SignedDecision(DECISION.request_id, SHA, "deny", "bob", datetime(2026, 1, 1), "")
+        )
 
 
 def test_reason_is_json_with_ascii_escapes() -> None:
-    body = format_decision(Decision(DECISION.request_id, SHA, "deny", "bob", WHEN, "naïve\t✓"))
+    body = format_decision(
+        SignedDecision(DECISION.request_id, SHA, "deny", "bob", WHEN, "naïve\t✓")
+    )
     reason_line = body.splitlines()[-1]
     assert reason_line == 'reason "na\\u00efve\\t\\u2713"'
     assert json.loads(reason_line.split(" ", 1)[1]) == "naïve\t✓"

@@ -27,7 +27,7 @@ from appliance.approvals import (
     DecisionRejected,
     RequestNotFound,
     RequestState,
-    Verdict,
+    Resolution,
 )
 from appliance.approvals.server import MAX_LINE
 
@@ -93,7 +93,7 @@ def test_list_get_decide_round_trip(tmp_path: Path) -> None:
             "approve",
             "alice",
         )
-        assert outcome.verdict is Verdict.GRANTED
+        assert outcome.verdict is Resolution.GRANTED
         assert after.state is RequestState.GRANTED and after.approver == "alice"
         assert rec.types() == ["approval.requested", "approval.granted"]
         assert not path.exists()  # removed on shutdown

@@ -10,6 +10,12 @@ from appliance.cli.main import main
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code, out, err = run_cli_split(capsys, *args)
+    return code, out + err
+
+
+def run_cli_split(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Like :func:`run_cli`, with stdout and stderr apart (JSON output is on stdout)."""
     capsys.readouterr()
     old = sys.argv
     sys.argv = ["appliance", *args]
@@ -21,4 +27,4 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     finally:
         sys.argv = old
     out = capsys.readouterr()
-    return code, out.out + out.err
+    return code, out.out, out.err

@@ -14,7 +14,7 @@ from appliance.ledger.index import Index, Query
 from appliance.ledger.render import transcript
 from appliance.ledger.store import BlobReader, read_history
 from appliance.signing.keys import load_signing_key, load_verifier_key
-from tests.unit.ledger.cli_helper import run_cli
+from tests.unit.ledger.cli_helper import run_cli, run_cli_split
 from tests.unit.ledger.conftest import KEY, OTHER_KEY, open_writer, write_session
 
 VKEY = KEY.verifier().to_vkey()
@@ -210,6 +210,7 @@ def test_consistency(capsys: pytest.CaptureFixture[str], ledger: Path, tmp_path:
 def test_fsck(capsys: pytest.CaptureFixture[str], ledger: Path) -> None:
     code, out = run_cli(capsys, "ledger", "fsck", "--ledger", str(ledger))
     assert code == 0 and "20 entries, 6 checkpoints" in out and out.rstrip().endswith("clean")
+    assert "5 blobs checked" in out
     with (ledger / "entries.log").open("ab") as f:
         f.write(b"ALE1\x00\x00")  # a torn record
     code, out = run_cli(capsys, "ledger", "fsck", "--ledger", str(ledger), "--format", "json")
@@ -228,3 +229,27 @@ def test_fsck(capsys: pytest.CaptureFixture[str], ledger: Path) -> None:
 def test_reindex(capsys: pytest.CaptureFixture[str], ledger: Path) -> None:
     code, out = run_cli(capsys, "ledger", "reindex", "--ledger", str(ledger))
     assert code == 0 and out.strip() == "indexed 20 entries"
+
+
+def _blob(ledger: Path) -> Path:
+    return next(p for p in (ledger / "blobs").rglob("*") if p.is_file() and p.parent.name != "tmp")
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed"])
+def test_fsck_checks_blobs(capsys: pytest.CaptureFixture[str], ledger: Path, damage: str) -> None:
+    """Issue 12, item 8: a missing blob was "clean" to fsck."""
+    blob = _blob(ledger)
+    if damage == "missing":
+        blob.unlink()
+    else:
+        blob.write_bytes(blob.read_bytes() + b"x")
+    code, out = run_cli(capsys, "ledger", "fsck", "--ledger", str(ledger))
+    assert code == 1, out
+    assert f"blob {blob.name}: " in out
+    assert ("missing from the blob store" if damage == "missing" else "content was changed") in out
+    code, out, _ = run_cli_split(
+        capsys, "ledger", "fsck", "--ledger", str(ledger), "--format", "json"
+    )
+    assert code == 1 and json.loads(out)["findings"]
+    code, out = run_cli(capsys, "ledger", "fsck", "--ledger", str(ledger), "--no-blobs")
+    assert code == 0, out

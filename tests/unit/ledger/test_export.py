@@ -10,8 +10,7 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from appliance.ledger.pcap import MSS, parse_endpoint, render_postgres, write_pcap
-from appliance.ledger.store import BlobReader
+from appliance.ledger.pcap import MSS, parse_endpoint, write_pcap
 from tests.unit.ledger.cli_helper import run_cli
 from tests.unit.ledger.conftest import KEY, OTHER_KEY
 
@@ -173,20 +172,6 @@ def test_endpoints() -> None:
     for bad in ("10.0.0.1", "host:5432", "10.0.0.1:0", "[::1]:x"):
         with pytest.raises(Exception, match="endpoint"):
             parse_endpoint(bad)
-
-
-def test_renderer_without_result_blob(tmp_path: Path) -> None:
-    entries = [
-        {"type": "statement", "ts": "2026-11-25T20:33:05.000000Z", "data": {"text": "DELETE"}},
-        {
-            "type": "response",
-            "ts": "2026-11-25T20:33:05.100000Z",
-            "data": {"error": {"code": "42501", "message": "denied by policy"}},
-        },
-    ]
-    segs = render_postgres(entries, BlobReader(tmp_path))
-    assert segs[1][1] == "s2c" and segs[1][2].startswith(b"E")
-    assert b"C42501\x00Mdenied by policy\x00\x00" in segs[1][2]
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="Debian's tshark is not installed")

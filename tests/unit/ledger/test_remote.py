@@ -204,3 +204,55 @@ def test_a_writer_without_thread_works_only_when_pumped(tmp_path: Path) -> None:
     assert w.signed_size == 3
     w.close()
     assert verify_ledger(d, [KEY.verifier()]).ok
+
+
+def test_sync_makes_entries_durable_before_they_are_signed(tmp_path: Path) -> None:
+    """The write-ahead: after sync() the entries are on disk, although no checkpoint covers
+    them yet; syncs asked at once share the writer's fsyncs (group commit)."""
+    d = tmp_path / "l"
+    ledger = open_remote(d, checkpoint_interval=3600, checkpoint_entries=10**6)
+
+    async def main() -> None:
+        for n in range(3):
+            ledger.append("statement", data={"n": n})
+        await asyncio.gather(*(ledger.sync() for _ in range(8)))
+
+    asyncio.run(main())
+    on_disk = (d / ENTRIES).read_bytes()
+    assert on_disk.count(b'"statement"') == 3
+    assert ledger.signed_size < 3  # durable, not yet signed
+    # kill -9 now: the entries survive and the next writer signs them on open.
+    os.kill(ledger._proc.pid, signal.SIGKILL)
+    ledger._proc.wait()
+    reopened = open_remote(d)
+    reopened.close()
+    assert [o["data"] for o in objs(d) if o["type"] == "statement"] == [
+        {"n": 0},
+        {"n": 1},
+        {"n": 2},
+    ]
+
+
+def test_sync_fails_once_the_writer_is_gone(tmp_path: Path) -> None:
+    ledger = open_remote(tmp_path / "l")
+    ledger.append("statement", data={"n": 1})
+    os.kill(ledger._proc.pid, signal.SIGKILL)
+    ledger._proc.wait()
+
+    async def main() -> None:
+        with pytest.raises(LedgerUnavailable):
+            await asyncio.wait_for(ledger.sync(), 10)
+
+    asyncio.run(main())
+    with pytest.raises(LedgerUnavailable):
+        ledger.close()
+
+
+def test_the_thread_writer_syncs_too(tmp_path: Path) -> None:
+    d = tmp_path / "t"
+    writer = open_writer(d, checkpoint_interval=3600)
+    writer.append("statement", data={"n": 1})
+    asyncio.run(writer.sync())
+    assert (d / ENTRIES).read_bytes().count(b'"statement"') == 1
+    assert writer.signed_size == 0 or writer.signed_size < writer.next_seq
+    writer.close()

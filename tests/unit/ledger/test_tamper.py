@@ -120,7 +120,7 @@ def test_truncated_log(capsys: pytest.CaptureFixture[str], ledger: Path) -> None
     code, out = verify(capsys, ledger)
     assert code == 1
     assert f"record cut short at byte {f.offset} (entry 12), inside signed history" in out
-    assert "claims 20 entries but the log holds only 12 readable entries" in out
+    assert "claims 20 entries but entries.log holds only 12 readable entries" in out
 
 
 def test_truncated_on_record_boundary(capsys: pytest.CaptureFixture[str], ledger: Path) -> None:
@@ -129,7 +129,7 @@ def test_truncated_on_record_boundary(capsys: pytest.CaptureFixture[str], ledger
         fh.truncate(f.offset)
     code, out = verify(capsys, ledger)
     assert code == 1
-    assert "checkpoint #5 claims 20 entries but the log holds only 15 readable entries" in out
+    assert "checkpoint #5 claims 20 entries but entries.log holds only 15 readable entries" in out
 
 
 def _a_blob(d: Path) -> Path:
@@ -215,7 +215,7 @@ def test_checkpoint_beyond_the_entries(capsys: pytest.CaptureFixture[str], ledge
     (ledger / "checkpoint").write_text(note)
     code, out = verify(capsys, ledger)
     assert code == 1
-    assert "checkpoint #6 claims 25 entries but the log holds only 20 readable entries" in out
+    assert "checkpoint #6 claims 25 entries but entries.log holds only 20 readable entries" in out
 
 
 def test_unsigned_tail_is_a_warning_not_tampering(
@@ -321,7 +321,7 @@ def test_whole_directory_rolled_back_behind_a_held_checkpoint(
         str(held),
     )
     assert code == 1
-    assert f"checkpoint {held} claims 20 entries but the log holds only 13" in out
+    assert f"checkpoint {held} claims 20 entries but entries.log holds only 13" in out
 
 
 def test_edited_inline_blob(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

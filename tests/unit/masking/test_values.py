@@ -13,7 +13,6 @@ from psycopg.types.numeric import DecimalBinaryDumper, Int8BinaryDumper
 
 from appliance.config import parse_config
 from appliance.masking import (
-    BinaryColumnError,
     MaskCounts,
     Masker,
     MaskingConfig,
@@ -182,7 +181,7 @@ def test_binary_values() -> None:
         formats=[1],
         type_oids=[TEXT, TEXT, NUMERIC, INT8, UUID, JSONB],
     )
-    assert plan.refused_binary == ("public.customers.card_number",)
+    assert plan.unreadable_binary == ("public.customers.uid",)
     counts = MaskCounts()
     clean: list[bytes | None] = [
         None,  # NULL needs no masking, even under a rule
@@ -197,17 +196,34 @@ def test_binary_values() -> None:
     assert masked[2:5] == clean[2:5]
     assert masked[5] == b'\x01{"e": "[REDACTED:EMAIL]"}'
     assert counts.as_dict()["detectors"] == {"binary_unscanned": 1, "email": 2}
+    # The ledger keeps the same values as text: what the job reads, masked alike.
+    cells = TM.mask_cells(plan, clean, MaskCounts())
+    assert cells == [
+        None,
+        "mail [REDACTED:EMAIL]",
+        "12.5",
+        "42",
+        {"binary": 16},
+        '{"e": "[REDACTED:EMAIL]"}',
+    ]
 
-    with pytest.raises(
-        BinaryColumnError, match=r"column public\.customers\.card_number: the column rule"
-    ):
-        TM.mask_values(plan, [b"4111111111111111", None, None, None, None, None], MaskCounts())
-    card_numeric = numeric("4111111111111111")
-    with pytest.raises(BinaryColumnError, match=r"public\.customers\.n: the card detector"):
-        TM.mask_values(plan, [None, None, card_numeric, None, None, None], MaskCounts())
-    card_int8 = int8(4111111111111111)
-    with pytest.raises(BinaryColumnError, match="binary number cannot be rewritten"):
-        TM.mask_values(plan, [None, None, None, card_int8, None, None], MaskCounts())
+    # A rule on a binary text column rewrites it (its binary form is its text); a binary
+    # number that must be masked becomes NULL, as a non-text type in text format does.
+    card = [
+        b"4111111111111111",
+        None,
+        numeric("4111111111111111"),
+        int8(4111111111111111),
+        None,
+        None,
+    ]
+    masked = TM.mask_values(plan, card, MaskCounts())
+    assert masked == [b"************1111", None, None, None, None, None]
+    cells = TM.mask_cells(plan, card, MaskCounts())
+    assert cells == ["************1111", None, None, None, None, None]
+    # A rule on a column whose binary values cannot be read: NULL, never the raw bytes.
+    uid_rule = TM.column_plan("public.customers", ["card_uid"], formats=[1], type_oids=[UUID])
+    assert TM.mask_values(uid_rule, [bytes(16)], MaskCounts()) == [None]
 
 
 def test_formats_follow_the_protocol() -> None:

@@ -13,7 +13,13 @@ from pglast.parser import ParseError, parse_sql, parse_sql_json
 from pglast.visitors import Visitor
 
 from appliance.policy import Classification, classify
-from appliance.policy._classify import _STRUCT_FIELDS, _quote, cache_clear, cache_info
+from appliance.policy._classify import (
+    _STRUCT_FIELDS,
+    GrammarError,
+    _quote,
+    cache_clear,
+    cache_info,
+)
 
 from .test_corpus import CORPUS, PSQL
 
@@ -326,6 +332,9 @@ def test_a_syntax_error_carries_the_server_s_message_and_position() -> None:
     assert result.syntax_error.message == 'syntax error at or near "x"'
     assert result.syntax_error.position == 20  # 1-based, in characters
     assert classify("select 1").syntax_error is None
+    # at the end of the text, as the server puts it (make pg-regress: errors.sql)
+    end = classify("CREATE TABLE").syntax_error
+    assert end == GrammarError("syntax error at end of input", 13)
     # Text that is not read for other reasons is unknown, but no syntax error.
     off = classify("select 'a\\' ", standard_conforming_strings=False)
     assert off.classes == {"unknown"} and off.syntax_error is None

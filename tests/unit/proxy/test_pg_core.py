@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from appliance.approvals.broker import Outcome, Verdict
+from appliance.approvals.broker import Outcome, Resolution
 from appliance.approvals.request import ApprovalRequest
 from appliance.config import Account, Address, SecretRef, Target, UpstreamTLS
 from appliance.errors import ApplianceError
@@ -33,6 +33,7 @@ from appliance.protocols.postgres.messages import (
     ReadyForQuery,
     SSLRequest,
     StartupMessage,
+    Terminate,
     decode_backend,
     error_response,
 )
@@ -40,10 +41,12 @@ from appliance.proxy.commands import (
     Abort,
     ApprovalAnswered,
     AskApproval,
+    AwaitDurable,
     ClearTimer,
     Command,
     ConnectionInfo,
     Drain,
+    Durable,
     End,
     Eof,
     Event,
@@ -458,7 +461,7 @@ REVIEW = """
 """
 
 
-def _outcome(verdict: Verdict) -> Outcome:
+def _outcome(verdict: Resolution) -> Outcome:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     request = ApprovalRequest(
         "r1", "s1", "unattributed", "db", "ci", "hold-deletes", ("alice",), "delete", "00",
@@ -476,7 +479,7 @@ def test_a_held_statement_is_an_approval_command_and_a_pause() -> None:
     assert ask.fields["statement"] == "delete from t where id = 1"
     assert PauseReading("job", "hold", True) in commands
     assert d.take_up() == b""  # nothing forwarded while held
-    commands = d.event(ApprovalAnswered(ask.key, _outcome(Verdict.GRANTED), "r1"))
+    commands = d.event(ApprovalAnswered(ask.key, _outcome(Resolution.GRANTED), "r1"))
     assert PauseReading("job", "hold", False) in commands
     assert d.take_up() == Query("delete from t where id = 1").encode() + Query("select 1").encode()
 
@@ -486,7 +489,7 @@ def test_a_refused_approval_answers_the_job_with_the_outcome() -> None:
     connect(d)
     d.take_job()
     ask = next(c for c in d.job(Query("delete from t").encode()) if isinstance(c, AskApproval))
-    d.event(ApprovalAnswered(ask.key, _outcome(Verdict.DENIED), "r1"))
+    d.event(ApprovalAnswered(ask.key, _outcome(Resolution.DENIED), "r1"))
     d.up(error_response("ERROR", "42601", "stand-in") + ReadyForQuery("I").encode())
     assert b"approval r1 denied by alice" in d.take_job()
 
@@ -543,3 +546,35 @@ def test_a_bug_in_the_core_ends_the_session_with_xx000() -> None:
     d._out(d.core.crashed(RuntimeError("boom")))
     assert d.fatal()["code"] == "XX000"
     assert d.ledger.last("session.end")["reason"] == "appliance error: RuntimeError: boom"
+
+
+# -- write-ahead ------------------------------------------------------------------------------------
+
+
+def test_a_write_is_sent_only_once_its_entry_is_durable() -> None:
+    d = Drive(policy_rules="- {name: rest, action: allow}")
+    d.services.write_ahead = True
+    connect(d)
+    commands = d.job(Query("update t set x = 1").encode())
+    (wait,) = [c for c in commands if isinstance(c, AwaitDurable)]
+    assert PauseReading("job", "hold", True) in commands
+    assert d.take_up() == b""
+    assert "statement" in d.ledger.types()  # recorded before the wait
+    commands = d.event(Durable(wait.key, True))
+    assert d.take_up() == Query("update t set x = 1").encode()
+    assert PauseReading("job", "hold", False) in commands
+    # A read is not held.
+    d.up(b"C\x00\x00\x00\x0dUPDATE 1\x00" + ReadyForQuery("I").encode())
+    assert not any(isinstance(c, AwaitDurable) for c in d.job(Query("select 1").encode()))
+    assert d.take_up() == Query("select 1").encode()
+
+
+def test_a_write_that_cannot_be_made_durable_is_refused_and_never_sent() -> None:
+    d = Drive(policy_rules="- {name: rest, action: allow}")
+    d.services.write_ahead = True
+    connect(d)
+    (wait,) = [c for c in d.job(Query("delete from t").encode()) if isinstance(c, AwaitDurable)]
+    d.event(Durable(wait.key, False, "writer process died"))
+    assert d.take_up() == Terminate().encode()  # the delete never reached the server
+    assert d.fatal()["code"] == "08006" and "was not sent" in d.fatal()["message"]
+    assert d.ledger.last("session.end")["reason"] == "ledger cannot record: writer process died"

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from appliance.approvals.broker import Outcome, Verdict
+from appliance.approvals.broker import Outcome, Resolution
 from appliance.approvals.request import ApprovalRequest
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
@@ -224,7 +224,7 @@ def test_a_denied_exec_is_told_the_rule_and_exits_126() -> None:
     assert len(d.ledger.of("response")) == 1
 
 
-def _outcome(verdict: Verdict) -> Outcome:
+def _outcome(verdict: Resolution) -> Outcome:
     now = datetime(2024, 1, 1, tzinfo=UTC)
     request = ApprovalRequest(
         "r1",
@@ -253,14 +253,14 @@ def test_a_held_exec_waits_for_a_signed_approval() -> None:
     import hashlib
 
     assert ask.fields["statement_sha256"] == hashlib.sha256(b"./release.sh v2").hexdigest()
-    out = d(ApprovalAnswered(ask.key, _outcome(Verdict.GRANTED), "r1"))
+    out = d(ApprovalAnswered(ask.key, _outcome(Resolution.GRANTED), "r1"))
     assert out[0] == PauseChannel(1, "job", "hold", False)
     assert isinstance(out[-1], StartChannel) and out[-1].command == "./release.sh v2"
     # Denied instead:
     d2 = Drive()
     d2.login()
     ask2 = d2.run(1, "./release.sh v3")[1]
-    out = d2(ApprovalAnswered(ask2.key, _outcome(Verdict.DENIED), "r1"))
+    out = d2(ApprovalAnswered(ask2.key, _outcome(Resolution.DENIED), "r1"))
     finish = out[-1]
     assert isinstance(finish, FinishChannel) and finish.status == DENIED_STATUS
     assert "denied by alice: ticket 7" in finish.message
@@ -272,7 +272,7 @@ def test_a_held_channel_closed_by_the_job_withdraws_its_request() -> None:
     d.login()
     ask = d.run(1, "./release.sh")[1]
     assert d(ChannelClosed(1, "job")) == [WithdrawApproval(ask.key)]
-    assert d(ApprovalAnswered(ask.key, _outcome(Verdict.GRANTED), "r1")) == []
+    assert d(ApprovalAnswered(ask.key, _outcome(Resolution.GRANTED), "r1")) == []
 
 
 def test_a_start_that_fails_tells_the_job() -> None:

@@ -1,0 +1,285 @@
+"""PostgreSQL result rows and COPY data masked, toward the job and toward the ledger, by one
+set of decisions.
+
+Where this sits: the relay hands every DataRow frame (and every CopyData frame of a COPY
+OUT) to :class:`ResponseMasker` when :meth:`~appliance.masking.MaskingConfig.
+response_masking` says so for the session; the ledger writer turns the rows it is given
+into a result blob with :class:`LedgerRows` (in its own process, off the event loop). Both
+plan a result's columns with :func:`row_plan` (names, the tables they come from, formats,
+type OIDs) and mask each value with the target's :class:`~appliance.masking.TargetMasker`
+(``mask_values`` for the wire, ``mask_cells`` for the blob, which make the same decision per
+value), and read COPY statements the same way (:func:`appliance.policy.copy_spec`). So a
+value the job sees masked is the value the ledger keeps.
+
+Fail closed: a binary COPY OUT cannot be masked toward the job (:class:`MaskingRefused`:
+the relay withholds the rest of that result and tells the job why); in the ledger its
+chunks are kept as binary cells (length only).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.ledger.results import binary_cell
+from appliance.masking._copy import CopyRowError
+from appliance.masking._counts import MaskCounts
+from appliance.masking._masker import ColumnPlan, TargetMasker
+from appliance.policy import CopySpec, copy_spec
+from appliance.protocols.postgres.messages import RowDescription, datarow_values, encode_datarow
+
+__all__ = [
+    "CopyPlan",
+    "LedgerRows",
+    "MaskingRefused",
+    "ResponseMasker",
+    "UnknownColumns",
+    "mask_copy_line",
+    "row_plan",
+]
+
+_LEN = struct.Struct("!I")
+_UNKNOWN_COPY = CopySpec("out")
+
+
+class MaskingRefused(Exception):
+    """A result cannot be masked for the job (binary COPY): it is withheld."""
+
+
+def row_plan(
+    masker: TargetMasker,
+    columns: Sequence[str | None],
+    *,
+    tables: Sequence[str | None] | None = None,
+    formats: Sequence[int] = (),
+    type_oids: Sequence[int | None] | None = None,
+) -> ColumnPlan:
+    """The plan of a result's rows. ``formats`` as Bind sent them (none: all text; one: all;
+    else one per column); codes that do not fit the row take every value as binary. Tables
+    and type OIDs are used only when given one per column."""
+    n = len(columns)
+    if len(formats) > 1 and len(formats) != n:
+        formats = (1,)
+    return masker.column_plan(
+        None,
+        list(columns),
+        tables=tables if tables is not None and len(tables) == n else None,
+        formats=formats,
+        type_oids=type_oids if type_oids is not None and len(type_oids) == n else None,
+    )
+
+
+def mask_copy_line(
+    masker: TargetMasker,
+    line: bytes,
+    counts: MaskCounts,
+    *,
+    copy: CopySpec,
+    plans: dict[int, ColumnPlan],
+) -> bytes:
+    """One COPY text/CSV row (its line end kept) with its values masked. The columns are
+    those the COPY statement names, when it names as many as the row has; else every column
+    is unknown (column rules that may match apply: fail closed). A row that does not split
+    as expected (quoted delimiters, other COPY options) is masked as text by the detectors."""
+    csv = copy.format == "csv"
+    delimiter = "," if csv else "\t"
+    n = line.count(delimiter.encode()) + 1
+    plan = plans.get(n)
+    if plan is None:
+        if copy.columns is not None and len(copy.columns) == n:
+            plan = masker.column_plan(None, list(copy.columns), tables=[copy.table] * n)
+        else:
+            plan = masker.column_plan(None, [None] * n)
+        plans[n] = plan
+    try:
+        return masker.mask_copy_line(plan, line, counts, csv=csv, delimiter=delimiter)
+    except CopyRowError:
+        text = line.decode("utf-8", "surrogateescape")
+        return masker.mask_text(text, counts).encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownColumns:
+    """The plan of rows whose columns were never described: Bind's format codes only."""
+
+    formats: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyPlan:
+    """How a COPY OUT's rows are masked: what its statement says, and whether the server
+    sends it in binary."""
+
+    copy: CopySpec
+    binary: bool
+
+
+class _CopyLines:
+    """COPY rows of one COPY, masked line by line: the plans per row width, the CSV
+    header line still to come."""
+
+    def __init__(self, masker: TargetMasker, copy: CopySpec) -> None:
+        self.masker = masker
+        self.copy = copy
+        self.plans: dict[int, ColumnPlan] = {}
+        self.header = copy.header and copy.format == "csv"
+
+    def mask(self, line: bytes, counts: MaskCounts) -> bytes:
+        if self.header:
+            self.header = False  # the CSV header line: column names, not data
+            return line
+        return mask_copy_line(self.masker, line, counts, copy=self.copy, plans=self.plans)
+
+
+class ResponseMasker:
+    """Rewrites DataRow values and COPY OUT rows for the job (the relay's ``RowMasker``)."""
+
+    def __init__(self, masker: TargetMasker, tables: Mapping[int, str] | None = None) -> None:
+        self.masker = masker
+        # table OID -> "schema.table", for rules with a table pattern (proxy.pg.catalog)
+        self.tables = tables or {}
+        self.counts = MaskCounts()
+        self._copy: _CopyLines | None = None
+        self._unknown_plans: dict[tuple[int, tuple[int, ...]], ColumnPlan] = {}
+
+    def plan(
+        self, row_description: RowDescription | None, formats: tuple[int, ...]
+    ) -> ColumnPlan | UnknownColumns:
+        if row_description is None:
+            # Rows of a portal never described: names and types unknown (column rules
+            # that may match apply), formats as Bind sent them.
+            return UnknownColumns(formats)
+        fields = row_description.fields
+        tables = self.tables
+        return row_plan(
+            self.masker,
+            [f.name for f in fields],
+            tables=[tables.get(f.table_oid) for f in fields] if tables else None,
+            formats=formats if len(formats) == len(fields) else [f.format for f in fields],
+            type_oids=[f.type_oid for f in fields],
+        )
+
+    def mask_frame(self, plan: object, frame: bytes) -> bytes | None:
+        """The DataRow ``frame`` rewritten, or None if no value changed."""
+        values = datarow_values(frame, 5)
+        if not isinstance(plan, ColumnPlan) or len(plan.columns) != len(values):
+            plan = self._unknown_plan(plan, len(values))
+        masked = self.masker.mask_values(plan, values, self.counts)
+        if masked is values:
+            return None
+        return encode_datarow(masked)
+
+    def _unknown_plan(self, plan: object, n: int) -> ColumnPlan:
+        formats = plan.formats if isinstance(plan, UnknownColumns) else ()
+        key = (n, formats)
+        cached = self._unknown_plans.get(key)
+        if cached is None:
+            cached = row_plan(self.masker, [None] * n, formats=formats)
+            self._unknown_plans[key] = cached
+        return cached
+
+    def copy_plan(self, statement: str, binary: bool) -> CopyPlan:
+        copy = copy_spec(statement) or _UNKNOWN_COPY
+        self._copy = _CopyLines(self.masker, copy)
+        return CopyPlan(copy, binary)
+
+    def mask_copy(self, plan: object, frame: bytes) -> bytes | None:
+        """The CopyData ``frame`` of a COPY OUT with its rows masked, or None if nothing
+        changed. Raises MaskingRefused for binary COPY (its values cannot be scanned)."""
+        if not isinstance(plan, CopyPlan) or plan.binary or self._copy is None:
+            raise MaskingRefused(
+                "COPY in binary format cannot be masked for the job; use text or CSV format"
+            )
+        payload = frame[5:]
+        masked = b"".join(
+            self._copy.mask(line, self.counts) for line in payload.splitlines(keepends=True)
+        )
+        if masked == payload:
+            return None
+        return b"d" + _LEN.pack(len(masked) + 4) + masked
+
+    def take_counts(self) -> MaskCounts:
+        counts, self.counts = self.counts, MaskCounts()
+        return counts
+
+
+class LedgerRows:
+    """The rows of one result blob, masked into cells (see :mod:`appliance.ledger.results`).
+
+    Fed the result header the recorder wrote (``columns``, ``types``, ``formats``,
+    ``tables``; or ``copy`` and what the COPY statement says), then rows; COPY text comes
+    in pieces that need not end at a line end, and a value cut in two is masked as one.
+    """
+
+    def __init__(self, masker: TargetMasker | None, counts: MaskCounts) -> None:
+        self.masker = masker
+        self.counts = counts
+        self.plan: ColumnPlan | None = None
+        self.copy: CopySpec | None = None
+        self._copy_lines: _CopyLines | None = None
+        self._partial = b""
+        self._formats: tuple[int, ...] = ()
+
+    def header(self, header: Mapping[str, Any]) -> None:
+        """A new result set (or COPY) starts."""
+        self._partial = b""
+        if "copy" in header:
+            columns = header.get("columns")
+            self.copy = CopySpec(
+                str(header["copy"]),
+                header.get("table"),
+                tuple(columns) if columns else None,
+                "binary" if header.get("binary") else "csv" if header.get("csv") else "text",
+                bool(header.get("header")),
+            )
+            self._copy_lines = _CopyLines(self.masker, self.copy) if self.masker else None
+            self.plan = None
+            return
+        self.copy = None
+        columns = header.get("columns")
+        self.plan = None
+        if self.masker is not None and columns is not None:
+            self.plan = row_plan(
+                self.masker,
+                columns,
+                tables=header.get("tables"),
+                formats=tuple(header.get("formats") or ()),
+                type_oids=header.get("types"),
+            )
+        self._formats = tuple(header.get("formats") or ())
+
+    def row(self, values: list[bytes | None]) -> list[Any]:
+        """One DataRow's values as masked cells."""
+        masker = self.masker
+        if masker is None:
+            return [None if v is None else v.decode("utf-8", "replace") for v in values]
+        plan = self.plan
+        if plan is None or len(plan.columns) != len(values):
+            plan = self.plan = row_plan(masker, [None] * len(values), formats=self._formats)
+        return masker.mask_cells(plan, values, self.counts)
+
+    def copy_binary(self, size: int) -> dict[str, int]:
+        """A chunk of binary COPY: values of unknown types, never written."""
+        return binary_cell(size)
+
+    def copy_text(self, payload: bytes) -> list[str]:
+        """Complete lines of COPY text/CSV data, masked; the piece after the last newline
+        waits for the next call (or :meth:`copy_end`)."""
+        data = self._partial + payload if self._partial else payload
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        return [self._line(line) for line in lines]
+
+    def copy_end(self) -> list[str]:
+        """The last line of the COPY, if it had no line end."""
+        if not self._partial:
+            return []
+        line, self._partial = self._partial, b""
+        return [self._line(line)]
+
+    def _line(self, line: bytes) -> str:
+        if self._copy_lines is not None:
+            line = self._copy_lines.mask(line, self.counts)
+        return line.decode("utf-8", "replace")

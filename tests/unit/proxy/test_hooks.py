@@ -1,0 +1,150 @@
+"""The PostgreSQL session's per-statement decisions (:class:`~appliance.proxy.pg.hooks.
+SessionHooks`), driven through a real relay: what policy decides, the built-in refusals
+(settings in flight, client encodings, text the grammar rejects), fast-path calls, and what
+an approval request carries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from appliance.approvals.request import UNATTRIBUTED
+from appliance.protocols.postgres import Framer, Limits, Messages
+from appliance.protocols.postgres._framing import BACKEND_TYPES, FRONTEND_TYPES
+from appliance.protocols.postgres.messages import (
+    CommandComplete,
+    FunctionCall,
+    FunctionCallResponse,
+    Query,
+    ReadyForQuery,
+    decode_backend,
+    error_response,
+)
+from appliance.proxy.pg.hooks import SessionHooks
+from appliance.proxy.pg.relay import Relay
+from tests.unit.policy.helpers import rules
+
+POLICY = """
+- {name: no-drop, match: {classes: [drop]}, action: deny, message: no DROP}
+- {name: lo, match: {functions: ["lo_*"]}, action: allow}
+- {name: no-fn, match: {classes: [function_call]}, action: deny}
+- {name: hold, match: {classes: [delete]}, action: review, approvers: [alice], timeout: 90s}
+- {name: rest, action: allow}
+"""
+
+
+class Recorder:
+    session = "s1"
+
+    def __init__(self) -> None:
+        self.statements: list[Any] = []
+        self.responses: list[Any] = []
+
+    def mask(self, text: str) -> str:
+        return text.replace("4111111111111111", "[REDACTED:CARD]")
+
+    def statement(self, stmt: Any) -> None:
+        self.statements.append((stmt.n, stmt.text, dict(stmt.verdict.record)))
+
+    def response(self, stmt: Any, *, masked_to_job: Any = None) -> None:
+        self.responses.append((stmt.n, stmt.outcome, stmt.error.code if stmt.error else None))
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+
+class Session:
+    def __init__(self) -> None:
+        self.recorder = Recorder()
+        ids = iter(range(100))
+        self.hooks = SessionHooks(
+            policy=rules(POLICY),
+            recorder=self.recorder,  # type: ignore[arg-type]
+            target="db",
+            database="app",
+            account="ci",
+            identity={"source": "unattributed"},
+            new_id=lambda: f"d{next(ids)}",
+        )
+        self.relay = Relay(self.hooks, now=lambda: 0.0)
+        self.client = Framer(Limits().caps(FRONTEND_TYPES, frontend=True), side="client")
+        self.server = Framer(Limits().caps(BACKEND_TYPES, frontend=False), side="server")
+
+    def job(self, data: bytes) -> tuple[bytes, bytes]:
+        chunk, frames = self.client.feed(data)
+        self.relay.from_client(Messages(chunk, frames))
+        return self.relay.take_output()
+
+    def server_says(self, data: bytes) -> bytes:
+        chunk, frames = self.server.feed(data)
+        self.relay.from_server(Messages(chunk, frames))
+        return self.relay.take_output()[0]
+
+
+def answered(tag: str) -> bytes:
+    return CommandComplete(tag).encode() + ReadyForQuery("I").encode()
+
+
+def _error(data: bytes) -> Any:
+    pos = data.index(b"E\x00\x00")
+    return decode_backend(
+        ord("E"), data[pos + 5 : pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")]
+    )
+
+
+def test_a_statement_after_an_answered_set_is_decided_normally() -> None:
+    s = Session()
+    s.job(Query("SET search_path TO public").encode())
+    s.server_says(answered("SET"))
+    _, to_server = s.job(Query("select 'Müller'").encode())
+    assert to_server == Query("select 'Müller'").encode()
+
+
+def test_text_pipelined_behind_an_unanswered_set_is_refused() -> None:
+    s = Session()
+    _, to_server = s.job(
+        Query("SET standard_conforming_strings = off").encode() + Query("select 'a\\'").encode()
+    )
+    assert Query("select 'a\\'").encode() not in to_server
+    assert s.recorder.statements[-1][2]["rule"] == "(built-in) settings-in-flight"
+
+
+def test_syntax_errors_are_their_own_errors_not_denials() -> None:
+    s = Session()
+    s.job(Query("selec 1").encode())
+    to_job = s.server_says(
+        error_response("ERROR", "42601", "stand-in") + ReadyForQuery("I").encode()
+    )
+    error = _error(to_job)
+    assert (error.code, error.message, error.get("position")) == (
+        "42601",
+        'syntax error at or near "selec"',
+        "1",
+    )
+    assert s.recorder.statements[-1][2] == {"decision": "syntax_error", "classes": ["unknown"]}
+    assert s.recorder.responses[-1] == (1, "error", "42601")
+
+
+def test_fastpath_calls_are_decided_by_function_name() -> None:
+    s = Session()
+    lo_open = FunctionCall(952, (), (b"1", b"2"), 0).encode()
+    assert s.job(lo_open)[1] == lo_open
+    assert s.recorder.statements[-1][2]["rule"] == "lo"
+    s.server_says(FunctionCallResponse(b"0").encode() + ReadyForQuery("I").encode())
+    s.job(FunctionCall(16390, (), (), 0).encode())
+    to_job = s.server_says(
+        error_response("ERROR", "42601", "stand-in") + ReadyForQuery("I").encode()
+    )
+    assert _error(to_job).message.startswith(
+        "fast-path call of function oid:16390 denied by policy rule"
+    )
+
+
+def test_an_approval_request_carries_the_masked_statement_and_its_digest() -> None:
+    s = Session()
+    s.job(Query("delete from t where card = '4111111111111111'").encode())
+    (stmt,) = s.hooks.approvals
+    fields = s.hooks.approval_fields(stmt)
+    assert fields["statement"] == "delete from t where card = '[REDACTED:CARD]'"
+    assert fields["identity"] == UNATTRIBUTED and fields["approvers"] == ("alice",)
+    assert fields["timeout"].total_seconds() == 90
+    assert len(fields["statement_sha256"]) == 64
