@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.approvals import Broker
-from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy import commands as c
 from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
-from appliance.proxy.waits import Unreachable, ask_approval, connect_marked, why
+from appliance.proxy.waits import Unreachable, ask_approval, await_durable, connect_marked, why
 
 log = logging.getLogger("appliance.proxy")
 
@@ -336,16 +335,7 @@ class Connection:
         self.event(await ask_approval(self.services.broker, command))
 
     async def _durable(self, command: c.AwaitDurable) -> None:
-        sync = self.services.durable
-        if sync is None:
-            self.event(c.Durable(command.key, False, "the ledger cannot sync"))
-            return
-        try:
-            await sync()
-        except ApplianceError as exc:
-            self.event(c.Durable(command.key, False, str(exc)))
-            return
-        self.event(c.Durable(command.key, True))
+        self.event(await await_durable(self.services.durable, command))
 
     async def _send_once(self, command: c.SendOnce) -> None:
         try:

@@ -1,10 +1,12 @@
 """What a session waits for outside itself, for the shell and for a protocol's own runner
-(SSH's asyncssh glue) alike: a marked upstream connection, an approval.
+(SSH's asyncssh glue) alike: a marked upstream connection, an approval, the ledger's sync.
 
 Where this sits: :class:`~appliance.proxy.shell.Connection` carries out ``OpenUpstream``,
-``SendOnce`` and ``AskApproval`` with these; :class:`~appliance.proxy.ssh.runner.SshRunner`
-connects its upstream SSH client and asks its approvals with the same ones, so that every
-upstream socket carries the appliance's mark and every approval goes through one broker.
+``SendOnce``, ``AskApproval`` and ``AwaitDurable`` with these;
+:class:`~appliance.proxy.ssh.runner.SshRunner` connects its upstream SSH client, asks its
+approvals and waits for its write-ahead with the same ones, so that every upstream socket
+carries the appliance's mark, every approval goes through one broker and every sync is the
+ledger's group commit.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from appliance.approvals import Broker
@@ -77,4 +80,18 @@ async def ask_approval(broker: Broker | None, command: c.AskApproval) -> c.Appro
     return c.ApprovalAnswered(command.key, outcome, request.id)
 
 
-__all__ = ["Unreachable", "ask_approval", "connect_marked", "why"]
+async def await_durable(
+    sync: Callable[[], Awaitable[None]] | None, command: c.AwaitDurable
+) -> c.Durable:
+    """Carry out an ``AwaitDurable``: every entry appended so far fsynced (``sync``, the
+    ledger's), or why not."""
+    if sync is None:
+        return c.Durable(command.key, False, "the ledger cannot sync")
+    try:
+        await sync()
+    except ApplianceError as exc:
+        return c.Durable(command.key, False, str(exc))
+    return c.Durable(command.key, True)
+
+
+__all__ = ["Unreachable", "ask_approval", "await_durable", "connect_marked", "why"]

@@ -72,6 +72,7 @@ from appliance.proxy.ssh.events import (
     ApprovalAnswered,
     AskApproval,
     AuthBegan,
+    AwaitDurable,
     BreakSent,
     ChannelClosed,
     ChannelEof,
@@ -83,6 +84,7 @@ from appliance.proxy.ssh.events import (
     ConnectUpstream,
     Data,
     Drain,
+    Durable,
     End,
     EnvRequested,
     Exited,
@@ -123,6 +125,7 @@ OPEN_ADMINISTRATIVELY_PROHIBITED = 1
 OPEN_CONNECT_FAILED = 2
 OPEN_RESOURCE_SHORTAGE = 4
 _PASSED_ENV = re.compile(r"LANG|LANGUAGE|LC_[A-Z]+|TZ")
+_READS = frozenset({"file_read", "file_list"})  # classes that change nothing on the target
 MAX_EARLY = 4 * 1024 * 1024  # bytes a channel may send before it runs
 _BINARY_PROGRAMS = frozenset({"rsync", "git-upload-pack", "git-receive-pack", "git-upload-archive"})
 
@@ -212,7 +215,8 @@ class SshSession:
         self.bytes_out = 0
         self._asked: dict[int, tuple[int, str]] = {}  # key -> (chan, "channel" | "sftp")
         self._next_key = 0
-        self._pending_asks: list[AskApproval] = []  # asked by an SFTP relay, not yet returned
+        # Asked by an SFTP relay (an approval, a write-ahead), not yet returned.
+        self._pending_asks: list[AskApproval | AwaitDurable] = []
 
     # -- the glue's side -------------------------------------------------------------------
 
@@ -287,6 +291,8 @@ class SshSession:
             return self._closed(event)
         if isinstance(event, ApprovalAnswered):
             return self._answered(event)
+        if isinstance(event, Durable):
+            return self._durable(event)
         if isinstance(event, ConnectionLost):
             return self._lost(event)
         if isinstance(event, Drain):
@@ -577,6 +583,17 @@ class SshSession:
         return self._next_key
 
     def _start(self, channel: _Channel) -> Commands:
+        """Open the channel's upstream twin; with ``ledger.durability: write-ahead``, only
+        once its statement is on disk (an operation that only reads waits for nothing)."""
+        verdict = channel.verdict
+        reads_only = verdict is not None and set(verdict.record.get("classes", ())) <= _READS
+        if self.services.write_ahead and not reads_only and channel.mode != "sftp":
+            channel.state = "syncing"
+            key = self._ask(channel.chan, "start")
+            return [PauseChannel(channel.chan, "job", "starting", True), AwaitDurable(key)]
+        return self._start_now(channel)
+
+    def _start_now(self, channel: _Channel) -> Commands:
         channel.state = "starting"
         if channel.kind == "direct-tcpip":
             host, port = channel.destination
@@ -601,14 +618,21 @@ class SshSession:
             ),
         ]
 
-    def _refuse(self, channel: _Channel, message: str, record: Mapping[str, Any]) -> Commands:
-        """The job's request is not run: it is told why, with exit status 126."""
+    def _refuse(
+        self,
+        channel: _Channel,
+        message: str,
+        record: Mapping[str, Any],
+        status: int = DENIED_STATUS,
+    ) -> Commands:
+        """The job's request is not run: it is told why, with exit status 126 (or
+        ``status``)."""
         newline = "\r\n" if channel.pty is not None else "\n"
         channel.state = "finishing"
         if channel.n is not None:
             self.recorder.response(
                 channel.n,
-                {"channel": channel.chan, "refused": True, "exit_status": DENIED_STATUS, **record},
+                {"channel": channel.chan, "refused": True, "exit_status": status, **record},
                 None,
                 0,
             )
@@ -620,7 +644,7 @@ class SshSession:
                     channel.chan, OPEN_ADMINISTRATIVELY_PROHIBITED, f"appliance: {message}"
                 )
             ]
-        return [FinishChannel(channel.chan, f"appliance: {message}{newline}", DENIED_STATUS)]
+        return [FinishChannel(channel.chan, f"appliance: {message}{newline}", status)]
 
     def _started(self, event: ChannelStarted) -> Commands:
         channel = self._channel(event.chan)
@@ -634,6 +658,7 @@ class SshSession:
             channel.sftp = SftpRelay(
                 decide=lambda c, r: self._sftp_decide(channel, c, r),
                 ask=lambda n, v, t, e: self._sftp_ask(channel, v, t, e),
+                sync=(lambda: self._sftp_sync(channel)) if self.services.write_ahead else None,
                 outcome=lambda n, s, m: self._sftp_outcome(channel, n, s, m),
                 finished=lambda t, ok: self.recorder.transfer(t, complete=ok, chan=channel.chan),
                 content_cap=self.options.max_transfer_content,
@@ -777,6 +802,11 @@ class SshSession:
             session=self.id, verdict=verdict, text=self.recorder.mask(text), exact=exact
         )
         self._pending_asks.append(AskApproval(key, fields))
+
+    def _sftp_sync(self, channel: _Channel) -> None:
+        key = self._ask(channel.chan, "sftp")
+        channel.key = key
+        self._pending_asks.append(AwaitDurable(key))
 
     def _sftp_outcome(self, channel: _Channel, n: int, status: int, message: str) -> None:
         self.recorder.response(
@@ -943,6 +973,25 @@ class SshSession:
             PauseChannel(chan, "job", "hold", False),
             *self._refuse(channel, message, {"approval": record}),
         ]
+
+    def _durable(self, event: Durable) -> Commands:
+        """The write-ahead of a channel's statement (or of an SFTP operation) is answered:
+        it runs, or it is refused without reaching the target."""
+        asked = self._asked.pop(event.key, None)
+        if asked is None:
+            return []
+        chan, kind = asked
+        channel = self.channels.get(chan)
+        if channel is None or channel.state in ("finishing", "finished"):
+            return []
+        message = f"the appliance cannot record this; it was not run: {event.why}"
+        if kind == "sftp":
+            assert channel.sftp is not None
+            channel.sftp.answered(event.ok, message)
+            return self._sftp_flush(channel, True)
+        if event.ok:
+            return self._start_now(channel)
+        return self._refuse(channel, message, {"durable": False}, FAILED_STATUS)
 
     def _take_asks(self) -> Commands:
         asks, self._pending_asks = self._pending_asks, []

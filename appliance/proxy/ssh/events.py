@@ -6,7 +6,8 @@ makes becomes one of the :data:`SshEvent` objects below, handed to
 :data:`SshCommand` objects the core returns, in order. Channels are named by ``chan``, a
 number the glue gives each channel the job opens (the same number for its upstream twin).
 The generic commands and events of :mod:`appliance.proxy.commands` (``AskApproval`` and
-``ApprovalAnswered``, timers, ``Log``, ``End``, ``Drain``, ``Abort``) are used as they are.
+``ApprovalAnswered``, ``AwaitDurable`` and ``Durable``, timers, ``Log``, ``End``,
+``Drain``, ``Abort``) are used as they are.
 
 Sides are ``"job"`` and ``"upstream"``, as everywhere in the proxy.
 """
@@ -20,8 +21,10 @@ from appliance.proxy.commands import (
     Abort,
     ApprovalAnswered,
     AskApproval,
+    AwaitDurable,
     ClearTimer,
     Drain,
+    Durable,
     End,
     Log,
     SetTimer,
@@ -224,6 +227,7 @@ SshEvent = (
     | ChannelClosed
     | ConnectionLost
     | ApprovalAnswered
+    | Durable
     | TimerFired
     | Drain
     | Abort
@@ -375,6 +379,7 @@ SshCommand = (
     | CloseChannel
     | PauseChannel
     | AskApproval
+    | AwaitDurable
     | WithdrawApproval
     | SetTimer
     | ClearTimer
@@ -389,6 +394,7 @@ __all__ = [
     "ApprovalAnswered",
     "AskApproval",
     "AuthBegan",
+    "AwaitDurable",
     "BreakSent",
     "ChannelClosed",
     "ChannelEof",
@@ -401,6 +407,7 @@ __all__ = [
     "ConnectionLost",
     "Data",
     "Drain",
+    "Durable",
     "End",
     "EnvRequested",
     "Exited",

@@ -46,6 +46,7 @@ from appliance.proxy.ssh.events import (
     AnswerRemoteForward,
     AskApproval,
     AuthBegan,
+    AwaitDurable,
     BreakSent,
     ChannelClosed,
     ChannelEof,
@@ -86,7 +87,7 @@ from appliance.proxy.ssh.events import (
     WithdrawApproval,
 )
 from appliance.proxy.ssh.keys import SshShared, account_key
-from appliance.proxy.waits import Unreachable, ask_approval, connect_marked, why
+from appliance.proxy.waits import Unreachable, ask_approval, await_durable, connect_marked, why
 
 log = logging.getLogger("appliance.proxy")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -261,6 +262,8 @@ class SshRunner:
             pass  # answered by _JobServer.server_requested, which awaits it
         elif isinstance(c, AskApproval):
             self._approvals[c.key] = self._spawn(self._approval(c))
+        elif isinstance(c, AwaitDurable):
+            self._approvals[c.key] = self._spawn(self._durable(c))
         elif isinstance(c, WithdrawApproval):
             task = self._approvals.pop(c.key, None)
             if task is not None:
@@ -512,6 +515,11 @@ class SshRunner:
 
     async def _approval(self, c: AskApproval) -> None:
         answer = await ask_approval(self.shell.broker, c)
+        self._approvals.pop(c.key, None)
+        self.event(answer)
+
+    async def _durable(self, c: AwaitDurable) -> None:
+        answer = await await_durable(self.shell.durable, c)
         self._approvals.pop(c.key, None)
         self.event(answer)
 

@@ -22,7 +22,9 @@ that ``../../etc/passwd`` is matched as ``/etc/passwd``. Paths are normalized le
 symbolic link on the target can still lead elsewhere.
 
 Uploads (writes) and downloads (read replies) feed a :class:`~.transfers.Transfer` per
-handle, recorded when the handle is closed or the channel ends.
+handle, recorded when the handle is closed or the channel ends. With write-ahead
+durability, an allowed operation that changes the target (not a read or a listing) is
+held until its record is on disk, as a review is until its approval.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ _PATH_CLASSES = {
 # Extensions on handles, and those that name nothing at all.
 _HANDLE_EXTENSIONS = frozenset({"fstatvfs@openssh.com", "fsync@openssh.com"})
 _FREE_EXTENSIONS = frozenset({"limits@openssh.com", "users-groups-by-id@openssh.com"})
+_READS = frozenset({"file_read", "file_list"})  # operations that change nothing
 _WRITE_FLAGS = fx.FXF_WRITE | fx.FXF_APPEND | fx.FXF_CREAT | fx.FXF_TRUNC
 
 
@@ -113,7 +116,9 @@ class SftpRelay:
     ``decide(classification, request) -> (n, verdict)`` decides and records an operation;
     ``ask(n, verdict, text, exact)`` asks for an approval (answered with :meth:`answered`);
     ``outcome(n, status, message)`` records how an operation ended; ``finished(transfer,
-    complete)`` records a transfer.
+    complete)`` records a transfer; ``sync()`` (write-ahead, None without) asks for the
+    ledger's sync before an operation that changes the target goes on (answered with
+    :meth:`answered` too).
     """
 
     def __init__(
@@ -124,9 +129,11 @@ class SftpRelay:
         outcome: Outcome,
         finished: Finished,
         content_cap: int,
+        sync: Callable[[], None] | None = None,
     ) -> None:
         self._decide = decide
         self._ask = ask
+        self._sync = sync
         self._outcome = outcome
         self._finished = finished
         self._cap = content_cap
@@ -229,7 +236,10 @@ class SftpRelay:
             )
         n, verdict = self._decide(classification, req)
         self.operations += 1
-        if verdict.lets_through:
+        if verdict.lets_through and self._sync is not None and not stmt.classes <= _READS:
+            self._held = _Held(packet, req, n, verdict)  # written ahead: held until on disk
+            self._sync()
+        elif verdict.lets_through:
             self._forward_path(packet, req, n, paths)
         elif verdict.action == "deny":
             self._reply(req.id, fx.PERMISSION_DENIED, f"the appliance refuses: {verdict.message}")
@@ -273,6 +283,10 @@ class SftpRelay:
         elif req.type == fx.FSETSTAT and not handle.writable:
             classification = file_operation("fsetstat", "file_write", (handle.path,))
             n, verdict = self._decide(classification, req)
+            if verdict.lets_through and self._sync is not None:
+                self._held = _Held(packet, req, n, verdict)
+                self._sync()
+                return
             if not verdict.lets_through:
                 if verdict.action == "review":
                     self._held = _Held(packet, req, n, verdict)

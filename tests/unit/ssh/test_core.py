@@ -22,6 +22,7 @@ from appliance.proxy.ssh.events import (
     ApprovalAnswered,
     AskApproval,
     AuthBegan,
+    AwaitDurable,
     ChannelClosed,
     ChannelEof,
     ChannelOpened,
@@ -31,6 +32,7 @@ from appliance.proxy.ssh.events import (
     ConnectUpstream,
     Data,
     Drain,
+    Durable,
     End,
     EnvRequested,
     Exited,
@@ -455,3 +457,53 @@ def test_without_a_policy_everything_is_allowed_and_recorded() -> None:
     out = d.run(1, "rm -rf /")
     assert isinstance(out[-1], StartChannel)
     assert d.ledger.of("statement")[0]["decision"]["rule"] == "(no policy)"
+
+
+def test_write_ahead_starts_a_channel_only_once_its_statement_is_on_disk() -> None:
+    d = Drive()
+    d.core.services.write_ahead = True
+    d.login()
+    out = d.run(1, "touch /srv/x")
+    assert out[0] == PauseChannel(1, "job", "starting", True)
+    sync = out[1]
+    assert isinstance(sync, AwaitDurable)
+    assert d(Data(1, "job", b"early")) == []  # waits with the start
+    out = d(Durable(sync.key, True))
+    assert isinstance(out[-1], StartChannel)
+    # A sync that fails: the command never reaches the target.
+    d2 = Drive()
+    d2.core.services.write_ahead = True
+    d2.login()
+    sync = d2.run(1, "touch /srv/y")[1]
+    (finish,) = d2(Durable(sync.key, False, "fsync failed"))
+    assert isinstance(finish, FinishChannel) and finish.status == FAILED_STATUS
+    assert "cannot record this; it was not run: fsync failed" in finish.message
+    assert d2.ledger.of("response")[0]["durable"] is False
+
+
+def test_write_ahead_holds_an_sftp_change_but_not_a_read() -> None:
+    d = Drive()
+    d.core.services.write_ahead = True
+    d.login()
+    d(
+        ChannelOpened(1, "session"),
+        SessionRequested(1, "subsystem", subsystem="sftp"),
+        ChannelStarted(1),
+    )
+    d(Data(1, "job", packet(fx.INIT, u32(3))))
+    d(Data(1, "upstream", packet(fx.VERSION, u32(3))))
+    d(
+        Data(
+            1,
+            "upstream",
+            packet(fx.NAME, u32(0xFFFFFFFF) + u32(1) + s("/home/deploy") + s("x") + u32(0)),
+        )
+    )
+    (read,) = d(Data(1, "job", packet(fx.STAT, u32(5) + s("a"))))
+    assert isinstance(read, Forward) and read.side == "upstream"
+    out = d(Data(1, "job", packet(fx.REMOVE, u32(6) + s("a"))))
+    assert PauseChannel(1, "job", "hold", True) in out
+    sync = next(c for c in out if isinstance(c, AwaitDurable))
+    out = d(Durable(sync.key, True))
+    assert Forward(1, "upstream", packet(fx.REMOVE, u32(6) + s("a"))) in out
+    assert PauseChannel(1, "job", "hold", False) in out
