@@ -9,8 +9,12 @@ What it shows, in under a minute:
 3. an unmodified job (psql, no password, the database's real address) captured: its
    identity (pid, exe, cgroup, CI variables) recorded, card numbers masked in its output;
 4. a DROP denied by policy; a DELETE held until the demo approver signs an approval;
-5. fail closed: with the appliance stopped, the job's connection is refused at once;
-6. `appliance ledger verify` passing, and the commands to look at the ledger yourself.
+5. SSH: an unmodified ``ssh`` with no key of its own runs a command on a protected host
+   (Debian's sshd in a second target namespace): the appliance's per-run CA is trusted
+   through the runner's ssh_known_hosts, the appliance logs in with the service account's
+   key, the output is recorded masked; an ``rm -rf`` is denied with the rule's reason;
+6. fail closed: with the appliance stopped, the job's connection is refused at once;
+7. `appliance ledger verify` passing, and the commands to look at the ledger yourself.
 
 Everything it records is left under ``demo-output/``; the lab is torn down at the end.
 """
@@ -27,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab.lab import Lab, PgServer
+from tests.lab.sshd import SshServer, job_etc_ssh, job_ssh_binds
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "demo-output"
@@ -104,7 +109,7 @@ def psql_argv(pg: PgServer, sql: str) -> list[str]:
     ]
 
 
-def write_config(lab: Lab, pg: PgServer, vkey_alice: str) -> Path:
+def write_config(lab: Lab, pg: PgServer, sshd: SshServer, vkey_alice: str) -> Path:
     config = OUT / "config.yaml"
     config.write_text(
         f"""\
@@ -117,6 +122,13 @@ targets:
     accounts:
       # The job never sees this secret: a root-only file on the runner.
       - {{name: ci, user: app, secret: {{file: {pg.password_file()}}}}}
+  - name: web
+    protocol: ssh
+    addresses: ["{sshd.ipv4}:22"]
+    known_hosts: {sshd.known_hosts}    # the host's real key, checked by the appliance
+    accounts:
+      # An SSH private key the job never sees (root-only file on the runner).
+      - {{name: deploy, user: deploy, secret: {{file: {sshd.account_key}}}}}
 ledger:
   dir: {OUT / "ledger"}
   origin: {ORIGIN}
@@ -125,6 +137,8 @@ ledger:
 capture:
   listen_port: 15001
   cgroup: {lab.job_cgroup}    # on a real runner: the cgroup v2 root (the default)
+  # The runner's /etc/ssh/ssh_known_hosts, as the lab's job sees it.
+  ssh_known_hosts: {job_etc_ssh(lab) / "ssh_known_hosts"}
 policy:
   mode: enforce
   approvals:
@@ -141,6 +155,10 @@ policy:
       match: {{classes: [delete]}}
       action: review
       approvers: [alice]
+    - name: no-recursive-deletes
+      match: {{ssh: {{programs: [rm], arguments: ["-rf *", "-fr *"]}}}}
+      action: deny
+      message: "recursive deletes on hosts are not allowed from CI"
     - name: default
       action: allow
 masking:
@@ -203,7 +221,7 @@ def main() -> int:
     (OUT / "run").mkdir(mode=0o700)
 
     step("1. The lab: a runner namespace (the CI VM) and a target namespace (the database host)")
-    with Lab(n_targets=1) as lab:
+    with Lab(n_targets=2) as lab:
         target = lab.targets[0]
         print(
             f"   runner  {lab.runner.name}: {target.runner_ipv4}, job cgroup {lab.job_cgroup.name}"
@@ -214,6 +232,15 @@ def main() -> int:
         print(f"   PostgreSQL 15 on {pg.ipv4}:5432 with a table of customers (cards, SSNs, emails)")
         print(
             "   role 'app' uses SCRAM-SHA-256; its password is in a root-only file the job cannot read"
+        )
+        sshd = SshServer(lab, lab.targets[1])
+        lab._servers.append(sshd)  # stopped with the lab
+        sshd.start()
+        sshd.as_user(
+            ["sh", "-c", "printf 'order 1017 paid with 4000 0566 5566 5556\\n' > orders.log"]
+        )
+        print(
+            f"   OpenSSH (Debian's sshd) on {sshd.ipv4}:22, user 'deploy'; the key is root-only too"
         )
 
         step("2. Keys and config: a ledger signing key, an approver key for alice")
@@ -228,7 +255,7 @@ def main() -> int:
             ).stdout
         )
         vkey_alice = (OUT / "keys" / "alice.vkey").read_text().strip()
-        config = write_config(lab, pg, vkey_alice)
+        config = write_config(lab, pg, sshd, vkey_alice)
         show(appliance("config", "check", str(config)).stdout)
 
         step("3. The appliance starts on the runner: capture rules, eBPF attribution, ledger")
@@ -355,6 +382,37 @@ def main() -> int:
                 f"   {GREEN}approved and run{RESET}: the signed decision is stored verbatim in the ledger"
             )
             delete_session = wait_for_session(seen)["session"]
+
+            step("7. SSH: the job runs commands on a protected host, with no key of its own")
+            ssh = ["ssh", "-o", "BatchMode=yes", f"deploy@{sshd.ipv4}"]
+            print(f"   {DIM}job$ ssh deploy@{sshd.ipv4} 'hostname; tail -1 orders.log'{RESET}")
+            r = lab.job(
+                [*ssh, "hostname; tail -1 orders.log"], env=JOB_ENV, binds=job_ssh_binds(lab)
+            )
+            show(r.stdout + r.stderr)
+            ssh_session = wait_for_session(seen)
+            login = ledger_entries(ssh_session["session"], "session.ready")[0]
+            print(
+                f"   {GREEN}captured{RESET}: the host certificate came from the appliance's per-run CA "
+                "(trusted through the runner's ssh_known_hosts); the appliance logged in as "
+                f"'{login['account']}' with a key the job never held"
+            )
+            print(f"   {DIM}job$ ssh deploy@{sshd.ipv4} 'rm -rf /srv/app'{RESET}")
+            r = lab.job([*ssh, "rm -rf /srv/app"], env=JOB_ENV, binds=job_ssh_binds(lab))
+            show(r.stderr)
+            print(
+                f"   {RED}denied{RESET} (exit {r.returncode}): the command never reached the host"
+            )
+            wait_for_session(seen)
+            print(
+                "   The first SSH session, replayed from the ledger (output masked before it was stored):"
+            )
+            show(
+                appliance(
+                    "ledger", "replay", "--ledger", str(OUT / "ledger"), ssh_session["session"]
+                ).stdout,
+                indent="      ",
+            )
         finally:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -363,7 +421,7 @@ def main() -> int:
                 daemon.kill()
                 daemon.wait()
 
-        step("7. Fail closed: the appliance is stopped, its rules stay; the job is refused at once")
+        step("8. Fail closed: the appliance is stopped, its rules stay; the job is refused at once")
         t0 = time.monotonic()
         r = lab.job(psql_argv(pg, "SELECT 1"), env={**JOB_ENV, "PGCONNECT_TIMEOUT": "10"})
         elapsed = time.monotonic() - t0
@@ -378,7 +436,7 @@ def main() -> int:
         print("   (only `appliance capture remove` removes the rules:)")
         show(out.decode(), indent="      ")
 
-    step("8. The lab is torn down (namespaces, cgroup, server). The evidence remains:")
+    step("9. The lab is torn down (namespaces, cgroup, servers). The evidence remains:")
     verify = appliance(
         "ledger",
         "verify",

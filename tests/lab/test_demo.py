@@ -25,6 +25,12 @@ def test_demo_runs_to_the_end() -> None:
     # denied, held then approved
     assert "statement denied by policy rule 'no-destructive-ddl'" in out
     assert "approved by alice" in out and "DELETE 1" in out
+    # SSH: captured with no key, denied with the rule, replayed masked
+    assert "order 1017 paid with 4000 0566 5566 5556" in out  # what the job saw
+    assert "order 1017 paid with [REDACTED:CARD]" in out  # what the ledger keeps
+    assert "appliance: denied by policy rule 'no-recursive-deletes'" in out
+    assert "the appliance logged in as 'deploy'" in out
+    assert "removed the SSH CA line" in out
     # fail closed, verified, torn down
     assert "Connection refused" in out
     assert "VERIFIED" in out
