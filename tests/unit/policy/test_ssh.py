@@ -265,3 +265,28 @@ def test_every_ssh_class_is_handed_out() -> None:
         made |= forward_request(kind).classes
     assert made == SSH_CLASSES | {"ssh_exec"}
     assert set(CLASSES) >= SSH_CLASSES
+
+
+def test_the_example_file_decides_ssh_as_it_says() -> None:
+    from appliance.config import load_config
+    from appliance.policy import parse_policy
+
+    from .helpers import EXAMPLE
+
+    config = load_config(EXAMPLE)
+    p = parse_policy(config.policy, targets=config.targets)
+
+    def on_web(c: Classification) -> tuple[str, str]:
+        d = p.decide(RequestContext(ATTRIBUTED, "web", None, "deploy", c))
+        return d.action, d.rule
+
+    assert on_web(classify_exec("rm -rf /srv/app")) == ("deny", "ssh-no-recursive-deletes")
+    assert on_web(classify_exec("sudo systemctl restart app")) == ("allow", "ssh-sudo-restart-only")
+    assert on_web(classify_exec("sudo cat /etc/shadow")) == ("deny", "ssh-no-other-sudo")
+    assert on_web(shell_request(pty=True)) == ("review", "ssh-shells-need-review")
+    assert on_web(forward_request("local", "127.0.0.1", 9100)) == ("allow", "ssh-metrics-tunnel")
+    assert on_web(classify_exec("./deploy.sh v2")) == ("allow", "ssh-deploys")
+    assert on_web(file_operation("remove", "file_remove", ("/etc/hosts",))) == (
+        "deny",
+        "ssh-etc-read-only",
+    )
