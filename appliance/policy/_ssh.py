@@ -213,6 +213,11 @@ def classify_exec(command: str) -> Classification:
     return Classification.of(out, parse_error=why)
 
 
+def _op(cmd: SimpleCommand, index: int, classes: Iterable[str], **fields: Any) -> SshOperation:
+    """The statement of one command of an exec line."""
+    return SshOperation(index, cmd.text, "exec", frozenset(classes), **fields)
+
+
 def _unknown(index: int, text: str, why: str, *, sudo: bool = False) -> SshOperation:
     classes = {"ssh_exec", "unknown", *(("ssh_sudo",) if sudo else ())}
     return SshOperation(index, text, "exec", frozenset(classes), why_unknown=why)
@@ -259,11 +264,10 @@ def _statements(cmd: SimpleCommand, index: int, *, depth: int, sudo: bool) -> li
         break
     if not words:
         return [
-            SshOperation(
+            _op(
+                cmd,
                 index,
-                cmd.text,
-                "exec",
-                frozenset(classes),
+                classes,
                 paths=tuple(paths),
                 wrappers=tuple(wrappers),
             )
@@ -278,11 +282,10 @@ def _statements(cmd: SimpleCommand, index: int, *, depth: int, sudo: bool) -> li
         if script is not None:
             if depth >= _MAX_SHELL_DEPTH:
                 return [_unknown(index, cmd.text, "shells nested too deep", sudo=sudo)]
-            shell = SshOperation(
+            shell = _op(
+                cmd,
                 index,
-                cmd.text,
-                "exec",
-                frozenset(classes),
+                classes,
                 program=program,
                 arguments=tuple(args),
                 paths=tuple(paths),
@@ -292,11 +295,10 @@ def _statements(cmd: SimpleCommand, index: int, *, depth: int, sudo: bool) -> li
     more_classes, more_paths = _transfer(name, args)
     classes |= more_classes
     return [
-        SshOperation(
+        _op(
+            cmd,
             index,
-            cmd.text,
-            "exec",
-            frozenset(classes),
+            classes,
             program=program,
             arguments=tuple(args),
             paths=tuple(paths + more_paths),
@@ -394,11 +396,10 @@ def _sudo(
     if edit:
         files = [w.value for w in rest]
         return [
-            SshOperation(
+            _op(
+                cmd,
                 index,
-                cmd.text,
-                "exec",
-                frozenset(classes | {"file_write"}),
+                classes | {"file_write"},
                 program=program,
                 sudo="sudoedit",
                 arguments=tuple(files),
@@ -409,11 +410,10 @@ def _sudo(
     if not rest:
         who = "(shell)" if shell else None
         return [
-            SshOperation(
+            _op(
+                cmd,
                 index,
-                cmd.text,
-                "exec",
-                frozenset(classes),
+                classes,
                 program=program,
                 sudo=who,
                 paths=tuple(paths),

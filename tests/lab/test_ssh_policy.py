@@ -106,6 +106,12 @@ def test_a_held_command_runs_once_alice_signs(target: SshRunner) -> None:
     assert response["approval"]["outcome"] == "granted"
 
 
+def forward(target: SshRunner, flag: str, spec: str) -> list[str]:
+    """ssh -N with one forward (-L or -R) and nothing else."""
+    opts = ["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
+    return ["ssh", "-N", *opts, flag, spec, f"deploy@{target.sshd.ipv4}"]
+
+
 def _local_port(target: SshRunner) -> int:
     def free() -> int:
         with socket.socket() as s:
@@ -152,17 +158,7 @@ def test_a_local_forward_is_refused_unless_a_rule_names_it(target: SshRunner) ->
             port = _local_port(target)
             host, dport = dest.split(":")
             fwd = target.popen_job(
-                [
-                    "ssh",
-                    "-N",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "ExitOnForwardFailure=yes",
-                    "-L",
-                    f"127.0.0.1:{port}:{host}:{dport}",
-                    f"deploy@{target.sshd.ipv4}",
-                ],
+                forward(target, "-L", f"127.0.0.1:{port}:{host}:{dport}"),
                 stderr=subprocess.PIPE,
             )
             try:
@@ -201,17 +197,7 @@ def test_a_local_forward_is_refused_unless_a_rule_names_it(target: SshRunner) ->
 
 def test_a_remote_forward_is_refused_and_recorded(target: SshRunner) -> None:
     r = target.job(
-        [
-            "ssh",
-            "-N",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-R",
-            "127.0.0.1:9200:127.0.0.1:80",
-            f"deploy@{target.sshd.ipv4}",
-        ],
+        forward(target, "-R", "127.0.0.1:9200:127.0.0.1:80"),
         timeout=30,
     )
     assert r.returncode == 255

@@ -38,54 +38,9 @@ from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy.commands import ConnectionInfo, Side
 from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import ShellServices
+from appliance.proxy.ssh import events as e
 from appliance.proxy.ssh._asyncssh import asyncssh
 from appliance.proxy.ssh.core import SshSession
-from appliance.proxy.ssh.events import (
-    Abort,
-    AcceptAuth,
-    AnswerRemoteForward,
-    AskApproval,
-    AuthBegan,
-    AwaitDurable,
-    BreakSent,
-    ChannelClosed,
-    ChannelEof,
-    ChannelOpened,
-    ChannelStarted,
-    ChannelStartFailed,
-    ClearTimer,
-    CloseChannel,
-    ConnectionLost,
-    ConnectUpstream,
-    Data,
-    Drain,
-    End,
-    EnvRequested,
-    Exited,
-    FinishChannel,
-    Forward,
-    ForwardedConnection,
-    ForwardEof,
-    ForwardingRequested,
-    ForwardRequest,
-    Log,
-    PauseChannel,
-    PtyRequested,
-    RefuseAuth,
-    RefuseChannel,
-    RemoteForwardRequested,
-    SessionRequested,
-    SetTimer,
-    SignalSent,
-    SshCommand,
-    SshEvent,
-    StartChannel,
-    TimerFired,
-    UpstreamConnected,
-    UpstreamFailed,
-    WindowChanged,
-    WithdrawApproval,
-)
 from appliance.proxy.ssh.keys import SshShared, account_key
 from appliance.proxy.waits import Unreachable, ask_approval, await_durable, connect_marked, why
 
@@ -137,7 +92,7 @@ class SshRunner:
         self._approvals: dict[int, asyncio.Task[None]] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._auth: asyncio.Future[bool] | None = None
-        self._refused: dict[int, RefuseChannel] = {}
+        self._refused: dict[int, e.RefuseChannel] = {}
         self._listeners: list[Any] = []
 
     # -- running -------------------------------------------------------------------------
@@ -159,10 +114,10 @@ class SshRunner:
                 sock.close()
 
     def drain(self) -> None:
-        self.event(Drain())
+        self.event(e.Drain())
 
     def abort(self, reason: str) -> None:
-        self.event(Abort(reason))
+        self.event(e.Abort(reason))
 
     async def _serve_job(self, sock: Any) -> None:
         now = self.services.clock()
@@ -184,15 +139,15 @@ class SshRunner:
                 server_version="appliance",
             )
         except (TimeoutError, asyncssh.Error, OSError) as exc:
-            self.event(ConnectionLost("job", _describe(exc), error=_is_error(exc)))
+            self.event(e.ConnectionLost("job", _describe(exc), error=_is_error(exc)))
 
     # -- events ---------------------------------------------------------------------------
 
-    def event(self, event: SshEvent) -> None:
+    def event(self, event: e.SshEvent) -> None:
         if not self.done.done():
             self._call(self.core.handle, event)
 
-    def _call(self, fn: Callable[..., list[SshCommand]], *args: Any) -> list[SshCommand]:
+    def _call(self, fn: Callable[..., list[e.SshCommand]], *args: Any) -> list[e.SshCommand]:
         try:
             commands = fn(*args)
         except Exception as exc:  # a bug in the core, or a ledger that cannot record
@@ -207,14 +162,14 @@ class SshRunner:
         self._carry(commands)
         return commands
 
-    def _carry(self, commands: list[SshCommand]) -> None:
+    def _carry(self, commands: list[e.SshCommand]) -> None:
         for command in commands:
             if self.done.done():
                 return
             self._one(command)
 
-    def _one(self, c: SshCommand) -> None:
-        if isinstance(c, Forward):
+    def _one(self, c: e.SshCommand) -> None:
+        if isinstance(c, e.Forward):
             pair = self.pairs.get(c.chan)
             chan = pair.side(c.side) if pair is not None else None
             if chan is not None:
@@ -223,65 +178,65 @@ class SshRunner:
                         chan.write_stderr(c.data)
                     else:
                         chan.write(c.data)
-        elif isinstance(c, PauseChannel):
+        elif isinstance(c, e.PauseChannel):
             self._pause(c.chan, c.side, c.why, c.paused)
-        elif isinstance(c, ForwardEof):
+        elif isinstance(c, e.ForwardEof):
             chan = self._chan(c.chan, c.side)
             if chan is not None:
                 with contextlib.suppress(OSError):
                     chan.write_eof()
-        elif isinstance(c, ForwardRequest):
+        elif isinstance(c, e.ForwardRequest):
             self._forward_request(c)
-        elif isinstance(c, FinishChannel):
+        elif isinstance(c, e.FinishChannel):
             self._finish_channel(c)
-        elif isinstance(c, CloseChannel):
+        elif isinstance(c, e.CloseChannel):
             chan = self._chan(c.chan, c.side)
             if chan is not None:
                 chan.close()
-        elif isinstance(c, StartChannel):
+        elif isinstance(c, e.StartChannel):
             self._spawn(self._start_channel(c))
-        elif isinstance(c, ConnectUpstream):
+        elif isinstance(c, e.ConnectUpstream):
             self._spawn(self._connect(c))
-        elif isinstance(c, AcceptAuth):
+        elif isinstance(c, e.AcceptAuth):
             if self._auth is not None and not self._auth.done():
                 self._auth.set_result(True)
-        elif isinstance(c, RefuseAuth):
-            # Sent now: an End that follows closes the connection at once.
+        elif isinstance(c, e.RefuseAuth):
+            # Sent now: an e.End that follows closes the connection at once.
             if self.job is not None:
                 with contextlib.suppress(Exception):
                     self.job.send_auth_banner(c.banner)
             if self._auth is not None and not self._auth.done():
                 self._auth.set_result(False)
-        elif isinstance(c, RefuseChannel):
+        elif isinstance(c, e.RefuseChannel):
             pair = self.pairs.get(c.chan)
             if pair is not None and pair.job is None:
                 self._refused[c.chan] = c  # the opener raises it to asyncssh
             elif pair is not None:
                 pair.job.close()
-        elif isinstance(c, AnswerRemoteForward):
+        elif isinstance(c, e.AnswerRemoteForward):
             pass  # answered by _JobServer.server_requested, which awaits it
-        elif isinstance(c, AskApproval):
+        elif isinstance(c, e.AskApproval):
             self._approvals[c.key] = self._spawn(self._approval(c))
-        elif isinstance(c, AwaitDurable):
+        elif isinstance(c, e.AwaitDurable):
             self._approvals[c.key] = self._spawn(self._durable(c))
-        elif isinstance(c, WithdrawApproval):
+        elif isinstance(c, e.WithdrawApproval):
             task = self._approvals.pop(c.key, None)
             if task is not None:
                 task.cancel()
-        elif isinstance(c, SetTimer):
+        elif isinstance(c, e.SetTimer):
             old = self._timers.pop(c.name, None)
             if old is not None:
                 old.cancel()
             self._timers[c.name] = asyncio.get_running_loop().call_later(
-                c.seconds, functools.partial(self.event, TimerFired(c.name))
+                c.seconds, functools.partial(self.event, e.TimerFired(c.name))
             )
-        elif isinstance(c, ClearTimer):
+        elif isinstance(c, e.ClearTimer):
             timer = self._timers.pop(c.name, None)
             if timer is not None:
                 timer.cancel()
-        elif isinstance(c, Log):
+        elif isinstance(c, e.Log):
             log.log(_LEVELS.get(c.level, logging.INFO), "session %s: %s", self.name, c.message)
-        elif isinstance(c, End):
+        elif isinstance(c, e.End):
             self._finish(c.reason)
         else:  # pragma: no cover - the command union is closed
             raise TypeError(f"unknown command {c!r}")
@@ -334,17 +289,17 @@ class SshRunner:
 
     # -- the target --------------------------------------------------------------------------
 
-    async def _connect(self, c: ConnectUpstream) -> None:
+    async def _connect(self, c: e.ConnectUpstream) -> None:
         try:
             sock = await connect_marked(self.shell, c.address, c.timeout)
         except Unreachable as exc:
-            self.event(UpstreamFailed("connect", exc.why))
+            self.event(e.UpstreamFailed("connect", exc.why))
             return
         try:
             key, cert = account_key(c.key)
         except ApplianceError as exc:
             sock.close()
-            self.event(UpstreamFailed("auth", str(exc)))
+            self.event(e.UpstreamFailed("auth", str(exc)))
             return
         try:
             conn = await asyncio.wait_for(
@@ -373,16 +328,16 @@ class SshRunner:
             )
         except asyncssh.HostKeyNotVerifiable as exc:
             sock.close()
-            self.event(UpstreamFailed("host_key", str(exc)))
+            self.event(e.UpstreamFailed("host_key", str(exc)))
             return
         except asyncssh.PermissionDenied as exc:
             sock.close()
-            self.event(UpstreamFailed("auth", str(exc) or "permission denied"))
+            self.event(e.UpstreamFailed("auth", str(exc) or "permission denied"))
             return
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             sock.close()
             self.event(
-                UpstreamFailed(
+                e.UpstreamFailed(
                     "protocol" if isinstance(exc, asyncssh.Error) else "connect", _describe(exc)
                 )
             )
@@ -399,7 +354,7 @@ class SshRunner:
         )
         self._watch_upstream(conn)
         self.event(
-            UpstreamConnected(
+            e.UpstreamConnected(
                 described,
                 str(conn.get_extra_info("server_version", "")),
                 "publickey" + (" (certificate)" if cert is not None else ""),
@@ -409,7 +364,7 @@ class SshRunner:
     def _watch_upstream(self, conn: asyncssh.SSHClientConnection) -> None:
         async def watch() -> None:
             await conn.wait_closed()
-            self.event(ConnectionLost("upstream", "closed", error=False))
+            self.event(e.ConnectionLost("upstream", "closed", error=False))
 
         self._spawn(watch())
 
@@ -420,13 +375,13 @@ class SshRunner:
         self.pairs[self._next_chan] = _Pair()
         return self._next_chan
 
-    def opening(self, event: ChannelOpened) -> None:
+    def opening(self, event: e.ChannelOpened) -> None:
         """The job opens a channel: raise ChannelOpenError (asyncssh refuses it for us) if
         the core refuses it."""
         self.event(event)
         refused = self._refused.pop(event.chan, None)
         if refused is None and self.done.done():
-            refused = RefuseChannel(event.chan, 2, "appliance: the session has ended")
+            refused = e.RefuseChannel(event.chan, 2, "appliance: the session has ended")
         if refused is not None:
             self.pairs.pop(event.chan, None)
             raise asyncssh.ChannelOpenError(refused.code, refused.reason)
@@ -438,7 +393,7 @@ class SshRunner:
         if pair is not None and pair.paused["job"] and pair.job is not None:
             pair.job.pause_reading()
 
-    async def _start_channel(self, c: StartChannel) -> None:
+    async def _start_channel(self, c: e.StartChannel) -> None:
         pair = self.pairs.get(c.chan)
         up = self.upstream
         if pair is None:
@@ -470,16 +425,16 @@ class SshRunner:
                 session_chan, _ = await up.create_session(lambda: _Upstream(self, c.chan), **kwargs)
                 pair.upstream = session_chan
         except (asyncssh.Error, OSError) as exc:
-            self.event(ChannelStartFailed(c.chan, _describe(exc)))
+            self.event(e.ChannelStartFailed(c.chan, _describe(exc)))
             return
         sides: tuple[Side, ...] = ("job", "upstream")
         for side in sides:
             target = pair.side(side)
             if pair.paused[side] and target is not None:
                 target.pause_reading()
-        self.event(ChannelStarted(c.chan))
+        self.event(e.ChannelStarted(c.chan))
 
-    def _forward_request(self, c: ForwardRequest) -> None:
+    def _forward_request(self, c: e.ForwardRequest) -> None:
         chan = self._chan(c.chan, "upstream")
         if chan is None:
             return
@@ -492,7 +447,7 @@ class SshRunner:
             elif c.name == "break":
                 chan.send_break(int(c.args[0]))
 
-    def _finish_channel(self, c: FinishChannel) -> None:
+    def _finish_channel(self, c: e.FinishChannel) -> None:
         pair = self.pairs.get(c.chan)
         if pair is None:
             return
@@ -513,20 +468,20 @@ class SshRunner:
         if up is not None:
             up.close()
 
-    async def _approval(self, c: AskApproval) -> None:
+    async def _approval(self, c: e.AskApproval) -> None:
         answer = await ask_approval(self.shell.broker, c)
         self._approvals.pop(c.key, None)
         self.event(answer)
 
-    async def _durable(self, c: AwaitDurable) -> None:
+    async def _durable(self, c: e.AwaitDurable) -> None:
         answer = await await_durable(self.shell.durable, c)
         self._approvals.pop(c.key, None)
         self.event(answer)
 
     async def remote_forward(self, host: str, port: int) -> Any:
         """Carry out the core's answer to a remote forward request (``ssh -R``)."""
-        commands = self._call(self.core.handle, RemoteForwardRequested(host, port))
-        answer = next((c for c in commands if isinstance(c, AnswerRemoteForward)), None)
+        commands = self._call(self.core.handle, e.RemoteForwardRequested(host, port))
+        answer = next((c for c in commands if isinstance(c, e.AnswerRemoteForward)), None)
         up = self.upstream
         if answer is None or not answer.allowed or up is None:
             return False
@@ -534,7 +489,7 @@ class SshRunner:
         def inbound(orig_host: str, orig_port: int) -> _Tunnel:
             chan = self.new_chan()
             tunnel = _Tunnel(self, chan, "upstream")
-            self.event(ForwardedConnection(chan, host, port, f"{orig_host}:{orig_port}"))
+            self.event(e.ForwardedConnection(chan, host, port, f"{orig_host}:{orig_port}"))
             return tunnel
 
         try:
@@ -556,16 +511,16 @@ class _JobServer(asyncssh.SSHServer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None:
-            self.runner.event(ConnectionLost("job", "closed", error=False))
+            self.runner.event(e.ConnectionLost("job", "closed", error=False))
         else:
-            self.runner.event(ConnectionLost("job", _describe(exc), error=_is_error(exc)))
+            self.runner.event(e.ConnectionLost("job", _describe(exc), error=_is_error(exc)))
 
     async def begin_auth(self, username: str) -> bool:
         runner = self.runner
         runner._auth = asyncio.get_running_loop().create_future()
         job = runner.job
         version = str(job.get_extra_info("client_version", "")) if job is not None else ""
-        runner.event(AuthBegan(username, version))
+        runner.event(e.AuthBegan(username, version))
         accepted = await runner._auth
         # Accepted: logged in, the job needs no secret. Refused: no method will succeed
         # (the banner saying why was sent).
@@ -582,7 +537,7 @@ class _JobServer(asyncssh.SSHServer):
         job = runner.job
         assert job is not None
         chan_id = runner.new_chan()
-        runner.opening(ChannelOpened(chan_id, "session"))
+        runner.opening(e.ChannelOpened(chan_id, "session"))
         chan = job.create_server_channel(encoding=None)
         # asyncssh answers agent and X11 requests itself; they go to the core instead.
         for request, kind in _FORWARDING_REQUESTS.items():
@@ -595,7 +550,7 @@ class _JobServer(asyncssh.SSHServer):
     ) -> Any:
         runner = self.runner
         chan_id = runner.new_chan()
-        runner.opening(ChannelOpened(chan_id, "direct-tcpip", dest_host, dest_port, orig_host))
+        runner.opening(e.ChannelOpened(chan_id, "direct-tcpip", dest_host, dest_port, orig_host))
         return _Tunnel(runner, chan_id, "job")
 
     def server_requested(self, listen_host: str, listen_port: int) -> Any:
@@ -603,7 +558,7 @@ class _JobServer(asyncssh.SSHServer):
 
     def unix_connection_requested(self, dest_path: str) -> Any:
         chan_id = self.runner.new_chan()
-        self.runner.opening(ChannelOpened(chan_id, "direct-streamlocal", dest_path, 0))
+        self.runner.opening(e.ChannelOpened(chan_id, "direct-streamlocal", dest_path, 0))
         return False
 
 
@@ -613,7 +568,7 @@ _FORWARDING_REQUESTS = {"auth_agent_req_at_openssh_dot_com": "agent", "x11_req":
 
 def _forwarding(runner: SshRunner, chan: int, kind: str) -> Callable[[Any], bool]:
     def handler(packet: Any) -> bool:
-        runner.event(ForwardingRequested(chan, kind))
+        runner.event(e.ForwardingRequested(chan, kind))
         return False  # never relayed
 
     return handler
@@ -633,7 +588,7 @@ class _JobSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
 
     def pty_requested(self, term_type: str, term_size: Any, term_modes: Any) -> bool:
         cols, rows = term_size[0], term_size[1]
-        self.runner.event(PtyRequested(self.chan, term_type, cols, rows, dict(term_modes)))
+        self.runner.event(e.PtyRequested(self.chan, term_type, cols, rows, dict(term_modes)))
         return True
 
     def _request(self, request: str, value: str) -> bool:
@@ -663,29 +618,29 @@ class _JobSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         # the core).
         asyncio.get_running_loop().call_soon(runner.reapply_pauses, self.chan)
         for name, env_value in self.channel.get_environment().items():
-            runner.event(EnvRequested(self.chan, str(name), str(env_value)))
+            runner.event(e.EnvRequested(self.chan, str(name), str(env_value)))
         if request == "exec":
-            runner.event(SessionRequested(self.chan, "exec", command=value))
+            runner.event(e.SessionRequested(self.chan, "exec", command=value))
         elif request == "subsystem":
-            runner.event(SessionRequested(self.chan, "subsystem", subsystem=value))
+            runner.event(e.SessionRequested(self.chan, "subsystem", subsystem=value))
         else:
-            runner.event(SessionRequested(self.chan, "shell"))
+            runner.event(e.SessionRequested(self.chan, "shell"))
 
     def data_received(self, data: bytes, datatype: Any) -> None:
-        self.runner.event(Data(self.chan, "job", data))
+        self.runner.event(e.Data(self.chan, "job", data))
 
     def eof_received(self) -> bool:
-        self.runner.event(ChannelEof(self.chan, "job"))
+        self.runner.event(e.ChannelEof(self.chan, "job"))
         return True
 
     def terminal_size_changed(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
-        self.runner.event(WindowChanged(self.chan, width, height, pixwidth, pixheight))
+        self.runner.event(e.WindowChanged(self.chan, width, height, pixwidth, pixheight))
 
     def signal_received(self, signal: str) -> None:
-        self.runner.event(SignalSent(self.chan, signal))
+        self.runner.event(e.SignalSent(self.chan, signal))
 
     def break_received(self, msec: int) -> bool:
-        self.runner.event(BreakSent(self.chan, msec))
+        self.runner.event(e.BreakSent(self.chan, msec))
         return True
 
     def pause_writing(self) -> None:
@@ -695,7 +650,7 @@ class _JobSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.runner._pause(self.chan, "upstream", "backpressure", False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.runner.event(ChannelClosed(self.chan, "job"))
+        self.runner.event(e.ChannelClosed(self.chan, "job"))
 
 
 class _Upstream(asyncssh.SSHClientSession):  # type: ignore[type-arg]
@@ -710,17 +665,17 @@ class _Upstream(asyncssh.SSHClientSession):  # type: ignore[type-arg]
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         stderr = datatype == asyncssh.EXTENDED_DATA_STDERR
-        self.runner.event(Data(self.chan, "upstream", data, stderr))
+        self.runner.event(e.Data(self.chan, "upstream", data, stderr))
 
     def eof_received(self) -> bool:
-        self.runner.event(ChannelEof(self.chan, "upstream"))
+        self.runner.event(e.ChannelEof(self.chan, "upstream"))
         return True
 
     def exit_status_received(self, status: int) -> None:
-        self.runner.event(Exited(self.chan, status=status))
+        self.runner.event(e.Exited(self.chan, status=status))
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
-        self.runner.event(Exited(self.chan, signal=signal, core=core_dumped, message=msg))
+        self.runner.event(e.Exited(self.chan, signal=signal, core=core_dumped, message=msg))
 
     def pause_writing(self) -> None:
         self.runner._pause(self.chan, "job", "backpressure", True)
@@ -729,7 +684,7 @@ class _Upstream(asyncssh.SSHClientSession):  # type: ignore[type-arg]
         self.runner._pause(self.chan, "job", "backpressure", False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.runner.event(ChannelClosed(self.chan, "upstream"))
+        self.runner.event(e.ChannelClosed(self.chan, "upstream"))
 
 
 class _Tunnel(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
@@ -752,10 +707,10 @@ class _Tunnel(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
         chan.set_write_buffer_limits(high=_HIGH_WATER)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
-        self.runner.event(Data(self.chan, self.side, data))
+        self.runner.event(e.Data(self.chan, self.side, data))
 
     def eof_received(self) -> bool:
-        self.runner.event(ChannelEof(self.chan, self.side))
+        self.runner.event(e.ChannelEof(self.chan, self.side))
         return True
 
     def pause_writing(self) -> None:
@@ -767,7 +722,7 @@ class _Tunnel(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
         self.runner._pause(self.chan, other, "backpressure", False)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.runner.event(ChannelClosed(self.chan, self.side))
+        self.runner.event(e.ChannelClosed(self.chan, self.side))
 
 
 def _principals(target: Target, info: ConnectionInfo) -> list[str]:

@@ -405,25 +405,21 @@ def test_a_legacy_scp_upload_is_recorded_as_a_transfer() -> None:
     assert content == "my card [REDACTED:CARD]\n"
 
 
+def open_sftp(d: Drive) -> None:
+    """Channel 1 runs sftp: init, version, the home directory the relay asks for."""
+    d(ChannelOpened(1, "session"), SessionRequested(1, "subsystem", subsystem="sftp"))
+    d(ChannelStarted(1), Data(1, "job", packet(fx.INIT, u32(3))))
+    d(Data(1, "upstream", packet(fx.VERSION, u32(3))))
+    home = packet(fx.NAME, u32(0xFFFFFFFF) + u32(1) + s("/home/deploy") + s("x") + u32(0))
+    d(Data(1, "upstream", home))
+
+
 def test_an_sftp_channel_decides_each_operation() -> None:
     d = Drive(
         policy="- {name: no-etc, match: {classes: [file_changes], ssh: {paths: ['/etc/*']}}, action: deny}\n- {name: rest, action: allow}"
     )
     d.login()
-    d(
-        ChannelOpened(1, "session"),
-        SessionRequested(1, "subsystem", subsystem="sftp"),
-        ChannelStarted(1),
-    )
-    d(Data(1, "job", packet(fx.INIT, u32(3))))
-    d(Data(1, "upstream", packet(fx.VERSION, u32(3))))
-    d(
-        Data(
-            1,
-            "upstream",
-            packet(fx.NAME, u32(0xFFFFFFFF) + u32(1) + s("/home/deploy") + s("x") + u32(0)),
-        )
-    )
+    open_sftp(d)
     out = d(Data(1, "job", packet(fx.REMOVE, u32(5) + s("/etc/passwd"))))
     (reply,) = out
     assert isinstance(reply, Forward) and reply.side == "job"
@@ -485,20 +481,7 @@ def test_write_ahead_holds_an_sftp_change_but_not_a_read() -> None:
     d = Drive()
     d.core.services.write_ahead = True
     d.login()
-    d(
-        ChannelOpened(1, "session"),
-        SessionRequested(1, "subsystem", subsystem="sftp"),
-        ChannelStarted(1),
-    )
-    d(Data(1, "job", packet(fx.INIT, u32(3))))
-    d(Data(1, "upstream", packet(fx.VERSION, u32(3))))
-    d(
-        Data(
-            1,
-            "upstream",
-            packet(fx.NAME, u32(0xFFFFFFFF) + u32(1) + s("/home/deploy") + s("x") + u32(0)),
-        )
-    )
+    open_sftp(d)
     (read,) = d(Data(1, "job", packet(fx.STAT, u32(5) + s("a"))))
     assert isinstance(read, Forward) and read.side == "upstream"
     out = d(Data(1, "job", packet(fx.REMOVE, u32(6) + s("a"))))
