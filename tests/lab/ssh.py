@@ -89,6 +89,14 @@ def policy(alice_vkey: str, socket: Path) -> dict[str, Any]:
                 },
                 "action": "allow",
             },
+            {
+                "name": "tunnel-back",
+                "match": {
+                    "classes": ["ssh_remote_forward"],
+                    "ssh": {"destinations": ["127.0.0.1:9201"]},
+                },
+                "action": "allow",
+            },
             {"name": "default", "action": "allow"},
         ],
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -210,6 +211,56 @@ def test_a_remote_forward_is_refused_and_recorded(target: SshRunner) -> None:
             for e in es
         )
     )
+
+
+JOB_SERVER = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen()
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"hello from the job")
+    c.close()
+"""
+
+
+def test_a_remote_forward_a_rule_allows_reaches_back_to_the_job(target: SshRunner) -> None:
+    server = target.popen_job([sys.executable, "-c", JOB_SERVER], stdout=subprocess.PIPE)
+    fwd = None
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        fwd = target.popen_job(
+            forward(target, "-R", f"127.0.0.1:9201:127.0.0.1:{port}"), stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 20
+        data = b""
+        with in_netns(target.sshd.host.path):
+            while time.monotonic() < deadline and not data:
+                try:
+                    with socket.create_connection(("127.0.0.1", 9201), timeout=5) as s:
+                        data = s.recv(100)
+                except OSError:
+                    time.sleep(0.1)
+        assert data == b"hello from the job"
+    finally:
+        for proc in (fwd, server):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+    entries = target.wait_for(
+        lambda es: any(
+            e["type"] == "statement" and e["data"].get("request") == "forwarded" for e in es
+        )
+    )
+    allowed = [
+        e["data"]
+        for e in of_type(entries, "statement")
+        if e["data"].get("text") == "remote forward 127.0.0.1:9201"
+    ]
+    assert allowed and allowed[-1]["decision"]["rule"] == "tunnel-back"
 
 
 def test_agent_forwarding_is_never_relayed(target: SshRunner) -> None:
