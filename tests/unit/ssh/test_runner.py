@@ -51,8 +51,10 @@ async def _target_process(process: Any) -> None:
 class Loopback:
     """A target server, a runner per job connection, and the runner's ledger."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, *, host_ca: bool = False) -> None:
         self.tmp = tmp
+        # A host CA signs the target's host key (its known_hosts then holds the CA).
+        self.host_ca = asyncssh.generate_private_key("ssh-ed25519") if host_ca else None
         self.ledger = FakeLedger()
         self.shared = shared(os.urandom)
         self.account = asyncssh.generate_private_key("ssh-ed25519")
@@ -61,11 +63,17 @@ class Loopback:
         self.server: Any = None
 
     async def start(self) -> None:
+        host_keys: list[Any] = [self.host_key]
+        if self.host_ca is not None:
+            cert = self.host_ca.generate_host_certificate(
+                self.host_key, "target", principals=["127.0.0.1"]
+            )
+            host_keys = [(self.host_key, cert)]
         self.server = await asyncssh.create_server(
             asyncssh.SSHServer,
             "127.0.0.1",
             0,
-            server_host_keys=[self.host_key],
+            server_host_keys=host_keys,
             authorized_client_keys=asyncssh.import_authorized_keys(
                 self.account.export_public_key().decode()
             ),
@@ -77,7 +85,12 @@ class Loopback:
     def target(self, *, right_key: bool = True) -> Target:
         key = self.host_key if right_key else asyncssh.generate_private_key("ssh-ed25519")
         known = self.tmp / ("known" if right_key else "wrong")
-        known.write_text(f"[127.0.0.1]:{self.port} {key.export_public_key().decode()}")
+        if self.host_ca is not None:
+            ca = self.host_ca if right_key else key
+            line = f"@cert-authority [127.0.0.1]:{self.port} {ca.export_public_key().decode()}"
+        else:
+            line = f"[127.0.0.1]:{self.port} {key.export_public_key().decode()}"
+        known.write_text(line)
         return Target(
             "web",
             "ssh",
@@ -127,9 +140,9 @@ class Loopback:
         return result, runner
 
 
-def run(tmp: Path, test: Callable[[Loopback], Awaitable[None]]) -> None:
+def run(tmp: Path, test: Callable[[Loopback], Awaitable[None]], *, host_ca: bool = False) -> None:
     async def main() -> None:
-        lb = Loopback(tmp)
+        lb = Loopback(tmp, host_ca=host_ca)
         await lb.start()
         try:
             await test(lb)
@@ -169,6 +182,19 @@ def test_a_wrong_host_key_refuses_the_login_with_a_banner(tmp_path: Path) -> Non
         assert lb.ledger.of("ssh.upstream_refused")[0]["stage"] == "host_key"
 
     run(tmp_path, test)
+
+
+def test_a_target_certified_by_a_host_ca(tmp_path: Path) -> None:
+    async def test(lb: Loopback) -> None:
+        result, _ = await lb.job(lb.target(), lambda conn: conn.run("echo certified", check=False))
+        assert result.stdout == "certified\n"
+        # The certificate was checked against the CA; the key it certifies is recorded.
+        fingerprint = lb.host_key.get_fingerprint("sha256")
+        assert lb.ledger.of("session.ready")[0]["host_key"] == f"ssh-ed25519 {fingerprint}"
+        with pytest.raises((asyncssh.PermissionDenied, asyncssh.DisconnectError), match="host"):
+            await lb.job(lb.target(right_key=False), lambda conn: asyncio.sleep(0))
+
+    run(tmp_path, test, host_ca=True)
 
 
 def test_sftp_through_the_glue_records_the_transfer(tmp_path: Path) -> None:
