@@ -3,13 +3,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup test lint typecheck unit lab guard demo bench pg-regress clean
+.PHONY: setup test lint typecheck unit lab image image-test guard demo bench soak pg-regress clean
 
 setup:
 	@./scripts/setup.sh
 
 test: setup
-	$(MAKE) --no-print-directory lint typecheck unit lab guard
+	$(MAKE) --no-print-directory lint typecheck unit lab image guard
 
 lint:
 	$(VENV)/bin/ruff check appliance tests
@@ -25,6 +25,14 @@ unit:
 lab:
 	$(PYTEST) tests/lab -q -m lab
 
+# The runner image baked for real: debootstrap, packer/provision.sh, boot with systemd-nspawn
+# (tests/image/test_provision.py; about 2 minutes with its cache, 3 to 5 without).
+image:
+	$(PYTEST) tests/image -q -m image
+
+image-test: setup
+	$(MAKE) --no-print-directory image guard
+
 # After the lab suite: nothing the project installs may remain on the host itself.
 guard:
 	$(PYTEST) tests/guard -q
@@ -34,6 +42,10 @@ demo: setup
 
 bench: setup
 	$(PYTEST) tests/bench -q -s -m bench
+
+# About 7 minutes: 200 sessions for 5 minutes, then a minute of reconnect churn.
+soak: setup
+	$(PYTEST) tests/soak -q -s -m soak
 
 # PostgreSQL's own regression suite, direct and through the appliance (allow-everything
 # policy): prints both pass/fail sets and their difference. Minutes; not part of `make test`.

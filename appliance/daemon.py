@@ -4,11 +4,14 @@ the ledger together.
 Start-up, in order (any failure stops the start with a clear error; nothing is served
 half-configured):
 
-1. config (already checked), policy and masking sections parsed;
+1. config (already checked), policy, masking and identity sections parsed;
 2. the ledger opened (recovery; a tampered history stops the start) and ``appliance.start``
    recorded, with a loud warning when policy runs in observe mode;
 3. capture (``--capture``): netfilter rules installed/reconciled, eBPF attribution loaded
    (a failure is recorded as ``capture.bpf_failed`` and sessions run ``unattributed``);
+   with an ``identity`` section, the token issuers' keys loaded (``identity.keys_loaded``,
+   or ``identity.keys_unavailable``: that issuer's jobs stay unverified until a fetch
+   succeeds);
 4. the approvals socket and webhooks, when the policy names approvers;
 5. listeners bound, then "ready" (a log line, ``READY=1`` to systemd, and an optional
    ready file).
@@ -48,12 +51,14 @@ from appliance.config import Config, format_endpoint
 from appliance.config.sections import Sections, parse_sections
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
+from appliance.identity import Outcome, Verifier, annotate, boot_id
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.remote import RemoteLedger
-from appliance.masking import EPHEMERAL, Masker, MaskingConfig, key_record
+from appliance.masking import EPHEMERAL, MaskCounts, Masker, MaskingConfig, key_record
 from appliance.proxy import registry
 from appliance.proxy.flows import FlowResolverImpl, Identify
+from appliance.proxy.refusals import RefusalLog
 from appliance.proxy.server import ProxyServer
 from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import ShellServices
@@ -62,6 +67,7 @@ from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
+_REFUSALS_INTERVAL = 60.0  # seconds over which refused connections are counted
 _LINK_SETTLE = 0.05  # seconds to let a burst of interface events pass before reconciling
 _RTMGRP_LINK = 1  # rtnetlink multicast group of interface events (linux/rtnetlink.h)
 
@@ -230,7 +236,16 @@ class Daemon:
         reconcile: Callable[[], None] | None = None
         attribution: CaptureRuntime | None = None
         if self.capture:
-            attribution = CaptureRuntime(cfg, record=lambda t, d: ledger.append(t, data=d))
+            identity = sections.identity
+            verifier = None
+            if identity is not None:
+                verifier = Verifier(
+                    identity, boot_id=boot_id(), record=lambda t, d: ledger.append(t, data=d)
+                )
+                await verifier.start()
+            attribution = CaptureRuntime(
+                cfg, record=lambda t, d: ledger.append(t, data=d), verifier=verifier
+            )
             identify = attribution.identify
             original_dst = capture.original_dst
             # The reconcile loop's resolver: listener and rules agree on host-name targets.
@@ -267,6 +282,10 @@ class Daemon:
                 context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
                 client_tls[target.name] = context
 
+        any_target = masker.for_target("")  # detectors only: refusals name no column
+        refusals = RefusalLog(
+            ledger, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
+        )
         services = SessionServices(
             ledger=ledger,
             policy=policy,
@@ -282,6 +301,7 @@ class Daemon:
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
             write_ahead=cfg.ledger.durability == "write-ahead",
+            refusals=refusals,
         )
         shell = ShellServices(
             mark=cfg.capture.mark if self.capture else 0, broker=broker, durable=ledger.sync
@@ -311,6 +331,7 @@ class Daemon:
                 if reconcile is not None:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
+                helpers.append(tg.create_task(self._flush_refusals(refusals)))
                 elapsed = time.monotonic() - started
                 listening = [format_endpoint(h, p) for h, p in bound]
                 ledger.append(
@@ -355,6 +376,17 @@ class Daemon:
                 self.stop()
                 return
 
+    async def _flush_refusals(self, refusals: RefusalLog) -> None:
+        """Record the counts of refused connections every interval (and once at stop)."""
+        try:
+            while True:
+                await asyncio.sleep(_REFUSALS_INTERVAL)
+                with contextlib.suppress(ApplianceError):
+                    refusals.flush()
+        finally:
+            with contextlib.suppress(ApplianceError):
+                refusals.flush()
+
     async def _reconcile_loop(self, reconcile: Callable[[], None]) -> None:
         """Reconcile every ``reconcile_interval``, and at once when a network interface
         appears or changes (a container's veth gets the egress guard in milliseconds,
@@ -389,11 +421,19 @@ class Daemon:
 
 class CaptureRuntime:
     """Capture while the daemon runs: rules installed at start and reconciled, eBPF
-    attribution loaded (or recorded as failed), identities resolved per session."""
+    attribution loaded (or recorded as failed), identities resolved per session (and the
+    job's CI token verified when ``verifier`` is given)."""
 
-    def __init__(self, config: Config, *, record: Callable[[str, dict[str, Any]], None]) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        record: Callable[[str, dict[str, Any]], None],
+        verifier: Verifier | None = None,
+    ) -> None:
         self.config = config
         self.record = record
+        self.verifier = verifier
         report = capture.install(config)
         record("capture.rules_installed", report.to_dict())
         self.reconciler = capture.Reconciler(config)
@@ -401,6 +441,8 @@ class CaptureRuntime:
         self.attribution: capture.Attribution | None = None
         self.unattributed_reason = "eBPF attribution disabled in the config"
         self._lost = 0
+        self._secrets = capture.appliance_secrets(config)
+        self._privileged: dict[tuple[int, str, str], None] = {}
         if config.capture.bpf:
             try:
                 self.attribution = capture.Attribution.from_config(config)
@@ -413,28 +455,53 @@ class CaptureRuntime:
                     "capture.bpf_attached",
                     {"cgroup": str(config.capture.cgroup or "(cgroup v2 root)")},
                 )
+        self.check_jobs()
 
-    def identify(self, peer: tuple[str, int], local: tuple[str, int]) -> Mapping[str, Any]:
+    async def identify(self, peer: tuple[str, int], local: tuple[str, int]) -> Mapping[str, Any]:
+        owner = self.attribution.lookup(peer[0], peer[1]) if self.attribution else None
         if self.attribution is None:
-            return capture.resolve_identity(None, cache=self.cache, reason=self.unattributed_reason)
-        owner = self.attribution.lookup(peer[0], peer[1])
-        reason = (
-            None
-            if owner is not None
-            else "no eBPF record of this connection (opened outside the attributed cgroup?)"
-        )
-        return capture.resolve_identity(owner, cache=self.cache, reason=reason)
+            reason = self.unattributed_reason
+        else:
+            reason = "no eBPF record of this connection (opened outside the attributed cgroup?)"
+        found = capture.resolve_identity(owner, cache=self.cache, reason=reason)
+        if self.verifier is None:
+            return annotate(found, None)
+        if owner is None:
+            why = {"status": "absent", "reason": "unattributed: no process to read a token from"}
+            return annotate(found, Outcome("absent", why))
+        _pid, environ = capture.job_environ(owner, self.verifier.variables, cache=self.cache)
+        return await self.verifier.identify(found, environ)
 
     def reconcile(self) -> None:
-        """Runs in a worker thread: restore rules and count lost attribution events."""
+        """Runs in a worker thread: restore rules, count lost attribution events, and record
+        each job process newly found privileged (root, a dangerous capability, access to
+        the appliance's secrets: see :mod:`appliance.capture._privileges`)."""
         for change in self.reconciler.check_and_repair():
             log.warning("capture rule restored: %s", change.to_dict())
             self.record("capture.rules_restored", change.to_dict())
+        self.check_jobs()
         if self.attribution is not None:
             lost = self.attribution.lost_events()
             if lost > self._lost:
                 self.record("capture.events_lost", {"lost": lost - self._lost, "total": lost})
                 self._lost = lost
+
+    def check_jobs(self) -> None:
+        jobs = capture.check_jobs(
+            capture.jobs_cgroup(self.config),
+            secrets=self._secrets,
+            ledger=self.config.ledger.dir,
+            exclude=(os.getpid(),),
+        )
+        for finding in jobs.findings:
+            seen = (finding.pid, finding.problem, finding.detail)
+            if seen in self._privileged:
+                continue
+            self._privileged[seen] = None
+            while len(self._privileged) > 4096:
+                self._privileged.pop(next(iter(self._privileged)))
+            log.warning("privileged job process: %s", finding.to_dict())
+            self.record("capture.job_privileged", {**finding.to_dict(), "cgroups": jobs.cgroups})
 
     def close(self) -> None:
         if self.attribution is not None:

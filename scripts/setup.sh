@@ -26,6 +26,7 @@ APT_PACKAGES=(
   mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
   openssh-client openssh-sftp-server rsync git
+  debootstrap systemd-container
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -34,7 +34,11 @@ UNATTRIBUTED = "unattributed"
 
 def identity_key(identity: Mapping[str, Any]) -> str:
     """A stable string naming who runs a session, for approval windows and messages: the CI
-    job, else the uid and executable, else :data:`UNATTRIBUTED` (never shares a window)."""
+    job, else the uid and executable, else :data:`UNATTRIBUTED` (never shares a window).
+
+    A job whose CI identity a token verified (``ci-verified:``) never shares a window with
+    one that only claims the same values in its environment (``ci:``): a claimed identity
+    cannot reuse an approval granted to the verified one."""
     if identity.get("source") != "ebpf":
         return UNATTRIBUTED
     ci = identity.get("ci") or {}
@@ -42,7 +46,9 @@ def identity_key(identity: Mapping[str, Any]) -> str:
         parts = [
             str(ci.get(k, "")) for k in ("provider", "repository", "workflow", "job", "run_id")
         ]
-        return "ci:" + "/".join(parts)
+        token = identity.get("token")
+        verified = isinstance(token, Mapping) and token.get("status") == "verified"
+        return ("ci-verified:" if verified else "ci:") + "/".join(parts)
     return f"uid:{identity.get('uid')}:exe:{identity.get('exe')}"
 
 

@@ -22,8 +22,12 @@ The pieces, each in its own module:
 - attribution (:mod:`._attribution`, ``bpf/attribution.c``): :class:`Attribution`,
   :class:`FlowOwner`; raises :class:`AttributionUnavailable` with the reason when BPF cannot
   run (the daemon records ``capture.bpf_failed`` and goes on unattributed).
+- job privileges (:mod:`._privileges`): :func:`check_jobs` finds job processes that are
+  root, hold a dangerous capability or can reach the appliance's secrets (``capture
+  status`` warns; the daemon records ``capture.job_privileged``).
 - identity (:mod:`._identity`, :mod:`._ci`): :func:`resolve_identity`,
-  :class:`IdentityCache`.
+  :class:`IdentityCache`; :func:`job_environ` reads the CI token variables for
+  :mod:`appliance.identity` (secrets: read per call, never recorded).
 
 The daemon's use, in order: ``install(config)`` at start (idempotent); a
 ``Reconciler(config)`` whose ``check_and_repair()`` runs every
@@ -46,7 +50,12 @@ from appliance.capture._errors import (
     OriginalDstUnavailable,
     RulesNotInPlace,
 )
-from appliance.capture._identity import IdentityCache, resolve_identity, unattributed
+from appliance.capture._identity import (
+    IdentityCache,
+    job_environ,
+    resolve_identity,
+    unattributed,
+)
 from appliance.capture._netfilter import (
     InstallReport,
     Reconciler,
@@ -66,6 +75,13 @@ from appliance.capture._origdst import (
     upstream_socket,
     upstream_socket_options,
 )
+from appliance.capture._privileges import (
+    Finding,
+    JobsReport,
+    appliance_secrets,
+    check_jobs,
+    jobs_cgroup,
+)
 from appliance.capture._resolve import HostResolver, system_lookup
 from appliance.capture._rules import FamilyRules, RuleSet, RuleState, render_rules
 
@@ -75,10 +91,12 @@ __all__ = [
     "AttributionUnavailable",
     "CaptureError",
     "FamilyRules",
+    "Finding",
     "FlowOwner",
     "HostResolver",
     "IdentityCache",
     "InstallReport",
+    "JobsReport",
     "OriginalDstUnavailable",
     "Reconciler",
     "RemoveReport",
@@ -88,7 +106,11 @@ __all__ = [
     "RulesNotInPlace",
     "StaleProgram",
     "StatusReport",
+    "appliance_secrets",
+    "check_jobs",
     "install",
+    "job_environ",
+    "jobs_cgroup",
     "mark_socket",
     "namespace_interfaces",
     "normalise_ip",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,6 +156,51 @@ def _ci_from_cgroup(
     return None, None
 
 
+def _lineage(proc: Path, leaf: ProcessInfo, cache: IdentityCache) -> Iterator[ProcessInfo]:
+    """``leaf``, its parent, and so on up to :data:`MAX_ANCESTORS` processes."""
+    current: ProcessInfo | None = leaf
+    for _ in range(MAX_ANCESTORS):
+        if current is None:
+            return
+        yield current
+        if current.ppid <= 0:
+            return
+        current = _process(proc, current.ppid, cache)
+
+
+def job_environ(
+    owner: FlowOwner,
+    names: frozenset[str],
+    *,
+    proc: Path = Path("/proc"),
+    cache: IdentityCache | None = None,
+    max_value: int = 16384,
+) -> tuple[int | None, dict[str, str]]:
+    """The variables ``names`` in the environment of the process that opened the flow, or
+    of its nearest ancestor that has any of them: ``(pid, {name: value})``, or ``(None,
+    {})`` when none has them or the process has exited (its pid may name another process
+    by now, whose environment must not speak for this flow).
+
+    Used for the CI token variables (:mod:`appliance.identity`), which are secrets: they
+    are read here on each call, never cached with the process facts, and the caller
+    records none of them.
+    """
+    cache = cache if cache is not None else IdentityCache()
+    leaf = _process(proc, owner.tgid, cache)
+    if leaf is None or leaf.start_ns > owner.boot_ns:
+        return None, {}
+    for current in _lineage(proc, leaf, cache):
+        stat = (current.comm, current.ppid, current.start_ticks)
+        try:
+            raw = (proc / str(current.pid) / "environ").read_bytes()
+        except OSError:
+            continue
+        found = parse_environ(raw, names, max_value)
+        if found and _stat(proc, current.pid) == stat:  # still the process we walked to
+            return current.pid, found
+    return None, {}
+
+
 def unattributed(reason: str) -> dict[str, object]:
     """The identity of a session nobody could be found for."""
     return {
@@ -201,17 +247,11 @@ def resolve_identity(
     ci_pid: int | None = None
     ci_source: str | None = None
     if leaf is not None:
-        current: ProcessInfo | None = leaf
-        for depth in range(MAX_ANCESTORS):
-            if current is None:
-                break
+        for depth, current in enumerate(_lineage(proc, leaf, cache)):
             if current.ci is not None:
                 ci, ci_pid = current.ci, current.pid
                 ci_source = "process" if depth == 0 else "ancestor"
                 break
-            if current.ppid <= 0:
-                break
-            current = _process(proc, current.ppid, cache)
     else:
         ci, ci_pid = _ci_from_cgroup(proc, cgroup, cache, owner.tgid)
         ci_source = "cgroup" if ci is not None else None

@@ -2,17 +2,31 @@
 
 Thin commands over :mod:`appliance.capture`; they act on the network namespace they run in.
 Exit codes: 0 done / everything in place, 1 ``status`` found a rule missing or out of place,
-2 could not do it (bad config, a netfilter tool refused; the message quotes it).
+2 could not do it (bad config, a netfilter tool refused; the message quotes it). A job
+process that is root, holds a dangerous capability or can read the appliance's secrets is a
+``WARNING`` line in ``status`` (and a ``capture.job_privileged`` entry, recorded by the
+daemon), not an exit code: the rules are still in place.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
-from appliance.capture import RulesNotInPlace, RuleState, install, remove, status
+from appliance.capture import (
+    JobsReport,
+    RulesNotInPlace,
+    RuleState,
+    appliance_secrets,
+    check_jobs,
+    install,
+    jobs_cgroup,
+    remove,
+    status,
+)
 from appliance.config import Config, load_config
 from appliance.errors import ApplianceError
 from appliance.proxy import registry
@@ -79,13 +93,23 @@ def remove_trust(config: Config | None) -> list[str]:
 @click.option("--config", "config_path", type=_CONFIG, required=True, help="The config file.")
 @click.option("--format", "fmt", type=_FORMAT, default="text", show_default=True)
 def status_command(config_path: Path, fmt: str) -> None:
-    """Show each capture rule, whether it is in place, and its counters (exit 1 if not all are)."""
-    report = status(load_config(config_path))
+    """Show each capture rule, whether it is in place, and its counters (exit 1 if not all are);
+    then the jobs' processes that could undo the appliance (root, dangerous capabilities,
+    access to its secrets, sudo), as warnings."""
+    config = load_config(config_path)
+    report = status(config)
+    jobs = check_jobs(
+        jobs_cgroup(config),
+        secrets=appliance_secrets(config),
+        ledger=config.ledger.dir,
+        exclude=(os.getpid(),),
+    )
     if fmt == "json":
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        click.echo(json.dumps({**report.to_dict(), "jobs": jobs.to_dict()}, indent=2))
     else:
         for state in report.states:
             click.echo(_line(state))
+        _jobs_lines(jobs)
         if report.ok:
             click.echo(f"status: ok, {len(report.states)} rules in place")
     if not report.ok:
@@ -93,6 +117,17 @@ def status_command(config_path: Path, fmt: str) -> None:
             f"{len(report.problems())} capture rule(s) missing or out of place"
             + ("" if report.installed else " (capture is not installed)")
         )
+
+
+def _jobs_lines(jobs: JobsReport) -> None:
+    if not jobs.checked or jobs.note:
+        click.echo(f"jobs: not checked: {jobs.note}" if not jobs.checked else f"jobs: {jobs.note}")
+        return
+    where = ", ".join(jobs.cgroups)
+    if not jobs.findings:
+        click.echo(f"jobs: ok, {jobs.processes} processes in {where}: none privileged")
+    for f in jobs.findings:
+        click.echo(f"WARNING job process {f.pid} ({f.comm}, uid {f.uid}): {f.detail}")
 
 
 def _line(state: RuleState) -> str:

@@ -31,6 +31,7 @@ def check(file: Path, fmt: str) -> None:
     cfg = load_config(file)
     sections = parse_sections(cfg)
     policy, masking, transport = sections.policy, sections.masking, sections.approvals
+    identity = sections.identity
     summary = {
         "protocols": {
             name: registry.PROTOCOLS[name].description
@@ -67,6 +68,19 @@ def check(file: Path, fmt: str) -> None:
             "response_rules": len(masking.response),
             "key": _masking_key(masking),
         },
+        "identity": (
+            {
+                i.name: {
+                    "provider": i.provider,
+                    "issuer": i.issuer,
+                    "token": i.token.kind,
+                    "keys": str(i.keys_file) if i.keys_file else (i.jwks_uri or "discovery"),
+                }
+                for i in identity.issuers
+            }
+            if identity is not None
+            else None
+        ),
         "approvals": (
             {"socket": str(transport.socket), "webhooks": len(transport.webhooks)}
             if transport is not None
@@ -90,6 +104,13 @@ def check(file: Path, fmt: str) -> None:
         f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer},"
         f" durability {cfg.ledger.durability})"
     )
+    if identity is None:
+        click.echo("  identity: no token issuer (every CI field is claimed, none verified)")
+    else:
+        for i in identity.issuers:
+            click.echo(
+                f"  identity issuer {i.name} ({i.provider}): {i.issuer}, token {i.token.kind}"
+            )
     if policy is None:
         click.echo("  policy: none (every statement is allowed and recorded)")
     else:

@@ -2,7 +2,7 @@
 
 Top-level sections: ``targets`` (what is protected and how to reach it), ``ledger`` (where
 and how the record is kept), ``capture`` (transparent redirection and attribution),
-``policy`` and ``masking``. Errors name the key, what was expected and the line.
+``identity`` (trusted CI token issuers), ``policy`` and ``masking``. Errors name the key, what was expected and the line.
 Secrets never appear in the file: an account's secret is a reference to a file or to a
 systemd credential (``$CREDENTIALS_DIRECTORY``), see :mod:`appliance.credentials`.
 """
@@ -153,6 +153,10 @@ class CaptureConfig:
     cgroup: Path | None = None  # None: the cgroup v2 root
     bpf: bool = True
     reconcile_interval: float = 2.0
+    # Where the CI jobs run (a cgroup directory; a glob may match several): their
+    # processes are checked for root, dangerous capabilities and access to the appliance's
+    # secrets (appliance.capture._privileges). None: ``cgroup`` when it is set.
+    jobs_cgroup: str | None = None
     # Where the runner's SSH clients find the appliance's CA (appliance.proxy.ssh).
     ssh_known_hosts: Path = Path("/etc/ssh/ssh_known_hosts")
 
@@ -163,9 +167,11 @@ class Config:
     targets: dict[str, Target]
     ledger: LedgerConfig
     capture: CaptureConfig
-    # Parsed by appliance.policy / appliance.masking; kept as nodes until they are loaded.
+    # Parsed by appliance.policy / appliance.masking / appliance.identity; kept as nodes
+    # until they are loaded.
     policy: Node | None = None
     masking: Node | None = None
+    identity: Node | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -186,7 +192,9 @@ def load_config(path: str | Path) -> Config:
 def parse_config(text: str, *, source: str = "<config>") -> Config:
     """Parse config text; see :func:`load_config`."""
     root = load_document(text, source)
-    top = root.keys(required=("targets",), optional=("ledger", "capture", "policy", "masking"))
+    top = root.keys(
+        required=("targets",), optional=("ledger", "capture", "identity", "policy", "masking")
+    )
     targets = _parse_targets(top["targets"])
     ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
     capture = _parse_capture(top["capture"]) if "capture" in top else CaptureConfig()
@@ -197,6 +205,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         capture=capture,
         policy=top.get("policy"),
         masking=top.get("masking"),
+        identity=top.get("identity"),
     )
 
 
@@ -405,6 +414,7 @@ def _parse_capture(node: Node) -> CaptureConfig:
             "cgroup",
             "bpf",
             "reconcile_interval",
+            "jobs_cgroup",
             "ssh_known_hosts",
         )
     )
@@ -420,6 +430,7 @@ def _parse_capture(node: Node) -> CaptureConfig:
         reconcile_interval=m["reconcile_interval"].duration()
         if "reconcile_interval" in m
         else d.reconcile_interval,
+        jobs_cgroup=m["jobs_cgroup"].string(pattern=r"/.*") if "jobs_cgroup" in m else None,
         ssh_known_hosts=Path(m["ssh_known_hosts"].string())
         if "ssh_known_hosts" in m
         else d.ssh_known_hosts,

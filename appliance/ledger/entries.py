@@ -56,6 +56,16 @@ CAPTURE_BPF_ATTACHED = "capture.bpf_attached"
 CAPTURE_BPF_FAILED = "capture.bpf_failed"
 CAPTURE_EVENTS_LOST = "capture.events_lost"
 CAPTURE_REFUSED = "capture.refused"
+CAPTURE_REFUSED_SUMMARY = "capture.refused.summary"
+CONNECTION_REFUSED = "connection.refused"  # ended before its session started
+CONNECTION_REFUSED_SUMMARY = "connection.refused.summary"  # more of them, counted
+CAPTURE_JOB_PRIVILEGED = "capture.job_privileged"
+IDENTITY_KEYS_LOADED = "identity.keys_loaded"
+IDENTITY_KEYS_UNAVAILABLE = "identity.keys_unavailable"
+IDENTITY_VERIFIED = "identity.verified"
+IDENTITY_REJECTED = "identity.rejected"
+IDENTITY_UNAVAILABLE = "identity.unavailable"
+IDENTITY_MISMATCH = "identity.mismatch"
 PROTOCOL_ERROR = "protocol.error"
 
 KNOWN_TYPES: tuple[str, ...] = (
@@ -80,6 +90,16 @@ KNOWN_TYPES: tuple[str, ...] = (
     CAPTURE_BPF_FAILED,
     CAPTURE_EVENTS_LOST,
     CAPTURE_REFUSED,
+    CAPTURE_REFUSED_SUMMARY,
+    CONNECTION_REFUSED,
+    CONNECTION_REFUSED_SUMMARY,
+    CAPTURE_JOB_PRIVILEGED,
+    IDENTITY_KEYS_LOADED,
+    IDENTITY_KEYS_UNAVAILABLE,
+    IDENTITY_VERIFIED,
+    IDENTITY_REJECTED,
+    IDENTITY_UNAVAILABLE,
+    IDENTITY_MISMATCH,
     PROTOCOL_ERROR,
 )
 

@@ -15,7 +15,7 @@ import orjson
 from appliance.ledger import entries as t
 from appliance.ledger.entries import Entry, blob_refs, ts_to_us
 from appliance.ledger.recordings import channel_start_us, read_recording
-from appliance.ledger.results import cell_text, read_result
+from appliance.ledger.results import cell_text, read_result, result_bytes
 
 BlobLoader = Callable[[str], bytes | None]
 
@@ -50,6 +50,17 @@ def who(identity: Mapping[str, Any] | None, account: str | None = None) -> str:
             bits.append(job)
         if ci.get("run_id"):
             bits.append(f"run {ci['run_id']}")
+        # appliance.identity: which of these a verified CI token states.
+        token = ident.get("token")
+        if isinstance(token, dict) and token.get("status") == "verified":
+            bits.append(f"[verified: {', '.join(ident.get('verified') or [])}]")
+        elif isinstance(token, dict) and token.get("status") == "rejected":
+            bits.append(f"[claimed; token rejected: {token.get('reason')}]")
+        else:
+            bits.append("[claimed]")
+        if ident.get("mismatch"):
+            said = ", ".join(f"{m['field']}={m['claimed']}" for m in ident["mismatch"])
+            bits.append(f"[environment claimed {said}]")
         parts.append(" ".join(bits))
     if ident.get("source") == "unattributed":
         parts.append("unattributed")
@@ -239,8 +250,7 @@ def transcript(
             lines = [f"{clock}   <- {summarize(o, 200)}"]
             res = d.get("result")
             if isinstance(res, dict) and isinstance(res.get("sha256"), str):
-                inline = res.get("inline")
-                blob = inline.encode() if isinstance(inline, str) else load_blob(res["sha256"])
+                blob = result_bytes(d, load_blob)
                 if blob is None:
                     lines.append("        (result blob missing)")
                 else:

@@ -19,11 +19,21 @@ the cell helpers, so that a change of format is made here once.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
-__all__ = ["ResultSet", "binary_cell", "cell_bytes", "cell_text", "is_binary_cell", "read_result"]
+__all__ = [
+    "ResultSet",
+    "binary_cell",
+    "cell_bytes",
+    "cell_text",
+    "is_binary_cell",
+    "read_result",
+    "result_bytes",
+]
 
 _BINARY = "binary"
 
@@ -63,6 +73,18 @@ class ResultSet:
     rows: list[list[object]] = field(default_factory=list)
     total: int = 0
     copy: str | None = None  # "in" | "out" for COPY data
+
+
+def result_bytes(data: Mapping[str, Any], load_blob: Callable[[str], bytes | None]) -> bytes | None:
+    """The result blob a ``response`` entry's ``data`` references: carried inline, or loaded
+    by its SHA-256 with ``load_blob`` (None if missing); None when it has none."""
+    res = data.get("result")
+    if not isinstance(res, Mapping):
+        return None
+    inline, sha = res.get("inline"), res.get("sha256")
+    if isinstance(inline, str):
+        return inline.encode()
+    return load_blob(sha) if isinstance(sha, str) else None
 
 
 def read_result(blob: bytes, max_rows: int | None = None) -> list[ResultSet]:

@@ -64,6 +64,10 @@ class BlobReader:
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).is_file()
 
+    def get(self, sha256: str) -> bytes | None:
+        """The blob's bytes, or None if it is not in the store."""
+        return self.read(sha256) if self.exists(sha256) else None
+
     def read(self, sha256: str) -> bytes:
         """The blob's bytes; raise LedgerError if it is missing."""
         try:

@@ -31,9 +31,19 @@ Matchers (all optional; all given must match; a list matches if any item does):
 class of the statement is among these), ``functions`` (globs on called function names),
 ``unattributed`` (true: flows capture could not attribute; false: attributed ones), ``uid``
 (integers), ``exe`` and ``cgroup`` (globs), ``identity`` (globs on the CI job:
-``provider``, ``repository``, ``workflow``, ``job``), ``ssh`` (globs on what an SSH
+``provider``, ``repository``, ``workflow``, ``workflow_ref``, ``job``, ``run_id``,
+``environment``, ``ref``, ``actor``; and ``verified``), ``ssh`` (globs on what an SSH
 operation runs or touches: ``programs``, ``arguments``, ``sudo``, ``subsystems``, ``paths``,
 ``destinations``; see :mod:`appliance.policy._ssh`).
+
+``identity`` matches *verified* values by default: the session's CI token was verified
+against a configured issuer (the ``identity`` section) and states every named field
+(``identity: {repository: "acme/*"}`` is ``identity: {verified: true, repository:
+"acme/*"}``). The environment's CI variables are written by the job itself; a rule that
+may act on them says so: ``verified: any`` matches the session's values whether verified
+or only claimed, ``verified: false`` only sessions without a verified token (e.g. to deny
+them). Without an ``identity`` section nothing can be verified, and a rule that needs it is
+an error (it could never match).
 
 Every mistake is a :class:`~appliance.errors.ConfigError` naming the key and line: no
 section or no rules, unknown keys, targets, accounts, approvers or classes, a review rule
@@ -83,9 +93,12 @@ _MATCH_KEYS = (
 )
 
 
-def parse_policy(node: Node | None, *, targets: Mapping[str, Target]) -> Policy:
+def parse_policy(
+    node: Node | None, *, targets: Mapping[str, Target], verifiable: bool = False
+) -> Policy:
     """Check the ``policy`` section (``node``; None if the file has none) against the
-    configured ``targets`` and return the policy.
+    configured ``targets`` and return the policy. ``verifiable``: the config trusts a CI
+    token issuer (it has an ``identity`` section), so rules may need verified fields.
 
     Raises ConfigError at the first problem, naming the key and line. A missing section or
     an empty rule list is an error: no policy never means "allow everything".
@@ -107,7 +120,7 @@ def parse_policy(node: Node | None, *, targets: Mapping[str, Target]) -> Policy:
         rules_node.fail("the rule list is empty; a policy needs at least one rule")
     rules: list[Rule] = []
     for item in items:
-        rule = _parse_rule(item, targets, approvers)
+        rule = _parse_rule(item, targets, approvers, verifiable)
         if any(r.name == rule.name for r in rules):
             item.mapping()["name"].fail(f"duplicate rule name {rule.name!r}")
         _check_reachable(rule, rules, item)
@@ -161,14 +174,16 @@ def _parse_key(node: Node) -> VerifierKey:
         node.fail(f"bad approver key: {exc}")
 
 
-def _parse_rule(node: Node, targets: Mapping[str, Target], approvers: Mapping[str, object]) -> Rule:
+def _parse_rule(
+    node: Node, targets: Mapping[str, Target], approvers: Mapping[str, object], verifiable: bool
+) -> Rule:
     m = node.keys(
         required=("name", "action"),
         optional=("match", "message", "approvers", "timeout", "window"),
     )
     name = m["name"].string(pattern=_RULE_NAME)
     action = m["action"].string(choices=ACTIONS)
-    match = _parse_match(m["match"], targets) if "match" in m else Match()
+    match = _parse_match(m["match"], targets, verifiable) if "match" in m else Match()
     message = None
     if "message" in m:
         if action == "allow":
@@ -191,7 +206,7 @@ def _parse_rule(node: Node, targets: Mapping[str, Target], approvers: Mapping[st
     return Rule(name, action, match, message, names, timeout, window, where=node.where)
 
 
-def _parse_match(node: Node, targets: Mapping[str, Target]) -> Match:
+def _parse_match(node: Node, targets: Mapping[str, Target], verifiable: bool) -> Match:
     m = node.keys(optional=_MATCH_KEYS)
     target_names = None
     if "targets" in m:
@@ -222,10 +237,20 @@ def _parse_match(node: Node, targets: Mapping[str, Target]) -> Match:
     if "uid" in m:
         uids = frozenset(item.integer(minimum=0) for item in _nonempty(m["uid"]))
     ci: list[tuple[str, tuple[Glob, ...]]] = []
+    trust = None
     if "identity" in m:
-        ident = m["identity"].keys(optional=CI_KEYS)
+        ident = m["identity"].keys(optional=(*CI_KEYS, "verified"))
         if not ident:
-            m["identity"].fail(f"give at least one of: {', '.join(CI_KEYS)}")
+            m["identity"].fail(f"give at least one of: {', '.join((*CI_KEYS, 'verified'))}")
+        trust = _trust(ident.pop("verified")) if "verified" in ident else "verified"
+        if not ident and trust == "any":
+            m["identity"].fail("'verified: any' alone matches every session: leave it out")
+        if trust == "verified" and not verifiable:
+            m["identity"].fail(
+                "this matches verified CI fields, but no token issuer is configured (the "
+                "'identity' section): it can never match; write 'verified: any' to match "
+                "the environment's claims"
+            )
         ci = [(key, _globs(value)) for key, value in ident.items()]
     return Match(
         targets=target_names,
@@ -239,9 +264,19 @@ def _parse_match(node: Node, targets: Mapping[str, Target]) -> Match:
         exes=_globs(m["exe"]) if "exe" in m else None,
         cgroups=_globs(m["cgroup"]) if "cgroup" in m else None,
         ci=tuple(ci),
+        trust=trust,
         ssh=parse_ssh_match(m["ssh"], _globs) if "ssh" in m else None,
         named=named,
     )
+
+
+def _trust(node: Node) -> str:
+    """``verified: true`` -> verified, ``false`` -> unverified, ``any`` -> any."""
+    if node.raw.tag.endswith(":bool"):
+        return "verified" if node.boolean() else "unverified"
+    if node.string() != "any":
+        node.fail(f"expected true, false or any, got {node.string()!r}")
+    return "any"
 
 
 def _check_reachable(rule: Rule, before: list[Rule], node: Node) -> None:

@@ -63,7 +63,20 @@ __all__ = [
 
 MODES = ("enforce", "observe")
 ACTIONS = ("allow", "deny", "review")
-CI_KEYS = ("provider", "repository", "workflow", "job")
+# The CI fields a rule's ``identity`` may name (appliance.capture._ci.KEYS, as matched by
+# rules), and what ``identity.verified`` may say.
+CI_KEYS = (
+    "provider",
+    "repository",
+    "workflow",
+    "workflow_ref",
+    "job",
+    "run_id",
+    "environment",
+    "ref",
+    "actor",
+)
+TRUST = ("verified", "unverified", "any")
 DEFAULT_APPROVAL_TIMEOUT = 600.0
 
 NO_RULE = "(no rule matched)"
@@ -121,8 +134,10 @@ class RequestContext:
 
     ``identity`` is what capture found out about the client: ``{"source": "ebpf" |
     "unattributed", "uid": int, "exe": str, "cgroup": str, "ci": {"provider": ...,
-    "repository": ..., "workflow": ..., "job": ...}}``, any subset; a missing ``source``
-    counts as unattributed. ``target`` is the target's name, ``database`` the database the
+    "repository": ..., "workflow": ..., "job": ...}, "verified": [keys of ci from a
+    verified token], "token": {"status": "verified" | ...}}``, any subset (see
+    :mod:`appliance.identity._record`); a missing ``source`` counts as unattributed, a
+    missing ``verified`` or ``token`` as nothing verified. ``target`` is the target's name, ``database`` the database the
     client asked for (None if unknown), ``account`` the service account's name.
     """
 
@@ -150,6 +165,12 @@ class Match:
     touches (:class:`~appliance.policy._ssh.SshMatch`). ``named`` holds the classes only an
     explicit rule decides (``unknown``, the forwards: :data:`EXPLICIT`) that ``classes`` or
     ``only_classes`` name.
+
+    ``trust`` (None: the rule has no ``identity`` matcher) says which CI values ``ci`` is
+    matched against: ``verified``, the values a verified token states (the session must
+    have one, and every named field must be among its verified fields); ``unverified``,
+    sessions without a verified token, by the environment's claims; ``any``, the
+    session's effective values, verified or claimed.
     """
 
     targets: frozenset[str] | None = None
@@ -163,6 +184,7 @@ class Match:
     exes: tuple[Glob, ...] | None = None
     cgroups: tuple[Glob, ...] | None = None
     ci: tuple[tuple[str, tuple[Glob, ...]], ...] = ()
+    trust: str | None = None
     ssh: SshMatch | None = None
     named: frozenset[str] = frozenset()
 
@@ -189,13 +211,23 @@ class Match:
             return False
         if self.cgroups is not None and not _any_glob(self.cgroups, ident.get("cgroup")):
             return False
-        if self.ci:
-            ci = ident.get("ci")
-            if not isinstance(ci, Mapping):
+        return self.trust is None or self._identity_matches(ident)
+
+    def _identity_matches(self, ident: Mapping[str, Any]) -> bool:
+        token = ident.get("token")
+        has_token = isinstance(token, Mapping) and token.get("status") == "verified"
+        if has_token != (self.trust == "verified") and self.trust != "any":
+            return False
+        ci = ident.get("ci")
+        if self.ci and not isinstance(ci, Mapping):
+            return False
+        verified = ident.get("verified")
+        for key, globs in self.ci:
+            if self.trust == "verified" and not (isinstance(verified, list) and key in verified):
+                return False  # the token does not state it: a claim is not enough
+            assert isinstance(ci, Mapping)
+            if not _any_glob(globs, ci.get(key)):
                 return False
-            for key, globs in self.ci:
-                if not _any_glob(globs, ci.get(key)):
-                    return False
         return True
 
     def statement_matches(self, stmt: StatementClass) -> bool:

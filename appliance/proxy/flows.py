@@ -9,22 +9,23 @@ Where this sits: the server calls :meth:`FlowResolverImpl.resolve` once per conn
   ``original_dst``) names the target through ``target_for``; an address that is not
   protected is :class:`~appliance.proxy.server.Refused`. Upstream is that original
   destination itself (IPv4-mapped IPv6 folded to IPv4).
-- Identity: ``identify(peer, local)`` (eBPF attribution and /proc; see
-  :mod:`appliance.capture`), or ``unattributed`` with the reason.
+- Identity: ``await identify(peer, local)`` (eBPF attribution and /proc, see
+  :mod:`appliance.capture`; the job's CI token verified, see :mod:`appliance.identity`,
+  which may wait on the network: hence a coroutine), or ``unattributed`` with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from appliance.capture import normalise_ip, unattributed
 from appliance.config import Config, Target
 from appliance.proxy.server import Flow, Listener, Refused
 
-Identify = Callable[[tuple[str, int], tuple[str, int]], Mapping[str, Any]]
+Identify = Callable[[tuple[str, int], tuple[str, int]], Awaitable[Mapping[str, Any]]]
 
 
 class FlowResolverImpl:
@@ -67,7 +68,7 @@ class FlowResolverImpl:
             upstream = await upstream_address(target)
         identity: Mapping[str, Any]
         if self.identify is not None:
-            identity = self.identify(peer2, (normalise_ip(local[0]), int(local[1])))
+            identity = await self.identify(peer2, (normalise_ip(local[0]), int(local[1])))
         else:
             identity = unattributed("no attribution configured")
         return Flow(target, upstream, identity)

@@ -22,14 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import gc
 import logging
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from appliance.capture import unattributed
-from appliance.config import Config, Target
+from appliance.config import Config, Target, format_endpoint
 from appliance.errors import ApplianceError
 from appliance.proxy import registry
 from appliance.proxy.commands import ConnectionInfo
@@ -37,6 +40,11 @@ from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import Connection, ShellServices
 
 log = logging.getLogger("appliance.proxy")
+_TRIM_EVERY = 10.0
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: no malloc_trim
+    _LIBC = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +122,7 @@ class ProxyServer:
         self._stop = asyncio.Event()
         self._sockets: list[socket.socket] = []
         self._grace = 30.0
+        self._trimmed = -_TRIM_EVERY
 
     def bind(self) -> list[tuple[str, int]]:
         """Open every listening socket now (so that failures surface before 'ready');
@@ -194,15 +203,19 @@ class ProxyServer:
             flow = await self.resolver.resolve(conn, listener)
         except Refused as refused:
             log.warning("refused connection from %s: %s", peer[:2], refused.reason)
+            data = {"client": format_endpoint(peer[0], peer[1]), **refused.data}
             with contextlib.suppress(ApplianceError):
-                self.services.ledger.append(
-                    "capture.refused",
-                    data={
-                        "client": f"{peer[0]}:{peer[1]}",
-                        "reason": refused.reason,
-                        **refused.data,
-                    },
-                )
+                if self.services.refusals is not None:
+                    self.services.refusals.refused(
+                        source=str(peer[0]),
+                        reason=refused.reason,
+                        data=data,
+                        kind="capture.refused",
+                    )
+                else:
+                    self.services.ledger.append(
+                        "capture.refused", data={"reason": refused.reason, **data}
+                    )
             # A reset, not a FIN: the job sees "connection refused/reset", as without us.
             conn.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
@@ -231,3 +244,17 @@ class ProxyServer:
             await connection.run(conn)
         finally:
             self.sessions.discard(connection)
+            if not self.sessions:
+                self._idle_trim()
+
+    def _idle_trim(self) -> None:
+        """When the last session ends, give the memory sessions used back to the system
+        (a collection, then malloc_trim), at most once every ``_TRIM_EVERY`` seconds: the
+        heap of 200 sessions must not stay the daemon's size while it idles."""
+        now = time.monotonic()
+        if now - self._trimmed < _TRIM_EVERY:
+            return
+        self._trimmed = now
+        gc.collect()
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)

@@ -19,6 +19,7 @@ from appliance.config import SecretRef, UpstreamTLS
 from appliance.ledger.api import Ledger
 from appliance.masking import Masker
 from appliance.policy import Policy
+from appliance.proxy.refusals import RefusalLog
 
 
 def _no_tls(tls: UpstreamTLS) -> ssl.SSLContext:
@@ -60,6 +61,9 @@ class SessionServices:
     # ledger.durability "write-ahead": a statement that may change a target is sent only
     # once its entry is durable (False: entries are durable at the next checkpoint).
     write_ahead: bool = False
+    # Connections that end before their session starts: recorded, aggregated (None: the
+    # ledger directly, one entry each).
+    refusals: RefusalLog | None = None
     response_masking: Callable[[str, Mapping[str, Any]], bool] | None = None
     # Per protocol, state all its sessions share (PostgreSQL: the cancel key table), made
     # by the registry entry's ``shared`` factory.

@@ -31,14 +31,13 @@ from typing import Any
 from appliance.approvals import Broker
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy import commands as c
+from appliance.proxy._endpoint import HIGH_WATER, Endpoint
 from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
 from appliance.proxy.waits import Unreachable, ask_approval, await_durable, connect_marked, why
 
 log = logging.getLogger("appliance.proxy")
 
-HIGH_WATER = 1 << 20  # bytes buffered for a socket before the other side stops being read
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
-_OTHER: dict[Side, Side] = {"job": "upstream", "upstream": "job"}
 
 
 @dataclass(frozen=True)
@@ -52,40 +51,6 @@ class ShellServices:
     durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 
 
-class _Endpoint(asyncio.Protocol):
-    """One socket of a connection; passes bytes and flow-control signals on."""
-
-    def __init__(self, conn: Connection, side: Side) -> None:
-        self.conn = conn
-        self.side = side
-        self.transport: asyncio.Transport | None = None
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = transport  # type: ignore[assignment]
-        assert self.transport is not None
-        self.transport.set_write_buffer_limits(high=HIGH_WATER)
-        if self.side == "job":
-            self.conn.started()  # before any byte of the job is delivered
-
-    def data_received(self, data: bytes) -> None:
-        self.conn.on_data(self.side, data)
-
-    def eof_received(self) -> bool:
-        self.conn.on_eof(self.side, None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.conn.on_eof(self.side, str(exc) if exc is not None else None)
-
-    def pause_writing(self) -> None:
-        self.conn.pause(_OTHER[self.side], "backpressure", True)
-
-    def resume_writing(self) -> None:
-        self.conn.pause(_OTHER[self.side], "backpressure", False)
-
-
 class Connection:
     """One accepted connection and its session core; see the module docstring."""
 
@@ -93,8 +58,8 @@ class Connection:
         self.core = core
         self.services = services
         self.name = name
-        self.job = _Endpoint(self, "job")
-        self.upstream: _Endpoint | None = None
+        self.job = Endpoint(self, "job")
+        self.upstream: Endpoint | None = None
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -289,7 +254,7 @@ class Connection:
         except Unreachable as exc:
             self.event(c.UpstreamFailed(exc.why, timed_out=exc.timed_out))
             return
-        endpoint = self.upstream = _Endpoint(self, "upstream")
+        endpoint = self.upstream = Endpoint(self, "upstream")
         local = sock.getsockname()
         await asyncio.get_running_loop().create_connection(lambda: endpoint, sock=sock)
         if self._paused["upstream"]:

@@ -462,8 +462,11 @@ class Lab:
         server.start()
         return server
 
-    def start_postgres(self, target: int = 0, *, tls: bool = False, port: int = 5432) -> PgServer:
-        server = PgServer(self, self.targets[target], port=port, tls=tls)
+    def start_postgres(
+        self, target: int = 0, *, tls: bool = False, port: int = 5432, tls_names: Sequence[str] = ()
+    ) -> PgServer:
+        """A PostgreSQL on a target; ``tls_names`` are further names its certificate has."""
+        server = PgServer(self, self.targets[target], port=port, tls=tls, tls_names=tls_names)
         self._servers.append(server)
         server.start()
         return server
@@ -503,11 +506,14 @@ class PgServer:
         "app_plain": "password",
     }
 
-    def __init__(self, lab: Lab, host: TargetHost, *, port: int, tls: bool) -> None:
+    def __init__(
+        self, lab: Lab, host: TargetHost, *, port: int, tls: bool, tls_names: Sequence[str] = ()
+    ) -> None:
         self.lab = lab
         self.host = host
         self.port = port
         self.tls = tls
+        self.tls_names = tuple(tls_names)
         self.dir = lab.dir / f"pg-{host.index}"
         self.data = self.dir / "data"
         self.socket_dir = self.dir / "sock"
@@ -554,7 +560,7 @@ class PgServer:
             "fsync = off",
             "synchronous_commit = off",
             "full_page_writes = off",
-            "max_connections = 200",
+            "max_connections = 300",
             "shared_buffers = 128MB",
             "log_min_messages = warning",
         ]
@@ -615,7 +621,7 @@ class PgServer:
         tls = server_cert(
             f"appliance lab CA {self.lab.lab_id}",
             f"db{self.host.index}.lab.test",
-            [f"db{self.host.index}.lab.test", self.host.ipv4, self.host.ipv6],
+            [f"db{self.host.index}.lab.test", *self.tls_names, self.host.ipv4, self.host.ipv6],
         )
         self.ca_file = self.dir / "ca.pem"
         self.ca_file.write_bytes(tls.ca_pem)

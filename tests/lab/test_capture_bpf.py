@@ -34,6 +34,7 @@ from appliance.capture import (
     resolve_identity,
 )
 from appliance.capture._attribution import ATTACH_TYPE_NAMES
+from appliance.capture._ci import KEYS
 from appliance.config import Config, load_config
 from tests.lab.lab import Lab, cgroup2_root
 from tests.lab.test_capture_rules import CLIENT, MARK, Listener, client, write_config
@@ -146,10 +147,10 @@ def test_psql_as_the_job_is_attributed_with_pid_exe_cgroup_and_ci(
     assert identity["cgroup"] == rel_cgroup(blab.job_cgroup)
     assert identity["ci"] == {
         "provider": "github",
+        **dict.fromkeys(KEYS),
         "repository": "acme/shop",
         "workflow": "migrate",
         "job": "db",
-        "job_id": None,
         "run_id": "4242",
         "run_attempt": "3",
         "runner": "lab-runner",

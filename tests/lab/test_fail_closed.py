@@ -118,3 +118,48 @@ def test_a_full_ledger_disk_loses_no_acknowledged_change(
             _check(pg, app, bench, before_reopen=grow)
     finally:
         run(["umount", "-l", str(disk)], check=False)
+
+
+def test_connections_refused_before_startup_are_recorded_and_a_flood_is_counted(
+    lab: Lab, pg: PgServer, tmp_path: Path
+) -> None:
+    """Garbage, an oversized startup packet, a startup with no user: each gets its FATAL
+    and a ledger entry; a flood of 40 more from one source costs five entries and one
+    count (written when the appliance stops, or every minute)."""
+    import socket
+    import struct
+
+    def probe(payload: bytes) -> bytes:
+        def body() -> bytes:
+            with socket.create_connection(("127.0.0.1", PORT + 1), timeout=10) as s:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+                out = b""
+                while chunk := s.recv(65536):
+                    out += chunk
+                return out
+
+        return lab.run_in_runner(body)
+
+    params = b"database\0app\0\0"
+    with running_appliance(
+        lab, pg, tmp_path / "refused", targets=[TargetSpec("db", PORT + 1)]
+    ) as app:
+        answers = {
+            "garbage": probe(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            "oversized": probe(struct.pack("!ii", 1 << 20, 196608) + b"x" * 64),
+            "no user": probe(struct.pack("!ii", 8 + len(params), 196608) + params),
+        }
+        for _ in range(40):
+            probe(b"\x16\x03\x01\x02\x00garbage")
+        app.stop()
+        refused = [e for e in app.entries() if e["type"] == "connection.refused"]
+        summaries = [e["data"] for e in app.entries() if e["type"] == "connection.refused.summary"]
+    for name, answer in answers.items():
+        assert answer[:1] == b"E" and b"FATAL" in answer, (name, answer)
+    assert b"28000" in answers["no user"]
+    reasons = [e["data"]["reason"] for e in refused]
+    assert reasons.count("protocol violation by the job during startup") == 5  # then counted
+    assert all(e["data"]["source"] == "127.0.0.1" for e in refused)
+    (summary,) = summaries
+    assert summary["count"] == 43 and summary["recorded"] == 5

@@ -1,7 +1,9 @@
 """SSH failing closed (issue 18): a bypass with the target's real host key pinned, a stopped
 appliance, malformed and oversized packets, a key exchange that never finishes, a flood of
-channel opens. Each is bounded, ends that session alone with a ledger entry, and the
-appliance keeps serving; ``capture remove`` takes the CA line away.
+channel opens. Each is bounded, ends that connection alone with a ledger entry (before the
+login: ``connection.refused``, aggregated per source and reason like every protocol's;
+after it: the session's own entries), and the appliance keeps serving; ``capture remove``
+takes the CA line away.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ def _new_sessions(target: SshRunner, before: int, n: int = 1) -> list[list[dict[
     return [[e for e in entries if e["session"] == sid] for sid in sids]
 
 
+def _new_refusals(target: SshRunner, before: int, n: int = 1) -> list[dict[str, Any]]:
+    """The data of the ``connection.refused`` entries after the first ``before``, once
+    there are ``n`` more."""
+    entries = target.wait_for(lambda es: len(of_type(es, "connection.refused")) >= before + n)
+    return [e["data"] for e in of_type(entries, "connection.refused")[before:]]
+
+
 def _still_serving(target: SshRunner) -> None:
     r = target.job(ssh(target.sshd.ipv4, "echo still-serving"))
     assert r.returncode == 0 and "still-serving" in r.stdout, r.stderr
@@ -66,7 +75,8 @@ def test_a_bypass_with_the_real_host_key_pinned_fails_closed(target: SshRunner) 
     pinned = target.home / "pinned_known_hosts"
     pinned.write_text(target.sshd.known_hosts.read_text())
     marker = target.sshd.home / "bypassed"
-    before = len(target.entries("session.start"))
+    sessions = len(target.entries("session.start"))
+    before = len(target.entries("connection.refused"))
     for extra in ([], ["-o", "HostKeyAlgorithms=ssh-ed25519"]):
         r = target.job(
             [
@@ -87,11 +97,10 @@ def test_a_bypass_with_the_real_host_key_pinned_fails_closed(target: SshRunner) 
         assert r.returncode == 255, r.stdout + r.stderr
         assert "Host key verification failed" in r.stderr, r.stderr
     assert not marker.exists()
-    # Each attempt reached the appliance (and nothing else): a session that never logged in.
-    for session in _new_sessions(target, before, 2):
-        types = [e["type"] for e in session]
-        assert "session.ready" not in types and "statement" not in types, types
-        assert "login" in of_type(session, "session.end")[0]["data"]["reason"]
+    # Each attempt reached the appliance (and nothing else), and never logged in.
+    refused = _new_refusals(target, before, 2)
+    assert all(r["protocol"] == "ssh" and "before login" in r["reason"] for r in refused), refused
+    assert len(target.entries("session.start")) == sessions
     _still_serving(target)
 
 
@@ -102,7 +111,7 @@ def test_malformed_and_oversized_packets_end_that_session_alone(target: SshRunne
         "not SSH at all": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     }
     for what, payload in cases.items():
-        before = len(target.entries("session.start"))
+        before = len(target.entries("connection.refused"))
 
         def talk(s: socket.socket, payload: bytes = payload) -> bytes:
             s.sendall(payload)
@@ -110,18 +119,16 @@ def test_malformed_and_oversized_packets_end_that_session_alone(target: SshRunne
 
         answer = _raw(target, talk)
         assert answer.startswith(b"SSH-2.0-appliance"), (what, answer[:80])
-        (session,) = _new_sessions(target, before)
-        errors = of_type(session, "protocol.error")
-        assert errors and errors[0]["data"]["side"] == "job", (what, session)
-        end = of_type(session, "session.end")[0]["data"]
-        assert "during login" in end["reason"], (what, end)
+        (refused,) = _new_refusals(target, before)
+        assert refused["reason"] == "protocol error before login", (what, refused)
+        assert refused["detail"], refused
     _still_serving(target)
 
 
 def test_a_key_exchange_that_never_finishes_is_cut_after_the_login_timeout(
     target: SshRunner,
 ) -> None:
-    before = len(target.entries("session.start"))
+    before = len(target.entries("connection.refused"))
 
     def talk(s: socket.socket) -> tuple[float, bytes]:
         s.sendall(b"SSH-2.0-slowloris\r\n")  # then nothing: no KEXINIT
@@ -131,10 +138,8 @@ def test_a_key_exchange_that_never_finishes_is_cut_after_the_login_timeout(
 
     waited, _ = _raw(target, talk)
     assert 2.0 < waited < 15, waited  # login_timeout is 3s in the lab config
-    (session,) = _new_sessions(target, before)
-    end = of_type(session, "session.end")[0]["data"]
-    assert "timeout" in end["reason"].lower(), end
-    assert of_type(session, "protocol.error")
+    (refused,) = _new_refusals(target, before)
+    assert refused["reason"] == "login timed out", refused
     _still_serving(target)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from appliance.ledger.entries import ts_to_us
 from appliance.ledger.pcap import C2S, S2C, Segment, register_renderer
-from appliance.ledger.results import cell_bytes, read_result
+from appliance.ledger.results import cell_bytes, read_result, result_bytes
 from appliance.ledger.store import BlobReader
 from appliance.protocols.mysql._wire import packet
 from appliance.protocols.mysql.constants import Cap, Status, Type
@@ -45,14 +45,7 @@ def _ts(obj: dict[str, Any]) -> float:
 def _result(d: dict[str, Any], blobs: BlobReader) -> tuple[list[str], list[list[Any]]]:
     """The columns and rows of a response's result blob (:mod:`appliance.ledger.results`)."""
     columns = [str(c) for c in d.get("columns") or []]
-    res = d.get("result")
-    content: bytes | None = None
-    if isinstance(res, dict):
-        inline, sha = res.get("inline"), res.get("sha256")
-        if isinstance(inline, str):
-            content = inline.encode()
-        elif isinstance(sha, str) and blobs.exists(sha):
-            content = blobs.read(sha)
+    content = result_bytes(d, blobs.get)
     rows: list[list[Any]] = []
     for result in read_result(content) if content else []:
         columns = [str(c) for c in result.columns] or columns

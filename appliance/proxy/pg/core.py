@@ -103,6 +103,7 @@ from appliance.proxy.pg.hooks import SessionHooks
 from appliance.proxy.pg.parameters import ParameterRefused, upstream_parameters
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
+from appliance.proxy.refusals import connection_refused
 from appliance.proxy.services import SessionServices
 
 STARTUP_TIMER = "startup"
@@ -269,7 +270,7 @@ class PgSession:
             return NO_COMMANDS
         if isinstance(event, TLSFailed):
             if event.side == "job":
-                return self._end(f"job TLS failed: {event.why}")
+                return self._end("job TLS failed", detail=event.why)
             return self._end(
                 f"upstream TLS failed: {event.why}",
                 _fatal(
@@ -423,7 +424,9 @@ class PgSession:
     def _forward_cancel(self, request: CancelRequest) -> Commands:
         found = self.shared.cancel_keys.resolve(request)
         if found is None:
-            self._record_cancel(None, "unknown key")
+            # Guessing keys costs the guesser nothing: aggregated, like other refusals.
+            self._refused("cancel request with an unknown key")
+            self.state = State.CANCELLING  # recorded: the end below records nothing more
             return self._end("cancel request")
         real, route = found
         self._cancel = route
@@ -661,14 +664,16 @@ class PgSession:
             )
         who = "job" if exc.side == "client" else "upstream server"
         during = "" if self.state is State.RELAY else " during startup"
-        return self._end(f"protocol violation by the {who}{during}", error)
+        return self._end(f"protocol violation by the {who}{during}", error, detail=exc.message)
 
-    def _end(self, reason: str, error: bytes = b"") -> Commands:
+    def _end(self, reason: str, error: bytes = b"", *, detail: str | None = None) -> Commands:
         """End the session once: statements in flight finish as cancelled, the job gets
         ``error`` after whatever the relay still had for it, the server a Terminate, and
-        the ledger ``session.end``."""
+        the ledger ``session.end`` (or, before the session started, a refusal)."""
         if self.state is State.ENDED:
             return NO_COMMANDS
+        if self.recorder is None and self.state is not State.CANCELLING:
+            self._refused(reason, detail)
         relay = self.relay
         if relay is not None:
             try:
@@ -700,6 +705,18 @@ class PgSession:
             except ApplianceError:
                 pass  # the ledger is failing: the daemon's watchdog stops the appliance
         return [Log("info", f"ended: {reason}"), End(reason)]
+
+    def _refused(self, reason: str, detail: str | None = None) -> None:
+        """A connection that ended before its session started (see :mod:`..refusals`)."""
+        connection_refused(
+            self.services.refusals,
+            self.services.ledger,
+            self.info,
+            protocol="postgres",
+            target=self.target.name,
+            reason=reason,
+            detail=detail,
+        )
 
     def _pull_relay(self) -> None:
         """Move the relay's pending output behind what this core queued before it."""

@@ -38,7 +38,10 @@ from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
-_ALLOWED_CACHE = 4096  # distinct statement texts remembered per session
+# Distinct statement texts whose allow is remembered per session (then forgotten at once):
+# a prepared or repeated statement hits it; texts with literals (pgbench -S in simple mode)
+# never repeat, and 200 sessions must not keep thousands each (issue 13: memory).
+_ALLOWED_CACHE = 64
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
 # Classes that change nothing on the target (reads, session settings, transaction control,
@@ -152,7 +155,9 @@ class SessionHooks:
         if changes_settings:
             self._settings_in_flight.add(stmt.n)
         verdict = self._decide(stmt, classification)
-        if verdict.action == "allow" and verdict.enforced and len(self._allowed) < _ALLOWED_CACHE:
+        if verdict.action == "allow" and verdict.enforced:
+            if len(self._allowed) >= _ALLOWED_CACHE:
+                self._allowed.clear()
             self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
         return verdict
 
@@ -187,7 +192,8 @@ class SessionHooks:
             return Verdict("allow", True, b"", slim, durable)
         decision_id = self.new_id()
         record["decision_id"] = decision_id
-        self._decisions[stmt.n] = decision
+        if action == "review":
+            self._decisions[stmt.n] = decision  # until its approval is answered
         error = b""
         if action == "deny":
             what = "statement"

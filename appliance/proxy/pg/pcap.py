@@ -15,7 +15,7 @@ from typing import Any
 
 from appliance.ledger.entries import ts_to_us
 from appliance.ledger.pcap import C2S, S2C, Segment, register_renderer
-from appliance.ledger.results import cell_bytes, read_result
+from appliance.ledger.results import cell_bytes, read_result, result_bytes
 from appliance.ledger.store import BlobReader
 from appliance.protocols.postgres.messages import (
     AuthenticationOk,
@@ -42,14 +42,7 @@ def _ts(entry: dict[str, Any]) -> float:
 
 def _result(data: dict[str, Any], blobs: BlobReader) -> bytes:
     """RowDescription and DataRows of a response's (masked) result sets."""
-    res = data.get("result")
-    content: bytes | None = None
-    if isinstance(res, dict):
-        inline, sha = res.get("inline"), res.get("sha256")
-        if isinstance(inline, str):
-            content = inline.encode()
-        elif isinstance(sha, str) and blobs.exists(sha):
-            content = blobs.read(sha)
+    content = result_bytes(data, blobs.get)
     out: list[bytes] = []
     if content is None:
         columns = [str(c) for c in data.get("columns") or []]

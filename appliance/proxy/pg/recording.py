@@ -42,7 +42,7 @@ from appliance.protocols.postgres.messages import (
 from appliance.proxy.pg.relay import Statement
 
 _CHUNK = 256 * 1024
-_MASK_CACHE = 1024
+_MASK_CACHE = 64  # masked statement texts remembered per session (then forgotten at once)
 _HEADER, _ROWS, _COPY, _COPY_END = b"H", b"D", b"d", b"e"
 _LEN = struct.Struct("!I")
 

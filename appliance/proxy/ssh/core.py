@@ -5,7 +5,10 @@ Where this sits: asyncssh owns both SSH connections (:mod:`.runner`, the glue); 
 callback it makes becomes an event (:mod:`.events`) for :meth:`SshSession.handle`, and the
 glue carries out the commands returned. Every decision of a session is here:
 
-1. at accept, ``session.start`` is recorded (a key exchange that fails is a session too);
+1. ``session.start`` is recorded when the job's login begins; a connection that ends
+   before (malformed or oversized packets, a key exchange that fails or never finishes,
+   a client that rejects the appliance's host key) is a ``connection.refused``, aggregated
+   per source and reason like every protocol's (:mod:`appliance.proxy.refusals`);
 2. the job logs in as any user, with anything or nothing: its identity is the attributed
    process. Its user name picks the service account (else the first); the appliance logs
    in to the target as that account with the account's key (:class:`.events.
@@ -63,6 +66,7 @@ from appliance.protocols.ssh.scp import ScpEvent, ScpProtocolError, ScpSource
 from appliance.protocols.ssh.sftp import Request as SftpRequest
 from appliance.protocols.ssh.sftp import SftpProtocolError
 from appliance.proxy.commands import ConnectionInfo, Side
+from appliance.proxy.refusals import connection_refused
 from appliance.proxy.services import SessionServices
 from appliance.proxy.ssh.decisions import SshDecider, SshVerdict
 from appliance.proxy.ssh.events import (
@@ -211,6 +215,7 @@ class SshSession:
         self.statements = 0
         self.refused_opens = 0
         self.draining = False
+        self.started_recorded = False
         self.bytes_in = 0
         self.bytes_out = 0
         self._asked: dict[int, tuple[int, str]] = {}  # key -> (chan, "channel" | "sftp")
@@ -221,18 +226,25 @@ class SshSession:
     # -- the glue's side -------------------------------------------------------------------
 
     def start(self) -> Commands:
+        """The connection is accepted: nothing is recorded until the job's login begins (a
+        connection that ends before, in the key exchange, is a refusal, aggregated)."""
+        return []
+
+    def _record_start(self) -> None:
         start: dict[str, Any] = {
             "protocol": "ssh",
             "client": _addr(self.info.client),
             "server": _addr(self.info.upstream),
             "listener": _addr(self.info.listener),
+            "user": self.recorder.mask(self.username),
+            "client_version": self.client_version,
         }
         policy = self.services.policy
         if policy is not None:
             start["policy"] = policy.start_record()
             start["policy_mode"] = policy.mode
         self.recorder.append("session.start", start)
-        return []
+        self.started_recorded = True
 
     def handle(self, event: SshEvent) -> Commands:
         if self.state is State.ENDED:
@@ -316,6 +328,7 @@ class SshSession:
         account = self.target.account_for(event.username)
         self.account = account.name
         self.recorder.account = account.name
+        self._record_start()
         self.decider = SshDecider(
             self.services.policy,
             identity=self.identity,
@@ -1000,6 +1013,13 @@ class SshSession:
     # -- the end -------------------------------------------------------------------------------
 
     def _lost(self, event: ConnectionLost) -> Commands:
+        if event.side == "job" and not self.started_recorded:
+            why = event.why.lower()
+            if "timeout" in why or "timed out" in why:
+                key = "login timed out"
+            else:
+                key = "protocol error before login" if event.error else "disconnected before login"
+            return self._end(key, detail=event.why)
         if event.side == "job":
             if event.error:
                 self.recorder.append(
@@ -1020,11 +1040,26 @@ class SshSession:
             f"target {self.target.name!r} closed the connection",
         )
 
-    def _end(self, reason: str, message: str = "", *, login: bool = False) -> Commands:
+    def _end(
+        self, reason: str, message: str = "", *, login: bool = False, detail: str | None = None
+    ) -> Commands:
         """End the session once: the job told why (a login banner, or on each open
         channel's standard error), every channel's operation recorded, ``session.end``."""
         if self.state is State.ENDED:
             return []
+        if not self.started_recorded:
+            # Ended in the key exchange, before any login: a refusal (see ..refusals).
+            self.state = State.ENDED
+            connection_refused(
+                self.services.refusals,
+                self.services.ledger,
+                self.info,
+                protocol="ssh",
+                target=self.target.name,
+                reason=reason,
+                detail=detail,
+            )
+            return [Log("info", f"ended: {reason}"), End(reason)]
         out: Commands = []
         if login and self.state in (State.LOGIN, State.CONNECTING):
             out.append(RefuseAuth(f"appliance: {message}\r\n"))

@@ -9,6 +9,7 @@ import pytest
 
 from appliance.capture import FlowOwner, IdentityCache, resolve_identity, unattributed
 from appliance.capture._cgroup import CgroupPaths
+from appliance.capture._ci import KEYS
 
 TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
@@ -106,13 +107,9 @@ def test_live_process_with_ci_variables_in_an_ancestor(world: World) -> None:
         "dst": "198.18.0.2:5432",
         "ci": {
             "provider": "github",
+            **dict.fromkeys(KEYS),
             "repository": "acme/shop",
-            "workflow": None,
-            "job": None,
-            "job_id": None,
             "run_id": "42",
-            "run_attempt": None,
-            "runner": None,
             "vars": {"GITHUB_RUN_ID": "42", "GITHUB_REPOSITORY": "acme/shop"},
         },
         "ci_source_pid": 600,

@@ -25,7 +25,7 @@ def test_json_summary_never_shows_secrets(tmp_path: Path) -> None:
         cli, ["config", "check", "--format", "json", str(ROOT / "packer/config.example.yaml")]
     )
     assert result.exit_code == 0, result.output
-    assert '"secret": "credential \'orders-db-ci\'"' in result.output
+    assert '"secret": "credential \'target_orders-db-ci\'"' in result.output
 
 
 @pytest.mark.parametrize(

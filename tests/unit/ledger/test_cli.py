@@ -93,7 +93,10 @@ def test_index_is_incremental_and_rebuilt_when_the_log_changes(ledger: Path) -> 
 def test_show_and_replay(capsys: pytest.CaptureFixture[str], ledger: Path) -> None:
     code, out = run_cli(capsys, "ledger", "show", "--ledger", str(ledger), "s1")
     assert code == 0, out
-    assert "account:  ci-ro" in out and "github acme/shop migrate run 9, pid 4242 psql" in out
+    assert (
+        "account:  ci-ro" in out
+        and "github acme/shop migrate run 9 [claimed], pid 4242 psql" in out
+    )
     assert "#2 SELECT 3: 3 rows, 0.1 ms, result" in out
     code, out = run_cli(capsys, "ledger", "replay", "--ledger", str(ledger), "s1")
     assert code == 0, out

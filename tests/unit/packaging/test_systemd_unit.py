@@ -46,3 +46,20 @@ def test_stopping_never_removes_the_capture_rules() -> None:
     )
     assert not any("capture remove" in line for line in directives)
     assert not any(line.startswith("ExecStop") for line in directives)
+
+
+def test_status_checks_the_credentials_the_unit_loads() -> None:
+    """capture status looks for readable secrets where the unit loads its credentials from
+    (and where systemd puts them for the service): one list, the unit's."""
+    from appliance.capture._privileges import CREDENTIAL_DIRS
+
+    sources = {
+        line.split("=", 1)[1].split(":", 1)[1]
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("LoadCredential=")
+    }
+    assert sources, "the unit loads no credentials"
+    assert all(
+        any(src.startswith(f"{d}/") or src == str(d) for d in CREDENTIAL_DIRS) for src in sources
+    )
+    assert "/run/credentials/appliance.service" in {str(d) for d in CREDENTIAL_DIRS}

@@ -44,6 +44,16 @@ ATTRIBUTED: Mapping[str, Any] = {
     "cgroup": "/ci/job-17/step",
     "ci": {"provider": "github", "repository": "org/app", "workflow": "deploy", "job": "db"},
 }
+"""An attributed session whose CI fields are all claimed (no token)."""
+
+VERIFIED: Mapping[str, Any] = {
+    **ATTRIBUTED,
+    "verified": ["provider", "repository", "workflow"],
+    "token": {"status": "verified", "issuer": "github", "sha256": "0" * 64},
+    "mismatch": [],
+}
+"""The same session with a verified token stating provider, repository and workflow (the
+GitHub token has no job name: ``job`` stays claimed)."""
 
 
 def config_text(policy_body: str, *, approvals: bool = True) -> str:
@@ -53,8 +63,10 @@ def config_text(policy_body: str, *, approvals: bool = True) -> str:
 
 
 def load_policy(policy_body: str, *, approvals: bool = True) -> Policy:
+    """The policy of :func:`config_text`, parsed as in a config that trusts a token issuer
+    (rules may need verified identity fields)."""
     config = parse_config(config_text(policy_body, approvals=approvals), source="test.yaml")
-    return parse_policy(config.policy, targets=config.targets)
+    return parse_policy(config.policy, targets=config.targets, verifiable=True)
 
 
 def rules(text: str, *, mode: str = "enforce") -> Policy:

@@ -16,7 +16,7 @@ from .helpers import ALICE, BOB, EXAMPLE, TARGETS, config_text, ctx, load_policy
 
 def test_the_example_file_parses_and_decides() -> None:
     config = load_config(EXAMPLE)
-    policy = parse_policy(config.policy, targets=config.targets)
+    policy = parse_policy(config.policy, targets=config.targets, verifiable=True)
     assert policy.mode == "enforce" and policy.enforced
     assert policy.approvers == {
         "alice": VerifierKey.from_vkey(ALICE),
@@ -118,7 +118,17 @@ ERRORS = [
      "unknown key 'repo'"),
     ("unknown identity key",
      "  rules:\n    - name: r\n      match: {identity: {repo: x}}  # <-\n      action: allow\n",
-     "unknown key 'repo' (expected one of: job, provider, repository, workflow)"),
+     "unknown key 'repo' (expected one of: actor, environment, job, provider, ref, "
+     "repository, run_id, verified, workflow, workflow_ref)"),
+    ("verified identity without an issuer",
+     "  rules:\n    - name: r\n      match: {identity: {repository: x}}  # <-\n      action: allow\n",
+     "no token issuer is configured"),
+    ("verified neither true, false nor any",
+     "  rules:\n    - name: r\n      match: {identity: {verified: yes please}}  # <-\n"
+     "      action: allow\n", "expected true, false or any"),
+    ("verified: any alone",
+     "  rules:\n    - name: r\n      match: {identity: {verified: any}}  # <-\n      action: allow\n",
+     "matches every session"),
     ("empty identity",
      "  rules:\n    - name: r\n      match: {identity: {}}  # <-\n      action: allow\n",
      "give at least one of"),

@@ -20,7 +20,7 @@ from appliance.policy import (
     classify,
 )
 
-from .helpers import ATTRIBUTED, ctx, rules
+from .helpers import ATTRIBUTED, VERIFIED, ctx, rules
 
 CATCH_ALL_ALLOW = "- {name: rest, action: allow}"
 
@@ -118,15 +118,60 @@ def test_exe_and_cgroup_globs() -> None:
 def test_identity_globs_on_the_ci_job() -> None:
     p = rules(
         "- name: r\n"
-        "  match: {identity: {repository: org/app, workflow: 'deploy*', job: [db, migrate]}}\n"
+        "  match: {identity: {verified: any, repository: org/app, workflow: 'deploy*', job: [db, migrate]}}\n"
         "  action: allow"
     )
     assert decided_by(p, ctx("SELECT 1")) == "r"
+    assert decided_by(p, ctx("SELECT 1", identity=VERIFIED)) == "r"
     ci = dict(ATTRIBUTED["ci"])
     for key, value in (("repository", "org/other"), ("workflow", "test"), ("job", "lint")):
         identity = {**ATTRIBUTED, "ci": {**ci, key: value}}
         assert decided_by(p, ctx("SELECT 1", identity=identity)) == NO_RULE, key
     assert decided_by(p, ctx("SELECT 1", identity={"source": "ebpf", "uid": 1})) == NO_RULE
+
+
+def test_identity_matches_verified_fields_unless_the_rule_says_otherwise() -> None:
+    p = rules("- {name: r, match: {identity: {repository: org/app}}, action: allow}")
+    assert p.rules[0].match.trust == "verified"
+    assert decided_by(p, ctx("SELECT 1", identity=VERIFIED)) == "r"
+    # The same repository, only claimed by the environment: not enough.
+    assert decided_by(p, ctx("SELECT 1")) == NO_RULE
+    # A token that was rejected verifies nothing, whatever the lists say.
+    rejected = {**VERIFIED, "token": {"status": "rejected", "reason": "expired"}}
+    assert decided_by(p, ctx("SELECT 1", identity=rejected)) == NO_RULE
+    # A field the token does not state (GitHub has no job name) is never verified.
+    job = rules("- {name: r, match: {identity: {verified: true, job: db}}, action: allow}")
+    assert decided_by(job, ctx("SELECT 1", identity=VERIFIED)) == NO_RULE
+
+
+def test_environment_says_prod_token_says_fork() -> None:
+    """The token wins: the effective value is the verified one, and a rule that needs
+    verified identity sees the fork."""
+    fork = {
+        **VERIFIED,
+        "ci": {**VERIFIED["ci"], "repository": "acme/fork"},
+        "mismatch": [{"field": "repository", "claimed": "acme/prod", "verified": "acme/fork"}],
+    }
+    p = rules(
+        "- {name: prod, match: {identity: {verified: true, repository: acme/prod}}, action: allow}\n"
+        "- {name: fork, match: {identity: {repository: acme/fork}}, action: deny}"
+    )
+    assert decided_by(p, ctx("SELECT 1", identity=fork)) == "fork"
+
+
+def test_verified_false_is_for_sessions_without_a_verified_token() -> None:
+    p = rules(
+        "- {name: unverified, match: {identity: {verified: false}}, action: deny}\n"
+        "- {name: rest, action: allow}"
+    )
+    assert decided_by(p, ctx("SELECT 1")) == "unverified"
+    assert decided_by(p, ctx("SELECT 1", identity={"source": "unattributed"})) == "unverified"
+    assert decided_by(p, ctx("SELECT 1", identity=VERIFIED)) == "rest"
+    claims = rules(
+        "- {name: r, match: {identity: {verified: false, repository: org/app}}, action: allow}"
+    )
+    assert decided_by(claims, ctx("SELECT 1")) == "r"
+    assert decided_by(claims, ctx("SELECT 1", identity=VERIFIED)) == NO_RULE
 
 
 def test_all_matchers_of_a_rule_must_match() -> None:

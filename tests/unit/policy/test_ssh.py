@@ -271,13 +271,13 @@ def test_the_example_file_decides_ssh_as_it_says() -> None:
     from appliance.config import load_config
     from appliance.policy import parse_policy
 
-    from .helpers import EXAMPLE
+    from .helpers import EXAMPLE, VERIFIED
 
     config = load_config(EXAMPLE)
-    p = parse_policy(config.policy, targets=config.targets)
+    p = parse_policy(config.policy, targets=config.targets, verifiable=True)
 
     def on_web(c: Classification) -> tuple[str, str]:
-        d = p.decide(RequestContext(ATTRIBUTED, "web", None, "deploy", c))
+        d = p.decide(RequestContext(VERIFIED, "web", None, "deploy", c))
         return d.action, d.rule
 
     assert on_web(classify_exec("rm -rf /srv/app")) == ("deny", "ssh-no-recursive-deletes")

@@ -409,12 +409,15 @@ def test_the_startup_timeout_is_an_event() -> None:
     assert d.fatal()["code"] == "08006" and d.fatal()["message"] == "startup timed out"
 
 
-def test_garbage_from_the_job_is_its_own_protocol_violation() -> None:
+def test_garbage_from_the_job_is_its_own_protocol_violation_and_recorded() -> None:
     d = Drive()
     d.start()
     d.job(b"\x00\x00\x00\x08\x12\x34\x56\x78")  # a startup code no one speaks
     assert d.fatal()["severity"] == "FATAL"
     assert d.ended is not None and "protocol violation by the job during startup" in d.ended.reason
+    refused = d.ledger.last("connection.refused")
+    assert refused["reason"] == "protocol violation by the job during startup"
+    assert "detail" in refused and d.ledger.types() == ["connection.refused"]
 
 
 # -- cancel ------------------------------------------------------------------------------------------
@@ -444,11 +447,20 @@ def test_a_cancel_with_an_unknown_key_is_recorded_and_dropped() -> None:
     d = Drive()
     d.start()
     assert not any(isinstance(c, SendOnce) for c in d.job(CancelRequest(7, b"1234").encode()))
+    # Guessing keys costs the guesser nothing: recorded as a refusal (aggregated by the
+    # daemon's RefusalLog), once.
     assert d.ledger.entries == [
         (
-            "cancel.requested",
+            "connection.refused",
             None,
-            {"client": "10.9.0.1:40000", "connection": "s1", "outcome": "unknown key"},
+            {
+                "source": "10.9.0.1",
+                "reason": "cancel request with an unknown key",
+                "protocol": "postgres",
+                "client": "10.9.0.1:40000",
+                "listener": "127.0.0.1:6432",
+                "connection": "s1",
+            },
         )
     ]
 

@@ -345,14 +345,30 @@ def test_channel_limits_and_a_flood() -> None:
     assert "flood" in d.ledger.of("protocol.error")[0]["message"]
 
 
-def test_a_broken_login_is_a_protocol_error_and_the_end() -> None:
+def test_a_connection_that_ends_before_its_login_is_a_refusal() -> None:
     d = Drive()
     out = d(ConnectionLost("job", "Login timeout expired", error=True))
     assert isinstance(out[-1], End)
-    assert d.ledger.of("protocol.error")[0] == {"side": "job", "message": "Login timeout expired"}
+    (refused,) = d.ledger.of("connection.refused")
+    assert refused["reason"] == "login timed out" and refused["detail"] == "Login timeout expired"
+    assert refused["protocol"] == "ssh" and refused["source"] == "10.9.0.2"
+    assert d.ledger.types() == ["connection.refused"]  # no session: nothing else
+    d = Drive()
+    d(ConnectionLost("job", "Invalid SSH version", error=True))
+    assert d.ledger.of("connection.refused")[0]["reason"] == "protocol error before login"
+    d = Drive()
+    d(ConnectionLost("job", "closed", error=False))
+    assert d.ledger.of("connection.refused")[0]["reason"] == "disconnected before login"
+
+
+def test_a_login_that_fails_later_is_a_session() -> None:
+    d = Drive()
+    d(AuthBegan("deploy"))
+    out = d(ConnectionLost("job", "Connection lost", error=True))
+    assert isinstance(out[-1], End)
+    assert d.ledger.types() == ["session.start", "protocol.error", "session.end"]
     assert (
-        d.ledger.of("session.end")[0]["reason"]
-        == "job disconnected during login: Login timeout expired"
+        d.ledger.of("session.end")[0]["reason"] == "job disconnected during login: Connection lost"
     )
 
 
