@@ -312,9 +312,7 @@ class Daemon:
         server = self.server = ProxyServer(
             cfg, services, resolver, shell=shell, transparent=self.capture
         )
-        install_trust(
-            cfg, services.shared, record=lambda d: ledger.append("capture.trust_installed", data=d)
-        )
+        install_trust(cfg, services.shared, record=lambda t, d: ledger.append(t, data=d))
         bound = server.bind()
 
         loop = asyncio.get_running_loop()
@@ -510,10 +508,19 @@ class CaptureRuntime:
 
 
 def install_trust(
-    config: Config, shared: Mapping[str, Any], *, record: Callable[[dict[str, Any]], None]
+    config: Config,
+    shared: Mapping[str, Any],
+    *,
+    record: Callable[[str, dict[str, Any]], None],
 ) -> None:
     """Make the runner's clients trust the appliance for each protocol that needs it (the
-    registry's ``trust`` hooks: SSH's CA line); raises ApplianceError when one cannot."""
+    registry's ``trust`` hooks: SSH's CA line), recorded as ``capture.trust_installed``.
+
+    One that cannot (no /etc/ssh on the image, a read-only file) is logged and recorded as
+    ``capture.trust_failed``, and the appliance serves on: trust is what lets unmodified
+    clients accept the appliance, not what keeps them from going around it (netfilter
+    does), so without it that protocol's clients fail closed (they refuse the appliance's
+    host key) while every other protocol goes on."""
     for name in sorted({t.protocol for t in config.targets.values()}):
         protocol = registry.get(name)
         if protocol.trust is None:
@@ -522,11 +529,11 @@ def install_trust(
         try:
             done = protocol.load(protocol.trust)(config, targets, shared.get(name))
         except OSError as exc:
-            raise ApplianceError(
-                f"cannot make the runner trust the appliance for {name}: {exc}"
-            ) from None
+            log.error("cannot make the runner trust the appliance for %s: %s", name, exc)
+            record("capture.trust_failed", {"protocol": name, "error": str(exc)})
+            continue
         log.info("runner trust installed for %s: %s", name, done)
-        record({"protocol": name, **done})
+        record("capture.trust_installed", {"protocol": name, **done})
 
 
 def _record_approval(ledger: Ledger, type: str, data: dict[str, Any]) -> None:

@@ -120,3 +120,28 @@ capture: {{ssh_known_hosts: {path}}}
     assert done["file"] == str(path) and done["line"].startswith("@cert-authority 10.0.0.7 ")
     assert kh.untrust(config) == [f"the SSH CA line in {path}"]
     assert kh.untrust(config) == []
+
+
+def test_the_daemon_records_the_trust_and_serves_on_when_it_cannot(tmp_path: Path) -> None:
+    from appliance.daemon import install_trust
+
+    text = """
+targets:
+  - name: web
+    protocol: ssh
+    addresses: ["10.0.0.7:22"]
+    known_hosts: /kh
+    accounts: [{{name: deploy, user: deploy, secret: {{file: /k}}}}]
+capture: {{ssh_known_hosts: {path}}}
+"""
+    recorded: list[tuple[str, dict[str, object]]] = []
+    ok = parse_config(text.format(path=tmp_path / "known"), source="t.yaml")
+    install_trust(ok, {"ssh": shared(counter_bytes())}, record=lambda t, d: recorded.append((t, d)))
+    missing = parse_config(
+        text.format(path=tmp_path / "no" / "such" / "dir" / "known"), source="t.yaml"
+    )
+    install_trust(
+        missing, {"ssh": shared(counter_bytes())}, record=lambda t, d: recorded.append((t, d))
+    )
+    assert [t for t, _ in recorded] == ["capture.trust_installed", "capture.trust_failed"]
+    assert recorded[0][1]["protocol"] == "ssh" and "No such file" in str(recorded[1][1]["error"])
