@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest
 
-.PHONY: setup test lint typecheck unit lab image image-test guard demo bench soak pg-regress clean
+.PHONY: setup test test-pure lint typecheck unit unit-pure lab lab-pure image image-test guard demo bench soak pg-regress clean
 
 setup:
 	@./scripts/setup.sh
@@ -19,11 +19,25 @@ lint:
 typecheck:
 	$(VENV)/bin/mypy
 
+# The unit suite runs against both builds of the hot path: compiled (mypyc, scripts/compile.py)
+# and pure Python (APPLIANCE_PURE=1 imports the .py sources; appliance/_pure.py).
 unit:
 	$(PYTEST) tests/unit -q
+	APPLIANCE_PURE=1 $(PYTEST) tests/unit -q -p no:cacheprovider
+
+unit-pure:
+	APPLIANCE_PURE=1 $(PYTEST) tests/unit -q -p no:cacheprovider
 
 lab:
 	$(PYTEST) tests/lab -q -m lab
+
+lab-pure:
+	APPLIANCE_PURE=1 $(PYTEST) tests/lab -q -m lab -p no:cacheprovider
+
+# Every behaviour test against the pure-Python build (make test runs the compiled one, and
+# the unit suite in both).
+test-pure: setup
+	$(MAKE) --no-print-directory unit-pure lab-pure guard
 
 # The runner image baked for real: debootstrap, packer/provision.sh, boot with systemd-nspawn
 # (tests/image/test_provision.py; about 2 minutes with its cache, 3 to 5 without).
@@ -54,4 +68,5 @@ pg-regress: setup
 	$(PY) -m tests.regress.pg_regress
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-output
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache demo-output build
+	find appliance -name '*.so' -delete

@@ -14,3 +14,7 @@ Where things sit on the data path (see DESIGN.md):
 """
 
 __version__ = "0.1.0"
+
+from appliance import _pure
+
+_pure.install()  # APPLIANCE_PURE=1: the pure-Python build of the hot path (see _pure.py)

@@ -6,12 +6,16 @@ half-configured):
 
 1. config (already checked), policy, masking and identity sections parsed;
 2. the ledger opened (recovery; a tampered history stops the start) and ``appliance.start``
-   recorded, with a loud warning when policy runs in observe mode;
-3. capture (``--capture``): netfilter rules installed/reconciled, eBPF attribution loaded
-   (a failure is recorded as ``capture.bpf_failed`` and sessions run ``unattributed``);
-   with an ``identity`` section, the token issuers' keys loaded (``identity.keys_loaded``,
-   or ``identity.keys_unavailable``: that issuer's jobs stay unverified until a fetch
-   succeeds);
+   recorded, with a loud warning when policy runs in observe mode, and how the previous run
+   ended (its last seq, and whether that was its ``appliance.stop``: a kill -9 or a crash
+   leaves none);
+3. capture (``--capture``): the daemon must run in ``capture.appliance_cgroup`` (the rules
+   let marked traffic out from there only), netfilter rules installed/reconciled, eBPF
+   attribution loaded (a failure is recorded as ``capture.bpf_failed`` and sessions run
+   ``unattributed``); refused uses of the appliance's mark are recorded as
+   ``capture.bypass_attempt``; with an ``identity`` section, the token issuers' keys loaded
+   (``identity.keys_loaded``, or ``identity.keys_unavailable``: that issuer's jobs stay
+   unverified until a fetch succeeds);
 4. the approvals socket and webhooks, when the policy names approvers;
 5. listeners bound, then "ready" (a log line, ``READY=1`` to systemd, and an optional
    ready file).
@@ -35,9 +39,9 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from appliance import __version__, capture
 from appliance.approvals import (
@@ -54,6 +58,7 @@ from appliance.errors import ApplianceError
 from appliance.identity import Outcome, Verifier, annotate, boot_id
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
+from appliance.ledger.recovery import LastEntry
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import EPHEMERAL, MaskCounts, Masker, MaskingConfig, key_record
 from appliance.proxy import registry
@@ -69,6 +74,8 @@ log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
 _REFUSALS_INTERVAL = 60.0  # seconds over which refused connections are counted
 _LINK_SETTLE = 0.05  # seconds to let a burst of interface events pass before reconciling
+_BYPASS_WATCH = 0.25  # seconds between reads of refused uses of the appliance's mark
+_BYPASS_IN_FULL = 16  # bypass attempts recorded one by one per read; the rest are counted
 _RTMGRP_LINK = 1  # rtnetlink multicast group of interface events (linux/rtnetlink.h)
 
 
@@ -190,16 +197,17 @@ class Daemon:
         key_text = read_secret(cfg.ledger.key, credentials_dir=self.credentials_dir)
         key = SigningKey.from_skey(key_text)
         opener = RemoteLedger.open if cfg.ledger.writer == "process" else LedgerWriter.open
-        ledger: Ledger = opener(
+        opened: RemoteLedger | LedgerWriter = opener(
             cfg.ledger.dir,
             origin=cfg.ledger.origin,
             key=key,
             checkpoint_interval=cfg.ledger.checkpoint_interval,
             checkpoint_entries=cfg.ledger.checkpoint_entries,
         )
-        self.ledger = ledger
+        previous = opened.last_at_open
+        self.ledger = ledger = opened
         try:
-            await self._serve(ledger, sections, started)
+            await self._serve(ledger, sections, started, previous)
         finally:
             with contextlib.suppress(ApplianceError):
                 ledger.append(
@@ -208,7 +216,9 @@ class Daemon:
             ledger.close()
             log.info("stopped; ledger closed with a final checkpoint")
 
-    async def _serve(self, ledger: Ledger, sections: Sections, started: float) -> None:
+    async def _serve(
+        self, ledger: Ledger, sections: Sections, started: float, previous: LastEntry | None
+    ) -> None:
         cfg = self.config
         policy, masking = sections.policy, sections.masking
         mask_key, key_source = load_masking_key(masking, self.credentials_dir)
@@ -229,6 +239,15 @@ class Daemon:
         elif policy.warning:
             log.warning(policy.warning)
             start["warning"] = policy.warning
+        start["previous_run"] = ended = previous_run(previous)
+        if previous is not None and ended is not None and not ended["stopped_cleanly"]:
+            log.warning(
+                "the previous run did not stop cleanly: its last entry is #%d (%s, %s), "
+                "not appliance.stop (killed or crashed)",
+                previous.seq,
+                previous.type,
+                previous.ts,
+            )
         ledger.append("appliance.start", data=start)
 
         identify: Identify | None = None
@@ -244,7 +263,10 @@ class Daemon:
                 )
                 await verifier.start()
             attribution = CaptureRuntime(
-                cfg, record=lambda t, d: ledger.append(t, data=d), verifier=verifier
+                cfg,
+                record=lambda t, d, identity=None: ledger.append(t, data=d, identity=identity),
+                verifier=verifier,
+                mask=lambda text: masker.for_target("").mask_text(text, MaskCounts()),
             )
             identify = attribution.identify
             original_dst = capture.original_dst
@@ -328,6 +350,8 @@ class Daemon:
                     helpers.append(tg.create_task(approvals_server.serve()))
                 if reconcile is not None:
                     helpers.append(tg.create_task(self._reconcile_loop(reconcile)))
+                if attribution is not None and attribution.attribution is not None:
+                    helpers.append(tg.create_task(self._bypass_loop(attribution)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 helpers.append(tg.create_task(self._flush_refusals(refusals)))
                 elapsed = time.monotonic() - started
@@ -407,6 +431,13 @@ class Daemon:
                 asyncio.get_running_loop().remove_reader(links.fileno())
                 links.close()
 
+    async def _bypass_loop(self, runtime: CaptureRuntime) -> None:
+        """Record refused uses of the appliance's mark soon after they happen (the process
+        that tried is then still there to be named)."""
+        while not self._stopping:
+            await asyncio.sleep(_BYPASS_WATCH)
+            runtime.record_bypass_attempts()
+
     def stop(self) -> None:
         if self._stopping:
             return
@@ -417,25 +448,45 @@ class Daemon:
             self.server.stop(self.grace)
 
 
+class Record(Protocol):
+    def __call__(
+        self, type: str, data: dict[str, Any], identity: Mapping[str, Any] | None = None
+    ) -> None: ...
+
+
 class CaptureRuntime:
     """Capture while the daemon runs: rules installed at start and reconciled, eBPF
     attribution loaded (or recorded as failed), identities resolved per session (and the
-    job's CI token verified when ``verifier`` is given)."""
+    job's CI token verified when ``verifier`` is given), refused uses of the appliance's mark
+    recorded.
+
+    Raises CaptureError if the daemon does not run in ``capture.appliance_cgroup``.
+    """
 
     def __init__(
         self,
         config: Config,
         *,
-        record: Callable[[str, dict[str, Any]], None],
+        record: Record,
         verifier: Verifier | None = None,
+        mask: Callable[[str], str] | None = None,
     ) -> None:
         self.config = config
         self.record = record
         self.verifier = verifier
+        own = capture.require_own_cgroup(config.capture.appliance_cgroup)
         report = capture.install(config)
-        record("capture.rules_installed", report.to_dict())
+        record(
+            "capture.rules_installed",
+            {
+                **report.to_dict(),
+                "appliance_cgroup": config.capture.appliance_cgroup,
+                "running_in": own,
+                "conntrack_zone": config.capture.conntrack_zone,
+            },
+        )
         self.reconciler = capture.Reconciler(config)
-        self.cache = capture.IdentityCache()
+        self.cache = capture.IdentityCache(mask=mask)
         self.attribution: capture.Attribution | None = None
         self.unattributed_reason = "eBPF attribution disabled in the config"
         self._lost = 0
@@ -469,6 +520,29 @@ class CaptureRuntime:
             return annotate(found, Outcome("absent", why))
         _pid, environ = capture.job_environ(owner, self.verifier.variables, cache=self.cache)
         return await self.verifier.identify(found, environ)
+
+    def record_bypass_attempts(self) -> None:
+        """Record each connect() that eBPF refused for carrying the appliance's mark from
+        outside its cgroup (see :func:`bypass_entries`)."""
+        if self.attribution is None:
+            return
+        attempts = self.attribution.bypass_attempts()
+        for owner in attempts[:_BYPASS_IN_FULL]:
+            log.warning(
+                "bypass attempt refused: pid %d (%s, uid %d) connected to %s with the "
+                "appliance's mark",
+                owner.tgid,
+                owner.comm,
+                owner.uid,
+                format_endpoint(*owner.dst),
+            )
+        for data, identity in bypass_entries(
+            attempts,
+            self.config,
+            identify=lambda owner: capture.resolve_identity(owner, cache=self.cache),
+            resolver=self.reconciler.resolver,
+        ):
+            self.record("capture.bypass_attempt", data, identity)
 
     def reconcile(self) -> None:
         """Runs in a worker thread: restore rules, count lost attribution events, and record
@@ -536,6 +610,53 @@ def install_trust(
         record("capture.trust_installed", {"protocol": name, **done})
 
 
+def bypass_entries(
+    attempts: Sequence[capture.FlowOwner],
+    config: Config,
+    *,
+    identify: Callable[[capture.FlowOwner], Mapping[str, Any]],
+    resolver: Callable[[str], Sequence[str]] | None = None,
+) -> list[tuple[dict[str, Any], Mapping[str, Any] | None]]:
+    """The ``capture.bypass_attempt`` entries (data, identity) for refused uses of the
+    appliance's mark: one per attempt, who (``identify``) and where to; past
+    ``_BYPASS_IN_FULL`` in one read, a single entry counts the rest (a loop of attempts must
+    not flood the ledger)."""
+    out: list[tuple[dict[str, Any], Mapping[str, Any] | None]] = []
+    for owner in attempts[:_BYPASS_IN_FULL]:
+        target = capture.target_for(config, *owner.dst, resolver=resolver)
+        data = {
+            "dst": format_endpoint(*owner.dst),
+            "target": target.name if target is not None else None,
+            "mark": f"{config.capture.mark:#x}",
+            "refused": "connect() refused by eBPF (EPERM): the appliance's mark from outside "
+            "the appliance's cgroup",
+        }
+        out.append((data, identify(owner)))
+    rest = attempts[_BYPASS_IN_FULL:]
+    if rest:
+        more = {
+            "more": len(rest),
+            "pids": sorted({o.tgid for o in rest})[:32],
+            "dsts": sorted({format_endpoint(*o.dst) for o in rest})[:32],
+        }
+        out.append((more, None))
+    return out
+
+
+def previous_run(last: LastEntry | None) -> dict[str, Any] | None:
+    """How the previous run ended, for ``appliance.start``: the seq, type and time of the
+    ledger's last entry, and whether that was an ``appliance.stop`` (a run killed with
+    SIGKILL, or crashed, leaves none). None for a new ledger."""
+    if last is None:
+        return None
+    return {
+        "last_seq": last.seq,
+        "last_type": last.type,
+        "last_ts": last.ts,
+        "stopped_cleanly": last.type == "appliance.stop",
+    }
+
+
 def _record_approval(ledger: Ledger, type: str, data: dict[str, Any]) -> None:
     """Approval records belong to the session that holds the statement: file them there,
     so that `ledger show/replay SESSION` tell the whole story."""
@@ -561,4 +682,12 @@ def run(config: Config, **kwargs: Any) -> None:
     runner(daemon.run())
 
 
-__all__ = ["Daemon", "JsonFormatter", "run", "sd_notify", "setup_logging"]
+__all__ = [
+    "Daemon",
+    "JsonFormatter",
+    "bypass_entries",
+    "previous_run",
+    "run",
+    "sd_notify",
+    "setup_logging",
+]

@@ -27,6 +27,7 @@ APT_PACKAGES=(
   openssl ca-certificates curl tshark systemd shellcheck
   openssh-client openssh-sftp-server rsync git
   debootstrap systemd-container
+  chromium
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -125,6 +126,12 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     exit 1
   fi
   echo "$want" > "$stamp"
+fi
+# The hot path compiled with mypyc (scripts/compile.py: only when its sources changed; the
+# pure-Python build is the same tree with APPLIANCE_PURE=1).
+if ! .venv/bin/python scripts/compile.py >.venv/compile.log 2>&1; then
+  cat .venv/compile.log >&2
+  exit 1
 fi
 .venv/bin/python -c 'import bcc' 2>/dev/null || log "warning: 'import bcc' fails in .venv"
 log "ready"

@@ -5,7 +5,7 @@ Where it sits in the data path (DESIGN.md)::
     job connect(10.1.2.3:5432) ─► nat REDIRECT ─► appliance listener (accept)
         original_dst(sock) -> ("10.1.2.3", 5432) -> target_for(config, ...) -> Target | None
         Attribution.lookup(*peer) -> FlowOwner | None -> resolve_identity(owner) -> dict
-        upstream socket: mark_socket(sock, config.capture.mark) -> connect to the target
+        upstream_socket(family, config.capture.mark) -> connect to the target
 
 The pieces, each in its own module:
 
@@ -18,7 +18,7 @@ The pieces, each in its own module:
   nftables netdev table that drops unmarked packets to targets sent from packet sockets,
   which skip iptables. Only :func:`remove` removes rules.
 - original destination (:mod:`._origdst`): :func:`original_dst`, :func:`target_for`,
-  :func:`upstream_socket_options`, :func:`mark_socket`.
+  :func:`upstream_socket`, :func:`mark_socket`.
 - attribution (:mod:`._attribution`, ``bpf/attribution.c``): :class:`Attribution`,
   :class:`FlowOwner`; raises :class:`AttributionUnavailable` with the reason when BPF cannot
   run (the daemon records ``capture.bpf_failed`` and goes on unattributed).
@@ -29,11 +29,13 @@ The pieces, each in its own module:
   :class:`IdentityCache`; :func:`job_environ` reads the CI token variables for
   :mod:`appliance.identity` (secrets: read per call, never recorded).
 
-The daemon's use, in order: ``install(config)`` at start (idempotent); a
+The daemon's use, in order: ``require_own_cgroup(config.capture.appliance_cgroup)`` (the
+rules let marked traffic out from that cgroup only); ``install(config)`` (idempotent); a
 ``Reconciler(config)`` whose ``check_and_repair()`` runs every
 ``config.capture.reconcile_interval`` seconds in a worker thread (each returned
 :class:`RuleChange` goes to the ledger); ``Attribution.from_config(config)`` (or
-:meth:`Attribution.start`); then per connection the calls above. Listen on
+:meth:`Attribution.start`), whose :meth:`Attribution.bypass_attempts` it reads often and
+records; then per connection the calls above. Listen on
 ``[::]:config.capture.listen_port`` with IPV6_V6ONLY off (IPv4 flows are redirected to
 127.0.0.1 or, from a container bridge, to the bridge's address; IPv6 flows to ::1).
 """
@@ -44,6 +46,7 @@ from appliance.capture._attribution import (
     FlowOwner,
     StaleProgram,
 )
+from appliance.capture._cgroup import require_own_cgroup
 from appliance.capture._errors import (
     AttributionUnavailable,
     CaptureError,
@@ -73,7 +76,6 @@ from appliance.capture._origdst import (
     original_dst,
     target_for,
     upstream_socket,
-    upstream_socket_options,
 )
 from appliance.capture._privileges import (
     Finding,
@@ -117,11 +119,11 @@ __all__ = [
     "original_dst",
     "remove",
     "render_rules",
+    "require_own_cgroup",
     "resolve_identity",
     "status",
     "system_lookup",
     "target_for",
     "unattributed",
     "upstream_socket",
-    "upstream_socket_options",
 ]

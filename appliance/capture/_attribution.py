@@ -8,7 +8,10 @@ leaves untouched) and hands the :class:`FlowOwner` to :func:`resolve_identity`.
 
 Netfilter enforces, eBPF observes (DESIGN.md, invariant 2): if anything here fails,
 :class:`AttributionUnavailable` says why, and capture goes on with sessions
-``unattributed``. The programs never refuse a connection.
+``unattributed``. The programs refuse one kind of connection only: one whose socket carries
+the appliance's mark, opened from outside the appliance's own cgroup (issue 13; netfilter
+refuses it too, on its own). :meth:`Attribution.bypass_attempts` says who tried, for the
+daemon to record.
 
 The programs are attached with ``BPF_PROG_ATTACH`` and ``BPF_F_ALLOW_MULTI`` (they coexist
 with systemd's and Docker's programs). Such attachments outlive a killed daemon, so
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.capture import _libbpf
-from appliance.capture._cgroup import cgroup2_root
+from appliance.capture._cgroup import cgroup2_root, cgroup_dir, cgroup_id
 from appliance.capture._errors import AttributionUnavailable
 from appliance.capture._origdst import normalise_ip
 from appliance.config import Config
@@ -56,8 +59,16 @@ ATTACH_TYPE_NAMES = {
 }
 
 # Indexes of apl_stats (bpf/attribution.c, APL_STAT_*).
-STATS = ("recorded", "owner_update_failed", "flow_update_failed", "owner_missing", "closed")
-_LOST = ("owner_update_failed", "flow_update_failed", "owner_missing")
+STATS = (
+    "recorded",
+    "owner_update_failed",
+    "flow_update_failed",
+    "owner_missing",
+    "closed",
+    "bypass_refused",
+    "bypass_lost",
+)
+_LOST = ("owner_update_failed", "flow_update_failed", "owner_missing", "bypass_lost")
 
 DEFAULT_MAX_FLOWS = 16384
 _AF_INET6 = 10
@@ -109,6 +120,23 @@ def _from16(raw: bytes) -> str:
     return normalise_ip(str(ipaddress.IPv6Address(raw)))
 
 
+def _owner(o: Any) -> FlowOwner:
+    """A FlowOwner from the C struct ``apl_owner_t``."""
+    return FlowOwner(
+        tgid=o.tgid,
+        pid=o.pid,
+        uid=o.uid,
+        gid=o.gid,
+        comm=bytes(o.comm).split(b"\0", 1)[0].decode(errors="replace"),
+        cgroup_id=o.cgroup_id,
+        netns_cookie=o.netns_cookie,
+        boot_ns=o.boot_ns,
+        family=o.family,
+        dst=(_from16(bytes(o.daddr)), o.dport),
+        cookie=o.cookie,
+    )
+
+
 def _int_flag(name: str, value: int, low: int, high: int) -> str:
     """A ``-D`` flag for bcc, after checking that ``value`` is an int within range (never a
     string pasted into C: STYLE.md, 8)."""
@@ -135,6 +163,20 @@ class Attribution:
         self._flows = bpf[b"apl_flows"]
         self._stats = bpf[b"apl_stats"]
         self._misses = 0
+        self._bypass: list[FlowOwner] = []
+        owner_type = ctypes.POINTER(self._owners.Leaf)
+
+        def on_bypass(_ctx: object, data: int, _size: int) -> int:
+            self._bypass.append(_owner(ctypes.cast(data, owner_type).contents))
+            return 0
+
+        self._on_bypass = on_bypass  # bcc keeps only a C wrapper: hold the function too
+        try:
+            bpf[b"apl_bypass"].open_ring_buffer(on_bypass)
+        except Exception as exc:  # start() releases the programs and says why
+            raise AttributionUnavailable(
+                f"opening the ring buffer apl_bypass failed: {exc}"
+            ) from None
         self.cgroup = cgroup
         self.stale_detached = stale
 
@@ -142,10 +184,15 @@ class Attribution:
 
     @classmethod
     def from_config(cls, config: Config, *, program_dir: Path = DEFAULT_PROGRAM_DIR) -> Attribution:
-        """Start for ``config``: its cgroup, its mark, recording only the protected ports."""
+        """Start for ``config``: its cgroup, its mark, recording only the protected ports,
+        the mark allowed from the appliance's cgroup only."""
         ports = {a.port for t in config.targets.values() for a in t.addresses}
         return cls.start(
-            config.capture.cgroup, program_dir=program_dir, ports=ports, mark=config.capture.mark
+            config.capture.cgroup,
+            program_dir=program_dir,
+            ports=ports,
+            mark=config.capture.mark,
+            own_cgroup=cgroup_dir(config.capture.appliance_cgroup),
         )
 
     @classmethod
@@ -157,11 +204,14 @@ class Attribution:
         ports: Iterable[int] | None = None,
         mark: int = 0x4150,
         max_flows: int = DEFAULT_MAX_FLOWS,
+        own_cgroup: Path | None = None,
     ) -> Attribution:
         """Compile, load and attach the programs to ``cgroup`` (None: the cgroup v2 root).
 
         ``ports``: record only connections to these ports (None: every TCP connection).
-        Sockets carrying ``mark`` (the appliance's own) are never recorded.
+        Sockets carrying ``mark`` are never recorded: those of tasks in ``own_cgroup`` (the
+        appliance's cgroup directory, or below it) connect; any other's connect is refused
+        and reported (:meth:`bypass_attempts`). ``own_cgroup`` None: every marked connect is.
         Raises AttributionUnavailable with the reason; nothing stays attached then.
         """
         try:
@@ -171,10 +221,13 @@ class Attribution:
         source = Path(program_dir) / PROGRAM_FILE
         if not source.is_file():
             raise AttributionUnavailable(f"BPF program {source} not found")
+        own_id, own_level = cls._own_cgroup(own_cgroup)
         flags = [
             _int_flag("APL_MAX_FLOWS", max_flows, 1, 1 << 20),
             _int_flag("APL_MARK", mark, 0, 0xFFFFFFFF),
             _int_flag("APL_FILTER_PORTS", 0 if ports is None else 1, 0, 1),
+            _int_flag("APL_OWN_CGROUP", own_id, 0, (1 << 63) - 1),
+            _int_flag("APL_OWN_LEVEL", own_level, 0, 1 << 16),
         ]
         wanted = sorted(set(ports)) if ports is not None else []
         for port in wanted:
@@ -227,6 +280,19 @@ class Attribution:
         if not path.resolve().is_relative_to(root.resolve()):
             raise AttributionUnavailable(f"{path} is not in the cgroup v2 hierarchy at {root}")
         return path
+
+    @classmethod
+    def _own_cgroup(cls, own: Path | None) -> tuple[int, int]:
+        """The id and depth of the appliance's cgroup; (0, 0) for none."""
+        if own is None:
+            return 0, 0
+        path = cls._cgroup_path(own)
+        root = cgroup2_root()
+        assert root is not None  # _cgroup_path checked it
+        try:
+            return cgroup_id(path), len(path.resolve().relative_to(root.resolve()).parts)
+        except OSError as exc:
+            raise AttributionUnavailable(f"cannot read cgroup {path}: {exc.strerror}") from None
 
     @staticmethod
     def _detach_stale(fd: int) -> tuple[StaleProgram, ...]:
@@ -285,19 +351,15 @@ class Attribution:
         except KeyError:
             self._misses += 1  # the owner record was evicted between connect and lookup
             return None
-        return FlowOwner(
-            tgid=o.tgid,
-            pid=o.pid,
-            uid=o.uid,
-            gid=o.gid,
-            comm=bytes(o.comm).split(b"\0", 1)[0].decode(errors="replace"),
-            cgroup_id=o.cgroup_id,
-            netns_cookie=o.netns_cookie,
-            boot_ns=o.boot_ns,
-            family=o.family,
-            dst=(_from16(bytes(o.daddr)), o.dport),
-            cookie=o.cookie,
-        )
+        return _owner(o)
+
+    def bypass_attempts(self) -> list[FlowOwner]:
+        """Who connected with the appliance's mark from outside its cgroup (each refused with
+        EPERM) since the last call, oldest first. Reports that did not fit in the ring
+        buffer are counted in :meth:`lost_events`."""
+        self._bpf.ring_buffer_consume()
+        found, self._bypass = self._bypass, []
+        return found
 
     def stats(self) -> dict[str, int]:
         """The programs' counters (summed over CPUs) and ``lookup_misses`` (flows whose owner
@@ -309,8 +371,9 @@ class Attribution:
     def lost_events(self) -> int:
         """How many connections could not be attributed for lack of room or a failed map
         update: failed updates, connections that reached the SYN with their owner record
-        already evicted, and lookups whose owner record was gone. (No perf or ring buffer is
-        used: the maps are read directly, so "lost" means these.)"""
+        already evicted, and lookups whose owner record was gone; plus refused bypass
+        attempts whose report found the ring buffer full (the refusal itself is never lost).
+        """
         s = self.stats()
         return sum(s[name] for name in _LOST) + s["lookup_misses"]
 

@@ -3,13 +3,18 @@
 Where this sits: :class:`Attribution` attaches to a cgroup v2 directory (the root by
 default); identity resolution turns the cgroup id BPF recorded
 (``bpf_get_current_cgroup_id``, the inode number of the cgroup's directory) back into the
-path a reader knows, ``/actions_job/...``, even after the process has exited.
+path a reader knows, ``/actions_job/...``, even after the process has exited. The capture
+rules let marked traffic out only from the appliance's own cgroup (``capture.appliance_cgroup``,
+a path like ``/system.slice/appliance.service``): :func:`lookup_cgroup_id` and
+:func:`own_cgroup` answer for it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from appliance.capture._errors import CaptureError
 
 _MOUNTS = Path("/proc/self/mounts")
 
@@ -31,6 +36,47 @@ def cgroup2_root(mounts: Path = _MOUNTS) -> Path | None:
 def cgroup_id(path: Path) -> int:
     """The id of the cgroup at ``path`` (its directory's inode number)."""
     return os.stat(path).st_ino
+
+
+def cgroup_dir(path: str, root: Path | None = None) -> Path | None:
+    """The directory of the cgroup ``path`` (``/a/b``, as /proc/PID/cgroup writes it), or
+    None when no cgroup v2 hierarchy is mounted."""
+    root = root if root is not None else cgroup2_root()
+    return None if root is None else root / path.lstrip("/")
+
+
+def lookup_cgroup_id(path: str) -> int | None:
+    """The id of the cgroup ``path`` (``/a/b``), or None if it does not exist (now)."""
+    directory = cgroup_dir(path)
+    if directory is None:
+        return None
+    try:
+        return cgroup_id(directory)
+    except OSError:
+        return None
+
+
+def cgroup_level(path: str) -> int:
+    """How deep ``path`` is in the hierarchy: ``/`` is 0, ``/a/b`` is 2."""
+    return len([part for part in path.split("/") if part])
+
+
+def own_cgroup(proc_cgroup: Path = Path("/proc/self/cgroup")) -> str | None:
+    """The cgroup v2 path of the calling process (the ``0::`` line), or None if unknown."""
+    try:
+        text = proc_cgroup.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return None
+
+
+def within(path: str, ancestor: str) -> bool:
+    """Whether cgroup ``path`` is ``ancestor`` or below it."""
+    parts, top = path.rstrip("/").split("/"), ancestor.rstrip("/").split("/")
+    return parts[: len(top)] == top
 
 
 class CgroupPaths:
@@ -75,3 +121,22 @@ class CgroupPaths:
             return os.stat(self.root / rel.lstrip("/")).st_ino
         except OSError:
             return None
+
+
+def require_own_cgroup(expected: str, proc_cgroup: Path = Path("/proc/self/cgroup")) -> str:
+    """The calling process's cgroup, which must be ``expected`` (``capture.appliance_cgroup``)
+    or below it: the capture rules let the appliance's marked connections out from there
+    only, so anywhere else every upstream connection would be refused.
+
+    Returns the cgroup; raises CaptureError saying where the process is instead.
+    """
+    own = own_cgroup(proc_cgroup)
+    if own is None or not within(own, expected):
+        raise CaptureError(
+            f"the appliance runs in cgroup {own or '(unknown)'}, but capture.appliance_cgroup "
+            f"is {expected}: the capture rules let marked traffic out from that cgroup only, so "
+            "every upstream connection would be refused. Run it as the systemd unit "
+            "(systemd/appliance.service runs in /system.slice/appliance.service) or set "
+            "capture.appliance_cgroup to the cgroup it runs in"
+        )
+    return own

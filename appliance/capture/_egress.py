@@ -9,14 +9,26 @@ netfilter egress hook (Linux 5.16+) runs in ``__dev_queue_xmit`` and, for
 ``PACKET_QDISC_BYPASS`` sockets, in ``packet_xmit`` as well: every frame a device sends
 passes it. The guard hooks every interface of the namespace (the reconcile loop adds new
 ones) and drops TCP to a protected address and port unless it carries the appliance's
-mark. Redirected flows never reach it (their destination is already the listener on lo)
-and the appliance's own upstream packets carry the mark.
+mark, and drops the mark itself on a socket of any user but the appliance's (the mark
+alone is not enough: see :func:`appliance.capture._rules.egress_statements`). Redirected flows never reach it (their
+destination is already the listener on lo) and the appliance's own upstream packets pass.
+
+Why per interface: a netdev hook names its devices. Linux 6.17 can hook every interface,
+present and future, with one device *prefix* (``NFTA_DEVICE_PREFIX``, the empty prefix
+matching every name), which would close the gap between an interface appearing and the
+reconcile that adds it (issue 13). Tried on this project's lab (Linux 6.18): the kernel
+takes it and drops a packet-socket SYN sent on a veth made afterwards; but Debian 12's
+``nft`` (1.0.6) spins at full CPU, forever, on listing any table that holds such a chain
+(``nft list ruleset`` included), which would hang every nftables tool on the runner. Until
+the image's nftables understands device prefixes, the guard names its devices and the
+daemon adds a new interface when its rtnetlink event arrives (milliseconds).
 
 Layout (one chain per at most :data:`DEVICES_PER_CHAIN` interfaces)::
 
     table netdev appliance {
         chain egress-0 {
             type filter hook egress devices = { eth0, lo } priority -500; policy accept;
+            meta mark 0x00004150 meta skuid != 0 counter drop
             meta mark 0x00004150 accept
             ip daddr 10.0.0.5 tcp dport 5432 counter drop
         }

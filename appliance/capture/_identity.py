@@ -19,8 +19,9 @@ process, or an ``exec``, is never served from the cache; a typical lookup costs 
 from __future__ import annotations
 
 import os
+import re
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,10 +55,15 @@ class ProcessInfo:
 
 @dataclass
 class IdentityCache:
-    """Bounded LRU of :class:`ProcessInfo` by (pid, start time, comm), and cgroup paths."""
+    """Bounded LRU of :class:`ProcessInfo` by (pid, start time, comm), and cgroup paths.
+
+    ``mask`` masks a command line argument before it is kept (identities go to the ledger,
+    and a job's command line may carry a password or a token: ``curl -H "Authorization:
+    ..."``, ``psql postgresql://u:secret@...``); see :func:`mask_cmdline`."""
 
     maxsize: int = 4096
     cgroups: CgroupPaths = field(default_factory=lambda: CgroupPaths(cgroup2_root()))
+    mask: Callable[[str], str] | None = None
     _items: OrderedDict[tuple[int, int, str], ProcessInfo] = field(default_factory=OrderedDict)
     hits: int = 0
     misses: int = 0
@@ -76,6 +82,29 @@ class IdentityCache:
         self._items.move_to_end((info.pid, info.start_ticks, info.comm))
         while len(self._items) > self.maxsize:
             self._items.popitem(last=False)
+
+
+# An argument naming a secret whose value is the next argument (``--password x``, ``-H``
+# takes a header that the detectors read on their own).
+_SECRET_FLAG = re.compile(
+    r"-{1,2}[\w-]*(pass(word)?|passwd|pwd|token|secret|api[-_]?key|credential)s?", re.I
+)
+_REDACTED = "[REDACTED:SECRET]"
+
+
+def mask_cmdline(args: list[str], mask: Callable[[str], str] | None) -> tuple[str, ...]:
+    """A command line with its secrets masked: each argument through ``mask`` (the
+    detectors: ``password=...``, ``Authorization: ...``, URI passwords, tokens, cards), and
+    the argument after a flag that names a secret (``--password VALUE``) redacted whole."""
+    out: list[str] = []
+    after_flag = False
+    for arg in args:
+        if after_flag and not arg.startswith("-"):
+            out.append(_REDACTED)
+        else:
+            out.append(mask(arg) if mask is not None else arg)
+        after_flag = bool(_SECRET_FLAG.fullmatch(arg))
+    return tuple(out)
 
 
 def _stat(proc: Path, pid: int) -> tuple[str, int, int] | None:
@@ -119,7 +148,9 @@ def _process(proc: Path, pid: int, cache: IdentityCache) -> ProcessInfo | None:
         errors.append(f"{base / 'exe'}: {exc.strerror}")
     raw_cmdline = read("cmdline")
     cmdline = (
-        tuple(a.decode(errors="replace") for a in raw_cmdline.split(b"\0")[:-1])
+        mask_cmdline(
+            [a.decode(errors="replace") for a in raw_cmdline.split(b"\0")[:-1]], cache.mask
+        )
         if raw_cmdline
         else None
     )

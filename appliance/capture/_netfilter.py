@@ -26,6 +26,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from appliance.capture._cgroup import cgroup_dir
 from appliance.capture._egress import FAMILY as EGRESS_FAMILY
 from appliance.capture._egress import TABLE as EGRESS_TABLE
 from appliance.capture._egress import (
@@ -294,6 +295,7 @@ def install(
     the commits fails, the ones already made are put back as they were and the
     failure is raised: CaptureError quoting the tool and the offending line.
     """
+    ensure_cgroup(config.capture.appliance_cgroup)
     rules = rules or render_rules(config, resolver=resolver or HostResolver())
     saved = {f: read_saved(f) for f in FAMILIES}
     egress = read_egress()
@@ -308,8 +310,12 @@ def install(
             unresolved=rules.unresolved,
         )
 
-    if _status_of(rules, saved, egress, devices).ok:
+    now = _status_of(rules, saved, egress, devices)
+    if now.ok:
         return report(False, egress.devices)
+    # Only what is not in place is written again: an interface that appears rewrites the
+    # egress guard alone (quickly, and without resetting the REJECT counters of iptables).
+    wrong = {(s.family, s.table) for s in now.problems()}
     # iptables-restore commits table by table: one call per (family, table), so that a
     # failure can be undone exactly.
     applied: list[tuple[Family, str]] = []
@@ -317,9 +323,13 @@ def install(
         for family in FAMILIES:
             wanted = rules.family(family)
             for table in script_tables(wanted, saved[family]):
-                _restore(family, install_script(wanted, saved[family], only=table))
-                applied.append((family, table))
-        devices = _apply_egress(rules.egress, interfaces)
+                if (family, table) in wrong:
+                    _restore(family, install_script(wanted, saved[family], only=table))
+                    applied.append((family, table))
+        if (EGRESS_FAMILY, EGRESS_TABLE) in wrong:
+            devices = _apply_egress(rules.egress, interfaces)
+        else:
+            devices = egress.devices
     except CaptureError as failed:
         try:
             _roll_back(applied, saved)
@@ -329,6 +339,27 @@ def install(
             ) from None
         raise
     return report(True, devices)
+
+
+def ensure_cgroup(path: str) -> None:
+    """Make the appliance's cgroup if it is not there yet: the cgroup match names an
+    existing cgroup (systemd makes the unit's at start; ``capture install`` run before the
+    service has made it may make it first, and systemd then uses it).
+
+    Raises CaptureError if there is no cgroup v2 hierarchy or the directory cannot be made.
+    """
+    directory = cgroup_dir(path)
+    if directory is None:
+        raise CaptureError(
+            "no cgroup v2 hierarchy is mounted: the rules cannot tell the appliance's own "
+            "connections from anyone else's"
+        )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CaptureError(
+            f"cannot make the appliance's cgroup {directory}: {exc.strerror}"
+        ) from None
 
 
 def _roll_back(applied: list[tuple[Family, str]], before: dict[Family, SavedRules]) -> None:

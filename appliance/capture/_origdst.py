@@ -1,9 +1,12 @@
-"""Where a redirected connection was going, which target that is, and the upstream mark.
+"""Where a redirected connection was going, which target that is, and the upstream socket.
 
 Where this sits: the daemon accepts on the capture listener, asks :func:`original_dst` for
 the address the job connected to (netfilter's REDIRECT rewrote it to the listener; the
 conntrack entry keeps the original), maps it with :func:`target_for`, and connects upstream
-from a socket marked with :func:`mark_socket`, which the capture rules let through.
+from a socket made by :func:`upstream_socket`: it carries the appliance's mark, which the
+capture rules let through from the appliance's own cgroup (and put in the appliance's own
+conntrack zone, see :mod:`._rules`). Every upstream socket of the proxy (sessions and
+cancel requests) comes from here.
 """
 
 from __future__ import annotations
@@ -95,31 +98,28 @@ def target_for(
     return None
 
 
-def upstream_socket_options(mark: int) -> list[tuple[int, int, int]]:
-    """``(level, option, value)`` triples for ``setsockopt`` on every upstream socket:
-    the mark that the capture rules let through (and do not redirect)."""
-    return [(socket.SOL_SOCKET, SO_MARK, mark)]
-
-
 def mark_socket(sock: socket.socket, mark: int) -> None:
     """Set the appliance's mark on ``sock`` before it connects upstream.
 
-    Raises CaptureError if the kernel refuses (SO_MARK needs CAP_NET_ADMIN).
+    Raises CaptureError if the kernel refuses (SO_MARK needs CAP_NET_ADMIN or CAP_NET_RAW).
     """
-    for level, option, value in upstream_socket_options(mark):
-        try:
-            sock.setsockopt(level, option, value)
-        except PermissionError:
-            raise CaptureError(
-                "cannot mark the upstream socket (SO_MARK needs CAP_NET_ADMIN); without the "
-                "mark the capture rules would refuse the appliance's own connection"
-            ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+    except PermissionError:
+        raise CaptureError(
+            "cannot mark the upstream socket (SO_MARK needs CAP_NET_ADMIN); without the "
+            "mark the capture rules would refuse the appliance's own connection"
+        ) from None
 
 
 def upstream_socket(family: int, mark: int) -> socket.socket:
-    """A non-blocking TCP socket for an upstream connection, carrying the appliance's mark
-    (:func:`mark_socket`): netfilter neither redirects it back to the appliance nor rejects
-    it as a bypass. Raises OSError, or CaptureError when the mark cannot be set."""
+    """A new non-blocking TCP socket for a connection to a target: marked with ``mark``
+    (0: not marked, the appliance runs without capture), Nagle off (the proxy writes whole
+    messages).
+
+    Raises OSError if no socket can be made, CaptureError if the mark cannot be set (the
+    socket is closed then).
+    """
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)

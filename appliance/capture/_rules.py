@@ -7,13 +7,16 @@ it; the same scripts are used for IPv4 (``iptables``) and IPv6 (``ip6tables``).
 The layout, identical for both families (each chain of ours is jumped to from the first
 rule of its parent chain)::
 
-    nat     OUTPUT     -> APPLIANCE-OUTPUT      marked (the appliance's own upstream): RETURN
-                                                to a protected address:port: REDIRECT to the
-                                                appliance listener
+    raw     OUTPUT     -> APPLIANCE-OUTPUT      marked: CT --zone-orig Z (a conntrack zone of
+                                                the appliance's flows)
+    nat     OUTPUT     -> APPLIANCE-OUTPUT      marked: RETURN (never redirected back to the
+                                                appliance); to a protected address:port:
+                                                REDIRECT to the appliance listener
     nat     PREROUTING -> APPLIANCE-PREROUTING  in from a container bridge (docker0, br-*) to
                                                 a protected address:port: REDIRECT likewise
-    filter  OUTPUT     -> APPLIANCE-OUTPUT      marked: RETURN; to a protected address:port:
-                                                REJECT with a TCP reset
+    filter  OUTPUT     -> APPLIANCE-OUTPUT      marked and from the appliance's cgroup: RETURN;
+                                                marked and ESTABLISHED: RETURN; to a protected
+                                                address:port: REJECT with a TCP reset
     filter  FORWARD    -> APPLIANCE-FORWARD     to a protected address:port: REJECT (a
                                                 forwarded packet never carries our mark: the
                                                 kernel clears it when it crosses namespaces)
@@ -27,6 +30,30 @@ port: the kernel answers with a reset) or a flushed nat table gives "connection 
 at once, never a path around the proxy. Redirected flows pass the filter because nat OUTPUT
 runs first and has already rewritten their destination to the listener.
 
+The mark alone opens nothing (issue 13): anyone with CAP_NET_RAW or CAP_NET_ADMIN can set
+``SO_MARK``, so the filter lets marked traffic out only from the appliance's own cgroup
+(``capture.appliance_cgroup``; netfilter's cgroup match, which looks at the socket's
+cgroup). A marked connection from any other cgroup is not redirected either: it is refused.
+Once a connection is up, its later packets pass as ESTABLISHED: the kernel answers for a
+socket the appliance has closed (the ACK of the server's FIN in TIME_WAIT, a reset) from its
+own control socket, which carries the socket's mark but no cgroup of the appliance; refused
+at first, they left the server retransmitting its FIN. Only a connection whose first packet
+passed the cgroup match is ESTABLISHED in the zone of marked flows.
+The cgroup match resolves its path once, when the rule is added; a cgroup removed and made
+again (systemd does so at every restart of the unit) is another cgroup. So the rule carries
+the cgroup's id in a comment: when the id changes, the rule no longer compares equal and is
+put back, resolving the path anew.
+
+Two kinds of flow leave the runner for a target from the same address: the appliance's
+upstream connections and, before nat rewrites them, the jobs' own. Under reconnect churn a
+new flow of one kind can reuse the source port of a closed flow of the other whose
+connection-tracking entry still lingers; the kernel then takes the new SYN for a packet of
+the old entry, so that a job's connection skips the redirect and meets the REJECT, or the
+appliance's own connection is redirected to its own listener (issue 13: 106 of 200
+``pgbench -C`` clients refused in 60 s). The raw rule puts marked flows in a conntrack zone
+of their own (``capture.conntrack_zone``, original direction only: replies still find them
+in the default zone), so that neither kind ever finds an entry of the other.
+
 Rules are written exactly as ``iptables-save`` prints them, so that "is this rule in
 place" is a string comparison.
 """
@@ -39,6 +66,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from appliance.capture._cgroup import lookup_cgroup_id
 from appliance.capture._resolve import system_lookup
 from appliance.config import Config
 from appliance.errors import ConfigError
@@ -50,8 +78,10 @@ PREFIX = "APPLIANCE-"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str], Sequence[str]]
+CgroupIds = Callable[[str], int | None]
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.@:-]{1,15}")
+APPLIANCE_UID = 0  # the appliance runs as root (systemd/appliance.service)
 
 
 @dataclass(frozen=True)
@@ -111,6 +141,8 @@ class RuleSet:
     mark: int
     protected: tuple[Protected, ...]
     unresolved: tuple[str, ...] = ()
+    appliance_cgroup: str = ""
+    appliance_cgroup_id: int | None = None  # None: the cgroup does not exist (now)
 
     def family(self, family: Family) -> FamilyRules:
         return self.ipv4 if family == "ipv4" else self.ipv6
@@ -176,16 +208,22 @@ def bridge_pattern(name: str) -> str:
     return stem + "+" if name.endswith("*") else stem
 
 
-def render_rules(config: Config, *, resolver: Resolver = system_lookup) -> RuleSet:
+def render_rules(
+    config: Config, *, resolver: Resolver = system_lookup, cgroup_ids: CgroupIds = lookup_cgroup_id
+) -> RuleSet:
     """The rules ``config`` asks for. Pure but for ``resolver``, which answers host names
-    (tests pass a dict's lookup; the reconcile loop its :class:`HostResolver`).
+    (tests pass a dict's lookup; the reconcile loop its :class:`HostResolver`), and
+    ``cgroup_ids``, which gives the id of the appliance's cgroup (None: it does not exist).
 
     Raises ConfigError for a bridge name iptables cannot match.
     """
     capture = config.capture
     protected, unresolved = protected_destinations(config, resolver)
     bridges = [bridge_pattern(b) for b in capture.bridges]
-    families = {f: _family_rules(f, protected, bridges, capture.listen_port, capture.mark)
+    own_id = cgroup_ids(capture.appliance_cgroup)
+    own = own_cgroup_match(capture.appliance_cgroup, own_id)
+    families = {f: _family_rules(f, protected, bridges, capture.listen_port, capture.mark, own,
+                                 capture.conntrack_zone)
                 for f in FAMILIES}  # fmt: skip
     return RuleSet(
         ipv4=families["ipv4"],
@@ -194,7 +232,18 @@ def render_rules(config: Config, *, resolver: Resolver = system_lookup) -> RuleS
         mark=capture.mark,
         protected=protected,
         unresolved=unresolved,
+        appliance_cgroup=capture.appliance_cgroup,
+        appliance_cgroup_id=own_id,
     )
+
+
+def own_cgroup_match(path: str, ident: int | None) -> str:
+    """The match of the appliance's cgroup, as iptables-save prints it: the path, and its id
+    in a comment (see the module docstring: a cgroup made anew is another cgroup)."""
+    if '"' in path or any(c.isspace() for c in path):
+        raise ConfigError(f"capture.appliance_cgroup: {path!r} cannot be written in a rule")
+    known = f"id {ident}" if ident is not None else "not found"
+    return f'-m cgroup --path "{path}" -m comment --comment "appliance cgroup {known}"'
 
 
 def _family_rules(
@@ -203,9 +252,12 @@ def _family_rules(
     bridges: Sequence[str],
     listen_port: int,
     mark: int,
+    own: str,
+    zone: int,
 ) -> FamilyRules:
     mine = [p for p in protected if p.family == family]
-    marked = f"-m mark --mark {mark:#x} -j RETURN"
+    marked = f"-m mark --mark {mark:#x}"
+    established = "-m conntrack --ctstate ESTABLISHED"
     redirect = f"-j REDIRECT --to-ports {listen_port}"
     reject = "-j REJECT --reject-with tcp-reset"
 
@@ -216,12 +268,15 @@ def _family_rules(
     return FamilyRules(
         family,
         (
+            Chain("raw", "OUTPUT", PREFIX + "OUTPUT",
+                  (f"{marked} -j CT --zone-orig {zone}",)),
             Chain("nat", "OUTPUT", PREFIX + "OUTPUT",
-                  (marked, *(f"{dest(p)} {redirect}" for p in mine))),
+                  (f"{marked} -j RETURN", *(f"{dest(p)} {redirect}" for p in mine))),
             Chain("nat", "PREROUTING", PREFIX + "PREROUTING",
                   tuple(f"{dest(p, b)} {redirect}" for b in bridges for p in mine)),
             Chain("filter", "OUTPUT", PREFIX + "OUTPUT",
-                  (marked, *(f"{dest(p)} {reject}" for p in mine))),
+                  (f"{marked} {own} -j RETURN", f"{marked} {established} -j RETURN",
+                   *(f"{dest(p)} {reject}" for p in mine))),
             Chain("filter", "FORWARD", PREFIX + "FORWARD",
                   tuple(f"{dest(p)} {reject}" for p in mine)),
             Chain("filter", "INPUT", PREFIX + "INPUT",
@@ -236,8 +291,18 @@ def egress_statements(protected: Iterable[Protected], mark: int) -> tuple[str, .
 
     Packet sockets (scapy's default, any AF_PACKET sender) skip iptables entirely; the
     netfilter egress hook sees them (for qdisc-bypass sockets too, since Linux 5.16).
+    The hook cannot see a socket's cgroup, and CAP_NET_RAW alone lets a process mark a packet
+    socket (Linux 5.17+): so the mark on a socket of any user but the appliance's (root:
+    systemd/appliance.service) is dropped first. The mark then passes: the appliance's own
+    packets, and the kernel's answers for its closed sockets (TIME_WAIT ACKs and resets
+    carry the socket's mark but come from no socket of a user, so the uid test does not
+    apply to them). A root job is beyond what a same-host control holds (DESIGN.md, threat
+    model); its IP sockets meet the cgroup match, its packet sockets pass here.
     """
-    lines = [f"meta mark {mark:#010x} accept"]
+    lines = [
+        f"meta mark {mark:#010x} meta skuid != {APPLIANCE_UID} counter drop",
+        f"meta mark {mark:#010x} accept",
+    ]
     for p in protected:
         proto = "ip" if p.family == "ipv4" else "ip6"
         net = str(p.network.network_address) if _is_host(p.network) else p.network.with_prefixlen

@@ -107,11 +107,14 @@ def ledger_group() -> None:
 # -- verify / fsck ------------------------------------------------------------------------
 
 
-class _Progress:
-    """Progress on stderr: a live line on a terminal, a line per 10% otherwise."""
+class Progress:
+    """Progress on stderr: a live line on a terminal, a line per 10% otherwise. ``done`` and
+    ``total`` are bytes (shown in MB) or, with ``in_bytes=False``, items."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, label: str = "verifying", *, in_bytes: bool = True) -> None:
         self.enabled = enabled
+        self.label = label
+        self.in_bytes = in_bytes
         self.tty = sys.stderr.isatty()
         self.last = -1
 
@@ -119,12 +122,13 @@ class _Progress:
         if not self.enabled or total == 0:
             return
         pct = done * 100 // total
+        of = f"{total / 1e6:.1f} MB" if self.in_bytes else str(total)
         if self.tty:
-            click.echo(f"\rverifying: {pct:3d}% of {total / 1e6:.1f} MB", nl=False, err=True)
+            click.echo(f"\r{self.label}: {pct:3d}% of {of}", nl=False, err=True)
             if done >= total:
                 click.echo("", err=True)
         elif pct // 10 != self.last // 10 or done >= total:
-            click.echo(f"verifying: {pct}% of {total / 1e6:.1f} MB", err=True)
+            click.echo(f"{self.label}: {pct}% of {of}", err=True)
         self.last = pct
 
 
@@ -171,7 +175,7 @@ def verify_cmd(
     report = verify_ledger(
         directory,
         verifiers,
-        progress=_Progress(show),
+        progress=Progress(show),
         check_blobs=not no_blobs,
         trusted_checkpoints=trusted,
     )

@@ -20,6 +20,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("keys", "keys_group"),
     ("ledger", "ledger_group"),
     ("capture", "capture_group"),
+    ("report", "report_command"),
 ]
 
 

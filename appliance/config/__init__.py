@@ -150,9 +150,15 @@ class CaptureConfig:
     listen_port: int = 15001
     mark: int = 0x4150
     bridges: tuple[str, ...] = ("docker0", "br-*")
-    cgroup: Path | None = None  # None: the cgroup v2 root
+    cgroup: Path | None = None  # where eBPF attribution attaches; None: the cgroup v2 root
     bpf: bool = True
     reconcile_interval: float = 2.0
+    # The appliance's own cgroup (a path in the cgroup v2 hierarchy): marked traffic to a
+    # protected target is let out only from it (issue 13). systemd gives the unit this one.
+    appliance_cgroup: str = "/system.slice/appliance.service"
+    # The conntrack zone of the appliance's own upstream flows: kept apart from the jobs'
+    # redirected flows, so that neither can be taken for the other (issue 13).
+    conntrack_zone: int = 0x4150
     # Where the CI jobs run (a cgroup directory; a glob may match several): their
     # processes are checked for root, dangerous capabilities and access to the appliance's
     # secrets (appliance.capture._privileges). None: ``cgroup`` when it is set.
@@ -414,6 +420,8 @@ def _parse_capture(node: Node) -> CaptureConfig:
             "cgroup",
             "bpf",
             "reconcile_interval",
+            "appliance_cgroup",
+            "conntrack_zone",
             "jobs_cgroup",
             "ssh_known_hosts",
         )
@@ -430,8 +438,31 @@ def _parse_capture(node: Node) -> CaptureConfig:
         reconcile_interval=m["reconcile_interval"].duration()
         if "reconcile_interval" in m
         else d.reconcile_interval,
+        appliance_cgroup=_appliance_cgroup(m["appliance_cgroup"])
+        if "appliance_cgroup" in m
+        else d.appliance_cgroup,
+        conntrack_zone=m["conntrack_zone"].integer(minimum=1, maximum=0xFFFF)
+        if "conntrack_zone" in m
+        else d.conntrack_zone,
         jobs_cgroup=m["jobs_cgroup"].string(pattern=r"/.*") if "jobs_cgroup" in m else None,
         ssh_known_hosts=Path(m["ssh_known_hosts"].string())
         if "ssh_known_hosts" in m
         else d.ssh_known_hosts,
     )
+
+
+def _appliance_cgroup(node: Node) -> str:
+    """A cgroup below the root, as /proc/self/cgroup and iptables' cgroup match write it.
+    Not the root itself: it holds every process, so the mark alone would open the door."""
+    value = node.string()
+    if value.startswith("/sys/fs/cgroup"):
+        node.fail(
+            f"write the cgroup's path in the hierarchy, as /proc/self/cgroup shows it "
+            f"(/system.slice/appliance.service), not its directory; got {value!r}"
+        )
+    if not re.fullmatch(r"(/[A-Za-z0-9_.@:+-]+)+", value):
+        node.fail(
+            f"expected a cgroup path below the root, like /system.slice/appliance.service; "
+            f"got {value!r}"
+        )
+    return value

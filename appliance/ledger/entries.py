@@ -238,8 +238,15 @@ def ts_to_us(ts: str) -> int:
     """Microseconds since the epoch of an entry timestamp (raises ValueError if malformed)."""
     if not _TS_RE.fullmatch(ts):
         raise ValueError(f"not an entry timestamp: {ts!r}")
-    dt = datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return int(dt.timestamp()) * 1_000_000 + int(ts[20:26])
+    return _second_us(ts[:19]) + int(ts[20:26])
+
+
+@functools.lru_cache(maxsize=1024)
+def _second_us(prefix: str) -> int:
+    """``YYYY-MM-DDTHH:MM:SS`` in µs since the epoch; cached: strptime is slow, and a
+    transcript's entries share their seconds."""
+    dt = datetime.strptime(prefix, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000
 
 
 # -- building and parsing entries -------------------------------------------------------------

@@ -71,6 +71,19 @@ class TornTail:
     saved_to: Path | None
 
 
+@dataclass(frozen=True)
+class LastEntry:
+    """The last intact entry of a ledger when it was opened: how the previous run ended
+    (``appliance.stop`` if it stopped cleanly; anything else if it was killed or crashed)."""
+
+    seq: int
+    type: str | None
+    ts: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        return {"seq": self.seq, "type": self.type, "ts": self.ts}
+
+
 @dataclass
 class RecoveryReport:
     """What recovery found (and, unless ``dry_run``, did)."""
@@ -83,6 +96,7 @@ class RecoveryReport:
     latest: Checkpoint | None = None
     compact: CompactRange = field(default_factory=CompactRange)
     last_ts: str | None = None
+    last_type: str | None = None
     published: list[str] = field(default_factory=list)
     blobs: int = 0  # blobs checked (check_blobs only)
     torn: list[TornTail] = field(default_factory=list)
@@ -91,6 +105,13 @@ class RecoveryReport:
     @property
     def signed_size(self) -> int:
         return self.latest.size if self.latest else 0
+
+    @property
+    def last(self) -> LastEntry | None:
+        """The last intact entry (after any torn tail was cut), None for an empty ledger."""
+        if self.entries == 0:
+            return None
+        return LastEntry(self.entries - 1, self.last_type, self.last_ts)
 
     def summary(self) -> list[str]:
         lines = [
@@ -233,9 +254,10 @@ def recover(
             )
     if last_payload is not None:
         try:
-            report.last_ts = orjson.loads(last_payload).get("ts")
+            last = orjson.loads(last_payload)
+            report.last_ts, report.last_type = last.get("ts"), last.get("type")
         except (orjson.JSONDecodeError, AttributeError):
-            report.last_ts = None
+            report.last_ts = report.last_type = None
 
     # 4. signatures ------------------------------------------------------------------------
     verifiers = list(trusted)

@@ -50,14 +50,16 @@ from typing import Any
 import orjson
 
 from appliance.ledger.api import PendingBlob
-from appliance.ledger.entries import PrefixCache, format_ts_us
+from appliance.ledger.entries import PrefixCache, encode_trusted, format_ts_us
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
+from appliance.ledger.recovery import LastEntry
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
 from appliance.signing.keys import SigningKey
 
 _HEAD = struct.Struct("!IB")
 _U64 = struct.Struct("!Q")
 _U32 = struct.Struct("!I")
+_HOLE = struct.Struct("!QII")  # blob id, where its reference goes in the entry: start, end
 # proxy -> writer
 _ENTRY, _ENTRY_BLOBS, _FACTORY, _OPEN, _WRITE, _CLOSE, _ABORT, _PUT, _FLUSH, _STOP, _SYNC = range(
     11
@@ -168,6 +170,12 @@ class RemoteLedger:
         self.directory = directory
         self.origin = origin
         self.recovery_summary = str(ready.get("recovery", ""))
+        last = ready.get("last")
+        self.last_at_open = (
+            LastEntry(int(last["seq"]), last.get("type"), last.get("ts"))
+            if isinstance(last, dict)
+            else None
+        )
         self._sock = sock
         self._proc = proc
         self._clock = clock
@@ -178,18 +186,20 @@ class RemoteLedger:
         self._scheduled = False
         self._failed: BaseException | None = None
         self._closed = False
+        self._stop_sent = False  # the child was told to stop: its exit is no failure
         self._blob_ids = itertools.count(1)
         self._factories: dict[int, tuple[int, object]] = {}
         self._prefixes = PrefixCache(origin)
+        self._nonce = os.urandom(8).hex()
         self._flush_tokens = itertools.count(1)
         self._sync_tokens = itertools.count(1)
         self._sync_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._cond = threading.Condition()
-        self._signed = int(ready["signed"])
+        self._signed_size = int(ready["signed"])
         self._flushed = 0
         self._synced = 0
         self._reader = _Reader(sock)
-        self._thread = threading.Thread(target=self._listen, name="ledger-remote", daemon=True)
+        self._worker = threading.Thread(target=self._listen, name="ledger-remote", daemon=True)
 
     # -- starting ------------------------------------------------------------------------------
 
@@ -266,14 +276,14 @@ class RemoteLedger:
             clock=clock,
         )
         ledger._reader = reader  # it may hold bytes past the ready message
-        ledger._thread.start()
+        ledger._worker.start()
         return ledger
 
     # -- the proxy's side ------------------------------------------------------------------------
 
     @property
     def signed_size(self) -> int:
-        return self._signed
+        return self._signed_size
 
     @property
     def failed(self) -> BaseException | None:
@@ -340,13 +350,13 @@ class RemoteLedger:
     ) -> None:
         """As :meth:`LedgerWriter.append`; the entry is written by the writer process."""
         if blobs:
-            data = dict(data)
-            for k, sink in blobs.items():
+            for sink in blobs.values():
                 if not isinstance(sink, PendingBlob) and (
                     not isinstance(sink, RemoteBlob) or sink._ledger is not self
                 ):
                     raise LedgerError("blob sink belongs to another writer")
-                data[k] = None
+            data = dict(data)
+            data.update((k, self._marker(k)) for k in blobs)
         with self._lock:
             self._check()
             ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
@@ -368,14 +378,21 @@ class RemoteLedger:
                         blob_id = sink.id
                         if not sink.closed:
                             sink._state = "closed"
-                    name = k.encode()
-                    refs.append(_U64.pack(blob_id) + struct.pack("!H", len(name)) + name)
+                    # Where the writer puts the blob's reference (see LedgerWriter._splice).
+                    marker = encode_trusted(self._marker(k))
+                    start = raw.find(marker)
+                    refs.append(_HOLE.pack(blob_id, start, start + len(marker)))
                 body = struct.pack("!H", len(refs)) + b"".join(refs) + raw
                 self._buffer(_ENTRY_BLOBS, head + body)
             else:
                 self._buffer(_ENTRY, head + raw)
             self._next_seq = seq + 1
             self._last_ts_us = ts_us
+
+    def _marker(self, name: str) -> str:
+        """What stands for blob ``name``'s reference in an entry until the writer process
+        puts it there (as :meth:`LedgerWriter._marker`)."""
+        return f"\x00blob {self._nonce} {name}"
 
     def open_blob(
         self, transform: Callable[[bytes], bytes] | TransformFactory | None = None
@@ -472,8 +489,10 @@ class RemoteLedger:
         try:
             with self._lock:
                 if self._failed is None:
+                    self._stop_sent = True
                     self._buffer(_STOP, b"")
-                    self._send_out()
+                    if self._out:  # without an event loop, _buffer has sent it already
+                        self._send_out()
                 self._closed = True
         except LedgerUnavailable:
             pass
@@ -484,7 +503,7 @@ class RemoteLedger:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 code = self._proc.wait()
-            self._thread.join(timeout=10)
+            self._worker.join(timeout=10)
             self._sock.close()
         if self._failed is not None:
             raise LedgerUnavailable(f"ledger writer had stopped: {self._failed}")
@@ -507,7 +526,7 @@ class RemoteLedger:
                 kind, payload = got
                 with self._cond:
                     if kind == _SIGNED:
-                        self._signed = max(self._signed, _U64.unpack(payload)[0])
+                        self._signed_size = max(self._signed_size, _U64.unpack(payload)[0])
                     elif kind == _FLUSHED:
                         self._flushed = max(self._flushed, _U64.unpack(payload)[0])
                     elif kind == _SYNCED:
@@ -528,7 +547,7 @@ class RemoteLedger:
                 self._cond.notify_all()
             return
         with self._cond:
-            if not self._closed and self._failed is None:
+            if not self._closed and not self._stop_sent and self._failed is None:
                 self._failed = LedgerUnavailable("the ledger writer process exited")
             self._resolve_syncs(final=True)
             self._cond.notify_all()
@@ -597,6 +616,7 @@ class _Child:
             "last_ts_us": writer.last_ts_us,
             "signed": writer.signed_size,
             "recovery": "; ".join(writer.recovery.summary()),
+            "last": writer.last_at_open.to_dict() if writer.last_at_open else None,
         }
         self.send(_READY, orjson.dumps(ready))
         try:
@@ -652,17 +672,13 @@ class _Child:
             writer.append_encoded(seq, ts_us, payload[16:])
         elif kind == _ENTRY_BLOBS:
             seq, ts_us = _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]
-            pos = 16
-            (count,) = struct.unpack_from("!H", payload, pos)
-            pos += 2
-            blobs: dict[str, BlobSink] = {}
-            for _ in range(count):
-                (blob_id,) = _U64.unpack_from(payload, pos)
-                (n,) = struct.unpack_from("!H", payload, pos + 8)
-                name = payload[pos + 10 : pos + 10 + n].decode()
-                pos += 10 + n
-                blobs[name] = self.blobs.pop(blob_id)
-            writer.append_encoded(seq, ts_us, orjson.loads(payload[pos:]), blobs)
+            (count,) = struct.unpack_from("!H", payload, 16)
+            pos = 18 + count * _HOLE.size
+            holes = []
+            for i in range(count):
+                blob_id, start, end = _HOLE.unpack_from(payload, 18 + i * _HOLE.size)
+                holes.append((start, end, self.blobs.pop(blob_id)))
+            writer.append_encoded(seq, ts_us, payload[pos:], holes)
         elif kind == _FACTORY:
             (factory_id,) = _U32.unpack_from(payload, 0)
             self.factories[factory_id] = pickle.loads(payload[4:])

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from appliance.ledger import entries as t
-from appliance.ledger.entries import Entry, blob_refs, ts_to_us
+from appliance.ledger.entries import Entry, blob_refs, may_have_blob_refs, ts_to_us
 from appliance.ledger.recordings import channel_start_us, read_recording
 from appliance.ledger.results import cell_text, read_result, result_bytes
 
@@ -271,7 +271,7 @@ def transcript(
             lines = [f"{clock} session ended: {summarize(o, 200)}"]
         else:
             lines = [f"{clock}   {typ}: {summarize(o, 200)}"]
-        for ref in blob_refs(d):
+        for ref in blob_refs(d) if may_have_blob_refs(e.raw) else ():
             if ref.path not in ("data.result", "data.output"):
                 lines.append(f"        blob {ref.path}: {ref.sha256[:16]}… ({ref.size} B)")
         yield now, lines

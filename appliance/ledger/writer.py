@@ -36,7 +36,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,11 +49,10 @@ from appliance.ledger.entries import (
     canonical_json,
     encode_trusted,
     format_ts_us,
-    make_entry,
     ts_to_us,
 )
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
-from appliance.ledger.recovery import RecoveryReport, recover
+from appliance.ledger.recovery import LastEntry, RecoveryReport, recover
 from appliance.ledger.store import (
     BLOB_TMP,
     BLOBS,
@@ -177,7 +176,8 @@ class LedgerWriter:
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._next_seq = report.entries  # caller side, under _cond
         self._last_ts_us = ts_to_us(report.last_ts) if report.last_ts else 0
-        self._signed = report.signed_size  # under _cond
+        # (not "_signed" nor "_thread": mypyc names C struct fields after attributes)
+        self._signed_size = report.signed_size  # under _cond
         self._flush_requested = report.entries > report.signed_size
         self._sync_requested = False
         self._durable = report.entries  # fsynced (signed or not), under _cond
@@ -196,11 +196,12 @@ class LedgerWriter:
         self._pending_fds: list[int] = []
         self._pending_dirs: set[Path] = set()
         self._deadline: float | None = None
+        self._nonce = os.urandom(8).hex()  # in the blob markers (see _marker)
         blobs = directory / BLOBS
         self._blob_tmp = blobs / BLOB_TMP
         self._log_fd = os.open(directory / ENTRIES, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._hist_fd = os.open(directory / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
+        self._worker = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -277,7 +278,7 @@ class LedgerWriter:
             os.close(lock_fd)
             raise
         if threaded:
-            writer._thread.start()
+            writer._worker.start()
         vkey = key.verifier().to_vkey()
         if vkey not in report.published:
             writer.append(KEY_PUBLISHED, data={"vkey": vkey})
@@ -288,7 +289,12 @@ class LedgerWriter:
     @property
     def signed_size(self) -> int:
         """How many entries are fsynced and covered by the latest signed checkpoint."""
-        return self._signed
+        return self._signed_size
+
+    @property
+    def last_at_open(self) -> LastEntry | None:
+        """The last entry the ledger held when opened (None: it was empty)."""
+        return self.recovery.last
 
     @property
     def failed(self) -> BaseException | None:
@@ -328,7 +334,7 @@ class LedgerWriter:
             for item in batch:
                 self._process(item)
             due = self._deadline is not None and time.monotonic() >= self._deadline
-            if self._written > self._signed and (flush or due):
+            if self._written > self._signed_size and (flush or due):
                 self._checkpoint()
             elif flush:
                 self._publish_signed(self._written)
@@ -388,19 +394,13 @@ class LedgerWriter:
                         if not sink.closed:
                             sink._state = "closed"
                             self._queue.append((_BLOB_CLOSE, sink))
-                    # the writer thread fills in the references: it needs the object
-                    obj = make_entry(
-                        origin=self.origin,
-                        seq=self._next_seq,
-                        ts=format_ts_us(ts_us),
-                        type=type,
-                        session=session,
-                        identity=identity,
-                        account=account,
-                        target=target,
-                        data=data,
+                    # the writer thread splices the references into the holes
+                    marked = dict(data)
+                    marked.update((k, self._marker(k)) for k in blobs)
+                    raw = prefix.encode(
+                        self._next_seq, format_ts_us(ts_us), type, marked, trusted=True
                     )
-                    self._queue.append((_ENTRY, obj, dict(blobs)))
+                    self._queue.append((_ENTRY, raw, self._holes(raw, blobs)))
                 else:
                     self._queue.append((_ENTRY, raw, None))
                 self._next_seq += 1
@@ -428,23 +428,23 @@ class LedgerWriter:
         self,
         seq: int,
         ts_us: int,
-        entry: bytes | dict[str, Any],
-        blobs: Mapping[str, BlobSink] | None = None,
+        entry: bytes,
+        holes: Sequence[tuple[int, int, BlobSink]] | None = None,
     ) -> None:
         """Record an entry another process built (see :mod:`appliance.ledger.remote`):
-        ``entry`` is its canonical bytes, or with ``blobs`` its object whose blob fields are
-        filled in here. ``seq`` must be the next one: entries arrive in order or not at all."""
+        ``entry`` is its canonical bytes; ``holes`` are ``(start, end, sink)``: where the
+        reference to a blob goes, in place of a marker (:meth:`_marker`). ``seq`` must be the
+        next one: entries arrive in order or not at all."""
         with self._cond:
             self._wait_for_room()
             if seq != self._next_seq:
                 raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
-            if blobs:
-                assert isinstance(entry, dict)
-                for sink in blobs.values():
+            if holes:
+                for _, _, sink in holes:
                     if not sink.closed:
                         sink._state = "closed"
                         self._queue.append((_BLOB_CLOSE, sink))
-                self._queue.append((_ENTRY, entry, dict(blobs)))
+                self._queue.append((_ENTRY, entry, list(holes)))
             else:
                 self._queue.append((_ENTRY, entry, None))
             self._next_seq = seq + 1
@@ -452,6 +452,23 @@ class LedgerWriter:
             n = len(self._queue)
             if (n == 1 and self._idle) or n >= _BATCH:
                 self._cond.notify_all()
+
+    def _marker(self, name: str) -> str:
+        """What stands in an entry for the reference to its blob ``name`` until the blob is
+        written: a string no value from a peer can hold (NUL never reaches a PostgreSQL or
+        MySQL string, and this writer's random nonce is nowhere else)."""
+        return f"\x00blob {self._nonce} {name}"
+
+    def _holes(self, raw: bytes, blobs: Mapping[str, BlobSink]) -> list[tuple[int, int, BlobSink]]:
+        """Where the markers of ``blobs`` are in ``raw``: ``(start, end, sink)``."""
+        out = []
+        for name, sink in blobs.items():
+            marker = encode_trusted(self._marker(name))
+            start = raw.find(marker)
+            if start < 0:  # pragma: no cover - the marker was just encoded into raw
+                raise LedgerError(f"blob marker of {name!r} missing from its entry")
+            out.append((start, start + len(marker), sink))
+        return out
 
     def open_blob(
         self, transform: Callable[[bytes], bytes] | TransformFactory | None = None
@@ -486,16 +503,16 @@ class LedgerWriter:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             target = self._next_seq
-            if self._signed >= target or self._closed:
+            if self._signed_size >= target or self._closed:
                 if self._failed is not None:
                     raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
                 return
             self._flush_requested = True
             self._cond.notify_all()
-            while self._signed < target:
+            while self._signed_size < target:
                 if self._failed is not None:
                     raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
-                if not self._thread.is_alive():
+                if not self._worker.is_alive():
                     raise LedgerUnavailable("ledger writer thread is not running")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -520,7 +537,7 @@ class LedgerWriter:
                     raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
                 if self._closed or self._stopping:
                     raise LedgerUnavailable("ledger writer is closed")
-                if not self._thread.is_alive():
+                if not self._worker.is_alive():
                     raise LedgerUnavailable("ledger writer thread is not running")
                 self._sync_requested = True
                 self._cond.notify_all()
@@ -550,7 +567,7 @@ class LedgerWriter:
                 self._stopping = True
                 self._cond.notify_all()
             if self._threaded:
-                self._thread.join()
+                self._worker.join()
             self._closed = True
             for fd in (self._log_fd, self._hist_fd, *self._pending_fds):
                 try:
@@ -584,7 +601,7 @@ class LedgerWriter:
                 for item in batch:
                     self._process(item)
                 due = self._deadline is not None and time.monotonic() >= self._deadline
-                if self._written > self._signed and (flush or stopping or due):
+                if self._written > self._signed_size and (flush or stopping or due):
                     self._checkpoint()
                 elif flush:
                     self._publish_signed(self._written)
@@ -641,9 +658,9 @@ class LedgerWriter:
     def _process(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
         if kind == _ENTRY:
-            _, payload, blobs = item
-            if blobs:
-                payload = self._resolve_blobs(payload, blobs)
+            _, payload, holes = item
+            if holes:
+                payload = self._splice(payload, holes)
             self._write_entry(payload)
         elif kind == _BLOB_WRITE:
             self._blob_write(item[1], item[2])
@@ -663,30 +680,39 @@ class LedgerWriter:
             self._deadline = time.monotonic() + self._interval
         if len(self._buf) >= _WRITE_BUFFER:
             self._write_out()
-        if self._written - self._signed >= self._every:
+        if self._written - self._signed_size >= self._every:
             self._checkpoint()
 
-    def _resolve_blobs(self, obj: dict[str, Any], blobs: dict[str, BlobSink]) -> bytes:
-        data = dict(obj["data"])
-        for k, sink in blobs.items():
-            if sink.ref is None:
-                data[k] = {"error": sink.error or "blob was aborted"}
-                continue
-            ref = dict(sink.ref)
-            if sink.annotate is not None:
-                try:  # the producer's callback: its failure must not stop the writer
-                    extra = dict(sink.annotate())
-                    if extra:
-                        canonical_json(extra)
-                    ref.update(
-                        (n, v) for n, v in extra.items() if n not in ("sha256", "size", "inline")
-                    )
-                except Exception as exc:
-                    ref["annotation_error"] = f"{type(exc).__name__}: {exc}"
-            data[k] = ref
-        # The entry was checked when appended, the references are str and int and the
-        # annotations were checked above: no need for the type walk again.
-        return encode_trusted({**obj, "data": data})
+    def _splice(self, raw: bytes, holes: list[tuple[int, int, BlobSink]]) -> bytes:
+        """``raw`` with each blob's reference in its hole. Canonical JSON puts a key where
+        its name sorts, whatever its value: the result is the canonical entry with the
+        references as values (the rest was checked when appended; the references are str
+        and int, their annotations are checked in :meth:`_ref`)."""
+        parts = []
+        pos = 0
+        for start, end, sink in sorted(holes, key=lambda h: h[0]):
+            parts.append(raw[pos:start])
+            parts.append(encode_trusted(self._ref(sink)))
+            pos = end
+        parts.append(raw[pos:])
+        return b"".join(parts)
+
+    def _ref(self, sink: BlobSink) -> dict[str, Any]:
+        """The reference to a written blob, annotated by its producer."""
+        if sink.ref is None:
+            return {"error": sink.error or "blob was aborted"}
+        ref = dict(sink.ref)
+        if sink.annotate is not None:
+            try:  # the producer's callback: its failure must not stop the writer
+                extra = dict(sink.annotate())
+                if extra:
+                    canonical_json(extra)
+                ref.update(
+                    (n, v) for n, v in extra.items() if n not in ("sha256", "size", "inline")
+                )
+            except Exception as exc:
+                ref["annotation_error"] = f"{type(exc).__name__}: {exc}"
+        return ref
 
     def _write_out(self) -> None:
         view = memoryview(self._buf)
@@ -818,7 +844,7 @@ class LedgerWriter:
 
     def _publish_signed(self, size: int) -> None:
         with self._cond:
-            self._signed = max(self._signed, size)
+            self._signed_size = max(self._signed_size, size)
             self._cond.notify_all()
         if self._on_signed is not None:
             self._on_signed(size)

@@ -36,6 +36,7 @@ CA bundle (this workplace's egress goes through a TLS proxy).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -70,9 +71,23 @@ def base_tree() -> Path:
     """The debootstrapped root for :data:`INCLUDE`, made once and cached."""
     key = hashlib.sha256(json.dumps([SUITE, MIRROR, "minbase", INCLUDE]).encode()).hexdigest()
     base = CACHE / f"base-{key[:16]}"
-    if base.is_dir():
-        return base
     CACHE.mkdir(parents=True, exist_ok=True)
+    with _cache_lock():
+        if base.is_dir():
+            return base
+        return _debootstrap(base, key)
+
+
+@contextlib.contextmanager
+def _cache_lock() -> Iterator[None]:
+    """The cache is shared by every run on this machine: one user at a time (two apt runs
+    would fight over the archives' lock, two debootstraps over the same base tree)."""
+    with open(CACHE / "cache.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _debootstrap(base: Path, key: str) -> Path:
     tmp = CACHE / f"base-{key[:16]}.tmp-{os.getpid()}"
     try:
         run(
@@ -94,7 +109,15 @@ def nspawn(root: Path, *args: str) -> list[str]:
 def provision(root: Path) -> None:
     (CACHE / "apt").mkdir(parents=True, exist_ok=True)
     (CACHE / "pip").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
+    with _cache_lock():
+        proc = _provision(root)
+    assert proc.returncode == 0, (
+        f"provision.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+
+
+def _provision(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         nspawn(
             root,
             f"--bind-ro={ROOT}:/tmp/appliance-src",
@@ -110,9 +133,6 @@ def provision(root: Path) -> None:
         text=True,
         timeout=1500,
     )  # fmt: skip
-    assert proc.returncode == 0, (
-        f"provision.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    )
 
 
 class Machine:

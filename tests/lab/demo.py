@@ -137,6 +137,9 @@ ledger:
 capture:
   listen_port: 15001
   cgroup: {lab.job_cgroup}    # on a real runner: the cgroup v2 root (the default)
+  # Where the appliance runs: its marked traffic passes from there only (on a runner,
+  # the systemd unit's cgroup, /system.slice/appliance.service: the default).
+  appliance_cgroup: {lab.appliance_cgroup_path}
   # The runner's /etc/ssh/ssh_known_hosts, as the lab's job sees it.
   ssh_known_hosts: {job_etc_ssh(lab) / "ssh_known_hosts"}
 policy:
@@ -263,6 +266,7 @@ def main() -> int:
         ready = OUT / "run" / "ready.json"
         daemon = lab.popen(
             [APPLIANCE, "run", "--config", str(config), "--ready-file", str(ready)],
+            cgroup=lab.appliance_cgroup,
             stdout=subprocess.DEVNULL,
             stderr=open(log, "wb"),  # noqa: SIM115 - closed when the process ends
         )

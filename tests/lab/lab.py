@@ -6,7 +6,9 @@ Layout (one lab, ``<id>`` a short random hex id)::
         ap<id>r<n> 198.18.<n>.1/24, fd00:a9e:<n>::1/64  ──veth──  ap<id>t<n>  198.18.<n>.2/24,
                                                                   fd00:a9e:<n>::2/64
                                                                   apl-<id>-t<n> (a protected host)
-    <cgroup2>/appliance-lab-<id>/job   (the job's cgroup)
+    <cgroup2>/appliance-lab-<id>/job         (the job's cgroup)
+    <cgroup2>/appliance-lab-<id>/appliance   (the appliance's: ``popen(..., cgroup=...)``;
+                                              configs name it ``capture.appliance_cgroup``)
 
 Addresses come from the benchmarking range 198.18.0.0/15 (RFC 2544) and a ULA prefix; no
 namespace has a default route, so nothing leaves the lab. Everything the lab creates is named
@@ -112,6 +114,19 @@ def private_mounts(binds: Sequence[tuple[Path, Path]]) -> None:
         if _libc.mount(bytes(source), bytes(target), None, MS_BIND | MS_REC, None) != 0:
             err = ctypes.get_errno()
             raise OSError(err, f"bind {source} over {target}: {os.strerror(err)}")
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30
+) -> None:
+    """Send ``sig`` to ``proc`` if it runs and wait; SIGKILL it after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _alive(pid: int) -> bool:
@@ -234,6 +249,7 @@ class Lab:
     runner: Host = field(init=False)
     targets: list[TargetHost] = field(init=False, default_factory=list)
     job_cgroup: Path = field(init=False)
+    appliance_cgroup: Path = field(init=False)
     dir: Path = field(init=False)
     _servers: list[PgServer | MariaServer] = field(init=False, default_factory=list)
     _procs: list[subprocess.Popen[bytes]] = field(init=False, default_factory=list)
@@ -242,6 +258,12 @@ class Lab:
         self.runner = Host(f"apl-{self.lab_id}-runner")
         self.dir = STATE_DIR / self.lab_id
         self.job_cgroup = cgroup2_root() / f"appliance-lab-{self.lab_id}" / "job"
+        self.appliance_cgroup = self.job_cgroup.with_name("appliance")
+
+    @property
+    def appliance_cgroup_path(self) -> str:
+        """The appliance's cgroup as a config names it (``/appliance-lab-<id>/appliance``)."""
+        return "/" + str(self.appliance_cgroup.relative_to(cgroup2_root()))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -269,6 +291,7 @@ class Lab:
         for n in range(self.n_targets):
             self._add_target(n)
         self.job_cgroup.mkdir(parents=True)
+        self.appliance_cgroup.mkdir()
 
     def teardown(self) -> None:
         for proc in self._procs:
@@ -373,11 +396,13 @@ class Lab:
         gid: int | None = None,
         env: Mapping[str, str] | None = None,
         binds: Sequence[tuple[Path, Path]] = (),
+        cgroup: Path | None = None,
         **kwargs: object,
     ) -> subprocess.Popen[bytes]:
         """Start a process in a lab namespace (default: the runner). ``job=True`` runs it as
         the job: in the job cgroup, as uid/gid nobody, with a minimal environment plus ``env``.
-        ``binds``: (source, target) bind mounts in a mount namespace of its own."""
+        ``binds``: (source, target) bind mounts in a mount namespace of its own.
+        ``cgroup``: the cgroup of a process that is not the job (the appliance's, say)."""
         host = host or self.runner
         if job:
             uid = JOB_UID if uid is None else uid
@@ -388,7 +413,7 @@ class Lab:
             )
         else:
             full_env = {**os.environ, **(env or {})}
-            preexec = self._preexec(host.path, None, uid, gid, binds)
+            preexec = self._preexec(host.path, cgroup, uid, gid, binds)
         proc = subprocess.Popen(list(argv), env=full_env, preexec_fn=preexec, **kwargs)  # type: ignore[call-overload]
         self._procs.append(proc)
         return proc  # type: ignore[no-any-return]

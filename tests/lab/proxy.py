@@ -69,6 +69,7 @@ class Appliance:
     proc: subprocess.Popen[bytes] | None = None
     targets: dict[str, int] = field(default_factory=dict)
     executable: str = APPLIANCE  # another build's ``appliance`` (benchmarks compare two)
+    env: Mapping[str, str] | None = None  # added to its environment (APPLIANCE_PURE=1 ...)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -80,7 +81,7 @@ class Appliance:
             self.proc = self.lab.popen(
                 [self.executable, "run", "--config", str(self.config), "--no-capture",
                  "--ready-file", str(self.ready), "--grace", "20"],
-                host=self.lab.runner, stdout=subprocess.DEVNULL, stderr=log,
+                host=self.lab.runner, stdout=subprocess.DEVNULL, stderr=log, env=self.env,
             )  # fmt: skip
         finally:
             log.close()
@@ -271,6 +272,7 @@ def running_appliance(
     masking: Mapping[str, Any] | None = None,
     ledger_options: Mapping[str, Any] | None = None,
     executable: str = APPLIANCE,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Appliance]:
     """Configure, start and (always) stop an appliance (``executable``: this checkout's by
     default); see the module docstring."""
@@ -291,6 +293,7 @@ def running_appliance(
         ready=workdir / "ready",
         targets={t.name: t.port for t in targets},
         executable=executable,
+        env=env,
     )
     write_config(
         app.config,

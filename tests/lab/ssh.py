@@ -172,6 +172,7 @@ class SshRunner:
                 "cgroup": str(self.lab.job_cgroup),
                 "reconcile_interval": "60s",
                 "ssh_known_hosts": str(self.known_hosts),
+                "appliance_cgroup": self.lab.appliance_cgroup_path,
             },
             "policy": dict(policy_doc),
         }
@@ -185,6 +186,7 @@ class SshRunner:
         log = (self.work / "appliance.log").open("ab")
         self.proc = self.lab.popen(
             [APPLIANCE, "run", "--config", str(self.config_path), "--ready-file", str(ready)],
+            cgroup=self.lab.appliance_cgroup,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -208,6 +210,7 @@ class SshRunner:
     def remove_capture(self) -> subprocess.CompletedProcess[str]:
         proc = self.lab.popen(
             [APPLIANCE, "capture", "remove", "--config", str(self.config_path)],
+            cgroup=self.lab.appliance_cgroup,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )

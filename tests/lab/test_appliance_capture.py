@@ -1,15 +1,17 @@
 """The whole appliance with transparent capture: an unmodified job, its real target address.
 
 One pristine lab for this module (capture installs rules in its runner namespace). The
-appliance runs as on a runner: ``appliance run --config C`` (capture on), attribution
-attached to the lab's job cgroup. The job is psql as uid nobody in the job cgroup, with CI
-variables in its environment, connecting to 198.18.0.2:5432 with no password.
+appliance runs as on a runner: ``appliance run --config C`` (capture on) in a cgroup of its
+own (the lab's, as systemd gives the unit one), attribution attached to the lab's job
+cgroup. The job is psql as uid nobody in the job cgroup, with CI variables in its
+environment, connecting to 198.18.0.2:5432 with no password.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +23,8 @@ from typing import Any
 import pytest
 
 from appliance.ledger import iter_entries
-from tests.lab.lab import Lab, PgServer
+from tests.lab.lab import Lab, PgServer, stop_process
+from tests.lab.test_capture_rules import marked_client, marked_root_job, reject_packets
 
 APPLIANCE = str(Path(sys.executable).with_name("appliance"))
 ORIGIN = "lab.test/capture"
@@ -67,6 +70,7 @@ ledger:
 capture:
   listen_port: 15001
   cgroup: {cgroup}
+  appliance_cgroup: {self.lab.appliance_cgroup_path}
   # Long: only interface events can explain a guard on a new interface within seconds.
   reconcile_interval: 60s
 """
@@ -82,6 +86,7 @@ capture:
         t0 = time.monotonic()
         self.proc = self.lab.popen(
             [APPLIANCE, "run", "--config", str(config), "--ready-file", str(ready)],
+            cgroup=self.lab.appliance_cgroup,
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
@@ -96,13 +101,8 @@ capture:
         return time.monotonic() - t0
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, sig)
         self.proc = None
 
     def entries(self, type_: str | None = None) -> list[dict[str, Any]]:
@@ -143,7 +143,7 @@ capture:
 @pytest.fixture(scope="module")
 def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runner]:
     with Lab(n_targets=1) as lab:
-        pg = lab.start_postgres(0)
+        pg = lab.start_postgres(0)  # max_connections 300: the churn run has 200 clients
         pg.admin_sql(
             "CREATE TABLE t (x int); INSERT INTO t VALUES (1), (2), (3); ALTER TABLE t OWNER TO app;",
             database="app",
@@ -291,6 +291,110 @@ def test_killed_appliance_means_connection_refused_at_once(runner: Runner) -> No
         runner.start()
 
 
+def test_the_next_start_says_how_the_previous_run_ended(runner: Runner) -> None:
+    """Issue 13: after a kill -9 the next appliance.start names the previous run's last
+    entry and says it did not stop cleanly; after SIGTERM, that it did."""
+    for sig, clean in ((signal.SIGKILL, False), (signal.SIGTERM, True)):
+        runner.stop(sig)
+        starts = len(runner.entries("appliance.start"))
+        runner.start()
+        start = runner.entries("appliance.start")[starts]
+        previous = start["data"]["previous_run"]
+        assert previous["last_seq"] == start["seq"] - 1
+        assert previous["stopped_cleanly"] is clean
+        assert (previous["last_type"] == "appliance.stop") is clean
+        before = [e for e in runner.entries() if e["seq"] == previous["last_seq"]]
+        assert before[0]["type"] == previous["last_type"] and before[0]["ts"] == previous["last_ts"]
+
+
+def test_outside_its_cgroup_the_appliance_refuses_to_start(runner: Runner) -> None:
+    runner.stop()
+    try:
+        config = runner.config(cgroup=runner.lab.job_cgroup)
+        proc = runner.lab.popen(  # in the test's own cgroup, not the configured one
+            [APPLIANCE, "run", "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode != 0
+        assert "capture.appliance_cgroup" in err.decode()
+        assert "every upstream connection would be refused" in err.decode()
+    finally:
+        runner.start()
+
+
+def test_a_root_job_with_the_appliances_mark_is_refused_and_recorded(runner: Runner) -> None:
+    """Issue 13: the mark alone opens nothing. A root job that sets the appliance's mark is
+    refused at connect() (eBPF, EPERM) and recorded as a bypass attempt, with who it was;
+    IPv4 and IPv6. An unprivileged job cannot set the mark at all."""
+    lab = runner.lab
+    dsts = []
+    for address in (runner.pg.ipv4, runner.pg.ipv6):
+        pid, outcome = marked_root_job(lab, address)
+        assert outcome.startswith("error PermissionError"), outcome
+        deadline = time.monotonic() + 10
+        while True:
+            found = [
+                e
+                for e in runner.entries("capture.bypass_attempt")
+                if e["identity"] and e["identity"].get("pid") == pid
+            ]
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        (entry,) = found
+        assert entry["identity"]["source"] == "ebpf" and entry["identity"]["uid"] == 0
+        assert entry["identity"]["cgroup"].endswith(f"/{lab.job_cgroup.parent.name}/job")
+        assert entry["data"]["target"] == "db"
+        dsts.append(entry["data"]["dst"])
+    assert dsts == ["198.18.0.2:5432", "[fd00:a9e::2]:5432"]
+    assert marked_client(lab, runner.pg.ipv4, who="job") == "mark PermissionError"
+
+
+def test_reconnect_churn_is_never_taken_for_the_appliances_own_traffic(runner: Runner) -> None:
+    """Issue 13: ``pgbench -S -C -c 200`` for 60 s (every transaction reconnects). The jobs'
+    redirected flows and the appliance's upstream flows leave from the same address to the
+    same target; before the appliance's flows had a conntrack zone of their own, a new flow
+    of one kind met the lingering entry of the other: 106 of 200 clients were refused in 60
+    s (REJECT counted exactly those). Now: no client refused and every session is the job's
+    (none on the appliance's own listener). The REJECT counter is printed, not asserted: a
+    job socket's closing RST that conntrack finds out of window (INVALID, so not redirected)
+    meets it too, about once in 6000 connections here, and refuses nothing."""
+    lab, pg = runner.lab, runner.pg
+    env = {"PGHOST": pg.ipv4, "PGUSER": "ci", "PGDATABASE": "app"}
+    init = lab.job(["pgbench", "-i", "-s", "1", "-q"], env=env, timeout=120)
+    assert init.returncode == 0, init.stderr
+    rejected = reject_packets(lab), reject_packets(lab, "ip6tables-save")
+    before = runner.sessions()
+    r = lab.job(
+        ["pgbench", "-n", "-S", "-C", "-c", "200", "-j", "2", "-T", "60"], env=env, timeout=240
+    )
+    refused = r.stderr.count("Connection refused")
+    done = int(re.search(r"number of transactions actually processed: (\d+)", r.stdout)[1])  # type: ignore[index]
+    print(
+        f"churn: {done} transactions, {refused} refused; pgbench stderr tail: {r.stderr[-300:]!r}"
+    )
+    assert r.returncode == 0 and refused == 0 and "aborted" not in r.stderr, r.stderr[-2000:]
+    assert "number of failed transactions: 0 " in r.stdout
+    now = reject_packets(lab), reject_packets(lab, "ip6tables-save")
+    print(f"churn: REJECT counters went from {rejected} to {now} (IPv4, IPv6)")
+    time.sleep(1)  # the last sessions' entries reach the disk
+    entries = runner.entries()
+    starts = [e for e in entries if e["type"] == "session.start"][before:]
+    assert len(starts) >= done
+    job = f"/{lab.job_cgroup.parent.name}/job"
+    strays = [e for e in starts if e["identity"]["source"] != "ebpf"
+              or not e["identity"]["cgroup"].endswith(job) or e["data"]["user"] != "ci"]  # fmt: skip
+    assert strays == []
+    ids = {e["session"] for e in starts}
+    ends = [
+        e["data"]["reason"] for e in entries if e["type"] == "session.end" and e["session"] in ids
+    ]
+    assert [reason for reason in ends if "upstream" in reason] == []
+    print(f"churn: {len(starts)} sessions, all the job's")
+
+
 def test_with_bpf_failing_sessions_flow_unattributed(runner: Runner) -> None:
     runner.stop()
     try:
@@ -346,3 +450,21 @@ def test_no_environment_leak_of_the_secret(runner: Runner) -> None:
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
     assert os.stat(runner.pg.password_file()).st_mode & 0o077 == 0
+
+
+def test_a_secret_on_the_job_s_command_line_never_reaches_the_ledger(runner: Runner) -> None:
+    """The job's command line is part of its identity: a password in a connection URI or
+    after --password is masked before the identity is kept."""
+    before = runner.sessions()
+    uri = f"postgresql://ci:Tr0ub4dor-and-3@{runner.pg.ipv4}:5432/app?sslmode=disable"
+    r = runner.lab.job(
+        ["psql", "-X", "-At", uri, "-c", "select 'cmdline-secret'"],
+        env={**CI_ENV, "PGCONNECT_TIMEOUT": "10"},
+    )
+    assert r.returncode == 0, r.stderr
+    start = runner.new_session(before)
+    assert start["identity"]["exe"].endswith("/psql")
+    assert any("postgresql://" in a for a in start["identity"]["cmdline"])
+    for path in [*runner.ledger.rglob("*"), runner.work / "appliance.log"]:
+        if path.is_file():
+            assert b"Tr0ub4dor-and-3" not in path.read_bytes(), path

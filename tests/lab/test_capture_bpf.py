@@ -37,7 +37,16 @@ from appliance.capture._attribution import ATTACH_TYPE_NAMES
 from appliance.capture._ci import KEYS
 from appliance.config import Config, load_config
 from tests.lab.lab import Lab, cgroup2_root
-from tests.lab.test_capture_rules import CLIENT, MARK, Listener, client, write_config
+from tests.lab.test_capture_rules import (
+    CLIENT,
+    MARK,
+    Listener,
+    client,
+    marked_client,
+    marked_root_job,
+    server,
+    write_config,
+)
 
 PYTHON_COMM = Path(sys.executable).name[:15]  # the kernel's comm of our interpreter
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "appliance.service"
@@ -98,7 +107,9 @@ def bconfig(blab: Lab) -> Iterator[Config]:
 
 @pytest.fixture(scope="module")
 def attribution(blab: Lab, bconfig: Config) -> Iterator[Attribution]:
-    started = Attribution.start(blab.job_cgroup, ports={5432}, mark=MARK)
+    started = Attribution.start(
+        blab.job_cgroup, ports={5432}, mark=MARK, own_cgroup=blab.appliance_cgroup
+    )
     try:
         yield started
     finally:
@@ -272,6 +283,48 @@ def test_unprotected_ports_and_the_appliances_own_socket_are_not_recorded(
     assert r.stdout.startswith("error ConnectionRefusedError")
     assert attribution.stats()["recorded"] == recorded
     assert attribution.lost_events() == 0
+
+
+# -- the appliance's mark used by another -------------------------------------------------------
+
+
+def test_a_root_job_using_the_appliances_mark_is_refused_at_connect_and_reported(
+    blab: Lab, bconfig: Config, attribution: Attribution
+) -> None:
+    """Issue 13: BPF sees the socket's mark at connect(); outside the appliance's cgroup the
+    connect fails with EPERM (before any packet) and the attempt is reported, with who."""
+    attribution.bypass_attempts()
+    refused = attribution.stats()["bypass_refused"]
+    for address in ("198.18.0.2", "fd00:a9e:0::2"):
+        pid, outcome = marked_root_job(blab, address)
+        assert outcome.split()[:2] == ["error", "PermissionError"]
+        (attempt,) = attribution.bypass_attempts()
+        assert attempt.tgid == pid
+        assert (attempt.uid, attempt.comm) == (0, PYTHON_COMM)
+        assert attempt.dst == (address.replace(":0::", "::"), 5432)
+        assert attempt.cgroup_id == os.stat(blab.job_cgroup).st_ino
+    assert attribution.stats()["bypass_refused"] == refused + 2
+    # The job itself cannot set the mark at all.
+    assert marked_client(blab, "198.18.0.2", who="job") == "mark PermissionError"
+    assert attribution.bypass_attempts() == []
+    assert attribution.lost_events() == 0
+
+
+def test_the_appliances_own_cgroup_may_use_the_mark(blab: Lab, bconfig: Config) -> None:
+    """Attached above both the job's and the appliance's cgroups (as on a runner, where the
+    programs sit on the root cgroup): the appliance connects, the root job is refused."""
+    with (
+        server(blab, blab.targets[0], "::", 5432, "S"),
+        Attribution.start(
+            blab.job_cgroup.parent, ports={5432}, mark=MARK, own_cgroup=blab.appliance_cgroup
+        ) as wide,
+    ):
+        assert marked_client(blab, "198.18.0.2", who="appliance") == "reply S"
+        assert marked_client(blab, "fd00:a9e:0::2", who="appliance") == "reply S"
+        assert wide.bypass_attempts() == []
+        assert marked_client(blab, "198.18.0.2", who="root-job").startswith("error PermissionError")
+        assert [a.dst for a in wide.bypass_attempts()] == [("198.18.0.2", 5432)]
+        assert wide.stats()["recorded"] == 0  # marked connections are never recorded as flows
 
 
 # -- start, stale programs, failures ---------------------------------------------------------------

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import struct
@@ -32,7 +33,6 @@ from appliance.capture import (
     HostResolver,
     Reconciler,
     install,
-    mark_socket,
     normalise_ip,
     original_dst,
     remove,
@@ -40,7 +40,8 @@ from appliance.capture import (
     status,
     target_for,
 )
-from appliance.capture._rules import Chain, Family, FamilyRules, RuleSet
+from appliance.capture._cgroup import lookup_cgroup_id
+from appliance.capture._rules import Chain, Family, FamilyRules, RuleSet, own_cgroup_match
 from appliance.config import Config, load_config
 from tests.lab.lab import Host, Lab, PgServer, in_netns
 
@@ -54,7 +55,7 @@ targets:
     protocol: postgres
     addresses: [198.18.0.2:5432, "[fd00:a9e:0::2]:5432"]
     accounts: [{{name: ci, user: app, secret: {{file: {secret}}}}}]
-capture: {{listen_port: {port}, mark: {mark:#x}}}
+capture: {{listen_port: {port}, mark: {mark:#x}, appliance_cgroup: {cgroup}}}
 """
 
 # The job's client: connect, print what the listener answered or how the connect failed
@@ -86,12 +87,42 @@ while True:
 """
 
 
+# A client whose socket carries the appliance's mark: it sends PostgreSQL's SSLRequest and
+# prints the one-byte answer, or how setting the mark or connecting failed.
+MARKED = """\
+import socket, struct, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+s = socket.socket(family)
+try:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(sys.argv[3], 0))
+except OSError as exc:
+    print(f"mark {type(exc).__name__}")
+    sys.exit(0)
+s.settimeout(10)
+t = time.monotonic()
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+except OSError as exc:
+    print(f"error {type(exc).__name__} {time.monotonic() - t:.3f}")
+    sys.exit(0)
+s.sendall(struct.pack("!ii", 8, 80877103))
+print("reply " + s.recv(1).decode())
+"""
+
+
 # -- helpers (also used by test_capture_bpf.py) ------------------------------------------------
 
 
 def write_config(lab: Lab, port: int = LISTEN_PORT) -> Path:
     path = lab.dir / "capture.yaml"
-    path.write_text(CONFIG.format(secret=lab.dir / "secrets" / "none", port=port, mark=MARK))
+    path.write_text(
+        CONFIG.format(
+            secret=lab.dir / "secrets" / "none",
+            port=port,
+            mark=MARK,
+            cgroup=lab.appliance_cgroup_path,
+        )
+    )
     return path
 
 
@@ -126,6 +157,42 @@ def client(
     r = lab.job([sys.executable, "-I", "-c", CLIENT, ip, str(port)], host=host, env=env, timeout=30)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
+
+
+def marked_client(lab: Lab, ip: str, port: int = 5432, *, who: str) -> str:
+    """Connect with the appliance's mark as ``who``: ``appliance`` (root in the appliance's
+    cgroup), ``root-job`` (root in the job cgroup) or ``job`` (the job: nobody, no
+    capabilities). Returns the client's one-line report."""
+    argv = [sys.executable, "-I", "-c", MARKED, ip, str(port), hex(MARK)]
+    if who == "appliance":
+        proc = lab.popen(argv, cgroup=lab.appliance_cgroup, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)  # fmt: skip
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err.decode()
+        return out.decode().strip()
+    r = lab.job(argv, uid=0 if who == "root-job" else None, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def marked_root_job(lab: Lab, ip: str, port: int = 5432) -> tuple[int, str]:
+    """The MARKED client run as a root job (root, job cgroup): its pid and its report."""
+    script = 'echo "pid=$$"; exec "$PYTHON" -I -c "$MARKED" "$ADDRESS" "$PORT" "$MARK"'
+    env = {"PYTHON": sys.executable, "MARKED": MARKED, "ADDRESS": ip, "PORT": str(port),
+           "MARK": hex(MARK)}  # fmt: skip
+    r = lab.job(["sh", "-c", script], env=env, uid=0, timeout=30)
+    assert r.returncode == 0, r.stderr
+    pid, report = r.stdout.split("\n", 1)
+    return int(pid.removeprefix("pid=")), report.strip()
+
+
+def reject_packets(lab: Lab, tool: str = "iptables-save") -> int:
+    """Packets the filter OUTPUT chain of ours refused (REJECT) so far."""
+    return sum(
+        int(line[1:].split(":")[0])
+        for line in sh(lab, f"{tool} -c -t filter").splitlines()
+        if "-A APPLIANCE-OUTPUT" in line and "REJECT" in line
+    )
 
 
 @contextlib.contextmanager
@@ -428,7 +495,10 @@ def test_reconcile_restores_removed_and_moved_rules(
             found = {(c.family, c.table, c.chain, c.rule, c.problem) for c in changes}
             assert ("ipv4", "nat", "OUTPUT", "-j APPLIANCE-OUTPUT", "missing") in found
             assert ("ipv4", "filter", "FORWARD", "-j APPLIANCE-FORWARD", "moved") in found
-            assert ("ipv6", "filter", "APPLIANCE-OUTPUT", "-m mark --mark 0x4150 -j RETURN",
+            own = own_cgroup_match(
+                config.capture.appliance_cgroup, lookup_cgroup_id(config.capture.appliance_cgroup)
+            )
+            assert ("ipv6", "filter", "APPLIANCE-OUTPUT", f"-m mark --mark 0x4150 {own} -j RETURN",
                     "missing") in found  # fmt: skip
             assert ("netdev", "appliance", "egress", new_if, "not covered") in found
             assert all(c.repaired for c in changes)
@@ -441,6 +511,48 @@ def test_reconcile_restores_removed_and_moved_rules(
             )
         finally:
             sh(clab, f"iptables -D FORWARD -j ACCEPT; ip link del {new_if}")
+
+
+def test_a_new_interface_rewrites_the_egress_guard_alone(
+    clab: Lab, cpg: PgServer, config_path: Path, config: Config
+) -> None:
+    t0 = clab.targets[0]
+    with installed(clab, config_path):
+        assert marked_client(clab, t0.ipv4, who="root-job").startswith("error")
+        rejected = reject_packets(clab)
+        assert rejected >= 1
+        new_if = f"ap{clab.lab_id}e0"
+        sh(clab, f"ip link add {new_if} type veth peer name ap{clab.lab_id}e1")
+        try:
+            changes = clab.run_in_runner(Reconciler(config).check_and_repair)
+            assert {(c.table, c.problem) for c in changes} == {("appliance", "not covered")}
+            assert new_if in sh(clab, "nft list table netdev appliance")
+            assert reject_packets(clab) == rejected  # iptables untouched: counters kept
+        finally:
+            sh(clab, f"ip link del {new_if}")
+
+
+def test_a_cgroup_made_anew_is_noticed_and_the_rules_follow_it(
+    clab: Lab, cpg: PgServer, config_path: Path, config: Config
+) -> None:
+    """systemd removes a unit's cgroup when it stops and makes a new one at its next start:
+    the cgroup match still names the old one, so the appliance's own traffic would be
+    refused. The reconcile (and the daemon's install at start) see the new id and put the
+    rules back."""
+    t0 = clab.targets[0]
+    with installed(clab, config_path):
+        assert marked_client(clab, t0.ipv4, who="appliance") == "reply S"
+        old = lookup_cgroup_id(config.capture.appliance_cgroup)
+        clab.appliance_cgroup.rmdir()
+        clab.appliance_cgroup.mkdir()
+        assert lookup_cgroup_id(config.capture.appliance_cgroup) != old
+        assert marked_client(clab, t0.ipv4, who="appliance").startswith(
+            "error ConnectionRefusedError"
+        )  # the rule still matches the cgroup that is gone
+        changes = clab.run_in_runner(Reconciler(config).check_and_repair)
+        assert ("filter", "missing") in {(c.table, c.problem) for c in changes}
+        assert marked_client(clab, t0.ipv4, who="appliance") == "reply S"
+        assert marked_client(clab, t0.ipv6, who="appliance") == "reply S"
 
 
 def test_reconcile_follows_a_host_name_target_to_its_new_address(clab: Lab) -> None:
@@ -527,18 +639,46 @@ def test_unprotected_traffic_is_untouched_and_the_marked_socket_is_not_looped(
         assert client(clab, t0.ipv4, 5433) == "reply target-0-port-5433"  # unprotected port
         assert listener.accepted.empty()
 
-        def connect(marked: bool) -> bytes:
+        def connect() -> bytes:
             with socket.socket(socket.AF_INET) as s:
-                if marked:
-                    mark_socket(s, MARK)
                 s.settimeout(5)
                 s.connect((t0.ipv4, 5432))
                 return ssl_request(s)
 
-        assert clab.run_in_runner(connect, True) == b"S"  # the real PostgreSQL answered
+        # Marked, from the appliance's cgroup: the real PostgreSQL answers (not looped back).
+        for address in (t0.ipv4, t0.ipv6):
+            assert marked_client(clab, address, who="appliance") == "reply S", address
         assert listener.accepted.empty()
-        assert clab.run_in_runner(connect, False) == b"1"  # unmarked: "198.18.0.2 5432\n"
+        assert clab.run_in_runner(connect) == b"1"  # unmarked: "198.18.0.2 5432\n"
         assert listener.next().dst == (t0.ipv4, 5432)
+
+
+def test_the_mark_alone_opens_nothing(clab: Lab, cpg: PgServer, config_path: Path) -> None:
+    """Issue 13: a root job (or anything with CAP_NET_RAW) can set the appliance's mark.
+    Marked traffic passes only from the appliance's cgroup; from the job's it meets the
+    REJECT (not the redirect: marked traffic never goes back to the appliance), IPv4 and
+    IPv6. Netfilter alone here: no BPF is attached in this module."""
+    t0 = clab.targets[0]
+    with installed(clab, config_path), Listener(clab) as listener:
+        for address, tool in ((t0.ipv4, "iptables-save"), (t0.ipv6, "ip6tables-save")):
+            rejected = reject_packets(clab, tool)
+            kind, error, seconds = marked_client(clab, address, who="root-job").split()
+            assert (kind, error) == ("error", "ConnectionRefusedError"), address
+            assert float(seconds) < 1.0  # a reset at once
+            assert reject_packets(clab, tool) == rejected + 1
+            assert marked_client(clab, address, who="appliance") == "reply S"
+            assert reject_packets(clab, tool) == rejected + 1
+            # The job, unprivileged, cannot even set the mark.
+            assert marked_client(clab, address, who="job") == "mark PermissionError"
+        assert listener.accepted.empty()
+        # Nothing of the appliance's flows (their closing included: the kernel answers for a
+        # closed socket from its own control socket, outside any cgroup) was refused.
+        guard = sh(clab, "nft list table netdev appliance")
+        assert "daddr 198.18.0.2 tcp dport 5432 counter packets 0 " in guard, guard
+        assert "daddr fd00:a9e::2 tcp dport 5432 counter packets 0 " in guard, guard
+        # Only the appliance's own flow went to its conntrack zone.
+        raw = sh(clab, "iptables-save -c -t raw")
+        assert re.search(r"\[[1-9]\d*:\d+\] -A APPLIANCE-OUTPUT -m mark .* --zone-orig 16720", raw)
 
 
 def test_container_traffic_is_captured_through_prerouting(
@@ -655,3 +795,74 @@ def test_a_packet_socket_syn_gets_no_handshake_with_the_target(
         raw = _scapy(clab, 40003, "raw", 1)
         assert sniffer.stop() == 0
         assert raw["flags"] != "SA"
+
+
+# A TCP SYN to the target sent from a packet socket that carries the appliance's mark, as a
+# process with CAP_NET_RAW alone may do (Linux 5.17+ lets it set SO_MARK).
+PACKET = """\
+import socket, struct, sys
+dev, src_mac, dst_mac, src, dst, sport, mark = sys.argv[1:8]
+def csum(b):
+    b += b"\\0" * (len(b) % 2)
+    total = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+s4, d4 = socket.inet_aton(src), socket.inet_aton(dst)
+tcp = struct.pack("!HHIIBBHHH", int(sport), 5432, 1, 0, 5 << 4, 2, 65535, 0, 0)
+tcp = tcp[:16] + struct.pack("!H", csum(s4 + d4 + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)) + tcp[18:]
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, s4, d4)
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(mark, 0))
+s.bind((dev, 0))
+eth = bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", ""))
+try:
+    s.send(eth + b"\\x08\\x00" + ip + tcp)
+    print("sent")
+except OSError as exc:
+    print(f"dropped {exc.strerror}")
+"""
+
+
+def _mac(host: Host, dev: str) -> str:
+    return str(json.loads(host.ip("-j", "link", "show", "dev", dev))[0]["address"])
+
+
+def _marked_packet(lab: Lab, sport: int) -> str:
+    """Send PACKET as uid nobody with CAP_NET_RAW only, in the job's cgroup."""
+    t0 = lab.targets[0]
+    r_if, t_if = f"ap{lab.lab_id}r0", f"ap{lab.lab_id}t0"
+    argv = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+            "--inh-caps", "+net_raw", "--ambient-caps", "+net_raw",
+            sys.executable, "-I", "-c", PACKET, r_if, _mac(lab.runner, r_if), _mac(t0, t_if),
+            t0.runner_ipv4, t0.ipv4, str(sport), hex(MARK)]  # fmt: skip
+    proc = lab.popen(argv, cgroup=lab.job_cgroup, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    return out.decode().strip()
+
+
+def test_a_marked_packet_socket_without_root_does_not_pass_the_egress_guard(
+    clab: Lab, cpg: PgServer, config_path: Path
+) -> None:
+    t0 = clab.targets[0]
+    # Control: without capture the marked frame reaches the target.
+    sniffer = Sniffer(t0, 40011)
+    assert _marked_packet(clab, 40011) == "sent"
+    assert _eventually_count(sniffer) == 1
+    with installed(clab, config_path):
+        sniffer = Sniffer(t0, 40012)
+        assert _marked_packet(clab, 40012) == "dropped No buffer space available"
+        assert sniffer.stop() == 0
+        guard = sh(clab, "nft list table netdev appliance")
+        assert "meta mark 0x00004150 meta skuid != 0 counter packets 1 " in guard
+
+
+def _eventually_count(sniffer: Sniffer) -> int:
+    """Stop ``sniffer`` once it has seen a SYN (or after 3 s) and return its count."""
+    deadline = 30
+    while sniffer.syns == 0 and deadline:
+        threading.Event().wait(0.1)
+        deadline -= 1
+    return sniffer.stop()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from appliance.protocols.postgres import codes as c
 from appliance.protocols.postgres._errors import PeerProtocolError, Side
@@ -77,14 +77,14 @@ class Limits:
     backend_other: int = 16 * MiB
 
     def __post_init__(self) -> None:
-        for name in self.__slots__:
+        for name in _LIMIT_NAMES:
             value = getattr(self, name)
             if not isinstance(value, int) or not 8 <= value <= 0x7FFFFFFF:
                 raise ValueError(f"limit {name} must be an int in 8..2**31-1, got {value!r}")
 
     @property
     def largest(self) -> int:
-        return max(int(getattr(self, name)) for name in self.__slots__)
+        return max(int(getattr(self, name)) for name in _LIMIT_NAMES)
 
     def caps(self, types: bytes, *, frontend: bool) -> list[int]:
         """A 256-entry table: the cap for each allowed type byte, 0 for types not allowed."""
@@ -105,6 +105,10 @@ class Limits:
         for t in types:
             table[t] = special.get(t, other)
         return table
+
+
+# Limits' fields (a compiled dataclass has no ``__slots__`` to read them from).
+_LIMIT_NAMES = tuple(f.name for f in fields(Limits))
 
 
 def describe_type(t: int) -> str:

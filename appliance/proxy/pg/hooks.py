@@ -5,17 +5,19 @@ walks the messages; they classify and decide (policy), build the job's error mes
 queue approval requests (the session core, :mod:`appliance.proxy.pg.core`, asks for them
 with a command and brings the answer back through :meth:`SessionHooks.approval_answered`),
 and forward everything worth keeping to the
-:class:`~appliance.proxy.pg.recording.SessionRecorder`. Sans-IO: no await anywhere.
+:class:`~appliance.proxy.pg.recording.SessionRecorder` (:class:`Recorder`). Sans-IO: no await anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.approvals.request import identity_key
+from appliance.masking import MaskCounts
 from appliance.masking.postgres import ResponseMasker
 from appliance.policy import (
     Classification,
@@ -35,7 +37,6 @@ from appliance.protocols.postgres.messages import (
 )
 from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX_ERROR
 from appliance.proxy.commands import ApprovalAnswered
-from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 
 # Distinct statement texts whose allow is remembered per session (then forgotten at once):
@@ -51,6 +52,32 @@ _CHANGES_NOTHING = frozenset(
 )
 
 
+class Recorder(Protocol):
+    """What the hooks hand over to be recorded: :class:`~appliance.proxy.pg.recording.
+    SessionRecorder` (a protocol, not that class: the compiled build checks a class-typed
+    argument's type at run time, and tests record with their own)."""
+
+    session: str
+
+    def mask(self, text: str, counts: MaskCounts | None = None) -> str: ...
+
+    def statement(self, stmt: Statement) -> None: ...
+
+    def response(self, stmt: Statement, *, masked_to_job: MaskCounts | None = None) -> None: ...
+
+    def result_sink(
+        self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
+    ) -> ResultSink | None: ...
+
+    def copy_sink(self, stmt: Statement, direction: str) -> ResultSink | None: ...
+
+    def request_error(self, request: str, text: str | None, error: ErrorResponse) -> None: ...
+
+    def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None: ...
+
+    def notification(self, notification: NotificationResponse) -> None: ...
+
+
 class SessionHooks:
     """Implements :class:`~appliance.proxy.pg.relay.RelayHooks` for one session."""
 
@@ -58,7 +85,7 @@ class SessionHooks:
         self,
         *,
         policy: Policy | None,
-        recorder: SessionRecorder,
+        recorder: Recorder,
         target: str,
         database: str,
         account: str,
@@ -83,7 +110,8 @@ class SessionHooks:
         # target, database, account), so a prepared statement run again is not decided
         # again. Only allows: a deny or review carries a new decision id each time.
         # The flag: the statement may change session settings (see _settings_in_flight).
-        self._allowed: dict[tuple[str, bool], tuple[Verdict, bool]] = {}
+        # Keys: (text, standard_conforming_strings, True if text is a shape: see _shape).
+        self._allowed: dict[tuple[str, bool, bool], tuple[Verdict, bool]] = {}
         # Statements that may change how the server reads text (SET, RESET, set_config, or
         # a function, procedure or prepared statement that could call it) sent but not yet
         # followed by a ReadyForQuery (which comes after the server reported its settings):
@@ -123,7 +151,12 @@ class SessionHooks:
         # Read otherwise: backslashes (standard_conforming_strings off) or non-ASCII
         # characters (an ASCII-unsafe client encoding); pure ASCII text reads the same.
         unsure = bool(self._settings_in_flight) and ((scs and "\\" in text) or not text.isascii())
-        cached = None if unsure else self._allowed.get((stmt.text, scs))
+        shape = _shape(text)
+        cached = None
+        if not unsure:
+            cached = self._allowed.get((text, scs, False))
+            if cached is None and shape is not text:
+                cached = self._allowed.get((shape, scs, True))
         if cached is not None:
             verdict, changes_settings = cached
             if changes_settings:
@@ -158,7 +191,13 @@ class SessionHooks:
         if verdict.action == "allow" and verdict.enforced:
             if len(self._allowed) >= _ALLOWED_CACHE:
                 self._allowed.clear()
-            self._allowed[(stmt.text, scs)] = (verdict, changes_settings)
+            # Under its shape only what no integer can change: a plain read. Elsewhere a
+            # value decides (WHERE 3 > 2 keeps every row, WHERE 2 > 3 none; EXPLAIN
+            # (ANALYZE 1) runs its statement, (ANALYZE 0) does not).
+            if classification.classes == _SHAPE_SAFE and shape is not text:
+                self._allowed[(shape, scs, True)] = (verdict, changes_settings)
+            else:
+                self._allowed[(text, scs, False)] = (verdict, changes_settings)
         return verdict
 
     def _decide(self, stmt: Statement, classification: Classification) -> Verdict:
@@ -326,6 +365,28 @@ class SessionHooks:
 
 
 _ALLOW_DURABLE = Verdict("allow", True, b"", {"decision": "allow"}, True)
+
+# Texts in which a digit may be anything but an integer literal (strings, quoted names,
+# dollar quotes, parameters, escapes, comments) are never reshaped.
+_NOT_SHAPED = re.compile(r"""['"$\\]|--|/\*""")
+_INTEGER = re.compile(r"(?<![\w.])[0-9]+(?![\w.])")
+
+
+_SHAPE_SAFE = frozenset({"select"})
+
+
+def _shape(text: str) -> str:
+    """The key under which the allow of a plain read (classes exactly ``select``) is
+    remembered: ``text`` with its integer literals as 0 (``... WHERE aid = 42`` and ``...
+    WHERE aid = 7`` share one), for text with no quote, dollar, backslash or comment; else
+    ``text`` itself. A plain read's classes, relations and functions never depend on an
+    integer's value, so texts that differ only there (ORMs and pgbench in the simple
+    protocol) are parsed once, not per statement. Other statements are remembered by their
+    exact text: there a value can decide (``DELETE ... WHERE 3 > 2``, ``EXPLAIN (ANALYZE
+    1)``). The statement's own text is what is recorded."""
+    if _NOT_SHAPED.search(text):
+        return text
+    return _INTEGER.sub("0", text)
 
 
 def _rejected(error: GrammarError) -> Verdict:

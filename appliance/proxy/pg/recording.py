@@ -97,6 +97,10 @@ class RowsTransforms:
     def __init__(self, masker: TargetMasker | None) -> None:
         self.masker = masker
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Spelled out: a class compiled by mypyc is pickled only this way.
+        return (RowsTransforms, (self.masker,))
+
     def new(self) -> tuple[Callable[[bytes], bytes], Callable[[], Mapping[str, Any]]]:
         counts = MaskCounts()
         return RowsTransform(

@@ -186,3 +186,20 @@ def test_cgroup_paths_by_id(tmp_path: Path) -> None:
     assert paths.remember("/a", os.stat(tmp_path / "a").st_ino)
     assert not paths.remember("/a", 1)
     assert CgroupPaths(None).path_of(5) is None
+
+
+def test_secrets_on_a_command_line_are_masked_before_they_are_kept() -> None:
+    from appliance.capture._identity import mask_cmdline
+    from appliance.masking import MaskCounts, Masker, MaskingConfig
+
+    tm = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("")
+    args = [
+        "curl", "-H", "Authorization: Bearer abcdef0123456789abcdef", "--password", "hunter2",
+        "psql", "postgresql://ci:s3cr3tpw@db/app", "--token=ghp_012345678901234567890123456789abcd",
+    ]  # fmt: skip
+    masked = mask_cmdline(args, lambda text: tm.mask_text(text, MaskCounts()))
+    joined = " ".join(masked)
+    for secret in ("abcdef0123456789abcdef", "hunter2", "s3cr3tpw", "ghp_0123456789"):
+        assert secret not in joined, (secret, masked)
+    assert masked[0] == "curl" and masked[3] == "--password" and masked[4] == "[REDACTED:SECRET]"
+    assert mask_cmdline(["ls", "-l"], None) == ("ls", "-l")

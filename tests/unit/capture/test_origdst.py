@@ -1,7 +1,8 @@
-"""Mapping an original destination to a target, and the upstream socket mark."""
+"""Mapping an original destination to a target, and the upstream socket."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -12,7 +13,7 @@ from appliance.capture import (
     mark_socket,
     normalise_ip,
     target_for,
-    upstream_socket_options,
+    upstream_socket,
 )
 from appliance.config import parse_config
 
@@ -64,8 +65,22 @@ def test_normalise_ip() -> None:
         normalise_ip("db.lab.test")
 
 
-def test_upstream_mark_option() -> None:
-    assert upstream_socket_options(0x4150) == [(socket.SOL_SOCKET, 36, 0x4150)]
+def test_an_upstream_socket_without_capture_is_unmarked_non_blocking_and_without_nagle() -> None:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        with upstream_socket(family, 0) as s:
+            assert s.family == family and s.type == socket.SOCK_STREAM
+            assert not s.getblocking()
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+            assert s.getsockopt(socket.SOL_SOCKET, 36) == 0
+
+
+def test_an_upstream_socket_carries_the_mark_or_says_why_not() -> None:
+    if os.geteuid() == 0:  # make test runs as root: the kernel lets us set it
+        with upstream_socket(socket.AF_INET, 0x4150) as s:
+            assert s.getsockopt(socket.SOL_SOCKET, 36) == 0x4150
+    else:
+        with pytest.raises(CaptureError, match="CAP_NET_ADMIN"):
+            upstream_socket(socket.AF_INET, 0x4150)
 
 
 class _Refusing:

@@ -37,7 +37,13 @@ capture: {listen_port: 15001, mark: 0x4150, bridges: [docker0, br-*]}
 """
 DNS = {"db.lab.test": ["198.18.1.2", "fd00:a9e:1::2"]}
 
-IPV4 = """\
+OWN = '-m cgroup --path "/system.slice/appliance.service" -m comment --comment "appliance cgroup id 4242"'
+IPV4 = f"""\
+*raw
+:APPLIANCE-OUTPUT - [0:0]
+-I OUTPUT 1 -j APPLIANCE-OUTPUT
+-A APPLIANCE-OUTPUT -m mark --mark 0x4150 -j CT --zone-orig 16720
+COMMIT
 *nat
 :APPLIANCE-OUTPUT - [0:0]
 :APPLIANCE-PREROUTING - [0:0]
@@ -61,7 +67,8 @@ COMMIT
 -I OUTPUT 1 -j APPLIANCE-OUTPUT
 -I FORWARD 1 -j APPLIANCE-FORWARD
 -I INPUT 1 -j APPLIANCE-INPUT
--A APPLIANCE-OUTPUT -m mark --mark 0x4150 -j RETURN
+-A APPLIANCE-OUTPUT -m mark --mark 0x4150 {OWN} -j RETURN
+-A APPLIANCE-OUTPUT -m mark --mark 0x4150 -m conntrack --ctstate ESTABLISHED -j RETURN
 -A APPLIANCE-OUTPUT -d 198.18.0.2/32 -p tcp -m tcp --dport 5432 -j REJECT --reject-with tcp-reset
 -A APPLIANCE-OUTPUT -d 10.9.0.0/16 -p tcp -m tcp --dport 6432 -j REJECT --reject-with tcp-reset
 -A APPLIANCE-OUTPUT -d 198.18.1.2/32 -p tcp -m tcp --dport 5432 -j REJECT --reject-with tcp-reset
@@ -73,8 +80,12 @@ COMMIT
 """
 
 
-def rules() -> RuleSet:
-    return render_rules(parse_config(CONFIG), resolver=lambda host: DNS.get(host, []))
+def rules(cgroup_id: int | None = 4242) -> RuleSet:
+    return render_rules(
+        parse_config(CONFIG),
+        resolver=lambda host: DNS.get(host, []),
+        cgroup_ids={"/system.slice/appliance.service": cgroup_id}.get,
+    )
 
 
 def test_ipv4_script_is_exactly_the_documented_layout() -> None:
@@ -103,8 +114,52 @@ def test_an_unresolvable_host_is_reported_not_silently_dropped() -> None:
     assert "198.18.1.2" not in r.text("ipv4")
 
 
+def test_marked_traffic_passes_only_from_the_appliances_cgroup_in_its_own_conntrack_zone() -> None:
+    for family in ("ipv4", "ipv6"):
+        chains = {(c.table, c.name): c.rules for c in rules().family(family).chains}
+        # Marked: not redirected, whatever the cgroup (never back to the appliance itself) ...
+        assert chains["nat", "APPLIANCE-OUTPUT"][0] == "-m mark --mark 0x4150 -j RETURN"
+        # ... let out only from the appliance's cgroup (then, once ESTABLISHED, the kernel's
+        # answers for its closed sockets too): from any other, the REJECTs below.
+        assert chains["filter", "APPLIANCE-OUTPUT"][:2] == (
+            f"-m mark --mark 0x4150 {OWN} -j RETURN",
+            "-m mark --mark 0x4150 -m conntrack --ctstate ESTABLISHED -j RETURN",
+        )
+        assert all("REJECT" in r for r in chains["filter", "APPLIANCE-OUTPUT"][2:])
+        # Marked flows in a conntrack zone of their own.
+        assert chains["raw", "APPLIANCE-OUTPUT"] == (
+            "-m mark --mark 0x4150 -j CT --zone-orig 16720",
+        )
+
+
+def test_a_cgroup_made_anew_or_missing_is_another_rule() -> None:
+    # The cgroup match holds the cgroup it resolved when added: a new cgroup of the same
+    # path (systemd makes one at every start of the unit) must make the rule be put back.
+    now, again, gone = rules(4242), rules(4343), rules(None)
+    for other in (again, gone):
+        assert other.text("ipv4") != now.text("ipv4")
+        assert other.family("ipv4").chains[3].rules[1:] == now.family("ipv4").chains[3].rules[1:]
+    assert 'appliance cgroup id 4343"' in again.text("ipv6")
+    assert 'appliance cgroup not found"' in gone.text("ipv4")
+
+
+def test_zone_and_cgroup_come_from_the_config() -> None:
+    cfg = parse_config(
+        CONFIG.replace(
+            "bridges: [docker0, br-*]", "bridges: [], appliance_cgroup: /lab/a, conntrack_zone: 7"
+        )
+    )
+    text = render_rules(cfg, resolver=lambda host: [], cgroup_ids=lambda path: 9).text("ipv4")
+    assert "-A APPLIANCE-OUTPUT -m mark --mark 0x4150 -j CT --zone-orig 7\n" in text
+    assert (
+        '-m mark --mark 0x4150 -m cgroup --path "/lab/a" -m comment --comment "appliance cgroup '
+        'id 9" -j RETURN' in text
+    )
+
+
 def test_egress_statements_are_written_as_nft_prints_them() -> None:
     assert rules().egress == (
+        "meta mark 0x00004150 meta skuid != 0 counter drop",
         "meta mark 0x00004150 accept",
         "ip daddr 198.18.0.2 tcp dport 5432 counter drop",
         "ip6 daddr fd00:a9e::2 tcp dport 5432 counter drop",
@@ -216,7 +271,7 @@ def test_compare_finds_everything_in_place_after_a_clean_install() -> None:
 def test_compare_reports_missing_moved_and_unexpected() -> None:
     r = rules()
     text = _as_saved(r.text("ipv4"))
-    text = text.replace("-A OUTPUT -j APPLIANCE-OUTPUT\n", "", 1)  # nat jump deleted
+    text = text.replace("-A OUTPUT -j APPLIANCE-OUTPUT\n", "", 1)  # raw jump deleted
     text = text.replace(
         "-A FORWARD -j APPLIANCE-FORWARD\n",
         "-A FORWARD -j ACCEPT\n-A FORWARD -j APPLIANCE-FORWARD\n",
@@ -229,7 +284,7 @@ def test_compare_reports_missing_moved_and_unexpected() -> None:
     bad = {(s.table, s.chain, s.rule, s.kind, s.present, s.in_place)
            for s in compare(r.ipv4, parse_save(text, "ipv4")) if not s.ok}  # fmt: skip
     assert bad == {
-        ("nat", "OUTPUT", "-j APPLIANCE-OUTPUT", "jump", False, False),
+        ("raw", "OUTPUT", "-j APPLIANCE-OUTPUT", "jump", False, False),
         ("filter", "FORWARD", "-j APPLIANCE-FORWARD", "jump", True, False),
         ("filter", "APPLIANCE-INPUT", "-s 192.0.2.1/32 -j ACCEPT", "unexpected", True, False),
         (

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.config import CaptureConfig
+
 UNIT = Path(__file__).resolve().parents[3] / "systemd" / "appliance.service"
 EXE = "/opt/appliance/.venv/bin/appliance"
 
@@ -42,6 +44,13 @@ def test_hardening_and_lifecycle_directives() -> None:
     assert any(v.startswith("target:") for v in d["LoadCredential"])
     assert {"gitlab-runner.service", "actions.runner.service"} <= set(d["Before"][0].split())
     assert "ProtectKernelModules" not in d  # bcc needs /usr/lib/modules/*/build
+
+
+def test_the_units_cgroup_is_the_configs_appliance_cgroup() -> None:
+    # The rules let marked traffic out from capture.appliance_cgroup only: by default, the
+    # cgroup systemd gives this unit (its slice, then its name).
+    (slice_,) = directives()["Slice"]
+    assert CaptureConfig().appliance_cgroup == f"/{slice_}/{UNIT.name}"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")

@@ -51,6 +51,8 @@ def test_a_full_config_loads() -> None:
     assert cfg.ledger.checkpoint_interval == 0.5
     assert cfg.ledger.max_result_bytes == 8 * 1024 * 1024
     assert cfg.capture.mark == 0x4150
+    assert cfg.capture.appliance_cgroup == "/system.slice/appliance.service"  # the unit's
+    assert cfg.capture.conntrack_zone == 0x4150
     assert db.startup_parameters == ("work_mem",)
     assert cfg.ledger.writer == "thread"
     assert parse_config(GOOD.replace("  writer: thread\n", "")).ledger.writer == "process"
@@ -130,6 +132,30 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
             "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n"
             "capture:\n  listen_port: yes\n",
             "<config>:8: capture.listen_port: expected an integer, got 'yes'",
+        ),
+        (
+            "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1:5432]\n"
+            "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n"
+            "capture:\n  appliance_cgroup: /\n",
+            "<config>:8: capture.appliance_cgroup: expected a cgroup path below the root",
+        ),
+        (
+            "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1:5432]\n"
+            "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n"
+            "capture:\n  appliance_cgroup: 'system.slice/my \"unit\"'\n",
+            "<config>:8: capture.appliance_cgroup: expected a cgroup path below the root",
+        ),
+        (
+            "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1:5432]\n"
+            "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n"
+            "capture:\n  appliance_cgroup: /sys/fs/cgroup/system.slice/appliance.service\n",
+            "<config>:8: capture.appliance_cgroup: write the cgroup's path in the hierarchy",
+        ),
+        (
+            "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1:5432]\n"
+            "    accounts:\n      - {name: x, user: u, secret: {file: /a}}\n"
+            "capture:\n  conntrack_zone: 70000\n",
+            "<config>:8: capture.conntrack_zone: must be at most 65535",
         ),
         (
             "targets:\n  - name: a\n    name: b\n",

@@ -186,6 +186,26 @@ def test_a_killed_proxy_leaves_everything_it_sent_signed(tmp_path: Path) -> None
     assert report.ok, report.findings
     assert report.entries == 501
     assert report.latest is not None and report.latest.size == 501
+    # The next opener learns how the previous writer ended: what its last entry was.
+    with open_remote(d) as again:
+        last = again.last_at_open
+        assert last is not None and (last.seq, last.type) == (500, "statement")
+        assert last.ts == objs(d)[-1]["ts"]
+        again.close()
+
+
+def test_the_last_entry_at_open_is_the_same_from_either_writer(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    with open_remote(d) as ledger:
+        assert ledger.last_at_open is None  # a new ledger
+        ledger.append("appliance.stop", data={"reason": "signal"})
+        ledger.close()
+    with open_remote(d) as remote:
+        remote_last = remote.last_at_open
+        remote.close()
+    with open_writer(d) as thread:
+        assert thread.last_at_open == remote_last
+    assert remote_last is not None and (remote_last.seq, remote_last.type) == (1, "appliance.stop")
 
 
 def test_a_writer_without_thread_works_only_when_pumped(tmp_path: Path) -> None:

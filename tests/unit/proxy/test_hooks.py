@@ -19,7 +19,7 @@ from appliance.protocols.postgres.messages import (
     decode_backend,
     error_response,
 )
-from appliance.proxy.pg.hooks import SessionHooks
+from appliance.proxy.pg.hooks import SessionHooks, _shape
 from appliance.proxy.pg.relay import Relay
 from tests.unit.policy.helpers import rules
 
@@ -148,3 +148,67 @@ def test_an_approval_request_carries_the_masked_statement_and_its_digest() -> No
     assert fields["identity"] == UNATTRIBUTED and fields["approvers"] == ("alice",)
     assert fields["timeout"].total_seconds() == 90
     assert len(fields["statement_sha256"]) == 64
+
+
+def test_texts_differing_only_in_integers_share_one_remembered_allow() -> None:
+    s = Session()
+    for aid in (42, 7, 123456):
+        s.job(Query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};").encode())
+        s.server_says(answered("SELECT 1"))
+    assert len(s.hooks._allowed) == 1
+    # each statement is recorded as it was sent, with the policy's decision
+    texts = [text for _, text, _ in s.recorder.statements]
+    assert texts == [
+        f"SELECT abalance FROM pgbench_accounts WHERE aid = {a};" for a in (42, 7, 123456)
+    ]
+    assert {r["rule"] for _, _, r in s.recorder.statements} == {"rest"}
+
+
+def test_the_shape_of_a_text_replaces_only_integer_literals() -> None:
+    assert (
+        _shape("SELECT a FROM t1 WHERE id = 42 LIMIT 10") == "SELECT a FROM t1 WHERE id = 0 LIMIT 0"
+    )
+    assert _shape("UPDATE t SET v = v + -17") == "UPDATE t SET v = v + -0"
+    # decimals, exponents, identifiers with digits, underscores and hex stay as they are
+    assert _shape("SELECT 1.5, 1e5, x1, é1, 1_000, 0x1F") == "SELECT 1.5, 1e5, x1, é1, 1_000, 0x1F"
+    # where a digit may be something else (strings, quoted names, parameters, comments)
+    for text in (
+        "SELECT '12'",
+        'SELECT "a1" FROM t',
+        "SELECT $1",
+        "SELECT 1 -- 2",
+        "SELECT 1 /* 2 */",
+    ):
+        assert _shape(text) == text
+
+
+def test_a_denied_shape_is_not_remembered() -> None:
+    s = Session()
+    s.job(Query("DROP TABLE t1").encode())
+    s.job(Query("DROP TABLE t2").encode())
+    assert [r["decision"] for _, _, r in s.recorder.statements] == ["deny", "deny"]
+    assert not s.hooks._allowed
+
+
+WHERE_POLICY = """
+- {name: no-mass-delete, match: {classes: [delete_without_where]}, action: deny}
+- {name: no-analyze-delete, match: {classes: [delete]}, action: deny}
+- {name: rest, action: allow}
+"""
+
+
+def test_an_allowed_statement_does_not_vouch_for_another_with_other_integers() -> None:
+    """Plain reads are remembered under their shape (integers as 0); anything else by its
+    exact text, since an integer can decide what it does."""
+    s = Session()
+    s.hooks.policy = rules(WHERE_POLICY)
+    s.job(Query("select * from t where id = 1").encode())
+    s.server_says(answered("SELECT 1"))
+    assert s.job(Query("select * from t where id = 2").encode())[1]  # the same shape: allowed
+    s.server_says(answered("SELECT 1"))
+    # EXPLAIN (ANALYZE 0) only plans its DELETE; (ANALYZE 1) runs it.
+    assert s.job(Query("explain (analyze 0) delete from t").encode())[1]
+    s.server_says(answered("EXPLAIN"))
+    _, to_server = s.job(Query("explain (analyze 1) delete from t").encode())
+    assert Query("explain (analyze 1) delete from t").encode() not in to_server
+    assert s.recorder.statements[-1][2]["rule"] == "no-mass-delete"  # the first rule that matches

@@ -1,0 +1,102 @@
+"""Which build of the hot path runs: compiled (mypyc) or pure Python.
+
+``scripts/compile.py`` compiles the hot modules in place, an extension beside each ``.py``;
+Python imports the extension first. With ``APPLIANCE_PURE=1`` in the environment (``make
+test-pure``, the benchmark's pure-Python setup) :func:`install` puts a finder first on
+``sys.meta_path`` that imports this package's modules from their ``.py`` sources only, so the
+same tree runs as the pure-Python build. Child processes (the ledger writer) inherit the
+variable, and so the build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery as machinery
+import os
+import sys
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+ENV = "APPLIANCE_PURE"
+# The modules scripts/compile.py compiles (the hot path), and the digest of their sources it
+# records beside the extensions: an extension older than its source is never imported.
+HOT_MODULES = (
+    "appliance/protocols/postgres/_framing.py",
+    "appliance/ledger/entries.py",
+    "appliance/proxy/pg/relay.py",
+    "appliance/proxy/pg/hooks.py",
+    "appliance/proxy/pg/recording.py",
+    "appliance/proxy/pg/core.py",
+)
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES_DIGEST = ROOT / "build" / "compiled.sources"
+
+
+def sources_digest() -> str:
+    """SHA-256 over the hot modules' names and sources, as they are now."""
+    h = hashlib.sha256()
+    for module in HOT_MODULES:
+        h.update(module.encode() + (ROOT / module).read_bytes())
+    return h.hexdigest()
+
+
+def stale() -> bool:
+    """True if a compiled extension of the hot path exists but was built from other
+    sources (edited since ``make setup``): importing it would run old code."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    if not any((ROOT / m.removesuffix(".py")).with_suffix(suffix).exists() for m in HOT_MODULES):
+        return False
+    try:
+        return SOURCES_DIGEST.read_text().strip() != sources_digest()
+    except OSError:
+        return True
+
+
+class _SourcesOnly(importlib.abc.MetaPathFinder):
+    """Finds ``appliance.*`` modules among ``.py`` (and cached bytecode) files only."""
+
+    def __init__(self) -> None:
+        self._finders: dict[str, machinery.FileFinder] = {}
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> machinery.ModuleSpec | None:
+        if not fullname.startswith("appliance.") or path is None:
+            return None
+        for entry in path:
+            finder = self._finders.get(entry)
+            if finder is None:
+                finder = self._finders[entry] = machinery.FileFinder(
+                    entry,
+                    (machinery.SourceFileLoader, machinery.SOURCE_SUFFIXES),
+                    (machinery.SourcelessFileLoader, machinery.BYTECODE_SUFFIXES),
+                )
+            spec = finder.find_spec(fullname)
+            if spec is not None:
+                return spec
+        return None
+
+
+def install() -> None:
+    """Import the pure-Python build from here on if ``APPLIANCE_PURE`` is set (not "0"), or
+    if the compiled extensions are stale (then say so once, on stderr)."""
+    if any(isinstance(f, _SourcesOnly) for f in sys.meta_path):
+        return
+    if os.environ.get(ENV, "0") not in ("", "0"):
+        sys.meta_path.insert(0, _SourcesOnly())
+    elif stale():
+        print(
+            "appliance: the compiled hot path is older than its sources; running the "
+            "pure-Python build (make setup compiles it again)",
+            file=sys.stderr,
+        )
+        sys.meta_path.insert(0, _SourcesOnly())
+
+
+def build(module: ModuleType) -> str:
+    """ "compiled" if ``module`` is an extension (mypyc), else "pure"."""
+    path = getattr(module, "__file__", None) or ""
+    return "pure" if path.endswith((".py", ".pyc")) else "compiled"
