@@ -21,8 +21,10 @@ half-configured):
    ready file).
 
 SIGTERM/SIGINT: stop accepting, finish in-flight statements, end sessions with 57P01,
-record ``appliance.stop``, sign a final checkpoint. Capture rules stay in place (fail
-closed): only ``appliance capture remove`` removes them.
+record ``appliance.stop``, sign a final checkpoint and, with ``ledger.ship``, ship it all to
+the fleet's bucket (:mod:`appliance.ledger.fleet.runner`; shipping also runs all along,
+checkpoint by checkpoint). Capture rules stay in place (fail closed): only
+``appliance capture remove`` removes them.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ from appliance.approvals import (
     WebhookNotifier,
     parse_approvals_transport,
 )
+from appliance.approvals.hub import HubRunner
+from appliance.approvals.request import ApprovalRequest
+from appliance.bucket import open_bucket
 from appliance.config import Config, format_endpoint
 from appliance.config.sections import Sections, parse_sections
 from appliance.credentials import read_secret
@@ -58,6 +63,8 @@ from appliance.errors import ApplianceError
 from appliance.identity import Outcome, Verifier, annotate, boot_id
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
+from appliance.ledger.fleet.runner import BacklogGuard, ShipRunner
+from appliance.ledger.fleet.ship import Shipper
 from appliance.ledger.recovery import LastEntry
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import EPHEMERAL, MaskCounts, Masker, MaskingConfig, key_record
@@ -77,6 +84,9 @@ _LINK_SETTLE = 0.05  # seconds to let a burst of interface events pass before re
 _BYPASS_WATCH = 0.25  # seconds between reads of refused uses of the appliance's mark
 _BYPASS_IN_FULL = 16  # bypass attempts recorded one by one per read; the rest are counted
 _RTMGRP_LINK = 1  # rtnetlink multicast group of interface events (linux/rtnetlink.h)
+# On stop, how long the last ship may take (systemd/appliance.service: TimeoutStopSec covers
+# the sessions' grace period plus this).
+FINAL_SHIP_TIMEOUT = 20.0
 
 
 def _link_events(changed: asyncio.Event) -> socket.socket | None:
@@ -196,6 +206,7 @@ class Daemon:
         cfg = self.config
         key_text = read_secret(cfg.ledger.key, credentials_dir=self.credentials_dir)
         key = SigningKey.from_skey(key_text)
+        self._key = key  # also signs approval requests posted to the hub
         opener = RemoteLedger.open if cfg.ledger.writer == "process" else LedgerWriter.open
         opened: RemoteLedger | LedgerWriter = opener(
             cfg.ledger.dir,
@@ -206,18 +217,68 @@ class Daemon:
         )
         previous = opened.last_at_open
         self.ledger = ledger = opened
+        shipping: ShipRunner | None = None
         try:
-            await self._serve(ledger, sections, started, previous)
+            shipping = self._ship_runner(ledger)
+            await self._serve(ledger, sections, started, previous, shipping)
         finally:
+            # The handlers _serve installed stay while the last checkpoint is signed and
+            # shipped: a second SIGTERM (an impatient supervisor, `kill` twice) is logged,
+            # not obeyed; the service manager's SIGKILL after TimeoutStopSec stays the
+            # backstop.
+            try:
+                await self._finish(ledger, shipping)
+            finally:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+
+    async def _finish(self, ledger: Ledger, shipping: ShipRunner | None) -> None:
+        """Record the stop, sign the last checkpoint, ship everything (``ledger.ship``)."""
+        cfg = self.config
+        try:
             with contextlib.suppress(ApplianceError):
                 ledger.append(
                     "appliance.stop", data={"reason": "signal" if self._stopping else "error"}
                 )
+        finally:
             ledger.close()
             log.info("stopped; ledger closed with a final checkpoint")
+            if shipping is not None:
+                # Everything recorded goes to the bucket before the process exits (the unit
+                # gives this the time: TimeoutStopSec, and stops before the network).
+                shipped = await asyncio.to_thread(shipping.final, FINAL_SHIP_TIMEOUT)
+                s = shipping.status
+                if shipped:
+                    log.info(
+                        "final ship: the bucket holds the ledger up to size %d", s.shipped_size
+                    )
+                else:
+                    log.error(
+                        "final ship incomplete: %d entries not in %s (%s); they stay in %s",
+                        s.backlog,
+                        s.to,
+                        s.last_error,
+                        cfg.ledger.dir,
+                    )
+
+    def _ship_runner(self, ledger: Ledger) -> ShipRunner | None:
+        """The shipping loop, if ``ledger.ship`` is configured (its credentials are read
+        now: a missing secret stops the start)."""
+        ship = self.config.ledger.ship
+        if ship is None:
+            return None
+        bucket = open_bucket(ship.bucket, credentials_dir=self.credentials_dir)
+        shipper = Shipper(self.config.ledger.dir, bucket, lock=ship.object_lock)
+        return ShipRunner(shipper, ship, record=lambda t, d: ledger.append(t, data=d))
 
     async def _serve(
-        self, ledger: Ledger, sections: Sections, started: float, previous: LastEntry | None
+        self,
+        ledger: Ledger,
+        sections: Sections,
+        started: float,
+        previous: LastEntry | None,
+        shipping: ShipRunner | None = None,
     ) -> None:
         cfg = self.config
         policy, masking = sections.policy, sections.masking
@@ -277,6 +338,7 @@ class Daemon:
             reconcile = attribution.reconcile
 
         broker: Broker | None = None
+        hub: HubRunner | None = None
         approvals_server: ApprovalServer | None = None
         notifier: WebhookNotifier | None = None
         if policy is not None and policy.approvers:
@@ -286,16 +348,38 @@ class Daemon:
             )
             from datetime import timedelta
 
+            hubs: list[HubRunner] = []  # the hub needs the broker, the broker its hooks
+
+            def record_approval(type: str, data: dict[str, Any]) -> None:
+                _record_approval(ledger, type, data)
+                for h in hubs:
+                    h.observe(type, data)
+
+            def notify(req: ApprovalRequest) -> None:
+                notifier.notify(req)
+                for h in hubs:
+                    h.notify(req)
+
             broker = Broker(
                 approver_keys=policy.approvers,
                 clock=SystemClock(),
                 rng=os.urandom,
-                record=functools.partial(_record_approval, ledger),
-                notify=notifier.notify,
+                record=record_approval,
+                notify=notify,
                 timeout=timedelta(seconds=policy.approval_timeout),
             )
             approvals_server = ApprovalServer(broker, self.approvals_socket or transport.socket)
             approvals_server.bind()
+            if transport.hub is not None:
+                hub = HubRunner(
+                    open_bucket(transport.hub.bucket, credentials_dir=self.credentials_dir),
+                    broker,
+                    self._key,
+                    cfg.ledger.origin,
+                    record=lambda t, d: ledger.append(t, data=d),
+                    poll_interval=transport.hub.poll_interval,
+                )
+                hubs.append(hub)
 
         client_tls: dict[str, ssl.SSLContext] = {}
         for target in cfg.targets.values():
@@ -308,8 +392,11 @@ class Daemon:
         refusals = RefusalLog(
             ledger, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
         )
+        sessions_ledger: Ledger = ledger
+        if shipping is not None and shipping.config.on_backlog == "refuse":
+            sessions_ledger = BacklogGuard(ledger, shipping)
         services = SessionServices(
-            ledger=ledger,
+            ledger=sessions_ledger,
             policy=policy,
             masker=masker,
             approvals=broker is not None,
@@ -354,6 +441,10 @@ class Daemon:
                     helpers.append(tg.create_task(self._bypass_loop(attribution)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 helpers.append(tg.create_task(self._flush_refusals(refusals)))
+                if shipping is not None:
+                    helpers.append(tg.create_task(shipping.run()))
+                if hub is not None:
+                    helpers.append(tg.create_task(hub.run()))
                 elapsed = time.monotonic() - started
                 listening = [format_endpoint(h, p) for h, p in bound]
                 ledger.append(
@@ -377,8 +468,7 @@ class Daemon:
                 if notifier is not None:
                     notifier.close()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            # The signal handlers stay until run() has finished the ledger (see there).
             if attribution is not None:
                 attribution.close()
 
@@ -440,6 +530,7 @@ class Daemon:
 
     def stop(self) -> None:
         if self._stopping:
+            log.warning("already stopping: finishing the sessions, the ledger and its ship")
             return
         self._stopping = True
         sd_notify("STOPPING=1")

@@ -42,7 +42,10 @@ cp -a "$src/appliance" "$src/bpf" "$src/pyproject.toml" "$src/README.md" "$dest/
 
 install -D -m 0644 "$src/systemd/appliance.service" /etc/systemd/system/appliance.service
 install -d -m 0750 /etc/appliance
-install -d -m 0700 /etc/appliance/credentials /etc/appliance/credentials/targets
+# Secrets (systemd credentials, see the unit): the ledger key, targets' secrets, and the
+# S3 credentials of ledger.ship / policy.approvals.hub (empty where the instance role is used).
+install -d -m 0700 /etc/appliance/credentials /etc/appliance/credentials/targets \
+  /etc/appliance/credentials/s3
 if [ ! -e /etc/appliance/config.yaml ]; then
   install -m 0640 "$src/packer/config.example.yaml" /etc/appliance/config.yaml
 fi

@@ -28,6 +28,8 @@ APT_PACKAGES=(
   openssh-client openssh-sftp-server rsync git
   debootstrap systemd-container
   chromium
+  # the fleet's bucket in the lab: a one-node Ceph cluster with radosgw (tests/lab/ceph.py)
+  ceph-mon ceph-osd radosgw ceph-common
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

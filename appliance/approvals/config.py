@@ -1,8 +1,8 @@
 """The transport part of ``policy.approvals`` in the config: the socket and the webhooks.
 
-``policy.approvals`` holds four keys. ``timeout`` and ``approvers`` are parsed by
+``policy.approvals`` holds five keys. ``timeout`` and ``approvers`` are parsed by
 :mod:`appliance.policy` (it owns the section and its unknown-key check, and should allow
-:data:`TRANSPORT_KEYS`); this module parses the other two::
+:data:`TRANSPORT_KEYS`); this module parses the other three::
 
     policy:
       approvals:
@@ -14,6 +14,11 @@
           - url: http://10.0.0.9:8080/hook
             timeout: 2s                           # one attempt; default 5s
             retries: 3                            # after the first attempt; default 2
+        hub:                                      # optional: approvals through the fleet's bucket
+          url: s3://evidence/fleet                # requests go under approvals/ (appliance.approvals.hub)
+          endpoint_url: https://s3.example:7443   # optional, as ledger.ship; also region, ca,
+          credentials: {credential: s3}           # credentials (else the AWS SDK's chain)
+          poll_interval: 500ms                    # how often pending requests look for decisions
 """
 
 from __future__ import annotations
@@ -24,11 +29,20 @@ from pathlib import Path
 
 from appliance.approvals.server import DEFAULT_SOCKET
 from appliance.approvals.webhook import WebhookTarget
-from appliance.config import Node
+from appliance.bucket import BucketSettings
+from appliance.config import BUCKET_KEYS, Node, parse_bucket_settings
 
-__all__ = ["TRANSPORT_KEYS", "ApprovalsTransportConfig", "parse_approvals_transport"]
+__all__ = ["TRANSPORT_KEYS", "ApprovalsTransportConfig", "HubConfig", "parse_approvals_transport"]
 
-TRANSPORT_KEYS = ("socket", "webhooks")
+TRANSPORT_KEYS = ("socket", "webhooks", "hub")
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """``policy.approvals.hub``: the fleet's bucket as an approvals transport."""
+
+    bucket: BucketSettings
+    poll_interval: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class ApprovalsTransportConfig:
 
     socket: Path = DEFAULT_SOCKET
     webhooks: tuple[WebhookTarget, ...] = ()
+    hub: HubConfig | None = None
 
 
 def parse_approvals_transport(node: Node | None) -> ApprovalsTransportConfig:
@@ -54,7 +69,16 @@ def parse_approvals_transport(node: Node | None) -> ApprovalsTransportConfig:
     webhooks: tuple[WebhookTarget, ...] = ()
     if "webhooks" in m:
         webhooks = tuple(_parse_webhook(item) for item in m["webhooks"].items())
-    return ApprovalsTransportConfig(socket=socket, webhooks=webhooks)
+    hub = _parse_hub(m["hub"]) if "hub" in m else None
+    return ApprovalsTransportConfig(socket=socket, webhooks=webhooks, hub=hub)
+
+
+def _parse_hub(node: Node) -> HubConfig:
+    m = node.keys(required=("url",), optional=(*BUCKET_KEYS, "poll_interval"))
+    interval = m["poll_interval"].duration() if "poll_interval" in m else 0.5
+    if not 0.05 <= interval <= 60:
+        m["poll_interval"].fail("the poll interval must be between 50ms and 60s")
+    return HubConfig(parse_bucket_settings(m, "url"), interval)
 
 
 def _parse_webhook(node: Node) -> WebhookTarget:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from appliance.config import load_config
+from appliance.config import Config, load_config
 from appliance.config.sections import parse_sections
 from appliance.masking import EPHEMERAL, MaskingConfig
 from appliance.proxy import registry
@@ -56,6 +56,7 @@ def check(file: Path, fmt: str) -> None:
             "key": cfg.ledger.key.describe(),
             "writer": cfg.ledger.writer,
             "durability": cfg.ledger.durability,
+            "ship": _ship_summary(cfg),
         },
         "capture": {
             "listen_port": cfg.capture.listen_port,
@@ -82,7 +83,11 @@ def check(file: Path, fmt: str) -> None:
             else None
         ),
         "approvals": (
-            {"socket": str(transport.socket), "webhooks": len(transport.webhooks)}
+            {
+                "socket": str(transport.socket),
+                "webhooks": len(transport.webhooks),
+                "hub": str(transport.hub.bucket.url) if transport.hub else None,
+            }
             if transport is not None
             else None
         ),
@@ -104,6 +109,14 @@ def check(file: Path, fmt: str) -> None:
         f"  ledger: {cfg.ledger.dir} (origin {cfg.ledger.origin}, writer {cfg.ledger.writer},"
         f" durability {cfg.ledger.durability})"
     )
+    ship = _ship_summary(cfg)
+    if ship is not None:
+        lock = ship["object_lock"] or "the bucket's default retention"
+        click.echo(
+            f"    shipped to {ship['to']} (endpoint {ship['endpoint_url'] or 'AWS'}, credentials "
+            f"from {ship['credentials']}, lock {lock}); backlog over {ship['backlog_limit']} "
+            f"entries: {ship['on_backlog']}"
+        )
     if identity is None:
         click.echo("  identity: no token issuer (every CI field is claimed, none verified)")
     else:
@@ -117,6 +130,12 @@ def check(file: Path, fmt: str) -> None:
         click.echo(
             f"  policy: {policy.mode}, {len(policy.rules)} rules, approvers: {', '.join(sorted(policy.approvers)) or '-'}"
         )
+        if transport is not None and transport.hub is not None:
+            h = transport.hub.bucket
+            click.echo(
+                f"    approvals also through {h.url} (endpoint {h.endpoint_url or 'AWS'}, polled "
+                f"every {transport.hub.poll_interval:g} s)"
+            )
         if policy.warning:
             click.echo(f"  WARNING: {policy.warning}")
     click.echo(
@@ -138,3 +157,21 @@ def _masking_key(masking: MaskingConfig) -> str | None:
     if masking.ephemeral_key:
         return EPHEMERAL
     return masking.key.describe() if masking.key else None
+
+
+def _ship_summary(cfg: Config) -> dict[str, object] | None:
+    ship = cfg.ledger.ship
+    if ship is None:
+        return None
+    b = ship.bucket
+    lock = ship.object_lock
+    return {
+        "to": str(b.url),
+        "endpoint_url": b.endpoint_url,
+        "region": b.region,
+        "ca": str(b.ca) if b.ca else None,
+        "credentials": b.credentials.describe() if b.credentials else "the AWS SDK's chain",
+        "object_lock": f"{lock.mode} {lock.retain_days} days" if lock else None,
+        "backlog_limit": ship.backlog_limit,
+        "on_backlog": ship.on_backlog,
+    }

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import functools
+import heapq
+import itertools
 import json
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
+from appliance.cli._fleet import pull_cmd, session_directory, ship_cmd, verify_from_bucket
+from appliance.cli._source import LEDGER_OPTION, LedgerSource, Progress, ledger_or_source
 from appliance.errors import ApplianceError
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import Entry
@@ -44,14 +47,9 @@ from appliance.ledger.store import (
 from appliance.ledger.verify import verify_ledger
 from appliance.signing.keys import VerifierKey, load_verifier_key
 
-_LEDGER = click.option(
-    "--ledger",
-    "directory",
-    required=True,
-    envvar="APPLIANCE_LEDGER",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Ledger directory (or $APPLIANCE_LEDGER).",
-)
+_LEDGER = LEDGER_OPTION
+
+
 _FORMAT = click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -107,33 +105,8 @@ def ledger_group() -> None:
 # -- verify / fsck ------------------------------------------------------------------------
 
 
-class Progress:
-    """Progress on stderr: a live line on a terminal, a line per 10% otherwise. ``done`` and
-    ``total`` are bytes (shown in MB) or, with ``in_bytes=False``, items."""
-
-    def __init__(self, enabled: bool, label: str = "verifying", *, in_bytes: bool = True) -> None:
-        self.enabled = enabled
-        self.label = label
-        self.in_bytes = in_bytes
-        self.tty = sys.stderr.isatty()
-        self.last = -1
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total == 0:
-            return
-        pct = done * 100 // total
-        of = f"{total / 1e6:.1f} MB" if self.in_bytes else str(total)
-        if self.tty:
-            click.echo(f"\r{self.label}: {pct:3d}% of {of}", nl=False, err=True)
-            if done >= total:
-                click.echo("", err=True)
-        elif pct // 10 != self.last // 10 or done >= total:
-            click.echo(f"{self.label}: {pct}% of {of}", err=True)
-        self.last = pct
-
-
 @ledger_group.command("verify")
-@_LEDGER
+@ledger_or_source
 @_vkey_option(required=True)
 @_FORMAT
 @click.option("--progress/--no-progress", default=None, help="Default: on for logs > 16 MB.")
@@ -145,24 +118,49 @@ class Progress:
     type=click.Path(dir_okay=False, path_type=Path),
     help="A checkpoint kept elsewhere (e.g. WORM storage) the ledger must still contain.",
 )
+@click.option(
+    "--state",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --source: remember the largest verified checkpoint per log here, and refuse "
+    "a later rollback or fork.",
+)
 @click.pass_context
 @_json_report
 def verify_cmd(
     ctx: click.Context,
-    directory: Path,
+    source: LedgerSource,
     vkeys: tuple[str, ...],
     fmt: str,
     progress: bool | None,
     no_blobs: bool,
     held: tuple[Path, ...],
+    state: Path | None,
 ) -> None:
     """Rebuild the Merkle tree from the entries and check every checkpoint's signature,
     origin, size and root, their consistency, seq and time order, and blob hashes.
 
+    With --source, every log under the bucket URL, straight from the bucket: also every
+    object version (delete markers, overwrites, missing checkpoints, bundles or blobs).
+
     Exit 0 verified, 1 tampering or inconsistency found, 2 cannot verify.
     """
-    require_ledger(directory)
     verifiers = _vkeys(vkeys)
+    directory = source.directory
+    if source.bucket is not None:
+        if directory is not None or held or source.offline:
+            raise LedgerError(
+                "--source verifies the bucket: no --ledger, --checkpoint or --offline with it"
+            )
+        verify_from_bucket(
+            ctx, source.bucket, source.cache, source.origin, state, verifiers, fmt, progress,
+            not no_blobs,
+        )  # fmt: skip
+        return
+    if directory is None:
+        raise LedgerError("give --ledger DIR or --source s3://BUCKET[/PREFIX]")
+    if state is not None:
+        raise LedgerError("--state goes with --source")
+    require_ledger(directory)
     size = (directory / "entries.log").stat().st_size
     show = progress if progress is not None else size > 16 * 1024 * 1024
     t0 = time.monotonic()
@@ -257,7 +255,7 @@ def fsck_cmd(directory: Path, vkeys: tuple[str, ...], fmt: str, no_blobs: bool) 
 # -- query / show / replay ---------------------------------------------------------------------
 
 
-def _print_entries(entries: Iterable[Entry], fmt: str) -> int:
+def _print_entries(entries: Iterable[Entry], fmt: str, *, origins: bool = False) -> int:
     n = 0
     if fmt == "json":
         for e in entries:
@@ -271,13 +269,13 @@ def _print_entries(entries: Iterable[Entry], fmt: str) -> int:
             counted.append(e)
             yield e
 
-    for line in table(counting()):
+    for line in table(counting(), origins=origins):
         click.echo(line)
     return len(counted)
 
 
 @ledger_group.command("query")
-@_LEDGER
+@ledger_or_source
 @click.option("--session")
 @click.option("--identity", "identity", multiple=True, help="KEY=VALUE, e.g. ci.repository=acme/*")
 @click.option("--target", help="Target name (glob).")
@@ -288,7 +286,7 @@ def _print_entries(entries: Iterable[Entry], fmt: str) -> int:
 @click.option("--limit", type=click.IntRange(min=1))
 @_FORMAT
 def query_cmd(
-    directory: Path,
+    source: LedgerSource,
     session: str | None,
     identity: tuple[str, ...],
     target: str | None,
@@ -300,7 +298,8 @@ def query_cmd(
     fmt: str,
 ) -> None:
     """Entries matching all the filters, as a table or (--format json) JSON lines of the
-    stored entries. Backed by index.sqlite, updated from the log first."""
+    stored entries. Backed by index.sqlite, updated from the log first. With --source,
+    across every log under the bucket URL, in time order."""
     q = Query(
         session=session,
         identity=[parse_identity_filter(i) for i in identity],
@@ -311,11 +310,25 @@ def query_cmd(
         until=parse_time(until) if until else None,
         limit=limit,
     )
-    with Index.open(directory) as index:
-        try:
-            _print_entries(index.query(q), fmt)
-        finally:
+    dirs = source.directories()
+    if len(dirs) == 1:
+        with Index.open(dirs[0]) as index:
+            try:
+                _print_entries(index.query(q), fmt)
+            finally:
+                _say_notes(index)
+        return
+    indexes = [Index.open(d) for d in dirs]
+    try:
+        merged = heapq.merge(
+            *(index.query(q) for index in indexes),
+            key=lambda e: (e.obj["ts"], e.obj["origin"], e.seq),
+        )
+        _print_entries(itertools.islice(merged, q.limit), fmt, origins=True)
+    finally:
+        for index in indexes:
             _say_notes(index)
+            index.close()
 
 
 @ledger_group.command("reindex")
@@ -344,11 +357,16 @@ def _session_entries(directory: Path, session: str) -> list[Entry]:
 
 
 @ledger_group.command("show")
-@_LEDGER
+@ledger_or_source
 @click.argument("session")
 @_FORMAT
-def show_cmd(directory: Path, session: str, fmt: str) -> None:
+def show_cmd(
+    source: LedgerSource,
+    session: str,
+    fmt: str,
+) -> None:
     """Everything recorded about SESSION: who, target, account, and every entry."""
+    directory = session_directory(source.directories(), session)
     found = _session_entries(directory, session)
     if fmt == "json":
         _print_entries(found, fmt)
@@ -369,7 +387,7 @@ def show_cmd(directory: Path, session: str, fmt: str) -> None:
 
 
 @ledger_group.command("replay")
-@_LEDGER
+@ledger_or_source
 @click.argument("session")
 @click.option(
     "--speed",
@@ -378,8 +396,14 @@ def show_cmd(directory: Path, session: str, fmt: str) -> None:
     help="Replay with the recorded timing divided by SPEED (0: no waiting).",
 )
 @click.option("--rows", type=click.IntRange(min=0), default=20, show_default=True)
-def replay_cmd(directory: Path, session: str, speed: float, rows: int) -> None:
+def replay_cmd(
+    source: LedgerSource,
+    session: str,
+    speed: float,
+    rows: int,
+) -> None:
     """SESSION as a readable, time-ordered transcript: who, what, decisions, masked results."""
+    directory = session_directory(source.directories(), session)
     found = _session_entries(directory, session)
     blobs = BlobReader(directory)
 
@@ -531,7 +555,7 @@ def consistency_cmd(
 
 
 @ledger_group.command("export")
-@_LEDGER
+@ledger_or_source
 @click.option("--session", required=True)
 @click.option(
     "--format",
@@ -548,14 +572,20 @@ def consistency_cmd(
     help="asciicast: the request (statement number) whose recording to export "
     "(default: the session's first terminal).",
 )
-def export_cmd(directory: Path, session: str, fmt: str, out: Path, n: int | None) -> None:
+def export_cmd(
+    source: LedgerSource,
+    session: str,
+    fmt: str,
+    out: Path,
+    n: int | None,
+) -> None:
     """Export one session: a self-contained bundle an auditor verifies offline (entries,
     blobs, checkpoint, a tlog-proof per entry, published keys), a pcap of the session's
     TCP stream rebuilt from the recorded (masked) messages, for Wireshark, or an SSH
     terminal recording as asciicast v2 (masked), for asciinema."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
-    require_ledger(directory)
+    directory = session_directory(source.directories(), session)
     with Index.open(directory) as index:
         session = index.resolve_session(session)
         _say_notes(index)
@@ -606,3 +636,7 @@ def verify_bundle_cmd(file: Path, vkeys: tuple[str, ...], fmt: str) -> None:
         f"VERIFIED: session {s.session}: {s.entries} entries and {s.blobs} blobs included in "
         f"{s.origin} at size {s.size}"
     )
+
+
+ledger_group.add_command(ship_cmd)
+ledger_group.add_command(pull_cmd)

@@ -20,6 +20,8 @@ _COMMANDS: list[tuple[str, str]] = [
     ("keys", "keys_group"),
     ("ledger", "ledger_group"),
     ("capture", "capture_group"),
+    ("status", "status_command"),
+    ("bucket", "bucket_policy_command"),
     ("report", "report_command"),
 ]
 

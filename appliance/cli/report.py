@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from appliance.cli.ledger import Progress
+from appliance.cli._source import Progress
 from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.index import parse_time
 from appliance.report import Period, ReportRequest, build_report

@@ -14,13 +14,17 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.config._node import Node, load_document
 from appliance.errors import ConfigError
 from appliance.proxy import registry
 
+if TYPE_CHECKING:  # appliance.bucket imports this module (SecretRef): no cycle at run time
+    from appliance.bucket import BucketSettings, ObjectLock
+
 __all__ = [
+    "BUCKET_KEYS",
     "Account",
     "Address",
     "CaptureConfig",
@@ -30,10 +34,12 @@ __all__ = [
     "LedgerConfig",
     "Node",
     "SecretRef",
+    "ShipConfig",
     "Target",
     "UpstreamTLS",
     "format_endpoint",
     "load_config",
+    "parse_bucket_settings",
     "parse_config",
 ]
 
@@ -127,6 +133,22 @@ class Target:
 
 
 @dataclass(frozen=True)
+class ShipConfig:
+    """``ledger.ship``: where the ledger is shipped, with what retention, and what a backlog
+    (entries signed locally but not yet in the bucket) beyond ``backlog_limit`` means:
+    ``serve`` (keep serving, report it) or ``refuse`` (refuse new protected sessions until
+    it drains: fail closed)."""
+
+    bucket: BucketSettings
+    object_lock: ObjectLock | None = None
+    backlog_limit: int = 100_000  # entries
+    on_backlog: str = "serve"
+
+
+_BACKLOG_LIMIT = ShipConfig.backlog_limit
+
+
+@dataclass(frozen=True)
 class LedgerConfig:
     dir: Path = Path("/var/lib/appliance/ledger")
     origin: str = "appliance/" + socket.gethostname()
@@ -143,6 +165,7 @@ class LedgerConfig:
     # become durable at the next checkpoint (faster, and a crash can lose up to one
     # interval of acknowledged changes).
     durability: str = "write-ahead"
+    ship: ShipConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -387,12 +410,13 @@ def _parse_ledger(node: Node) -> LedgerConfig:
             "max_result_bytes",
             "writer",
             "durability",
+            "ship",
         )
     )
     d = LedgerConfig()
     return LedgerConfig(
         dir=Path(m["dir"].string()) if "dir" in m else d.dir,
-        origin=m["origin"].string(pattern=r"[^\s+][^\s]*") if "origin" in m else d.origin,
+        origin=_parse_origin(m["origin"]) if "origin" in m else d.origin,
         key=parse_secret(m["key"]) if "key" in m else d.key,
         checkpoint_interval=m["checkpoint_interval"].duration()
         if "checkpoint_interval" in m
@@ -408,6 +432,81 @@ def _parse_ledger(node: Node) -> LedgerConfig:
         durability=m["durability"].string(choices=("write-ahead", "checkpoint"))
         if "durability" in m
         else d.durability,
+        ship=_parse_ship(m["ship"]) if "ship" in m else None,
+    )
+
+
+def _parse_origin(node: Node) -> str:
+    """The log's origin; ``{hostname}`` and ``{boot_id}`` are replaced, so that one image
+    gives each runner (or each boot) a log of its own in the fleet's bucket."""
+    text = node.string(pattern=r"[^\s+][^\s]*")
+    for name in re.findall(r"\{([^{}]*)\}", text):
+        if name not in ("hostname", "boot_id"):
+            node.fail(
+                f"unknown placeholder {{{name}}} in the origin (use {{hostname}} or {{boot_id}})"
+            )
+    if "{hostname}" in text:
+        text = text.replace("{hostname}", socket.gethostname())
+    if "{boot_id}" in text:
+        try:
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError as exc:
+            node.fail(f"cannot read the boot id for {{boot_id}}: {exc}")
+        text = text.replace("{boot_id}", boot)
+    return text
+
+
+def parse_bucket_settings(m: dict[str, Node], url_key: str) -> BucketSettings:
+    """The bucket connection keys of a section: ``url_key`` (``s3://BUCKET[/PREFIX]``),
+    ``endpoint_url``, ``region``, ``ca``, ``credentials`` (a secret reference to an AWS
+    shared-credentials file; without it the AWS SDK's own chain, e.g. the instance role)."""
+    from appliance.bucket import BucketSettings, BucketURLError, check_endpoint_url
+    from appliance.bucket import parse_bucket_url as parse_url
+
+    try:
+        url = parse_url(m[url_key].string())
+    except BucketURLError as exc:
+        m[url_key].fail(str(exc))
+    endpoint = None
+    if "endpoint_url" in m:
+        try:
+            endpoint = check_endpoint_url(m["endpoint_url"].string())
+        except BucketURLError as exc:
+            m["endpoint_url"].fail(str(exc))
+    return BucketSettings(
+        url=url,
+        endpoint_url=endpoint,
+        region=m["region"].string(pattern=r"[a-z0-9-]{2,32}") if "region" in m else "us-east-1",
+        ca=Path(m["ca"].string()) if "ca" in m else None,
+        credentials=parse_secret(m["credentials"]) if "credentials" in m else None,
+    )
+
+
+BUCKET_KEYS = ("endpoint_url", "region", "ca", "credentials")
+
+
+def _parse_ship(node: Node) -> ShipConfig:
+    from appliance.bucket import ObjectLock
+
+    m = node.keys(
+        required=("to",), optional=(*BUCKET_KEYS, "object_lock", "backlog_limit", "on_backlog")
+    )
+    lock = None
+    if "object_lock" in m:
+        lm = m["object_lock"].keys(required=("mode", "retain_days"))
+        lock = ObjectLock(
+            lm["mode"].string(choices=("COMPLIANCE", "GOVERNANCE")),
+            lm["retain_days"].integer(minimum=1, maximum=36500),
+        )
+    return ShipConfig(
+        bucket=parse_bucket_settings(m, "to"),
+        object_lock=lock,
+        backlog_limit=m["backlog_limit"].integer(minimum=1)
+        if "backlog_limit" in m
+        else _BACKLOG_LIMIT,
+        on_backlog=m["on_backlog"].string(choices=("serve", "refuse"))
+        if "on_backlog" in m
+        else "serve",
     )
 
 

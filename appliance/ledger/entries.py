@@ -67,6 +67,12 @@ IDENTITY_REJECTED = "identity.rejected"
 IDENTITY_UNAVAILABLE = "identity.unavailable"
 IDENTITY_MISMATCH = "identity.mismatch"
 PROTOCOL_ERROR = "protocol.error"
+# Shipping to the fleet's bucket (appliance.ledger.fleet.runner).
+SHIP_STALLED = "ledger.ship_stalled"
+SHIP_RESUMED = "ledger.ship_resumed"
+SHIP_BACKLOG = "ledger.ship_backlog"
+SHIP_CONFLICT = "ledger.ship_conflict"
+SHIP_GAP = "ledger.ship_gap"
 
 KNOWN_TYPES: tuple[str, ...] = (
     APPLIANCE_START,
@@ -101,6 +107,11 @@ KNOWN_TYPES: tuple[str, ...] = (
     IDENTITY_UNAVAILABLE,
     IDENTITY_MISMATCH,
     PROTOCOL_ERROR,
+    SHIP_STALLED,
+    SHIP_RESUMED,
+    SHIP_BACKLOG,
+    SHIP_CONFLICT,
+    SHIP_GAP,
 )
 
 FIELDS = ("account", "data", "identity", "origin", "seq", "session", "target", "ts", "type", "v")

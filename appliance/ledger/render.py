@@ -188,13 +188,16 @@ def _approval(typ: str, d: Mapping[str, Any]) -> str:
     return _compact(d, 200)
 
 
-def table(entries: Iterable[Entry]) -> Iterator[str]:
-    """Rows for ``query``: seq, time, type, session, target, summary."""
-    yield f"{'SEQ':>7}  {'TIME (UTC)':<27}  {'TYPE':<20}  {'SESSION':<12}  {'TARGET':<12}  SUMMARY"
+def table(entries: Iterable[Entry], *, origins: bool = False) -> Iterator[str]:
+    """Rows for ``query``: seq, time, type, session, target, summary (``origins``: the
+    log's origin first, for entries of several logs)."""
+    head = f"{'ORIGIN':<24}  " if origins else ""
+    yield f"{head}{'SEQ':>7}  {'TIME (UTC)':<27}  {'TYPE':<20}  {'SESSION':<12}  {'TARGET':<12}  SUMMARY"
     for e in entries:
         o = e.obj
+        where = f"{_short(o['origin'], 24):<24}  " if origins else ""
         yield (
-            f"{e.seq:>7}  {o['ts']:<27}  {o['type']:<20}  {_short(o['session'] or '-', 12):<12}  "
+            f"{where}{e.seq:>7}  {o['ts']:<27}  {o['type']:<20}  {_short(o['session'] or '-', 12):<12}  "
             f"{_short(o['target'] or '-', 12):<12}  {summarize(o, 80)}"
         )
 

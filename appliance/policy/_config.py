@@ -76,7 +76,7 @@ __all__ = ["parse_policy"]
 
 _RULE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}"
 # Keys of policy.approvals that appliance.approvals.config parses (its TRANSPORT_KEYS).
-_APPROVALS_TRANSPORT_KEYS = ("socket", "webhooks")
+_APPROVALS_TRANSPORT_KEYS = ("socket", "webhooks", "hub")
 _MATCH_KEYS = (
     "targets",
     "databases",

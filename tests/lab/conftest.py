@@ -1,4 +1,5 @@
-"""Fixtures for lab tests (root): one lab with a real PostgreSQL per test session.
+"""Fixtures for lab tests (root): one lab with a real PostgreSQL, and one real S3 server
+(Ceph's radosgw), per test session.
 
 Lab tests fail, not skip, when the machine cannot run them: the suite is run as root on a
 machine set up by scripts/setup.sh.
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.lab.ceph import CephS3
 from tests.lab.lab import Lab, PgServer
 from tests.lab.ssh import SshRunner
 from tests.lab.sshd import SshServer
@@ -53,3 +55,19 @@ def ssh_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshRunner]:
         finally:
             runner.stop()
             runner.remove_capture()
+
+
+@pytest.fixture(scope="session")
+def ceph() -> Iterator[CephS3]:
+    """One Ceph cluster (monitor, memstore OSD, radosgw; HTTP, and HTTPS with a lab CA) for
+    the whole session: it takes about 13 s to start; tests make their own buckets."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: run them through `make test`")
+    with CephS3(tls=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(lab: Lab, ceph: CephS3) -> str:
+    """The gateway's URL as the lab's runner namespace reaches it (a link of its own)."""
+    return ceph.link(lab.runner.name)

@@ -14,7 +14,9 @@ What it shows, in under a minute:
    through the runner's ssh_known_hosts, the appliance logs in with the service account's
    key, the output is recorded masked; an ``rm -rf`` is denied with the rule's reason;
 6. fail closed: with the appliance stopped, the job's connection is refused at once;
-7. `appliance ledger verify` passing, and the commands to look at the ledger yourself.
+7. the ledger in the fleet's bucket (a real S3 server, Ceph's radosgw, with versioning and
+   Object Lock): shipped while the appliance ran and on stop, verified from the bucket;
+8. `appliance ledger verify` passing, and the commands to look at the ledger yourself.
 
 Everything it records is left under ``demo-output/``; the lab is torn down at the end.
 """
@@ -26,10 +28,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from tests.lab.ceph import CephS3
 from tests.lab.lab import Lab, PgServer
 from tests.lab.sshd import SshServer, job_etc_ssh, job_ssh_binds
 
@@ -37,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "demo-output"
 APPLIANCE = str(ROOT / ".venv" / "bin" / "appliance")
 ORIGIN = "demo.appliance.test/ledger"
+BUCKET = "demo-evidence"
 JOB_ENV = {
     "GITHUB_ACTIONS": "true",
     "GITHUB_REPOSITORY": "acme/shop",
@@ -109,7 +114,9 @@ def psql_argv(pg: PgServer, sql: str) -> list[str]:
     ]
 
 
-def write_config(lab: Lab, pg: PgServer, sshd: SshServer, vkey_alice: str) -> Path:
+def write_config(
+    lab: Lab, pg: PgServer, sshd: SshServer, vkey_alice: str, s3_endpoint: str
+) -> Path:
     config = OUT / "config.yaml"
     config.write_text(
         f"""\
@@ -134,6 +141,11 @@ ledger:
   origin: {ORIGIN}
   key: {{file: {OUT / "keys" / "ledger.key"}}}
   checkpoint_interval: 250ms
+  # Shipped to the fleet's bucket as it is signed (a real radosgw in its own namespace).
+  ship:
+    to: s3://{BUCKET}/fleet
+    endpoint_url: {s3_endpoint}
+    credentials: {{file: {OUT / "keys" / "s3.credentials"}}}
 capture:
   listen_port: 15001
   cgroup: {lab.job_cgroup}    # on a real runner: the cgroup v2 root (the default)
@@ -223,6 +235,28 @@ def main() -> int:
     (OUT / "keys").mkdir(parents=True)
     (OUT / "run").mkdir(mode=0o700)
 
+    # The S3 server takes ~13 s to start: it starts now, beside the lab and PostgreSQL.
+    s3 = CephS3()
+    s3_failed: list[BaseException] = []
+
+    def start_s3() -> None:
+        try:
+            s3.start()
+        except BaseException as exc:  # reported when the demo needs the server
+            s3_failed.append(exc)
+
+    s3_thread = threading.Thread(target=start_s3, name="demo-s3")
+    s3_thread.start()
+    try:
+        return _demo(started, s3, s3_thread, s3_failed)
+    finally:
+        s3_thread.join()
+        s3.stop()
+
+
+def _demo(
+    started: float, s3: CephS3, s3_thread: threading.Thread, s3_failed: list[BaseException]
+) -> int:
     step("1. The lab: a runner namespace (the CI VM) and a target namespace (the database host)")
     with Lab(n_targets=2) as lab:
         target = lab.targets[0]
@@ -258,7 +292,20 @@ def main() -> int:
             ).stdout
         )
         vkey_alice = (OUT / "keys" / "alice.vkey").read_text().strip()
-        config = write_config(lab, pg, sshd, vkey_alice)
+        t_wait = time.monotonic()
+        s3_thread.join()
+        if s3_failed:
+            raise s3_failed[0]
+        waited = time.monotonic() - t_wait
+        s3.create_bucket(BUCKET, default_retention=("COMPLIANCE", 1))
+        s3_endpoint = s3.link(lab.runner.name)
+        s3.root.shared_file(OUT / "keys" / "s3.credentials")
+        print(
+            f"   the fleet's bucket: s3://{BUCKET} on Ceph radosgw at {s3_endpoint} (versioning, "
+            f"Object Lock COMPLIANCE 1 day); up in {s3.started_in:.1f}s, the demo waited "
+            f"{waited:.1f}s for it"
+        )
+        config = write_config(lab, pg, sshd, vkey_alice, s3_endpoint)
         show(appliance("config", "check", str(config)).stdout)
 
         step("3. The appliance starts on the runner: capture rules, eBPF attribution, ledger")
@@ -440,7 +487,30 @@ def main() -> int:
         print("   (only `appliance capture remove` removes the rules:)")
         show(out.decode(), indent="      ")
 
-    step("9. The lab is torn down (namespaces, cgroup, servers). The evidence remains:")
+        step("9. The ledger in the fleet's bucket: shipped as it was signed, and on stop")
+        auditor, endpoint = s3.client_namespace("auditor")
+        print(
+            f"   {DIM}auditor$ appliance ledger verify --source s3://{BUCKET}/fleet --vkey ledger.vkey{RESET}"
+        )
+        print(f"   {DIM}(from a machine that reaches only the bucket, never the runner){RESET}")
+        r = subprocess.run(
+            ["ip", "netns", "exec", auditor, APPLIANCE, "ledger", "verify", "--source",
+             f"s3://{BUCKET}/fleet", "--endpoint-url", endpoint,
+             "--vkey", str(OUT / "keys" / "ledger.vkey"), "--cache", str(OUT / "bucket-cache")],
+            capture_output=True, text=True, timeout=120, env={**s3.root.env(), "PATH": "/usr/bin:/bin"},
+        )  # fmt: skip
+        show(r.stdout + r.stderr)
+        if r.returncode != 0:
+            raise RuntimeError("the ledger in the bucket did not verify")
+        same = (
+            OUT / "bucket-cache" / "demo.appliance.test%2Fledger" / "entries.log"
+        ).read_bytes() == (OUT / "ledger" / "entries.log").read_bytes()
+        print(
+            f"   {GREEN}verified from the bucket{RESET}: every object written once, under retention; "
+            f"the bucket's copy {'is' if same else 'is NOT'} the runner's ledger, byte for byte"
+        )
+
+    step("10. The lab is torn down (namespaces, cgroup, servers). The evidence remains:")
     verify = appliance(
         "ledger",
         "verify",

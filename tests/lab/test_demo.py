@@ -34,6 +34,8 @@ def test_demo_runs_to_the_end() -> None:
     # fail closed, verified, torn down
     assert "Connection refused" in out
     assert "VERIFIED" in out
+    # shipped to the fleet's bucket (radosgw) and verified from there
+    assert "verified from the bucket" in out and "byte for byte" in out and "is NOT" not in out
     assert "The lab is torn down" in out
     assert (ROOT / "demo-output" / "ledger").is_dir()
     assert (ROOT / "demo-output" / "keys" / "ledger.vkey").is_file()

@@ -27,7 +27,7 @@ def directives() -> dict[str, list[str]]:
 
 def test_hardening_and_lifecycle_directives() -> None:
     d = directives()
-    assert d["ExecStart"] == [f"{EXE} run --config /etc/appliance/config.yaml"]
+    assert d["ExecStart"] == [f"{EXE} run --config /etc/appliance/config.yaml --grace 20"]
     assert d["ExecStartPre"] == [f"{EXE} capture install --config /etc/appliance/config.yaml"]
     assert not {"ExecStop", "ExecStopPost", "ExecReload"} & d.keys()
     assert "remove" not in " ".join(v for vs in d.values() for v in vs)
@@ -42,6 +42,7 @@ def test_hardening_and_lifecycle_directives() -> None:
     )  # fmt: skip
     assert any(v.startswith("ledger-signing-key:") for v in d["LoadCredential"])
     assert any(v.startswith("target:") for v in d["LoadCredential"])
+    assert any(v.startswith("s3:") for v in d["LoadCredential"])  # ledger.ship, the hub
     assert {"gitlab-runner.service", "actions.runner.service"} <= set(d["Before"][0].split())
     assert "ProtectKernelModules" not in d  # bcc needs /usr/lib/modules/*/build
 

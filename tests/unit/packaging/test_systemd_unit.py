@@ -63,3 +63,18 @@ def test_status_checks_the_credentials_the_unit_loads() -> None:
         any(src.startswith(f"{d}/") or src == str(d) for d in CREDENTIAL_DIRS) for src in sources
     )
     assert "/run/credentials/appliance.service" in {str(d) for d in CREDENTIAL_DIRS}
+
+
+def test_the_final_ship_has_the_network_and_the_time_it_needs() -> None:
+    """On stop the daemon ships its ledger (issue 15): systemd stops units in the reverse
+    of their start order, so ordering after the network keeps it up meanwhile, and the stop
+    timeout must cover the sessions' grace period plus the final ship."""
+    from appliance.daemon import FINAL_SHIP_TIMEOUT
+
+    lines = [line for line in UNIT.read_text().splitlines() if line and not line.startswith("#")]
+    after = " ".join(line.split("=", 1)[1] for line in lines if line.startswith("After="))
+    assert "network-online.target" in after.split() and "nss-lookup.target" in after.split()
+    (stop,) = [line for line in lines if line.startswith("TimeoutStopSec=")]
+    (start,) = [line for line in lines if line.startswith("ExecStart=")]
+    grace = float(start.split("--grace", 1)[1].split()[0])
+    assert float(stop.split("=", 1)[1].rstrip("s")) > grace + FINAL_SHIP_TIMEOUT
