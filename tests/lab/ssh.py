@@ -12,7 +12,6 @@ their own with no key in it.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import pty
 import select
@@ -30,6 +29,7 @@ import yaml
 
 from appliance.ledger import iter_entries
 from tests.lab.lab import Lab
+from tests.lab.proxy import wait_for_entries
 from tests.lab.sshd import SshServer, job_etc_ssh, job_home, job_ssh_binds
 
 APPLIANCE = str(Path(sys.executable).with_name("appliance"))
@@ -254,15 +254,7 @@ class SshRunner:
     def wait_for(
         self, predicate: Callable[[list[dict[str, Any]]], bool], *, timeout: float = 20
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            entries = self.entries()
-            if predicate(entries):
-                return entries
-            if time.monotonic() > deadline:
-                tail = "\n".join(json.dumps(e)[:300] for e in entries[-15:])
-                raise AssertionError(f"ledger condition not met in {timeout}s; tail:\n{tail}")
-            time.sleep(0.05)
+        return wait_for_entries(self.entries, predicate, timeout=timeout)
 
     def session(
         self, text: str, *, timeout: float = 20, latest: bool = False
