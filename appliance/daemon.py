@@ -388,6 +388,12 @@ class Daemon:
                 context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
                 client_tls[target.name] = context
 
+        shared: dict[str, Any] = {}
+        for name in sorted({t.protocol for t in cfg.targets.values()}):
+            spec = registry.get(name)
+            if spec.prepare is not None:
+                shared[name] = spec.load(spec.prepare)(cfg, lambda t, d: ledger.append(t, data=d))
+
         any_target = masker.for_target("")  # detectors only: refusals name no column
         refusals = RefusalLog(
             ledger, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
@@ -409,6 +415,7 @@ class Daemon:
             upstream_tls=upstream_context,
             client_tls=client_tls,
             response_masking=masking.response_masking if masking.response else None,
+            shared=shared,
             write_ahead=cfg.ledger.durability == "write-ahead",
             refusals=refusals,
         )
@@ -421,7 +428,6 @@ class Daemon:
         server = self.server = ProxyServer(
             cfg, services, resolver, shell=shell, transparent=self.capture
         )
-        install_trust(cfg, services.shared, record=lambda t, d: ledger.append(t, data=d))
         bound = server.bind()
 
         loop = asyncio.get_running_loop()
@@ -670,35 +676,6 @@ class CaptureRuntime:
         if self.attribution is not None:
             self.attribution.close()
             self.attribution = None
-
-
-def install_trust(
-    config: Config,
-    shared: Mapping[str, Any],
-    *,
-    record: Callable[[str, dict[str, Any]], None],
-) -> None:
-    """Make the runner's clients trust the appliance for each protocol that needs it (the
-    registry's ``trust`` hooks: SSH's CA line), recorded as ``capture.trust_installed``.
-
-    One that cannot (no /etc/ssh on the image, a read-only file) is logged and recorded as
-    ``capture.trust_failed``, and the appliance serves on: trust is what lets unmodified
-    clients accept the appliance, not what keeps them from going around it (netfilter
-    does), so without it that protocol's clients fail closed (they refuse the appliance's
-    host key) while every other protocol goes on."""
-    for name in sorted({t.protocol for t in config.targets.values()}):
-        protocol = registry.get(name)
-        if protocol.trust is None:
-            continue
-        targets = [t for t in config.targets.values() if t.protocol == name]
-        try:
-            done = protocol.load(protocol.trust)(config, targets, shared.get(name))
-        except OSError as exc:
-            log.error("cannot make the runner trust the appliance for %s: %s", name, exc)
-            record("capture.trust_failed", {"protocol": name, "error": str(exc)})
-            continue
-        log.info("runner trust installed for %s: %s", name, done)
-        record("capture.trust_installed", {"protocol": name, **done})
 
 
 def bypass_entries(

@@ -25,7 +25,8 @@ APT_PACKAGES=(
   postgresql postgresql-contrib postgresql-client pgbouncer
   mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
-  openssh-client openssh-sftp-server rsync git
+  openssh-client openssh-sftp-server rsync
+  nginx git awscli fcgiwrap python3-requests nghttp2-client
   debootstrap systemd-container
   chromium
   # the fleet's bucket in the lab: a one-node Ceph cluster with radosgw (tests/lab/ceph.py)
@@ -83,10 +84,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     done
   fi
   systemctl disable --now pgbouncer >/dev/null 2>&1 || service pgbouncer stop >/dev/null 2>&1 || true
+  # Likewise nginx and fcgiwrap: the lab starts its own from temporary directories, in its
+  # target namespaces; the host serves nothing.
+  for unit in nginx fcgiwrap.socket fcgiwrap; do
+    systemctl disable --now "$unit" >/dev/null 2>&1 || service "${unit%.socket}" stop >/dev/null 2>&1 || true
+  done
   # Likewise MariaDB: the lab starts its own servers from temporary data directories.
   systemctl disable --now mariadb >/dev/null 2>&1 || service mariadb stop >/dev/null 2>&1 || true
   update-rc.d mariadb disable >/dev/null 2>&1 || true
 fi
+# kubectl: the lab's Kubernetes tests need a client that speaks exec over WebSockets
+# (v5.channel.k8s.io, kubectl 1.30 and later). Debian 12 packages only kubernetes-client
+# 1.20 (SPDY only); the machine image brings kubectl 1.32. Without it those tests fail.
+command -v kubectl >/dev/null 2>&1 || log "warning: no kubectl on this machine (Debian 12's kubernetes-client 1.20 cannot exec over WebSockets)"
 
 # --- kernel headers for bcc ------------------------------------------------------------
 if [ ! -e "/lib/modules/$kver/build" ]; then

@@ -25,7 +25,7 @@ from appliance.errors import ApplianceError
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import Entry
 from appliance.ledger.errors import LedgerError, TamperError
-from appliance.ledger.export import export_bundle, export_pcap, verify_bundle
+from appliance.ledger.export import export_bundle, export_pcap, session_entries, verify_bundle
 from appliance.ledger.index import Index, Query, parse_identity_filter, parse_time
 from appliance.ledger.merkle import ProofError
 from appliance.ledger.proof import (
@@ -560,7 +560,7 @@ def consistency_cmd(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "pcap", "asciicast"]),
+    type=click.Choice(["jsonl", "pcap", "har", "asciicast"]),
     default="jsonl",
     show_default=True,
 )
@@ -580,9 +580,11 @@ def export_cmd(
     n: int | None,
 ) -> None:
     """Export one session: a self-contained bundle an auditor verifies offline (entries,
-    blobs, checkpoint, a tlog-proof per entry, published keys), a pcap of the session's
-    TCP stream rebuilt from the recorded (masked) messages, for Wireshark, or an SSH
-    terminal recording as asciicast v2 (masked), for asciinema."""
+    blobs, checkpoint, a tlog-proof per entry, published keys), or a pcap of the session's
+    TCP stream rebuilt from the recorded (masked) messages, for Wireshark; for an HTTP
+    session, HAR 1.2 (browser developer tools) or asciicast v2 (its Kubernetes exec and
+    attach streams, for asciinema); for an SSH session, asciicast v2 of a terminal
+    recording (masked; --request picks one)."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
     directory = session_directory(source.directories(), session)
@@ -595,14 +597,33 @@ def export_cmd(
             if fmt == "jsonl":
                 s = export_bundle(directory, session, f)
                 what = f"{s.entries} entries, {s.blobs} blobs, proofs against size {s.size}"
-            elif fmt == "asciicast":
-                what = f"{export_asciicast(directory, session, f, n=n)} events"
-            else:
+            elif fmt == "pcap":
                 what = f"{export_pcap(directory, session, f)} packets"
+            elif fmt == "asciicast" and not _is_http(session_entries(directory, session)):
+                what = f"{export_asciicast(directory, session, f, n=n)} events"  # SSH's
+            else:  # an HTTP session's HAR or asciicast
+                from appliance.ledger.store import BlobReader
+                from appliance.proxy.http import exports
+
+                found = session_entries(directory, session)
+                if fmt == "har":
+                    doc = exports.har(found, BlobReader(directory))
+                    f.write(json.dumps(doc, indent=1).encode())
+                    what = f"{len(doc['log']['entries'])} HAR entries"
+                else:
+                    lines = exports.asciicast(found)
+                    f.write(("\n".join(lines) + "\n").encode())
+                    what = f"{len(lines) - 1} terminal events"
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)
     click.echo(f"wrote {out}: session {session}, {what}")
+
+
+def _is_http(entries: list[dict[str, Any]]) -> bool:
+    """Whether the session's start entry says it was HTTP (its exports read other entries)."""
+    start = next((e for e in entries if e.get("type") == "session.start"), None)
+    return start is not None and (start.get("data") or {}).get("protocol") == "http"
 
 
 @ledger_group.command("verify-bundle")

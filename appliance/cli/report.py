@@ -11,10 +11,18 @@ from pathlib import Path
 
 import click
 
-from appliance.cli._source import Progress
+from appliance.cli._source import (
+    CACHE_OPTION,
+    OFFLINE_OPTION,
+    ORIGIN_OPTION,
+    BucketOptions,
+    Progress,
+    pull_source,
+)
 from appliance.ledger.errors import LedgerError, TamperError
 from appliance.ledger.index import parse_time
 from appliance.report import Period, ReportRequest, build_report
+from appliance.report.sources import LogDir
 from appliance.signing.keys import load_verifier_key
 
 
@@ -28,8 +36,23 @@ class Unverified(LedgerError):
     "sources",
     multiple=True,
     required=True,
-    help="A ledger directory, or a directory holding many (one per runner boot); repeatable.",
+    help="A ledger directory, a directory holding many (one per runner boot), or the fleet's "
+    "bucket (s3://BUCKET/PREFIX: every log under it, pulled into --cache); repeatable.",
 )
+@click.option(
+    "--endpoint-url",
+    envvar="APPLIANCE_S3_ENDPOINT",
+    help="S3 endpoint for s3:// sources (radosgw, MinIO...); default AWS. Or $APPLIANCE_S3_ENDPOINT.",
+)
+@click.option("--region", default="us-east-1", show_default=True, help="Region of s3:// sources.")
+@click.option(
+    "--ca",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CA bundle for an https endpoint with a private CA.",
+)
+@CACHE_OPTION
+@ORIGIN_OPTION
+@OFFLINE_OPTION
 @click.option("--since", help="ISO 8601 date/time, UTC unless an offset is given (inclusive).")
 @click.option("--until", help="ISO 8601 date/time (exclusive).")
 @click.option(
@@ -50,6 +73,12 @@ class Unverified(LedgerError):
 @click.option("--progress/--no-progress", default=True, help="Progress on stderr.")
 def report_command(
     sources: tuple[str, ...],
+    endpoint_url: str | None,
+    region: str,
+    ca: Path | None,
+    cache: Path | None,
+    origin: str | None,
+    offline: bool,
     since: str | None,
     until: str | None,
     out: Path,
@@ -70,6 +99,15 @@ def report_command(
             stages[stage] = Progress(progress, stage, in_bytes=stage.startswith("verifying"))
         stages[stage](done, total)
 
+    def remote(url: str) -> list[LogDir]:
+        """The logs under a bucket URL, pulled into the cache (named by their bucket names,
+        the same on every copy)."""
+        if not url.startswith("s3://"):
+            raise LedgerError(f"source {url}: only s3:// URLs and local directories are read")
+        bucket = BucketOptions(url, endpoint_url, region, ca)
+        pulled = pull_source(bucket, cache, origin, progress=progress, offline=offline)
+        return [LogDir(d, d.name) for d in pulled]
+
     result = build_report(
         ReportRequest(
             sources=sources,
@@ -78,6 +116,7 @@ def report_command(
             period=period,
             rows=rows,
             progress=show,
+            remote=remote,
         )
     )
     totals = result.facts.totals()

@@ -201,6 +201,8 @@ class Config:
     policy: Node | None = None
     masking: Node | None = None
     identity: Node | None = None
+    # The per-boot CA of HTTPS targets (appliance.proxy.http.options.parse_interception).
+    interception: Node | None = None
 
 
 def load_config(path: str | Path) -> Config:
@@ -222,7 +224,8 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     """Parse config text; see :func:`load_config`."""
     root = load_document(text, source)
     top = root.keys(
-        required=("targets",), optional=("ledger", "capture", "identity", "policy", "masking")
+        required=("targets",),
+        optional=("ledger", "capture", "identity", "policy", "masking", "interception"),
     )
     targets = _parse_targets(top["targets"])
     ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
@@ -235,6 +238,7 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         policy=top.get("policy"),
         masking=top.get("masking"),
         identity=top.get("identity"),
+        interception=top.get("interception"),
     )
 
 

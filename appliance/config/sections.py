@@ -17,6 +17,7 @@ from appliance.config import Config
 from appliance.identity import IdentityConfig, parse_identity
 from appliance.masking import MaskingConfig, parse_masking
 from appliance.policy import Policy, parse_policy
+from appliance.proxy.http.options import Interception, parse_interception
 
 __all__ = ["Sections", "parse_sections"]
 
@@ -25,12 +26,14 @@ __all__ = ["Sections", "parse_sections"]
 class Sections:
     """``policy`` (None: no policy section), ``masking``, and ``approvals``: the
     transport approvers use (the ``policy.approvals`` keys; None when absent); ``identity``:
-    the trusted CI token issuers (None: no section, every CI field is claimed)."""
+    the trusted CI token issuers (None: no section, every CI field is claimed);
+    ``interception``: where the HTTPS targets' CA goes (None: no http target)."""
 
     policy: Policy | None
     masking: MaskingConfig
     approvals: ApprovalsTransportConfig | None
     identity: IdentityConfig | None = None
+    interception: Interception | None = None
 
 
 def parse_sections(cfg: Config) -> Sections:
@@ -47,4 +50,7 @@ def parse_sections(cfg: Config) -> Sections:
         node = cfg.policy.mapping().get("approvals")
         if node is not None:
             transport = parse_approvals_transport(node)
-    return Sections(policy, masking, transport, identity)
+    interception = None
+    if cfg.interception is not None or any(t.protocol == "http" for t in cfg.targets.values()):
+        interception = parse_interception(cfg.interception)
+    return Sections(policy, masking, transport, identity, interception)

@@ -201,13 +201,19 @@ def verify_bundle(path: Path, verifiers: Sequence[VerifierKey]) -> BundleSummary
     return summary
 
 
-def export_pcap(directory: Path, session: str, out: BinaryIO) -> int:
-    """Write the session as a pcap (see :mod:`appliance.ledger.pcap`); return packet count."""
+def session_entries(directory: Path, session: str) -> list[dict[str, Any]]:
+    """Every entry of ``session`` (objects), in order; raises LedgerError if none."""
     require_ledger(directory)
     with Index.open(directory) as index:
         found = [e.obj for e in index.session(session)]
     if not found:
         raise LedgerError(f"no entries for session {session!r}")
+    return found
+
+
+def export_pcap(directory: Path, session: str, out: BinaryIO) -> int:
+    """Write the session as a pcap (see :mod:`appliance.ledger.pcap`); return packet count."""
+    found = session_entries(directory, session)
     start: dict[str, Any] | None = next((o for o in found if o["type"] == "session.start"), None)
     if start is None:
         raise LedgerError(f"session {session!r} has no session.start entry (addresses unknown)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from appliance.config import Node, SecretRef, Target, parse_secret
 from appliance.masking._detectors import DETECTOR_NAMES
+from appliance.masking._jsonpath import JsonPath, parse_json_path
 from appliance.masking._key import EPHEMERAL
 from appliance.masking._styles import Style, label_for
 from appliance.masking._validate import phone_region_known
@@ -160,6 +161,8 @@ class MaskingConfig:
     phone_regions: tuple[str, ...] = ("US",)
     # key: ephemeral -- a random key per run, chosen in so many words (never a default)
     ephemeral_key: bool = False
+    # HTTP JSON bodies: values at these paths masked whole (appliance.masking._bodies).
+    json_paths: tuple[JsonPath, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.detectors) - set(DETECTOR_NAMES)
@@ -179,8 +182,10 @@ class MaskingConfig:
     @property
     def uses_hash(self) -> bool:
         """True if some style is ``hash``: then a masking key is needed."""
-        return any(s.style is Style.HASH for s in self.detectors.values()) or any(
-            r.style is Style.HASH for r in self.columns
+        return (
+            any(s.style is Style.HASH for s in self.detectors.values())
+            or any(r.style is Style.HASH for r in self.columns)
+            or any(p.style is Style.HASH for p in self.json_paths)
         )
 
     def column_rule(self, target: str, table: str | None, column: str | None) -> ColumnRule | None:
@@ -223,13 +228,17 @@ def parse_masking(node: Node | None, *, targets: Mapping[str, Target]) -> Maskin
           columns:                               # first match wins
             - {target: orders-db, table: public.customers, column: "card*", style: partial}
             - {column: ssn, style: redact, label: SSN}
+          json_paths:                            # HTTP JSON bodies: masked whole
+            - {path: "$.items[*].spec.containers[*].env[*].value", style: redact}
           response:                              # or true: always
             - target: orders-db
               identity: {repository: "org/*"}
     """
     if node is None or node.is_null:
         return MaskingConfig()
-    m = node.keys(optional=("key", "detectors", "columns", "response", "phone_regions"))
+    m = node.keys(
+        optional=("key", "detectors", "columns", "response", "phone_regions", "json_paths")
+    )
     detectors = _default_detectors()
     if "detectors" in m:
         for name, child in m["detectors"].mapping().items():
@@ -254,7 +263,12 @@ def parse_masking(node: Node | None, *, targets: Mapping[str, Target]) -> Maskin
                 r_node.fail(f"unknown phone region {region!r} (ISO 3166 codes such as US, DE)")
         if not regions:
             m["phone_regions"].fail("at least one region is needed")
-    config = MaskingConfig(detectors, columns, response, key, regions, ephemeral)
+    json_paths = (
+        tuple(_parse_json_path(p, targets) for p in m["json_paths"].items())
+        if "json_paths" in m
+        else ()
+    )
+    config = MaskingConfig(detectors, columns, response, key, regions, ephemeral, json_paths)
     if config.uses_hash and key is None and not ephemeral:
         node.fail(
             "the hash style needs a masking key: add key: {credential: NAME} or {file: PATH}, "
@@ -317,6 +331,21 @@ def _parse_column(node: Node, targets: Mapping[str, Target]) -> ColumnRule:
         target=_check_target(m["target"], targets) if "target" in m else None,
         table=_check_glob(m["table"]) if "table" in m else None,
         label=label,
+    )
+
+
+def _parse_json_path(node: Node, targets: Mapping[str, Target]) -> JsonPath:
+    m = node.keys(required=("path",), optional=("style", "target"))
+    text = m["path"].string()
+    try:
+        steps = parse_json_path(text)
+    except ValueError as exc:
+        m["path"].fail(str(exc))
+    return JsonPath(
+        text,
+        steps,
+        Style(m["style"].string(choices=_DETECTOR_STYLES)) if "style" in m else Style.REDACT,
+        _check_target(m["target"], targets) if "target" in m else None,
     )
 
 

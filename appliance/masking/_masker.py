@@ -158,6 +158,24 @@ class TargetMasker:
 
         return _FAILING_ROW.sub(row, _KEY_DETAIL.sub(key, text))
 
+    def mask_value_text(self, text: str, counts: MaskCounts, where: str | None = None) -> str:
+        """``text`` masked with the detectors on for result values (HTTP bodies, query
+        values); each finding counted under ``where``. Returns ``text`` itself if clean."""
+
+        def found(f: Finding) -> None:
+            counts.add(f.detector, where)
+
+        return self._m._values.mask(text, self._m.render, found)
+
+    def mask_whole(self, text: str, style: Style, label: str) -> str:
+        """``text`` masked whole in ``style`` (a JSON path rule)."""
+        raw = text.encode("utf-8", "surrogateescape")
+        if style is Style.PARTIAL:
+            return partial(text)
+        if style is Style.HASH:
+            return keyed_hash(self._m._key, raw)
+        return redact(label)
+
     def detect(self, text: str, *, results: bool = False) -> list[tuple[str, int, int]]:
         """``(detector, start, end)`` of each finding in ``text`` (no values). ``results``:
         use the detectors on for result values, else those on for free text."""

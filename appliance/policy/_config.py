@@ -45,6 +45,12 @@ or only claimed, ``verified: false`` only sessions without a verified token (e.g
 them). Without an ``identity`` section nothing can be verified, and a rule that needs it is
 an error (it could never match).
 
+For HTTP targets (:meth:`Policy.decide_http`): ``http`` with ``methods``, ``hosts``,
+``paths`` (globs), ``query`` and ``headers`` (``{name: glob or [globs]}``), and
+``kubernetes`` with ``verbs``, ``groups`` (``core`` for the core group), ``resources``,
+``namespaces``, ``names``, ``subresources`` (globs). A rule with SQL conditions never
+decides a request and a rule with HTTP conditions never decides a statement.
+
 Every mistake is a :class:`~appliance.errors.ConfigError` naming the key and line: no
 section or no rules, unknown keys, targets, accounts, approvers or classes, a review rule
 without approvers, bad globs, a rule that can never be reached.
@@ -64,6 +70,8 @@ from appliance.policy._rules import (
     DEFAULT_APPROVAL_TIMEOUT,
     MODES,
     Glob,
+    HttpMatch,
+    KubeMatch,
     Match,
     Policy,
     Rule,
@@ -90,6 +98,25 @@ _MATCH_KEYS = (
     "cgroup",
     "identity",
     "ssh",
+    "http",
+    "kubernetes",
+)
+_HTTP_KEYS = ("methods", "hosts", "paths", "query", "headers")
+_KUBE_KEYS = ("verbs", "groups", "resources", "namespaces", "names", "subresources")
+_KUBE_VERBS = (
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "exec",
+    "attach",
+    "portforward",
+    "log",
+    "proxy",
 )
 
 
@@ -252,7 +279,15 @@ def _parse_match(node: Node, targets: Mapping[str, Target], verifiable: bool) ->
                 "the environment's claims"
             )
         ci = [(key, _globs(value)) for key, value in ident.items()]
+    http = _parse_http_match(m["http"]) if "http" in m else None
+    kubernetes = _parse_kube_match(m["kubernetes"]) if "kubernetes" in m else None
+    if (http is not None or kubernetes is not None) and any(
+        key in m for key in ("classes", "only_classes", "functions", "databases")
+    ):
+        node.fail("a rule matches either SQL statements or HTTP requests, not both")
     return Match(
+        http=http,
+        kubernetes=kubernetes,
         targets=target_names,
         databases=_globs(m["databases"]) if "databases" in m else None,
         accounts=accounts,
@@ -267,6 +302,51 @@ def _parse_match(node: Node, targets: Mapping[str, Target], verifiable: bool) ->
         trust=trust,
         ssh=parse_ssh_match(m["ssh"], _globs) if "ssh" in m else None,
         named=named,
+    )
+
+
+def _parse_http_match(node: Node) -> HttpMatch:
+    m = node.keys(optional=_HTTP_KEYS)
+    methods = None
+    if "methods" in m:
+        methods = frozenset(
+            item.string(pattern=r"[A-Z]+").upper() for item in _nonempty(m["methods"])
+        )
+    return HttpMatch(
+        methods=methods,
+        hosts=_globs(m["hosts"]) if "hosts" in m else None,
+        paths=_globs(m["paths"]) if "paths" in m else None,
+        query=_named_globs(m["query"]) if "query" in m else (),
+        headers=tuple((k.lower(), g) for k, g in _named_globs(m["headers"]))
+        if "headers" in m
+        else (),
+    )
+
+
+def _named_globs(node: Node) -> tuple[tuple[str, tuple[Glob, ...]], ...]:
+    items = node.mapping()
+    if not items:
+        node.fail("give at least one name")
+    return tuple((name, _globs(value)) for name, value in items.items())
+
+
+def _parse_kube_match(node: Node) -> KubeMatch:
+    m = node.keys(optional=_KUBE_KEYS)
+    verbs = None
+    if "verbs" in m:
+        verbs = frozenset(item.string(choices=_KUBE_VERBS) for item in _nonempty(m["verbs"]))
+    groups = None
+    if "groups" in m:
+        groups = frozenset(
+            "" if g in ("core", "") else g for g in (i.string() for i in _nonempty(m["groups"]))
+        )
+    return KubeMatch(
+        verbs=verbs,
+        groups=groups,
+        resources=_globs(m["resources"]) if "resources" in m else None,
+        namespaces=_globs(m["namespaces"]) if "namespaces" in m else None,
+        names=_globs(m["names"]) if "names" in m else None,
+        subresources=_globs(m["subresources"]) if "subresources" in m else None,
     )
 
 

@@ -54,6 +54,9 @@ __all__ = [
     "NO_RULE",
     "Decision",
     "Glob",
+    "HttpMatch",
+    "HttpRequestContext",
+    "KubeMatch",
     "Match",
     "Policy",
     "RequestContext",
@@ -153,6 +156,86 @@ class RequestContext:
 
 
 @dataclass(frozen=True)
+class HttpRequestContext:
+    """Everything a rule can match on, for one HTTP request (see :meth:`Policy.decide_http`).
+
+    ``host`` is the name the job asked for (TLS SNI, which must equal ``Host``) without a
+    port; ``path`` is decoded of nothing (as sent); ``query`` the parsed query parameters
+    (name -> values); ``headers`` lower-case names; ``kube`` the Kubernetes reading of
+    the request when the target is a Kubernetes API (:func:`appliance.protocols.http.
+    parse_kube`), else None.
+    """
+
+    identity: Mapping[str, Any]
+    target: str
+    account: str
+    method: str
+    host: str
+    path: str
+    query: Mapping[str, tuple[str, ...]]
+    headers: Mapping[str, str]
+    kube: Any = None
+
+    @property
+    def unattributed(self) -> bool:
+        return bool(self.identity.get("source", "unattributed") == "unattributed")
+
+
+@dataclass(frozen=True)
+class HttpMatch:
+    """Conditions on an HTTP request; None means "any". ``query`` and ``headers``: every
+    named parameter or header must be present with a value matching one of its globs."""
+
+    methods: frozenset[str] | None = None
+    hosts: tuple[Glob, ...] | None = None
+    paths: tuple[Glob, ...] | None = None
+    query: tuple[tuple[str, tuple[Glob, ...]], ...] = ()
+    headers: tuple[tuple[str, tuple[Glob, ...]], ...] = ()
+
+    def matches(self, ctx: HttpRequestContext) -> bool:
+        if self.methods is not None and ctx.method not in self.methods:
+            return False
+        if self.hosts is not None and not _any_glob(self.hosts, ctx.host):
+            return False
+        if self.paths is not None and not _any_glob(self.paths, ctx.path):
+            return False
+        for name, globs in self.query:
+            if not any(_any_glob(globs, v) for v in ctx.query.get(name, ())):
+                return False
+        return all(_any_glob(globs, ctx.headers.get(name)) for name, globs in self.headers)
+
+
+@dataclass(frozen=True)
+class KubeMatch:
+    """Conditions on a Kubernetes API request; None means "any". ``groups``: "" (or
+    ``core``) is the core group. A rule with these matches only Kubernetes targets."""
+
+    verbs: frozenset[str] | None = None
+    groups: frozenset[str] | None = None
+    resources: tuple[Glob, ...] | None = None
+    namespaces: tuple[Glob, ...] | None = None
+    names: tuple[Glob, ...] | None = None
+    subresources: tuple[Glob, ...] | None = None
+
+    def matches(self, kube: Any) -> bool:
+        if kube is None:
+            return False
+        if self.verbs is not None and kube.verb not in self.verbs:
+            return False
+        if self.groups is not None and kube.group not in self.groups:
+            return False
+        for globs, value in (
+            (self.resources, kube.resource),
+            (self.namespaces, kube.namespace),
+            (self.names, kube.name),
+            (self.subresources, kube.subresource),
+        ):
+            if globs is not None and not _any_glob(globs, value):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
 class Match:
     """The conditions of a rule; None (or empty ``ci``) means "any".
 
@@ -187,17 +270,40 @@ class Match:
     trust: str | None = None
     ssh: SshMatch | None = None
     named: frozenset[str] = frozenset()
+    http: HttpMatch | None = None
+    kubernetes: KubeMatch | None = None
 
     @property
     def is_catch_all(self) -> bool:
         return self == Match()
 
-    def request_matches(self, ctx: RequestContext) -> bool:
+    @property
+    def statement_only(self) -> bool:
+        """Conditions only a statement (SQL, or an SSH operation) can meet: such a rule
+        never decides an HTTP request."""
+        return (
+            self.classes is not None
+            or self.only_classes is not None
+            or self.functions is not None
+            or self.databases is not None
+            or self.ssh is not None
+        )
+
+    @property
+    def http_only(self) -> bool:
+        """Conditions only an HTTP request can meet: such a rule never decides a statement."""
+        return self.http is not None or self.kubernetes is not None
+
+    def request_matches(self, ctx: RequestContext | HttpRequestContext) -> bool:
         """The conditions on who, where and as whom (the same for every statement)."""
         ident = ctx.identity
         if self.targets is not None and ctx.target not in self.targets:
             return False
-        if self.databases is not None and not _any_glob(self.databases, ctx.database):
+        if (
+            self.databases is not None
+            and isinstance(ctx, RequestContext)
+            and not _any_glob(self.databases, ctx.database)
+        ):
             return False
         if self.accounts is not None and ctx.account not in self.accounts:
             return False
@@ -232,6 +338,8 @@ class Match:
 
     def statement_matches(self, stmt: StatementClass) -> bool:
         """The conditions on what one statement does."""
+        if self.http_only:
+            return False
         if self.classes is not None and not (self.classes & stmt.classes):
             return False
         if self.only_classes is not None and not (stmt.classes <= self.only_classes):
@@ -398,6 +506,38 @@ class Policy:
         stmt, rule = decided[0]
         assert rule is not None  # every statement was allowed by a rule
         return self._decision("allow", rule.name, None, stmt.index, classes, per)
+
+    def decide_http(self, ctx: HttpRequestContext) -> Decision:
+        """Decide one HTTP request: the first rule whose conditions on who, where and what
+        request all hold (rules with SQL conditions are skipped); none: deny. Pure."""
+        for rule in self.rules:
+            match = rule.match
+            if match.statement_only or not match.request_matches(ctx):
+                continue
+            if match.http is not None and not match.http.matches(ctx):
+                continue
+            if match.kubernetes is not None and not match.kubernetes.matches(ctx.kube):
+                continue
+            if rule.action == "deny":
+                message = rule.message or f"denied by policy rule {rule.name!r}"
+                return self._decision("deny", rule.name, message, 0)
+            if rule.action == "review":
+                return Decision(
+                    action="review",
+                    rule=rule.name,
+                    message=rule.message,
+                    approvers=rule.approvers,
+                    timeout=rule.timeout if rule.timeout is not None else self.approval_timeout,
+                    window=rule.window,
+                    statement_index=0,
+                    classes=frozenset(),
+                    enforced=self.enforced,
+                )
+            return self._decision("allow", rule.name, None, 0)
+        what = f"{ctx.method} {ctx.path}"
+        if ctx.kube is not None and ctx.kube.resource_request:
+            what = f"Kubernetes {ctx.kube.verb} of {ctx.kube.resource}"
+        return self._decision("deny", NO_RULE, f"no policy rule matches this request ({what})", 0)
 
     # -- helpers -------------------------------------------------------------------------------
 

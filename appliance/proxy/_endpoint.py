@@ -13,8 +13,6 @@ OTHER: dict[Side, Side] = {"job": "upstream", "upstream": "job"}
 
 
 class Owner(Protocol):
-    def started(self) -> None: ...
-
     def on_data(self, side: Side, data: bytes) -> None: ...
 
     def on_eof(self, side: Side, lost: str | None) -> None: ...
@@ -37,8 +35,8 @@ class Endpoint(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         assert self.transport is not None
         self.transport.set_write_buffer_limits(high=HIGH_WATER)
-        if self.side == "job":
-            self.conn.started()  # before any byte of the job is delivered
+        # The core has started already (Connection.started runs before the socket is
+        # read: its first commands may pause reading or ask for TLS from the first byte).
 
     def data_received(self, data: bytes) -> None:
         self.conn.on_data(self.side, data)

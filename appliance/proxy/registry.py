@@ -40,12 +40,14 @@ class Protocol:
     ``Target.options`` (raise through ``Node.fail`` for precise errors);
     ``requires_accounts``: a target must name at least one service account;
     ``pcap``: module that registers the protocol's pcap renderer when imported (or None);
-    ``trust``: ``"module:function"`` the daemon calls once at start, as ``trust(config,
-    targets, shared)``, to make the runner's clients trust the appliance for the
-    protocol's ``targets`` (SSH: the CA line of ``ssh_known_hosts``); it returns what the
-    ``capture.trust_installed`` entry records and raises OSError when it cannot;
+    ``prepare``: ``"module:function"`` the daemon calls once before it listens, as
+    ``prepare(config, record)`` (``record(type, data)`` appends to the ledger), for work
+    on the host (the http protocol's interception CA and trust; SSH's CA and its line in
+    the runner's ``ssh_known_hosts``); what it returns is the protocol's shared state
+    instead of ``shared``'s;
     ``untrust``: ``"module:function"`` that ``appliance capture remove`` calls as
-    ``untrust(config or None)``, returning what it removed.
+    ``untrust(config or None)`` to take away what ``prepare`` left on the host for the
+    runner's clients, returning what it removed.
     """
 
     name: str
@@ -58,7 +60,7 @@ class Protocol:
     options: str | None = None
     requires_accounts: bool = True
     pcap: str | None = None
-    trust: str | None = None
+    prepare: str | None = None
     untrust: str | None = None
 
     def load(self, ref: str) -> Any:
@@ -90,6 +92,17 @@ PROTOCOLS: dict[str, Protocol] = {
             pcap="appliance.proxy.pg.pcap",
         ),
         Protocol(
+            name="http",
+            description="HTTP/1.1 and HTTP/2 over TLS (REST APIs, S3 with SigV4, the Kubernetes API)",
+            default_port=443,
+            core="appliance.proxy.http.core:HttpSession",
+            prepare="appliance.proxy.http.setup:prepare",
+            target_keys=("tls", "names", "kubernetes", "auth", "record_body", "plaintext"),
+            options="appliance.proxy.http.options:parse_options",
+            requires_accounts=False,
+            pcap="appliance.proxy.http.exports",
+        ),
+        Protocol(
             name="mysql",
             description="MySQL and MariaDB client/server protocol (mariadb, mysql, PyMySQL, "
             "mysqlclient, mysql-connector...)",
@@ -115,7 +128,7 @@ PROTOCOLS: dict[str, Protocol] = {
                 "max_transfer_content",
             ),
             options="appliance.proxy.ssh.options:parse_options",
-            trust="appliance.proxy.ssh.known_hosts:trust",
+            prepare="appliance.proxy.ssh.known_hosts:prepare",
             untrust="appliance.proxy.ssh.known_hosts:untrust",
         ),
     )

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,27 @@ class ShellServices:
     durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 
 
+# The name each job's TLS handshake asked for (SNI), by TLS object: a server-side SSLObject
+# does not keep it (its server_hostname is None), so the context's SNI callback notes it.
+_SNI: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _record_sni(context: ssl.SSLContext) -> None:
+    """Make ``context`` note the SNI of each handshake in :data:`_SNI` (once per context;
+    a callback the context has already, e.g. one picking a certificate, still runs)."""
+    if getattr(context, "_appliance_notes_sni", False):
+        return
+    inner = context.sni_callback
+
+    def note(obj: Any, name: str | None, ctx: ssl.SSLContext) -> int | None:
+        if name:
+            _SNI[obj] = name
+        return inner(obj, name, ctx) if inner is not None else None  # type: ignore[arg-type]
+
+    context.sni_callback = note
+    context._appliance_notes_sni = True  # type: ignore[attr-defined]
+
+
 class Connection:
     """One accepted connection and its session core; see the module docstring."""
 
@@ -75,7 +97,14 @@ class Connection:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                await loop.connect_accepted_socket(lambda: self.job, sock)
+                tls = self.started()  # before any byte of the job is delivered
+                if tls is None:
+                    await loop.connect_accepted_socket(lambda: self.job, sock)
+                    # A reason to pause that came before the transport did holds now.
+                    if self._paused["job"] and self.job.transport is not None:
+                        self.job.transport.pause_reading()
+                else:
+                    await self._accept_tls(sock, tls)
                 await self.done
                 for task in list(self._tasks):
                     task.cancel()  # a held request's approval is withdrawn, a connect dropped
@@ -84,10 +113,46 @@ class Connection:
                 timer.cancel()
             self._close_all()
 
-    def started(self) -> None:
-        """The job's socket is connected: the core starts (its first commands may be to
-        pause reading, so this runs before any data is delivered)."""
-        self._call(self.core.start)
+    def started(self) -> c.StartTLS | None:
+        """The job's socket is accepted: the core starts before any byte is read (its first
+        commands may be to pause reading). A ``StartTLS`` of the job's side among them is
+        returned, not spawned: the handshake is the socket's first use (see
+        :meth:`_accept_tls`), so no byte of it can reach the core in clear."""
+        try:
+            commands = self.core.start()
+        except Exception as exc:
+            self._crashed(exc)
+            return None
+        tls = next((x for x in commands if isinstance(x, c.StartTLS) and x.side == "job"), None)
+        self._carry_out([x for x in commands if x is not tls])
+        return tls
+
+    async def _accept_tls(self, sock: socket.socket, command: c.StartTLS) -> None:
+        """Accept ``sock`` with TLS from its first byte (the appliance is the server); the
+        core hears :class:`~.commands.TLSEstablished` (ALPN, the SNI the job asked for) or
+        :class:`~.commands.TLSFailed`; bytes decrypted before it heard wait for it."""
+        loop = asyncio.get_running_loop()
+        _record_sni(command.context)
+        self._tls_early["job"] = []
+        try:
+            await loop.connect_accepted_socket(
+                lambda: self.job, sock, ssl=command.context, ssl_handshake_timeout=30.0
+            )
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
+            sock.close()
+            self._tls_early.pop("job", None)
+            self.event(c.TLSFailed("job", str(exc) or type(exc).__name__))
+            return
+        transport = self.job.transport
+        assert transport is not None
+        if self._paused["job"]:
+            transport.pause_reading()
+        tls = transport.get_extra_info("ssl_object")
+        alpn = tls.selected_alpn_protocol() if tls is not None else None
+        early = self._tls_early.pop("job", [])
+        self.event(c.TLSEstablished("job", None, alpn, _SNI.pop(tls, None)))
+        for data in early:
+            self.on_data("job", data)
 
     def drain(self) -> None:
         self.event(c.Drain())
@@ -182,6 +247,8 @@ class Connection:
         elif isinstance(command, c.OpenUpstream):
             self._spawn(self._open_upstream(command))
         elif isinstance(command, c.StartTLS):
+            if command.side == "job":
+                _record_sni(command.context)
             self.pause(command.side, "tls", True)
             self._tls_early[command.side] = []
             self._spawn(self._start_tls(command))
@@ -289,7 +356,7 @@ class Connection:
         tls = new.get_extra_info("ssl_object")
         cert = tls.getpeercert(binary_form=True) if tls is not None and side == "upstream" else None
         alpn = tls.selected_alpn_protocol() if tls is not None else None
-        name = getattr(tls, "server_hostname", None) if side == "job" else None
+        name = _SNI.pop(tls, None) if side == "job" else None
         self.pause(side, "tls", False)
         early = self._tls_early.pop(side, [])
         self.event(c.TLSEstablished(side, cert, alpn, name))

@@ -8,7 +8,7 @@ people building the report from their own copies get the same bytes.
 
 A bucket source (``s3://BUCKET/PREFIX``) is a ``remote`` function given to :func:`resolve`:
 it pulls the logs under the URL into a local cache and returns their directories (named by
-the bucket's log names). The CLI supplies it once the fleet's bucket API is in this tree.
+the bucket's log names); the CLI supplies it (appliance.cli.report).
 """
 
 from __future__ import annotations

@@ -16,7 +16,10 @@ What it shows, in under a minute:
 6. fail closed: with the appliance stopped, the job's connection is refused at once;
 7. the ledger in the fleet's bucket (a real S3 server, Ceph's radosgw, with versioning and
    Object Lock): shipped while the appliance ran and on stop, verified from the bucket;
-8. `appliance ledger verify` passing, and the commands to look at the ledger yourself.
+8. `appliance ledger verify` passing, and the commands to look at the ledger yourself;
+9. HTTPS (:mod:`tests.lab.demo_http`): an API upload held until alice signs, ``kubectl
+   delete`` denied with a Kubernetes Status, the AWS CLI uploading to Ceph's S3 with keys
+   the appliance injects.
 
 Everything it records is left under ``demo-output/``; the lab is torn down at the end.
 """
@@ -540,6 +543,12 @@ def _demo(
     print(
         f"   .venv/bin/appliance ledger export --ledger {rel}/ledger --session {delete_session} --format pcap --out session.pcap"
     )
+    from tests.lab import demo_http
+
+    https = OUT / "https"
+    https.mkdir()
+    demo_http.run(https, vkey_alice, OUT / "keys" / "alice.key")
+    print(f"   .venv/bin/appliance ledger query  --ledger {rel}/https/ledger.d --type 'http.*'")
     print(f"\n   demo took {time.monotonic() - started:.1f}s")
     return 0
 

@@ -15,7 +15,7 @@ def test_demo_runs_to_the_end() -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=400,
     )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     out = r.stdout
@@ -39,3 +39,8 @@ def test_demo_runs_to_the_end() -> None:
     assert "The lab is torn down" in out
     assert (ROOT / "demo-output" / "ledger").is_dir()
     assert (ROOT / "demo-output" / "keys" / "ledger.vkey").is_file()
+    # HTTPS: held then run, a Kubernetes delete denied, an S3 upload with injected keys
+    assert "approved and run: nginx answered 201" in out
+    assert "CI may not delete pods" in out and "Forbidden" in out
+    assert "uploaded (12582912 bytes in S3)" in out
+    assert "no secret reached the ledger: yes" in out

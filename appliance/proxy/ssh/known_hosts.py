@@ -1,8 +1,8 @@
 """The runner's trust in the appliance's SSH CA: one marked block of the system-wide
 ``ssh_known_hosts``.
 
-Where this sits: at start, the daemon (through the registry's ``trust`` hook,
-:func:`install`) writes an ``@cert-authority`` line for the SSH targets' host patterns,
+Where this sits: at start, the daemon (through the registry's ``prepare`` hook,
+:func:`prepare`) makes this run's CA and writes an ``@cert-authority`` line for the SSH targets' host patterns,
 signed by this run's CA (:mod:`.keys`), so that unmodified OpenSSH clients accept the host
 certificate the appliance presents when it intercepts them; ``appliance capture remove``
 takes the block out (:func:`remove`). The rest of the file is left exactly as it was. The
@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import secrets
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "block",
     "install",
     "patterns",
+    "prepare",
     "remove",
     "trust",
     "untrust",
@@ -143,10 +145,33 @@ def remove(path: Path) -> bool:
 
 
 def trust(config: Config, targets: Iterable[Target], shared: SshShared) -> dict[str, Any]:
-    """The registry's ``trust`` hook: the block written to ``capture.ssh_known_hosts``."""
+    """The block for ``shared``'s CA written to ``capture.ssh_known_hosts``: what the
+    ``capture.trust_installed`` entry records. Raises OSError when it cannot be written."""
     path = config.capture.ssh_known_hosts
     line = install(path, shared.ca_public_line(), targets)
     return {"file": str(path), "line": line, "ca_fingerprint": shared.fingerprint()}
+
+
+def prepare(config: Config, record: Callable[[str, dict[str, Any]], None]) -> SshShared:
+    """The registry's ``prepare`` hook: this run's CA and host key, and the runner's trust
+    in them, recorded as ``capture.trust_installed``.
+
+    A trust that cannot be written (no /etc/ssh on the image, a read-only file) is recorded
+    as ``capture.trust_failed`` and the appliance serves on: the line is what lets
+    unmodified clients accept the appliance, not what keeps them from going around it
+    (netfilter does), so without it SSH clients fail closed (they refuse the appliance's
+    host key) while every other protocol goes on."""
+    from appliance.proxy.ssh.keys import shared as make_shared  # asyncssh: only for SSH
+
+    shared = make_shared(secrets.token_bytes)
+    targets = [t for t in config.targets.values() if t.protocol == "ssh"]
+    try:
+        done = trust(config, targets, shared)
+    except OSError as exc:
+        record("capture.trust_failed", {"protocol": "ssh", "error": str(exc)})
+    else:
+        record("capture.trust_installed", {"protocol": "ssh", **done})
+    return shared
 
 
 def untrust(config: Config | None) -> list[str]:

@@ -87,8 +87,8 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
             "<config>:8: ledger.writer: expected one of process, thread; got 'fork'",
         ),
         (
-            "targets:\n  - name: a\n    protocol: telnet\n    addresses: [x:1]\n    accounts: []\n",
-            f"<config>:3: targets[0].protocol: expected one of {', '.join(PROTOCOLS)}; got 'telnet'",
+            "targets:\n  - name: a\n    protocol: oracle\n    addresses: [x:1]\n    accounts: []\n",
+            f"<config>:3: targets[0].protocol: expected one of {', '.join(PROTOCOLS)}; got 'oracle'",
         ),
         (
             "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1]\n    accounts: []\n",

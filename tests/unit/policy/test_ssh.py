@@ -13,6 +13,7 @@ from appliance.policy import (
     CLASSES,
     NO_RULE,
     Classification,
+    HttpRequestContext,
     Policy,
     RequestContext,
     SshOperation,
@@ -228,6 +229,27 @@ def test_ssh_rules_never_match_sql_and_sql_rules_never_match_ssh() -> None:
     assert p.decide(ctx("SELECT 1")).rule == "sql-reads"
     assert decide(p, classify_exec("ls")) == ("deny", "any-ssh-program")
     assert decide(p, shell_request(pty=False)) == ("deny", NO_RULE)
+
+
+def test_ssh_and_http_rules_never_decide_each_other() -> None:
+    p = rules(
+        """
+- name: no-rm
+  match: {ssh: {programs: [rm]}}
+  action: deny
+- name: no-posts
+  match: {http: {methods: [POST]}}
+  action: deny
+- name: rest
+  action: allow
+"""
+    )
+    get = HttpRequestContext(ATTRIBUTED, "api", "ci", "GET", "api.example", "/", {}, {})
+    post = HttpRequestContext(ATTRIBUTED, "api", "ci", "POST", "api.example", "/", {}, {})
+    assert p.decide_http(get).rule == "rest"  # the ssh rule does not deny every request
+    assert p.decide_http(post).rule == "no-posts"
+    assert decide(p, classify_exec("rm x")) == ("deny", "no-rm")
+    assert decide(p, classify_exec("ls")) == ("allow", "rest")
 
 
 @pytest.mark.parametrize(

@@ -255,6 +255,56 @@ def test_job_side_tls_pauses_reading_until_the_handshake_is_done(tmp_path: Any) 
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_from_start_reports_the_sni_and_alpn_the_job_asked_for(
+    tmp_path: Any, loop: str
+) -> None:
+    """A StartTLS of the job's side among the core's first commands is the socket's first
+    use, on asyncio and uvloop alike (a handshake started after the accepted socket began
+    reading would lose the ClientHello); the SNI the job sent and the ALPN chosen come with
+    TLSEstablished, and a certificate picked by the context's own SNI callback is used."""
+    tls = server_cert("shell test CA", "a.test", ["a.test", "b.test"])
+    (tmp_path / "cert.pem").write_bytes(tls.cert_pem)
+    (tmp_path / "key.pem").write_bytes(tls.key_pem)
+    (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    picked: list[str | None] = []
+    context.sni_callback = lambda obj, name, ctx: picked.append(name)  # type: ignore[assignment,func-returns-value]
+
+    async def main() -> None:
+        core = ScriptedCore({"start": lambda _: [SetTimer("t", 30), StartTLS("job", context)]})
+
+        def greet(data: bytes) -> None:
+            core.to_job.append(b"ok:" + data)
+
+        core.receive = lambda side, data: (greet(data), ())[1]  # type: ignore[method-assign]
+
+        async def client(address: tuple[str, int]) -> bytes:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            ctx.set_alpn_protocols(["http/1.1"])
+            reader, writer = await asyncio.open_connection(
+                *address, ssl=ctx, server_hostname="b.test"
+            )
+            writer.write(b"hi")
+            got = await reader.readexactly(5)
+            writer.close()
+            return got
+
+        assert await _run(core, client) == b"ok:hi"
+        (established,) = [e for e in core.events if isinstance(e, TLSEstablished)]
+        assert (established.server_name, established.alpn) == ("b.test", "http/1.1")
+        assert picked == ["b.test"]
+
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
 @pytest.mark.parametrize("paused", [True, False])
 def test_pause_reasons_add_up(paused: bool) -> None:
     """A side is read only when no reason holds it: the core's own and backpressure."""

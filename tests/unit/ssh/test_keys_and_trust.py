@@ -122,9 +122,7 @@ capture: {{ssh_known_hosts: {path}}}
     assert kh.untrust(config) == []
 
 
-def test_the_daemon_records_the_trust_and_serves_on_when_it_cannot(tmp_path: Path) -> None:
-    from appliance.daemon import install_trust
-
+def test_prepare_records_the_trust_and_serves_on_when_it_cannot(tmp_path: Path) -> None:
     text = """
 targets:
   - name: web
@@ -136,12 +134,14 @@ capture: {{ssh_known_hosts: {path}}}
 """
     recorded: list[tuple[str, dict[str, object]]] = []
     ok = parse_config(text.format(path=tmp_path / "known"), source="t.yaml")
-    install_trust(ok, {"ssh": shared(counter_bytes())}, record=lambda t, d: recorded.append((t, d)))
+    first = kh.prepare(ok, lambda t, d: recorded.append((t, d)))
     missing = parse_config(
         text.format(path=tmp_path / "no" / "such" / "dir" / "known"), source="t.yaml"
     )
-    install_trust(
-        missing, {"ssh": shared(counter_bytes())}, record=lambda t, d: recorded.append((t, d))
-    )
+    second = kh.prepare(missing, lambda t, d: recorded.append((t, d)))
     assert [t for t, _ in recorded] == ["capture.trust_installed", "capture.trust_failed"]
     assert recorded[0][1]["protocol"] == "ssh" and "No such file" in str(recorded[1][1]["error"])
+    # Each run its own CA, and the line written is that CA's.
+    assert first.fingerprint() != second.fingerprint()
+    assert recorded[0][1]["ca_fingerprint"] == first.fingerprint()
+    assert first.ca_public_line() in (tmp_path / "known").read_text()
