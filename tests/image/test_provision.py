@@ -244,6 +244,12 @@ def give_credentials(root: Path, pg: PgServer, work: Path) -> None:
     pg.admin_sql("SELECT pg_reload_conf()")
     (creds / "targets/orders-db-ci").write_text(password + "\n")
     (creds / "targets/orders-db-ci").chmod(0o600)
+    # The example config ships to the fleet's bucket (AWS): the image has no route there, so
+    # the appliance must serve on and say it is retrying (README: "Storage down").
+    (creds / "s3/credentials").write_text(
+        "[default]\naws_access_key_id = AKIAIMAGETEST\naws_secret_access_key = not-a-secret\n"
+    )
+    (creds / "s3/credentials").chmod(0o600)
     assert pg.ca_file is not None
     shutil.copy(pg.ca_file, root / "etc/appliance/db-ca.pem")
     with (root / "etc/hosts").open("a") as f:
@@ -288,6 +294,12 @@ def test_the_unit_is_enabled_and_starts_on_boot(image: tuple[Machine, Path, Path
     # The container's cgroups are the lab's, not the host's root.
     own = Path(f"/proc/{machine.pid}/cgroup").read_text()
     assert f"/appliance-lab-{machine.lab.lab_id}/image" in own, own
+    status = machine.sh(
+        ["/opt/appliance/.venv/bin/appliance", "status", "--config", "/etc/appliance/config.yaml",
+         "--format", "json"],
+    )  # fmt: skip
+    ship = json.loads(status.stdout)["ship"]
+    assert ship is not None and ship["state"] in ("starting", "retrying"), status.stdout
 
 
 def test_a_job_in_the_container_is_captured(image: tuple[Machine, Path, Path]) -> None:

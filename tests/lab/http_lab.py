@@ -239,6 +239,7 @@ class HttpAppliance:
             "capture": {
                 "listen_port": 15001,
                 "cgroup": str(lab.job_cgroup),
+                "appliance_cgroup": lab.appliance_cgroup_path,
                 "reconcile_interval": "60s",
             },
             "interception": {
@@ -267,7 +268,7 @@ class HttpAppliance:
         self.proc = self.lab.popen(
             [APPLIANCE, "run", "--config", str(self.config), "--ready-file", str(self.ready), "--grace", "10",
              *([] if self.capture else ["--no-capture"])],
-            stdout=subprocess.DEVNULL, stderr=log,
+            cgroup=self.lab.appliance_cgroup, stdout=subprocess.DEVNULL, stderr=log,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + timeout
