@@ -26,6 +26,8 @@ ENV = "APPLIANCE_PURE"
 HOT_MODULES = (
     "appliance/protocols/postgres/_framing.py",
     "appliance/ledger/entries.py",
+    "appliance/ledger/result_sink.py",
+    "appliance/proxy/records.py",
     "appliance/proxy/pg/relay.py",
     "appliance/proxy/pg/hooks.py",
     "appliance/proxy/pg/recording.py",

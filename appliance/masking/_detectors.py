@@ -198,15 +198,21 @@ def _card(m: re.Match[str], _: Options) -> Iterator[Span]:
     groups = [(g.start(), g.end()) for g in _GROUP.finditer(text)]
     if len(groups) == 1:
         return
+    sizes = [str(b - a) for a, b in groups]
     layouts = len(digits) > 19
     i = 0
     while i < len(groups):
+        size = groups[i][1] - groups[i][0]
+        if not (13 <= size <= 19 or (layouts and size == 4)):
+            # No card starts at this group: alone it needs 13-19 digits, and every layout
+            # starts with a group of four (long digit runs of other shapes cost nothing).
+            i += 1
+            continue
         hit = None
         for j in range(min(len(groups), i + 5), i, -1):
             if j - i > 1 and not layouts:
                 continue
-            sizes = ",".join(str(b - a) for a, b in groups[i:j])
-            if j - i > 1 and not _LAYOUT.fullmatch(sizes):
+            if j - i > 1 and not _LAYOUT.fullmatch(",".join(sizes[i:j])):
                 continue
             window = "".join(text[a:b] for a, b in groups[i:j])
             if v.card_brand(window) and v.luhn_ok(window):

@@ -225,6 +225,10 @@ class TargetMasker:
                 name = f"{col_table}.#{i + 1}" if col_table else f"#{i + 1}"
             else:
                 name = f"{col_table}.{column}" if col_table else column
+                # The name keys the counts in the ledger, and it may hold a value: MySQL
+                # names a column after its expression (SELECT '4111...'), an alias can be
+                # anything.
+                name = self.mask_text(name, MaskCounts())
             label = rule.redaction_label(column) if rule is not None else ""
             oid = type_oids[i] if type_oids is not None else None
             actions.append(_action(name, rule, label, kind_of(oid, binary), binary, oid))

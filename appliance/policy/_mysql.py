@@ -302,7 +302,7 @@ _KEYWORDS: tuple[tuple[str, frozenset[str]], ...] = tuple(
         ("LOCK TABLE", "lock"),
         ("UNLOCK TABLES", "lock"),
         ("UNLOCK TABLE", "lock"),
-        ("CALL", "unknown"),
+        ("CALL", "function_call unknown"),  # as PostgreSQL's CALL
         ("DEALLOCATE PREPARE", "prepare"),
         ("DROP PREPARE", "prepare"),
         ("EXECUTE", "prepare"),
@@ -510,7 +510,10 @@ def _keywords(
                 got.add("role")  # GRANT role TO user
             if prefix == "REVOKE" and not re.search(r"\bON\b", bare, re.I):
                 got.add("role")
-            return _make(index, text, prefix, got | classes), None
+            reads, writes = _keyword_relations(prefix, text)
+            called = _CALLED.match(text.strip()) if prefix == "CALL" else None
+            functions = {_name(called.group(1)).lower()} if called else set()
+            return _make(index, text, prefix, got | classes, reads, writes, functions), None
     return (
         _make(index, text, head.split(" ")[0] if head else "", {"unknown", *classes}),
         error
@@ -548,6 +551,8 @@ def _tree(
         if kind in ("USER", "ROLE"):
             classes.add("role")
         target = tree.this.this if isinstance(tree.this, exp.Schema) else tree.this
+        if isinstance(target, exp.Index):  # CREATE INDEX i ON t: t changes
+            target = target.args.get("table")
         if isinstance(target, exp.Table):
             writes.add(_table(target))
         if tree.expression is not None and isinstance(
@@ -606,13 +611,10 @@ def _tree(
         ), f"statement of kind {command} is not one the classifier knows"
     if isinstance(tree, exp.Select) and tree.args.get("locks"):
         classes.add("lock")
-    # Nested statements: a subquery's DELETE cannot exist in MySQL, but INSERT ... SELECT and
-    # CREATE ... SELECT read rows.
-    if (
-        not isinstance(tree, (exp.Select, exp.SetOperation))
-        and tree.find(exp.Select) is not None
-        and isinstance(tree, (exp.Insert, exp.Create))
-    ):
+    # Nested statements: a subquery's DELETE cannot exist in MySQL. CREATE ... SELECT is also
+    # a select, INSERT ... SELECT an insert that reads its sources, as PostgreSQL's
+    # classifier has them (one rule reads the same for both).
+    if isinstance(tree, exp.Create) and tree.find(exp.Select) is not None:
         classes.add("select")
     reads = set()
     if not isinstance(tree, exp.Use):
@@ -622,6 +624,9 @@ def _tree(
     functions: set[str] = set()
     for f in tree.find_all(exp.Anonymous):
         name = str(f.this).lower()
+        if isinstance(f.parent, exp.Dot) and f.parent.expression is f:
+            # db.f(): a stored function of that database, never a built-in of that name
+            name = f"{f.parent.this.name.lower()}.{name}"
         functions.add(name)
         if name in _FILE_FUNCTIONS:
             classes.add("file_access")
@@ -651,14 +656,41 @@ def _has_real_where(tree: exp.Expression) -> bool:
     return True
 
 
+_NAME = r"[`\w$]+(?:\s*\.\s*[`\w$]+)?"
+_RENAMED = re.compile(rf"({_NAME})\s+TO\s+({_NAME})", re.I)
+_LOCKED = re.compile(
+    rf"(?:^|,)\s*({_NAME})(?:\s+(?:AS\s+)?(?!READ\b|WRITE\b|LOW_PRIORITY\b)[`\w$]+)?\s+(?:READ|WRITE|LOW_PRIORITY)\b",
+    re.I,
+)
+_CALLED = re.compile(rf"CALL\s+({_NAME})", re.I)
+_HANDLED = re.compile(rf"HANDLER\s+({_NAME})", re.I)
+
+
+def _keyword_relations(prefix: str, text: str) -> tuple[set[str], set[str]]:
+    """The tables a statement read by its keywords names, as (reads, writes): RENAME TABLE
+    writes both names of each pair, LOCK TABLES and HANDLER read theirs (as PostgreSQL's
+    LOCK reads its tables)."""
+    if prefix.startswith("RENAME TABLE"):
+        return set(), {_name(n) for pair in _RENAMED.findall(text) for n in pair}
+    if prefix.startswith("LOCK TABLE"):
+        body = re.sub(r"^\s*LOCK\s+TABLES?\s+", "", text, flags=re.I)
+        return {_name(m) for m in _LOCKED.findall(body)}, set()
+    if prefix == "HANDLER":
+        m = _HANDLED.match(text.strip())
+        return ({_name(m.group(1))} if m else set()), set()
+    return set(), set()
+
+
 def _table(t: exp.Expression | None) -> str:
+    if isinstance(t, exp.Schema):  # INSERT INTO t (a, b): the table with its column list
+        t = t.this
     if not isinstance(t, exp.Table):
         return ""
     return f"{t.db}.{t.name}" if t.db else t.name
 
 
 def _name(raw: str) -> str:
-    return raw.replace("`", "")
+    return re.sub(r"\s+", "", raw.replace("`", ""))
 
 
 def _string_literal(text: str, backslash_escapes: bool) -> str | None:

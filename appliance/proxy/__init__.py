@@ -9,7 +9,10 @@
   (config check and the daemon read it); :mod:`.services` is what every core shares;
 - ``pg/`` is PostgreSQL's core: ``core.py`` (startup, refusals, cancel, session records),
   ``relay.py`` (the run-based hot path), ``hooks.py`` (policy and approvals per
-  statement), ``recording.py`` (ledger entries, masked).
+  statement), ``recording.py`` (ledger entries, masked); ``mysql/`` is MySQL's, alike;
+- what the SQL protocols share is written once: :mod:`.statement_policy` (decisions and
+  their records, denials' words, built-in refusals, approval requests and answers, settings
+  in flight, the core's holds) and :mod:`.records` (the statement and response entries).
 
 The contract a protocol implements (a byte-stream protocol: PostgreSQL, MySQL, HTTP):
 

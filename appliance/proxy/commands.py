@@ -37,11 +37,15 @@ class StartTLS:
     """Wrap ``side`` in TLS with ``context`` (the appliance is the server on the job side,
     the client upstream, checking ``server_hostname`` as the context says); reading that
     side is paused until :class:`TLSEstablished` or :class:`TLSFailed`. Output queued
-    before this command is written in clear first."""
+    before this command is written in clear first. ``early``: bytes already read from that
+    side that belong to the TLS stream, handed to TLS before anything read after them (a
+    MySQL client sends its ClientHello right behind its SSL request, without waiting for
+    an answer, and both may arrive in one read)."""
 
     side: Side
     context: ssl.SSLContext
     server_hostname: str | None = None
+    early: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from appliance.approvals import Broker
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy import commands as c
 from appliance.proxy._endpoint import HIGH_WATER, Endpoint
+from appliance.proxy._starttls import start_tls
 from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
 from appliance.proxy.waits import Unreachable, ask_approval, await_durable, connect_marked, why
 
@@ -333,14 +334,14 @@ class Connection:
         side = command.side
         endpoint = self.job if side == "job" else self.upstream
         assert endpoint is not None and endpoint.transport is not None
-        loop = asyncio.get_running_loop()
         try:
-            new = await loop.start_tls(
+            new = await start_tls(
                 endpoint.transport,
                 endpoint,
                 command.context,
                 server_side=side == "job",
                 server_hostname=None if side == "job" else command.server_hostname,
+                early=command.early,
             )
         except (ssl.SSLError, OSError, ConnectionError) as exc:
             self._tls_early.pop(side, None)

@@ -223,13 +223,15 @@ def pgbouncer(lab: Lab, pg: PgServer, workdir: Path) -> Iterator[subprocess.Pope
 
 @contextmanager
 def relay(
-    lab: Lab, pg: PgServer, workdir: Path, *, loop: str, port: int
+    lab: Lab, upstream: tuple[str, int], workdir: Path, *, loop: str, port: int
 ) -> Iterator[subprocess.Popen[bytes]]:
+    """The bare relay (:data:`RELAY`) on 127.0.0.1:``port`` in the runner namespace, to
+    ``upstream``; ``loop``: asyncio or uvloop (bench_mysql.py uses it too)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    script = workdir / "relay.py"
+    script = workdir / f"relay-{port}.py"
     script.write_text(RELAY)
     proc = lab.popen(
-        [sys.executable, str(script), pg.ipv4, str(pg.port), str(port), loop],
+        [sys.executable, str(script), upstream[0], str(upstream[1]), str(port), loop],
         stdout=subprocess.DEVNULL,
     )
     try:
@@ -411,7 +413,7 @@ def test_pgbench_table(tmp_path: Path) -> None:
             setups.append(Setup("pgbouncer", local_env(PORTS["pgbouncer"]), lambda p=proc: [p.pid]))
         if not only or "relay" in only:
             proc = stack.enter_context(
-                relay(lab, pg, tmp_path, loop="uvloop", port=PORTS["relay-uvloop"])
+                relay(lab, (pg.ipv4, pg.port), tmp_path, loop="uvloop", port=PORTS["relay-uvloop"])
             )
             env = local_env(PORTS["relay-uvloop"], password=pg.passwords["app"])
             setups.append(Setup("relay", env, lambda p=proc: [p.pid]))
@@ -493,8 +495,12 @@ def _print_table(
             print(f"{setup.name}: start to ready {setup.ready_s:.2f} s")
 
 
-def _table(results: dict[str, dict[str, float]], *, setups: list[str], reference: str) -> None:
-    print(f"\npgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}: tps (ratio to {reference})")
+def ratio_table(
+    results: dict[str, dict[str, float]], *, setups: list[str], reference: str, title: str
+) -> None:
+    """Print ``results`` (workload -> setup -> tps) with each setup's ratio to ``reference``
+    (bench_mysql.py prints its table with it too)."""
+    print(f"\n{title}: tps (ratio to {reference})")
     print(f"{'':<24}" + "".join(f"{s:>20}" for s in setups))
     for key, row in results.items():
         cells = []
@@ -553,4 +559,9 @@ def test_pgbench_against_a_baseline_build(tmp_path: Path) -> None:
     medians = {
         key: {name: statistics.median(v) for name, v in row.items()} for key, row in samples.items()
     }
-    _table(medians, setups=["baseline", "this"], reference="baseline")
+    ratio_table(
+        medians,
+        setups=["baseline", "this"],
+        reference="baseline",
+        title=f"pgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}",
+    )

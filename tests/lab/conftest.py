@@ -1,5 +1,6 @@
-"""Fixtures for lab tests (root): one lab with a real PostgreSQL, and one real S3 server
-(Ceph's radosgw), per test session.
+"""Fixtures for lab tests (root): one lab per test session, with a real PostgreSQL (target
+0) and a real MariaDB (target 1), and one real S3 server (Ceph's radosgw), each started
+once, when a test first needs it.
 
 Lab tests fail, not skip, when the machine cannot run them: the suite is run as root on a
 machine set up by scripts/setup.sh.
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.lab.ceph import CephS3
-from tests.lab.lab import Lab, PgServer
+from tests.lab.lab import Lab, MariaServer, PgServer
 from tests.lab.ssh import SshRunner
 from tests.lab.sshd import SshServer
 
@@ -36,6 +37,14 @@ def lab() -> Iterator[Lab]:
 def pg(lab: Lab) -> PgServer:
     """PostgreSQL 15 on target 0 (198.18.0.2, fd00:a9e:0::2), TLS available, SCRAM auth."""
     return lab.start_postgres(0, tls=True)
+
+
+@pytest.fixture(scope="session")
+def maria(lab: Lab) -> MariaServer:
+    """MariaDB (Debian's) on target 1 (198.18.1.2:3306), TLS available; accounts ``app``
+    (native password), ``app_ed`` (ed25519), ``app_tls`` (REQUIRE SSL). Modules make their
+    own tables."""
+    return lab.start_mariadb(1)
 
 
 @pytest.fixture(scope="session")

@@ -2,22 +2,25 @@
 
 What it shows, in under a minute:
 
-1. the lab: a runner namespace (the CI VM, with a job cgroup) and a target namespace (the
-   production database host) running a real PostgreSQL with a table of customers;
+1. the lab: a runner namespace (the CI VM, with a job cgroup) and three target namespaces
+   (the production database hosts, running a real PostgreSQL and a real MariaDB, each with
+   a table of customers, and a web host running OpenSSH's sshd);
 2. the appliance started on the runner (`appliance run`): netfilter capture, eBPF
    attribution, policy, masking, the signed ledger;
 3. an unmodified job (psql, no password, the database's real address) captured: its
    identity (pid, exe, cgroup, CI variables) recorded, card numbers masked in its output;
 4. a DROP denied by policy; a DELETE held until the demo approver signs an approval;
-5. SSH: an unmodified ``ssh`` with no key of its own runs a command on a protected host
-   (Debian's sshd in a second target namespace): the appliance's per-run CA is trusted
+5. the same for MySQL: the mariadb CLI, unmodified, gets masked rows, MySQL's own error for
+   the DROP, and its DELETE runs once alice approves it;
+6. SSH: an unmodified ``ssh`` with no key of its own runs a command on a protected host
+   (Debian's sshd in a third target namespace): the appliance's per-run CA is trusted
    through the runner's ssh_known_hosts, the appliance logs in with the service account's
    key, the output is recorded masked; an ``rm -rf`` is denied with the rule's reason;
-6. fail closed: with the appliance stopped, the job's connection is refused at once;
-7. the ledger in the fleet's bucket (a real S3 server, Ceph's radosgw, with versioning and
+7. fail closed: with the appliance stopped, the job's connection is refused at once;
+8. the ledger in the fleet's bucket (a real S3 server, Ceph's radosgw, with versioning and
    Object Lock): shipped while the appliance ran and on stop, verified from the bucket;
-8. `appliance ledger verify` passing, and the commands to look at the ledger yourself;
-9. HTTPS (:mod:`tests.lab.demo_http`): an API upload held until alice signs, ``kubectl
+9. `appliance ledger verify` passing, and the commands to look at the ledger yourself;
+10. HTTPS (:mod:`tests.lab.demo_http`, its step 12): an API upload held until alice signs, ``kubectl
    delete`` denied with a Kubernetes Status, the AWS CLI uploading to Ceph's S3 with keys
    the appliance injects.
 
@@ -37,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab.ceph import CephS3
-from tests.lab.lab import Lab, PgServer
+from tests.lab.lab import Lab, MariaServer, PgServer
 from tests.lab.sshd import SshServer, job_etc_ssh, job_ssh_binds
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +72,19 @@ INSERT INTO customers (name, email, card, ssn) VALUES
     ('Grace Hopper',    'grace@example.net',  '340000000000009',     '301-45-8823'),
     ('Edsger Dijkstra', 'edsger@example.com', '6011000000000004',    '223-19-4507');
 ALTER TABLE customers OWNER TO app;
+"""
+
+CUSTOMERS_MYSQL = """
+CREATE TABLE customers (
+    id      INT AUTO_INCREMENT PRIMARY KEY,
+    name    VARCHAR(50) NOT NULL,
+    email   VARCHAR(100) NOT NULL,
+    card    VARCHAR(30) NOT NULL
+);
+INSERT INTO customers (name, email, card) VALUES
+    ('Ada Lovelace',    'ada@example.com',    '4111 1111 1111 1111'),
+    ('Alan Turing',     'alan@example.org',   '5500-0000-0000-0004'),
+    ('Edsger Dijkstra', 'edsger@example.com', '6011000000000004');
 """
 
 BOLD, DIM, GREEN, RED, YELLOW, RESET = (
@@ -117,8 +133,18 @@ def psql_argv(pg: PgServer, sql: str) -> list[str]:
     ]
 
 
+def mariadb_argv(maria: MariaServer, sql: str) -> list[str]:
+    """The mariadb CLI as a CI job calls it: the database's real address, a user, no password."""
+    return ["mariadb", "-h", maria.ipv4, "-u", "ci", "app", "-e", sql]
+
+
 def write_config(
-    lab: Lab, pg: PgServer, sshd: SshServer, vkey_alice: str, s3_endpoint: str
+    lab: Lab,
+    pg: PgServer,
+    maria: MariaServer,
+    sshd: SshServer,
+    vkey_alice: str,
+    s3_endpoint: str,
 ) -> Path:
     config = OUT / "config.yaml"
     config.write_text(
@@ -132,6 +158,12 @@ targets:
     accounts:
       # The job never sees this secret: a root-only file on the runner.
       - {{name: ci, user: app, secret: {{file: {pg.password_file()}}}}}
+  - name: shop-mysql
+    protocol: mysql
+    addresses: ["{maria.ipv4}:3306"]
+    tls: {{mode: prefer}}
+    accounts:
+      - {{name: ci, user: app, secret: {{file: {maria.password_file()}}}}}
   - name: web
     protocol: ssh
     addresses: ["{sshd.ipv4}:22"]
@@ -183,6 +215,7 @@ masking:
   response:
     # Jobs of acme/* get masked values back; the ledger is always masked.
     - {{target: orders-db, identity: {{repository: "acme/*"}}}}
+    - {{target: shop-mysql, identity: {{repository: "acme/*"}}}}
 """
     )
     return config
@@ -231,6 +264,29 @@ def wait_for_session(seen: set[str], timeout: float = 30.0) -> dict[str, Any]:
         time.sleep(0.1)
 
 
+def wait_for_request(socket_path: str) -> dict[str, Any]:
+    """The first approval request pending on the appliance's socket."""
+    for _ in range(300):
+        listed = appliance("approvals", "list", "--socket", socket_path, "--format", "json")
+        pending = json.loads(listed.stdout)
+        if pending:
+            return dict(pending[0])
+        time.sleep(0.1)
+    raise RuntimeError("no approval request appeared")
+
+
+def approve(request: dict[str, Any], socket_path: str) -> None:
+    print(
+        f"   {DIM}alice$ appliance approvals approve {request['id']} --key alice.key --reason 'ticket OPS-42'{RESET}"
+    )
+    show(
+        appliance(
+            "approvals", "approve", request["id"], "--key", str(OUT / "keys" / "alice.key"),
+            "--reason", "ticket OPS-42", "--socket", socket_path,
+        ).stdout
+    )  # fmt: skip
+
+
 def main() -> int:
     started = time.monotonic()
     if OUT.exists():
@@ -260,20 +316,40 @@ def main() -> int:
 def _demo(
     started: float, s3: CephS3, s3_thread: threading.Thread, s3_failed: list[BaseException]
 ) -> int:
-    step("1. The lab: a runner namespace (the CI VM) and a target namespace (the database host)")
-    with Lab(n_targets=2) as lab:
+    step("1. The lab: a runner namespace (the CI VM) and target namespaces (the database hosts)")
+    with Lab(n_targets=3) as lab:
         target = lab.targets[0]
         print(
             f"   runner  {lab.runner.name}: {target.runner_ipv4}, job cgroup {lab.job_cgroup.name}"
         )
-        print(f"   target  {target.name}: {target.ipv4} / {target.ipv6}  (no route leaves the lab)")
+        for t in lab.targets:
+            print(f"   target  {t.name}: {t.ipv4} / {t.ipv6}  (no route leaves the lab)")
+        # MariaDB starts beside PostgreSQL (a few seconds each; together they overlap).
+        started_maria: list[MariaServer | BaseException] = []
+
+        def start_maria() -> None:
+            try:
+                server = lab.start_mariadb(1, tls=False)
+                server.admin_sql(CUSTOMERS_MYSQL, database="app")
+                started_maria.append(server)
+            except BaseException as exc:  # handed to the main thread
+                started_maria.append(exc)
+
+        maria_thread = threading.Thread(target=start_maria, name="start-mariadb")
+        maria_thread.start()
         pg = lab.start_postgres(0)
         pg.admin_sql(CUSTOMERS, database="app")
+        maria_thread.join()
+        if not isinstance(started_maria[0], MariaServer):
+            raise RuntimeError(f"MariaDB did not start: {started_maria[0]}")
+        maria = started_maria[0]
         print(f"   PostgreSQL 15 on {pg.ipv4}:5432 with a table of customers (cards, SSNs, emails)")
+        print(f"   MariaDB on {maria.ipv4}:3306 with a table of customers too")
         print(
-            "   role 'app' uses SCRAM-SHA-256; its password is in a root-only file the job cannot read"
+            "   their accounts 'app' (SCRAM-SHA-256, mysql_native_password) have passwords in "
+            "root-only files the job cannot read"
         )
-        sshd = SshServer(lab, lab.targets[1])
+        sshd = SshServer(lab, lab.targets[2])
         lab._servers.append(sshd)  # stopped with the lab
         sshd.start()
         sshd.as_user(
@@ -308,7 +384,7 @@ def _demo(
             f"Object Lock COMPLIANCE 1 day); up in {s3.started_in:.1f}s, the demo waited "
             f"{waited:.1f}s for it"
         )
-        config = write_config(lab, pg, sshd, vkey_alice, s3_endpoint)
+        config = write_config(lab, pg, maria, sshd, vkey_alice, s3_endpoint)
         show(appliance("config", "check", str(config)).stdout)
 
         step("3. The appliance starts on the runner: capture rules, eBPF attribution, ledger")
@@ -402,34 +478,10 @@ def _demo(
                 stderr=subprocess.PIPE,
             )
             socket_path = str(OUT / "run" / "approvals.sock")
-            request: dict[str, Any] | None = None
-            for _ in range(200):
-                listed = appliance("approvals", "list", "--socket", socket_path, "--format", "json")
-                pending = json.loads(listed.stdout)
-                if pending:
-                    request = pending[0]
-                    break
-                time.sleep(0.1)
-            if request is None:
-                raise RuntimeError("no approval request appeared")
+            request = wait_for_request(socket_path)
             print(f"   {YELLOW}held{RESET}: the job waits; `appliance approvals list` shows:")
             show(appliance("approvals", "list", "--socket", socket_path).stdout, indent="      ")
-            print(
-                f"   {DIM}alice$ appliance approvals approve {request['id']} --key alice.key --reason 'ticket OPS-42'{RESET}"
-            )
-            show(
-                appliance(
-                    "approvals",
-                    "approve",
-                    request["id"],
-                    "--key",
-                    str(OUT / "keys" / "alice.key"),
-                    "--reason",
-                    "ticket OPS-42",
-                    "--socket",
-                    socket_path,
-                ).stdout
-            )
+            approve(request, socket_path)
             out, err = job.communicate(timeout=60)
             show((out + err).decode())
             print(
@@ -437,7 +489,44 @@ def _demo(
             )
             delete_session = wait_for_session(seen)["session"]
 
-            step("7. SSH: the job runs commands on a protected host, with no key of its own")
+            step("7. MySQL too: the mariadb CLI, unmodified, against MariaDB's real address")
+            mysql_started = time.monotonic()
+            sql = "SELECT name, email, card FROM customers ORDER BY id"
+            print(f"   {DIM}job$ mariadb -h {maria.ipv4} -u ci app -e '{sql}'{RESET}")
+            r = lab.job(mariadb_argv(maria, sql), env=JOB_ENV)
+            show(r.stdout + r.stderr)
+            if r.returncode != 0 or "[REDACTED:CARD]" not in r.stdout:
+                raise RuntimeError(f"the mariadb job did not get masked rows: {r.stderr}")
+            print(
+                f"   {GREEN}captured{RESET} and masked: the same policy and masking as PostgreSQL's"
+            )
+            print(f"   {DIM}job$ mariadb ... -e 'DROP TABLE customers'{RESET}")
+            r = lab.job(mariadb_argv(maria, "DROP TABLE customers"), env=JOB_ENV)
+            show(r.stderr)
+            print(f"   {RED}denied{RESET} (exit {r.returncode}) with MySQL's own ERR 1142")
+            delete = "DELETE FROM customers WHERE name = 'Edsger Dijkstra'"
+            print(f'   {DIM}job$ mariadb ... -e "{delete}; SELECT ROW_COUNT()"{RESET}')
+            job = lab.popen(
+                mariadb_argv(maria, f"{delete}; SELECT ROW_COUNT() AS deleted"),
+                job=True,
+                env=JOB_ENV,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            request = wait_for_request(socket_path)
+            print(f"   {YELLOW}held{RESET}: {request['statement']} (target {request['target']})")
+            approve(request, socket_path)
+            out, err = job.communicate(timeout=60)
+            show((out + err).decode())
+            left = maria.admin_sql("SELECT COUNT(*) FROM customers", database="app").strip()
+            if job.returncode != 0 or left != "2":
+                raise RuntimeError(f"the approved DELETE did not run: {err.decode()}")
+            print(
+                f"   {GREEN}approved and run{RESET}; the MySQL step took "
+                f"{time.monotonic() - mysql_started:.1f}s"
+            )
+
+            step("8. SSH: the job runs commands on a protected host, with no key of its own")
             ssh = ["ssh", "-o", "BatchMode=yes", f"deploy@{sshd.ipv4}"]
             print(f"   {DIM}job$ ssh deploy@{sshd.ipv4} 'hostname; tail -1 orders.log'{RESET}")
             r = lab.job(
@@ -475,7 +564,7 @@ def _demo(
                 daemon.kill()
                 daemon.wait()
 
-        step("8. Fail closed: the appliance is stopped, its rules stay; the job is refused at once")
+        step("9. Fail closed: the appliance is stopped, its rules stay; the job is refused at once")
         t0 = time.monotonic()
         r = lab.job(psql_argv(pg, "SELECT 1"), env={**JOB_ENV, "PGCONNECT_TIMEOUT": "10"})
         elapsed = time.monotonic() - t0
@@ -490,7 +579,7 @@ def _demo(
         print("   (only `appliance capture remove` removes the rules:)")
         show(out.decode(), indent="      ")
 
-        step("9. The ledger in the fleet's bucket: shipped as it was signed, and on stop")
+        step("10. The ledger in the fleet's bucket: shipped as it was signed, and on stop")
         auditor, endpoint = s3.client_namespace("auditor")
         print(
             f"   {DIM}auditor$ appliance ledger verify --source s3://{BUCKET}/fleet --vkey ledger.vkey{RESET}"
@@ -513,7 +602,7 @@ def _demo(
             f"the bucket's copy {'is' if same else 'is NOT'} the runner's ledger, byte for byte"
         )
 
-    step("10. The lab is torn down (namespaces, cgroup, servers). The evidence remains:")
+    step("11. The lab is torn down (namespaces, cgroup, servers). The evidence remains:")
     verify = appliance(
         "ledger",
         "verify",

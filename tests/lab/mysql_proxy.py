@@ -37,6 +37,7 @@ def config(
     key: Path,
     policy: Mapping[str, Any] | None = None,
     masking: Mapping[str, Any] | None = None,
+    ledger_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "targets": [
@@ -60,6 +61,7 @@ def config(
             "origin": ORIGIN,
             "key": {"file": str(key)},
             "checkpoint_interval": "200ms",
+            **(ledger_options or {}),
         },
     }
     if policy is not None:
@@ -78,7 +80,11 @@ def running_appliance(
     targets: Sequence[MySQLTarget],
     policy: Mapping[str, Any] | None = None,
     masking: Mapping[str, Any] | None = None,
+    ledger_options: Mapping[str, Any] | None = None,
+    executable: str = APPLIANCE,
 ) -> Iterator[Appliance]:
+    """Configure, start and (always) stop an appliance with MySQL targets (``executable``:
+    this checkout's by default, another build's for benchmarks)."""
     workdir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         [APPLIANCE, "keys", "generate", "--name", ORIGIN, "--out", str(workdir / "ledger")],
@@ -95,6 +101,7 @@ def running_appliance(
         vkey=workdir / "ledger.vkey",
         ready=workdir / "ready",
         targets={t.name: t.port for t in targets},
+        executable=executable,
     )
     doc = config(
         server,
@@ -103,6 +110,7 @@ def running_appliance(
         key=workdir / "ledger.key",
         policy=policy,
         masking=masking,
+        ledger_options=ledger_options,
     )
     app.config.write_text(yaml.safe_dump(doc, sort_keys=False))
     try:

@@ -11,32 +11,21 @@ replayed. Every outcome is in the ledger, the accepted notes verbatim.
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from appliance.approvals import ApprovalsClient, DecisionRejected, RequestStatus
+from appliance.approvals import ApprovalsClient, DecisionRejected
 from appliance.approvals.decision import SignedDecision, sign_decision
 from appliance.signing.keys import SigningKey, load_signing_key, load_verifier_key
 from appliance.signing.note import open_note
+from tests.lab.approvals import cli, entries_of, keygen, wait_pending
 from tests.lab.lab import Lab, PgServer
-from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, job_env, running_appliance
+from tests.lab.proxy import TargetSpec, job_env, running_appliance
 
 PORT = 6481
-
-
-def keygen(workdir: Path, name: str) -> tuple[Path, str]:
-    out = workdir / name
-    subprocess.run(
-        [APPLIANCE, "keys", "generate", "--approver", name, "--out", str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out.with_suffix(".key"), out.with_suffix(".vkey").read_text().strip()
 
 
 @pytest.fixture(scope="module")
@@ -100,37 +89,9 @@ def start_job(lab: Lab, sql: str, app_name: str) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_pending(client: ApprovalsClient, *, text: str, timeout: float = 20) -> RequestStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for status in client.list_requests():
-            if text in status.request.statement:
-                return status
-        time.sleep(0.05)
-    raise AssertionError(f"no pending request for {text!r}")
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [APPLIANCE, "approvals", *args], capture_output=True, text=True, timeout=30
-    )
-
-
 def finish(proc: subprocess.Popen[bytes]) -> tuple[str, str]:
     out, err = proc.communicate(timeout=60)
     return out.decode(), err.decode()
-
-
-def entries_of(app: Appliance, type_: str, request_id: str) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        found = [
-            e for e in app.entries() if e["type"] == type_ and e["data"].get("id") == request_id
-        ]
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"no {type_} for {request_id}")
 
 
 def test_held_then_approved_runs_the_statement(

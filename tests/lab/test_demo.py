@@ -31,6 +31,12 @@ def test_demo_runs_to_the_end() -> None:
     assert "appliance: denied by policy rule 'no-recursive-deletes'" in out
     assert "the appliance logged in as 'deploy'" in out
     assert "removed the SSH CA line" in out
+    # MySQL: masked rows, MySQL's own error for the DROP, the DELETE held and approved
+    mysql = out[out.index("== 7. MySQL too") : out.index("== 8.")]
+    assert mysql.count("[REDACTED:CARD]") == 3 and "6011000000000004" not in mysql
+    assert "ERROR 1142 (42000)" in mysql and "no-destructive-ddl" in mysql
+    assert "(target shop-mysql)" in mysql and "approved by alice" in mysql
+    assert "deleted\n   1\n" in mysql
     # fail closed, verified, torn down
     assert "Connection refused" in out
     assert "VERIFIED" in out

@@ -20,6 +20,7 @@ import pytest
 from appliance.approvals import ApprovalRequest
 from appliance.approvals.hub import request_note
 from appliance.signing.keys import SigningKey
+from tests.lab.approvals import ALICE_REVIEWS_DELETES
 from tests.lab.ceph import CephS3
 from tests.lab.fleet import bucket_name, cli
 from tests.lab.lab import Lab, PgServer
@@ -59,15 +60,7 @@ def test_approved_from_a_namespace_that_reaches_only_the_bucket(
                 "poll_interval": "300ms",
             },
         },
-        "rules": [
-            {
-                "name": "deletes-need-alice",
-                "match": {"classes": ["delete"]},
-                "action": "review",
-                "approvers": ["alice"],
-            },
-            {"name": "default", "action": "allow"},
-        ],
+        "rules": ALICE_REVIEWS_DELETES,
     }
     pg.admin_sql(
         "DROP TABLE IF EXISTS hubheld; CREATE TABLE hubheld (id int);"

@@ -63,6 +63,15 @@ class Framer:
     def buffered(self) -> int:
         return len(self._buf)
 
+    def take_rest(self) -> bytes:
+        """The bytes fed but not yet part of a packet, removed from the framer (what follows
+        a request to switch to TLS belongs to the TLS stream). Raises PeerProtocolError in
+        the middle of a long payload."""
+        if self._part is not None:
+            raise PeerProtocolError("a packet was cut short by a switch to TLS", side=self.side)
+        rest, self._buf = self._buf, b""
+        return rest
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         buf = self._buf + data if self._buf else data
         out: list[tuple[int, bytes]] = []

@@ -34,7 +34,11 @@ class JobState(enum.Enum):
 @dataclass(frozen=True)
 class SSLRequested:
     """The job asked for TLS: start TLS on the job's socket (the shell), then call
-    :meth:`JobConnection.tls_established`."""
+    :meth:`JobConnection.tls_established`. ``early``: bytes that came after the request,
+    which belong to the TLS stream (a client sends its ClientHello without waiting for an
+    answer, and both may be read at once)."""
+
+    early: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,8 @@ class JobConnection:
                 )
             return []
         events: list[JobEvent] = []
-        for seq, payload in self.framer.feed(data):
+        packets = self.framer.feed(data)
+        for i, (seq, payload) in enumerate(packets):
             if self.state is not JobState.GREETED:
                 raise PeerProtocolError("unexpected packet during login", side="client")
             self._seq = seq
@@ -94,7 +99,9 @@ class JobConnection:
                 if not self.offered & Cap.SSL or self.tls:
                     raise PeerProtocolError("TLS requested but not offered", side="client")
                 self.state = JobState.TLS
-                events.append(SSLRequested())
+                # What was read after the request is TLS, whatever it looked like.
+                after = b"".join(packet(s, p) for s, p in packets[i + 1 :])
+                events.append(SSLRequested(after + self.framer.take_rest()))
                 break
             self.capabilities = caps
             self.hello = response

@@ -34,6 +34,7 @@ from typing import Any
 from appliance.config import Target
 from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
+from appliance.masking.mysql import ResponseMasker
 from appliance.protocols.mysql import (
     Authenticated,
     AuthenticationFailed,
@@ -59,9 +60,7 @@ from appliance.proxy.commands import (
     NO_COMMANDS,
     Abort,
     ApprovalAnswered,
-    AskApproval,
     ClearTimer,
-    Command,
     Commands,
     ConnectionInfo,
     Drain,
@@ -70,7 +69,6 @@ from appliance.proxy.commands import (
     Event,
     Log,
     OpenUpstream,
-    PauseReading,
     SetTimer,
     Side,
     StartTLS,
@@ -83,8 +81,9 @@ from appliance.proxy.commands import (
 from appliance.proxy.mysql.hooks import SessionPolicy
 from appliance.proxy.mysql.kill import ConnectionIds, KillRoute
 from appliance.proxy.mysql.recording import MySQLRecorder
-from appliance.proxy.mysql.relay import Relay, SessionFailed
+from appliance.proxy.mysql.relay import Relay, SessionFailed, Stmt
 from appliance.proxy.services import SessionServices
+from appliance.proxy.statement_policy import Holds
 
 STARTUP_TIMER = "startup"
 ER_ACCESS_DENIED = 1045
@@ -158,9 +157,7 @@ class MySQLSession:
         self._secret: str | None = None
         self._to_job: list[bytes] = []
         self._to_up: list[bytes] = []
-        self._held = False
-        self._draining = False
-        self._asked: set[int] = set()
+        self.holds: Holds[Stmt] = Holds()
         self._probe_ok: Ok | None = None
 
     # -- the shell's side --------------------------------------------------------------------
@@ -400,7 +397,7 @@ class MySQLSession:
                 context = self.services.client_tls.get(self.target.name)
                 assert context is not None
                 self.state = State.JOB_TLS
-                return [StartTLS("job", context)]
+                return [StartTLS("job", context, early=ev.early)]
             if isinstance(ev, JobHello):
                 return self._hello(ev)
         return NO_COMMANDS
@@ -541,7 +538,7 @@ class MySQLSession:
         masking = self.services.response_masking
         if masking is not None and masking(self.target.name, self.identity):
             assert self.services.masker is not None
-            row_masker = self.services.masker.for_target(self.target.name)
+            row_masker = ResponseMasker(self.services.masker.for_target(self.target.name))
         self.relay = Relay(
             policy=self.policy,
             recorder=self.recorder,
@@ -581,41 +578,32 @@ class MySQLSession:
     # -- relaying -------------------------------------------------------------------------------
 
     def _after_relay(self) -> Commands:
+        """What the relay's last step asks of the shell: approvals to ask, the job's
+        reading paused while a statement is held, the end of a drain."""
         relay = self.relay
         assert relay is not None
         held = relay.held is not None
-        if not relay.approvals and held is self._held and not self._draining:
-            return NO_COMMANDS
-        commands: list[Command] = []
-        for n, fields in relay.approvals:
-            self._asked.add(n)
-            commands.append(AskApproval(n, fields))
-        relay.approvals.clear()
-        if held is not self._held:
-            self._held = held
-            commands.append(PauseReading("job", "hold", held))
-        if self._draining and (relay.idle or held):
+        commands = self.holds.commands(relay.approvals, held)
+        if commands is None:
+            return NO_COMMANDS  # the hot path
+        if self.holds.draining and (relay.idle or held):
             commands.extend(self._end("appliance shutdown", _shutdown()))
         return commands
 
     def _approval_answered(self, answer: ApprovalAnswered) -> Commands:
         relay, policy = self.relay, self.policy
-        if answer.key not in self._asked or relay is None or policy is None or relay.held is None:
+        stmt = self.holds.answered(answer.key)
+        if stmt is None or relay is None or policy is None or relay.held is None:
             return NO_COMMANDS
-        self._asked.discard(answer.key)
-        stmt = relay.held.stmt
-        assert stmt is not None
-        approved, err, record = policy.approval_answered(
-            stmt.n, str(stmt.verdict.record.get("decision_id", "")), answer
-        )
+        approved, err, record = policy.approval_answered(stmt.verdict, answer)
         relay.approval_result(approved, err, record)
         return self._after_relay()
 
     def _drain(self) -> Commands:
-        self._draining = True
+        drain = self.holds.drain()
         if self.state is not State.RELAY:
             return self._end("appliance shutdown during startup", _shutdown())
-        return [PauseReading("job", "drain", True), *self._after_relay()]
+        return [*drain, *self._after_relay()]
 
     # -- the end ----------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@ server's bytes once the login is done; the relay forwards, answers or holds each
 as the policy (:mod:`.hooks`) says, follows each response (OK / ERR / result sets with or
 without EOF under CLIENT_DEPRECATE_EOF, multiple result sets, text and binary rows,
 prepared statements and cursors, LOCAL INFILE), records statements and rows
-(:mod:`.recording`) and masks rows toward the job where policy asks.
+(:mod:`.recording`) and masks rows toward the job where policy asks
+(:class:`~appliance.masking.mysql.ResponseMasker`: the same decisions as the ledger's).
 
 Commands in flight are a queue (:class:`_Pending`): the server answers in order; an
 answer of the appliance's own (a denial) waits in the queue until the responses before it
@@ -22,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from appliance.masking import MaskCounts, TargetMasker
+from appliance.masking import ColumnPlan
+from appliance.masking.mysql import ResponseMasker, ResultColumns
 from appliance.protocols.mysql import PeerProtocolError
 from appliance.protocols.mysql._wire import Reader, chunks_of, packet
 from appliance.protocols.mysql.constants import (
@@ -40,17 +42,14 @@ from appliance.protocols.mysql.messages import (
     Ok,
     PrepareOk,
     Query,
-    binary_row,
     binary_to_text,
     command_name,
-    encode_binary_row,
-    encode_text_row,
     is_eof,
     text_row,
 )
 from appliance.proxy.mysql.hooks import PROBE, SessionPolicy, Verdict, denied
 from appliance.proxy.mysql.kill import ConnectionIds, Kill, parse_kill
-from appliance.proxy.mysql.recording import MySQLRecorder, ResultRecorder, mask_type
+from appliance.proxy.mysql.recording import MySQLRecorder, ResultRecorder
 
 ER_UNKNOWN_COM_ERROR = 1047
 ER_NO_SUCH_THREAD = 1094
@@ -88,7 +87,6 @@ class Prepared:
     text: str
     verdict: Verdict
     n_params: int
-    decision_n: int
     param_types: tuple[tuple[int, bool], ...] | None = None
     columns: list[ColumnDef] = field(default_factory=list)
     long_data: set[int] = field(default_factory=set)
@@ -130,6 +128,8 @@ class _Pending:
     seq_shift: int = 0
     infile: bool = False
     command: str = ""
+    probe: int = 0  # a settings probe's key
+    masked: tuple[ResultColumns, ColumnPlan] | None = None  # rows masked toward the job
 
 
 class SessionFailed(Exception):
@@ -154,7 +154,7 @@ class Relay:
         ids: ConnectionIds,
         upstream: tuple[str, int],
         local_infile: bool = False,
-        row_masker: TargetMasker | None = None,
+        row_masker: ResponseMasker | None = None,
     ) -> None:
         self.policy = policy
         self.recorder = recorder
@@ -165,14 +165,18 @@ class Relay:
         self.upstream = upstream
         self.local_infile = local_infile
         self.row_masker = row_masker
-        self.masked_to_job: MaskCounts | None = MaskCounts() if row_masker is not None else None
         self.pending: deque[_Pending] = deque()
         self.prepared: dict[int, Prepared] = {}
         self._last_prepared: Prepared | None = None
+        # MariaDB's execute-direct: an EXECUTE of "the statement just prepared" sent before
+        # the server answered that PREPARE waits (with the commands after it) for the answer.
+        self._awaiting_prepare: _Pending | None = None
         self.backlog: deque[tuple[int, bytes]] = deque()
         self.held: _Pending | None = None
         self.held_params: tuple[str, list[bytes | None] | None] | None = None
-        self.approvals: list[tuple[int, dict[str, Any]]] = []
+        # Statements held for approval, not yet asked for: (n, the request's fields, the
+        # statement), drained by the session core (statement_policy.Holds).
+        self.approvals: list[tuple[int, dict[str, Any], Stmt]] = []
         self.statements = 0
         self.bytes_from_job = 0
         self.bytes_from_server = 0
@@ -197,9 +201,9 @@ class Relay:
 
     def probe(self) -> None:
         """Ask the server for the settings that change how text is read (see hooks)."""
-        self.policy.settings_in_flight += 1
+        key = self.policy.probe_sent()
         self._to_up.append(packet(0, bytes((Com.QUERY,)) + _attr_prefix(self.caps) + PROBE))
-        self.pending.append(_Pending(Kind.PROBE, 0))
+        self.pending.append(_Pending(Kind.PROBE, 0, probe=key))
 
     # -- from the job -------------------------------------------------------------------------------
 
@@ -219,7 +223,7 @@ class Relay:
             self._command(seq, payload)
 
     def _resume(self) -> None:
-        while self.backlog and self.held is None:
+        while self.backlog and self.held is None and self._awaiting_prepare is None:
             seq, payload = self.backlog.popleft()
             self._command(seq, payload)
 
@@ -315,8 +319,7 @@ class Relay:
                     ),
                 )
             return
-        n = self.statements + 1
-        verdict = self.policy.decide(text, n)
+        verdict = self.policy.decide(text)
         stmt = self._new_stmt("query", text, verdict)
         if query.attributes:
             stmt.params = [v for _k, v in query.attributes]
@@ -326,8 +329,7 @@ class Relay:
 
     def _prepare(self, seq: int, payload: bytes) -> None:
         text = self._text(payload[1:])
-        n = self.statements + 1
-        verdict = self.policy.decide(text, n)
+        verdict = self.policy.decide(text)
         stmt = self._new_stmt("prepare", text, verdict)
         self.recorder.statement(stmt.n, "prepare", text, verdict.record)
         pend = _Pending(Kind.PREPARE, seq, stmt)
@@ -349,7 +351,7 @@ class Relay:
             pend.local = payload
             self.held = pend
             self.approvals.append(
-                (stmt.n, self.policy.approval_fields(stmt.n, stmt.text, stmt.params))
+                (stmt.n, self.policy.approval_fields(verdict, stmt.text, stmt.params), stmt)
             )
             return
         stmt.outcome = "denied"
@@ -361,6 +363,17 @@ class Relay:
         sid = Reader(payload, "client", "COM_STMT_EXECUTE", 1).u32()
         prep = self.prepared.get(sid)
         if prep is None and sid == 0xFFFFFFFF:
+            unanswered = next(
+                (p for p in reversed(self.pending) if p.kind is Kind.PREPARE and p.prep is None),
+                None,
+            )
+            if unanswered is not None:
+                # Which statement, its parameters and its verdict are known only once the
+                # server answers that PREPARE (else the execution would be checked and
+                # recorded as the previous statement's, or not at all).
+                self.backlog.appendleft((seq, payload))
+                self._awaiting_prepare = unanswered
+                return
             prep = self._last_prepared  # MariaDB: "the statement just prepared"
         if prep is None:
             # The server has no such statement either (every PREPARE passes here): it will
@@ -390,10 +403,12 @@ class Relay:
         )
         verdict = prep.verdict
         if verdict.blocks and verdict.action == "review":
-            self.policy._decisions.setdefault(stmt.n, self.policy._decisions.get(prep.decision_n))  # type: ignore[arg-type]
+            # Every execution of a statement prepared under review is held on its own, with
+            # its parameters in the digest the approver signs.
             pend.local = payload
             self.held = pend
-            self.approvals.append((stmt.n, self.policy.approval_fields(stmt.n, stmt.text, params)))
+            fields = self.policy.approval_fields(verdict, stmt.text, params)
+            self.approvals.append((stmt.n, fields, stmt))
             return
         self._forward(seq, payload, pend)
         if verdict.changes_settings:
@@ -418,11 +433,12 @@ class Relay:
         self._forward(seq, payload, pend)
         if pend.columns:
             self._open_result(pend)
+            self._mask_plan(pend)
 
     def _init_db(self, seq: int, payload: bytes) -> None:
         name = self._text(payload[1:])
         text = f"USE `{name.replace('`', '``')}`"
-        verdict = self.policy.decide(text, self.statements + 1)
+        verdict = self.policy.decide(text)
         stmt = self._new_stmt("init_db", text, verdict)
         self.recorder.statement(stmt.n, "init_db", text, verdict.record)
         pend = _Pending(Kind.ONE, seq, stmt, command="COM_INIT_DB")
@@ -535,8 +551,10 @@ class Relay:
             stmt.rows += 1
         if pend.result is not None:
             pend.result.row(payload)
-        if self.row_masker is not None and pend.columns:
-            payload = self._mask_row(pend, payload)
+        masked = pend.masked
+        if masked is not None:
+            assert self.row_masker is not None
+            payload = self.row_masker.mask_row(masked[1], masked[0], payload)
         self._to_job.append(packet(seq - pend.seq_shift, payload))
 
     def _response(self, pend: _Pending, seq: int, payload: bytes) -> None:
@@ -559,8 +577,10 @@ class Relay:
                     pend.stmt.rows += 1
                 if pend.result is not None:
                     pend.result.row(payload)
-                if self.row_masker is not None and pend.columns:
-                    payload = self._mask_row(pend, payload)
+                masked = pend.masked
+                if masked is not None:
+                    assert self.row_masker is not None
+                    payload = self.row_masker.mask_row(masked[1], masked[0], payload)
                 self._emit(pend, seq, payload)
             return
         if kind is Kind.ONE:
@@ -583,6 +603,9 @@ class Relay:
             return
         if kind is Kind.PREPARE:
             self._prepare_response(pend, seq, payload)
+            if self._awaiting_prepare is pend and (pend.prep is not None or head == 0xFF):
+                self._awaiting_prepare = None
+                self._resume()
             return
         # RESULT and PROBE
         if phase is Phase.FIRST:
@@ -644,6 +667,13 @@ class Relay:
         if stmt is not None:
             stmt.columns = [c.name for c in pend.columns]
             self._open_result(pend)
+        self._mask_plan(pend)
+
+    def _mask_plan(self, pend: _Pending) -> None:
+        """Plan the masking of this result set's rows toward the job (once per result set)."""
+        if self.row_masker is not None and pend.kind is not Kind.PROBE:
+            columns = ResultColumns.of(pend.columns, pend.binary)
+            pend.masked = (columns, self.row_masker.plan(columns))
 
     def _open_result(self, pend: _Pending) -> None:
         assert pend.stmt is not None
@@ -665,19 +695,19 @@ class Relay:
         if pend.stmt is not None:
             pend.stmt.results += 1
         if pend.result is not None:
-            pend.result.flush()
+            pend.result.close()
         if status & Status.MORE_RESULTS_EXISTS and pend.kind is not Kind.FETCH:
             pend.phase = Phase.FIRST
             pend.columns = []
+            pend.masked = None
             return
         self._done(pend)
 
     def _probe_answer(self, pend: _Pending) -> None:
-        self.policy.settings_in_flight = max(0, self.policy.settings_in_flight - 1)
         if len(pend.probe_rows) != 1 or len(pend.probe_rows[0]) != 2:
             raise PeerProtocolError("the settings probe got an unexpected answer", side="server")
         mode, charset = (v.decode("utf-8", "replace") if v else "" for v in pend.probe_rows[0])
-        self.policy.settings_read(mode, charset)
+        self.policy.settings_read(mode, charset, pend.probe)
         if charset.lower() in ("big5", "cp932", "gbk", "sjis", "gb18030"):
             raise SessionFailed(
                 f"the session's character set became {charset}",
@@ -712,10 +742,7 @@ class Relay:
                 self._finished(local.stmt)
 
     def _finished(self, stmt: Stmt) -> None:
-        counts = None
-        if self.masked_to_job:
-            counts = self.masked_to_job
-            self.masked_to_job = MaskCounts()
+        counts = self.row_masker.take_counts() if self.row_masker is not None else None
         self.recorder.response(
             stmt.n,
             outcome=stmt.outcome,
@@ -750,7 +777,7 @@ class Relay:
             ok = pend.prepare_ok = PrepareOk.decode(payload)
             stmt = pend.stmt
             assert stmt is not None
-            prep = Prepared(ok.statement_id, stmt.text, stmt.verdict, ok.params, stmt.n)
+            prep = Prepared(ok.statement_id, stmt.text, stmt.verdict, ok.params)
             self.prepared[ok.statement_id] = prep
             self._last_prepared = prep
             pend.prep = prep
@@ -813,44 +840,6 @@ class Relay:
         # sees the request; the server's answer is renumbered to follow the job's command.
         self._to_up.append(packet(seq + 1, b""))
         pend.seq_shift += 2
-
-    # -- masking toward the job --------------------------------------------------------------
-
-    def _mask_row(self, pend: _Pending, payload: bytes) -> bytes:
-        masker = self.row_masker
-        assert masker is not None and self.masked_to_job is not None
-        cols = pend.columns
-        plan = masker.column_plan(
-            None,
-            [c.name for c in cols],
-            tables=[f"{c.schema}.{c.org_table}" if c.org_table else None for c in cols],
-            type_oids=[mask_type(c.type) for c in cols],
-        )
-        if not pend.binary:
-            values = text_row(payload, len(cols))
-            masked = masker.mask_values(plan, values, self.masked_to_job)
-            return payload if masked is values else encode_text_row(masked)
-        types = [c.type for c in cols]
-        raw = binary_row(payload, types)
-        texts = [
-            None if v is None else binary_to_text(v, c.type, c.unsigned)
-            for v, c in zip(raw, cols, strict=True)
-        ]
-        masked = masker.mask_values(plan, texts, self.masked_to_job)
-        if masked is texts:
-            return payload
-        out: list[bytes | None] = []
-        for i, (orig, new) in enumerate(zip(raw, masked, strict=True)):
-            if new is texts[i]:
-                out.append(orig)
-            elif new is None or types[i] not in _STRING_BINARY:
-                out.append(None)  # a masked number or date cannot be written as its type
-            else:
-                out.append(new)
-        return encode_binary_row(out, types)
-
-
-_STRING_BINARY = frozenset({0, 15, 245, 246, 247, 248, 249, 250, 251, 252, 253, 254, 255, 16})
 
 
 def _attr_prefix(caps: int) -> bytes:

@@ -73,7 +73,6 @@ from appliance.proxy.commands import (
     NO_COMMANDS,
     Abort,
     ApprovalAnswered,
-    AskApproval,
     AwaitDurable,
     ClearTimer,
     Command,
@@ -86,7 +85,6 @@ from appliance.proxy.commands import (
     Event,
     Log,
     OpenUpstream,
-    PauseReading,
     SendOnce,
     SentOnce,
     SetTimer,
@@ -105,6 +103,7 @@ from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
 from appliance.proxy.refusals import connection_refused
 from appliance.proxy.services import SessionServices
+from appliance.proxy.statement_policy import Holds
 
 STARTUP_TIMER = "startup"
 
@@ -167,9 +166,7 @@ class PgSession:
         self._cancel: CancelRoute | None = None
         self._to_job: list[bytes] = []
         self._to_up: list[bytes] = []
-        self._held = False
-        self._draining = False
-        self._asked: dict[int, Statement] = {}
+        self.holds: Holds[Statement] = Holds()
         self._syncs = 0
 
     # -- the shell's side ------------------------------------------------------------------
@@ -603,32 +600,21 @@ class PgSession:
         reading paused while a statement is held, the end of a drain."""
         hooks, relay = self.hooks, self.relay
         assert hooks is not None and relay is not None
-        held = relay.held
-        if (
-            not hooks.approvals
-            and held is self._held
-            and not self._draining
-            and not hooks.durable_requested
-        ):
-            return NO_COMMANDS  # the hot path
-        commands: list[Command] = []
+        commands = self.holds.commands(hooks.approvals, relay.held)
         if hooks.durable_requested:
+            # Before anything else: the statements that may change the target wait for
+            # their entries to be durable (write-ahead).
             hooks.durable_requested = False
             self._syncs += 1
-            commands.append(AwaitDurable(self._syncs))
-        for stmt in hooks.approvals:
-            self._asked[stmt.n] = stmt
-            commands.append(AskApproval(stmt.n, hooks.approval_fields(stmt)))
-        hooks.approvals.clear()
-        if held is not self._held:
-            self._held = held
-            commands.append(PauseReading("job", "hold", held))
-        if self._draining and (relay.idle or relay.held):
+            commands = [AwaitDurable(self._syncs), *(commands or ())]
+        if commands is None:
+            return NO_COMMANDS  # the hot path
+        if self.holds.draining and (relay.idle or relay.held):
             commands.extend(self._end("appliance shutdown", _shutdown_error()))
         return commands
 
     def _approval_answered(self, answer: ApprovalAnswered) -> Commands:
-        stmt = self._asked.pop(answer.key, None)
+        stmt = self.holds.answered(answer.key)
         if stmt is None or self.relay is None or self.hooks is None:
             return NO_COMMANDS
         approved, error, record = self.hooks.approval_answered(stmt, answer)
@@ -637,10 +623,10 @@ class PgSession:
 
     def _drain(self) -> Commands:
         """Finish the statement in flight, then end with 57P01 (administrator shutdown)."""
-        self._draining = True
+        drain = self.holds.drain()
         if self.state is not State.RELAY:
             return self._end("appliance shutdown during startup", _shutdown_error())
-        return [PauseReading("job", "drain", True), *self._after_relay()]
+        return [*drain, *self._after_relay()]
 
     # -- the end -------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from appliance.masking.postgres import MaskingRefused
+from appliance.policy import Decision
 from appliance.protocols.postgres import Messages, PeerProtocolError, fastpath
 from appliance.protocols.postgres.codes import (
     B_BIND_OK,
@@ -129,7 +130,8 @@ class Verdict:
     as text PostgreSQL's grammar rejects: it is answered like a denial, with ``error``, and
     recorded as that error). ``enforced``: False in observe mode (the statement runs
     whatever the action). ``error``: for deny and reject, the encoded ErrorResponse for the job.
-    ``record``: what the ledger keeps about the decision (JSON-safe).
+    ``record``: what the ledger keeps about the decision (JSON-safe). ``decision``: for
+    review, the policy's decision the approval request is made from.
     """
 
     action: str
@@ -139,6 +141,7 @@ class Verdict:
     # The statement may change the target: its entry must be on disk before it is sent
     # (write-ahead; see Relay.durable_result).
     durable: bool = False
+    decision: Decision | None = None
 
     @property
     def blocks(self) -> bool:

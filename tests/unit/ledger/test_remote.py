@@ -22,10 +22,11 @@ from appliance.ledger import (
     verify_ledger,
 )
 from appliance.ledger.remote import RemoteLedger
+from appliance.ledger.result_sink import RowsSink, transforms
 from appliance.ledger.store import ENTRIES
 from appliance.masking import Masker, MaskingConfig
 from appliance.protocols.postgres.messages import DataRow
-from appliance.proxy.pg.recording import RowsSink, rows_transforms
+from appliance.proxy.pg.recording import RowsTransform
 from tests.unit.ledger.conftest import KEY, ORIGIN, OTHER_KEY, open_writer, write_session
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -47,7 +48,7 @@ def test_entries_and_masked_result_blobs_reach_a_verifiable_ledger(tmp_path: Pat
     with open_remote(d) as ledger:
         for n in range(3):
             ledger.append("statement", session="s1", data={"n": n, "text": "select card"})
-            sink = RowsSink(ledger, rows_transforms(masker), 1 << 24)
+            sink = RowsSink(ledger, transforms(RowsTransform, masker), 1 << 24)
             sink.header({"columns": ["card"], "types": [25], "formats": [0]})
             # the last result is large: its blob is opened and streamed before the entry
             for _ in range(1 if n < 2 else 20_000):

@@ -222,6 +222,15 @@ def test_two_findings_in_one_run() -> None:
     ]
 
 
+def test_cards_inside_long_digit_runs_of_other_shapes() -> None:
+    """A run of groups that cannot start a card (sysbench's ``c`` column: eleven-digit
+    groups) is passed over quickly; a card after such groups is still found."""
+    sysbench_c = "-".join(["83868641912", "28773972837", "60736120486", "75162659906"] * 3)
+    assert found(TM, sysbench_c) == []
+    assert found(TM, "12345678901-4111 1111 1111 1111") == [("card", "4111 1111 1111 1111")]
+    assert found(TM, "12345678901 4111111111111111") == [("card", "4111111111111111")]
+
+
 def test_overlaps_go_to_the_more_specific_detector() -> None:
     # The email "s3cret@db.example.com" overlaps the URI password; the password wins and the
     # host stays readable.

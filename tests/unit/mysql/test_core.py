@@ -1,10 +1,12 @@
 """The MySQL session core driven without sockets: a scripted server, a job's login with no
 password, the settings probe, a query relayed, a denial, and damaged input from either
-side ending only that session with an ERR (fuzzed, whole and byte by byte)."""
+side ending only that session with an ERR (fuzzed, whole and byte by byte), and a whole
+session's transcript relayed, then mutated (no crash, no hang, bounded memory)."""
 
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,16 @@ class Drive:
         return b"".join(out)
 
 
+def _ended_with_an_err_if_at_all(d: Drive) -> None:
+    """A session that ended did so once, recorded, the job told why with an ERR."""
+    if d.core.state is State.ENDED:
+        assert any(isinstance(c, End) for c in d.commands)
+        assert d.ledger.types()[-1] == "session.end"
+        if "protocol.error" in d.ledger.types():
+            packets = Framer("server").feed(d.to_job)
+            assert packets and packets[-1][1][0] == 0xFF
+
+
 def test_login_query_and_denial() -> None:
     d = Drive()
     d.login()
@@ -174,9 +186,124 @@ def test_damaged_input_ends_only_this_session_with_an_err(
         d.out(d.core.receive(side, chunk))  # type: ignore[arg-type]
         if d.core.state is State.ENDED:
             break
-    if d.core.state is State.ENDED:
-        assert any(isinstance(c, End) for c in d.commands)
-        assert d.ledger.types()[-1] == "session.end"
-        if "protocol.error" in d.ledger.types():
-            packets = Framer("server").feed(d.to_job)
-            assert packets and packets[-1][1][0] == 0xFF
+    _ended_with_an_err_if_at_all(d)
+
+
+def _column(name: str, type_: int) -> bytes:
+    return ColumnDef("app", "t", "t", name, name, 45, 100, type_, 0, 0).encode()
+
+
+def _transcript() -> list[tuple[str, bytes]]:
+    """A session after login, as (side, bytes) in the order they travel: a text query and
+    its rows, a prepared statement, its binary rows, its close, a ping."""
+    end = b"\xfe" + Ok(status=Status.AUTOCOMMIT).encode(SERVER_CAPS)[1:]
+    prepare_ok = b"\x00" + (5).to_bytes(4, "little") + b"\x02\x00\x01\x00\x00\x00\x00"
+    execute = (
+        b"\x17" + (5).to_bytes(4, "little") + b"\x00" + (1).to_bytes(4, "little")
+        + b"\x00\x01" + bytes((Type.LONGLONG, 0)) + (7).to_bytes(8, "little")
+    )  # fmt: skip
+    binary = b"\x00" + b"\x00" + encode_text_row([b"4111111111111111"]) + (7).to_bytes(4, "little")
+    return [
+        ("job", packet(0, b"\x03SELECT name, card FROM t")),
+        ("upstream", Drive.result(["name", "card"], [[b"Ann", b"4111111111111111"], [None, b""]])),
+        ("job", packet(0, b"\x16SELECT card, id FROM t WHERE id = ?")),
+        (
+            "upstream",
+            packet(1, prepare_ok)
+            + packet(2, _column("?", Type.LONGLONG))
+            + packet(3, _column("card", Type.VAR_STRING))
+            + packet(4, _column("id", Type.LONG)),
+        ),
+        ("job", packet(0, execute)),
+        (
+            "upstream",
+            packet(1, b"\x02")
+            + packet(2, _column("card", Type.VAR_STRING))
+            + packet(3, _column("id", Type.LONG))
+            + packet(4, binary)
+            + packet(5, end),
+        ),
+        ("job", packet(0, b"\x19" + (5).to_bytes(4, "little"))),
+        ("job", packet(0, b"\x0e")),
+        ("upstream", packet(1, Ok(status=Status.AUTOCOMMIT).encode(SERVER_CAPS))),
+    ]
+
+
+def _replay(d: Drive, steps: list[tuple[str, bytes]], bytewise: bool) -> None:
+    for side, data in steps:
+        chunks = [data[i : i + 1] for i in range(len(data))] if bytewise else [data]
+        for chunk in chunks:
+            d.out(d.core.receive(side, chunk))  # type: ignore[arg-type]
+            if d.core.state is State.ENDED:
+                return
+
+
+def test_the_transcript_is_relayed_whole_and_byte_by_byte() -> None:
+    for bytewise in (False, True):
+        d = Drive()
+        d.login()
+        _replay(d, _transcript(), bytewise)
+        assert d.core.state is State.RELAY
+        assert d.to_up.endswith(packet(0, b"\x0e"))
+        assert d.to_job.endswith(packet(1, Ok(status=Status.AUTOCOMMIT).encode(SERVER_CAPS)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=8),
+    st.integers(min_value=0),
+    st.sampled_from(["flip", "insert", "delete", "truncate", "length"]),
+    st.integers(min_value=0, max_value=255),
+    st.booleans(),
+)
+def test_mutated_transcripts_end_only_this_session_with_bounded_memory(
+    which: int, where: int, how: str, byte: int, bytewise: bool
+) -> None:
+    """One step of a real session's transcript mutated (a byte flipped, inserted, removed,
+    the step cut short, a packet length enlarged up to the 16 MiB a header can claim): the
+    session relays on, or ends with ``session.end`` and an ERR to the job; nothing else
+    escapes, and what it buffers stays bounded (a claimed length is not allocated)."""
+    steps = _transcript()
+    side, data = steps[which]
+    at = where % len(data)
+    if how == "flip":
+        data = data[:at] + bytes((data[at] ^ (byte or 1),)) + data[at + 1 :]
+    elif how == "insert":
+        data = data[:at] + bytes((byte,)) + data[at:]
+    elif how == "delete":
+        data = data[:at] + data[at + 1 :]
+    elif how == "truncate":
+        data = data[:at]
+    else:  # the first packet's length claims up to 16 MiB - 1
+        data = bytes((byte, 0xFF, 0xFF)) + data[3:]
+    steps[which] = (side, data)
+    d = Drive()
+    d.login()
+    tracemalloc.start()
+    try:
+        _replay(d, steps, bytewise)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 << 20
+    _ended_with_an_err_if_at_all(d)
+
+
+def test_an_execute_direct_waits_for_its_prepare_to_be_answered() -> None:
+    """MariaDB's execute-direct (Connector/C, Connector/Python cursors): PREPARE and an
+    EXECUTE of "the statement just prepared" (id 0xFFFFFFFF) in one write. The EXECUTE goes
+    upstream only once the server has said which statement it is, and is checked and
+    recorded as that statement's, with its parameters."""
+    d = Drive()
+    d.login()
+    steps = _transcript()
+    prepare, prepare_ok = steps[2][1], steps[3][1]
+    direct = packet(0, b"\x17\xff\xff\xff\xff" + steps[4][1][9:])  # the same execution, id -1
+    d.out(d.core.receive("job", prepare + direct))
+    assert d.to_up == prepare  # the EXECUTE waits
+    d.to_up = b""
+    d.out(d.core.receive("upstream", prepare_ok))
+    assert d.to_up == direct
+    execute = d.ledger.last("statement")
+    assert execute["protocol"] == "execute" and execute["params"] == ["7"]
+    assert execute["text"] == "SELECT card, id FROM t WHERE id = ?"

@@ -62,6 +62,27 @@ def test_tls_offered_is_an_event_then_the_login_follows() -> None:
         job.tls_established()
 
 
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a ClientHello's first bytes
+        packet(2, b"\x03looks like a packet"),  # whatever it looks like, it is TLS
+    ],
+)
+def test_what_follows_the_ssl_request_in_the_same_read_is_handed_to_tls(after: bytes) -> None:
+    """A client does not wait for an answer to its SSL request: its ClientHello may be read
+    with it, and must reach TLS (the shell's StartTLS ``early``), not the login framer."""
+    job = JobConnection()
+    job.greet(Handshake("10.11.0", 7, SCRAMBLE, CAPS | int(Cap.SSL), 45, 2, auth.NATIVE))
+    request = packet(1, SSLRequest(CAPS | int(Cap.SSL), 1 << 24, 45).encode())
+    (event,) = job.receive_data(request + after)
+    assert event == SSLRequested(after)
+    job.tls_established()
+    hello = HandshakeResponse(CAPS, 1 << 24, 45, "anyone", b"", "app", auth.NATIVE, {})
+    (hello_event,) = job.receive_data(packet(2, hello.encode()))
+    assert isinstance(hello_event, JobHello)
+
+
 def test_the_appliance_logs_in_upstream_with_the_secret_in_the_scramble_only() -> None:
     up = UpstreamConnection(
         user="app", password="s3cret", database="app", capabilities=CAPS, charset=45, tls="disable"

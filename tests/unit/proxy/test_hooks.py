@@ -142,8 +142,8 @@ def test_fastpath_calls_are_decided_by_function_name() -> None:
 def test_an_approval_request_carries_the_masked_statement_and_its_digest() -> None:
     s = Session()
     s.job(Query("delete from t where card = '4111111111111111'").encode())
-    (stmt,) = s.hooks.approvals
-    fields = s.hooks.approval_fields(stmt)
+    ((n, fields, stmt),) = s.hooks.approvals
+    assert n == stmt.n and fields == s.hooks.approval_fields(stmt)
     assert fields["statement"] == "delete from t where card = '[REDACTED:CARD]'"
     assert fields["identity"] == UNATTRIBUTED and fields["approvers"] == ("alice",)
     assert fields["timeout"].total_seconds() == 90
@@ -155,7 +155,7 @@ def test_texts_differing_only_in_integers_share_one_remembered_allow() -> None:
     for aid in (42, 7, 123456):
         s.job(Query(f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};").encode())
         s.server_says(answered("SELECT 1"))
-    assert len(s.hooks._allowed) == 1
+    assert len(s.hooks.statements._allowed) == 1
     # each statement is recorded as it was sent, with the policy's decision
     texts = [text for _, text, _ in s.recorder.statements]
     assert texts == [
@@ -187,7 +187,7 @@ def test_a_denied_shape_is_not_remembered() -> None:
     s.job(Query("DROP TABLE t1").encode())
     s.job(Query("DROP TABLE t2").encode())
     assert [r["decision"] for _, _, r in s.recorder.statements] == ["deny", "deny"]
-    assert not s.hooks._allowed
+    assert not s.hooks.statements._allowed
 
 
 WHERE_POLICY = """

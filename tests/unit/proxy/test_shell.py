@@ -5,12 +5,14 @@ sends, and crashes; the shell must do exactly what it is told and nothing else."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import uvloop
 
 from appliance.proxy.commands import (
     ApprovalAnswered,
@@ -218,13 +220,20 @@ def test_send_once_delivers_the_payload_on_a_new_connection() -> None:
     asyncio.run(main())
 
 
-def test_job_side_tls_pauses_reading_until_the_handshake_is_done(tmp_path: Any) -> None:
+def _server_context(tmp_path: Any) -> ssl.SSLContext:
+    """The appliance's job-side TLS context, with a certificate for appliance.test whose CA
+    is written to ``tmp_path/ca.pem``."""
     tls = server_cert("shell test CA", "appliance.test", ["appliance.test"])
     (tmp_path / "cert.pem").write_bytes(tls.cert_pem)
     (tmp_path / "key.pem").write_bytes(tls.key_pem)
     (tmp_path / "ca.pem").write_bytes(tls.ca_pem)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+def test_job_side_tls_pauses_reading_until_the_handshake_is_done(tmp_path: Any) -> None:
+    context = _server_context(tmp_path)
 
     async def main() -> None:
         core = ScriptedCore(
@@ -253,6 +262,81 @@ def test_job_side_tls_pauses_reading_until_the_handshake_is_done(tmp_path: Any) 
         assert any(isinstance(e, TLSEstablished) and e.side == "job" for e in core.events)
 
     asyncio.run(main())
+
+
+def _tls_client(address: tuple[str, int], cafile: str, request: bytes, message: bytes) -> bytes:
+    """A client that sends its TLS request and its ClientHello in one write (as a MySQL
+    client may: it does not wait for an answer to its SSL request), then ``message`` over
+    TLS; returns what comes back over TLS until the server closes."""
+    context = ssl.create_default_context(cafile=cafile)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="appliance.test")
+    with socket.create_connection(address, timeout=10) as sock:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        sock.sendall(request + outgoing.read())  # one write: request and ClientHello
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if pending := outgoing.read():
+                    sock.sendall(pending)
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("closed during the handshake") from None
+                incoming.write(data)
+        tls.write(message)
+        sock.sendall(outgoing.read())
+        got = b""
+        while True:
+            try:
+                chunk = tls.read(65536)
+                if not chunk:  # the server's close_notify
+                    return got
+                got += chunk
+            except ssl.SSLWantReadError:
+                data = sock.recv(65536)
+                if not data:
+                    return got
+                incoming.write(data)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return got
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_bytes_read_with_the_request_are_handed_to_tls(tmp_path: Any, loop: str) -> None:
+    """StartTLS ``early``: the ClientHello that came in the same read as the protocol's
+    TLS request reaches the TLS layer, ahead of what is read after it."""
+    context = _server_context(tmp_path)
+    early: list[bytes] = []
+
+    async def main() -> bytes:
+        core = ScriptedCore({TLSEstablished: lambda ev: []})
+        encrypted = False
+
+        def receive(side: Side, data: bytes) -> Commands:
+            nonlocal encrypted
+            if not encrypted:
+                assert data.startswith(b"TLS?")
+                encrypted = True
+                early.append(data[4:])
+                return [StartTLS("job", context, early=data[4:])]
+            core.to_job.append(b"over TLS: " + data)
+            return [End("said it")]
+
+        core.receive = receive  # type: ignore[method-assign]
+
+        async def client(address: tuple[str, int]) -> bytes:
+            return await asyncio.to_thread(
+                _tls_client, address, str(tmp_path / "ca.pem"), b"TLS?", b"hello"
+            )
+
+        return await _run(core, client)  # type: ignore[no-any-return]
+
+    got = uvloop.run(main()) if loop == "uvloop" else asyncio.run(main())
+    assert got == b"over TLS: hello"
+    assert early and early[0][:1] == b"\x16"  # a TLS handshake record came with the request
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
