@@ -31,6 +31,7 @@ from appliance.ledger.store import BlobReader, require_ledger
 
 __all__ = [
     "Recording",
+    "asciicast",
     "channel_start_us",
     "event_line",
     "export_asciicast",
@@ -124,21 +125,28 @@ def export_asciicast(directory: Path, session: str, out: BinaryIO, *, n: int | N
     if chosen is None:
         what = f"request {n}" if n is not None else "a terminal (pty) channel"
         raise LedgerError(f"session {session!r} has no recording of {what}")
-    h = chosen.header
     start = next((o for o in found if o["type"] == "session.start"), found[0])
+    lines = asciicast(
+        chosen, f"{start.get('target') or 'ssh'} session {session} request {chosen.n}"
+    )
+    out.writelines(lines)
+    return len(lines) - 1
+
+
+def asciicast(rec: Recording, title: str) -> list[bytes]:
+    """One recording as the lines of an asciicast v2 file (header first); error output is
+    shown as output, as a terminal would. The same recording gives the same bytes."""
+    h = rec.header
     header = {
         "version": 2,
         "width": int(h.get("cols") or 80),
         "height": int(h.get("rows") or 24),
-        "timestamp": chosen.start_us // 1_000_000,
-        "title": f"{start.get('target') or 'ssh'} session {session} request {chosen.n}",
+        "timestamp": rec.start_us // 1_000_000,
+        "title": title,
         "env": {"TERM": str(h.get("term") or "xterm"), "SHELL": "/bin/sh"},
     }
-    out.write(json.dumps(header).encode() + b"\n")
-    count = 0
-    for at, kind, text in sorted(chosen.events, key=lambda e: e[0]):
-        if kind == "e":
-            kind = "o"
-        out.write(json.dumps([round(at / 1_000_000, 6), kind, text]).encode() + b"\n")
-        count += 1
-    return count
+    lines = [json.dumps(header).encode() + b"\n"]
+    for at, kind, text in sorted(rec.events, key=lambda e: e[0]):
+        kind = "o" if kind == "e" else kind
+        lines.append(json.dumps([round(at / 1_000_000, 6), kind, text]).encode() + b"\n")
+    return lines

@@ -12,7 +12,7 @@ from appliance.ledger.api import PendingBlob
 from appliance.ledger.errors import LedgerError
 from appliance.ledger.recordings import event_line, header_line, read_recording
 from tests.unit.ledger.cli_helper import run_cli
-from tests.unit.ledger.conftest import open_writer
+from tests.unit.ledger.conftest import KEY, open_writer
 
 RECORDING = (
     header_line({"pty": True, "term": "xterm", "cols": 100, "rows": 30, "request": "shell"})
@@ -124,3 +124,31 @@ def test_export_asciicast(capsys: pytest.CaptureFixture[str], ledger: Path, tmp_
         str(tmp_path / "x.cast"),
     )
     assert code == 2 and "no recording of request 9" in out
+
+
+def test_the_report_carries_the_terminal_recording(
+    capsys: pytest.CaptureFixture[str], ledger: Path, tmp_path: Path
+) -> None:
+    export = tmp_path / "s.cast"
+    args = ["--session", "ssh1", "--format", "asciicast", "--out", str(export)]
+    assert run_cli(capsys, "ledger", "export", "--ledger", str(ledger), *args)[0] == 0
+    out = tmp_path / "report"
+    vkey = KEY.verifier().to_vkey()
+    code, text = run_cli(
+        capsys,
+        "report",
+        "--source",
+        str(ledger),
+        "--out",
+        str(out),
+        "--vkey",
+        vkey,
+        "--no-progress",
+    )
+    assert code == 0, text
+    casts = list(out.glob("sessions/*/*.cast"))
+    assert [c.name for c in casts] == [casts[0].name] and casts[0].name.endswith(".1.cast")
+    assert casts[0].read_bytes().splitlines()[1:] == export.read_bytes().splitlines()[1:]
+    page = casts[0].with_name(casts[0].name.removesuffix(".1.cast") + ".html").read_text()
+    assert "Terminal recordings" in page and f'href="{casts[0].name}"' in page
+    assert "5 events" in page
