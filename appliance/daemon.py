@@ -68,6 +68,7 @@ from appliance.ledger.fleet.ship import Shipper
 from appliance.ledger.recovery import LastEntry
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import EPHEMERAL, MaskCounts, Masker, MaskingConfig, key_record
+from appliance.proxy import registry
 from appliance.proxy.flows import FlowResolverImpl, Identify
 from appliance.proxy.refusals import RefusalLog
 from appliance.proxy.server import ProxyServer
@@ -386,8 +387,6 @@ class Daemon:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
                 client_tls[target.name] = context
-
-        from appliance.proxy import registry
 
         shared: dict[str, Any] = {}
         for name in sorted({t.protocol for t in cfg.targets.values()}):

@@ -25,6 +25,7 @@ APT_PACKAGES=(
   postgresql postgresql-contrib postgresql-client pgbouncer
   mariadb-server mariadb-client sysbench libmariadb-dev pkg-config
   openssl ca-certificates curl tshark systemd shellcheck
+  openssh-client openssh-sftp-server rsync
   nginx git awscli fcgiwrap python3-requests nghttp2-client
   debootstrap systemd-container
   chromium
@@ -45,11 +46,37 @@ if [ ! -e "/lib/modules/$kver/build" ]; then
   fi
   dpkg-query -W -f='${Status}' "$hdr" 2>/dev/null | grep -q "install ok installed" || missing+=("$hdr")
 fi
+# OpenSSH's server is for the lab's SSH target only: the tests start sshd themselves, with
+# their own config, host keys and port, inside a target network namespace. A machine that
+# has the package already (its own sshd) gets nothing installed and nothing touched; on one
+# that has not, the package is installed without starting or enabling its service.
+new_sshd=0
+if ! dpkg-query -W -f='${Status}' openssh-server 2>/dev/null | grep -q "install ok installed"; then
+  missing+=(openssh-server)
+  new_sshd=1
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   log "apt: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # invoke-rc.d and deb-systemd-invoke ask policy-rc.d before starting a service: 101 says
+  # no. One that is already there (container images have one) is left as it is.
+  own_policy=0
+  if [ "$new_sshd" = 1 ] && [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\n# appliance setup.sh: no service starts while it installs packages\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get -o DPkg::Lock::Timeout=900 update -qq
   apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ "$own_policy" = 1 ]; then
+    rm -f /usr/sbin/policy-rc.d
+    trap - EXIT
+  fi
+  if [ "$new_sshd" = 1 ] && [ -d /run/systemd/system ]; then
+    # The package enables ssh.service for the next boot; this machine did not run one.
+    systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
   # Debian starts a cluster on install; the lab runs its own servers and needs none.
   if command -v pg_lsclusters >/dev/null 2>&1; then
     pg_lsclusters -h 2>/dev/null | while read -r ver name _; do

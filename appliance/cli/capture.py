@@ -27,7 +27,9 @@ from appliance.capture import (
     remove,
     status,
 )
-from appliance.config import load_config
+from appliance.config import Config, load_config
+from appliance.errors import ApplianceError
+from appliance.proxy import registry
 
 _CONFIG = click.Path(dir_okay=False, path_type=Path)
 _FORMAT = click.Choice(["text", "json"])
@@ -63,12 +65,28 @@ def install_command(config_path: Path, fmt: str) -> None:
 @capture_group.command("remove")
 @click.option("--config", "config_path", type=_CONFIG, help="Ignored: every rule of ours goes.")
 def remove_command(config_path: Path | None) -> None:
-    """Remove every capture rule and chain of the appliance (the only way they go)."""
-    report = remove(load_config(config_path) if config_path else None)
+    """Remove every capture rule and chain of the appliance (the only way they go), and
+    what made the runner trust it (the SSH CA line of ssh_known_hosts)."""
+    config = load_config(config_path) if config_path else None
+    report = remove(config)
     if not report.removed:
         click.echo("no capture rules were installed")
     for item in report.removed:
         click.echo(f"removed {item}")
+    for item in remove_trust(config):
+        click.echo(f"removed {item}")
+
+
+def remove_trust(config: Config | None) -> list[str]:
+    """Every protocol's ``untrust`` hook (registry): what each removed."""
+    removed: list[str] = []
+    for protocol in registry.PROTOCOLS.values():
+        if protocol.untrust is not None:
+            try:
+                removed += protocol.load(protocol.untrust)(config)
+            except OSError as exc:
+                raise ApplianceError(f"cannot remove the {protocol.name} trust: {exc}") from None
+    return removed
 
 
 @capture_group.command("status")

@@ -35,8 +35,9 @@ from appliance.ledger.proof import (
     make_proof,
     parse_proof,
 )
+from appliance.ledger.recordings import export_asciicast
 from appliance.ledger.recovery import recover
-from appliance.ledger.render import summarize, table, transcript, who
+from appliance.ledger.render import Raw, summarize, table, transcript, who
 from appliance.ledger.store import (
     BlobReader,
     latest_checkpoint,
@@ -420,9 +421,10 @@ def replay(
     for at, lines in steps:
         if speed > 0 and prev is not None and at > prev:
             sleep((at - prev) / 1e6 / speed)
-        prev = at
+        prev = at if prev is None else max(prev, at)
         for line in lines:
-            click.echo(line)
+            # A terminal's output (an SSH recording) is written as the operator saw it.
+            click.echo(line, nl=not isinstance(line, Raw))
 
 
 # -- proofs ---------------------------------------------------------------------------------
@@ -563,17 +565,26 @@ def consistency_cmd(
     show_default=True,
 )
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option(
+    "--request",
+    "n",
+    type=click.IntRange(min=1),
+    help="asciicast: the request (statement number) whose recording to export "
+    "(default: the session's first terminal).",
+)
 def export_cmd(
     source: LedgerSource,
     session: str,
     fmt: str,
     out: Path,
+    n: int | None,
 ) -> None:
     """Export one session: a self-contained bundle an auditor verifies offline (entries,
     blobs, checkpoint, a tlog-proof per entry, published keys), or a pcap of the session's
     TCP stream rebuilt from the recorded (masked) messages, for Wireshark; for an HTTP
     session, HAR 1.2 (browser developer tools) or asciicast v2 (its Kubernetes exec and
-    attach streams, for asciinema)."""
+    attach streams, for asciinema); for an SSH session, asciicast v2 of a terminal
+    recording (masked; --request picks one)."""
     if out.exists():
         raise LedgerError(f"{out} exists; refusing to overwrite")
     directory = session_directory(source.directories(), session)
@@ -586,7 +597,11 @@ def export_cmd(
             if fmt == "jsonl":
                 s = export_bundle(directory, session, f)
                 what = f"{s.entries} entries, {s.blobs} blobs, proofs against size {s.size}"
-            elif fmt in ("har", "asciicast"):
+            elif fmt == "pcap":
+                what = f"{export_pcap(directory, session, f)} packets"
+            elif fmt == "asciicast" and not _is_http(session_entries(directory, session)):
+                what = f"{export_asciicast(directory, session, f, n=n)} events"  # SSH's
+            else:  # an HTTP session's HAR or asciicast
                 from appliance.ledger.store import BlobReader
                 from appliance.proxy.http import exports
 
@@ -599,12 +614,16 @@ def export_cmd(
                     lines = exports.asciicast(found)
                     f.write(("\n".join(lines) + "\n").encode())
                     what = f"{len(lines) - 1} terminal events"
-            else:
-                what = f"{export_pcap(directory, session, f)} packets"
         tmp.rename(out)
     finally:
         tmp.unlink(missing_ok=True)
     click.echo(f"wrote {out}: session {session}, {what}")
+
+
+def _is_http(entries: list[dict[str, Any]]) -> bool:
+    """Whether the session's start entry says it was HTTP (its exports read other entries)."""
+    start = next((e for e in entries if e.get("type") == "session.start"), None)
+    return start is not None and (start.get("data") or {}).get("protocol") == "http"
 
 
 @ledger_group.command("verify-bundle")

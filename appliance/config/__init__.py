@@ -186,6 +186,8 @@ class CaptureConfig:
     # processes are checked for root, dangerous capabilities and access to the appliance's
     # secrets (appliance.capture._privileges). None: ``cgroup`` when it is set.
     jobs_cgroup: str | None = None
+    # Where the runner's SSH clients find the appliance's CA (appliance.proxy.ssh).
+    ssh_known_hosts: Path = Path("/etc/ssh/ssh_known_hosts")
 
 
 @dataclass(frozen=True)
@@ -514,9 +516,19 @@ def _parse_ship(node: Node) -> ShipConfig:
 
 def _parse_capture(node: Node) -> CaptureConfig:
     m = node.keys(
-        optional=("listen_port", "mark", "bridges", "cgroup", "bpf", "reconcile_interval",
-                  "appliance_cgroup", "conntrack_zone", "jobs_cgroup")
-    )  # fmt: skip
+        optional=(
+            "listen_port",
+            "mark",
+            "bridges",
+            "cgroup",
+            "bpf",
+            "reconcile_interval",
+            "appliance_cgroup",
+            "conntrack_zone",
+            "jobs_cgroup",
+            "ssh_known_hosts",
+        )
+    )
     d = CaptureConfig()
     return CaptureConfig(
         listen_port=m["listen_port"].integer(minimum=1, maximum=65535)
@@ -536,6 +548,9 @@ def _parse_capture(node: Node) -> CaptureConfig:
         if "conntrack_zone" in m
         else d.conntrack_zone,
         jobs_cgroup=m["jobs_cgroup"].string(pattern=r"/.*") if "jobs_cgroup" in m else None,
+        ssh_known_hosts=Path(m["ssh_known_hosts"].string())
+        if "ssh_known_hosts" in m
+        else d.ssh_known_hosts,
     )
 
 

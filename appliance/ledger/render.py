@@ -14,9 +14,15 @@ import orjson
 
 from appliance.ledger import entries as t
 from appliance.ledger.entries import Entry, blob_refs, may_have_blob_refs, ts_to_us
+from appliance.ledger.recordings import channel_start_us, read_recording
 from appliance.ledger.results import cell_text, read_result, result_bytes
 
 BlobLoader = Callable[[str], bytes | None]
+
+
+class Raw(str):
+    """Terminal output for ``replay`` to write as it is, with no newline added (an SSH
+    recording)."""
 
 
 def _short(text: object, width: int = 100) -> str:
@@ -79,6 +85,14 @@ def summarize(obj: Mapping[str, Any], width: int = 100) -> str:
     d = obj.get("data") or {}
     typ = obj.get("type")
     n = f"#{d['n']} " if isinstance(d.get("n"), int) else ""
+    if typ == t.SESSION_START and d.get("protocol") == "ssh":
+        return _short(
+            f"{d.get('client', '?')} -> {d.get('server', '?')} ssh; "
+            f"{who(obj.get('identity'), obj.get('account'))}",
+            width,
+        )
+    if typ == t.RESPONSE and d.get("protocol") == "ssh":
+        return _short(n + _ssh_outcome(d), width)
     if typ == t.SESSION_START:
         mode = f" [{d['policy_mode']}]" if d.get("policy_mode") else ""
         return _short(
@@ -119,10 +133,33 @@ def summarize(obj: Mapping[str, Any], width: int = 100) -> str:
         return _short(f"key {d.get('vkey', '?')}", width)
     if isinstance(typ, str) and typ.startswith("approval."):
         return _short(_approval(typ, d), width)
+    if typ == "session.ready" and "host_key" in d:
+        return _short(
+            f"{d.get('user', '?')} logged in; upstream as {d.get('upstream_user', '?')} with "
+            f"{d.get('auth_method', '?')}, host key {d.get('host_key', '?')}",
+            width,
+        )
     if typ == "session.ready":
         tls = ", TLS upstream" if d.get("upstream_tls") else ""
         return _short(f"authenticated upstream with {d.get('auth_method', '?')}{tls}", width)
     return _compact(d, width)
+
+
+def _ssh_outcome(d: Mapping[str, Any]) -> str:
+    """How an SSH operation ended: its exit, a refusal, an SFTP status."""
+    if d.get("refused"):
+        return f"refused (exit {d.get('exit_status', '?')})"
+    if "error" in d:
+        return f"failed: {d['error']}"
+    if "status" in d:
+        return f"status {d['status']} {d.get('message', '')}".rstrip()
+    end = (
+        f"signal {d['exit_signal']}" if "exit_signal" in d else f"exit {d.get('exit_status', '-')}"
+    )
+    return (
+        f"{end}; {d.get('bytes_in', 0)} B in, {d.get('bytes_out', 0)} B out, "
+        f"{_ms(d.get('duration_us'))}"
+    )
 
 
 def _approval(typ: str, d: Mapping[str, Any]) -> str:
@@ -209,6 +246,9 @@ def transcript(
             lines += ["        " + ln for ln in text.splitlines()[1:]]
             if d.get("params"):
                 lines.append(f"        params: {d['params']}")
+        elif typ == t.RESPONSE and d.get("protocol") == "ssh":
+            yield from _terminal(o, load_blob)
+            lines = [f"{clock}   <- {summarize(o, 200)}"]
         elif typ == t.RESPONSE:
             lines = [f"{clock}   <- {summarize(o, 200)}"]
             res = d.get("result")
@@ -235,11 +275,38 @@ def transcript(
         else:
             lines = [f"{clock}   {typ}: {summarize(o, 200)}"]
         for ref in blob_refs(d) if may_have_blob_refs(e.raw) else ():
-            if ref.path != "data.result":
+            if ref.path not in ("data.result", "data.output"):
                 lines.append(f"        blob {ref.path}: {ref.sha256[:16]}… ({ref.size} B)")
         yield now, lines
 
 
+def _terminal(o: Mapping[str, Any], load_blob: BlobLoader) -> Iterator[tuple[int, list[str]]]:
+    """The output an SSH channel showed (its recording), at the recorded times."""
+    d = o["data"]
+    ref = d.get("output")
+    if not isinstance(ref, dict):
+        return
+    inline = ref.get("inline")
+    sha = ref.get("sha256")
+    blob = (
+        inline.encode()
+        if isinstance(inline, str)
+        else (load_blob(sha) if isinstance(sha, str) else None)
+    )
+    if blob is None:
+        yield ts_to_us(o["ts"]), ["        (recording blob missing)"]
+        return
+    rec = read_recording(blob)
+    start = channel_start_us(o)
+    for at, kind, text in rec.events:
+        if kind in ("o", "e"):
+            yield start + at, [Raw(text)]
+
+
 def _prompt(d: Mapping[str, Any]) -> str:
     n = d.get("n")
-    return f"#{n} SQL>" if isinstance(n, int) else "SQL>"
+    mark = "SQL>"
+    if d.get("protocol") == "ssh":
+        request = str(d.get("request", ""))
+        mark = {"exec": "$", "shell": "shell:"}.get(request, f"{request}:")
+    return f"#{n} {mark}" if isinstance(n, int) else mark

@@ -14,6 +14,12 @@ decision's message as the PostgreSQL error) or holds the statement for approval
   extracted. Never raises: unparseable text is ``unknown`` with ``parse_error`` set, and
   ``syntax_error`` (:class:`GrammarError`) when PostgreSQL's grammar rejects it. Cached by
   exact text. :func:`classify_function_call` does the same for a fast-path call by OID. The class vocabulary and groups are :data:`CLASSES` and :data:`GROUPS`.
+- SSH (:mod:`appliance.policy._ssh`): :func:`classify_exec` reads an exec command line
+  with the shell's quoting rules into one :class:`SshOperation` per command (program,
+  arguments, the program sudo runs; ``unknown`` when the shell computes the program);
+  :func:`shell_request`, :func:`subsystem_request`, :func:`file_operation` and
+  :func:`forward_request` make the other SSH operations statements; rules match them by
+  class and with the ``ssh`` matcher.
 - :func:`parse_policy` (``Node -> Policy``): the ``policy`` config section, checked, every
   mistake a :class:`~appliance.errors.ConfigError` with key and line.
 - :meth:`Policy.decide` (``RequestContext -> Decision``): pure; first matching rule per
@@ -36,6 +42,9 @@ Public API::
                    account: str, classification: Classification)
     Decision(action, rule, message, approvers, timeout, window, statement_index, classes,
              enforced, statements).lets_through; .to_record()
+    classify_exec(command: str) -> Classification        # of SshOperation statements
+    shell_request(pty=) / subsystem_request(name) / file_operation(op, cls, paths)
+    forward_request(kind, host, port) -> Classification
 """
 
 from appliance.policy._classify import (
@@ -63,12 +72,22 @@ from appliance.policy._rules import (
     Rule,
     StatementDecision,
 )
-from appliance.policy._vocabulary import CLASSES, GROUPS, expand
+from appliance.policy._ssh import (
+    SshMatch,
+    SshOperation,
+    classify_exec,
+    file_operation,
+    forward_request,
+    shell_request,
+    subsystem_request,
+)
+from appliance.policy._vocabulary import CLASSES, EXPLICIT, GROUPS, expand
 
 __all__ = [
     "CLASSES",
     "CONFLICT_RULE",
     "EMPTY_RULE",
+    "EXPLICIT",
     "GROUPS",
     "NO_RULE",
     "Classification",
@@ -83,11 +102,18 @@ __all__ = [
     "Policy",
     "RequestContext",
     "Rule",
+    "SshMatch",
+    "SshOperation",
     "StatementClass",
     "StatementDecision",
     "classify",
+    "classify_exec",
     "classify_function_call",
     "copy_spec",
     "expand",
+    "file_operation",
+    "forward_request",
     "parse_policy",
+    "shell_request",
+    "subsystem_request",
 ]

@@ -32,7 +32,9 @@ class of the statement is among these), ``functions`` (globs on called function 
 ``unattributed`` (true: flows capture could not attribute; false: attributed ones), ``uid``
 (integers), ``exe`` and ``cgroup`` (globs), ``identity`` (globs on the CI job:
 ``provider``, ``repository``, ``workflow``, ``workflow_ref``, ``job``, ``run_id``,
-``environment``, ``ref``, ``actor``; and ``verified``).
+``environment``, ``ref``, ``actor``; and ``verified``), ``ssh`` (globs on what an SSH
+operation runs or touches: ``programs``, ``arguments``, ``sudo``, ``subsystems``, ``paths``,
+``destinations``; see :mod:`appliance.policy._ssh`).
 
 ``identity`` matches *verified* values by default: the session's CI token was verified
 against a configured issuer (the ``identity`` section) and states every named field
@@ -74,7 +76,8 @@ from appliance.policy._rules import (
     Policy,
     Rule,
 )
-from appliance.policy._vocabulary import CLASSES, GROUPS, UNKNOWN, expand
+from appliance.policy._ssh import parse_ssh_match
+from appliance.policy._vocabulary import CLASSES, EXPLICIT, GROUPS, expand
 from appliance.signing.keys import KeyFormatError, VerifierKey, load_verifier_key
 
 __all__ = ["parse_policy"]
@@ -94,6 +97,7 @@ _MATCH_KEYS = (
     "exe",
     "cgroup",
     "identity",
+    "ssh",
     "http",
     "kubernetes",
 )
@@ -250,12 +254,7 @@ def _parse_match(node: Node, targets: Mapping[str, Target], verifiable: bool) ->
                 )
     classes = _classes(m["classes"]) if "classes" in m else None
     only = _classes(m["only_classes"]) if "only_classes" in m else None
-    names_unknown = any(
-        item.string() == UNKNOWN
-        for key in ("classes", "only_classes")
-        if key in m
-        for item in m[key].items_or_one()
-    )
+    named = frozenset((classes or frozenset()) | (only or frozenset())) & EXPLICIT
     unattributed = m["unattributed"].boolean() if "unattributed" in m else None
     if unattributed:
         for key in ("uid", "exe", "cgroup", "identity"):
@@ -301,7 +300,8 @@ def _parse_match(node: Node, targets: Mapping[str, Target], verifiable: bool) ->
         cgroups=_globs(m["cgroup"]) if "cgroup" in m else None,
         ci=tuple(ci),
         trust=trust,
-        names_unknown=names_unknown,
+        ssh=parse_ssh_match(m["ssh"], _globs) if "ssh" in m else None,
+        named=named,
     )
 
 
@@ -363,13 +363,13 @@ def _check_reachable(rule: Rule, before: list[Rule], node: Node) -> None:
     """Fail on a rule that an earlier catch-all rule hides.
 
     After a catch-all ``deny`` nothing is reached. After a catch-all ``allow`` or
-    ``review`` only ``unknown`` statements go on (rule 2 of the decision order), and only
-    a ``deny`` rule or one naming ``unknown`` can take them.
+    ``review`` only ``unknown`` statements and SSH forwards go on (rule 2 of the decision
+    order), and only a ``deny`` rule or one naming their class can take them.
     """
     for earlier in before:
         if not earlier.match.is_catch_all:
             continue
-        if earlier.action == "deny" or (rule.action != "deny" and not rule.match.names_unknown):
+        if earlier.action == "deny" or (rule.action != "deny" and not rule.match.named):
             node.fail(
                 f"rule {rule.name!r} can never match: rule {earlier.name!r} before it "
                 "matches every statement"

@@ -11,9 +11,11 @@ How a decision is made:
    and the first whose every matcher matches decides it (all matchers of a rule must match;
    a list in a matcher matches if any of its items does; a rule without ``match`` matches
    everything).
-2. A statement of class ``unknown`` (unparseable, DO, CALL, SQL hidden in text) is decided
-   only by a ``deny`` rule or by a rule that names ``unknown`` in ``classes`` or
-   ``only_classes``: a catch-all ``allow`` does not let through what nobody could read.
+2. A statement of class ``unknown`` (unparseable, DO, CALL, SQL hidden in text, a shell
+   command whose program the shell computes) is decided only by a ``deny`` rule or by a rule
+   that names ``unknown`` in ``classes`` or ``only_classes``: a catch-all ``allow`` does not
+   let through what nobody could read. The same holds for SSH forwards (``ssh_port_forward``
+   ...): only a rule naming the class opens a tunnel.
 3. A statement that no rule decides is denied, by the pseudo-rule ``(no rule matched)``:
    the policy fails closed.
 4. The strictest statement decides the query string: deny over review over allow. When
@@ -33,11 +35,14 @@ import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.policy._classify import Classification, StatementClass
-from appliance.policy._vocabulary import UNKNOWN
+from appliance.policy._vocabulary import EXPLICIT, UNKNOWN
 from appliance.signing.keys import VerifierKey
+
+if TYPE_CHECKING:
+    from appliance.policy._ssh import SshMatch
 
 __all__ = [
     "ACTIONS",
@@ -239,8 +244,10 @@ class Match:
     matches a statement all of whose classes are in the set (use it to allow: ``only_classes:
     [read]`` does not match ``WITH d AS (DELETE ...) SELECT``). Groups are expanded already.
     ``functions`` matches a statement that calls a function whose name, qualified as
-    written or bare, matches a pattern. ``names_unknown`` is set when ``classes`` or
-    ``only_classes`` names ``unknown`` itself.
+    written or bare, matches a pattern. ``ssh`` matches what an SSH operation runs or
+    touches (:class:`~appliance.policy._ssh.SshMatch`). ``named`` holds the classes only an
+    explicit rule decides (``unknown``, the forwards: :data:`EXPLICIT`) that ``classes`` or
+    ``only_classes`` name.
 
     ``trust`` (None: the rule has no ``identity`` matcher) says which CI values ``ci`` is
     matched against: ``verified``, the values a verified token states (the session must
@@ -261,7 +268,8 @@ class Match:
     cgroups: tuple[Glob, ...] | None = None
     ci: tuple[tuple[str, tuple[Glob, ...]], ...] = ()
     trust: str | None = None
-    names_unknown: bool = False
+    ssh: SshMatch | None = None
+    named: frozenset[str] = frozenset()
     http: HttpMatch | None = None
     kubernetes: KubeMatch | None = None
 
@@ -270,13 +278,15 @@ class Match:
         return self == Match()
 
     @property
-    def sql_only(self) -> bool:
-        """Conditions only a SQL statement can meet: such a rule never decides a request."""
+    def statement_only(self) -> bool:
+        """Conditions only a statement (SQL, or an SSH operation) can meet: such a rule
+        never decides an HTTP request."""
         return (
             self.classes is not None
             or self.only_classes is not None
             or self.functions is not None
             or self.databases is not None
+            or self.ssh is not None
         )
 
     @property
@@ -338,7 +348,7 @@ class Match:
             names = [*stmt.functions, *(f.rsplit(".", 1)[-1] for f in stmt.functions)]
             if not any(_any_glob(self.functions, n) for n in names):
                 return False
-        return True
+        return self.ssh is None or self.ssh.matches(stmt)
 
 
 @dataclass(frozen=True)
@@ -502,7 +512,7 @@ class Policy:
         request all hold (rules with SQL conditions are skipped); none: deny. Pure."""
         for rule in self.rules:
             match = rule.match
-            if match.sql_only or not match.request_matches(ctx):
+            if match.statement_only or not match.request_matches(ctx):
                 continue
             if match.http is not None and not match.http.matches(ctx):
                 continue
@@ -533,12 +543,14 @@ class Policy:
 
     @staticmethod
     def _first_rule(rules: list[Rule], stmt: StatementClass) -> Rule | None:
-        unknown = UNKNOWN in stmt.classes
+        explicit = stmt.classes & EXPLICIT
         for rule in rules:
             if not rule.match.statement_matches(stmt):
                 continue
-            if unknown and rule.action != "deny" and not rule.match.names_unknown:
-                continue  # only an explicit rule may let an unclassifiable statement through
+            if explicit and rule.action != "deny" and not explicit <= rule.match.named:
+                # Only a rule naming them lets through an unclassifiable statement or a
+                # forward (rule 2 of the module docstring).
+                continue
             return rule
         return None
 
@@ -587,6 +599,12 @@ class Policy:
 
 
 def _no_rule_message(stmt: StatementClass, classification: Classification) -> str:
+    forwards = sorted(stmt.classes & EXPLICIT - {UNKNOWN})
+    if forwards:
+        return (
+            f"{stmt.text} is allowed only by a rule that names class "
+            f"{' or '.join(repr(c) for c in forwards)}"
+        )
     if UNKNOWN in stmt.classes:
         why = classification.parse_error or "its effect cannot be known from its text"
         return (

@@ -1,10 +1,12 @@
-"""The statement classes the classifier reports and the rules match on, and the groups that
-stand for several of them in a rule (``risky``, ``write``, ``read``).
+"""The statement classes the classifiers report and the rules match on, and the groups that
+stand for several of them in a rule (``risky``, ``write``, ``read``, ``file_changes``,
+``ssh_forwarding``).
 
 A class names an *effect* a statement has when the server runs it, not its first word: a
 ``SELECT`` whose CTE deletes rows has the classes ``select`` and ``delete``. One statement
 usually has several classes (its own kind, what nested statements do, the functions it calls,
-the risky markers).
+the risky markers). SSH operations (:mod:`appliance.policy._ssh`) are statements too: a
+command of an exec command line, a shell, an SFTP operation, a forward.
 """
 
 from __future__ import annotations
@@ -58,6 +60,26 @@ CLASSES: dict[str, str] = {
     "delete_without_where": "a DELETE without WHERE, or whose WHERE is always true "
     "(1=1, true, 'a'='a', NOT false, x=x ...)",
     "update_without_where": "an UPDATE without WHERE, or whose WHERE is always true",
+    # SSH (appliance.policy._ssh hands these out)
+    "ssh_shell": "SSH: an interactive shell (with or without a terminal)",
+    "ssh_exec": "SSH: one command of an exec command line (ssh host CMD, rsync, git, legacy "
+    "scp); ``ssh.programs`` and ``ssh.arguments`` match it",
+    "ssh_sudo": "SSH: a command run through sudo (``ssh.sudo`` matches the program sudo runs)",
+    "ssh_subsystem": "SSH: a subsystem (``ssh.subsystems`` matches its name; sftp's own "
+    "operations are decided one by one as file_*)",
+    "file_read": "SSH: reads a file's content (SFTP open for reading, scp -f)",
+    "file_write": "SSH: writes or creates a file or directory (SFTP open for writing, mkdir, "
+    "setstat, symlink, hardlink, scp -t, a shell redirection)",
+    "file_remove": "SSH: removes a file or directory (SFTP remove, rmdir)",
+    "file_rename": "SSH: renames a file (SFTP rename, posix-rename): ``ssh.paths`` sees both names",
+    "file_list": "SSH: lists a directory or reads metadata (SFTP opendir, stat, lstat, "
+    "realpath, readlink, statvfs)",
+    "ssh_port_forward": "SSH: a local port forward (ssh -L, direct-tcpip): ``ssh.destinations`` "
+    "matches host:port; allowed only by a rule that names this class",
+    "ssh_remote_forward": "SSH: a remote port forward (ssh -R): the target listens for the job; "
+    "allowed only by a rule that names this class",
+    "ssh_agent_forward": "SSH: agent forwarding (ssh -A); never relayed, always refused",
+    "ssh_x11_forward": "SSH: X11 forwarding (ssh -X); never relayed, always refused",
 }
 
 # Groups usable in a rule wherever a class is.
@@ -95,9 +117,36 @@ GROUPS: dict[str, frozenset[str]] = {
     # EXPLAIN without ANALYZE has the single class `explain`, so it is a read; EXPLAIN
     # ANALYZE DELETE also has `delete`, so it is not.
     "read": frozenset({"select", "copy_to", "explain"}),
+    # SSH file operations that change the target's files.
+    "file_changes": frozenset({"file_write", "file_remove", "file_rename"}),
+    # Every kind of SSH forwarding.
+    "ssh_forwarding": frozenset(
+        {"ssh_port_forward", "ssh_remote_forward", "ssh_agent_forward", "ssh_x11_forward"}
+    ),
 }
 
 UNKNOWN = "unknown"
+# The classes of SSH operations (appliance.policy._ssh); the rest are SQL's.
+SSH_CLASSES = frozenset(
+    {
+        "ssh_shell",
+        "ssh_exec",
+        "ssh_sudo",
+        "ssh_subsystem",
+        "file_read",
+        "file_write",
+        "file_remove",
+        "file_rename",
+        "file_list",
+        "ssh_port_forward",
+        "ssh_remote_forward",
+        "ssh_agent_forward",
+        "ssh_x11_forward",
+    }
+)
+# Classes only a rule that names them (or a deny) decides: a catch-all allow does not let
+# through what nobody could read, nor open a tunnel nobody asked for.
+EXPLICIT = frozenset({UNKNOWN, *GROUPS["ssh_forwarding"]})
 
 
 def expand(names: Iterable[str]) -> frozenset[str]:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.ledger.api import Ledger
+from appliance.proxy.commands import ConnectionInfo
 
-__all__ = ["RefusalLog"]
+__all__ = ["RefusalLog", "connection_refused"]
 
 REFUSED = "connection.refused"
 SUMMARY = ".summary"  # appended to the type of the refusals it counts
@@ -102,3 +103,39 @@ class RefusalLog:
                     "last_us": round(count.last_ts * 1_000_000),
                 },
             )
+
+
+def connection_refused(
+    refusals: RefusalLog | None,
+    ledger: Ledger,
+    info: ConnectionInfo,
+    *,
+    protocol: str,
+    target: str,
+    reason: str,
+    detail: str | None = None,
+) -> None:
+    """Record a connection of ``protocol`` that ended before its session started: through
+    ``refusals`` (aggregated), or in full when there is none (a core driven alone)."""
+    client, listener = info.client, info.listener
+    data: dict[str, Any] = {
+        "protocol": protocol,
+        "client": f"[{client[0]}]:{client[1]}" if ":" in client[0] else f"{client[0]}:{client[1]}",
+        "listener": f"[{listener[0]}]:{listener[1]}"
+        if ":" in listener[0]
+        else f"{listener[0]}:{listener[1]}",
+        "connection": info.session_id,
+    }
+    if detail is not None:
+        data["detail"] = detail
+    if refusals is None:
+        ledger.append(
+            REFUSED,
+            identity=info.identity,
+            target=target,
+            data={"source": client[0], "reason": reason, **data},
+        )
+        return
+    refusals.refused(
+        source=client[0], reason=reason, data=data, target=target, identity=info.identity
+    )

@@ -42,8 +42,12 @@ class Protocol:
     ``pcap``: module that registers the protocol's pcap renderer when imported (or None);
     ``prepare``: ``"module:function"`` the daemon calls once before it listens, as
     ``prepare(config, record)`` (``record(type, data)`` appends to the ledger), for work
-    on the host (the http protocol's interception CA and trust); what it returns is the
-    protocol's shared state instead of ``shared``'s.
+    on the host (the http protocol's interception CA and trust; SSH's CA and its line in
+    the runner's ``ssh_known_hosts``); what it returns is the protocol's shared state
+    instead of ``shared``'s;
+    ``untrust``: ``"module:function"`` that ``appliance capture remove`` calls as
+    ``untrust(config or None)`` to take away what ``prepare`` left on the host for the
+    runner's clients, returning what it removed.
     """
 
     name: str
@@ -57,6 +61,7 @@ class Protocol:
     requires_accounts: bool = True
     pcap: str | None = None
     prepare: str | None = None
+    untrust: str | None = None
 
     def load(self, ref: str) -> Any:
         module, _, attr = ref.partition(":")
@@ -107,6 +112,24 @@ PROTOCOLS: dict[str, Protocol] = {
             target_keys=("tls", "client_tls", "local_infile", "server_public_key"),
             options="appliance.proxy.mysql.core:options",
             pcap="appliance.proxy.mysql.pcap",
+        ),
+        Protocol(
+            name="ssh",
+            description="SSH 2 (ssh, scp, sftp, rsync, git, Ansible): exec, shell, "
+            "subsystems, forwards; keys the job never holds",
+            default_port=22,
+            runner="appliance.proxy.ssh.runner:SshRunner",
+            shared="appliance.proxy.ssh.keys:shared",
+            target_keys=(
+                "known_hosts",
+                "login_timeout",
+                "max_channels",
+                "max_recording",
+                "max_transfer_content",
+            ),
+            options="appliance.proxy.ssh.options:parse_options",
+            prepare="appliance.proxy.ssh.known_hosts:prepare",
+            untrust="appliance.proxy.ssh.known_hosts:untrust",
         ),
     )
 }

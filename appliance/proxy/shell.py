@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import ssl
 import weakref
@@ -31,13 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.approvals import Broker
-from appliance.capture import upstream_socket
-from appliance.errors import ApplianceError
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy import commands as c
 from appliance.proxy._endpoint import HIGH_WATER, Endpoint
 from appliance.proxy._starttls import start_tls
 from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
+from appliance.proxy.waits import Unreachable, ask_approval, await_durable, connect_marked, why
 
 log = logging.getLogger("appliance.proxy")
 
@@ -74,11 +72,6 @@ def _record_sni(context: ssl.SSLContext) -> None:
 
     context.sni_callback = note
     context._appliance_notes_sni = True  # type: ignore[attr-defined]
-
-
-def _why(exc: OSError) -> str:
-    """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
-    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 class Connection:
@@ -323,33 +316,10 @@ class Connection:
 
     # -- the commands that wait ----------------------------------------------------------------
 
-    async def _connect(self, address: tuple[str, int], timeout: float) -> socket.socket:
-        """A marked socket connected to ``address``; raises _Unreachable saying why."""
-        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        make = self.services.upstream_socket or upstream_socket
-        try:
-            sock = make(family, self.services.mark)
-        except OSError as exc:
-            raise _Unreachable(_why(exc)) from None
-        except ApplianceError as exc:  # the mark cannot be set
-            raise _Unreachable(str(exc)) from None
-        try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, address), timeout)
-        except TimeoutError:
-            sock.close()
-            raise _Unreachable("timed out", timed_out=True) from None
-        except OSError as exc:
-            sock.close()
-            raise _Unreachable(_why(exc)) from None
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
     async def _open_upstream(self, command: c.OpenUpstream) -> None:
         try:
-            sock = await self._connect(command.address, command.timeout)
-        except _Unreachable as exc:
+            sock = await connect_marked(self.services, command.address, command.timeout)
+        except Unreachable as exc:
             self.event(c.UpstreamFailed(exc.why, timed_out=exc.timed_out))
             return
         endpoint = self.upstream = Endpoint(self, "upstream")
@@ -395,51 +365,25 @@ class Connection:
             self.on_data(side, data)
 
     async def _approval(self, command: c.AskApproval) -> None:
-        broker = self.services.broker
-        if broker is None:
-            self.event(c.ApprovalAnswered(command.key, error="approvals are not configured"))
-            return
-        try:
-            request = broker.new_request(**command.fields)
-        except ApplianceError as exc:
-            self.event(c.ApprovalAnswered(command.key, error=str(exc)))
-            return
-        outcome = await broker.request(request)
-        self.event(c.ApprovalAnswered(command.key, outcome, request.id))
+        self.event(await ask_approval(self.services.broker, command))
 
     async def _durable(self, command: c.AwaitDurable) -> None:
-        sync = self.services.durable
-        if sync is None:
-            self.event(c.Durable(command.key, False, "the ledger cannot sync"))
-            return
-        try:
-            await sync()
-        except ApplianceError as exc:
-            self.event(c.Durable(command.key, False, str(exc)))
-            return
-        self.event(c.Durable(command.key, True))
+        self.event(await await_durable(self.services.durable, command))
 
     async def _send_once(self, command: c.SendOnce) -> None:
         try:
-            sock = await self._connect(command.address, command.timeout)
-        except _Unreachable as exc:
+            sock = await connect_marked(self.services, command.address, command.timeout)
+        except Unreachable as exc:
             self.event(c.SentOnce(False, exc.why))
             return
         try:
             await asyncio.get_running_loop().sock_sendall(sock, command.payload)
         except OSError as exc:
-            self.event(c.SentOnce(False, _why(exc)))
+            self.event(c.SentOnce(False, why(exc)))
             return
         finally:
             sock.close()
         self.event(c.SentOnce(True))
-
-
-class _Unreachable(Exception):
-    def __init__(self, why: str, *, timed_out: bool = False) -> None:
-        super().__init__(why)
-        self.why = why
-        self.timed_out = timed_out
 
 
 __all__ = ["HIGH_WATER", "Connection", "ShellServices"]

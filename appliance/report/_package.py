@@ -38,6 +38,7 @@ from appliance.ledger.checkpoint import Checkpoint
 from appliance.ledger.entries import Entry
 from appliance.ledger.errors import LedgerError
 from appliance.ledger.proof import load_tree, make_proof
+from appliance.ledger.recordings import asciicast, recordings
 from appliance.ledger.render import transcript
 from appliance.ledger.store import BlobReader, iter_entries, read_history, unverified_checkpoint
 from appliance.ledger.verify import verify_ledger
@@ -48,10 +49,11 @@ from appliance.report._facts import (
     LogCheck,
     LogFacts,
     Period,
+    SessionFacts,
     slug,
     to_json,
 )
-from appliance.report._pages import Pages
+from appliance.report._pages import Cast, Pages
 from appliance.report.sources import LogDir, Remote, resolve
 from appliance.signing.keys import InvalidSignature, VerifierKey
 from appliance.signing.note import NoteError, open_note
@@ -297,15 +299,36 @@ def _session_pages(
             if s is not None:
                 buffers.setdefault(s.id, []).append(e)
                 if e.seq == s.last_seq:
-                    files.write(*pages.session(s, lf, _transcript(buffers.pop(s.id), load, rows)))
+                    session(s, buffers.pop(s.id))
+
+    def session(s: SessionFacts, entries: list[Entry]) -> None:
+        casts = _casts(s, entries, blobs, files)
+        files.write(*pages.session(s, lf, _transcript(entries, load, rows), casts))
 
     files.write_lines(f"logs/{lf.slug}/entries.jsonl", raw())
     for sid, entries in sorted(buffers.items()):  # reading stopped before their last entry
-        files.write(*pages.session(wanted[sid], lf, _transcript(entries, load, rows)))
+        session(wanted[sid], entries)
 
 
 def _transcript(entries: list[Entry], load: Callable[[str], bytes | None], rows: int) -> str:
     return "\n".join(line for _, step in transcript(entries, load, max_rows=rows) for line in step)
+
+
+def _casts(s: SessionFacts, entries: list[Entry], blobs: BlobReader, files: _Files) -> list[Cast]:
+    """The session's terminal recordings (SSH channels with a PTY) written beside its page
+    as asciicast v2 files (``asciinema play FILE``), as ``ledger export --format asciicast``
+    writes them."""
+    out: list[Cast] = []
+    stem = s.page.removesuffix(".html")
+    target = next((e.obj.get("target") for e in entries if e.obj.get("target")), None) or "ssh"
+    for rec in recordings([e.obj for e in entries], blobs):
+        if not rec.header.get("pty"):
+            continue
+        path = f"{stem}.{rec.n}.cast"
+        lines = asciicast(rec, f"{target} session {s.id} request {rec.n}")
+        files.write(path, b"".join(lines))
+        out.append(Cast(path.rsplit("/", 1)[-1], rec.n, len(lines) - 1))
+    return out
 
 
 def _scope(req: ReportRequest, facts: Facts) -> dict[str, Any]:

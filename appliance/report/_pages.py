@@ -33,6 +33,16 @@ SECTION_PAGES = {
 
 
 @dataclass(frozen=True)
+class Cast:
+    """A terminal recording written beside a session's page: its file name (asciicast v2),
+    the request it belongs to, its number of events."""
+
+    name: str
+    n: int | None
+    events: int
+
+
+@dataclass(frozen=True)
 class Status:
     cls: str
     headline: str
@@ -203,7 +213,9 @@ class Pages:
             section_pages=SECTION_PAGES,
         )
 
-    def session(self, s: SessionFacts, log: LogFacts, transcript: str) -> tuple[str, str]:
+    def session(
+        self, s: SessionFacts, log: LogFacts, transcript: str, casts: list[Cast]
+    ) -> tuple[str, str]:
         return self._render(
             "session.html.j2",
             s.page,
@@ -211,6 +223,7 @@ class Pages:
             s=s,
             log=log,
             transcript=transcript,
+            casts=casts,
             rows=self.rows,
             holds=self.holds.get((s.log, s.id), []),
         )

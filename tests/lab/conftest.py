@@ -15,6 +15,8 @@ import pytest
 
 from tests.lab.ceph import CephS3
 from tests.lab.lab import Lab, MariaServer, PgServer
+from tests.lab.ssh import SshRunner
+from tests.lab.sshd import SshServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -43,6 +45,25 @@ def maria(lab: Lab) -> MariaServer:
     (native password), ``app_ed`` (ed25519), ``app_tls`` (REQUIRE SSL). Modules make their
     own tables."""
     return lab.start_mariadb(1)
+
+
+@pytest.fixture(scope="session")
+def ssh_runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshRunner]:
+    """A lab of its own (capture installs rules in its runner namespace): Debian's sshd on
+    target 1 port 22 and the appliance protecting it with transparent capture."""
+    if os.geteuid() != 0:
+        pytest.fail("lab tests need root: run them through `make test`")
+    with Lab(n_targets=2) as ssh_lab:
+        sshd = SshServer(ssh_lab, ssh_lab.targets[1])
+        ssh_lab._servers.append(sshd)  # stopped with the lab
+        sshd.start()
+        runner = SshRunner(ssh_lab, sshd, tmp_path_factory.mktemp("ssh"))
+        try:
+            runner.start()
+            yield runner
+        finally:
+            runner.stop()
+            runner.remove_capture()
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,9 @@
 
 What it shows, in under a minute:
 
-1. the lab: a runner namespace (the CI VM, with a job cgroup) and two target namespaces (the
-   production database hosts) running a real PostgreSQL and a real MariaDB, each with a
-   table of customers;
+1. the lab: a runner namespace (the CI VM, with a job cgroup) and three target namespaces
+   (the production database hosts, running a real PostgreSQL and a real MariaDB, each with
+   a table of customers, and a web host running OpenSSH's sshd);
 2. the appliance started on the runner (`appliance run`): netfilter capture, eBPF
    attribution, policy, masking, the signed ledger;
 3. an unmodified job (psql, no password, the database's real address) captured: its
@@ -12,11 +12,15 @@ What it shows, in under a minute:
 4. a DROP denied by policy; a DELETE held until the demo approver signs an approval;
 5. the same for MySQL: the mariadb CLI, unmodified, gets masked rows, MySQL's own error for
    the DROP, and its DELETE runs once alice approves it;
-6. fail closed: with the appliance stopped, the job's connection is refused at once;
-7. the ledger in the fleet's bucket (a real S3 server, Ceph's radosgw, with versioning and
+6. SSH: an unmodified ``ssh`` with no key of its own runs a command on a protected host
+   (Debian's sshd in a third target namespace): the appliance's per-run CA is trusted
+   through the runner's ssh_known_hosts, the appliance logs in with the service account's
+   key, the output is recorded masked; an ``rm -rf`` is denied with the rule's reason;
+7. fail closed: with the appliance stopped, the job's connection is refused at once;
+8. the ledger in the fleet's bucket (a real S3 server, Ceph's radosgw, with versioning and
    Object Lock): shipped while the appliance ran and on stop, verified from the bucket;
-8. `appliance ledger verify` passing, and the commands to look at the ledger yourself;
-9. HTTPS (:mod:`tests.lab.demo_http`, its step 11): an API upload held until alice signs, ``kubectl
+9. `appliance ledger verify` passing, and the commands to look at the ledger yourself;
+10. HTTPS (:mod:`tests.lab.demo_http`, its step 12): an API upload held until alice signs, ``kubectl
    delete`` denied with a Kubernetes Status, the AWS CLI uploading to Ceph's S3 with keys
    the appliance injects.
 
@@ -37,6 +41,7 @@ from typing import Any
 
 from tests.lab.ceph import CephS3
 from tests.lab.lab import Lab, MariaServer, PgServer
+from tests.lab.sshd import SshServer, job_etc_ssh, job_ssh_binds
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "demo-output"
@@ -134,7 +139,12 @@ def mariadb_argv(maria: MariaServer, sql: str) -> list[str]:
 
 
 def write_config(
-    lab: Lab, pg: PgServer, maria: MariaServer, vkey_alice: str, s3_endpoint: str
+    lab: Lab,
+    pg: PgServer,
+    maria: MariaServer,
+    sshd: SshServer,
+    vkey_alice: str,
+    s3_endpoint: str,
 ) -> Path:
     config = OUT / "config.yaml"
     config.write_text(
@@ -154,6 +164,13 @@ targets:
     tls: {{mode: prefer}}
     accounts:
       - {{name: ci, user: app, secret: {{file: {maria.password_file()}}}}}
+  - name: web
+    protocol: ssh
+    addresses: ["{sshd.ipv4}:22"]
+    known_hosts: {sshd.known_hosts}    # the host's real key, checked by the appliance
+    accounts:
+      # An SSH private key the job never sees (root-only file on the runner).
+      - {{name: deploy, user: deploy, secret: {{file: {sshd.account_key}}}}}
 ledger:
   dir: {OUT / "ledger"}
   origin: {ORIGIN}
@@ -170,6 +187,8 @@ capture:
   # Where the appliance runs: its marked traffic passes from there only (on a runner,
   # the systemd unit's cgroup, /system.slice/appliance.service: the default).
   appliance_cgroup: {lab.appliance_cgroup_path}
+  # The runner's /etc/ssh/ssh_known_hosts, as the lab's job sees it.
+  ssh_known_hosts: {job_etc_ssh(lab) / "ssh_known_hosts"}
 policy:
   mode: enforce
   approvals:
@@ -186,6 +205,10 @@ policy:
       match: {{classes: [delete]}}
       action: review
       approvers: [alice]
+    - name: no-recursive-deletes
+      match: {{ssh: {{programs: [rm], arguments: ["-rf *", "-fr *"]}}}}
+      action: deny
+      message: "recursive deletes on hosts are not allowed from CI"
     - name: default
       action: allow
 masking:
@@ -294,7 +317,7 @@ def _demo(
     started: float, s3: CephS3, s3_thread: threading.Thread, s3_failed: list[BaseException]
 ) -> int:
     step("1. The lab: a runner namespace (the CI VM) and target namespaces (the database hosts)")
-    with Lab(n_targets=2) as lab:
+    with Lab(n_targets=3) as lab:
         target = lab.targets[0]
         print(
             f"   runner  {lab.runner.name}: {target.runner_ipv4}, job cgroup {lab.job_cgroup.name}"
@@ -326,6 +349,15 @@ def _demo(
             "   their accounts 'app' (SCRAM-SHA-256, mysql_native_password) have passwords in "
             "root-only files the job cannot read"
         )
+        sshd = SshServer(lab, lab.targets[2])
+        lab._servers.append(sshd)  # stopped with the lab
+        sshd.start()
+        sshd.as_user(
+            ["sh", "-c", "printf 'order 1017 paid with 4000 0566 5566 5556\\n' > orders.log"]
+        )
+        print(
+            f"   OpenSSH (Debian's sshd) on {sshd.ipv4}:22, user 'deploy'; the key is root-only too"
+        )
 
         step("2. Keys and config: a ledger signing key, an approver key for alice")
         show(
@@ -352,7 +384,7 @@ def _demo(
             f"Object Lock COMPLIANCE 1 day); up in {s3.started_in:.1f}s, the demo waited "
             f"{waited:.1f}s for it"
         )
-        config = write_config(lab, pg, maria, vkey_alice, s3_endpoint)
+        config = write_config(lab, pg, maria, sshd, vkey_alice, s3_endpoint)
         show(appliance("config", "check", str(config)).stdout)
 
         step("3. The appliance starts on the runner: capture rules, eBPF attribution, ledger")
@@ -493,6 +525,39 @@ def _demo(
                 f"   {GREEN}approved and run{RESET}; the MySQL step took "
                 f"{time.monotonic() - mysql_started:.1f}s"
             )
+
+            step("8. SSH: the job runs commands on a protected host, with no key of its own")
+            ssh = ["ssh", "-o", "BatchMode=yes", f"deploy@{sshd.ipv4}"]
+            # The sessions so far (MySQL's step waits for none of them) are not the SSH ones.
+            seen.update(e["session"] for e in ledger_entries(type_="session.start"))
+            print(f"   {DIM}job$ ssh deploy@{sshd.ipv4} 'hostname; tail -1 orders.log'{RESET}")
+            r = lab.job(
+                [*ssh, "hostname; tail -1 orders.log"], env=JOB_ENV, binds=job_ssh_binds(lab)
+            )
+            show(r.stdout + r.stderr)
+            ssh_session = wait_for_session(seen)
+            login = ledger_entries(ssh_session["session"], "session.ready")[0]
+            print(
+                f"   {GREEN}captured{RESET}: the host certificate came from the appliance's per-run CA "
+                "(trusted through the runner's ssh_known_hosts); the appliance logged in as "
+                f"'{login['account']}' with a key the job never held"
+            )
+            print(f"   {DIM}job$ ssh deploy@{sshd.ipv4} 'rm -rf /srv/app'{RESET}")
+            r = lab.job([*ssh, "rm -rf /srv/app"], env=JOB_ENV, binds=job_ssh_binds(lab))
+            show(r.stderr)
+            print(
+                f"   {RED}denied{RESET} (exit {r.returncode}): the command never reached the host"
+            )
+            wait_for_session(seen)
+            print(
+                "   The first SSH session, replayed from the ledger (output masked before it was stored):"
+            )
+            show(
+                appliance(
+                    "ledger", "replay", "--ledger", str(OUT / "ledger"), ssh_session["session"]
+                ).stdout,
+                indent="      ",
+            )
         finally:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -501,7 +566,7 @@ def _demo(
                 daemon.kill()
                 daemon.wait()
 
-        step("8. Fail closed: the appliance is stopped, its rules stay; the job is refused at once")
+        step("9. Fail closed: the appliance is stopped, its rules stay; the job is refused at once")
         t0 = time.monotonic()
         r = lab.job(psql_argv(pg, "SELECT 1"), env={**JOB_ENV, "PGCONNECT_TIMEOUT": "10"})
         elapsed = time.monotonic() - t0
@@ -516,7 +581,7 @@ def _demo(
         print("   (only `appliance capture remove` removes the rules:)")
         show(out.decode(), indent="      ")
 
-        step("9. The ledger in the fleet's bucket: shipped as it was signed, and on stop")
+        step("10. The ledger in the fleet's bucket: shipped as it was signed, and on stop")
         auditor, endpoint = s3.client_namespace("auditor")
         print(
             f"   {DIM}auditor$ appliance ledger verify --source s3://{BUCKET}/fleet --vkey ledger.vkey{RESET}"
@@ -539,7 +604,7 @@ def _demo(
             f"the bucket's copy {'is' if same else 'is NOT'} the runner's ledger, byte for byte"
         )
 
-    step("10. The lab is torn down (namespaces, cgroup, servers). The evidence remains:")
+    step("11. The lab is torn down (namespaces, cgroup, servers). The evidence remains:")
     verify = appliance(
         "ledger",
         "verify",

@@ -33,7 +33,7 @@ def run(out: Path, vkey_alice: str, alice_key: Path) -> dict[str, Any]:
     from tests.lab.ceph import CephS3
 
     seen: dict[str, Any] = {}
-    step("11. HTTPS APIs: nginx, a Kubernetes API (the lab's small server) and Ceph's S3")
+    step("12. HTTPS APIs: nginx, a Kubernetes API (the lab's small server) and Ceph's S3")
     with Lab(n_targets=2) as lab, CephS3(tls=True) as s3:
         nginx = Nginx(lab, lab.targets[0], token=API_TOKEN)
         nginx.start()

@@ -46,6 +46,8 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 JOB_UID = 65534  # nobody: the job must not be able to read the lab's secrets
 JOB_GID = 65534
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
 
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
@@ -99,6 +101,19 @@ def in_netns(path: str | Path) -> Iterator[None]:
                 raise OSError(ctypes.get_errno(), "setns back to the original namespace failed")
     finally:
         os.close(back)
+
+
+def private_mounts(binds: Sequence[tuple[Path, Path]]) -> None:
+    """Give the calling process its own mount namespace (nothing propagates back to the
+    host) and bind each source over its target in it: a lab host's own /etc files."""
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS)")
+    if _libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        raise OSError(ctypes.get_errno(), "making / private")
+    for source, target in binds:
+        if _libc.mount(bytes(source), bytes(target), None, MS_BIND | MS_REC, None) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"bind {source} over {target}: {os.strerror(err)}")
 
 
 def stop_process(
@@ -349,11 +364,20 @@ class Lab:
 
     # -- running processes ---------------------------------------------------------------------
 
-    def _preexec(self, netns: Path, cgroup: Path | None, uid: int | None, gid: int | None):  # type: ignore[no-untyped-def]
+    def _preexec(
+        self,
+        netns: Path,
+        cgroup: Path | None,
+        uid: int | None,
+        gid: int | None,
+        binds: Sequence[tuple[Path, Path]] = (),
+    ):  # type: ignore[no-untyped-def]
         def enter() -> None:
             if cgroup is not None:
                 (cgroup / "cgroup.procs").write_text(str(os.getpid()))
             setns(netns)
+            if binds:
+                private_mounts(binds)
             if gid is not None:
                 os.setgroups([])
                 os.setgid(gid)
@@ -371,21 +395,25 @@ class Lab:
         uid: int | None = None,
         gid: int | None = None,
         env: Mapping[str, str] | None = None,
+        binds: Sequence[tuple[Path, Path]] = (),
         cgroup: Path | None = None,
         **kwargs: object,
     ) -> subprocess.Popen[bytes]:
         """Start a process in a lab namespace (default: the runner). ``job=True`` runs it as
         the job: in the job cgroup, as uid/gid nobody, with a minimal environment plus ``env``.
+        ``binds``: (source, target) bind mounts in a mount namespace of its own.
         ``cgroup``: the cgroup of a process that is not the job (the appliance's, say)."""
         host = host or self.runner
         if job:
             uid = JOB_UID if uid is None else uid
             base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
             full_env = {**base, **(env or {})}
-            preexec = self._preexec(host.path, self.job_cgroup, uid, JOB_GID if uid else None)
+            preexec = self._preexec(
+                host.path, self.job_cgroup, uid, JOB_GID if uid else None, binds
+            )
         else:
             full_env = {**os.environ, **(env or {})}
-            preexec = self._preexec(host.path, cgroup, uid, gid)
+            preexec = self._preexec(host.path, cgroup, uid, gid, binds)
         proc = subprocess.Popen(list(argv), env=full_env, preexec_fn=preexec, **kwargs)  # type: ignore[call-overload]
         self._procs.append(proc)
         return proc  # type: ignore[no-any-return]
@@ -399,6 +427,7 @@ class Lab:
         timeout: float = 60,
         uid: int | None = None,
         host: Host | None = None,
+        binds: Sequence[tuple[Path, Path]] = (),
     ) -> subprocess.CompletedProcess[str]:
         """Run a command as the job and wait for it: stdout/stderr as text, never raises on a
         non-zero exit (tests assert on returncode)."""
@@ -408,6 +437,7 @@ class Lab:
             job=True,
             uid=uid,
             env=env,
+            binds=binds,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

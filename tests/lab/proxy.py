@@ -132,15 +132,7 @@ class Appliance:
     ) -> list[dict[str, Any]]:
         """Entries once ``predicate(entries)`` holds (the writer runs in the background);
         raise AssertionError with the tail of the ledger after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            entries = self.entries()
-            if predicate(entries):
-                return entries
-            if time.monotonic() > deadline:
-                tail = "\n".join(json.dumps(e)[:300] for e in entries[-15:])
-                raise AssertionError(f"ledger condition not met in {timeout}s; tail:\n{tail}")
-            time.sleep(0.05)
+        return wait_for_entries(self.entries, predicate, timeout=timeout)
 
     def session_entries(self, session: str) -> list[dict[str, Any]]:
         return [e for e in self.entries() if e["session"] == session]
@@ -198,6 +190,25 @@ class Appliance:
             if path.is_file() and needle in path.read_bytes():
                 found.append(path)
         return found
+
+
+def wait_for_entries(
+    entries: Callable[[], list[dict[str, Any]]],
+    predicate: Callable[[list[dict[str, Any]]], bool],
+    *,
+    timeout: float = 20,
+) -> list[dict[str, Any]]:
+    """``entries()`` once ``predicate`` holds of it, polled every 50 ms; AssertionError with
+    the tail of the ledger after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = entries()
+        if predicate(found):
+            return found
+        if time.monotonic() > deadline:
+            tail = "\n".join(json.dumps(e)[:300] for e in found[-15:])
+            raise AssertionError(f"ledger condition not met in {timeout}s; tail:\n{tail}")
+        time.sleep(0.05)
 
 
 def _session_of(

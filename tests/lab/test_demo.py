@@ -25,6 +25,12 @@ def test_demo_runs_to_the_end() -> None:
     # denied, held then approved
     assert "statement denied by policy rule 'no-destructive-ddl'" in out
     assert "approved by alice" in out and "DELETE 1" in out
+    # SSH: captured with no key, denied with the rule, replayed masked
+    assert "order 1017 paid with 4000 0566 5566 5556" in out  # what the job saw
+    assert "order 1017 paid with [REDACTED:CARD]" in out  # what the ledger keeps
+    assert "appliance: denied by policy rule 'no-recursive-deletes'" in out
+    assert "the appliance logged in as 'deploy'" in out
+    assert "removed the SSH CA line" in out
     # MySQL: masked rows, MySQL's own error for the DROP, the DELETE held and approved
     mysql = out[out.index("== 7. MySQL too") : out.index("== 8.")]
     assert mysql.count("[REDACTED:CARD]") == 3 and "6011000000000004" not in mysql

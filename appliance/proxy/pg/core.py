@@ -101,6 +101,7 @@ from appliance.proxy.pg.hooks import SessionHooks
 from appliance.proxy.pg.parameters import ParameterRefused, upstream_parameters
 from appliance.proxy.pg.recording import SessionRecorder
 from appliance.proxy.pg.relay import Relay, SessionRefused, Statement
+from appliance.proxy.refusals import connection_refused
 from appliance.proxy.services import SessionServices
 from appliance.proxy.statement_policy import Holds
 
@@ -693,29 +694,14 @@ class PgSession:
 
     def _refused(self, reason: str, detail: str | None = None) -> None:
         """A connection that ended before its session started (see :mod:`..refusals`)."""
-        data: dict[str, Any] = {
-            "protocol": "postgres",
-            "client": _addr(self.info.client),
-            "listener": _addr(self.info.listener),
-            "connection": self.id,
-        }
-        if detail is not None:
-            data["detail"] = detail
-        refusals = self.services.refusals
-        if refusals is None:
-            self.services.ledger.append(
-                "connection.refused",
-                identity=self.identity,
-                target=self.target.name,
-                data={"source": self.info.client[0], "reason": reason, **data},
-            )
-            return
-        refusals.refused(
-            source=self.info.client[0],
-            reason=reason,
-            data=data,
+        connection_refused(
+            self.services.refusals,
+            self.services.ledger,
+            self.info,
+            protocol="postgres",
             target=self.target.name,
-            identity=self.identity,
+            reason=reason,
+            detail=detail,
         )
 
     def _pull_relay(self) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from appliance.config import Address, ConfigError, load_config, parse_config
+from appliance.proxy.registry import PROTOCOLS
 
 GOOD = """\
 targets:
@@ -87,7 +88,7 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
         ),
         (
             "targets:\n  - name: a\n    protocol: oracle\n    addresses: [x:1]\n    accounts: []\n",
-            "<config>:3: targets[0].protocol: expected one of postgres, http, mysql; got 'oracle'",
+            f"<config>:3: targets[0].protocol: expected one of {', '.join(PROTOCOLS)}; got 'oracle'",
         ),
         (
             "targets:\n  - name: a\n    protocol: postgres\n    addresses: [10.0.0.1]\n    accounts: []\n",

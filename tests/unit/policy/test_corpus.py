@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from appliance.policy import CLASSES, classify
+from appliance.policy._vocabulary import SSH_CLASSES
 
 from .helpers import DATA
 
@@ -23,8 +24,9 @@ def test_corpus_is_sound() -> None:
     assert len(names) == len(set(names))
     used = {c for case in CORPUS for c in case["classes"]}
     assert used <= set(CLASSES)
-    # Every class of the vocabulary is exercised by at least one case.
-    assert set(CLASSES) - used == set()
+    # Every SQL class of the vocabulary is exercised by at least one case (SSH's are by
+    # tests/unit/policy/test_ssh.py).
+    assert set(CLASSES) - SSH_CLASSES - used == set()
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c["name"] for c in CORPUS])
