@@ -1,22 +1,21 @@
-"""The detectors: for each kind of sensitive value, a gate, a trigger, a candidate pattern and a
-validation step.
+"""The detectors: for each kind of sensitive value, pre-filter patterns, a candidate pattern and
+a validation step.
 
 Each :class:`Detector` has
 
-- ``gate``: characters or a literal of which text holding a finding has at least one (``@``
-  for e-mail, a digit for cards). The gates of the enabled detectors are joined into one
-  pre-filter; text that fails it is clean after one fast C-level scan.
-- ``trigger``: a regular expression every finding's surroundings match; checked per detector
-  on text that passed the gate, so that only the patterns that can find something run (see
-  :mod:`appliance.masking._scan`).
+- ``prefilter``: patterns of which every finding contains a match (a necessary condition:
+  ``4111...`` holds thirteen digits in a row, an e-mail ``x@y.z``). The patterns of the
+  enabled detectors are compiled together (:mod:`appliance.masking._prefilter`, Hyperscan);
+  a detector none of whose patterns match in a text is not run on it, and text no pattern
+  matches is clean after that one scan. They are ASCII, without look-arounds or
+  back-references (what Hyperscan compiles), and run over UTF-8 bytes.
 - ``pattern``: finds candidates; ``validate`` keeps those that pass the checks of
   :mod:`appliance.masking._validate` and says which part of the match is the value (a URI's
   password, not the whole URI).
 - ``priority``: where findings overlap, the lower number wins (a GitHub token inside
   ``token=...`` is reported as ``github_token``, not ``generic_secret``).
 
-All patterns are ASCII (``re.ASCII``): a digit is ``0-9``. The gate is compiled for ``str``
-and for ``bytes`` and means the same on both.
+All patterns are ASCII (``re.ASCII``): a digit is ``0-9``.
 
 Detector names are fixed: they appear in the config and in the ledger.
 """
@@ -26,13 +25,14 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import re
+import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from appliance.masking import _validate as v
 from appliance.masking._styles import looks_masked
 
-__all__ = ["DETECTORS", "DETECTOR_NAMES", "Detector", "Gate", "Options", "Span"]
+__all__ = ["DETECTORS", "DETECTOR_NAMES", "Detector", "Options", "Span"]
 
 # start, end (in the text), normalised value (what the keyed hash is computed over)
 Span = tuple[int, int, str]
@@ -49,31 +49,22 @@ Validator = Callable[[re.Match[str], Options], Iterator[Span]]
 
 
 @dataclass(frozen=True)
-class Gate:
-    """The cheapest necessary condition: one of ``chars`` occurs, or ``literal`` matches."""
-
-    chars: str = ""
-    literal: str | None = None
-
-
-@dataclass(frozen=True)
 class Detector:
     name: str
     priority: int
-    gate: Gate
-    trigger: str
+    prefilter: tuple[str, ...]
     pattern: re.Pattern[str]
     validate: Validator
     description: str
+    # The characters every match of ``pattern`` consists of, where that is a small set (the
+    # pre-filter patterns' matches too): long texts are then searched only in the runs of
+    # these characters around pre-filter matches (appliance.masking._scan).
+    runs: frozenset[str] | None = None
 
 
 def _c(pattern: str, flags: int = 0) -> re.Pattern[str]:
     return re.compile(pattern, re.ASCII | flags)
 
-
-# A run of at least seven digits, with up to three of space . ( ) - between two digits. Every
-# card, dashed SSN and phone number the patterns below accept contains one.
-_DIGITS7 = r"[0-9](?:[ .()-]{0,3}[0-9]){6}"
 
 # -- pem_private_key --------------------------------------------------------------------------
 
@@ -478,15 +469,25 @@ _KEYWORDS = (
 
 # -- the table --------------------------------------------------------------------------------
 
-_DIGIT = "0123456789"
+# The pre-filter patterns: each is what the detector's pattern needs, without its look-arounds
+# (and, for phone numbers, what the validator needs too). The unit tests check, over the
+# corpus and generated text, that no finding is ever lost to them.
+_SEP = r"[ .()\-]"
+# Seven digits with at most three of space . ( ) - between two digits, at least one such gap
+# among them, or after a "+": every phone number the validator accepts (7 to 15 digits, two
+# groups or a leading +) holds one. Bare runs of digits (ids, timestamps) do not.
+_DIGIT_SEP = rf"[0-9]{_SEP}{{0,3}}"
+_PHONE_PRE = (
+    rf"\+[0-9](?:{_SEP}{{0,3}}[0-9]){{6}}",
+    *(rf"{_DIGIT_SEP * (k - 1)}[0-9]{_SEP}{{1,3}}{_DIGIT_SEP * (6 - k)}[0-9]" for k in range(1, 7)),
+)
 
-# name, priority, gate (characters; literal triggers), trigger, pattern, validator, what
+# name, priority, pre-filter, pattern, validator, what
 DETECTORS: tuple[Detector, ...] = (
     Detector(
         "pem_private_key",
         0,
-        Gate(literal="PRIVATE KEY"),
-        r"PRIVATE KEY",
+        (r"-----BEGIN[ A-Z0-9]*PRIVATE KEY",),
         _PEM,
         _pem,
         "PEM private key blocks (RSA, EC, OpenSSH, PKCS#8 ...)",
@@ -494,8 +495,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "jwt",
         1,
-        Gate(literal="eyJ"),
-        r"eyJ",
+        (r"eyJ[A-Za-z0-9_\-]{4}[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.",),
         _JWT,
         _jwt,
         "JSON Web Tokens (JWS and JWE, header checked)",
@@ -503,8 +503,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "github_token",
         2,
-        Gate(chars="_"),
-        r"gh[pousr]_|github_pat_",
+        (r"gh[pousr]_[A-Za-z0-9]{36}", r"github_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}"),
         _GITHUB,
         _github,
         "GitHub tokens (ghp_, gho_, ghu_, ghs_, ghr_ with CRC-32 check; github_pat_)",
@@ -512,8 +511,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "gitlab_token",
         3,
-        Gate(chars=_DIGIT, literal=r"gl[a-z]{1,7}-"),
-        rf"(?:{_GITLAB_PREFIXES})-|GR1348941",
+        (rf"(?:{_GITLAB_PREFIXES})-[A-Za-z0-9_\-]{{20}}", r"GR1348941[A-Za-z0-9_\-]{20}"),
         _GITLAB,
         _plain,
         "GitLab tokens (glpat-, gldt-, glrt-, runner registration ...)",
@@ -521,8 +519,11 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "slack_token",
         4,
-        Gate(chars=":", literal=r"xox|xapp-"),
-        r"xox[abposre]|xapp-|hooks\.slack\.com",
+        (
+            r"xox[abposre]-[0-9]+-[0-9A-Za-z\-]{8}",
+            r"xapp-[0-9]-[A-Z0-9]+-[0-9]+-[A-Za-z0-9]",
+            r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]{8}",
+        ),
         _SLACK,
         _plain,
         "Slack tokens (xoxb-, xoxp-, xapp-) and webhook URLs",
@@ -530,8 +531,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "stripe_key",
         5,
-        Gate(chars="_"),
-        r"[sr]k_(?:live|test)_|whsec_",
+        (r"[sr]k_(?:live|test)_[0-9A-Za-z]{10}", r"whsec_[A-Za-z0-9]{32}"),
         _STRIPE,
         _plain,
         "Stripe secret and restricted keys, webhook secrets",
@@ -539,8 +539,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "aws_access_key_id",
         6,
-        Gate(literal=r"A(?:KIA|SIA|BIA|CCA)"),
-        r"AKIA|ASIA|ABIA|ACCA",
+        (r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",),
         _AWS_ID,
         _plain,
         "AWS access key ids (AKIA..., ASIA...)",
@@ -548,8 +547,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "uri_password",
         7,
-        Gate(chars=":"),
-        r"://",
+        (r"://[^\s:/?#@\[\]]*:[^\s/?#]+@",),
         _URI,
         _uri,
         "the password in scheme://user:pass@host",
@@ -557,17 +555,16 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "card",
         10,
-        Gate(chars=_DIGIT),
-        _DIGITS7,
+        (r"[0-9](?:[ \-]?[0-9]){12}",),
         _CARD,
         _card,
         "payment card numbers (issuer prefix and length, Luhn)",
+        frozenset("0123456789 -"),
     ),
     Detector(
         "iban",
         9,
-        Gate(chars=_DIGIT),
-        r"[A-Za-z]{2}[0-9]{2}",
+        (r"[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]){11}",),
         _IBAN,
         _iban,
         "IBANs (registry length and structure, mod 97)",
@@ -575,8 +572,11 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "ssn",
         12,
-        Gate(chars=_DIGIT),
-        _DIGITS7,
+        (
+            r"[0-9]{3}[ \-][0-9]{2}[ \-][0-9]{4}",
+            r"(?i)(?:ssn|social[_ \-]?security(?:[_ \-]?(?:number|no|num))?)"
+            r"[\"']?\s*[:=#]?\s*[\"']?[0-9]{9}",
+        ),
         _SSN,
         _ssn,
         "US social security numbers (dashed, or nine digits after a name that says SSN)",
@@ -584,26 +584,25 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "email",
         20,
-        Gate(chars="@"),
-        r"@",
+        (r"[A-Za-z0-9._%+\-]@[A-Za-z0-9][A-Za-z0-9\-]*\.[A-Za-z0-9]",),
         _EMAIL,
         _email,
         "e-mail addresses",
+        frozenset(string.ascii_letters + string.digits + "._%+-@"),
     ),
     Detector(
         "phone",
         21,
-        Gate(chars=_DIGIT),
-        _DIGITS7,
+        _PHONE_PRE,
         _PHONE,
         _phone,
         "phone numbers (valid per libphonenumber; separators or a leading +)",
+        frozenset("0123456789 .()+-"),
     ),
     Detector(
         "ipv4",
         22,
-        Gate(chars=_DIGIT),
-        r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",
+        (r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",),
         _IPV4,
         _plain,
         "IPv4 addresses",
@@ -611,8 +610,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "ipv6",
         23,
-        Gate(chars=":"),
-        r"::|[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:",
+        (r"::", r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:"),
         _IPV6,
         _ipv6,
         "IPv6 addresses",
@@ -620,8 +618,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "aws_secret_key",
         30,
-        Gate(chars=_DIGIT),  # the validator requires a digit
-        r"[A-Za-z0-9/+]{40}",
+        (r"[A-Za-z0-9/+]{40}",),
         _AWS_SECRET,
         _aws_secret,
         "AWS secret access keys (40 random base-64 characters)",
@@ -629,8 +626,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "generic_secret",
         31,
-        Gate(chars=":=\"'"),
-        _KEYWORDS,
+        (_KEYWORDS,),
         _GENERIC,
         _generic,
         "values next to key-like names (password=, api_key:, Authorization: ...)",

@@ -7,6 +7,7 @@ pure: text in, masked text and counts out.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -58,6 +59,16 @@ class ColumnPlan:
     """Per-column decisions for one result shape (one RowDescription or COPY)."""
 
     columns: tuple[ColumnAction, ...]
+
+    @functools.cached_property
+    def scan_only(self) -> bool:
+        """Every column is text format, scanned by the detectors and under no column rule,
+        and what is scanned is the value's own bytes (not JSON, whose strings are unescaped
+        first): then a row no detector can find anything in is kept as it is."""
+        return all(
+            c.rule is None and not c.binary and c.kind in (Kind.TEXT, Kind.STRICT)
+            for c in self.columns
+        )
 
     @property
     def unreadable_binary(self) -> tuple[str, ...]:
@@ -120,6 +131,20 @@ class TargetMasker:
         self._has_rules = any(
             r.applies_to(target) and r.style is not Style.NONE for r in masker.config.columns
         )
+
+    @property
+    def has_column_rules(self) -> bool:
+        """Whether some column rule (other than style none) applies to this target."""
+        return self._has_rules
+
+    def where(self, data: bytes) -> list[tuple[int, int, int]]:
+        """``(start, end, detector)`` spans of ``data`` (UTF-8 bytes holding many values:
+        rows of a COPY): a result-value detector can find something in a value lying inside
+        ``data`` only if one of its spans overlaps that value; a value no span overlaps is
+        clean as it stands (see :meth:`Prefilter.where
+        <appliance.masking._prefilter.Prefilter.where>`). Pass the detectors of the spans
+        overlapping each value to :meth:`mask_values` as ``candidates``."""
+        return self._m._values.prefilter.where(data)
 
     # -- free text ------------------------------------------------------------------------------
 
@@ -252,7 +277,12 @@ class TargetMasker:
         return ColumnPlan(tuple(actions))
 
     def mask_values(
-        self, plan: ColumnPlan, values: list[bytes | None], counts: MaskCounts
+        self,
+        plan: ColumnPlan,
+        values: list[bytes | None],
+        counts: MaskCounts,
+        *,
+        candidates: Sequence[Sequence[int]] | None = None,
     ) -> list[bytes | None]:
         """The row's values masked per ``plan``, for the wire (toward the job); ``values``
         itself if nothing changed. None is SQL NULL.
@@ -263,21 +293,32 @@ class TargetMasker:
         a detector finding in a binary number) becomes NULL, as a masked value of a non-text
         type does in text format. A binary value that cannot be read here passes unscanned
         (counted as ``binary_unscanned``), or becomes NULL when a column rule covers it.
+
+        ``candidates``: per value, the detectors that may find something in it, when the
+        caller has pre-filtered many values at once (see :meth:`where`); else each value is
+        pre-filtered here.
         """
         if len(values) != len(plan.columns):
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
+        if candidates is not None and len(candidates) != len(values):
+            raise ValueError("candidates must have one entry per value")
+        if candidates is None and self._clean_row(plan, values):
+            return values
         out: list[bytes | None] | None = None
-        might_match = self._m._values.might_match_bytes
+        prefilter = self._m._values.candidates_bytes
         for i, value in enumerate(values):
             if value is None:
                 continue
             action = plan.columns[i]
             if action.binary:
                 new = self._mask_binary(action, value, counts)
-            elif action.rule is None and not might_match(value):
-                continue
-            else:
+            elif action.rule is not None or action.kind is Kind.JSON:
                 new = self._mask_one(action, value, counts)
+            else:
+                only = prefilter(value) if candidates is None else candidates[i]
+                if not only:
+                    continue
+                new = self._mask_one(action, value, counts, only=only)
             if new is not value:
                 if out is None:
                     out = list(values)
@@ -293,7 +334,9 @@ class TargetMasker:
         value that cannot be read as text here (never written)."""
         if len(values) != len(plan.columns):
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
-        might_match = self._m._values.might_match_bytes
+        if self._clean_row(plan, values):
+            return [None if v is None else v.decode("utf-8", "replace") for v in values]
+        candidates = self._m._values.candidates_bytes
         out: list[str | dict[str, int] | None] = []
         for i, value in enumerate(values):
             if value is None:
@@ -312,8 +355,9 @@ class TargetMasker:
                     out.append(binary_cell(len(value)))
                     continue
                 text, action = readable, action.text
-            if action.rule is not None or might_match(text):
-                masked = self._mask_one(action, text, counts)
+            only = None
+            if action.rule is not None or action.kind is Kind.JSON or (only := candidates(text)):
+                masked = self._mask_one(action, text, counts, only=only)
                 if masked is None:
                     out.append(None)
                     continue
@@ -321,12 +365,38 @@ class TargetMasker:
             out.append(text.decode("utf-8", "replace"))
         return out
 
-    def _mask_one(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
+    def _clean_row(self, plan: ColumnPlan, values: list[bytes | None]) -> bool:
+        """True if no value of the row can change: one pre-filter pass over all its values
+        (joined: a match across two of them only sends the row down the slow path)."""
+        if not plan.scan_only or len(values) < 2:
+            return False
+        joined = b"\x00".join([v for v in values if v is not None])
+        return not self._m._values.candidates_bytes(joined)
+
+    def _mask_one(
+        self,
+        action: ColumnAction,
+        value: bytes,
+        counts: MaskCounts,
+        *,
+        only: Sequence[int] | None = None,
+    ) -> bytes | None:
         """One text-format value (or the text of a binary one) masked: the value itself if
-        unchanged, None for SQL NULL."""
+        unchanged, None for SQL NULL. ``only``: the detectors the pre-filter let through for
+        ``value`` (None: not asked yet)."""
         if action.rule is not None:
             return self._mask_whole(action, value, counts)
-        return self._scan_value(action, value, counts, gated=True)
+        text = value.decode("utf-8", "surrogateescape")
+        if action.kind is Kind.JSON:
+            # What is scanned is each string (and number) of the document, unescaped: the
+            # pre-filter runs on each of them, never on the document's bytes.
+            return self._scan_json(action, text, value, counts)
+        masked = self._mask(text, action.name, counts, only=only)
+        if masked is text:
+            return value
+        if action.kind is Kind.STRICT:
+            return None
+        return masked.encode("utf-8", "surrogateescape")
 
     def _mask_binary(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
         """A binary-format value masked for the wire (see :meth:`mask_values`)."""
@@ -338,9 +408,12 @@ class TargetMasker:
                 return None  # a rule covers it, and it cannot be read here: no value at all
             counts.add(BINARY_UNSCANNED, action.name)
             return value
-        if text_action.rule is None and not self._m._values.might_match_bytes(text):
-            return value
-        masked = self._mask_one(text_action, text, counts)
+        only = None
+        if text_action.rule is None and text_action.kind is not Kind.JSON:
+            only = self._m._values.candidates_bytes(text)
+            if not only:
+                return value
+        masked = self._mask_one(text_action, text, counts, only=only)
         if masked is text:
             return value
         if masked is None or action.kind is Kind.NUMBER:
@@ -361,19 +434,6 @@ class TargetMasker:
             return None
         if action.kind is Kind.JSON and not _is_json(masked):
             masked = json.dumps(masked, ensure_ascii=False)
-        return masked.encode("utf-8", "surrogateescape")
-
-    def _scan_value(
-        self, action: ColumnAction, value: bytes, counts: MaskCounts, *, gated: bool = False
-    ) -> bytes | None:
-        text = value.decode("utf-8", "surrogateescape")
-        if action.kind is Kind.JSON:
-            return self._scan_json(action, text, value, counts)
-        masked = self._mask(text, action.name, counts, gated=gated)
-        if masked is text:
-            return value
-        if action.kind is Kind.STRICT:
-            return None
         return masked.encode("utf-8", "surrogateescape")
 
     def _scan_json(
@@ -413,11 +473,13 @@ class TargetMasker:
             return value
         return json.dumps(masked_doc, ensure_ascii=False).encode("utf-8", "surrogateescape")
 
-    def _mask(self, text: str, column: str, counts: MaskCounts, *, gated: bool = False) -> str:
+    def _mask(
+        self, text: str, column: str, counts: MaskCounts, *, only: Sequence[int] | None = None
+    ) -> str:
         def found(f: Finding) -> None:
             counts.add(f.detector, column)
 
-        return self._m._values.mask(text, self._m.render, found, gated=gated)
+        return self._m._values.mask(text, self._m.render, found, only=only)
 
     # -- COPY OUT -------------------------------------------------------------------------------
 
@@ -432,12 +494,14 @@ class TargetMasker:
         null: str | None = None,
         quote: str = '"',
         escape: str | None = None,
+        candidates: Sequence[Sequence[int]] | None = None,
     ) -> bytes:
         """One COPY OUT row (text or CSV format) with its values masked per ``plan``.
 
         ``null``/``quote``/``escape`` are the COPY options (defaults as PostgreSQL's). Fields
-        that no mask changes are kept byte for byte. Raises CopyRowError if the row does not
-        parse or has a different number of fields than the plan.
+        that no mask changes are kept byte for byte. ``candidates`` as in
+        :meth:`mask_values`, per field. Raises CopyRowError if the row does not parse or has
+        a different number of fields than the plan.
         """
         key = (csv, delimiter, null, quote, escape)
         fmt = self._copy_formats.get(key)
@@ -454,7 +518,7 @@ class TargetMasker:
                 f"COPY row has {len(fields)} fields, the plan has {len(plan.columns)} columns"
             )
         values = [f.value for f in fields]
-        masked = self.mask_values(plan, values, counts)
+        masked = self.mask_values(plan, values, counts, candidates=candidates)
         if masked is values:
             return line
         single = len(fields) == 1

@@ -1,9 +1,9 @@
 """The scanning engine: pre-filter, candidates, validation, overlaps, replacement.
 
-For a set of enabled detectors a :class:`Scanner` compiles one pre-filter from their gates
-(one character class and a few literals), for ``str`` and for ``bytes``. Text that fails it
-is clean after that one scan. Otherwise each detector's trigger is tried, and only the
-detectors whose trigger matches run their pattern; their validators keep the real findings.
+For a set of enabled detectors a :class:`Scanner` compiles their pre-filter patterns into one
+:class:`~appliance.masking._prefilter.Prefilter`. One pass of it over a text says which
+detectors can find something there (usually none); only those run their pattern, and their
+validators keep the real findings.
 
 Overlapping findings are resolved greedily by priority, then length: the winner is masked
 and the losers are dropped. Masking then repeats on its own output until nothing is found
@@ -15,16 +15,21 @@ Findings that lie inside one of our own tokens (``[HMAC:...]``) are not findings
 from __future__ import annotations
 
 import bisect
+import functools
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from appliance.masking._detectors import Detector, Options
+from appliance.masking._prefilter import ENGINE, prefilter
 from appliance.masking._styles import TOKEN_RE, label_for, redact
 
 __all__ = ["MAX_PASSES", "Finding", "Scanner"]
 
 MAX_PASSES = 4
+# From this many characters on, a text's pre-filter matches are located, and detectors whose
+# matches keep to runs of some characters (Detector.runs) search only the runs around them.
+WINDOW_FROM = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +47,19 @@ class Finding:
 class Scanner:
     """Finds and masks the findings of a fixed set of detectors."""
 
-    def __init__(self, detectors: Sequence[Detector], options: Options) -> None:
+    def __init__(
+        self,
+        detectors: Sequence[Detector],
+        options: Options,
+        *,
+        engine: str = ENGINE,
+        window_from: int = WINDOW_FROM,
+    ) -> None:
         self.detectors = tuple(sorted(detectors, key=lambda d: d.priority))
         self.options = options
-        self._triggers = [(d, re.compile(d.trigger, re.ASCII)) for d in self.detectors]
-        source = _gate_source(self.detectors)
-        self._pre: re.Pattern[str] | None = re.compile(source, re.ASCII) if source else None
-        self._pre_b: re.Pattern[bytes] | None = (
-            re.compile(source.encode("ascii"), re.ASCII) if source else None
+        self.window_from = window_from
+        self.prefilter = prefilter(
+            tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter), engine
         )
 
     @property
@@ -58,28 +68,47 @@ class Scanner:
 
     def might_match(self, text: str) -> bool:
         """False only if no enabled detector can find anything in ``text``."""
-        return self._pre is not None and self._pre.search(text) is not None
+        return bool(self.prefilter.which(text.encode("utf-8", "surrogatepass")))
 
     def might_match_bytes(self, data: bytes) -> bool:
         """:meth:`might_match` on UTF-8 (or any ASCII-compatible) bytes, without decoding."""
-        return self._pre_b is not None and self._pre_b.search(data) is not None
+        return bool(self.prefilter.which(data))
 
-    def find(self, text: str, *, gated: bool = False) -> list[Finding]:
+    def candidates_bytes(self, data: bytes) -> list[int]:
+        """The detectors (indexes into :attr:`detectors`) that may find something in
+        ``data`` (UTF-8 bytes): pass them to :meth:`find` as ``only``."""
+        return self.prefilter.which(data)
+
+    def find(self, text: str, *, only: Sequence[int] | None = None) -> list[Finding]:
         """The findings to mask in ``text``, sorted by position and not overlapping.
 
-        ``gated``: the caller has seen :meth:`might_match` (or its bytes form) say True.
+        ``only``: the detectors the pre-filter let through for this text (from
+        :meth:`candidates_bytes` on its bytes); None runs the pre-filter here.
         """
-        if not gated:
-            # Our own tokens ("[REDACTED:EMAIL]") hold gate characters but no findings: a
-            # second pass over masked text should cost no more than one over clean text.
-            gate_text = TOKEN_RE.sub(" ", text) if "[" in text else text
-            if not self.might_match(gate_text):
-                return []
+        spans: dict[int, list[int]] = {}
+        if only is None:
+            data = text.encode("utf-8", "surrogatepass")
+            if len(text) >= self.window_from and text.isascii():
+                # Long text: where each detector's pre-filter patterns matched, so that a
+                # detector whose matches are confined to runs of some characters runs only
+                # on the runs around them (byte offsets are character offsets here).
+                for _, end, i in self.prefilter.where(data):
+                    spans.setdefault(i, []).append(end)
+                only = sorted(spans)
+            else:
+                only = self.prefilter.which(data)
+        if not only:
+            return []
         candidates: list[Finding] = []
-        for detector, trigger in self._triggers:
-            if trigger.search(text) is None:
-                continue
-            for match in detector.pattern.finditer(text):
+        for i in only:
+            detector = self.detectors[i]
+            ends = spans.get(i)
+            matches = (
+                _in_runs(detector, text, ends)
+                if ends is not None and detector.runs is not None
+                else detector.pattern.finditer(text)
+            )
+            for match in matches:
                 for start, end, value in detector.validate(match, self.options):
                     if end > start:
                         candidates.append(
@@ -99,7 +128,7 @@ class Scanner:
         render: Callable[[Finding, str], str],
         found: Callable[[Finding], None],
         *,
-        gated: bool = False,
+        only: Sequence[int] | None = None,
     ) -> str:
         """``text`` with every finding replaced by ``render(finding, original)``; ``found`` is
         called once per replacement. Returns ``text`` itself (the same object) if nothing was
@@ -109,7 +138,7 @@ class Scanner:
         on, where nothing says it is a password) are replaced too, where they stand alone.
         """
         for n in range(MAX_PASSES):
-            findings = self.find(text, gated=gated and n == 0)
+            findings = self.find(text, only=only if n == 0 else None)
             if not findings:
                 return text
             parts: list[str] = []
@@ -159,12 +188,40 @@ def _replace_elsewhere(
     return "".join(parts)
 
 
-def _gate_source(detectors: Sequence[Detector]) -> str:
-    """One character class for all the gate characters, then the literal gates."""
-    chars = "".join(sorted({c for d in detectors for c in d.gate.chars}))
-    parts = [f"[{re.escape(chars)}]"] if chars else []
-    parts += list(dict.fromkeys(d.gate.literal for d in detectors if d.gate.literal))
-    return "|".join(parts)
+def _in_runs(detector: Detector, text: str, ends: list[int]) -> Iterator[re.Match[str]]:
+    """The matches of ``detector.pattern`` in the runs of ``detector.runs`` characters that
+    hold one of the pre-filter match ends ``ends``: the same matches as a search of the
+    whole text makes there, and the only ones that can be findings.
+
+    Why the same: a match consists of run characters only, so it lies inside one run, and
+    a search of the whole text enters each run with no match begun before it; searching
+    from the run's start (look-behinds still see the text before it, look-aheads the text
+    after it) finds the matches the whole search finds in the run. Why the only ones: every
+    finding holds a pre-filter match (whose characters are run characters too), so its run
+    holds that match's end.
+    """
+    allowed = detector.runs
+    assert allowed is not None
+    extend = _run_re(allowed)
+    done = 0
+    for end in sorted(ends):
+        if end <= done:
+            continue  # inside the run just searched
+        start = end - 1
+        while start > 0 and text[start - 1] in allowed:
+            start -= 1
+        m = extend.match(text, end)
+        stop = m.end() if m is not None else end
+        for match in detector.pattern.finditer(text, start):
+            if match.start() >= stop:
+                break
+            yield match
+        done = stop
+
+
+@functools.cache
+def _run_re(allowed: frozenset[str]) -> re.Pattern[str]:
+    return re.compile("[" + "".join(re.escape(c) for c in sorted(allowed)) + "]*")
 
 
 def _inside_any(f: Finding, spans: list[tuple[int, int]]) -> bool:

@@ -149,14 +149,102 @@ def phone_e164(text: str, regions: tuple[str, ...]) -> str | None:
         if phonenumbers.is_valid_number(number):
             return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
         return None
+    digits = _plain_digits(text)
     for region in regions:
-        matcher = phonenumbers.PhoneNumberMatcher(
-            text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
-        )
-        for match in matcher:
-            if match.start == 0 and match.end == len(text):
-                return phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+        # libphonenumber's matcher costs tens of microseconds a call; most candidates (dates,
+        # amounts, ids with separators) are ruled out by their digits alone.
+        if digits is not None and not _may_be_valid(digits, region):
+            continue
+        e164 = _matched_whole(text, region)
+        if e164 is not None:
+            return e164
     return None
+
+
+def _matched_whole(text: str, region: str) -> str | None:
+    """``text`` as E.164 if libphonenumber's matcher finds a number spanning all of it."""
+    matcher = phonenumbers.PhoneNumberMatcher(
+        text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
+    )
+    for match in matcher:
+        if match.start == 0 and match.end == len(text):
+            return phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+    return None
+
+
+# Text made only of digits and the separators a phone candidate has (no "+", no letters).
+_PLAIN_PHONE = re.compile(r"[0-9 .()\-]+", re.ASCII)
+_NOT_DIGIT = re.compile(r"[^0-9]", re.ASCII)
+
+
+def _plain_digits(text: str) -> str | None:
+    return _NOT_DIGIT.sub("", text) if _PLAIN_PHONE.fullmatch(text) else None
+
+
+# The number types libphonenumber's _number_type_helper tries: a valid number matches one.
+_NUMBER_TYPES = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+    "mobile",
+)
+
+
+@functools.cache
+def _region_shapes(region: str) -> tuple[re.Pattern[str] | None, dict[int, re.Pattern[str]]] | None:
+    """What a valid number dialled in ``region`` without "+" can look like, for
+    :func:`_may_be_valid`: the region's international dialling prefix, and per length the
+    patterns of the number types (fixed line, mobile, toll free ...) of that length of the
+    regions that share its country code. None where the region rewrites numbers when it
+    strips its national prefix (then the national number is not a tail of the digits) or
+    has no metadata."""
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+    if metadata is None or metadata.national_prefix_transform_rule or not metadata.country_code:
+        return None
+    idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
+    by_length: dict[int, list[str]] = {}
+    for code in phonenumbers.region_codes_for_country_code(metadata.country_code):
+        other = phonenumbers.PhoneMetadata.metadata_for_region(code)
+        general = other.general_desc if other is not None else None
+        if general is None or not general.possible_length:
+            return None
+        for name in _NUMBER_TYPES:
+            desc = getattr(other, name, None)
+            if desc is None or desc.national_number_pattern is None:
+                continue
+            # A type without lengths of its own has the general description's.
+            for length in desc.possible_length or general.possible_length:
+                if length in general.possible_length:
+                    by_length.setdefault(length, []).append(desc.national_number_pattern)
+    return idd, {n: re.compile("|".join(f"(?:{p})" for p in ps)) for n, ps in by_length.items()}
+
+
+def _may_be_valid(digits: str, region: str) -> bool:
+    """False only if no text with these digits (and only the separators above) can be a
+    valid number of ``region`` for libphonenumber.
+
+    Why this holds (phonenumberutil.py, ``parse`` and ``is_valid_number``): without "+" or
+    the region's international prefix, the country code is the region's, and the national
+    significant number is what is left of the digits once a country code or national prefix
+    is cut from their front -- a tail of the digits, unless the region rewrites numbers
+    (excluded above). A valid number's national significant number has one of the possible
+    lengths of its region's general description, and one of its number types (fixed line,
+    mobile ...: ``_number_type_helper``) has that length and a pattern it matches.
+    """
+    shapes = _region_shapes(region)
+    if shapes is None:
+        return True
+    idd, by_length = shapes
+    if idd is not None and idd.match(digits):
+        return True
+    n = len(digits)
+    return any(n >= length and p.fullmatch(digits[n - length :]) for length, p in by_length.items())
 
 
 def phone_region_known(region: str) -> bool:

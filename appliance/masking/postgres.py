@@ -18,6 +18,9 @@ chunks are kept as binary cells (length only).
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ __all__ = [
 
 _LEN = struct.Struct("!I")
 _UNKNOWN_COPY = CopySpec("out")
+Span = tuple[int, int, int]  # start, end, detector (see TargetMasker.where)
 
 
 class MaskingRefused(Exception):
@@ -78,6 +82,7 @@ def mask_copy_line(
     *,
     copy: CopySpec,
     plans: dict[int, ColumnPlan],
+    candidates: Sequence[Sequence[int]] | None = None,
 ) -> bytes:
     """One COPY text/CSV row (its line end kept) with its values masked. The columns are
     those the COPY statement names, when it names as many as the row has; else every column
@@ -94,7 +99,9 @@ def mask_copy_line(
             plan = masker.column_plan(None, [None] * n)
         plans[n] = plan
     try:
-        return masker.mask_copy_line(plan, line, counts, csv=csv, delimiter=delimiter)
+        return masker.mask_copy_line(
+            plan, line, counts, csv=csv, delimiter=delimiter, candidates=candidates
+        )
     except CopyRowError:
         text = line.decode("utf-8", "surrogateescape")
         return masker.mask_text(text, counts).encode("utf-8", "surrogateescape")
@@ -116,6 +123,12 @@ class CopyPlan:
     binary: bool
 
 
+# Text format: a backslash that is not the whole of a NULL field (\N): an escape, after which
+# a value is not the bytes of the line. CSV: a quote.
+_TEXT_ESCAPE = re.compile(rb"\\(?!N[\t\n])|(?<=[^\t\n])\\N")
+_CSV_QUOTE = re.compile(rb'"')
+
+
 class _CopyLines:
     """COPY rows of one COPY, masked line by line: the plans per row width, the CSV
     header line still to come."""
@@ -126,11 +139,64 @@ class _CopyLines:
         self.plans: dict[int, ColumnPlan] = {}
         self.header = copy.header and copy.format == "csv"
 
-    def mask(self, line: bytes, counts: MaskCounts) -> bytes:
+    def mask(
+        self, line: bytes, counts: MaskCounts, candidates: Sequence[Sequence[int]] | None = None
+    ) -> bytes:
         if self.header:
             self.header = False  # the CSV header line: column names, not data
             return line
-        return mask_copy_line(self.masker, line, counts, copy=self.copy, plans=self.plans)
+        return mask_copy_line(
+            self.masker, line, counts, copy=self.copy, plans=self.plans, candidates=candidates
+        )
+
+    def to_mask(self, body: bytes, starts: list[int]) -> dict[int, list[Span] | None]:
+        """Of the lines of ``body`` (line ``i`` starts at ``starts[i]``; a last entry is
+        its end), those :meth:`mask` may change; it returns every other one unchanged.
+
+        One pre-filter pass over the whole body (:meth:`TargetMasker.where`) instead of a
+        call per value: a line that no span touches, that holds no escape (text) or quote
+        (CSV), whose values are therefore its own bytes, has nothing to mask, unless a
+        column rule applies to this target (then every line is masked one by one). For a
+        line whose values are its own bytes, the spans that touch it come along (offsets
+        in the line: :func:`field_candidates` turns them into ``candidates``); None for
+        the others.
+        """
+        n = len(starts) - 1
+        if self.header or self.masker.has_column_rules:
+            return dict.fromkeys(range(n))
+        marked: dict[int, list[Span] | None] = {}
+        for start, end, detector in self.masker.where(body):
+            first = bisect.bisect_right(starts, start) - 1
+            last = bisect.bisect_right(starts, end - 1) - 1
+            for i in range(first, last + 1):
+                spans = marked.setdefault(i, [])
+                if spans is not None:
+                    spans.append((start - starts[i], end - starts[i], detector))
+        escape = _CSV_QUOTE if self.copy.format == "csv" else _TEXT_ESCAPE
+        for m in escape.finditer(body):
+            marked[bisect.bisect_right(starts, m.start()) - 1] = None
+        return marked
+
+    @property
+    def delimiter(self) -> bytes:
+        return b"," if self.copy.format == "csv" else b"\t"
+
+
+def field_candidates(line: bytes, delimiter: bytes, spans: list[Span]) -> list[list[int]]:
+    """Per field of ``line`` (split at ``delimiter``: a line with no escape or quote), the
+    detectors of the ``spans`` (offsets in the line) that overlap it."""
+    fields = line.split(delimiter)
+    starts = list(itertools.accumulate(map((1).__add__, map(len, fields)), initial=0))
+    out: list[list[int]] = [[] for _ in fields]
+    for start, end, detector in spans:
+        first = max(bisect.bisect_right(starts, start) - 1, 0)
+        last = min(bisect.bisect_right(starts, end - 1) - 1, len(fields) - 1)
+        for i in range(first, last + 1):
+            if detector not in out[i]:
+                out[i].append(detector)
+    for found in out:
+        found.sort()
+    return out
 
 
 class ResponseMasker:
@@ -193,6 +259,9 @@ class ResponseMasker:
                 "COPY in binary format cannot be masked for the job; use text or CSV format"
             )
         payload = frame[5:]
+        starts = [0, len(payload)]
+        if not self._copy.to_mask(payload, starts):
+            return None  # the whole payload as one line: nothing in it to mask
         masked = b"".join(
             self._copy.mask(line, self.counts) for line in payload.splitlines(keepends=True)
         )
@@ -266,11 +335,33 @@ class LedgerRows:
 
     def copy_text(self, payload: bytes) -> list[str]:
         """Complete lines of COPY text/CSV data, masked; the piece after the last newline
-        waits for the next call (or :meth:`copy_end`)."""
+        waits for the next call (or :meth:`copy_end`). Give it as much data at once as
+        there is: the lines are pre-filtered together, and only those that may hold
+        something to mask are masked one by one."""
         data = self._partial + payload if self._partial else payload
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        return [self._line(line) for line in lines]
+        cut = data.rfind(b"\n") + 1
+        body, self._partial = data[:cut], data[cut:]
+        if not body:
+            return []
+        lines = body.split(b"\n")
+        lines.pop()  # after the last newline: empty
+        # Decoding the whole body and splitting it gives each line's own decoding: a newline
+        # is one byte that never belongs to a multi-byte sequence.
+        texts = body.decode("utf-8", "replace").split("\n")
+        texts.pop()
+        copy_lines = self._copy_lines
+        if copy_lines is None:
+            return texts
+        starts = list(itertools.accumulate(map((1).__add__, map(len, lines)), initial=0))
+        for i, spans in sorted(copy_lines.to_mask(body, starts).items()):
+            line = lines[i]
+            if spans is None:
+                masked = copy_lines.mask(line, self.counts)
+            else:
+                candidates = field_candidates(line, copy_lines.delimiter, spans)
+                masked = copy_lines.mask(line, self.counts, candidates)
+            texts[i] = masked.decode("utf-8", "replace")
+        return texts
 
     def copy_end(self) -> list[str]:
         """The last line of the COPY, if it had no line end."""

@@ -1,4 +1,17 @@
-"""Masking benchmark (not a test): result rows per second through TargetMasker.mask_values.
+"""Masking benchmarks (not tests): text scanning MB/s on the mixed corpus, and result rows per
+second through TargetMasker.mask_values.
+
+Text scanning (:func:`test_text_scanning_mixed_corpus`): ``mask_text`` with every detector on
+over three sets of texts -- the labelled corpus (tests/data/masking/corpus.jsonl: every value
+and look-alike, one short text each: the worst case, something to check in every text), prose
+(:func:`prose`: support notes, log lines and SQL with dates, amounts, ids, versions, URLs and
+words such as "password" or "token", but nothing to mask), and the mix of both (each corpus
+text after a paragraph of prose; about one byte in seventeen from the corpus). Each set is measured
+in a fresh process (tests/bench/scan_rate.py, CPU time, best of three), this checkout against
+``MASKING_BASELINE`` (the directory of another checkout holding ``appliance/``, e.g.
+``git archive main appliance | tar -x -C DIR``) when set, in alternation, ``MASKING_ROUNDS``
+times (default 3); the medians are printed with the speed-up.
+
 
 1M rows (MASKING_BENCH_N changes it) of five text columns -- id, name, email, card, free
 text -- in four runs:
@@ -15,11 +28,15 @@ rates; asserts only that the masking happened, never a speed.
 
 from __future__ import annotations
 
+import json
 import os
 import random
-import re
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from stdnum import luhn
@@ -27,7 +44,9 @@ from stdnum import luhn
 from appliance.masking import ColumnPlan, MaskCounts, Masker, MaskingConfig, TargetMasker
 from appliance.masking._config import ColumnRule
 from appliance.masking._styles import Style
+from tests.unit.masking.test_corpus import CORPUS
 
+ROOT = Path(__file__).resolve().parents[2]
 N = int(os.environ.get("MASKING_BENCH_N", "1000000"))
 POOL = 10_000  # distinct rows, cycled: masking keeps no cache, so repeats cost the same
 COLUMNS = ["id", "name", "email", "card", "note"]
@@ -114,15 +133,102 @@ def report(label: str, rate: float, counts: MaskCounts) -> None:
 
 
 def _without_prefilter(tm: TargetMasker) -> Callable[[], None]:
-    """Make the pre-filter say "maybe" to everything (reaches into the scanner on purpose)."""
+    """Make the pre-filter let every detector through (reaches into the scanner on purpose)."""
     scanner = tm._m._values
-    saved = scanner._pre_b
-    scanner._pre_b = re.compile(b"")
+    saved = scanner.candidates_bytes
+    every = list(range(len(scanner.detectors)))
+    scanner.candidates_bytes = lambda data: every  # type: ignore[method-assign]
 
     def restore() -> None:
-        scanner._pre_b = saved
+        scanner.candidates_bytes = saved  # type: ignore[method-assign]
 
     return restore
+
+
+SENTENCES = [
+    "Order {n} shipped on {d} at {t}; the customer asked about the delivery window.",
+    "Invoice total was {a} after the discount, adjusted by the support team on {d}.",
+    "{d}T{t}:00Z worker[{q}] INFO job {n} finished in {ms} ms (retries: {q}).",
+    "Please reset the password from the account page; the reset token expires in {q} hours.",
+    "Deployed version {v} to production at {t}, see https://example.com/releases/{n} for notes.",
+    "SELECT id, total FROM orders WHERE customer_id = {n} AND created_at > '{d}' LIMIT {q};",
+    "The API key rotation is scheduled for {d}; owners were told by the on-call lead.",
+    "Ticket {n}: refund of {a} approved, warehouse WH-{q}{q} confirmed the return.",
+    "Latency p99 rose to {ms} ms between {t} and {t2}, then went back under {q}0 ms.",
+    "Meeting notes: the key point is that batch {n} must finish before {t} on {d}.",
+]
+
+
+def prose(rng: random.Random, size: int) -> str:
+    """A paragraph of about ``size`` characters with nothing a detector should find."""
+    out: list[str] = []
+    while sum(map(len, out)) < size:
+        out.append(
+            rng.choice(SENTENCES).format(
+                n=rng.randint(1000, 9_999_999),
+                d=f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+                t=f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
+                t2=f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
+                a=f"${rng.randint(1, 4000)}.{rng.randint(0, 99):02d}",
+                q=rng.randint(1, 9),
+                ms=rng.randint(5, 900),
+                v=f"{rng.randint(1, 9)}.{rng.randint(0, 30)}.{rng.randint(0, 99)}",
+            )
+        )
+    return " ".join(out)
+
+
+def mixed_corpus(seed: int = 19) -> dict[str, list[str]]:
+    """The three sets of texts of the text-scanning benchmark (see the module docstring)."""
+    rng = random.Random(seed)
+    with CORPUS.open(encoding="utf-8") as f:
+        corpus = [json.loads(line)["text"] for line in f]
+    paragraphs = [prose(rng, rng.randint(400, 1200)) for _ in corpus]
+    mixed = [t for pair in zip(paragraphs, corpus, strict=True) for t in pair]
+    return {"corpus": corpus, "prose": paragraphs, "mixed": mixed}
+
+
+def _scan_rates(path: Path, baseline: str | None) -> dict[str, float]:
+    env = dict(os.environ)
+    if baseline:
+        env["PYTHONPATH"] = os.pathsep.join([baseline, str(ROOT)])
+    else:
+        env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "bench" / "scan_rate.py"), str(path), "3"],
+        env=env, capture_output=True, text=True, timeout=3600, check=True,
+    )  # fmt: skip
+    return {k: v["mb_s"] for k, v in json.loads(r.stdout).items()}
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(3 * 3600)
+def test_text_scanning_mixed_corpus(tmp_path: Path) -> None:
+    sets = mixed_corpus()
+    path = tmp_path / "texts.json"
+    path.write_text(json.dumps(sets))
+    baseline = os.environ.get("MASKING_BASELINE")
+    builds = {"this": None} | ({"baseline": baseline} if baseline else {})
+    rates: dict[str, dict[str, list[float]]] = {}
+    for r in range(int(os.environ.get("MASKING_ROUNDS", "3"))):
+        for build, where in builds.items():
+            for name, mb_s in _scan_rates(path, where).items():
+                rates.setdefault(name, {}).setdefault(build, []).append(mb_s)
+            print(f"round {r + 1} {build}: " + ", ".join(
+                f"{n} {v[build][-1]:.2f} MB/s" for n, v in rates.items()
+            ), flush=True)  # fmt: skip
+    print("\ntext scanning, mask_text, every detector on (MB/s of CPU time, median):")
+    for name, texts in sets.items():
+        size = sum(len(t.encode()) for t in texts) / 1e6
+        line = f"{name:8} {len(texts):6} texts {size:6.2f} MB"
+        this = statistics.median(rates[name]["this"])
+        line += f"   this {this:8.2f} MB/s"
+        if baseline:
+            base = statistics.median(rates[name]["baseline"])
+            line += f"   baseline {base:8.2f} MB/s   speed-up {this / base:6.1f}x"
+        print(line)
+    if not baseline:
+        print("(set MASKING_BASELINE to another checkout's directory to compare)")
 
 
 @pytest.mark.bench

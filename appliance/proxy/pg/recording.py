@@ -80,8 +80,8 @@ class RowsTransform(MaskingTransform):
         elif kind == COPY and rows.copy is not None and rows.copy.format == "binary":
             out.append(orjson.dumps(rows.copy_binary(sum(len(p) for p in _frames(body)))))
         elif kind == COPY:
-            for payload in _frames(body):
-                out.extend(orjson.dumps(line) for line in rows.copy_text(payload))
+            # All the chunk's rows at once: masking pre-filters them together.
+            out.extend(map(orjson.dumps, rows.copy_text(b"".join(_frames(body)))))
         elif kind == COPY_END:
             out.extend(orjson.dumps(line) for line in rows.copy_end())
         return b"\n".join(out) + b"\n" if out else b""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.masking import ColumnRule, MaskCounts, Masker, MaskingConfig, Style
-from appliance.masking.postgres import mask_copy_line
+from appliance.masking.postgres import LedgerRows, _CopyLines, mask_copy_line
 from appliance.policy import CopySpec, copy_spec
 
 
@@ -54,3 +54,70 @@ def test_rows_are_masked_per_named_column() -> None:
     assert masked(CopySpec("out", "public.products", ("name", "other"))) == line
     # columns unknown: every column the rule may match is masked (fail closed)
     assert masked(CopySpec("out")) == b"[REDACTED:N]\t[REDACTED:N]\n"
+
+
+# Lines of both COPY formats: clean, with findings, NULLs, escapes, quotes, a bad row.
+_TEXT_LINES = [
+    b"1\tAlice Smith\talice@example.com\t4111 1111 1111 1111\t2024-05-01 10:00:00+00",
+    b"2\tBob Jones\t\\N\tnone\t2024-05-02 11:00:00+00",
+    b"3\tCarol\tno mail\ttier-3\t\\N",
+    b"4\tpassword\\t=\\thunter2hunter2\tx\ty",  # an escape makes the finding
+    b"5\tDave\t\\\\N\tcall (415) 555-2671\tz",
+    b"6\tErin\tSSN: 536904399\t\\N\t\\N",
+    b"7\tonly\tthree fields",
+    b"8\tcaf\xc3\xa9 \xe2\x80\x94\tbroken \xe2\x80\tfine\tok",
+]
+_CSV_LINES = [
+    b"id,name,email",
+    b"1,Alice,alice@example.com",
+    b'2,"Bob, Jr.","bob@example.com"',
+    b'3,"pass ""word""",x',
+    b"4,Carol,",
+    b'5,"unterminated,4111111111111111',
+]
+
+
+@pytest.mark.parametrize(
+    ("statement", "lines"),
+    [
+        ("COPY people (id, name, email, card, at) TO STDOUT", _TEXT_LINES),
+        ("COPY people TO STDOUT", _TEXT_LINES),
+        ("COPY people (id, name, email) TO STDOUT CSV HEADER", _CSV_LINES),
+    ],
+)
+@pytest.mark.parametrize("rules", [False, True])
+def test_ledger_copy_lines_masked_together_as_one_by_one(
+    statement: str, lines: list[bytes], rules: bool
+) -> None:
+    """LedgerRows pre-filters many lines at once; what it writes is what masking each line
+    on its own writes, however the data is cut."""
+    columns = (ColumnRule("card", Style.PARTIAL),) if rules else ()
+    tm = Masker(MaskingConfig(columns=columns), hmac_key=b"k" * 32).for_target("db")
+    copy = copy_spec(statement)
+    assert copy is not None
+    header = {"copy": "out", "table": copy.table, "columns": copy.columns}
+    header |= {"csv": copy.format == "csv", "header": copy.header}
+    one_by_one = _CopyLines(tm, copy)
+    ref_counts = MaskCounts()
+    expected = [one_by_one.mask(line, ref_counts).decode("utf-8", "replace") for line in lines]
+    data = b"".join(line + b"\n" for line in lines) * 3
+    expected *= 3
+    if copy.header:
+        expected[len(lines)] = expected[2 * len(lines)] = ""  # placeholders, replaced below
+    for cut in (1, 7, 64, len(data)):
+        counts = MaskCounts()
+        rows = LedgerRows(tm, counts)
+        rows.header(header)
+        got: list[str] = []
+        for i in range(0, len(data), cut):
+            got += rows.copy_text(data[i : i + cut])
+        got += rows.copy_end()
+        if copy.header:
+            # Only the first line is the header: repeats of it later are data.
+            again = _CopyLines(tm, copy)
+            again.header = False
+            expected[len(lines)] = expected[2 * len(lines)] = again.mask(
+                lines[0], MaskCounts()
+            ).decode()
+        assert got == expected, cut
+        assert counts.total() >= 3 * ref_counts.total() - (1 if copy.header else 0)

@@ -4,13 +4,15 @@
 - masking is idempotent, in every style;
 - clean text comes back unchanged (the same object);
 - the pre-filter is sound: it never rules out text in which some detector finds something,
-  and it says the same on str and on UTF-8 bytes.
+  and it says the same on str and on UTF-8 bytes, with Hyperscan and with re;
+- the phone numbers' digit-shape check never changes libphonenumber's answer.
 """
 
 from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +20,7 @@ from appliance.masking import MaskCounts, Masker, Style
 from appliance.masking._detectors import DETECTORS, Options
 from appliance.masking._scan import Finding, Scanner, _select
 from appliance.masking._styles import TOKEN_RE
+from appliance.masking._validate import _matched_whole, phone_e164
 from tests.unit.masking.helpers import KEY, all_on, masker
 from tests.unit.masking.test_detectors import TRUE_POSITIVES
 
@@ -66,6 +69,10 @@ texts = st.lists(
 STYLES = [Style.REDACT, Style.PARTIAL, Style.HASH]
 MASKERS = {style: Masker(all_on(style), hmac_key=KEY).for_target("t") for style in STYLES}
 ALL = Scanner(DETECTORS, Options())
+ALL_RE = Scanner(DETECTORS, Options(), engine="re")
+# Every text searched as a long one: detectors with runs search only around pre-filter matches.
+ALL_RUNS = Scanner(DETECTORS, Options(), window_from=0)
+ALL_RUNS_RE = Scanner(DETECTORS, Options(), engine="re", window_from=0)
 
 
 def _outside_tokens(text: str) -> str:
@@ -114,7 +121,7 @@ def test_clean_text_is_returned_unchanged(text: str) -> None:
 
 
 def _reference_find(text: str) -> list[tuple[str, int, int]]:
-    """Every detector's pattern and validator on the whole text: no gate, no triggers."""
+    """Every detector's pattern and validator on the whole text: no pre-filter."""
     candidates = [
         Finding(start, end, d.name, d.priority, value)
         for d in DETECTORS
@@ -130,14 +137,21 @@ def _reference_find(text: str) -> list[tuple[str, int, int]]:
 @SETTINGS
 @given(texts)
 def test_prefilter_is_sound(text: str) -> None:
-    """The gate and the triggers only ever skip work: the findings are the same without them."""
+    """The pre-filter only ever skips work: the findings are the same without it, with
+    either engine (Hyperscan, or the same patterns one by one with re)."""
     reference = _reference_find(text)
     assert [(f.detector, f.start, f.end) for f in ALL.find(text)] == reference
-    for d in DETECTORS:
+    assert [(f.detector, f.start, f.end) for f in ALL_RE.find(text)] == reference
+    assert [(f.detector, f.start, f.end) for f in ALL_RUNS.find(text)] == reference
+    assert [(f.detector, f.start, f.end) for f in ALL_RUNS_RE.find(text)] == reference
+    data = text.encode("utf-8", "surrogatepass")
+    for i, d in enumerate(ALL.detectors):
         if any(span for m in d.pattern.finditer(text) for span in d.validate(m, Options())):
             assert ALL.might_match(text), d.name
-            assert re.search(d.trigger, text, re.ASCII), d.name
-    assert ALL.might_match(text) == ALL.might_match_bytes(text.encode("utf-8", "surrogatepass"))
+            assert i in ALL.candidates_bytes(data), d.name
+            assert any(j == i for _, _, j in ALL.prefilter.where(data)), d.name
+    assert ALL.might_match(text) == ALL.might_match_bytes(data)
+    assert ALL.candidates_bytes(data) == ALL_RE.candidates_bytes(data)
 
 
 @SETTINGS
@@ -146,3 +160,44 @@ def test_arbitrary_unicode_does_not_break_masking(text: str) -> None:
     tm = masker()
     masked = tm.mask_text(text, MaskCounts())
     assert tm.mask_text(masked, MaskCounts()) == masked
+
+
+_PHONE_REGIONS = ("US", "CA", "GB", "DE", "FR", "IN", "CH", "AR", "BR", "JP")
+phone_like = st.lists(
+    st.tuples(
+        st.text("0123456789", min_size=1, max_size=5),
+        st.sampled_from([" ", "-", ".", "(", ")", ") ", " (", ""]),
+    ),
+    min_size=1,
+    max_size=6,
+).map(lambda parts: "".join(d + s for d, s in parts).strip())
+
+
+@SETTINGS
+@given(phone_like, st.sampled_from(_PHONE_REGIONS))
+def test_phone_precheck_only_skips_what_libphonenumber_rejects(text: str, region: str) -> None:
+    """The digit-shape check before libphonenumber's matcher never changes its answer."""
+    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["415-555-2671", "(415) 555-2671", "2024-05-01", "12345.67", "34567.89", "030 901820",
+     "020 7946 0958", "01 23 45 67 89", "98765 43210", "011 44 20 7946 0958"],
+)  # fmt: skip
+@pytest.mark.parametrize("region", _PHONE_REGIONS)
+def test_phone_precheck_on_known_numbers(text: str, region: str) -> None:
+    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+
+
+def test_long_texts_of_the_corpus_find_what_the_whole_search_finds() -> None:
+    """The corpus's texts run together into long ones (ASCII ones searched around the
+    pre-filter's matches): the findings are those of every detector on the whole text."""
+    from tests.unit.masking.test_corpus import _load
+
+    records = [r["text"] for r in _load()]
+    for i in range(0, len(records), 25):
+        text = " ; ".join(records[i : i + 25])
+        reference = _reference_find(text)
+        assert [(f.detector, f.start, f.end) for f in ALL.find(text)] == reference
+        assert [(f.detector, f.start, f.end) for f in ALL_RUNS_RE.find(text)] == reference

@@ -22,6 +22,7 @@ from appliance.masking import (
 from appliance.masking._pgtypes import Kind, decode_number, kind_of
 from appliance.masking._styles import keyed_hash
 from tests.unit.masking.helpers import KEY
+from tests.unit.masking.test_corpus import _load
 
 INT4, INT8, TEXT, VARCHAR, NUMERIC, JSONB, JSON_, UUID, DATE = (
     23,
@@ -314,3 +315,23 @@ def test_error_details_follow_the_column_rules() -> None:
     assert TM.mask_text(failing, MaskCounts()) == "Failing row contains ([REDACTED:ROW])."
     no_rules = Masker(MaskingConfig(), hmac_key=b"").for_target("orders-db")
     assert no_rules.mask_text(failing, MaskCounts()) is failing
+
+
+def test_a_row_pre_filtered_whole_is_masked_as_value_by_value() -> None:
+    """Rows of text columns are pre-filtered in one pass over all their values (a clean row
+    is kept as it is); what comes out is what masking each value alone gives."""
+    texts = [r["text"].encode() for r in _load()][::7]
+    texts += [b"plain", b"2024-05-01 10:00:00+00", b"12345.67", b"note: nothing here"] * 40
+    one = TM.column_plan(None, ["v"])
+    strict = TM.column_plan(None, ["a", "b", "c", "d", "e"], type_oids=[25, 20, 25, 1700, 25])
+    for plan in (TM.column_plan(None, ["a", "b", "c", "d", "e"]), strict):
+        assert plan.scan_only
+        for i in range(0, len(texts) - 4, 3):
+            row: list[bytes | None] = [*texts[i : i + 4], None][::-1] if i % 2 else texts[i : i + 5]
+            cells = TM.mask_cells(plan, row, MaskCounts())
+            values = TM.mask_values(plan, row, MaskCounts())
+            for k, v in enumerate(row):
+                alone = plan.columns[k]
+                single = type(one)((alone,))
+                assert cells[k] == TM.mask_cells(single, [v], MaskCounts())[0]
+                assert values[k] == TM.mask_values(single, [v], MaskCounts())[0]
