@@ -257,7 +257,10 @@ def test_entries_are_removed_when_the_connection_closes(
         assert isinstance(listener.next().owner, FlowOwner)
         assert attribution.lookup(*peers[0]) is not None  # open: the entries are there
         assert _eventually(lambda: attribution.entries() == (1, 1))  # earlier flows gone
-        job.communicate(b"close\n", timeout=30)  # the job closes its end
+        job.communicate(b"close\n", timeout=30)  # the job closes its end, then the proxy
+        # (with only the job's FIN, Linux may keep the orphaned socket in FIN_WAIT2 for
+        # tcp_fin_timeout, 60 s, when the peer's ACK meets the socket still locked by close)
+        listener.release()
         assert _eventually(lambda: attribution.lookup(*peers[0]) is None)
     # >=: a connection of an earlier test (a killed child's) may finish closing meanwhile.
     assert attribution.stats()["closed"] >= closed_before + 1
