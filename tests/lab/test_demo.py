@@ -42,6 +42,8 @@ def test_demo_runs_to_the_end() -> None:
     assert "VERIFIED" in out
     # shipped to the fleet's bucket (radosgw) and verified from there
     assert "verified from the bucket" in out and "byte for byte" in out and "is NOT" not in out
+    assert "the SOC 2 evidence package, from the bucket alone" in out
+    assert (ROOT / "demo-output" / "report" / "index.html").is_file()
     assert "The lab is torn down" in out
     assert (ROOT / "demo-output" / "ledger").is_dir()
     assert (ROOT / "demo-output" / "keys" / "ledger.vkey").is_file()
