@@ -12,7 +12,7 @@ Who does what:
   encodes the entry (so a :class:`CanonicalError` is still raised to the caller), and
   sends it; blobs are opened with a :class:`~appliance.ledger.writer.TransformFactory`
   (pickled to the child once) and their chunks sent raw: the transform runs in the child.
-- the child (``python -c 'from appliance.ledger.remote import child_main; child_main()'``)
+- the child (``python -P -c 'from appliance.ledger.remote import child_main; child_main()'``)
   owns the ledger directory through an ordinary :class:`LedgerWriter` and feeds it
   (:meth:`LedgerWriter.append_encoded`); it reports each signed size, flush completions,
   and a failure, after which it exits;
@@ -228,7 +228,14 @@ class RemoteLedger:
                 s.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
         env = dict(os.environ, APPLIANCE_LEDGER_FD=str(child.fileno()))
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from appliance.ledger.remote import child_main; child_main()"],
+            # -P: the working directory is not put on sys.path, so a directory that holds
+            # another ``appliance`` package (another checkout) never shadows this one
+            [
+                sys.executable,
+                "-P",
+                "-c",
+                "from appliance.ledger.remote import child_main; child_main()",
+            ],
             pass_fds=(child.fileno(),),
             env=env,
             stdin=subprocess.DEVNULL,

@@ -277,3 +277,19 @@ def test_the_thread_writer_syncs_too(tmp_path: Path) -> None:
     assert (d / ENTRIES).read_bytes().count(b'"statement"') == 1
     assert writer.signed_size == 0 or writer.signed_size < writer.next_seq
     writer.close()
+
+
+def test_the_writer_process_ignores_a_package_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child imports this build's ``appliance``, not one beside the daemon's working
+    directory (a benchmark runs another checkout's build from this one's tree)."""
+    shadow = tmp_path / "cwd" / "appliance"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise SystemExit('the shadowing package was imported')\n")
+    monkeypatch.chdir(shadow.parent)
+    d = tmp_path / "l"
+    with open_remote(d) as ledger:
+        ledger.append("statement", session="s1", data={"text": "select 1"})
+        ledger.flush(30)
+    assert [o["type"] for o in objs(d)][-1:] == ["statement"]
