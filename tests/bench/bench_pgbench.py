@@ -519,11 +519,14 @@ def ratio_table(
     not os.environ.get("PGBENCH_BASELINE"),
     reason="set PGBENCH_BASELINE to another build's `appliance` executable to compare with it",
 )
-def test_pgbench_against_a_baseline_build(tmp_path: Path) -> None:
+def test_pgbench_against_a_baseline_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """This build against another (``PGBENCH_BASELINE=/path/to/.venv/bin/appliance``, e.g. a
     worktree of an earlier commit), in one lab, both running at once and measured in
     alternation (``PGBENCH_ROUNDS``, default 3): the median tps of each, and the ratio."""
     baseline = os.environ["PGBENCH_BASELINE"]
+    # started from a directory that holds no ``appliance`` package: an older build's writer
+    # process (``python -c``) would import this checkout's package instead of its own
+    monkeypatch.chdir(tmp_path)
     rounds = int(os.environ.get("PGBENCH_ROUNDS", "3"))
     samples: dict[str, dict[str, list[float]]] = {}
     policy = {
