@@ -54,6 +54,18 @@ _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
 _CHANGES_NOTHING = frozenset(
     {"select", "copy_to", "explain", "set", "transaction", "listen_notify", "lock"}
 )
+# Classes whose effects stay inside an open transaction block: rows and locks a ROLLBACK
+# undoes, settings, notifications sent at COMMIT. A statement with only these classes cannot
+# end the block nor reach outside the server (functions with side effects, files, programs,
+# and everything unknown have classes of their own), so inside a block its write-ahead may
+# wait for the statement that may end the block (see Relay._write_ahead_of).
+_STAYS_IN_BLOCK = frozenset(
+    {
+        "select", "copy_to", "explain", "set", "listen_notify", "lock",
+        "insert", "update", "delete", "merge", "copy_from", "truncate",
+        "delete_without_where", "update_without_where",
+    }
+)  # fmt: skip
 
 
 class Recorder(Protocol):
@@ -151,7 +163,9 @@ class SessionHooks:
                 return _ALLOW_DURABLE
             scs = self.parameters.get("standard_conforming_strings", "on") == "on"
             classes = classify(stmt.text, standard_conforming_strings=scs).classes
-            return ALLOW if classes <= _CHANGES_NOTHING else _ALLOW_DURABLE
+            if classes <= _CHANGES_NOTHING:
+                return _ALLOW_IN_BLOCK if classes <= _STAYS_IN_BLOCK else ALLOW
+            return _ALLOW_DURABLE_IN_BLOCK if classes <= _STAYS_IN_BLOCK else _ALLOW_DURABLE
         if stmt.function_oid is not None:
             # A fast-path call has no SQL text: it is classified by the function it calls.
             classification = classify_function_call(stmt.function_oid)
@@ -215,10 +229,13 @@ class SessionHooks:
         """The shared decision as PostgreSQL's verdict; written ahead (``durable``) when
         the statement may change the target."""
         error = _error(decided.denial) if decided.denial is not None else b""
-        durable = self.write_ahead and not classification.classes <= _CHANGES_NOTHING
+        classes = classification.classes
+        durable = self.write_ahead and not classes <= _CHANGES_NOTHING
+        in_block = classes <= _STAYS_IN_BLOCK
         return Verdict(
-            decided.action, decided.enforced, error, decided.record, durable, decided.decision
-        )
+            decided.action, decided.enforced, error, decided.record, durable, decided.decision,
+            in_block,
+        )  # fmt: skip
 
     def _refuse(self, classification: Classification, rule: str, message: str) -> Verdict:
         """A denial built into the appliance, whatever the policy (observe mode included):
@@ -298,6 +315,8 @@ def _error(denial: Denial) -> bytes:
 
 
 _ALLOW_DURABLE = Verdict("allow", True, b"", {"decision": "allow"}, True)
+_ALLOW_IN_BLOCK = Verdict("allow", True, b"", {"decision": "allow"}, in_block=True)
+_ALLOW_DURABLE_IN_BLOCK = Verdict("allow", True, b"", {"decision": "allow"}, True, in_block=True)
 
 # Texts in which a digit may be anything but an integer literal (strings, quoted names,
 # dollar quotes, parameters, escapes, comments) are never reshaped.
