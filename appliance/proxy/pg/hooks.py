@@ -37,8 +37,10 @@ from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX
 from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 from appliance.proxy.statement_policy import (
+    CHANGES_NOTHING,
     ENCODING_RULE,
     SETTINGS_IN_FLIGHT_RULE,
+    STAYS_IN_BLOCK,
     Decided,
     Denial,
     SettingsInFlight,
@@ -49,23 +51,6 @@ from appliance.proxy.statement_policy import (
 
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
-# Classes that change nothing on the target (reads, session settings, transaction control,
-# locks, notifications): everything else is written ahead (durable before it is sent).
-_CHANGES_NOTHING = frozenset(
-    {"select", "copy_to", "explain", "set", "transaction", "listen_notify", "lock"}
-)
-# Classes whose effects stay inside an open transaction block: rows and locks a ROLLBACK
-# undoes, settings, notifications sent at COMMIT. A statement with only these classes cannot
-# end the block nor reach outside the server (functions with side effects, files, programs,
-# and everything unknown have classes of their own), so inside a block its write-ahead may
-# wait for the statement that may end the block (see Relay._write_ahead_of).
-_STAYS_IN_BLOCK = frozenset(
-    {
-        "select", "copy_to", "explain", "set", "listen_notify", "lock",
-        "insert", "update", "delete", "merge", "copy_from", "truncate",
-        "delete_without_where", "update_without_where",
-    }
-)  # fmt: skip
 
 
 class Recorder(Protocol):
@@ -163,9 +148,9 @@ class SessionHooks:
                 return _ALLOW_DURABLE
             scs = self.parameters.get("standard_conforming_strings", "on") == "on"
             classes = classify(stmt.text, standard_conforming_strings=scs).classes
-            if classes <= _CHANGES_NOTHING:
-                return _ALLOW_IN_BLOCK if classes <= _STAYS_IN_BLOCK else ALLOW
-            return _ALLOW_DURABLE_IN_BLOCK if classes <= _STAYS_IN_BLOCK else _ALLOW_DURABLE
+            if classes <= CHANGES_NOTHING:
+                return _ALLOW_IN_BLOCK if classes <= STAYS_IN_BLOCK else ALLOW
+            return _ALLOW_DURABLE_IN_BLOCK if classes <= STAYS_IN_BLOCK else _ALLOW_DURABLE
         if stmt.function_oid is not None:
             # A fast-path call has no SQL text: it is classified by the function it calls.
             classification = classify_function_call(stmt.function_oid)
@@ -230,8 +215,8 @@ class SessionHooks:
         the statement may change the target."""
         error = _error(decided.denial) if decided.denial is not None else b""
         classes = classification.classes
-        durable = self.write_ahead and not classes <= _CHANGES_NOTHING
-        in_block = classes <= _STAYS_IN_BLOCK
+        durable = self.write_ahead and not classes <= CHANGES_NOTHING
+        in_block = classes <= STAYS_IN_BLOCK
         return Verdict(
             decided.action, decided.enforced, error, decided.record, durable, decided.decision,
             in_block,
