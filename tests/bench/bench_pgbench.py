@@ -243,23 +243,28 @@ def relay(
 
 
 @contextmanager
-def profiled(pid: int, out: Path) -> Iterator[None]:
-    """Sample ``pid`` with py-spy while the body runs (when PGBENCH_PROFILE=1)."""
+def profiled(pids: list[int], out: Path) -> Iterator[None]:
+    """Sample ``pids`` (the daemon, its writer) with py-spy while the body runs, when
+    ``PGBENCH_PROFILE`` names a directory: one folded-stack file per process there
+    (``--native``, which pauses the process at each sample: its tps drops while it runs)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if os.environ.get("PGBENCH_PROFILE") != "1" or not Path(spy).exists():
+    where = os.environ.get("PGBENCH_PROFILE")
+    if not where or not Path(spy).exists():
         yield
         return
-    proc = subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "speedscope",
-         "--output", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    procs = []
+    for i, pid in enumerate(pids):
+        path = Path(where) / f"{out.name}-{'writer' if i else 'daemon'}.txt"
+        cmd = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+               "--native", "--output", str(path)]  # fmt: skip
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL), path))
     try:
         yield
     finally:
-        proc.send_signal(2)
-        proc.wait(30)
-        print(f"profile: {out}")
+        for proc, path in procs:
+            proc.send_signal(2)
+            proc.wait(30)
+            print(f"profile: {path}")
 
 
 @dataclass
@@ -427,9 +432,17 @@ def test_pgbench_table(tmp_path: Path) -> None:
                     key = f"{workload} -M {mode}"
                     for setup in order:
                         pids = setup.pids()
-                        c0 = cpu_seconds(pids)
-                        t, n = run_pgbench(lab, setup.env, [*flags, "-M", mode], SECONDS, CLIENTS)
-                        used = cpu_seconds(pids) - c0
+                        sampled = (
+                            profiled(pids, Path(f"{setup.name}-{workload}-{mode}"))
+                            if r == 0 and setup.name.startswith("appliance")
+                            else contextlib.nullcontext()
+                        )
+                        with sampled:
+                            c0 = cpu_seconds(pids)
+                            t, n = run_pgbench(
+                                lab, setup.env, [*flags, "-M", mode], SECONDS, CLIENTS
+                            )
+                            used = cpu_seconds(pids) - c0
                         tps.setdefault((key, setup.name), []).append(t)
                         if pids:
                             cpu.setdefault((key, setup.name), []).append(used / n * 1e6)
