@@ -38,9 +38,18 @@ Where the time goes (2-core VM shared with other labs; see the README for the la
   waits for an fsync of the ledger before it is sent (group commit across sessions): 2-3 ms
   each under load here, several times what the rest of the hot path costs;
   ``appliance-checkpoint`` shows the hot path without it.
-- the simple protocol: every select-only text differs (literals), and was parsed by pglast
-  each time (~250 µs); an allow is now remembered under the text's shape (integer literals
-  as 0), so pgbench -S is classified once per session.
+- the simple protocol: every text differs (literals), and was parsed by pglast each time
+  (~160-250 µs); an allow is now remembered under the text's shape (integer literals as 0)
+  for reads and for UPDATE/INSERT/DELETE whose classes no number can change, so pgbench's
+  statements are classified once per session and shape.
+- write-ahead, beside the fsync: each sync is answered through the ledger's listener thread
+  and ``call_soon_threadsafe`` (thread hops, GIL hand-overs): ~75-110 µs of daemon CPU per
+  sync in the lab at 8 clients, ~140 µs with one session (``appliance/ledger/remote.py``).
+- select-only: the session core is ~35-45 µs of CPU per transaction (``pgcore.py``); the
+  daemon spends ~110-130 µs (a third of it in the kernel's socket paths), the rest in the
+  shell, uvloop, the codec's interpreted decoders and ``RemoteLedger.append``; the writer
+  process ~55-80 µs (blob transform and masking, hashing, framing). ``PGBENCH_PROFILE=DIR``
+  samples both processes with py-spy in round 1.
 - per statement, the daemon builds two entries (statement and response) and masks the
   statement and its parameters (the masking scanner runs a dozen detector patterns on any
   text with digits: appliance/masking, another issue); the writer process hashes, frames
