@@ -39,7 +39,7 @@ from pglast.parser import ParseError, parse_sql_json
 
 from appliance.policy._functions import call_classes
 from appliance.policy._plpgsql import body_sql
-from appliance.policy._where import keeps_every_row
+from appliance.policy._where import keeps_every_row, same_for_every_number
 from appliance.protocols.postgres import fastpath
 from appliance.protocols.postgres.encodings import ascii_safe
 
@@ -108,6 +108,10 @@ class StatementClass:
     functions: frozenset[str] = frozenset()
     prepared_name: str | None = None
     copy: CopySpec | None = None  # for a COPY statement
+    # An UPDATE or DELETE (also nested) whose WHERE compares numbers otherwise than a column
+    # with a constant: its classes may depend on an integer's value (``WHERE 3 > 2`` keeps
+    # every row, ``WHERE 2 > 3`` none; see _where.same_for_every_number).
+    numbers_decide: bool = False
 
     def to_record(self) -> dict[str, Any]:
         """A JSON-safe summary for the ledger (without the text, which is recorded apart)."""
@@ -151,6 +155,7 @@ class Classification:
     functions: frozenset[str]
     parse_error: str | None = None
     syntax_error: GrammarError | None = None
+    numbers_decide: bool = False  # one of the statements' (StatementClass.numbers_decide)
 
     @classmethod
     def of(
@@ -173,6 +178,7 @@ class Classification:
             union("functions"),
             parse_error,
             syntax_error,
+            any(s.numbers_decide for s in stmts),
         )
 
     def to_record(self) -> dict[str, Any]:
@@ -309,6 +315,7 @@ def _statement(index: int, raw: dict[str, Any], encoded: bytes) -> StatementClas
         frozenset(walk.functions),
         walk.prepared_name,
         _copy_spec(fields) if kind == "CopyStmt" else None,
+        walk.numbers_decide,
     )
 
 
@@ -378,6 +385,7 @@ class _Walk:
         self.writes: set[str] = set()
         self.functions: set[str] = set()
         self.prepared_name: str | None = None
+        self.numbers_decide = False  # see StatementClass.numbers_decide
         self._stack: list[tuple[str, dict[str, Any], _Ctx]] = []
 
     def run(self, kind: str, fields: dict[str, Any]) -> None:
@@ -688,6 +696,8 @@ def _update(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
     walk.add(ctx, "update")
     if keeps_every_row(f.get("whereClause")):
         walk.add(ctx, "update_without_where")
+    if not same_for_every_number(f.get("whereClause")):
+        walk.numbers_decide = True
     walk.relation(f.get("relation"), ctx, write=True)
     walk.children(kind, f, ctx, skip=("relation",))
 
@@ -697,6 +707,8 @@ def _delete(walk: _Walk, kind: str, f: dict[str, Any], ctx: _Ctx) -> None:
     walk.add(ctx, "delete")
     if keeps_every_row(f.get("whereClause")):
         walk.add(ctx, "delete_without_where")
+    if not same_for_every_number(f.get("whereClause")):
+        walk.numbers_decide = True
     walk.relation(f.get("relation"), ctx, write=True)
     walk.children(kind, f, ctx, skip=("relation",))
 

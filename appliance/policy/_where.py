@@ -56,6 +56,55 @@ def keeps_every_row(where: dict[str, Any] | None) -> bool:
         return True
 
 
+def same_for_every_number(where: dict[str, Any] | None) -> bool:
+    """True if :func:`keeps_every_row` gives the same answer for ``where`` whatever the
+    values of its numeric constants: it has none, or each is compared directly with a column
+    (``aid = 5``, ``5 < x``: unprovable whatever the number). Conservative: any other
+    constant (``1 = 1``, ``x + 1 = x + 1``, ``id IN (1, 2)``, ``5::int``) answers False.
+
+    What the shape cache of the PostgreSQL hooks relies on to let an UPDATE or DELETE that
+    differs from another only in integer literals share its decision."""
+    if where is None:
+        return True
+    stack: list[tuple[Any, int]] = [(where, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return False
+        if isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        if len(node) == 1:
+            ((kind, f),) = node.items()
+            if kind == "A_Const":
+                if isinstance(f, dict) and ("ival" in f or "fval" in f):
+                    return False
+                continue
+            if kind == "A_Expr" and isinstance(f, dict) and _column_against_constant(f):
+                left, right = f.get("lexpr"), f.get("rexpr")
+                column = left if isinstance(left, dict) and "ColumnRef" in left else right
+                stack.append((column, depth + 1))
+                continue
+        stack.extend((value, depth + 1) for value in node.values())
+    return True
+
+
+def _column_against_constant(f: dict[str, Any]) -> bool:
+    """A comparison (``=``, ``<``, ...) of a column with a constant: :func:`_expr_truth`
+    answers None for it whatever the constant (the column has no value in the text, and a
+    column is never :func:`_same` as a constant)."""
+    if f.get("kind") != "AEXPR_OP" or _operator(f.get("name", ())) not in _COMPARE:
+        return False
+    left, right = f.get("lexpr"), f.get("rexpr")
+    sides = [
+        next(iter(side)) if isinstance(side, dict) and len(side) == 1 else None
+        for side in (left, right)
+    ]
+    return sorted(map(str, sides)) == ["A_Const", "ColumnRef"]
+
+
 def _truth(node: Any, depth: int) -> bool | None:
     """True or False if the expression's value is known from the text, else None."""
     if depth > _MAX_DEPTH:

@@ -38,9 +38,18 @@ Where the time goes (2-core VM shared with other labs; see the README for the la
   waits for an fsync of the ledger before it is sent (group commit across sessions): 2-3 ms
   each under load here, several times what the rest of the hot path costs;
   ``appliance-checkpoint`` shows the hot path without it.
-- the simple protocol: every select-only text differs (literals), and was parsed by pglast
-  each time (~250 µs); an allow is now remembered under the text's shape (integer literals
-  as 0), so pgbench -S is classified once per session.
+- the simple protocol: every text differs (literals), and was parsed by pglast each time
+  (~160-250 µs); an allow is now remembered under the text's shape (integer literals as 0)
+  for reads and for UPDATE/INSERT/DELETE whose classes no number can change, so pgbench's
+  statements are classified once per session and shape.
+- write-ahead, beside the fsync: each sync is answered through the ledger's listener thread
+  and ``call_soon_threadsafe`` (thread hops, GIL hand-overs): ~75-110 µs of daemon CPU per
+  sync in the lab at 8 clients, ~140 µs with one session (``appliance/ledger/remote.py``).
+- select-only: the session core is ~35-45 µs of CPU per transaction (``pgcore.py``); the
+  daemon spends ~110-130 µs (a third of it in the kernel's socket paths), the rest in the
+  shell, uvloop, the codec's interpreted decoders and ``RemoteLedger.append``; the writer
+  process ~55-80 µs (blob transform and masking, hashing, framing). ``PGBENCH_PROFILE=DIR``
+  samples both processes with py-spy in round 1.
 - per statement, the daemon builds two entries (statement and response) and masks the
   statement and its parameters (the masking scanner runs a dozen detector patterns on any
   text with digits: appliance/masking, another issue); the writer process hashes, frames
@@ -243,23 +252,28 @@ def relay(
 
 
 @contextmanager
-def profiled(pid: int, out: Path) -> Iterator[None]:
-    """Sample ``pid`` with py-spy while the body runs (when PGBENCH_PROFILE=1)."""
+def profiled(pids: list[int], out: Path) -> Iterator[None]:
+    """Sample ``pids`` (the daemon, its writer) with py-spy while the body runs, when
+    ``PGBENCH_PROFILE`` names a directory: one folded-stack file per process there
+    (``--native``, which pauses the process at each sample: its tps drops while it runs)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if os.environ.get("PGBENCH_PROFILE") != "1" or not Path(spy).exists():
+    where = os.environ.get("PGBENCH_PROFILE")
+    if not where or not Path(spy).exists():
         yield
         return
-    proc = subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "speedscope",
-         "--output", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    procs = []
+    for i, pid in enumerate(pids):
+        path = Path(where) / f"{out.name}-{'writer' if i else 'daemon'}.txt"
+        cmd = [spy, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+               "--native", "--output", str(path)]  # fmt: skip
+        procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL), path))
     try:
         yield
     finally:
-        proc.send_signal(2)
-        proc.wait(30)
-        print(f"profile: {out}")
+        for proc, path in procs:
+            proc.send_signal(2)
+            proc.wait(30)
+            print(f"profile: {path}")
 
 
 @dataclass
@@ -427,9 +441,17 @@ def test_pgbench_table(tmp_path: Path) -> None:
                     key = f"{workload} -M {mode}"
                     for setup in order:
                         pids = setup.pids()
-                        c0 = cpu_seconds(pids)
-                        t, n = run_pgbench(lab, setup.env, [*flags, "-M", mode], SECONDS, CLIENTS)
-                        used = cpu_seconds(pids) - c0
+                        sampled = (
+                            profiled(pids, Path(f"{setup.name}-{workload}-{mode}"))
+                            if r == 0 and setup.name.startswith("appliance")
+                            else contextlib.nullcontext()
+                        )
+                        with sampled:
+                            c0 = cpu_seconds(pids)
+                            t, n = run_pgbench(
+                                lab, setup.env, [*flags, "-M", mode], SECONDS, CLIENTS
+                            )
+                            used = cpu_seconds(pids) - c0
                         tps.setdefault((key, setup.name), []).append(t)
                         if pids:
                             cpu.setdefault((key, setup.name), []).append(used / n * 1e6)

@@ -201,10 +201,8 @@ class SessionHooks:
             self._in_flight.sent(stmt.n)
         verdict = self._verdict(self.statements.decide(classification), classification)
         if verdict.action == "allow" and verdict.enforced:
-            # Under its shape only what no integer can change: a plain read. Elsewhere a
-            # value decides (WHERE 3 > 2 keeps every row, WHERE 2 > 3 none; EXPLAIN
-            # (ANALYZE 1) runs its statement, (ANALYZE 0) does not).
-            if classification.classes == _SHAPE_SAFE and shape is not text:
+            # Under its shape only what no integer can change (see _shape_safe).
+            if shape is not text and _shape_safe(classification):
                 self.statements.remember((shape, scs, True), (verdict, changes_settings))
             else:
                 self.statements.remember((text, scs, False), (verdict, changes_settings))
@@ -306,21 +304,36 @@ _ALLOW_DURABLE_IN_BLOCK = Verdict("allow", True, b"", {"decision": "allow"}, Tru
 # Texts in which a digit may be anything but an integer literal (strings, quoted names,
 # dollar quotes, parameters, escapes, comments) are never reshaped.
 _NOT_SHAPED = re.compile(r"""['"$\\]|--|/\*""")
-_INTEGER = re.compile(r"(?<![\w.])[0-9]+(?![\w.])")
+# At most 9 digits: always an integer token to PostgreSQL's lexer (a literal beyond int4
+# becomes a numeric one, which some places of the grammar refuse); longer ones stay as they are.
+_INTEGER = re.compile(r"(?<![\w.])[0-9]{1,9}(?![\w.])")
+
+# Classes whose statements are remembered under their shape, when no number decides them.
+_SHAPE_SAFE = frozenset({"select", "insert", "update", "delete"})
 
 
-_SHAPE_SAFE = frozenset({"select"})
+def _shape_safe(classification: Classification) -> bool:
+    """May ``classification``'s allow stand for every text of the same shape? Only for reads
+    and plain row changes (classes within :data:`_SHAPE_SAFE`: no EXPLAIN, whose (ANALYZE 1)
+    runs its statement and (ANALYZE 0) does not; no COPY, SET or call) whose classes no
+    integer's value can change: an UPDATE or DELETE whose WHERE compares numbers otherwise
+    than a column with a constant is remembered by its exact text (WHERE 3 > 2 keeps every
+    row, WHERE 2 > 3 none: ``Classification.numbers_decide``)."""
+    classes = classification.classes
+    return bool(classes) and classes <= _SHAPE_SAFE and not classification.numbers_decide
 
 
 def _shape(text: str) -> str:
-    """The key under which the allow of a plain read (classes exactly ``select``) is
-    remembered: ``text`` with its integer literals as 0 (``... WHERE aid = 42`` and ``...
-    WHERE aid = 7`` share one), for text with no quote, dollar, backslash or comment; else
-    ``text`` itself. A plain read's classes, relations and functions never depend on an
-    integer's value, so texts that differ only there (ORMs and pgbench in the simple
-    protocol) are parsed once, not per statement. Other statements are remembered by their
-    exact text: there a value can decide (``DELETE ... WHERE 3 > 2``, ``EXPLAIN (ANALYZE
-    1)``). The statement's own text is what is recorded."""
+    """The key under which the allow of a statement :func:`_shape_safe` accepts is
+    remembered: ``text`` with its integer literals (up to 9 digits) as 0 (``... WHERE aid =
+    42`` and ``... WHERE aid = 7`` share one), for text with no quote, dollar, backslash or
+    comment; else ``text`` itself. Texts of one shape differ only in the values of integer
+    tokens, so their parse trees differ only in those constants; where the classifier reads
+    none of them, their classes, relations and functions are the same, and texts that differ
+    only there (ORMs and pgbench in the simple protocol: its UPDATEs and INSERT too) are
+    parsed once, not per statement. Other statements are remembered by their exact text:
+    there a value can decide (``DELETE ... WHERE 3 > 2``, ``EXPLAIN (ANALYZE 1)``). The
+    statement's own text is what is recorded."""
     if _NOT_SHAPED.search(text):
         return text
     return _INTEGER.sub("0", text)

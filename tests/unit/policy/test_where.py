@@ -3,10 +3,12 @@ not: vectors through the real parser."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from appliance.policy import classify
-from appliance.policy._where import keeps_every_row
+from appliance.policy._where import keeps_every_row, same_for_every_number
 
 EVERY_ROW = [
     "1 = 1",
@@ -96,3 +98,48 @@ def test_markers_only_where_the_statement_runs() -> None:
     assert classify("EXPLAIN DELETE FROM t").classes == {"explain"}
     assert classify("CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM u").classes == {"ddl"}
     assert "delete_without_where" in classify("PREPARE p AS DELETE FROM t").classes
+
+
+# WHERE clauses whose numbers are each compared directly with a column: whether they keep
+# every row is the same whatever the numbers (the shape cache of the PostgreSQL hooks).
+COLUMN_AGAINST_NUMBER = ["aid = 5", "5 < aid", "aid = 1 AND bid <> 2", "a = -5", "t.a >= 0"]
+NUMBERS_DECIDE = [
+    "1 = 1",
+    "2 > 3",
+    "id IN (1, 2)",
+    "x + 1 = x + 1",
+    "id = 5::int",
+    "a = 1 OR 2 > 1",
+]
+_INTEGER = re.compile(r"(?<![\w.])[0-9]+(?![\w.])")
+
+
+@pytest.mark.parametrize("where", COLUMN_AGAINST_NUMBER)
+def test_numbers_compared_with_a_column_decide_nothing(where: str) -> None:
+    assert not classify(f"DELETE FROM t WHERE {where}").numbers_decide
+    assert not classify(f"UPDATE t SET a = a + 7 WHERE {where}").numbers_decide
+
+
+@pytest.mark.parametrize("where", NUMBERS_DECIDE)
+def test_numbers_that_may_decide_are_flagged(where: str) -> None:
+    assert classify(f"DELETE FROM t WHERE {where}").numbers_decide
+    assert classify(f"UPDATE t SET a = 1 WHERE {where}").numbers_decide
+    # also nested, and only in the statement that has it
+    nested = classify(f"WITH d AS (DELETE FROM t WHERE {where} RETURNING *) SELECT * FROM d")
+    assert nested.numbers_decide
+    assert not classify(f"SELECT * FROM t WHERE {where}").numbers_decide
+
+
+@pytest.mark.parametrize("where", EVERY_ROW + REAL_CONDITION + COLUMN_AGAINST_NUMBER)
+def test_unflagged_statements_classify_the_same_for_other_numbers(where: str) -> None:
+    """The promise ``numbers_decide`` False makes: any other integers, the same classes."""
+    text = f"DELETE FROM t WHERE {where}"
+    classified = classify(text)
+    if classified.numbers_decide:
+        return
+    for n in ("0", "1", "2", "3", "99", "123456789"):
+        assert classify(_INTEGER.sub(n, text)).classes == classified.classes, n
+
+
+def test_no_where_is_the_same_for_every_number() -> None:
+    assert same_for_every_number(None)
