@@ -833,15 +833,14 @@ class _Child:
             writer.append_encoded(seq, ts_us, payload[16:])
         elif kind == _ENTRY_BLOBS:
             seq, ts_us = _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]
-            holes, pos = self._holes(conn, payload, 16)
-            writer.append_encoded(seq, ts_us, payload[pos:], holes)
+            found, pos = self._holes(conn, payload, 16)
+            writer.append_encoded(seq, ts_us, payload[pos:], found)
         elif kind in (_UNNUMBERED, _UNNUMBERED_BLOBS):
             ts_us, seq_at, ts_at = _OPEN_HEAD.unpack_from(payload, 0)
-            holes, pos = (
-                self._holes(conn, payload, _OPEN_HEAD.size)
-                if kind == _UNNUMBERED_BLOBS
-                else (None, _OPEN_HEAD.size)
-            )
+            holes: list[tuple[int, int, BlobSink]] | None = None
+            pos = _OPEN_HEAD.size
+            if kind == _UNNUMBERED_BLOBS:
+                holes, pos = self._holes(conn, payload, _OPEN_HEAD.size)
             # One order for every process: the seq is the writer's next, and ts never goes
             # back (a worker's clock read a few ms before another's entry arrived).
             late = ts_us < writer.last_ts_us
@@ -879,9 +878,7 @@ class _Child:
             raise LedgerError(f"ledger channel: unknown message kind {kind}")
 
     @staticmethod
-    def _holes(
-        conn: _Conn, payload: bytes, at: int
-    ) -> tuple[list[tuple[int, int, BlobSink]], int]:
+    def _holes(conn: _Conn, payload: bytes, at: int) -> tuple[list[tuple[int, int, BlobSink]], int]:
         """The blob holes of an entry message from offset ``at``, and where its bytes start."""
         (count,) = struct.unpack_from("!H", payload, at)
         pos = at + 2 + count * _HOLE.size

@@ -147,6 +147,28 @@ class ProxyServer:
             bound.append(sock.getsockname()[:2])
         return bound
 
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets :meth:`bind` opened, in the order of :attr:`listeners`."""
+        return list(self._sockets)
+
+    def adopt(self, sockets: list[socket.socket]) -> None:
+        """Serve on listening sockets another process bound (a proxy worker: the daemon's
+        :attr:`sockets`, inherited), one per listener, in order."""
+        if len(sockets) != len(self.listeners):
+            raise ApplianceError(
+                f"{len(sockets)} listening sockets handed over for {len(self.listeners)} listeners"
+            )
+        for sock in sockets:
+            sock.setblocking(False)
+        self._sockets = list(sockets)
+
+    def close_listeners(self) -> None:
+        """Close this process's listening sockets (their copies in workers stay open)."""
+        for sock in self._sockets:
+            sock.close()
+        self._sockets = []
+
     async def serve(self) -> None:
         """Serve until :meth:`stop`; then drain the sessions (see the module docstring)."""
         if not self._sockets:

@@ -316,7 +316,9 @@ def test_entries_from_several_connections_get_one_gap_free_order(tmp_path: Path)
                 sink.header({"columns": ["card"], "types": [25], "formats": [0]})
                 sink.add(DataRow((b"4111 1111 1111 1111",)).encode())
                 sink.close()
-                w.append("response", session=f"w{k}", data={"n": n}, blobs={"result": sink.finish()})
+                w.append(
+                    "response", session=f"w{k}", data={"n": n}, blobs={"result": sink.finish()}
+                )
         for w in workers:
             w.close()
         main.append("appliance.stop", data={})

@@ -1,0 +1,373 @@
+"""Proxy worker processes (``proxy.workers`` > 1): several processes serve the listeners,
+one ledger writer records them all (issue 19: throughput that grows with cores).
+
+Where this sits: the daemon (:mod:`appliance.daemon`) keeps the control plane (the ledger's
+own connection, shipping, status, signals) and, instead of serving, starts N workers with a
+:class:`WorkerPool`. Each worker is ``python -P -c 'from appliance.proxy.workers import
+worker_main; worker_main()'`` and gets, by inheritance:
+
+- the daemon's listening sockets (bound once; every worker accepts on the same sockets: the
+  kernel gives each connection to one worker, and a busy worker, slower to call ``accept``,
+  takes fewer);
+- its own connection to the ledger writer process
+  (:meth:`appliance.ledger.remote.RemoteLedger.attach`): the writer gives every entry of
+  every process its ``seq`` in arrival order, so the ledger keeps one gap-free order;
+  write-ahead syncs from all workers are group-committed by the writer as before;
+- a control socket, over which it is sent its setup (the config, the masking key: every
+  worker masks and hashes alike) and answers "ready". Its end means the daemon is gone: the
+  worker stops.
+
+A worker records ``proxy.worker.ready`` and, at its end, ``proxy.worker.stopped`` with its pid
+and how many sessions it served. Fail closed: a worker whose ledger fails (the writer died)
+stops serving at once and exits with an error; a worker that exits unexpectedly makes the
+daemon stop the others and exit with an error. SIGTERM to the daemon: each worker is sent
+SIGTERM, finishes its in-flight statements (the usual grace), flushes its entries to the
+writer and exits; only then does the daemon record ``appliance.stop`` and close the ledger
+(final checkpoint, final ship).
+
+Not supported yet with several workers (refused by ``config check`` or at start, naming the
+reason): approvers, http and ssh targets, ``--capture``, ``ship.on_backlog: refuse``. A
+PostgreSQL CancelRequest or a MySQL KILL reaches its session only if the kernel hands the
+cancelling connection to the same worker (the cancel keys are per process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import itertools
+import logging
+import os
+import pickle
+import secrets
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from appliance.config import Config
+from appliance.errors import ApplianceError
+
+log = logging.getLogger("appliance.workers")
+
+_LEN = struct.Struct("!I")
+_READY = b"ready"
+_START_TIMEOUT = 60.0  # seconds for a worker to import, parse the config and start serving
+_EXIT_MARGIN = 30.0  # seconds past the grace period before a worker that hangs is killed
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker is sent at start (pickled over its control socket)."""
+
+    index: int
+    config: Config
+    mask_key: bytes
+    grace: float
+    listeners: tuple[int, ...]  # inherited fds, in the order of ProxyServer.listeners
+    ledger: int  # inherited fd: its connection to the writer process
+    log_level: str
+
+
+def _send(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(_LEN.pack(len(payload)) + payload)
+
+
+def _recv(sock: socket.socket) -> bytes | None:
+    """One message, or None at the end of the stream."""
+    head = _recv_exact(sock, _LEN.size)
+    if head is None:
+        return None
+    return _recv_exact(sock, _LEN.unpack(head)[0])
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+class WorkerPool:
+    """The daemon's side: start, watch and stop the workers (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        listeners: list[socket.socket],
+        ledgers: list[socket.socket],
+        mask_key: bytes,
+        grace: float,
+        on_exit: Callable[[], None],
+    ) -> None:
+        if len(ledgers) != config.proxy.workers:
+            raise ApplianceError(
+                f"{len(ledgers)} ledger connections for {config.proxy.workers} workers"
+            )
+        self.config = config
+        self.listeners = listeners
+        self.ledgers = ledgers
+        self.mask_key = mask_key
+        self.grace = grace
+        self.on_exit = on_exit  # a worker ended unexpectedly: the daemon stops
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.controls: list[socket.socket] = []
+        self.failed: str | None = None
+        self._stopping = False
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    async def start(self) -> None:
+        """Start every worker and return once each serves; raises ApplianceError (after
+        stopping those started) if one cannot start."""
+        level = logging.getLevelName(logging.getLogger().level).lower()
+        try:
+            for index, ledger in enumerate(self.ledgers):
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                fds = (theirs.fileno(), ledger.fileno(), *(s.fileno() for s in self.listeners))
+                proc = subprocess.Popen(
+                    # -P as for the ledger writer: no package from the working directory
+                    [
+                        sys.executable,
+                        "-P",
+                        "-c",
+                        "from appliance.proxy.workers import worker_main; worker_main()",
+                    ],
+                    pass_fds=fds,
+                    env=dict(os.environ, APPLIANCE_WORKER_FD=str(theirs.fileno())),
+                    stdin=subprocess.DEVNULL,
+                )
+                setup = WorkerSetup(
+                    index=index,
+                    config=self.config,
+                    mask_key=self.mask_key,
+                    grace=self.grace,
+                    listeners=tuple(s.fileno() for s in self.listeners),
+                    ledger=ledger.fileno(),  # pass_fds keeps the numbers
+                    log_level=level,
+                )
+                theirs.close()
+                ledger.close()  # the worker's now: the writer sees its end when it exits
+                self.procs.append(proc)
+                self.controls.append(ours)
+                _send(ours, pickle.dumps(setup))
+            for index, control in enumerate(self.controls):
+                got = await asyncio.wait_for(
+                    asyncio.to_thread(_recv, control), timeout=_START_TIMEOUT
+                )
+                if got != _READY:
+                    code = self.procs[index].poll()
+                    raise ApplianceError(
+                        f"proxy worker {index} did not start (exit status {code}; see its log)"
+                    )
+        except BaseException:
+            self.stop()
+            await asyncio.to_thread(self._reap, 10.0)
+            raise
+
+    async def serve(self) -> None:
+        """Wait until every worker has exited; one that exits before :meth:`stop` makes the
+        daemon stop (``on_exit``) and is reported in :attr:`failed`."""
+        loop = asyncio.get_running_loop()
+        waits = {loop.run_in_executor(None, p.wait): i for i, p in enumerate(self.procs)}
+        pending = set(waits)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                index, code = waits[fut], fut.result()
+                if not self._stopping or code != 0:
+                    why = f"proxy worker {index} (pid {self.procs[index].pid}) exited with {code}"
+                    log.error(why)
+                    self.failed = self.failed or why
+                    self.on_exit()
+        for control in self.controls:
+            control.close()
+
+    def stop(self) -> None:
+        """SIGTERM to every worker still running: they finish their in-flight statements
+        within the grace period and exit; a worker that outlives grace plus a margin is
+        killed (:meth:`serve` then reports it)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(RuntimeError):
+            asyncio.get_running_loop().call_later(self.grace + _EXIT_MARGIN, self._kill)
+
+    def _kill(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                log.error("proxy worker pid %d outlived its grace period: killed", proc.pid)
+                proc.kill()
+
+    def _reap(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# -- the worker process -----------------------------------------------------------------------
+
+
+class Worker:
+    """One worker process's proxy: serve until SIGTERM, the daemon's end, or a ledger failure."""
+
+    def __init__(self, setup: WorkerSetup, control: socket.socket) -> None:
+        self.setup = setup
+        self.control = control
+        self.sessions = itertools.count()
+        self.served = 0
+        self.stopping = False
+        self.server: Any = None
+
+    async def run(self) -> int:
+        # Imported here: the daemon module imports this one.
+        from appliance.config.sections import parse_sections
+        from appliance.daemon import build_proxy
+        from appliance.ledger.remote import RemoteLedger
+        from appliance.masking import Masker
+        from appliance.proxy.flows import FlowResolverImpl
+
+        setup, cfg = self.setup, self.setup.config
+        sections = parse_sections(cfg)
+        masker = Masker(sections.masking, hmac_key=setup.mask_key)
+        ledger = RemoteLedger.attach(
+            socket.socket(fileno=setup.ledger), directory=cfg.ledger.dir, origin=cfg.ledger.origin
+        )
+        me = {"worker": setup.index, "pid": os.getpid()}
+        try:
+            server, refusals = build_proxy(
+                cfg,
+                sections,
+                ledger,
+                masker,
+                credentials_dir=os.environ.get("CREDENTIALS_DIRECTORY"),
+                broker=None,
+                capture=False,
+                resolver=FlowResolverImpl(cfg),
+                durable=ledger.sync,
+                new_session_id=self._new_session_id,
+            )
+            self.server = server
+            server.adopt([socket.socket(fileno=fd) for fd in setup.listeners])
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self.stop)
+            loop.add_reader(self.control.fileno(), self._control_readable)
+            async with asyncio.TaskGroup() as tg:
+                serving = tg.create_task(server.serve())
+                watch = tg.create_task(self._watch(ledger))
+                ledger.append("proxy.worker.ready", data=me)
+                _send(self.control, _READY)
+                log.info("proxy worker ready", extra={"fields": me})
+                await serving
+                watch.cancel()
+            loop.remove_reader(self.control.fileno())
+            with contextlib.suppress(ApplianceError):
+                refusals.flush()
+            with contextlib.suppress(ApplianceError):
+                ledger.append("proxy.worker.stopped", data={**me, "sessions": self.served})
+        finally:
+            failed = ledger.failed
+            try:
+                # Everything this worker appended reaches the writer before it exits: the
+                # daemon's appliance.stop comes after it.
+                await asyncio.to_thread(ledger.close)
+            except ApplianceError as exc:
+                failed = failed or exc
+        if failed is not None:
+            log.error("proxy worker %d: the ledger cannot record (%s)", setup.index, failed)
+            return 1
+        log.info("proxy worker stopped", extra={"fields": {**me, "sessions": self.served}})
+        return 0
+
+    def _new_session_id(self) -> str:
+        # Random as in the single process (64 bits): unique across workers as within one.
+        self.served = next(self.sessions) + 1
+        return secrets.token_bytes(8).hex()
+
+    def _control_readable(self) -> None:
+        """The daemon's end of the control socket closed: it is gone; stop."""
+        try:
+            data = self.control.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.control.fileno())
+            log.error("proxy worker %d: the daemon is gone; stopping", self.setup.index)
+            self.stop()
+
+    async def _watch(self, ledger: Any) -> None:
+        """A ledger that cannot record stops this worker at once (its sessions fail with
+        it: every append raises); the daemon sees the exit and stops the rest."""
+        while not self.stopping:
+            await asyncio.sleep(0.05)
+            if ledger.failed is not None:
+                log.error(
+                    "proxy worker %d: the ledger cannot record (%s): stopping",
+                    self.setup.index,
+                    ledger.failed,
+                )
+                self.stop(grace=0.0)
+                return
+
+    def stop(self, grace: float | None = None) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.server is not None:
+            self.server.stop(self.setup.grace if grace is None else grace)
+
+
+def worker_main() -> None:
+    """Entry point of a worker process (started by :class:`WorkerPool`)."""
+    from appliance.daemon import setup_logging
+
+    # Ctrl-C in a terminal reaches the whole process group: the daemon decides, and sends
+    # SIGTERM. If the daemon dies, so does this worker (its listeners close with it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    control = socket.socket(fileno=int(os.environ.pop("APPLIANCE_WORKER_FD")))
+    got = _recv(control)
+    if got is None:
+        os._exit(1)
+    setup: WorkerSetup = pickle.loads(got)
+    setup_logging(setup.log_level)
+    control.setblocking(False)
+    worker = Worker(setup, control)
+    try:
+        import uvloop
+
+        code = uvloop.run(worker.run())
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        code = asyncio.run(worker.run())
+    except ApplianceError as exc:
+        log.error("proxy worker %d: %s", setup.index, exc)
+        code = 1
+    sys.stderr.flush()
+    os._exit(code)
+
+
+__all__ = ["WorkerPool", "WorkerSetup", "worker_main"]
