@@ -44,13 +44,8 @@ def bench_db(lab: Lab, pg: PgServer) -> Iterator[str]:
 
 
 def _writer_pid(app: Appliance) -> int:
-    assert app.proc is not None
-    children = Path(f"/proc/{app.proc.pid}/task/{app.proc.pid}/children").read_text().split()
-    for pid in map(int, children):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"appliance.ledger.remote" in cmdline:
-            return pid
-    raise AssertionError(f"no ledger writer among {children}")
+    (pid,) = app.children(b"appliance.ledger.remote")
+    return pid
 
 
 def _pgbench(lab: Lab, seconds: int) -> subprocess.Popen[bytes]:
