@@ -431,10 +431,9 @@ class Daemon:
         try:
             async with asyncio.TaskGroup() as tg:
                 if self.workers is not None:
-                    # The workers accept on these listeners; the daemon keeps no copy, so
-                    # that they close once the last worker has stopped (fail closed).
+                    # The daemon accepts on the listeners and hands each connection to a
+                    # worker; they close when it stops or a worker fails (fail closed).
                     await self.workers.start()
-                    server.close_listeners()
                     serving = tg.create_task(self.workers.serve())
                 else:
                     serving = tg.create_task(server.serve())

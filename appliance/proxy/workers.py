@@ -6,16 +6,18 @@ own connection, shipping, status, signals) and, instead of serving, starts N wor
 :class:`WorkerPool`. Each worker is ``python -P -c 'from appliance.proxy.workers import
 worker_main; worker_main()'`` and gets, by inheritance:
 
-- the daemon's listening sockets (bound once; every worker accepts on the same sockets: the
-  kernel gives each connection to one worker, and a busy worker, slower to call ``accept``,
-  takes fewer);
 - its own connection to the ledger writer process
   (:meth:`appliance.ledger.remote.RemoteLedger.attach`): the writer gives every entry of
   every process its ``seq`` in arrival order, so the ledger keeps one gap-free order;
   write-ahead syncs from all workers are group-committed by the writer as before;
-- a control socket, over which it is sent its setup (the config, the masking key: every
-  worker masks and hashes alike) and answers "ready". Its end means the daemon is gone: the
-  worker stops.
+- a control socket (``SOCK_SEQPACKET``), over which it is sent its setup (the config, the
+  masking key: every worker masks and hashes alike), answers "ready", and then receives
+  connections: the daemon accepts on the listeners and hands each connection over
+  (``SCM_RIGHTS``) to the workers in turn. Measured first: workers sharing one listening
+  socket took bursts unevenly (a worker that has just accepted accepts the next too: 26/10
+  sessions of 8-client pgbench runs), which round-robin from one acceptor does not; the
+  cost is one ``sendmsg`` per connection, not per statement. The control socket's end means
+  the daemon is gone: the worker stops.
 
 A worker records ``proxy.worker.ready`` and, at its end, ``proxy.worker.stopped`` with its pid
 and how many sessions it served. Fail closed: a worker whose ledger fails (the writer died)
@@ -56,8 +58,9 @@ from appliance.errors import ApplianceError
 
 log = logging.getLogger("appliance.workers")
 
-_LEN = struct.Struct("!I")
+_LISTENER = struct.Struct("!H")  # a handed-over connection: which listener accepted it
 _READY = b"ready"
+_SETUP_MAX = 16 << 20
 _START_TIMEOUT = 60.0  # seconds for a worker to import, parse the config and start serving
 _EXIT_MARGIN = 30.0  # seconds past the grace period before a worker that hangs is killed
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -71,31 +74,16 @@ class WorkerSetup:
     config: Config
     mask_key: bytes
     grace: float
-    listeners: tuple[int, ...]  # inherited fds, in the order of ProxyServer.listeners
     ledger: int  # inherited fd: its connection to the writer process
     log_level: str
 
 
-def _send(sock: socket.socket, payload: bytes) -> None:
-    sock.sendall(_LEN.pack(len(payload)) + payload)
-
-
-def _recv(sock: socket.socket) -> bytes | None:
-    """One message, or None at the end of the stream."""
-    head = _recv_exact(sock, _LEN.size)
-    if head is None:
-        return None
-    return _recv_exact(sock, _LEN.unpack(head)[0])
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            return None
-        buf += chunk
-    return bytes(buf)
+def _control_pair() -> tuple[socket.socket, socket.socket]:
+    """The daemon's and a worker's ends of a control socket: one message per ``send``."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for end in (ours, theirs):
+        end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SETUP_MAX)
+    return ours, theirs
 
 
 class WorkerPool:
@@ -124,6 +112,9 @@ class WorkerPool:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.controls: list[socket.socket] = []
         self.failed: str | None = None
+        self.handed = [0] * config.proxy.workers  # connections handed to each worker
+        self._turn = itertools.cycle(range(config.proxy.workers))
+        self._accepts: list[asyncio.Task[None]] = []
         self._stopping = False
 
     @property
@@ -136,8 +127,8 @@ class WorkerPool:
         level = logging.getLevelName(logging.getLogger().level).lower()
         try:
             for index, ledger in enumerate(self.ledgers):
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                fds = (theirs.fileno(), ledger.fileno(), *(s.fileno() for s in self.listeners))
+                ours, theirs = _control_pair()
+                fds = (theirs.fileno(), ledger.fileno())
                 proc = subprocess.Popen(
                     # -P as for the ledger writer: no package from the working directory
                     [
@@ -155,7 +146,6 @@ class WorkerPool:
                     config=self.config,
                     mask_key=self.mask_key,
                     grace=self.grace,
-                    listeners=tuple(s.fileno() for s in self.listeners),
                     ledger=ledger.fileno(),  # pass_fds keeps the numbers
                     log_level=level,
                 )
@@ -163,10 +153,10 @@ class WorkerPool:
                 ledger.close()  # the worker's now: the writer sees its end when it exits
                 self.procs.append(proc)
                 self.controls.append(ours)
-                _send(ours, pickle.dumps(setup))
+                ours.sendall(pickle.dumps(setup))
             for index, control in enumerate(self.controls):
                 got = await asyncio.wait_for(
-                    asyncio.to_thread(_recv, control), timeout=_START_TIMEOUT
+                    asyncio.to_thread(control.recv, 64), timeout=_START_TIMEOUT
                 )
                 if got != _READY:
                     code = self.procs[index].poll()
@@ -177,11 +167,17 @@ class WorkerPool:
             self.stop()
             await asyncio.to_thread(self._reap, 10.0)
             raise
+        for control in self.controls:
+            control.setblocking(False)
 
     async def serve(self) -> None:
         """Wait until every worker has exited; one that exits before :meth:`stop` makes the
         daemon stop (``on_exit``) and is reported in :attr:`failed`."""
         loop = asyncio.get_running_loop()
+        if not self._stopping:
+            self._accepts = [
+                asyncio.create_task(self._accept(i, sock)) for i, sock in enumerate(self.listeners)
+            ]
         waits = {loop.run_in_executor(None, p.wait): i for i, p in enumerate(self.procs)}
         pending = set(waits)
         while pending:
@@ -193,8 +189,47 @@ class WorkerPool:
                     log.error(why)
                     self.failed = self.failed or why
                     self.on_exit()
+        self._close_listeners()
         for control in self.controls:
             control.close()
+
+    async def _accept(self, index: int, sock: socket.socket) -> None:
+        """Accept on listener ``index`` and hand each connection to the next worker alive."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:
+                log.warning("accept on listener %d failed: %s", index, exc)
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                self._hand_over(index, conn)
+            finally:
+                conn.close()  # the worker holds its own descriptor now
+
+    def _hand_over(self, listener: int, conn: socket.socket) -> None:
+        """To the workers in turn, skipping one that has exited or cannot take it (then the
+        connection is closed: the client sees a refusal, never an unrecorded session)."""
+        for _ in range(len(self.procs)):
+            k = next(self._turn)
+            if self.procs[k].poll() is not None:
+                continue
+            try:
+                socket.send_fds(self.controls[k], [_LISTENER.pack(listener)], [conn.fileno()])
+            except OSError as exc:
+                log.warning("proxy worker %d did not take a connection: %s", k, exc)
+                continue
+            self.handed[k] += 1
+            return
+        log.error("no proxy worker took a connection on listener %d: closed", listener)
+
+    def _close_listeners(self) -> None:
+        for task in self._accepts:
+            task.cancel()
+        self._accepts = []
+        for sock in self.listeners:
+            sock.close()
 
     def stop(self) -> None:
         """SIGTERM to every worker still running: they finish their in-flight statements
@@ -203,6 +238,7 @@ class WorkerPool:
         if self._stopping:
             return
         self._stopping = True
+        self._close_listeners()  # new clients are refused from now on
         for proc in self.procs:
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -269,15 +305,16 @@ class Worker:
                 new_session_id=self._new_session_id,
             )
             self.server = server
-            server.adopt([socket.socket(fileno=fd) for fd in setup.listeners])
+            server.take_handed_over()
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, self.stop)
             loop.add_reader(self.control.fileno(), self._control_readable)
             async with asyncio.TaskGroup() as tg:
                 serving = tg.create_task(server.serve())
                 watch = tg.create_task(self._watch(ledger))
+                await asyncio.sleep(0)  # the server's task group exists: hand-overs may come
                 ledger.append("proxy.worker.ready", data=me)
-                _send(self.control, _READY)
+                self.control.send(_READY)
                 log.info("proxy worker ready", extra={"fields": me})
                 await serving
                 watch.cancel()
@@ -306,17 +343,27 @@ class Worker:
         return secrets.token_bytes(8).hex()
 
     def _control_readable(self) -> None:
-        """The daemon's end of the control socket closed: it is gone; stop."""
-        try:
-            data = self.control.recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            asyncio.get_running_loop().remove_reader(self.control.fileno())
-            log.error("proxy worker %d: the daemon is gone; stopping", self.setup.index)
-            self.stop()
+        """Connections handed over by the daemon; the end of the control socket means the
+        daemon is gone: stop."""
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(self.control, 64, 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data, fds = b"", []
+            if not data and not fds:
+                asyncio.get_running_loop().remove_reader(self.control.fileno())
+                log.error("proxy worker %d: the daemon is gone; stopping", self.setup.index)
+                self.stop()
+                return
+            listener = _LISTENER.unpack(data[: _LISTENER.size])[0] if data else -1
+            for i, fd in enumerate(fds):
+                conn = socket.socket(fileno=fd)
+                if i == 0 and self.server is not None:
+                    self.server.hand_over(conn, listener)
+                else:  # pragma: no cover - one descriptor per message
+                    conn.close()
 
     async def _watch(self, ledger: Any) -> None:
         """A ledger that cannot record stops this worker at once (its sessions fail with
@@ -350,8 +397,8 @@ def worker_main() -> None:
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     control = socket.socket(fileno=int(os.environ.pop("APPLIANCE_WORKER_FD")))
-    got = _recv(control)
-    if got is None:
+    got = control.recv(_SETUP_MAX)
+    if not got:
         os._exit(1)
     setup: WorkerSetup = pickle.loads(got)
     setup_logging(setup.log_level)
