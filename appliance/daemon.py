@@ -75,6 +75,7 @@ from appliance.proxy.server import ProxyServer
 from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import ShellServices
 from appliance.proxy.tls import upstream_context
+from appliance.proxy.waits import ApprovalBroker
 from appliance.proxy.workers import WorkerPool
 from appliance.signing.keys import SigningKey
 
@@ -423,6 +424,8 @@ class Daemon:
                 mask_key=mask_key,
                 grace=self.grace,
                 on_exit=self.stop,
+                broker=broker,
+                durable=ledger.sync,
             )
 
         loop = asyncio.get_running_loop()
@@ -557,7 +560,7 @@ def build_proxy(
     masker: Masker,
     *,
     credentials_dir: str | None,
-    broker: Broker | None,
+    broker: ApprovalBroker | None,
     capture: bool,
     resolver: FlowResolverImpl,
     durable: Callable[[], Awaitable[None]],

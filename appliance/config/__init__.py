@@ -471,8 +471,7 @@ def _parse_ledger(node: Node) -> LedgerConfig:
 
 def _parse_proxy(node: Node, targets: dict[str, Target], ledger: LedgerConfig) -> ProxyConfig:
     """``proxy: {workers: N | auto}``; several workers are refused, naming the reason, where
-    they are not supported yet (approvers are checked with the policy, in
-    :func:`appliance.config.sections.parse_sections`)."""
+    they are not supported yet."""
     m = node.keys(optional=("workers",))
     workers = 1
     if "workers" in m:

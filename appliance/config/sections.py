@@ -50,13 +50,6 @@ def parse_sections(cfg: Config) -> Sections:
         node = cfg.policy.mapping().get("approvals")
         if node is not None:
             transport = parse_approvals_transport(node)
-    if cfg.proxy.workers > 1 and policy is not None and policy.approvers:
-        assert cfg.policy is not None
-        cfg.policy.fail(
-            f"proxy.workers: {cfg.proxy.workers} with approvers is not supported yet: a "
-            "statement held in a worker process cannot reach the approvals broker of the "
-            "daemon's process (no IPC route); use proxy.workers: 1 with approvers"
-        )
     interception = None
     if cfg.interception is not None or any(t.protocol == "http" for t in cfg.targets.values()):
         interception = parse_interception(cfg.interception)

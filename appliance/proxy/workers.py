@@ -27,8 +27,13 @@ SIGTERM, finishes its in-flight statements (the usual grace), flushes its entrie
 writer and exits; only then does the daemon record ``appliance.stop`` and close the ledger
 (final checkpoint, final ship).
 
+Approvals: a statement held in a worker is held by the daemon's broker (:class:`BrokerLink`
+asks over the control socket, after a ledger sync so that the statement's entries come
+first), so the approvals socket, the CLI, webhooks and the fleet hub see it as usual; the
+daemon syncs the approval's entries before it answers.
+
 Not supported yet with several workers (refused by ``config check`` or at start, naming the
-reason): approvers, http and ssh targets, ``--capture``, ``ship.on_backlog: refuse``. A
+reason): http and ssh targets, ``--capture``, ``ship.on_backlog: refuse``. A
 PostgreSQL CancelRequest or a MySQL KILL reaches its session only if the kernel hands the
 cancelling connection to the same worker (the cancel keys are per process).
 """
@@ -38,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import itertools
 import logging
 import os
@@ -49,16 +55,22 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from appliance.approvals import ApprovalsUnavailable, Broker
+from appliance.approvals.broker import Outcome
 from appliance.config import Config
 from appliance.errors import ApplianceError
 
 log = logging.getLogger("appliance.workers")
 
 _LISTENER = struct.Struct("!H")  # a handed-over connection: which listener accepted it
+# Control messages after the setup, one per SEQPACKET message, by their first byte:
+# daemon -> worker: a connection (with its descriptor), an approval's answer;
+# worker -> daemon: "ready", an approval asked, an approval withdrawn (the session ended).
+_CONN, _ANSWER, _ASK, _WITHDRAW = b"C", b"A", b"Q", b"W"
 _READY = b"ready"
 _SETUP_MAX = 16 << 20
 _START_TIMEOUT = 60.0  # seconds for a worker to import, parse the config and start serving
@@ -98,6 +110,8 @@ class WorkerPool:
         mask_key: bytes,
         grace: float,
         on_exit: Callable[[], None],
+        broker: Broker | None = None,
+        durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if len(ledgers) != config.proxy.workers:
             raise ApplianceError(
@@ -109,6 +123,9 @@ class WorkerPool:
         self.mask_key = mask_key
         self.grace = grace
         self.on_exit = on_exit  # a worker ended unexpectedly: the daemon stops
+        self.broker = broker  # approvals asked in workers are held here
+        self.durable = durable  # the daemon's ledger sync
+        self._asked: dict[tuple[int, int], asyncio.Task[None]] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.controls: list[socket.socket] = []
         self.failed: str | None = None
@@ -167,8 +184,10 @@ class WorkerPool:
             self.stop()
             await asyncio.to_thread(self._reap, 10.0)
             raise
-        for control in self.controls:
+        loop = asyncio.get_running_loop()
+        for index, control in enumerate(self.controls):
             control.setblocking(False)
+            loop.add_reader(control.fileno(), self._from_worker, index)
 
     async def serve(self) -> None:
         """Wait until every worker has exited; one that exits before :meth:`stop` makes the
@@ -190,8 +209,58 @@ class WorkerPool:
                     self.failed = self.failed or why
                     self.on_exit()
         self._close_listeners()
+        for task in list(self._asked.values()):
+            task.cancel()
         for control in self.controls:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(control.fileno())
             control.close()
+
+    def _from_worker(self, index: int) -> None:
+        """A worker's messages: approvals asked and withdrawn (its end: the wait reports)."""
+        control = self.controls[index]
+        while True:
+            try:
+                data = control.recv(_SETUP_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                data = b""
+            if not data:
+                asyncio.get_running_loop().remove_reader(control.fileno())
+                return
+            tag, body = data[:1], data[1:]
+            if tag == _ASK:
+                token, fields = pickle.loads(body)
+                key = (index, token)
+                self._asked[key] = asyncio.create_task(self._ask(index, token, fields))
+                self._asked[key].add_done_callback(functools.partial(self._done, key))
+            elif tag == _WITHDRAW:
+                asked = self._asked.get((index, pickle.loads(body)))
+                if asked is not None:
+                    asked.cancel()  # the broker records the withdrawal
+            else:
+                log.error("proxy worker %d sent an unknown control message %r", index, tag)
+
+    def _done(self, key: tuple[int, int], _task: asyncio.Task[None]) -> None:
+        self._asked.pop(key, None)
+
+    async def _ask(self, index: int, token: int, fields: dict[str, Any]) -> None:
+        """Hold a worker's statement with the daemon's broker (the approvals socket, the
+        webhooks and the hub all see it, as a statement of the daemon's own) and answer."""
+        reply: tuple[str, Any]
+        try:
+            if self.broker is None:
+                raise ApprovalsUnavailable("approvals are not configured")
+            outcome = await self.broker.request(self.broker.new_request(**fields))
+            if self.durable is not None:
+                # the approval's entries reach the writer before the statement goes on
+                await self.durable()
+            reply = ("outcome", outcome)
+        except ApplianceError as exc:
+            reply = ("error", str(exc))
+        with contextlib.suppress(OSError):
+            self.controls[index].send(_ANSWER + pickle.dumps((token, *reply)))
 
     async def _accept(self, index: int, sock: socket.socket) -> None:
         """Accept on listener ``index`` and hand each connection to the next worker alive."""
@@ -216,7 +285,8 @@ class WorkerPool:
             if self.procs[k].poll() is not None:
                 continue
             try:
-                socket.send_fds(self.controls[k], [_LISTENER.pack(listener)], [conn.fileno()])
+                message = _CONN + _LISTENER.pack(listener)
+                socket.send_fds(self.controls[k], [message], [conn.fileno()])
             except OSError as exc:
                 log.warning("proxy worker %d did not take a connection: %s", k, exc)
                 continue
@@ -265,6 +335,67 @@ class WorkerPool:
 # -- the worker process -----------------------------------------------------------------------
 
 
+class RelayedRequest:
+    """A worker's approval request before the daemon's broker has made it (its id then)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+        self.id = ""
+
+
+class BrokerLink:
+    """A worker's approvals: each request is held by the daemon's broker (see
+    :meth:`WorkerPool._ask`), as the session shell's ``broker``."""
+
+    def __init__(self, control: socket.socket, durable: Callable[[], Awaitable[None]]) -> None:
+        self.control = control
+        self.durable = durable
+        self._tokens = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[tuple[str, Any]]] = {}
+
+    def new_request(self, **fields: Any) -> RelayedRequest:
+        return RelayedRequest(dict(fields))
+
+    async def request(self, req: RelayedRequest) -> Outcome:
+        """The outcome from the daemon's broker; raises ApprovalsUnavailable if it cannot
+        be asked. Cancelled (the session ended): the daemon withdraws the request."""
+        # The statement's own entries reach the writer before the approval's.
+        await self.durable()
+        token = next(self._tokens)
+        future: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        try:
+            try:
+                self.control.send(_ASK + pickle.dumps((token, req.fields)))
+            except OSError as exc:
+                raise ApprovalsUnavailable(f"the daemon cannot be asked: {exc}") from None
+            try:
+                kind, value = await future
+            except asyncio.CancelledError:
+                with contextlib.suppress(OSError):
+                    self.control.send(_WITHDRAW + pickle.dumps(token))
+                raise
+        finally:
+            self._waiting.pop(token, None)
+        if kind != "outcome":
+            raise ApprovalsUnavailable(str(value))
+        outcome: Outcome = value
+        req.id = outcome.request.id
+        return outcome
+
+    def answered(self, body: bytes) -> None:
+        token, kind, value = pickle.loads(body)
+        future = self._waiting.get(token)
+        if future is not None and not future.done():
+            future.set_result((kind, value))
+
+    def gone(self) -> None:
+        """The daemon is gone: every waiting request ends unanswered."""
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_result(("error", "the daemon is gone"))
+
+
 class Worker:
     """One worker process's proxy: serve until SIGTERM, the daemon's end, or a ledger failure."""
 
@@ -275,6 +406,7 @@ class Worker:
         self.served = 0
         self.stopping = False
         self.server: Any = None
+        self.broker: BrokerLink | None = None
 
     async def run(self) -> int:
         # Imported here: the daemon module imports this one.
@@ -292,13 +424,15 @@ class Worker:
         )
         me = {"worker": setup.index, "pid": os.getpid()}
         try:
+            if sections.policy is not None and sections.policy.approvers:
+                self.broker = BrokerLink(self.control, ledger.sync)
             server, refusals = build_proxy(
                 cfg,
                 sections,
                 ledger,
                 masker,
                 credentials_dir=os.environ.get("CREDENTIALS_DIRECTORY"),
-                broker=None,
+                broker=self.broker,
                 capture=False,
                 resolver=FlowResolverImpl(cfg),
                 durable=ledger.sync,
@@ -343,11 +477,11 @@ class Worker:
         return secrets.token_bytes(8).hex()
 
     def _control_readable(self) -> None:
-        """Connections handed over by the daemon; the end of the control socket means the
-        daemon is gone: stop."""
+        """Connections handed over by the daemon, and approvals' answers; the end of the
+        control socket means the daemon is gone: stop."""
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self.control, 64, 16)
+                data, fds, _, _ = socket.recv_fds(self.control, _SETUP_MAX, 16)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -355,15 +489,19 @@ class Worker:
             if not data and not fds:
                 asyncio.get_running_loop().remove_reader(self.control.fileno())
                 log.error("proxy worker %d: the daemon is gone; stopping", self.setup.index)
+                if self.broker is not None:
+                    self.broker.gone()
                 self.stop()
                 return
-            listener = _LISTENER.unpack(data[: _LISTENER.size])[0] if data else -1
-            for i, fd in enumerate(fds):
-                conn = socket.socket(fileno=fd)
-                if i == 0 and self.server is not None:
-                    self.server.hand_over(conn, listener)
-                else:  # pragma: no cover - one descriptor per message
-                    conn.close()
+            conns = [socket.socket(fileno=fd) for fd in fds]
+            if data[:1] == _CONN and len(conns) == 1 and self.server is not None:
+                listener = _LISTENER.unpack(data[1 : 1 + _LISTENER.size])[0]
+                self.server.hand_over(conns[0], listener)
+                continue
+            for conn in conns:  # pragma: no cover - one descriptor, with _CONN, per message
+                conn.close()
+            if data[:1] == _ANSWER and self.broker is not None:
+                self.broker.answered(data[1:])
 
     async def _watch(self, ledger: Any) -> None:
         """A ledger that cannot record stops this worker at once (its sessions fail with
@@ -417,4 +555,4 @@ def worker_main() -> None:
     os._exit(code)
 
 
-__all__ = ["WorkerPool", "WorkerSetup", "worker_main"]
+__all__ = ["BrokerLink", "WorkerPool", "WorkerSetup", "worker_main"]

@@ -83,7 +83,8 @@ def test_several_workers_refuse_http_and_ssh_targets() -> None:
         parse_config(text)
 
 
-def test_several_workers_refuse_approvers() -> None:
+def test_several_workers_take_approvers() -> None:
+    """Held statements of workers are held by the daemon's broker (appliance.proxy.workers)."""
     from tests.unit.policy.helpers import ALICE
 
     policy = (
@@ -92,6 +93,5 @@ def test_several_workers_refuse_approvers() -> None:
         "  approvals:\n"
         f'    approvers: [{{name: alice, key: "{ALICE}"}}]\n'
     )
-    parse_sections(parse_config(BASE + policy))
-    with pytest.raises(ConfigError, match="with approvers is not supported yet"):
-        parse_sections(parse_config(BASE + policy + "proxy: {workers: 2}\n"))
+    sections = parse_sections(parse_config(BASE + policy + "proxy: {workers: 2}\n"))
+    assert sections.policy is not None and sections.policy.approvers
