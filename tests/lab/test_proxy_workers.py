@@ -149,3 +149,36 @@ def test_killing_the_writer_stops_every_worker(
     assert _recorded_history_inserts(app.entries()) >= committed
     verify = app.verify()
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_sigterm_lets_every_worker_finish_its_in_flight_statements(
+    lab: Lab, pg: PgServer, tmp_path: Path
+) -> None:
+    port = PORT + 2
+    with running_appliance(
+        lab, pg, tmp_path / "term", targets=[TargetSpec("db", port)], proxy=WORKERS
+    ) as app:
+        jobs = [
+            lab.popen(
+                ["psql", "-X", "-At", "-c", "select 'done after ' || pg_sleep(2)"],
+                job=True,
+                env=job_env(port, PGAPPNAME=f"slow-{i}"),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for i in range(4)
+        ]
+        app.wait_for(lambda es: sum(e["type"] == "session.start" for e in es) == 4)
+        time.sleep(0.7)  # the statements are running upstream
+        app.signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=60) for p in jobs]
+        assert app.stop() == 0
+    for out, err in outs:
+        assert out.decode().strip() == "done after", err.decode()
+    entries = app.entries()
+    stopped = [e["data"] for e in entries if e["type"] == "proxy.worker.stopped"]
+    assert sorted(d["sessions"] for d in stopped) == [2, 2]  # handed over in turn
+    answered = [e for e in entries if e["type"] == "response" and e["data"].get("error") is None]
+    assert len(answered) == 4
+    assert entries[-1]["type"] == "appliance.stop"
+    assert app.verify().returncode == 0
