@@ -76,7 +76,7 @@ from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import ShellServices
 from appliance.proxy.tls import upstream_context
 from appliance.proxy.waits import ApprovalBroker
-from appliance.proxy.workers import WorkerPool
+from appliance.proxy.workers import LIMITS, WorkerPool
 from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
@@ -306,7 +306,11 @@ class Daemon:
             "capture": self.capture,
             "masking_key": key_source,
             "durability": cfg.ledger.durability,
-            **({"workers": cfg.proxy.workers} if cfg.proxy.workers > 1 else {}),
+            **(
+                {"workers": {"count": cfg.proxy.workers, "limits": LIMITS}}
+                if cfg.proxy.workers > 1
+                else {}
+            ),
             "policy": policy.start_record() if policy is not None else None,
         }
         if policy is None:
@@ -315,6 +319,8 @@ class Daemon:
         elif policy.warning:
             log.warning(policy.warning)
             start["warning"] = policy.warning
+        if cfg.proxy.workers > 1:
+            log.warning(LIMITS)
         start["previous_run"] = ended = previous_run(previous)
         if previous is not None and ended is not None and not ended["stopped_cleanly"]:
             log.warning(

@@ -33,9 +33,11 @@ first), so the approvals socket, the CLI, webhooks and the fleet hub see it as u
 daemon syncs the approval's entries before it answers.
 
 Not supported yet with several workers (refused by ``config check`` or at start, naming the
-reason): http and ssh targets, ``--capture``, ``ship.on_backlog: refuse``. A
-PostgreSQL CancelRequest or a MySQL KILL reaches its session only if the kernel hands the
-cancelling connection to the same worker (the cancel keys are per process).
+reason): http and ssh targets, ``--capture``, ``ship.on_backlog: refuse``. Not routed
+yet, and said at start (:data:`LIMITS`: logged, and in ``appliance.start``): a PostgreSQL
+CancelRequest or a MySQL ``KILL`` reaches its session only when its connection is handed to
+the worker that serves that session (cancel keys and connection ids are per process);
+otherwise it is refused and recorded as a cancel with an unknown key.
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ _SETUP_MAX = 16 << 20
 _START_TIMEOUT = 60.0  # seconds for a worker to import, parse the config and start serving
 _EXIT_MARGIN = 30.0  # seconds past the grace period before a worker that hangs is killed
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+LIMITS = (
+    "proxy.workers > 1: a PostgreSQL cancel request or a MySQL KILL reaches its session only "
+    "when it lands on the worker serving that session (cancel keys are per worker; not routed "
+    "yet); otherwise it is refused and recorded"
+)
 
 
 @dataclass(frozen=True)
@@ -555,4 +564,4 @@ def worker_main() -> None:
     os._exit(code)
 
 
-__all__ = ["BrokerLink", "WorkerPool", "WorkerSetup", "worker_main"]
+__all__ = ["LIMITS", "BrokerLink", "WorkerPool", "WorkerSetup", "worker_main"]
