@@ -332,20 +332,7 @@ class EntryPrefix:
         """The entry's canonical bytes; ``trusted`` as in ``LedgerWriter.append``."""
         body = encode_trusted(data) if trusted else _checked(dict(data), "$.data")
         return b"".join(
-            (
-                self._head,
-                body,
-                self._middle,
-                str(seq).encode(),
-                self._tail,
-                b',"ts":"',
-                ts.encode(),
-                b'","type":',
-                encode_trusted(type),
-                b',"v":',
-                _VERSION,
-                b"}",
-            )
+            (self._head, body, self._middle, str(seq).encode(), self._after_seq(ts, type))
         )
 
     def encode_unnumbered(
@@ -357,11 +344,12 @@ class EntryPrefix:
         :func:`number_entry` completes them."""
         body = encode_trusted(data) if trusted else _checked(dict(data), "$.data")
         seq_at = len(self._head) + len(body) + len(self._middle)
-        raw = b"".join(
+        raw = b"".join((self._head, body, self._middle, self._after_seq(ts, type)))
+        return raw, seq_at, seq_at + len(self._tail) + len(b',"ts":"')
+
+    def _after_seq(self, ts: str, type: str) -> bytes:
+        return b"".join(
             (
-                self._head,
-                body,
-                self._middle,
                 self._tail,
                 b',"ts":"',
                 ts.encode(),
@@ -372,7 +360,6 @@ class EntryPrefix:
                 b"}",
             )
         )
-        return raw, seq_at, seq_at + len(self._tail) + len(b',"ts":"')
 
 
 def number_entry(raw: bytes, seq_at: int, ts_at: int, seq: int, ts: str | None) -> bytes:

@@ -341,6 +341,20 @@ def running_appliance(
         app.stop()
 
 
+def pgbench_database(lab: Lab, pg: PgServer, name: str, *, scale: int = 1) -> None:
+    """A new database ``name`` owned by ``app`` with pgbench's tables (``pgbench -i``, run
+    as the job straight against the server)."""
+    pg.admin_sql(f"DROP DATABASE IF EXISTS {name}")
+    pg.admin_sql(f"CREATE DATABASE {name} OWNER app")
+    init = lab.job(
+        ["pgbench", "-i", "-q", "-s", str(scale)],
+        env={**job_env(pg.port), "PGHOST": pg.ipv4, "PGDATABASE": name, "PGUSER": "app",
+             "PGPASSWORD": pg.passwords["app"]},
+        timeout=120,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+
+
 def job_env(port: int, user: str = "ci", **extra: str) -> dict[str, str]:
     """libpq environment for a job that talks to the appliance's listener (no password)."""
     env = {

@@ -23,7 +23,13 @@ import pytest
 
 from appliance.ledger import iter_entries
 from tests.lab.lab import Lab, PgServer, run
-from tests.lab.proxy import Appliance, TargetSpec, job_env, running_appliance
+from tests.lab.proxy import (
+    Appliance,
+    TargetSpec,
+    job_env,
+    pgbench_database,
+    running_appliance,
+)
 
 PORT = 6490
 DB = "walcheck"
@@ -31,15 +37,7 @@ DB = "walcheck"
 
 @pytest.fixture(scope="module")
 def bench_db(lab: Lab, pg: PgServer) -> Iterator[str]:
-    pg.admin_sql(f"DROP DATABASE IF EXISTS {DB}")
-    pg.admin_sql(f"CREATE DATABASE {DB} OWNER app")
-    init = lab.job(
-        ["pgbench", "-i", "-q", "-s", "1"],
-        env={**job_env(PORT), "PGHOST": pg.ipv4, "PGPORT": str(pg.port), "PGDATABASE": DB,
-             "PGUSER": "app", "PGPASSWORD": pg.passwords["app"]},
-        timeout=120,
-    )  # fmt: skip
-    assert init.returncode == 0, init.stderr
+    pgbench_database(lab, pg, DB)
     yield DB
 
 

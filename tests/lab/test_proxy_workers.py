@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.lab.lab import Lab, PgServer
-from tests.lab.proxy import TargetSpec, job_env, running_appliance
+from tests.lab.proxy import TargetSpec, job_env, pgbench_database, running_appliance
 
 PORT = 6520
 DB = "workers"
@@ -30,15 +30,7 @@ WORKERS = {"workers": 2}
 
 @pytest.fixture(scope="module")
 def bench_db(lab: Lab, pg: PgServer) -> Iterator[str]:
-    pg.admin_sql(f"DROP DATABASE IF EXISTS {DB}")
-    pg.admin_sql(f"CREATE DATABASE {DB} OWNER app")
-    init = lab.job(
-        ["pgbench", "-i", "-q", "-s", "1"],
-        env={**job_env(PORT), "PGHOST": pg.ipv4, "PGPORT": str(pg.port), "PGDATABASE": DB,
-             "PGUSER": "app", "PGPASSWORD": pg.passwords["app"]},
-        timeout=120,
-    )  # fmt: skip
-    assert init.returncode == 0, init.stderr
+    pgbench_database(lab, pg, DB)
     yield DB
 
 
