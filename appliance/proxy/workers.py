@@ -42,6 +42,7 @@ otherwise it is refused and recorded as a cancel with an unknown key.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import ctypes
@@ -74,7 +75,7 @@ _LISTENER = struct.Struct("!H")  # a handed-over connection: which listener acce
 # worker -> daemon: "ready", an approval asked, an approval withdrawn (the session ended).
 _CONN, _ANSWER, _ASK, _WITHDRAW = b"C", b"A", b"Q", b"W"
 _READY = b"ready"
-_SETUP_MAX = 16 << 20
+_SETUP_MAX = 16 << 20  # the largest control message (the setup: the config)
 _START_TIMEOUT = 60.0  # seconds for a worker to import, parse the config and start serving
 _EXIT_MARGIN = 30.0  # seconds past the grace period before a worker that hangs is killed
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -107,6 +108,29 @@ def _control_pair() -> tuple[socket.socket, socket.socket]:
     return ours, theirs
 
 
+class _Inbox:
+    """Messages from one control socket into a buffer allocated once (a connection handed
+    over costs no 16 MB allocation), with the descriptors they carry."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray(_SETUP_MAX)
+
+    def receive(self) -> tuple[bytes, list[int]]:
+        """The next message and its descriptors; (b"", []) at the end of the stream.
+        Raises BlockingIOError when none is waiting, ApplianceError for one cut short."""
+        fds = array.array("i")
+        n, ancillary, flags, _ = self.sock.recvmsg_into([self.buf], socket.CMSG_SPACE(16 * 4))
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            for fd in fds:
+                os.close(fd)
+            raise ApplianceError("a control message was cut short")
+        return bytes(self.buf[:n]), list(fds)
+
+
 class WorkerPool:
     """The daemon's side: start, watch and stop the workers (see the module docstring)."""
 
@@ -137,6 +161,7 @@ class WorkerPool:
         self._asked: dict[tuple[int, int], asyncio.Task[None]] = {}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.controls: list[socket.socket] = []
+        self.inboxes: list[_Inbox] = []
         self.failed: str | None = None
         self.handed = [0] * config.proxy.workers  # connections handed to each worker
         self._turn = itertools.cycle(range(config.proxy.workers))
@@ -179,6 +204,7 @@ class WorkerPool:
                 ledger.close()  # the worker's now: the writer sees its end when it exits
                 self.procs.append(proc)
                 self.controls.append(ours)
+                self.inboxes.append(_Inbox(ours))
                 ours.sendall(pickle.dumps(setup))
             for index, control in enumerate(self.controls):
                 got = await asyncio.wait_for(
@@ -230,11 +256,13 @@ class WorkerPool:
         control = self.controls[index]
         while True:
             try:
-                data = control.recv(_SETUP_MAX)
+                data, fds = self.inboxes[index].receive()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                data = b""
+            except (OSError, ApplianceError):
+                data, fds = b"", []
+            for fd in fds:  # a worker sends none
+                os.close(fd)
             if not data:
                 asyncio.get_running_loop().remove_reader(control.fileno())
                 return
@@ -416,6 +444,7 @@ class Worker:
         self.stopping = False
         self.server: Any = None
         self.broker: BrokerLink | None = None
+        self.inbox = _Inbox(control)
 
     async def run(self) -> int:
         # Imported here: the daemon module imports this one.
@@ -490,10 +519,10 @@ class Worker:
         control socket means the daemon is gone: stop."""
         while True:
             try:
-                data, fds, _, _ = socket.recv_fds(self.control, _SETUP_MAX, 16)
+                data, fds = self.inbox.receive()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except (OSError, ApplianceError):
                 data, fds = b"", []
             if not data and not fds:
                 asyncio.get_running_loop().remove_reader(self.control.fileno())
