@@ -417,6 +417,7 @@ class Daemon:
                 cfg, identify=identify, original_dst=original_dst, target_for=target_for
             ),
             durable=ledger.sync,
+            records=ledger,
         )
         self.server = server
         bound = server.bind()
@@ -438,11 +439,14 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         try:
+            if self.workers is not None:
+                # Outside the task group: a worker that cannot start stops the start with
+                # the ApplianceError itself, not inside an exception group.
+                await self.workers.start()
             async with asyncio.TaskGroup() as tg:
                 if self.workers is not None:
                     # The daemon accepts on the listeners and hands each connection to a
                     # worker; they close when it stops or a worker fails (fail closed).
-                    await self.workers.start()
                     serving = tg.create_task(self.workers.serve())
                 else:
                     serving = tg.create_task(server.serve())
@@ -571,11 +575,14 @@ def build_proxy(
     resolver: FlowResolverImpl,
     durable: Callable[[], Awaitable[None]],
     new_session_id: Callable[[], str] | None = None,
+    records: Ledger | None = None,
 ) -> tuple[ProxyServer, RefusalLog]:
     """The proxy server and its refusal counts, as the daemon's process or a proxy worker
     (:mod:`appliance.proxy.workers`) runs them: client TLS contexts, each protocol's
-    ``prepare``, the session services. ``ledger`` is what sessions append to; ``durable``
-    the write-ahead sync."""
+    ``prepare``, the session services. ``ledger`` is what sessions append to (a
+    :class:`BacklogGuard` may refuse them); ``records`` what the prepare hooks and the
+    refusal counts append to (default: ``ledger``); ``durable`` the write-ahead sync."""
+    records = records if records is not None else ledger
     policy, masking = sections.policy, sections.masking
     client_tls: dict[str, ssl.SSLContext] = {}
     for target in cfg.targets.values():
@@ -588,11 +595,11 @@ def build_proxy(
     for name in sorted({t.protocol for t in cfg.targets.values()}):
         spec = registry.get(name)
         if spec.prepare is not None:
-            shared[name] = spec.load(spec.prepare)(cfg, lambda t, d: ledger.append(t, data=d))
+            shared[name] = spec.load(spec.prepare)(cfg, lambda t, d: records.append(t, data=d))
 
     any_target = masker.for_target("")  # detectors only: refusals name no column
     refusals = RefusalLog(
-        ledger, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
+        records, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
     )
     services = SessionServices(
         ledger=ledger,
