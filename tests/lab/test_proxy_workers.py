@@ -121,7 +121,11 @@ def test_killing_the_writer_stops_every_worker(
             ["pgbench", "-n", "-c", "8", "-j", "2", "-T", "60"],
             job=True, env=_env(PORT + 1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        time.sleep(3)
+        # some transactions committed through the workers first (however loaded the machine)
+        deadline = time.monotonic() + 60
+        while _history(pg) == 0:
+            assert time.monotonic() < deadline, "no transaction committed through the workers"
+            time.sleep(0.1)
         (writer,) = app.children(b"appliance.ledger.remote")
         os.kill(writer, signal.SIGKILL)
         _wait_gone(workers, 20)
