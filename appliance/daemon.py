@@ -41,7 +41,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,6 +75,8 @@ from appliance.proxy.server import ProxyServer
 from appliance.proxy.services import SessionServices
 from appliance.proxy.shell import ShellServices
 from appliance.proxy.tls import upstream_context
+from appliance.proxy.waits import ApprovalBroker
+from appliance.proxy.workers import LIMITS, WorkerPool
 from appliance.signing.keys import SigningKey
 
 log = logging.getLogger("appliance")
@@ -197,6 +199,7 @@ class Daemon:
         self.grace = grace
         self.credentials_dir = os.environ.get("CREDENTIALS_DIRECTORY")
         self.server: ProxyServer | None = None
+        self.workers: WorkerPool | None = None  # proxy.workers > 1
         self.ledger: Ledger | None = None
         self._stopping = False
 
@@ -208,12 +211,22 @@ class Daemon:
         key = SigningKey.from_skey(key_text)
         self._key = key  # also signs approval requests posted to the hub
         opener = RemoteLedger.open if cfg.ledger.writer == "process" else LedgerWriter.open
+        if cfg.proxy.workers > 1 and self.capture:
+            # Attribution (eBPF maps, the CI token verifier) lives in one process.
+            raise ApplianceError(
+                "appliance run --capture with proxy.workers > 1 is not supported yet "
+                "(attribution runs in one process); use proxy.workers: 1"
+            )
+        more: dict[str, Any] = {}
+        if cfg.proxy.workers > 1:
+            more["workers"] = cfg.proxy.workers
         opened: RemoteLedger | LedgerWriter = opener(
             cfg.ledger.dir,
             origin=cfg.ledger.origin,
             key=key,
             checkpoint_interval=cfg.ledger.checkpoint_interval,
             checkpoint_entries=cfg.ledger.checkpoint_entries,
+            **more,
         )
         previous = opened.last_at_open
         self.ledger = ledger = opened
@@ -238,9 +251,10 @@ class Daemon:
         cfg = self.config
         try:
             with contextlib.suppress(ApplianceError):
-                ledger.append(
-                    "appliance.stop", data={"reason": "signal" if self._stopping else "error"}
-                )
+                stop: dict[str, Any] = {"reason": "signal" if self._stopping else "error"}
+                if self.workers is not None and self.workers.failed is not None:
+                    stop = {"reason": "error", "error": self.workers.failed}
+                ledger.append("appliance.stop", data=stop)
         finally:
             ledger.close()
             log.info("stopped; ledger closed with a final checkpoint")
@@ -292,6 +306,11 @@ class Daemon:
             "capture": self.capture,
             "masking_key": key_source,
             "durability": cfg.ledger.durability,
+            **(
+                {"workers": {"count": cfg.proxy.workers, "limits": LIMITS}}
+                if cfg.proxy.workers > 1
+                else {}
+            ),
             "policy": policy.start_record() if policy is not None else None,
         }
         if policy is None:
@@ -300,6 +319,8 @@ class Daemon:
         elif policy.warning:
             log.warning(policy.warning)
             start["warning"] = policy.warning
+        if cfg.proxy.workers > 1:
+            log.warning(LIMITS)
         start["previous_run"] = ended = previous_run(previous)
         if previous is not None and ended is not None and not ended["stopped_cleanly"]:
             log.warning(
@@ -381,61 +402,54 @@ class Daemon:
                 )
                 hubs.append(hub)
 
-        client_tls: dict[str, ssl.SSLContext] = {}
-        for target in cfg.targets.values():
-            if target.client_tls is not None:
-                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
-                client_tls[target.name] = context
-
-        shared: dict[str, Any] = {}
-        for name in sorted({t.protocol for t in cfg.targets.values()}):
-            spec = registry.get(name)
-            if spec.prepare is not None:
-                shared[name] = spec.load(spec.prepare)(cfg, lambda t, d: ledger.append(t, data=d))
-
-        any_target = masker.for_target("")  # detectors only: refusals name no column
-        refusals = RefusalLog(
-            ledger, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
-        )
         sessions_ledger: Ledger = ledger
         if shipping is not None and shipping.config.on_backlog == "refuse":
             sessions_ledger = BacklogGuard(ledger, shipping)
-        services = SessionServices(
-            ledger=sessions_ledger,
-            policy=policy,
-            masker=masker,
-            approvals=broker is not None,
-            record_rows=cfg.ledger.record_rows,
-            max_result_bytes=cfg.ledger.max_result_bytes,
-            clock=time.time,
-            monotonic=time.monotonic,
-            random_bytes=secrets.token_bytes,
-            read_secret=functools.partial(read_secret, credentials_dir=self.credentials_dir),
-            upstream_tls=upstream_context,
-            client_tls=client_tls,
-            response_masking=masking.response_masking if masking.response else None,
-            shared=shared,
-            write_ahead=cfg.ledger.durability == "write-ahead",
-            refusals=refusals,
+        server, refusals = build_proxy(
+            cfg,
+            sections,
+            sessions_ledger,
+            masker,
+            credentials_dir=self.credentials_dir,
+            broker=broker,
+            capture=self.capture,
+            resolver=FlowResolverImpl(
+                cfg, identify=identify, original_dst=original_dst, target_for=target_for
+            ),
+            durable=ledger.sync,
+            records=ledger,
         )
-        shell = ShellServices(
-            mark=cfg.capture.mark if self.capture else 0, broker=broker, durable=ledger.sync
-        )
-        resolver = FlowResolverImpl(
-            cfg, identify=identify, original_dst=original_dst, target_for=target_for
-        )
-        server = self.server = ProxyServer(
-            cfg, services, resolver, shell=shell, transparent=self.capture
-        )
+        self.server = server
         bound = server.bind()
+        if cfg.proxy.workers > 1:
+            if not isinstance(ledger, RemoteLedger):  # config check refuses writer: thread
+                raise ApplianceError("proxy.workers > 1 needs ledger.writer: process")
+            self.workers = WorkerPool(
+                cfg,
+                listeners=server.sockets,
+                ledgers=ledger.worker_sockets,
+                mask_key=mask_key,
+                grace=self.grace,
+                on_exit=self.stop,
+                broker=broker,
+                durable=ledger.sync,
+            )
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop)
         try:
+            if self.workers is not None:
+                # Outside the task group: a worker that cannot start stops the start with
+                # the ApplianceError itself, not inside an exception group.
+                await self.workers.start()
             async with asyncio.TaskGroup() as tg:
-                serving = tg.create_task(server.serve())
+                if self.workers is not None:
+                    # The daemon accepts on the listeners and hands each connection to a
+                    # worker; they close when it stops or a worker fails (fail closed).
+                    serving = tg.create_task(self.workers.serve())
+                else:
+                    serving = tg.create_task(server.serve())
                 helpers: list[asyncio.Task[None]] = []
                 if notifier is not None:
                     tg.create_task(notifier.run())
@@ -477,6 +491,8 @@ class Daemon:
             # The signal handlers stay until run() has finished the ledger (see there).
             if attribution is not None:
                 attribution.close()
+        if self.workers is not None and self.workers.failed is not None:
+            raise ApplianceError(self.workers.failed)
 
     async def _watch_ledger(self, ledger: Ledger) -> None:
         """A ledger that cannot record (an fsync error, a writer process gone) fails every
@@ -541,8 +557,73 @@ class Daemon:
         self._stopping = True
         sd_notify("STOPPING=1")
         log.info("stopping: finishing in-flight statements")
-        if self.server is not None:
+        if self.workers is not None:
+            self.workers.stop()
+        elif self.server is not None:
             self.server.stop(self.grace)
+
+
+def build_proxy(
+    cfg: Config,
+    sections: Sections,
+    ledger: Ledger,
+    masker: Masker,
+    *,
+    credentials_dir: str | None,
+    broker: ApprovalBroker | None,
+    capture: bool,
+    resolver: FlowResolverImpl,
+    durable: Callable[[], Awaitable[None]],
+    new_session_id: Callable[[], str] | None = None,
+    records: Ledger | None = None,
+) -> tuple[ProxyServer, RefusalLog]:
+    """The proxy server and its refusal counts, as the daemon's process or a proxy worker
+    (:mod:`appliance.proxy.workers`) runs them: client TLS contexts, each protocol's
+    ``prepare``, the session services. ``ledger`` is what sessions append to (a
+    :class:`BacklogGuard` may refuse them); ``records`` what the prepare hooks and the
+    refusal counts append to (default: ``ledger``); ``durable`` the write-ahead sync."""
+    records = records if records is not None else ledger
+    policy, masking = sections.policy, sections.masking
+    client_tls: dict[str, ssl.SSLContext] = {}
+    for target in cfg.targets.values():
+        if target.client_tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(str(target.client_tls.cert), str(target.client_tls.key))
+            client_tls[target.name] = context
+
+    shared: dict[str, Any] = {}
+    for name in sorted({t.protocol for t in cfg.targets.values()}):
+        spec = registry.get(name)
+        if spec.prepare is not None:
+            shared[name] = spec.load(spec.prepare)(cfg, lambda t, d: records.append(t, data=d))
+
+    any_target = masker.for_target("")  # detectors only: refusals name no column
+    refusals = RefusalLog(
+        records, clock=time.time, mask=lambda text: any_target.mask_text(text, MaskCounts())
+    )
+    services = SessionServices(
+        ledger=ledger,
+        policy=policy,
+        masker=masker,
+        approvals=broker is not None,
+        record_rows=cfg.ledger.record_rows,
+        max_result_bytes=cfg.ledger.max_result_bytes,
+        clock=time.time,
+        monotonic=time.monotonic,
+        random_bytes=secrets.token_bytes,
+        read_secret=functools.partial(read_secret, credentials_dir=credentials_dir),
+        upstream_tls=upstream_context,
+        client_tls=client_tls,
+        response_masking=masking.response_masking if masking.response else None,
+        shared=shared,
+        write_ahead=cfg.ledger.durability == "write-ahead",
+        refusals=refusals,
+    )
+    shell = ShellServices(mark=cfg.capture.mark if capture else 0, broker=broker, durable=durable)
+    server = ProxyServer(
+        cfg, services, resolver, shell=shell, transparent=capture, new_session_id=new_session_id
+    )
+    return server, refusals
 
 
 class Record(Protocol):
@@ -753,6 +834,7 @@ def run(config: Config, **kwargs: Any) -> None:
 __all__ = [
     "Daemon",
     "JsonFormatter",
+    "build_proxy",
     "bypass_entries",
     "previous_run",
     "run",

@@ -10,11 +10,14 @@ systemd credential (``$CREDENTIALS_DIRECTORY``), see :mod:`appliance.credentials
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
 
 from appliance.config._node import Node, load_document
 from appliance.errors import ConfigError
@@ -33,6 +36,7 @@ __all__ = [
     "ConfigError",
     "LedgerConfig",
     "Node",
+    "ProxyConfig",
     "SecretRef",
     "ShipConfig",
     "Target",
@@ -191,11 +195,26 @@ class CaptureConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """``proxy``: how the proxy runs. ``workers``: how many processes accept and serve
+    connections on the same listeners, all feeding the one ledger writer process (issue 19;
+    :mod:`appliance.proxy.workers`); 1 serves from the daemon's own process, as before.
+    ``auto`` is the number of CPUs the daemon may run on."""
+
+    workers: int = 1
+
+
+# What proxy.workers > 1 does not do yet, and why (config check says so, by name).
+WORKERS_UNSUPPORTED_PROTOCOLS = ("http", "ssh")
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     targets: dict[str, Target]
     ledger: LedgerConfig
     capture: CaptureConfig
+    proxy: ProxyConfig = ProxyConfig()
     # Parsed by appliance.policy / appliance.masking / appliance.identity; kept as nodes
     # until they are loaded.
     policy: Node | None = None
@@ -225,16 +244,26 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
     root = load_document(text, source)
     top = root.keys(
         required=("targets",),
-        optional=("ledger", "capture", "identity", "policy", "masking", "interception"),
+        optional=(
+            "ledger",
+            "capture",
+            "identity",
+            "policy",
+            "masking",
+            "interception",
+            "proxy",
+        ),
     )
     targets = _parse_targets(top["targets"])
     ledger = _parse_ledger(top["ledger"]) if "ledger" in top else LedgerConfig()
     capture = _parse_capture(top["capture"]) if "capture" in top else CaptureConfig()
+    proxy = _parse_proxy(top["proxy"], targets, ledger) if "proxy" in top else ProxyConfig()
     return Config(
         source=source,
         targets=targets,
         ledger=ledger,
         capture=capture,
+        proxy=proxy,
         policy=top.get("policy"),
         masking=top.get("masking"),
         identity=top.get("identity"),
@@ -438,6 +467,39 @@ def _parse_ledger(node: Node) -> LedgerConfig:
         else d.durability,
         ship=_parse_ship(m["ship"]) if "ship" in m else None,
     )
+
+
+def _parse_proxy(node: Node, targets: dict[str, Target], ledger: LedgerConfig) -> ProxyConfig:
+    """``proxy: {workers: N | auto}``; several workers are refused, naming the reason, where
+    they are not supported yet."""
+    m = node.keys(optional=("workers",))
+    workers = 1
+    if "workers" in m:
+        w = m["workers"]
+        if isinstance(w.raw, yaml.ScalarNode) and w.raw.value == "auto":
+            workers = max(1, len(os.sched_getaffinity(0)))
+        else:
+            workers = w.integer(minimum=1, maximum=64)
+    if workers > 1:
+        where = m["workers"]
+        if ledger.writer != "process":
+            where.fail(
+                "proxy.workers > 1 needs ledger.writer: process (the workers share the one "
+                "writer process)"
+            )
+        for t in targets.values():
+            if t.protocol in WORKERS_UNSUPPORTED_PROTOCOLS:
+                where.fail(
+                    f"proxy.workers > 1 does not serve {t.protocol} targets yet (target "
+                    f"{t.name!r}): its per-run CA and host keys are made by one process and "
+                    "not shared with workers; use proxy.workers: 1"
+                )
+        if ledger.ship is not None and ledger.ship.on_backlog == "refuse":
+            where.fail(
+                "proxy.workers > 1 does not support ledger.ship.on_backlog: refuse yet (the "
+                "shipping backlog is known to the daemon's process only)"
+            )
+    return ProxyConfig(workers=workers)
 
 
 def _parse_origin(node: Node) -> str:

@@ -332,11 +332,24 @@ class EntryPrefix:
         """The entry's canonical bytes; ``trusted`` as in ``LedgerWriter.append``."""
         body = encode_trusted(data) if trusted else _checked(dict(data), "$.data")
         return b"".join(
+            (self._head, body, self._middle, str(seq).encode(), self._after_seq(ts, type))
+        )
+
+    def encode_unnumbered(
+        self, ts: str, type: str, data: Mapping[str, Any], *, trusted: bool
+    ) -> tuple[bytes, int, int]:
+        """The entry's canonical bytes without its ``seq`` digits, where those go, and where
+        the 27 bytes of ``ts`` are: for a ledger whose writer numbers the entries of several
+        proxy processes in one order (:mod:`appliance.ledger.remote`, ``proxy.workers``).
+        :func:`number_entry` completes them."""
+        body = encode_trusted(data) if trusted else _checked(dict(data), "$.data")
+        seq_at = len(self._head) + len(body) + len(self._middle)
+        raw = b"".join((self._head, body, self._middle, self._after_seq(ts, type)))
+        return raw, seq_at, seq_at + len(self._tail) + len(b',"ts":"')
+
+    def _after_seq(self, ts: str, type: str) -> bytes:
+        return b"".join(
             (
-                self._head,
-                body,
-                self._middle,
-                str(seq).encode(),
                 self._tail,
                 b',"ts":"',
                 ts.encode(),
@@ -349,6 +362,18 @@ class EntryPrefix:
         )
 
 
+def number_entry(raw: bytes, seq_at: int, ts_at: int, seq: int, ts: str | None) -> bytes:
+    """Bytes from :meth:`EntryPrefix.encode_unnumbered` with ``seq`` put in, and their
+    timestamp replaced by ``ts`` (same length) unless None. Everything before ``seq_at`` (the
+    entry's data, where blob references go) keeps its offsets."""
+    if not 0 < seq_at <= ts_at <= len(raw) - _TS_LEN:
+        raise LedgerError("unnumbered entry: seq/ts offsets out of range")
+    tail = raw[ts_at + _TS_LEN :] if ts is not None else raw[ts_at:]
+    stamp = ts.encode() if ts is not None else b""
+    return b"".join((raw[:seq_at], str(seq).encode(), raw[seq_at:ts_at], stamp, tail))
+
+
+_TS_LEN = 27
 _VERSION = str(FORMAT_VERSION).encode()
 _PREFIX_CACHE = 4096
 

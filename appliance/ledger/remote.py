@@ -50,7 +50,7 @@ from typing import Any
 import orjson
 
 from appliance.ledger.api import PendingBlob
-from appliance.ledger.entries import PrefixCache, encode_trusted, format_ts_us
+from appliance.ledger.entries import PrefixCache, encode_trusted, format_ts_us, number_entry
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
 from appliance.ledger.recovery import LastEntry
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
@@ -60,10 +60,23 @@ _HEAD = struct.Struct("!IB")
 _U64 = struct.Struct("!Q")
 _U32 = struct.Struct("!I")
 _HOLE = struct.Struct("!QII")  # blob id, where its reference goes in the entry: start, end
+_OPEN_HEAD = struct.Struct("!QII")  # an unnumbered entry: ts (µs), where seq and ts go
 # proxy -> writer
-_ENTRY, _ENTRY_BLOBS, _FACTORY, _OPEN, _WRITE, _CLOSE, _ABORT, _PUT, _FLUSH, _STOP, _SYNC = range(
-    11
-)
+(
+    _ENTRY,
+    _ENTRY_BLOBS,
+    _FACTORY,
+    _OPEN,
+    _WRITE,
+    _CLOSE,
+    _ABORT,
+    _PUT,
+    _FLUSH,
+    _STOP,
+    _SYNC,
+    _UNNUMBERED,
+    _UNNUMBERED_BLOBS,
+) = range(13)
 # writer -> proxy
 _READY, _SIGNED, _FLUSHED, _FAILED, _SYNCED = range(5)
 _SETUP = 100
@@ -160,12 +173,13 @@ class RemoteLedger:
     def __init__(
         self,
         sock: socket.socket,
-        proc: subprocess.Popen[bytes],
+        proc: subprocess.Popen[bytes] | None,
         *,
         directory: Path,
         origin: str,
         ready: Mapping[str, Any],
         clock: Callable[[], float],
+        numbered_by_writer: bool = False,
     ) -> None:
         self.directory = directory
         self.origin = origin
@@ -177,8 +191,12 @@ class RemoteLedger:
             else None
         )
         self._sock = sock
-        self._proc = proc
+        self._proc: subprocess.Popen[bytes] | None = proc
         self._clock = clock
+        # proxy.workers > 1: several processes append; the writer gives each entry its seq
+        # (and keeps ts from going back) in the order the entries reach it.
+        self._unnumbered = numbered_by_writer
+        self.worker_sockets: list[socket.socket] = []
         self._lock = threading.Lock()  # order of seq == order on the wire
         self._next_seq = int(ready["next_seq"])
         self._last_ts_us = int(ready["last_ts_us"])
@@ -216,17 +234,24 @@ class RemoteLedger:
         inline_limit: int = INLINE_LIMIT,
         start_timeout: float = 60.0,
         lock_wait: float = 10.0,
+        workers: int = 0,
     ) -> RemoteLedger:
         """Start the writer process on ``directory`` (it locks and recovers it, as
         :meth:`LedgerWriter.open` does) and return once it is ready. Raises LedgerError
         (TamperError included) with the child's message if it cannot open the ledger.
         ``lock_wait``: how long the child waits for the directory's lock (the writer process
-        of a proxy that was just killed may still be signing its last checkpoint)."""
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        for s in (parent, child):
-            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-                s.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
-        env = dict(os.environ, APPLIANCE_LEDGER_FD=str(child.fileno()))
+        of a proxy that was just killed may still be signing its last checkpoint).
+
+        ``workers``: that many more connections to the writer, for proxy worker processes
+        (:attr:`worker_sockets`, each to be given to :meth:`attach`); then the writer numbers
+        every entry, this connection's included, in the order they reach it."""
+        parent, child = _pair()
+        extra = [_pair() for _ in range(workers)]
+        env = dict(
+            os.environ,
+            APPLIANCE_LEDGER_FD=str(child.fileno()),
+            APPLIANCE_LEDGER_WORKER_FDS=",".join(str(c.fileno()) for _, c in extra),
+        )
         proc = subprocess.Popen(
             # -P: the working directory is not put on sys.path, so a directory that holds
             # another ``appliance`` package (another checkout) never shadows this one
@@ -236,11 +261,13 @@ class RemoteLedger:
                 "-c",
                 "from appliance.ledger.remote import child_main; child_main()",
             ],
-            pass_fds=(child.fileno(),),
+            pass_fds=(child.fileno(), *(c.fileno() for _, c in extra)),
             env=env,
             stdin=subprocess.DEVNULL,
         )
         child.close()
+        for _, c in extra:
+            c.close()
         setup = {
             "directory": str(directory),
             "origin": origin,
@@ -271,6 +298,8 @@ class RemoteLedger:
                 raise LedgerError(f"unexpected message {kind} from the ledger writer process")
         except BaseException:
             parent.close()
+            for p, _ in extra:
+                p.close()
             proc.kill()
             proc.wait()
             raise
@@ -281,8 +310,35 @@ class RemoteLedger:
             origin=origin,
             ready=orjson.loads(payload),
             clock=clock,
+            numbered_by_writer=workers > 0,
         )
+        ledger.worker_sockets = [p for p, _ in extra]
         ledger._reader = reader  # it may hold bytes past the ready message
+        ledger._worker.start()
+        return ledger
+
+    @classmethod
+    def attach(
+        cls,
+        sock: socket.socket,
+        *,
+        directory: Path,
+        origin: str,
+        clock: Callable[[], float] = time.time,
+    ) -> RemoteLedger:
+        """A proxy worker's connection to the writer process another process started (one of
+        its :attr:`worker_sockets`): the writer numbers its entries. Closing it flushes and
+        hangs up; the writer goes on for the other connections."""
+        ready = {"next_seq": 0, "last_ts_us": 0, "signed": 0}
+        ledger = cls(
+            sock,
+            None,
+            directory=Path(directory),
+            origin=origin,
+            ready=ready,
+            clock=clock,
+            numbered_by_writer=True,
+        )
         ledger._worker.start()
         return ledger
 
@@ -369,8 +425,16 @@ class RemoteLedger:
             ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
             seq = self._next_seq
             prefix = self._prefixes.get(session, identity, account, target)
-            raw = prefix.encode(seq, format_ts_us(ts_us), type, data, trusted=trusted)
-            head = _U64.pack(seq) + _U64.pack(ts_us)
+            if self._unnumbered:
+                raw, seq_at, ts_at = prefix.encode_unnumbered(
+                    format_ts_us(ts_us), type, data, trusted=trusted
+                )
+                head = _OPEN_HEAD.pack(ts_us, seq_at, ts_at)
+                kinds = (_UNNUMBERED, _UNNUMBERED_BLOBS)
+            else:
+                raw = prefix.encode(seq, format_ts_us(ts_us), type, data, trusted=trusted)
+                head = _U64.pack(seq) + _U64.pack(ts_us)
+                kinds = (_ENTRY, _ENTRY_BLOBS)
             if blobs:
                 refs = []
                 for k, sink in blobs.items():
@@ -390,9 +454,9 @@ class RemoteLedger:
                     start = raw.find(marker)
                     refs.append(_HOLE.pack(blob_id, start, start + len(marker)))
                 body = struct.pack("!H", len(refs)) + b"".join(refs) + raw
-                self._buffer(_ENTRY_BLOBS, head + body)
+                self._buffer(kinds[1], head + body)
             else:
-                self._buffer(_ENTRY, head + raw)
+                self._buffer(kinds[0], head + raw)
             self._next_seq = seq + 1
             self._last_ts_us = ts_us
 
@@ -493,6 +557,9 @@ class RemoteLedger:
         the writer had failed."""
         if self._closed:
             return
+        if self._proc is None:
+            self._hang_up()
+            return
         try:
             with self._lock:
                 if self._failed is None:
@@ -516,6 +583,22 @@ class RemoteLedger:
             raise LedgerUnavailable(f"ledger writer had stopped: {self._failed}")
         if code != 0:
             raise LedgerUnavailable(f"the ledger writer process exited with {code}")
+
+    def _hang_up(self, timeout: float = 60.0) -> None:
+        """A worker's close: everything it appended reaches the writer (a flush), then the
+        connection ends; the writer process is not ours to stop. Raises LedgerUnavailable if
+        the writer had failed."""
+        try:
+            if self._failed is None:
+                self.flush(timeout)
+        finally:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)
+            self._worker.join(timeout=10)
+            self._sock.close()
+        if self._failed is not None:
+            raise LedgerUnavailable(f"ledger writer had stopped: {self._failed}")
 
     def __enter__(self) -> RemoteLedger:
         return self
@@ -560,6 +643,15 @@ class RemoteLedger:
             self._cond.notify_all()
 
 
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """A connected pair with large buffers (one side per process)."""
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for s in pair:
+        for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+            s.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
+    return pair
+
+
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     """Resolve a sync waiter on its own loop (it may have been cancelled meanwhile)."""
     if future.done():
@@ -573,33 +665,54 @@ def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
 # -- the writer process --------------------------------------------------------------------------
 
 
-class _Child:
+class _Conn:
+    """One proxy process's connection to the writer: its own blob ids, transform factories,
+    and sync tokens (connection 0 is the daemon's; the others are proxy workers')."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.reader = _Reader(sock)
         self.send_lock = threading.Lock()
-        self.writer: LedgerWriter | None = None
         self.factories: dict[int, TransformFactory] = {}
         self.blobs: dict[int, BlobSink] = {}
         self.sync_token = 0  # the latest sync asked for
         self.synced = 0  # the latest answered
+        self.open = True
 
     def send(self, kind: int, payload: bytes) -> None:
         with self.send_lock:
             self.sock.sendall(_frame(kind, payload))
+
+
+class _Child:
+    def __init__(self, sock: socket.socket, workers: list[socket.socket] | None = None) -> None:
+        self.main = _Conn(sock)
+        self.conns = [self.main, *(_Conn(w) for w in workers or ())]
+        self.writer: LedgerWriter | None = None
+
+    def send(self, kind: int, payload: bytes) -> None:
+        self.main.send(kind, payload)
+
+    def broadcast(self, kind: int, payload: bytes) -> None:
+        """To every connection still open (a worker that has gone away is no error)."""
+        for conn in self.conns:
+            if conn is self.main:
+                conn.send(kind, payload)
+            elif conn.open:
+                with contextlib.suppress(OSError):
+                    conn.send(kind, payload)
 
     def fail(self, exc: BaseException) -> None:
         try:
             payload = pickle.dumps(exc)
         except Exception:
             payload = pickle.dumps(LedgerUnavailable(f"{type(exc).__name__}: {exc}"))
-        try:
-            self.send(_FAILED, payload)
-        except OSError:
-            pass
+        for conn in self.conns:
+            with contextlib.suppress(OSError):
+                conn.send(_FAILED, payload)
 
     def run(self) -> int:
-        got = self.reader.next()
+        got = self.main.reader.next()
         if got is None:
             return 1
         setup = pickle.loads(got[1])
@@ -611,7 +724,7 @@ class _Child:
                 checkpoint_interval=setup["checkpoint_interval"],
                 checkpoint_entries=setup["checkpoint_entries"],
                 inline_limit=setup["inline_limit"],
-                on_signed=lambda size: self.send(_SIGNED, _U64.pack(size)),
+                on_signed=lambda size: self.broadcast(_SIGNED, _U64.pack(size)),
                 lock_wait=setup["lock_wait"],
                 threaded=False,
             )
@@ -645,73 +758,135 @@ class _Child:
         return 0
 
     def serve(self, writer: LedgerWriter) -> bool:
-        """Feed the writer until told to stop (True) or the proxy goes away (False).
+        """Feed the writer until told to stop (True) or the daemon's connection ends
+        (False); a worker's connection that ends is dropped (its open blobs aborted).
 
         Reading in gulps: after a read that did not fill the buffer the child naps briefly,
         so that the next ``recv`` takes many entries (their durability point is the next
         checkpoint anyway)."""
         timeout: float | None = None
         while True:
-            ready, _, _ = select.select([self.sock], [], [], timeout)
+            socks = [c.sock for c in self.conns if c.open]
+            ready, _, _ = select.select(socks, [], [], timeout)
             full = False
-            if ready:
-                data = self.sock.recv(_RECV)
+            for conn in self.conns:
+                if not conn.open or conn.sock not in ready:
+                    continue
+                data = conn.sock.recv(_RECV)
                 if not data:
-                    return False
-                full = len(data) == _RECV
-                for kind, payload in self.reader.messages(data):
-                    if kind == _STOP:
-                        writer.pump()
-                        return True
-                    self.handle(writer, kind, payload)
+                    if conn is self.main:
+                        return False
+                    self.drop(conn)
+                    continue
+                full = full or len(data) == _RECV
+                if self.feed(writer, conn, data):
+                    self.drain_workers(writer)
+                    writer.pump()
+                    return True
             timeout = writer.pump()
-            if self.sync_token > self.synced:
-                # Every sync read in this gulp: one fsync, one answer (group commit).
+            if any(c.sync_token > c.synced for c in self.conns):
+                # Every sync read in this gulp: one fsync, one answer each (group commit).
                 writer.durable()
-                self.synced = self.sync_token
-                self.send(_SYNCED, _U64.pack(self.synced))
+                for conn in self.conns:
+                    if conn.sync_token > conn.synced:
+                        conn.synced = conn.sync_token
+                        with contextlib.suppress(OSError):
+                            conn.send(_SYNCED, _U64.pack(conn.synced))
             elif ready and not full:
                 time.sleep(_NAP)
 
-    def handle(self, writer: LedgerWriter, kind: int, payload: bytes) -> None:
+    def feed(self, writer: LedgerWriter, conn: _Conn, data: bytes) -> bool:
+        """Handle the messages ``data`` completes; True at the daemon's stop."""
+        for kind, payload in conn.reader.messages(data):
+            if kind == _STOP and conn is self.main:
+                return True
+            self.handle(writer, conn, kind, payload)
+        return False
+
+    def drop(self, conn: _Conn) -> None:
+        conn.open = False
+        for sink in conn.blobs.values():
+            sink.abort()
+        conn.blobs.clear()
+        conn.sock.close()
+
+    def drain_workers(self, writer: LedgerWriter) -> None:
+        """At the daemon's stop, what workers sent and is not read yet (each flushed before
+        it exited, so this is a safeguard; nothing waits for a worker still running)."""
+        for conn in self.conns:
+            if conn is self.main or not conn.open:
+                continue
+            conn.sock.setblocking(False)
+            while True:
+                try:
+                    data = conn.sock.recv(_RECV)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not data:
+                    self.drop(conn)
+                    break
+                self.feed(writer, conn, data)
+
+    def handle(self, writer: LedgerWriter, conn: _Conn, kind: int, payload: bytes) -> None:
         if kind == _ENTRY:
             seq, ts_us = _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]
             writer.append_encoded(seq, ts_us, payload[16:])
         elif kind == _ENTRY_BLOBS:
             seq, ts_us = _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]
-            (count,) = struct.unpack_from("!H", payload, 16)
-            pos = 18 + count * _HOLE.size
-            holes = []
-            for i in range(count):
-                blob_id, start, end = _HOLE.unpack_from(payload, 18 + i * _HOLE.size)
-                holes.append((start, end, self.blobs.pop(blob_id)))
-            writer.append_encoded(seq, ts_us, payload[pos:], holes)
+            found, pos = self._holes(conn, payload, 16)
+            writer.append_encoded(seq, ts_us, payload[pos:], found)
+        elif kind in (_UNNUMBERED, _UNNUMBERED_BLOBS):
+            ts_us, seq_at, ts_at = _OPEN_HEAD.unpack_from(payload, 0)
+            holes: list[tuple[int, int, BlobSink]] | None = None
+            pos = _OPEN_HEAD.size
+            if kind == _UNNUMBERED_BLOBS:
+                holes, pos = self._holes(conn, payload, _OPEN_HEAD.size)
+            # One order for every process: the seq is the writer's next, and ts never goes
+            # back (a worker's clock read a few ms before another's entry arrived).
+            late = ts_us < writer.last_ts_us
+            ts_us = max(ts_us, writer.last_ts_us)
+            seq = writer.next_seq
+            raw = number_entry(
+                payload[pos:], seq_at, ts_at, seq, format_ts_us(ts_us) if late else None
+            )
+            writer.append_encoded(seq, ts_us, raw, holes)
         elif kind == _FACTORY:
             (factory_id,) = _U32.unpack_from(payload, 0)
-            self.factories[factory_id] = pickle.loads(payload[4:])
+            conn.factories[factory_id] = pickle.loads(payload[4:])
         elif kind == _OPEN:
             (blob_id,) = _U64.unpack_from(payload, 0)
             (factory_id,) = _U32.unpack_from(payload, 8)
-            factory = self.factories[factory_id] if factory_id else None
-            self.blobs[blob_id] = writer.open_blob(factory)
+            factory = conn.factories[factory_id] if factory_id else None
+            conn.blobs[blob_id] = writer.open_blob(factory)
         elif kind == _WRITE:
             (blob_id,) = _U64.unpack_from(payload, 0)
-            self.blobs[blob_id].write(payload[8:])
+            conn.blobs[blob_id].write(payload[8:])
         elif kind == _CLOSE:
             (blob_id,) = _U64.unpack_from(payload, 0)
-            self.blobs[blob_id].close()
+            conn.blobs[blob_id].close()
         elif kind == _ABORT:
             (blob_id,) = _U64.unpack_from(payload, 0)
-            self.blobs.pop(blob_id).abort()
+            conn.blobs.pop(blob_id).abort()
         elif kind == _PUT:
             writer.put_blob(payload)
         elif kind == _FLUSH:
             writer.flush()
-            self.send(_FLUSHED, payload)
+            conn.send(_FLUSHED, payload)
         elif kind == _SYNC:
-            self.sync_token = max(self.sync_token, _U64.unpack(payload)[0])
+            conn.sync_token = max(conn.sync_token, _U64.unpack(payload)[0])
         else:
             raise LedgerError(f"ledger channel: unknown message kind {kind}")
+
+    @staticmethod
+    def _holes(conn: _Conn, payload: bytes, at: int) -> tuple[list[tuple[int, int, BlobSink]], int]:
+        """The blob holes of an entry message from offset ``at``, and where its bytes start."""
+        (count,) = struct.unpack_from("!H", payload, at)
+        pos = at + 2 + count * _HOLE.size
+        holes = []
+        for i in range(count):
+            blob_id, start, end = _HOLE.unpack_from(payload, at + 2 + i * _HOLE.size)
+            holes.append((start, end, conn.blobs.pop(blob_id)))
+        return holes, pos
 
 
 def child_main() -> None:
@@ -723,8 +898,9 @@ def child_main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     fd = int(os.environ.pop("APPLIANCE_LEDGER_FD"))
-    sock = socket.socket(fileno=fd)
-    code = _Child(sock).run()
+    extra = os.environ.pop("APPLIANCE_LEDGER_WORKER_FDS", "")
+    workers = [socket.socket(fileno=int(f)) for f in extra.split(",") if f]
+    code = _Child(socket.socket(fileno=fd), workers).run()
     sys.stdout.flush()
     os._exit(code)
 

@@ -121,6 +121,8 @@ class ProxyServer:
         self._new_id = new_session_id or (lambda: services.random_bytes(8).hex())
         self._stop = asyncio.Event()
         self._sockets: list[socket.socket] = []
+        self._handed_over = False
+        self._tg: asyncio.TaskGroup | None = None
         self._grace = 30.0
         self._trimmed = -_TRIM_EVERY
 
@@ -147,15 +149,42 @@ class ProxyServer:
             bound.append(sock.getsockname()[:2])
         return bound
 
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets :meth:`bind` opened, in the order of :attr:`listeners`."""
+        return list(self._sockets)
+
+    def take_handed_over(self) -> None:
+        """Serve connections another process accepted (a proxy worker: the daemon accepts
+        and hands each over, see :mod:`appliance.proxy.workers`) through :meth:`hand_over`,
+        instead of listening."""
+        self._handed_over = True
+
+    def hand_over(self, conn: socket.socket, listener: int) -> None:
+        """Serve ``conn``, accepted on listener number ``listener``; closed at once if this
+        server is stopping or not serving."""
+        tg = self._tg
+        if tg is None or self._stop.is_set() or not 0 <= listener < len(self.listeners):
+            conn.close()
+            return
+        try:
+            peer = conn.getpeername()
+        except OSError:  # the client has gone already
+            conn.close()
+            return
+        tg.create_task(self._session(conn, peer, self.listeners[listener]))
+
     async def serve(self) -> None:
         """Serve until :meth:`stop`; then drain the sessions (see the module docstring)."""
-        if not self._sockets:
+        if not self._sockets and not self._handed_over:
             self.bind()
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                listening = [] if self._handed_over else self.listeners
                 accepts = [
                     tg.create_task(self._accept(tg, s, listener))
-                    for s, listener in zip(self._sockets, self.listeners, strict=True)
+                    for s, listener in zip(self._sockets, listening, strict=True)
                 ]
                 await self._stop.wait()
                 for task in accepts:
@@ -164,6 +193,7 @@ class ProxyServer:
                     sock.close()
                 await self._drain()
         finally:
+            self._tg = None
             for sock in self._sockets:
                 sock.close()
 

@@ -29,13 +29,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.approvals import Broker
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.proxy import commands as c
 from appliance.proxy._endpoint import HIGH_WATER, Endpoint
 from appliance.proxy._starttls import start_tls
 from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
-from appliance.proxy.waits import Unreachable, ask_approval, await_durable, connect_marked, why
+from appliance.proxy.waits import (
+    ApprovalBroker,
+    Unreachable,
+    ask_approval,
+    await_durable,
+    connect_marked,
+    why,
+)
 
 log = logging.getLogger("appliance.proxy")
 
@@ -48,7 +54,7 @@ class ShellServices:
     and the approvals broker (None: approvals are not configured)."""
 
     mark: int = 0
-    broker: Broker | None = None
+    broker: ApprovalBroker | None = None
     upstream_socket: Callable[[int, int], socket.socket] | None = None
     durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
 

@@ -15,15 +15,25 @@ import asyncio
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
-from appliance.approvals import Broker
+from appliance.approvals.broker import Outcome
 from appliance.capture import upstream_socket
 from appliance.errors import ApplianceError
 from appliance.proxy import commands as c
 
 if TYPE_CHECKING:
     from appliance.proxy.shell import ShellServices
+
+
+class ApprovalBroker(Protocol):
+    """What a session asks approvals of: the :class:`~appliance.approvals.Broker` of the
+    daemon's process, or a proxy worker's link to it (:mod:`appliance.proxy.workers`)."""
+
+    @property
+    def new_request(self) -> Callable[..., Any]: ...
+
+    async def request(self, req: Any) -> Outcome: ...
 
 
 def why(exc: OSError) -> str:
@@ -67,7 +77,7 @@ async def connect_marked(
     return sock
 
 
-async def ask_approval(broker: Broker | None, command: c.AskApproval) -> c.ApprovalAnswered:
+async def ask_approval(broker: ApprovalBroker | None, command: c.AskApproval) -> c.ApprovalAnswered:
     """Carry out an ``AskApproval``: the request made, its outcome awaited (a signed
     decision or the timeout); the answer for the core (every protocol's)."""
     if broker is None:
@@ -76,7 +86,10 @@ async def ask_approval(broker: Broker | None, command: c.AskApproval) -> c.Appro
         request = broker.new_request(**command.fields)
     except ApplianceError as exc:
         return c.ApprovalAnswered(command.key, error=str(exc))
-    outcome = await broker.request(request)
+    try:
+        outcome = await broker.request(request)
+    except ApplianceError as exc:  # a worker's link to the broker is gone
+        return c.ApprovalAnswered(command.key, error=str(exc))
     return c.ApprovalAnswered(command.key, outcome, request.id)
 
 
@@ -94,4 +107,11 @@ async def await_durable(
     return c.Durable(command.key, True)
 
 
-__all__ = ["Unreachable", "ask_approval", "await_durable", "connect_marked", "why"]
+__all__ = [
+    "ApprovalBroker",
+    "Unreachable",
+    "ask_approval",
+    "await_durable",
+    "connect_marked",
+    "why",
+]

@@ -115,6 +115,19 @@ class Appliance:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
+    def children(self, marker: bytes) -> list[int]:
+        """The pids of the daemon's child processes whose command line holds ``marker``
+        (``b"appliance.ledger.remote"``: the ledger writer; ``b"appliance.proxy.workers"``:
+        the proxy workers)."""
+        assert self.proc is not None
+        pid = self.proc.pid
+        found = []
+        for child in map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split()):
+            with contextlib.suppress(FileNotFoundError):
+                if marker in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(child)
+        return found
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -240,6 +253,7 @@ def write_config(
     policy: Mapping[str, Any] | None = None,
     masking: Mapping[str, Any] | None = None,
     ledger_options: Mapping[str, Any] | None = None,
+    proxy: Mapping[str, Any] | None = None,
 ) -> None:
     doc: dict[str, Any] = {
         "targets": [
@@ -269,6 +283,8 @@ def write_config(
         doc["policy"] = dict(policy)
     if masking is not None:
         doc["masking"] = dict(masking)
+    if proxy is not None:
+        doc["proxy"] = dict(proxy)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
@@ -284,6 +300,7 @@ def running_appliance(
     ledger_options: Mapping[str, Any] | None = None,
     executable: str = APPLIANCE,
     env: Mapping[str, str] | None = None,
+    proxy: Mapping[str, Any] | None = None,
 ) -> Iterator[Appliance]:
     """Configure, start and (always) stop an appliance (``executable``: this checkout's by
     default); see the module docstring."""
@@ -315,12 +332,27 @@ def running_appliance(
         policy=policy,
         masking=masking,
         ledger_options=ledger_options,
+        proxy=proxy,
     )
     try:
         app.start()
         yield app
     finally:
         app.stop()
+
+
+def pgbench_database(lab: Lab, pg: PgServer, name: str, *, scale: int = 1) -> None:
+    """A new database ``name`` owned by ``app`` with pgbench's tables (``pgbench -i``, run
+    as the job straight against the server)."""
+    pg.admin_sql(f"DROP DATABASE IF EXISTS {name}")
+    pg.admin_sql(f"CREATE DATABASE {name} OWNER app")
+    init = lab.job(
+        ["pgbench", "-i", "-q", "-s", str(scale)],
+        env={**job_env(pg.port), "PGHOST": pg.ipv4, "PGDATABASE": name, "PGUSER": "app",
+             "PGPASSWORD": pg.passwords["app"]},
+        timeout=120,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
 
 
 def job_env(port: int, user: str = "ci", **extra: str) -> dict[str, str]:

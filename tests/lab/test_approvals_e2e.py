@@ -5,7 +5,8 @@ approvals socket, signed with approver keys made by `appliance keys generate --a
 Held then approved (it runs), held then denied (the job gets the approver's name and
 reason, the session goes on), held then timed out; and decisions that must be refused:
 signed by an unknown key, by an approver the rule does not name, for another request, or
-replayed. Every outcome is in the ledger, the accepted notes verbatim.
+replayed. Every outcome is in the ledger, the accepted notes verbatim. All of it again with
+two proxy workers (the daemon's broker holds their statements).
 """
 
 from __future__ import annotations
@@ -28,10 +29,15 @@ from tests.lab.proxy import TargetSpec, job_env, running_appliance
 PORT = 6481
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
 def setup(
-    lab: Lab, pg: PgServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    lab: Lab,
+    pg: PgServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
+    """The appliance serving from its own process, then from two proxy workers whose held
+    statements the daemon's broker holds (``proxy.workers``: issue 19)."""
     work = tmp_path_factory.mktemp("approvals")
     alice_key, alice_vkey = keygen(work, "alice")
     bob_key, bob_vkey = keygen(work, "bob")
@@ -65,7 +71,12 @@ def setup(
         database="app",
     )
     with running_appliance(
-        lab, pg, work / "appliance", targets=[TargetSpec("db", PORT)], policy=policy
+        lab,
+        pg,
+        work / "appliance",
+        targets=[TargetSpec("db", PORT)],
+        policy=policy,
+        proxy={"workers": request.param},
     ) as app:
         yield {
             "app": app,

@@ -26,7 +26,13 @@ from appliance.ledger import iter_entries
 from tests.lab.lab import Lab, MariaServer, PgServer, run
 from tests.lab.mysql_proxy import MySQLTarget, mariadb
 from tests.lab.mysql_proxy import running_appliance as running_mysql
-from tests.lab.proxy import Appliance, TargetSpec, job_env, running_appliance
+from tests.lab.proxy import (
+    Appliance,
+    TargetSpec,
+    job_env,
+    pgbench_database,
+    running_appliance,
+)
 
 PORT = 6490
 MYSQL_PORT = 6493
@@ -35,26 +41,13 @@ DB = "walcheck"
 
 @pytest.fixture(scope="module")
 def bench_db(lab: Lab, pg: PgServer) -> Iterator[str]:
-    pg.admin_sql(f"DROP DATABASE IF EXISTS {DB}")
-    pg.admin_sql(f"CREATE DATABASE {DB} OWNER app")
-    init = lab.job(
-        ["pgbench", "-i", "-q", "-s", "1"],
-        env={**job_env(PORT), "PGHOST": pg.ipv4, "PGPORT": str(pg.port), "PGDATABASE": DB,
-             "PGUSER": "app", "PGPASSWORD": pg.passwords["app"]},
-        timeout=120,
-    )  # fmt: skip
-    assert init.returncode == 0, init.stderr
+    pgbench_database(lab, pg, DB)
     yield DB
 
 
 def _writer_pid(app: Appliance) -> int:
-    assert app.proc is not None
-    children = Path(f"/proc/{app.proc.pid}/task/{app.proc.pid}/children").read_text().split()
-    for pid in map(int, children):
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        if b"appliance.ledger.remote" in cmdline:
-            return pid
-    raise AssertionError(f"no ledger writer among {children}")
+    (pid,) = app.children(b"appliance.ledger.remote")
+    return pid
 
 
 def _pgbench(lab: Lab, seconds: int) -> subprocess.Popen[bytes]:

@@ -48,12 +48,13 @@ def url(ceph: CephS3) -> str:
 @contextlib.contextmanager
 def shipping(
     lab: Lab, pg: PgServer, workdir: Path, port: int, url: str, endpoint: str, creds: Path,
-    **ship: Any,
+    workers: int = 1, **ship: Any,
 ) -> Iterator[Appliance]:  # fmt: skip
-    """An appliance in the runner with ``ledger.ship`` to ``url`` (COMPLIANCE, 1 day)."""
+    """An appliance in the runner with ``ledger.ship`` to ``url`` (COMPLIANCE, 1 day), served
+    by ``workers`` proxy processes."""
     with running_appliance(
         lab, pg, workdir, targets=[TargetSpec("db", port)],
-        ledger_options=ship_options(url, endpoint, creds, **ship),
+        ledger_options=ship_options(url, endpoint, creds, **ship), proxy={"workers": workers},
     ) as app:  # fmt: skip
         yield app
 
@@ -132,7 +133,9 @@ def test_round_trip_ship_while_running_verify_from_the_bucket_pull_and_verify(
     assert (copy / "entries.log").read_bytes() == (app.ledger / "entries.log").read_bytes()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_right_after_a_session_leaves_everything_in_the_bucket(
+    workers: int,
     lab: Lab,
     pg: PgServer,
     ceph: CephS3,
@@ -142,7 +145,9 @@ def test_sigterm_right_after_a_session_leaves_everything_in_the_bucket(
     tmp_path: Path,
     url: str,
 ) -> None:
-    with shipping(lab, pg, tmp_path / "app", 6602, url, s3_endpoint, creds_file) as app:
+    with shipping(
+        lab, pg, tmp_path / "app", 6602, url, s3_endpoint, creds_file, workers=workers
+    ) as app:
         assert psql(lab, 6602, "last-words", "select 'bye'").returncode == 0
         app.session_by_app("last-words")
         app.signal(signal.SIGTERM)  # at once: the session's entries are barely signed
@@ -153,6 +158,9 @@ def test_sigterm_right_after_a_session_leaves_everything_in_the_bucket(
     assert (copy / "checkpoint").read_text() == notes[-1]
     assert "appliance.stop" in (copy / "entries.log").read_bytes().decode(errors="replace")
     assert "final ship: the bucket holds the ledger" in app.log_text()
+    if workers > 1:  # shipped after the last worker had stopped
+        stopped = [e for e in app.entries() if e["type"] == "proxy.worker.stopped"]
+        assert len(stopped) == workers
 
 
 @pytest.fixture

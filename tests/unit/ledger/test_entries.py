@@ -17,10 +17,11 @@ from appliance.ledger.entries import (
     encode_entry,
     format_ts,
     make_entry,
+    number_entry,
     parse_entry,
     ts_to_us,
 )
-from appliance.ledger.errors import CanonicalError
+from appliance.ledger.errors import CanonicalError, LedgerError
 
 json_values = st.recursive(
     st.none()
@@ -148,6 +149,14 @@ def test_entries_built_from_a_prefix_are_the_canonical_bytes(
         )
     )  # fmt: skip
     assert prefix.encode(seq, ts, type_, data, trusted=trusted) == expected
+    # numbered later by the writer of several proxy workers (proxy.workers > 1): the same
+    # bytes, with this ts or another of the same length
+    raw, seq_at, ts_at = prefix.encode_unnumbered(ts, type_, data, trusted=trusted)
+    assert number_entry(raw, seq_at, ts_at, seq, None) == expected
+    later = "2026-11-25T23:00:01.000000Z"
+    assert number_entry(raw, seq_at, ts_at, seq, later) == expected.replace(
+        ts.encode(), later.encode()
+    )
 
 
 def test_the_prefix_cache_tells_identities_apart_and_refuses_bad_ones() -> None:
@@ -161,3 +170,13 @@ def test_the_prefix_cache_tells_identities_apart_and_refuses_bad_ones() -> None:
         cache.get("s3", {"pid": 1.5}, "ci", "db")
     with pytest.raises(CanonicalError, match=r"\$\.data\.x: floats"):
         pa.encode(1, "2026-11-25T23:00:00.000001Z", "t", {"x": 0.5}, trusted=False)
+
+
+def test_an_unnumbered_entry_with_offsets_out_of_range_is_refused() -> None:
+    prefix = EntryPrefix(origin="o", session=None, identity=None, account=None, target=None)
+    raw, seq_at, ts_at = prefix.encode_unnumbered(
+        "2026-11-25T23:00:00.000001Z", "t", {}, trusted=True
+    )
+    for bad in ((0, ts_at), (seq_at, len(raw)), (ts_at + 1, ts_at)):
+        with pytest.raises(LedgerError, match="offsets out of range"):
+            number_entry(raw, *bad, 1, None)

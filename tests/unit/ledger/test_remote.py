@@ -293,3 +293,110 @@ def test_the_writer_process_ignores_a_package_in_the_working_directory(
         ledger.append("statement", session="s1", data={"text": "select 1"})
         ledger.flush(30)
     assert [o["type"] for o in objs(d)][-1:] == ["statement"]
+
+
+# -- proxy workers: several processes, one writer, one order (proxy.workers > 1) -------------
+
+
+def test_entries_from_several_connections_get_one_gap_free_order(tmp_path: Path) -> None:
+    """The writer numbers the entries of the daemon and of each worker as they arrive: one
+    seq without gaps, ts never going back, blobs still spliced into their own entries."""
+    d = tmp_path / "l"
+    masker = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+    main = open_remote(d, workers=2)
+    workers = [RemoteLedger.attach(s, directory=d, origin=ORIGIN) for s in main.worker_sockets]
+    # a worker whose clock is behind: the writer keeps ts from going back
+    workers[1]._clock = lambda: 1_000_000_000.0
+    try:
+        main.append("appliance.start", data={"workers": 2})
+        for n in range(50):
+            for k, w in enumerate(workers):
+                w.append("statement", session=f"w{k}", data={"n": n, "text": "select card"})
+                sink = RowsSink(w, transforms(RowsTransform, masker), 1 << 24)
+                sink.header({"columns": ["card"], "types": [25], "formats": [0]})
+                sink.add(DataRow((b"4111 1111 1111 1111",)).encode())
+                sink.close()
+                w.append(
+                    "response", session=f"w{k}", data={"n": n}, blobs={"result": sink.finish()}
+                )
+        for w in workers:
+            w.close()
+        main.append("appliance.stop", data={})
+    finally:
+        main.close()
+    entries = objs(d)
+    assert [e["seq"] for e in entries] == list(range(len(entries)))
+    assert len(entries) == 1 + 1 + 200 + 1  # key.published, start, 2 x 50 x 2, stop
+    assert entries[-1]["type"] == "appliance.stop"
+    stamps = [e["ts"] for e in entries]
+    assert stamps == sorted(stamps)
+    for k in range(2):
+        mine = [e for e in entries if e["session"] == f"w{k}"]
+        assert [e["data"]["n"] for e in mine if e["type"] == "statement"] == list(range(50))
+        for e in mine:
+            if e["type"] == "response":
+                assert "[REDACTED:CARD]" in e["data"]["result"]["inline"]  # type: ignore[index]
+    report = verify_ledger(d, [KEY.verifier()])
+    assert report.ok and report.entries == len(entries)
+
+
+def test_a_worker_that_goes_away_is_dropped_and_the_others_go_on(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    main = open_remote(d, workers=2)
+    gone, stays = (RemoteLedger.attach(s, directory=d, origin=ORIGIN) for s in main.worker_sockets)
+    try:
+        blob = gone.open_blob()
+        blob.write(b"half a result")  # never referenced: aborted when the worker goes
+        gone._sock.close()  # as a worker killed with -9 leaves it
+        stays.append("statement", session="s", data={"n": 1})
+        stays.flush(30)
+        assert stays.failed is None
+        stays.close()
+    finally:
+        main.close()
+    assert [e["type"] for e in objs(d)] == ["key.published", "statement"]
+    assert verify_ledger(d, [KEY.verifier()]).ok
+
+
+def test_every_worker_fails_closed_when_the_writer_dies(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    main = open_remote(d, workers=2)
+    workers = [RemoteLedger.attach(s, directory=d, origin=ORIGIN) for s in main.worker_sockets]
+    try:
+        assert main._proc is not None
+        os.kill(main._proc.pid, signal.SIGKILL)
+        main._proc.wait()
+        for w in workers:
+            deadline = time.monotonic() + 10
+            while w.failed is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            with pytest.raises(LedgerUnavailable):
+                w.append("statement", session="s", data={"n": 1})
+            with pytest.raises(LedgerUnavailable):
+                asyncio.run(w.sync())
+            with pytest.raises(LedgerUnavailable):
+                w.close()
+    finally:
+        with pytest.raises(LedgerUnavailable):
+            main.close()
+
+
+def test_syncs_from_several_workers_are_answered_each(tmp_path: Path) -> None:
+    d = tmp_path / "l"
+    main = open_remote(d, workers=2, checkpoint_interval=3600.0)
+    workers = [RemoteLedger.attach(s, directory=d, origin=ORIGIN) for s in main.worker_sockets]
+
+    async def both() -> None:
+        for k, w in enumerate(workers):
+            w.append("statement", session=f"w{k}", data={"n": k, "text": "delete"})
+        await asyncio.gather(*(w.sync() for w in workers))
+
+    try:
+        asyncio.run(both())
+        # durable (in entries.log) though not yet signed
+        raw = (d / ENTRIES).read_bytes()
+        assert b'"session":"w0"' in raw and b'"session":"w1"' in raw
+        for w in workers:
+            w.close()
+    finally:
+        main.close()
