@@ -59,7 +59,8 @@ class Scanner:
         self.options = options
         self.window_from = window_from
         self.prefilter = prefilter(
-            tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter), engine
+            tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter_for(options)),
+            engine,
         )
 
     @property

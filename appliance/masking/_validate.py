@@ -31,6 +31,7 @@ __all__ = [
     "jwt_ok",
     "luhn_ok",
     "phone_e164",
+    "phone_shapes",
     "shannon_entropy",
     "ssn_ok",
 ]
@@ -197,7 +198,7 @@ _NUMBER_TYPES = (
 
 
 @functools.cache
-def _region_shapes(region: str) -> tuple[re.Pattern[str] | None, dict[int, re.Pattern[str]]] | None:
+def phone_shapes(region: str) -> tuple[re.Pattern[str] | None, dict[int, re.Pattern[str]]] | None:
     """What a valid number dialled in ``region`` without "+" can look like, for
     :func:`_may_be_valid`: the region's international dialling prefix, and per length the
     patterns of the number types (fixed line, mobile, toll free ...) of that length of the
@@ -237,7 +238,7 @@ def _may_be_valid(digits: str, region: str) -> bool:
     lengths of its region's general description, and one of its number types (fixed line,
     mobile ...: ``_number_type_helper``) has that length and a pattern it matches.
     """
-    shapes = _region_shapes(region)
+    shapes = phone_shapes(region)
     if shapes is None:
         return True
     idd, by_length = shapes

@@ -1,0 +1,151 @@
+"""The phone detector's pre-filter patterns for the configured regions (issue 19).
+
+Where it sits: :class:`~appliance.masking._scan.Scanner` asks each detector for its
+pre-filter patterns under the scan's :class:`~appliance.masking._detectors.Options`; the
+phone detector's come from here. The generic ones (:data:`GENERIC`: seven digits with a gap)
+hold for any region; prose is full of them (dates ``2024-03-12``, amounts, versions), and
+each reached the validator to be ruled out in Python -- most of the text scanning time. The
+patterns made here are narrower and still a necessary condition, because they follow what
+:func:`appliance.masking._validate.phone_e164` accepts:
+
+- a number led by ``+`` holds ``+`` and seven digits (:data:`PLUS`);
+- a number without ``+`` is at least two groups of 7 to 15 digits in all (``_phone``) that
+  some configured region may take as valid (``_may_be_valid``): its digits start with the
+  region's international dialling prefix, or a tail of them of a length ``n`` the region's
+  numbers have matches the region's pattern for that length. Here: the dialling prefix after
+  a non-digit (or at the start) and followed by enough digits for seven; ten digits with a
+  gap for the lengths from ten on; the pattern itself, separators allowed after each digit,
+  for the lengths seven to nine; the generic patterns for a length under seven or a region
+  whose numbers cannot be bounded so (``_may_be_valid`` lets them all through).
+
+For the default region (US) a date, an amount or a version number no longer matches: only
+ten digits, ``011`` after a non-digit, or Canada's ``310`` numbers do.
+
+libphonenumber's patterns use only digits, ``\\d``, digit classes, groups, alternation and
+the quantifiers ``?`` and ``{m,n}`` (checked: a pattern with anything else falls back to
+the generic ones); :func:`spaced` rewrites them so that each digit may be followed by
+separators, as in a written number.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+from appliance.masking import _validate as v
+
+__all__ = ["GENERIC", "PLUS", "patterns", "spaced"]
+
+# What may stand between two digits of a written number: one of space . - or the
+# parentheses around an area code ("(415) 555": ") " is two characters, "1) (2" three).
+SEP = r"[ .()\-]"
+_GAP = rf"{SEP}{{0,3}}"
+_DIGIT = rf"[0-9]{_GAP}"
+
+
+def _gapped(n: int) -> tuple[str, ...]:
+    """``n`` digits with at most three separators between two of them and at least one
+    such gap somewhere: one pattern per place of the first gap."""
+    return tuple(
+        rf"{_DIGIT * (k - 1)}[0-9]{SEP}{{1,3}}{_DIGIT * (n - 1 - k)}[0-9]" for k in range(1, n)
+    )
+
+
+PLUS = rf"\+[0-9](?:{_GAP}[0-9]){{6}}"
+GENERIC = (PLUS, *_gapped(7))
+# From this many digits on, a number of any region is matched by its count of digits.
+LONG = 10
+
+
+def patterns(regions: tuple[str, ...]) -> tuple[str, ...]:
+    """The phone detector's pre-filter patterns for numbers dialled in ``regions``: every
+    number :func:`~appliance.masking._validate.phone_e164` accepts (as the phone detector
+    calls it: seven to fifteen digits, at least two groups unless led by ``+``) holds a
+    match of one of them."""
+    return _patterns(tuple(regions))
+
+
+@functools.cache
+def _patterns(regions: tuple[str, ...]) -> tuple[str, ...]:
+    out: list[str] = [PLUS, *_gapped(LONG)]
+    for region in regions:
+        shapes = v.phone_shapes(region)
+        if shapes is None:
+            return GENERIC
+        idd, by_length = shapes
+        if idd is not None:
+            rewritten = spaced(idd.pattern)
+            if rewritten is None:
+                return GENERIC
+            pattern, width = rewritten
+            # The prefix starts the number: the character before it is no digit.
+            out.append(rf"(?:^|[^0-9])(?:{pattern}){_DIGIT * max(0, 7 - width)}")
+        for length, national in sorted(by_length.items()):
+            if length >= LONG:
+                continue
+            if length < 7:
+                return GENERIC
+            rewritten = spaced(national.pattern)
+            if rewritten is None:
+                return GENERIC
+            out.append(f"(?:{rewritten[0]})")
+    return tuple(dict.fromkeys(out))
+
+
+# One token of a libphonenumber pattern: an atom that matches one digit, or syntax.
+_TOKEN = re.compile(r"\\d|[0-9]|\[\^?[0-9\-]+\]|\(\?:|[()|?]|\{[0-9]+(?:,[0-9]+)?\}")
+_BOUNDS = re.compile(r"\{([0-9]+)(?:,([0-9]+))?\}")
+
+
+def spaced(pattern: str) -> tuple[str, int] | None:
+    """``pattern`` (over digits only) rewritten to match the same digits with separators
+    after each, and the most digits it matches; None if it uses syntax not handled here.
+
+    Each digit atom ``a`` becomes ``(?:a SEP{0,3})``; groups, alternation and quantifiers
+    are kept, so the rewritten pattern matches a text exactly when its digits, separators
+    taken out, match ``pattern``.
+    """
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(pattern):
+        m = _TOKEN.match(pattern, pos)
+        if m is None:
+            return None
+        tokens.append(m.group())
+        pos = m.end()
+    out: list[str] = []
+    # Per open group: the widest alternative so far, and the width of the current one.
+    stack: list[tuple[int, int]] = []
+    best, width, last = 0, 0, 0  # last: the width of the last atom or group
+    for tok in tokens:
+        if tok in ("(?:", "("):
+            stack.append((best, width))
+            best, width = 0, 0
+            out.append("(?:")
+        elif tok == "|":
+            best, width = max(best, width), 0
+            out.append("|")
+        elif tok == ")":
+            if not stack:
+                return None
+            inner = max(best, width)
+            best, width = stack.pop()
+            width += inner
+            last = inner
+            out.append(")")
+        elif tok == "?":
+            out.append("?")
+        elif tok.startswith("{"):
+            bounds = _BOUNDS.fullmatch(tok)
+            assert bounds is not None
+            high = int(bounds.group(2) or bounds.group(1))
+            width += last * (high - 1)
+            out.append(tok)
+        else:
+            atom = "[0-9]" if tok == r"\d" else tok
+            out.append(f"(?:{atom}{_GAP})")
+            width += 1
+            last = 1
+    if stack:
+        return None
+    return "".join(out), max(best, width)
