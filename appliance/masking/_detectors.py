@@ -316,8 +316,10 @@ def _email(m: re.Match[str], _: Options) -> Iterator[Span]:
 # -- phone ------------------------------------------------------------------------------------
 
 # Groups of digits joined by one of space . - or by parentheses, optionally led by +CC.
+# The look-ahead wants the seven digits a number has (the validator's minimum) before the
+# groups are taken apart in Python: "2024-05" or "12" is not even a candidate.
 _PHONE = _c(
-    r"(?<![A-Za-z0-9_+.-])(?:\+?[0-9]{1,15}|\([0-9]{1,5}\))"
+    r"(?<![A-Za-z0-9_+.-])(?=(?:[ .()+-]*[0-9]){7})(?:\+?[0-9]{1,15}|\([0-9]{1,5}\))"
     r"(?:(?:[ .-]|(?<=\))|(?=\())(?:[0-9]{1,15}|\([0-9]{1,5}\)))*(?![A-Za-z0-9_])"
 )
 _PHONE_TOKEN = _c(r"\+?[0-9]+|\([0-9]+\)")

@@ -100,8 +100,15 @@ class Scanner:
                 only = self.prefilter.which(data)
         if not only:
             return []
-        candidates: list[Finding] = []
-        for i in only:
+        # Detectors run in priority order, and each one's findings are selected at once
+        # (greedily, as _select does for all of them together: by priority, then longest,
+        # then leftmost): then a match lying inside a finding already selected is not
+        # validated at all -- whatever it yields starts inside that finding and loses to it
+        # (a card number is not also looked up as a phone number).
+        tokens: list[tuple[int, int]] | None = None
+        starts: list[int] = []
+        chosen: list[Finding] = []
+        for i in sorted(only):
             detector = self.detectors[i]
             ends = spans.get(i)
             matches = (
@@ -109,19 +116,23 @@ class Scanner:
                 if ends is not None and detector.runs is not None
                 else detector.pattern.finditer(text)
             )
+            found: list[Finding] = []
             for match in matches:
+                if chosen:
+                    k = bisect.bisect_right(starts, match.start()) - 1
+                    if k >= 0 and chosen[k].end >= match.end():
+                        continue
                 for start, end, value in detector.validate(match, self.options):
                     if end > start:
-                        candidates.append(
-                            Finding(start, end, detector.name, detector.priority, value)
-                        )
-        if not candidates:
-            return []
-        if "[" in text:
-            tokens = [t.span() for t in TOKEN_RE.finditer(text)]
+                        found.append(Finding(start, end, detector.name, detector.priority, value))
+            if not found:
+                continue
+            if tokens is None:
+                tokens = [t.span() for t in TOKEN_RE.finditer(text)] if "[" in text else []
             if tokens:
-                candidates = [f for f in candidates if not _inside_any(f, tokens)]
-        return _select(candidates)
+                found = [f for f in found if not _inside_any(f, tokens)]
+            _add(found, starts, chosen)
+        return chosen
 
     def mask(
         self,
@@ -236,6 +247,16 @@ def _select(candidates: list[Finding]) -> list[Finding]:
     candidates.sort(key=lambda f: (f.priority, f.start - f.end, f.start))
     starts: list[int] = []
     chosen: list[Finding] = []
+    _add(candidates, starts, chosen)
+    return chosen
+
+
+def _add(candidates: list[Finding], starts: list[int], chosen: list[Finding]) -> None:
+    """Add to ``chosen`` (sorted by start, not overlapping; ``starts`` its starts) those of
+    ``candidates`` that overlap nothing chosen before them, longest first, then leftmost
+    (all of one priority, or sorted by priority first)."""
+    if len(candidates) > 1:
+        candidates.sort(key=lambda f: (f.priority, f.start - f.end, f.start))
     for f in candidates:
         i = bisect.bisect_left(starts, f.start)
         if i > 0 and chosen[i - 1].end > f.start:
@@ -244,4 +265,3 @@ def _select(candidates: list[Finding]) -> list[Finding]:
             continue
         starts.insert(i, f.start)
         chosen.insert(i, f)
-    return chosen
