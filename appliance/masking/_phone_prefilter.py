@@ -36,18 +36,20 @@ from appliance.masking import _validate as v
 
 __all__ = ["GENERIC", "PLUS", "patterns", "spaced"]
 
-# What may stand between two digits of a written number: one of space . - or the
-# parentheses around an area code ("(415) 555": ") " is two characters, "1) (2" three).
-SEP = r"[ .()\-]"
-_GAP = rf"{SEP}{{0,3}}"
+# What stands between two digits of a candidate (the phone detector's pattern): the end of
+# a parenthesised group, one of space . -, the start of a parenthesised group, each at most
+# once and in this order ("(415) 555": ") "; "1) (2"). Two dots or ". " never do: a date
+# that ends a sentence and the number after it are two runs.
+_GAP = r"\)?[ .\-]?\(?"
+_SOME_GAP = r"(?:\)[ .\-]?\(?|[ .\-]\(?|\()"
 _DIGIT = rf"[0-9]{_GAP}"
 
 
 def _gapped(n: int) -> tuple[str, ...]:
-    """``n`` digits with at most three separators between two of them and at least one
-    such gap somewhere: one pattern per place of the first gap."""
+    """``n`` digits with a gap between two of them somewhere: one pattern per place of the
+    first gap."""
     return tuple(
-        rf"{_DIGIT * (k - 1)}[0-9]{SEP}{{1,3}}{_DIGIT * (n - 1 - k)}[0-9]" for k in range(1, n)
+        rf"{_DIGIT * (k - 1)}[0-9]{_SOME_GAP}{_DIGIT * (n - 1 - k)}[0-9]" for k in range(1, n)
     )
 
 
@@ -101,7 +103,7 @@ def spaced(pattern: str) -> tuple[str, int] | None:
     """``pattern`` (over digits only) rewritten to match the same digits with separators
     after each, and the most digits it matches; None if it uses syntax not handled here.
 
-    Each digit atom ``a`` becomes ``(?:a SEP{0,3})``; groups, alternation and quantifiers
+    Each digit atom ``a`` becomes ``(?:a GAP)``; groups, alternation and quantifiers
     are kept, so the rewritten pattern matches a text exactly when its digits, separators
     taken out, match ``pattern``.
     """
