@@ -74,7 +74,7 @@ def _patterns(regions: tuple[str, ...]) -> tuple[str, ...]:
         shapes = v.phone_shapes(region)
         if shapes is None:
             return GENERIC
-        idd, by_length = shapes
+        idd, by_length = shapes.idd, shapes.by_length
         if idd is not None:
             rewritten = spaced(idd.pattern)
             if rewritten is None:
