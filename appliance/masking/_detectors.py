@@ -562,7 +562,9 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "card",
         10,
-        (r"[0-9](?:[ \-]?[0-9]){12}",),
+        # 13 to 19 digits, no digit right before or after them: the whole run, one group or
+        # groups in a card layout (_card). Long runs of other groups (sysbench's) never match.
+        (r"(?:^|[^0-9])[0-9](?:[ \-]?[0-9]){12,18}(?:[^0-9]|$)",),
         _CARD,
         _card,
         "payment card numbers (issuer prefix and length, Luhn)",

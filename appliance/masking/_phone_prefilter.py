@@ -2,24 +2,31 @@
 
 Where it sits: :class:`~appliance.masking._scan.Scanner` asks each detector for its
 pre-filter patterns under the scan's :class:`~appliance.masking._detectors.Options`; the
-phone detector's come from here. The generic ones (:data:`GENERIC`: seven digits with a gap)
-hold for any region; prose is full of them (dates ``2024-03-12``, amounts, versions), and
-each reached the validator to be ruled out in Python -- most of the text scanning time. The
-patterns made here are narrower and still a necessary condition, because they follow what
-:func:`appliance.masking._validate.phone_e164` accepts:
+phone detector's come from here. What the phone detector hands libphonenumber is a piece of
+a run of digit groups: 7 to 15 digits, two groups or more unless led by ``+``, with no digit
+right before or after it (pieces start and end where groups do). The generic patterns
+(:data:`GENERIC`) say just that and hold for any region. Prose is full of seven digits with
+gaps (dates ``2024-03-12``, amounts, versions) and sysbench-like rows of long digit groups;
+each used to reach the validator to be ruled out in Python -- most of the text scanning
+time. The patterns made here are narrower and still a necessary condition, because they
+follow what :func:`appliance.masking._validate.phone_e164` accepts:
 
 - a number led by ``+`` holds ``+`` and seven digits (:data:`PLUS`);
-- a number without ``+`` is at least two groups of 7 to 15 digits in all (``_phone``) that
-  some configured region may take as valid (``_may_be_valid``): its digits start with the
-  region's international dialling prefix, or a tail of them of a length ``n`` the region's
-  numbers have matches the region's pattern for that length. Here: the dialling prefix after
-  a non-digit (or at the start) and followed by enough digits for seven; ten digits with a
-  gap for the lengths from ten on; the pattern itself, separators allowed after each digit,
-  for the lengths seven to nine; the generic patterns for a length under seven or a region
+- a number without ``+`` is one that some configured region may take as valid
+  (``_may_be_valid``): its digits start with the region's international dialling prefix,
+  or a tail of them of a length ``n`` the region's numbers have matches the region's
+  pattern for that length. Here: the dialling prefix after a non-digit (or at the start)
+  and followed by enough digits for seven; ten to fifteen digits for the lengths from ten
+  on; the pattern itself, separators allowed after each digit and no digit after it, for
+  the lengths seven to nine; the generic patterns for a length under seven or a region
   whose numbers cannot be bounded so (``_may_be_valid`` lets them all through).
 
 For the default region (US) a date, an amount or a version number no longer matches: only
-ten digits, ``011`` after a non-digit, or Canada's ``310`` numbers do.
+ten to fifteen digits, ``011`` after a non-digit, or Canada's ``310`` numbers do.
+
+Patterns that say "no digit before/after" take that character into the match
+(``(?:^|[^0-9])``: Hyperscan has no look-behind), so a match may start or end one
+character outside the number (see :meth:`~appliance.masking._prefilter.Prefilter.where`).
 
 libphonenumber's patterns use only digits, ``\\d``, digit classes, groups, alternation and
 the quantifiers ``?`` and ``{m,n}`` (checked: a pattern with anything else falls back to
@@ -45,16 +52,26 @@ _SOME_GAP = r"(?:\)[ .\-]?\(?|[ .\-]\(?|\()"
 _DIGIT = rf"[0-9]{_GAP}"
 
 
-def _gapped(n: int) -> tuple[str, ...]:
-    """``n`` digits with a gap between two of them somewhere: one pattern per place of the
-    first gap."""
-    return tuple(
-        rf"{_DIGIT * (k - 1)}[0-9]{_SOME_GAP}{_DIGIT * (n - 1 - k)}[0-9]" for k in range(1, n)
-    )
+# A number is a whole stretch of digits and gaps: no digit right before or after it.
+_BEFORE = r"(?:^|[^0-9])"
+_AFTER = r"(?:[^0-9]|$)"
+
+
+def _bounded(low: int, high: int) -> tuple[str, ...]:
+    """A stretch of ``low`` to ``high`` digits with a gap between two of them somewhere and
+    no digit right before or after it: one pattern per place of the first gap."""
+    out = []
+    for k in range(1, high):
+        least, most = max(0, low - k - 1), high - k - 1
+        rest = rf"(?:{_GAP}[0-9]){{{least},{most}}}" if most else ""  # Hyperscan: no {0,0}
+        out.append(rf"{_BEFORE}[0-9]{{{k}}}{_SOME_GAP}[0-9]{rest}{_AFTER}")
+    return tuple(out)
 
 
 PLUS = rf"\+[0-9](?:{_GAP}[0-9]){{6}}"
-GENERIC = (PLUS, *_gapped(7))
+# Seven to fifteen digits in two groups or more, or "+" and seven digits: what the phone
+# detector hands libphonenumber (a piece of a run starts and ends where its digits do).
+GENERIC = (PLUS, *_bounded(7, 15))
 # From this many digits on, a number of any region is matched by its count of digits.
 LONG = 10
 
@@ -69,7 +86,7 @@ def patterns(regions: tuple[str, ...]) -> tuple[str, ...]:
 
 @functools.cache
 def _patterns(regions: tuple[str, ...]) -> tuple[str, ...]:
-    out: list[str] = [PLUS, *_gapped(LONG)]
+    out: list[str] = [PLUS, *_bounded(LONG, 15)]
     for region in regions:
         shapes = v.phone_shapes(region)
         if shapes is None:
@@ -81,7 +98,7 @@ def _patterns(regions: tuple[str, ...]) -> tuple[str, ...]:
                 return GENERIC
             pattern, width = rewritten
             # The prefix starts the number: the character before it is no digit.
-            out.append(rf"(?:^|[^0-9])(?:{pattern}){_DIGIT * max(0, 7 - width)}")
+            out.append(rf"{_BEFORE}(?:{pattern}){_DIGIT * max(0, 7 - width)}")
         for length, national in sorted(by_length.items()):
             if length >= LONG:
                 continue
@@ -90,7 +107,8 @@ def _patterns(regions: tuple[str, ...]) -> tuple[str, ...]:
             rewritten = spaced(national.pattern)
             if rewritten is None:
                 return GENERIC
-            out.append(f"(?:{rewritten[0]})")
+            # The tail of the digits: the number ends where it does.
+            out.append(f"(?:{rewritten[0]}){_AFTER}")
     return tuple(dict.fromkeys(out))
 
 
