@@ -329,6 +329,25 @@ class LedgerRows:
             plan = self.plan = row_plan(masker, [None] * len(values), formats=self._formats)
         return masker.mask_cells(plan, values, self.counts)
 
+    def rows(self, rows: list[list[bytes | None]]) -> list[list[Any]]:
+        """Many DataRows' values (a run of them) as masked cells: one pre-filter pass over
+        the run (:meth:`TargetMasker.rows_to_mask`); only the rows it does not rule out are
+        masked one by one, as :meth:`row` masks them."""
+        masker = self.masker
+        if masker is None or not rows:
+            return [self.row(values) for values in rows]
+        plan = self.plan
+        n = len(rows[0])
+        if plan is None or len(plan.columns) != n or any(len(r) != n for r in rows):
+            return [self.row(values) for values in rows]
+        to_mask = masker.rows_to_mask(plan, rows)
+        return [
+            masker.mask_cells(plan, values, self.counts)
+            if i in to_mask
+            else [None if v is None else v.decode("utf-8", "replace") for v in values]
+            for i, values in enumerate(rows)
+        ]
+
     def copy_binary(self, size: int) -> dict[str, int]:
         """A chunk of binary COPY: values of unknown types, never written."""
         return binary_cell(size)
