@@ -48,10 +48,8 @@ __all__ = ["GENERIC", "PLUS", "patterns", "spaced"]
 # once and in this order ("(415) 555": ") "; "1) (2"). Two dots or ". " never do: a date
 # that ends a sentence and the number after it are two runs.
 _GAP = r"\)?[ .\-]?\(?"
-_SOME_GAP = r"(?:\)[ .\-]?\(?|[ .\-]\(?|\()"
+_PAREN = r"\)[ .\-]?\(?|[ .\-]?\("
 _DIGIT = rf"[0-9]{_GAP}"
-
-
 # A number is a whole stretch of digits and gaps: no digit right before or after it.
 _BEFORE = r"(?:^|[^0-9])"
 _AFTER = r"(?:[^0-9]|$)"
@@ -59,12 +57,16 @@ _AFTER = r"(?:[^0-9]|$)"
 
 def _bounded(low: int, high: int) -> tuple[str, ...]:
     """A stretch of ``low`` to ``high`` digits with a gap between two of them somewhere and
-    no digit right before or after it: one pattern per place of the first gap."""
+    no digit right before or after it, whose gaps are one separator (space, dot or dash)
+    except next to parentheses (as ``_pieces`` cuts runs: "2024-05-12 10" is two pieces):
+    one pattern per separator and place of the first gap."""
     out = []
-    for k in range(1, high):
-        least, most = max(0, low - k - 1), high - k - 1
-        rest = rf"(?:{_GAP}[0-9]){{{least},{most}}}" if most else ""  # Hyperscan: no {0,0}
-        out.append(rf"{_BEFORE}[0-9]{{{k}}}{_SOME_GAP}[0-9]{rest}{_AFTER}")
+    for sep in (" ", r"\.", r"\-"):
+        some = f"(?:{sep}|{_PAREN})"
+        for k in range(1, high):
+            least, most = max(0, low - k - 1), high - k - 1
+            rest = rf"(?:{some}?[0-9]){{{least},{most}}}" if most else ""  # Hyperscan: no {0,0}
+            out.append(rf"{_BEFORE}[0-9]{{{k}}}{some}[0-9]{rest}{_AFTER}")
     return tuple(out)
 
 

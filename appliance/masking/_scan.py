@@ -153,6 +153,16 @@ class Scanner:
             findings = self.find(text, only=only if n == 0 else None)
             if not findings:
                 return text
+            if len(findings) == 1 and findings[0].start == 0 and findings[0].end == len(text):
+                # The whole text is one value (a result column's): if its rendering is one of
+                # our tokens, nothing can be found in it (findings inside tokens are none).
+                f = findings[0]
+                rendered = render(f, text)
+                found(f)
+                if TOKEN_RE.fullmatch(rendered):
+                    return rendered
+                text = rendered
+                continue
             parts: list[str] = []
             renderings: dict[str, tuple[Finding, str]] = {}
             pos = 0
