@@ -70,7 +70,17 @@ class Prefilter:
             self._where_db = _compile(self.patterns, single=False)
             self._local = threading.local()
         if engine == "re":
-            self._res = [(i, re.compile(p.encode("ascii"), re.ASCII)) for i, p in self.patterns]
+            # One pattern per detector: its patterns as alternatives (a search each, not one
+            # per pattern: the phone detector has dozens).
+            by_detector: dict[int, list[str]] = {}
+            for i, p in self.patterns:
+                by_detector.setdefault(i, []).append(
+                    f"(?i:{p[4:]})" if p.startswith("(?i)") else f"(?:{p})"
+                )
+            self._res = [
+                (i, re.compile("|".join(ps).encode("ascii"), re.ASCII))
+                for i, ps in by_detector.items()
+            ]
 
     def __reduce__(self) -> tuple[Callable[..., Prefilter], tuple[Any, ...]]:
         return (_rebuild, (self.patterns, self.engine))
