@@ -219,16 +219,17 @@ def _in_runs(detector: Detector, text: str, ends: list[int]) -> Iterator[re.Matc
     a search of the whole text enters each run with no match begun before it; searching
     from the run's start (look-behinds still see the text before it, look-aheads the text
     after it) finds the matches the whole search finds in the run. Why the only ones: every
-    finding holds a pre-filter match (whose characters are run characters too), so its run
-    holds that match's end.
+    finding holds a pre-filter match (whose characters are run characters too, but for the
+    non-digit a pattern may take after the digits), so its run holds that match's end, or
+    ends right before it: the run searched is the one around ``end - 1`` or ending there.
     """
     allowed = detector.runs
     assert allowed is not None
     extend = _run_re(allowed)
     done = 0
     for end in sorted(ends):
-        if end <= done:
-            continue  # inside the run just searched
+        if end - 1 <= done:
+            continue  # inside the run just searched, or the non-digit right after it
         start = end - 1
         while start > 0 and text[start - 1] in allowed:
             start -= 1
