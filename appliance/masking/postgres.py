@@ -260,11 +260,18 @@ class ResponseMasker:
             )
         payload = frame[5:]
         starts = [0, len(payload)]
-        if not self._copy.to_mask(payload, starts):
+        marked = self._copy.to_mask(payload, starts)
+        if not marked:
             return None  # the whole payload as one line: nothing in it to mask
-        masked = b"".join(
-            self._copy.mask(line, self.counts) for line in payload.splitlines(keepends=True)
-        )
+        spans = marked.get(0)
+        lines = payload.splitlines(keepends=True)
+        if spans is not None and len(lines) == 1:
+            # One row (a CopyData frame usually is) whose values are its own bytes: the
+            # spans say which detectors may find something in which field.
+            candidates = field_candidates(lines[0], self._copy.delimiter, spans)
+            masked = self._copy.mask(lines[0], self.counts, candidates)
+        else:
+            masked = b"".join(self._copy.mask(line, self.counts) for line in lines)
         if masked == payload:
             return None
         return b"d" + _LEN.pack(len(masked) + 4) + masked

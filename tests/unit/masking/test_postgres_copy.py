@@ -150,3 +150,30 @@ def test_ledger_data_rows_in_a_run_are_masked_as_each_row_alone() -> None:
     clean: list[list[bytes | None]] = [[b"1", sysbench, None, b"x"]] * 3
     assert tm.rows_to_mask(plan.plan, clean) == set()
     assert tm.rows_to_mask(plan.plan, [*clean, rows[1], *clean]) == {3}
+
+
+@pytest.mark.parametrize("csv", [False, True])
+def test_copy_frames_to_the_job_are_masked_as_the_ledger_masks_them(csv: bool) -> None:
+    """ResponseMasker.mask_copy (one CopyData frame per row, pre-filtered once) writes what
+    masking the line on its own writes."""
+    from appliance.masking.postgres import CopyPlan, ResponseMasker
+
+    sep = "," if csv else "\t"
+    statement = "COPY people TO STDOUT" + (" CSV" if csv else "")
+    lines = [
+        sep.join(["1", "Alice", "alice@example.com", "4111-1111-1111-1111", "2024-05-12 10:30"]),
+        sep.join(["2", "Bob", "nobody", "tier-2", "call (415) 555-2671 today"]),
+        sep.join(["3", "Carol", "x", "68487932199-96439406143-93774651418", "ok"]),
+    ]
+    tm = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+    job = ResponseMasker(tm)
+    plan = job.copy_plan(statement, binary=False)
+    assert isinstance(plan, CopyPlan)
+    reference = _CopyLines(tm, plan.copy)
+    for line in lines:
+        data = (line + "\n").encode()
+        frame = b"d" + (len(data) + 4).to_bytes(4, "big") + data
+        expected = reference.mask(data, MaskCounts())
+        got = job.mask_copy(plan, frame)
+        assert (data if got is None else got[5:]) == expected
+    assert job.take_counts().as_dict()["detectors"] == {"card": 1, "email": 1, "phone": 1}
