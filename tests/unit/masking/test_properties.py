@@ -163,14 +163,21 @@ def test_arbitrary_unicode_does_not_break_masking(text: str) -> None:
 
 
 _PHONE_REGIONS = ("US", "CA", "GB", "DE", "FR", "IN", "CH", "AR", "BR", "JP")
-phone_like = st.lists(
-    st.tuples(
-        st.text("0123456789", min_size=1, max_size=5),
-        st.sampled_from([" ", "-", ".", "(", ")", ") ", " (", ""]),
-    ),
-    min_size=1,
-    max_size=6,
-).map(lambda parts: "".join(d + s for d, s in parts).strip())
+
+
+def _digit_groups(longest: int, fewest: int, most: int) -> st.SearchStrategy[str]:
+    """Groups of up to ``longest`` digits joined by what phone numbers are written with."""
+    return st.lists(
+        st.tuples(
+            st.text("0123456789", min_size=1, max_size=longest),
+            st.sampled_from([" ", "-", ".", "(", ")", ") ", " (", ""]),
+        ),
+        min_size=fewest,
+        max_size=most,
+    ).map(lambda parts: "".join(d + s for d, s in parts).strip())
+
+
+phone_like = _digit_groups(5, 1, 6)
 
 
 @SETTINGS
@@ -203,14 +210,7 @@ def test_long_texts_of_the_corpus_find_what_the_whole_search_finds() -> None:
         assert [(f.detector, f.start, f.end) for f in ALL_RUNS_RE.find(text)] == reference
 
 
-long_phone_like = st.lists(
-    st.tuples(
-        st.text("0123456789", min_size=1, max_size=6),
-        st.sampled_from([" ", "-", ".", "(", ")", ") ", " (", ""]),
-    ),
-    min_size=2,
-    max_size=5,
-).map(lambda parts: "".join(d + s for d, s in parts).strip())
+long_phone_like = _digit_groups(6, 2, 5)
 
 
 @SETTINGS
