@@ -25,8 +25,10 @@ from appliance.proxy.commands import ApprovalAnswered, AskApproval, Command, Pau
 
 __all__ = [
     "ALLOWED_CACHE",
+    "CHANGES_NOTHING",
     "ENCODING_RULE",
     "SETTINGS_IN_FLIGHT_RULE",
+    "STAYS_IN_BLOCK",
     "Answer",
     "Decided",
     "Denial",
@@ -44,6 +46,24 @@ __all__ = [
 ALLOWED_CACHE = 64
 SETTINGS_IN_FLIGHT_RULE = "(built-in) settings-in-flight"
 ENCODING_RULE = "(built-in) ascii-safe-encoding"
+# Classes that change nothing on the target (reads, session settings, transaction control,
+# locks, notifications): with ledger.durability write-ahead, a statement with any other
+# class is on disk before it is sent.
+CHANGES_NOTHING = frozenset(
+    {"select", "copy_to", "explain", "set", "transaction", "listen_notify", "lock"}
+)
+# Classes whose effects stay inside an open transaction block: rows and locks a ROLLBACK
+# undoes, settings, notifications sent at COMMIT. A statement with only these classes cannot
+# end the block nor reach outside the server (functions with side effects, files, programs,
+# and everything unknown have classes of their own), so inside a block its write-ahead may
+# wait for the statement that may end the block (PostgreSQL: Relay._write_ahead_of).
+STAYS_IN_BLOCK = frozenset(
+    {
+        "select", "copy_to", "explain", "set", "listen_notify", "lock",
+        "insert", "update", "delete", "merge", "copy_from", "truncate",
+        "delete_without_where", "update_without_where",
+    }
+)  # fmt: skip
 _SLIM = ("decision", "rule", "classes", "reads", "writes")
 
 K = TypeVar("K")

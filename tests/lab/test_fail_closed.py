@@ -1,9 +1,10 @@
 """Fail closed for real (issue 13): no change the server acknowledged without its record.
 
-pgbench (tpcb-like, 8 clients) runs through the appliance while its ledger breaks: the
+pgbench (tpcb-like, 8 clients; for MySQL, mariadb clients inserting rows) runs through the appliance while its ledger breaks: the
 writer process is killed with SIGKILL, or the ledger's file system fills up. With
 ``ledger.durability: write-ahead`` (the default) every statement that may change the
-target is on disk before it is sent, so every transaction the server committed has its
+target is on disk before it is sent, or, inside a transaction block (pgbench's BEGIN ...
+END), before the END that commits it, so every transaction the server committed has its
 INSERT INTO pgbench_history in the ledger (counted against the server, after the ledger
 is reopened and recovered), and the clients whose statements could not be recorded got an
 error.
@@ -22,10 +23,13 @@ from typing import Any
 import pytest
 
 from appliance.ledger import iter_entries
-from tests.lab.lab import Lab, PgServer, run
+from tests.lab.lab import Lab, MariaServer, PgServer, run
+from tests.lab.mysql_proxy import MySQLTarget, mariadb
+from tests.lab.mysql_proxy import running_appliance as running_mysql
 from tests.lab.proxy import Appliance, TargetSpec, job_env, running_appliance
 
 PORT = 6490
+MYSQL_PORT = 6493
 DB = "walcheck"
 
 
@@ -163,3 +167,52 @@ def test_connections_refused_before_startup_are_recorded_and_a_flood_is_counted(
     assert all(e["data"]["source"] == "127.0.0.1" for e in refused)
     (summary,) = summaries
     assert summary["count"] == 43 and summary["recorded"] == 5
+
+
+def test_killing_the_ledger_writer_loses_no_acknowledged_mysql_change(
+    lab: Lab, maria: MariaServer, tmp_path: Path
+) -> None:
+    """The same for MySQL: four mariadb clients insert one row per statement (autocommit)
+    while the ledger writer is killed; every row the server holds has its INSERT on
+    record."""
+    maria.admin_sql(
+        "DROP TABLE IF EXISTS walcheck; CREATE TABLE walcheck (c INT, n INT)", database="app"
+    )
+    target = MySQLTarget("db", MYSQL_PORT)
+    with running_mysql(lab, maria, tmp_path / "mysql", targets=[target]) as app:
+        clients = []
+        for c in range(4):
+            script = tmp_path / f"inserts-{c}.sql"
+            script.write_text(
+                "".join(f"INSERT INTO walcheck VALUES ({c}, {n});\n" for n in range(50_000))
+            )
+            with script.open("rb") as stdin:  # opened here: the job's user cannot read it
+                clients.append(
+                    lab.popen(
+                        mariadb(MYSQL_PORT),
+                        job=True,
+                        stdin=stdin,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                    )
+                )
+        time.sleep(3)
+        os.kill(_writer_pid(app), signal.SIGKILL)
+        errors = [p.communicate(timeout=120)[1].decode() for p in clients]
+        assert all(p.returncode != 0 for p in clients), errors
+        committed = int(
+            maria.admin_sql("SELECT COUNT(*) FROM walcheck", database="app").split()[-1]
+        )
+        assert committed > 0, errors
+        app.stop()
+        app.start()
+        app.stop()
+    recorded = sum(
+        1
+        for e in iter_entries(app.ledger)
+        if e.obj["type"] == "statement"
+        and str(e.obj["data"].get("text", "")).startswith("INSERT INTO walcheck")
+    )
+    assert recorded >= committed, (recorded, committed)
+    verify = app.verify()
+    assert verify.returncode == 0, verify.stdout + verify.stderr

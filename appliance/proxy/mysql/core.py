@@ -60,10 +60,12 @@ from appliance.proxy.commands import (
     NO_COMMANDS,
     Abort,
     ApprovalAnswered,
+    AwaitDurable,
     ClearTimer,
     Commands,
     ConnectionInfo,
     Drain,
+    Durable,
     End,
     Eof,
     Event,
@@ -159,6 +161,7 @@ class MySQLSession:
         self._to_up: list[bytes] = []
         self.holds: Holds[Stmt] = Holds()
         self._probe_ok: Ok | None = None
+        self._syncs = 0  # write-ahead syncs asked (AwaitDurable keys)
 
     # -- the shell's side --------------------------------------------------------------------
 
@@ -270,6 +273,20 @@ class MySQLSession:
             )
         if isinstance(event, ApprovalAnswered):
             return self._approval_answered(event)
+        if isinstance(event, Durable) and self.relay is not None:
+            if not event.ok:
+                # Not on disk: the command that waited for it is never sent.
+                return self._end(
+                    f"ledger cannot record: {event.why}",
+                    Err(
+                        ER_CONNECTION_ERROR,
+                        "08S01",
+                        "the appliance cannot record this statement; it was not sent, and the "
+                        "session is closed",
+                    ),
+                )
+            self.relay.durable_result()
+            return self._after_relay()
         if isinstance(event, Eof):
             return self._eof(event.side)
         if isinstance(event, TimerFired) and event.name == STARTUP_TIMER:
@@ -528,6 +545,7 @@ class MySQLSession:
             account=self.account_name,
             identity=self.identity,
             new_id=lambda: self.services.random_bytes(8).hex(),
+            write_ahead=self.services.write_ahead,
         )
         assert self._issued is not None and self._server is not None
         self.shared.ids.update(
@@ -582,8 +600,14 @@ class MySQLSession:
         reading paused while a statement is held, the end of a drain."""
         relay = self.relay
         assert relay is not None
-        held = relay.held is not None
+        held = relay.held is not None or relay.withheld is not None
         commands = self.holds.commands(relay.approvals, held)
+        if relay.durable_requested:
+            # Before anything else: the command that may change the target waits for its
+            # entry to be durable (write-ahead).
+            relay.durable_requested = False
+            self._syncs += 1
+            commands = [AwaitDurable(self._syncs), *(commands or ())]
         if commands is None:
             return NO_COMMANDS  # the hot path
         if self.holds.draining and (relay.idle or held):

@@ -33,6 +33,7 @@ from appliance.protocols.mysql.messages import Err
 from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.mysql.recording import MySQLRecorder
 from appliance.proxy.statement_policy import (
+    CHANGES_NOTHING,
     ENCODING_RULE,
     SETTINGS_IN_FLIGHT_RULE,
     Decided,
@@ -53,9 +54,11 @@ PROBE = b"SELECT @@SESSION.sql_mode, @@SESSION.character_set_client"
 class Verdict:
     """A decision as the relay needs it: ``action`` (allow, deny, review), ``enforced``
     (False in observe mode), ``error`` (the ERR for the job on deny), ``record`` (for the
-    ledger), whether the statement may change how text is read (``changes_settings``) and,
+    ledger), whether the statement may change how text is read (``changes_settings``),
     for review, the policy's ``decision`` the approval request is made from (the same for
-    every execution of a prepared statement)."""
+    every execution of a prepared statement), and whether it may change the target, so that
+    with ``ledger.durability: write-ahead`` its entry is on disk before it (or each of its
+    executions) is sent (``durable``)."""
 
     action: str
     enforced: bool = True
@@ -63,6 +66,7 @@ class Verdict:
     record: dict[str, Any] = field(default_factory=dict)
     changes_settings: bool = False
     decision: Decision | None = None
+    durable: bool = False
 
     @property
     def blocks(self) -> bool:
@@ -81,10 +85,16 @@ def _err(denial: Denial) -> Err:
     return denied(f"{denial.message} ({denial.detail})")
 
 
-def _verdict(decided: Decided, changes_settings: bool = False) -> Verdict:
+def _verdict(decided: Decided, changes_settings: bool = False, durable: bool = False) -> Verdict:
     error = _err(decided.denial) if decided.denial is not None else None
     return Verdict(
-        decided.action, decided.enforced, error, decided.record, changes_settings, decided.decision
+        decided.action,
+        decided.enforced,
+        error,
+        decided.record,
+        changes_settings,
+        decided.decision,
+        durable,
     )
 
 
@@ -101,8 +111,10 @@ class SessionPolicy:
         account: str,
         identity: Mapping[str, Any],
         new_id: Callable[[], str],
+        write_ahead: bool = False,
     ) -> None:
         self.recorder = recorder
+        self.write_ahead = write_ahead  # ledger.durability: see Verdict.durable
         # Allow verdicts by (text, backslash escapes, database): USE changes the database.
         self.statements: StatementPolicy[tuple[str, bool, str | None], Verdict] = StatementPolicy(
             policy,
@@ -178,6 +190,7 @@ class SessionPolicy:
                 "allow",
                 record={"decision": "allow"},
                 changes_settings=bool(classification.classes & _MAY_CHANGE_SETTINGS),
+                durable=self._durable(classification),
             )
         key = (text, self.backslash_escapes, self.database)
         cached = self.statements.cached(key)
@@ -201,7 +214,11 @@ class SessionPolicy:
 
     def _decide(self, classification: Classification) -> Verdict:
         changes = bool(classification.classes & _MAY_CHANGE_SETTINGS)
-        return _verdict(self.statements.decide(classification), changes)
+        durable = self._durable(classification)
+        return _verdict(self.statements.decide(classification), changes, durable)
+
+    def _durable(self, classification: Classification) -> bool:
+        return self.write_ahead and not classification.classes <= CHANGES_NOTHING
 
     # -- approvals --------------------------------------------------------------------------------
 

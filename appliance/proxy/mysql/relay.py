@@ -173,6 +173,10 @@ class Relay:
         self._awaiting_prepare: _Pending | None = None
         self.backlog: deque[tuple[int, bytes]] = deque()
         self.held: _Pending | None = None
+        # Write-ahead: an allowed command that may change the target waits here for its
+        # entry to be durable (durable_requested: the session core asks the ledger).
+        self.withheld: _Pending | None = None
+        self.durable_requested = False
         self.held_params: tuple[str, list[bytes | None] | None] | None = None
         # Statements held for approval, not yet asked for: (n, the request's fields, the
         # statement), drained by the session core (statement_policy.Holds).
@@ -197,7 +201,7 @@ class Relay:
 
     @property
     def idle(self) -> bool:
-        return not self.pending and self.held is None and not self.backlog
+        return not self.pending and self.held is None and self.withheld is None and not self.backlog
 
     def probe(self) -> None:
         """Ask the server for the settings that change how text is read (see hooks)."""
@@ -217,13 +221,18 @@ class Relay:
                     self._infile_from = None
                     infile.phase = Phase.FIRST
                 continue
-            if self.held is not None or self.backlog:
+            if self.held is not None or self.withheld is not None or self.backlog:
                 self.backlog.append((seq, payload))
                 continue
             self._command(seq, payload)
 
     def _resume(self) -> None:
-        while self.backlog and self.held is None and self._awaiting_prepare is None:
+        while (
+            self.backlog
+            and self.held is None
+            and self.withheld is None
+            and self._awaiting_prepare is None
+        ):
             seq, payload = self.backlog.popleft()
             self._command(seq, payload)
 
@@ -325,7 +334,7 @@ class Relay:
             stmt.params = [v for _k, v in query.attributes]
         self.recorder.statement(stmt.n, "query", text, verdict.record, params=stmt.params)
         pend = _Pending(Kind.RESULT, seq, stmt)
-        self._dispatch(seq, payload, pend, verdict)
+        self._dispatch(seq, payload, pend, verdict, verdict.durable)
 
     def _prepare(self, seq: int, payload: bytes) -> None:
         text = self._text(payload[1:])
@@ -337,15 +346,15 @@ class Relay:
             # Prepared now; each execution is held for approval instead.
             self._forward(seq, payload, pend)
             return
-        self._dispatch(seq, payload, pend, verdict)
+        self._dispatch(seq, payload, pend, verdict, False)  # its executions are written ahead
 
-    def _dispatch(self, seq: int, payload: bytes, pend: _Pending, verdict: Verdict) -> None:
+    def _dispatch(
+        self, seq: int, payload: bytes, pend: _Pending, verdict: Verdict, durable: bool
+    ) -> None:
         stmt = pend.stmt
         assert stmt is not None
         if not verdict.blocks:
-            self._forward(seq, payload, pend)
-            if verdict.changes_settings:
-                self.probe()
+            self._send(seq, payload, pend, durable)
             return
         if verdict.action == "review":
             pend.local = payload
@@ -410,10 +419,7 @@ class Relay:
             fields = self.policy.approval_fields(verdict, stmt.text, params)
             self.approvals.append((stmt.n, fields, stmt))
             return
-        self._forward(seq, payload, pend)
-        if verdict.changes_settings:
-            self.probe()
-        prep.long_data.clear()
+        self._send(seq, payload, pend, verdict.durable)
 
     def _fetch(self, seq: int, payload: bytes) -> None:
         r = Reader(payload, "client", "COM_STMT_FETCH", 1)
@@ -478,6 +484,33 @@ class Relay:
             _Pending(Kind.ONE, seq, command="KILL"),
         )
 
+    def _send(self, seq: int, payload: bytes, pend: _Pending, durable: bool) -> None:
+        """Forward an allowed command (then probe the settings it may change), or, when it
+        must be written ahead, withhold it until :meth:`durable_result`."""
+        if durable:
+            pend.local = payload
+            self.withheld = pend
+            self.durable_requested = True
+            return
+        self._forward(seq, payload, pend)
+        stmt = pend.stmt
+        if stmt is not None and stmt.verdict.changes_settings:
+            self.probe()
+        if pend.prep is not None:
+            pend.prep.long_data.clear()
+
+    def durable_result(self) -> None:
+        """The entries recorded before the command withheld are on disk: send it and go on
+        with what the job sent meanwhile. (When they cannot be, the session core ends the
+        session and nothing withheld is sent.)"""
+        pend = self.withheld
+        if pend is None:
+            return
+        self.withheld = None
+        payload, pend.local = pend.local, b""
+        self._send(pend.seq, payload, pend, False)
+        self._resume()
+
     def _forward(self, seq: int, payload: bytes, pend: _Pending) -> None:
         self._to_up.append(packet(seq, payload))
         self.pending.append(pend)
@@ -506,9 +539,7 @@ class Relay:
         payload = pend.local
         pend.local = b""
         if approved:
-            self._forward(pend.seq, payload, pend)
-            if pend.stmt.verdict.changes_settings:
-                self.probe()
+            self._send(pend.seq, payload, pend, pend.stmt.verdict.durable)
         else:
             pend.stmt.outcome = "denied"
             self._answer(pend.seq, error or denied("not approved"), pend.stmt)

@@ -37,8 +37,10 @@ from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE, SYNTAX
 from appliance.proxy.commands import ApprovalAnswered
 from appliance.proxy.pg.relay import ALLOW, ResultSink, RowMasker, Statement, Verdict
 from appliance.proxy.statement_policy import (
+    CHANGES_NOTHING,
     ENCODING_RULE,
     SETTINGS_IN_FLIGHT_RULE,
+    STAYS_IN_BLOCK,
     Decided,
     Denial,
     SettingsInFlight,
@@ -49,11 +51,6 @@ from appliance.proxy.statement_policy import (
 
 # Classes of statements that may change session settings, directly or through code.
 _MAY_CHANGE_SETTINGS = frozenset({"set", "function_call", "unknown", "prepare"})
-# Classes that change nothing on the target (reads, session settings, transaction control,
-# locks, notifications): everything else is written ahead (durable before it is sent).
-_CHANGES_NOTHING = frozenset(
-    {"select", "copy_to", "explain", "set", "transaction", "listen_notify", "lock"}
-)
 
 
 class Recorder(Protocol):
@@ -151,7 +148,9 @@ class SessionHooks:
                 return _ALLOW_DURABLE
             scs = self.parameters.get("standard_conforming_strings", "on") == "on"
             classes = classify(stmt.text, standard_conforming_strings=scs).classes
-            return ALLOW if classes <= _CHANGES_NOTHING else _ALLOW_DURABLE
+            if classes <= CHANGES_NOTHING:
+                return _ALLOW_IN_BLOCK if classes <= STAYS_IN_BLOCK else ALLOW
+            return _ALLOW_DURABLE_IN_BLOCK if classes <= STAYS_IN_BLOCK else _ALLOW_DURABLE
         if stmt.function_oid is not None:
             # A fast-path call has no SQL text: it is classified by the function it calls.
             classification = classify_function_call(stmt.function_oid)
@@ -215,10 +214,13 @@ class SessionHooks:
         """The shared decision as PostgreSQL's verdict; written ahead (``durable``) when
         the statement may change the target."""
         error = _error(decided.denial) if decided.denial is not None else b""
-        durable = self.write_ahead and not classification.classes <= _CHANGES_NOTHING
+        classes = classification.classes
+        durable = self.write_ahead and not classes <= CHANGES_NOTHING
+        in_block = classes <= STAYS_IN_BLOCK
         return Verdict(
-            decided.action, decided.enforced, error, decided.record, durable, decided.decision
-        )
+            decided.action, decided.enforced, error, decided.record, durable, decided.decision,
+            in_block,
+        )  # fmt: skip
 
     def _refuse(self, classification: Classification, rule: str, message: str) -> Verdict:
         """A denial built into the appliance, whatever the policy (observe mode included):
@@ -298,6 +300,8 @@ def _error(denial: Denial) -> bytes:
 
 
 _ALLOW_DURABLE = Verdict("allow", True, b"", {"decision": "allow"}, True)
+_ALLOW_IN_BLOCK = Verdict("allow", True, b"", {"decision": "allow"}, in_block=True)
+_ALLOW_DURABLE_IN_BLOCK = Verdict("allow", True, b"", {"decision": "allow"}, True, in_block=True)
 
 # Texts in which a digit may be anything but an integer literal (strings, quoted names,
 # dollar quotes, parameters, escapes, comments) are never reshaped.

@@ -117,6 +117,7 @@ _STAND_IN_PARSE = (
 )
 
 _TX_STATUS = frozenset(b"ITE")  # ReadyForQuery: idle, in a transaction, in a failed one
+_IDLE = ord("I")
 
 
 # -- what the relay asks of the shell -------------------------------------------------------
@@ -142,6 +143,10 @@ class Verdict:
     # (write-ahead; see Relay.durable_result).
     durable: bool = False
     decision: Decision | None = None
+    # Whatever it does stays inside an open transaction block (rows and locks a ROLLBACK
+    # undoes; it cannot end the block): sent inside one, its write-ahead may wait for the
+    # statement that ends the block (Relay._write_ahead_of).
+    in_block: bool = False
 
     @property
     def blocks(self) -> bool:
@@ -299,6 +304,9 @@ class X(enum.Enum):
     DENIED = "(denied)"  # the stand-in for a denied statement; its error becomes the denial
 
 
+_CYCLE_ENDS = frozenset({X.QUERY, X.SYNC, X.FUNCTION})  # answered by a ReadyForQuery
+
+
 @dataclass(slots=True)
 class _Expect:
     kind: X
@@ -347,6 +355,14 @@ class Relay:
         # (_withheld, None when nothing waits).
         self._needs_sync = False
         self._withheld: list[bytes] | None = None
+        # Inside an explicit transaction block that no statement sent since could have left
+        # (_block), statements that stay in it are not synced one by one: their entries are
+        # owed (_owed) and made durable before the next statement that may end the block
+        # (COMMIT included) is sent. Until then nothing they did can outlive the session:
+        # if the appliance or its ledger fails, the connection ends and the server rolls
+        # the block back.
+        self._block = False
+        self._owed = False
         self._copy_in: tuple[Statement, ResultSink | None] | None = None
         self._copy_in_done: Statement | None = None
         self._copy_out: Statement | None = None
@@ -400,6 +416,18 @@ class Relay:
             self._withheld = self._to_server[:]
             self._to_server.clear()
             self.hooks.request_durable()
+
+    def _write_ahead_of(self, verdict: Verdict) -> None:
+        """Note what an admitted statement needs from the write-ahead: a sync in this step
+        (_needs_sync), or, inside a transaction block, none until the block may end."""
+        if verdict.in_block and self._block:
+            self._owed = self._owed or verdict.durable
+            return
+        if not verdict.in_block:
+            self._block = False  # the block may end here: unknown until ReadyForQuery
+        if verdict.durable or self._owed:
+            self._needs_sync = True
+            self._owed = False
 
     def durable_result(self, durable: bool) -> None:
         """The entries recorded before the sync are on disk (``durable``): send what was
@@ -547,8 +575,7 @@ class Relay:
         stmt.verdict = verdict
         if not verdict.blocks:
             self.hooks.statement_started(stmt)
-            if verdict.durable:
-                self._needs_sync = True
+            self._write_ahead_of(verdict)
             return True
         chunk = msgs.chunk
         if run < start:
@@ -602,8 +629,7 @@ class Relay:
             stmt.started = self.now()
             self._expect.append(exp)
             self._to_server.append(chunk[s:e])
-            if stmt.verdict.durable:
-                self._needs_sync = True
+            self._write_ahead_of(stmt.verdict)
         else:
             self._deny(stmt, error, recorded=True)
         if i + 1 < len(msgs.frames):
@@ -884,6 +910,11 @@ class Relay:
         expect = self._expect
         head = self._head(X.QUERY, X.SYNC, X.FUNCTION)
         expect.popleft()
+        if self.tx_status == _IDLE:
+            self._block = False
+        elif not any(e.kind in _CYCLE_ENDS for e in expect):
+            # Nothing else in flight: no statement sent since can have left the block.
+            self._block = True
         if head.kind is not X.SYNC and head.stmt is not None:
             if head.stmt.outcome == "pending":
                 head.stmt.outcome = "ok"

@@ -24,7 +24,15 @@ from appliance.protocols.mysql.messages import (
     Ok,
     encode_text_row,
 )
-from appliance.proxy.commands import ConnectionInfo, End, OpenUpstream, UpstreamOpened
+from appliance.proxy.commands import (
+    AwaitDurable,
+    ConnectionInfo,
+    Durable,
+    End,
+    OpenUpstream,
+    PauseReading,
+    UpstreamOpened,
+)
 from appliance.proxy.mysql.core import MySQLSession, State, shared
 from appliance.proxy.services import SessionServices
 from tests.unit.policy.helpers import rules
@@ -58,14 +66,15 @@ def _policy() -> Any:
 
 
 class Drive:
-    def __init__(self) -> None:
+    def __init__(self, *, policy: Any = None, write_ahead: bool = False) -> None:
         counter = itertools.count(1)
         clock = itertools.count()
         self.ledger = FakeLedger()
         services = SessionServices(
             ledger=self.ledger,  # type: ignore[arg-type]
-            policy=_policy(),
+            policy=policy or _policy(),
             record_rows=False,
+            write_ahead=write_ahead,
             clock=lambda: 1_700_000_000.0,
             monotonic=lambda: float(next(clock)),
             random_bytes=lambda n: next(counter).to_bytes(n, "big"),
@@ -307,3 +316,72 @@ def test_an_execute_direct_waits_for_its_prepare_to_be_answered() -> None:
     execute = d.ledger.last("statement")
     assert execute["protocol"] == "execute" and execute["params"] == ["7"]
     assert execute["text"] == "SELECT card, id FROM t WHERE id = ?"
+
+
+def _ok() -> bytes:
+    return packet(1, Ok(affected_rows=1, status=Status.AUTOCOMMIT).encode(SERVER_CAPS))
+
+
+def test_a_change_waits_for_its_entry_to_be_durable() -> None:
+    """ledger.durability write-ahead: an INSERT goes upstream only once the ledger says its
+    entry is on disk; what the job sends meanwhile waits behind it, in order; a read is
+    not written ahead."""
+    d = Drive(policy=rules("- {name: all, action: allow}"), write_ahead=True)
+    d.login()
+    d.out(d.core.receive("job", packet(0, b"\x03SELECT name FROM t")))
+    assert d.to_up == packet(0, b"\x03SELECT name FROM t")
+    assert not any(isinstance(c, AwaitDurable) for c in d.commands)
+    d.out(d.core.receive("upstream", d.result(["name"], [[b"Ann"]])))
+    d.to_up = b""
+    d.out(d.core.receive("job", packet(0, b"\x03INSERT INTO t VALUES (1)")))
+    assert d.to_up == b""
+    (wait,) = [c for c in d.commands if isinstance(c, AwaitDurable)]
+    assert PauseReading("job", "hold", True) in d.commands
+    assert d.ledger.last("statement")["text"] == "INSERT INTO t VALUES (1)"
+    d.out(d.core.receive("job", packet(0, b"\x03SELECT 2")))
+    assert d.to_up == b""
+    d.out(d.core.handle(Durable(wait.key, True)))
+    assert d.to_up == packet(0, b"\x03INSERT INTO t VALUES (1)") + packet(0, b"\x03SELECT 2")
+    assert PauseReading("job", "hold", False) in d.commands
+
+
+def test_a_change_the_ledger_cannot_make_durable_is_never_sent() -> None:
+    d = Drive(policy=rules("- {name: all, action: allow}"), write_ahead=True)
+    d.login()
+    d.out(d.core.receive("job", packet(0, b"\x03DELETE FROM t WHERE id = 1")))
+    (wait,) = [c for c in d.commands if isinstance(c, AwaitDurable)]
+    d.out(d.core.handle(Durable(wait.key, False, "disk full")))
+    assert b"DELETE" not in d.to_up  # at most a COM_QUIT
+    assert d.core.state is State.ENDED
+    ((_, err),) = Framer("server").feed(d.to_job)
+    assert Err.decode(err).sqlstate == "08S01"
+    _ended_with_an_err_if_at_all(d)
+
+
+def test_each_execution_of_a_prepared_change_is_written_ahead() -> None:
+    d = Drive(policy=rules("- {name: all, action: allow}"), write_ahead=True)
+    d.login()
+    prepare = packet(0, b"\x16UPDATE t SET n = ? WHERE id = 1")
+    prepare_ok = b"\x00" + (9).to_bytes(4, "little") + b"\x00\x00\x01\x00\x00\x00\x00"
+    execute = packet(
+        0,
+        b"\x17" + (9).to_bytes(4, "little") + b"\x00" + (1).to_bytes(4, "little")
+        + b"\x00\x01" + bytes((Type.LONGLONG, 0)) + (7).to_bytes(8, "little"),
+    )  # fmt: skip
+    d.out(d.core.receive("job", prepare))
+    assert d.to_up == prepare  # preparing changes nothing
+    assert not any(isinstance(c, AwaitDurable) for c in d.commands)
+    d.out(
+        d.core.receive("upstream", packet(1, prepare_ok) + packet(2, _column("?", Type.LONGLONG)))
+    )
+    d.to_up = b""
+    for n in range(2):
+        d.out(d.core.receive("job", execute))
+        assert d.to_up == b""
+        wait = [c for c in d.commands if isinstance(c, AwaitDurable)][-1]
+        assert wait.key == n + 1
+        assert d.ledger.last("statement")["params"] == ["7"]
+        d.out(d.core.handle(Durable(wait.key, True)))
+        assert d.to_up == execute
+        d.to_up = b""
+        d.out(d.core.receive("upstream", _ok()))

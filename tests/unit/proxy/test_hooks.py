@@ -20,7 +20,7 @@ from appliance.protocols.postgres.messages import (
     error_response,
 )
 from appliance.proxy.pg.hooks import SessionHooks, _shape
-from appliance.proxy.pg.relay import Relay
+from appliance.proxy.pg.relay import Relay, Statement
 from tests.unit.policy.helpers import rules
 
 POLICY = """
@@ -212,3 +212,54 @@ def test_an_allowed_statement_does_not_vouch_for_another_with_other_integers() -
     _, to_server = s.job(Query("explain (analyze 1) delete from t").encode())
     assert Query("explain (analyze 1) delete from t").encode() not in to_server
     assert s.recorder.statements[-1][2]["rule"] == "no-mass-delete"  # the first rule that matches
+
+
+TPCB = [
+    "UPDATE pgbench_accounts SET abalance = abalance + -1234 WHERE aid = 4567;",
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 4567;",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) "
+    "VALUES (1, 1, 4567, -1234, CURRENT_TIMESTAMP);",
+    "delete from t where id = 1",
+    "copy t from stdin",
+    "truncate t",
+    "lock table t",
+    "set local work_mem = '8MB'",
+]
+MAY_END_OR_ESCAPE = [
+    "COMMIT",
+    "END",
+    "rollback",
+    "prepare transaction 'x'",
+    "savepoint a",
+    "call p()",
+    "select dblink_exec('dbname=x', 'delete from t')",
+    "copy t to '/tmp/t'",
+    "copy t from program 'cat /etc/passwd'",
+    "select nextval('s')",
+    "do $$ begin perform pg_sleep(0); end $$",
+    "create table x (a int)",
+    "vacuum t",
+    "execute p",
+]
+
+
+def test_what_stays_inside_a_transaction_block() -> None:
+    """Statements whose effects a ROLLBACK undoes may have their write-ahead wait for the
+    end of an open block; anything that may end it or reach outside the server may not."""
+    for policy in (rules("- {name: rest, action: allow}"), None):
+        hooks = SessionHooks(
+            policy=policy,
+            recorder=Recorder(),  # type: ignore[arg-type]
+            target="db",
+            database="app",
+            account="ci",
+            identity={"source": "unattributed"},
+            new_id=lambda: "d",
+            write_ahead=True,
+        )
+        for n, text in enumerate(TPCB):
+            verdict = hooks.decide(Statement(n, "simple", text))
+            assert verdict.in_block, text
+        assert hooks.decide(Statement(0, "simple", TPCB[0])).durable
+        for n, text in enumerate(MAY_END_OR_ESCAPE):
+            assert not hooks.decide(Statement(n, "simple", text)).in_block, text

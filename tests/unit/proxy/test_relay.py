@@ -1078,3 +1078,99 @@ def test_what_could_not_be_made_durable_is_never_sent() -> None:
     assert p.relay.take_output() == (b"", b"")
     assert [s.outcome for s in p.relay.abort()] == ["cancelled"]
     assert p.relay.take_output() == (b"", b"")
+
+
+# -- write-ahead inside a transaction block ---------------------------------------------------------
+
+WRITE_IN_BLOCK = Verdict("allow", record={"decision": "allow"}, durable=True, in_block=True)
+READ_IN_BLOCK = Verdict("allow", record={"decision": "allow"}, in_block=True)
+TPCB = {
+    "update t set n = n + 1": WRITE_IN_BLOCK,
+    "insert into h values (1)": WRITE_IN_BLOCK,
+    "select n from t": READ_IN_BLOCK,
+}  # BEGIN and COMMIT: the default verdict (allow; may end a block)
+
+
+def in_block(hooks: SyncHooks) -> Player:
+    p = Player(hooks, whole)
+    assert p.to_server(q("begin")) == q("begin")
+    p.to_client(done("BEGIN") + ready("T"))
+    return p
+
+
+def test_inside_a_block_writes_go_at_once_and_commit_waits_for_them() -> None:
+    hooks = SyncHooks(TPCB)
+    p = in_block(hooks)
+    for text, tag in (
+        ("update t set n = n + 1", "UPDATE 1"),
+        ("select n from t", "SELECT 0"),
+        ("insert into h values (1)", "INSERT 0 1"),
+    ):
+        assert p.to_server(q(text)) == q(text)
+        p.to_client(done(tag) + ready("T"))
+    assert hooks.syncs == 0
+    # The statement that ends the block is sent once every entry before it is durable.
+    assert p.client_sends(q("commit")) == (b"", b"")
+    assert hooks.syncs == 1 and p.relay.held
+    p.relay.durable_result(True)
+    assert p.relay.take_output() == (b"", q("commit"))
+    p.to_client(done("COMMIT") + ready("I"))
+    # Outside a block, a write waits for its own entry again.
+    assert p.client_sends(q("update t set n = n + 1")) == (b"", b"")
+    assert hooks.syncs == 2
+
+
+def test_a_block_of_reads_commits_without_a_sync() -> None:
+    hooks = SyncHooks(TPCB)
+    p = in_block(hooks)
+    assert p.to_server(q("select n from t")) == q("select n from t")
+    p.to_client(done("SELECT 0") + ready("T"))
+    assert p.to_server(q("commit")) == q("commit")
+    assert hooks.syncs == 0
+
+
+def test_a_write_sent_behind_a_commit_in_flight_is_written_ahead() -> None:
+    """The COMMIT's ReadyForQuery has not come back: the block may have ended, and the
+    write would then commit by itself."""
+    hooks = SyncHooks(TPCB)
+    p = in_block(hooks)
+    assert p.to_server(q("commit")) == q("commit")
+    assert p.client_sends(q("update t set n = n + 1")) == (b"", b"")
+    assert hooks.syncs == 1
+
+
+def test_an_earlier_ready_in_a_block_does_not_reopen_it_behind_a_commit() -> None:
+    hooks = SyncHooks(TPCB)
+    p = in_block(hooks)
+    assert p.to_server(q("select n from t") + q("commit")) == q("select n from t") + q("commit")
+    p.to_client(done("SELECT 0") + ready("T"))  # the select's; the commit's is still to come
+    assert p.client_sends(q("update t set n = n + 1")) == (b"", b"")
+    assert hooks.syncs == 1
+
+
+def test_a_statement_that_may_reach_outside_the_block_is_written_ahead_inside_it() -> None:
+    hooks = SyncHooks({**TPCB, "select dblink_exec('x')": WRITE})
+    p = in_block(hooks)
+    assert p.to_server(q("update t set n = n + 1")) == q("update t set n = n + 1")
+    p.to_client(done("UPDATE 1") + ready("T"))
+    assert p.client_sends(q("select dblink_exec('x')")) == (b"", b"")
+    assert hooks.syncs == 1  # and it covers the update before it
+    p.relay.durable_result(True)
+    assert p.relay.take_output() == (b"", q("select dblink_exec('x')"))
+    p.to_client(done("SELECT 1") + ready("T"))
+    assert p.to_server(q("commit")) == q("commit")  # nothing owed any more
+    assert hooks.syncs == 1
+
+
+def test_a_pipelined_block_in_the_extended_protocol_waits_once_at_its_commit() -> None:
+    hooks = SyncHooks(TPCB)
+    p = in_block(hooks)
+    writes = parse("update t set n = n + 1") + bind() + execute() + SYNC
+    assert p.to_server(writes) == writes
+    p.to_client(PARSE_OK + BIND_OK + done("UPDATE 1") + ready("T"))
+    batch = parse("insert into h values (1)") + bind() + execute() + parse("commit") + bind()
+    batch += execute() + SYNC
+    assert p.to_server(batch) == b""
+    assert hooks.syncs == 1
+    p.relay.durable_result(True)
+    assert p.relay.take_output() == (b"", batch)
