@@ -21,11 +21,15 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
   four letters or digits, at most half); ``hash`` -> ``[HMAC:<16 hex>]``, HMAC-SHA256 under the
   appliance's masking key, so equal values stay joinable. Column rules also have ``none`` (no
   whole-value mask; the detectors still run -- a rule can never switch detection off).
-- **Pre-filter**: every detector's necessary patterns (``4111...`` holds thirteen digits in a
-  row) form one Hyperscan database (:mod:`appliance.masking._prefilter`; ``re`` where
-  Hyperscan is missing); one pass says which detectors can find something in a text (over the
-  raw bytes for result values, over a whole chunk of rows for COPY data toward the ledger),
-  and only those run their pattern and validator.
+- **Pre-filter**: every detector's necessary patterns (a card is 13-19 digits with no digit
+  right before or after them; a phone number's patterns follow the configured regions:
+  :mod:`appliance.masking._phone_prefilter`) form one Hyperscan database
+  (:mod:`appliance.masking._prefilter`; ``re`` where Hyperscan is missing); one pass says
+  which detectors can find something in a text (over the raw bytes for result values, over a
+  whole chunk of rows for COPY data and a whole run of result rows toward the ledger:
+  :meth:`TargetMasker.rows_to_mask`), and only those run their pattern and validator.
+  Detectors run in priority order; a match inside a finding already selected is not
+  validated.
 - **Overlaps and repeats**: where findings overlap the more specific detector wins (a GitHub
   token after ``token=``); masking repeats on its own output until nothing is found, so the
   output never holds a value a detector finds (and masking is idempotent); a found value's

@@ -29,6 +29,7 @@ import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from appliance.masking import _phone_prefilter
 from appliance.masking import _validate as v
 from appliance.masking._styles import looks_masked
 
@@ -60,6 +61,13 @@ class Detector:
     # pre-filter patterns' matches too): long texts are then searched only in the runs of
     # these characters around pre-filter matches (appliance.masking._scan).
     runs: frozenset[str] | None = None
+    # Narrower pre-filter patterns for the given options (still a necessary condition),
+    # where what the validator accepts depends on them (phone numbers: the regions).
+    narrow: Callable[[Options], tuple[str, ...]] | None = None
+
+    def prefilter_for(self, options: Options) -> tuple[str, ...]:
+        """The pre-filter patterns to use under ``options``."""
+        return self.prefilter if self.narrow is None else self.narrow(options)
 
 
 def _c(pattern: str, flags: int = 0) -> re.Pattern[str]:
@@ -308,8 +316,10 @@ def _email(m: re.Match[str], _: Options) -> Iterator[Span]:
 # -- phone ------------------------------------------------------------------------------------
 
 # Groups of digits joined by one of space . - or by parentheses, optionally led by +CC.
+# The look-ahead wants the seven digits a number has (the validator's minimum) before the
+# groups are taken apart in Python: "2024-05" or "12" is not even a candidate.
 _PHONE = _c(
-    r"(?<![A-Za-z0-9_+.-])(?:\+?[0-9]{1,15}|\([0-9]{1,5}\))"
+    r"(?<![A-Za-z0-9_+.-])(?=(?:[ .()+-]*[0-9]){7})(?:\+?[0-9]{1,15}|\([0-9]{1,5}\))"
     r"(?:(?:[ .-]|(?<=\))|(?=\())(?:[0-9]{1,15}|\([0-9]{1,5}\)))*(?![A-Za-z0-9_])"
 )
 _PHONE_TOKEN = _c(r"\+?[0-9]+|\([0-9]+\)")
@@ -470,17 +480,14 @@ _KEYWORDS = (
 # -- the table --------------------------------------------------------------------------------
 
 # The pre-filter patterns: each is what the detector's pattern needs, without its look-arounds
-# (and, for phone numbers, what the validator needs too). The unit tests check, over the
-# corpus and generated text, that no finding is ever lost to them.
-_SEP = r"[ .()\-]"
-# Seven digits with at most three of space . ( ) - between two digits, at least one such gap
-# among them, or after a "+": every phone number the validator accepts (7 to 15 digits, two
-# groups or a leading +) holds one. Bare runs of digits (ids, timestamps) do not.
-_DIGIT_SEP = rf"[0-9]{_SEP}{{0,3}}"
-_PHONE_PRE = (
-    rf"\+[0-9](?:{_SEP}{{0,3}}[0-9]){{6}}",
-    *(rf"{_DIGIT_SEP * (k - 1)}[0-9]{_SEP}{{1,3}}{_DIGIT_SEP * (6 - k)}[0-9]" for k in range(1, 7)),
-)
+# (and, for phone numbers, what the validator needs too: appliance.masking._phone_prefilter).
+# The unit tests check, over the corpus and generated text, that no finding is ever lost to
+# them.
+
+
+def _phone_narrow(options: Options) -> tuple[str, ...]:
+    return _phone_prefilter.patterns(options.phone_regions)
+
 
 # name, priority, pre-filter, pattern, validator, what
 DETECTORS: tuple[Detector, ...] = (
@@ -555,7 +562,9 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "card",
         10,
-        (r"[0-9](?:[ \-]?[0-9]){12}",),
+        # 13 to 19 digits, no digit right before or after them: the whole run, one group or
+        # groups in a card layout (_card). Long runs of other groups (sysbench's) never match.
+        (r"(?:^|[^0-9])[0-9](?:[ \-]?[0-9]){12,18}(?:[^0-9]|$)",),
         _CARD,
         _card,
         "payment card numbers (issuer prefix and length, Luhn)",
@@ -593,11 +602,12 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "phone",
         21,
-        _PHONE_PRE,
+        _phone_prefilter.GENERIC,
         _PHONE,
         _phone,
         "phone numbers (valid per libphonenumber; separators or a leading +)",
         frozenset("0123456789 .()+-"),
+        _phone_narrow,
     ),
     Detector(
         "ipv4",
@@ -610,7 +620,8 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         "ipv6",
         23,
-        (r"::", r"[0-9A-Fa-f]:[0-9A-Fa-f]{1,4}:"),
+        # An address holds "::" or eight groups (six before an IPv4 tail).
+        (r"::", r"(?:[0-9A-Fa-f]{1,4}:){6}"),
         _IPV6,
         _ipv6,
         "IPv6 addresses",

@@ -7,6 +7,7 @@ pure: text in, masked text and counts out.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import re
@@ -364,6 +365,38 @@ class TargetMasker:
                 text = masked
             out.append(text.decode("utf-8", "replace"))
         return out
+
+    def rows_to_mask(self, plan: ColumnPlan, rows: Sequence[Sequence[bytes | None]]) -> set[int]:
+        """Of many rows of one ``plan`` (a run of rows on its way to the ledger), the
+        indexes of those that masking may change: every other row is clean as it stands,
+        and :meth:`mask_values` / :meth:`mask_cells` would return it unchanged.
+
+        One pre-filter pass over all their values (joined by a NUL byte: a pattern's match
+        in a value is a match in the joined bytes, as no value's stretch of digits runs into
+        the next), instead of one per row; then the rows its spans touch. Every row when
+        the plan has column rules, JSON or binary columns (:attr:`ColumnPlan.scan_only`).
+        """
+        if not plan.scan_only:
+            return set(range(len(rows)))
+        flat: list[bytes] = []
+        ends: list[int] = []  # per row: the offset after its last value and the NUL after it
+        pos = 0
+        for row in rows:
+            for v in row:
+                if v is not None:
+                    flat.append(v)
+                    pos += len(v) + 1
+            ends.append(pos)
+        joined = b"\x00".join(flat)
+        prefilter = self._m._values.prefilter
+        if not prefilter.which(joined):
+            return set()
+        touched: set[int] = set()
+        for start, end, _ in prefilter.where(joined):
+            first = bisect.bisect_right(ends, start)
+            last = bisect.bisect_right(ends, max(start, end - 1))
+            touched.update(range(first, min(last, len(rows) - 1) + 1))
+        return touched
 
     def _clean_row(self, plan: ColumnPlan, values: list[bytes | None]) -> bool:
         """True if no value of the row can change: one pre-filter pass over all its values

@@ -17,7 +17,12 @@ the ledger writer inherit it).
 
 Patterns are ASCII and have no look-arounds or back-references; they run over UTF-8 bytes
 (``str`` is encoded with ``surrogatepass``: every non-ASCII character becomes bytes >= 0x80
-that no ASCII class matches, so a match in the text is a match in its bytes).
+that no ASCII class matches, so a match in the text is a match in its bytes). Where a
+detector needs "no digit before/after" (a card's or a phone number's whole stretch of
+digits), its pattern takes that character into the match (``(?:^|[^0-9])``): such a pattern
+matches in a value alone, and in many values joined by a non-digit (a NUL, a tab, a
+newline), but not in a value glued to digits; callers that scan many values at once join
+them so.
 
 Nothing here does I/O. Hyperscan's scratch space is per thread (a writer thread and the
 event loop may scan at once); a :class:`Prefilter` pickles as its patterns and is compiled
@@ -70,7 +75,17 @@ class Prefilter:
             self._where_db = _compile(self.patterns, single=False)
             self._local = threading.local()
         if engine == "re":
-            self._res = [(i, re.compile(p.encode("ascii"), re.ASCII)) for i, p in self.patterns]
+            # One pattern per detector: its patterns as alternatives (a search each, not one
+            # per pattern: the phone detector has dozens).
+            by_detector: dict[int, list[str]] = {}
+            for i, p in self.patterns:
+                by_detector.setdefault(i, []).append(
+                    f"(?i:{p[4:]})" if p.startswith("(?i)") else f"(?:{p})"
+                )
+            self._res = [
+                (i, re.compile("|".join(ps).encode("ascii"), re.ASCII))
+                for i, ps in by_detector.items()
+            ]
 
     def __reduce__(self) -> tuple[Callable[..., Prefilter], tuple[Any, ...]]:
         return (_rebuild, (self.patterns, self.engine))
@@ -90,9 +105,10 @@ class Prefilter:
     def where(self, data: bytes) -> list[tuple[int, int, int]]:
         """``(start, end, detector)`` spans, unordered and possibly repeated, such that every
         match of a detector's pattern that lies inside a range of ``data`` overlaps a span of
-        that detector inside the same range. (Hyperscan reports every end offset of every
-        match: the span is the match's last byte. :mod:`re` finds the leftmost match from
-        each start: the span is that match, which may run past the range.)"""
+        that detector inside the same range, or ending one byte past it. (Hyperscan reports
+        every end offset of every match: the span is the match's last byte, which is the
+        non-digit after a value for the patterns that want one. :mod:`re` finds the leftmost
+        match from each start: the span is that match, which may run past the range.)"""
         if not self.patterns:
             return []
         if self.engine == "re":

@@ -59,7 +59,8 @@ class Scanner:
         self.options = options
         self.window_from = window_from
         self.prefilter = prefilter(
-            tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter), engine
+            tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter_for(options)),
+            engine,
         )
 
     @property
@@ -99,8 +100,15 @@ class Scanner:
                 only = self.prefilter.which(data)
         if not only:
             return []
-        candidates: list[Finding] = []
-        for i in only:
+        # Detectors run in priority order, and each one's findings are selected at once
+        # (greedily, as _select does for all of them together: by priority, then longest,
+        # then leftmost): then a match lying inside a finding already selected is not
+        # validated at all -- whatever it yields starts inside that finding and loses to it
+        # (a card number is not also looked up as a phone number).
+        tokens: list[tuple[int, int]] | None = None
+        starts: list[int] = []
+        chosen: list[Finding] = []
+        for i in sorted(only):
             detector = self.detectors[i]
             ends = spans.get(i)
             matches = (
@@ -108,19 +116,23 @@ class Scanner:
                 if ends is not None and detector.runs is not None
                 else detector.pattern.finditer(text)
             )
+            found: list[Finding] = []
             for match in matches:
+                if chosen:
+                    k = bisect.bisect_right(starts, match.start()) - 1
+                    if k >= 0 and chosen[k].end >= match.end():
+                        continue
                 for start, end, value in detector.validate(match, self.options):
                     if end > start:
-                        candidates.append(
-                            Finding(start, end, detector.name, detector.priority, value)
-                        )
-        if not candidates:
-            return []
-        if "[" in text:
-            tokens = [t.span() for t in TOKEN_RE.finditer(text)]
+                        found.append(Finding(start, end, detector.name, detector.priority, value))
+            if not found:
+                continue
+            if tokens is None:
+                tokens = [t.span() for t in TOKEN_RE.finditer(text)] if "[" in text else []
             if tokens:
-                candidates = [f for f in candidates if not _inside_any(f, tokens)]
-        return _select(candidates)
+                found = [f for f in found if not _inside_any(f, tokens)]
+            _add(found, starts, chosen)
+        return chosen
 
     def mask(
         self,
@@ -141,6 +153,16 @@ class Scanner:
             findings = self.find(text, only=only if n == 0 else None)
             if not findings:
                 return text
+            if len(findings) == 1 and findings[0].start == 0 and findings[0].end == len(text):
+                # The whole text is one value (a result column's): if its rendering is one of
+                # our tokens, nothing can be found in it (findings inside tokens are none).
+                f = findings[0]
+                rendered = render(f, text)
+                found(f)
+                if TOKEN_RE.fullmatch(rendered):
+                    return rendered
+                text = rendered
+                continue
             parts: list[str] = []
             renderings: dict[str, tuple[Finding, str]] = {}
             pos = 0
@@ -197,16 +219,17 @@ def _in_runs(detector: Detector, text: str, ends: list[int]) -> Iterator[re.Matc
     a search of the whole text enters each run with no match begun before it; searching
     from the run's start (look-behinds still see the text before it, look-aheads the text
     after it) finds the matches the whole search finds in the run. Why the only ones: every
-    finding holds a pre-filter match (whose characters are run characters too), so its run
-    holds that match's end.
+    finding holds a pre-filter match (whose characters are run characters too, but for the
+    non-digit a pattern may take after the digits), so its run holds that match's end, or
+    ends right before it: the run searched is the one around ``end - 1`` or ending there.
     """
     allowed = detector.runs
     assert allowed is not None
     extend = _run_re(allowed)
     done = 0
     for end in sorted(ends):
-        if end <= done:
-            continue  # inside the run just searched
+        if end - 1 <= done:
+            continue  # inside the run just searched, or the non-digit right after it
         start = end - 1
         while start > 0 and text[start - 1] in allowed:
             start -= 1
@@ -235,6 +258,16 @@ def _select(candidates: list[Finding]) -> list[Finding]:
     candidates.sort(key=lambda f: (f.priority, f.start - f.end, f.start))
     starts: list[int] = []
     chosen: list[Finding] = []
+    _add(candidates, starts, chosen)
+    return chosen
+
+
+def _add(candidates: list[Finding], starts: list[int], chosen: list[Finding]) -> None:
+    """Add to ``chosen`` (sorted by start, not overlapping; ``starts`` its starts) those of
+    ``candidates`` that overlap nothing chosen before them, longest first, then leftmost
+    (all of one priority, or sorted by priority first)."""
+    if len(candidates) > 1:
+        candidates.sort(key=lambda f: (f.priority, f.start - f.end, f.start))
     for f in candidates:
         i = bisect.bisect_left(starts, f.start)
         if i > 0 and chosen[i - 1].end > f.start:
@@ -243,4 +276,3 @@ def _select(candidates: list[Finding]) -> list[Finding]:
             continue
         starts.insert(i, f.start)
         chosen.insert(i, f)
-    return chosen

@@ -17,6 +17,7 @@ text finds nothing new (masking is idempotent).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import re
@@ -52,6 +53,7 @@ def redact(label: str) -> str:
     return f"[REDACTED:{label}]"
 
 
+@functools.lru_cache(maxsize=1024)  # detector and column names: a handful, one per mask
 def label_for(name: str) -> str:
     """A redaction label made from a detector or column name: capitals, digits and ``_``."""
     label = re.sub(r"[^A-Z0-9_]+", "_", name.upper()).strip("_")[:64]

@@ -15,6 +15,7 @@ import json
 import math
 import re
 from collections import Counter
+from typing import NamedTuple
 
 import phonenumbers
 from stdnum import iban as _iban
@@ -31,6 +32,7 @@ __all__ = [
     "jwt_ok",
     "luhn_ok",
     "phone_e164",
+    "phone_shapes",
     "shannon_entropy",
     "ssn_ok",
 ]
@@ -196,18 +198,39 @@ _NUMBER_TYPES = (
 )
 
 
+class PhoneShapes(NamedTuple):
+    """What a valid number dialled in a region without "+" can look like (see
+    :func:`phone_shapes`)."""
+
+    idd: re.Pattern[str] | None  # the region's international dialling prefix
+    by_length: dict[int, re.Pattern[str]]  # national number patterns per length
+    country_code: str
+    # The national prefixes for parsing (regular expressions, matched at the start) of the
+    # region and of the main region of its country code.
+    national_prefixes: tuple[re.Pattern[str], ...]
+
+
 @functools.cache
-def _region_shapes(region: str) -> tuple[re.Pattern[str] | None, dict[int, re.Pattern[str]]] | None:
+def phone_shapes(region: str) -> PhoneShapes | None:
     """What a valid number dialled in ``region`` without "+" can look like, for
-    :func:`_may_be_valid`: the region's international dialling prefix, and per length the
+    :func:`_may_be_valid`: the region's international dialling prefix, per length the
     patterns of the number types (fixed line, mobile, toll free ...) of that length of the
-    regions that share its country code. None where the region rewrites numbers when it
-    strips its national prefix (then the national number is not a tail of the digits) or
-    has no metadata."""
+    regions that share its country code, and what libphonenumber may cut from the front of
+    the digits. None where the region rewrites numbers when it strips its national prefix
+    (then the national number is not a tail of the digits) or has no metadata."""
     metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
     if metadata is None or metadata.national_prefix_transform_rule or not metadata.country_code:
         return None
     idd = re.compile(metadata.international_prefix) if metadata.international_prefix else None
+    main = phonenumbers.PhoneMetadata.metadata_for_region(
+        phonenumbers.region_code_for_country_code(metadata.country_code)
+    )
+    prefixes = []
+    for m in (metadata, main):
+        if m is not None and m.national_prefix_transform_rule:
+            return None
+        if m is not None and m.national_prefix_for_parsing:
+            prefixes.append(re.compile(m.national_prefix_for_parsing))
     by_length: dict[int, list[str]] = {}
     for code in phonenumbers.region_codes_for_country_code(metadata.country_code):
         other = phonenumbers.PhoneMetadata.metadata_for_region(code)
@@ -222,29 +245,51 @@ def _region_shapes(region: str) -> tuple[re.Pattern[str] | None, dict[int, re.Pa
             for length in desc.possible_length or general.possible_length:
                 if length in general.possible_length:
                     by_length.setdefault(length, []).append(desc.national_number_pattern)
-    return idd, {n: re.compile("|".join(f"(?:{p})" for p in ps)) for n, ps in by_length.items()}
+    return PhoneShapes(
+        idd,
+        {n: re.compile("|".join(f"(?:{p})" for p in ps)) for n, ps in by_length.items()},
+        str(metadata.country_code),
+        tuple(prefixes),
+    )
 
 
 def _may_be_valid(digits: str, region: str) -> bool:
     """False only if no text with these digits (and only the separators above) can be a
     valid number of ``region`` for libphonenumber.
 
-    Why this holds (phonenumberutil.py, ``parse`` and ``is_valid_number``): without "+" or
+    Why this holds (phonenumberutil.py, ``parse``, ``_maybe_extract_country_code``,
+    ``_maybe_strip_national_prefix_carrier_code`` and ``is_valid_number``): without "+" or
     the region's international prefix, the country code is the region's, and the national
-    significant number is what is left of the digits once a country code or national prefix
-    is cut from their front -- a tail of the digits, unless the region rewrites numbers
-    (excluded above). A valid number's national significant number has one of the possible
-    lengths of its region's general description, and one of its number types (fixed line,
-    mobile ...: ``_number_type_helper``) has that length and a pattern it matches.
+    significant number is what is left of the digits once the country code (if they start
+    with it) and then a national prefix (a match at the start of the region's pattern for
+    parsing, or of its country code's main region: once in ``_maybe_extract_country_code``,
+    once in ``parse``) are cut from their front -- a tail of the digits from one of those
+    offsets, unless the region rewrites numbers (excluded above). A valid number's national
+    significant number has one of the possible lengths of its region's general description,
+    and one of its number types (fixed line, mobile ...: ``_number_type_helper``) has that
+    length and a pattern it matches.
     """
-    shapes = _region_shapes(region)
+    shapes = phone_shapes(region)
     if shapes is None:
         return True
-    idd, by_length = shapes
-    if idd is not None and idd.match(digits):
+    if shapes.idd is not None and shapes.idd.match(digits):
         return True
+    offsets = {0}
+    if digits.startswith(shapes.country_code):
+        offsets.add(len(shapes.country_code))
+    for _ in range(2):
+        for start in list(offsets):
+            for prefix in shapes.national_prefixes:
+                m = prefix.match(digits[start:])
+                if m is not None:
+                    offsets.add(start + m.end())
     n = len(digits)
-    return any(n >= length and p.fullmatch(digits[n - length :]) for length, p in by_length.items())
+    by_length = shapes.by_length
+    for start in offsets:
+        p = by_length.get(n - start)
+        if p is not None and p.fullmatch(digits[start:]):
+            return True
+    return False
 
 
 def phone_region_known(region: str) -> bool:

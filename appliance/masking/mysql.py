@@ -208,15 +208,40 @@ class LedgerRows:
     def row(self, payload: bytes) -> list[Any]:
         """One row as masked cells; a row that cannot be read (malformed, or without a
         header) is one binary cell of its length: nothing of it is written."""
+        return self.rows([payload])[0]
+
+    def rows(self, payloads: Sequence[bytes]) -> list[list[Any]]:
+        """Many rows (a run of them) as masked cells, as :meth:`row` makes each: one
+        pre-filter pass over the run's values (:meth:`TargetMasker.rows_to_mask`), and only
+        the rows it does not rule out are masked one by one."""
         columns = self.columns
         if columns is None:
-            return [binary_cell(len(payload))]
-        try:
-            _raw, values = row_texts(payload, columns)
-        except PeerProtocolError:
-            return [binary_cell(len(payload))]
-        if self.masker is not None and self.plan is not None:
-            values = self.masker.mask_values(self.plan, values, self.counts)
+            return [[binary_cell(len(p))] for p in payloads]
+        texts: list[list[bytes | None] | None] = []
+        for payload in payloads:
+            try:
+                texts.append(row_texts(payload, columns)[1])
+            except PeerProtocolError:
+                texts.append(None)
+        masker, plan = self.masker, self.plan
+        to_mask: set[int] = set()
+        if masker is not None and plan is not None:
+            to_mask = masker.rows_to_mask(plan, [t for t in texts if t is not None])
+        out: list[list[Any]] = []
+        readable = 0  # the index of a readable row among the readable ones
+        for payload, values in zip(payloads, texts, strict=True):
+            if values is None:
+                out.append([binary_cell(len(payload))])
+                continue
+            if readable in to_mask:
+                assert masker is not None and plan is not None
+                values = masker.mask_values(plan, values, self.counts)
+            readable += 1
+            out.append(self._cells(columns, values))
+        return out
+
+    @staticmethod
+    def _cells(columns: ResultColumns, values: list[bytes | None]) -> list[Any]:
         cells: list[Any] = []
         for i, v in enumerate(values):
             if v is None:

@@ -260,11 +260,18 @@ class ResponseMasker:
             )
         payload = frame[5:]
         starts = [0, len(payload)]
-        if not self._copy.to_mask(payload, starts):
+        marked = self._copy.to_mask(payload, starts)
+        if not marked:
             return None  # the whole payload as one line: nothing in it to mask
-        masked = b"".join(
-            self._copy.mask(line, self.counts) for line in payload.splitlines(keepends=True)
-        )
+        spans = marked.get(0)
+        lines = payload.splitlines(keepends=True)
+        if spans is not None and len(lines) == 1:
+            # One row (a CopyData frame usually is) whose values are its own bytes: the
+            # spans say which detectors may find something in which field.
+            candidates = field_candidates(lines[0], self._copy.delimiter, spans)
+            masked = self._copy.mask(lines[0], self.counts, candidates)
+        else:
+            masked = b"".join(self._copy.mask(line, self.counts) for line in lines)
         if masked == payload:
             return None
         return b"d" + _LEN.pack(len(masked) + 4) + masked
@@ -328,6 +335,25 @@ class LedgerRows:
         if plan is None or len(plan.columns) != len(values):
             plan = self.plan = row_plan(masker, [None] * len(values), formats=self._formats)
         return masker.mask_cells(plan, values, self.counts)
+
+    def rows(self, rows: list[list[bytes | None]]) -> list[list[Any]]:
+        """Many DataRows' values (a run of them) as masked cells: one pre-filter pass over
+        the run (:meth:`TargetMasker.rows_to_mask`); only the rows it does not rule out are
+        masked one by one, as :meth:`row` masks them."""
+        masker = self.masker
+        if masker is None or not rows:
+            return [self.row(values) for values in rows]
+        plan = self.plan
+        n = len(rows[0])
+        if plan is None or len(plan.columns) != n or any(len(r) != n for r in rows):
+            return [self.row(values) for values in rows]
+        to_mask = masker.rows_to_mask(plan, rows)
+        return [
+            masker.mask_cells(plan, values, self.counts)
+            if i in to_mask
+            else [None if v is None else v.decode("utf-8", "replace") for v in values]
+            for i, values in enumerate(rows)
+        ]
 
     def copy_binary(self, size: int) -> dict[str, int]:
         """A chunk of binary COPY: values of unknown types, never written."""

@@ -36,9 +36,13 @@ to direct): ``appliance`` 0.01x, ``appliance-norows`` 0.09-0.19x, the bare relay
   and sysbench's ``c`` and ``pad`` columns are runs of eleven-digit groups that the card,
   SSN and phone detectors all have to examine (about 240 us per row under that load, 8 us
   without a masker). oltp_read_only reads some 300 rows per transaction. The card detector
-  no longer searches groups no card can start at (4x less on these rows); the rest is the
-  detectors' cost on digit-heavy text, which a real table of cards or phone numbers pays
-  as well.
+  no longer searches groups no card can start at (4x less on these rows). Since then
+  (issue 19, masking): the card and phone pre-filters want a whole stretch of digits of
+  their lengths (13-19; 7-15, or the configured regions' lengths), which groups of eleven
+  digits never are, and the writer pre-filters a whole run of rows at once
+  (``LedgerRows.rows``): these rows are clean after one pass (about 5 us a row left,
+  mostly decoding; a second run, load average 10-13: ``appliance`` 0.04-0.09x,
+  ``appliance-norows`` 0.03-0.24x -- too noisy to say more than "no longer 0.01x").
 - Without rows, prepared statements (``ps=auto``) are classified once per PREPARE;
   unprepared ones (``ps=disable``) carry their values in the text, so every statement is a
   new text for sqlglot (pure Python, about 1 ms per statement under that load): half the

@@ -54,13 +54,14 @@ class RowsTransform(MaskingTransform):
                 shown["tables"] = header["tables"]
             shown["types"] = [f"mysql:{_type_name(t)}" for t in columns.types]
             return orjson.dumps(shown, option=orjson.OPT_SORT_KEYS) + b"\n"
-        out = []
+        payloads = []
         pos, end = 0, len(body)
         while pos + 4 <= end:
             (n,) = _LEN.unpack_from(body, pos)
-            out.append(orjson.dumps(self.rows.row(body[pos + 4 : pos + 4 + n])) + b"\n")
+            payloads.append(body[pos + 4 : pos + 4 + n])
             pos += 4 + n
-        return b"".join(out)
+        # The run's rows at once: masking pre-filters them together.
+        return b"".join(orjson.dumps(cells) + b"\n" for cells in self.rows.rows(payloads))
 
     def _names(self, names: Sequence[str]) -> list[str]:
         """Column names as written: masked (MySQL names a column after its expression,

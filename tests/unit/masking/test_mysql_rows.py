@@ -159,3 +159,30 @@ def test_a_column_named_after_a_value_never_keys_the_counts_with_it() -> None:
     job.mask_row(job.plan(columns), columns, encode_text_row([CARD]))
     counts = job.take_counts().as_dict()
     assert counts["detectors"] == {"card": 1} and CARD.decode() not in str(counts)
+
+
+SYSBENCH_C = b"68487932199-96439406143-93774651418-41631865787-96406072701"
+NOTES = [SYSBENCH_C, b"call (415) 555-2671", b"bob@example.com", b"nothing", b"4111 1111 1111 1111"]
+
+
+def test_a_run_of_rows_is_masked_as_each_row_alone() -> None:
+    """LedgerRows.rows pre-filters a run of rows together; the cells and counts are those of
+    masking each row on its own (clean rows, dirty rows, a malformed one, column rules)."""
+    tm = _masker().for_target("shop")
+    text_cols = [_col("id", Type.LONG), _col("note", Type.VAR_STRING), _col("c", Type.STRING)]
+    for columns in (ResultColumns.of(text_cols, False), ResultColumns.of(COLUMNS, False)):
+        n = len(columns.types)
+        payloads = [
+            encode_text_row([str(i).encode(), NOTES[i % 5], SYSBENCH_C, *[b"x"] * (n - 3)])
+            for i in range(12)
+        ]
+        payloads.insert(5, b"\x01garbage")
+        alone, together = MaskCounts(), MaskCounts()
+        one = LedgerRows(tm, alone)
+        one.header(columns.header())
+        many = LedgerRows(tm, together)
+        many.header(columns.header())
+        expected = [one.row(p) for p in payloads]
+        assert many.rows(payloads) == expected
+        assert together.as_dict() == alone.as_dict()
+        assert together.total() > 0

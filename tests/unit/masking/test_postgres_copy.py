@@ -121,3 +121,59 @@ def test_ledger_copy_lines_masked_together_as_one_by_one(
             ).decode()
         assert got == expected, cut
         assert counts.total() >= 3 * ref_counts.total() - (1 if copy.header else 0)
+
+
+def test_ledger_data_rows_in_a_run_are_masked_as_each_row_alone() -> None:
+    """LedgerRows.rows pre-filters a run of DataRows together (TargetMasker.rows_to_mask);
+    the cells and counts are those of masking each row on its own."""
+    sysbench = b"68487932199-96439406143-93774651418-41631865787-96406072701"
+    notes = [sysbench, b"call (415) 555-2671", b"bob@example.com", None, b"4111 1111 1111 1111"]
+    rows: list[list[bytes | None]] = [
+        [str(i).encode(), notes[i % 5], sysbench, b"4111111111111111"[: i + 4]] for i in range(15)
+    ]
+    header = {"columns": ["id", "note", "c", "card"], "types": [23, 25, 25, 25]}
+    for columns in ((), (ColumnRule("card", Style.PARTIAL),)):
+        tm = Masker(MaskingConfig(columns=columns), hmac_key=b"k" * 32).for_target("db")
+        alone, together = MaskCounts(), MaskCounts()
+        one, many = LedgerRows(tm, alone), LedgerRows(tm, together)
+        one.header(header)
+        many.header(header)
+        expected = [one.row(r) for r in rows]
+        assert many.rows(rows) == expected
+        assert together.as_dict() == alone.as_dict()
+        assert together.total() > 0
+        assert many.rows([*rows[:1], [b"1"]]) == [one.row(rows[0]), one.row([b"1"])]
+    tm = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+    plan = LedgerRows(tm, MaskCounts())
+    plan.header(header)
+    assert plan.plan is not None
+    clean: list[list[bytes | None]] = [[b"1", sysbench, None, b"x"]] * 3
+    assert tm.rows_to_mask(plan.plan, clean) == set()
+    assert tm.rows_to_mask(plan.plan, [*clean, rows[1], *clean]) == {3}
+
+
+@pytest.mark.parametrize("csv", [False, True])
+def test_copy_frames_to_the_job_are_masked_as_the_ledger_masks_them(csv: bool) -> None:
+    """ResponseMasker.mask_copy (one CopyData frame per row, pre-filtered once) writes what
+    masking the line on its own writes."""
+    from appliance.masking.postgres import CopyPlan, ResponseMasker
+
+    sep = "," if csv else "\t"
+    statement = "COPY people TO STDOUT" + (" CSV" if csv else "")
+    lines = [
+        sep.join(["1", "Alice", "alice@example.com", "4111-1111-1111-1111", "2024-05-12 10:30"]),
+        sep.join(["2", "Bob", "nobody", "tier-2", "call (415) 555-2671 today"]),
+        sep.join(["3", "Carol", "x", "68487932199-96439406143-93774651418", "ok"]),
+    ]
+    tm = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+    job = ResponseMasker(tm)
+    plan = job.copy_plan(statement, binary=False)
+    assert isinstance(plan, CopyPlan)
+    reference = _CopyLines(tm, plan.copy)
+    for line in lines:
+        data = (line + "\n").encode()
+        frame = b"d" + (len(data) + 4).to_bytes(4, "big") + data
+        expected = reference.mask(data, MaskCounts())
+        got = job.mask_copy(plan, frame)
+        assert (data if got is None else got[5:]) == expected
+    assert job.take_counts().as_dict()["detectors"] == {"card": 1, "email": 1, "phone": 1}

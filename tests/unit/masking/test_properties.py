@@ -163,14 +163,21 @@ def test_arbitrary_unicode_does_not_break_masking(text: str) -> None:
 
 
 _PHONE_REGIONS = ("US", "CA", "GB", "DE", "FR", "IN", "CH", "AR", "BR", "JP")
-phone_like = st.lists(
-    st.tuples(
-        st.text("0123456789", min_size=1, max_size=5),
-        st.sampled_from([" ", "-", ".", "(", ")", ") ", " (", ""]),
-    ),
-    min_size=1,
-    max_size=6,
-).map(lambda parts: "".join(d + s for d, s in parts).strip())
+
+
+def _digit_groups(longest: int, fewest: int, most: int) -> st.SearchStrategy[str]:
+    """Groups of up to ``longest`` digits joined by what phone numbers are written with."""
+    return st.lists(
+        st.tuples(
+            st.text("0123456789", min_size=1, max_size=longest),
+            st.sampled_from([" ", "-", ".", "(", ")", ") ", " (", ""]),
+        ),
+        min_size=fewest,
+        max_size=most,
+    ).map(lambda parts: "".join(d + s for d, s in parts).strip())
+
+
+phone_like = _digit_groups(5, 1, 6)
 
 
 @SETTINGS
@@ -201,3 +208,31 @@ def test_long_texts_of_the_corpus_find_what_the_whole_search_finds() -> None:
         reference = _reference_find(text)
         assert [(f.detector, f.start, f.end) for f in ALL.find(text)] == reference
         assert [(f.detector, f.start, f.end) for f in ALL_RUNS_RE.find(text)] == reference
+
+
+long_phone_like = _digit_groups(6, 2, 5)
+
+
+@SETTINGS
+@given(
+    st.sampled_from(["", "1", "1 ", "0", "00", "011 ", "44 ", "49 0", "91 0", "1-800-"]),
+    long_phone_like,
+    st.sampled_from(_PHONE_REGIONS),
+)
+def test_phone_precheck_with_country_codes_and_prefixes(head: str, text: str, region: str) -> None:
+    """Numbers led by a country code, a national prefix or a dialling prefix, and long runs
+    (card look-alikes): the digit-shape check still never changes libphonenumber's answer."""
+    text = head + text
+    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["1 415 555 2671", "1-415-555-2671", "1 (415) 555-2671", "0044 20 7946 0958",
+     "49 30 901820", "0049 30 901820", "91 98765 43210", "0 98765 43210", "1-800-555-0199",
+     "3478-607512-34553", "4111 1111 1111 1111", "6759 7028 4554 4", "44 (0) 20 7946 0958",
+     "33 1 42 68 53 00", "0033 1 42 68 53 00", "41 44 668 18 00", "55 11 2345-6789"],
+)  # fmt: skip
+@pytest.mark.parametrize("region", _PHONE_REGIONS)
+def test_phone_precheck_on_numbers_with_country_codes(text: str, region: str) -> None:
+    assert phone_e164(text, (region,)) == _matched_whole(text, region)
