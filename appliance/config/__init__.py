@@ -165,7 +165,8 @@ class LedgerConfig:
     # loop); "thread": in a thread of the daemon.
     writer: str = "process"
     # "write-ahead": a statement that may change a target (every class but reads, settings,
-    # transaction control) is on disk before it is sent, or refused; "checkpoint": entries
+    # transaction control) is on disk before it is sent, or refused (PostgreSQL, inside a
+    # transaction block: before the statement that may end the block); "checkpoint": entries
     # become durable at the next checkpoint (faster, and a crash can lose up to one
     # interval of acknowledged changes).
     durability: str = "write-ahead"
