@@ -92,6 +92,14 @@ SCALE = 10
 WORKLOADS = [("select-only", ["-S"]), ("tpcb-like", [])]
 MODES = ["simple", "prepared"]
 PORTS = {"appliance": 6432, "pgbouncer": 6433, "relay": 6434, "relay-uvloop": 6435}
+# Every appliance of the benches: everything allowed but DROP (so that policy is decided).
+POLICY = {
+    "rules": [
+        {"name": "no-drop", "match": {"classes": ["drop"]}, "action": "deny"},
+        {"name": "default", "action": "allow"},
+    ]
+}
+
 # The appliance setups: name, port, environment, ledger.durability.
 APPLIANCES = [
     ("appliance", 6432, None, "write-ahead"),
@@ -387,12 +395,7 @@ def test_pgbench_table(tmp_path: Path) -> None:
     """The one table of ``make bench``: see the module docstring."""
     only = set(filter(None, os.environ.get("PGBENCH_ONLY", "").split(",")))
     rounds = int(os.environ.get("PGBENCH_ROUNDS", "2"))
-    policy = {
-        "rules": [
-            {"name": "no-drop", "match": {"classes": ["drop"]}, "action": "deny"},
-            {"name": "default", "action": "allow"},
-        ]
-    }
+    policy = POLICY
     tps: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     lat: dict[tuple[str, str], list[int]] = {}
@@ -551,12 +554,7 @@ def test_pgbench_against_a_baseline_build(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     rounds = int(os.environ.get("PGBENCH_ROUNDS", "3"))
     samples: dict[str, dict[str, list[float]]] = {}
-    policy = {
-        "rules": [
-            {"name": "no-drop", "match": {"classes": ["drop"]}, "action": "deny"},
-            {"name": "default", "action": "allow"},
-        ]
-    }
+    policy = POLICY
     with Lab(n_targets=1) as lab:
         pg = lab.start_postgres(0)
         init = lab.job(["pgbench", "-i", "-q", "-s", str(SCALE)], env=direct_env(pg), timeout=600)

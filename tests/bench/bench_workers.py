@@ -37,6 +37,7 @@ import pytest
 from tests.bench.bench_pgbench import (
     CLIENTS,
     MODES,
+    POLICY,
     PORTS,
     SCALE,
     SECONDS,
@@ -115,12 +116,7 @@ def test_pgbench_proxy_workers(tmp_path: Path) -> None:
     split = mode == "split" and len(cpus) >= 2
     load_cpus = {cpus[0]} if split else None
     proxy_cpus = set(cpus[1:]) if split else None
-    policy = {
-        "rules": [
-            {"name": "no-drop", "match": {"classes": ["drop"]}, "action": "deny"},
-            {"name": "default", "action": "allow"},
-        ]
-    }
+    policy = POLICY
     tps: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     with Lab(n_targets=1) as lab, contextlib.ExitStack() as stack:
