@@ -912,7 +912,7 @@ class Relay:
         expect.popleft()
         if self.tx_status == _IDLE:
             self._block = False
-        elif not any(e.kind in _CYCLE_ENDS for e in expect):
+        elif not self._block and not any(e.kind in _CYCLE_ENDS for e in expect):
             # Nothing else in flight: no statement sent since can have left the block.
             self._block = True
         if head.kind is not X.SYNC and head.stmt is not None:
