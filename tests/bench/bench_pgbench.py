@@ -26,7 +26,7 @@ per statement: a tpcb-like transaction is 7 statements), and for the appliance s
 peak RSS (MB, daemon + writer) while 200 sessions run select-only; under it, each
 appliance's start-to-ready time (a restart, process start to ready file). Nothing is
 asserted about speed. ``PGBENCH_ONLY=appliance,pgbouncer`` restricts the setups (direct
-always runs).
+always runs), ``PGBENCH_WORKLOADS=select-only:simple,tpcb-like:prepared`` the workloads.
 
 ``tests/bench/pgcore.py`` plays the same conversations through the session core without
 sockets (CPU µs per transaction of the proxy and of its writer process, repeatable, or
@@ -91,6 +91,19 @@ CLIENTS = 8
 SCALE = 10
 WORKLOADS = [("select-only", ["-S"]), ("tpcb-like", [])]
 MODES = ["simple", "prepared"]
+
+
+def workloads() -> list[tuple[str, list[str], str]]:
+    """(workload, pgbench flags, mode) to measure, in order: every workload in each mode, or
+    those named in ``PGBENCH_WORKLOADS`` (e.g. ``select-only:simple,tpcb-like:prepared``)."""
+    every = [(w, flags, m) for w, flags in WORKLOADS for m in MODES]
+    wanted = [x for x in os.environ.get("PGBENCH_WORKLOADS", "").split(",") if x]
+    unknown = set(wanted) - {f"{w}:{m}" for w, _, m in every}
+    if unknown:
+        raise ValueError(f"PGBENCH_WORKLOADS: unknown {sorted(unknown)}; workload:mode pairs")
+    return [(w, f, m) for w, f, m in every if not wanted or f"{w}:{m}" in wanted]
+
+
 PORTS = {"appliance": 6432, "pgbouncer": 6433, "relay": 6434, "relay-uvloop": 6435}
 # Every appliance of the benches: everything allowed but DROP (so that policy is decided).
 POLICY = {
@@ -346,6 +359,14 @@ def run_pgbench(lab: Lab, env: dict[str, str], args: list[str], seconds: int, cl
     return float(m.group(1)), int(n.group(1))
 
 
+def warm_up(lab: Lab, envs: list[dict[str, str]]) -> None:
+    """A short select-only run through each setup before anything is measured: the first
+    run in a fresh lab (cold server caches, first imports) came out ~40% slower, and
+    counted against whichever setup went first."""
+    for env in envs:
+        run_pgbench(lab, env, ["-S"], 3, CLIENTS)
+
+
 def latencies(lab: Lab, env: dict[str, str], args: list[str], logdir: Path) -> list[int]:
     """Per-transaction latencies (µs) of one client (pgbench --log)."""
     for old in logdir.glob("tx*"):
@@ -434,35 +455,33 @@ def test_pgbench_table(tmp_path: Path) -> None:
             )
             env = local_env(PORTS["relay-uvloop"], password=pg.passwords["app"])
             setups.append(Setup("relay", env, lambda p=proc: [p.pid]))
+        warm_up(lab, [setup.env for setup in setups])
         logdir = lab.dir / "pgbench-log"
         logdir.mkdir()
         logdir.chmod(0o777)  # the job (nobody) writes its transaction log there
         for r in range(rounds):
             order = setups[r % len(setups) :] + setups[: r % len(setups)]
-            for workload, flags in WORKLOADS:
-                for mode in MODES:
-                    key = f"{workload} -M {mode}"
-                    for setup in order:
-                        pids = setup.pids()
-                        sampled = (
-                            profiled(pids, Path(f"{setup.name}-{workload}-{mode}"))
-                            if r == 0 and setup.name.startswith("appliance")
-                            else contextlib.nullcontext()
+            for workload, flags, mode in workloads():
+                key = f"{workload} -M {mode}"
+                for setup in order:
+                    pids = setup.pids()
+                    sampled = (
+                        profiled(pids, Path(f"{setup.name}-{workload}-{mode}"))
+                        if r == 0 and setup.name.startswith("appliance")
+                        else contextlib.nullcontext()
+                    )
+                    with sampled:
+                        c0 = cpu_seconds(pids)
+                        t, n = run_pgbench(lab, setup.env, [*flags, "-M", mode], SECONDS, CLIENTS)
+                        used = cpu_seconds(pids) - c0
+                    tps.setdefault((key, setup.name), []).append(t)
+                    if pids:
+                        cpu.setdefault((key, setup.name), []).append(used / n * 1e6)
+                    if r == 0:
+                        lat[(key, setup.name)] = latencies(
+                            lab, setup.env, [*flags, "-M", mode], logdir
                         )
-                        with sampled:
-                            c0 = cpu_seconds(pids)
-                            t, n = run_pgbench(
-                                lab, setup.env, [*flags, "-M", mode], SECONDS, CLIENTS
-                            )
-                            used = cpu_seconds(pids) - c0
-                        tps.setdefault((key, setup.name), []).append(t)
-                        if pids:
-                            cpu.setdefault((key, setup.name), []).append(used / n * 1e6)
-                        if r == 0:
-                            lat[(key, setup.name)] = latencies(
-                                lab, setup.env, [*flags, "-M", mode], logdir
-                            )
-                        print(f"round {r + 1} {key:<24} {setup.name:<21} {t:9.0f} tps", flush=True)
+                    print(f"round {r + 1} {key:<24} {setup.name:<21} {t:9.0f} tps", flush=True)
         for setup in setups:
             if setup.name.startswith("appliance"):
                 setup.rss = sessions_rss(lab, setup, setup.pids())
@@ -571,14 +590,15 @@ def test_pgbench_against_a_baseline_build(tmp_path: Path, monkeypatch: pytest.Mo
                         executable=exe,
                     )
                 )  # fmt: skip
-            for _ in range(rounds):
-                for workload, flags in WORKLOADS:
-                    for mode in MODES:
-                        key = f"{workload} -M {mode}"
-                        for name, (_, port) in builds.items():
-                            tps = pgbench(lab, local_env(port), [*flags, "-M", mode])
-                            samples.setdefault(key, {}).setdefault(name, []).append(tps)
-                            print(f"{name:>9} {key:<24} {tps:10.0f} tps", flush=True)
+            warm_up(lab, [local_env(port) for _, port in builds.values()])
+            for r in range(rounds):
+                for workload, flags, mode in workloads():
+                    key = f"{workload} -M {mode}"
+                    order = list(builds.items())  # which goes first alternates each round
+                    for name, (_, port) in order[::-1] if r % 2 else order:
+                        tps = pgbench(lab, local_env(port), [*flags, "-M", mode])
+                        samples.setdefault(key, {}).setdefault(name, []).append(tps)
+                        print(f"{name:>9} {key:<24} {tps:10.0f} tps", flush=True)
     medians = {
         key: {name: statistics.median(v) for name, v in row.items()} for key, row in samples.items()
     }

@@ -36,18 +36,18 @@ import pytest
 
 from tests.bench.bench_pgbench import (
     CLIENTS,
-    MODES,
     POLICY,
     PORTS,
     SCALE,
     SECONDS,
-    WORKLOADS,
     appliance_pids,
     cpu_seconds,
     direct_env,
     local_env,
     pgbouncer,
     run_pgbench,
+    warm_up,
+    workloads,
 )
 from tests.lab.lab import Lab
 from tests.lab.proxy import Appliance, TargetSpec, running_appliance
@@ -147,27 +147,27 @@ def test_pgbench_proxy_workers(tmp_path: Path) -> None:
         if proxy_cpus is not None:
             pin([proc.pid], proxy_cpus)
         setups.append(Setup("pgbouncer", local_env(PORTS["pgbouncer"]), pids=(proc.pid,)))
+        warm_up(lab, [setup.env for setup in setups])
         for r in range(rounds):
             order = setups[r % len(setups) :] + setups[: r % len(setups)]
-            for workload, flags in WORKLOADS:
-                for m in MODES:
-                    key = f"{workload} -M {m}"
-                    for setup in order:
-                        pids = setup.cpu_pids()
-                        c0 = cpu_seconds(pids)
-                        try:
-                            with pinned_pgbench(load_cpus):
-                                t, done = run_pgbench(
-                                    lab, setup.env, [*flags, "-M", m], SECONDS, CLIENTS
-                                )
-                        except AssertionError as exc:  # e.g. no transaction in the time
-                            print(f"round {r + 1} {key} {setup.name}: FAILED {exc!s:.300}")
-                            continue
-                        used = cpu_seconds(pids) - c0
-                        tps.setdefault((key, setup.name), []).append(t)
-                        if pids:
-                            cpu.setdefault((key, setup.name), []).append(used / done * 1e6)
-                        print(f"round {r + 1} {key:<24} {setup.name:<15} {t:9.0f} tps", flush=True)
+            for workload, flags, m in workloads():
+                key = f"{workload} -M {m}"
+                for setup in order:
+                    pids = setup.cpu_pids()
+                    c0 = cpu_seconds(pids)
+                    try:
+                        with pinned_pgbench(load_cpus):
+                            t, done = run_pgbench(
+                                lab, setup.env, [*flags, "-M", m], SECONDS, CLIENTS
+                            )
+                    except AssertionError as exc:  # e.g. no transaction in the time
+                        print(f"round {r + 1} {key} {setup.name}: FAILED {exc!s:.300}")
+                        continue
+                    used = cpu_seconds(pids) - c0
+                    tps.setdefault((key, setup.name), []).append(t)
+                    if pids:
+                        cpu.setdefault((key, setup.name), []).append(used / done * 1e6)
+                    print(f"round {r + 1} {key:<24} {setup.name:<15} {t:9.0f} tps", flush=True)
         spread = {}
         for setup in setups:
             if setup.app is not None:
