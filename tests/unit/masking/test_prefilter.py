@@ -52,8 +52,9 @@ def test_which_and_where() -> None:
     card = data.index(b"4111")
     ends = sorted(e for _, e, i in pf.where(data) if DETECTORS[i].name == "card")
     # The card's pattern is 13 to 19 digits and the non-digit after them: one end, past the
-    # space after the 16th digit.
-    assert ends == [card + 17]
+    # space after the 16th digit (Hyperscan); re takes "no digit after" as a look-ahead:
+    # the match ends after the 16th digit.
+    assert ends == ([card + 17] if pf.engine == "hyperscan" else [card + 16])
     assert pf.which(b"no findings at all") == []
     assert Prefilter(()).which(data) == [] and Prefilter(()).where(data) == []
 
