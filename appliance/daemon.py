@@ -68,6 +68,7 @@ from appliance.ledger.fleet.ship import Shipper
 from appliance.ledger.recovery import LastEntry
 from appliance.ledger.remote import RemoteLedger
 from appliance.masking import EPHEMERAL, MaskCounts, Masker, MaskingConfig, key_record
+from appliance.prefilter_cache import PrefilterCache
 from appliance.proxy import registry
 from appliance.proxy.flows import FlowResolverImpl, Identify
 from appliance.proxy.refusals import RefusalLog
@@ -297,7 +298,17 @@ class Daemon:
         cfg = self.config
         policy, masking = sections.policy, sections.masking
         mask_key, key_source = load_masking_key(masking, self.credentials_dir)
-        masker = Masker(masking, hmac_key=mask_key)
+        t0 = time.monotonic()
+        masker = Masker(
+            masking,
+            hmac_key=mask_key,
+            prefilter_cache=PrefilterCache.from_environment(os.environ),
+        )
+        log.info(
+            "masking pre-filter %s in %.2f s",
+            {True: "loaded", False: "compiled", None: "made (re)"}[masker.prefilter_loaded],
+            time.monotonic() - t0,
+        )
         start: dict[str, Any] = {
             "version": __version__,
             "pid": os.getpid(),

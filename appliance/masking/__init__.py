@@ -29,7 +29,9 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
   whole chunk of rows for COPY data and a whole run of result rows toward the ledger:
   :meth:`TargetMasker.rows_to_mask`), and only those run their pattern and validator.
   Detectors run in priority order; a match inside a finding already selected is not
-  validated.
+  validated. Compiling the databases takes a second or more: the ledger writer's process
+  gets them serialized with the masker, and the daemon keeps them between starts in its
+  cache directory (:mod:`appliance.prefilter_cache`, passed in: nothing here does I/O).
 - **Overlaps and repeats**: where findings overlap the more specific detector wins (a GitHub
   token after ``token=``); masking repeats on its own output until nothing is found, so the
   output never holds a value a detector finds (and masking is idempotent); a found value's
@@ -53,7 +55,8 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
 The API the proxy uses::
 
     config = parse_masking(cfg.masking, targets=cfg.targets)        # ConfigError on mistakes
-    masker = Masker(config, hmac_key=key_bytes)    # key: config.key (SecretRef) or ephemeral
+    masker = Masker(config, hmac_key=key_bytes,    # key: config.key (SecretRef) or ephemeral
+                    prefilter_cache=cache)  # appliance.prefilter_cache, or None
     start["masking_key"] = key_record(key_bytes, ...)  # its id: tokens compare across runs
     tm = masker.for_target("orders-db")                            # cached per target
 

@@ -21,6 +21,7 @@ from appliance.masking._copy import CopyFormat, CopyRowError, encode_field, spli
 from appliance.masking._counts import MaskCounts
 from appliance.masking._detectors import DETECTORS, Options
 from appliance.masking._pgtypes import Kind, binary_is_text, decode_number, kind_of
+from appliance.masking._prefilter import DatabaseStore
 from appliance.masking._scan import Finding, Scanner
 from appliance.masking._styles import Style, keyed_hash, label_for, partial, redact
 
@@ -81,7 +82,15 @@ class ColumnPlan:
 class Masker:
     """Masks for every target, from one config and the appliance's masking key."""
 
-    def __init__(self, config: MaskingConfig, *, hmac_key: bytes) -> None:
+    def __init__(
+        self,
+        config: MaskingConfig,
+        *,
+        hmac_key: bytes,
+        prefilter_cache: DatabaseStore | None = None,
+    ) -> None:
+        """``prefilter_cache``: where compiled pre-filter databases are kept between starts
+        (:class:`appliance.prefilter_cache.PrefilterCache`); None compiles them (once per process)."""
         if config.uses_hash and len(hmac_key) < MIN_KEY_BYTES:
             raise MaskingKeyError(
                 f"the hash style needs a masking key of at least {MIN_KEY_BYTES} bytes"
@@ -92,9 +101,16 @@ class Masker:
         options = Options(config.phone_regions)
         enabled = [d for d in DETECTORS if config.detectors[d.name].style is not None]
         everywhere = [d for d in enabled if config.detectors[d.name].scope == "all"]
-        self._text = Scanner(everywhere, options)
-        self._values = Scanner(enabled, options)
+        self._text = Scanner(everywhere, options, store=prefilter_cache)
+        self._values = Scanner(enabled, options, store=prefilter_cache)
         self._targets: dict[str, TargetMasker] = {}
+
+    @property
+    def prefilter_loaded(self) -> bool | None:
+        """Whether the pre-filter's databases were loaded (True: from the cache or another
+        process) or compiled (False); None with the re engine."""
+        loaded = {self._text.prefilter.loaded, self._values.prefilter.loaded} - {None}
+        return None if not loaded else all(loaded)
 
     def for_target(self, target: str) -> TargetMasker:
         """The (cached) masker for ``target``'s column rules."""

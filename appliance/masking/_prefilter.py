@@ -74,7 +74,7 @@ def _load_hyperscan() -> tuple[Any, bytes]:
     try:
         import hyperscan
 
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        db: Any = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)  # info() is bytes
         db.compile(expressions=[rb"a"], ids=[0], elements=1, flags=[0])
         target = bytes(db.info())
     except Exception:  # ImportError, or a CPU Hyperscan does not support  # pragma: no cover
@@ -285,7 +285,7 @@ def _unpack(data: bytes, key: str) -> tuple[Any, Any] | None:
             pos += _LENGTH.size
             if pos + n > len(data):
                 return None
-            db = _hs.loadb(bytearray(data[pos : pos + n]), _hs.HS_MODE_BLOCK)
+            db = _hs.loadb(bytes(data[pos : pos + n]), _hs.HS_MODE_BLOCK)
             pos += n
             # Built for this Hyperscan, these CPU features and block mode, and it runs here
             # (a scratch is refused for a database of another platform).

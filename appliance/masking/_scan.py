@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from appliance.masking._detectors import Detector, Options
-from appliance.masking._prefilter import ENGINE, prefilter
+from appliance.masking._prefilter import ENGINE, DatabaseStore, prefilter
 from appliance.masking._styles import TOKEN_RE, label_for, redact
 
 __all__ = ["MAX_PASSES", "Finding", "Scanner"]
@@ -54,6 +54,7 @@ class Scanner:
         *,
         engine: str = ENGINE,
         window_from: int = WINDOW_FROM,
+        store: DatabaseStore | None = None,
     ) -> None:
         self.detectors = tuple(sorted(detectors, key=lambda d: d.priority))
         self.options = options
@@ -61,6 +62,7 @@ class Scanner:
         self.prefilter = prefilter(
             tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter_for(options)),
             engine,
+            store=store,
         )
 
     @property

@@ -452,11 +452,16 @@ class Worker:
         from appliance.daemon import build_proxy
         from appliance.ledger.remote import RemoteLedger
         from appliance.masking import Masker
+        from appliance.prefilter_cache import PrefilterCache
         from appliance.proxy.flows import FlowResolverImpl
 
         setup, cfg = self.setup, self.setup.config
         sections = parse_sections(cfg)
-        masker = Masker(sections.masking, hmac_key=setup.mask_key)
+        masker = Masker(
+            sections.masking,
+            hmac_key=setup.mask_key,
+            prefilter_cache=PrefilterCache.from_environment(os.environ),
+        )
         ledger = RemoteLedger.attach(
             socket.socket(fileno=setup.ledger), directory=cfg.ledger.dir, origin=cfg.ledger.origin
         )

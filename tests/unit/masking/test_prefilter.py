@@ -11,9 +11,12 @@ import pytest
 
 from appliance.masking import _prefilter
 from appliance.masking._detectors import DETECTORS
-from appliance.masking._prefilter import ENGINE, ENV, Prefilter, prefilter
+from appliance.masking._prefilter import ENGINE, ENV, Prefilter, database_key, prefilter
 
 PATTERNS = tuple((i, p) for i, d in enumerate(DETECTORS) for p in d.prefilter)
+# Without the phone detector's dozens of patterns: compiled in a tenth of a second, for the
+# tests that compile again and again.
+SMALL = tuple((i, p) for i, p in PATTERNS if DETECTORS[i].name != "phone")
 TEXTS = [
     b"",
     b"nothing to see here",
@@ -70,6 +73,90 @@ def test_pickles_as_its_patterns() -> None:
     assert copy.patterns == pf.patterns and copy.engine == pf.engine
     for data in TEXTS:
         assert copy.which(data) == pf.which(data)
+
+
+def _no_compile(patterns: object, *, single: bool) -> None:
+    raise AssertionError("compiled")
+
+
+def test_pickle_carries_the_compiled_databases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger writer's process loads the databases the daemon compiled: unpickled in a
+    process that has not made this pre-filter yet, it is loaded, not compiled."""
+    pf = Prefilter(SMALL, engine="hyperscan")
+    assert pf.loaded is False
+    blob = pickle.dumps(pf)
+    monkeypatch.setattr(_prefilter, "_MADE", {})  # as in a fresh process
+    monkeypatch.setattr(_prefilter, "_compile", _no_compile)
+    copy = pickle.loads(blob)
+    assert copy is not pf and copy.loaded is True
+    for data in TEXTS:
+        assert copy.which(data) == pf.which(data)
+        assert sorted(copy.where(data)) == sorted(pf.where(data))
+    # Made once per process: a second one is the same object.
+    assert pickle.loads(blob) is copy
+
+
+def test_databases_that_do_not_load_are_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Damaged bytes, bytes of other patterns, or databases Hyperscan here did not compile
+    for (another version or CPU): compiled again, never an error or a weaker filter."""
+    pf = Prefilter(SMALL, engine="hyperscan")
+    good = pf.serialized()
+    assert good is not None
+    other = Prefilter(SMALL[:-1], engine="hyperscan").serialized()
+    assert other is not None
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0xFF
+    for data in (b"", b"garbage", good[:-1], good + b"x", other, bytes(damaged)):
+        made = Prefilter(SMALL, engine="hyperscan", compiled=data)
+        assert made.loaded is False
+        assert made.which(TEXTS[2]) == pf.which(TEXTS[2])
+    assert Prefilter(SMALL, engine="hyperscan", compiled=good).loaded is True
+    # Compiled for other CPU features (as the database says): not this host's.
+    monkeypatch.setattr(_prefilter, "_TARGET", b"Version: 5.4.12 Features: AVX2 Mode: BLOCK")
+    assert Prefilter(SMALL, engine="hyperscan", compiled=good).loaded is False
+
+
+def test_the_key_covers_patterns_flags_version_and_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = database_key(SMALL)
+    assert len(key) == 64 and key == database_key(list(SMALL))
+    assert database_key(SMALL[:-1]) != key
+    assert database_key(((1, SMALL[0][1]), *SMALL[1:])) != key  # another detector id
+    monkeypatch.setattr(_prefilter, "_TARGET", b"Version: 5.4.12 Features: AVX2 Mode: BLOCK")
+    assert database_key(SMALL) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(_prefilter._hs, "__version__", "0.0.0")
+    assert database_key(SMALL) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(_prefilter._hs, "HS_FLAG_SINGLEMATCH", 0)
+    assert database_key(SMALL) != key
+
+
+class _Store:
+    """A DatabaseStore in memory that counts its calls."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.loads = 0
+
+    def load(self, key: str) -> bytes | None:
+        self.loads += 1
+        return self.data.get(key)
+
+    def save(self, key: str, data: bytes) -> None:
+        self.data[key] = data
+
+
+def test_a_store_is_read_then_filled(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _Store()
+    first = Prefilter(SMALL, engine="hyperscan", store=store)
+    assert first.loaded is False and list(store.data) == [database_key(SMALL)]
+    monkeypatch.setattr(_prefilter, "_compile", _no_compile)
+    second = Prefilter(SMALL, engine="hyperscan", store=store)
+    assert second.loaded is True and store.loads == 2
+    for data in TEXTS:
+        assert second.which(data) == first.which(data)
+    # The re engine has nothing to keep.
+    assert Prefilter(SMALL, engine="re", store=store).loaded is None and store.loads == 2
 
 
 def test_two_threads_scan_at_once() -> None:
