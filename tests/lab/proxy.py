@@ -81,7 +81,10 @@ class Appliance:
             self.proc = self.lab.popen(
                 [self.executable, "run", "--config", str(self.config), "--no-capture",
                  "--ready-file", str(self.ready), "--grace", "20"],
-                host=self.lab.runner, stdout=subprocess.DEVNULL, stderr=log, env=self.env,
+                host=self.lab.runner, stdout=subprocess.DEVNULL, stderr=log,
+                # The cache directory systemd gives the unit (CacheDirectory=): the compiled
+                # masking pre-filter is kept there from one start to the next.
+                env={"CACHE_DIRECTORY": str(self.dir / "cache"), **(self.env or {})},
             )  # fmt: skip
         finally:
             log.close()

@@ -40,6 +40,9 @@ def test_hardening_and_lifecycle_directives() -> None:
     assert (d["ProtectSystem"], d["PrivateTmp"], d["StateDirectory"]) == (
         ["strict"], ["yes"], ["appliance"],
     )  # fmt: skip
+    # The masking pre-filter's cache (appliance.prefilter_cache refuses a directory others
+    # may write).
+    assert (d["CacheDirectory"], d["CacheDirectoryMode"]) == (["appliance"], ["0700"])
     assert any(v.startswith("ledger-signing-key:") for v in d["LoadCredential"])
     assert any(v.startswith("target:") for v in d["LoadCredential"])
     assert any(v.startswith("s3:") for v in d["LoadCredential"])  # ledger.ship, the hub
