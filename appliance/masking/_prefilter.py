@@ -212,7 +212,9 @@ def prefilter(
     return made
 
 
-def _rebuild(patterns: tuple[Pattern, ...], engine: str, compiled: bytes | None) -> Prefilter:
+def _rebuild(
+    patterns: tuple[Pattern, ...], engine: str, compiled: bytes | None = None
+) -> Prefilter:
     if engine == "hyperscan" and _hs is None:  # pragma: no cover (pickled where it imports)
         return prefilter(patterns, "re")
     return prefilter(patterns, engine, compiled=compiled)
