@@ -22,6 +22,12 @@ little as possible:
 - it is written whole to a temporary file in the same directory (mode 0600, fsynced) and
   renamed over the old one, so a reader sees the old file or the new one.
 
+Not baked into the runner image: the image carries an example config that is edited after
+the build (packer/provision.sh), and the key holds the CPU features of the host that
+compiled, so a baked file would rarely be the one a VM asks for (and would be harmless when
+not). The first start on a VM compiles and saves; later starts (``Restart=always``, reboots)
+load. An image that bakes its final config can start the appliance once during the build.
+
 None of this stands against the appliance's own user (it could as well change the code);
 it stands against damage, other users, and databases made elsewhere. Nothing here raises:
 the cache is an optimisation, and every failure means "compile".
