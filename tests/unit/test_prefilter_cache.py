@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from appliance import prefilter_cache
-from appliance.masking import MaskCounts, MaskingConfig, _prefilter
+from appliance.masking import MaskCounts, Masker, MaskingConfig, _prefilter
 from appliance.masking._detectors import DETECTORS
-from appliance.masking._masker import Masker
 from appliance.masking._prefilter import Prefilter, database_key
 from appliance.prefilter_cache import MAGIC, PrefilterCache
 
