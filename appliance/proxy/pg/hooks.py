@@ -307,9 +307,8 @@ _NOT_SHAPED = re.compile(r"""['"$\\]|--|/\*""")
 # At most 9 digits: always an integer token to PostgreSQL's lexer (a literal beyond int4
 # becomes a numeric one, which some places of the grammar refuse); longer ones stay as they are.
 _INTEGER = re.compile(r"(?<![\w.])[0-9]{1,9}(?![\w.])")
-# The same for ASCII text, as bytes: what _NOT_SHAPED matches, a table that makes digits "0"
-# and the rest " ", and the bytes that \w or . match.
-_NOT_SHAPED_BYTES = (b"'", b'"', b"$", b"\\", b"--", b"/*")
+# The same for ASCII text, as bytes: a table that makes digits "0" and the rest " ", and the
+# bytes that \w or . match.
 _DIGIT_RUNS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
 _WORD_OR_DOT = bytes(1 if chr(b).isalnum() or chr(b) in "_." else 0 for b in range(128))
 
@@ -343,10 +342,9 @@ def _shape(text: str) -> str:
         return text if _NOT_SHAPED.search(text) else _INTEGER.sub("0", text)
     # ASCII: the same as the two patterns, with the searching done by bytes methods (it runs
     # on every statement of the simple protocol; the patterns cost several times more).
+    if "'" in text or '"' in text or "$" in text or "\\" in text or "--" in text or "/*" in text:
+        return text
     data = text.encode("ascii")
-    for mark in _NOT_SHAPED_BYTES:
-        if mark in data:
-            return text
     digits = data.translate(_DIGIT_RUNS)  # every digit a "0", everything else a space
     n = len(data)
     pieces: list[bytes] = []
