@@ -92,7 +92,8 @@ class LedgerSender:
         self._lock = threading.Lock()
         self._next_seq = next_seq
         self._last_ts_us = last_ts_us
-        self._out = bytearray()
+        self._out: list[bytes] = []  # framed messages not sent yet
+        self._out_size = 0
         self._scheduled = False
         self._failed: BaseException | None = None
         self._closed = False
@@ -226,9 +227,10 @@ def _buffer(sender: LedgerSender, kind: int, payload: bytes) -> None:
     """Queue a message (holding ``_lock``); send now, or shortly from the running event
     loop, so that one ``send`` carries many entries."""
     out = sender._out
-    out += HEAD.pack(len(payload), kind)
-    out += payload
-    if len(out) >= SEND_AT:
+    out.append(HEAD.pack(len(payload), kind))
+    out.append(payload)
+    sender._out_size += len(payload) + HEAD.size
+    if sender._out_size >= SEND_AT:
         _send_out(sender)
         return
     if sender._scheduled:
@@ -243,8 +245,9 @@ def _buffer(sender: LedgerSender, kind: int, payload: bytes) -> None:
 
 
 def _send_out(sender: LedgerSender) -> None:
-    data = sender._out
-    sender._out = bytearray()
+    data = b"".join(sender._out)
+    sender._out = []
+    sender._out_size = 0
     try:
         sender._sock.sendall(data)
     except OSError as exc:
