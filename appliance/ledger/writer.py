@@ -302,6 +302,9 @@ class LedgerWriter:
         return self._failed
 
     def _enqueue(self, item: tuple[Any, ...]) -> None:
+        if not self._threaded:
+            self._now(item)
+            return
         with self._cond:
             self._wait_for_room()
             self._queue.append(item)
@@ -318,6 +321,24 @@ class LedgerWriter:
             if len(self._queue) < self._limit or not self._threaded:
                 return
             self._cond.wait()
+
+    def _now(self, item: tuple[Any, ...]) -> None:
+        """Without a writer thread: do the work of ``item`` at once, in the caller's thread,
+        after anything still queued (no queue, no lock, no hand-over per item). A failure
+        stops the writer for good, as it does in :meth:`pump`: LedgerUnavailable."""
+        if self._failed is not None:
+            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
+        if self._stopping:
+            raise LedgerUnavailable("ledger writer is closed")
+        try:
+            if self._queue:
+                batch, self._queue = self._queue, collections.deque()
+                for queued in batch:
+                    self._process(queued)
+            self._process(item)
+        except BaseException as exc:
+            self._failed = exc
+            raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
 
     def pump(self, *, flush: bool = False) -> float | None:
         """Without a writer thread: do the queued work, and sign a checkpoint when one is due
@@ -435,6 +456,18 @@ class LedgerWriter:
         ``entry`` is its canonical bytes; ``holes`` are ``(start, end, sink)``: where the
         reference to a blob goes, in place of a marker (:meth:`_marker`). ``seq`` must be the
         next one: entries arrive in order or not at all."""
+        if not self._threaded:  # the writer process: the work at once (see _now)
+            if seq != self._next_seq:
+                raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
+            if holes:
+                for _, _, sink in holes:
+                    if not sink.closed:
+                        sink._state = "closed"
+                        self._now((_BLOB_CLOSE, sink))
+            self._now((_ENTRY, entry, list(holes) if holes else None))
+            self._next_seq = seq + 1
+            self._last_ts_us = max(ts_us, self._last_ts_us)
+            return
         with self._cond:
             self._wait_for_room()
             if seq != self._next_seq:
