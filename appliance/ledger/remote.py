@@ -59,6 +59,7 @@ from appliance.signing.keys import SigningKey
 _HEAD = struct.Struct("!IB")
 _U64 = struct.Struct("!Q")
 _U32 = struct.Struct("!I")
+_U16 = struct.Struct("!H")
 _HOLE = struct.Struct("!QII")  # blob id, where its reference goes in the entry: start, end
 _OPEN_HEAD = struct.Struct("!QII")  # an unnumbered entry: ts (µs), where seq and ts go
 # proxy -> writer
@@ -99,7 +100,7 @@ def _frame(kind: int, payload: bytes = b"") -> bytes:
 class _Reader:
     """Whole messages from a stream socket."""
 
-    def __init__(self, sock: socket.socket | None) -> None:
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()  # the start of a message not complete yet
         self.ready: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -110,7 +111,6 @@ class _Reader:
 
     def recv(self) -> bytes:
         """What the socket has (up to ``_RECV`` bytes; empty at the end of the stream)."""
-        assert self.sock is not None
         n = self.sock.recv_into(self._space)
         return self._view[:n].tobytes()
 
@@ -856,6 +856,14 @@ class _Child:
             seq, ts_us = _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]
             found, pos = self._holes(conn, payload, 16)
             writer.append_encoded(seq, ts_us, payload[pos:], found)
+        elif kind == _OPEN:  # (the kinds in order of frequency)
+            (blob_id,) = _U64.unpack_from(payload, 0)
+            (factory_id,) = _U32.unpack_from(payload, 8)
+            factory = conn.factories[factory_id] if factory_id else None
+            conn.blobs[blob_id] = writer.open_blob(factory)
+        elif kind == _WRITE:
+            (blob_id,) = _U64.unpack_from(payload, 0)
+            conn.blobs[blob_id].write(payload[8:])
         elif kind in (_UNNUMBERED, _UNNUMBERED_BLOBS):
             ts_us, seq_at, ts_at = _OPEN_HEAD.unpack_from(payload, 0)
             holes: list[tuple[int, int, BlobSink]] | None = None
@@ -874,14 +882,6 @@ class _Child:
         elif kind == _FACTORY:
             (factory_id,) = _U32.unpack_from(payload, 0)
             conn.factories[factory_id] = pickle.loads(payload[4:])
-        elif kind == _OPEN:
-            (blob_id,) = _U64.unpack_from(payload, 0)
-            (factory_id,) = _U32.unpack_from(payload, 8)
-            factory = conn.factories[factory_id] if factory_id else None
-            conn.blobs[blob_id] = writer.open_blob(factory)
-        elif kind == _WRITE:
-            (blob_id,) = _U64.unpack_from(payload, 0)
-            conn.blobs[blob_id].write(payload[8:])
         elif kind == _CLOSE:
             (blob_id,) = _U64.unpack_from(payload, 0)
             conn.blobs[blob_id].close()
@@ -901,12 +901,13 @@ class _Child:
     @staticmethod
     def _holes(conn: _Conn, payload: bytes, at: int) -> tuple[list[tuple[int, int, BlobSink]], int]:
         """The blob holes of an entry message from offset ``at``, and where its bytes start."""
-        (count,) = struct.unpack_from("!H", payload, at)
+        (count,) = _U16.unpack_from(payload, at)
         pos = at + 2 + count * _HOLE.size
-        holes = []
-        for i in range(count):
-            blob_id, start, end = _HOLE.unpack_from(payload, at + 2 + i * _HOLE.size)
-            holes.append((start, end, conn.blobs.pop(blob_id)))
+        blobs = conn.blobs
+        holes = [
+            (start, end, blobs.pop(blob_id))
+            for blob_id, start, end in _HOLE.iter_unpack(payload[at + 2 : pos])
+        ]
         return holes, pos
 
 

@@ -456,15 +456,28 @@ class LedgerWriter:
         ``entry`` is its canonical bytes; ``holes`` are ``(start, end, sink)``: where the
         reference to a blob goes, in place of a marker (:meth:`_marker`). ``seq`` must be the
         next one: entries arrive in order or not at all."""
-        if not self._threaded:  # the writer process: the work at once (see _now)
+        if not self._threaded:  # the writer process: the work at once (as _now does it)
             if seq != self._next_seq:
                 raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
-            if holes:
-                for _, _, sink in holes:
-                    if not sink.closed:
-                        sink._state = "closed"
-                        self._now((_BLOB_CLOSE, sink))
-            self._now((_ENTRY, entry, list(holes) if holes else None))
+            if self._failed is not None:
+                raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
+            if self._stopping:
+                raise LedgerUnavailable("ledger writer is closed")
+            try:
+                if self._queue:
+                    batch, self._queue = self._queue, collections.deque()
+                    for queued in batch:
+                        self._process(queued)
+                if holes:
+                    for _, _, sink in holes:
+                        if not sink.closed:
+                            sink._state = "closed"
+                            self._blob_close(sink)
+                    entry = self._splice(entry, list(holes))
+                self._write_entry(entry)
+            except BaseException as exc:
+                self._failed = exc
+                raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             return
@@ -721,6 +734,9 @@ class LedgerWriter:
         its name sorts, whatever its value: the result is the canonical entry with the
         references as values (the rest was checked when appended; the references are str
         and int, their annotations are checked in :meth:`_ref`)."""
+        if len(holes) == 1:
+            start, end, sink = holes[0]
+            return b"".join((raw[:start], encode_trusted(self._ref(sink)), raw[end:]))
         parts = []
         pos = 0
         for start, end, sink in sorted(holes, key=lambda h: h[0]):
@@ -737,7 +753,10 @@ class LedgerWriter:
         ref = dict(sink.ref)
         if sink.annotate is not None:
             try:  # the producer's callback: its failure must not stop the writer
-                extra = dict(sink.annotate())
+                extra = sink.annotate()
+                if type(extra) is dict and not extra:  # nearly always: nothing was masked
+                    return ref
+                extra = dict(extra)
                 if extra:
                     canonical_json(extra)
                 ref.update(

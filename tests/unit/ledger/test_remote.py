@@ -406,8 +406,11 @@ def test_the_channel_reader_gives_the_same_messages_however_the_bytes_are_cut() 
     """A transcript of the channel, whole, one byte at a time, and cut at random places;
     a message larger than a read (a big blob chunk) is put together from many."""
     import random
+    import socket
 
     from appliance.ledger.remote import _frame, _Reader
+
+    sock, other = socket.socketpair()
 
     sent = [(0, b"x" * 40), (4, b""), (3, b"y" * 300_000), (10, b"\x00" * 7), (1, b"z")]
     stream = b"".join(_frame(kind, payload) for kind, payload in sent)
@@ -418,13 +421,18 @@ def test_the_channel_reader_gives_the_same_messages_however_the_bytes_are_cut() 
         [stream[i : i + 1] for i in range(0, 2000)] + [stream[2000:]],
         [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)],
     ):
-        reader = _Reader(None)
+        reader = _Reader(sock)
         got = [m for piece in pieces for m in reader.messages(piece)]
         assert got == sent
         assert not reader.buf
-    too_big = _Reader(None)
+    too_big = _Reader(sock)
     with pytest.raises(LedgerError):
         too_big.messages(b"\xff\xff\xff\xff\x00")
+    # what the socket brings, read into the reader's own buffer
+    other.sendall(stream[:1000])
+    assert _Reader(sock).messages(_Reader(sock).recv()) == sent[:2]
+    sock.close()
+    other.close()
 
 
 def test_a_failure_in_the_writer_process_stops_it_before_any_later_signature(
