@@ -11,6 +11,9 @@ thread does all disk work, in queue order:
   ``blobs/ab/<sha256>`` on close (content addressed, so written once);
 - entries: blob references filled in, framed, appended to ``entries.log`` (buffered), leaf
   hash added to the compact range;
+- (without the thread, in the writer process of :mod:`appliance.ledger.remote`, the same work
+  is done in the caller's thread as entries and chunks arrive, and :meth:`LedgerWriter.pump`
+  signs and syncs;)
 - checkpoints, at most ``checkpoint_interval`` seconds after the oldest unsigned entry or
   every ``checkpoint_entries`` entries, or when ``flush`` asks: write out, fsync the log and
   every new blob and its directory, sign the root (C2SP checkpoint), append the note to
@@ -233,8 +236,11 @@ class LedgerWriter:
         ``on_signed(size)`` is called in the writer thread after each checkpoint.
         ``lock_wait``: how long to wait for another writer to let go of the directory (a
         writer process finishing its last checkpoint after its proxy was killed).
-        ``threaded=False``: no writer thread; the owner calls :meth:`pump` to do the queued
-        work (the writer process of :mod:`appliance.ledger.remote` has nothing else to do).
+        ``threaded=False``: no writer thread (the writer process of :mod:`appliance.ledger.
+        remote` has nothing else to do): entries and blob chunks that arrive through
+        :meth:`append_encoded` and the blob sinks are written at once, in the caller's thread
+        (no queue, no lock); what :meth:`append` queued waits for the next of those or for
+        :meth:`pump`, which the owner calls to write it and to sign checkpoints and sync.
         """
         if checkpoint_interval <= 0 or checkpoint_entries < 1 or queue_limit < 1:
             raise LedgerError("checkpoint interval, checkpoint entries and queue limit must be > 0")
@@ -341,7 +347,7 @@ class LedgerWriter:
             raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
 
     def pump(self, *, flush: bool = False) -> float | None:
-        """Without a writer thread: do the queued work, and sign a checkpoint when one is due
+        """Without a writer thread: do the queued work (if any), and sign a checkpoint when one is due
         (or ``flush``). Returns how many seconds until the next checkpoint is due (None:
         none pending), for the owner's next call. Raises LedgerUnavailable once failed."""
         assert not self._threaded, "pump() is for a writer opened with threaded=False"

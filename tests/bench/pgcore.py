@@ -11,6 +11,10 @@ process writes and signs a real ledger in a temporary directory), driven from an
 loop as in the daemon, so entries are batched as they are in production; statements that
 change the target wait for :meth:`RemoteLedger.sync` (write-ahead) as the shell makes them.
 
+It prints µs of CPU per transaction of this process (``proxy_us``) and of the writer process
+(``writer_us``, ``writer_user_us`` its user part), both counted from after the warm-up and a
+flush: the writer's start-up (unpickling the masker, compiling the detectors) is not in them.
+
 Used by ``tests/bench/bench_pg_core.py`` (µs of CPU per transaction, both processes) and by
 hand under ``valgrind --tool=callgrind`` (instruction counts, repeatable on a busy machine)::
 
