@@ -25,7 +25,9 @@ ENV = "APPLIANCE_PURE"
 # records beside the extensions: an extension older than its source is never imported.
 HOT_MODULES = (
     "appliance/protocols/postgres/_framing.py",
+    "appliance/protocols/postgres/messages.py",
     "appliance/ledger/entries.py",
+    "appliance/ledger/sender.py",
     "appliance/ledger/result_sink.py",
     "appliance/proxy/records.py",
     "appliance/proxy/pg/relay.py",

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import hashlib
 import itertools
 import os
 import pickle
@@ -49,52 +48,43 @@ from typing import Any
 
 import orjson
 
-from appliance.ledger.api import PendingBlob
-from appliance.ledger.entries import PrefixCache, encode_trusted, format_ts_us, number_entry
+from appliance.ledger import sender as _wire
+from appliance.ledger.entries import format_ts_us, number_entry
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
 from appliance.ledger.recovery import LastEntry
+from appliance.ledger.sender import LedgerSender, RemoteBlob
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
 from appliance.signing.keys import SigningKey
 
-_HEAD = struct.Struct("!IB")
-_U64 = struct.Struct("!Q")
-_U32 = struct.Struct("!I")
-_U16 = struct.Struct("!H")
-_HOLE = struct.Struct("!QII")  # blob id, where its reference goes in the entry: start, end
-_OPEN_HEAD = struct.Struct("!QII")  # an unnumbered entry: ts (µs), where seq and ts go
-# proxy -> writer
-(
-    _ENTRY,
-    _ENTRY_BLOBS,
-    _FACTORY,
-    _OPEN,
-    _WRITE,
-    _CLOSE,
-    _ABORT,
-    _PUT,
-    _FLUSH,
-    _STOP,
-    _SYNC,
-    _UNNUMBERED,
-    _UNNUMBERED_BLOBS,
-) = range(13)
+# The channel's framing and message kinds (their one home is sender.py).
+_ABORT = _wire.ABORT
+_CLOSE = _wire.CLOSE
+_ENTRY = _wire.ENTRY
+_ENTRY_BLOBS = _wire.ENTRY_BLOBS
+_FACTORY = _wire.FACTORY
+_FLUSH = _wire.FLUSH
+_HEAD = _wire.HEAD
+_HOLE = _wire.HOLE
+_OPEN = _wire.OPEN
+_OPEN_HEAD = _wire.OPEN_HEAD
+_PUT = _wire.PUT
+_STOP = _wire.STOP
+_SYNC = _wire.SYNC
+_U32 = _wire.U32
+_U64 = _wire.U64
+_U16 = struct.Struct("!H")  # the hole count of an entry message (as sender.py packs it)
+_UNNUMBERED = _wire.UNNUMBERED
+_UNNUMBERED_BLOBS = _wire.UNNUMBERED_BLOBS
+_WRITE = _wire.WRITE
+_frame = _wire.frame
 # writer -> proxy
 _READY, _SIGNED, _FLUSHED, _FAILED, _SYNCED = range(5)
 _SETUP = 100
-# From the event loop, the buffer is sent _SEND_DELAY seconds after its first entry (one
-# send for many entries: durability comes with the next checkpoint anyway), or at once
-# beyond _SEND_AT bytes.
-_SEND_DELAY = 0.005
-_SEND_AT = 256 * 1024
 _SOCKBUF = 4 * 1024 * 1024
 _MAX_MESSAGE = 80 * 1024 * 1024
 _RECV = 1 << 20
 # The writer process's nap after a read that did not fill its buffer.
 _NAP = 0.002
-
-
-def _frame(kind: int, payload: bytes = b"") -> bytes:
-    return _HEAD.pack(len(payload), kind) + payload
 
 
 class _Reader:
@@ -160,35 +150,7 @@ class _Reader:
         return self.ready.popleft()
 
 
-class RemoteBlob:
-    """A blob written by the writer process (see :class:`~appliance.ledger.BlobSink`)."""
-
-    def __init__(self, ledger: RemoteLedger, blob_id: int) -> None:
-        self._ledger = ledger
-        self.id = blob_id
-        self._state = "open"
-
-    @property
-    def closed(self) -> bool:
-        return self._state != "open"
-
-    def write(self, chunk: bytes) -> None:
-        if self._state != "open":
-            raise LedgerError(f"write to a {self._state} blob sink")
-        self._ledger._send(_WRITE, _U64.pack(self.id) + bytes(chunk))
-
-    def close(self) -> None:
-        if self._state == "open":
-            self._state = "closed"
-            self._ledger._send(_CLOSE, _U64.pack(self.id))
-
-    def abort(self) -> None:
-        if self._state == "open":
-            self._state = "aborted"
-            self._ledger._send(_ABORT, _U64.pack(self.id))
-
-
-class RemoteLedger:
+class RemoteLedger(LedgerSender):
     """A ledger directory written by a child process; create with :meth:`open`."""
 
     def __init__(
@@ -211,25 +173,20 @@ class RemoteLedger:
             if isinstance(last, dict)
             else None
         )
-        self._sock = sock
-        self._proc: subprocess.Popen[bytes] | None = proc
-        self._clock = clock
         # proxy.workers > 1: several processes append; the writer gives each entry its seq
         # (and keeps ts from going back) in the order the entries reach it.
-        self._unnumbered = numbered_by_writer
+        super().__init__(
+            sock,
+            origin=origin,
+            clock=clock,
+            next_seq=int(ready["next_seq"]),
+            last_ts_us=int(ready["last_ts_us"]),
+            unnumbered=numbered_by_writer,
+            nonce=os.urandom(8).hex(),
+        )
+        self._proc: subprocess.Popen[bytes] | None = proc
         self.worker_sockets: list[socket.socket] = []
-        self._lock = threading.Lock()  # order of seq == order on the wire
-        self._next_seq = int(ready["next_seq"])
-        self._last_ts_us = int(ready["last_ts_us"])
-        self._out = bytearray()
-        self._scheduled = False
-        self._failed: BaseException | None = None
-        self._closed = False
         self._stop_sent = False  # the child was told to stop: its exit is no failure
-        self._blob_ids = itertools.count(1)
-        self._factories: dict[int, tuple[int, object]] = {}
-        self._prefixes = PrefixCache(origin)
-        self._nonce = os.urandom(8).hex()
         self._flush_tokens = itertools.count(1)
         self._sync_tokens = itertools.count(1)
         self._sync_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
@@ -368,162 +325,6 @@ class RemoteLedger:
     @property
     def signed_size(self) -> int:
         return self._signed_size
-
-    @property
-    def failed(self) -> BaseException | None:
-        return self._failed
-
-    def _check(self) -> None:
-        if self._failed is not None:
-            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
-        if self._closed:
-            raise LedgerUnavailable("ledger writer is closed")
-
-    def _send(self, kind: int, payload: bytes) -> None:
-        with self._lock:
-            self._check()
-            self._buffer(kind, payload)
-
-    def _buffer(self, kind: int, payload: bytes) -> None:
-        """Queue a message (holding ``_lock``); send now, or shortly from the running event
-        loop, so that one ``send`` carries many entries."""
-        self._out += _HEAD.pack(len(payload), kind)
-        self._out += payload
-        if len(self._out) >= _SEND_AT:
-            self._send_out()
-            return
-        if self._scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._send_out()
-            return
-        self._scheduled = True
-        loop.call_later(_SEND_DELAY, self._send_scheduled)
-
-    def _send_scheduled(self) -> None:
-        with self._lock:
-            self._scheduled = False
-            if self._failed is None and self._out:
-                # A failure is kept in _failed: the next append raises it to its caller.
-                with contextlib.suppress(LedgerUnavailable):
-                    self._send_out()
-
-    def _send_out(self) -> None:
-        data, self._out = self._out, bytearray()
-        try:
-            self._sock.sendall(data)
-        except OSError as exc:
-            self._failed = self._failed or LedgerUnavailable(
-                f"the ledger writer process is gone ({exc})"
-            )
-            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}") from None
-
-    def append(
-        self,
-        type: str,
-        *,
-        session: str | None = None,
-        identity: Mapping[str, Any] | None = None,
-        account: str | None = None,
-        target: str | None = None,
-        data: Mapping[str, Any],
-        blobs: Mapping[str, Any] | None = None,
-        trusted: bool = False,
-    ) -> None:
-        """As :meth:`LedgerWriter.append`; the entry is written by the writer process."""
-        if blobs:
-            for sink in blobs.values():
-                if not isinstance(sink, PendingBlob) and (
-                    not isinstance(sink, RemoteBlob) or sink._ledger is not self
-                ):
-                    raise LedgerError("blob sink belongs to another writer")
-            data = dict(data)
-            data.update((k, self._marker(k)) for k in blobs)
-        with self._lock:
-            self._check()
-            ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
-            seq = self._next_seq
-            prefix = self._prefixes.get(session, identity, account, target)
-            if self._unnumbered:
-                raw, seq_at, ts_at = prefix.encode_unnumbered(
-                    format_ts_us(ts_us), type, data, trusted=trusted
-                )
-                head = _OPEN_HEAD.pack(ts_us, seq_at, ts_at)
-                kinds = (_UNNUMBERED, _UNNUMBERED_BLOBS)
-            else:
-                raw = prefix.encode(seq, format_ts_us(ts_us), type, data, trusted=trusted)
-                head = _U64.pack(seq) + _U64.pack(ts_us)
-                kinds = (_ENTRY, _ENTRY_BLOBS)
-            if blobs:
-                refs = []
-                for k, sink in blobs.items():
-                    if isinstance(sink, PendingBlob):
-                        # open, write and close in one go: no sink object for a small result
-                        blob_id = next(self._blob_ids)
-                        self._buffer(
-                            _OPEN, _U64.pack(blob_id) + _U32.pack(self._factory_id(sink.transform))
-                        )
-                        self._buffer(_WRITE, _U64.pack(blob_id) + sink.data)
-                    else:
-                        blob_id = sink.id
-                        if not sink.closed:
-                            sink._state = "closed"
-                    # Where the writer puts the blob's reference (see LedgerWriter._splice).
-                    marker = encode_trusted(self._marker(k))
-                    start = raw.find(marker)
-                    refs.append(_HOLE.pack(blob_id, start, start + len(marker)))
-                body = struct.pack("!H", len(refs)) + b"".join(refs) + raw
-                self._buffer(kinds[1], head + body)
-            else:
-                self._buffer(kinds[0], head + raw)
-            self._next_seq = seq + 1
-            self._last_ts_us = ts_us
-
-    def _marker(self, name: str) -> str:
-        """What stands for blob ``name``'s reference in an entry until the writer process
-        puts it there (as :meth:`LedgerWriter._marker`)."""
-        return f"\x00blob {self._nonce} {name}"
-
-    def open_blob(
-        self, transform: Callable[[bytes], bytes] | TransformFactory | None = None
-    ) -> RemoteBlob:
-        """A blob written by the child; ``transform`` must be a picklable
-        :class:`TransformFactory` (a plain function cannot cross into the child)."""
-        if transform is not None and not hasattr(transform, "new"):
-            raise LedgerError("a remote ledger takes transform factories, not functions")
-        with self._lock:
-            self._check()
-            factory_id = self._factory_id(transform)
-            sink = RemoteBlob(self, next(self._blob_ids))
-            self._buffer(_OPEN, _U64.pack(sink.id) + _U32.pack(factory_id))
-            return sink
-
-    def _factory_id(self, transform: object) -> int:
-        """The number naming ``transform`` in the child (sent there the first time; holding
-        ``_lock``); 0 for none."""
-        if transform is None:
-            return 0
-        if not hasattr(transform, "new"):
-            raise LedgerError("a remote ledger takes transform factories, not functions")
-        known = self._factories.get(id(transform))
-        if known is not None:
-            return known[0]
-        factory_id = len(self._factories) + 1
-        try:
-            blob = pickle.dumps(transform)
-        except Exception as exc:
-            raise LedgerError(f"transform factory cannot be sent: {exc}") from None
-        # Keep the factory alive: its id() names it.
-        self._factories[id(transform)] = (factory_id, transform)
-        self._buffer(_FACTORY, _U32.pack(factory_id) + blob)
-        return factory_id
-
-    def put_blob(self, data: bytes) -> str:
-        data = bytes(data)
-        self._send(_PUT, data)
-        return hashlib.sha256(data).hexdigest()
 
     async def sync(self) -> None:
         """Return once everything appended so far is written and fsynced by the writer

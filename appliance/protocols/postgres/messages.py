@@ -26,8 +26,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Literal
 
+from appliance.protocols.postgres import codes as c
 from appliance.protocols.postgres._errors import LocalProtocolError, PeerProtocolError, Side
 
 # Special "protocol versions" of untyped startup-phase packets.
@@ -40,7 +41,7 @@ _I16 = struct.Struct("!h")
 _U16 = struct.Struct("!H")
 _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
-_HEADER = struct.Struct("!cI")
+_HEADER = struct.Struct("!BI")
 
 
 def _text(raw: bytes) -> str:
@@ -58,7 +59,7 @@ def _cstr(text: str) -> bytes:
     return raw + b"\0"
 
 
-def frame(type_byte: bytes, payload: bytes = b"") -> bytes:
+def frame(type_byte: int, payload: bytes = b"") -> bytes:
     """A typed frame: type byte, length word (counting itself), payload."""
     return _HEADER.pack(type_byte, len(payload) + 4) + payload
 
@@ -259,16 +260,14 @@ def decode_startup(packet: bytes) -> StartupPacket:
 
 @dataclass(frozen=True, slots=True)
 class Query:
-    TYPE: ClassVar[bytes] = b"Q"
     sql: str
 
     def encode(self) -> bytes:
-        return frame(b"Q", _cstr(self.sql))
+        return frame(c.F_QUERY, _cstr(self.sql))
 
 
 @dataclass(frozen=True, slots=True)
 class Parse:
-    TYPE: ClassVar[bytes] = b"P"
     statement: str
     sql: str
     param_types: tuple[int, ...] = ()
@@ -277,7 +276,7 @@ class Parse:
         _check_count(len(self.param_types))
         oids = b"".join(_U32.pack(o) for o in self.param_types)
         return frame(
-            b"P",
+            c.F_PARSE,
             _cstr(self.statement) + _cstr(self.sql) + _U16.pack(len(self.param_types)) + oids,
         )
 
@@ -287,7 +286,6 @@ class Bind:
     """Bind ``statement`` to ``portal``. ``param_formats`` has 0 entries (all text), 1
     (applies to all) or one per parameter; :meth:`param_format` resolves that."""
 
-    TYPE: ClassVar[bytes] = b"B"
     portal: str
     statement: str
     param_formats: tuple[int, ...] = ()
@@ -307,7 +305,7 @@ class Bind:
         _check_count(len(self.param_formats))
         _check_count(len(self.result_formats))
         return frame(
-            b"B",
+            c.F_BIND,
             _cstr(self.portal)
             + _cstr(self.statement)
             + _int16s(self.param_formats)
@@ -321,87 +319,75 @@ class Bind:
 class Describe:
     """Describe a prepared statement (``kind`` 'S') or portal ('P')."""
 
-    TYPE: ClassVar[bytes] = b"D"
     kind: Literal["S", "P"]
     name: str
 
     def encode(self) -> bytes:
-        return frame(b"D", _raw(self.kind) + _cstr(self.name))
+        return frame(c.F_DESCRIBE, _raw(self.kind) + _cstr(self.name))
 
 
 @dataclass(frozen=True, slots=True)
 class Execute:
     """Execute ``portal``; ``max_rows`` 0 means no limit."""
 
-    TYPE: ClassVar[bytes] = b"E"
     portal: str
     max_rows: int = 0
 
     def encode(self) -> bytes:
-        return frame(b"E", _cstr(self.portal) + _I32.pack(self.max_rows))
+        return frame(c.F_EXECUTE, _cstr(self.portal) + _I32.pack(self.max_rows))
 
 
 @dataclass(frozen=True, slots=True)
 class Close:
     """Close a prepared statement (``kind`` 'S') or portal ('P')."""
 
-    TYPE: ClassVar[bytes] = b"C"
     kind: Literal["S", "P"]
     name: str
 
     def encode(self) -> bytes:
-        return frame(b"C", _raw(self.kind) + _cstr(self.name))
+        return frame(c.F_CLOSE, _raw(self.kind) + _cstr(self.name))
 
 
 @dataclass(frozen=True, slots=True)
 class Sync:
-    TYPE: ClassVar[bytes] = b"S"
-
     def encode(self) -> bytes:
-        return frame(b"S")
+        return frame(c.F_SYNC)
 
 
 @dataclass(frozen=True, slots=True)
 class Flush:
-    TYPE: ClassVar[bytes] = b"H"
-
     def encode(self) -> bytes:
-        return frame(b"H")
+        return frame(c.F_FLUSH)
 
 
 @dataclass(frozen=True, slots=True)
 class CopyData:
     """COPY data, either direction."""
 
-    TYPE: ClassVar[bytes] = b"d"
     data: bytes
 
     def encode(self) -> bytes:
-        return frame(b"d", self.data)
+        return frame(c.F_COPY_DATA, self.data)
 
 
 @dataclass(frozen=True, slots=True)
 class CopyDone:
-    TYPE: ClassVar[bytes] = b"c"
-
     def encode(self) -> bytes:
-        return frame(b"c")
+        return frame(c.F_COPY_DONE)
 
 
 @dataclass(frozen=True, slots=True)
 class CopyFail:
-    TYPE: ClassVar[bytes] = b"f"
     message: str
 
     def encode(self) -> bytes:
-        return frame(b"f", _cstr(self.message))
+        return frame(c.F_COPY_FAIL, _cstr(self.message))
 
 
 @dataclass(frozen=True, slots=True)
 class FunctionCall:
     """The legacy fast-path function call ('F')."""
 
-    TYPE: ClassVar[bytes] = b"F"
     function_oid: int
     arg_formats: tuple[int, ...] = ()
     args: tuple[bytes | None, ...] = ()
@@ -411,7 +397,7 @@ class FunctionCall:
         _check_count(len(self.args))
         _check_count(len(self.arg_formats))
         return frame(
-            b"F",
+            c.F_FUNCTION,
             _U32.pack(self.function_oid)
             + _int16s(self.arg_formats)
             + _U16.pack(len(self.args))
@@ -422,10 +408,8 @@ class FunctionCall:
 
 @dataclass(frozen=True, slots=True)
 class Terminate:
-    TYPE: ClassVar[bytes] = b"X"
-
     def encode(self) -> bytes:
-        return frame(b"X")
+        return frame(c.F_TERMINATE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,22 +418,20 @@ class AuthenticationResponse:
     (password, SASL initial response, SASL response, GSS): decode it with
     :func:`decode_password`, :func:`decode_sasl_initial_response` or take ``data``."""
 
-    TYPE: ClassVar[bytes] = b"p"
     data: bytes
 
     def encode(self) -> bytes:
-        return frame(b"p", self.data)
+        return frame(c.F_PASSWORD, self.data)
 
 
 @dataclass(frozen=True, slots=True)
 class PasswordMessage:
     """A cleartext password or an md5 response (``"md5" + 32 hex digits``)."""
 
-    TYPE: ClassVar[bytes] = b"p"
     password: str
 
     def encode(self) -> bytes:
-        return frame(b"p", _cstr(self.password))
+        return frame(c.F_PASSWORD, _cstr(self.password))
 
     def __repr__(self) -> str:  # never show a password in a log line or traceback
         return "PasswordMessage(password=<hidden>)"
@@ -457,21 +439,19 @@ class PasswordMessage:
 
 @dataclass(frozen=True, slots=True)
 class SASLInitialResponse:
-    TYPE: ClassVar[bytes] = b"p"
     mechanism: str
     data: bytes | None
 
     def encode(self) -> bytes:
-        return frame(b"p", _cstr(self.mechanism) + _values([self.data]))
+        return frame(c.F_PASSWORD, _cstr(self.mechanism) + _values([self.data]))
 
 
 @dataclass(frozen=True, slots=True)
 class SASLResponse:
-    TYPE: ClassVar[bytes] = b"p"
     data: bytes
 
     def encode(self) -> bytes:
-        return frame(b"p", self.data)
+        return frame(c.F_PASSWORD, self.data)
 
 
 def decode_password(payload: bytes) -> PasswordMessage:
@@ -627,20 +607,20 @@ FrontendMessage = (
 )
 
 _FRONTEND: dict[int, tuple[str, Callable[[_Reader], FrontendMessage]]] = {
-    ord("Q"): ("Query", _decode_query),
-    ord("P"): ("Parse", _decode_parse),
-    ord("B"): ("Bind", _decode_bind),
-    ord("D"): ("Describe", _decode_describe),
-    ord("E"): ("Execute", _decode_execute),
-    ord("C"): ("Close", _decode_close),
-    ord("S"): ("Sync", lambda r: Sync()),
-    ord("H"): ("Flush", lambda r: Flush()),
-    ord("d"): ("CopyData", lambda r: CopyData(r.rest())),
-    ord("c"): ("CopyDone", lambda r: CopyDone()),
-    ord("f"): ("CopyFail", lambda r: CopyFail(r.cstring())),
-    ord("F"): ("FunctionCall", _decode_function_call),
-    ord("X"): ("Terminate", lambda r: Terminate()),
-    ord("p"): ("authentication response", lambda r: AuthenticationResponse(r.rest())),
+    c.F_QUERY: ("Query", _decode_query),
+    c.F_PARSE: ("Parse", _decode_parse),
+    c.F_BIND: ("Bind", _decode_bind),
+    c.F_DESCRIBE: ("Describe", _decode_describe),
+    c.F_EXECUTE: ("Execute", _decode_execute),
+    c.F_CLOSE: ("Close", _decode_close),
+    c.F_SYNC: ("Sync", lambda r: Sync()),
+    c.F_FLUSH: ("Flush", lambda r: Flush()),
+    c.F_COPY_DATA: ("CopyData", lambda r: CopyData(r.rest())),
+    c.F_COPY_DONE: ("CopyDone", lambda r: CopyDone()),
+    c.F_COPY_FAIL: ("CopyFail", lambda r: CopyFail(r.cstring())),
+    c.F_FUNCTION: ("FunctionCall", _decode_function_call),
+    c.F_TERMINATE: ("Terminate", lambda r: Terminate()),
+    c.F_PASSWORD: ("authentication response", lambda r: AuthenticationResponse(r.rest())),
 }
 
 
@@ -663,57 +643,49 @@ def decode_frontend(type_byte: int, payload: bytes) -> FrontendMessage:
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationOk:
-    TYPE: ClassVar[bytes] = b"R"
-
     def encode(self) -> bytes:
-        return frame(b"R", _I32.pack(0))
+        return frame(c.B_AUTHENTICATION, _I32.pack(0))
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationCleartextPassword:
-    TYPE: ClassVar[bytes] = b"R"
-
     def encode(self) -> bytes:
-        return frame(b"R", _I32.pack(3))
+        return frame(c.B_AUTHENTICATION, _I32.pack(3))
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationMD5Password:
-    TYPE: ClassVar[bytes] = b"R"
     salt: bytes
 
     def encode(self) -> bytes:
         if len(self.salt) != 4:
             raise LocalProtocolError("an md5 salt is 4 bytes")
-        return frame(b"R", _I32.pack(5) + self.salt)
+        return frame(c.B_AUTHENTICATION, _I32.pack(5) + self.salt)
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSASL:
-    TYPE: ClassVar[bytes] = b"R"
     mechanisms: tuple[str, ...]
 
     def encode(self) -> bytes:
         names = b"".join(_cstr(m) for m in self.mechanisms)
-        return frame(b"R", _I32.pack(10) + names + b"\0")
+        return frame(c.B_AUTHENTICATION, _I32.pack(10) + names + b"\0")
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSASLContinue:
-    TYPE: ClassVar[bytes] = b"R"
     data: bytes
 
     def encode(self) -> bytes:
-        return frame(b"R", _I32.pack(11) + self.data)
+        return frame(c.B_AUTHENTICATION, _I32.pack(11) + self.data)
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticationSASLFinal:
-    TYPE: ClassVar[bytes] = b"R"
     data: bytes
 
     def encode(self) -> bytes:
-        return frame(b"R", _I32.pack(12) + self.data)
+        return frame(c.B_AUTHENTICATION, _I32.pack(12) + self.data)
 
 
 AUTH_METHOD_NAMES = {2: "Kerberos V5", 7: "GSSAPI", 8: "GSSAPI continue", 9: "SSPI"}
@@ -723,7 +695,6 @@ AUTH_METHOD_NAMES = {2: "Kerberos V5", 7: "GSSAPI", 8: "GSSAPI continue", 9: "SS
 class AuthenticationOther:
     """An authentication request the appliance does not implement (GSSAPI, SSPI...)."""
 
-    TYPE: ClassVar[bytes] = b"R"
     code: int
     data: bytes = b""
 
@@ -732,7 +703,7 @@ class AuthenticationOther:
         return AUTH_METHOD_NAMES.get(self.code, f"unknown method {self.code}")
 
     def encode(self) -> bytes:
-        return frame(b"R", _I32.pack(self.code) + self.data)
+        return frame(c.B_AUTHENTICATION, _I32.pack(self.code) + self.data)
 
 
 Authentication = (
@@ -748,12 +719,11 @@ Authentication = (
 
 @dataclass(frozen=True, slots=True)
 class ParameterStatus:
-    TYPE: ClassVar[bytes] = b"S"
     name: str
     value: str
 
     def encode(self) -> bytes:
-        return frame(b"S", _cstr(self.name) + _cstr(self.value))
+        return frame(c.B_PARAMETER, _cstr(self.name) + _cstr(self.value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -761,14 +731,13 @@ class BackendKeyData:
     """The process id and secret key a client needs to cancel a query. ``key`` is 4 bytes
     in protocol 3.0 and 4 to 256 bytes in 3.2."""
 
-    TYPE: ClassVar[bytes] = b"K"
     pid: int
     key: bytes
 
     def encode(self) -> bytes:
         if not 4 <= len(self.key) <= MAX_CANCEL_KEY_LENGTH:
             raise LocalProtocolError(f"cancel key of {len(self.key)} bytes (allowed 4..256)")
-        return frame(b"K", _I32.pack(self.pid) + self.key)
+        return frame(c.B_KEY, _I32.pack(self.pid) + self.key)
 
     def __repr__(self) -> str:  # the key is a capability: keep it out of logs
         return f"BackendKeyData(pid={self.pid}, key=<{len(self.key)} bytes>)"
@@ -778,11 +747,10 @@ class BackendKeyData:
 class ReadyForQuery:
     """``status``: 'I' idle, 'T' in a transaction block, 'E' in a failed transaction."""
 
-    TYPE: ClassVar[bytes] = b"Z"
     status: Literal["I", "T", "E"] = "I"
 
     def encode(self) -> bytes:
-        return frame(b"Z", _raw(self.status))
+        return frame(c.B_READY, _raw(self.status))
 
 
 @dataclass(frozen=True, slots=True)
@@ -814,12 +782,13 @@ _FIELD = struct.Struct("!IhIhih")
 
 @dataclass(frozen=True, slots=True)
 class RowDescription:
-    TYPE: ClassVar[bytes] = b"T"
     fields: tuple[FieldDescription, ...]
 
     def encode(self) -> bytes:
         _check_count(len(self.fields))
-        return frame(b"T", _U16.pack(len(self.fields)) + b"".join(f.encode() for f in self.fields))
+        return frame(
+            c.B_ROWDESC, _U16.pack(len(self.fields)) + b"".join(f.encode() for f in self.fields)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -827,7 +796,6 @@ class DataRow:
     """A decoded row, for cold paths and tests. The hot path uses :func:`datarow_values`
     and :func:`encode_datarow` and builds no object per row."""
 
-    TYPE: ClassVar[bytes] = b"D"
     values: tuple[bytes | None, ...]
 
     def encode(self) -> bytes:
@@ -842,7 +810,6 @@ class CommandComplete:
     """``tag`` as sent ("INSERT 0 3", "SELECT 5", "CREATE TABLE"); :attr:`command` and
     :attr:`rows` split it."""
 
-    TYPE: ClassVar[bytes] = b"C"
     tag: str
 
     @property
@@ -864,15 +831,13 @@ class CommandComplete:
         return self.tag, None
 
     def encode(self) -> bytes:
-        return frame(b"C", _cstr(self.tag))
+        return frame(c.B_COMPLETE, _cstr(self.tag))
 
 
 @dataclass(frozen=True, slots=True)
 class EmptyQueryResponse:
-    TYPE: ClassVar[bytes] = b"I"
-
     def encode(self) -> bytes:
-        return frame(b"I")
+        return frame(c.B_EMPTY)
 
 
 # ErrorResponse / NoticeResponse field codes (protocol-error-fields.html).
@@ -929,7 +894,7 @@ class _Fields:
     def hint(self) -> str | None:
         return self.fields.get("H")
 
-    def _encode(self, type_byte: bytes) -> bytes:
+    def _encode(self, type_byte: int) -> bytes:
         parts = []
         for code, value in self.fields.items():
             raw = _raw(code)
@@ -941,22 +906,18 @@ class _Fields:
 
 @dataclass(frozen=True, slots=True)
 class ErrorResponse(_Fields):
-    TYPE: ClassVar[bytes] = b"E"
-
     @property
     def is_fatal(self) -> bool:
         return self.severity in ("FATAL", "PANIC")
 
     def encode(self) -> bytes:
-        return self._encode(b"E")
+        return self._encode(c.B_ERROR)
 
 
 @dataclass(frozen=True, slots=True)
 class NoticeResponse(_Fields):
-    TYPE: ClassVar[bytes] = b"N"
-
     def encode(self) -> bytes:
-        return self._encode(b"N")
+        return self._encode(c.B_NOTICE)
 
 
 def _fields(
@@ -1018,96 +979,79 @@ class _CopyResponse:
     format: int
     column_formats: tuple[int, ...]
 
-    def _encode(self, type_byte: bytes) -> bytes:
+    def _encode(self, type_byte: int) -> bytes:
         _check_count(len(self.column_formats))
         return frame(type_byte, bytes((self.format,)) + _int16s(self.column_formats))
 
 
 @dataclass(frozen=True, slots=True)
 class CopyInResponse(_CopyResponse):
-    TYPE: ClassVar[bytes] = b"G"
-
     def encode(self) -> bytes:
-        return self._encode(b"G")
+        return self._encode(c.B_COPY_IN)
 
 
 @dataclass(frozen=True, slots=True)
 class CopyOutResponse(_CopyResponse):
-    TYPE: ClassVar[bytes] = b"H"
-
     def encode(self) -> bytes:
-        return self._encode(b"H")
+        return self._encode(c.B_COPY_OUT)
 
 
 @dataclass(frozen=True, slots=True)
 class CopyBothResponse(_CopyResponse):
-    TYPE: ClassVar[bytes] = b"W"
-
     def encode(self) -> bytes:
-        return self._encode(b"W")
+        return self._encode(c.B_COPY_BOTH)
 
 
 @dataclass(frozen=True, slots=True)
 class ParseComplete:
-    TYPE: ClassVar[bytes] = b"1"
-
     def encode(self) -> bytes:
-        return frame(b"1")
+        return frame(c.B_PARSE_OK)
 
 
 @dataclass(frozen=True, slots=True)
 class BindComplete:
-    TYPE: ClassVar[bytes] = b"2"
-
     def encode(self) -> bytes:
-        return frame(b"2")
+        return frame(c.B_BIND_OK)
 
 
 @dataclass(frozen=True, slots=True)
 class CloseComplete:
-    TYPE: ClassVar[bytes] = b"3"
-
     def encode(self) -> bytes:
-        return frame(b"3")
+        return frame(c.B_CLOSE_OK)
 
 
 @dataclass(frozen=True, slots=True)
 class NoData:
-    TYPE: ClassVar[bytes] = b"n"
-
     def encode(self) -> bytes:
-        return frame(b"n")
+        return frame(c.B_NODATA)
 
 
 @dataclass(frozen=True, slots=True)
 class PortalSuspended:
-    TYPE: ClassVar[bytes] = b"s"
-
     def encode(self) -> bytes:
-        return frame(b"s")
+        return frame(c.B_SUSPENDED)
 
 
 @dataclass(frozen=True, slots=True)
 class ParameterDescription:
-    TYPE: ClassVar[bytes] = b"t"
     type_oids: tuple[int, ...]
 
     def encode(self) -> bytes:
         _check_count(len(self.type_oids))
         return frame(
-            b"t", _U16.pack(len(self.type_oids)) + b"".join(_U32.pack(o) for o in self.type_oids)
+            c.B_PARAMDESC,
+            _U16.pack(len(self.type_oids)) + b"".join(_U32.pack(o) for o in self.type_oids),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class NotificationResponse:
-    TYPE: ClassVar[bytes] = b"A"
     pid: int
     channel: str
     payload: str
 
     def encode(self) -> bytes:
-        return frame(b"A", _I32.pack(self.pid) + _cstr(self.channel) + _cstr(self.payload))
+        return frame(c.B_NOTIFY, _I32.pack(self.pid) + _cstr(self.channel) + _cstr(self.payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1115,14 +1059,13 @@ class NegotiateProtocolVersion:
     """The server speaks at most ``major.minor`` and did not recognise ``unrecognized``
     ``_pq_.*`` options."""
 
-    TYPE: ClassVar[bytes] = b"v"
     major: int
     minor: int
     unrecognized: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         return frame(
-            b"v",
+            c.B_NEGOTIATE,
             _U16.pack(self.major)
             + _U16.pack(self.minor)
             + _U32.pack(len(self.unrecognized))
@@ -1132,11 +1075,10 @@ class NegotiateProtocolVersion:
 
 @dataclass(frozen=True, slots=True)
 class FunctionCallResponse:
-    TYPE: ClassVar[bytes] = b"V"
     result: bytes | None
 
     def encode(self) -> bytes:
-        return frame(b"V", _values([self.result]))
+        return frame(c.B_FUNCTION_RESULT, _values([self.result]))
 
 
 def _decode_auth(r: _Reader) -> Authentication:
@@ -1257,30 +1199,30 @@ BackendMessage = (
 )
 
 _BACKEND: dict[int, tuple[str, Callable[[_Reader], BackendMessage]]] = {
-    ord("R"): ("Authentication", _decode_auth),
-    ord("S"): ("ParameterStatus", lambda r: ParameterStatus(r.cstring(), r.cstring())),
-    ord("K"): ("BackendKeyData", _decode_backend_key),
-    ord("Z"): ("ReadyForQuery", _decode_ready),
-    ord("T"): ("RowDescription", _decode_row_description),
-    ord("D"): ("DataRow", _decode_datarow),
-    ord("C"): ("CommandComplete", lambda r: CommandComplete(r.cstring())),
-    ord("I"): ("EmptyQueryResponse", lambda r: EmptyQueryResponse()),
-    ord("E"): ("ErrorResponse", lambda r: ErrorResponse(_decode_fields(r))),
-    ord("N"): ("NoticeResponse", lambda r: NoticeResponse(_decode_fields(r))),
-    ord("G"): ("CopyInResponse", lambda r: CopyInResponse(*_decode_copy_response(r))),
-    ord("H"): ("CopyOutResponse", lambda r: CopyOutResponse(*_decode_copy_response(r))),
-    ord("W"): ("CopyBothResponse", lambda r: CopyBothResponse(*_decode_copy_response(r))),
-    ord("d"): ("CopyData", lambda r: CopyData(r.rest())),
-    ord("c"): ("CopyDone", lambda r: CopyDone()),
-    ord("1"): ("ParseComplete", lambda r: ParseComplete()),
-    ord("2"): ("BindComplete", lambda r: BindComplete()),
-    ord("3"): ("CloseComplete", lambda r: CloseComplete()),
-    ord("n"): ("NoData", lambda r: NoData()),
-    ord("s"): ("PortalSuspended", lambda r: PortalSuspended()),
-    ord("t"): ("ParameterDescription", _decode_parameter_description),
-    ord("A"): ("NotificationResponse", _decode_notification),
-    ord("v"): ("NegotiateProtocolVersion", _decode_negotiate),
-    ord("V"): ("FunctionCallResponse", lambda r: FunctionCallResponse(r.value())),
+    c.B_AUTHENTICATION: ("Authentication", _decode_auth),
+    c.B_PARAMETER: ("ParameterStatus", lambda r: ParameterStatus(r.cstring(), r.cstring())),
+    c.B_KEY: ("BackendKeyData", _decode_backend_key),
+    c.B_READY: ("ReadyForQuery", _decode_ready),
+    c.B_ROWDESC: ("RowDescription", _decode_row_description),
+    c.B_DATAROW: ("DataRow", _decode_datarow),
+    c.B_COMPLETE: ("CommandComplete", lambda r: CommandComplete(r.cstring())),
+    c.B_EMPTY: ("EmptyQueryResponse", lambda r: EmptyQueryResponse()),
+    c.B_ERROR: ("ErrorResponse", lambda r: ErrorResponse(_decode_fields(r))),
+    c.B_NOTICE: ("NoticeResponse", lambda r: NoticeResponse(_decode_fields(r))),
+    c.B_COPY_IN: ("CopyInResponse", lambda r: CopyInResponse(*_decode_copy_response(r))),
+    c.B_COPY_OUT: ("CopyOutResponse", lambda r: CopyOutResponse(*_decode_copy_response(r))),
+    c.B_COPY_BOTH: ("CopyBothResponse", lambda r: CopyBothResponse(*_decode_copy_response(r))),
+    c.B_COPY_DATA: ("CopyData", lambda r: CopyData(r.rest())),
+    c.B_COPY_DONE: ("CopyDone", lambda r: CopyDone()),
+    c.B_PARSE_OK: ("ParseComplete", lambda r: ParseComplete()),
+    c.B_BIND_OK: ("BindComplete", lambda r: BindComplete()),
+    c.B_CLOSE_OK: ("CloseComplete", lambda r: CloseComplete()),
+    c.B_NODATA: ("NoData", lambda r: NoData()),
+    c.B_SUSPENDED: ("PortalSuspended", lambda r: PortalSuspended()),
+    c.B_PARAMDESC: ("ParameterDescription", _decode_parameter_description),
+    c.B_NOTIFY: ("NotificationResponse", _decode_notification),
+    c.B_NEGOTIATE: ("NegotiateProtocolVersion", _decode_negotiate),
+    c.B_FUNCTION_RESULT: ("FunctionCallResponse", lambda r: FunctionCallResponse(r.value())),
 }
 
 
@@ -1348,4 +1290,4 @@ def encode_datarow(values: Sequence[bytes | None]) -> bytes:
     """A whole DataRow frame for ``values`` (None is SQL NULL), lengths recomputed."""
     _check_count(len(values))
     body = _values(values)
-    return _HEADER.pack(b"D", len(body) + 6) + _U16.pack(len(values)) + body
+    return _HEADER.pack(c.B_DATAROW, len(body) + 6) + _U16.pack(len(values)) + body

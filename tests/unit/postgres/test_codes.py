@@ -6,15 +6,35 @@ import re
 
 from appliance.protocols.postgres import codes, sqlstate
 from appliance.protocols.postgres._framing import BACKEND_TYPES, FRONTEND_TYPES
-from appliance.protocols.postgres.messages import CommandComplete, Query, decode_backend
+from appliance.protocols.postgres.messages import (
+    CommandComplete,
+    CopyOutResponse,
+    ErrorResponse,
+    Query,
+    ReadyForQuery,
+    Sync,
+    decode_backend,
+    decode_frontend,
+)
 
 
-def test_type_bytes_are_the_message_classes_own() -> None:
-    assert codes.F_QUERY == Query.TYPE[0] == ord("Q")
-    assert CommandComplete.TYPE[0] == codes.B_COMPLETE
-    frame = CommandComplete("SELECT 1").encode()
-    assert frame[0] == codes.B_COMPLETE
-    assert isinstance(decode_backend(codes.B_COMPLETE, frame[5:]), CommandComplete)
+def test_messages_encode_and_decode_with_the_named_type_bytes() -> None:
+    frontend = [(Query("select 1"), codes.F_QUERY), (Sync(), codes.F_SYNC)]
+    backend = [
+        (CommandComplete("SELECT 1"), codes.B_COMPLETE),
+        (ReadyForQuery("I"), codes.B_READY),
+        (ErrorResponse({"S": "ERROR", "C": "42601", "M": "x"}), codes.B_ERROR),
+        (CopyOutResponse(0, (0,)), codes.B_COPY_OUT),
+    ]
+    for message, code in frontend:
+        frame = message.encode()
+        assert frame[0] == code
+        assert decode_frontend(code, frame[5:]) == message
+    for message, code in backend:
+        frame = message.encode()
+        assert frame[0] == code
+        assert decode_backend(code, frame[5:]) == message
+    assert ord("Q") == codes.F_QUERY and ord("C") == codes.B_COMPLETE
 
 
 def test_every_named_type_is_framed_in_its_direction() -> None:

@@ -1,0 +1,292 @@
+"""The proxy's half of the channel to the ledger writer process: entries numbered, stamped,
+encoded and framed into one send buffer.
+
+Where it sits: every statement a session records passes here twice (its statement and its
+response entry), from :class:`~appliance.proxy.records.SessionRecords` on the event loop,
+so this module is compiled with mypyc (``appliance._pure.HOT_MODULES``).
+:class:`~appliance.ledger.remote.RemoteLedger` is a :class:`LedgerSender`: it adds starting
+the writer process, syncs, flushes, closing, and the thread that reads the writer's answers;
+the writer's side of the channel is in :mod:`appliance.ledger.remote` too.
+
+What a sender does with an entry: assigns ``seq`` and ``ts`` in call order under one lock
+(the order of seq is the order on the wire), encodes it (a :class:`CanonicalError` reaches
+the caller), frames it, and appends it to the buffer, which goes to the writer in one
+``send`` :data:`SEND_DELAY` seconds after its first entry (from a running event loop), at
+once past :data:`SEND_AT` bytes, or at once without a loop. A blob's transform runs in the
+writer process: the sender names each :class:`~appliance.ledger.writer.TransformFactory`
+once (pickled across) and sends the blob's chunks raw.
+
+Wire format, both ways: 4-byte big-endian payload length, 1 kind byte, payload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import pickle
+import socket
+import struct
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mypy_extensions import mypyc_attr
+
+from appliance.ledger.api import PendingBlob
+from appliance.ledger.entries import PrefixCache, encode_trusted, format_ts_us
+from appliance.ledger.errors import LedgerError, LedgerUnavailable
+
+HEAD = struct.Struct("!IB")
+U64 = struct.Struct("!Q")
+U32 = struct.Struct("!I")
+HOLE = struct.Struct("!QII")  # blob id, where its reference goes in the entry: start, end
+OPEN_HEAD = struct.Struct("!QII")  # an unnumbered entry: ts (µs), where seq and ts go
+_HOLES_COUNT = struct.Struct("!H")
+# proxy -> writer
+ENTRY = 0
+ENTRY_BLOBS = 1
+FACTORY = 2
+OPEN = 3
+WRITE = 4
+CLOSE = 5
+ABORT = 6
+PUT = 7
+FLUSH = 8
+STOP = 9
+SYNC = 10
+UNNUMBERED = 11
+UNNUMBERED_BLOBS = 12
+# From the event loop, the buffer is sent SEND_DELAY seconds after its first entry (one
+# send for many entries: durability comes with the next checkpoint anyway), or at once
+# beyond SEND_AT bytes.
+SEND_DELAY = 0.005
+SEND_AT = 256 * 1024
+
+
+def frame(kind: int, payload: bytes = b"") -> bytes:
+    return HEAD.pack(len(payload), kind) + payload
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class LedgerSender:
+    """Entries into the channel ``sock`` to a writer process; see the module docstring.
+
+    ``unnumbered``: the writer gives each entry its seq (and keeps ts from going back) in the
+    order entries reach it from several proxy processes (``proxy.workers`` > 1); entries
+    travel without their seq digits, with where those and the timestamp go."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        origin: str,
+        clock: Callable[[], float],
+        next_seq: int,
+        last_ts_us: int,
+        unnumbered: bool,
+        nonce: str,
+    ) -> None:
+        self._sock = sock
+        self._clock = clock
+        self._unnumbered = unnumbered
+        self._lock = threading.Lock()
+        self._next_seq = next_seq
+        self._last_ts_us = last_ts_us
+        self._out = bytearray()
+        self._scheduled = False
+        self._failed: BaseException | None = None
+        self._closed = False
+        self._next_blob_id = 1
+        self._factories: dict[int, tuple[int, object]] = {}
+        self._prefixes = PrefixCache(origin)
+        self._nonce = nonce
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._failed
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
+        if self._closed:
+            raise LedgerUnavailable("ledger writer is closed")
+
+    def _send(self, kind: int, payload: bytes) -> None:
+        with self._lock:
+            self._check()
+            self._buffer(kind, payload)
+
+    def _buffer(self, kind: int, payload: bytes) -> None:
+        """Queue a message (holding ``_lock``); send now, or shortly from the running event
+        loop, so that one ``send`` carries many entries."""
+        out = self._out
+        out += HEAD.pack(len(payload), kind)
+        out += payload
+        if len(out) >= SEND_AT:
+            self._send_out()
+            return
+        if self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._send_out()
+            return
+        self._scheduled = True
+        loop.call_later(SEND_DELAY, self._send_scheduled)
+
+    def _send_scheduled(self) -> None:
+        with self._lock:
+            self._scheduled = False
+            if self._failed is None and self._out:
+                # A failure is kept in _failed: the next append raises it to its caller.
+                try:
+                    self._send_out()
+                except LedgerUnavailable:
+                    pass
+
+    def _send_out(self) -> None:
+        data = self._out
+        self._out = bytearray()
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            if self._failed is None:
+                self._failed = LedgerUnavailable(f"the ledger writer process is gone ({exc})")
+            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}") from None
+
+    def append(
+        self,
+        type: str,
+        *,
+        session: str | None = None,
+        identity: Mapping[str, Any] | None = None,
+        account: str | None = None,
+        target: str | None = None,
+        data: Mapping[str, Any],
+        blobs: Mapping[str, Any] | None = None,
+        trusted: bool = False,
+    ) -> None:
+        """As :meth:`LedgerWriter.append`; the entry is written by the writer process."""
+        if blobs:
+            for sink in blobs.values():
+                if not isinstance(sink, PendingBlob) and (
+                    not isinstance(sink, RemoteBlob) or sink._ledger is not self
+                ):
+                    raise LedgerError("blob sink belongs to another writer")
+            marked = dict(data)
+            for k in blobs:
+                marked[k] = self._marker(k)
+            data = marked
+        with self._lock:
+            self._check()
+            ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
+            seq = self._next_seq
+            prefix = self._prefixes.get(session, identity, account, target)
+            if self._unnumbered:
+                raw, seq_at, ts_at = prefix.encode_unnumbered(
+                    format_ts_us(ts_us), type, data, trusted=trusted
+                )
+                head = OPEN_HEAD.pack(ts_us, seq_at, ts_at)
+                kind, kind_blobs = UNNUMBERED, UNNUMBERED_BLOBS
+            else:
+                raw = prefix.encode(seq, format_ts_us(ts_us), type, data, trusted=trusted)
+                head = U64.pack(seq) + U64.pack(ts_us)
+                kind, kind_blobs = ENTRY, ENTRY_BLOBS
+            if blobs:
+                refs = []
+                for k, sink in blobs.items():
+                    if isinstance(sink, PendingBlob):
+                        # open, write and close in one go: no sink object for a small result
+                        blob_id = self._next_blob_id
+                        self._next_blob_id = blob_id + 1
+                        factory_id = self._factory_id(sink.transform)
+                        self._buffer(OPEN, U64.pack(blob_id) + U32.pack(factory_id))
+                        self._buffer(WRITE, U64.pack(blob_id) + sink.data)
+                    else:
+                        assert isinstance(sink, RemoteBlob)
+                        blob_id = sink.id
+                        if not sink.closed:
+                            sink._state = "closed"
+                    # Where the writer puts the blob's reference (see LedgerWriter._splice).
+                    marker = encode_trusted(self._marker(k))
+                    start = raw.find(marker)
+                    refs.append(HOLE.pack(blob_id, start, start + len(marker)))
+                body = _HOLES_COUNT.pack(len(refs)) + b"".join(refs) + raw
+                self._buffer(kind_blobs, head + body)
+            else:
+                self._buffer(kind, head + raw)
+            self._next_seq = seq + 1
+            self._last_ts_us = ts_us
+
+    def _marker(self, name: str) -> str:
+        """What stands for blob ``name``'s reference in an entry until the writer process
+        puts it there (as :meth:`LedgerWriter._marker`)."""
+        return f"\x00blob {self._nonce} {name}"
+
+    def open_blob(self, transform: Any = None) -> RemoteBlob:
+        """A blob written by the child; ``transform`` must be a picklable
+        :class:`TransformFactory` (a plain function cannot cross into the child)."""
+        if transform is not None and not hasattr(transform, "new"):
+            raise LedgerError("a remote ledger takes transform factories, not functions")
+        with self._lock:
+            self._check()
+            factory_id = self._factory_id(transform)
+            blob_id = self._next_blob_id
+            self._next_blob_id = blob_id + 1
+            sink = RemoteBlob(self, blob_id)
+            self._buffer(OPEN, U64.pack(blob_id) + U32.pack(factory_id))
+            return sink
+
+    def _factory_id(self, transform: object) -> int:
+        """The number naming ``transform`` in the child (sent there the first time; holding
+        ``_lock``); 0 for none."""
+        if transform is None:
+            return 0
+        known = self._factories.get(id(transform))
+        if known is not None:
+            return known[0]
+        if not hasattr(transform, "new"):
+            raise LedgerError("a remote ledger takes transform factories, not functions")
+        factory_id = len(self._factories) + 1
+        try:
+            blob = pickle.dumps(transform)
+        except Exception as exc:
+            raise LedgerError(f"transform factory cannot be sent: {exc}") from None
+        # Keep the factory alive: its id() names it.
+        self._factories[id(transform)] = (factory_id, transform)
+        self._buffer(FACTORY, U32.pack(factory_id) + blob)
+        return factory_id
+
+    def put_blob(self, data: bytes) -> str:
+        data = bytes(data)
+        self._send(PUT, data)
+        return hashlib.sha256(data).hexdigest()
+
+
+class RemoteBlob:
+    """A blob written by the writer process (see :class:`~appliance.ledger.BlobSink`)."""
+
+    def __init__(self, ledger: LedgerSender, blob_id: int) -> None:
+        self._ledger = ledger
+        self.id = blob_id
+        self._state = "open"
+
+    @property
+    def closed(self) -> bool:
+        return self._state != "open"
+
+    def write(self, chunk: bytes) -> None:
+        if self._state != "open":
+            raise LedgerError(f"write to a {self._state} blob sink")
+        self._ledger._send(WRITE, U64.pack(self.id) + bytes(chunk))
+
+    def close(self) -> None:
+        if self._state == "open":
+            self._state = "closed"
+            self._ledger._send(CLOSE, U64.pack(self.id))
+
+    def abort(self) -> None:
+        if self._state == "open":
+            self._state = "aborted"
+            self._ledger._send(ABORT, U64.pack(self.id))
