@@ -408,12 +408,13 @@ def test_the_channel_reader_gives_the_same_messages_however_the_bytes_are_cut() 
     import random
     import socket
 
-    from appliance.ledger.remote import _frame, _Reader
+    from appliance.ledger.remote import _Reader
+    from appliance.ledger.sender import frame  # what the proxy's side sends
 
     sock, other = socket.socketpair()
 
     sent = [(0, b"x" * 40), (4, b""), (3, b"y" * 300_000), (10, b"\x00" * 7), (1, b"z")]
-    stream = b"".join(_frame(kind, payload) for kind, payload in sent)
+    stream = b"".join(frame(kind, payload) for kind, payload in sent)
     rng = random.Random(5)
     cuts = sorted(rng.sample(range(1, len(stream)), 40))
     for pieces in (
