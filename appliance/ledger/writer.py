@@ -328,8 +328,8 @@ class LedgerWriter:
                 return
             self._cond.wait()
 
-    def _now(self, item: tuple[Any, ...]) -> None:
-        """Without a writer thread: do the work of ``item`` at once, in the caller's thread,
+    def _now(self, *items: tuple[Any, ...]) -> None:
+        """Without a writer thread: do the work of ``items`` at once, in the caller's thread,
         after anything still queued (no queue, no lock, no hand-over per item). A failure
         stops the writer for good, as it does in :meth:`pump`: LedgerUnavailable."""
         if self._failed is not None:
@@ -341,7 +341,8 @@ class LedgerWriter:
                 batch, self._queue = self._queue, collections.deque()
                 for queued in batch:
                     self._process(queued)
-            self._process(item)
+            for item in items:
+                self._process(item)
         except BaseException as exc:
             self._failed = exc
             raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
@@ -465,25 +466,13 @@ class LedgerWriter:
         if not self._threaded:  # the writer process: the work at once (as _now does it)
             if seq != self._next_seq:
                 raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
-            if self._failed is not None:
-                raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
-            if self._stopping:
-                raise LedgerUnavailable("ledger writer is closed")
-            try:
-                if self._queue:
-                    batch, self._queue = self._queue, collections.deque()
-                    for queued in batch:
-                        self._process(queued)
-                if holes:
-                    for _, _, sink in holes:
-                        if not sink.closed:
-                            sink._state = "closed"
-                            self._blob_close(sink)
-                    entry = self._splice(entry, list(holes))
-                self._write_entry(entry)
-            except BaseException as exc:
-                self._failed = exc
-                raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
+            if holes:
+                closing = [(_BLOB_CLOSE, sink) for _, _, sink in holes if not sink.closed]
+                for _, sink in closing:
+                    sink._state = "closed"
+                self._now(*closing, (_ENTRY, entry, list(holes)))
+            else:
+                self._now((_ENTRY, entry, None))
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             return
