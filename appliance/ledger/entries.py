@@ -229,9 +229,8 @@ def encode_trusted(value: object) -> bytes:
 # -- timestamps -----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-def _second_prefix(secs: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+# ``YYYY-MM-DDTHH:MM:SS.`` of recent seconds (every entry is stamped: strftime is slow).
+_SECOND_PREFIXES: dict[int, str] = {}
 
 
 def format_ts(t: float) -> str:
@@ -242,7 +241,14 @@ def format_ts(t: float) -> str:
 def format_ts_us(us: int) -> str:
     """Microseconds since the epoch as an entry timestamp."""
     secs, frac = divmod(us, 1_000_000)
-    return f"{_second_prefix(secs)}.{frac:06d}Z"
+    prefix = _SECOND_PREFIXES.get(secs)
+    if prefix is None:
+        if len(_SECOND_PREFIXES) >= 8:
+            _SECOND_PREFIXES.clear()
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
+        _SECOND_PREFIXES[secs] = prefix
+    # the six digits of frac, zeros in front: 1000000 + frac has seven, the first a 1
+    return prefix + str(1_000_000 + frac)[1:] + "Z"
 
 
 def ts_to_us(ts: str) -> int:

@@ -186,6 +186,10 @@ class RowMasker(Protocol):
         ...
 
 
+# How many RowDescriptions a session keeps decoded (bytes -> message).
+_DESCRIPTIONS_KEPT = 32
+
+
 class RelayHooks(Protocol):
     def decide(self, stmt: Statement) -> Verdict:
         """Classify and decide ``stmt`` (text, protocol); pure and fast."""
@@ -368,6 +372,9 @@ class Relay:
         self._copy_out: Statement | None = None
         self._result: Result | None = None
         self._result_plan: object | None = None
+        # RowDescriptions decoded, by their bytes: the simple protocol gets one per statement,
+        # the same for every statement of a shape (a RowDescription is immutable).
+        self._descriptions: dict[bytes, RowDescription] = {}
         self._masker = hooks.row_masker()
         self.terminated = False
         self.server_fatal = False  # the server sent a FATAL error: it is ending the session
@@ -797,8 +804,14 @@ class Relay:
     def _server_response(self, t: int, payload: bytes) -> None:
         expect = self._expect
         if t == B_ROWDESC:
-            desc = decode_backend(t, payload)
-            assert isinstance(desc, RowDescription)
+            desc = self._descriptions.get(payload)
+            if desc is None:
+                decoded = decode_backend(t, payload)
+                assert isinstance(decoded, RowDescription)
+                desc = decoded
+                if len(self._descriptions) >= _DESCRIPTIONS_KEPT:
+                    self._descriptions.clear()
+                self._descriptions[payload] = desc
             head = self._head(X.QUERY, X.DESCRIBE, X.EXECUTE)
             if head.kind is X.DESCRIBE:
                 target = head.target

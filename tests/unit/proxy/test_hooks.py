@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from appliance.approvals.request import UNATTRIBUTED
 from appliance.protocols.postgres import Framer, Limits, Messages
 from appliance.protocols.postgres._framing import BACKEND_TYPES, FRONTEND_TYPES
@@ -19,7 +22,7 @@ from appliance.protocols.postgres.messages import (
     decode_backend,
     error_response,
 )
-from appliance.proxy.pg.hooks import SessionHooks, _shape
+from appliance.proxy.pg.hooks import _INTEGER, _NOT_SHAPED, SessionHooks, _shape
 from appliance.proxy.pg.relay import Relay, Statement
 from tests.unit.policy.helpers import rules
 
@@ -182,6 +185,21 @@ def test_the_shape_of_a_text_replaces_only_integer_literals() -> None:
         "SELECT 1 /* 2 */",
     ):
         assert _shape(text) == text
+
+
+@settings(max_examples=400)
+@given(st.text(alphabet="0123456789 .,_-+/*'\"$\\xe\té٣\n", max_size=40))
+def test_the_ascii_shape_scan_agrees_with_the_patterns(text: str) -> None:
+    """ASCII text is reshaped by a byte scan: the same result as the two patterns (which
+    non-ASCII text still goes through), and the text itself when nothing changes."""
+    if _NOT_SHAPED.search(text):
+        expected = text
+    else:
+        expected = _INTEGER.sub("0", text)
+    got = _shape(text)
+    assert got == expected
+    if _NOT_SHAPED.search(text) or not _INTEGER.search(text):
+        assert got is text  # the caller tells "no shape" by identity
 
 
 def test_pgbench_row_changes_share_their_remembered_allows() -> None:
