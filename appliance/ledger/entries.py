@@ -328,8 +328,13 @@ class EntryPrefix:
         ident = _checked(dict(identity) if identity is not None else None, "$.identity")
         self._head = b'{"account":' + canonical_json(account) + b',"data":'
         self._middle = b',"identity":' + ident + b',"origin":' + canonical_json(origin) + b',"seq":'
+        # everything between seq and the ts's digits
         self._tail = (
-            b',"session":' + canonical_json(session) + b',"target":' + canonical_json(target)
+            b',"session":'
+            + canonical_json(session)
+            + b',"target":'
+            + canonical_json(target)
+            + b',"ts":"'
         )
 
     def encode(
@@ -338,7 +343,7 @@ class EntryPrefix:
         """The entry's canonical bytes; ``trusted`` as in ``LedgerWriter.append``."""
         body = encode_trusted(data) if trusted else _checked(dict(data), "$.data")
         return b"".join(
-            (self._head, body, self._middle, str(seq).encode(), self._after_seq(ts, type))
+            (self._head, body, self._middle, str(seq).encode(), self._tail, ts.encode(), _end(type))
         )
 
     def encode_unnumbered(
@@ -350,22 +355,18 @@ class EntryPrefix:
         :func:`number_entry` completes them."""
         body = encode_trusted(data) if trusted else _checked(dict(data), "$.data")
         seq_at = len(self._head) + len(body) + len(self._middle)
-        raw = b"".join((self._head, body, self._middle, self._after_seq(ts, type)))
-        return raw, seq_at, seq_at + len(self._tail) + len(b',"ts":"')
+        raw = b"".join((self._head, body, self._middle, self._tail, ts.encode(), _end(type)))
+        return raw, seq_at, seq_at + len(self._tail)
 
-    def _after_seq(self, ts: str, type: str) -> bytes:
-        return b"".join(
-            (
-                self._tail,
-                b',"ts":"',
-                ts.encode(),
-                b'","type":',
-                encode_trusted(type),
-                b',"v":',
-                _VERSION,
-                b"}",
-            )
-        )
+
+def _end(type: str) -> bytes:
+    """What follows the ts's digits in an entry of ``type`` (the few types are kept)."""
+    end = _ENDS.get(type)
+    if end is None:
+        end = b'","type":' + encode_trusted(type) + b',"v":' + _VERSION + b"}"
+        if len(_ENDS) < 256:
+            _ENDS[type] = end
+    return end
 
 
 def number_entry(raw: bytes, seq_at: int, ts_at: int, seq: int, ts: str | None) -> bytes:
@@ -381,6 +382,7 @@ def number_entry(raw: bytes, seq_at: int, ts_at: int, seq: int, ts: str | None) 
 
 _TS_LEN = 27
 _VERSION = str(FORMAT_VERSION).encode()
+_ENDS: dict[str, bytes] = {}
 _PREFIX_CACHE = 4096
 
 

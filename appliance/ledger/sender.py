@@ -92,7 +92,8 @@ class LedgerSender:
         self._lock = threading.Lock()
         self._next_seq = next_seq
         self._last_ts_us = last_ts_us
-        self._out = bytearray()
+        self._out: list[bytes] = []  # framed messages not sent yet
+        self._out_size = 0
         self._scheduled = False
         self._failed: BaseException | None = None
         self._closed = False
@@ -105,35 +106,18 @@ class LedgerSender:
     def failed(self) -> BaseException | None:
         return self._failed
 
+    # The helpers below are module functions, called directly by the compiled methods: a
+    # method call on self would go through Python (RemoteLedger is an interpreted subclass).
     def _check(self) -> None:
-        if self._failed is not None:
-            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
-        if self._closed:
-            raise LedgerUnavailable("ledger writer is closed")
+        _check(self)
 
     def _send(self, kind: int, payload: bytes) -> None:
         with self._lock:
-            self._check()
-            self._buffer(kind, payload)
+            _check(self)
+            _buffer(self, kind, payload)
 
     def _buffer(self, kind: int, payload: bytes) -> None:
-        """Queue a message (holding ``_lock``); send now, or shortly from the running event
-        loop, so that one ``send`` carries many entries."""
-        out = self._out
-        out += HEAD.pack(len(payload), kind)
-        out += payload
-        if len(out) >= SEND_AT:
-            self._send_out()
-            return
-        if self._scheduled:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._send_out()
-            return
-        self._scheduled = True
-        loop.call_later(SEND_DELAY, self._send_scheduled)
+        _buffer(self, kind, payload)
 
     def _send_scheduled(self) -> None:
         with self._lock:
@@ -141,19 +125,12 @@ class LedgerSender:
             if self._failed is None and self._out:
                 # A failure is kept in _failed: the next append raises it to its caller.
                 try:
-                    self._send_out()
+                    _send_out(self)
                 except LedgerUnavailable:
                     pass
 
     def _send_out(self) -> None:
-        data = self._out
-        self._out = bytearray()
-        try:
-            self._sock.sendall(data)
-        except OSError as exc:
-            if self._failed is None:
-                self._failed = LedgerUnavailable(f"the ledger writer process is gone ({exc})")
-            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}") from None
+        _send_out(self)
 
     def append(
         self,
@@ -176,10 +153,10 @@ class LedgerSender:
                     raise LedgerError("blob sink belongs to another writer")
             marked = dict(data)
             for k in blobs:
-                marked[k] = self._marker(k)
+                marked[k] = _marker(self, k)
             data = marked
         with self._lock:
-            self._check()
+            _check(self)
             ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
             seq = self._next_seq
             prefix = self._prefixes.get(session, identity, account, target)
@@ -200,29 +177,24 @@ class LedgerSender:
                         # open, write and close in one go: no sink object for a small result
                         blob_id = self._next_blob_id
                         self._next_blob_id = blob_id + 1
-                        factory_id = self._factory_id(sink.transform)
-                        self._buffer(OPEN, U64.pack(blob_id) + U32.pack(factory_id))
-                        self._buffer(WRITE, U64.pack(blob_id) + sink.data)
+                        factory_id = _factory_id(self, sink.transform)
+                        _buffer(self, OPEN, U64.pack(blob_id) + U32.pack(factory_id))
+                        _buffer(self, WRITE, U64.pack(blob_id) + sink.data)
                     else:
                         assert isinstance(sink, RemoteBlob)
                         blob_id = sink.id
                         if not sink.closed:
                             sink._state = "closed"
                     # Where the writer puts the blob's reference (see LedgerWriter._splice).
-                    marker = encode_trusted(self._marker(k))
+                    marker = encode_trusted(_marker(self, k))
                     start = raw.find(marker)
                     refs.append(HOLE.pack(blob_id, start, start + len(marker)))
                 body = _HOLES_COUNT.pack(len(refs)) + b"".join(refs) + raw
-                self._buffer(kind_blobs, head + body)
+                _buffer(self, kind_blobs, head + body)
             else:
-                self._buffer(kind, head + raw)
+                _buffer(self, kind, head + raw)
             self._next_seq = seq + 1
             self._last_ts_us = ts_us
-
-    def _marker(self, name: str) -> str:
-        """What stands for blob ``name``'s reference in an entry until the writer process
-        puts it there (as :meth:`LedgerWriter._marker`)."""
-        return f"\x00blob {self._nonce} {name}"
 
     def open_blob(self, transform: Any = None) -> RemoteBlob:
         """A blob written by the child; ``transform`` must be a picklable
@@ -230,38 +202,85 @@ class LedgerSender:
         if transform is not None and not hasattr(transform, "new"):
             raise LedgerError("a remote ledger takes transform factories, not functions")
         with self._lock:
-            self._check()
-            factory_id = self._factory_id(transform)
+            _check(self)
+            factory_id = _factory_id(self, transform)
             blob_id = self._next_blob_id
             self._next_blob_id = blob_id + 1
             sink = RemoteBlob(self, blob_id)
-            self._buffer(OPEN, U64.pack(blob_id) + U32.pack(factory_id))
+            _buffer(self, OPEN, U64.pack(blob_id) + U32.pack(factory_id))
             return sink
-
-    def _factory_id(self, transform: object) -> int:
-        """The number naming ``transform`` in the child (sent there the first time; holding
-        ``_lock``); 0 for none."""
-        if transform is None:
-            return 0
-        known = self._factories.get(id(transform))
-        if known is not None:
-            return known[0]
-        if not hasattr(transform, "new"):
-            raise LedgerError("a remote ledger takes transform factories, not functions")
-        factory_id = len(self._factories) + 1
-        try:
-            blob = pickle.dumps(transform)
-        except Exception as exc:
-            raise LedgerError(f"transform factory cannot be sent: {exc}") from None
-        # Keep the factory alive: its id() names it.
-        self._factories[id(transform)] = (factory_id, transform)
-        self._buffer(FACTORY, U32.pack(factory_id) + blob)
-        return factory_id
 
     def put_blob(self, data: bytes) -> str:
         data = bytes(data)
         self._send(PUT, data)
         return hashlib.sha256(data).hexdigest()
+
+
+def _check(sender: LedgerSender) -> None:
+    if sender._failed is not None:
+        raise LedgerUnavailable(f"ledger writer has stopped: {sender._failed}")
+    if sender._closed:
+        raise LedgerUnavailable("ledger writer is closed")
+
+
+def _buffer(sender: LedgerSender, kind: int, payload: bytes) -> None:
+    """Queue a message (holding ``_lock``); send now, or shortly from the running event
+    loop, so that one ``send`` carries many entries."""
+    out = sender._out
+    out.append(HEAD.pack(len(payload), kind))
+    out.append(payload)
+    sender._out_size += len(payload) + HEAD.size
+    if sender._out_size >= SEND_AT:
+        _send_out(sender)
+        return
+    if sender._scheduled:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _send_out(sender)
+        return
+    sender._scheduled = True
+    loop.call_later(SEND_DELAY, sender._send_scheduled)
+
+
+def _send_out(sender: LedgerSender) -> None:
+    data = b"".join(sender._out)
+    sender._out = []
+    sender._out_size = 0
+    try:
+        sender._sock.sendall(data)
+    except OSError as exc:
+        if sender._failed is None:
+            sender._failed = LedgerUnavailable(f"the ledger writer process is gone ({exc})")
+        raise LedgerUnavailable(f"ledger writer has stopped: {sender._failed}") from None
+
+
+def _marker(sender: LedgerSender, name: str) -> str:
+    """What stands for blob ``name``'s reference in an entry until the writer process
+    puts it there (as :meth:`LedgerWriter._marker`)."""
+    return f"\x00blob {sender._nonce} {name}"
+
+
+def _factory_id(sender: LedgerSender, transform: object) -> int:
+    """The number naming ``transform`` in the child (sent there the first time; holding
+    ``_lock``); 0 for none."""
+    if transform is None:
+        return 0
+    known = sender._factories.get(id(transform))
+    if known is not None:
+        return known[0]
+    if not hasattr(transform, "new"):
+        raise LedgerError("a remote ledger takes transform factories, not functions")
+    factory_id = len(sender._factories) + 1
+    try:
+        blob = pickle.dumps(transform)
+    except Exception as exc:
+        raise LedgerError(f"transform factory cannot be sent: {exc}") from None
+    # Keep the factory alive: its id() names it.
+    sender._factories[id(transform)] = (factory_id, transform)
+    _buffer(sender, FACTORY, U32.pack(factory_id) + blob)
+    return factory_id
 
 
 class RemoteBlob:

@@ -1,0 +1,185 @@
+"""The proxy's half of the channel to the writer process (LedgerSender), read off the wire:
+what each append sends, in which order, with which seq and ts, and when."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from appliance.ledger.api import PendingBlob
+from appliance.ledger.entries import encode_entry, encode_trusted, format_ts_us, make_entry
+from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
+from appliance.ledger.sender import (
+    ENTRY,
+    ENTRY_BLOBS,
+    FACTORY,
+    HEAD,
+    HOLE,
+    OPEN,
+    OPEN_HEAD,
+    U32,
+    U64,
+    UNNUMBERED,
+    WRITE,
+    LedgerSender,
+)
+
+ORIGIN = "runner-1"
+
+
+class Clock:
+    def __init__(self, *times: float) -> None:
+        self.times = list(times)
+
+    def __call__(self) -> float:
+        return self.times.pop(0) if len(self.times) > 1 else self.times[0]
+
+
+class Upper:
+    """A transform factory (picklable, has ``new``)."""
+
+    def new(self) -> None:  # pragma: no cover - runs in the writer process
+        return None
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair()
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def sender(sock: socket.socket, clock: Clock, *, unnumbered: bool = False) -> LedgerSender:
+    return LedgerSender(
+        sock,
+        origin=ORIGIN,
+        clock=clock,
+        next_seq=7,
+        last_ts_us=0,
+        unnumbered=unnumbered,
+        nonce="n0",
+    )
+
+
+def messages(sock: socket.socket) -> list[tuple[int, bytes]]:
+    sock.setblocking(False)
+    data = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            break
+        data += chunk
+    out, pos = [], 0
+    while pos < len(data):
+        length, kind = HEAD.unpack_from(data, pos)
+        out.append((kind, data[pos + HEAD.size : pos + HEAD.size + length]))
+        pos += HEAD.size + length
+    return out
+
+
+def test_entries_go_in_call_order_with_seq_and_a_ts_that_never_goes_back(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    s = sender(a, Clock(100.0, 99.0))  # the clock steps back: ts stays
+    s.append("statement", session="s1", data={"text": "select 1"})
+    s.append("response", session="s1", data={"rows": 1}, trusted=True)
+    got = messages(b)
+    assert [k for k, _ in got] == [ENTRY, ENTRY]
+    expected: list[tuple[int, str, dict[str, object]]] = [
+        (7, "statement", {"text": "select 1"}),
+        (8, "response", {"rows": 1}),
+    ]
+    for (_, payload), (seq, type, data) in zip(got, expected, strict=True):
+        assert U64.unpack_from(payload, 0)[0] == seq
+        assert U64.unpack_from(payload, 8)[0] == 100_000_000
+        entry = make_entry(
+            origin=ORIGIN, seq=seq, ts=format_ts_us(100_000_000), type=type, data=data, session="s1"
+        )
+        assert payload[16:] == encode_entry(entry)
+
+
+def test_a_pending_blob_is_opened_written_and_referenced_where_its_marker_is(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    s = sender(a, Clock(1.0))
+    factory = Upper()
+    s.append(
+        "response", session="s", data={"n": 1}, blobs={"result": PendingBlob(factory, b"rows")}
+    )
+    s.append("response", session="s", data={"n": 2}, blobs={"result": PendingBlob(factory, b"")})
+    got = messages(b)
+    kinds = [k for k, _ in got]
+    # the factory is sent once, then named by its number
+    assert kinds == [FACTORY, OPEN, WRITE, ENTRY_BLOBS, OPEN, WRITE, ENTRY_BLOBS]
+    assert U32.unpack_from(got[0][1], 0)[0] == 1
+    blob_id, factory_id = U64.unpack_from(got[1][1], 0)[0], U32.unpack_from(got[1][1], 8)[0]
+    assert (blob_id, factory_id) == (1, 1)
+    assert got[2][1] == U64.pack(1) + b"rows"
+    payload = got[3][1]
+    assert U64.unpack_from(payload, 0)[0] == 7
+    count = int.from_bytes(payload[16:18], "big")
+    assert count == 1
+    hole_blob, start, end = HOLE.unpack_from(payload, 18)
+    raw = payload[18 + HOLE.size :]
+    assert hole_blob == 1
+    assert raw[start:end] == encode_trusted("\x00blob n0 result")
+    assert U64.unpack_from(got[4][1], 0)[0] == 2  # the next blob has the next id
+
+
+def test_unnumbered_entries_say_where_seq_and_ts_go(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    s = sender(a, Clock(2.0), unnumbered=True)
+    s.append("statement", data={"x": 1})
+    [(kind, payload)] = messages(b)
+    assert kind == UNNUMBERED
+    ts_us, seq_at, ts_at = OPEN_HEAD.unpack_from(payload, 0)
+    raw = payload[OPEN_HEAD.size :]
+    assert ts_us == 2_000_000
+    assert raw[seq_at - len(b'"seq":') : seq_at] == b'"seq":'
+    assert raw[ts_at : ts_at + 27] == format_ts_us(2_000_000).encode()
+
+
+def test_bad_input_is_refused_before_anything_is_sent(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    s = sender(a, Clock(1.0))
+    with pytest.raises(CanonicalError):
+        s.append("statement", data={"x": 1.5})
+    with pytest.raises(LedgerError, match="another writer"):
+        s.append("response", data={}, blobs={"result": object()})
+    with pytest.raises(LedgerError, match="transform factories"):
+        s.open_blob(lambda data: data)
+    s.append("statement", data={"x": 1})
+    [(kind, payload)] = messages(b)
+    assert kind == ENTRY and U64.unpack_from(payload, 0)[0] == 7  # no seq was used up
+
+
+def test_a_gone_writer_fails_this_append_and_every_later_one(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    s = sender(a, Clock(1.0))
+    b.close()
+    with pytest.raises(LedgerUnavailable, match="gone"):
+        s.append("statement", data={"x": 1})
+    assert s.failed is not None
+    with pytest.raises(LedgerUnavailable, match="stopped"):
+        s.append("statement", data={"x": 2})
+
+
+def test_on_an_event_loop_appends_are_sent_together_shortly_after(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    s = sender(a, Clock(1.0))
+
+    async def run() -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+        for n in range(3):
+            s.append("statement", data={"n": n})
+        before = messages(b)
+        await asyncio.sleep(0.05)
+        return before, messages(b)
+
+    before, after = asyncio.run(run())
+    assert before == []
+    assert [U64.unpack_from(p, 0)[0] for _, p in after] == [7, 8, 9]
