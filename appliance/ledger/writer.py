@@ -11,6 +11,9 @@ thread does all disk work, in queue order:
   ``blobs/ab/<sha256>`` on close (content addressed, so written once);
 - entries: blob references filled in, framed, appended to ``entries.log`` (buffered), leaf
   hash added to the compact range;
+- (without the thread, in the writer process of :mod:`appliance.ledger.remote`, the same work
+  is done in the caller's thread as entries and chunks arrive, and :meth:`LedgerWriter.pump`
+  signs and syncs;)
 - checkpoints, at most ``checkpoint_interval`` seconds after the oldest unsigned entry or
   every ``checkpoint_entries`` entries, or when ``flush`` asks: write out, fsync the log and
   every new blob and its directory, sign the root (C2SP checkpoint), append the note to
@@ -233,8 +236,11 @@ class LedgerWriter:
         ``on_signed(size)`` is called in the writer thread after each checkpoint.
         ``lock_wait``: how long to wait for another writer to let go of the directory (a
         writer process finishing its last checkpoint after its proxy was killed).
-        ``threaded=False``: no writer thread; the owner calls :meth:`pump` to do the queued
-        work (the writer process of :mod:`appliance.ledger.remote` has nothing else to do).
+        ``threaded=False``: no writer thread (the writer process of :mod:`appliance.ledger.
+        remote` has nothing else to do): entries and blob chunks that arrive through
+        :meth:`append_encoded` and the blob sinks are written at once, in the caller's thread
+        (no queue, no lock); what :meth:`append` queued waits for the next of those or for
+        :meth:`pump`, which the owner calls to write it and to sign checkpoints and sync.
         """
         if checkpoint_interval <= 0 or checkpoint_entries < 1 or queue_limit < 1:
             raise LedgerError("checkpoint interval, checkpoint entries and queue limit must be > 0")
@@ -302,6 +308,9 @@ class LedgerWriter:
         return self._failed
 
     def _enqueue(self, item: tuple[Any, ...]) -> None:
+        if not self._threaded:
+            self._now(item)
+            return
         with self._cond:
             self._wait_for_room()
             self._queue.append(item)
@@ -319,8 +328,27 @@ class LedgerWriter:
                 return
             self._cond.wait()
 
+    def _now(self, *items: tuple[Any, ...]) -> None:
+        """Without a writer thread: do the work of ``items`` at once, in the caller's thread,
+        after anything still queued (no queue, no lock, no hand-over per item). A failure
+        stops the writer for good, as it does in :meth:`pump`: LedgerUnavailable."""
+        if self._failed is not None:
+            raise LedgerUnavailable(f"ledger writer has stopped: {self._failed}")
+        if self._stopping:
+            raise LedgerUnavailable("ledger writer is closed")
+        try:
+            if self._queue:
+                batch, self._queue = self._queue, collections.deque()
+                for queued in batch:
+                    self._process(queued)
+            for item in items:
+                self._process(item)
+        except BaseException as exc:
+            self._failed = exc
+            raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
+
     def pump(self, *, flush: bool = False) -> float | None:
-        """Without a writer thread: do the queued work, and sign a checkpoint when one is due
+        """Without a writer thread: do the queued work (if any), and sign a checkpoint when one is due
         (or ``flush``). Returns how many seconds until the next checkpoint is due (None:
         none pending), for the owner's next call. Raises LedgerUnavailable once failed."""
         assert not self._threaded, "pump() is for a writer opened with threaded=False"
@@ -435,6 +463,19 @@ class LedgerWriter:
         ``entry`` is its canonical bytes; ``holes`` are ``(start, end, sink)``: where the
         reference to a blob goes, in place of a marker (:meth:`_marker`). ``seq`` must be the
         next one: entries arrive in order or not at all."""
+        if not self._threaded:  # the writer process: the work at once (as _now does it)
+            if seq != self._next_seq:
+                raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
+            if holes:
+                closing = [(_BLOB_CLOSE, sink) for _, _, sink in holes if not sink.closed]
+                for _, sink in closing:
+                    sink._state = "closed"
+                self._now(*closing, (_ENTRY, entry, list(holes)))
+            else:
+                self._now((_ENTRY, entry, None))
+            self._next_seq = seq + 1
+            self._last_ts_us = max(ts_us, self._last_ts_us)
+            return
         with self._cond:
             self._wait_for_room()
             if seq != self._next_seq:
@@ -688,6 +729,9 @@ class LedgerWriter:
         its name sorts, whatever its value: the result is the canonical entry with the
         references as values (the rest was checked when appended; the references are str
         and int, their annotations are checked in :meth:`_ref`)."""
+        if len(holes) == 1:
+            start, end, sink = holes[0]
+            return b"".join((raw[:start], encode_trusted(self._ref(sink)), raw[end:]))
         parts = []
         pos = 0
         for start, end, sink in sorted(holes, key=lambda h: h[0]):
@@ -704,7 +748,10 @@ class LedgerWriter:
         ref = dict(sink.ref)
         if sink.annotate is not None:
             try:  # the producer's callback: its failure must not stop the writer
-                extra = dict(sink.annotate())
+                extra = sink.annotate()
+                if type(extra) is dict and not extra:  # nearly always: nothing was masked
+                    return ref
+                extra = dict(extra)
                 if extra:
                     canonical_json(extra)
                 ref.update(

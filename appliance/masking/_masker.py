@@ -145,6 +145,10 @@ class TargetMasker:
         self._m = masker
         self.target = target
         self._copy_formats: dict[tuple[object, ...], CopyFormat] = {}
+        # column_plan's answers: a plan depends only on its arguments and the config, and the
+        # same result shapes come back statement after statement (per result set, in the
+        # ledger writer and toward the job).
+        self._plans: dict[tuple[object, ...], ColumnPlan] = {}
         self._has_rules = any(
             r.applies_to(target) and r.style is not Style.NONE for r in masker.config.columns
         )
@@ -247,8 +251,31 @@ class TargetMasker:
         ``formats`` follows the protocol: empty means all text, one entry applies to all,
         else one per column (1 = binary). ``type_oids`` from RowDescription lets masked values
         of non-text types become NULL instead of unparsable text; without it every column is
-        taken as text.
+        taken as text. Plans are cached (immutable, a pure function of the arguments).
         """
+        key = (
+            table,
+            tuple(columns),
+            None if tables is None else tuple(tables),
+            tuple(formats),
+            None if type_oids is None else tuple(type_oids),
+        )
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._column_plan(table, columns, tables, formats, type_oids)
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _column_plan(
+        self,
+        table: str | None,
+        columns: Sequence[str | None],
+        tables: Sequence[str | None] | None,
+        formats: Sequence[int],
+        type_oids: Sequence[int | None] | None,
+    ) -> ColumnPlan:
         n = len(columns)
         if tables is not None and len(tables) != n:
             raise ValueError("tables must have one entry per column")
@@ -578,6 +605,7 @@ class TargetMasker:
         return fmt.delimiter.join(parts) + eol
 
 
+_PLAN_CACHE = 1024  # result shapes remembered per target (then the cache starts afresh)
 _JSONB_VERSION = b"\x01"  # jsonb's binary format: a version byte, then the JSON text
 
 

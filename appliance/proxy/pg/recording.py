@@ -62,17 +62,21 @@ class RowsTransform(MaskingTransform):
     def part(self, kind: bytes, body: bytes) -> bytes:
         rows = self.rows
         if kind == HEADER:
-            header = orjson.loads(body)
+            # The same result shapes come back statement after statement: what a header
+            # gives (its fields, its masked line, what masking it counted) is kept per
+            # target and header bytes.
+            key = (self.masker, body)
+            hit = _HEADERS.get(key)
+            if hit is None:
+                hit = _header(self.masker, body)
+                if len(_HEADERS) >= _HEADER_CACHE:
+                    _HEADERS.clear()
+                _HEADERS[key] = hit
+            header, line, found = hit
             rows.header(header)  # planned by the real names
-            if self.masker is not None and header.get("columns"):
-                # Written masked: a column may be named after a value ("AS "4111...").
-                masker: TargetMasker = self.masker
-                header["columns"] = [
-                    None if c is None else masker.mask_text(c, self.counts)
-                    for c in header["columns"]
-                ]
-                return orjson.dumps(header, option=orjson.OPT_SORT_KEYS) + b"\n"
-            return body + b"\n"
+            if found:
+                self.counts.update(found)
+            return line
         out: list[bytes] = []
         if kind == ROWS:
             # All the run's rows at once: masking pre-filters them together.
@@ -85,6 +89,26 @@ class RowsTransform(MaskingTransform):
         elif kind == COPY_END:
             out.extend(orjson.dumps(line) for line in rows.copy_end())
         return b"\n".join(out) + b"\n" if out else b""
+
+
+_HEADER_CACHE = 1024
+_HEADERS: dict[tuple[TargetMasker | None, bytes], tuple[dict[str, Any], bytes, MaskCounts]] = {}
+
+
+def _header(masker: TargetMasker | None, body: bytes) -> tuple[dict[str, Any], bytes, MaskCounts]:
+    """A result header part: its fields (as the recorder wrote them: rows are planned by the
+    real column names), its line in the blob, and what masking that line counted. Neither
+    the fields nor the counts may be changed by the caller (they are cached)."""
+    header = orjson.loads(body)
+    found = MaskCounts()
+    if masker is None or not header.get("columns"):
+        return header, body + b"\n", found
+    # Written masked: a column may be named after a value ("AS "4111...").
+    masked = dict(header)
+    masked["columns"] = [
+        None if c is None else masker.mask_text(c, found) for c in header["columns"]
+    ]
+    return header, orjson.dumps(masked, option=orjson.OPT_SORT_KEYS) + b"\n", found
 
 
 def _frames(body: bytes) -> list[bytes]:

@@ -400,3 +400,63 @@ def test_syncs_from_several_workers_are_answered_each(tmp_path: Path) -> None:
             w.close()
     finally:
         main.close()
+
+
+def test_the_channel_reader_gives_the_same_messages_however_the_bytes_are_cut() -> None:
+    """A transcript of the channel, whole, one byte at a time, and cut at random places;
+    a message larger than a read (a big blob chunk) is put together from many."""
+    import random
+    import socket
+
+    from appliance.ledger.remote import _Reader
+    from appliance.ledger.sender import frame  # what the proxy's side sends
+
+    sock, other = socket.socketpair()
+
+    sent = [(0, b"x" * 40), (4, b""), (3, b"y" * 300_000), (10, b"\x00" * 7), (1, b"z")]
+    stream = b"".join(frame(kind, payload) for kind, payload in sent)
+    rng = random.Random(5)
+    cuts = sorted(rng.sample(range(1, len(stream)), 40))
+    for pieces in (
+        [stream],
+        [stream[i : i + 1] for i in range(0, 2000)] + [stream[2000:]],
+        [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)],
+    ):
+        reader = _Reader(sock)
+        got = [m for piece in pieces for m in reader.messages(piece)]
+        assert got == sent
+        assert not reader.buf
+    too_big = _Reader(sock)
+    with pytest.raises(LedgerError):
+        too_big.messages(b"\xff\xff\xff\xff\x00")
+    # what the socket brings, read into the reader's own buffer
+    other.sendall(stream[:1000])
+    assert _Reader(sock).messages(_Reader(sock).recv()) == sent[:2]
+    sock.close()
+    other.close()
+
+
+def test_a_failure_in_the_writer_process_stops_it_before_any_later_signature(
+    tmp_path: Path,
+) -> None:
+    """Without a writer thread (the writer process) entries are written as they arrive; an
+    I/O error there stops the writer for good: nothing after it is signed."""
+    d = tmp_path / "l"
+    w = open_writer(d, threaded=False)
+    w.flush()
+    signed = w.signed_size
+    seq = w.next_seq
+    w.append_encoded(seq, 1, b'{"seq":%d}' % seq)
+
+    def broken(raw: bytes) -> None:
+        raise OSError(5, "Input/output error")
+
+    w._write_entry = broken  # type: ignore[method-assign]
+    with pytest.raises(LedgerUnavailable):
+        w.append_encoded(seq + 1, 2, b'{"seq":%d}' % (seq + 1))
+    assert isinstance(w.failed, OSError)
+    with pytest.raises(LedgerUnavailable):
+        w.pump(flush=True)
+    with pytest.raises(LedgerUnavailable):
+        w.close()
+    assert w.signed_size == signed
