@@ -37,7 +37,6 @@ import os
 import pickle
 import select
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -48,35 +47,36 @@ from typing import Any
 
 import orjson
 
-from appliance.ledger import sender as _wire
 from appliance.ledger.entries import format_ts_us, number_entry
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
 from appliance.ledger.recovery import LastEntry
-from appliance.ledger.sender import LedgerSender, RemoteBlob
+from appliance.ledger.sender import (
+    ABORT,
+    CLOSE,
+    ENTRY,
+    ENTRY_BLOBS,
+    FACTORY,
+    FLUSH,
+    HEAD,
+    HOLE,
+    HOLES_COUNT,
+    OPEN,
+    OPEN_HEAD,
+    PUT,
+    STOP,
+    SYNC,
+    U32,
+    U64,
+    UNNUMBERED,
+    UNNUMBERED_BLOBS,
+    WRITE,
+    LedgerSender,
+    RemoteBlob,
+    frame,
+)
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
 from appliance.signing.keys import SigningKey
 
-# The channel's framing and message kinds (their one home is sender.py).
-_ABORT = _wire.ABORT
-_CLOSE = _wire.CLOSE
-_ENTRY = _wire.ENTRY
-_ENTRY_BLOBS = _wire.ENTRY_BLOBS
-_FACTORY = _wire.FACTORY
-_FLUSH = _wire.FLUSH
-_HEAD = _wire.HEAD
-_HOLE = _wire.HOLE
-_OPEN = _wire.OPEN
-_OPEN_HEAD = _wire.OPEN_HEAD
-_PUT = _wire.PUT
-_STOP = _wire.STOP
-_SYNC = _wire.SYNC
-_U32 = _wire.U32
-_U64 = _wire.U64
-_U16 = struct.Struct("!H")  # the hole count of an entry message (as sender.py packs it)
-_UNNUMBERED = _wire.UNNUMBERED
-_UNNUMBERED_BLOBS = _wire.UNNUMBERED_BLOBS
-_WRITE = _wire.WRITE
-_frame = _wire.frame
 # writer -> proxy
 _READY, _SIGNED, _FLUSHED, _FAILED, _SYNCED = range(5)
 _SETUP = 100
@@ -108,21 +108,21 @@ class _Reader:
         """The messages completed by ``data`` (the rest waits in the buffer)."""
         if self.buf:
             self.buf += data
-            if len(self.buf) < _HEAD.size:
+            if len(self.buf) < HEAD.size:
                 return []
-            (length,) = _U32.unpack_from(self.buf, 0)
-            if length <= _MAX_MESSAGE and len(self.buf) - _HEAD.size < length:
+            (length,) = U32.unpack_from(self.buf, 0)
+            if length <= _MAX_MESSAGE and len(self.buf) - HEAD.size < length:
                 return []  # the first message is still incomplete: nothing to copy yet
             data = bytes(self.buf)
             self.buf.clear()
         out = []
         pos, n = 0, len(data)
-        unpack = _HEAD.unpack_from
-        while n - pos >= _HEAD.size:
+        unpack = HEAD.unpack_from
+        while n - pos >= HEAD.size:
             length, kind = unpack(data, pos)
             if length > _MAX_MESSAGE:
                 raise LedgerError(f"ledger channel: message of {length} bytes")
-            start = pos + _HEAD.size
+            start = pos + HEAD.size
             end = start + length
             if end > n:
                 break
@@ -256,7 +256,7 @@ class RemoteLedger(LedgerSender):
             "lock_wait": lock_wait,
         }
         try:
-            parent.sendall(_frame(_SETUP, pickle.dumps(setup)))
+            parent.sendall(frame(_SETUP, pickle.dumps(setup)))
             reader = _Reader(parent)
             try:
                 got = reader.next(timeout=start_timeout)
@@ -338,7 +338,7 @@ class RemoteLedger(LedgerSender):
                 self._sync_waiters.append((token, loop, future))
                 if self._failed is not None:  # failed meanwhile: the listener is done
                     self._resolve_syncs(final=True)
-            self._buffer(_SYNC, _U64.pack(token))
+            self._buffer(SYNC, U64.pack(token))
             self._send_out()
         await future
 
@@ -363,7 +363,7 @@ class RemoteLedger(LedgerSender):
         with self._lock:
             self._check()
             token = next(self._flush_tokens)
-            self._buffer(_FLUSH, _U64.pack(token))
+            self._buffer(FLUSH, U64.pack(token))
             self._send_out()
         with self._cond:
             while self._flushed < token:
@@ -386,7 +386,7 @@ class RemoteLedger(LedgerSender):
             with self._lock:
                 if self._failed is None:
                     self._stop_sent = True
-                    self._buffer(_STOP, b"")
+                    self._buffer(STOP, b"")
                     if self._out:  # without an event loop, _buffer has sent it already
                         self._send_out()
                 self._closed = True
@@ -438,11 +438,11 @@ class RemoteLedger(LedgerSender):
                 kind, payload = got
                 with self._cond:
                     if kind == _SIGNED:
-                        self._signed_size = max(self._signed_size, _U64.unpack(payload)[0])
+                        self._signed_size = max(self._signed_size, U64.unpack(payload)[0])
                     elif kind == _FLUSHED:
-                        self._flushed = max(self._flushed, _U64.unpack(payload)[0])
+                        self._flushed = max(self._flushed, U64.unpack(payload)[0])
                     elif kind == _SYNCED:
-                        self._synced = max(self._synced, _U64.unpack(payload)[0])
+                        self._synced = max(self._synced, U64.unpack(payload)[0])
                     elif kind == _FAILED:
                         error = pickle.loads(payload)
                         self._failed = (
@@ -503,7 +503,7 @@ class _Conn:
 
     def send(self, kind: int, payload: bytes) -> None:
         with self.send_lock:
-            self.sock.sendall(_frame(kind, payload))
+            self.sock.sendall(frame(kind, payload))
 
 
 class _Child:
@@ -546,7 +546,7 @@ class _Child:
                 checkpoint_interval=setup["checkpoint_interval"],
                 checkpoint_entries=setup["checkpoint_entries"],
                 inline_limit=setup["inline_limit"],
-                on_signed=lambda size: self.broadcast(_SIGNED, _U64.pack(size)),
+                on_signed=lambda size: self.broadcast(_SIGNED, U64.pack(size)),
                 lock_wait=setup["lock_wait"],
                 threaded=False,
             )
@@ -613,14 +613,14 @@ class _Child:
                     if conn.sync_token > conn.synced:
                         conn.synced = conn.sync_token
                         with contextlib.suppress(OSError):
-                            conn.send(_SYNCED, _U64.pack(conn.synced))
+                            conn.send(_SYNCED, U64.pack(conn.synced))
             elif ready and not full:
                 time.sleep(_NAP)
 
     def feed(self, writer: LedgerWriter, conn: _Conn, data: bytes) -> bool:
         """Handle the messages ``data`` completes; True at the daemon's stop."""
         for kind, payload in conn.reader.messages(data):
-            if kind == _STOP and conn is self.main:
+            if kind == STOP and conn is self.main:
                 return True
             self.handle(writer, conn, kind, payload)
         return False
@@ -650,27 +650,27 @@ class _Child:
                 self.feed(writer, conn, data)
 
     def handle(self, writer: LedgerWriter, conn: _Conn, kind: int, payload: bytes) -> None:
-        if kind == _ENTRY:
-            seq, ts_us = _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]
+        if kind == ENTRY:
+            seq, ts_us = U64.unpack_from(payload, 0)[0], U64.unpack_from(payload, 8)[0]
             writer.append_encoded(seq, ts_us, payload[16:])
-        elif kind == _ENTRY_BLOBS:
-            seq, ts_us = _U64.unpack_from(payload, 0)[0], _U64.unpack_from(payload, 8)[0]
+        elif kind == ENTRY_BLOBS:
+            seq, ts_us = U64.unpack_from(payload, 0)[0], U64.unpack_from(payload, 8)[0]
             found, pos = self._holes(conn, payload, 16)
             writer.append_encoded(seq, ts_us, payload[pos:], found)
-        elif kind == _OPEN:  # (the kinds in order of frequency)
-            (blob_id,) = _U64.unpack_from(payload, 0)
-            (factory_id,) = _U32.unpack_from(payload, 8)
+        elif kind == OPEN:  # (the kinds in order of frequency)
+            (blob_id,) = U64.unpack_from(payload, 0)
+            (factory_id,) = U32.unpack_from(payload, 8)
             factory = conn.factories[factory_id] if factory_id else None
             conn.blobs[blob_id] = writer.open_blob(factory)
-        elif kind == _WRITE:
-            (blob_id,) = _U64.unpack_from(payload, 0)
+        elif kind == WRITE:
+            (blob_id,) = U64.unpack_from(payload, 0)
             conn.blobs[blob_id].write(payload[8:])
-        elif kind in (_UNNUMBERED, _UNNUMBERED_BLOBS):
-            ts_us, seq_at, ts_at = _OPEN_HEAD.unpack_from(payload, 0)
+        elif kind in (UNNUMBERED, UNNUMBERED_BLOBS):
+            ts_us, seq_at, ts_at = OPEN_HEAD.unpack_from(payload, 0)
             holes: list[tuple[int, int, BlobSink]] | None = None
-            pos = _OPEN_HEAD.size
-            if kind == _UNNUMBERED_BLOBS:
-                holes, pos = self._holes(conn, payload, _OPEN_HEAD.size)
+            pos = OPEN_HEAD.size
+            if kind == UNNUMBERED_BLOBS:
+                holes, pos = self._holes(conn, payload, OPEN_HEAD.size)
             # One order for every process: the seq is the writer's next, and ts never goes
             # back (a worker's clock read a few ms before another's entry arrived).
             late = ts_us < writer.last_ts_us
@@ -680,34 +680,34 @@ class _Child:
                 payload[pos:], seq_at, ts_at, seq, format_ts_us(ts_us) if late else None
             )
             writer.append_encoded(seq, ts_us, raw, holes)
-        elif kind == _FACTORY:
-            (factory_id,) = _U32.unpack_from(payload, 0)
+        elif kind == FACTORY:
+            (factory_id,) = U32.unpack_from(payload, 0)
             conn.factories[factory_id] = pickle.loads(payload[4:])
-        elif kind == _CLOSE:
-            (blob_id,) = _U64.unpack_from(payload, 0)
+        elif kind == CLOSE:
+            (blob_id,) = U64.unpack_from(payload, 0)
             conn.blobs[blob_id].close()
-        elif kind == _ABORT:
-            (blob_id,) = _U64.unpack_from(payload, 0)
+        elif kind == ABORT:
+            (blob_id,) = U64.unpack_from(payload, 0)
             conn.blobs.pop(blob_id).abort()
-        elif kind == _PUT:
+        elif kind == PUT:
             writer.put_blob(payload)
-        elif kind == _FLUSH:
+        elif kind == FLUSH:
             writer.flush()
             conn.send(_FLUSHED, payload)
-        elif kind == _SYNC:
-            conn.sync_token = max(conn.sync_token, _U64.unpack(payload)[0])
+        elif kind == SYNC:
+            conn.sync_token = max(conn.sync_token, U64.unpack(payload)[0])
         else:
             raise LedgerError(f"ledger channel: unknown message kind {kind}")
 
     @staticmethod
     def _holes(conn: _Conn, payload: bytes, at: int) -> tuple[list[tuple[int, int, BlobSink]], int]:
         """The blob holes of an entry message from offset ``at``, and where its bytes start."""
-        (count,) = _U16.unpack_from(payload, at)
-        pos = at + 2 + count * _HOLE.size
+        (count,) = HOLES_COUNT.unpack_from(payload, at)
+        pos = at + 2 + count * HOLE.size
         blobs = conn.blobs
         holes = [
             (start, end, blobs.pop(blob_id))
-            for blob_id, start, end in _HOLE.iter_unpack(payload[at + 2 : pos])
+            for blob_id, start, end in HOLE.iter_unpack(payload[at + 2 : pos])
         ]
         return holes, pos
 

@@ -41,7 +41,7 @@ U64 = struct.Struct("!Q")
 U32 = struct.Struct("!I")
 HOLE = struct.Struct("!QII")  # blob id, where its reference goes in the entry: start, end
 OPEN_HEAD = struct.Struct("!QII")  # an unnumbered entry: ts (µs), where seq and ts go
-_HOLES_COUNT = struct.Struct("!H")
+HOLES_COUNT = struct.Struct("!H")
 # proxy -> writer
 ENTRY = 0
 ENTRY_BLOBS = 1
@@ -189,7 +189,7 @@ class LedgerSender:
                     marker = encode_trusted(_marker(self, k))
                     start = raw.find(marker)
                     refs.append(HOLE.pack(blob_id, start, start + len(marker)))
-                body = _HOLES_COUNT.pack(len(refs)) + b"".join(refs) + raw
+                body = HOLES_COUNT.pack(len(refs)) + b"".join(refs) + raw
                 _buffer(self, kind_blobs, head + body)
             else:
                 _buffer(self, kind, head + raw)
