@@ -32,33 +32,26 @@ always runs), ``PGBENCH_WORKLOADS=select-only:simple,tpcb-like:prepared`` the wo
 sockets (CPU µs per transaction of the proxy and of its writer process, repeatable, or
 instruction counts under callgrind): use it to compare changes on this noisy machine.
 
-Where the time goes (2-core VM shared with other labs; see the README for the last table):
+Where the time goes (2-core VM; see the README for the last table and its analysis):
 
-- tpcb-like with write-ahead: four statements per transaction change the target, and each
-  waits for an fsync of the ledger before it is sent (group commit across sessions): 2-3 ms
-  each under load here, several times what the rest of the hot path costs;
-  ``appliance-checkpoint`` shows the hot path without it.
-- the simple protocol: every text differs (literals), and was parsed by pglast each time
-  (~160-250 µs); an allow is now remembered under the text's shape (integer literals as 0)
-  for reads and for UPDATE/INSERT/DELETE whose classes no number can change, so pgbench's
-  statements are classified once per session and shape.
-- write-ahead, beside the fsync: each sync is answered through the ledger's listener thread
-  and ``call_soon_threadsafe`` (thread hops, GIL hand-overs): ~75-110 µs of daemon CPU per
-  sync in the lab at 8 clients, ~140 µs with one session (``appliance/ledger/remote.py``).
-- select-only: the session core is ~35-45 µs of CPU per transaction (``pgcore.py``); the
-  daemon spends ~110-130 µs (a third of it in the kernel's socket paths), the rest in the
-  shell, uvloop, the codec's interpreted decoders and ``RemoteLedger.append``; the writer
-  process ~55-80 µs (blob transform and masking, hashing, framing). ``PGBENCH_PROFILE=DIR``
-  samples both processes with py-spy in round 1.
-- per statement, the daemon builds two entries (statement and response) and masks the
-  statement and its parameters (the masking scanner runs a dozen detector patterns on any
-  text with digits: appliance/masking, another issue); the writer process hashes, frames
-  and masks the result rows (a column plan built per result set), about twice the
-  daemon's CPU per select-only transaction.
-- next: one entry per completed statement instead of two (every reader of the ledger must
-  follow), no message objects for Bind/Execute/Describe, a cached column plan in the
-  writer, and several proxy processes on SO_REUSEPORT sharing one writer (cancel keys must
-  then route across processes): not done yet.
+- throughput here is bound by CPU per transaction: pgbench, PostgreSQL, the daemon and its
+  ledger writer process share two cores, so every microsecond the appliance spends is
+  taken from the others. PgBouncer and the bare relay spend ~20 µs a select-only
+  transaction, mostly the kernel's socket work (the daemon makes the same four calls).
+- the daemon's user time is the session core (``pgcore.py``; under callgrind with
+  ``--toggle-collect=CPyPy_core___PgSession___receive`` its instructions per transaction:
+  ~160k for select-only simple at the end of session 7, 252k before): the two ledger
+  entries per statement (``appliance/ledger/sender.py``), masking the statement's text
+  (four Python layers even when the pre-filter finds nothing), policy (a shape per
+  statement in the simple protocol, then a dict lookup), decoding and the recorder.
+- the writer process: ~20 µs a select (framing, hashing, the Merkle tree; four channel
+  messages per select: entry, blob open, blob write, entry with its holes).
+- tpcb-like with write-ahead: one fsync per transaction block (at END), group-committed
+  across sessions, 2-5 ms under load, and each sync's answer crosses from the ledger's
+  listener thread to the event loop; ``appliance-checkpoint`` shows the hot path without it.
+- the simple protocol: every text differs (literals); an allow is remembered under the
+  text's shape (integer literals as 0) for reads and for UPDATE/INSERT/DELETE whose classes
+  no number can change, so pglast parses pgbench's statements once per session and shape.
 """
 
 from __future__ import annotations

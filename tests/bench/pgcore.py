@@ -15,8 +15,9 @@ It prints µs of CPU per transaction of this process (``proxy_us``) and of the w
 (``writer_us``, ``writer_user_us`` its user part), both counted from after the warm-up and a
 flush: the writer's start-up (unpickling the masker, compiling the detectors) is not in them.
 
-Used by ``tests/bench/bench_pg_core.py`` (µs of CPU per transaction, both processes) and by
-hand under ``valgrind --tool=callgrind`` (instruction counts, repeatable on a busy machine)::
+Run by hand, alone or under ``valgrind --tool=callgrind`` (instruction counts, repeatable on
+a busy machine; ``--collect-atstart=no --toggle-collect=CPyPy_core___PgSession___receive``
+counts the session core only, without the start-up)::
 
     .venv/bin/python -m tests.bench.pgcore select-only prepared 2000
 """
