@@ -8,10 +8,11 @@ sent to the writer process every few milliseconds (one ``send`` for many entries
 
 Who does what:
 
-- :class:`RemoteLedger` (the proxy's side) assigns ``seq`` and ``ts`` in call order,
-  encodes the entry (so a :class:`CanonicalError` is still raised to the caller), and
-  sends it; blobs are opened with a :class:`~appliance.ledger.writer.TransformFactory`
-  (pickled to the child once) and their chunks sent raw: the transform runs in the child.
+- :class:`RemoteLedger` (the proxy's side) is a
+  :class:`~appliance.ledger.sender.LedgerSender`, which numbers, stamps, encodes and frames
+  each entry (a :class:`CanonicalError` still reaches the caller) and its blobs' chunks
+  (the transform runs in the child); it adds starting the child, syncs, flushes, closing
+  and the thread that reads the child's answers;
 - the child (``python -P -c 'from appliance.ledger.remote import child_main; child_main()'``)
   owns the ledger directory through an ordinary :class:`LedgerWriter` and feeds it
   (:meth:`LedgerWriter.append_encoded`); it reports each signed size, flush completions,
@@ -24,7 +25,7 @@ Failing closed: if the child reports a failure or dies, every later ``append`` r
 :class:`LedgerUnavailable`. Backpressure: when the child falls behind, its writer's queue
 and then the socket fill up, and ``send`` blocks the caller, as a full queue does in-thread.
 
-Wire format, both ways: 4-byte big-endian payload length, 1 kind byte, payload.
+The channel's wire format and message kinds are in :mod:`appliance.ledger.sender`.
 """
 
 from __future__ import annotations

@@ -186,10 +186,6 @@ class RowMasker(Protocol):
         ...
 
 
-# How many RowDescriptions a session keeps decoded (bytes -> message).
-_DESCRIPTIONS_KEPT = 32
-
-
 class RelayHooks(Protocol):
     def decide(self, stmt: Statement) -> Verdict:
         """Classify and decide ``stmt`` (text, protocol); pure and fast."""
@@ -333,6 +329,10 @@ class SessionRefused(Exception):
         self.reason = reason
         self.message = message
         super().__init__(reason)
+
+
+# How many RowDescriptions a session keeps decoded (bytes -> message).
+_DESCRIPTIONS_KEPT = 32
 
 
 class Relay:
