@@ -137,8 +137,7 @@ class Prefilter:
                     store.save(key, _pack(key, *dbs))
             self._which_db, self._where_db = dbs
             self._local = threading.local()
-        if engine == "re":
-            self._res = _re_engine(self.patterns)
+        self._res = _re_engine(self.patterns) if engine == "re" else []
 
     def serialized(self) -> bytes | None:
         """The compiled databases as bytes (for ``compiled=``), or None (nothing compiled)."""
@@ -151,15 +150,33 @@ class Prefilter:
 
     def which(self, data: bytes) -> list[int]:
         """The detectors (indexes, ascending) one of whose patterns matches in ``data``."""
-        if not self.patterns:
-            return []
-        if self.engine == "re":
-            return sorted({i for i, r in self._res if r.search(data) is not None})
-        found: set[int] = set()
-        self._which_db.scan(
-            data, match_event_handler=_add_id, context=found, scratch=self._scratch(0)
-        )
-        return sorted(found)
+        if self.engine == "re" or not self.patterns:
+            return sorted(i for i, r in self._res if r.search(data) is not None)
+        found: list[int] = []
+        self._which_db.scan(data, _add_id, 0, found, self._scratch(0))
+        if len(found) > 1:
+            found.sort()
+        return found
+
+    def matches(self, data: bytes) -> bool:
+        """Whether a pattern matches in ``data`` (``bool(which(data))``, the question of the
+        hot path: every statement text not cached asks it, and nearly always hears no).
+
+        One scan of the ``which`` database, which reports each detector at most once
+        (``HS_FLAG_SINGLEMATCH``); its arguments are positional, as in :meth:`which`
+        (parsing keywords cost a quarter of the call: callgrind); the scratch is looked
+        up here, not in a call of :meth:`_scratch`."""
+        if self.engine == "re" or not self.patterns:
+            return any(r.search(data) is not None for _, r in self._res)
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._scratch(0)
+        else:
+            scratch = scratch[0]
+        found: list[int] = []
+        # hyperscan's Database.scan(data, match_event_handler, flags, context, scratch)
+        self._which_db.scan(data, _add_id, 0, found, scratch)
+        return bool(found)
 
     def where(self, data: bytes) -> list[tuple[int, int, int]]:
         """``(start, end, detector)`` spans, unordered and possibly repeated, such that every
@@ -173,9 +190,7 @@ class Prefilter:
         if self.engine == "re":
             return [(m.start(), m.end(), i) for i, r in self._res for m in _finditer_all(r, data)]
         hits: list[tuple[int, int, int]] = []
-        self._where_db.scan(
-            data, match_event_handler=_add_hit, context=hits, scratch=self._scratch(1)
-        )
+        self._where_db.scan(data, _add_hit, 0, hits, self._scratch(1))  # positional: see matches
         return hits
 
     def _scratch(self, which: int) -> Any:
@@ -314,8 +329,8 @@ def _compile(patterns: Sequence[Pattern], *, single: bool) -> Any:
     return db
 
 
-def _add_id(id: int, start: int, end: int, flags: int, found: set[int]) -> None:
-    found.add(id)
+def _add_id(id: int, start: int, end: int, flags: int, found: list[int]) -> None:
+    found.append(id)
 
 
 def _add_hit(id: int, start: int, end: int, flags: int, hits: list[tuple[int, int, int]]) -> None:

@@ -151,6 +151,12 @@ class Scanner:
         Other occurrences of a found value (the password of ``password=x`` repeated further
         on, where nothing says it is a password) are replaced too, where they stand alone.
         """
+        if only is None and (len(text) < self.window_from or not text.isascii()):
+            # The common case, first: a text the pre-filter finds nothing in (a statement
+            # with a few literals) is answered by one scan (what find would do first).
+            only = self.prefilter.which(text.encode("utf-8", "surrogatepass"))
+            if not only:
+                return text
         for n in range(MAX_PASSES):
             findings = self.find(text, only=only if n == 0 else None)
             if not findings:

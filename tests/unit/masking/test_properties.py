@@ -152,6 +152,39 @@ def test_prefilter_is_sound(text: str) -> None:
             assert any(j == i for _, _, j in ALL.prefilter.where(data)), d.name
     assert ALL.might_match(text) == ALL.might_match_bytes(data)
     assert ALL.candidates_bytes(data) == ALL_RE.candidates_bytes(data)
+    assert ALL.prefilter.matches(data) == bool(ALL.candidates_bytes(data))
+    assert ALL_RE.prefilter.matches(data) == bool(ALL_RE.candidates_bytes(data))
+
+
+# Statements as pgbench and ORMs send them, with literals drawn below: the hot path's texts.
+STATEMENTS = [
+    "SELECT abalance FROM pgbench_accounts WHERE aid = {};",
+    "UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {};",
+    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({}, {}, {}, {}, now());",
+    "SELECT * FROM users WHERE email = '{}' AND note = '{}'",
+]
+statements = st.tuples(
+    st.sampled_from(STATEMENTS),
+    st.lists(st.one_of(st.integers(-(10**16), 10**16).map(str), texts), min_size=4, max_size=4),
+).map(lambda sv: sv[0].format(*sv[1]))
+
+
+@SETTINGS
+@given(st.one_of(texts, statements))
+def test_the_clean_fast_path_answers_as_the_full_search(text: str) -> None:
+    """mask_text answers a text the pre-filter rules out in one scan, without the scanner;
+    what it returns, and counts, is what every detector run on the whole text (no
+    pre-filter at all) gives: the text itself when nothing is found, the same masks else."""
+    tm = MASKERS[Style.REDACT]
+    counts, reference_counts = MaskCounts(), MaskCounts()
+    fast = tm.mask_text(text, counts)
+    scanner = tm._m._text
+    every = list(range(len(scanner.detectors)))
+    full = scanner.mask(text, tm._m.render, lambda f: reference_counts.add(f.detector), only=every)
+    assert fast == full
+    assert counts.as_dict() == reference_counts.as_dict()
+    if full == text:
+        assert fast is text
 
 
 @SETTINGS
