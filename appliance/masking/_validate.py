@@ -21,7 +21,7 @@ import phonenumbers
 from stdnum import iban as _iban
 from stdnum import luhn as _luhn
 from stdnum import numdb
-from stdnum.exceptions import ValidationError
+from stdnum.iso7064 import mod_97_10 as _mod_97_10
 from stdnum.us import ssn as _ssn
 
 __all__ = [
@@ -124,12 +124,26 @@ def iban_ok(compact: str) -> bool:
 
     National check digits inside the BBAN are not checked: a value that passes the two
     international checks is masked even if its bank would reject it.
+
+    ``compact``: ASCII letters and digits, upper case (the iban detector's walk makes it so).
+    The two checks are stdnum's (``iban.validate(..., check_country=False)``: its mod 97-10
+    checksum, its registry and its reading of the registry's BBAN structure), without what
+    that call repeats on every value (cleaning the text, looking the country up again and
+    compiling its structure's expression: two thirds of its time; issue 19).
     """
-    try:
-        _iban.validate(compact, check_country=False)
-    except ValidationError:
+    shape = _bban_shape(compact[:2])
+    if shape is None or shape.match(compact[4:]) is None:
         return False
-    return True
+    return bool(_mod_97_10.checksum(compact[4:] + compact[:4]) == 1)
+
+
+@functools.cache
+def _bban_shape(country: str) -> re.Pattern[str] | None:
+    """The BBAN of ``country``'s IBANs as stdnum checks it, or None (no registry entry)."""
+    info = _IBAN_DB.info(country)
+    if not info or not info[0][1]:
+        return None
+    return _iban._struct_to_re(str(info[0][1].get("bban", "")))
 
 
 # -- phone numbers ----------------------------------------------------------------------------

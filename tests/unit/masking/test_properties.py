@@ -5,7 +5,9 @@
 - clean text comes back unchanged (the same object);
 - the pre-filter is sound: it never rules out text in which some detector finds something,
   and it says the same on str and on UTF-8 bytes, with Hyperscan and with re;
-- the phone numbers' digit-shape check never changes libphonenumber's answer.
+- the phone numbers' digit-shape check never changes libphonenumber's answer;
+- the IBAN check answers as stdnum's;
+- mask_text's clean fast path answers as the full search does.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from stdnum import iban as stdnum_iban
 
 from appliance.masking import MaskCounts, Masker, Style
 from appliance.masking._detectors import DETECTORS, Options
 from appliance.masking._scan import Finding, Scanner, _select
 from appliance.masking._styles import TOKEN_RE
-from appliance.masking._validate import _matched_whole, phone_e164
+from appliance.masking._validate import _matched_whole, iban_length, iban_ok, phone_e164
 from tests.unit.masking.helpers import KEY, all_on, masker
 from tests.unit.masking.test_detectors import TRUE_POSITIVES
 
@@ -269,3 +272,31 @@ def test_phone_precheck_with_country_codes_and_prefixes(head: str, text: str, re
 @pytest.mark.parametrize("region", _PHONE_REGIONS)
 def test_phone_precheck_on_numbers_with_country_codes(text: str, region: str) -> None:
     assert phone_e164(text, (region,)) == _matched_whole(text, region)
+
+
+_IBAN_COUNTRIES = ["DE", "GB", "FR", "NO", "MT", "BR", "LC", "SC", "QA", "XK", "ZZ", "US"]
+_ALNUM = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@st.composite
+def _iban_like(draw: st.DrawFn) -> str:
+    """Upper-case letters and digits as the iban detector hands them over: a country, two
+    check digits (right ones half the time), a BBAN of the registry's length or not, of
+    digits only or of any characters."""
+    country = draw(st.sampled_from(_IBAN_COUNTRIES))
+    length = iban_length(country) or 22
+    n = draw(st.sampled_from([length - 4, length - 4, length - 5, 1]))
+    bban = draw(
+        st.text(alphabet=draw(st.sampled_from(["0123456789", _ALNUM])), min_size=n, max_size=n)
+    )
+    check = draw(st.text(alphabet="0123456789", min_size=2, max_size=2))
+    if draw(st.booleans()):
+        check = stdnum_iban.calc_check_digits(country + "00" + bban)
+    return country + check + bban
+
+
+@SETTINGS
+@given(_iban_like())
+def test_iban_check_is_stdnums(compact: str) -> None:
+    """iban_ok answers as stdnum's IBAN validation (without the national checks) does."""
+    assert iban_ok(compact) == stdnum_iban.is_valid(compact, check_country=False)
