@@ -6,7 +6,7 @@
 - the pre-filter is sound: it never rules out text in which some detector finds something,
   and it says the same on str and on UTF-8 bytes, with Hyperscan and with re;
 - the phone numbers' digit-shape check never changes libphonenumber's answer;
-- the IBAN check answers as stdnum's;
+- the IBAN and Luhn checks answer as stdnum's;
 - mask_text's clean fast path answers as the full search does.
 """
 
@@ -18,12 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stdnum import iban as stdnum_iban
+from stdnum import luhn as stdnum_luhn
 
 from appliance.masking import MaskCounts, Masker, Style
 from appliance.masking._detectors import DETECTORS, Options
 from appliance.masking._scan import Finding, Scanner, _select
 from appliance.masking._styles import TOKEN_RE
-from appliance.masking._validate import _matched_whole, iban_length, iban_ok, phone_e164
+from appliance.masking._validate import _matched_whole, iban_length, iban_ok, luhn_ok, phone_e164
 from tests.unit.masking.helpers import KEY, all_on, masker
 from tests.unit.masking.test_detectors import TRUE_POSITIVES
 
@@ -300,3 +301,9 @@ def _iban_like(draw: st.DrawFn) -> str:
 def test_iban_check_is_stdnums(compact: str) -> None:
     """iban_ok answers as stdnum's IBAN validation (without the national checks) does."""
     assert iban_ok(compact) == stdnum_iban.is_valid(compact, check_country=False)
+
+
+@SETTINGS
+@given(st.one_of(st.text(alphabet="0123456789", max_size=20), st.text(max_size=20)))
+def test_luhn_check_is_stdnums(digits: str) -> None:
+    assert luhn_ok(digits) == stdnum_luhn.is_valid(digits)
