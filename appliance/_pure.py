@@ -32,6 +32,7 @@ HOT_MODULES = (
     "appliance/ledger/sender.py",
     "appliance/ledger/result_sink.py",
     "appliance/masking/_counts.py",
+    "appliance/masking/_prefilter.py",
     "appliance/proxy/statement_policy.py",
     "appliance/proxy/records.py",
     "appliance/proxy/pg/relay.py",

@@ -1,9 +1,10 @@
 """Compile the hot path's typed modules with mypyc (in place, beside their sources).
 
 Which modules: those every statement and every result passes through (framing, the session
-core, the relay, its hooks and recorder, statement policy, mask counts, entry encoding), all
-typed under ``mypy --strict``; a module left interpreted costs a Python frame per call from
-compiled code (about 1k instructions), so small helpers called per statement belong here.
+core, the relay, its hooks and recorder, statement policy, mask counts, masking's pre-filter,
+entry encoding), all typed under ``mypy --strict``; a module left interpreted costs a Python
+frame per call from compiled code (about 1k instructions), so small helpers called per
+statement belong here.
 Each compiled module is an extension (``*.so``) beside its ``.py``; Python imports the
 extension first. Their sources stay the pure-Python build: ``APPLIANCE_PURE=1`` makes the
 interpreter import the ``.py`` files instead (:mod:`appliance._pure`), and ``make test-pure``

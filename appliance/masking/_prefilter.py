@@ -44,6 +44,11 @@ compiled again -- never a crash, never a weaker filter.
 
 Nothing here does I/O (the store is passed in). Hyperscan's scratch space is per thread (a
 writer thread and the event loop may scan at once).
+
+On the hot path: every statement text the proxy's per-session cache misses asks
+:meth:`Prefilter.matches` first (:meth:`TargetMasker.mask_text
+<appliance.masking._masker.TargetMasker.mask_text>`), and nearly always hears no; this module
+is compiled with the hot path (mypyc, :data:`appliance._pure.HOT_MODULES`) for that call.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from appliance.masking import MaskCounts, Masker, MaskingConfig, _prefilter
 from appliance.masking._detectors import DETECTORS
 from appliance.masking._prefilter import Prefilter, database_key
 from appliance.prefilter_cache import MAGIC, PrefilterCache
+from tests.unit.masking.helpers import count_compiles
 
 # Without the phone patterns: a tenth of a second to compile.
 PATTERNS = tuple((i, p) for i, d in enumerate(DETECTORS) if d.name != "phone" for p in d.prefilter)
@@ -25,19 +26,6 @@ TEXT = b"card 4111 1111 1111 1111 and mail bob@example.com, AKIAIOSFODNN7EXAMPLE
 @pytest.fixture
 def cache(tmp_path: Path) -> PrefilterCache:
     return PrefilterCache(tmp_path / "cache")
-
-
-def _compiles(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Count the compiles of pre-filter databases from now on."""
-    calls: list[bool] = []
-    compile_ = _prefilter._compile
-
-    def counted(patterns: object, *, single: bool) -> object:
-        calls.append(single)
-        return compile_(patterns, single=single)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(_prefilter, "_compile", counted)
-    return calls
 
 
 def _file(cache: PrefilterCache, key: str = KEY) -> Path:
@@ -51,7 +39,7 @@ def _make(cache: PrefilterCache) -> Prefilter:
 def test_miss_compiles_and_saves_then_a_hit_loads(
     cache: PrefilterCache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    compiles = _compiles(monkeypatch)
+    compiles = count_compiles(monkeypatch)
     first = _make(cache)
     assert first.loaded is False and len(compiles) == 2
     # The directory is made private; the file is the user's, mode 0600, written whole.
@@ -79,7 +67,7 @@ def test_a_damaged_file_is_compiled_over(
     raw = bytearray(_file(cache).read_bytes())
     raw[len(raw) // 2] ^= 0x01
     _file(cache).write_bytes(bytes(raw))
-    compiles = _compiles(monkeypatch)
+    compiles = count_compiles(monkeypatch)
     assert _make(cache).loaded is False and len(compiles) == 2
     assert "damaged" in caplog.text
     assert _make(cache).loaded is True  # replaced by a good one
@@ -221,7 +209,7 @@ def test_a_masker_loads_from_the_cache(
     monkeypatch.setattr(_prefilter, "_MADE", {})
     first = Masker(MaskingConfig(), hmac_key=b"k" * 32, prefilter_cache=cache)
     monkeypatch.setattr(_prefilter, "_MADE", {})  # the next start: a new process
-    compiles = _compiles(monkeypatch)
+    compiles = count_compiles(monkeypatch)
     again = Masker(MaskingConfig(), hmac_key=b"k" * 32, prefilter_cache=cache)
     if _prefilter.ENGINE == "re":
         assert first.prefilter_loaded is again.prefilter_loaded is None

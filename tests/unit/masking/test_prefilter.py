@@ -12,6 +12,7 @@ import pytest
 from appliance.masking import _prefilter
 from appliance.masking._detectors import DETECTORS
 from appliance.masking._prefilter import ENGINE, ENV, Prefilter, database_key, prefilter
+from tests.unit.masking.helpers import count_compiles
 
 PATTERNS = tuple((i, p) for i, d in enumerate(DETECTORS) for p in d.prefilter)
 # Without the phone detector's dozens of patterns: compiled in a tenth of a second, for the
@@ -78,10 +79,6 @@ def test_pickles_as_its_patterns() -> None:
         assert copy.which(data) == pf.which(data)
 
 
-def _no_compile(patterns: object, *, single: bool) -> None:
-    raise AssertionError("compiled")
-
-
 def test_pickle_carries_the_compiled_databases(monkeypatch: pytest.MonkeyPatch) -> None:
     """The ledger writer's process loads the databases the daemon compiled: unpickled in a
     process that has not made this pre-filter yet, it is loaded, not compiled."""
@@ -89,7 +86,7 @@ def test_pickle_carries_the_compiled_databases(monkeypatch: pytest.MonkeyPatch) 
     assert pf.loaded is False
     blob = pickle.dumps(pf)
     monkeypatch.setattr(_prefilter, "_MADE", {})  # as in a fresh process
-    monkeypatch.setattr(_prefilter, "_compile", _no_compile)
+    count_compiles(monkeypatch, refuse=True)
     copy = pickle.loads(blob)
     assert copy is not pf and copy.loaded is True
     for data in TEXTS:
@@ -153,7 +150,7 @@ def test_a_store_is_read_then_filled(monkeypatch: pytest.MonkeyPatch) -> None:
     store = _Store()
     first = Prefilter(SMALL, engine="hyperscan", store=store)
     assert first.loaded is False and list(store.data) == [database_key(SMALL)]
-    monkeypatch.setattr(_prefilter, "_compile", _no_compile)
+    count_compiles(monkeypatch, refuse=True)
     second = Prefilter(SMALL, engine="hyperscan", store=store)
     assert second.loaded is True and store.loads == 2
     for data in TEXTS:
