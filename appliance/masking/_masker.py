@@ -178,12 +178,19 @@ class TargetMasker:
         ``tax_id`` says, and ``Failing row contains (...)`` -- values without column names --
         is redacted whole when this target has column rules.
         """
+        scanner = self._m._text
+        only = None
         if self._has_rules and ("ey (" in text or "Failing row contains (" in text):
             text = self._mask_error_detail(text, counts)
-        elif not self._m._text.prefilter.matches(text.encode("utf-8", "surrogatepass")):
-            # The hot path: a statement the pre-filter finds nothing in, in one scan.
-            return text
-        return self._m._text.mask(text, self._m.render, lambda f: counts.add(f.detector))
+        else:
+            # The hot path: a statement the pre-filter finds nothing in is answered by one
+            # scan; else what it found is what the scanner runs (not scanned again).
+            only = scanner.prefilter.which(text.encode("utf-8", "surrogatepass"))
+            if not only:
+                return text
+            if scanner.windowed(text):
+                only = None
+        return scanner.mask(text, self._m.render, lambda f: counts.add(f.detector), only=only)
 
     def _mask_error_detail(self, text: str, counts: MaskCounts) -> str:
         def key(m: re.Match[str]) -> str:

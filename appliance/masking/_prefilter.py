@@ -46,7 +46,7 @@ Nothing here does I/O (the store is passed in). Hyperscan's scratch space is per
 writer thread and the event loop may scan at once).
 
 On the hot path: every statement text the proxy's per-session cache misses asks
-:meth:`Prefilter.matches` first (:meth:`TargetMasker.mask_text
+:meth:`Prefilter.which` first (:meth:`TargetMasker.mask_text
 <appliance.masking._masker.TargetMasker.mask_text>`), and nearly always hears no; this module
 is compiled with the hot path (mypyc, :data:`appliance._pure.HOT_MODULES`) for that call.
 """
@@ -154,34 +154,21 @@ class Prefilter:
         return (_rebuild, (self.patterns, self.engine, self.serialized()))
 
     def which(self, data: bytes) -> list[int]:
-        """The detectors (indexes, ascending) one of whose patterns matches in ``data``."""
+        """The detectors (indexes, ascending) one of whose patterns matches in ``data``.
+
+        The hot path's question: every statement text the proxy's per-session cache misses
+        asks it, and nearly always hears none. One scan of the ``which`` database, which
+        reports each detector at most once (``HS_FLAG_SINGLEMATCH``), so the list needs no
+        de-duplication; the scan's arguments are positional (parsing keywords cost a
+        quarter of the call: callgrind)."""
         if self.engine == "re" or not self.patterns:
             return sorted(i for i, r in self._res if r.search(data) is not None)
         found: list[int] = []
+        # hyperscan's Database.scan(data, match_event_handler, flags, context, scratch)
         self._which_db.scan(data, _add_id, 0, found, self._scratch(0))
         if len(found) > 1:
             found.sort()
         return found
-
-    def matches(self, data: bytes) -> bool:
-        """Whether a pattern matches in ``data`` (``bool(which(data))``, the question of the
-        hot path: every statement text not cached asks it, and nearly always hears no).
-
-        One scan of the ``which`` database, which reports each detector at most once
-        (``HS_FLAG_SINGLEMATCH``); its arguments are positional, as in :meth:`which`
-        (parsing keywords cost a quarter of the call: callgrind); the scratch is looked
-        up here, not in a call of :meth:`_scratch`."""
-        if self.engine == "re" or not self.patterns:
-            return any(r.search(data) is not None for _, r in self._res)
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._scratch(0)
-        else:
-            scratch = scratch[0]
-        found: list[int] = []
-        # hyperscan's Database.scan(data, match_event_handler, flags, context, scratch)
-        self._which_db.scan(data, _add_id, 0, found, scratch)
-        return bool(found)
 
     def where(self, data: bytes) -> list[tuple[int, int, int]]:
         """``(start, end, detector)`` spans, unordered and possibly repeated, such that every
@@ -195,7 +182,7 @@ class Prefilter:
         if self.engine == "re":
             return [(m.start(), m.end(), i) for i, r in self._res for m in _finditer_all(r, data)]
         hits: list[tuple[int, int, int]] = []
-        self._where_db.scan(data, _add_hit, 0, hits, self._scratch(1))  # positional: see matches
+        self._where_db.scan(data, _add_hit, 0, hits, self._scratch(1))  # positional: see which
         return hits
 
     def _scratch(self, which: int) -> Any:

@@ -82,6 +82,12 @@ class Scanner:
         ``data`` (UTF-8 bytes): pass them to :meth:`find` as ``only``."""
         return self.prefilter.which(data)
 
+    def windowed(self, text: str) -> bool:
+        """Whether :meth:`find` locates the pre-filter's matches in ``text`` itself (a long
+        ASCII text: detectors confined to runs of some characters search only the runs
+        around them), rather than taking the detectors to run as ``only``."""
+        return len(text) >= self.window_from and text.isascii()
+
     def find(self, text: str, *, only: Sequence[int] | None = None) -> list[Finding]:
         """The findings to mask in ``text``, sorted by position and not overlapping.
 
@@ -91,7 +97,7 @@ class Scanner:
         spans: dict[int, list[int]] = {}
         if only is None:
             data = text.encode("utf-8", "surrogatepass")
-            if len(text) >= self.window_from and text.isascii():
+            if self.windowed(text):
                 # Long text: where each detector's pre-filter patterns matched, so that a
                 # detector whose matches are confined to runs of some characters runs only
                 # on the runs around them (byte offsets are character offsets here).
@@ -151,7 +157,7 @@ class Scanner:
         Other occurrences of a found value (the password of ``password=x`` repeated further
         on, where nothing says it is a password) are replaced too, where they stand alone.
         """
-        if only is None and (len(text) < self.window_from or not text.isascii()):
+        if only is None and not self.windowed(text):
             # The common case, first: a text the pre-filter finds nothing in (a statement
             # with a few literals) is answered by one scan (what find would do first).
             only = self.prefilter.which(text.encode("utf-8", "surrogatepass"))

@@ -156,8 +156,6 @@ def test_prefilter_is_sound(text: str) -> None:
             assert any(j == i for _, _, j in ALL.prefilter.where(data)), d.name
     assert ALL.might_match(text) == ALL.might_match_bytes(data)
     assert ALL.candidates_bytes(data) == ALL_RE.candidates_bytes(data)
-    assert ALL.prefilter.matches(data) == bool(ALL.candidates_bytes(data))
-    assert ALL_RE.prefilter.matches(data) == bool(ALL_RE.candidates_bytes(data))
 
 
 # Statements as pgbench and ORMs send them, with literals drawn below: the hot path's texts.
@@ -173,12 +171,18 @@ statements = st.tuples(
 ).map(lambda sv: sv[0].format(*sv[1]))
 
 
+# Long texts (over Scanner.window_from when ASCII): the scanner locates the pre-filter's
+# matches itself.
+long_texts = st.lists(st.one_of(texts, statements), min_size=6, max_size=16).map("\n".join)
+
+
 @SETTINGS
-@given(st.one_of(texts, statements))
+@given(st.one_of(texts, statements, long_texts))
 def test_the_clean_fast_path_answers_as_the_full_search(text: str) -> None:
-    """mask_text answers a text the pre-filter rules out in one scan, without the scanner;
-    what it returns, and counts, is what every detector run on the whole text (no
-    pre-filter at all) gives: the text itself when nothing is found, the same masks else."""
+    """mask_text answers a text the pre-filter rules out in one scan, without the scanner,
+    and hands the scanner what the scan found otherwise; what it returns, and counts, is
+    what every detector run on the whole text (no pre-filter at all) gives: the text itself
+    when nothing is found, the same masks else."""
     tm = MASKERS[Style.REDACT]
     counts, reference_counts = MaskCounts(), MaskCounts()
     fast = tm.mask_text(text, counts)
