@@ -254,7 +254,7 @@ class Framer:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)  # a written __init__ compiles (see scripts/compile.py)
 class Messages:
     """Complete messages from one :meth:`Framer.feed`: ``chunk`` holds them back to back and
     ``frames`` lists ``(type, start, end)`` with ``chunk[start:end]`` one whole frame.
@@ -266,6 +266,10 @@ class Messages:
 
     chunk: bytes
     frames: list[tuple[int, int, int]]
+
+    def __init__(self, chunk: bytes, frames: list[tuple[int, int, int]]) -> None:
+        self.chunk = chunk
+        self.frames = frames
 
     def __len__(self) -> int:
         return len(self.frames)

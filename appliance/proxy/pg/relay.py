@@ -232,53 +232,108 @@ class RelayHooks(Protocol):
 # -- statements and expectations ---------------------------------------------------------------
 
 
-@dataclass(slots=True)
+# The per-statement objects below write their __init__ (init=False): compiled, a dataclass's
+# generated one runs as Python (see scripts/compile.py).
+
+
+@dataclass(slots=True, init=False)
 class Result:
     """One result set of a statement (a simple Query may produce several)."""
 
-    tag: str | None = None
-    rows: int = 0
-    columns: tuple[str, ...] | None = None
-    sink: ResultSink | None = None
+    tag: str | None
+    rows: int
+    columns: tuple[str, ...] | None
+    sink: ResultSink | None
+
+    def __init__(
+        self,
+        tag: str | None = None,
+        rows: int = 0,
+        columns: tuple[str, ...] | None = None,
+        sink: ResultSink | None = None,
+    ) -> None:
+        self.tag = tag
+        self.rows = rows
+        self.columns = columns
+        self.sink = sink
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Statement:
     """A statement the job ran (or tried to): what, how it was decided, what came back."""
 
     n: int
     protocol: str  # "simple" | "extended" | "function"
     text: str
-    params: tuple[bytes | None, ...] = ()
-    param_formats: tuple[int, ...] = ()
-    portal: str | None = None
-    statement_name: str | None = None
-    verdict: Verdict = ALLOW
-    started: float = 0.0
-    finished: float | None = None
-    results: list[Result] = field(default_factory=list)
-    error: ErrorResponse | None = None
-    outcome: str = "pending"  # ok | error | denied | skipped | suspended | cancelled
-    approval: dict[str, object] | None = None
-    notices: int = 0
-    function_oid: int | None = None  # a fast-path FunctionCall's function
+    params: tuple[bytes | None, ...]
+    param_formats: tuple[int, ...]
+    portal: str | None
+    statement_name: str | None
+    verdict: Verdict
+    started: float
+    finished: float | None
+    results: list[Result]
+    error: ErrorResponse | None
+    outcome: str  # pending | ok | error | denied | skipped | suspended | cancelled
+    approval: dict[str, object] | None
+    notices: int
+    function_oid: int | None  # a fast-path FunctionCall's function
+
+    def __init__(
+        self,
+        n: int,
+        protocol: str,
+        text: str,
+        *,
+        params: tuple[bytes | None, ...] = (),
+        param_formats: tuple[int, ...] = (),
+        portal: str | None = None,
+        statement_name: str | None = None,
+        verdict: Verdict = ALLOW,
+        started: float = 0.0,
+    ) -> None:
+        self.n = n
+        self.protocol = protocol
+        self.text = text
+        self.params = params
+        self.param_formats = param_formats
+        self.portal = portal
+        self.statement_name = statement_name
+        self.verdict = verdict
+        self.started = started
+        self.finished = None
+        self.results = []
+        self.error = None
+        self.outcome = "pending"
+        self.approval = None
+        self.notices = 0
+        self.function_oid = None
 
     @property
     def rows(self) -> int:
         return sum(r.rows for r in self.results)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Prepared:
     text: str
-    description: RowDescription | None = None
+    description: RowDescription | None
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.description = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Portal:
     prepared: _Prepared | None
     bind: Bind
-    described: RowDescription | None = None  # the answer to a Describe of this portal
+    described: RowDescription | None  # the answer to a Describe of this portal
+
+    def __init__(self, prepared: _Prepared | None, bind: Bind) -> None:
+        self.prepared = prepared
+        self.bind = bind
+        self.described = None
 
     @property
     def description(self) -> RowDescription | None:
@@ -307,18 +362,39 @@ class X(enum.Enum):
 _CYCLE_ENDS = frozenset({X.QUERY, X.SYNC, X.FUNCTION})  # answered by a ReadyForQuery
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Expect:
     kind: X
-    stmt: Statement | None = None
-    describe: Describe | None = None
+    stmt: Statement | None
+    describe: Describe | None
     # What a Describe describes, and the portal an Execute runs: the objects as they were
     # when the job sent the message (a later Parse or Bind may reuse the name).
-    target: _Prepared | _Portal | None = None
-    portal: _Portal | None = None
-    denial: bytes = b""  # the ErrorResponse the job gets instead of the stand-in's
-    simple: bool = False  # a Query stand-in (its ReadyForQuery ends the cycle)
-    text: str | None = None  # the SQL a Parse carried (for an error with no statement)
+    target: _Prepared | _Portal | None
+    portal: _Portal | None
+    denial: bytes  # the ErrorResponse the job gets instead of the stand-in's
+    simple: bool  # a Query stand-in (its ReadyForQuery ends the cycle)
+    text: str | None  # the SQL a Parse carried (for an error with no statement)
+
+    def __init__(
+        self,
+        kind: X,
+        stmt: Statement | None = None,
+        *,
+        describe: Describe | None = None,
+        target: _Prepared | _Portal | None = None,
+        portal: _Portal | None = None,
+        denial: bytes = b"",
+        simple: bool = False,
+        text: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.stmt = stmt
+        self.describe = describe
+        self.target = target
+        self.portal = portal
+        self.denial = denial
+        self.simple = simple
+        self.text = text
 
 
 class SessionRefused(Exception):
