@@ -474,6 +474,19 @@ def _decode_query(r: _Reader) -> Query:
     return Query(r.cstring())
 
 
+def query_sql(payload: bytes) -> str:
+    """``decode_frontend(F_QUERY, payload).sql``, for the relay's hot path: no message
+    object (a frozen dataclass's ``__init__`` runs as Python even when compiled)."""
+    end = payload.find(b"\0")
+    if end < 0:
+        raise PeerProtocolError("malformed Query: unterminated string", side="client")
+    if end != len(payload) - 1:
+        raise PeerProtocolError(
+            f"malformed Query: {len(payload) - end - 1} unexpected trailing bytes", side="client"
+        )
+    return _text(payload[:end])
+
+
 def _decode_parse(r: _Reader) -> Parse:
     statement, sql = r.cstring(), r.cstring()
     n = r.uint16()
@@ -823,15 +836,35 @@ class CommandComplete:
         return self._split()[1]
 
     def _split(self) -> tuple[str, int | None]:
-        parts = self.tag.split(" ")
-        if parts[0] == "INSERT" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            return "INSERT", int(parts[2])
-        if len(parts) == 2 and parts[0] in _ROWS_COMMANDS and parts[1].isdigit():
-            return parts[0], int(parts[1])
-        return self.tag, None
+        return split_tag(self.tag)
 
     def encode(self) -> bytes:
         return frame(c.B_COMPLETE, _cstr(self.tag))
+
+
+def split_tag(tag: str) -> tuple[str, int | None]:
+    """A CommandComplete tag's command word(s) and row count (None for commands that report
+    none)."""
+    parts = tag.split(" ")
+    if parts[0] == "INSERT" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return "INSERT", int(parts[2])
+    if len(parts) == 2 and parts[0] in _ROWS_COMMANDS and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return tag, None
+
+
+def complete_tag(payload: bytes) -> str:
+    """``decode_backend(B_COMPLETE, payload).tag``, for the relay's hot path (see
+    :func:`query_sql`)."""
+    end = payload.find(b"\0")
+    if end < 0:
+        raise PeerProtocolError("malformed CommandComplete: unterminated string", side="server")
+    if end != len(payload) - 1:
+        raise PeerProtocolError(
+            f"malformed CommandComplete: {len(payload) - end - 1} unexpected trailing bytes",
+            side="server",
+        )
+    return _text(payload[:end])
 
 
 @dataclass(frozen=True, slots=True)

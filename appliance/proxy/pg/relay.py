@@ -86,7 +86,6 @@ from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import (
     Bind,
     Close,
-    CommandComplete,
     Describe,
     ErrorResponse,
     Execute,
@@ -95,10 +94,12 @@ from appliance.protocols.postgres.messages import (
     NotificationResponse,
     ParameterStatus,
     Parse,
-    Query,
     RowDescription,
+    complete_tag,
     decode_backend,
     decode_frontend,
+    query_sql,
+    split_tag,
 )
 from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE
 
@@ -570,9 +571,8 @@ class Relay:
                 named = self._prepared if describe.kind == "S" else self._portals
                 expect(_Expect(X.DESCRIBE, describe=describe, target=named.get(describe.name)))
             elif t == F_QUERY:
-                query = decode_frontend(t, chunk[s + 5 : e])
-                assert isinstance(query, Query)
-                exp = _Expect(X.QUERY, self._new_statement("simple", query.sql))
+                sql = query_sql(chunk[s + 5 : e])
+                exp = _Expect(X.QUERY, self._new_statement("simple", sql))
                 if not self._admit(exp, msgs, i, run, s):
                     if self._held is not None:
                         return
@@ -908,11 +908,10 @@ class Relay:
                 result = Result()
                 stmt.results.append(result)
             if t == B_COMPLETE:
-                complete = decode_backend(t, payload)
-                assert isinstance(complete, CommandComplete)
-                result.tag = complete.tag
-                if complete.rows is not None and not result.rows:
-                    result.rows = complete.rows
+                result.tag = complete_tag(payload)
+                rows = split_tag(result.tag)[1]
+                if rows is not None and not result.rows:
+                    result.rows = rows
             elif t == B_EMPTY:
                 result.tag = ""
             self._end_result()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -58,6 +60,7 @@ from appliance.protocols.postgres.messages import (
     StartupMessage,
     Sync,
     Terminate,
+    complete_tag,
     datarow_values,
     decode_backend,
     decode_frontend,
@@ -67,6 +70,7 @@ from appliance.protocols.postgres.messages import (
     encode_datarow,
     error_response,
     notice_response,
+    query_sql,
 )
 
 FUZZ = settings(
@@ -393,3 +397,41 @@ def test_a_damaged_bind_is_refused_or_read_alike_both_ways(bind: Bind, data: st.
         assert isinstance(got, PeerProtocolError) and str(got) == str(expected)
     else:
         assert got == expected
+
+
+def _outcome(read: Callable[[bytes], str], payload: bytes) -> str | PeerProtocolError:
+    try:
+        return read(payload)
+    except PeerProtocolError as exc:
+        return exc
+
+
+def _sql(payload: bytes) -> str:
+    query = decode_frontend(ord("Q"), payload)
+    assert isinstance(query, Query)
+    return query.sql
+
+
+def _tag(payload: bytes) -> str:
+    complete = decode_backend(ord("C"), payload)
+    assert isinstance(complete, CommandComplete)
+    return complete.tag
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.text(max_size=30).map(lambda t: t.encode("utf-8", "surrogatepass") + b"\0"),
+    )
+)
+def test_hot_path_readers_match_the_decoders(payload: bytes) -> None:
+    """The relay reads a Query's SQL and a CommandComplete's tag without message objects:
+    the same text, or the same refusal, as the decoders give."""
+    for read, decode in ((query_sql, _sql), (complete_tag, _tag)):
+        expected = _outcome(decode, payload)
+        got = _outcome(read, payload)
+        if isinstance(expected, PeerProtocolError):
+            assert isinstance(got, PeerProtocolError)
+            assert (str(got), got.side) == (str(expected), expected.side)
+        else:
+            assert got == expected
