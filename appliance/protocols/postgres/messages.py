@@ -281,16 +281,34 @@ class Parse:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Bind:
     """Bind ``statement`` to ``portal``. ``param_formats`` has 0 entries (all text), 1
-    (applies to all) or one per parameter; :meth:`param_format` resolves that."""
+    (applies to all) or one per parameter; :meth:`param_format` resolves that.
+
+    Not frozen, unlike the other messages (treat it as immutable all the same): one is made
+    per execution of a prepared statement, and a frozen dataclass's ``__init__`` runs as
+    Python even when compiled (scripts/compile.py)."""
 
     portal: str
     statement: str
-    param_formats: tuple[int, ...] = ()
-    params: tuple[bytes | None, ...] = ()
-    result_formats: tuple[int, ...] = ()
+    param_formats: tuple[int, ...]
+    params: tuple[bytes | None, ...]
+    result_formats: tuple[int, ...]
+
+    def __init__(
+        self,
+        portal: str,
+        statement: str,
+        param_formats: tuple[int, ...] = (),
+        params: tuple[bytes | None, ...] = (),
+        result_formats: tuple[int, ...] = (),
+    ) -> None:
+        self.portal = portal
+        self.statement = statement
+        self.param_formats = param_formats
+        self.params = params
+        self.result_formats = result_formats
 
     def param_format(self, i: int) -> int:
         """0 (text) or 1 (binary) for parameter ``i``."""
@@ -475,16 +493,37 @@ def _decode_query(r: _Reader) -> Query:
 
 
 def query_sql(payload: bytes) -> str:
-    """``decode_frontend(F_QUERY, payload).sql``, for the relay's hot path: no message
-    object (a frozen dataclass's ``__init__`` runs as Python even when compiled)."""
+    """``decode_frontend(F_QUERY, payload).sql`` without the message object, for the relay's
+    hot path (a frozen dataclass's ``__init__`` runs as Python even when compiled: see
+    scripts/compile.py). Anything malformed goes to the decoder, which says what is wrong."""
+    if payload and payload.find(b"\0") == len(payload) - 1:
+        return _text(payload[:-1])
+    query = decode_frontend(c.F_QUERY, payload)
+    assert isinstance(query, Query)
+    return query.sql
+
+
+def describe_target(payload: bytes) -> tuple[str, str]:
+    """``(kind, name)`` of ``decode_frontend(F_DESCRIBE, payload)``: as :func:`query_sql`."""
+    if len(payload) >= 2 and payload.find(b"\0", 1) == len(payload) - 1:
+        kind = payload[0]
+        if kind == 0x53:
+            return "S", _text(payload[1:-1])
+        if kind == 0x50:
+            return "P", _text(payload[1:-1])
+    describe = decode_frontend(c.F_DESCRIBE, payload)
+    assert isinstance(describe, Describe)
+    return describe.kind, describe.name
+
+
+def execute_portal(payload: bytes) -> str:
+    """``decode_frontend(F_EXECUTE, payload).portal``: as :func:`query_sql`."""
     end = payload.find(b"\0")
-    if end < 0:
-        raise PeerProtocolError("malformed Query: unterminated string", side="client")
-    if end != len(payload) - 1:
-        raise PeerProtocolError(
-            f"malformed Query: {len(payload) - end - 1} unexpected trailing bytes", side="client"
-        )
-    return _text(payload[:end])
+    if end >= 0 and end + 5 == len(payload):
+        return _text(payload[:end])
+    execute = decode_frontend(c.F_EXECUTE, payload)
+    assert isinstance(execute, Execute)
+    return execute.portal
 
 
 def _decode_parse(r: _Reader) -> Parse:
@@ -854,17 +893,12 @@ def split_tag(tag: str) -> tuple[str, int | None]:
 
 
 def complete_tag(payload: bytes) -> str:
-    """``decode_backend(B_COMPLETE, payload).tag``, for the relay's hot path (see
-    :func:`query_sql`)."""
-    end = payload.find(b"\0")
-    if end < 0:
-        raise PeerProtocolError("malformed CommandComplete: unterminated string", side="server")
-    if end != len(payload) - 1:
-        raise PeerProtocolError(
-            f"malformed CommandComplete: {len(payload) - end - 1} unexpected trailing bytes",
-            side="server",
-        )
-    return _text(payload[:end])
+    """``decode_backend(B_COMPLETE, payload).tag``: as :func:`query_sql`."""
+    if payload and payload.find(b"\0") == len(payload) - 1:
+        return _text(payload[:-1])
+    complete = decode_backend(c.B_COMPLETE, payload)
+    assert isinstance(complete, CommandComplete)
+    return complete.tag
 
 
 @dataclass(frozen=True, slots=True)

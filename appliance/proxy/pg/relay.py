@@ -86,9 +86,7 @@ from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import (
     Bind,
     Close,
-    Describe,
     ErrorResponse,
-    Execute,
     FunctionCall,
     NoticeResponse,
     NotificationResponse,
@@ -98,6 +96,8 @@ from appliance.protocols.postgres.messages import (
     complete_tag,
     decode_backend,
     decode_frontend,
+    describe_target,
+    execute_portal,
     query_sql,
     split_tag,
 )
@@ -367,7 +367,6 @@ _CYCLE_ENDS = frozenset({X.QUERY, X.SYNC, X.FUNCTION})  # answered by a ReadyFor
 class _Expect:
     kind: X
     stmt: Statement | None
-    describe: Describe | None
     # What a Describe describes, and the portal an Execute runs: the objects as they were
     # when the job sent the message (a later Parse or Bind may reuse the name).
     target: _Prepared | _Portal | None
@@ -381,7 +380,6 @@ class _Expect:
         kind: X,
         stmt: Statement | None = None,
         *,
-        describe: Describe | None = None,
         target: _Prepared | _Portal | None = None,
         portal: _Portal | None = None,
         denial: bytes = b"",
@@ -390,7 +388,6 @@ class _Expect:
     ) -> None:
         self.kind = kind
         self.stmt = stmt
-        self.describe = describe
         self.target = target
         self.portal = portal
         self.denial = denial
@@ -566,10 +563,9 @@ class Relay:
                 self._discard_until_sync = False
                 expect(_Expect(X.SYNC))
             elif t == F_DESCRIBE:
-                describe = decode_frontend(t, chunk[s + 5 : e])
-                assert isinstance(describe, Describe)
-                named = self._prepared if describe.kind == "S" else self._portals
-                expect(_Expect(X.DESCRIBE, describe=describe, target=named.get(describe.name)))
+                kind, name = describe_target(chunk[s + 5 : e])
+                named = self._prepared if kind == "S" else self._portals
+                expect(_Expect(X.DESCRIBE, target=named.get(name)))
             elif t == F_QUERY:
                 sql = query_sql(chunk[s + 5 : e])
                 exp = _Expect(X.QUERY, self._new_statement("simple", sql))
@@ -629,13 +625,12 @@ class Relay:
         return Statement(self.statements, protocol, text, started=self.now())
 
     def _execute_statement(self, payload: bytes) -> Statement:
-        execute = decode_frontend(F_EXECUTE, payload)
-        assert isinstance(execute, Execute)
-        portal = self._portals.get(execute.portal)
+        name = execute_portal(payload)
+        portal = self._portals.get(name)
         if portal is None:
             # A portal the job did not bind through the protocol (an SQL cursor): the
             # statement text is not known here.
-            stmt = self._new_statement("extended", f"(portal {execute.portal!r})")
+            stmt = self._new_statement("extended", f"(portal {name!r})")
         else:
             text = (
                 portal.prepared.text
@@ -646,7 +641,7 @@ class Relay:
             stmt.params = portal.bind.params
             stmt.param_formats = portal.bind.param_formats
             stmt.statement_name = portal.bind.statement
-        stmt.portal = execute.portal
+        stmt.portal = name
         return stmt
 
     def _admit(self, exp: _Expect, msgs: Messages, i: int, run: int, start: int) -> bool:

@@ -67,8 +67,10 @@ from appliance.protocols.postgres.messages import (
     decode_password,
     decode_sasl_initial_response,
     decode_startup,
+    describe_target,
     encode_datarow,
     error_response,
+    execute_portal,
     notice_response,
     query_sql,
 )
@@ -418,16 +420,42 @@ def _tag(payload: bytes) -> str:
     return complete.tag
 
 
-@given(
-    st.one_of(
-        st.binary(max_size=40),
-        st.text(max_size=30).map(lambda t: t.encode("utf-8", "surrogatepass") + b"\0"),
+def _portal(payload: bytes) -> str:
+    execute = decode_frontend(ord("E"), payload)
+    assert isinstance(execute, Execute)
+    return execute.portal
+
+
+def _described(payload: bytes) -> str:
+    describe = decode_frontend(ord("D"), payload)
+    assert isinstance(describe, Describe)
+    return describe.kind + describe.name
+
+
+def _target(payload: bytes) -> str:
+    kind, name = describe_target(payload)
+    return kind + name
+
+
+def _cstrings(draw_prefix: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    text = st.text(max_size=30).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    tail = st.sampled_from([b"", b"\0\0\0\0", b"\0\0\0\x05", b"\xff"])
+    return st.tuples(draw_prefix, text, st.sampled_from([b"\0", b""]), tail).map(
+        lambda p: p[0] + p[1] + p[2] + p[3]
     )
-)
+
+
+@given(st.one_of(st.binary(max_size=40), _cstrings(st.sampled_from([b"", b"S", b"P", b"X"]))))
 def test_hot_path_readers_match_the_decoders(payload: bytes) -> None:
-    """The relay reads a Query's SQL and a CommandComplete's tag without message objects:
-    the same text, or the same refusal, as the decoders give."""
-    for read, decode in ((query_sql, _sql), (complete_tag, _tag)):
+    """The relay reads a Query's SQL, a CommandComplete's tag, an Execute's portal and a
+    Describe's target without message objects: the same values, or the same refusal, as the
+    decoders give."""
+    for read, decode in (
+        (query_sql, _sql),
+        (complete_tag, _tag),
+        (execute_portal, _portal),
+        (_target, _described),
+    ):
         expected = _outcome(decode, payload)
         got = _outcome(read, payload)
         if isinstance(expected, PeerProtocolError):
