@@ -558,41 +558,71 @@ def _decode_bind(r: _Reader) -> Bind:
 
 
 def _bind_fast(data: bytes) -> Bind | None:
-    try:
-        e1 = data.index(0)
-        e2 = data.index(0, e1 + 1)
-        pos = e2 + 1
-        (nf,) = _U16.unpack_from(data, pos)
-        pos += 2
-        param_formats = _I16S[nf].unpack_from(data, pos) if nf in _I16S else None
-        if param_formats is None:
+    # Words are read with native arithmetic (_u16_at, _i32_at): compiled, a struct call
+    # costs hundreds of instructions.
+    n = len(data)
+    e1 = data.find(0)
+    e2 = data.find(0, e1 + 1) if e1 >= 0 else -1
+    if e2 < 0 or e2 + 3 > n:
+        return None
+    pos = e2 + 1
+    nf = _u16_at(data, pos)
+    pos += 2
+    param_formats = _int16s_at(data, pos, nf)
+    if param_formats is None:
+        return None
+    pos += 2 * nf
+    if pos + 2 > n:
+        return None
+    nv = _u16_at(data, pos)
+    pos += 2
+    if nf not in (0, 1, nv):
+        return None
+    values: list[bytes | None] = []
+    for _ in range(nv):
+        if pos + 4 > n:
             return None
-        pos += 2 * nf
-        (nv,) = _U16.unpack_from(data, pos)
-        pos += 2
-        if nf not in (0, 1, nv):
+        length = _i32_at(data, pos)
+        pos += 4
+        if length == -1:
+            values.append(None)
+            continue
+        if length < 0 or pos + length > n:
             return None
-        values: list[bytes | None] = []
-        for _ in range(nv):
-            (length,) = _I32.unpack_from(data, pos)
-            pos += 4
-            if length == -1:
-                values.append(None)
-                continue
-            if length < 0 or pos + length > len(data):
-                return None
-            values.append(data[pos : pos + length])
-            pos += length
-        (nr,) = _U16.unpack_from(data, pos)
-        pos += 2
-        result_formats = _I16S[nr].unpack_from(data, pos) if nr in _I16S else None
-        if result_formats is None or pos + 2 * nr != len(data):
-            return None
-    except (ValueError, struct.error):
+        values.append(data[pos : pos + length])
+        pos += length
+    if pos + 2 > n:
+        return None
+    nr = _u16_at(data, pos)
+    pos += 2
+    result_formats = _int16s_at(data, pos, nr)
+    if result_formats is None or pos + 2 * nr != n:
         return None
     return Bind(
         _text(data[:e1]), _text(data[e1 + 1 : e2]), param_formats, tuple(values), result_formats
     )
+
+
+def _u16_at(data: bytes, pos: int) -> int:
+    return (data[pos] << 8) | data[pos + 1]
+
+
+def _i32_at(data: bytes, pos: int) -> int:
+    v = (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def _int16s_at(data: bytes, pos: int, count: int) -> tuple[int, ...] | None:
+    """``count`` Int16 format codes at ``pos``, or None if they do not fit (or are many)."""
+    if pos + 2 * count > len(data):
+        return None
+    if count == 0:
+        return ()
+    if count == 1:
+        v = _u16_at(data, pos)
+        return (v - 0x10000 if v & 0x8000 else v,)
+    codes = _I16S.get(count)
+    return codes.unpack_from(data, pos) if codes is not None else None
 
 
 # Format-code arrays of the usual sizes, read in one call.
