@@ -68,7 +68,7 @@ from appliance.ledger.store import (
 )
 from appliance.signing.keys import SigningKey
 
-_ENTRY, _BLOB_WRITE, _BLOB_CLOSE, _BLOB_ABORT, _BLOB_PUT = range(5)
+_ENTRY, _BLOB_WRITE, _BLOB_CLOSE, _BLOB_ABORT, _BLOB_PUT, _ENTRY_BLOB = range(6)
 _WRITE_BUFFER = 1 << 20
 # A blob whose (transformed) content stays within this many bytes and is UTF-8 text is
 # carried inline in the entry that references it (``{"sha256", "size", "inline"}``): no
@@ -494,6 +494,40 @@ class LedgerWriter:
             if (n == 1 and self._idle) or n >= _BATCH:
                 self._cond.notify_all()
 
+    def append_encoded_blob(
+        self,
+        seq: int,
+        ts_us: int,
+        entry: bytes,
+        hole: tuple[int, int],
+        transform: Callable[[bytes], bytes] | TransformFactory | None,
+        blob: bytes,
+    ) -> None:
+        """:meth:`append_encoded` of an entry with one blob that came whole with it (a small
+        result, :class:`~appliance.ledger.api.PendingBlob`): ``blob`` goes through
+        ``transform`` (as in :meth:`open_blob`) and its reference into ``hole`` (start, end),
+        in one step: as an open, a write, a close and an entry with that hole would."""
+        sink = self.open_blob(transform)
+        sink._state = "closed"
+        item = (_ENTRY_BLOB, entry, hole[0], hole[1], sink, blob)
+        if not self._threaded:  # the writer process: the work at once (as _now does it)
+            if seq != self._next_seq:
+                raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
+            self._now(item)
+            self._next_seq = seq + 1
+            self._last_ts_us = max(ts_us, self._last_ts_us)
+            return
+        with self._cond:
+            self._wait_for_room()
+            if seq != self._next_seq:
+                raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
+            self._queue.append(item)
+            self._next_seq = seq + 1
+            self._last_ts_us = max(ts_us, self._last_ts_us)
+            n = len(self._queue)
+            if (n == 1 and self._idle) or n >= _BATCH:
+                self._cond.notify_all()
+
     def _marker(self, name: str) -> str:
         """What stands in an entry for the reference to its blob ``name`` until the blob is
         written: a string no value from a peer can hold (NUL never reaches a PostgreSQL or
@@ -703,6 +737,11 @@ class LedgerWriter:
             if holes:
                 payload = self._splice(payload, holes)
             self._write_entry(payload)
+        elif kind == _ENTRY_BLOB:
+            _, payload, start, end, sink, blob = item
+            self._blob_whole(sink, blob)
+            ref = encode_trusted(self._ref(sink))
+            self._write_entry(b"".join((payload[:start], ref, payload[end:])))
         elif kind == _BLOB_WRITE:
             self._blob_write(item[1], item[2])
         elif kind == _BLOB_CLOSE:
@@ -776,18 +815,49 @@ class LedgerWriter:
             sink._fd = os.open(sink._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         return sink._fd
 
+    def _transformed(self, sink: BlobSink, chunk: bytes) -> bytes | None:
+        """``chunk`` through the sink's transform; None if that failed (the blob is dropped
+        and its reference says why)."""
+        if sink._transform is None:
+            return chunk
+        try:
+            chunk = sink._transform(chunk)
+            if not isinstance(chunk, bytes):
+                raise TypeError(f"transform returned {type(chunk).__name__}, not bytes")
+        except Exception as exc:  # the producer's transform failed: drop the blob
+            sink.error = f"blob transform failed: {type(exc).__name__}: {exc}"
+            self._blob_discard(sink)
+            return None
+        return chunk
+
+    def _blob_whole(self, sink: BlobSink, blob: bytes) -> None:
+        """A blob's one write and its close: a small UTF-8 result is inlined at once (the
+        reference :meth:`_blob_close` would give it), anything else takes the usual way."""
+        chunk = self._transformed(sink, blob)
+        if chunk is None:
+            return
+        if sink._mem is not None and len(chunk) <= self._inline_limit:
+            try:
+                text = chunk.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                sink._mem = None
+                sha = hashlib.sha256(chunk).hexdigest()
+                sink.ref = {"sha256": sha, "size": len(chunk), "inline": text}
+                return
+        self._blob_add(sink, chunk)
+        self._blob_close(sink)
+
     def _blob_write(self, sink: BlobSink, chunk: bytes) -> None:
         if sink.error is not None or sink.ref is not None:
             return
-        if sink._transform is not None:
-            try:
-                chunk = sink._transform(chunk)
-                if not isinstance(chunk, bytes):
-                    raise TypeError(f"transform returned {type(chunk).__name__}, not bytes")
-            except Exception as exc:  # the producer's transform failed: drop the blob
-                sink.error = f"blob transform failed: {type(exc).__name__}: {exc}"
-                self._blob_discard(sink)
-                return
+        transformed = self._transformed(sink, chunk)
+        if transformed is not None:
+            self._blob_add(sink, transformed)
+
+    def _blob_add(self, sink: BlobSink, chunk: bytes) -> None:
+        """A transformed chunk into the blob (kept in memory while it may be inlined)."""
         sink._hash.update(chunk)
         sink._size += len(chunk)
         mem = sink._mem
