@@ -344,8 +344,12 @@ class LedgerWriter:
             for item in items:
                 self._process(item)
         except BaseException as exc:
-            self._failed = exc
-            raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
+            raise self._stop(exc) from exc
+
+    def _stop(self, exc: BaseException) -> LedgerUnavailable:
+        """Stop the writer for good after ``exc``; the error its caller raises."""
+        self._failed = exc
+        return LedgerUnavailable(f"ledger writer has stopped: {exc}")
 
     def pump(self, *, flush: bool = False) -> float | None:
         """Without a writer thread: do the queued work (if any), and sign a checkpoint when one is due
@@ -369,8 +373,7 @@ class LedgerWriter:
             elif sync and self._written > self._durable:
                 self._sync()
         except BaseException as exc:
-            self._failed = exc
-            raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
+            raise self._stop(exc) from exc
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def append(
@@ -471,8 +474,13 @@ class LedgerWriter:
                 for _, sink in closing:
                     sink._state = "closed"
                 self._now(*closing, (_ENTRY, entry, list(holes)))
-            else:
+            elif self._queue or self._failed is not None or self._stopping:
                 self._now((_ENTRY, entry, None))
+            else:  # the writer process's commonest work, without _now's layers
+                try:
+                    self._write_entry(entry)
+                except BaseException as exc:
+                    raise self._stop(exc) from exc
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             return
@@ -509,11 +517,16 @@ class LedgerWriter:
         in one step: as an open, a write, a close and an entry with that hole would."""
         sink = self.open_blob(transform)
         sink._state = "closed"
-        item = (_ENTRY_BLOB, entry, hole[0], hole[1], sink, blob)
         if not self._threaded:  # the writer process: the work at once (as _now does it)
             if seq != self._next_seq:
                 raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
-            self._now(item)
+            if self._queue or self._failed is not None or self._stopping:
+                self._now((_ENTRY_BLOB, entry, hole[0], hole[1], sink, blob))
+            else:
+                try:
+                    self._entry_blob(entry, hole[0], hole[1], sink, blob)
+                except BaseException as exc:
+                    raise self._stop(exc) from exc
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             return
@@ -521,7 +534,7 @@ class LedgerWriter:
             self._wait_for_room()
             if seq != self._next_seq:
                 raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
-            self._queue.append(item)
+            self._queue.append((_ENTRY_BLOB, entry, hole[0], hole[1], sink, blob))
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             n = len(self._queue)
@@ -738,10 +751,7 @@ class LedgerWriter:
                 payload = self._splice(payload, holes)
             self._write_entry(payload)
         elif kind == _ENTRY_BLOB:
-            _, payload, start, end, sink, blob = item
-            self._blob_whole(sink, blob)
-            ref = encode_trusted(self._ref(sink))
-            self._write_entry(b"".join((payload[:start], ref, payload[end:])))
+            self._entry_blob(*item[1:])
         elif kind == _BLOB_WRITE:
             self._blob_write(item[1], item[2])
         elif kind == _BLOB_CLOSE:
@@ -750,6 +760,12 @@ class LedgerWriter:
             self._blob_discard(item[1])
         elif kind == _BLOB_PUT:
             self._blob_put(item[1], item[2])
+
+    def _entry_blob(self, raw: bytes, start: int, end: int, sink: BlobSink, blob: bytes) -> None:
+        """An entry and the one blob it came with (see :meth:`append_encoded_blob`)."""
+        self._blob_whole(sink, blob)
+        ref = encode_trusted(self._ref(sink))
+        self._write_entry(b"".join((raw[:start], ref, raw[end:])))
 
     def _write_entry(self, raw: bytes) -> None:
         seq = self._written
