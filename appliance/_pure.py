@@ -26,9 +26,13 @@ ENV = "APPLIANCE_PURE"
 HOT_MODULES = (
     "appliance/protocols/postgres/_framing.py",
     "appliance/protocols/postgres/messages.py",
+    "appliance/protocols/postgres/client.py",
+    "appliance/protocols/postgres/server.py",
     "appliance/ledger/entries.py",
     "appliance/ledger/sender.py",
     "appliance/ledger/result_sink.py",
+    "appliance/masking/_counts.py",
+    "appliance/proxy/statement_policy.py",
     "appliance/proxy/records.py",
     "appliance/proxy/pg/relay.py",
     "appliance/proxy/pg/hooks.py",

@@ -1,7 +1,16 @@
 """Compile the hot path's typed modules with mypyc (in place, beside their sources).
 
 Which modules: those every statement and every result passes through (framing, the session
-core, the relay, its hooks and recorder, entry encoding), all typed under ``mypy --strict``.
+core, the relay, its hooks and recorder, statement policy, mask counts, entry encoding), all
+typed under ``mypy --strict``; a module left interpreted costs a Python frame per call from
+compiled code (about 1k instructions), so small helpers called per statement belong here.
+
+A dataclass compiles to a native class, but the ``__init__`` that ``dataclasses`` generates
+stays Python: 1.5-5k instructions per object (a frozen one pays ``object.__setattr__`` per
+field). Objects made per statement are declared ``@dataclass(init=False)`` with a written
+``__init__``, which compiles (the dataclass still gives ``__eq__`` and ``__repr__``). A
+frozen dataclass cannot do this (the pure-Python build's ``__init__`` could not assign), so
+messages made per statement are decoded without one where the relay can.
 Each compiled module is an extension (``*.so``) beside its ``.py``; Python imports the
 extension first. Their sources stay the pure-Python build: ``APPLIANCE_PURE=1`` makes the
 interpreter import the ``.py`` files instead (:mod:`appliance._pure`), and ``make test-pure``

@@ -281,16 +281,34 @@ class Parse:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Bind:
     """Bind ``statement`` to ``portal``. ``param_formats`` has 0 entries (all text), 1
-    (applies to all) or one per parameter; :meth:`param_format` resolves that."""
+    (applies to all) or one per parameter; :meth:`param_format` resolves that.
+
+    Not frozen, unlike the other messages (treat it as immutable all the same): one is made
+    per execution of a prepared statement, and a frozen dataclass's ``__init__`` runs as
+    Python even when compiled (scripts/compile.py)."""
 
     portal: str
     statement: str
-    param_formats: tuple[int, ...] = ()
-    params: tuple[bytes | None, ...] = ()
-    result_formats: tuple[int, ...] = ()
+    param_formats: tuple[int, ...]
+    params: tuple[bytes | None, ...]
+    result_formats: tuple[int, ...]
+
+    def __init__(
+        self,
+        portal: str,
+        statement: str,
+        param_formats: tuple[int, ...] = (),
+        params: tuple[bytes | None, ...] = (),
+        result_formats: tuple[int, ...] = (),
+    ) -> None:
+        self.portal = portal
+        self.statement = statement
+        self.param_formats = param_formats
+        self.params = params
+        self.result_formats = result_formats
 
     def param_format(self, i: int) -> int:
         """0 (text) or 1 (binary) for parameter ``i``."""
@@ -474,6 +492,40 @@ def _decode_query(r: _Reader) -> Query:
     return Query(r.cstring())
 
 
+def query_sql(payload: bytes) -> str:
+    """``decode_frontend(F_QUERY, payload).sql`` without the message object, for the relay's
+    hot path (a frozen dataclass's ``__init__`` runs as Python even when compiled: see
+    scripts/compile.py). Anything malformed goes to the decoder, which says what is wrong."""
+    if payload and payload.find(b"\0") == len(payload) - 1:
+        return _text(payload[:-1])
+    query = decode_frontend(c.F_QUERY, payload)
+    assert isinstance(query, Query)
+    return query.sql
+
+
+def describe_target(payload: bytes) -> tuple[str, str]:
+    """``(kind, name)`` of ``decode_frontend(F_DESCRIBE, payload)``: as :func:`query_sql`."""
+    if len(payload) >= 2 and payload.find(b"\0", 1) == len(payload) - 1:
+        kind = payload[0]
+        if kind == 0x53:
+            return "S", _text(payload[1:-1])
+        if kind == 0x50:
+            return "P", _text(payload[1:-1])
+    describe = decode_frontend(c.F_DESCRIBE, payload)
+    assert isinstance(describe, Describe)
+    return describe.kind, describe.name
+
+
+def execute_portal(payload: bytes) -> str:
+    """``decode_frontend(F_EXECUTE, payload).portal``: as :func:`query_sql`."""
+    end = payload.find(b"\0")
+    if end >= 0 and end + 5 == len(payload):
+        return _text(payload[:end])
+    execute = decode_frontend(c.F_EXECUTE, payload)
+    assert isinstance(execute, Execute)
+    return execute.portal
+
+
 def _decode_parse(r: _Reader) -> Parse:
     statement, sql = r.cstring(), r.cstring()
     n = r.uint16()
@@ -506,41 +558,71 @@ def _decode_bind(r: _Reader) -> Bind:
 
 
 def _bind_fast(data: bytes) -> Bind | None:
-    try:
-        e1 = data.index(0)
-        e2 = data.index(0, e1 + 1)
-        pos = e2 + 1
-        (nf,) = _U16.unpack_from(data, pos)
-        pos += 2
-        param_formats = _I16S[nf].unpack_from(data, pos) if nf in _I16S else None
-        if param_formats is None:
+    # Words are read with native arithmetic (_u16_at, _i32_at): compiled, a struct call
+    # costs hundreds of instructions.
+    n = len(data)
+    e1 = data.find(0)
+    e2 = data.find(0, e1 + 1) if e1 >= 0 else -1
+    if e2 < 0 or e2 + 3 > n:
+        return None
+    pos = e2 + 1
+    nf = _u16_at(data, pos)
+    pos += 2
+    param_formats = _int16s_at(data, pos, nf)
+    if param_formats is None:
+        return None
+    pos += 2 * nf
+    if pos + 2 > n:
+        return None
+    nv = _u16_at(data, pos)
+    pos += 2
+    if nf not in (0, 1, nv):
+        return None
+    values: list[bytes | None] = []
+    for _ in range(nv):
+        if pos + 4 > n:
             return None
-        pos += 2 * nf
-        (nv,) = _U16.unpack_from(data, pos)
-        pos += 2
-        if nf not in (0, 1, nv):
+        length = _i32_at(data, pos)
+        pos += 4
+        if length == -1:
+            values.append(None)
+            continue
+        if length < 0 or pos + length > n:
             return None
-        values: list[bytes | None] = []
-        for _ in range(nv):
-            (length,) = _I32.unpack_from(data, pos)
-            pos += 4
-            if length == -1:
-                values.append(None)
-                continue
-            if length < 0 or pos + length > len(data):
-                return None
-            values.append(data[pos : pos + length])
-            pos += length
-        (nr,) = _U16.unpack_from(data, pos)
-        pos += 2
-        result_formats = _I16S[nr].unpack_from(data, pos) if nr in _I16S else None
-        if result_formats is None or pos + 2 * nr != len(data):
-            return None
-    except (ValueError, struct.error):
+        values.append(data[pos : pos + length])
+        pos += length
+    if pos + 2 > n:
+        return None
+    nr = _u16_at(data, pos)
+    pos += 2
+    result_formats = _int16s_at(data, pos, nr)
+    if result_formats is None or pos + 2 * nr != n:
         return None
     return Bind(
         _text(data[:e1]), _text(data[e1 + 1 : e2]), param_formats, tuple(values), result_formats
     )
+
+
+def _u16_at(data: bytes, pos: int) -> int:
+    return (data[pos] << 8) | data[pos + 1]
+
+
+def _i32_at(data: bytes, pos: int) -> int:
+    v = (data[pos] << 24) | (data[pos + 1] << 16) | (data[pos + 2] << 8) | data[pos + 3]
+    return v - (1 << 32) if v & 0x80000000 else v
+
+
+def _int16s_at(data: bytes, pos: int, count: int) -> tuple[int, ...] | None:
+    """``count`` Int16 format codes at ``pos``, or None if they do not fit (or are many)."""
+    if pos + 2 * count > len(data):
+        return None
+    if count == 0:
+        return ()
+    if count == 1:
+        v = _u16_at(data, pos)
+        return (v - 0x10000 if v & 0x8000 else v,)
+    codes = _I16S.get(count)
+    return codes.unpack_from(data, pos) if codes is not None else None
 
 
 # Format-code arrays of the usual sizes, read in one call.
@@ -823,15 +905,30 @@ class CommandComplete:
         return self._split()[1]
 
     def _split(self) -> tuple[str, int | None]:
-        parts = self.tag.split(" ")
-        if parts[0] == "INSERT" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-            return "INSERT", int(parts[2])
-        if len(parts) == 2 and parts[0] in _ROWS_COMMANDS and parts[1].isdigit():
-            return parts[0], int(parts[1])
-        return self.tag, None
+        return split_tag(self.tag)
 
     def encode(self) -> bytes:
         return frame(c.B_COMPLETE, _cstr(self.tag))
+
+
+def split_tag(tag: str) -> tuple[str, int | None]:
+    """A CommandComplete tag's command word(s) and row count (None for commands that report
+    none)."""
+    parts = tag.split(" ")
+    if parts[0] == "INSERT" and len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+        return "INSERT", int(parts[2])
+    if len(parts) == 2 and parts[0] in _ROWS_COMMANDS and parts[1].isdigit():
+        return parts[0], int(parts[1])
+    return tag, None
+
+
+def complete_tag(payload: bytes) -> str:
+    """``decode_backend(B_COMPLETE, payload).tag``: as :func:`query_sql`."""
+    if payload and payload.find(b"\0") == len(payload) - 1:
+        return _text(payload[:-1])
+    complete = decode_backend(c.B_COMPLETE, payload)
+    assert isinstance(complete, CommandComplete)
+    return complete.tag
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,19 +86,20 @@ from appliance.protocols.postgres.encodings import ascii_safe
 from appliance.protocols.postgres.messages import (
     Bind,
     Close,
-    CommandComplete,
-    Describe,
     ErrorResponse,
-    Execute,
     FunctionCall,
     NoticeResponse,
     NotificationResponse,
     ParameterStatus,
     Parse,
-    Query,
     RowDescription,
+    complete_tag,
     decode_backend,
     decode_frontend,
+    describe_target,
+    execute_portal,
+    query_sql,
+    split_tag,
 )
 from appliance.protocols.postgres.sqlstate import INSUFFICIENT_PRIVILEGE
 
@@ -232,53 +233,108 @@ class RelayHooks(Protocol):
 # -- statements and expectations ---------------------------------------------------------------
 
 
-@dataclass(slots=True)
+# The per-statement objects below write their __init__ (init=False): compiled, a dataclass's
+# generated one runs as Python (see scripts/compile.py).
+
+
+@dataclass(slots=True, init=False)
 class Result:
     """One result set of a statement (a simple Query may produce several)."""
 
-    tag: str | None = None
-    rows: int = 0
-    columns: tuple[str, ...] | None = None
-    sink: ResultSink | None = None
+    tag: str | None
+    rows: int
+    columns: tuple[str, ...] | None
+    sink: ResultSink | None
+
+    def __init__(
+        self,
+        tag: str | None = None,
+        rows: int = 0,
+        columns: tuple[str, ...] | None = None,
+        sink: ResultSink | None = None,
+    ) -> None:
+        self.tag = tag
+        self.rows = rows
+        self.columns = columns
+        self.sink = sink
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Statement:
     """A statement the job ran (or tried to): what, how it was decided, what came back."""
 
     n: int
     protocol: str  # "simple" | "extended" | "function"
     text: str
-    params: tuple[bytes | None, ...] = ()
-    param_formats: tuple[int, ...] = ()
-    portal: str | None = None
-    statement_name: str | None = None
-    verdict: Verdict = ALLOW
-    started: float = 0.0
-    finished: float | None = None
-    results: list[Result] = field(default_factory=list)
-    error: ErrorResponse | None = None
-    outcome: str = "pending"  # ok | error | denied | skipped | suspended | cancelled
-    approval: dict[str, object] | None = None
-    notices: int = 0
-    function_oid: int | None = None  # a fast-path FunctionCall's function
+    params: tuple[bytes | None, ...]
+    param_formats: tuple[int, ...]
+    portal: str | None
+    statement_name: str | None
+    verdict: Verdict
+    started: float
+    finished: float | None
+    results: list[Result]
+    error: ErrorResponse | None
+    outcome: str  # pending | ok | error | denied | skipped | suspended | cancelled
+    approval: dict[str, object] | None
+    notices: int
+    function_oid: int | None  # a fast-path FunctionCall's function
+
+    def __init__(
+        self,
+        n: int,
+        protocol: str,
+        text: str,
+        *,
+        params: tuple[bytes | None, ...] = (),
+        param_formats: tuple[int, ...] = (),
+        portal: str | None = None,
+        statement_name: str | None = None,
+        verdict: Verdict = ALLOW,
+        started: float = 0.0,
+    ) -> None:
+        self.n = n
+        self.protocol = protocol
+        self.text = text
+        self.params = params
+        self.param_formats = param_formats
+        self.portal = portal
+        self.statement_name = statement_name
+        self.verdict = verdict
+        self.started = started
+        self.finished = None
+        self.results = []
+        self.error = None
+        self.outcome = "pending"
+        self.approval = None
+        self.notices = 0
+        self.function_oid = None
 
     @property
     def rows(self) -> int:
         return sum(r.rows for r in self.results)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Prepared:
     text: str
-    description: RowDescription | None = None
+    description: RowDescription | None
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.description = None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Portal:
     prepared: _Prepared | None
     bind: Bind
-    described: RowDescription | None = None  # the answer to a Describe of this portal
+    described: RowDescription | None  # the answer to a Describe of this portal
+
+    def __init__(self, prepared: _Prepared | None, bind: Bind) -> None:
+        self.prepared = prepared
+        self.bind = bind
+        self.described = None
 
     @property
     def description(self) -> RowDescription | None:
@@ -307,18 +363,36 @@ class X(enum.Enum):
 _CYCLE_ENDS = frozenset({X.QUERY, X.SYNC, X.FUNCTION})  # answered by a ReadyForQuery
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class _Expect:
     kind: X
-    stmt: Statement | None = None
-    describe: Describe | None = None
+    stmt: Statement | None
     # What a Describe describes, and the portal an Execute runs: the objects as they were
     # when the job sent the message (a later Parse or Bind may reuse the name).
-    target: _Prepared | _Portal | None = None
-    portal: _Portal | None = None
-    denial: bytes = b""  # the ErrorResponse the job gets instead of the stand-in's
-    simple: bool = False  # a Query stand-in (its ReadyForQuery ends the cycle)
-    text: str | None = None  # the SQL a Parse carried (for an error with no statement)
+    target: _Prepared | _Portal | None
+    portal: _Portal | None
+    denial: bytes  # the ErrorResponse the job gets instead of the stand-in's
+    simple: bool  # a Query stand-in (its ReadyForQuery ends the cycle)
+    text: str | None  # the SQL a Parse carried (for an error with no statement)
+
+    def __init__(
+        self,
+        kind: X,
+        stmt: Statement | None = None,
+        *,
+        target: _Prepared | _Portal | None = None,
+        portal: _Portal | None = None,
+        denial: bytes = b"",
+        simple: bool = False,
+        text: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.stmt = stmt
+        self.target = target
+        self.portal = portal
+        self.denial = denial
+        self.simple = simple
+        self.text = text
 
 
 class SessionRefused(Exception):
@@ -489,14 +563,12 @@ class Relay:
                 self._discard_until_sync = False
                 expect(_Expect(X.SYNC))
             elif t == F_DESCRIBE:
-                describe = decode_frontend(t, chunk[s + 5 : e])
-                assert isinstance(describe, Describe)
-                named = self._prepared if describe.kind == "S" else self._portals
-                expect(_Expect(X.DESCRIBE, describe=describe, target=named.get(describe.name)))
+                kind, name = describe_target(chunk[s + 5 : e])
+                named = self._prepared if kind == "S" else self._portals
+                expect(_Expect(X.DESCRIBE, target=named.get(name)))
             elif t == F_QUERY:
-                query = decode_frontend(t, chunk[s + 5 : e])
-                assert isinstance(query, Query)
-                exp = _Expect(X.QUERY, self._new_statement("simple", query.sql))
+                sql = query_sql(chunk[s + 5 : e])
+                exp = _Expect(X.QUERY, self._new_statement("simple", sql))
                 if not self._admit(exp, msgs, i, run, s):
                     if self._held is not None:
                         return
@@ -553,13 +625,12 @@ class Relay:
         return Statement(self.statements, protocol, text, started=self.now())
 
     def _execute_statement(self, payload: bytes) -> Statement:
-        execute = decode_frontend(F_EXECUTE, payload)
-        assert isinstance(execute, Execute)
-        portal = self._portals.get(execute.portal)
+        name = execute_portal(payload)
+        portal = self._portals.get(name)
         if portal is None:
             # A portal the job did not bind through the protocol (an SQL cursor): the
             # statement text is not known here.
-            stmt = self._new_statement("extended", f"(portal {execute.portal!r})")
+            stmt = self._new_statement("extended", f"(portal {name!r})")
         else:
             text = (
                 portal.prepared.text
@@ -570,7 +641,7 @@ class Relay:
             stmt.params = portal.bind.params
             stmt.param_formats = portal.bind.param_formats
             stmt.statement_name = portal.bind.statement
-        stmt.portal = execute.portal
+        stmt.portal = name
         return stmt
 
     def _admit(self, exp: _Expect, msgs: Messages, i: int, run: int, start: int) -> bool:
@@ -832,11 +903,10 @@ class Relay:
                 result = Result()
                 stmt.results.append(result)
             if t == B_COMPLETE:
-                complete = decode_backend(t, payload)
-                assert isinstance(complete, CommandComplete)
-                result.tag = complete.tag
-                if complete.rows is not None and not result.rows:
-                    result.rows = complete.rows
+                result.tag = complete_tag(payload)
+                rows = split_tag(result.tag)[1]
+                if rows is not None and not result.rows:
+                    result.rows = rows
             elif t == B_EMPTY:
                 result.tag = ""
             self._end_result()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -58,15 +60,19 @@ from appliance.protocols.postgres.messages import (
     StartupMessage,
     Sync,
     Terminate,
+    complete_tag,
     datarow_values,
     decode_backend,
     decode_frontend,
     decode_password,
     decode_sasl_initial_response,
     decode_startup,
+    describe_target,
     encode_datarow,
     error_response,
+    execute_portal,
     notice_response,
+    query_sql,
 )
 
 FUZZ = settings(
@@ -393,3 +399,67 @@ def test_a_damaged_bind_is_refused_or_read_alike_both_ways(bind: Bind, data: st.
         assert isinstance(got, PeerProtocolError) and str(got) == str(expected)
     else:
         assert got == expected
+
+
+def _outcome(read: Callable[[bytes], str], payload: bytes) -> str | PeerProtocolError:
+    try:
+        return read(payload)
+    except PeerProtocolError as exc:
+        return exc
+
+
+def _sql(payload: bytes) -> str:
+    query = decode_frontend(ord("Q"), payload)
+    assert isinstance(query, Query)
+    return query.sql
+
+
+def _tag(payload: bytes) -> str:
+    complete = decode_backend(ord("C"), payload)
+    assert isinstance(complete, CommandComplete)
+    return complete.tag
+
+
+def _portal(payload: bytes) -> str:
+    execute = decode_frontend(ord("E"), payload)
+    assert isinstance(execute, Execute)
+    return execute.portal
+
+
+def _described(payload: bytes) -> str:
+    describe = decode_frontend(ord("D"), payload)
+    assert isinstance(describe, Describe)
+    return describe.kind + describe.name
+
+
+def _target(payload: bytes) -> str:
+    kind, name = describe_target(payload)
+    return kind + name
+
+
+def _cstrings(draw_prefix: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
+    text = st.text(max_size=30).map(lambda t: t.encode("utf-8", "surrogatepass"))
+    tail = st.sampled_from([b"", b"\0\0\0\0", b"\0\0\0\x05", b"\xff"])
+    return st.tuples(draw_prefix, text, st.sampled_from([b"\0", b""]), tail).map(
+        lambda p: p[0] + p[1] + p[2] + p[3]
+    )
+
+
+@given(st.one_of(st.binary(max_size=40), _cstrings(st.sampled_from([b"", b"S", b"P", b"X"]))))
+def test_hot_path_readers_match_the_decoders(payload: bytes) -> None:
+    """The relay reads a Query's SQL, a CommandComplete's tag, an Execute's portal and a
+    Describe's target without message objects: the same values, or the same refusal, as the
+    decoders give."""
+    for read, decode in (
+        (query_sql, _sql),
+        (complete_tag, _tag),
+        (execute_portal, _portal),
+        (_target, _described),
+    ):
+        expected = _outcome(decode, payload)
+        got = _outcome(read, payload)
+        if isinstance(expected, PeerProtocolError):
+            assert isinstance(got, PeerProtocolError)
+            assert (str(got), got.side) == (str(expected), expected.side)
+        else:
+            assert got == expected
