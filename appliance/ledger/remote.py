@@ -169,7 +169,10 @@ class RemoteLedger(LedgerSender):
         ready: Mapping[str, Any],
         clock: Callable[[], float],
         numbered_by_writer: bool = False,
+        reader: _Reader | None = None,
     ) -> None:
+        """``reader``: the channel's reader, if one has read from it already (:meth:`open`
+        reads the ready message, and may have read past it)."""
         self.directory = directory
         self.origin = origin
         self.recovery_summary = str(ready.get("recovery", ""))
@@ -200,7 +203,7 @@ class RemoteLedger(LedgerSender):
         self._signed_size = int(ready["signed"])
         self._flushed = 0
         self._synced = 0
-        self._reader = _Reader(sock)
+        self._reader = reader if reader is not None else _Reader(sock)
         self._worker = threading.Thread(target=self._listen, name="ledger-remote", daemon=True)
 
     # -- starting ------------------------------------------------------------------------------
@@ -295,9 +298,9 @@ class RemoteLedger(LedgerSender):
             ready=orjson.loads(payload),
             clock=clock,
             numbered_by_writer=workers > 0,
+            reader=reader,
         )
         ledger.worker_sockets = [p for p, _ in extra]
-        ledger._reader = reader  # it may hold bytes past the ready message
         ledger._worker.start()
         return ledger
 

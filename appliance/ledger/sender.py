@@ -129,6 +129,8 @@ class LedgerSender:
         self._factories: dict[int, tuple[int, object]] = {}
         self._prefixes = PrefixCache(origin)
         self._nonce = nonce
+        # per blob name (a few, named by the recorders' code): its marker, and encoded
+        self._markers: dict[str, tuple[str, bytes]] = {}
 
     @property
     def failed(self) -> BaseException | None:
@@ -181,7 +183,7 @@ class LedgerSender:
                     raise LedgerError("blob sink belongs to another writer")
             marked = dict(data)
             for k in blobs:
-                marked[k] = _marker(self, k)
+                marked[k] = _marker(self, k)[0]
             data = marked
         with self._lock:
             _check(self)
@@ -206,7 +208,7 @@ class LedgerSender:
                 name, blob = pending
                 factory_id = _factory_id(self, blob.transform)
                 # Where the writer puts the blob's reference (see LedgerWriter._splice).
-                marker = encode_trusted(_marker(self, name))
+                marker = _marker(self, name)[1]
                 start = raw.find(marker)
                 end, size = start + len(marker), len(blob.data)
                 if self._unnumbered:
@@ -233,7 +235,7 @@ class LedgerSender:
                         blob_id = sink.id
                         if not sink.closed:
                             sink._state = "closed"
-                    marker = encode_trusted(_marker(self, k))
+                    marker = _marker(self, k)[1]
                     start = raw.find(marker)
                     refs.append(HOLE.pack(blob_id, start, start + len(marker)))
                 body = HOLES_COUNT.pack(len(refs)) + b"".join(refs) + raw
@@ -331,10 +333,14 @@ def _only_pending(blobs: Mapping[str, Any] | None) -> tuple[str, PendingBlob] | 
     return None
 
 
-def _marker(sender: LedgerSender, name: str) -> str:
+def _marker(sender: LedgerSender, name: str) -> tuple[str, bytes]:
     """What stands for blob ``name``'s reference in an entry until the writer process
-    puts it there (as :meth:`LedgerWriter._marker`)."""
-    return f"\x00blob {sender._nonce} {name}"
+    puts it there (as :meth:`LedgerWriter._marker`), and its encoding in the entry."""
+    known = sender._markers.get(name)
+    if known is None:
+        marker = f"\x00blob {sender._nonce} {name}"
+        known = sender._markers[name] = (marker, encode_trusted(marker))
+    return known
 
 
 def _factory_id(sender: LedgerSender, transform: object) -> int:
