@@ -484,23 +484,11 @@ class LedgerWriter:
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             return
-        with self._cond:
-            self._wait_for_room()
-            if seq != self._next_seq:
-                raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
-            if holes:
-                for _, _, sink in holes:
-                    if not sink.closed:
-                        sink._state = "closed"
-                        self._queue.append((_BLOB_CLOSE, sink))
-                self._queue.append((_ENTRY, entry, list(holes)))
-            else:
-                self._queue.append((_ENTRY, entry, None))
-            self._next_seq = seq + 1
-            self._last_ts_us = max(ts_us, self._last_ts_us)
-            n = len(self._queue)
-            if (n == 1 and self._idle) or n >= _BATCH:
-                self._cond.notify_all()
+        if holes:
+            unclosed = [sink for _, _, sink in holes if not sink.closed]
+            self._enqueue_entry(seq, ts_us, unclosed, (_ENTRY, entry, list(holes)))
+        else:
+            self._enqueue_entry(seq, ts_us, (), (_ENTRY, entry, None))
 
     def append_encoded_blob(
         self,
@@ -530,11 +518,21 @@ class LedgerWriter:
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             return
+        self._enqueue_entry(seq, ts_us, (), (_ENTRY_BLOB, entry, hole[0], hole[1], sink, blob))
+
+    def _enqueue_entry(
+        self, seq: int, ts_us: int, closing: Sequence[BlobSink], item: tuple[Any, ...]
+    ) -> None:
+        """With the writer thread: queue the close of each of ``closing``, then ``item`` (an
+        entry another process built) if ``seq`` is the next one."""
         with self._cond:
             self._wait_for_room()
             if seq != self._next_seq:
                 raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
-            self._queue.append((_ENTRY_BLOB, entry, hole[0], hole[1], sink, blob))
+            for sink in closing:
+                sink._state = "closed"
+                self._queue.append((_BLOB_CLOSE, sink))
+            self._queue.append(item)
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             n = len(self._queue)

@@ -539,7 +539,7 @@ def test_the_writer_reads_a_channel_transcript_the_same_however_it_is_cut(
 ) -> None:
     """What a sender sent (entries, entries with their blob inside, blobs opened before,
     several blobs), fed to the writer process's reader whole, one byte at a time and cut at
-    random places: the same ledger each time."""
+    random places: the same ledger each time, and with a writer thread too."""
     import random
     import socket
 
@@ -576,15 +576,16 @@ def test_the_writer_reads_a_channel_transcript_the_same_however_it_is_cut(
     rng = random.Random(7)
     cuts = sorted(rng.sample(range(1, len(stream)), 50))
     ledgers = []
-    for k, pieces in enumerate(
+    for k, (pieces, threaded) in enumerate(
         (
-            [stream],
-            [stream[i : i + 1] for i in range(len(stream))],
-            [stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)],
+            ([stream], False),
+            ([stream[i : i + 1] for i in range(len(stream))], False),
+            ([stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)], False),
+            ([stream], True),
         )
     ):
         d = tmp_path / str(k)
-        writer = open_writer(d, threaded=False, inline_limit=INLINE_LIMIT)
+        writer = open_writer(d, threaded=threaded, inline_limit=INLINE_LIMIT)
         x, y = socket.socketpair()
         child = _Child(x)
         try:
@@ -599,4 +600,4 @@ def test_the_writer_reads_a_channel_transcript_the_same_however_it_is_cut(
         ledgers.append([e.raw for e in iter_entries(d)][1:])
         assert verify_ledger(d, [KEY.verifier()]).ok
     assert len(ledgers[0]) == 12
-    assert ledgers[1] == ledgers[0] == ledgers[2]
+    assert ledgers[1] == ledgers[0] == ledgers[2] == ledgers[3]
