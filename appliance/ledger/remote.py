@@ -55,7 +55,10 @@ from appliance.ledger.sender import (
     ABORT,
     CLOSE,
     ENTRY,
+    ENTRY_BLOB,
+    ENTRY_BLOB_HEAD,
     ENTRY_BLOBS,
+    ENTRY_HEAD,
     FACTORY,
     FLUSH,
     HEAD,
@@ -69,6 +72,8 @@ from appliance.ledger.sender import (
     U32,
     U64,
     UNNUMBERED,
+    UNNUMBERED_BLOB,
+    UNNUMBERED_BLOB_HEAD,
     UNNUMBERED_BLOBS,
     WRITE,
     LedgerSender,
@@ -164,7 +169,10 @@ class RemoteLedger(LedgerSender):
         ready: Mapping[str, Any],
         clock: Callable[[], float],
         numbered_by_writer: bool = False,
+        reader: _Reader | None = None,
     ) -> None:
+        """``reader``: the channel's reader, if one has read from it already (:meth:`open`
+        reads the ready message, and may have read past it)."""
         self.directory = directory
         self.origin = origin
         self.recovery_summary = str(ready.get("recovery", ""))
@@ -195,7 +203,7 @@ class RemoteLedger(LedgerSender):
         self._signed_size = int(ready["signed"])
         self._flushed = 0
         self._synced = 0
-        self._reader = _Reader(sock)
+        self._reader = reader if reader is not None else _Reader(sock)
         self._worker = threading.Thread(target=self._listen, name="ledger-remote", daemon=True)
 
     # -- starting ------------------------------------------------------------------------------
@@ -290,9 +298,9 @@ class RemoteLedger(LedgerSender):
             ready=orjson.loads(payload),
             clock=clock,
             numbered_by_writer=workers > 0,
+            reader=reader,
         )
         ledger.worker_sockets = [p for p, _ in extra]
-        ledger._reader = reader  # it may hold bytes past the ready message
         ledger._worker.start()
         return ledger
 
@@ -651,14 +659,26 @@ class _Child:
                 self.feed(writer, conn, data)
 
     def handle(self, writer: LedgerWriter, conn: _Conn, kind: int, payload: bytes) -> None:
+        # (the kinds in order of frequency)
         if kind == ENTRY:
-            seq, ts_us = U64.unpack_from(payload, 0)[0], U64.unpack_from(payload, 8)[0]
-            writer.append_encoded(seq, ts_us, payload[16:])
+            seq, ts_us = ENTRY_HEAD.unpack_from(payload, 0)
+            writer.append_encoded(seq, ts_us, payload[ENTRY_HEAD.size :])
+        elif kind == ENTRY_BLOB:
+            seq, ts_us, factory_id, start, end, size = ENTRY_BLOB_HEAD.unpack_from(payload, 0)
+            at = ENTRY_BLOB_HEAD.size
+            writer.append_encoded_blob(
+                seq,
+                ts_us,
+                payload[at + size :],
+                (start, end),
+                conn.factories[factory_id] if factory_id else None,
+                payload[at : at + size],
+            )
         elif kind == ENTRY_BLOBS:
-            seq, ts_us = U64.unpack_from(payload, 0)[0], U64.unpack_from(payload, 8)[0]
-            found, pos = self._holes(conn, payload, 16)
+            seq, ts_us = ENTRY_HEAD.unpack_from(payload, 0)
+            found, pos = self._holes(conn, payload, ENTRY_HEAD.size)
             writer.append_encoded(seq, ts_us, payload[pos:], found)
-        elif kind == OPEN:  # (the kinds in order of frequency)
+        elif kind == OPEN:
             (blob_id,) = U64.unpack_from(payload, 0)
             (factory_id,) = U32.unpack_from(payload, 8)
             factory = conn.factories[factory_id] if factory_id else None
@@ -666,21 +686,28 @@ class _Child:
         elif kind == WRITE:
             (blob_id,) = U64.unpack_from(payload, 0)
             conn.blobs[blob_id].write(payload[8:])
-        elif kind in (UNNUMBERED, UNNUMBERED_BLOBS):
+        elif kind == UNNUMBERED or kind == UNNUMBERED_BLOBS:
             ts_us, seq_at, ts_at = OPEN_HEAD.unpack_from(payload, 0)
             holes: list[tuple[int, int, BlobSink]] | None = None
             pos = OPEN_HEAD.size
             if kind == UNNUMBERED_BLOBS:
                 holes, pos = self._holes(conn, payload, OPEN_HEAD.size)
-            # One order for every process: the seq is the writer's next, and ts never goes
-            # back (a worker's clock read a few ms before another's entry arrived).
-            late = ts_us < writer.last_ts_us
-            ts_us = max(ts_us, writer.last_ts_us)
-            seq = writer.next_seq
-            raw = number_entry(
-                payload[pos:], seq_at, ts_at, seq, format_ts_us(ts_us) if late else None
-            )
+            seq, ts_us, raw = _number(writer, payload[pos:], ts_us, seq_at, ts_at)
             writer.append_encoded(seq, ts_us, raw, holes)
+        elif kind == UNNUMBERED_BLOB:
+            ts_us, seq_at, ts_at, factory_id, start, end, size = UNNUMBERED_BLOB_HEAD.unpack_from(
+                payload, 0
+            )
+            at = UNNUMBERED_BLOB_HEAD.size
+            seq, ts_us, raw = _number(writer, payload[at + size :], ts_us, seq_at, ts_at)
+            writer.append_encoded_blob(
+                seq,
+                ts_us,
+                raw,
+                (start, end),
+                conn.factories[factory_id] if factory_id else None,
+                payload[at : at + size],
+            )
         elif kind == FACTORY:
             (factory_id,) = U32.unpack_from(payload, 0)
             conn.factories[factory_id] = pickle.loads(payload[4:])
@@ -711,6 +738,18 @@ class _Child:
             for blob_id, start, end in HOLE.iter_unpack(payload[at + 2 : pos])
         ]
         return holes, pos
+
+
+def _number(
+    writer: LedgerWriter, raw: bytes, ts_us: int, seq_at: int, ts_at: int
+) -> tuple[int, int, bytes]:
+    """An unnumbered entry's seq, ts and bytes: one order for every process, the seq is the
+    writer's next, and ts never goes back (a worker's clock read a few ms before another's
+    entry arrived)."""
+    late = ts_us < writer.last_ts_us
+    ts_us = max(ts_us, writer.last_ts_us)
+    seq = writer.next_seq
+    return seq, ts_us, number_entry(raw, seq_at, ts_at, seq, format_ts_us(ts_us) if late else None)
 
 
 def child_main() -> None:

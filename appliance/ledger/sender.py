@@ -16,7 +16,29 @@ once past :data:`SEND_AT` bytes, or at once without a loop. A blob's transform r
 writer process: the sender names each :class:`~appliance.ledger.writer.TransformFactory`
 once (pickled across) and sends the blob's chunks raw.
 
-Wire format, both ways: 4-byte big-endian payload length, 1 kind byte, payload.
+Wire format, both ways: 4-byte big-endian payload length, 1 kind byte, payload. Integers
+are big-endian; ``u64``/``u32``/``u16`` are their widths. Proxy to writer:
+
+- ``ENTRY``: seq u64, ts (µs) u64, the entry's canonical bytes;
+- ``ENTRY_BLOB``: seq u64, ts u64, transform factory u32 (0: none), hole start u32, hole end
+  u32, blob length u32, the blob's bytes, the entry's bytes. An entry whose one blob is a
+  :class:`~appliance.ledger.api.PendingBlob` (a small result, whole when its entry goes
+  out): the writer runs the blob through the factory's transform and puts its reference
+  in place of the marker at ``[start, end)`` of the entry, in one step;
+- ``ENTRY_BLOBS``: seq u64, ts u64, hole count u16, holes (blob id u64, start u32, end u32),
+  the entry's bytes: an entry referencing blobs opened before (``OPEN``) or several blobs;
+  each hole's blob is closed if it is not yet and is done with;
+- ``UNNUMBERED``, ``UNNUMBERED_BLOB``, ``UNNUMBERED_BLOBS``: as the three above, with ts
+  u64, where the seq digits go u32 and where the ts goes u32 (:data:`OPEN_HEAD`) in place of
+  seq and ts; the entry's bytes lack the seq digits (``unnumbered``, below);
+- ``FACTORY``: factory id u32, the pickled :class:`~appliance.ledger.writer.
+  TransformFactory` (sent once per factory, named by its id afterwards);
+- ``OPEN``: blob id u64, factory id u32; ``WRITE``: blob id u64, a chunk; ``CLOSE``,
+  ``ABORT``: blob id u64; ``PUT``: a whole blob (stored as it is, no reference);
+- ``FLUSH``, ``SYNC``: a token u64, answered once done; ``STOP``: empty.
+
+Writer to proxy: the kinds in :mod:`appliance.ledger.remote` (ready, signed size, flushed,
+synced, failed).
 """
 
 from __future__ import annotations
@@ -42,6 +64,10 @@ U32 = struct.Struct("!I")
 HOLE = struct.Struct("!QII")  # blob id, where its reference goes in the entry: start, end
 OPEN_HEAD = struct.Struct("!QII")  # an unnumbered entry: ts (µs), where seq and ts go
 HOLES_COUNT = struct.Struct("!H")
+ENTRY_HEAD = struct.Struct("!QQ")  # seq, ts (µs)
+_BLOB = "IIII"  # transform factory, hole start, hole end, blob length
+ENTRY_BLOB_HEAD = struct.Struct("!QQ" + _BLOB)
+UNNUMBERED_BLOB_HEAD = struct.Struct("!QII" + _BLOB)
 # proxy -> writer
 ENTRY = 0
 ENTRY_BLOBS = 1
@@ -56,6 +82,8 @@ STOP = 9
 SYNC = 10
 UNNUMBERED = 11
 UNNUMBERED_BLOBS = 12
+ENTRY_BLOB = 13
+UNNUMBERED_BLOB = 14
 # From the event loop, the buffer is sent SEND_DELAY seconds after its first entry (one
 # send for many entries: durability comes with the next checkpoint anyway), or at once
 # beyond SEND_AT bytes.
@@ -101,6 +129,8 @@ class LedgerSender:
         self._factories: dict[int, tuple[int, object]] = {}
         self._prefixes = PrefixCache(origin)
         self._nonce = nonce
+        # per blob name (a few, named by the recorders' code): its marker, and encoded
+        self._markers: dict[str, tuple[str, bytes]] = {}
 
     @property
     def failed(self) -> BaseException | None:
@@ -153,7 +183,7 @@ class LedgerSender:
                     raise LedgerError("blob sink belongs to another writer")
             marked = dict(data)
             for k in blobs:
-                marked[k] = _marker(self, k)
+                marked[k] = _marker(self, k)[0]
             data = marked
         with self._lock:
             _check(self)
@@ -164,13 +194,33 @@ class LedgerSender:
                 raw, seq_at, ts_at = prefix.encode_unnumbered(
                     format_ts_us(ts_us), type, data, trusted=trusted
                 )
-                head = OPEN_HEAD.pack(ts_us, seq_at, ts_at)
-                kind, kind_blobs = UNNUMBERED, UNNUMBERED_BLOBS
             else:
                 raw = prefix.encode(seq, format_ts_us(ts_us), type, data, trusted=trusted)
-                head = U64.pack(seq) + U64.pack(ts_us)
-                kind, kind_blobs = ENTRY, ENTRY_BLOBS
-            if blobs:
+                seq_at = ts_at = 0
+            pending = _only_pending(blobs)
+            if not blobs:
+                if self._unnumbered:
+                    _buffer(self, UNNUMBERED, OPEN_HEAD.pack(ts_us, seq_at, ts_at) + raw)
+                else:
+                    _buffer(self, ENTRY, ENTRY_HEAD.pack(seq, ts_us) + raw)
+            elif pending is not None:
+                # The common case (a small result): the blob travels inside its entry.
+                name, blob = pending
+                factory_id = _factory_id(self, blob.transform)
+                # Where the writer puts the blob's reference (see LedgerWriter._splice).
+                marker = _marker(self, name)[1]
+                start = raw.find(marker)
+                end, size = start + len(marker), len(blob.data)
+                if self._unnumbered:
+                    kind = UNNUMBERED_BLOB
+                    head = UNNUMBERED_BLOB_HEAD.pack(
+                        ts_us, seq_at, ts_at, factory_id, start, end, size
+                    )
+                else:
+                    kind = ENTRY_BLOB
+                    head = ENTRY_BLOB_HEAD.pack(seq, ts_us, factory_id, start, end, size)
+                _buffer3(self, kind, head, blob.data, raw)
+            else:
                 refs = []
                 for k, sink in blobs.items():
                     if isinstance(sink, PendingBlob):
@@ -185,14 +235,14 @@ class LedgerSender:
                         blob_id = sink.id
                         if not sink.closed:
                             sink._state = "closed"
-                    # Where the writer puts the blob's reference (see LedgerWriter._splice).
-                    marker = encode_trusted(_marker(self, k))
+                    marker = _marker(self, k)[1]
                     start = raw.find(marker)
                     refs.append(HOLE.pack(blob_id, start, start + len(marker)))
                 body = HOLES_COUNT.pack(len(refs)) + b"".join(refs) + raw
-                _buffer(self, kind_blobs, head + body)
-            else:
-                _buffer(self, kind, head + raw)
+                if self._unnumbered:
+                    _buffer(self, UNNUMBERED_BLOBS, OPEN_HEAD.pack(ts_us, seq_at, ts_at) + body)
+                else:
+                    _buffer(self, ENTRY_BLOBS, ENTRY_HEAD.pack(seq, ts_us) + body)
             self._next_seq = seq + 1
             self._last_ts_us = ts_us
 
@@ -230,6 +280,23 @@ def _buffer(sender: LedgerSender, kind: int, payload: bytes) -> None:
     out.append(HEAD.pack(len(payload), kind))
     out.append(payload)
     sender._out_size += len(payload) + HEAD.size
+    _queued(sender)
+
+
+def _buffer3(sender: LedgerSender, kind: int, a: bytes, b: bytes, c: bytes) -> None:
+    """:func:`_buffer` of the payload ``a + b + c``, without joining them here."""
+    size = len(a) + len(b) + len(c)
+    out = sender._out
+    out.append(HEAD.pack(size, kind))
+    out.append(a)
+    out.append(b)
+    out.append(c)
+    sender._out_size += size + HEAD.size
+    _queued(sender)
+
+
+def _queued(sender: LedgerSender) -> None:
+    """After a message was queued: send now, or make sure a send is scheduled."""
     if sender._out_size >= SEND_AT:
         _send_out(sender)
         return
@@ -256,10 +323,24 @@ def _send_out(sender: LedgerSender) -> None:
         raise LedgerUnavailable(f"ledger writer has stopped: {sender._failed}") from None
 
 
-def _marker(sender: LedgerSender, name: str) -> str:
+def _only_pending(blobs: Mapping[str, Any] | None) -> tuple[str, PendingBlob] | None:
+    """The name and blob of ``blobs`` if it holds one blob only, a pending one."""
+    if blobs is None or len(blobs) != 1:
+        return None
+    for name, blob in blobs.items():
+        if isinstance(blob, PendingBlob):
+            return name, blob
+    return None
+
+
+def _marker(sender: LedgerSender, name: str) -> tuple[str, bytes]:
     """What stands for blob ``name``'s reference in an entry until the writer process
-    puts it there (as :meth:`LedgerWriter._marker`)."""
-    return f"\x00blob {sender._nonce} {name}"
+    puts it there (as :meth:`LedgerWriter._marker`), and its encoding in the entry."""
+    known = sender._markers.get(name)
+    if known is None:
+        marker = f"\x00blob {sender._nonce} {name}"
+        known = sender._markers[name] = (marker, encode_trusted(marker))
+    return known
 
 
 def _factory_id(sender: LedgerSender, transform: object) -> int:

@@ -68,7 +68,7 @@ from appliance.ledger.store import (
 )
 from appliance.signing.keys import SigningKey
 
-_ENTRY, _BLOB_WRITE, _BLOB_CLOSE, _BLOB_ABORT, _BLOB_PUT = range(5)
+_ENTRY, _BLOB_WRITE, _BLOB_CLOSE, _BLOB_ABORT, _BLOB_PUT, _ENTRY_BLOB = range(6)
 _WRITE_BUFFER = 1 << 20
 # A blob whose (transformed) content stays within this many bytes and is UTF-8 text is
 # carried inline in the entry that references it (``{"sha256", "size", "inline"}``): no
@@ -344,8 +344,12 @@ class LedgerWriter:
             for item in items:
                 self._process(item)
         except BaseException as exc:
-            self._failed = exc
-            raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
+            raise self._stop(exc) from exc
+
+    def _stop(self, exc: BaseException) -> LedgerUnavailable:
+        """Stop the writer for good after ``exc``; the error its caller raises."""
+        self._failed = exc
+        return LedgerUnavailable(f"ledger writer has stopped: {exc}")
 
     def pump(self, *, flush: bool = False) -> float | None:
         """Without a writer thread: do the queued work (if any), and sign a checkpoint when one is due
@@ -369,8 +373,7 @@ class LedgerWriter:
             elif sync and self._written > self._durable:
                 self._sync()
         except BaseException as exc:
-            self._failed = exc
-            raise LedgerUnavailable(f"ledger writer has stopped: {exc}") from exc
+            raise self._stop(exc) from exc
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def append(
@@ -471,23 +474,65 @@ class LedgerWriter:
                 for _, sink in closing:
                     sink._state = "closed"
                 self._now(*closing, (_ENTRY, entry, list(holes)))
-            else:
+            elif self._queue or self._failed is not None or self._stopping:
                 self._now((_ENTRY, entry, None))
+            else:  # the writer process's commonest work, without _now's layers
+                try:
+                    self._write_entry(entry)
+                except BaseException as exc:
+                    raise self._stop(exc) from exc
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             return
+        if holes:
+            unclosed = [sink for _, _, sink in holes if not sink.closed]
+            self._enqueue_entry(seq, ts_us, unclosed, (_ENTRY, entry, list(holes)))
+        else:
+            self._enqueue_entry(seq, ts_us, (), (_ENTRY, entry, None))
+
+    def append_encoded_blob(
+        self,
+        seq: int,
+        ts_us: int,
+        entry: bytes,
+        hole: tuple[int, int],
+        transform: Callable[[bytes], bytes] | TransformFactory | None,
+        blob: bytes,
+    ) -> None:
+        """:meth:`append_encoded` of an entry with one blob that came whole with it (a small
+        result, :class:`~appliance.ledger.api.PendingBlob`): ``blob`` goes through
+        ``transform`` (as in :meth:`open_blob`) and its reference into ``hole`` (start, end),
+        in one step: as an open, a write, a close and an entry with that hole would."""
+        sink = self.open_blob(transform)
+        sink._state = "closed"
+        if not self._threaded:  # the writer process: the work at once (as _now does it)
+            if seq != self._next_seq:
+                raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
+            if self._queue or self._failed is not None or self._stopping:
+                self._now((_ENTRY_BLOB, entry, hole[0], hole[1], sink, blob))
+            else:
+                try:
+                    self._entry_blob(entry, hole[0], hole[1], sink, blob)
+                except BaseException as exc:
+                    raise self._stop(exc) from exc
+            self._next_seq = seq + 1
+            self._last_ts_us = max(ts_us, self._last_ts_us)
+            return
+        self._enqueue_entry(seq, ts_us, (), (_ENTRY_BLOB, entry, hole[0], hole[1], sink, blob))
+
+    def _enqueue_entry(
+        self, seq: int, ts_us: int, closing: Sequence[BlobSink], item: tuple[Any, ...]
+    ) -> None:
+        """With the writer thread: queue the close of each of ``closing``, then ``item`` (an
+        entry another process built) if ``seq`` is the next one."""
         with self._cond:
             self._wait_for_room()
             if seq != self._next_seq:
                 raise LedgerError(f"entry {seq} arrived where entry {self._next_seq} was due")
-            if holes:
-                for _, _, sink in holes:
-                    if not sink.closed:
-                        sink._state = "closed"
-                        self._queue.append((_BLOB_CLOSE, sink))
-                self._queue.append((_ENTRY, entry, list(holes)))
-            else:
-                self._queue.append((_ENTRY, entry, None))
+            for sink in closing:
+                sink._state = "closed"
+                self._queue.append((_BLOB_CLOSE, sink))
+            self._queue.append(item)
             self._next_seq = seq + 1
             self._last_ts_us = max(ts_us, self._last_ts_us)
             n = len(self._queue)
@@ -703,6 +748,8 @@ class LedgerWriter:
             if holes:
                 payload = self._splice(payload, holes)
             self._write_entry(payload)
+        elif kind == _ENTRY_BLOB:
+            self._entry_blob(*item[1:])
         elif kind == _BLOB_WRITE:
             self._blob_write(item[1], item[2])
         elif kind == _BLOB_CLOSE:
@@ -711,6 +758,12 @@ class LedgerWriter:
             self._blob_discard(item[1])
         elif kind == _BLOB_PUT:
             self._blob_put(item[1], item[2])
+
+    def _entry_blob(self, raw: bytes, start: int, end: int, sink: BlobSink, blob: bytes) -> None:
+        """An entry and the one blob it came with (see :meth:`append_encoded_blob`)."""
+        self._blob_whole(sink, blob)
+        ref = encode_trusted(self._ref(sink))
+        self._write_entry(b"".join((raw[:start], ref, raw[end:])))
 
     def _write_entry(self, raw: bytes) -> None:
         seq = self._written
@@ -776,18 +829,49 @@ class LedgerWriter:
             sink._fd = os.open(sink._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         return sink._fd
 
+    def _transformed(self, sink: BlobSink, chunk: bytes) -> bytes | None:
+        """``chunk`` through the sink's transform; None if that failed (the blob is dropped
+        and its reference says why)."""
+        if sink._transform is None:
+            return chunk
+        try:
+            chunk = sink._transform(chunk)
+            if not isinstance(chunk, bytes):
+                raise TypeError(f"transform returned {type(chunk).__name__}, not bytes")
+        except Exception as exc:  # the producer's transform failed: drop the blob
+            sink.error = f"blob transform failed: {type(exc).__name__}: {exc}"
+            self._blob_discard(sink)
+            return None
+        return chunk
+
+    def _blob_whole(self, sink: BlobSink, blob: bytes) -> None:
+        """A blob's one write and its close: a small UTF-8 result is inlined at once (the
+        reference :meth:`_blob_close` would give it), anything else takes the usual way."""
+        chunk = self._transformed(sink, blob)
+        if chunk is None:
+            return
+        if sink._mem is not None and len(chunk) <= self._inline_limit:
+            try:
+                text = chunk.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                sink._mem = None
+                sha = hashlib.sha256(chunk).hexdigest()
+                sink.ref = {"sha256": sha, "size": len(chunk), "inline": text}
+                return
+        self._blob_add(sink, chunk)
+        self._blob_close(sink)
+
     def _blob_write(self, sink: BlobSink, chunk: bytes) -> None:
         if sink.error is not None or sink.ref is not None:
             return
-        if sink._transform is not None:
-            try:
-                chunk = sink._transform(chunk)
-                if not isinstance(chunk, bytes):
-                    raise TypeError(f"transform returned {type(chunk).__name__}, not bytes")
-            except Exception as exc:  # the producer's transform failed: drop the blob
-                sink.error = f"blob transform failed: {type(exc).__name__}: {exc}"
-                self._blob_discard(sink)
-                return
+        transformed = self._transformed(sink, chunk)
+        if transformed is not None:
+            self._blob_add(sink, transformed)
+
+    def _blob_add(self, sink: BlobSink, chunk: bytes) -> None:
+        """A transformed chunk into the blob (kept in memory while it may be inlined)."""
         sink._hash.update(chunk)
         sink._size += len(chunk)
         mem = sink._mem

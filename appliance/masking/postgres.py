@@ -35,10 +35,12 @@ from appliance.protocols.postgres.messages import RowDescription, datarow_values
 
 __all__ = [
     "CopyPlan",
+    "HeaderPlan",
     "LedgerRows",
     "MaskingRefused",
     "ResponseMasker",
     "UnknownColumns",
+    "header_plan",
     "mask_copy_line",
     "row_plan",
 ]
@@ -281,6 +283,42 @@ class ResponseMasker:
         return counts
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderPlan:
+    """What a result header gives :class:`LedgerRows`: a COPY's spec, or the rows' plan and
+    formats. Immutable: a pure function of the target's masker and the header."""
+
+    copy: CopySpec | None
+    plan: ColumnPlan | None
+    formats: tuple[int, ...]
+
+
+def header_plan(masker: TargetMasker | None, header: Mapping[str, Any]) -> HeaderPlan:
+    """The plan of a result header the recorder wrote (``columns``, ``types``, ``formats``,
+    ``tables``; or ``copy`` and what the COPY statement says)."""
+    formats = tuple(header.get("formats") or ())
+    columns = header.get("columns")
+    if "copy" in header:
+        copy = CopySpec(
+            str(header["copy"]),
+            header.get("table"),
+            tuple(columns) if columns else None,
+            "binary" if header.get("binary") else "csv" if header.get("csv") else "text",
+            bool(header.get("header")),
+        )
+        return HeaderPlan(copy, None, formats)
+    plan = None
+    if masker is not None and columns is not None:
+        plan = row_plan(
+            masker,
+            columns,
+            tables=header.get("tables"),
+            formats=formats,
+            type_oids=header.get("types"),
+        )
+    return HeaderPlan(None, plan, formats)
+
+
 class LedgerRows:
     """The rows of one result blob, masked into cells (see :mod:`appliance.ledger.results`).
 
@@ -300,31 +338,17 @@ class LedgerRows:
 
     def header(self, header: Mapping[str, Any]) -> None:
         """A new result set (or COPY) starts."""
+        self.start(header_plan(self.masker, header))
+
+    def start(self, planned: HeaderPlan) -> None:
+        """A new result set (or COPY) starts, planned by :func:`header_plan` (which a caller
+        may keep for the next result of the same header)."""
         self._partial = b""
-        if "copy" in header:
-            columns = header.get("columns")
-            self.copy = CopySpec(
-                str(header["copy"]),
-                header.get("table"),
-                tuple(columns) if columns else None,
-                "binary" if header.get("binary") else "csv" if header.get("csv") else "text",
-                bool(header.get("header")),
-            )
-            self._copy_lines = _CopyLines(self.masker, self.copy) if self.masker else None
-            self.plan = None
-            return
-        self.copy = None
-        columns = header.get("columns")
-        self.plan = None
-        if self.masker is not None and columns is not None:
-            self.plan = row_plan(
-                self.masker,
-                columns,
-                tables=header.get("tables"),
-                formats=tuple(header.get("formats") or ()),
-                type_oids=header.get("types"),
-            )
-        self._formats = tuple(header.get("formats") or ())
+        self.copy = planned.copy
+        self.plan = planned.plan
+        self._formats = planned.formats
+        if planned.copy is not None:
+            self._copy_lines = _CopyLines(self.masker, planned.copy) if self.masker else None
 
     def row(self, values: list[bytes | None]) -> list[Any]:
         """One DataRow's values as masked cells."""

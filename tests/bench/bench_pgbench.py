@@ -31,6 +31,8 @@ always runs), ``PGBENCH_WORKLOADS=select-only:simple,tpcb-like:prepared`` the wo
 ``tests/bench/pgcore.py`` plays the same conversations through the session core without
 sockets (CPU µs per transaction of the proxy and of its writer process, repeatable, or
 instruction counts under callgrind): use it to compare changes on this noisy machine.
+``tests/bench/writerfeed.py`` keeps what pgcore's proxy sent its writer and replays it into a
+writer in its own process (the writer's side alone, under callgrind too).
 
 Where the time goes (2-core VM; see the README for the last table and its analysis):
 
@@ -44,8 +46,10 @@ Where the time goes (2-core VM; see the README for the last table and its analys
   entries per statement (``appliance/ledger/sender.py``), masking the statement's text
   (four Python layers even when the pre-filter finds nothing), policy (a shape per
   statement in the simple protocol, then a dict lookup), decoding and the recorder.
-- the writer process: ~20 µs a select (framing, hashing, the Merkle tree; four channel
-  messages per select: entry, blob open, blob write, entry with its holes).
+- the writer process: ~15 µs a select (``writerfeed.py`` replays pgcore's channel into a
+  writer: the result blob's transform, i.e. decoding and masking its row, ~5 µs; per entry
+  framing, leaf hash and the Merkle tree; two channel messages per select: the statement's
+  entry and the response's with its small result blob inside).
 - tpcb-like with write-ahead: one fsync per transaction block (at END), group-committed
   across sessions, 2-5 ms under load, and each sync's answer crosses from the ledger's
   listener thread to the event loop; ``appliance-checkpoint`` shows the hot path without it.

@@ -30,7 +30,7 @@ import orjson
 
 from appliance.ledger.result_sink import COPY, COPY_END, HEADER, ROWS, RowsSink
 from appliance.masking import MaskCounts, TargetMasker
-from appliance.masking.postgres import LedgerRows
+from appliance.masking.postgres import HeaderPlan, LedgerRows, header_plan
 from appliance.policy import copy_spec
 from appliance.protocols.postgres.messages import (
     ErrorResponse,
@@ -63,7 +63,7 @@ class RowsTransform(MaskingTransform):
         rows = self.rows
         if kind == HEADER:
             # The same result shapes come back statement after statement: what a header
-            # gives (its fields, its masked line, what masking it counted) is kept per
+            # gives (its plan, its masked line, what masking it counted) is kept per
             # target and header bytes.
             key = (self.masker, body)
             hit = _HEADERS.get(key)
@@ -72,8 +72,8 @@ class RowsTransform(MaskingTransform):
                 if len(_HEADERS) >= _HEADER_CACHE:
                     _HEADERS.clear()
                 _HEADERS[key] = hit
-            header, line, found = hit
-            rows.header(header)  # planned by the real names
+            planned, line, found = hit
+            rows.start(planned)
             if found:
                 self.counts.update(found)
             return line
@@ -92,23 +92,24 @@ class RowsTransform(MaskingTransform):
 
 
 _HEADER_CACHE = 1024
-_HEADERS: dict[tuple[TargetMasker | None, bytes], tuple[dict[str, Any], bytes, MaskCounts]] = {}
+_HEADERS: dict[tuple[TargetMasker | None, bytes], tuple[HeaderPlan, bytes, MaskCounts]] = {}
 
 
-def _header(masker: TargetMasker | None, body: bytes) -> tuple[dict[str, Any], bytes, MaskCounts]:
-    """A result header part: its fields (as the recorder wrote them: rows are planned by the
-    real column names), its line in the blob, and what masking that line counted. Neither
-    the fields nor the counts may be changed by the caller (they are cached)."""
+def _header(masker: TargetMasker | None, body: bytes) -> tuple[HeaderPlan, bytes, MaskCounts]:
+    """A result header part: its plan (rows are planned by the real column names), its line
+    in the blob, and what masking that line counted. The counts may not be changed by the
+    caller (they are cached)."""
     header = orjson.loads(body)
+    planned = header_plan(masker, header)
     found = MaskCounts()
     if masker is None or not header.get("columns"):
-        return header, body + b"\n", found
+        return planned, body + b"\n", found
     # Written masked: a column may be named after a value ("AS "4111...").
     masked = dict(header)
     masked["columns"] = [
         None if c is None else masker.mask_text(c, found) for c in header["columns"]
     ]
-    return header, orjson.dumps(masked, option=orjson.OPT_SORT_KEYS) + b"\n", found
+    return planned, orjson.dumps(masked, option=orjson.OPT_SORT_KEYS) + b"\n", found
 
 
 def _frames(body: bytes) -> list[bytes]:

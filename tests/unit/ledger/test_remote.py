@@ -8,9 +8,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from appliance.ledger import (
@@ -21,9 +24,11 @@ from appliance.ledger import (
     iter_entries,
     verify_ledger,
 )
+from appliance.ledger.api import PendingBlob
 from appliance.ledger.remote import RemoteLedger
 from appliance.ledger.result_sink import RowsSink, transforms
 from appliance.ledger.store import ENTRIES
+from appliance.ledger.writer import INLINE_LIMIT
 from appliance.masking import Masker, MaskingConfig
 from appliance.protocols.postgres.messages import DataRow
 from appliance.proxy.pg.recording import RowsTransform
@@ -460,3 +465,139 @@ def test_a_failure_in_the_writer_process_stops_it_before_any_later_signature(
     with pytest.raises(LedgerUnavailable):
         w.close()
     assert w.signed_size == signed
+
+
+def _pending_session(ledger: Any, masker: Any) -> None:
+    """Responses whose result blob travels whole with the entry (PendingBlob): inlined and
+    masked, too large to inline, not UTF-8, a transform that fails, empty; then one blob
+    opened before its entry and one entry with two blobs (holes)."""
+    factory = transforms(RowsTransform, masker)
+
+    def rows(n: int) -> PendingBlob:
+        sink = RowsSink(ledger, factory, 1 << 24)
+        sink.header({"columns": ["card"], "types": [25], "formats": [0]})
+        for _ in range(n):
+            sink.add(DataRow((b"4111 1111 1111 1111",)).encode())
+        sink.close()
+        blob = sink.finish()
+        assert isinstance(blob, PendingBlob)
+        return blob
+
+    results: list[Any] = [
+        rows(1),
+        rows(1000),  # ~30 kB: past the inline limit, under the sink's chunk
+        PendingBlob(None, b"\xff\xfe not UTF-8"),
+        PendingBlob(factory, b"H\x00\x00\x00\x03{{{"),  # a header that is not JSON
+        PendingBlob(None, b""),
+    ]
+    for n, result in enumerate(results):
+        ledger.append("statement", session="s1", data={"n": n, "text": "select card"})
+        ledger.append("response", session="s1", data={"n": n}, blobs={"result": result})
+    opened = ledger.open_blob(factory)
+    opened.write(rows(2).data)
+    ledger.append("response", session="s1", data={"n": 5}, blobs={"result": opened})
+    ledger.append(
+        "response", session="s1", data={"n": 6}, blobs={"a": rows(3), "b": PendingBlob(None, b"x")}
+    )
+
+
+def test_pending_blobs_give_the_same_ledger_as_the_thread_writer(tmp_path: Path) -> None:
+    """Byte for byte after key.published, blob files included, whether the writer process
+    numbers the entries (workers) or the proxy does."""
+    later = 1900000000.0
+    masker = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+    dirs = {name: tmp_path / name for name in ("thread", "remote", "unnumbered")}
+    with open_writer(dirs["thread"], clock=lambda: later, inline_limit=INLINE_LIMIT) as w:
+        _pending_session(w, masker)
+    with open_remote(dirs["remote"], clock=lambda: later) as r:
+        _pending_session(r, masker)
+    main = open_remote(dirs["unnumbered"], clock=lambda: later, workers=1)
+    try:
+        assert main._unnumbered
+        _pending_session(main, masker)
+    finally:
+        main.close()
+    ledgers = {name: [e.raw for e in iter_entries(d)][1:] for name, d in dirs.items()}
+    assert len(ledgers["thread"]) == 12
+    assert ledgers["remote"] == ledgers["thread"] == ledgers["unnumbered"]
+    refs = [orjson.loads(raw)["data"].get("result") for raw in ledgers["thread"][1::2]]
+    assert refs[0]["masking"]["detectors"] == {"card": 1}
+    assert "4111" not in refs[0]["inline"]
+    assert "inline" not in refs[1] and refs[1]["masking"]["detectors"] == {"card": 1000}
+    assert "inline" not in refs[2]
+    assert refs[3]["error"].startswith("blob transform failed")
+    assert refs[4]["inline"] == ""
+    blobs = {name: sorted(p.name for p in (d / "blobs").glob("??/*")) for name, d in dirs.items()}
+    assert len(blobs["thread"]) == 2
+    assert blobs["remote"] == blobs["thread"] == blobs["unnumbered"]
+    for d in dirs.values():
+        assert verify_ledger(d, [KEY.verifier()]).ok
+
+
+def test_the_writer_reads_a_channel_transcript_the_same_however_it_is_cut(
+    tmp_path: Path,
+) -> None:
+    """What a sender sent (entries, entries with their blob inside, blobs opened before,
+    several blobs), fed to the writer process's reader whole, one byte at a time and cut at
+    random places: the same ledger each time, and with a writer thread too."""
+    import random
+    import socket
+
+    from appliance.ledger.remote import _Child
+    from appliance.ledger.sender import LedgerSender
+
+    masker = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+    a, b = socket.socketpair()
+    try:
+        sender = LedgerSender(
+            a,
+            origin=ORIGIN,
+            clock=lambda: 1900000000.0,
+            next_seq=1,  # after the key.published entry the writer starts with
+            last_ts_us=0,
+            unnumbered=False,
+            nonce="n0",
+        )
+        sent = bytearray()
+
+        def drain() -> None:  # the writer's end, read as the sender writes
+            while chunk := b.recv(1 << 20):
+                sent.extend(chunk)
+
+        reading = threading.Thread(target=drain)
+        reading.start()
+        _pending_session(sender, masker)
+        a.shutdown(socket.SHUT_WR)
+        reading.join(30)
+    finally:
+        a.close()
+        b.close()
+    stream = bytes(sent)
+    rng = random.Random(7)
+    cuts = sorted(rng.sample(range(1, len(stream)), 50))
+    ledgers = []
+    for k, (pieces, threaded) in enumerate(
+        (
+            ([stream], False),
+            ([stream[i : i + 1] for i in range(len(stream))], False),
+            ([stream[i:j] for i, j in zip([0, *cuts], [*cuts, len(stream)], strict=True)], False),
+            ([stream], True),
+        )
+    ):
+        d = tmp_path / str(k)
+        writer = open_writer(d, threaded=threaded, inline_limit=INLINE_LIMIT)
+        x, y = socket.socketpair()
+        child = _Child(x)
+        try:
+            for piece in pieces:
+                for kind, payload in child.main.reader.messages(piece):
+                    child.handle(writer, child.main, kind, payload)
+            assert not child.main.reader.buf and not child.main.blobs
+            writer.close()
+        finally:
+            x.close()
+            y.close()
+        ledgers.append([e.raw for e in iter_entries(d)][1:])
+        assert verify_ledger(d, [KEY.verifier()]).ok
+    assert len(ledgers[0]) == 12
+    assert ledgers[1] == ledgers[0] == ledgers[2] == ledgers[3]

@@ -14,6 +14,8 @@ from appliance.ledger.entries import encode_entry, encode_trusted, format_ts_us,
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
 from appliance.ledger.sender import (
     ENTRY,
+    ENTRY_BLOB,
+    ENTRY_BLOB_HEAD,
     ENTRY_BLOBS,
     FACTORY,
     HEAD,
@@ -23,6 +25,8 @@ from appliance.ledger.sender import (
     U32,
     U64,
     UNNUMBERED,
+    UNNUMBERED_BLOB,
+    UNNUMBERED_BLOB_HEAD,
     WRITE,
     LedgerSender,
 )
@@ -104,31 +108,83 @@ def test_entries_go_in_call_order_with_seq_and_a_ts_that_never_goes_back(pair) -
         assert payload[16:] == encode_entry(entry)
 
 
-def test_a_pending_blob_is_opened_written_and_referenced_where_its_marker_is(pair) -> None:  # type: ignore[no-untyped-def]
+def test_a_pending_blob_travels_inside_its_entry_with_where_its_reference_goes(pair) -> None:  # type: ignore[no-untyped-def]
     a, b = pair
     s = sender(a, Clock(1.0))
     factory = Upper()
     s.append(
         "response", session="s", data={"n": 1}, blobs={"result": PendingBlob(factory, b"rows")}
     )
-    s.append("response", session="s", data={"n": 2}, blobs={"result": PendingBlob(factory, b"")})
+    s.append("response", session="s", data={"n": 2}, blobs={"result": PendingBlob(None, b"")})
+    got = messages(b)
+    # the factory is sent once, then named by its number; one message per entry
+    assert [k for k, _ in got] == [FACTORY, ENTRY_BLOB, ENTRY_BLOB]
+    assert U32.unpack_from(got[0][1], 0)[0] == 1
+    for (_, payload), (seq, n, factory_id, blob) in zip(
+        got[1:], [(7, 1, 1, b"rows"), (8, 2, 0, b"")], strict=True
+    ):
+        seq_, ts_us, factory_, start, end, size = ENTRY_BLOB_HEAD.unpack_from(payload, 0)
+        assert (seq_, ts_us, factory_, size) == (seq, 1_000_000, factory_id, len(blob))
+        at = ENTRY_BLOB_HEAD.size
+        assert payload[at : at + size] == blob
+        raw = payload[at + size :]
+        assert raw[start:end] == encode_trusted("\x00blob n0 result")
+        entry = make_entry(
+            origin=ORIGIN,
+            seq=seq,
+            ts=format_ts_us(1_000_000),
+            type="response",
+            data={"n": n, "result": "\x00blob n0 result"},
+            session="s",
+        )
+        assert raw == encode_entry(entry)
+
+
+def test_blobs_opened_before_or_several_blobs_go_as_holes(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    s = sender(a, Clock(1.0))
+    factory = Upper()
+    opened = s.open_blob(factory)
+    opened.write(b"big")
+    s.append(
+        "response",
+        data={"n": 1},
+        blobs={"result": opened, "notes": PendingBlob(factory, b"small")},
+    )
     got = messages(b)
     kinds = [k for k, _ in got]
-    # the factory is sent once, then named by its number
-    assert kinds == [FACTORY, OPEN, WRITE, ENTRY_BLOBS, OPEN, WRITE, ENTRY_BLOBS]
-    assert U32.unpack_from(got[0][1], 0)[0] == 1
-    blob_id, factory_id = U64.unpack_from(got[1][1], 0)[0], U32.unpack_from(got[1][1], 8)[0]
-    assert (blob_id, factory_id) == (1, 1)
-    assert got[2][1] == U64.pack(1) + b"rows"
-    payload = got[3][1]
+    assert kinds == [FACTORY, OPEN, WRITE, OPEN, WRITE, ENTRY_BLOBS]
+    assert got[2][1] == U64.pack(1) + b"big"
+    blob_id, factory_id = U64.unpack_from(got[3][1], 0)[0], U32.unpack_from(got[3][1], 8)[0]
+    assert (blob_id, factory_id) == (2, 1)  # the pending one, opened and written in one go
+    assert got[4][1] == U64.pack(2) + b"small"
+    payload = got[5][1]
     assert U64.unpack_from(payload, 0)[0] == 7
     count = int.from_bytes(payload[16:18], "big")
-    assert count == 1
-    hole_blob, start, end = HOLE.unpack_from(payload, 18)
-    raw = payload[18 + HOLE.size :]
-    assert hole_blob == 1
+    holes = [HOLE.unpack_from(payload, 18 + i * HOLE.size) for i in range(count)]
+    raw = payload[18 + count * HOLE.size :]
+    assert {blob_id: raw[start:end] for blob_id, start, end in holes} == {
+        1: encode_trusted("\x00blob n0 result"),
+        2: encode_trusted("\x00blob n0 notes"),
+    }
+    assert opened.closed  # the entry closes the blob it references
+
+
+def test_an_unnumbered_pending_blob_says_where_seq_ts_and_its_reference_go(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    s = sender(a, Clock(2.0), unnumbered=True)
+    s.append("response", data={"n": 1}, blobs={"result": PendingBlob(None, b"rows")})
+    [(kind, payload)] = messages(b)
+    assert kind == UNNUMBERED_BLOB
+    ts_us, seq_at, ts_at, factory_id, start, end, size = UNNUMBERED_BLOB_HEAD.unpack_from(
+        payload, 0
+    )
+    at = UNNUMBERED_BLOB_HEAD.size
+    assert (ts_us, factory_id, payload[at : at + size]) == (2_000_000, 0, b"rows")
+    raw = payload[at + size :]
     assert raw[start:end] == encode_trusted("\x00blob n0 result")
-    assert U64.unpack_from(got[4][1], 0)[0] == 2  # the next blob has the next id
+    assert end <= seq_at  # the reference's offsets do not move when the seq goes in
+    assert raw[ts_at : ts_at + 27] == format_ts_us(2_000_000).encode()
 
 
 def test_unnumbered_entries_say_where_seq_and_ts_go(pair) -> None:  # type: ignore[no-untyped-def]
@@ -153,6 +209,8 @@ def test_bad_input_is_refused_before_anything_is_sent(pair) -> None:  # type: ig
         s.append("response", data={}, blobs={"result": object()})
     with pytest.raises(LedgerError, match="transform factories"):
         s.open_blob(lambda data: data)
+    with pytest.raises(LedgerError, match="transform factories"):
+        s.append("response", data={}, blobs={"result": PendingBlob(lambda d: d, b"rows")})
     s.append("statement", data={"x": 1})
     [(kind, payload)] = messages(b)
     assert kind == ENTRY and U64.unpack_from(payload, 0)[0] == 7  # no seq was used up
