@@ -5,8 +5,9 @@ core, policy, masking of statements and parameters, entry encoding, the hand-ove
 ledger writer process), apart from the kernel's socket work and from the noise of the other
 processes that a lab run shares two cores with. The conversations are those of pgbench
 (select-only and tpcb-like, ``-M simple`` and ``-M prepared``: libpq sends Bind, Describe,
-Execute, Sync for a prepared statement), the server's answers built with the codec's
-encoders. The ledger is a real :class:`~appliance.ledger.remote.RemoteLedger` (its writer
+Execute, Sync for a prepared statement), each transaction with values of its own (so the
+per-session cache of masked statement texts misses, as in a lab run), the server's answers
+built with the codec's encoders. The ledger is a real :class:`~appliance.ledger.remote.RemoteLedger` (its writer
 process writes and signs a real ledger in a temporary directory), driven from an asyncio
 loop as in the daemon, so entries are batched as they are in production; statements that
 change the target wait for :meth:`RemoteLedger.sync` (write-ahead) as the shell makes them.
@@ -231,8 +232,12 @@ async def run(workload: str, mode: str, transactions: int, clients: int = 8) -> 
             rng = lambda top: next(seed) % top + 1  # noqa: E731
             for s in sessions:  # warm up: prepare, fill the caches
                 await s.play(s.script(script, mode, rng))
-            # Each session's transactions, encoded before the clock starts.
-            plays = [(s, s.script(script, mode, rng)) for s in sessions for _ in range(32)]
+            # Every transaction, encoded before the clock starts, with values of its own as
+            # pgbench's (the per-session caches of masked statement texts miss, as in a lab).
+            plays = [
+                (sessions[i % clients], sessions[i % clients].script(script, mode, rng))
+                for i in range(transactions)
+            ]
             # The writer has done its start-up (unpickling the masker, compiling the
             # detectors) and the warm-up's work: only its steady state is measured.
             ledger.flush(60)
@@ -240,8 +245,7 @@ async def run(workload: str, mode: str, transactions: int, clients: int = 8) -> 
             child = ledger._proc.pid
             c0, (wu0, ws0) = time.process_time(), _cpu(child)
             t0 = time.perf_counter()
-            for i in range(transactions):
-                session, steps = plays[i % len(plays)]
+            for session, steps in plays:
                 await session.play(steps)
             wall = time.perf_counter() - t0
             ledger.flush(60)
