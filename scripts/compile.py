@@ -1,8 +1,8 @@
 """Compile the hot path's typed modules with mypyc (in place, beside their sources).
 
 Which modules: those every statement and every result passes through (framing, the session
-core, the relay, its hooks and recorder, statement policy, mask counts, masking's pre-filter,
-entry encoding), all typed under ``mypy --strict``; a module left interpreted costs a Python
+core, the relay, its hooks and recorder, both ends' PostgreSQL state machines, statement
+policy, mask counts, masking's pre-filter, entry encoding), all typed under ``mypy --strict``; a module left interpreted costs a Python
 frame per call from compiled code (about 1k instructions), so small helpers called per
 statement belong here.
 
@@ -12,6 +12,7 @@ field). Objects made per statement are declared ``@dataclass(init=False)`` with 
 ``__init__``, which compiles (the dataclass still gives ``__eq__`` and ``__repr__``). A
 frozen dataclass cannot do this (the pure-Python build's ``__init__`` could not assign), so
 messages made per statement are decoded without one where the relay can.
+
 Each compiled module is an extension (``*.so``) beside its ``.py``; Python imports the
 extension first. Their sources stay the pure-Python build: ``APPLIANCE_PURE=1`` makes the
 interpreter import the ``.py`` files instead (:mod:`appliance._pure`), and ``make test-pure``
