@@ -35,7 +35,7 @@ Compiling the Hyperscan databases takes a second or more of CPU (the phone patte
 every configured region). A compiled :class:`Prefilter` carries its databases serialized
 (:meth:`Prefilter.serialized`, a fraction of a millisecond to load): it pickles with them,
 so the ledger writer's process loads instead of compiling, and a :class:`DatabaseStore`
-passed in (:mod:`appliance.masking._dbcache`: files in the appliance's cache directory)
+passed in (:mod:`appliance.prefilter_cache`: files in the appliance's cache directory)
 keeps them from one start to the next. What is loaded is named by :func:`database_key`, a
 digest over the patterns, their flags, the Hyperscan version and the platform Hyperscan
 compiles for here (CPU features included): databases compiled elsewhere are never taken for
@@ -97,7 +97,7 @@ Pattern = tuple[int, str]
 
 class DatabaseStore(Protocol):
     """Where compiled databases are kept between processes and runs, by
-    :func:`database_key` (:class:`appliance.masking._dbcache.DatabaseCache`)."""
+    :func:`database_key` (:class:`appliance.prefilter_cache.PrefilterCache`)."""
 
     def load(self, key: str) -> bytes | None:
         """The bytes saved under ``key``, or None (none, or none that may be trusted)."""
