@@ -3,10 +3,14 @@ masking its rows per column, toward the job and toward the ledger alike."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.masking import ColumnRule, MaskCounts, Masker, MaskingConfig, Style
-from appliance.masking.postgres import LedgerRows, _CopyLines, mask_copy_line
+from appliance.masking.postgres import LedgerRows, _CopyLines, escapes, mask_copy_line
 from appliance.policy import CopySpec, copy_spec
 
 
@@ -177,3 +181,27 @@ def test_copy_frames_to_the_job_are_masked_as_the_ledger_masks_them(csv: bool) -
         got = job.mask_copy(plan, frame)
         assert (data if got is None else got[5:]) == expected
     assert job.take_counts().as_dict()["detectors"] == {"card": 1, "email": 1, "phone": 1}
+
+
+# The definition escapes() implements without a regular expression: text format, a backslash
+# that is not the whole of a NULL field; CSV, a quote.
+_TEXT_ESCAPE = re.compile(rb"\\(?!N[\t\n])|(?<=[^\t\n])\\N")
+
+
+def _lines_of(body: bytes, offsets: list[int]) -> set[int]:
+    return {body.count(b"\n", 0, at) for at in offsets}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from([b"\\", b"N", b"\t", b"\n", b"a", b'"', b"\\N"]), max_size=40))
+def test_escapes_mark_the_lines_the_regular_expression_marks(pieces: list[bytes]) -> None:
+    body = b"".join(pieces) + b"\n"
+    text = [m.start() for m in _TEXT_ESCAPE.finditer(body)]
+    assert _lines_of(body, list(escapes(body, csv=False))) == _lines_of(body, text)
+    assert list(escapes(body, csv=True)) == [i for i, c in enumerate(body) if c == ord('"')]
+
+
+def test_escapes_of_null_fields_and_escapes() -> None:
+    assert list(escapes(b"\\N\t1\ta\\N\n\\N\n", csv=False)) == [6]
+    assert list(escapes(b"x\\ty\n\\\\\n", csv=False)) == [1, 5, 6]
+    assert list(escapes(b"plain\trow\n", csv=False)) == []
