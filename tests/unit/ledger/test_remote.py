@@ -601,3 +601,22 @@ def test_the_writer_reads_a_channel_transcript_the_same_however_it_is_cut(
         assert verify_ledger(d, [KEY.verifier()]).ok
     assert len(ledgers[0]) == 12
     assert ledgers[1] == ledgers[0] == ledgers[2] == ledgers[3]
+
+
+def test_the_writer_process_keeps_its_freed_heap_unless_the_environment_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """glibc's malloc thresholds reach the writer process (a blob transform would otherwise
+    have its heap trimmed and refaulted per chunk); an operator's own setting wins."""
+
+    def environ(ledger: RemoteLedger) -> dict[str, str]:
+        assert ledger._proc is not None
+        raw = Path(f"/proc/{ledger._proc.pid}/environ").read_bytes()
+        return dict(kv.split("=", 1) for kv in raw.decode().split("\0") if "=" in kv)
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    with open_remote(tmp_path / "l") as ledger:
+        env = environ(ledger)
+    assert env["MALLOC_TRIM_THRESHOLD_"] == str(32 << 20)
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "1048576"
