@@ -187,6 +187,34 @@ def export(lab: Lab, env: dict[str, str], argv: list[str]) -> float:
     return elapsed
 
 
+def _cpu(app: Appliance) -> tuple[float, float]:
+    """CPU seconds (user + system) so far of the appliance's processes: the proxy (its
+    process and any other descendant) and the ledger writer process, from /proc."""
+    assert app.proc is not None
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            pid = int(stat.parent.name)
+            parents[pid] = int(fields[1])
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {app.proc.pid}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in tree} - tree
+        grew = bool(more)
+        tree |= more
+    proxy = writer = 0.0
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            if b"child_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                writer += cpu.get(pid, 0.0)
+                continue
+        proxy += cpu.get(pid, 0.0)
+    return proxy, writer
+
+
 def _blobs(app: Appliance) -> int:
     """How many responses in the ledger reference a result blob (a large result)."""
     return sum(
@@ -267,6 +295,7 @@ def test_export_through_the_appliance(tmp_path: Path) -> None:
                         for setup, env in envs.items():
                             app = apps.get(setup)
                             before = _blobs(app) if app is not None else 0
+                            cpu0 = _cpu(app) if app is not None else (0.0, 0.0)
                             t0 = time.perf_counter()
                             dt = export(lab, env, argv)
                             line = f"round {r + 1} {table:9} {client:15} {setup:19} {dt:8.1f} s"
@@ -278,6 +307,11 @@ def test_export_through_the_appliance(tmp_path: Path) -> None:
                                 rec = time.perf_counter() - t0
                                 times.setdefault((table, client, setup + " rec"), []).append(rec)
                                 line += f", recorded after {rec:8.1f} s"
+                                cpu1 = _cpu(app)
+                                line += (
+                                    f"; CPU proxy {cpu1[0] - cpu0[0]:.1f} s,"
+                                    f" writer {cpu1[1] - cpu0[1]:.1f} s"
+                                )
                             print(line, flush=True)
             for name, app in apps.items():
                 counts = _masked_counts(app)
