@@ -33,7 +33,8 @@ What it does, per message:
   everything after it are held (the shell stops reading the job) until
   :meth:`Relay.approval_result`.
 - **Response masking**, when the hooks give a row masker: DataRow values and COPY OUT rows
-  are rewritten (lengths recomputed); a column that must be masked but arrives in binary
+  are rewritten (lengths recomputed; the CopyData frames of one read are masked together,
+  one pre-filter pass over their rows); a column that must be masked but arrives in binary
   format (or a binary COPY OUT) fails closed: the job gets an ErrorResponse naming the
   column, the rest of that result is suppressed up to ReadyForQuery.
 """
@@ -181,9 +182,12 @@ class RowMasker(Protocol):
         """How to mask the CopyData of a COPY OUT started by ``statement``."""
         ...
 
-    def mask_copy(self, plan: object, frame: bytes) -> bytes | None:
-        """The CopyData frame rewritten, or None if no value changed. Raises MaskingRefused
-        (binary COPY)."""
+    def mask_copy_run(
+        self, plan: object, chunk: bytes, frames: list[tuple[int, int]]
+    ) -> list[bytes | None]:
+        """The CopyData frames ``chunk[s:e]`` (back to back in one read), each rewritten or
+        None if no value in it changed: masked together (one pre-filter pass), as each
+        alone. Raises MaskingRefused (binary COPY)."""
         ...
 
 
@@ -725,7 +729,11 @@ class Relay:
         out = self._to_client
         run = 0  # start of the bytes not yet forwarded
         d_start = -1  # start of a run of rows being recorded
+        copies: list[tuple[int, int]] = []  # CopyData frames to mask for the job, together
         for t, s, e in msgs.frames:
+            if copies and t != B_COPY_DATA:
+                run = self._mask_copies(chunk, copies, run)
+                copies = []
             if t == B_DATAROW or t == B_COPY_DATA:
                 result = self._result or self._begin_rows()
                 result.rows += 1
@@ -738,11 +746,11 @@ class Relay:
                     continue
                 masker = self._masker
                 if masker is not None:
+                    if t == B_COPY_DATA:
+                        copies.append((s, e))
+                        continue
                     try:
-                        if t == B_DATAROW:
-                            masked = masker.mask_frame(self._result_plan, chunk[s:e])
-                        else:
-                            masked = masker.mask_copy(self._result_plan, chunk[s:e])
+                        masked = masker.mask_frame(self._result_plan, chunk[s:e])
                     except MaskingRefused as exc:
                         if run < s:
                             out.append(chunk[run:s])  # what came before, then the error
@@ -800,11 +808,34 @@ class Relay:
                     )
                 self.hooks.parameter(status.name, status.value)
             # CopyDone, FunctionCallResponse...: relayed as they are.
+        if copies:
+            run = self._mask_copies(chunk, copies, run)
         if d_start >= 0:
             assert self._result is not None and self._result.sink is not None
             self._result.sink.add(chunk[d_start:])
         if run < len(chunk):
             out.append(chunk[run:] if run else chunk)
+
+    def _mask_copies(self, chunk: bytes, frames: list[tuple[int, int]], run: int) -> int:
+        """CopyData ``frames`` of ``chunk`` (back to back) masked for the job: what is before
+        each rewritten one is forwarded, then it; returns the start of what is not yet
+        forwarded. A refusal (binary COPY) withholds them all, as the first frame's would."""
+        assert self._masker is not None
+        out = self._to_client
+        try:
+            masked = self._masker.mask_copy_run(self._result_plan, chunk, frames)
+        except MaskingRefused as exc:
+            if run < frames[0][0]:
+                out.append(chunk[run : frames[0][0]])  # what came before, then the error
+            self._refuse_result(str(exc))
+            return frames[-1][1]
+        for (s, e), frame in zip(frames, masked, strict=True):
+            if frame is not None:
+                if run < s:
+                    out.append(chunk[run:s])
+                out.append(frame)
+                run = e
+        return run
 
     def _head(self, *kinds: X) -> _Expect:
         if not self._expect or self._expect[0].kind not in kinds:

@@ -205,3 +205,38 @@ def test_escapes_of_null_fields_and_escapes() -> None:
     assert list(escapes(b"\\N\t1\ta\\N\n\\N\n", csv=False)) == [6]
     assert list(escapes(b"x\\ty\n\\\\\n", csv=False)) == [1, 5, 6]
     assert list(escapes(b"plain\trow\n", csv=False)) == []
+
+
+@pytest.mark.parametrize("csv", [False, True])
+def test_copy_frames_of_one_read_are_masked_together_as_each_alone(csv: bool) -> None:
+    """ResponseMasker.mask_copy_run (the relay's CopyData frames of one read, one pre-filter
+    pass) gives each frame what mask_copy gives it alone, and counts the same."""
+    from appliance.masking.postgres import ResponseMasker
+
+    sep = "," if csv else "\t"
+    statement = "COPY people TO STDOUT" + (" CSV" if csv else "")
+    rows = [
+        ["1", "Alice", "alice@example.com", "4111-1111-1111-1111", "2024-05-12 10:30"],
+        ["2", "Bob", "nobody", "tier-2", "call (415) 555-2671 today"],
+        ["3", "Carol", "x", "68487932199-96439406143-93774651418", "ok"],
+        ["4", "Dan", "\\N", "no secret", "2024-05-13 11:00:00+00"],
+        ["5", "Eve", '"quoted, eve@example.org"' if csv else "tab\\there", "5555", "x"],
+        ["6", "Fay", "fay@example.net", "4012888888881881", "7"],
+    ]
+    frames = []
+    for row in rows * 3:
+        data = (sep.join(row) + "\n").encode()
+        frames.append(b"d" + (len(data) + 4).to_bytes(4, "big") + data)
+    tm = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+    alone, together = ResponseMasker(tm), ResponseMasker(tm)
+    plan_alone = alone.copy_plan(statement, binary=False)
+    plan_together = together.copy_plan(statement, binary=False)
+    expected = [alone.mask_copy(plan_alone, f) for f in frames]
+    chunk = b"C\x00\x00\x00\x04" + b"".join(frames) + b"c\x00\x00\x00\x04"
+    spans, at = [], 5
+    for f in frames:
+        spans.append((at, at + len(f)))
+        at += len(f)
+    assert together.mask_copy_run(plan_together, chunk, spans) == expected
+    assert any(x is not None for x in expected) and any(x is None for x in expected)
+    assert together.take_counts().as_dict() == alone.take_counts().as_dict()

@@ -776,6 +776,27 @@ def test_response_masking_of_copy_out(split: Callable[[bytes], list[bytes]]) -> 
     assert got.startswith(head) and got.endswith(CopyDone().encode() + done("COPY 1") + ready())
 
 
+def test_response_masking_of_many_copy_rows_in_one_read(
+    split: Callable[[bytes], list[bytes]],
+) -> None:
+    """CopyData frames of one read are masked together: each comes out as masking it alone
+    gives it, every other byte as the server sent it, in order."""
+    rows = [f"{i}\t{CARD if i % 3 == 0 else 'none'}\tx{i}@example.com\n" for i in range(12)]
+    rows[5] = "5\tplain\tnothing\n"
+    frames = [CopyData(r.encode()).encode() for r in rows]
+    alone = masker()
+    plan = alone.copy_plan("copy customers to stdout", binary=False)
+    expected = [alone.mask_copy(plan, f) or f for f in frames]
+    hooks = Hooks(masker=masker())
+    p = Player(hooks, split)
+    p.to_server(q("copy customers to stdout"))
+    head = CopyOutResponse(0, (0, 0)).encode()
+    tail = CopyDone().encode() + done("COPY 12") + ready()
+    got = p.to_client(head + b"".join(frames) + tail)
+    assert got == head + b"".join(expected) + tail
+    assert CARD.encode() not in got and expected[5] == frames[5]
+
+
 def test_response_masking_rewrites_a_binary_text_column(
     split: Callable[[bytes], list[bytes]],
 ) -> None:
