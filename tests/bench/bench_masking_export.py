@@ -19,7 +19,10 @@ namespace, the clients as the job in the runner namespace):
   printed with its ratio to direct: the time the job took, and (``rec``) the time until the
   ledger holds the export's masked rows (the writer may still be masking when the job is
   done: backpressure reaches the job only once its queue and socket are full). ``EXPORT_BASELINE=/path/to/other/.venv/bin/appliance``
-  adds another build (e.g. a worktree of main) as ``baseline``, on the same table.
+  adds another build (e.g. a worktree of main) as ``baseline``, on the same table;
+  ``EXPORT_TABLES=events`` (comma-separated) exports only those tables;
+- each export through the appliance also prints the CPU seconds its processes spent, the
+  proxy's and the ledger writer process's (from /proc): where the time went.
 
 Checked, not timed: the ledger holds no card number or e-mail address of ``customers`` (a
 sample of rows is searched for in every file the appliance wrote) and says how many were
