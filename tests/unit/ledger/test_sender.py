@@ -256,12 +256,13 @@ def test_session_entries_send_what_append_sends(pair, unnumbered: bool) -> None:
             s = sender(a, Clock(5.0, 5.5, 4.0, 6.25), unnumbered=unnumbered)
             where = ("s1", identity, "acct", "db")
             entries = s.session_entries(*where)
-            for type, data, blob in [
+            script: list[tuple[str, dict[str, object], PendingBlob | None]] = [
                 ("statement", {"n": 1, "text": "select 1", "decision": {"d": "allow"}}, None),
                 ("response", {"n": 1, "rows": 1}, PendingBlob(factory, b"row")),
                 ("response", {"n": 2, "rows": 0}, PendingBlob(None, b"")),
                 ("session.end", {"reason": "eof"}, None),
-            ]:
+            ]
+            for type, data, blob in script:
                 if use_entries:
                     if blob is None:
                         entries.append(type, dict(data))
