@@ -68,6 +68,11 @@ ENTRY_HEAD = struct.Struct("!QQ")  # seq, ts (µs)
 _BLOB = "IIII"  # transform factory, hole start, hole end, blob length
 ENTRY_BLOB_HEAD = struct.Struct("!QQ" + _BLOB)
 UNNUMBERED_BLOB_HEAD = struct.Struct("!QII" + _BLOB)
+# HEAD and an entry kind's head in one (a message per entry: one pack, no concatenation)
+_FRAMED_ENTRY = struct.Struct("!IBQQ")
+_FRAMED_UNNUMBERED = struct.Struct("!IBQII")
+_FRAMED_ENTRY_BLOB = struct.Struct("!IBQQ" + _BLOB)
+_FRAMED_UNNUMBERED_BLOB = struct.Struct("!IBQII" + _BLOB)
 # proxy -> writer
 ENTRY = 0
 ENTRY_BLOBS = 1
@@ -328,25 +333,42 @@ def _append_locked(
     blob (``data[blob_name]`` is its marker) that travels inside it."""
     seq, ts_us, raw, seq_at, ts_at = _stamped(sender, prefix, type, data, trusted)
     if blob is None or blob_name is None:
+        out = sender._out
         if sender._unnumbered:
-            _buffer(sender, UNNUMBERED, OPEN_HEAD.pack(ts_us, seq_at, ts_at) + raw)
+            size = OPEN_HEAD.size + len(raw)
+            out.append(_FRAMED_UNNUMBERED.pack(size, UNNUMBERED, ts_us, seq_at, ts_at))
         else:
-            _buffer(sender, ENTRY, ENTRY_HEAD.pack(seq, ts_us) + raw)
+            size = ENTRY_HEAD.size + len(raw)
+            out.append(_FRAMED_ENTRY.pack(size, ENTRY, seq, ts_us))
+        out.append(raw)
     else:
         # The common case (a small result): the blob travels inside its entry.
+        # (before taking _out: sending a new factory may send what is queued, a new list)
         factory_id = _factory_id(sender, blob.transform)
+        out = sender._out
         # Where the writer puts the blob's reference (see LedgerWriter._splice).
         marker = _marker(sender, blob_name)[1]
         start = raw.find(marker)
-        end, size = start + len(marker), len(blob.data)
+        end, data_size = start + len(marker), len(blob.data)
         if sender._unnumbered:
-            kind = UNNUMBERED_BLOB
-            head = UNNUMBERED_BLOB_HEAD.pack(ts_us, seq_at, ts_at, factory_id, start, end, size)
+            size = UNNUMBERED_BLOB_HEAD.size + data_size + len(raw)
+            out.append(
+                _FRAMED_UNNUMBERED_BLOB.pack(
+                    size, UNNUMBERED_BLOB, ts_us, seq_at, ts_at, factory_id, start, end, data_size
+                )
+            )
         else:
-            kind = ENTRY_BLOB
-            head = ENTRY_BLOB_HEAD.pack(seq, ts_us, factory_id, start, end, size)
-        _buffer3(sender, kind, head, blob.data, raw)
+            size = ENTRY_BLOB_HEAD.size + data_size + len(raw)
+            out.append(
+                _FRAMED_ENTRY_BLOB.pack(
+                    size, ENTRY_BLOB, seq, ts_us, factory_id, start, end, data_size
+                )
+            )
+        out.append(blob.data)
+        out.append(raw)
+    sender._out_size += size + HEAD.size
     _stamp_done(sender, seq, ts_us)
+    _queued(sender)
 
 
 def _buffer(sender: LedgerSender, kind: int, payload: bytes) -> None:
@@ -356,18 +378,6 @@ def _buffer(sender: LedgerSender, kind: int, payload: bytes) -> None:
     out.append(HEAD.pack(len(payload), kind))
     out.append(payload)
     sender._out_size += len(payload) + HEAD.size
-    _queued(sender)
-
-
-def _buffer3(sender: LedgerSender, kind: int, a: bytes, b: bytes, c: bytes) -> None:
-    """:func:`_buffer` of the payload ``a + b + c``, without joining them here."""
-    size = len(a) + len(b) + len(c)
-    out = sender._out
-    out.append(HEAD.pack(size, kind))
-    out.append(a)
-    out.append(b)
-    out.append(c)
-    sender._out_size += size + HEAD.size
     _queued(sender)
 
 
