@@ -104,6 +104,12 @@ def transforms(make: type[PartsTransform], masker: Any) -> Transforms:
     return factory
 
 
+def header_part(header: Mapping[str, Any]) -> bytes:
+    """The blob part that starts a result set (or COPY data) with ``header``."""
+    body = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
+    return HEADER + _LEN.pack(len(body)) + body
+
+
 class RowsSink:
     """A statement's result rows on their way to one blob; bounded by ``limit`` bytes.
 
@@ -129,9 +135,14 @@ class RowsSink:
 
     def header(self, header: Mapping[str, Any], *, copy: bool = False) -> None:
         """Start a result set (or COPY data) in the blob."""
+        self.start(header_part(header), copy)
+
+    def start(self, part: bytes, copy: bool = False) -> None:
+        """:meth:`header` with the header's part already made by :func:`header_part` (a
+        recorder keeps those of the result shapes that come back)."""
         self._end_run()
         self._kind = COPY if copy else ROWS
-        self._part(HEADER, orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
+        self._pending += part
 
     def add(self, frames: bytes) -> None:
         """Row (or COPY) frames of the current result set, back to back."""

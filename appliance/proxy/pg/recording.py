@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from appliance.ledger.result_sink import COPY, COPY_END, HEADER, ROWS, RowsSink
+from appliance.ledger.result_sink import COPY, COPY_END, HEADER, ROWS, RowsSink, header_part
 from appliance.masking import MaskCounts, TargetMasker
 from appliance.masking.postgres import HeaderPlan, LedgerRows, header_plan
 from appliance.policy import copy_spec
@@ -92,6 +92,7 @@ class RowsTransform(MaskingTransform):
 
 
 _HEADER_CACHE = 1024
+_HEADERS_KEPT = 64  # result shapes whose header part a session keeps (then forgotten at once)
 _HEADERS: dict[tuple[TargetMasker | None, bytes], tuple[HeaderPlan, bytes, MaskCounts]] = {}
 
 
@@ -142,6 +143,10 @@ class SessionRecorder(SessionRecords):
     transform = RowsTransform
     # table OID -> "schema.table" (proxy.pg.catalog), set once the session is ready
     tables: Mapping[int, str] = MappingProxyType({})
+    # per id() of a RowDescription: it, the formats, the tables, the header's blob part
+    _headers: (
+        dict[int, tuple[RowDescription | None, tuple[int, ...], Mapping[int, str], bytes]] | None
+    ) = None
 
     def _masked_params(self, stmt: Statement, counts: MaskCounts) -> list[Any]:
         out: list[Any] = []
@@ -226,14 +231,31 @@ class SessionRecorder(SessionRecords):
         sink = self.sink(stmt.n)
         if sink is None:
             return None
-        header: dict[str, Any] = {
-            "columns": [f.name for f in description.fields] if description else None,
-            "types": [f.type_oid for f in description.fields] if description else [],
-            "formats": list(formats),
-        }
-        if self.tables and description:
-            header["tables"] = [self.tables.get(f.table_oid) for f in description.fields]
-        sink.header(header)
+        # The same result shapes come back statement after statement, and the relay keeps
+        # one RowDescription per shape: the header's part is kept per description object
+        # (and formats, and the table names known when it was made).
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = {}
+        hit = headers.get(id(description))
+        if (
+            hit is None
+            or hit[0] is not description
+            or hit[1] != formats
+            or hit[2] is not self.tables
+        ):
+            header: dict[str, Any] = {
+                "columns": [f.name for f in description.fields] if description else None,
+                "types": [f.type_oid for f in description.fields] if description else [],
+                "formats": list(formats),
+            }
+            if self.tables and description:
+                header["tables"] = [self.tables.get(f.table_oid) for f in description.fields]
+            hit = (description, formats, self.tables, header_part(header))
+            if len(headers) >= _HEADERS_KEPT:
+                headers.clear()
+            headers[id(description)] = hit
+        sink.start(hit[3])
         return _ResultView(sink)
 
     def copy_sink(self, stmt: Statement, direction: str) -> _ResultView | None:

@@ -104,6 +104,33 @@ def test_rows_of_several_results_are_masked_in_one_blob(ledger: LedgerWriter) ->
     assert CARD.encode() not in everything(ledger)
 
 
+def test_a_result_shape_that_comes_back_gets_the_header_of_the_moment(
+    ledger: LedgerWriter,
+) -> None:
+    """The relay hands the same RowDescription object for the same shape; the recorder keeps
+    its header's part, but formats that differ and table names learnt since still show."""
+    rec = recorder(ledger)
+    desc = RowDescription((FieldDescription("id", type_oid=23, table_oid=7),))
+    for n, formats in enumerate([(0,), (0,), (1,), (1,)], start=1):
+        if n == 4:
+            rec.tables = {7: "public.t"}  # the catalog, once the session is ready
+        s = stmt(n, "select id from t")
+        rec.statement(s)
+        sink = rec.result_sink(s, desc, formats)
+        assert sink is not None
+        sink.close()
+        s.results = [Result("SELECT 0", 0, ("id",))]
+        s.outcome = "ok"
+        rec.response(s)
+    headers = [rows[0] for rows in blobs(ledger)]
+    assert headers == [
+        {"columns": ["id"], "formats": [0], "types": [23]},
+        {"columns": ["id"], "formats": [0], "types": [23]},
+        {"columns": ["id"], "formats": [1], "types": [23]},
+        {"columns": ["id"], "formats": [1], "tables": ["public.t"], "types": [23]},
+    ]
+
+
 def test_binary_values_are_decoded_when_text_like_else_never_written(
     ledger: LedgerWriter,
 ) -> None:
