@@ -5,7 +5,8 @@
 - clean text comes back unchanged (the same object);
 - the pre-filter is sound: it never rules out text in which some detector finds something,
   and it says the same on str and on UTF-8 bytes, with Hyperscan and with re;
-- the phone numbers' digit-shape check never changes libphonenumber's answer;
+- the phone numbers' digit-shape check never changes libphonenumber's answer, nor does
+  asking its matcher about the whole text only;
 - the IBAN and Luhn checks answer as stdnum's;
 - mask_text's clean fast path answers as the full search does.
 """
@@ -24,7 +25,14 @@ from appliance.masking import MaskCounts, Masker, Style
 from appliance.masking._detectors import DETECTORS, Options
 from appliance.masking._scan import Finding, Scanner, _select
 from appliance.masking._styles import TOKEN_RE
-from appliance.masking._validate import _matched_whole, iban_length, iban_ok, luhn_ok, phone_e164
+from appliance.masking._validate import (
+    _matched_whole,
+    _matched_whole_by_matcher,
+    iban_length,
+    iban_ok,
+    luhn_ok,
+    phone_e164,
+)
 from tests.unit.masking.helpers import KEY, all_on, masker
 from tests.unit.masking.test_detectors import TRUE_POSITIVES
 
@@ -225,7 +233,36 @@ phone_like = _digit_groups(5, 1, 6)
 @given(phone_like, st.sampled_from(_PHONE_REGIONS))
 def test_phone_precheck_only_skips_what_libphonenumber_rejects(text: str, region: str) -> None:
     """The digit-shape check before libphonenumber's matcher never changes its answer."""
-    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+    assert phone_e164(text, (region,)) == _matched_whole_by_matcher(text, region)
+
+
+# What reaches the matcher: digit groups with what numbers are written with, led by "+", a
+# country code or a dialling prefix, and what else the corpus hands it (addresses, dates).
+_matcher_input = st.tuples(
+    st.sampled_from(["", "+", "+1 ", "1 ", "011 ", "(", "0"]),
+    _digit_groups(5, 1, 6),
+    st.sampled_from(["", "/", ":00", " ext 12", "."]),
+).map("".join)
+
+
+@SETTINGS
+@given(_matcher_input, st.sampled_from(_PHONE_REGIONS))
+def test_whole_text_match_answers_as_iterating_the_matcher(text: str, region: str) -> None:
+    """_matched_whole asks libphonenumber's matcher about the candidate spanning the text
+    only: the same answer as iterating all its matches."""
+    assert _matched_whole(text, region) == _matched_whole_by_matcher(text, region)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["173.169.109.79", "192.168.100.200", "2024-05-01 10", "1/2/2024", "415-555-2671",
+     "(415) 555-2671", "+1 415 555 2671", "+44 20 7946 0958", "020 7946 0958 / 0959",
+     "415-555-2671 212-555-0123", "4111 1111 1111 1111", "030 901820", "98765 43210",
+     "415-555-2671.", "415-555-2671 abc", "415-555-2671 / x12", "06/10/2015"],
+)  # fmt: skip
+@pytest.mark.parametrize("region", _PHONE_REGIONS)
+def test_whole_text_match_on_known_texts(text: str, region: str) -> None:
+    assert _matched_whole(text, region) == _matched_whole_by_matcher(text, region)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +272,7 @@ def test_phone_precheck_only_skips_what_libphonenumber_rejects(text: str, region
 )  # fmt: skip
 @pytest.mark.parametrize("region", _PHONE_REGIONS)
 def test_phone_precheck_on_known_numbers(text: str, region: str) -> None:
-    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+    assert phone_e164(text, (region,)) == _matched_whole_by_matcher(text, region)
 
 
 def test_long_texts_of_the_corpus_find_what_the_whole_search_finds() -> None:
@@ -264,7 +301,7 @@ def test_phone_precheck_with_country_codes_and_prefixes(head: str, text: str, re
     """Numbers led by a country code, a national prefix or a dialling prefix, and long runs
     (card look-alikes): the digit-shape check still never changes libphonenumber's answer."""
     text = head + text
-    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+    assert phone_e164(text, (region,)) == _matched_whole_by_matcher(text, region)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +313,7 @@ def test_phone_precheck_with_country_codes_and_prefixes(head: str, text: str, re
 )  # fmt: skip
 @pytest.mark.parametrize("region", _PHONE_REGIONS)
 def test_phone_precheck_on_numbers_with_country_codes(text: str, region: str) -> None:
-    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+    assert phone_e164(text, (region,)) == _matched_whole_by_matcher(text, region)
 
 
 _IBAN_COUNTRIES = ["DE", "GB", "FR", "NO", "MT", "BR", "LC", "SC", "QA", "XK", "ZZ", "US"]
