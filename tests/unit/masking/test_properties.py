@@ -7,7 +7,8 @@
   and it says the same on str and on UTF-8 bytes, with Hyperscan and with re;
 - the phone numbers' digit-shape check never changes libphonenumber's answer, nor does
   asking its matcher about the whole text only;
-- the IBAN and Luhn checks answer as stdnum's;
+- the IBAN and Luhn checks answer as stdnum's, and the IBAN walk takes what it took
+  character by character;
 - mask_text's clean fast path answers as the full search does.
 """
 
@@ -22,7 +23,7 @@ from stdnum import iban as stdnum_iban
 from stdnum import luhn as stdnum_luhn
 
 from appliance.masking import MaskCounts, Masker, Style
-from appliance.masking._detectors import DETECTORS, Options
+from appliance.masking._detectors import DETECTORS, Options, _iban_at
 from appliance.masking._scan import Finding, Scanner, _select
 from appliance.masking._styles import TOKEN_RE
 from appliance.masking._validate import (
@@ -342,6 +343,61 @@ def _iban_like(draw: st.DrawFn) -> str:
 def test_iban_check_is_stdnums(compact: str) -> None:
     """iban_ok answers as stdnum's IBAN validation (without the national checks) does."""
     assert iban_ok(compact) == stdnum_iban.is_valid(compact, check_country=False)
+
+
+def _iban_at_by_walk(text: str, start: int) -> tuple[int, int, str] | None:
+    """The iban detector's walk as it was written first, character by character (the
+    reference for _iban_at's regular expression)."""
+    length = iban_length(text[start : start + 2].upper())
+    if length is None:
+        return None
+    chars: list[str] = []
+    i = start
+    while len(chars) < length and i < len(text):
+        c = text[i]
+        if c.isascii() and c.isalnum():
+            chars.append(c)
+        elif not (c == " " and i + 1 < len(text) and text[i + 1] != " " and chars):
+            return None
+        i += 1
+    if len(chars) != length or (i < len(text) and text[i].isascii() and text[i].isalnum()):
+        return None
+    compact = "".join(chars).upper()
+    return (start, i, compact) if iban_ok(compact) else None
+
+
+@st.composite
+def _iban_written(draw: st.DrawFn) -> str:
+    """An IBAN-like value as text holds it: spaces (one or two) between some characters,
+    lower case or not, and what follows it."""
+    compact = draw(_iban_like())
+    gaps = draw(st.sampled_from([[""], ["", "", "", " "], ["", "", "", " ", "  "]]))
+    out = []
+    for c in compact:
+        out.append(c)
+        out.append(draw(st.sampled_from(gaps)))
+    text = "".join(out).strip()
+    if draw(st.booleans()):
+        text = text.lower()
+    return text + draw(st.sampled_from(["", " ", "x", "1", " 1234", "\u00e9", "-", " -"]))
+
+
+@SETTINGS
+@given(_iban_written())
+def test_iban_walk_takes_what_the_character_walk_took(text: str) -> None:
+    assert _iban_at(text, 0) == _iban_at_by_walk(text, 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"{iban}{tail}" for iban in ("DE89 3704 0044 0532 0130 00", "DE89370400440532013000",
+                                  "de89 3704 0044 0532 0130 00", "GB82 WEST 1234 5698 7654 32")
+     for tail in ("", " ", "x", "1", " 1", "-", "\u00e9", " x")]
+    + ["DE89-3704-0044-0532-0130-00", "DE89  3704 0044 0532 0130 00", "DE89 3704 0044 0532 0130 0",
+       "DE89 3704 0044 0532 0130 0 0", "DE89 3704 0044 0532 0130 0 "],
+)  # fmt: skip
+def test_iban_walk_on_known_texts(text: str) -> None:
+    assert _iban_at(text, 0) == _iban_at_by_walk(text, 0)
 
 
 @SETTINGS
