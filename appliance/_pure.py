@@ -28,6 +28,7 @@ HOT_MODULES = (
     "appliance/protocols/postgres/messages.py",
     "appliance/protocols/postgres/client.py",
     "appliance/protocols/postgres/server.py",
+    "appliance/ledger/pending.py",
     "appliance/ledger/entries.py",
     "appliance/ledger/sender.py",
     "appliance/ledger/result_sink.py",

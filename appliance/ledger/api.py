@@ -8,8 +8,9 @@ GIL shared with the event loop). Both satisfy :class:`Ledger`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
+
+from appliance.ledger.pending import PendingBlob
 
 
 class Blob(Protocol):
@@ -23,16 +24,6 @@ class Blob(Protocol):
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PendingBlob:
-    """A whole blob handed over with the entry that references it (``append(blobs=...)``),
-    for small results: no sink to open, write and close first. ``transform`` as in
-    ``open_blob``."""
-
-    transform: Any
-    data: bytes
 
 
 class Ledger(Protocol):

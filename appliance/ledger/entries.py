@@ -27,7 +27,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import orjson
 
@@ -229,26 +229,35 @@ def encode_trusted(value: object) -> bytes:
 # -- timestamps -----------------------------------------------------------------------------
 
 
-# ``YYYY-MM-DDTHH:MM:SS.`` of recent seconds (every entry is stamped: strftime is slow).
-_SECOND_PREFIXES: dict[int, str] = {}
-
-
 def format_ts(t: float) -> str:
     """``t`` (seconds since the epoch) as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` in UTC."""
     return format_ts_us(round(t * 1_000_000))
 
 
+class TsFormat:
+    """Microseconds since the epoch as entry timestamps, the last second's
+    ``YYYY-MM-DDTHH:MM:SS.`` kept (every entry is stamped, and strftime is slow). One
+    instance may serve several threads: the second and its text are replaced together."""
+
+    def __init__(self) -> None:
+        self._last: tuple[int, str] = (-1, "")
+
+    def format(self, us: int) -> str:
+        secs = us // 1_000_000
+        last = self._last
+        if last[0] != secs:
+            last = (secs, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs)))
+            self._last = last
+        # the six digits of the fraction, zeros in front: 1000000 + frac has seven, a 1 first
+        return f"{last[1]}{str(1_000_000 + us - secs * 1_000_000)[1:]}Z"
+
+
+_TS_FORMAT: Final = TsFormat()
+
+
 def format_ts_us(us: int) -> str:
     """Microseconds since the epoch as an entry timestamp."""
-    secs, frac = divmod(us, 1_000_000)
-    prefix = _SECOND_PREFIXES.get(secs)
-    if prefix is None:
-        if len(_SECOND_PREFIXES) >= 8:
-            _SECOND_PREFIXES.clear()
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
-        _SECOND_PREFIXES[secs] = prefix
-    # the six digits of frac, zeros in front: 1000000 + frac has seven, the first a 1
-    return prefix + str(1_000_000 + frac)[1:] + "Z"
+    return _TS_FORMAT.format(us)
 
 
 def ts_to_us(ts: str) -> int:

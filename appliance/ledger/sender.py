@@ -50,13 +50,13 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, final
 
 from mypy_extensions import mypyc_attr
 
-from appliance.ledger.api import PendingBlob
-from appliance.ledger.entries import PrefixCache, encode_trusted, format_ts_us
+from appliance.ledger.entries import EntryPrefix, PrefixCache, TsFormat, encode_trusted
 from appliance.ledger.errors import LedgerError, LedgerUnavailable
+from appliance.ledger.pending import PendingBlob
 
 HEAD = struct.Struct("!IB")
 U64 = struct.Struct("!Q")
@@ -128,6 +128,7 @@ class LedgerSender:
         self._next_blob_id = 1
         self._factories: dict[int, tuple[int, object]] = {}
         self._prefixes = PrefixCache(origin)
+        self._ts = TsFormat()
         self._nonce = nonce
         # per blob name (a few, named by the recorders' code): its marker, and encoded
         self._markers: dict[str, tuple[str, bytes]] = {}
@@ -185,66 +186,55 @@ class LedgerSender:
             for k in blobs:
                 marked[k] = _marker(self, k)[0]
             data = marked
+        pending = _only_pending(blobs)
+        if not blobs or pending is not None:
+            with self._lock:
+                _check(self)
+                prefix = self._prefixes.get(session, identity, account, target)
+                if pending is None:
+                    _append_locked(self, prefix, type, data, trusted, None, None)
+                else:
+                    _append_locked(self, prefix, type, data, trusted, pending[0], pending[1])
+            return
+        assert blobs is not None
         with self._lock:
             _check(self)
-            ts_us = max(round(self._clock() * 1_000_000), self._last_ts_us)
-            seq = self._next_seq
             prefix = self._prefixes.get(session, identity, account, target)
-            if self._unnumbered:
-                raw, seq_at, ts_at = prefix.encode_unnumbered(
-                    format_ts_us(ts_us), type, data, trusted=trusted
-                )
-            else:
-                raw = prefix.encode(seq, format_ts_us(ts_us), type, data, trusted=trusted)
-                seq_at = ts_at = 0
-            pending = _only_pending(blobs)
-            if not blobs:
-                if self._unnumbered:
-                    _buffer(self, UNNUMBERED, OPEN_HEAD.pack(ts_us, seq_at, ts_at) + raw)
+            seq, ts_us, raw, seq_at, ts_at = _stamped(self, prefix, type, data, trusted)
+            refs = []
+            for k, sink in blobs.items():
+                if isinstance(sink, PendingBlob):
+                    # open, write and close in one go: no sink object for a small result
+                    blob_id = self._next_blob_id
+                    self._next_blob_id = blob_id + 1
+                    factory_id = _factory_id(self, sink.transform)
+                    _buffer(self, OPEN, U64.pack(blob_id) + U32.pack(factory_id))
+                    _buffer(self, WRITE, U64.pack(blob_id) + sink.data)
                 else:
-                    _buffer(self, ENTRY, ENTRY_HEAD.pack(seq, ts_us) + raw)
-            elif pending is not None:
-                # The common case (a small result): the blob travels inside its entry.
-                name, blob = pending
-                factory_id = _factory_id(self, blob.transform)
-                # Where the writer puts the blob's reference (see LedgerWriter._splice).
-                marker = _marker(self, name)[1]
+                    assert isinstance(sink, RemoteBlob)
+                    blob_id = sink.id
+                    if not sink.closed:
+                        sink._state = "closed"
+                marker = _marker(self, k)[1]
                 start = raw.find(marker)
-                end, size = start + len(marker), len(blob.data)
-                if self._unnumbered:
-                    kind = UNNUMBERED_BLOB
-                    head = UNNUMBERED_BLOB_HEAD.pack(
-                        ts_us, seq_at, ts_at, factory_id, start, end, size
-                    )
-                else:
-                    kind = ENTRY_BLOB
-                    head = ENTRY_BLOB_HEAD.pack(seq, ts_us, factory_id, start, end, size)
-                _buffer3(self, kind, head, blob.data, raw)
+                refs.append(HOLE.pack(blob_id, start, start + len(marker)))
+            body = HOLES_COUNT.pack(len(refs)) + b"".join(refs) + raw
+            if self._unnumbered:
+                _buffer(self, UNNUMBERED_BLOBS, OPEN_HEAD.pack(ts_us, seq_at, ts_at) + body)
             else:
-                refs = []
-                for k, sink in blobs.items():
-                    if isinstance(sink, PendingBlob):
-                        # open, write and close in one go: no sink object for a small result
-                        blob_id = self._next_blob_id
-                        self._next_blob_id = blob_id + 1
-                        factory_id = _factory_id(self, sink.transform)
-                        _buffer(self, OPEN, U64.pack(blob_id) + U32.pack(factory_id))
-                        _buffer(self, WRITE, U64.pack(blob_id) + sink.data)
-                    else:
-                        assert isinstance(sink, RemoteBlob)
-                        blob_id = sink.id
-                        if not sink.closed:
-                            sink._state = "closed"
-                    marker = _marker(self, k)[1]
-                    start = raw.find(marker)
-                    refs.append(HOLE.pack(blob_id, start, start + len(marker)))
-                body = HOLES_COUNT.pack(len(refs)) + b"".join(refs) + raw
-                if self._unnumbered:
-                    _buffer(self, UNNUMBERED_BLOBS, OPEN_HEAD.pack(ts_us, seq_at, ts_at) + body)
-                else:
-                    _buffer(self, ENTRY_BLOBS, ENTRY_HEAD.pack(seq, ts_us) + body)
-            self._next_seq = seq + 1
-            self._last_ts_us = ts_us
+                _buffer(self, ENTRY_BLOBS, ENTRY_HEAD.pack(seq, ts_us) + body)
+            _stamp_done(self, seq, ts_us)
+
+    def session_entries(
+        self,
+        session: str | None,
+        identity: Mapping[str, Any] | None,
+        account: str | None,
+        target: str | None,
+    ) -> SessionEntries:
+        """What appends the entries of one session; see :class:`SessionEntries`."""
+        with self._lock:
+            return SessionEntries(self, self._prefixes.get(session, identity, account, target))
 
     def open_blob(self, transform: Any = None) -> RemoteBlob:
         """A blob written by the child; ``transform`` must be a picklable
@@ -271,6 +261,92 @@ def _check(sender: LedgerSender) -> None:
         raise LedgerUnavailable(f"ledger writer has stopped: {sender._failed}")
     if sender._closed:
         raise LedgerUnavailable("ledger writer is closed")
+
+
+@final
+class SessionEntries:
+    """Appends the entries of one session (the same session, identity, account and target
+    each time) through ``sender``, as :meth:`LedgerSender.append` with ``trusted=True``
+    would: a session's recorder appends two or more entries per statement, and here each
+    costs a native call, the encoding of its data, and the framing (its shared parts were
+    encoded once, in ``prefix``)."""
+
+    def __init__(self, sender: LedgerSender, prefix: EntryPrefix) -> None:
+        self.sender = sender
+        self.prefix = prefix
+
+    def append(
+        self,
+        type: str,
+        data: dict[str, Any],
+        blob_name: str | None = None,
+        blob: PendingBlob | None = None,
+    ) -> None:
+        """Append an entry whose ``data`` holds only canonical types (``trusted``). With a
+        ``blob``, ``data[blob_name]`` is set to where the blob's reference goes: the caller
+        hands ``data`` over."""
+        sender = self.sender
+        if blob_name is not None:
+            data[blob_name] = _marker(sender, blob_name)[0]
+        with sender._lock:
+            _check(sender)
+            _append_locked(sender, self.prefix, type, data, True, blob_name, blob)
+
+
+def _stamped(
+    sender: LedgerSender, prefix: EntryPrefix, type: str, data: Mapping[str, Any], trusted: bool
+) -> tuple[int, int, bytes, int, int]:
+    """Holding ``_lock``: the next entry's seq, its ts (µs, never going back), its bytes, and
+    (unnumbered) where its seq digits and its ts go in them."""
+    ts_us = round(sender._clock() * 1_000_000)
+    if ts_us < sender._last_ts_us:
+        ts_us = sender._last_ts_us
+    seq = sender._next_seq
+    ts = sender._ts.format(ts_us)
+    if sender._unnumbered:
+        raw, seq_at, ts_at = prefix.encode_unnumbered(ts, type, data, trusted=trusted)
+        return seq, ts_us, raw, seq_at, ts_at
+    return seq, ts_us, prefix.encode(seq, ts, type, data, trusted=trusted), 0, 0
+
+
+def _stamp_done(sender: LedgerSender, seq: int, ts_us: int) -> None:
+    """The entry stamped ``seq`` and ``ts_us`` is queued (holding ``_lock``)."""
+    sender._next_seq = seq + 1
+    sender._last_ts_us = ts_us
+
+
+def _append_locked(
+    sender: LedgerSender,
+    prefix: EntryPrefix,
+    type: str,
+    data: Mapping[str, Any],
+    trusted: bool,
+    blob_name: str | None,
+    blob: PendingBlob | None,
+) -> None:
+    """Holding ``_lock``: stamp, encode and queue an entry with no blob, or with one pending
+    blob (``data[blob_name]`` is its marker) that travels inside it."""
+    seq, ts_us, raw, seq_at, ts_at = _stamped(sender, prefix, type, data, trusted)
+    if blob is None or blob_name is None:
+        if sender._unnumbered:
+            _buffer(sender, UNNUMBERED, OPEN_HEAD.pack(ts_us, seq_at, ts_at) + raw)
+        else:
+            _buffer(sender, ENTRY, ENTRY_HEAD.pack(seq, ts_us) + raw)
+    else:
+        # The common case (a small result): the blob travels inside its entry.
+        factory_id = _factory_id(sender, blob.transform)
+        # Where the writer puts the blob's reference (see LedgerWriter._splice).
+        marker = _marker(sender, blob_name)[1]
+        start = raw.find(marker)
+        end, size = start + len(marker), len(blob.data)
+        if sender._unnumbered:
+            kind = UNNUMBERED_BLOB
+            head = UNNUMBERED_BLOB_HEAD.pack(ts_us, seq_at, ts_at, factory_id, start, end, size)
+        else:
+            kind = ENTRY_BLOB
+            head = ENTRY_BLOB_HEAD.pack(seq, ts_us, factory_id, start, end, size)
+        _buffer3(sender, kind, head, blob.data, raw)
+    _stamp_done(sender, seq, ts_us)
 
 
 def _buffer(sender: LedgerSender, kind: int, payload: bytes) -> None:

@@ -23,6 +23,7 @@ from mypy_extensions import mypyc_attr
 from appliance.ledger.api import Blob, Ledger, PendingBlob
 from appliance.ledger.entries import canonical_json
 from appliance.ledger.result_sink import PartsTransform, RowsSink, transforms
+from appliance.ledger.sender import LedgerSender, SessionEntries
 from appliance.masking import MaskCounts, TargetMasker
 
 __all__ = ["MaskingTransform", "SessionRecords"]
@@ -48,7 +49,9 @@ class MaskingTransform(PartsTransform):
 class SessionRecords:
     """One session's ledger entries; see the module docstring. A subclass names its
     protocol's blob transform as ``transform`` (a :class:`~appliance.ledger.result_sink.
-    PartsTransform` subclass, made per blob from the target's masker)."""
+    PartsTransform` subclass, made per blob from the target's masker). ``session``,
+    ``identity``, ``account`` and ``target`` are the session's for its whole life: what the
+    entries share is encoded from them once."""
 
     transform: ClassVar[type[MaskingTransform]]
 
@@ -79,16 +82,24 @@ class SessionRecords:
         self._masked: dict[str, tuple[str, MaskCounts]] = {}
         # Checked once here, so that the per-statement appends can skip the type walk.
         canonical_json(self.identity)
+        # Through a writer process (the default), each entry is one native call.
+        self._entries: SessionEntries | None = None
+        if isinstance(ledger, LedgerSender):
+            self._entries = ledger.session_entries(session, self.identity, account, target)
 
     def append(
         self,
         type: str,
-        data: Mapping[str, Any],
+        data: dict[str, Any],
         blobs: Mapping[str, Blob | PendingBlob] | None = None,
     ) -> None:
-        """Append an entry of this session. Everything the recorders build is str, int,
-        bool, None, lists and dicts (see :meth:`mask` for text), so the append is
-        ``trusted``."""
+        """Append an entry of this session; ``data`` is handed over. Everything the recorders
+        build is str, int, bool, None, lists and dicts (see :meth:`mask` for text), so the
+        append is ``trusted``."""
+        entries = self._entries
+        if entries is not None and blobs is None:
+            entries.append(type, data)
+            return
         self.ledger.append(
             type,
             session=self.session,
@@ -157,10 +168,10 @@ class SessionRecords:
         """The ``response`` entry of statement ``n``: ``data`` (masked into ``counts``: the
         error fields and column names) with the statement's result blob, then
         ``masking.applied`` for those fields and for the rows sent to the job."""
-        blobs = None
+        blob: Blob | PendingBlob | None = None
         sink = self._sinks.pop(n, None)
         if sink is not None:
-            blobs = {"result": sink.finish()}
+            blob = sink.finish()
             if sink.truncated:
                 data["result_truncated"] = True
         else:
@@ -169,7 +180,13 @@ class SessionRecords:
             data["masking"] = counts.as_dict()
         if masked_to_job:
             data["masked_to_job"] = masked_to_job.as_dict()
-        self.append("response", data, blobs)
+        entries = self._entries
+        if blob is None:
+            self.append("response", data)
+        elif entries is not None and isinstance(blob, PendingBlob):
+            entries.append("response", data, "result", blob)  # a small result, inline
+        else:
+            self.append("response", data, {"result": blob})
         if counts:
             self.append("masking.applied", {"n": n, "where": "response fields", **counts.as_dict()})
         if masked_to_job:

@@ -241,3 +241,63 @@ def test_on_an_event_loop_appends_are_sent_together_shortly_after(pair) -> None:
     before, after = asyncio.run(run())
     assert before == []
     assert [U64.unpack_from(p, 0)[0] for _, p in after] == [7, 8, 9]
+
+
+@pytest.mark.parametrize("unnumbered", [False, True])
+def test_session_entries_send_what_append_sends(pair, unnumbered: bool) -> None:  # type: ignore[no-untyped-def]
+    """A session's SessionEntries (the recorders' path) and the general append put the same
+    bytes on the wire: the same entries, seqs, timestamps and inline blobs."""
+    identity = {"job": "build", "user": "ci"}
+    factory = Upper()
+
+    def calls(use_entries: bool) -> list[tuple[int, bytes]]:
+        a, b = socket.socketpair()
+        try:
+            s = sender(a, Clock(5.0, 5.5, 4.0, 6.25), unnumbered=unnumbered)
+            where = ("s1", identity, "acct", "db")
+            entries = s.session_entries(*where)
+            script: list[tuple[str, dict[str, object], PendingBlob | None]] = [
+                ("statement", {"n": 1, "text": "select 1", "decision": {"d": "allow"}}, None),
+                ("response", {"n": 1, "rows": 1}, PendingBlob(factory, b"row")),
+                ("response", {"n": 2, "rows": 0}, PendingBlob(None, b"")),
+                ("session.end", {"reason": "eof"}, None),
+            ]
+            for type, data, blob in script:
+                if use_entries:
+                    if blob is None:
+                        entries.append(type, dict(data))
+                    else:
+                        entries.append(type, dict(data), "result", blob)
+                else:
+                    s.append(
+                        type,
+                        session=where[0],
+                        identity=where[1],
+                        account=where[2],
+                        target=where[3],
+                        data=data,
+                        blobs=None if blob is None else {"result": blob},
+                        trusted=True,
+                    )
+            return messages(b)
+        finally:
+            a.close()
+            b.close()
+
+    general = calls(False)
+    assert [k for k, _ in general] == [
+        *([UNNUMBERED] if unnumbered else [ENTRY]),
+        FACTORY,
+        *([UNNUMBERED_BLOB] * 2 if unnumbered else [ENTRY_BLOB] * 2),
+        UNNUMBERED if unnumbered else ENTRY,
+    ]
+    assert calls(True) == general
+
+
+def test_session_entries_refuse_once_the_writer_failed(pair) -> None:  # type: ignore[no-untyped-def]
+    a, _ = pair
+    s = sender(a, Clock(1.0))
+    entries = s.session_entries("s1", None, None, None)
+    s._failed = OSError("gone")
+    with pytest.raises(LedgerUnavailable, match="stopped"):
+        entries.append("statement", {"n": 1})
