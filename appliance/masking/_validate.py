@@ -72,12 +72,18 @@ _ISSUERS: tuple[tuple[str, str, frozenset[int], str], ...] = (
 )
 
 
+# The issuers by the first digit of their prefixes, in the table's order.
+_BY_FIRST_DIGIT: dict[str, tuple[tuple[str, str, frozenset[int], str], ...]] = {
+    d: tuple(i for i in _ISSUERS if i[0][0] <= d <= i[1][0]) for d in "0123456789"
+}
+
+
 def card_brand(digits: str) -> str | None:
     """The card network whose prefix and length ``digits`` has, or None. No Luhn check."""
     n = len(digits)
     if not 13 <= n <= 19:
         return None
-    for low, high, lengths, brand in _ISSUERS:
+    for low, high, lengths, brand in _BY_FIRST_DIGIT.get(digits[0], ()):
         if n in lengths and low <= digits[: len(low)] <= high:
             return brand
     return None

@@ -7,6 +7,7 @@
   and it says the same on str and on UTF-8 bytes, with Hyperscan and with re;
 - the phone numbers' digit-shape check never changes libphonenumber's answer, nor does
   asking its matcher about the whole text only;
+- the card issuers looked up by first digit answer as the whole table;
 - the IBAN and Luhn checks answer as stdnum's, and the IBAN walk takes what it took
   character by character;
 - mask_text's clean fast path answers as the full search does.
@@ -27,8 +28,10 @@ from appliance.masking._detectors import DETECTORS, Options, _iban_at
 from appliance.masking._scan import Finding, Scanner, _select
 from appliance.masking._styles import TOKEN_RE
 from appliance.masking._validate import (
+    _ISSUERS,
     _matched_whole,
     _matched_whole_by_matcher,
+    card_brand,
     iban_length,
     iban_ok,
     luhn_ok,
@@ -398,6 +401,33 @@ def test_iban_walk_takes_what_the_character_walk_took(text: str) -> None:
 )  # fmt: skip
 def test_iban_walk_on_known_texts(text: str) -> None:
     assert _iban_at(text, 0) == _iban_at_by_walk(text, 0)
+
+
+def _card_brand_by_table(digits: str) -> str | None:
+    """card_brand as first written: the whole issuer table in order (the reference)."""
+    n = len(digits)
+    if not 13 <= n <= 19:
+        return None
+    for low, high, lengths, brand in _ISSUERS:
+        if n in lengths and low <= digits[: len(low)] <= high:
+            return brand
+    return None
+
+
+@SETTINGS
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789", min_size=12, max_size=20),
+        st.sampled_from(
+            ["4", "5", "34", "37", "2221", "2720", "6011", "622126", "3095", "9792"]
+        ).flatmap(
+            lambda p: st.text(alphabet="0123456789", min_size=11, max_size=17).map(p.__add__)
+        ),
+        st.text(max_size=20),
+    )
+)
+def test_card_brand_answers_as_the_whole_table(digits: str) -> None:
+    assert card_brand(digits) == _card_brand_by_table(digits)
 
 
 @SETTINGS
