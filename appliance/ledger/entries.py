@@ -221,9 +221,15 @@ def encode_trusted(value: object) -> bytes:
     """:func:`canonical_json` without the type walk, for values built only from canonical
     types by typed code (see ``LedgerWriter.append(trusted=True)``)."""
     try:
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        return _dumps(value, None, _SORT_KEYS)
     except orjson.JSONEncodeError as exc:
         raise CanonicalError(f"value has no canonical JSON form: {exc}") from None
+
+
+# Held here: compiled, a module's Final is a C variable, where ``orjson.dumps`` would be two
+# attribute lookups per entry; the arguments go by position (a keyword costs its parsing).
+_dumps: Final = orjson.dumps
+_SORT_KEYS: Final = orjson.OPT_SORT_KEYS
 
 
 # -- timestamps -----------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from appliance.ledger.entries import (
     EntryPrefix,
     MalformedEntry,
     PrefixCache,
+    TsFormat,
     blob_refs,
     canonical_json,
     encode_entry,
@@ -64,6 +66,18 @@ def test_timestamps() -> None:
     assert ts_to_us("2026-11-25T20:33:05.123456Z") == 1795638785123456
     with pytest.raises(ValueError):
         ts_to_us("2026-11-25T20:33:05Z")
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4_102_444_800_000_000), max_size=20))
+def test_a_ts_format_stamps_what_strftime_says_whatever_the_order(stamps: list[int]) -> None:
+    """TsFormat keeps the last second's text: stamps of one second, of another, and back
+    again each get their own second (the reference is strftime on every stamp)."""
+    fmt = TsFormat()
+    for us in stamps:
+        secs, frac = divmod(us, 1_000_000)
+        reference = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:06d}Z"
+        assert fmt.format(us) == reference
+        assert ts_to_us(reference) == us
 
 
 def _entry(**kw: object) -> bytes:
