@@ -2,8 +2,9 @@
 encoded and framed into one send buffer.
 
 Where it sits: every statement a session records passes here twice (its statement and its
-response entry), from :class:`~appliance.proxy.records.SessionRecords` on the event loop,
-so this module is compiled with mypyc (``appliance._pure.HOT_MODULES``).
+response entry), from :class:`~appliance.proxy.records.SessionRecords` on the event loop
+through the session's :class:`SessionEntries` (one native call per entry), so this module
+is compiled with mypyc (``appliance._pure.HOT_MODULES``).
 :class:`~appliance.ledger.remote.RemoteLedger` is a :class:`LedgerSender`: it adds starting
 the writer process, syncs, flushes, closing, and the thread that reads the writer's answers;
 the writer's side of the channel is in :mod:`appliance.ledger.remote` too.
