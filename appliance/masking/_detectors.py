@@ -22,6 +22,7 @@ Detector names are fixed: they appear in the config and in the ledger.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import itertools
 import re
@@ -250,22 +251,21 @@ def _iban(m: re.Match[str], _: Options) -> Iterator[Span]:
 
 
 def _iban_at(text: str, start: int) -> Span | None:
+    """The IBAN starting at ``start``: as many letters and digits as its country's IBAN
+    has, single spaces allowed between them, and no letter or digit right after."""
     length = v.iban_length(text[start : start + 2].upper())
     if length is None:
         return None
-    chars: list[str] = []
-    i = start
-    while len(chars) < length and i < len(text):
-        c = text[i]
-        if c.isascii() and c.isalnum():
-            chars.append(c)
-        elif not (c == " " and i + 1 < len(text) and text[i + 1] != " " and chars):
-            return None
-        i += 1
-    if len(chars) != length or (i < len(text) and text[i].isascii() and text[i].isalnum()):
+    m = _iban_walk(length).match(text, start)
+    if m is None:
         return None
-    compact = "".join(chars).upper()
-    return (start, i, compact) if v.iban_ok(compact) else None
+    compact = m.group().replace(" ", "").upper()
+    return (start, m.end(), compact) if v.iban_ok(compact) else None
+
+
+@functools.cache
+def _iban_walk(length: int) -> re.Pattern[str]:
+    return _c(rf"[A-Za-z0-9](?: ?[A-Za-z0-9]){{{length - 1}}}(?![A-Za-z0-9])")
 
 
 # -- ssn --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import bisect
 import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from appliance.masking._detectors import Detector, Options
 from appliance.masking._prefilter import ENGINE, DatabaseStore, prefilter
@@ -32,10 +32,10 @@ MAX_PASSES = 4
 WINDOW_FROM = 256
 
 
-@dataclass(frozen=True, slots=True)
-class Finding:
+class Finding(NamedTuple):
     """One value to mask. ``value`` is the normalised value (for the keyed hash); it must never
-    be logged or recorded."""
+    be logged or recorded. (A named tuple: one is made per finding, in about an eighth of
+    the time a frozen dataclass takes.)"""
 
     start: int
     end: int

@@ -15,7 +15,7 @@ import json
 import math
 import re
 from collections import Counter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import phonenumbers
 from stdnum import iban as _iban
@@ -72,12 +72,18 @@ _ISSUERS: tuple[tuple[str, str, frozenset[int], str], ...] = (
 )
 
 
+# The issuers by the first digit of their prefixes, in the table's order.
+_BY_FIRST_DIGIT: dict[str, tuple[tuple[str, str, frozenset[int], str], ...]] = {
+    d: tuple(i for i in _ISSUERS if i[0][0] <= d <= i[1][0]) for d in "0123456789"
+}
+
+
 def card_brand(digits: str) -> str | None:
     """The card network whose prefix and length ``digits`` has, or None. No Luhn check."""
     n = len(digits)
     if not 13 <= n <= 19:
         return None
-    for low, high, lengths, brand in _ISSUERS:
+    for low, high, lengths, brand in _BY_FIRST_DIGIT.get(digits[0], ()):
         if n in lengths and low <= digits[: len(low)] <= high:
             return brand
     return None
@@ -179,7 +185,42 @@ def phone_e164(text: str, regions: tuple[str, ...]) -> str | None:
 
 
 def _matched_whole(text: str, region: str) -> str | None:
-    """``text`` as E.164 if libphonenumber's matcher finds a number spanning all of it."""
+    """``text`` as E.164 if libphonenumber's matcher (STRICT_GROUPING) finds a number
+    spanning all of it.
+
+    What iterating ``PhoneNumberMatcher(text, region)`` would say, without its search for
+    numbers that cannot span the text (most of the matcher's time on what fails: an
+    address ``173.169.109.79``, a date): its matches come in order of start, and each
+    starts at a candidate (a match of its pattern, cut before a second number's start)
+    or inside one. A number spanning ``text`` is then the first candidate, which starts at
+    0 and spans ``text``, parsed and verified whole -- what the matcher tries first with
+    it; the "inner matches" it tries next are pieces of the candidate shorter than it (or
+    the candidate again, which fails again). Held to the matcher's own answer by
+    ``tests/unit/masking/test_properties.py``.
+    """
+    if _pm is None:  # pragma: no cover (an older phonenumbers without these names)
+        return _matched_whole_by_matcher(text, region)
+    m = _pm._PATTERN.search(text)
+    if m is None or m.start() != 0:
+        return None
+    candidate = text[: m.end()]
+    cut = _pm._SECOND_NUMBER_START_PATTERN.search(candidate)
+    if cut is not None:
+        candidate = candidate[: cut.start()]
+    if len(candidate) != len(text) or _pm._SLASH_SEPARATED_DATES.search(candidate):
+        return None
+    # (The matcher skips a time stamp followed by ":mm": nothing follows the candidate.)
+    matcher = phonenumbers.PhoneNumberMatcher(
+        text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
+    )
+    match = matcher._parse_and_verify(candidate, 0)
+    if match is None:
+        return None
+    return phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _matched_whole_by_matcher(text: str, region: str) -> str | None:
+    """:func:`_matched_whole` by iterating libphonenumber's matcher (the reference)."""
     matcher = phonenumbers.PhoneNumberMatcher(
         text, region, leniency=phonenumbers.Leniency.STRICT_GROUPING
     )
@@ -187,6 +228,25 @@ def _matched_whole(text: str, region: str) -> str | None:
         if match.start == 0 and match.end == len(text):
             return phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164)
     return None
+
+
+def _matcher_internals() -> Any:
+    """phonenumbers' matcher module if it has what :func:`_matched_whole` uses, else None."""
+    from phonenumbers import phonenumbermatcher as pm
+
+    names = (
+        "_PATTERN",
+        "_SECOND_NUMBER_START_PATTERN",
+        "_SLASH_SEPARATED_DATES",
+        "_TIME_STAMPS",
+        "_TIME_STAMPS_SUFFIX",
+    )
+    if all(hasattr(pm, n) for n in names) and hasattr(pm.PhoneNumberMatcher, "_parse_and_verify"):
+        return pm
+    return None  # pragma: no cover
+
+
+_pm = _matcher_internals()
 
 
 # Text made only of digits and the separators a phone candidate has (no "+", no letters).

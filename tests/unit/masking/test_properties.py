@@ -5,8 +5,11 @@
 - clean text comes back unchanged (the same object);
 - the pre-filter is sound: it never rules out text in which some detector finds something,
   and it says the same on str and on UTF-8 bytes, with Hyperscan and with re;
-- the phone numbers' digit-shape check never changes libphonenumber's answer;
-- the IBAN and Luhn checks answer as stdnum's;
+- the phone numbers' digit-shape check never changes libphonenumber's answer, nor does
+  asking its matcher about the whole text only;
+- the card issuers looked up by first digit answer as the whole table;
+- the IBAN and Luhn checks answer as stdnum's, and the IBAN walk takes what it took
+  character by character;
 - mask_text's clean fast path answers as the full search does.
 """
 
@@ -21,10 +24,19 @@ from stdnum import iban as stdnum_iban
 from stdnum import luhn as stdnum_luhn
 
 from appliance.masking import MaskCounts, Masker, Style
-from appliance.masking._detectors import DETECTORS, Options
+from appliance.masking._detectors import DETECTORS, Options, _iban_at
 from appliance.masking._scan import Finding, Scanner, _select
 from appliance.masking._styles import TOKEN_RE
-from appliance.masking._validate import _matched_whole, iban_length, iban_ok, luhn_ok, phone_e164
+from appliance.masking._validate import (
+    _ISSUERS,
+    _matched_whole,
+    _matched_whole_by_matcher,
+    card_brand,
+    iban_length,
+    iban_ok,
+    luhn_ok,
+    phone_e164,
+)
 from tests.unit.masking.helpers import KEY, all_on, masker
 from tests.unit.masking.test_detectors import TRUE_POSITIVES
 
@@ -225,7 +237,36 @@ phone_like = _digit_groups(5, 1, 6)
 @given(phone_like, st.sampled_from(_PHONE_REGIONS))
 def test_phone_precheck_only_skips_what_libphonenumber_rejects(text: str, region: str) -> None:
     """The digit-shape check before libphonenumber's matcher never changes its answer."""
-    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+    assert phone_e164(text, (region,)) == _matched_whole_by_matcher(text, region)
+
+
+# What reaches the matcher: digit groups with what numbers are written with, led by "+", a
+# country code or a dialling prefix, and what else the corpus hands it (addresses, dates).
+_matcher_input = st.tuples(
+    st.sampled_from(["", "+", "+1 ", "1 ", "011 ", "(", "0"]),
+    _digit_groups(5, 1, 6),
+    st.sampled_from(["", "/", ":00", " ext 12", "."]),
+).map("".join)
+
+
+@SETTINGS
+@given(_matcher_input, st.sampled_from(_PHONE_REGIONS))
+def test_whole_text_match_answers_as_iterating_the_matcher(text: str, region: str) -> None:
+    """_matched_whole asks libphonenumber's matcher about the candidate spanning the text
+    only: the same answer as iterating all its matches."""
+    assert _matched_whole(text, region) == _matched_whole_by_matcher(text, region)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["173.169.109.79", "192.168.100.200", "2024-05-01 10", "1/2/2024", "415-555-2671",
+     "(415) 555-2671", "+1 415 555 2671", "+44 20 7946 0958", "020 7946 0958 / 0959",
+     "415-555-2671 212-555-0123", "4111 1111 1111 1111", "030 901820", "98765 43210",
+     "415-555-2671.", "415-555-2671 abc", "415-555-2671 / x12", "06/10/2015"],
+)  # fmt: skip
+@pytest.mark.parametrize("region", _PHONE_REGIONS)
+def test_whole_text_match_on_known_texts(text: str, region: str) -> None:
+    assert _matched_whole(text, region) == _matched_whole_by_matcher(text, region)
 
 
 @pytest.mark.parametrize(
@@ -235,7 +276,7 @@ def test_phone_precheck_only_skips_what_libphonenumber_rejects(text: str, region
 )  # fmt: skip
 @pytest.mark.parametrize("region", _PHONE_REGIONS)
 def test_phone_precheck_on_known_numbers(text: str, region: str) -> None:
-    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+    assert phone_e164(text, (region,)) == _matched_whole_by_matcher(text, region)
 
 
 def test_long_texts_of_the_corpus_find_what_the_whole_search_finds() -> None:
@@ -264,7 +305,7 @@ def test_phone_precheck_with_country_codes_and_prefixes(head: str, text: str, re
     """Numbers led by a country code, a national prefix or a dialling prefix, and long runs
     (card look-alikes): the digit-shape check still never changes libphonenumber's answer."""
     text = head + text
-    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+    assert phone_e164(text, (region,)) == _matched_whole_by_matcher(text, region)
 
 
 @pytest.mark.parametrize(
@@ -276,7 +317,7 @@ def test_phone_precheck_with_country_codes_and_prefixes(head: str, text: str, re
 )  # fmt: skip
 @pytest.mark.parametrize("region", _PHONE_REGIONS)
 def test_phone_precheck_on_numbers_with_country_codes(text: str, region: str) -> None:
-    assert phone_e164(text, (region,)) == _matched_whole(text, region)
+    assert phone_e164(text, (region,)) == _matched_whole_by_matcher(text, region)
 
 
 _IBAN_COUNTRIES = ["DE", "GB", "FR", "NO", "MT", "BR", "LC", "SC", "QA", "XK", "ZZ", "US"]
@@ -305,6 +346,88 @@ def _iban_like(draw: st.DrawFn) -> str:
 def test_iban_check_is_stdnums(compact: str) -> None:
     """iban_ok answers as stdnum's IBAN validation (without the national checks) does."""
     assert iban_ok(compact) == stdnum_iban.is_valid(compact, check_country=False)
+
+
+def _iban_at_by_walk(text: str, start: int) -> tuple[int, int, str] | None:
+    """The iban detector's walk as it was written first, character by character (the
+    reference for _iban_at's regular expression)."""
+    length = iban_length(text[start : start + 2].upper())
+    if length is None:
+        return None
+    chars: list[str] = []
+    i = start
+    while len(chars) < length and i < len(text):
+        c = text[i]
+        if c.isascii() and c.isalnum():
+            chars.append(c)
+        elif not (c == " " and i + 1 < len(text) and text[i + 1] != " " and chars):
+            return None
+        i += 1
+    if len(chars) != length or (i < len(text) and text[i].isascii() and text[i].isalnum()):
+        return None
+    compact = "".join(chars).upper()
+    return (start, i, compact) if iban_ok(compact) else None
+
+
+@st.composite
+def _iban_written(draw: st.DrawFn) -> str:
+    """An IBAN-like value as text holds it: spaces (one or two) between some characters,
+    lower case or not, and what follows it."""
+    compact = draw(_iban_like())
+    gaps = draw(st.sampled_from([[""], ["", "", "", " "], ["", "", "", " ", "  "]]))
+    out = []
+    for c in compact:
+        out.append(c)
+        out.append(draw(st.sampled_from(gaps)))
+    text = "".join(out).strip()
+    if draw(st.booleans()):
+        text = text.lower()
+    return text + draw(st.sampled_from(["", " ", "x", "1", " 1234", "\u00e9", "-", " -"]))
+
+
+@SETTINGS
+@given(_iban_written())
+def test_iban_walk_takes_what_the_character_walk_took(text: str) -> None:
+    assert _iban_at(text, 0) == _iban_at_by_walk(text, 0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [f"{iban}{tail}" for iban in ("DE89 3704 0044 0532 0130 00", "DE89370400440532013000",
+                                  "de89 3704 0044 0532 0130 00", "GB82 WEST 1234 5698 7654 32")
+     for tail in ("", " ", "x", "1", " 1", "-", "\u00e9", " x")]
+    + ["DE89-3704-0044-0532-0130-00", "DE89  3704 0044 0532 0130 00", "DE89 3704 0044 0532 0130 0",
+       "DE89 3704 0044 0532 0130 0 0", "DE89 3704 0044 0532 0130 0 "],
+)  # fmt: skip
+def test_iban_walk_on_known_texts(text: str) -> None:
+    assert _iban_at(text, 0) == _iban_at_by_walk(text, 0)
+
+
+def _card_brand_by_table(digits: str) -> str | None:
+    """card_brand as first written: the whole issuer table in order (the reference)."""
+    n = len(digits)
+    if not 13 <= n <= 19:
+        return None
+    for low, high, lengths, brand in _ISSUERS:
+        if n in lengths and low <= digits[: len(low)] <= high:
+            return brand
+    return None
+
+
+@SETTINGS
+@given(
+    st.one_of(
+        st.text(alphabet="0123456789", min_size=12, max_size=20),
+        st.sampled_from(
+            ["4", "5", "34", "37", "2221", "2720", "6011", "622126", "3095", "9792"]
+        ).flatmap(
+            lambda p: st.text(alphabet="0123456789", min_size=11, max_size=17).map(p.__add__)
+        ),
+        st.text(max_size=20),
+    )
+)
+def test_card_brand_answers_as_the_whole_table(digits: str) -> None:
+    assert card_brand(digits) == _card_brand_by_table(digits)
 
 
 @SETTINGS
