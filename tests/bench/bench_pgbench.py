@@ -42,11 +42,11 @@ Where the time goes (2-core VM; see the README for the last table and its analys
   transaction, mostly the kernel's socket work (the daemon makes the same four calls).
 - the daemon's user time is the session core (``pgcore.py``; under callgrind with
   ``--toggle-collect=CPyPy_core___PgSession___receive`` its instructions per transaction:
-  ~122k for select-only simple at the end of session 8, 187k at its start, with literals
+  ~100k for select-only simple at the end of session 9, 122k at its start, with literals
   that differ per transaction as pgbench's): the two ledger entries per statement
-  (``appliance/ledger/sender.py``, ~40%), masking the statement's text (one Hyperscan scan
-  when it is clean, ~12k), policy (a shape per statement in the simple protocol, then a
-  dict lookup), decoding and the recorder.
+  (``appliance/ledger/sender.py``, ~13k each), masking the statement's text (one Hyperscan
+  scan when it is clean, ~12k), policy (a shape per statement in the simple protocol, then
+  a dict lookup), decoding and the recorder.
 - the writer process: ~15 µs a select (``writerfeed.py`` replays pgcore's channel into a
   writer: the result blob's transform, i.e. decoding and masking its row, ~5 µs; per entry
   framing, leaf hash and the Merkle tree; two channel messages per select: the statement's
