@@ -104,10 +104,14 @@ def transforms(make: type[PartsTransform], masker: Any) -> Transforms:
     return factory
 
 
+def _framed(kind: bytes, body: bytes) -> bytes:
+    """A part of the blob: its kind, its length, its body."""
+    return kind + _LEN.pack(len(body)) + body
+
+
 def header_part(header: Mapping[str, Any]) -> bytes:
     """The blob part that starts a result set (or COPY data) with ``header``."""
-    body = orjson.dumps(header, option=orjson.OPT_SORT_KEYS)
-    return HEADER + _LEN.pack(len(body)) + body
+    return _framed(HEADER, orjson.dumps(header, option=orjson.OPT_SORT_KEYS))
 
 
 class RowsSink:
@@ -157,7 +161,7 @@ class RowsSink:
             self._flush()
 
     def _part(self, kind: bytes, body: bytes) -> None:
-        self._pending += kind + _LEN.pack(len(body)) + body
+        self._pending += _framed(kind, body)
 
     def _end_run(self) -> None:
         if self._run:
