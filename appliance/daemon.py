@@ -67,6 +67,7 @@ from appliance.ledger.fleet.runner import BacklogGuard, ShipRunner
 from appliance.ledger.fleet.ship import Shipper
 from appliance.ledger.recovery import LastEntry
 from appliance.ledger.remote import RemoteLedger
+from appliance.ledger.sender import LedgerSender
 from appliance.masking import EPHEMERAL, MaskCounts, Masker, MaskingConfig, key_record
 from appliance.prefilter_cache import PrefilterCache
 from appliance.proxy import registry
@@ -630,7 +631,13 @@ def build_proxy(
         write_ahead=cfg.ledger.durability == "write-ahead",
         refusals=refusals,
     )
-    shell = ShellServices(mark=cfg.capture.mark if capture else 0, broker=broker, durable=durable)
+    shell = ShellServices(
+        mark=cfg.capture.mark if capture else 0,
+        broker=broker,
+        durable=durable,
+        # a writer process's channel (a thread writer has none): issue 19's backpressure
+        backlog=records if isinstance(records, LedgerSender) else None,
+    )
     server = ProxyServer(
         cfg, services, resolver, shell=shell, transparent=capture, new_session_id=new_session_id
     )

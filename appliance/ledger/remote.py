@@ -23,7 +23,9 @@ Who does what:
 
 Failing closed: if the child reports a failure or dies, every later ``append`` raises
 :class:`LedgerUnavailable`. Backpressure: when the child falls behind, its writer's queue
-and then the socket fill up, and ``send`` blocks the caller, as a full queue does in-thread.
+and then the socket fill up; from the event loop the sender then keeps what the socket
+does not take and the shell stops reading the sessions that queue results in bulk (see
+:mod:`appliance.ledger.sender`); a flush, a close, or a caller without a loop blocks.
 
 The channel's wire format and message kinds are in :mod:`appliance.ledger.sender`.
 """
@@ -155,7 +157,10 @@ class _Reader:
                 )
                 if not ready:
                     raise TimeoutError
-            data = self.recv()
+            try:
+                data = self.recv()
+            except TimeoutError:  # the proxy's end is in timeout mode (LedgerSender)
+                continue
             if not data:
                 return None
             self.ready.extend(self.messages(data))
@@ -380,7 +385,7 @@ class RemoteLedger(LedgerSender):
             self._check()
             token = next(self._flush_tokens)
             self._buffer(FLUSH, U64.pack(token))
-            self._send_out()
+            self._deliver()  # this thread waits for the writer anyway
         with self._cond:
             while self._flushed < token:
                 if self._failed is not None:
@@ -403,8 +408,7 @@ class RemoteLedger(LedgerSender):
                 if self._failed is None:
                     self._stop_sent = True
                     self._buffer(STOP, b"")
-                    if self._out:  # without an event loop, _buffer has sent it already
-                        self._send_out()
+                    self._deliver()  # everything queued, from a loop too
                 self._closed = True
         except LedgerUnavailable:
             pass
@@ -416,6 +420,7 @@ class RemoteLedger(LedgerSender):
                 self._proc.kill()
                 code = self._proc.wait()
             self._worker.join(timeout=10)
+            self._release()
             self._sock.close()
         if self._failed is not None:
             raise LedgerUnavailable(f"ledger writer had stopped: {self._failed}")
@@ -431,6 +436,7 @@ class RemoteLedger(LedgerSender):
                 self.flush(timeout)
         finally:
             self._closed = True
+            self._release()
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._worker.join(timeout=10)

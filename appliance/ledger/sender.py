@@ -17,6 +17,24 @@ once past :data:`SEND_AT` bytes, or at once without a loop. A blob's transform r
 writer process: the sender names each :class:`~appliance.ledger.writer.TransformFactory`
 once (pickled across) and sends the blob's chunks raw.
 
+Never blocking the event loop (issue 19): from a running loop a send takes what the socket
+has room for (a non-blocking ``send`` on a second handle of the socket); the rest stays
+queued, ahead of everything appended later, and goes out from a writer callback
+(``loop.add_writer``) whenever the socket has room: the bytes on the wire keep the order of
+the appends. Without a loop (a thread, a command), and for :meth:`RemoteLedger.flush
+<appliance.ledger.remote.RemoteLedger.flush>` and ``close``, which wait for the writer
+anyway, the sender blocks until the socket has taken everything queued, in order. What is
+queued and not yet taken is the *backlog*: over :data:`HIGH_WATER` bytes the channel is
+congested, and the shell stops reading the side of a session whose read queued
+:data:`BULK` bytes or more (a result being exported) until the backlog is down to
+:data:`LOW_WATER` (:meth:`LedgerSender.holds_back`, :meth:`LedgerSender.drained`); over
+:data:`LIMIT` it stops reading any side whose read queued anything. So the backlog stays
+under :data:`LIMIT` plus what one read of each session queues (a read is at most 256 KiB of
+the job's or the server's bytes, and queues about that much at most), sessions that only
+add entries go on until :data:`LIMIT`, and nothing is dropped. If the writer is gone
+(the socket refuses a send), the queued bytes are dropped with the failure kept: every
+later append raises :class:`LedgerUnavailable`, as before.
+
 Wire format, both ways: 4-byte big-endian payload length, 1 kind byte, payload. Integers
 are big-endian; ``u64``/``u32``/``u16`` are their widths. Proxy to writer:
 
@@ -102,6 +120,15 @@ UNNUMBERED_BLOB: Final = 14
 # beyond SEND_AT bytes.
 SEND_DELAY: Final = 0.005
 SEND_AT: Final = 256 * 1024
+# The backlog (bytes appended, not yet taken by the socket; see the module docstring). The
+# socket's own buffers hold 2 x 4 MiB more (remote._SOCKBUF), the writer's queue more again.
+HIGH_WATER: Final = 1024 * 1024  # congested: a session's bulk read stops its reading
+LOW_WATER: Final = SEND_AT  # drained: reading resumes (never under SEND_AT, see _queued)
+BULK: Final = 64 * 1024  # what one read queues for it to count as bulk (a result's chunk)
+LIMIT: Final = 16 * 1024 * 1024  # every read that queues anything stops its reading
+# A socket in timeout mode (the proxy's end of the channel, see LedgerSender.__init__):
+# blocking calls wait in poll() for at most this long (under poll's int of milliseconds).
+_FOREVER: Final = 20 * 86400.0
 
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
@@ -114,7 +141,12 @@ class LedgerSender:
 
     ``unnumbered``: the writer gives each entry its seq (and keeps ts from going back) in the
     order entries reach it from several proxy processes (``proxy.workers`` > 1); entries
-    travel without their seq digits, with where those and the timestamp go."""
+    travel without their seq digits, with where those and the timestamp go.
+
+    ``sock`` is put in timeout mode (``settimeout``): its blocking calls (this sender's
+    blocking sends, the reads of RemoteLedger's listener thread) then wait in ``poll()``, so
+    they work whatever the non-blocking flag of the socket, which it shares with the second
+    handle the event loop sends through (uvloop's ``add_writer`` sets that flag)."""
 
     def __init__(
         self,
@@ -127,7 +159,10 @@ class LedgerSender:
         unnumbered: bool,
         nonce: str,
     ) -> None:
+        sock.settimeout(_FOREVER)
         self._sock = sock
+        self._nb = sock.dup()  # the event loop's handle: never blocks
+        self._nb.setblocking(False)
         self._clock = clock
         self._unnumbered = unnumbered
         self._lock = threading.Lock()
@@ -135,6 +170,13 @@ class LedgerSender:
         self._last_ts_us = last_ts_us
         self._out: list[bytes] = []  # framed messages not sent yet
         self._out_size = 0
+        # The unsent end of a buffer the socket took in part, before everything in _out.
+        self._rest = b""
+        self._rest_at = 0
+        # The loop whose writer callback sends _rest and _out when the socket has room.
+        self._writing: asyncio.AbstractEventLoop | None = None
+        self._added = 0  # bytes queued since the start (see holds_back)
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
         self._failed: BaseException | None = None
         self._closed = False
@@ -175,6 +217,50 @@ class LedgerSender:
 
     def _send_out(self) -> None:
         _send_out(self)
+
+    def _deliver(self) -> None:
+        _deliver(self)
+
+    def _writable(self) -> None:
+        """The socket has room (the loop's writer callback)."""
+        with self._lock:
+            _writable(self)
+
+    def _release(self) -> None:
+        _release(self)
+
+    # -- backpressure (see the module docstring) ---------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Bytes appended and not yet taken by the socket."""
+        return self._out_size + len(self._rest) - self._rest_at
+
+    @property
+    def added(self) -> int:
+        """Bytes queued since the start (a shell reads it before handing a read to a core)."""
+        return self._added
+
+    def holds_back(self, before: int) -> bool:
+        """Whether the side whose read queued everything since :attr:`added` was ``before``
+        must stop being read until :meth:`drained`: the channel is congested and the read was
+        bulk, or the backlog is over :data:`LIMIT` and the read queued anything."""
+        backlog = self._out_size + len(self._rest) - self._rest_at
+        if backlog < HIGH_WATER:
+            return False
+        added = self._added - before
+        return added >= BULK or (backlog >= LIMIT and added > 0)
+
+    def drained(self) -> asyncio.Future[None]:
+        """A future of the running loop, done once the backlog is at most :data:`LOW_WATER`
+        (at once if it is), or once the sender failed (the next append raises)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if self._failed is not None or _backlog(self) <= LOW_WATER:
+                future.set_result(None)
+            else:
+                self._drain_waiters.append(future)
+        return future
 
     def append(
         self,
@@ -373,6 +459,7 @@ def _append_locked(
         out.append(blob.data)
         out.append(raw)
     sender._out_size += size + _HEAD_SIZE
+    sender._added += size + _HEAD_SIZE
     _stamp_done(sender, seq, ts_us)
     _queued(sender)
 
@@ -384,11 +471,14 @@ def _buffer(sender: LedgerSender, kind: int, payload: bytes) -> None:
     out.append(HEAD.pack(len(payload), kind))
     out.append(payload)
     sender._out_size += len(payload) + HEAD.size
+    sender._added += len(payload) + HEAD.size
     _queued(sender)
 
 
 def _queued(sender: LedgerSender) -> None:
     """After a message was queued: send now, or make sure a send is scheduled."""
+    if sender._writing is not None:
+        return  # the socket is full: the writer callback sends this too, in order
     if sender._out_size >= SEND_AT:
         _send_out(sender)
         return
@@ -397,22 +487,166 @@ def _queued(sender: LedgerSender) -> None:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        _send_out(sender)
+        _deliver(sender)
         return
     sender._scheduled = True
     loop.call_later(SEND_DELAY, sender._send_scheduled)
 
 
+def _backlog(sender: LedgerSender) -> int:
+    return sender._out_size + len(sender._rest) - sender._rest_at
+
+
+def _gone(sender: LedgerSender, exc: OSError) -> LedgerUnavailable:
+    """The socket refused a send: the writer is gone. Keep the failure, drop what is queued
+    (it can never be delivered), and return the error for the caller to raise."""
+    if sender._failed is None:
+        sender._failed = LedgerUnavailable(f"the ledger writer process is gone ({exc})")
+    sender._out = []
+    sender._out_size = 0
+    sender._rest = b""
+    sender._rest_at = 0
+    return LedgerUnavailable(f"ledger writer has stopped: {sender._failed}")
+
+
 def _send_out(sender: LedgerSender) -> None:
+    """Holding ``_lock``: hand what is queued to the socket. From a running event loop
+    without blocking: what the socket does not take now waits for room, with everything
+    queued after it (the writer callback); without a loop, blocking. Raises
+    LedgerUnavailable (the failure kept) if the writer is gone."""
+    if sender._writing is not None:
+        return  # bytes ahead of these wait for room: these go after them
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _deliver(sender)
+        return
+    if not sender._out:
+        return
     data = b"".join(sender._out)
     sender._out = []
     sender._out_size = 0
     try:
-        sender._sock.sendall(data)
+        sent = sender._nb.send(data)
+    except BlockingIOError:
+        sent = 0
     except OSError as exc:
-        if sender._failed is None:
-            sender._failed = LedgerUnavailable(f"the ledger writer process is gone ({exc})")
-        raise LedgerUnavailable(f"ledger writer has stopped: {sender._failed}") from None
+        raise _gone(sender, exc) from None
+    if sent < len(data):
+        sender._rest = data
+        sender._rest_at = sent
+        loop.add_writer(sender._nb.fileno(), sender._writable)
+        sender._writing = loop
+
+
+def _writable(sender: LedgerSender) -> None:
+    """Holding ``_lock``, on the loop: the socket has room. Send the rest of the partly
+    sent buffer, then what was queued after it, until the socket is full again or all is
+    sent (then stop watching); wake the :meth:`~LedgerSender.drained` waiters once the
+    backlog is down to :data:`LOW_WATER`."""
+    loop = sender._writing
+    if loop is None:
+        return
+    try:
+        if sender._failed is not None:
+            raise _gone(sender, OSError("failed"))
+        while True:
+            if sender._rest_at >= len(sender._rest):
+                if not sender._out:
+                    break
+                sender._rest = b"".join(sender._out)
+                sender._rest_at = 0
+                sender._out = []
+                sender._out_size = 0
+            rest = memoryview(sender._rest)[sender._rest_at :]
+            try:
+                sent = sender._nb.send(rest)
+            except BlockingIOError:
+                sent = 0
+            sender._rest_at += sent
+            if sent < len(rest):
+                break  # full again
+    except OSError as exc:
+        _gone(sender, exc)
+    except LedgerUnavailable:
+        pass
+    if sender._rest_at >= len(sender._rest) and not sender._out:
+        sender._rest = b""
+        sender._rest_at = 0
+        loop.remove_writer(sender._nb.fileno())
+        sender._writing = None
+    if sender._failed is not None or _backlog(sender) <= LOW_WATER:
+        _wake(sender)
+
+
+def _wake(sender: LedgerSender) -> None:
+    """On the loop: settle the drained waiters (a cancelled one is skipped)."""
+    waiters = sender._drain_waiters
+    sender._drain_waiters = []
+    for future in waiters:
+        if not future.done():
+            future.set_result(None)
+
+
+def _deliver(sender: LedgerSender) -> None:
+    """Holding ``_lock``: everything queued (a partly sent buffer first) into the socket,
+    blocking until it has taken it all. Raises LedgerUnavailable if the writer is gone.
+
+    (Called from a thread while the loop's writer callback is armed, it leaves the callback
+    armed: the callback finds nothing left, stops watching and wakes the waiters.)"""
+    rest = memoryview(sender._rest)[sender._rest_at :]
+    data = b"".join(sender._out)
+    sender._out = []
+    sender._out_size = 0
+    sender._rest = b""
+    sender._rest_at = 0
+    try:
+        if len(rest):
+            sender._sock.sendall(rest)
+        if data:
+            sender._sock.sendall(data)
+    except OSError as exc:
+        raise _gone(sender, exc) from None
+    loop = sender._writing
+    if loop is not None and _running_loop() is loop:
+        loop.remove_writer(sender._nb.fileno())
+        sender._writing = None
+        _wake(sender)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _release(sender: LedgerSender) -> None:
+    """Before the socket is closed (everything delivered): the loop stops watching it, and
+    the loop's handle is closed. From another thread than the loop's, the loop is asked and
+    waited for (the fd must not be closed while the loop polls it)."""
+    with sender._lock:
+        loop = sender._writing
+        sender._writing = None
+        nb = sender._nb
+        fd = nb.fileno()
+    if loop is not None and fd >= 0 and not loop.is_closed():
+        if _running_loop() is loop or not loop.is_running():
+            loop.remove_writer(fd)
+        else:
+            done = threading.Event()
+
+            def stop_watching() -> None:
+                loop.remove_writer(fd)
+                done.set()
+
+            try:
+                loop.call_soon_threadsafe(stop_watching)
+            except RuntimeError:  # closed meanwhile
+                pass
+            else:
+                done.wait(10)
+    nb.close()
 
 
 def _only_pending(blobs: Mapping[str, Any] | None) -> tuple[str, PendingBlob] | None:

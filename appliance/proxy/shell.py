@@ -12,7 +12,12 @@ connection in its own task group until the core says :class:`~.commands.End`:
   callbacks that answer with :class:`~.commands.TimerFired`;
 - backpressure: a side whose write buffer is over the high-water mark stops the reading
   of the other side until it drains; a core's own pauses (a statement held for approval,
-  a drain) add their reasons, and a side is read only when no reason holds it;
+  a drain) add their reasons, and a side is read only when no reason holds it; so does the
+  ledger channel (issue 19): a read whose recording queued bulk (a result's chunk) while the
+  channel to the ledger writer is congested stops the reading of that side until the
+  channel has drained (:meth:`LedgerSender.holds_back
+  <appliance.ledger.sender.LedgerSender.holds_back>`), so one session's export waits for
+  the writer, not every session of the process;
 - a core that raises is a bug (or a ledger that cannot record): the connection ends with
   what :meth:`SessionCore.crashed` says, and the other connections go on.
 
@@ -36,6 +41,7 @@ from appliance.proxy._starttls import start_tls
 from appliance.proxy.commands import Command, Commands, Event, SessionCore, Side
 from appliance.proxy.waits import (
     ApprovalBroker,
+    LedgerBacklog,
     Unreachable,
     ask_approval,
     await_durable,
@@ -57,6 +63,7 @@ class ShellServices:
     broker: ApprovalBroker | None = None
     upstream_socket: Callable[[int, int], socket.socket] | None = None
     durable: Callable[[], Awaitable[None]] | None = None  # the ledger's sync
+    backlog: LedgerBacklog | None = None  # the ledger channel's queue (None: no channel)
 
 
 # The name each job's TLS handshake asked for (SNI), by TLS object: a server-side SSLObject
@@ -95,6 +102,7 @@ class Connection:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._paused: dict[Side, set[str]] = {"job": set(), "upstream": set()}
         self._tls_early: dict[Side, list[bytes]] = {}
+        self._backlog = services.backlog
 
     # -- running -------------------------------------------------------------------------
 
@@ -179,11 +187,15 @@ class Connection:
             early.append(data)
             return
         core = self.core
+        backlog = self._backlog
+        before = backlog.added if backlog is not None else 0
         try:
             commands = core.receive(side, data)
         except Exception as exc:  # a bug in the core, or a ledger that cannot record
             self._crashed(exc)
             return
+        if backlog is not None and backlog.holds_back(before):
+            self._wait_for_ledger(side, backlog)
         # The hot path, inline: write what the core produced, then its commands (rarely any).
         to_job, to_upstream = core.take_output()
         if to_job:
@@ -308,6 +320,19 @@ class Connection:
                 endpoint.transport.pause_reading()
             else:
                 endpoint.transport.resume_reading()
+
+    def _wait_for_ledger(self, side: Side, backlog: LedgerBacklog) -> None:
+        """Stop reading ``side`` until the ledger channel has drained (see the module
+        docstring); the bytes read so far are handled, nothing is dropped."""
+        if "ledger" in self._paused[side]:
+            return
+        self.pause(side, "ledger", True)
+        self._spawn(self._ledger_drained(side, backlog))
+
+    async def _ledger_drained(self, side: Side, backlog: LedgerBacklog) -> None:
+        # (A writer that is gone settles it too: the next append raises, the core ends.)
+        await backlog.drained()
+        self.pause(side, "ledger", False)
 
     def _finish(self, reason: str) -> None:
         if self.done.done():

@@ -36,6 +36,18 @@ class ApprovalBroker(Protocol):
     async def request(self, req: Any) -> Outcome: ...
 
 
+class LedgerBacklog(Protocol):
+    """The ledger channel's queue as the shell sees it: a
+    :class:`~appliance.ledger.sender.LedgerSender` (its module docstring has the marks)."""
+
+    @property
+    def added(self) -> int: ...
+
+    def holds_back(self, before: int) -> bool: ...
+
+    def drained(self) -> Awaitable[None]: ...
+
+
 def why(exc: OSError) -> str:
     """The system's words for a socket error ("Connection refused"), whichever loop raised it."""
     return os.strerror(exc.errno) if exc.errno else str(exc)
@@ -109,6 +121,7 @@ async def await_durable(
 
 __all__ = [
     "ApprovalBroker",
+    "LedgerBacklog",
     "Unreachable",
     "ask_approval",
     "await_durable",

@@ -6,20 +6,27 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+import uvloop
 
 from appliance.ledger.api import PendingBlob
 from appliance.ledger.entries import encode_entry, encode_trusted, format_ts_us, make_entry
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
 from appliance.ledger.sender import (
+    BULK,
+    CLOSE,
     ENTRY,
     ENTRY_BLOB,
     ENTRY_BLOB_HEAD,
     ENTRY_BLOBS,
     FACTORY,
     HEAD,
+    HIGH_WATER,
     HOLE,
+    LIMIT,
+    LOW_WATER,
     OPEN,
     OPEN_HEAD,
     U32,
@@ -301,3 +308,198 @@ def test_session_entries_refuse_once_the_writer_failed(pair) -> None:  # type: i
     s._failed = OSError("gone")
     with pytest.raises(LedgerUnavailable, match="stopped"):
         entries.append("statement", {"n": 1})
+
+
+# -- never blocking the event loop: backpressure instead (issue 19) ------------------------------
+
+
+def _small_buffers(a: socket.socket, b: socket.socket) -> None:
+    """The kernel holds little: the sender's own backlog is what a slow writer leaves."""
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+
+
+def _run(loop: str, main: Any) -> Any:
+    return uvloop.run(main) if loop == "uvloop" else asyncio.run(main)
+
+
+async def _read_all(sock: socket.socket, size: int) -> bytes:
+    """Read ``size`` bytes from the writer's end, on the loop (the sender's callback runs
+    between the reads)."""
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    data = bytearray()
+    while len(data) < size:
+        chunk = await loop.sock_recv(sock, 1 << 20)
+        assert chunk, "the channel ended early"
+        data += chunk
+    return bytes(data)
+
+
+def _parse(data: bytes) -> list[tuple[int, bytes]]:
+    out, pos = [], 0
+    while pos < len(data):
+        length, kind = HEAD.unpack_from(data, pos)
+        assert pos + HEAD.size + length <= len(data), "a message cut short"
+        out.append((kind, data[pos + HEAD.size : pos + HEAD.size + length]))
+        pos += HEAD.size + length
+    return out
+
+
+@pytest.mark.timeout(60)  # a send that blocks would hang here: the peer reads nothing yet
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_full_channel_never_blocks_the_loop_and_everything_comes_out_in_order(
+    pair: tuple[socket.socket, socket.socket], loop: str
+) -> None:
+    a, b = pair
+    _small_buffers(a, b)
+    s = sender(a, Clock(1.0))
+    chunks = [bytes([n]) * 100_000 for n in range(40)]  # 4 MB of a result, 40 entries
+
+    async def main() -> tuple[int, int, bytes]:
+        ticks = 0
+
+        async def other_session() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        other = asyncio.create_task(other_session())
+        blob = s.open_blob()
+        for n, chunk in enumerate(chunks):
+            s.append("statement", data={"n": n})
+            blob.write(chunk)
+            seen = ticks
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert ticks > seen  # the loop goes on between the appends
+        blob.close()
+        backlog = s.backlog
+        other.cancel()
+        # nobody has read yet: most of it waits in the sender, nothing was dropped
+        data = await _read_all(b, s.added)
+        return backlog, s.backlog, data
+
+    backlog, after, data = _run(loop, main())
+    assert backlog > HIGH_WATER and after == 0
+    got = _parse(data)
+    assert [k for k, _ in got] == [OPEN] + [ENTRY, WRITE] * 40 + [CLOSE]
+    seqs = [U64.unpack_from(p, 0)[0] for k, p in got if k == ENTRY]
+    assert seqs == list(range(7, 47))
+    assert [p[8:] for k, p in got if k == WRITE] == chunks
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_congestion_goes_up_at_the_high_mark_and_down_at_the_low_one(
+    pair: tuple[socket.socket, socket.socket], loop: str
+) -> None:
+    """A bulk read (a result's chunk) is held back while the backlog is over HIGH_WATER, a
+    read that adds an entry only over LIMIT; ``drained`` settles at LOW_WATER."""
+    a, b = pair
+    _small_buffers(a, b)
+    s = sender(a, Clock(1.0))
+
+    async def main() -> None:
+        blob = s.open_blob()
+        before = s.added
+        blob.write(b"x" * BULK)  # bulk, but the channel is not congested
+        assert not s.holds_back(before)
+        while s.backlog < HIGH_WATER:
+            before = s.added
+            blob.write(b"x" * BULK)
+        assert s.holds_back(before)
+        before = s.added
+        s.append("statement", data={"text": "select 1"})  # a small session goes on
+        assert not s.holds_back(before)
+        assert not s.holds_back(s.added)  # a read that queued nothing
+        drained = s.drained()
+        assert not drained.done()
+        while s.backlog < LIMIT:
+            blob.write(b"y" * BULK)
+        before = s.added
+        s.append("statement", data={"text": "select 1"})
+        assert s.holds_back(before)  # over LIMIT, every read that adds is held back
+        # the writer reads: the backlog goes down, drained settles at LOW_WATER, not before
+        b.setblocking(False)
+        ev_loop = asyncio.get_running_loop()
+        while not drained.done():
+            assert s.backlog > LOW_WATER
+            assert await ev_loop.sock_recv(b, 64 * 1024)
+            await asyncio.sleep(0)
+        assert s.backlog <= LOW_WATER
+        assert s.drained().done()  # below the mark: at once
+        await _read_all(b, s.backlog)  # (the rest, for the socket's sake)
+
+    _run(loop, main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_the_writer_dying_while_bytes_are_queued_fails_closed(
+    pair: tuple[socket.socket, socket.socket], loop: str
+) -> None:
+    a, b = pair
+    _small_buffers(a, b)
+    s = sender(a, Clock(1.0))
+
+    async def main() -> None:
+        blob = s.open_blob()
+        while s.backlog < HIGH_WATER:
+            blob.write(b"x" * BULK)
+        drained = s.drained()
+        b.close()  # the writer process is gone
+        await drained  # settled by the failure: the session's next append raises
+        assert s.failed is not None and s.backlog == 0
+        with pytest.raises(LedgerUnavailable, match="stopped"):
+            s.append("statement", data={"x": 1})
+        with pytest.raises(LedgerUnavailable, match="stopped"):
+            s.session_entries("s1", None, None, None).append("statement", {"x": 1})
+
+    _run(loop, main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_blocking_delivery_from_a_thread_goes_after_what_the_loop_queued(
+    pair: tuple[socket.socket, socket.socket], loop: str
+) -> None:
+    """A flush or close from a thread (``asyncio.to_thread(ledger.close)``) delivers what the
+    loop left queued first, then its own message, in order; the loop's callback then finds
+    nothing left."""
+    a, b = pair
+    _small_buffers(a, b)
+    s = sender(a, Clock(1.0))
+
+    def flush_like() -> None:  # RemoteLedger.flush without its wait for the answer
+        with s._lock:
+            s._buffer(WRITE, U64.pack(99))
+            s._deliver()
+
+    async def main() -> bytes:
+        blob = s.open_blob()
+        for n in range(20):
+            blob.write(bytes([n]) * BULK)
+        assert s.backlog > 0
+        reader = asyncio.create_task(asyncio.to_thread(_read_blocking, b, s.added + 13))
+        await asyncio.to_thread(flush_like)
+        data = await reader
+        while s._writing is not None:  # the callback runs once the socket has room
+            await asyncio.sleep(0.01)
+        return data
+
+    got = _parse(_run(loop, main()))
+    assert [k for k, _ in got] == [OPEN] + [WRITE] * 21
+    assert [p[8:] for _, p in got[1:-1]] == [bytes([n]) * BULK for n in range(20)]
+    assert got[-1][1] == U64.pack(99)
+    s._release()
+
+
+def _read_blocking(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(1 << 20)
+        assert chunk
+        data += chunk
+    return bytes(data)
