@@ -620,3 +620,44 @@ def test_the_writer_process_keeps_its_freed_heap_unless_the_environment_says_oth
         env = environ(ledger)
     assert env["MALLOC_TRIM_THRESHOLD_"] == str(32 << 20)
     assert env["MALLOC_MMAP_THRESHOLD_"] == "1048576"
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_results_queued_from_a_loop_behind_a_slow_writer_all_reach_the_ledger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str
+) -> None:
+    """Issue 19: with little room in the channel and a writer that masks, the loop queues
+    instead of blocking; a flush from a thread and a close on the loop deliver everything
+    queued before them, in order, and the ledger verifies."""
+    import uvloop
+
+    from appliance.ledger import remote
+
+    monkeypatch.setattr(remote, "_SOCKBUF", 32 * 1024)
+    d = tmp_path / "l"
+    ledger = open_remote(d)
+    masker = Masker(MaskingConfig(), hmac_key=b"k" * 32).for_target("db")
+
+    async def main() -> None:
+        for n in range(6):
+            ledger.append("statement", session="s1", data={"n": n})
+            sink = RowsSink(ledger, transforms(RowsTransform, masker), 1 << 26)
+            sink.header({"columns": ["card", "n"], "types": [25, 23], "formats": [0, 0]})
+            for _ in range(10_000):
+                sink.add(DataRow((b"4111 1111 1111 1111", b"%d" % n)).encode())
+            sink.close()
+            ledger.append("response", session="s1", data={"n": n}, blobs={"result": sink.finish()})
+            await asyncio.sleep(0)
+        await asyncio.to_thread(ledger.flush, 120)
+        ledger.append("statement", session="s1", data={"n": "last"})
+        ledger.close()  # on the loop: delivers what is queued, then the stop
+
+    uvloop.run(main()) if loop == "uvloop" else asyncio.run(main())
+    entries = objs(d)
+    assert [e["data"]["n"] for e in entries[1:]] == [  # type: ignore[index]
+        n for i in range(6) for n in (i, i)
+    ] + ["last"]
+    for e in entries[2::2]:
+        assert e["data"]["result"]["masking"]["detectors"] == {"card": 10_000}  # type: ignore[index]
+    report = verify_ledger(d, [KEY.verifier()])
+    assert report.ok and report.entries == 14 and report.blobs == 6

@@ -8,12 +8,15 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 import uvloop
 
+from appliance.ledger.result_sink import ROWS, RowsSink, parts
+from appliance.ledger.sender import ENTRY, HEAD, HIGH_WATER, WRITE, LedgerSender
 from appliance.proxy.commands import (
     ApprovalAnswered,
     AskApproval,
@@ -418,3 +421,117 @@ def test_pause_reasons_add_up(paused: bool) -> None:
         assert transport.reading
 
     asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_congested_ledger_channel_pauses_the_session_reading_bulk_until_it_drains(
+    loop: str,
+) -> None:
+    """Issue 19: a session whose upstream reads queue result chunks for a ledger writer that
+    reads nothing stops reading its upstream (the loop goes on; another session's entry is
+    not held back); once the writer reads, it resumes, and the job and the ledger get every
+    byte, in order."""
+    a, b = socket.socketpair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    ledger = LedgerSender(
+        a, origin="o", clock=lambda: 1.0, next_seq=1, last_ts_us=0, unnumbered=False, nonce="n"
+    )
+    payload = bytes(range(256)) * (16 * 1024)  # 4 MiB of "rows"
+    stop = threading.Event()
+
+    def read_channel() -> bytes:  # the writer process, once it reads
+        b.settimeout(0.05)
+        data = bytearray()
+        while not (stop.is_set() and len(data) >= ledger.added):
+            try:
+                chunk = b.recv(1 << 20)
+            except TimeoutError:
+                continue
+            assert chunk
+            data += chunk
+        return bytes(data)
+
+    async def main() -> tuple[bytes, bytes, int]:
+        async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            for i in range(0, len(payload), 65536):
+                writer.write(payload[i : i + 65536])
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
+        sink = RowsSink(ledger, None, 1 << 30)
+        core = ScriptedCore({"start": lambda _: [OpenUpstream(server.sockets[0].getsockname(), 5)]})
+
+        def receive(side: Side, data: bytes) -> Commands:
+            if side == "upstream":
+                sink.add(data)  # a chunk for the ledger every 256 KiB
+                core.to_job.append(data)
+            return ()
+
+        plain_handle = core.handle
+
+        def handle(event: Event) -> Commands:
+            if isinstance(event, Eof) and event.side == "upstream":
+                sink.close()
+                sink.finish()
+            return plain_handle(event)
+
+        core.receive = receive  # type: ignore[method-assign]
+        core.handle = handle  # type: ignore[method-assign]
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        ev_loop = asyncio.get_running_loop()
+        conn = Connection(core, ShellServices(backlog=ledger), name="export")
+
+        async def serve() -> None:
+            sock, _ = await ev_loop.sock_accept(listener)
+            await conn.run(sock)
+
+        serving = asyncio.create_task(serve())
+        job_reader, job_writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        to_job = asyncio.create_task(job_reader.read())  # the job reads everything at once
+        while "ledger" not in conn._paused["upstream"]:
+            await asyncio.sleep(0.01)
+        assert conn.upstream is not None and conn.upstream.transport is not None
+        assert not conn.upstream.transport.is_reading()
+        held = ledger.backlog
+        before = ledger.added
+        ledger.append("statement", session="other", data={"text": "select 1"})
+        assert not ledger.holds_back(before)  # another session's statement goes on
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert "ledger" in conn._paused["upstream"]
+        assert ledger.backlog <= held + 1024  # bounded: nothing more read from upstream
+        channel = asyncio.create_task(asyncio.to_thread(read_channel))
+        got = await to_job
+        job_writer.close()
+        await serving
+        while ledger.backlog:
+            await asyncio.sleep(0.01)
+        stop.set()
+        server.close()
+        listener.close()
+        return got, await channel, held
+
+    try:
+        got, channel, held = uvloop.run(main()) if loop == "uvloop" else asyncio.run(main())
+    finally:
+        ledger._release()
+        a.close()
+        b.close()
+    assert got == payload
+    assert held >= HIGH_WATER
+    rows = bytearray()
+    messages, pos = [], 0
+    while pos < len(channel):
+        length, kind = HEAD.unpack_from(channel, pos)
+        messages.append((kind, channel[pos + HEAD.size : pos + HEAD.size + length]))
+        pos += HEAD.size + length
+    assert pos == len(channel)
+    for kind, body in messages:
+        if kind == WRITE:
+            rows += b"".join(part for k, part in parts(body[8:]) if k == ROWS)
+    assert bytes(rows) == payload
+    assert [k for k, _ in messages].count(ENTRY) == 1  # the other session's statement
