@@ -174,7 +174,7 @@ class LedgerSender:
         self._rest = b""
         self._rest_at = 0
         # The loop whose writer callback sends _rest and _out when the socket has room.
-        self._writing: asyncio.AbstractEventLoop | None = None
+        self._writing: Any = None
         self._added = 0  # bytes queued since the start (see holds_back)
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._scheduled = False
@@ -573,7 +573,7 @@ def _writable(sender: LedgerSender) -> None:
     if sender._rest_at >= len(sender._rest) and not sender._out:
         sender._rest = b""
         sender._rest_at = 0
-        loop.remove_writer(sender._nb.fileno())
+        _unwatch(loop, sender._nb.fileno())
         sender._writing = None
     if sender._failed is not None or _backlog(sender) <= LOW_WATER:
         _wake(sender)
@@ -609,9 +609,15 @@ def _deliver(sender: LedgerSender) -> None:
         raise _gone(sender, exc) from None
     loop = sender._writing
     if loop is not None and _running_loop() is loop:
-        loop.remove_writer(sender._nb.fileno())
+        _unwatch(loop, sender._nb.fileno())
         sender._writing = None
         _wake(sender)
+
+
+def _unwatch(loop: Any, fd: int) -> None:
+    """``loop.remove_writer(fd)``, through Any: typed as returning bool, and compiled that
+    would be checked, but uvloop's returns None."""
+    loop.remove_writer(fd)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -632,12 +638,12 @@ def _release(sender: LedgerSender) -> None:
         fd = nb.fileno()
     if loop is not None and fd >= 0 and not loop.is_closed():
         if _running_loop() is loop or not loop.is_running():
-            loop.remove_writer(fd)
+            _unwatch(loop, fd)
         else:
             done = threading.Event()
 
             def stop_watching() -> None:
-                loop.remove_writer(fd)
+                _unwatch(loop, fd)
                 done.set()
 
             try:
