@@ -22,7 +22,11 @@ namespace, the clients as the job in the runner namespace):
   adds another build (e.g. a worktree of main) as ``baseline``, on the same table;
   ``EXPORT_TABLES=events`` (comma-separated) exports only those tables;
 - each export through the appliance also prints the CPU seconds its processes spent, the
-  proxy's and the ledger writer process's (from /proc): where the time went.
+  proxy's and the ledger writer process's (from /proc): where the time went;
+- and how another session fared meanwhile: one connection through the same appliance runs
+  ``SELECT 1`` in a loop during the export (a probe process in the runner namespace), and
+  its count, median and worst latency are printed (issue 19: a ledger channel that blocked
+  the event loop stalled every session while the writer was behind).
 
 Checked, not timed: the ledger holds no card number or e-mail address of ``customers`` (a
 sample of rows is searched for in every file the appliance wrote) and says how many were
@@ -218,6 +222,51 @@ def _cpu(app: Appliance) -> tuple[float, float]:
     return proxy, writer
 
 
+# Another session during an export: SELECT 1 every 10 ms until stdin closes, then the
+# latencies.
+PROBE = """
+import json, sys, threading, time
+import psycopg
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+lat = []
+with psycopg.connect("", autocommit=True) as conn:
+    print("ready", flush=True)
+    while not done.is_set():
+        t0 = time.perf_counter()
+        conn.execute("SELECT 1").fetchall()
+        lat.append(time.perf_counter() - t0)
+        time.sleep(0.01)  # light: ~100 a second beside the export
+print(json.dumps(sorted(lat)), flush=True)
+"""
+
+
+@contextlib.contextmanager
+def _other_session(lab: Lab, env: dict[str, str]) -> Iterator[list[str]]:
+    """A probe session (see :data:`PROBE`) running while the block runs; the list holds one
+    line afterwards: how many SELECT 1 it ran, their median and worst latency."""
+    import json
+    import sys
+
+    proc = lab.popen(
+        [sys.executable, "-c", PROBE], env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"ready"
+    out: list[str] = []
+    try:
+        yield out
+    finally:
+        got, _ = proc.communicate(b"", timeout=600)
+        lat = json.loads(got.splitlines()[-1])
+        if lat:
+            out.append(
+                f"other session: {len(lat)} x SELECT 1, median {lat[len(lat) // 2] * 1e3:.1f} ms,"
+                f" worst {lat[-1] * 1e3:.0f} ms"
+            )
+
+
 def _blobs(app: Appliance) -> int:
     """How many responses in the ledger reference a result blob (a large result)."""
     return sum(
@@ -299,8 +348,14 @@ def test_export_through_the_appliance(tmp_path: Path) -> None:
                             app = apps.get(setup)
                             before = _blobs(app) if app is not None else 0
                             cpu0 = _cpu(app) if app is not None else (0.0, 0.0)
-                            t0 = time.perf_counter()
-                            dt = export(lab, env, argv)
+                            with contextlib.ExitStack() as probing:
+                                other = (
+                                    probing.enter_context(_other_session(lab, env))
+                                    if app is not None
+                                    else []
+                                )
+                                t0 = time.perf_counter()
+                                dt = export(lab, env, argv)
                             line = f"round {r + 1} {table:9} {client:15} {setup:19} {dt:8.1f} s"
                             times.setdefault((table, client, setup), []).append(dt)
                             if app is not None:
@@ -313,8 +368,8 @@ def test_export_through_the_appliance(tmp_path: Path) -> None:
                                 cpu1 = _cpu(app)
                                 line += (
                                     f"; CPU proxy {cpu1[0] - cpu0[0]:.1f} s,"
-                                    f" writer {cpu1[1] - cpu0[1]:.1f} s"
-                                )
+                                    f" writer {cpu1[1] - cpu0[1]:.1f} s; "
+                                ) + "".join(other)
                             print(line, flush=True)
             for name, app in apps.items():
                 counts = _masked_counts(app)
