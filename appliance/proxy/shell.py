@@ -195,8 +195,6 @@ class Connection:
         except Exception as exc:  # a bug in the core, or a ledger that cannot record
             self._crashed(exc)
             return
-        if backlog is not None and backlog.holds_back(before):
-            self._wait_for_ledger(side, backlog)
         # The hot path, inline: write what the core produced, then its commands (rarely any).
         to_job, to_upstream = core.take_output()
         if to_job:
@@ -213,6 +211,9 @@ class Connection:
         except Exception as exc:
             self._crashed(exc)
             return
+        # What this read queued for the ledger (result chunks in receive, entries in settle).
+        if backlog is not None and backlog.holds_back(before):
+            self._wait_for_ledger(side, backlog)
         if commands:
             self._carry_out(commands)
 
