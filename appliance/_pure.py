@@ -34,6 +34,8 @@ HOT_MODULES = (
     "appliance/ledger/result_sink.py",
     "appliance/masking/_counts.py",
     "appliance/masking/_prefilter.py",
+    "appliance/masking/_copy.py",
+    "appliance/masking/postgres.py",
     "appliance/proxy/statement_policy.py",
     "appliance/proxy/records.py",
     "appliance/proxy/pg/relay.py",
