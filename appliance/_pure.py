@@ -30,6 +30,8 @@ HOT_MODULES = (
     "appliance/protocols/postgres/server.py",
     "appliance/ledger/pending.py",
     "appliance/ledger/entries.py",
+    "appliance/ledger/_framing.py",
+    "appliance/ledger/merkle.py",
     "appliance/ledger/sender.py",
     "appliance/ledger/result_sink.py",
     "appliance/masking/_counts.py",
