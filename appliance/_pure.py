@@ -32,6 +32,7 @@ HOT_MODULES = (
     "appliance/ledger/entries.py",
     "appliance/ledger/_framing.py",
     "appliance/ledger/merkle.py",
+    "appliance/ledger/_entry_log.py",
     "appliance/ledger/sender.py",
     "appliance/ledger/result_sink.py",
     "appliance/masking/_counts.py",
