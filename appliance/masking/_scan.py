@@ -43,6 +43,13 @@ class Finding(NamedTuple):
     priority: int
     value: str
 
+    def __repr__(self) -> str:
+        # The value stays out of logs, tracebacks and assertion messages: only its length.
+        return (
+            f"Finding(start={self.start}, end={self.end}, detector={self.detector!r},"
+            f" priority={self.priority}, value=<{len(self.value)} chars>)"
+        )
+
 
 class Scanner:
     """Finds and masks the findings of a fixed set of detectors."""

@@ -256,6 +256,11 @@ class SessionCore(Protocol):
     def take_output(self) -> tuple[bytes, bytes]:
         """Bytes for the job and for the upstream since the last call."""
 
+    def settle(self) -> None:
+        """The output taken is written: do the work the core deferred until then (the PG
+        core records its statements and responses here, off the path of the bytes).
+        Every other method settles first, so skipping a call loses nothing."""
+
     def crashed(self, exc: BaseException) -> Commands:
         """The core raised ``exc``: record the end, queue the job's last words, End."""
 

@@ -5,8 +5,9 @@ its flow and builds the protocol's session core; :meth:`Connection.run` then run
 connection in its own task group until the core says :class:`~.commands.End`:
 
 - bytes read from the job or the upstream go to :meth:`SessionCore.receive`; after every
-  call the core's output is written to the two sockets, then its commands are carried
-  out in order (:mod:`appliance.proxy.commands`);
+  call the core's output is written to the two sockets, the core settles what it deferred
+  until then (:meth:`SessionCore.settle`), then its commands are carried out in order
+  (:mod:`appliance.proxy.commands`);
 - commands that wait (connect upstream, TLS on either side, an approval, a one-shot send)
   run as tasks of the connection's task group and answer with an event; timers are loop
   callbacks that answer with :class:`~.commands.TimerFired`;
@@ -194,6 +195,12 @@ class Connection:
             upstream = self.upstream
             if upstream is not None and upstream.transport is not None:
                 upstream.transport.write(to_upstream)
+        # What the core deferred until its bytes were on their way (its recording).
+        try:
+            core.settle()
+        except Exception as exc:
+            self._crashed(exc)
+            return
         if commands:
             self._carry_out(commands)
 
@@ -218,6 +225,11 @@ class Connection:
             self._crashed(exc)
             return
         self._flush()
+        try:
+            self.core.settle()
+        except Exception as exc:
+            self._crashed(exc)
+            return
         self._carry_out(commands)
 
     def _crashed(self, exc: BaseException) -> None:

@@ -136,6 +136,7 @@ class Conversation:
         to_job, to_up = self.core.take_output()
         self.to_job += len(to_job)
         self.to_up += len(to_up)
+        self.core.settle()  # as the shell: once the bytes are written
 
     def start(self) -> None:
         core = self.core

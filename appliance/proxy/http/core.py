@@ -236,6 +236,9 @@ class HttpSession:
         self.bytes_out += len(to_job)
         return to_job, to_up
 
+    def settle(self) -> None:
+        """Nothing is deferred: requests are recorded as they go."""
+
     def receive(self, side: Side, data: bytes) -> Commands:
         if self.state is State.ENDED:
             return NO_COMMANDS

@@ -183,6 +183,9 @@ class MySQLSession:
         self.bytes_to_job += len(to_job)
         return to_job, to_up
 
+    def settle(self) -> None:
+        """Nothing is deferred: the MySQL relay records as it goes."""
+
     def receive(self, side: Side, data: bytes) -> Commands:
         try:
             relay = self.relay

@@ -33,11 +33,13 @@ States (:class:`State`)::
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from appliance.config import Target, format_endpoint
 from appliance.errors import ApplianceError
+from appliance.ledger.api import Ledger
 from appliance.ledger.errors import LedgerUnavailable
 from appliance.masking.postgres import ResponseMasker
 from appliance.protocols.postgres import (
@@ -186,8 +188,20 @@ class PgSession:
         self.bytes_to_job += len(to_job)
         return to_job, to_up
 
+    def settle(self) -> None:
+        """The step's bytes are written: record what the relay's hooks deferred (the
+        statements and responses of the step, see :meth:`SessionHooks.settle
+        <appliance.proxy.pg.hooks.SessionHooks.settle>`). Every other call settles first
+        too, so a caller that never calls this loses nothing and keeps the order."""
+        hooks = self.hooks
+        if hooks is not None:
+            hooks.settle()
+
     def receive(self, side: Side, data: bytes) -> Commands:
         relay = self.relay
+        hooks = self.hooks
+        if hooks is not None:
+            hooks.settle()
         try:
             if self.state is State.RELAY and relay is not None:
                 if side == "job":
@@ -223,6 +237,7 @@ class PgSession:
         if self.state is State.ENDED:
             return NO_COMMANDS
         try:
+            self.settle()
             return self._handle(event)
         except PeerProtocolError as exc:
             return self._protocol_end(exc)
@@ -587,6 +602,7 @@ class PgSession:
             row_masker=row_masker,
             parameters=parameters,
             write_ahead=self.services.write_ahead,
+            can_defer=_ledger_ok(self.services.ledger),
         )
         self.relay = Relay(self.hooks, now=self.services.monotonic)
         self.state = State.RELAY
@@ -640,6 +656,7 @@ class PgSession:
                 exc.sqlstate, "the upstream server broke the protocol", detail=exc.message
             )
         if self.recorder is not None:
+            self.settle()
             self.recorder.append(
                 "protocol.error",
                 {
@@ -664,6 +681,7 @@ class PgSession:
         if relay is not None:
             try:
                 relay.abort("cancelled")
+                self.settle()  # before the sinks are discarded and the session ends
             except ApplianceError:
                 pass  # the ledger is failing; the session ends anyway
             self._pull_relay()
@@ -712,6 +730,12 @@ class PgSession:
                 self._to_job.append(to_job)
             if to_up:
                 self._to_up.append(to_up)
+
+
+def _ledger_ok(ledger: Ledger) -> Callable[[], bool]:
+    """Whether entries may wait for :meth:`PgSession.settle`: not once the ledger has
+    failed (an entry appended at once then stops its statement before it is sent)."""
+    return lambda: ledger.failed is None
 
 
 def _fatal(code: str, message: str, *, detail: str | None = None) -> bytes:

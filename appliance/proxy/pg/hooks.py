@@ -9,6 +9,12 @@ them with a command and brings the answer back through :meth:`SessionHooks.
 approval_answered`), and forward everything worth keeping to the
 :class:`~appliance.proxy.pg.recording.SessionRecorder` (:class:`Recorder`). Sans-IO: no
 await anywhere.
+
+The entries of a statement that starts or finishes wait, in order, until the shell has
+written the step's bytes (:meth:`SessionHooks.settle`, through the core's ``settle``): masking
+and encoding them is then off the path of the statement and of its answer. A sync for the
+write-ahead, an approval request, any other entry of the session, and a ledger that has
+failed record what waits first.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ class SessionHooks:
         row_masker: RowMasker | None = None,
         parameters: Mapping[str, str] | None = None,
         write_ahead: bool = False,
+        can_defer: Callable[[], bool] | None = None,
     ) -> None:
         self.recorder = recorder
         # Allow verdicts by (text, standard_conforming_strings, True if text is a shape: see
@@ -125,6 +132,13 @@ class SessionHooks:
         # durable (ledger.durability); durable_requested: the relay asked for a sync.
         self.write_ahead = write_ahead
         self.durable_requested = False
+        # can_defer (None: never): whether the recording of a started or finished statement
+        # may wait for settle() -- the shell calls it once the step's bytes are written, so
+        # masking and encoding the entries no longer delay the statement or its answer.
+        # It answers False once the ledger has failed: then the entry is appended at once,
+        # and its failure stops the statement before it is forwarded (fail closed).
+        self._can_defer = can_defer
+        self._deferred: list[tuple[Statement, MaskCounts | None, bool]] = []
 
     @property
     def policy(self) -> Policy | None:
@@ -231,10 +245,13 @@ class SessionHooks:
 
     def request_approval(self, stmt: Statement) -> None:
         """Queue the request; the session core turns it into an ``AskApproval`` command."""
+        self.settle()
         self.approvals.append((stmt.n, self.approval_fields(stmt), stmt))
 
     def request_durable(self) -> None:
-        """Note the relay's sync request; the session core makes it an ``AwaitDurable``."""
+        """Note the relay's sync request; the session core makes it an ``AwaitDurable``.
+        The entries deferred so far are appended first: the sync must cover them."""
+        self.settle()
         self.durable_requested = True
 
     def approval_fields(self, stmt: Statement) -> dict[str, Any]:
@@ -257,13 +274,44 @@ class SessionHooks:
     # -- recording ---------------------------------------------------------------------------
 
     def statement_started(self, stmt: Statement) -> None:
+        can_defer = self._can_defer
+        if can_defer is not None and can_defer():
+            self._deferred.append((stmt, None, False))
+            return
+        self.settle()
         self.recorder.statement(stmt)
 
     def statement_finished(self, stmt: Statement) -> None:
         self._in_flight.answered(stmt.n)
         masker = self._row_masker
         to_job = masker.take_counts() if isinstance(masker, ResponseMasker) else None
+        can_defer = self._can_defer
+        if can_defer is not None and can_defer():
+            self._deferred.append((stmt, to_job, True))
+            return
+        self.settle()
         self.recorder.response(stmt, masked_to_job=to_job)
+
+    def settle(self) -> None:
+        """Record the deferred statements and responses, in the order they came. Every other
+        entry of the session goes through here first, so the ledger's order is the
+        session's. (A statement's fields are settled by the time it started or finished:
+        what its entries hold is what they would have held at once.)"""
+        deferred = self._deferred
+        if not deferred:
+            return
+        self._deferred = []
+        recorder = self.recorder
+        for i, (stmt, to_job, finished) in enumerate(deferred):
+            try:
+                if finished:
+                    recorder.response(stmt, masked_to_job=to_job)
+                else:
+                    recorder.statement(stmt)
+            except BaseException:
+                # The rest stays deferred: the session's end records it, if it can.
+                self._deferred = deferred[i + 1 :] + self._deferred
+                raise
 
     def open_result(
         self, stmt: Statement, description: RowDescription | None, formats: tuple[int, ...]
@@ -274,12 +322,15 @@ class SessionHooks:
         return self.recorder.copy_sink(stmt, direction)
 
     def request_failed(self, request: str, text: str | None, error: ErrorResponse) -> None:
+        self.settle()
         self.recorder.request_error(request, text, error)
 
     def notice(self, stmt: Statement | None, notice: NoticeResponse) -> None:
+        self.settle()
         self.recorder.notice(stmt, notice)
 
     def notification(self, notification: NotificationResponse) -> None:
+        self.settle()
         self.recorder.notification(notification)
 
     def parameter(self, name: str, value: str) -> None:

@@ -434,3 +434,14 @@ def test_card_brand_answers_as_the_whole_table(digits: str) -> None:
 @given(st.one_of(st.text(alphabet="0123456789", max_size=20), st.text(max_size=20)))
 def test_luhn_check_is_stdnums(digits: str) -> None:
     assert luhn_ok(digits) == stdnum_luhn.is_valid(digits)
+
+
+def test_finding_repr_hides_the_value() -> None:
+    """A finding that reaches a log, a traceback or an assertion message shows where it is
+    and what found it, never the value it would mask."""
+    card = "4111 1111 1111 1111"
+    (finding,) = ALL.find(f"paid with {card} today")
+    assert finding.value in card.replace(" ", "") or finding.value == card
+    for shown in (repr(finding), str(finding), f"{finding}", repr([finding])):
+        assert "4111" not in shown
+        assert f"start={finding.start}" in shown and finding.detector in shown

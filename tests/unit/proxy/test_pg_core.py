@@ -76,12 +76,16 @@ class FakeLedger:
     def __init__(self) -> None:
         self.entries: list[tuple[str, str | None, dict[str, Any]]] = []
         self.fail: BaseException | None = None
+        self.break_once: str | None = None  # an entry type whose next append raises (a bug)
 
     def append(
         self, type: str, *, session: str | None = None, data: Mapping[str, Any], **_: Any
     ) -> None:
         if self.fail is not None:
             raise self.fail
+        if type == self.break_once:
+            self.break_once = None
+            raise RuntimeError("bug")
         self.entries.append((type, session, dict(data)))
 
     def open_blob(self, transform: Any = None) -> Any:
@@ -95,7 +99,7 @@ class FakeLedger:
 
     @property
     def failed(self) -> BaseException | None:
-        return None
+        return self.fail
 
     def types(self, session: str | None = None) -> list[str]:
         return [t for t, s, _ in self.entries if session is None or s == session]
@@ -133,7 +137,9 @@ class Drive:
         client_tls: Any = None,
         session_id: str = "s1",
         ledger: FakeLedger | None = None,
+        settle: bool = True,
     ) -> None:
+        self.settle = settle
         clock = itertools.count()
         self.ledger = ledger or FakeLedger()
         self.services = SessionServices(
@@ -158,6 +164,8 @@ class Drive:
         to_job, to_up = self.core.take_output()
         self.to_job += to_job
         self.to_up += to_up
+        if self.settle:
+            self.core.settle()  # as the shell does once the bytes are written
         self.commands += list(commands)
         return list(commands)
 
@@ -590,3 +598,109 @@ def test_a_write_that_cannot_be_made_durable_is_refused_and_never_sent() -> None
     assert d.take_up() == Terminate().encode()  # the delete never reached the server
     assert d.fatal()["code"] == "08006" and "was not sent" in d.fatal()["message"]
     assert d.ledger.last("session.end")["reason"] == "ledger cannot record: writer process died"
+
+
+# -- recording once the bytes are on their way (settle) ---------------------------------------
+
+
+def _replay(name: str, *, settle: bool, bytewise: bool = False) -> Drive:
+    """Transcript ``name`` through a core, with or without the shell's settle() calls."""
+    transcript = load(name)
+    client = transcript.stream("c")
+    head = startup_length(client)
+    d = Drive(settle=settle)
+    d.start()
+    fed = 0
+    for piece in transcript.pieces("c"):
+        if fed >= head:
+            break
+        d.job(piece, bytewise=bytewise)
+        fed += len(piece)
+    d.event(UpstreamOpened(("10.0.0.1", 50000)))
+    server_chunks = transcript.pieces("s")
+    first = next(i for i, c in enumerate(server_chunks) if c != b"N")
+    d.up(server_chunks[first], bytewise=bytewise)
+    for direction, chunk in _after_startup(transcript.chunks, head, first):
+        (d.job if direction == "c" else d.up)(chunk, bytewise=bytewise)
+    d.event(Eof("job", None))
+    return d
+
+
+@pytest.mark.parametrize("name", ["psql_trust", "psycopg_trust", "asyncpg_trust"])
+@pytest.mark.parametrize("bytewise", [False, True], ids=["chunks", "bytewise"])
+def test_settling_late_or_never_records_the_same_entries_in_the_same_order(
+    name: str, bytewise: bool
+) -> None:
+    """The statements and responses a step defers are recorded by settle(), or else by the
+    core's next call: a shell that settles after every write and one that never does leave
+    the same ledger, entry for entry."""
+    settled = _replay(name, settle=True, bytewise=bytewise)
+    unsettled = _replay(name, settle=False, bytewise=bytewise)
+    assert settled.to_job == unsettled.to_job and settled.to_up == unsettled.to_up
+    assert settled.ledger.entries == unsettled.ledger.entries
+    types = settled.ledger.types()
+    assert types.count("statement") == types.count("response") > 0
+    assert types[-1] == "session.end"
+
+
+def test_a_statement_is_forwarded_before_its_entry_is_made() -> None:
+    """Masking and encoding a statement's entries wait until its bytes are written: the
+    step's output is taken first, then settle() records it."""
+    d = Drive(settle=False)
+    connect(d)
+    before = len(d.ledger.entries)
+    d.job(Query("select 1").encode())
+    assert d.take_up() == Query("select 1").encode()
+    assert d.ledger.types()[before:] == []
+    d.core.settle()
+    assert d.ledger.types()[before:] == ["statement"]
+    d.up(b"C\x00\x00\x00\x0dSELECT 1\x00" + ReadyForQuery("I").encode())
+    assert d.ledger.types()[before:] == ["statement"]
+    d.core.settle()
+    assert d.ledger.types()[before:] == ["statement", "response"]
+    d.core.settle()  # nothing left: settling again records nothing
+    assert d.ledger.types()[before:] == ["statement", "response"]
+
+
+def test_a_write_ahead_sync_covers_the_entries_deferred_before_it() -> None:
+    """A statement written ahead asks for its sync once its entry -- and every entry the
+    session deferred before it -- is appended, even before the shell settles."""
+    d = Drive(policy_rules="- {name: rest, action: allow}", settle=False)
+    d.services.write_ahead = True
+    connect(d)
+    d.job(Query("select 1").encode())
+    d.up(b"C\x00\x00\x00\x0dSELECT 1\x00" + ReadyForQuery("I").encode())
+    commands = d.job(Query("update t set x = 1").encode())
+    assert any(isinstance(c, AwaitDurable) for c in commands)
+    recorded = [(t, e.get("n")) for t, _, e in d.ledger.entries if t in ("statement", "response")]
+    assert recorded == [("statement", 1), ("response", 1), ("statement", 2)]
+    assert d.take_up() == Query("select 1").encode()  # the update waits for the sync
+
+
+def test_once_the_ledger_has_failed_a_statement_is_not_forwarded() -> None:
+    """Deferring stops when the ledger has failed: the statement's entry is appended at
+    once, its failure ends the session, and the statement never reaches the server."""
+    d = Drive()
+    connect(d)
+    d.take_up()
+    d.ledger.fail = LedgerUnavailable("writer process died")
+    with pytest.raises(LedgerUnavailable):
+        d.core.receive("job", Query("select 1").encode())
+    d._out(d.core.crashed(LedgerUnavailable("writer process died")))
+    assert d.take_up() == Terminate().encode()
+    assert d.fatal()["code"] == "08006"
+
+
+def test_a_deferred_entry_that_fails_leaves_the_rest_for_the_end() -> None:
+    """If recording one deferred entry raises (a bug), the session ends, and the entries
+    deferred after it are still recorded before ``session.end``."""
+    d = Drive(settle=False)
+    connect(d)
+    d.job(Query("select 1").encode() + Query("select 2").encode())
+    d.ledger.break_once = "statement"
+    with pytest.raises(RuntimeError):
+        d.core.settle()
+    d._out(d.core.crashed(RuntimeError("bug")))
+    recorded = [(t, e.get("n")) for t, _, e in d.ledger.entries if t in ("statement", "response")]
+    assert ("statement", 2) in recorded
+    assert d.ledger.types()[-1] == "session.end"

@@ -49,6 +49,8 @@ class ScriptedCore:
         self.to_up: list[bytes] = []
         self.crash_on: bytes | None = None
         self.crashes: list[BaseException] = []
+        self.settles: list[int] = []  # at each settle(): the bytes not yet taken
+        self.settle_fails = False
 
     def start(self) -> Commands:
         return self.on.get("start", lambda _: [])(None)
@@ -70,6 +72,11 @@ class ScriptedCore:
         self.to_job.clear()
         self.to_up.clear()
         return out
+
+    def settle(self) -> None:
+        self.settles.append(sum(map(len, self.to_job)) + sum(map(len, self.to_up)))
+        if self.settle_fails:
+            raise RuntimeError("settle bug")
 
     def crashed(self, exc: BaseException) -> Commands:
         self.crashes.append(exc)
@@ -129,6 +136,40 @@ def test_bytes_relay_through_an_opened_upstream_and_eof_ends() -> None:
         assert await _run(core, client) == b"ping"
         assert isinstance(core.events[0], UpstreamOpened)
         assert core.events[-1] == Eof("job", None) or core.events[-1].side == "job"  # type: ignore[union-attr]
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_the_core_settles_once_each_step_s_bytes_are_taken_and_its_failure_ends_it() -> None:
+    async def main() -> None:
+        server, echo = await _echo_server()
+
+        async def client(address: tuple[str, int]) -> bytes:
+            reader, writer = await asyncio.open_connection(*address)
+            await asyncio.sleep(0.05)  # the upstream is being opened
+            writer.write(b"ping")
+            got = await reader.readexactly(4)
+            writer.close()
+            return got
+
+        core = ScriptedCore({"start": lambda _: [OpenUpstream(echo, 5)]})
+        assert await _run(core, client) == b"ping"
+        # After the job's bytes and after the echo (and the events): nothing left untaken.
+        assert len(core.settles) >= 3 and set(core.settles) == {0}
+        assert core.crashes == []
+
+        core = ScriptedCore({"start": lambda _: [OpenUpstream(echo, 5)]})
+        core.settle_fails = True
+
+        async def crashing(address: tuple[str, int]) -> bytes:
+            reader, writer = await asyncio.open_connection(*address)
+            await asyncio.sleep(0.05)
+            writer.write(b"ping")
+            return await reader.read()
+
+        assert await _run(core, crashing) == b"last words\n"
+        assert [str(e) for e in core.crashes] == ["settle bug"]
         server.close()
 
     asyncio.run(main())
