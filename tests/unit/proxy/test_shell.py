@@ -120,20 +120,22 @@ async def _run(
         listener.close()
 
 
+async def _ping(address: tuple[str, int]) -> bytes:
+    """A job that sends ping once its upstream is open, and reads four bytes back."""
+    reader, writer = await asyncio.open_connection(*address)
+    await asyncio.sleep(0.05)  # the upstream is being opened
+    writer.write(b"ping")
+    got = await reader.readexactly(4)
+    writer.close()
+    return got
+
+
 def test_bytes_relay_through_an_opened_upstream_and_eof_ends() -> None:
     async def main() -> None:
         server, echo = await _echo_server()
         core = ScriptedCore({"start": lambda _: [OpenUpstream(echo, 5), Log("info", "hi")]})
 
-        async def client(address: tuple[str, int]) -> bytes:
-            reader, writer = await asyncio.open_connection(*address)
-            await asyncio.sleep(0.05)  # the upstream is being opened
-            writer.write(b"ping")
-            got = await reader.readexactly(4)
-            writer.close()
-            return got
-
-        assert await _run(core, client) == b"ping"
+        assert await _run(core, _ping) == b"ping"
         assert isinstance(core.events[0], UpstreamOpened)
         assert core.events[-1] == Eof("job", None) or core.events[-1].side == "job"  # type: ignore[union-attr]
         server.close()
@@ -145,16 +147,8 @@ def test_the_core_settles_once_each_step_s_bytes_are_taken_and_its_failure_ends_
     async def main() -> None:
         server, echo = await _echo_server()
 
-        async def client(address: tuple[str, int]) -> bytes:
-            reader, writer = await asyncio.open_connection(*address)
-            await asyncio.sleep(0.05)  # the upstream is being opened
-            writer.write(b"ping")
-            got = await reader.readexactly(4)
-            writer.close()
-            return got
-
         core = ScriptedCore({"start": lambda _: [OpenUpstream(echo, 5)]})
-        assert await _run(core, client) == b"ping"
+        assert await _run(core, _ping) == b"ping"
         # After the job's bytes and after the echo (and the events): nothing left untaken.
         assert len(core.settles) >= 3 and set(core.settles) == {0}
         assert core.crashes == []
