@@ -24,10 +24,9 @@ from appliance.cli._source import LEDGER_OPTION, LedgerSource, Progress, ledger_
 from appliance.errors import ApplianceError
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import Entry
-from appliance.ledger.errors import LedgerError, TamperError
+from appliance.ledger.errors import LedgerError, ProofError, TamperError
 from appliance.ledger.export import export_bundle, export_pcap, session_entries, verify_bundle
 from appliance.ledger.index import Index, Query, parse_identity_filter, parse_time
-from appliance.ledger.merkle import ProofError
 from appliance.ledger.proof import (
     check_consistency,
     check_proof,

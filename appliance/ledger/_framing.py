@@ -9,6 +9,9 @@ record belongs to (entries or checkpoint history); ``seq`` repeats the entry's i
 reordered or duplicated record is visible before any JSON is parsed; the checksum tells a torn
 or bit-rotted record from a good one. The checksum is not a security measure: the Merkle tree
 and the signed checkpoints are.
+
+Compiled with mypyc (``appliance._pure.HOT_MODULES``): the ledger writer process frames every
+entry here.
 """
 
 from __future__ import annotations

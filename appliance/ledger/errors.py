@@ -35,6 +35,13 @@ class TamperError(LedgerError):
         super().__init__(message)
 
 
+class ProofError(LedgerError):
+    """A Merkle proof does not verify, or its parameters are impossible (exit 1; raised by
+    :mod:`appliance.ledger.merkle`)."""
+
+    exit_code = 1
+
+
 class LedgerUnavailable(LedgerError):
     """The ledger writer cannot record (stopped or failed); callers must fail closed."""
 

@@ -40,9 +40,8 @@ import orjson
 
 from appliance.ledger.checkpoint import open_checkpoint
 from appliance.ledger.entries import KEY_PUBLISHED, MalformedEntry, blob_refs, parse_entry
-from appliance.ledger.errors import LedgerError, TamperError
+from appliance.ledger.errors import LedgerError, ProofError, TamperError
 from appliance.ledger.index import Index, Query
-from appliance.ledger.merkle import ProofError
 from appliance.ledger.pcap import parse_endpoint, renderer_for, write_pcap
 from appliance.ledger.proof import check_proof, load_tree, make_proof, parse_proof
 from appliance.ledger.store import BlobReader, latest_checkpoint, require_ledger

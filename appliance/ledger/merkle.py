@@ -9,6 +9,10 @@
   inclusion (§2.1.3) and consistency (§2.1.4) proofs for any earlier tree size are O(log² n);
 - :func:`verify_inclusion` and :func:`verify_consistency` are the verification algorithms of
   RFC 9162 §2.1.3.2 and §2.1.4.2: they return nothing and raise :class:`ProofError`.
+
+Compiled with mypyc (``appliance._pure.HOT_MODULES``): the ledger writer process appends a
+leaf per entry. (:class:`ProofError` lives in :mod:`appliance.ledger.errors`: an exception
+class compiled by mypyc would not keep its ``exit_code``.)
 """
 
 from __future__ import annotations
@@ -16,16 +20,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-from appliance.ledger.errors import LedgerError
+from appliance.ledger.errors import ProofError
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
-
-
-class ProofError(LedgerError):
-    """A Merkle proof does not verify, or its parameters are impossible."""
-
-    exit_code = 1
 
 
 def leaf_hash(data: bytes) -> bytes:

@@ -27,11 +27,10 @@ from pathlib import Path
 
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
-from appliance.ledger.errors import LedgerError, TamperError
+from appliance.ledger.errors import LedgerError, ProofError, TamperError
 from appliance.ledger.merkle import (
     HASH_SIZE,
     MerkleTree,
-    ProofError,
     leaf_hash,
     verify_consistency,
     verify_inclusion,

@@ -81,6 +81,7 @@ from appliance.ledger.sender import (
     LedgerSender,
     RemoteBlob,
     frame,
+    split,
 )
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
 from appliance.signing.keys import SigningKey
@@ -129,20 +130,9 @@ class _Reader:
                 return []  # the first message is still incomplete: nothing to copy yet
             data = bytes(self.buf)
             self.buf.clear()
-        out = []
-        pos, n = 0, len(data)
-        unpack = HEAD.unpack_from
-        while n - pos >= HEAD.size:
-            length, kind = unpack(data, pos)
-            if length > _MAX_MESSAGE:
-                raise LedgerError(f"ledger channel: message of {length} bytes")
-            start = pos + HEAD.size
-            end = start + length
-            if end > n:
-                break
-            out.append((kind, data[start:end]))
-            pos = end
-        if pos < n:
+        out: list[tuple[int, bytes]] = []
+        pos = split(data, _MAX_MESSAGE, out)
+        if pos < len(data):
             self.buf += memoryview(data)[pos:]
         return out
 

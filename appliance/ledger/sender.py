@@ -95,6 +95,7 @@ _FRAMED_UNNUMBERED: Final = struct.Struct("!IBQII").pack
 _FRAMED_ENTRY_BLOB: Final = struct.Struct("!IBQQ" + _BLOB).pack
 _FRAMED_UNNUMBERED_BLOB: Final = struct.Struct("!IBQII" + _BLOB).pack
 _HEAD_SIZE: Final = HEAD.size
+_UNPACK_HEAD: Final = HEAD.unpack_from
 _ENTRY_HEAD_SIZE: Final = ENTRY_HEAD.size
 _OPEN_HEAD_SIZE: Final = OPEN_HEAD.size
 _ENTRY_BLOB_HEAD_SIZE: Final = ENTRY_BLOB_HEAD.size
@@ -133,6 +134,25 @@ _FOREVER: Final = 20 * 86400.0
 
 def frame(kind: int, payload: bytes = b"") -> bytes:
     return HEAD.pack(len(payload), kind) + payload
+
+
+def split(data: bytes, limit: int, out: list[tuple[int, bytes]]) -> int:
+    """The whole messages at the start of ``data`` (the reverse of :func:`frame`), appended
+    to ``out`` as ``(kind, payload)``; returns where the first incomplete one starts (the
+    rest waits for more data). Raises LedgerError at a message longer than ``limit``.
+    Compiled: the writer process reads two messages per statement."""
+    pos, n = 0, len(data)
+    while n - pos >= _HEAD_SIZE:
+        length, kind = _UNPACK_HEAD(data, pos)
+        if length > limit:
+            raise LedgerError(f"ledger channel: message of {length} bytes")
+        start = pos + _HEAD_SIZE
+        end = start + length
+        if end > n:
+            break
+        out.append((kind, data[start:end]))
+        pos = end
+    return pos
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)

@@ -43,7 +43,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.ledger._framing import CHECKPOINT_MAGIC, ENTRY_MAGIC, MAX_PAYLOAD, encode_frame
+from appliance.ledger._entry_log import add_entry, inline_ref, spliced
+from appliance.ledger._framing import CHECKPOINT_MAGIC, MAX_PAYLOAD, encode_frame
 from appliance.ledger.api import PendingBlob
 from appliance.ledger.checkpoint import Checkpoint, sign_checkpoint
 from appliance.ledger.entries import (
@@ -107,7 +108,7 @@ class BlobSink:
         # writer-thread side
         self._fd: int | None = None
         self._tmp: Path | None = None
-        self._hash = hashlib.sha256()
+        self._hash: Any = None  # hashlib's SHA-256, from the first chunk added
         self._size = 0
         self.ref: dict[str, Any] | None = None
         self.error: str | None = None
@@ -762,17 +763,15 @@ class LedgerWriter:
     def _entry_blob(self, raw: bytes, start: int, end: int, sink: BlobSink, blob: bytes) -> None:
         """An entry and the one blob it came with (see :meth:`append_encoded_blob`)."""
         self._blob_whole(sink, blob)
-        ref = encode_trusted(self._ref(sink))
-        self._write_entry(b"".join((raw[:start], ref, raw[end:])))
+        self._write_entry(spliced(raw, start, end, self._ref(sink)))
 
     def _write_entry(self, raw: bytes) -> None:
         seq = self._written
-        self._buf += encode_frame(ENTRY_MAGIC, seq, raw)
-        self._compact.append(hashlib.sha256(b"\x00" + raw).digest())
+        buffered = add_entry(self._buf, self._compact, seq, raw)
         self._written = seq + 1
         if self._deadline is None:
             self._deadline = time.monotonic() + self._interval
-        if len(self._buf) >= _WRITE_BUFFER:
+        if buffered >= _WRITE_BUFFER:
             self._write_out()
         if self._written - self._signed_size >= self._every:
             self._checkpoint()
@@ -784,7 +783,7 @@ class LedgerWriter:
         and int, their annotations are checked in :meth:`_ref`)."""
         if len(holes) == 1:
             start, end, sink = holes[0]
-            return b"".join((raw[:start], encode_trusted(self._ref(sink)), raw[end:]))
+            return spliced(raw, start, end, self._ref(sink))
         parts = []
         pos = 0
         for start, end, sink in sorted(holes, key=lambda h: h[0]):
@@ -851,14 +850,10 @@ class LedgerWriter:
         if chunk is None:
             return
         if sink._mem is not None and len(chunk) <= self._inline_limit:
-            try:
-                text = chunk.decode("utf-8")
-            except UnicodeDecodeError:
-                pass
-            else:
+            ref = inline_ref(chunk)
+            if ref is not None:
                 sink._mem = None
-                sha = hashlib.sha256(chunk).hexdigest()
-                sink.ref = {"sha256": sha, "size": len(chunk), "inline": text}
+                sink.ref = ref
                 return
         self._blob_add(sink, chunk)
         self._blob_close(sink)
@@ -872,6 +867,8 @@ class LedgerWriter:
 
     def _blob_add(self, sink: BlobSink, chunk: bytes) -> None:
         """A transformed chunk into the blob (kept in memory while it may be inlined)."""
+        if sink._hash is None:
+            sink._hash = hashlib.sha256()
         sink._hash.update(chunk)
         sink._size += len(chunk)
         mem = sink._mem
@@ -889,7 +886,7 @@ class LedgerWriter:
     def _blob_close(self, sink: BlobSink) -> None:
         if sink.error is not None or sink.ref is not None:
             return
-        sha = sink._hash.hexdigest()
+        sha = (sink._hash or hashlib.sha256()).hexdigest()
         mem = sink._mem
         if mem is not None:
             sink._mem = None

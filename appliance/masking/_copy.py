@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.errors import ApplianceError
 
@@ -35,11 +36,19 @@ class CopyRowError(ApplianceError):
 
 @dataclass(frozen=True)
 class CopyFormat:
+    """A COPY's format options. Kept by a target's masker (its formats in use), and so
+    pickled with it into the ledger writer process."""
+
     csv: bool = False
     delimiter: bytes = b"\t"
     null: bytes = b"\\N"
     quote: bytes = b'"'
     escape: bytes = b'"'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Spelled out: compiled (mypyc), a frozen dataclass cannot be unpickled field by
+        # field ("cannot assign to field"); it is made again from its fields.
+        return (CopyFormat, (self.csv, self.delimiter, self.null, self.quote, self.escape))
 
     @staticmethod
     def make(

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.ledger.api import PendingBlob
 from appliance.ledger.entries import encode_entry, encode_trusted, format_ts_us, make_entry
@@ -36,6 +38,8 @@ from appliance.ledger.sender import (
     UNNUMBERED_BLOB_HEAD,
     WRITE,
     LedgerSender,
+    frame,
+    split,
 )
 
 ORIGIN = "runner-1"
@@ -503,3 +507,30 @@ def _read_blocking(sock: socket.socket, size: int) -> bytes:
         assert chunk
         data += chunk
     return bytes(data)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(0, 255), st.binary(max_size=40)), max_size=12),
+    st.data(),
+)
+def test_split_takes_the_whole_messages_of_any_prefix(
+    sent: list[tuple[int, bytes]], data: st.DataObject
+) -> None:
+    """split (the reader's compiled loop) is the reverse of frame: of any prefix of a
+    stream, the messages it holds whole, and where the first one cut short starts."""
+    framed = [frame(kind, payload) for kind, payload in sent]
+    stream = b"".join(framed)
+    cut = data.draw(st.integers(0, len(stream)))
+    whole = 0
+    while whole < len(framed) and sum(map(len, framed[: whole + 1])) <= cut:
+        whole += 1
+    out: list[tuple[int, bytes]] = [(99, b"kept")]
+    assert split(stream[:cut], 40, out) == sum(map(len, framed[:whole]))
+    assert out == [(99, b"kept"), *sent[:whole]]
+
+
+def test_split_refuses_a_message_longer_than_the_limit() -> None:
+    assert split(frame(3, b"x" * 10), 10, []) == 15
+    with pytest.raises(LedgerError, match="message of 11 bytes"):
+        split(frame(3, b"x" * 11), 10, [])

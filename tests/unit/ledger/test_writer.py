@@ -21,6 +21,7 @@ from appliance.ledger.checkpoint import open_checkpoint
 from appliance.ledger.merkle import leaf_hash, root_of
 from appliance.ledger.store import read_history
 from appliance.ledger.verify import verify_ledger
+from appliance.ledger.writer import INLINE_LIMIT
 from tests.unit.ledger.conftest import KEY, ORIGIN, OTHER_KEY, T0, open_writer, step_clock
 
 
@@ -283,3 +284,20 @@ def test_small_blobs_are_inlined_large_ones_stored(tmp_path: Path) -> None:
     assert "inline" not in es[3]["data"]["result"]  # not text: stored as a file
     stored = sorted(p.name for p in (d / "blobs").rglob("*") if p.is_file())
     assert stored == sorted([want, hashlib.sha256(raw).hexdigest()])
+
+
+@pytest.mark.parametrize("inline_limit", [0, INLINE_LIMIT])
+def test_an_empty_blob_is_referenced_by_the_hash_of_nothing(
+    tmp_path: Path, inline_limit: int
+) -> None:
+    """A blob closed without a write (a result with no rows and no header), stored or
+    inlined: its reference names SHA-256 of the empty string, size 0."""
+    d = tmp_path / "l"
+    with open_writer(d, inline_limit=inline_limit) as w:
+        sink = w.open_blob()
+        sink.close()
+        w.append("response", data={}, blobs={"result": sink})
+    (ref,) = [e.obj["data"]["result"] for e in iter_entries(d) if e.obj["type"] == "response"]
+    assert ref["sha256"] == hashlib.sha256(b"").hexdigest() and ref["size"] == 0
+    assert ("inline" in ref) == (inline_limit > 0)
+    assert verify_ledger(d, [KEY.verifier()]).ok
