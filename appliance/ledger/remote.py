@@ -92,6 +92,9 @@ _SETUP = 100
 _SOCKBUF = 4 * 1024 * 1024
 _MAX_MESSAGE = 80 * 1024 * 1024
 _RECV = 1 << 20
+# How often the listener thread, while a loop reads the answers, looks whether that loop
+# still runs (a loop closed without a flush or close leaves the reading to the thread).
+_PARK = 0.5
 # The writer process's nap after a read that did not fill its buffer.
 _NAP = 0.002
 # glibc's malloc in the writer process (unless the environment sets them): a blob transform
@@ -200,11 +203,27 @@ class RemoteLedger(LedgerSender):
         self._flush_tokens = itertools.count(1)
         self._sync_tokens = itertools.count(1)
         self._sync_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._cond = threading.Condition()
+        self._cond = threading.Condition(threading.RLock())
+        # The listener thread waits on this one (same lock) while a loop reads: the
+        # notify_all of every answer must not wake it (a GIL hand-over per sync).
+        self._park = threading.Condition(self._cond._lock)  # type: ignore[attr-defined]
         self._signed_size = int(ready["signed"])
         self._flushed = 0
         self._synced = 0
         self._reader = reader if reader is not None else _Reader(sock)
+        # Who reads the writer's answers (see _read_on): the listener thread, or the event
+        # loop named here. Reading (and its dispatch) holds _read_lock, then _cond; this is
+        # changed holding both.
+        # A handle of its own, never blocking (whoever reads waited for readiness), closed
+        # after the listener thread has ended (the sender's handle is closed before).
+        self._rd = sock.dup()
+        self._rd.setblocking(False)
+        self._reader.sock = self._rd
+        self._reading: asyncio.AbstractEventLoop | None = None
+        self._read_lock = threading.Lock()
+        self._registered: asyncio.AbstractEventLoop | None = None  # has our reader callback
+        self._ended = False  # the channel ended (or broke): nothing more to read
+        self._kick_r, self._kick_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._worker = threading.Thread(target=self._listen, name="ledger-remote", daemon=True)
 
     # -- starting ------------------------------------------------------------------------------
@@ -351,7 +370,101 @@ class RemoteLedger(LedgerSender):
                     self._resolve_syncs(final=True)
             self._buffer(SYNC, U64.pack(token))
             self._send_out()
+        if self._reading is not loop:
+            self._read_on(loop)
         await future
+
+    def _read_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From now on read the writer's answers on ``loop`` (its reader callback), not in
+        the listener thread, which waits meanwhile.
+
+        Why (issue 19): a sync's answer read by the thread reaches the loop through
+        ``call_soon_threadsafe`` (the thread wakes, takes the GIL, writes the loop's wake-up
+        pipe, the loop wakes and takes the GIL back): two wake-ups and a GIL hand-over per
+        write-ahead sync, and under load the thread waits for the GIL behind the loop (up to
+        the switch interval). Read on the loop, the answer wakes the loop once and settles
+        the future there. The thread reads again once the loop is closed or stopped (it
+        looks every :data:`_PARK` s), and at :meth:`flush` and :meth:`close`, which may block
+        the loop's own thread."""
+        fd = self._rd.fileno()
+        with self._read_lock, self._cond:
+            if self._ended or self._closed or fd < 0:
+                return  # nothing more to read: the waiters were (or are being) settled
+            self._reading = loop
+            if self._registered is not loop:
+                loop.add_reader(fd, self._readable, loop)
+                self._registered = loop
+        with contextlib.suppress(OSError):
+            os.write(self._kick_w, b"k")  # the thread leaves its select and waits
+
+    def _read_back(self) -> None:
+        """The listener thread reads the answers again (a caller is about to block for
+        one, perhaps on the loop's own thread)."""
+        with self._read_lock, self._cond:
+            self._reading = None
+            self._park.notify_all()
+
+    def _readable(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop's reader callback: the writer's answers, read and settled here."""
+        with self._read_lock:
+            if self._reading is not loop or self._ended:
+                _unwatch_reader(loop, self._rd.fileno())
+                self._registered = None
+                return
+            try:
+                if self._read_some():
+                    return
+                error: BaseException | None = None
+            except Exception as exc:
+                error = exc
+            _unwatch_reader(loop, self._rd.fileno())
+            self._registered = None
+            self._channel_ended(error)
+
+    def _read_some(self) -> bool:
+        """Holding ``_read_lock``: read what the socket has (it was readable) and handle the
+        messages; False at the end of the stream."""
+        while True:
+            try:
+                data = self._reader.recv()
+            except (BlockingIOError, InterruptedError):
+                return True
+            if not data:
+                return False
+            self._dispatch(self._reader.messages(data))
+            if len(data) < _RECV:
+                return True
+
+    def _dispatch(self, messages: list[tuple[int, bytes]]) -> None:
+        """The writer's messages: signed sizes, flush and sync completions, a failure."""
+        with self._cond:
+            for kind, payload in messages:
+                if kind == _SIGNED:
+                    self._signed_size = max(self._signed_size, U64.unpack(payload)[0])
+                elif kind == _FLUSHED:
+                    self._flushed = max(self._flushed, U64.unpack(payload)[0])
+                elif kind == _SYNCED:
+                    self._synced = max(self._synced, U64.unpack(payload)[0])
+                elif kind == _FAILED:
+                    error = pickle.loads(payload)
+                    self._failed = (
+                        error if isinstance(error, BaseException) else LedgerUnavailable(str(error))
+                    )
+            self._resolve_syncs()
+            self._cond.notify_all()
+
+    def _channel_ended(self, error: BaseException | None) -> None:
+        """Holding ``_read_lock``: the channel ended (``error``: it broke). Unless this is
+        the close, the writer is gone: fail closed."""
+        with self._cond:
+            self._ended = True
+            if error is not None:
+                self._failed = self._failed or LedgerUnavailable(f"ledger channel: {error}")
+            elif not self._closed and not self._stop_sent and self._failed is None:
+                self._failed = LedgerUnavailable("the ledger writer process exited")
+            self._resolve_syncs(final=True)
+            self._cond.notify_all()
+            self._park.notify_all()
 
     def _resolve_syncs(self, *, final: bool = False) -> None:
         """Settle the sync waiters the writer has answered, or all of them once it failed or
@@ -360,10 +473,9 @@ class RemoteLedger(LedgerSender):
         for token, loop, future in self._sync_waiters:
             if self._failed is not None or (final and token > self._synced):
                 why = self._failed or "the ledger writer is closed"
-                error = LedgerUnavailable(f"ledger writer has stopped: {why}")
-                loop.call_soon_threadsafe(_settle, future, error)
+                _settle_on(loop, future, LedgerUnavailable(f"ledger writer has stopped: {why}"))
             elif token <= self._synced:
-                loop.call_soon_threadsafe(_settle, future, None)
+                _settle_on(loop, future, None)
             else:
                 keep.append((token, loop, future))
         self._sync_waiters = keep
@@ -371,6 +483,7 @@ class RemoteLedger(LedgerSender):
     def flush(self, timeout: float | None = None) -> None:
         """Return once everything appended so far is fsynced and under a signed checkpoint."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._read_back()
         with self._lock:
             self._check()
             token = next(self._flush_tokens)
@@ -404,12 +517,14 @@ class RemoteLedger(LedgerSender):
             pass
         finally:
             self._closed = True
+            self._read_back()
             try:
                 code = self._proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 code = self._proc.wait()
             self._worker.join(timeout=10)
+            self._stop_reading()
             self._release()
             self._sock.close()
         if self._failed is not None:
@@ -426,10 +541,12 @@ class RemoteLedger(LedgerSender):
                 self.flush(timeout)
         finally:
             self._closed = True
+            self._read_back()
             self._release()
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)
             self._worker.join(timeout=10)
+            self._stop_reading()
             self._sock.close()
         if self._failed is not None:
             raise LedgerUnavailable(f"ledger writer had stopped: {self._failed}")
@@ -440,41 +557,73 @@ class RemoteLedger(LedgerSender):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _stop_reading(self) -> None:
+        """Before the socket is closed: no loop watches it for reading any more (from
+        another thread than the loop's, the loop is asked and waited for); the listener
+        thread's wake-up pipe is closed."""
+        with self._read_lock:
+            loop = self._registered
+            self._registered = None
+            self._reading = None
+        fd = self._rd.fileno()
+        if loop is not None and fd >= 0 and not loop.is_closed():
+            if _current_loop() is loop or not loop.is_running():
+                _unwatch_reader(loop, fd)
+            else:
+                done = threading.Event()
+
+                def stop_watching() -> None:
+                    _unwatch_reader(loop, fd)
+                    done.set()
+
+                try:
+                    loop.call_soon_threadsafe(stop_watching)
+                except RuntimeError:  # closed meanwhile
+                    pass
+                else:
+                    done.wait(10)
+        self._rd.close()
+        for fd in (self._kick_r, self._kick_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._kick_r = self._kick_w = -1
+
     def _listen(self) -> None:
-        """The writer's messages: signed sizes, flush completions, a failure."""
+        """The listener thread: reads the writer's answers whenever no loop does (see
+        :meth:`_read_on`), until the channel ends."""
         try:
+            with self._read_lock:
+                if self._reader.ready:  # read past the ready message at the start
+                    self._dispatch(list(self._reader.ready))
+                    self._reader.ready.clear()
             while True:
-                got = self._reader.next()
-                if got is None:
-                    break
-                kind, payload = got
                 with self._cond:
-                    if kind == _SIGNED:
-                        self._signed_size = max(self._signed_size, U64.unpack(payload)[0])
-                    elif kind == _FLUSHED:
-                        self._flushed = max(self._flushed, U64.unpack(payload)[0])
-                    elif kind == _SYNCED:
-                        self._synced = max(self._synced, U64.unpack(payload)[0])
-                    elif kind == _FAILED:
-                        error = pickle.loads(payload)
-                        self._failed = (
-                            error
-                            if isinstance(error, BaseException)
-                            else LedgerUnavailable(str(error))
-                        )
-                    self._resolve_syncs()
-                    self._cond.notify_all()
+                    while not self._ended and self._reading is not None:
+                        loop = self._reading
+                        if loop.is_closed() or not loop.is_running():
+                            break
+                        self._park.wait(_PARK)
+                    if self._ended:
+                        return
+                    owner = self._reading
+                if owner is not None:  # its loop has stopped: read here again
+                    with self._read_lock, self._cond:
+                        if self._reading is owner:
+                            self._reading = None
+                    continue
+                ready, _, _ = select.select([self._rd, self._kick_r], [], [])
+                if self._kick_r in ready:
+                    with contextlib.suppress(OSError):
+                        os.read(self._kick_r, 4096)
+                with self._read_lock:
+                    if self._reading is not None or self._ended:
+                        continue
+                    if not self._read_some():
+                        self._channel_ended(None)
+                        return
         except Exception as exc:
-            with self._cond:
-                self._failed = self._failed or LedgerUnavailable(f"ledger channel: {exc}")
-                self._resolve_syncs()
-                self._cond.notify_all()
-            return
-        with self._cond:
-            if not self._closed and not self._stop_sent and self._failed is None:
-                self._failed = LedgerUnavailable("the ledger writer process exited")
-            self._resolve_syncs(final=True)
-            self._cond.notify_all()
+            with self._read_lock:
+                self._channel_ended(exc)
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:
@@ -484,6 +633,30 @@ def _pair() -> tuple[socket.socket, socket.socket]:
         for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             s.setsockopt(socket.SOL_SOCKET, opt, _SOCKBUF)
     return pair
+
+
+def _settle_on(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], error: BaseException | None
+) -> None:
+    """Settle a sync waiter: at once on its own loop's thread, else through the loop."""
+    if _current_loop() is loop:
+        _settle(future, error)
+    else:
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody awaits it
+            loop.call_soon_threadsafe(_settle, future, error)
+
+
+def _current_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _unwatch_reader(loop: Any, fd: int) -> None:
+    """``loop.remove_reader(fd)`` (through Any: uvloop's returns None)."""
+    with contextlib.suppress(Exception):
+        loop.remove_reader(fd)
 
 
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
@@ -617,16 +790,18 @@ class _Child:
                     self.drain_workers(writer)
                     writer.pump()
                     return True
-            timeout = writer.pump()
-            if any(c.sync_token > c.synced for c in self.conns):
-                # Every sync read in this gulp: one fsync, one answer each (group commit).
+            synced = any(c.sync_token > c.synced for c in self.conns)
+            if synced:
+                # Every sync read in this gulp: one fsync, one answer each (group commit),
+                # before a checkpoint that is due is signed (the pump below).
                 writer.durable()
                 for conn in self.conns:
                     if conn.sync_token > conn.synced:
                         conn.synced = conn.sync_token
                         with contextlib.suppress(OSError):
                             conn.send(_SYNCED, U64.pack(conn.synced))
-            elif ready and not full:
+            timeout = writer.pump()
+            if not synced and ready and not full:
                 time.sleep(_NAP)
 
     def feed(self, writer: LedgerWriter, conn: _Conn, data: bytes) -> bool:

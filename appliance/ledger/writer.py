@@ -367,12 +367,16 @@ class LedgerWriter:
             for item in batch:
                 self._process(item)
             due = self._deadline is not None and time.monotonic() >= self._deadline
-            if self._written > self._signed_size and (flush or due):
+            if sync and not flush:
+                # The write-ahead (durable()) waits for the fsync only: a checkpoint due now
+                # is signed at the owner's next call, after it has answered (issue 19: the
+                # signature and three more fsyncs were on a statement's path once a second).
+                if self._written > self._durable:
+                    self._sync()
+            elif self._written > self._signed_size and (flush or due):
                 self._checkpoint()
             elif flush:
                 self._publish_signed(self._written)
-            elif sync and self._written > self._durable:
-                self._sync()
         except BaseException as exc:
             raise self._stop(exc) from exc
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())

@@ -565,7 +565,11 @@ def ratio_table(
 def test_pgbench_against_a_baseline_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """This build against another (``PGBENCH_BASELINE=/path/to/.venv/bin/appliance``, e.g. a
     worktree of an earlier commit), in one lab, both running at once and measured in
-    alternation (``PGBENCH_ROUNDS``, default 3): the median tps of each, and the ratio."""
+    alternation (``PGBENCH_ROUNDS``, default 3): the median tps of each, and the ratio.
+    Then, with ``PGBENCH_BASELINE_LATENCY=1``, one client's latency (``-T
+    $PGBENCH_LATENCY_SECONDS``) through each build and direct, in alternation each round:
+    p50 and p99 per transaction of all rounds' transactions, the p50 added over direct (the
+    median of the rounds'), and the load average while it ran."""
     baseline = os.environ["PGBENCH_BASELINE"]
     # started from a directory that holds no ``appliance`` package: an older build's writer
     # process (``python -c``) would import this checkout's package instead of its own
@@ -598,6 +602,8 @@ def test_pgbench_against_a_baseline_build(tmp_path: Path, monkeypatch: pytest.Mo
                         tps = pgbench(lab, local_env(port), [*flags, "-M", mode])
                         samples.setdefault(key, {}).setdefault(name, []).append(tps)
                         print(f"{name:>9} {key:<24} {tps:10.0f} tps", flush=True)
+            if os.environ.get("PGBENCH_BASELINE_LATENCY"):
+                _baseline_latencies(lab, pg, builds, rounds)
     medians = {
         key: {name: statistics.median(v) for name, v in row.items()} for key, row in samples.items()
     }
@@ -607,3 +613,45 @@ def test_pgbench_against_a_baseline_build(tmp_path: Path, monkeypatch: pytest.Mo
         reference="baseline",
         title=f"pgbench, {CLIENTS} clients, -T {SECONDS}, scale {SCALE}",
     )
+
+
+def _baseline_latencies(
+    lab: Lab, pg: PgServer, builds: dict[str, tuple[str, int]], rounds: int
+) -> None:
+    """One client through each build and direct, alternated; see the test's docstring."""
+    logdir = lab.dir / "pgbench-log"
+    logdir.mkdir(exist_ok=True)
+    logdir.chmod(0o777)  # the job (nobody) writes its transaction log there
+    setups = {"direct": direct_env(pg), **{n: local_env(port) for n, (_, port) in builds.items()}}
+    every: dict[tuple[str, str], list[int]] = {}
+    added: dict[tuple[str, str], list[float]] = {}
+    loads: list[float] = []
+    for r in range(rounds):
+        for workload, flags, mode in workloads():
+            key = f"{workload} -M {mode}"
+            order = list(setups.items())
+            order = order[r % len(order) :] + order[: r % len(order)]
+            p50s = {}
+            for name, env in order:
+                lat = latencies(lab, env, [*flags, "-M", mode], logdir)
+                loads.append(os.getloadavg()[0])
+                every.setdefault((key, name), []).extend(lat)
+                p50s[name] = pct(lat, 0.5)
+                print(f"round {r + 1} {key:<24} {name:>9} p50 {p50s[name]:7.0f} us", flush=True)
+            for name in builds:
+                added.setdefault((key, name), []).append(p50s[name] - p50s["direct"])
+    print(
+        f"\n1 client, -T {LATENCY_SECONDS}, {rounds} rounds in alternation; load average "
+        f"(1 min) while measuring: {min(loads):.2f}-{max(loads):.2f}"
+    )
+    print(f"{'workload':<24}{'setup':>10}{'p50 us':>9}{'p99 us':>9}{'+p50 us/tx':>12}  per round")
+    for workload, _, mode in workloads():
+        key = f"{workload} -M {mode}"
+        for name in setups:
+            lat = sorted(every[(key, name)])
+            rounds_added = added.get((key, name), [0.0])
+            print(
+                f"{key:<24}{name:>10}{pct(lat, 0.5):9.0f}{pct(lat, 0.99):9.0f}"
+                f"{statistics.median(rounds_added):12.0f}  "
+                + " ".join(f"{a:.0f}" for a in rounds_added)
+            )

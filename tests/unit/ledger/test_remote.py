@@ -274,6 +274,149 @@ def test_sync_fails_once_the_writer_is_gone(tmp_path: Path) -> None:
         ledger.close()
 
 
+def test_a_sync_is_answered_before_a_due_checkpoint_is_signed(tmp_path: Path) -> None:
+    """The writer process's durable() (a write-ahead) fsyncs the entries and returns; a
+    checkpoint that is due waits for the next pump, after the answer (issue 19)."""
+    d = tmp_path / "l"
+    w = open_writer(d, threaded=False, checkpoint_interval=0.05)
+    w.append("statement", data={"n": 1})
+    w.pump()
+    time.sleep(0.06)  # a checkpoint is due
+    w.append("statement", data={"n": 2})
+    w.durable()
+    assert (d / ENTRIES).read_bytes().count(b'"statement"') == 2  # durable
+    assert w.signed_size == 0  # not signed yet
+    assert w.pump() is None  # now it is
+    assert w.signed_size == 3
+    w.close()
+    assert verify_ledger(d, [KEY.verifier()]).ok
+
+
+def _run(loop_kind: str, coro: Any) -> Any:
+    if loop_kind == "uvloop":
+        import uvloop
+
+        return uvloop.run(coro)
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_sync_answers_are_read_on_the_awaiting_loop_not_handed_over_by_a_thread(
+    tmp_path: Path, loop_kind: str
+) -> None:
+    """Issue 19: a sync's answer is read by the event loop that awaits it (one wake-up),
+    not by the listener thread and handed over with call_soon_threadsafe (two wake-ups and a
+    GIL hand-over per write-ahead sync)."""
+    ledger = open_remote(tmp_path / "l", checkpoint_interval=3600)
+    handed: list[object] = []
+    parked: list[float] = []  # the listener thread's waits while the loop reads
+    real_wait = ledger._park.wait
+
+    def wait(timeout: float | None = None) -> bool:
+        parked.append(time.monotonic())
+        return real_wait(timeout)
+
+    ledger._park.wait = wait  # type: ignore[method-assign]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any, **kw: Any) -> Any:
+            handed.append(callback)
+            return real(callback, *args, **kw)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        for n in range(20):
+            ledger.append("statement", data={"n": n})
+            await asyncio.wait_for(ledger.sync(), 10)
+        parked.append(-1.0)
+
+    try:
+        _run(loop_kind, main())
+    finally:
+        ledger.close()
+    # the first answer may beat the loop to the socket: read by the thread, handed over
+    assert len(handed) <= 1, handed
+    # ... and the answers do not wake the waiting thread (it looks every _PARK s only)
+    during = parked[: parked.index(-1.0)]
+    span = during[-1] - during[0] if during else 0.0
+    assert len(during) <= 2 + span / 0.5, during
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_writer_that_dies_while_the_loop_reads_fails_the_syncs_and_appends(
+    tmp_path: Path, loop_kind: str
+) -> None:
+    """Fail closed with the answers read on the loop: the writer's end of the channel fails
+    a sync awaited then and every later append (no hang)."""
+    ledger = open_remote(tmp_path / "l", checkpoint_interval=3600)
+
+    async def main() -> None:
+        ledger.append("statement", data={"n": 1})
+        await asyncio.wait_for(ledger.sync(), 10)  # the loop reads from now on
+        ledger.append("statement", data={"n": 2})
+        assert ledger._proc is not None
+        os.kill(ledger._proc.pid, signal.SIGSTOP)  # the sync below is read, not answered
+        waiting = asyncio.ensure_future(asyncio.wait_for(ledger.sync(), 10))
+        await asyncio.sleep(0.1)
+        os.kill(ledger._proc.pid, signal.SIGKILL)
+        with pytest.raises(LedgerUnavailable):
+            await waiting
+        with pytest.raises(LedgerUnavailable):
+            ledger.append("statement", data={"n": 3})
+        with pytest.raises(LedgerUnavailable):
+            await asyncio.wait_for(ledger.sync(), 10)
+
+    _run(loop_kind, main())
+    with pytest.raises(LedgerUnavailable):
+        ledger.close()
+
+
+def test_the_thread_reads_again_once_the_loop_that_read_is_gone(tmp_path: Path) -> None:
+    """A loop that read the answers ends without a flush or close: the listener thread reads
+    again, so a writer that dies afterwards still fails every later append."""
+    ledger = open_remote(tmp_path / "l", checkpoint_interval=3600)
+
+    async def main() -> None:
+        ledger.append("statement", data={"n": 1})
+        await ledger.sync()
+
+    asyncio.run(main())  # the loop is closed now
+    assert ledger._proc is not None
+    os.kill(ledger._proc.pid, signal.SIGKILL)
+    ledger._proc.wait()
+    deadline = time.monotonic() + 10
+    with pytest.raises(LedgerUnavailable):
+        while time.monotonic() < deadline:
+            ledger.append("statement", data={"n": 2})
+            time.sleep(0.01)
+    with pytest.raises(LedgerUnavailable):
+        ledger.close()
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_a_flush_or_close_on_the_loops_own_thread_after_syncs_does_not_hang(
+    tmp_path: Path, loop_kind: str
+) -> None:
+    """flush() and close() block their thread for the writer's answer: called on the loop's
+    own thread once the loop reads the answers, the listener thread reads them instead."""
+    d = tmp_path / "l"
+    ledger = open_remote(d, checkpoint_interval=3600)
+
+    async def main() -> None:
+        ledger.append("statement", data={"n": 1})
+        await ledger.sync()
+        ledger.flush(10)  # blocks this (the loop's) thread
+        assert ledger.signed_size >= 2
+        ledger.append("statement", data={"n": 2})
+        await ledger.sync()  # the loop reads again
+        ledger.close()
+
+    _run(loop_kind, main())
+    assert [o["data"] for o in objs(d) if o["type"] == "statement"] == [{"n": 1}, {"n": 2}]
+
+
 def test_the_thread_writer_syncs_too(tmp_path: Path) -> None:
     d = tmp_path / "t"
     writer = open_writer(d, checkpoint_interval=3600)
