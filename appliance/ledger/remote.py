@@ -95,8 +95,6 @@ _RECV = 1 << 20
 # How often the listener thread, while a loop reads the answers, looks whether that loop
 # still runs (a loop closed without a flush or close leaves the reading to the thread).
 _PARK = 0.5
-# The writer process's nap after a read that did not fill its buffer.
-_NAP = 0.002
 # glibc's malloc in the writer process (unless the environment sets them): a blob transform
 # makes and frees megabytes per 256 KiB chunk (lines, their text, their JSON); with the
 # default dynamic thresholds the heap is trimmed and refaulted page by page each chunk (a
@@ -768,14 +766,14 @@ class _Child:
         """Feed the writer until told to stop (True) or the daemon's connection ends
         (False); a worker's connection that ends is dropped (its open blobs aborted).
 
-        Reading in gulps: after a read that did not fill the buffer the child naps briefly,
-        so that the next ``recv`` takes many entries (their durability point is the next
-        checkpoint anyway)."""
+        No nap after a short read (issue 19): the sender already batches (one ``send`` per
+        few ms, per 256 KiB, or per sync), a child that falls behind reads full buffers,
+        and a nap held a SYNC that arrived during it for up to its 2 ms (a 1-client
+        transaction whose batch timer fired inside it waited for the rest of the nap)."""
         timeout: float | None = None
         while True:
             socks = [c.sock for c in self.conns if c.open]
             ready, _, _ = select.select(socks, [], [], timeout)
-            full = False
             for conn in self.conns:
                 if not conn.open or conn.sock not in ready:
                     continue
@@ -785,13 +783,11 @@ class _Child:
                         return False
                     self.drop(conn)
                     continue
-                full = full or len(data) == _RECV
                 if self.feed(writer, conn, data):
                     self.drain_workers(writer)
                     writer.pump()
                     return True
-            synced = any(c.sync_token > c.synced for c in self.conns)
-            if synced:
+            if any(c.sync_token > c.synced for c in self.conns):
                 # Every sync read in this gulp: one fsync, one answer each (group commit),
                 # before a checkpoint that is due is signed (the pump below).
                 writer.durable()
@@ -801,8 +797,6 @@ class _Child:
                         with contextlib.suppress(OSError):
                             conn.send(_SYNCED, U64.pack(conn.synced))
             timeout = writer.pump()
-            if not synced and ready and not full:
-                time.sleep(_NAP)
 
     def feed(self, writer: LedgerWriter, conn: _Conn, data: bytes) -> bool:
         """Handle the messages ``data`` completes; True at the daemon's stop."""

@@ -19,7 +19,10 @@ The writer process is instrumented through a ``sitecustomize`` module on its
 :mod:`appliance.ledger.remote`); nothing in the appliance is changed. Timings include the
 instrumentation's own few µs per stamp. Run by hand::
 
-    .venv/bin/python -m tests.bench.syncpath tpcb-like simple 2000 [uvloop|asyncio]
+    .venv/bin/python -m tests.bench.syncpath tpcb-like simple 2000 [uvloop|asyncio [SERVER_US]]
+
+``SERVER_US``: the server's answer to each statement comes that many µs later (the loop
+runs meanwhile, so the sender's batching timer may fire inside a transaction, as in a lab).
 """
 
 from __future__ import annotations
@@ -125,6 +128,28 @@ def _instrument_proxy(events: list[tuple[Any, ...]]) -> None:
     remote.RemoteLedger._send_out = send_out  # type: ignore[method-assign,assignment]
 
 
+def _slow_server(seconds: float) -> None:
+    """The server takes ``seconds`` to answer each statement (the loop runs meanwhile, as in
+    a lab: the sender's batching timer may fire inside a transaction)."""
+    real_step = pgcore.Conversation.step
+
+    async def step(self: pgcore.Conversation, client: bytes, server: bytes) -> None:
+        real_receive = self.core.receive
+        commands = real_receive("job", client)
+        self._out()
+        for command in commands:
+            if isinstance(command, pgcore.AwaitDurable):
+                await self.ledger.sync()
+                self.core.handle(pgcore.Durable(command.key, True))
+                self._out()
+        await asyncio.sleep(seconds)
+        real_receive("upstream", server)
+        self._out()
+
+    del real_step
+    pgcore.Conversation.step = step  # type: ignore[method-assign]
+
+
 def _after(events: list[tuple[Any, ...]], kind: str, t: int) -> tuple[Any, ...] | None:
     for e in events:
         if e[0] == kind and e[1] >= t:
@@ -202,6 +227,7 @@ def main() -> None:
     workload, mode = sys.argv[1], sys.argv[2]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
     loop = sys.argv[4] if len(sys.argv) > 4 else "uvloop"
+    server_us = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     with tempfile.TemporaryDirectory() as tmp:
         site = Path(tmp) / "site"
         site.mkdir()
@@ -213,6 +239,8 @@ def main() -> None:
         )
         proxy: list[tuple[Any, ...]] = []
         _instrument_proxy(proxy)
+        if server_us:
+            _slow_server(server_us / 1e6)
         coro = pgcore.run(workload, mode, n, clients=1)
         if loop == "uvloop":  # as the daemon runs
             import uvloop

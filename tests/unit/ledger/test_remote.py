@@ -292,6 +292,64 @@ def test_a_sync_is_answered_before_a_due_checkpoint_is_signed(tmp_path: Path) ->
     assert verify_ledger(d, [KEY.verifier()]).ok
 
 
+def test_the_writer_process_reads_a_sync_at_once_after_a_short_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No nap after a read that did not fill the buffer (issue 19): a sync that arrived
+    during one waited for the rest of it. The writer process's loop runs in a thread here,
+    so its sleeps can be seen."""
+    import pickle
+
+    from appliance.ledger import remote
+
+    naps: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread().name == "writer-process":
+            naps.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(remote.time, "sleep", sleep)
+    d = tmp_path / "l"
+    parent, child = remote._pair()
+    thread = threading.Thread(target=remote._Child(child).run, name="writer-process")
+    thread.start()
+    setup = {
+        "directory": str(d),
+        "origin": ORIGIN,
+        "skey": KEY.to_skey(),
+        "checkpoint_interval": 3600.0,
+        "checkpoint_entries": 10000,
+        "inline_limit": INLINE_LIMIT,
+        "lock_wait": 10.0,
+    }
+    parent.sendall(remote.frame(remote._SETUP, pickle.dumps(setup)))
+    reader = remote._Reader(parent)
+    got = reader.next(timeout=60)
+    assert got is not None and got[0] == remote._READY
+    ready = orjson.loads(got[1])
+    ledger = RemoteLedger(
+        parent, None, directory=d, origin=ORIGIN, ready=ready, clock=time.time, reader=reader
+    )
+    ledger._worker.start()
+
+    async def main() -> None:
+        for n in range(5):
+            ledger.append("statement", data={"n": n})
+            await asyncio.sleep(0.05)  # the batch timer sent it: the child read it alone
+            ledger.append("statement", data={"n": n, "write": True})
+            await asyncio.wait_for(ledger.sync(), 10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        ledger.close()  # no process of ours: a hang-up, then the child signs and returns
+        thread.join(60)
+    assert naps == []
+    assert len([o for o in objs(d) if o["type"] == "statement"]) == 10
+
+
 def _run(loop_kind: str, coro: Any) -> Any:
     if loop_kind == "uvloop":
         import uvloop
