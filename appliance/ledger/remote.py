@@ -19,7 +19,10 @@ Who does what:
   and a failure, after which it exits;
 - a sync (:meth:`RemoteLedger.sync`, the write-ahead of a statement that may change a
   target) is sent at once, not after the batching delay; the child answers all the syncs
-  it read in one gulp with one fsync (group commit across sessions).
+  it read in one gulp with one fsync (group commit across sessions), before it signs a
+  checkpoint that is due; the answer is read by the event loop that awaits the sync (its
+  reader callback), not handed over from the listener thread, which reads the answers
+  whenever no loop does (a flush, a close, a caller without a loop).
 
 Failing closed: if the child reports a failure or dies, every later ``append`` raises
 :class:`LedgerUnavailable`. Backpressure: when the child falls behind, its writer's queue
@@ -201,22 +204,24 @@ class RemoteLedger(LedgerSender):
         self._flush_tokens = itertools.count(1)
         self._sync_tokens = itertools.count(1)
         self._sync_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-        self._cond = threading.Condition(threading.RLock())
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
         # The listener thread waits on this one (same lock) while a loop reads: the
         # notify_all of every answer must not wake it (a GIL hand-over per sync).
-        self._park = threading.Condition(self._cond._lock)  # type: ignore[attr-defined]
+        self._park = threading.Condition(lock)
         self._signed_size = int(ready["signed"])
         self._flushed = 0
         self._synced = 0
         self._reader = reader if reader is not None else _Reader(sock)
-        # Who reads the writer's answers (see _read_on): the listener thread, or the event
-        # loop named here. Reading (and its dispatch) holds _read_lock, then _cond; this is
-        # changed holding both.
-        # A handle of its own, never blocking (whoever reads waited for readiness), closed
-        # after the listener thread has ended (the sender's handle is closed before).
+        # The answers are read through a handle of their own, never blocking (whoever reads
+        # waited for readiness), closed after the listener thread has ended (the sender's
+        # handle is closed before).
         self._rd = sock.dup()
         self._rd.setblocking(False)
         self._reader.sock = self._rd
+        # Who reads the writer's answers (see _read_on): the listener thread (None), or the
+        # event loop named here. Reading (and its dispatch) holds _read_lock, then _cond;
+        # this is changed holding both.
         self._reading: asyncio.AbstractEventLoop | None = None
         self._read_lock = threading.Lock()
         self._registered: asyncio.AbstractEventLoop | None = None  # has our reader callback
@@ -466,7 +471,8 @@ class RemoteLedger(LedgerSender):
 
     def _resolve_syncs(self, *, final: bool = False) -> None:
         """Settle the sync waiters the writer has answered, or all of them once it failed or
-        its channel ended (``final``); holding ``_cond``, from the listener thread."""
+        its channel ended (``final``); holding ``_cond``, from whoever reads the answers
+        (the listener thread, or the loop of :meth:`_read_on`)."""
         keep = []
         for token, loop, future in self._sync_waiters:
             if self._failed is not None or (final and token > self._synced):
@@ -609,7 +615,7 @@ class RemoteLedger(LedgerSender):
                         if self._reading is owner:
                             self._reading = None
                     continue
-                ready, _, _ = select.select([self._rd, self._kick_r], [], [])
+                ready, _, _ = select.select([self._rd.fileno(), self._kick_r], [], [])
                 if self._kick_r in ready:
                     with contextlib.suppress(OSError):
                         os.read(self._kick_r, 4096)
