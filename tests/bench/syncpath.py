@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.ledger import remote
+from appliance.proxy.commands import AwaitDurable, Durable
 from tests.bench import pgcore
 
 # Run in the writer process (APPLIANCE_SYNCTRACE names the file it writes its stamps to).
@@ -138,9 +139,9 @@ def _slow_server(seconds: float) -> None:
         commands = real_receive("job", client)
         self._out()
         for command in commands:
-            if isinstance(command, pgcore.AwaitDurable):
+            if isinstance(command, AwaitDurable):
                 await self.ledger.sync()
-                self.core.handle(pgcore.Durable(command.key, True))
+                self.core.handle(Durable(command.key, True))
                 self._out()
         await asyncio.sleep(seconds)
         real_receive("upstream", server)
