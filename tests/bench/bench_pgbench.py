@@ -52,9 +52,18 @@ Where the time goes (2-core VM; see the README for the last table and its analys
   writer: the result blob's transform, i.e. decoding and masking its row, ~5 µs; per entry
   framing, leaf hash and the Merkle tree; two channel messages per select: the statement's
   entry and the response's with its small result blob inside).
-- tpcb-like with write-ahead: one fsync per transaction block (at END), group-committed
-  across sessions, 2-5 ms under load, and each sync's answer crosses from the ledger's
-  listener thread to the event loop; ``appliance-checkpoint`` shows the hot path without it.
+- tpcb-like with write-ahead: one sync per transaction block (at END), one fsync per sync
+  (``entries.log`` only; a checkpoint, once a second, adds ``checkpoints.log``, the temp
+  file and the directory, signed after the answer since session 11), group-committed across
+  sessions, 2-5 ms under load; ``appliance-checkpoint`` shows the hot path without it.
+  ``tests/bench/syncpath.py`` times each step of one sync across both processes (one
+  client, uvloop, quiet machine, p50 µs): SYNC sent 10-18, read by the writer 13-23, the
+  transaction's entries handled 60-80, the fsync 200-290 (~160 alone on this disk), the
+  answer 11-15, read and settled on the loop ~25, the coroutine resumed ~5 (before session
+  11: the listener thread 18, its hand-over to the loop 20-35). With a server that answers
+  later (``SERVER_US``), the sender's batch timer fires inside transactions, and the writer
+  process's 2 ms nap after that short read held the transaction's sync (removed in session
+  11).
 - the simple protocol: every text differs (literals); an allow is remembered under the
   text's shape (integer literals as 0) for reads and for UPDATE/INSERT/DELETE whose classes
   no number can change, so pglast parses pgbench's statements once per session and shape.
