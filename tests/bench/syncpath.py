@@ -219,6 +219,8 @@ def breakdown(proxy: list[tuple[Any, ...]], child: list[tuple[Any, ...]]) -> dic
             v.sort()
             out[k] = (statistics.median(v), v[int(len(v) * 0.99)], statistics.mean(v))
     out["fsyncs_per_sync"] = statistics.mean(fsyncs) if fsyncs else 0
+    late = steps["to_child"]
+    out["late"] = sum(1 for v in late if v > 500) / len(late) if late else 0.0
     out["fsynced"] = names
     out["slow"] = slow
     return out
@@ -258,6 +260,7 @@ def main() -> None:
     out = breakdown(proxy, child)
     print(f"syncs matched: {out.pop('syncs')}; fsyncs per sync: {out.pop('fsyncs_per_sync'):.2f}")
     print("fsynced:", out.pop("fsynced"))
+    print(f"syncs read by the writer over 500 µs after they were sent: {out.pop('late'):.1%}")
     for line in out.pop("slow")[:20]:
         print(line)
     print(f"{'step':<12} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8}")
