@@ -29,6 +29,7 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from appliance.masking import _phone_prefilter
 from appliance.masking import _validate as v
@@ -45,6 +46,11 @@ class Options:
     """Settings detectors need beyond the text."""
 
     phone_regions: tuple[str, ...] = ("US",)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Spelled out: compiled (mypyc), a frozen dataclass cannot be unpickled field by
+        # field ("cannot assign to field"); it is made again from its fields.
+        return (Options, (self.phone_regions,))
 
 
 Validator = Callable[[re.Match[str], Options], Iterator[Span]]
@@ -65,6 +71,11 @@ class Detector:
     # Narrower pre-filter patterns for the given options (still a necessary condition),
     # where what the validator accepts depends on them (phone numbers: the regions).
     narrow: Callable[[Options], tuple[str, ...]] | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # As Options'.
+        fields = (self.name, self.priority, self.prefilter, self.pattern, self.validate)
+        return (Detector, (*fields, self.description, self.runs, self.narrow))
 
     def prefilter_for(self, options: Options) -> tuple[str, ...]:
         """The pre-filter patterns to use under ``options``."""

@@ -18,10 +18,10 @@ import bisect
 import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from appliance.masking._detectors import Detector, Options
-from appliance.masking._prefilter import ENGINE, DatabaseStore, prefilter
+from appliance.masking._prefilter import ENGINE, DatabaseStore, Prefilter, prefilter
 from appliance.masking._styles import TOKEN_RE, label_for, redact
 
 __all__ = ["MAX_PASSES", "Finding", "Scanner"]
@@ -62,14 +62,27 @@ class Scanner:
         engine: str = ENGINE,
         window_from: int = WINDOW_FROM,
         store: DatabaseStore | None = None,
+        built: Prefilter | None = None,
     ) -> None:
         self.detectors = tuple(sorted(detectors, key=lambda d: d.priority))
         self.options = options
         self.window_from = window_from
-        self.prefilter = prefilter(
-            tuple((i, p) for i, d in enumerate(self.detectors) for p in d.prefilter_for(options)),
-            engine,
-            store=store,
+        patterns = tuple(
+            (i, p) for i, d in enumerate(self.detectors) for p in d.prefilter_for(options)
+        )
+        # ``built``: this scanner's pre-filter, unpickled (its databases with it).
+        self.prefilter = (
+            built
+            if built is not None and built.patterns == patterns and built.engine == engine
+            else prefilter(patterns, engine, store=store)
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Spelled out: compiled (mypyc), a scanner is made again by its constructor when
+        # unpickled (the ledger writer's process), with its pre-filter's databases.
+        return (
+            _scanner,
+            (self.detectors, self.options, self.prefilter.engine, self.window_from, self.prefilter),
         )
 
     @property
@@ -205,6 +218,16 @@ class Scanner:
         # The renderings keep producing findings: give up on keeping anything (fail closed).
         found(findings[0])
         return redact(label_for(findings[0].detector))
+
+
+def _scanner(
+    detectors: Sequence[Detector],
+    options: Options,
+    engine: str,
+    window_from: int,
+    built: Prefilter,
+) -> Scanner:
+    return Scanner(detectors, options, engine=engine, window_from=window_from, built=built)
 
 
 def _replace_elsewhere(

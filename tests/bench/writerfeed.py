@@ -38,13 +38,26 @@ _GULP = 64 * 1024
 
 
 class _Tap(socket.socket):
-    """The proxy's end of the channel, keeping a copy of what is sent."""
+    """A handle of the proxy's end of the channel, keeping a copy of what is sent through
+    it in ``sent`` (shared by the sender's two handles: their sends keep one order)."""
 
     sent: bytearray
 
     def sendall(self, data: Any, flags: int = 0) -> None:
-        self.sent += data
         super().sendall(data, flags)
+        self.sent += data
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        n = super().send(data, flags)
+        self.sent += memoryview(data)[:n]
+        return n
+
+
+def _tap(sock: socket.socket, sent: bytearray) -> _Tap:
+    tap = _Tap(sock.family, sock.type, sock.proto, fileno=socket.dup(sock.fileno()))
+    tap.settimeout(sock.gettimeout())
+    tap.sent = sent
+    return tap
 
 
 def capture(workload: str, mode: str, transactions: int) -> dict[str, Any]:
@@ -54,11 +67,12 @@ def capture(workload: str, mode: str, transactions: int) -> dict[str, Any]:
 
     def tapped(*args: Any, **kwargs: Any) -> remote.RemoteLedger:
         ledger = real_open(*args, **kwargs)
-        sock = ledger._sock
-        tap = _Tap(sock.family, sock.type, sock.proto, fileno=socket.dup(sock.fileno()))
-        tap.sent = bytearray()
-        ledger._sock = tap
-        taps.append(tap)
+        # Both handles: the blocking one (flush, close, threads) and the event loop's
+        # non-blocking one, which sends most of it (appliance.ledger.sender).
+        sent = bytearray()
+        tap, nb = _tap(ledger._sock, sent), _tap(ledger._nb, sent)
+        ledger._sock, ledger._nb = tap, nb
+        taps.extend((tap, nb))
         return ledger
 
     real_flush = remote.RemoteLedger.flush

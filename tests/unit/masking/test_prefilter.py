@@ -10,8 +10,9 @@ import threading
 import pytest
 
 from appliance.masking import _prefilter
-from appliance.masking._detectors import DETECTORS
+from appliance.masking._detectors import DETECTORS, Options
 from appliance.masking._prefilter import ENGINE, ENV, Prefilter, database_key, prefilter
+from appliance.masking._scan import Scanner
 from tests.unit.masking.helpers import count_compiles
 
 PATTERNS = tuple((i, p) for i, d in enumerate(DETECTORS) for p in d.prefilter)
@@ -91,6 +92,24 @@ def test_pickle_carries_the_compiled_databases(monkeypatch: pytest.MonkeyPatch) 
         assert sorted(copy.where(data)) == sorted(pf.where(data))
     # Made once per process: a second one is the same object.
     assert pickle.loads(blob) is copy
+
+
+def test_a_scanner_pickles_with_its_prefilter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scanner (detectors, options, pre-filter) crosses to the ledger writer's process
+    pickled: there it is made again with the databases it carried (compiled by mypyc, a
+    class is made again by its constructor, and a frozen dataclass cannot be filled in
+    field by field), and finds what it found here."""
+    scanner = Scanner(DETECTORS, Options(("US", "GB")), window_from=64)
+    blob = pickle.dumps(scanner)
+    monkeypatch.setattr(_prefilter, "_MADE", {})  # as in a fresh process
+    count_compiles(monkeypatch, refuse=scanner.prefilter.engine == "hyperscan")
+    copy = pickle.loads(blob)
+    assert copy is not scanner and copy.window_from == 64
+    assert copy.options == Options(("US", "GB")) and copy.names == scanner.names
+    assert copy.prefilter.patterns == scanner.prefilter.patterns
+    assert [pickle.loads(pickle.dumps(d)) for d in DETECTORS] == list(DETECTORS)
+    text = "call +44 20 7946 0958 or 415-555-2671, card 4111 1111 1111 1111, " * 3
+    assert copy.find(text) == scanner.find(text) and len(scanner.find(text)) == 9
 
 
 def test_databases_that_do_not_load_are_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
