@@ -381,6 +381,17 @@ class TargetMasker:
                 out[i] = new
         return values if out is None else out
 
+    def mask_scanned(
+        self, action: ColumnAction, value: bytes, counts: MaskCounts, only: Sequence[int]
+    ) -> bytes | None:
+        """One text-format value of a column that is only scanned (see
+        :attr:`ColumnPlan.scan_only`) masked by the detectors ``only`` that the pre-filter let
+        through for it, exactly as :meth:`mask_values` masks it with those ``candidates``:
+        ``value`` itself if unchanged, None for SQL NULL (a masked value of a non-text
+        type). For callers that split rows themselves (COPY lines whose values are their
+        own bytes) and so skip building a list of values and one of candidates per row."""
+        return self._mask_one(action, value, counts, only=only)
+
     def mask_cells(
         self, plan: ColumnPlan, values: list[bytes | None], counts: MaskCounts
     ) -> list[str | dict[str, int] | None]:

@@ -1,8 +1,8 @@
 """Validation of candidate values: the checks that turn a pattern match into a finding.
 
-Pure functions over strings, offline, no I/O. Check digits come from python-stdnum (Luhn,
-ISO 7064 mod 97-10 and the IBAN registry, US SSN rules) and phone numbers from phonenumbers
-(Google's libphonenumber metadata); the rest (issuer prefixes, the GitHub token checksum,
+Pure functions over strings, offline, no I/O. Check digits come from python-stdnum (ISO
+7064 mod 97-10 and the IBAN registry, US SSN rules; the Luhn check is a loop held to
+stdnum's) and phone numbers from phonenumbers (Google's libphonenumber metadata); the rest (issuer prefixes, the GitHub token checksum,
 entropy) is written here because it is a few lines each.
 """
 
@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 
 import phonenumbers
 from stdnum import iban as _iban
-from stdnum import luhn as _luhn
 from stdnum import numdb
 from stdnum.iso7064 import mod_97_10 as _mod_97_10
 from stdnum.us import ssn as _ssn
@@ -90,9 +89,23 @@ def card_brand(digits: str) -> str | None:
 
 
 def luhn_ok(digits: str) -> bool:
-    """The Luhn (mod 10) check digit of ``digits`` is right (stdnum's ``luhn.is_valid``, by
-    its checksum: without the exception it raises for the nine numbers in ten that fail)."""
-    return bool(digits) and digits.isascii() and digits.isdigit() and _luhn.checksum(digits) == 0
+    """The Luhn (mod 10) check digit of ``digits`` is right: what stdnum's ``luhn.is_valid``
+    answers (a property test holds it to that), as a plain loop. stdnum's checksum builds a
+    tuple through a generator and sums two slices of it: 2 of a card validation's 2.7 µs,
+    on every card of an export's rows (issue 19); compiled, this loop takes a tenth."""
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return False
+    total = 0
+    double = False
+    for i in range(len(digits) - 1, -1, -1):
+        d = ord(digits[i]) - 48
+        if double:
+            d += d
+            if d > 9:
+                d -= 9
+        total += d
+        double = not double
+    return total % 10 == 0
 
 
 # -- US social security numbers ---------------------------------------------------------------

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.ledger.results import binary_cell
-from appliance.masking._copy import CopyRowError
+from appliance.masking._copy import CopyFormat, CopyRowError, encode_field
 from appliance.masking._counts import MaskCounts
 from appliance.masking._masker import ColumnPlan, TargetMasker
 from appliance.policy import CopySpec, copy_spec
@@ -41,6 +41,7 @@ __all__ = [
     "UnknownColumns",
     "header_plan",
     "mask_copy_line",
+    "mask_plain_line",
     "row_plan",
 ]
 
@@ -91,14 +92,7 @@ def mask_copy_line(
     as expected (quoted delimiters, other COPY options) is masked as text by the detectors."""
     csv = copy.format == "csv"
     delimiter = "," if csv else "\t"
-    n = line.count(delimiter.encode()) + 1
-    plan = plans.get(n)
-    if plan is None:
-        if copy.columns is not None and len(copy.columns) == n:
-            plan = masker.column_plan(None, list(copy.columns), tables=[copy.table] * n)
-        else:
-            plan = masker.column_plan(None, [None] * n)
-        plans[n] = plan
+    plan = _plan_for(masker, copy, plans, line.count(delimiter.encode()) + 1)
     try:
         return masker.mask_copy_line(
             plan, line, counts, csv=csv, delimiter=delimiter, candidates=candidates
@@ -106,6 +100,87 @@ def mask_copy_line(
     except CopyRowError:
         text = line.decode("utf-8", "surrogateescape")
         return masker.mask_text(text, counts).encode("utf-8", "surrogateescape")
+
+
+def _plan_for(
+    masker: TargetMasker, copy: CopySpec, plans: dict[int, ColumnPlan], n: int
+) -> ColumnPlan:
+    """The plan of a COPY's rows of ``n`` fields (kept in ``plans``, per width)."""
+    plan = plans.get(n)
+    if plan is None:
+        if copy.columns is not None and len(copy.columns) == n:
+            plan = masker.column_plan(None, list(copy.columns), tables=[copy.table] * n)
+        else:
+            plan = masker.column_plan(None, [None] * n)
+        plans[n] = plan
+    return plan
+
+
+def mask_plain_line(
+    masker: TargetMasker,
+    line: bytes,
+    counts: MaskCounts,
+    *,
+    copy: CopySpec,
+    fmt: CopyFormat,
+    plans: dict[int, ColumnPlan],
+    spans: list[Span],
+) -> bytes:
+    """One COPY text/CSV row whose values are its own bytes (no escape, no quote: see
+    :func:`escapes`), masked as :func:`mask_copy_line` masks it with the candidates
+    :func:`field_candidates` gives for ``spans`` (the pre-filter's, offsets in ``line``),
+    in one pass: the row is cut at its delimiters once, and only the fields some span
+    overlaps are masked, each by the detectors of those spans; no list of values, of
+    candidates or of :class:`~appliance.masking._copy.Field` per row (issue 19: the
+    ledger writer masks every row of an export, and most fields of most rows have no
+    candidate). ``fmt``: the COPY's format (its default options, as :func:`mask_copy_line`
+    reads them). A plan with column rules, JSON or binary columns goes the general way."""
+    if line.endswith(b"\r\n"):
+        body, eol = line[:-2], b"\r\n"
+    elif line.endswith(b"\n"):
+        body, eol = line[:-1], b"\n"
+    else:
+        body, eol = line, b""
+    delimiter = fmt.delimiter
+    fields = body.split(delimiter)
+    n = len(fields)
+    plan = _plan_for(masker, copy, plans, n)
+    if not plan.scan_only or n != len(plan.columns):
+        return mask_copy_line(
+            masker, line, counts, copy=copy, plans=plans,
+            candidates=field_candidates(line, delimiter, spans),
+        )  # fmt: skip
+    # The start of each field (as field_candidates: a span over a delimiter, or over the
+    # line end, counts for the field before it).
+    starts: list[int] = []
+    pos = 0
+    for field in fields:
+        starts.append(pos)
+        pos += len(field) + 1
+    only: dict[int, list[int]] = {}
+    for start, end, detector in spans:
+        first = bisect.bisect_right(starts, start) - 1
+        last = min(bisect.bisect_right(starts, end - 1) - 1, n - 1)
+        for i in range(max(first, 0), last + 1):
+            found = only.get(i)
+            if found is None:
+                only[i] = [detector]
+            elif detector not in found:
+                found.append(detector)
+    columns = plan.columns
+    null = fmt.null
+    changed = False
+    for i, found in only.items():
+        raw = fields[i]
+        if raw == null:
+            continue  # SQL NULL (unquoted: there is no quote in the line)
+        if len(found) > 1:
+            found.sort()
+        new = masker.mask_scanned(columns[i], raw, counts, found)
+        if new is not raw:
+            fields[i] = encode_field(new, fmt, single=n == 1)
+            changed = True
+    return delimiter.join(fields) + eol if changed else line
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +230,8 @@ class _CopyLines:
         self.copy = copy
         self.plans: dict[int, ColumnPlan] = {}
         self.header = copy.header and copy.format == "csv"
+        csv = copy.format == "csv"
+        self.fmt = CopyFormat.make(csv=csv, delimiter="," if csv else "\t")
 
     def mask(
         self, line: bytes, counts: MaskCounts, candidates: Sequence[Sequence[int]] | None = None
@@ -165,6 +242,17 @@ class _CopyLines:
         return mask_copy_line(
             self.masker, line, counts, copy=self.copy, plans=self.plans, candidates=candidates
         )
+
+    def mask_plain(self, line: bytes, counts: MaskCounts, spans: list[Span]) -> bytes:
+        """A line :meth:`to_mask` gave ``spans`` for (its values are its own bytes), masked
+        as :meth:`mask` masks it with those spans' candidates (see :func:`mask_plain_line`)."""
+        if self.header:
+            self.header = False
+            return line
+        return mask_plain_line(
+            self.masker, line, counts, copy=self.copy, fmt=self.fmt, plans=self.plans,
+            spans=spans,
+        )  # fmt: skip
 
     def to_mask(self, body: bytes, starts: list[int]) -> dict[int, list[Span] | None]:
         """Of the lines of ``body`` (line ``i`` starts at ``starts[i]``; a last entry is
@@ -294,8 +382,7 @@ class ResponseMasker:
             if spans is not None and len(lines) == 1:
                 # One row (a CopyData frame usually is) whose values are its own bytes: the
                 # spans say which detectors may find something in which field.
-                candidates = field_candidates(lines[0], copy.delimiter, spans)
-                masked = copy.mask(lines[0], self.counts, candidates)
+                masked = copy.mask_plain(lines[0], self.counts, spans)
             else:
                 masked = b"".join(copy.mask(line, self.counts) for line in lines)
             if masked != payload:
@@ -432,8 +519,7 @@ class LedgerRows:
             if spans is None:
                 masked = copy_lines.mask(line, self.counts)
             else:
-                candidates = field_candidates(line, copy_lines.delimiter, spans)
-                masked = copy_lines.mask(line, self.counts, candidates)
+                masked = copy_lines.mask_plain(line, self.counts, spans)
             texts[i] = masked.decode("utf-8", "replace")
         return texts
 
