@@ -473,8 +473,6 @@ class Daemon:
                     helpers.append(tg.create_task(self._bypass_loop(attribution)))
                 helpers.append(tg.create_task(self._watch_ledger(ledger)))
                 helpers.append(tg.create_task(self._flush_refusals(refusals)))
-                if shipping is not None:
-                    helpers.append(tg.create_task(shipping.run()))
                 if hub is not None:
                     helpers.append(tg.create_task(hub.run()))
                 elapsed = time.monotonic() - started
@@ -485,6 +483,11 @@ class Daemon:
                 )
                 # Ready means the start of this run is on disk under a signed checkpoint.
                 await asyncio.to_thread(ledger.flush, 30)
+                if shipping is not None:
+                    # Shipping starts from there: its first round has that checkpoint to ship
+                    # (started beside the flush, it could find none, call the bucket caught
+                    # up and wait a whole interval before its first try).
+                    helpers.append(tg.create_task(shipping.run()))
                 log.info(
                     "ready",
                     extra={"fields": {"listening": listening, "startup_ms": round(elapsed * 1000)}},
