@@ -85,6 +85,7 @@ from appliance.ledger.sender import (
     RemoteBlob,
     frame,
     split,
+    stop_watching,
 )
 from appliance.ledger.writer import INLINE_LIMIT, BlobSink, LedgerWriter, TransformFactory
 from appliance.signing.keys import SigningKey
@@ -569,23 +570,7 @@ class RemoteLedger(LedgerSender):
             loop = self._registered
             self._registered = None
             self._reading = None
-        fd = self._rd.fileno()
-        if loop is not None and fd >= 0 and not loop.is_closed():
-            if _current_loop() is loop or not loop.is_running():
-                _unwatch_reader(loop, fd)
-            else:
-                done = threading.Event()
-
-                def stop_watching() -> None:
-                    _unwatch_reader(loop, fd)
-                    done.set()
-
-                try:
-                    loop.call_soon_threadsafe(stop_watching)
-                except RuntimeError:  # closed meanwhile
-                    pass
-                else:
-                    done.wait(10)
+        stop_watching(loop, self._rd.fileno(), _unwatch_reader)
         self._rd.close()
         for fd in (self._kick_r, self._kick_w):
             with contextlib.suppress(OSError):

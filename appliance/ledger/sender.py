@@ -656,23 +656,32 @@ def _release(sender: LedgerSender) -> None:
         sender._writing = None
         nb = sender._nb
         fd = nb.fileno()
-    if loop is not None and fd >= 0 and not loop.is_closed():
-        if _running_loop() is loop or not loop.is_running():
-            _unwatch(loop, fd)
-        else:
-            done = threading.Event()
-
-            def stop_watching() -> None:
-                _unwatch(loop, fd)
-                done.set()
-
-            try:
-                loop.call_soon_threadsafe(stop_watching)
-            except RuntimeError:  # closed meanwhile
-                pass
-            else:
-                done.wait(10)
+    stop_watching(loop, fd, _unwatch)
     nb.close()
+
+
+def stop_watching(
+    loop: asyncio.AbstractEventLoop | None, fd: int, unwatch: Callable[[Any, int], None]
+) -> None:
+    """``unwatch(loop, fd)`` (a remove_writer or remove_reader) before ``fd`` is closed: at
+    once on the loop's own thread or when it does not run; from another thread, the loop is
+    asked and waited for (the fd must not be closed while the loop polls it)."""
+    if loop is None or fd < 0 or loop.is_closed():
+        return
+    if _running_loop() is loop or not loop.is_running():
+        unwatch(loop, fd)
+        return
+    done = threading.Event()
+
+    def stop() -> None:
+        unwatch(loop, fd)
+        done.set()
+
+    try:
+        loop.call_soon_threadsafe(stop)
+    except RuntimeError:  # closed meanwhile
+        return
+    done.wait(10)
 
 
 def _only_pending(blobs: Mapping[str, Any] | None) -> tuple[str, PendingBlob] | None:
