@@ -84,6 +84,7 @@ from appliance.ledger.sender import (
     LedgerSender,
     RemoteBlob,
     frame,
+    running_loop,
     split,
     stop_watching,
 )
@@ -628,18 +629,12 @@ def _settle_on(
     loop: asyncio.AbstractEventLoop, future: asyncio.Future[None], error: BaseException | None
 ) -> None:
     """Settle a sync waiter: at once on its own loop's thread, else through the loop."""
-    if _current_loop() is loop:
+    if running_loop() is loop:
         _settle(future, error)
     else:
         with contextlib.suppress(RuntimeError):  # its loop is closed: nobody awaits it
             loop.call_soon_threadsafe(_settle, future, error)
 
-
-def _current_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _unwatch_reader(loop: Any, fd: int) -> None:

@@ -628,7 +628,7 @@ def _deliver(sender: LedgerSender) -> None:
     except OSError as exc:
         raise _gone(sender, exc) from None
     loop = sender._writing
-    if loop is not None and _running_loop() is loop:
+    if loop is not None and running_loop() is loop:
         _unwatch(loop, sender._nb.fileno())
         sender._writing = None
         _wake(sender)
@@ -640,7 +640,8 @@ def _unwatch(loop: Any, fd: int) -> None:
     loop.remove_writer(fd)
 
 
-def _running_loop() -> asyncio.AbstractEventLoop | None:
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -668,7 +669,7 @@ def stop_watching(
     asked and waited for (the fd must not be closed while the loop polls it)."""
     if loop is None or fd < 0 or loop.is_closed():
         return
-    if _running_loop() is loop or not loop.is_running():
+    if running_loop() is loop or not loop.is_running():
         unwatch(loop, fd)
         return
     done = threading.Event()

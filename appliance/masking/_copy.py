@@ -26,7 +26,7 @@ from typing import Any
 
 from appliance.errors import ApplianceError
 
-__all__ = ["CopyFormat", "CopyRowError", "Field", "encode_field", "split_row"]
+__all__ = ["CopyFormat", "CopyRowError", "Field", "encode_field", "line_ending", "split_row"]
 
 
 class CopyRowError(ApplianceError):
@@ -83,13 +83,18 @@ class Field:
 
 def split_row(row: bytes, fmt: CopyFormat) -> tuple[list[Field], bytes]:
     """The fields of ``row`` and its line ending (``b"\\n"``, ``b"\\r\\n"`` or ``b""``)."""
-    if row.endswith(b"\r\n"):
-        body, eol = row[:-2], b"\r\n"
-    elif row.endswith(b"\n"):
-        body, eol = row[:-1], b"\n"
-    else:
-        body, eol = row, b""
+    body, eol = line_ending(row)
     return (_split_csv(body, fmt) if fmt.csv else _split_text(body, fmt)), eol
+
+
+def line_ending(row: bytes) -> tuple[bytes, bytes]:
+    """``row`` without its line ending, and that ending (``b"\\n"``, ``b"\\r\\n"`` or
+    ``b""``)."""
+    if row.endswith(b"\r\n"):
+        return row[:-2], b"\r\n"
+    if row.endswith(b"\n"):
+        return row[:-1], b"\n"
+    return row, b""
 
 
 def encode_field(value: bytes | None, fmt: CopyFormat, *, single: bool = False) -> bytes:

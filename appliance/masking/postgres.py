@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance.ledger.results import binary_cell
-from appliance.masking._copy import CopyFormat, CopyRowError, encode_field
+from appliance.masking._copy import CopyFormat, CopyRowError, encode_field, line_ending
 from appliance.masking._counts import MaskCounts
 from appliance.masking._masker import ColumnPlan, TargetMasker
 from appliance.policy import CopySpec, copy_spec
@@ -135,12 +135,7 @@ def mask_plain_line(
     ledger writer masks every row of an export, and most fields of most rows have no
     candidate). ``fmt``: the COPY's format (its default options, as :func:`mask_copy_line`
     reads them). A plan with column rules, JSON or binary columns goes the general way."""
-    if line.endswith(b"\r\n"):
-        body, eol = line[:-2], b"\r\n"
-    elif line.endswith(b"\n"):
-        body, eol = line[:-1], b"\n"
-    else:
-        body, eol = line, b""
+    body, eol = line_ending(line)
     delimiter = fmt.delimiter
     fields = body.split(delimiter)
     n = len(fields)

@@ -148,10 +148,9 @@ def test_another_origin_or_a_held_lock_is_refused(tmp_path: Path) -> None:
         open_remote(d, origin="other.example/ledger", key=OTHER_KEY)
 
 
-def test_a_dead_writer_process_fails_every_later_append(tmp_path: Path) -> None:
-    ledger = open_remote(tmp_path / "l")
-    ledger.append("statement", data={"n": 1})
-    ledger.flush(30)
+def _kill_writer_until_appends_fail(ledger: RemoteLedger) -> None:
+    """Kill the writer process; an append raises LedgerUnavailable within 10 s."""
+    assert ledger._proc is not None
     os.kill(ledger._proc.pid, signal.SIGKILL)
     ledger._proc.wait()
     deadline = time.monotonic() + 10
@@ -159,6 +158,13 @@ def test_a_dead_writer_process_fails_every_later_append(tmp_path: Path) -> None:
         while time.monotonic() < deadline:
             ledger.append("statement", data={"n": 2})
             time.sleep(0.01)
+
+
+def test_a_dead_writer_process_fails_every_later_append(tmp_path: Path) -> None:
+    ledger = open_remote(tmp_path / "l")
+    ledger.append("statement", data={"n": 1})
+    ledger.flush(30)
+    _kill_writer_until_appends_fail(ledger)
     assert ledger.failed is not None
     with pytest.raises(LedgerUnavailable):
         ledger.flush(5)
@@ -441,14 +447,7 @@ def test_the_thread_reads_again_once_the_loop_that_read_is_gone(tmp_path: Path) 
         await ledger.sync()
 
     asyncio.run(main())  # the loop is closed now
-    assert ledger._proc is not None
-    os.kill(ledger._proc.pid, signal.SIGKILL)
-    ledger._proc.wait()
-    deadline = time.monotonic() + 10
-    with pytest.raises(LedgerUnavailable):
-        while time.monotonic() < deadline:
-            ledger.append("statement", data={"n": 2})
-            time.sleep(0.01)
+    _kill_writer_until_appends_fail(ledger)
     with pytest.raises(LedgerUnavailable):
         ledger.close()
 
