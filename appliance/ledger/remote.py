@@ -636,7 +636,6 @@ def _settle_on(
             loop.call_soon_threadsafe(_settle, future, error)
 
 
-
 def _unwatch_reader(loop: Any, fd: int) -> None:
     """``loop.remove_reader(fd)`` (through Any: uvloop's returns None)."""
     with contextlib.suppress(Exception):
