@@ -9,6 +9,10 @@ from typing import Protocol
 from appliance.proxy.commands import Side
 
 HIGH_WATER = 1 << 20  # bytes buffered for a socket before the other side stops being read
+# The most bytes of one side handed to its core in one turn of the event loop (issue 19):
+# a bigger read is handed over in pieces, one per turn, and a read of this size or more
+# ends the side's turn (see shell.Connection.on_data).
+TURN = 16 * 1024
 OTHER: dict[Side, Side] = {"job": "upstream", "upstream": "job"}
 
 

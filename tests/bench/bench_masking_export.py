@@ -18,8 +18,9 @@ namespace, the clients as the job in the runner namespace):
 - setups run in alternation, ``EXPORT_ROUNDS`` rounds (default 2); the median time of each is
   printed with its ratio to direct: the time the job took, and (``rec``) the time until the
   ledger holds the export's masked rows (the writer may still be masking when the job is
-  done: backpressure reaches the job only once its queue and socket are full). ``EXPORT_BASELINE=/path/to/other/.venv/bin/appliance``
-  adds another build (e.g. a worktree of main) as ``baseline``, on the same table;
+  done: backpressure reaches the job only once its queue and socket are full).
+  ``EXPORT_BASELINE=/path/to/other/.venv/bin/appliance`` adds another build (e.g. a
+  worktree of main) as ``baseline`` and ``baseline+response``, on the same table;
   ``EXPORT_TABLES=events`` (comma-separated) exports only those tables;
 - each export through the appliance also prints the CPU seconds its processes spent, the
   proxy's and the ledger writer process's (from /proc): where the time went;
@@ -53,7 +54,7 @@ from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, job_env, running_a
 
 EXPORT_MB = int(os.environ.get("EXPORT_MB", "1024"))
 ROUNDS = int(os.environ.get("EXPORT_ROUNDS", "2"))
-PORTS = {"appliance": 6452, "appliance+response": 6453, "baseline": 6454}
+PORTS = {"appliance": 6452, "appliance+response": 6453, "baseline": 6454, "baseline+response": 6455}
 POLICY = {"rules": [{"name": "default", "action": "allow"}]}
 
 FIRST = ["Alice", "Bob", "Carol", "Dave", "Erin", "Frank", "Grace", "Heidi", "Ivan", "Judy"]
@@ -328,8 +329,9 @@ def test_export_through_the_appliance(tmp_path: Path) -> None:
             "appliance": (APPLIANCE, None),
             "appliance+response": (APPLIANCE, {"response": True}),
         }
-        if baseline:
+        if baseline:  # the other build, in both setups: A/B in the same run
             setups["baseline"] = (baseline, None)
+            setups["baseline+response"] = (baseline, {"response": True})
         apps: dict[str, Appliance] = {}
         with contextlib.ExitStack() as stack:
             for name, (exe, masking) in setups.items():
