@@ -17,6 +17,7 @@ import uvloop
 
 from appliance.ledger.result_sink import ROWS, RowsSink, parts
 from appliance.ledger.sender import ENTRY, HEAD, HIGH_WATER, WRITE, LedgerSender
+from appliance.proxy._endpoint import TURN
 from appliance.proxy.commands import (
     ApprovalAnswered,
     AskApproval,
@@ -38,7 +39,6 @@ from appliance.proxy.commands import (
     UpstreamFailed,
     UpstreamOpened,
 )
-from appliance.proxy._endpoint import TURN
 from appliance.proxy.shell import Connection, ShellServices
 from tests.certs import server_cert
 
