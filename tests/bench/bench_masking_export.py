@@ -48,6 +48,7 @@ from pathlib import Path
 import pytest
 from stdnum import luhn
 
+from tests.bench import goals
 from tests.bench.bench_pgbench import direct_env
 from tests.lab.lab import PG_BIN, Lab, PgServer
 from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, job_env, running_appliance
@@ -392,4 +393,13 @@ def test_export_through_the_appliance(tmp_path: Path) -> None:
             for n in names:
                 t = statistics.median(times[(table, client, n)])
                 cells.append(f"{t:>15.1f} ({t / ref:5.2f}x)")
+                if n == "appliance":
+                    rec = statistics.median(times[(table, client, n + " rec")])
+                    goals.at_most(
+                        f"export {table}, {client}: the job's time / direct's",
+                        t / ref,
+                        2.0,
+                        "x",
+                        f"{sizes[table] / 1e6:.0f} MB (the goal: 1 GB); recorded {rec / ref:.2f}x",
+                    )
             print(f"{client:16}" + "".join(f"{c:>26}" for c in cells))
