@@ -38,6 +38,8 @@ __all__ = ["DECLINE", "international_e164", "national_e164"]
 DECLINE: Final = ""
 
 _SEPARATOR: re.Pattern[str] = _pu._SEPARATOR_PATTERN
+_GROUP_REF = re.compile(r"\\([0-9])")
+_TWO_DIGIT_REF = re.compile(r"\\[0-9][0-9]")
 
 # Texts this module reads: digits and the separators the phone detector hands over.
 _BODY = re.compile(r"[0-9 .()\-]*[0-9]", re.ASCII)
@@ -91,10 +93,34 @@ class _Format:
             _pu._FIRST_GROUP_ONLY_PREFIX_PATTERN.fullmatch(rule)
         )
 
+        # The format as literals between group references ("(\\1) \\2-\\3": "(", 1, ") ",
+        # 2, "-", 3, ""), or no refs where it holds anything else (then re's sub expands it).
+        parts = _GROUP_REF.split(self.format)
+        self.literals: list[str] = parts[0::2]
+        self.refs: list[int] = [int(p) for p in parts[1::2]]
+        self.by_refs: bool = (
+            not any("\\" in lit for lit in self.literals)
+            and all(0 < ref <= self.pattern.groups for ref in self.refs)
+            and _TWO_DIGIT_REF.search(self.format) is None
+        )
+
     def groups(self, nsn: str) -> list[str]:
         """The digit groups of ``nsn`` in this format: _format_nsn_using_pattern(...,
         RFC3966) split at its dashes."""
-        formatted = self.pattern.sub(self.format, nsn)
+        m = self.pattern.match(nsn)
+        if (
+            self.by_refs
+            and m is not None
+            and m.end() == len(nsn)
+            and self.pattern.match(nsn, len(nsn)) is None
+        ):
+            # re.sub would replace this one match, spanning nsn, and nothing after it: its
+            # expansion, without re's template machinery (most of this function's time).
+            formatted = self.literals[0]
+            for i, ref in enumerate(self.refs):
+                formatted += (m.group(ref) or "") + self.literals[i + 1]
+        else:
+            formatted = self.pattern.sub(self.format, nsn)
         if _SEPARATOR.match(formatted):
             formatted = _SEPARATOR.sub("", formatted, count=1)
         return _SEPARATOR.sub("-", formatted).split("-")

@@ -245,3 +245,31 @@ def test_examples_cover_the_fast_path() -> None:
             answered += _phone.national_e164(national, region) != _phone.DECLINE
             answered += _phone.international_e164(intl) != _phone.DECLINE
     assert answered >= len(EXAMPLES) // 3
+
+
+def test_format_groups_are_libphonenumbers() -> None:
+    """A format's digit groups, expanded from its group references, are what
+    _format_nsn_using_pattern(..., RFC3966) gives: every format (national, international,
+    alternate) of the regions above, on every example number of their country codes and
+    those numbers a digit short or long."""
+    from phonenumbers import phonenumberutil as pu
+    from phonenumbers.data import _ALT_NUMBER_FORMATS
+
+    numbers: dict[int, set[str]] = {}
+    for _region, cc, _, nsn in NSN_EXAMPLES:
+        numbers.setdefault(int(cc), set()).update({nsn, nsn[:-1], nsn + "5"})
+    compared = by_refs = 0
+    for region in _REGIONS:
+        m = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        assert m is not None
+        formats = [*m.number_format, *m.intl_number_format]
+        formats += _ALT_NUMBER_FORMATS.get(m.country_code, [])
+        for f in formats:
+            ours = _phone._Format(f)
+            by_refs += ours.by_refs
+            for nsn in numbers[m.country_code]:
+                rfc = pu._format_nsn_using_pattern(nsn, f, phonenumbers.PhoneNumberFormat.RFC3966)
+                assert ours.groups(nsn) == rfc.split("-"), (region, f.pattern, nsn)
+                compared += 1
+    assert compared > 1000
+    assert by_refs > 100
