@@ -265,7 +265,8 @@ class _CopyLines:
         if self.header or self.masker.has_column_rules:
             return dict.fromkeys(range(n))
         marked: dict[int, list[Span] | None] = {}
-        for start, end, detector in self.masker.where(body):
+        # Two halves at once on two cores, cut where the middle line starts.
+        for start, end, detector in self.masker.where(body, starts[n // 2] if n > 1 else 0):
             first = bisect.bisect_right(starts, start) - 1
             last = bisect.bisect_right(starts, end - 1) - 1
             for i in range(first, last + 1):

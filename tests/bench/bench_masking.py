@@ -44,6 +44,7 @@ from stdnum import luhn
 from appliance.masking import ColumnPlan, MaskCounts, Masker, MaskingConfig, TargetMasker
 from appliance.masking._config import ColumnRule
 from appliance.masking._styles import Style
+from tests.bench import goals
 from tests.unit.masking.test_corpus import CORPUS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,6 +224,10 @@ def test_text_scanning_mixed_corpus(tmp_path: Path) -> None:
         line = f"{name:8} {len(texts):6} texts {size:6.2f} MB"
         this = statistics.median(rates[name]["this"])
         line += f"   this {this:8.2f} MB/s"
+        if name == "mixed":
+            goals.at_least(
+                "text masking, mixed corpus", this, 50, "MB/s", "mask_text, CPU time, median"
+            )
         if baseline:
             base = statistics.median(rates[name]["baseline"])
             line += f"   baseline {base:8.2f} MB/s   speed-up {this / base:6.1f}x"

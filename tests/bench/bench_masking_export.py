@@ -10,8 +10,9 @@ namespace, the clients as the job in the runner namespace):
   timestamp, an amount and a note of prose (one in ten notes holds a phone number, one in
   twenty an e-mail): every row has something to mask; ``events``, log lines (timestamp,
   level, service, a message with ids, durations, versions), one in fifty naming an e-mail;
-- ``COPY customers TO STDOUT`` (psql, output to /dev/null) and ``pg_dump -t customers`` (to
-  /dev/null) run directly against the server and through ``appliance run`` with everything
+- ``COPY customers TO STDOUT`` (psql, output to /dev/null), ``pg_dump -t customers`` (to
+  /dev/null) and ``SELECT * FROM customers`` (psql with ``FETCH_COUNT``: DataRows, a cursor's
+  fetches of 50,000 rows) run directly against the server and through ``appliance run`` with everything
   on and every row recorded: ``ledger.max_result_bytes`` above the table's size, so the
   ledger writer masks and writes every row (the default, 16 MiB, would record only the
   first ones); ``appliance+response`` masks the rows sent to the job as well;
@@ -47,6 +48,7 @@ from pathlib import Path
 import pytest
 from stdnum import luhn
 
+from tests.bench import goals
 from tests.bench.bench_pgbench import direct_env
 from tests.lab.lab import PG_BIN, Lab, PgServer
 from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, job_env, running_appliance
@@ -183,6 +185,10 @@ def clients(table: str) -> dict[str, list[str]]:
         "COPY TO STDOUT": ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null",
                            "-c", f"COPY {table} TO STDOUT"],
         "pg_dump": ["pg_dump", "-t", table, "-f", "/dev/null"],
+        # Rows (DataRow), fetched by a cursor 50,000 at a time (psql's FETCH_COUNT).
+        "SELECT (psql)": ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                          "-v", "FETCH_COUNT=50000", "-o", "/dev/null",
+                          "-c", f"SELECT * FROM {table}"],
     }  # fmt: skip
 
 
@@ -390,4 +396,13 @@ def test_export_through_the_appliance(tmp_path: Path) -> None:
             for n in names:
                 t = statistics.median(times[(table, client, n)])
                 cells.append(f"{t:>15.1f} ({t / ref:5.2f}x)")
+                if n == "appliance":
+                    rec = statistics.median(times[(table, client, n + " rec")])
+                    goals.at_most(
+                        f"export {table}, {client}: the job's time / direct's",
+                        t / ref,
+                        2.0,
+                        "x",
+                        f"{sizes[table] / 1e6:.0f} MB (the goal: 1 GB); recorded {rec / ref:.2f}x",
+                    )
             print(f"{client:16}" + "".join(f"{c:>26}" for c in cells))

@@ -90,6 +90,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench import goals
 from tests.lab.lab import Lab, PgServer, wait_port
 from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, running_appliance
 
@@ -545,6 +546,56 @@ def _print_table(
     for setup in setups:
         if setup.ready_s is not None:
             print(f"{setup.name}: start to ready {setup.ready_s:.2f} s")
+    _record_goals(setups, tps, cpu, lat)
+
+
+def _record_goals(
+    setups: list[Setup],
+    tps: dict[tuple[str, str], list[float]],
+    cpu: dict[tuple[str, str], list[float]],
+    lat: dict[tuple[str, str], list[int]],
+) -> None:
+    """Issue 19's goals for the appliance with everything on (compiled build), for the
+    summary at the end of the run (:mod:`tests.bench.goals`)."""
+    nan = float("nan")
+
+    def median(samples: list[float] | None) -> float:
+        return statistics.median(samples) if samples else nan
+
+    appliance = next((s for s in setups if s.name == "appliance"), None)
+    if appliance is None:
+        return
+    for key in dict.fromkeys(k for k, _ in tps):
+        per_tx = 7 if key.startswith("tpcb") else 1
+        goals.at_least(
+            f"{key}, {CLIENTS} clients: tps / PgBouncer's",
+            median(tps.get((key, "appliance"))) / median(tps.get((key, "pgbouncer"))),
+            1.0,
+            "x",
+        )
+        lats = lat.get((key, "appliance"), [])
+        added = (pct(lats, 0.5) - pct(lat.get((key, "direct"), []), 0.5)) / per_tx
+        goals.at_most(f"{key}, 1 client: p50 added per statement", added, 100, "us")
+        goals.at_most(
+            f"{key}, 1 client: slowest transaction (a stall shows as 40 ms)",
+            max(lats) / 1000 if lats else nan,
+            40,
+            "ms",
+            f"p99 {pct(lats, 0.99) / 1000:.1f} ms",
+        )
+        goals.at_most(
+            f"{key}: CPU per transaction / PgBouncer's",
+            median(cpu.get((key, "appliance"))) / median(cpu.get((key, "pgbouncer"))),
+            2.0,
+            "x",
+            "daemon + ledger writer, from /proc",
+        )
+    if appliance.rss:
+        goals.at_most(
+            "RSS at 200 sessions (daemon + writer)", sum(appliance.rss), 200, "MB", "select-only"
+        )
+    if appliance.ready_s is not None:
+        goals.at_most("start to ready", appliance.ready_s, 3.0, "s", "a restart")
 
 
 def ratio_table(

@@ -14,7 +14,11 @@ Every asyncssh callback becomes an event for :class:`~.core.SshSession`; the com
 returns are carried out here (:meth:`SshRunner._carry`), waiting ones (the upstream login,
 opening a channel, an approval) as tasks of the connection's task group. Backpressure: a
 channel whose peer stops reading (asyncssh's ``pause_writing``) stops the reading of its
-twin, and the core's own pauses (a held request) add their reasons. Nothing here decides,
+twin, and the core's own pauses (a held request) add their reasons; so does the ledger
+channel, as in the shell (:meth:`~appliance.proxy.shell.Connection.on_data`): a channel's
+data whose recording queued bulk (a transfer's, an output's) while the channel to the ledger
+writer is congested stops the reading of that channel's side until the channel has drained,
+so a download waits for the writer and memory stays bounded. Nothing here decides,
 records or masks.
 
 asyncssh answers the agent and X11 forwarding requests of a session channel itself; they
@@ -42,7 +46,14 @@ from appliance.proxy.ssh import events as e
 from appliance.proxy.ssh._asyncssh import asyncssh
 from appliance.proxy.ssh.core import SshSession
 from appliance.proxy.ssh.keys import SshShared, account_key
-from appliance.proxy.waits import Unreachable, ask_approval, await_durable, connect_marked, why
+from appliance.proxy.waits import (
+    LedgerBacklog,
+    Unreachable,
+    ask_approval,
+    await_durable,
+    connect_marked,
+    why,
+)
 
 log = logging.getLogger("appliance.proxy")
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -146,6 +157,27 @@ class SshRunner:
     def event(self, event: e.SshEvent) -> None:
         if not self.done.done():
             self._call(self.core.handle, event)
+
+    def data(self, event: e.Data) -> None:
+        """Bytes read on a channel: :meth:`event`, then the ledger channel's backpressure
+        on what their recording queued (see the module docstring)."""
+        backlog = self.shell.backlog
+        before = backlog.added if backlog is not None else 0
+        self.event(event)
+        if backlog is not None and not self.done.done() and backlog.holds_back(before):
+            self._wait_for_ledger(event.chan, event.side, backlog)
+
+    def _wait_for_ledger(self, chan: int, side: Side, backlog: LedgerBacklog) -> None:
+        pair = self.pairs.get(chan)
+        if pair is None or "ledger" in pair.paused[side]:
+            return
+        self._pause(chan, side, "ledger", True)
+        self._spawn(self._ledger_drained(chan, side, backlog))
+
+    async def _ledger_drained(self, chan: int, side: Side, backlog: LedgerBacklog) -> None:
+        # (A writer that is gone settles it too: the next append raises, the core ends.)
+        await backlog.drained()
+        self._pause(chan, side, "ledger", False)
 
     def _call(self, fn: Callable[..., list[e.SshCommand]], *args: Any) -> list[e.SshCommand]:
         try:
@@ -627,7 +659,7 @@ class _JobSession(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             runner.event(e.SessionRequested(self.chan, "shell"))
 
     def data_received(self, data: bytes, datatype: Any) -> None:
-        self.runner.event(e.Data(self.chan, "job", data))
+        self.runner.data(e.Data(self.chan, "job", data))
 
     def eof_received(self) -> bool:
         self.runner.event(e.ChannelEof(self.chan, "job"))
@@ -665,7 +697,7 @@ class _Upstream(asyncssh.SSHClientSession):  # type: ignore[type-arg]
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         stderr = datatype == asyncssh.EXTENDED_DATA_STDERR
-        self.runner.event(e.Data(self.chan, "upstream", data, stderr))
+        self.runner.data(e.Data(self.chan, "upstream", data, stderr))
 
     def eof_received(self) -> bool:
         self.runner.event(e.ChannelEof(self.chan, "upstream"))
@@ -707,7 +739,7 @@ class _Tunnel(asyncssh.SSHTCPSession):  # type: ignore[type-arg]
         chan.set_write_buffer_limits(high=_HIGH_WATER)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
-        self.runner.event(e.Data(self.chan, self.side, data))
+        self.runner.data(e.Data(self.chan, self.side, data))
 
     def eof_received(self) -> bool:
         self.runner.event(e.ChannelEof(self.chan, self.side))

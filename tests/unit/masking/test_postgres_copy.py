@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from appliance.masking import ColumnRule, MaskCounts, Masker, MaskingConfig, Style
+from appliance.masking import ColumnRule, MaskCounts, Masker, MaskingConfig, Style, _prefilter
 from appliance.masking.postgres import LedgerRows, _CopyLines, escapes, mask_copy_line
 from appliance.policy import CopySpec, copy_spec
 
@@ -81,6 +81,15 @@ _CSV_LINES = [
 ]
 
 
+@pytest.fixture(params=[False, True], ids=["one scan", "halves"])
+def split(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run the test as it is, and with every bulk pre-filter pass of two lines or more cut
+    in two halves scanned at once (as chunks of an export are: Prefilter.where_split)."""
+    if request.param:
+        monkeypatch.setattr(_prefilter, "SPLIT_FROM", 1)
+    return bool(request.param)
+
+
 @pytest.mark.parametrize(
     ("statement", "lines"),
     [
@@ -91,10 +100,10 @@ _CSV_LINES = [
 )
 @pytest.mark.parametrize("rules", [False, True])
 def test_ledger_copy_lines_masked_together_as_one_by_one(
-    statement: str, lines: list[bytes], rules: bool
+    statement: str, lines: list[bytes], rules: bool, split: bool
 ) -> None:
     """LedgerRows pre-filters many lines at once; what it writes is what masking each line
-    on its own writes, however the data is cut."""
+    on its own writes, however the data is cut (and the pre-filter's pass)."""
     columns = (ColumnRule("card", Style.PARTIAL),) if rules else ()
     tm = Masker(MaskingConfig(columns=columns), hmac_key=b"k" * 32).for_target("db")
     copy = copy_spec(statement)
@@ -127,7 +136,7 @@ def test_ledger_copy_lines_masked_together_as_one_by_one(
         assert counts.total() >= 3 * ref_counts.total() - (1 if copy.header else 0)
 
 
-def test_ledger_data_rows_in_a_run_are_masked_as_each_row_alone() -> None:
+def test_ledger_data_rows_in_a_run_are_masked_as_each_row_alone(split: bool) -> None:
     """LedgerRows.rows pre-filters a run of DataRows together (TargetMasker.rows_to_mask);
     the cells and counts are those of masking each row on its own."""
     sysbench = b"68487932199-96439406143-93774651418-41631865787-96406072701"

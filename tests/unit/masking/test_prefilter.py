@@ -196,3 +196,24 @@ def test_two_threads_scan_at_once() -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.parametrize("engine", ["hyperscan", "re"])
+def test_where_split_scans_two_halves_at_once_with_the_spans_of_one_scan(engine: str) -> None:
+    """A long chunk of rows is scanned in two halves at once, cut where a row starts (the
+    second on a helper thread): each row gets the spans one scan gives it, in offsets of
+    the whole chunk; short data, or a cut at either end, is one scan."""
+    pf = prefilter(PATTERNS, engine)
+    rows = [line + b"\n" for text in TEXTS for line in text.split(b"\n") if line] * 800
+    data = b"".join(rows)
+    cut = data.index(b"\nid\t4111", len(data) // 2) + 1  # a row with a card starts here
+    assert len(data) >= _prefilter.SPLIT_FROM
+    whole = sorted(pf.where(data))
+    _prefilter.stop_helper()  # as in a fresh process
+    for short, at in ((data[:1000], 500), (data, 0), (data, len(data))):
+        assert sorted(pf.where_split(short, at)) == sorted(pf.where(short))
+    assert _prefilter._pool is None  # one scan each: no helper thread was needed
+    assert sorted(pf.where_split(data, cut)) == whole
+    pool = _prefilter._pool  # the second half went to the helper thread (two cores)
+    assert (pool is not None) == (len(os.sched_getaffinity(0)) > 1)
+    assert pool is None or len(pool._threads) == 1

@@ -44,6 +44,12 @@ async def _target_process(process: Any) -> None:
         process.stdout.write(data.upper())
         process.stderr.write("done\n")
         process.exit(3)
+    elif command.startswith("flood "):
+        chunk = "x" * 65536  # (the target server is in text mode)
+        for _ in range(int(command[6:]) // len(chunk)):
+            process.stdout.write(chunk)
+            await process.stdout.drain()
+        process.exit(0)
     else:
         process.exit(127)
 
@@ -100,7 +106,11 @@ class Loopback:
         )
 
     async def job(
-        self, target: Target, body: Callable[[Any], Awaitable[Any]]
+        self,
+        target: Target,
+        body: Callable[[Any], Awaitable[Any]],
+        shell: ShellServices | None = None,
+        started: Callable[[SshRunner], None] | None = None,
     ) -> tuple[Any, SshRunner]:
         """Run ``body(connection)`` as the job through a runner; (its result, the runner)."""
         listener = socket.socket()
@@ -118,7 +128,9 @@ class Loopback:
         async def serve() -> SshRunner:
             conn, peer = await loop.sock_accept(listener)
             info = ConnectionInfo("s1", peer[:2], conn.getsockname()[:2], ("127.0.0.1", self.port))
-            runner = SshRunner(svc, self.shared, target, info, ShellServices())
+            runner = SshRunner(svc, self.shared, target, info, shell or ShellServices())
+            if started is not None:
+                started(runner)
             await runner.run(conn)
             return runner
 
@@ -219,6 +231,73 @@ def test_sftp_through_the_glue_records_the_transfer(tmp_path: Path) -> None:
         }
         content = lb.ledger.blobs("ssh.transfer")[0]["content"].decode()
         assert content == "card [REDACTED:CARD]\n"
+
+    run(tmp_path, test)
+
+
+class CongestedLedger:
+    """The ledger channel as the runner sees it (``LedgerBacklog``), congested until
+    :meth:`release`: every read that queued something must stop until it drains."""
+
+    def __init__(self) -> None:
+        self.added = 0
+        self.congested = True
+        self.waiting: list[asyncio.Future[None]] = []
+
+    def holds_back(self, before: int) -> bool:
+        return self.congested
+
+    def drained(self) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
+        if self.congested:
+            self.waiting.append(future)
+        else:
+            future.set_result(None)
+        return future
+
+    def release(self) -> None:
+        self.congested = False
+        for future in self.waiting:
+            future.set_result(None)
+
+
+def test_a_congested_ledger_channel_pauses_the_channel_until_it_drains(tmp_path: Path) -> None:
+    """Issue 19's backpressure, as the shell does it: an output the ledger writer cannot keep
+    up with stops being read from the target (the SSH window then stops the target); once
+    the channel drains, the rest comes, and the job gets every byte."""
+    total = 4 * 1024 * 1024  # more than an SSH window (2 MiB) holds
+    ledger = CongestedLedger()
+    runners: list[SshRunner] = []
+
+    async def test(lb: Loopback) -> None:
+        async def body(conn: Any) -> tuple[int, int, int | None]:
+            process = await conn.create_process(f"flood {total}", encoding=None)
+            got = len(await process.stdout.read(65536))
+            for _ in range(500):  # up to 5 s for the runner to read and hold back
+                if ledger.waiting:
+                    break
+                got += len(await asyncio.wait_for(process.stdout.read(65536), 1))
+            assert ledger.waiting, "the runner never held the channel back"
+            (pair,) = runners[0].pairs.values()
+            assert "ledger" in pair.paused["upstream"]
+            # Held: what is in flight arrives, then nothing more while the channel is held.
+            while True:
+                try:
+                    got += len(await asyncio.wait_for(process.stdout.read(1 << 20), 0.3))
+                except TimeoutError:
+                    break
+            held = got
+            ledger.release()
+            while chunk := await process.stdout.read(1 << 20):
+                got += len(chunk)
+            await process.wait()
+            return held, got, process.exit_status
+
+        (held, got, status), _ = await lb.job(
+            lb.target(), body, ShellServices(backlog=ledger), runners.append
+        )
+        assert held < total // 2  # the target was stopped, not read to the end
+        assert (got, status) == (total, 0)
 
     run(tmp_path, test)
 
