@@ -37,7 +37,19 @@ __all__ = ["DECLINE", "international_e164", "national_e164"]
 
 DECLINE: Final = ""
 
-_SEPARATOR: re.Pattern[str] = _pu._SEPARATOR_PATTERN
+# Without one of them (another version of the package) every candidate is declined.
+_AVAILABLE: Final = all(
+    hasattr(_pm, n)
+    for n in (
+        "_PATTERN",
+        "_SECOND_NUMBER_START_PATTERN",
+        "_SLASH_SEPARATED_DATES",
+        "_MATCHING_BRACKETS",
+        "_PUB_PAGES",
+        "_ALT_NUMBER_FORMATS",
+    )
+) and all(hasattr(_pu, n) for n in ("_SEPARATOR_PATTERN", "_FIRST_GROUP_ONLY_PREFIX_PATTERN"))
+_SEPARATOR: re.Pattern[str] = getattr(_pu, "_SEPARATOR_PATTERN", re.compile("(?!)"))
 _GROUP_REF = re.compile(r"\\([0-9])")
 _TWO_DIGIT_REF = re.compile(r"\\[0-9][0-9]")
 
@@ -305,6 +317,8 @@ def _national_number(main: _Region, digits: str) -> str | None:
 def international_e164(text: str) -> str | None:
     """``text`` ("+" then digits and separators) as phone_e164 answers it (parse with no
     region, is_valid_number, format_number E164), or :data:`DECLINE`."""
+    if not _AVAILABLE:  # pragma: no cover
+        return DECLINE
     if len(text) > _MAX_INPUT or len(text) < 2 or text[0] != "+" or text[1] == "+":
         return DECLINE
     if _BODY.fullmatch(text, 1) is None:
@@ -338,6 +352,8 @@ def national_e164(text: str, region: str) -> str | None:
     """``text`` (digits and separators, no "+") as ``_matched_whole(text, region)``
     answers it (the matcher's candidate spanning the text, parsed in ``region``, verified
     with STRICT_GROUPING, formatted E.164), or :data:`DECLINE`."""
+    if not _AVAILABLE:  # pragma: no cover
+        return DECLINE
     if len(text) > _MAX_INPUT:
         return DECLINE
     m = _BODY.match(text)
