@@ -39,6 +39,7 @@ HOT_MODULES = (
     "appliance/masking/_prefilter.py",
     "appliance/masking/_scan.py",
     "appliance/masking/_detectors.py",
+    "appliance/masking/_phone.py",
     "appliance/masking/_validate.py",
     "appliance/masking/_copy.py",
     "appliance/masking/postgres.py",

@@ -19,12 +19,13 @@ checks that both wrote the same blob bytes. Under callgrind, compare two runs of
 machine's load does not move. ``python -m tests.bench.copyrows split [ROWS]`` prints where
 this checkout's time goes: the pre-filter, the detectors per column, the rest.
 ``COPYROWS_TABLE=events`` measures the export bench's other table instead (log lines, one
-e-mail in fifty).
+e-mail in fifty); ``COPYROWS_KIND=rows`` the DataRows of ``SELECT *`` instead of COPY.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import random
@@ -43,6 +44,8 @@ HEADER = b'{"copy":"out","csv":false}'  # what the recorder writes for COPY cust
 
 
 TABLE = os.environ.get("COPYROWS_TABLE", "customers")
+# "copy": CopyData frames of COPY TO STDOUT; "rows": DataRow frames of SELECT * (text format)
+KIND = os.environ.get("COPYROWS_KIND", "copy")
 
 
 def make_chunks(rows: int, seed: int = 11) -> list[bytes]:
@@ -57,14 +60,25 @@ def make_chunks(rows: int, seed: int = 11) -> list[bytes]:
     def part(kind: bytes, body: bytes) -> bytes:
         return kind + _LEN.pack(len(body)) + body
 
-    first = part(b"H", HEADER)
+    if KIND == "rows":
+        columns = TABLES[TABLE][0].split(",")
+        names = [c.split()[0] for c in columns]
+        header = {"columns": names, "types": [25] * len(names), "formats": [0] * len(names)}
+        first, kind = part(b"H", json.dumps(header).encode()), b"D"
+    else:
+        first, kind = part(b"H", HEADER), b"d"
     for i in range(rows):
         line = _row(i, rng).encode()
-        run += b"d" + _LEN.pack(len(line) + 4) + line
+        if KIND == "rows":
+            values = line.rstrip(b"\n").split(b"\t")
+            body = struct.pack("!H", len(values)) + b"".join(_LEN.pack(len(v)) + v for v in values)
+            run += b"D" + _LEN.pack(len(body) + 4) + body
+        else:
+            run += b"d" + _LEN.pack(len(line) + 4) + line
         if len(run) >= CHUNK:
-            chunks.append((first if not chunks else b"") + part(b"d", bytes(run)))
+            chunks.append((first if not chunks else b"") + part(kind, bytes(run)))
             run.clear()
-    tail = part(b"d", bytes(run)) if run else b""
+    tail = part(kind, bytes(run)) if run else b""
     chunks.append((first if not chunks else b"") + tail + part(b"e", b""))
     return chunks
 

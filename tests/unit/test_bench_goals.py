@@ -65,7 +65,8 @@ def test_the_run_ends_with_the_table_and_writes_it_where_asked(
     goals.at_most("RSS at 200 sessions (daemon + writer)", 189.0, 200, "MB")
     conftest.pytest_terminal_summary(terminal)  # type: ignore[arg-type]
     assert terminal.lines[0] == "issue 19's goals"
-    assert "| RSS at 200 sessions (daemon + writer) | 189 MB | ≤ 200 MB | yes |  |" in (
-        terminal.lines[1]
+    assert (
+        "| RSS at 200 sessions (daemon + writer) | 189 MB | ≤ 200 MB | yes |  |"
+        in (terminal.lines[1])
     )
     assert out.read_text() == terminal.lines[1] + "\n"
