@@ -33,7 +33,7 @@ from phonenumbers import phonenumbermatcher, phonenumberutil
 _pm: Any = phonenumbermatcher
 _pu: Any = phonenumberutil
 
-__all__ = ["DECLINE", "international_e164", "national_e164"]
+__all__ = ["DECLINE", "NUMBER_TYPES", "international_e164", "national_e164"]
 
 DECLINE: Final = ""
 
@@ -68,7 +68,9 @@ _LOCAL_ONLY = 2
 _TOO_LONG = 3
 _INVALID_LENGTH = 4
 
-_TYPES = (
+# The number types libphonenumber's _number_type_helper tries, in its order (_validate's
+# digit-shape check reads them too).
+NUMBER_TYPES: Final = (
     "premium_rate",
     "toll_free",
     "shared_cost",
@@ -187,7 +189,7 @@ class _Region:
         if n in self._valid:
             return self._valid[n]
         alts = []
-        for name in _TYPES:
+        for name in NUMBER_TYPES:
             desc = getattr(self._m, name, None)
             if desc is None or not desc.national_number_pattern:
                 continue

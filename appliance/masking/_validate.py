@@ -294,18 +294,7 @@ def _plain_digits(text: str) -> str | None:
 
 
 # The number types libphonenumber's _number_type_helper tries: a valid number matches one.
-_NUMBER_TYPES = (
-    "premium_rate",
-    "toll_free",
-    "shared_cost",
-    "voip",
-    "personal_number",
-    "pager",
-    "uan",
-    "voicemail",
-    "fixed_line",
-    "mobile",
-)
+_NUMBER_TYPES = _phone.NUMBER_TYPES
 
 
 class PhoneShapes(NamedTuple):
