@@ -70,7 +70,7 @@ _INVALID_LENGTH = 4
 
 # The number types libphonenumber's _number_type_helper tries, in its order (_validate's
 # digit-shape check reads them too).
-NUMBER_TYPES: Final = (
+NUMBER_TYPES: Final[tuple[str, ...]] = (
     "premium_rate",
     "toll_free",
     "shared_cost",

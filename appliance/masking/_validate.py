@@ -294,7 +294,7 @@ def _plain_digits(text: str) -> str | None:
 
 
 # The number types libphonenumber's _number_type_helper tries: a valid number matches one.
-_NUMBER_TYPES = _phone.NUMBER_TYPES
+_NUMBER_TYPES: tuple[str, ...] = _phone.NUMBER_TYPES
 
 
 class PhoneShapes(NamedTuple):
