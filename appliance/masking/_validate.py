@@ -293,10 +293,6 @@ def _plain_digits(text: str) -> str | None:
     return _NOT_DIGIT.sub("", text) if _PLAIN_PHONE.fullmatch(text) else None
 
 
-# The number types libphonenumber's _number_type_helper tries: a valid number matches one.
-_NUMBER_TYPES: tuple[str, ...] = _phone.NUMBER_TYPES
-
-
 class PhoneShapes(NamedTuple):
     """What a valid number dialled in a region without "+" can look like (see
     :func:`phone_shapes`)."""
@@ -336,7 +332,7 @@ def phone_shapes(region: str) -> PhoneShapes | None:
         general = other.general_desc if other is not None else None
         if general is None or not general.possible_length:
             return None
-        for name in _NUMBER_TYPES:
+        for name in _phone.NUMBER_TYPES:  # a valid number matches one of them
             desc = getattr(other, name, None)
             if desc is None or desc.national_number_pattern is None:
                 continue

@@ -428,26 +428,33 @@ def test_tls_from_start_reports_the_sni_and_alpn_the_job_asked_for(
         asyncio.run(main())
 
 
+class FakeTransport:
+    """A transport that says whether it is read, and keeps what is written to it."""
+
+    def __init__(self) -> None:
+        self.reading = True
+        self.writes: list[bytes] = []
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
 @pytest.mark.parametrize("paused", [True, False])
 def test_pause_reasons_add_up(paused: bool) -> None:
     """A side is read only when no reason holds it: the core's own and backpressure."""
 
-    class Transport:
-        def __init__(self) -> None:
-            self.reading = True
-
-        def pause_reading(self) -> None:
-            self.reading = False
-
-        def resume_reading(self) -> None:
-            self.reading = True
-
-        def is_closing(self) -> bool:
-            return False
-
     async def main() -> None:
         conn = Connection(ScriptedCore(), ShellServices(), name="t")
-        transport = Transport()
+        transport = FakeTransport()
         conn.job.transport = transport  # type: ignore[assignment]
         conn.pause("job", "hold", True)
         conn.pause("job", "backpressure", paused)
@@ -646,23 +653,6 @@ def test_a_read_in_pieces_keeps_its_order_with_later_bytes_and_the_end() -> None
     (a TLS transport may, paused or not), and the side's end (a reset), reach the core after
     that read's last piece, in order; the side is not read meanwhile, and is again after."""
 
-    class Transport:
-        def __init__(self) -> None:
-            self.reading = True
-            self.writes: list[bytes] = []
-
-        def pause_reading(self) -> None:
-            self.reading = False
-
-        def resume_reading(self) -> None:
-            self.reading = True
-
-        def is_closing(self) -> bool:
-            return False
-
-        def write(self, data: bytes) -> None:
-            self.writes.append(data)
-
     big = bytes(range(256)) * (3 * TURN // 256 + 1)  # four pieces, the last one short
     heard: list[Any] = []
 
@@ -681,7 +671,7 @@ def test_a_read_in_pieces_keeps_its_order_with_later_bytes_and_the_end() -> None
         core.receive = noting  # type: ignore[method-assign]
         core.handle = handle  # type: ignore[method-assign]
         conn = Connection(core, ShellServices(), name="t")
-        transport = Transport()
+        transport = FakeTransport()
         conn.job.transport = transport  # type: ignore[assignment]
         conn.on_data("job", big)
         conn.on_data("job", b"later")
