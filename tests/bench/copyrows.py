@@ -121,10 +121,10 @@ def split(path: str) -> None:
     calls: dict[str, int] = {}
     where, scanned = TargetMasker.where, TargetMasker.mask_scanned
 
-    def timed_where(self: TargetMasker, data: bytes) -> list[tuple[int, int, int]]:
+    def timed_where(self: TargetMasker, data: bytes, cut: int = 0) -> list[tuple[int, int, int]]:
         t0 = time.process_time()
         try:
-            return where(self, data)
+            return where(self, data, cut)
         finally:
             spent["pre-filter (where)"] = (
                 spent.get("pre-filter (where)", 0) + time.process_time() - t0
