@@ -160,6 +160,11 @@ class Scanner:
             if tokens:
                 found = [f for f in found if not _inside_any(f, tokens)]
             _add(found, starts, chosen)
+            if chosen and chosen[0].start == 0 and chosen[0].end == len(text):
+                # One finding spans the text (a card column's value): every match of the
+                # detectors still to run lies inside it and would be skipped above, so they
+                # are not run (a card's digits are not searched for phone numbers).
+                break
         return chosen
 
     def mask(
