@@ -22,8 +22,8 @@ from appliance.masking._counts import MaskCounts
 from appliance.masking._detectors import DETECTORS, Options
 from appliance.masking._pgtypes import Kind, binary_is_text, decode_number, kind_of
 from appliance.masking._prefilter import DatabaseStore
-from appliance.masking._scan import Finding, Scanner
-from appliance.masking._styles import Style, keyed_hash, label_for, partial, redact
+from appliance.masking._scan import Counted, Renderer, Scanner
+from appliance.masking._styles import Style, keyed_hash, partial, redact
 
 __all__ = [
     "ColumnAction",
@@ -104,6 +104,9 @@ class Masker:
         self._text = Scanner(everywhere, options, store=prefilter_cache)
         self._values = Scanner(enabled, options, store=prefilter_cache)
         self._targets: dict[str, TargetMasker] = {}
+        # What a detector's finding is replaced with, per its style (compiled: called per
+        # finding).
+        self.render = Renderer({n: s.style for n, s in config.detectors.items()}, hmac_key)
 
     @property
     def prefilter_loaded(self) -> bool | None:
@@ -121,14 +124,6 @@ class Masker:
         return masker
 
     # Shared by the target maskers.
-
-    def render(self, f: Finding, raw: str) -> str:
-        style = self.config.detectors[f.detector].style
-        if style is Style.PARTIAL:
-            return partial(raw)
-        if style is Style.HASH:
-            return keyed_hash(self._key, f.value.encode("utf-8", "surrogateescape"))
-        return redact(label_for(f.detector))
 
     def render_rule(self, rule: ColumnRule, label: str, text: str, raw: bytes) -> str:
         if rule.style is Style.PARTIAL:
@@ -195,7 +190,7 @@ class TargetMasker:
                 return text
             if scanner.windowed(text):
                 only = None
-        return scanner.mask(text, self._m.render, lambda f: counts.add(f.detector), only=only)
+        return scanner.mask(text, self._m.render, Counted(counts), only=only)
 
     def _mask_error_detail(self, text: str, counts: MaskCounts) -> str:
         def key(m: re.Match[str]) -> str:
@@ -222,11 +217,7 @@ class TargetMasker:
     def mask_value_text(self, text: str, counts: MaskCounts, where: str | None = None) -> str:
         """``text`` masked with the detectors on for result values (HTTP bodies, query
         values); each finding counted under ``where``. Returns ``text`` itself if clean."""
-
-        def found(f: Finding) -> None:
-            counts.add(f.detector, where)
-
-        return self._m._values.mask(text, self._m.render, found)
+        return self._m._values.mask(text, self._m.render, Counted(counts, where))
 
     def mask_whole(self, text: str, style: Style, label: str) -> str:
         """``text`` masked whole in ``style`` (a JSON path rule)."""
@@ -489,17 +480,19 @@ class TargetMasker:
         ``value`` (None: not asked yet)."""
         if action.rule is not None:
             return self._mask_whole(action, value, counts)
-        text = value.decode("utf-8", "surrogateescape")
         if action.kind is Kind.JSON:
             # What is scanned is each string (and number) of the document, unescaped: the
             # pre-filter runs on each of them, never on the document's bytes.
+            text = value.decode("utf-8", "surrogateescape")
             return self._scan_json(action, text, value, counts)
-        masked = self._mask(text, action.name, counts, only=only)
-        if masked is text:
+        # Decoded, masked and encoded in compiled code (issue 19: once per value that the
+        # pre-filter lets through, every row of an export).
+        masked = self._m._values.mask_value(value, self._m.render, counts, action.name, only=only)
+        if masked is value:
             return value
         if action.kind is Kind.STRICT:
             return None
-        return masked.encode("utf-8", "surrogateescape")
+        return masked
 
     def _mask_binary(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
         """A binary-format value masked for the wire (see :meth:`mask_values`)."""
@@ -579,10 +572,7 @@ class TargetMasker:
     def _mask(
         self, text: str, column: str, counts: MaskCounts, *, only: Sequence[int] | None = None
     ) -> str:
-        def found(f: Finding) -> None:
-            counts.add(f.detector, column)
-
-        return self._m._values.mask(text, self._m.render, found, only=only)
+        return self._m._values.mask(text, self._m.render, Counted(counts, column), only=only)
 
     # -- COPY OUT -------------------------------------------------------------------------------
 

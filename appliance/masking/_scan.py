@@ -17,14 +17,15 @@ from __future__ import annotations
 import bisect
 import functools
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+from appliance.masking._counts import MaskCounts
 from appliance.masking._detectors import Detector, Options
 from appliance.masking._prefilter import ENGINE, DatabaseStore, Prefilter, prefilter
-from appliance.masking._styles import TOKEN_RE, label_for, redact
+from appliance.masking._styles import TOKEN_RE, Style, keyed_hash, label_for, partial, redact
 
-__all__ = ["MAX_PASSES", "Finding", "Scanner"]
+__all__ = ["MAX_PASSES", "Counted", "Finding", "Renderer", "Scanner"]
 
 MAX_PASSES = 4
 # From this many characters on, a text's pre-filter matches are located, and detectors whose
@@ -49,6 +50,51 @@ class Finding(NamedTuple):
             f"Finding(start={self.start}, end={self.end}, detector={self.detector!r},"
             f" priority={self.priority}, value=<{len(self.value)} chars>)"
         )
+
+
+class Renderer:
+    """What a finding is replaced with: its detector's style (``styles``, by detector name)
+    applied to it, the keyed hash under ``key``. Called once per finding; a class of this
+    compiled module (not a method of the interpreted masker) so that no Python frame is
+    entered per finding, and a redaction's token is made once per detector, not per finding
+    (issue 19)."""
+
+    def __init__(self, styles: Mapping[str, Style | None], key: bytes) -> None:
+        self.styles = dict(styles)
+        self.key = key
+        # Every style but partial and hash redacts (enabled detectors have a style).
+        self._tokens = {
+            name: redact(label_for(name))
+            for name, style in self.styles.items()
+            if style is not Style.PARTIAL and style is not Style.HASH
+        }
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Spelled out, as Scanner's: made again by its constructor when unpickled.
+        return (Renderer, (self.styles, self.key))
+
+    def __call__(self, f: Finding, raw: str) -> str:
+        """The replacement of ``raw``, the text of finding ``f``."""
+        token = self._tokens.get(f.detector)
+        if token is not None:
+            return token
+        style = self.styles[f.detector]
+        if style is Style.PARTIAL:
+            return partial(raw)
+        return keyed_hash(self.key, f.value.encode("utf-8", "surrogateescape"))
+
+
+class Counted:
+    """A ``found`` callback for :meth:`Scanner.mask`: counts each finding in ``counts`` under
+    its detector and ``where`` (a column, or None). Compiled, unlike a closure in the
+    masker: no Python frame per finding."""
+
+    def __init__(self, counts: MaskCounts, where: str | None = None) -> None:
+        self.counts = counts
+        self.where = where
+
+    def __call__(self, f: Finding) -> None:
+        self.counts.add(f.detector, self.where)
 
 
 class Scanner:
@@ -166,6 +212,26 @@ class Scanner:
                 # are not run (a card's digits are not searched for phone numbers).
                 break
         return chosen
+
+    def mask_value(
+        self,
+        value: bytes,
+        render: Callable[[Finding, str], str],
+        counts: MaskCounts,
+        where: str | None,
+        *,
+        only: Sequence[int] | None = None,
+    ) -> bytes:
+        """:meth:`mask` on a value's UTF-8 bytes (read with ``surrogateescape``, written back
+        the same way), each replacement counted in ``counts`` under its detector and
+        ``where``. Returns ``value`` itself (the same object) if nothing was found. The
+        masker's per-value path, here so that the value's decoding, masking and encoding
+        run in compiled code."""
+        text = value.decode("utf-8", "surrogateescape")
+        masked = self.mask(text, render, Counted(counts, where), only=only)
+        if masked is text:
+            return value
+        return masked.encode("utf-8", "surrogateescape")
 
     def mask(
         self,
