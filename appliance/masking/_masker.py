@@ -376,15 +376,27 @@ class TargetMasker:
         return values if out is None else out
 
     def mask_scanned(
-        self, action: ColumnAction, value: bytes, counts: MaskCounts, only: Sequence[int]
+        self,
+        action: ColumnAction,
+        value: bytes,
+        counts: MaskCounts,
+        only: Sequence[int] | None,
     ) -> bytes | None:
         """One text-format value of a column that is only scanned (see
         :attr:`ColumnPlan.scan_only`) masked by the detectors ``only`` that the pre-filter let
         through for it, exactly as :meth:`mask_values` masks it with those ``candidates``:
         ``value`` itself if unchanged, None for SQL NULL (a masked value of a non-text
         type). For callers that split rows themselves (COPY lines whose values are their
-        own bytes) and so skip building a list of values and one of candidates per row."""
-        return self._mask_one(action, value, counts, only=only)
+        own bytes) and so skip building a list of values and one of candidates per row.
+        (:meth:`_mask_one` masks such values here too; ``only`` None: not asked yet.)"""
+        # Decoded, masked and encoded in compiled code (issue 19: once per value that the
+        # pre-filter lets through, every row of an export).
+        masked = self._m._values.mask_value(value, self._m.render, counts, action.name, only=only)
+        if masked is value:
+            return value
+        if action.kind is Kind.STRICT:
+            return None
+        return masked
 
     def mask_cells(
         self, plan: ColumnPlan, values: list[bytes | None], counts: MaskCounts
@@ -485,14 +497,7 @@ class TargetMasker:
             # pre-filter runs on each of them, never on the document's bytes.
             text = value.decode("utf-8", "surrogateescape")
             return self._scan_json(action, text, value, counts)
-        # Decoded, masked and encoded in compiled code (issue 19: once per value that the
-        # pre-filter lets through, every row of an export).
-        masked = self._m._values.mask_value(value, self._m.render, counts, action.name, only=only)
-        if masked is value:
-            return value
-        if action.kind is Kind.STRICT:
-            return None
-        return masked
+        return self.mask_scanned(action, value, counts, only)
 
     def _mask_binary(self, action: ColumnAction, value: bytes, counts: MaskCounts) -> bytes | None:
         """A binary-format value masked for the wire (see :meth:`mask_values`)."""

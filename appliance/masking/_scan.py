@@ -198,7 +198,12 @@ class Scanner:
                         continue
                 for start, end, value in detector.validate(match, self.options):
                     if end > start:
-                        found.append(Finding(start, end, detector.name, detector.priority, value))
+                        # What Finding(...) does, without the Python frame of the named
+                        # tuple's __new__ (a lambda made by eval, slow to call from here).
+                        f = tuple.__new__(
+                            Finding, (start, end, detector.name, detector.priority, value)
+                        )
+                        found.append(f)
             if not found:
                 continue
             if tokens is None:
