@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def make_chunks(rows: int, seed: int = 11) -> list[bytes]:
         return kind + _LEN.pack(len(body)) + body
 
     if KIND == "rows":
-        columns = TABLES[TABLE][0].split(",")
+        # Split at the commas between columns, not at those of a type ("numeric(12,2)").
+        columns = re.split(r",(?![^()]*\))", TABLES[TABLE][0])
         names = [c.split()[0] for c in columns]
         header = {"columns": names, "types": [25] * len(names), "formats": [0] * len(names)}
         first, kind = part(b"H", json.dumps(header).encode()), b"D"
