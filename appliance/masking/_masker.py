@@ -7,7 +7,6 @@ pure: text in, masked text and counts out.
 
 from __future__ import annotations
 
-import bisect
 import functools
 import json
 import re
@@ -399,17 +398,26 @@ class TargetMasker:
         return masked
 
     def mask_cells(
-        self, plan: ColumnPlan, values: list[bytes | None], counts: MaskCounts
+        self,
+        plan: ColumnPlan,
+        values: list[bytes | None],
+        counts: MaskCounts,
+        *,
+        candidates: Sequence[Sequence[int]] | None = None,
     ) -> list[str | dict[str, int] | None]:
         """The row's values masked per ``plan``, for the ledger's result blobs: each as the
         text it has in text format (masked exactly as :meth:`mask_values` masks it for the
         job), None for NULL, or :func:`~appliance.ledger.results.binary_cell` for a binary
-        value that cannot be read as text here (never written)."""
+        value that cannot be read as text here (never written). ``candidates``: per value,
+        the detectors the pre-filter let through for it (:meth:`rows_candidates`), or None
+        to run the pre-filter here; a binary value's text is pre-filtered here either way."""
         if len(values) != len(plan.columns):
             raise ValueError(f"row has {len(values)} values, plan has {len(plan.columns)}")
-        if self._clean_row(plan, values):
+        if candidates is not None and len(candidates) != len(values):
+            raise ValueError("candidates must have one entry per value")
+        if candidates is None and self._clean_row(plan, values):
             return [None if v is None else v.decode("utf-8", "replace") for v in values]
-        candidates = self._m._values.candidates_bytes
+        prefilter = self._m._values.candidates_bytes
         out: list[str | dict[str, int] | None] = []
         for i, value in enumerate(values):
             if value is None:
@@ -417,6 +425,8 @@ class TargetMasker:
                 continue
             action = plan.columns[i]
             text = value
+            # The detectors the pre-filter let through for the text: given for a text value.
+            only = candidates[i] if candidates is not None and not action.binary else None
             if action.binary:
                 if action.text is None:
                     if action.rule is None:
@@ -428,8 +438,11 @@ class TargetMasker:
                     out.append(binary_cell(len(value)))
                     continue
                 text, action = readable, action.text
-            only = None
-            if action.rule is not None or action.kind is Kind.JSON or (only := candidates(text)):
+            if action.rule is not None or action.kind is Kind.JSON:
+                only = None  # masked whole, or each string of the document pre-filtered
+            elif only is None:
+                only = prefilter(text)
+            if only is None or only:
                 masked = self._mask_one(action, text, counts, only=only)
                 if masked is None:
                     out.append(None)
@@ -448,28 +461,23 @@ class TargetMasker:
         the next), instead of one per row; then the rows its spans touch. Every row when
         the plan has column rules, JSON or binary columns (:attr:`ColumnPlan.scan_only`).
         """
+        found = self.rows_candidates(plan, rows)
+        return set(range(len(rows))) if found is None else set(found)
+
+    def rows_candidates(
+        self, plan: ColumnPlan, rows: Sequence[Sequence[bytes | None]]
+    ) -> dict[int, list[list[int]]] | None:
+        """:meth:`rows_to_mask`, with what the pre-filter let through for each value: per
+        row that masking may change, per value, the detectors to pass to :meth:`mask_cells`
+        (or :meth:`mask_values`) as ``candidates`` (:meth:`Scanner.candidates_rows
+        <appliance.masking._scan.Scanner.candidates_rows>`: one pass over all the rows, no
+        pass per row and per value). None when the plan is not
+        :attr:`ColumnPlan.scan_only`: then every row is masked one by one, and pre-filtered
+        there."""
         if not plan.scan_only:
-            return set(range(len(rows)))
-        flat: list[bytes] = []
-        ends: list[int] = []  # per row: the offset after its last value and the NUL after it
-        pos = 0
-        for row in rows:
-            for v in row:
-                if v is not None:
-                    flat.append(v)
-                    pos += len(v) + 1
-            ends.append(pos)
-        joined = b"\x00".join(flat)
-        prefilter = self._m._values.prefilter
-        touched: set[int] = set()
-        # One scan (a "which" first would scan every chunk with a finding twice); two
-        # halves at once on two cores, cut after the middle row's NUL.
-        cut = ends[len(rows) // 2 - 1] if len(rows) > 1 else 0
-        for start, end, _ in prefilter.where_split(joined, cut):
-            first = bisect.bisect_right(ends, start)
-            last = bisect.bisect_right(ends, max(start, end - 1))
-            touched.update(range(first, min(last, len(rows) - 1) + 1))
-        return touched
+            return None
+        # One scan (a "which" first would scan every chunk with a finding twice).
+        return self._m._values.candidates_rows(rows)
 
     def _clean_row(self, plan: ColumnPlan, values: list[bytes | None]) -> bool:
         """True if no value of the row can change: one pre-filter pass over all its values

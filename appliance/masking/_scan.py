@@ -148,6 +148,54 @@ class Scanner:
         ``data`` (UTF-8 bytes): pass them to :meth:`find` as ``only``."""
         return self.prefilter.which(data)
 
+    def candidates_rows(self, rows: Sequence[Sequence[bytes | None]]) -> dict[int, list[list[int]]]:
+        """:meth:`candidates_bytes` for every value of many rows (UTF-8 bytes; None: NULL) by
+        one pre-filter pass over them all, joined by a NUL byte (a pattern's match in a
+        value is a match in the joined bytes: no value's stretch of digits runs into the
+        next), instead of a pass per value.
+
+        Returns, per row that some pre-filter span touches, per value, the detectors (sorted)
+        of the spans overlapping it, or ending on the NUL after it: every detector that
+        :meth:`candidates_bytes` gives for it, and maybe more (a span across two values),
+        which costs only a search that finds nothing (a detector finds nothing where none of
+        its pre-filter patterns matches). A row not in it is clean as it stands. Two halves
+        at once (:meth:`Prefilter.where_split
+        <appliance.masking._prefilter.Prefilter.where_split>`), cut after the middle row."""
+        flat: list[bytes] = []
+        starts: list[int] = []  # per non-NULL value: its offset in the joined bytes
+        owners: list[tuple[int, int]] = []  # per non-NULL value: its row and column
+        ends: list[int] = []  # per row: the offset after its last value and the NUL after it
+        pos = 0
+        for r, row in enumerate(rows):
+            for c, v in enumerate(row):
+                if v is not None:
+                    flat.append(v)
+                    starts.append(pos)
+                    owners.append((r, c))
+                    pos += len(v) + 1
+            ends.append(pos)
+        out: dict[int, list[list[int]]] = {}
+        if not flat:
+            return out
+        cut = ends[len(rows) // 2 - 1] if len(rows) > 1 else 0
+        last_value = len(flat) - 1
+        for start, end, detector in self.prefilter.where_split(b"\x00".join(flat), cut):
+            first = bisect.bisect_right(starts, start) - 1
+            last = min(bisect.bisect_right(starts, max(start, end - 1)) - 1, last_value)
+            for k in range(max(first, 0), last + 1):
+                r, c = owners[k]
+                found = out.get(r)
+                if found is None:
+                    found = [[] for _ in rows[r]]
+                    out[r] = found
+                if detector not in found[c]:
+                    found[c].append(detector)
+        for found in out.values():
+            for detectors in found:
+                if len(detectors) > 1:
+                    detectors.sort()
+        return out
+
     def windowed(self, text: str) -> bool:
         """Whether :meth:`find` locates the pre-filter's matches in ``text`` itself (a long
         ASCII text: detectors confined to runs of some characters search only the runs

@@ -469,8 +469,9 @@ class LedgerRows:
 
     def rows(self, rows: list[list[bytes | None]]) -> list[list[Any]]:
         """Many DataRows' values (a run of them) as masked cells: one pre-filter pass over
-        the run (:meth:`TargetMasker.rows_to_mask`); only the rows it does not rule out are
-        masked one by one, as :meth:`row` masks them."""
+        the run (:meth:`TargetMasker.rows_candidates`); only the rows it does not rule out are
+        masked one by one, as :meth:`row` masks them, each value by the detectors that pass
+        let through for it."""
         masker = self.masker
         if masker is None or not rows:
             return [self.row(values) for values in rows]
@@ -478,13 +479,17 @@ class LedgerRows:
         n = len(rows[0])
         if plan is None or len(plan.columns) != n or any(len(r) != n for r in rows):
             return [self.row(values) for values in rows]
-        to_mask = masker.rows_to_mask(plan, rows)
-        return [
-            masker.mask_cells(plan, values, self.counts)
-            if i in to_mask
-            else [None if v is None else v.decode("utf-8", "replace") for v in values]
-            for i, values in enumerate(rows)
-        ]
+        found = masker.rows_candidates(plan, rows)
+        if found is None:
+            return [masker.mask_cells(plan, values, self.counts) for values in rows]
+        out: list[list[Any]] = []
+        for i, values in enumerate(rows):
+            candidates = found.get(i)
+            if candidates is None:
+                out.append([None if v is None else v.decode("utf-8", "replace") for v in values])
+            else:
+                out.append(masker.mask_cells(plan, values, self.counts, candidates=candidates))
+        return out
 
     def copy_binary(self, size: int) -> dict[str, int]:
         """A chunk of binary COPY: values of unknown types, never written."""

@@ -7,8 +7,10 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from appliance.masking import MaskCounts, Masker, Style
+from appliance.masking import MaskCounts, Masker, Style, _prefilter
 from appliance.masking._config import DetectorSetting
 from appliance.masking._detectors import DETECTORS, Options
 from appliance.masking._scan import Counted, Finding, Renderer, Scanner
@@ -16,6 +18,8 @@ from appliance.masking._styles import keyed_hash, partial, redact
 from tests.unit.masking.helpers import KEY, all_on
 
 SCANNER = Scanner(DETECTORS, Options())
+# The pre-filter by re: its spans are whole matches (Hyperscan's, a match's last byte).
+SCANNER_RE = Scanner(DETECTORS, Options(), engine="re")
 CARD = "4111111111111111"
 PHONE = "415-555-2671"
 
@@ -102,3 +106,69 @@ def test_mask_value_takes_and_gives_bytes() -> None:
         "detectors": {"card": 2},
         "columns": {"t.card": 1, "t.note": 1},
     }
+
+
+# Pieces of values: findings of several detectors, near-misses, separators that a pattern may
+# run across when values are joined (digits, dashes, spaces).
+_PIECES = [
+    CARD,
+    "4111-1111-1111-1111",
+    PHONE,
+    "(415) 555-2671",
+    "bob@example.com",
+    "2024-05-12",
+    "123456789",
+    "-",
+    " ",
+    "x",
+    "",
+    "é",
+]
+_VALUE = st.one_of(
+    st.none(), st.lists(st.sampled_from(_PIECES), max_size=4).map(lambda p: "".join(p).encode())
+)
+
+
+@pytest.mark.parametrize("scanner", [SCANNER, SCANNER_RE], ids=["hyperscan", "re"])
+@pytest.mark.parametrize("split", [False, True], ids=["one-scan", "split"])
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(st.lists(_VALUE, min_size=1, max_size=4), max_size=8))
+def test_candidates_of_rows_hold_each_values_own(
+    scanner: Scanner, split: bool, rows: list[list[bytes | None]]
+) -> None:
+    # One pass over all the rows gives, per value, every detector a pass over the value
+    # alone gives (the scanner runs those, and finds nothing with any other); a row left
+    # out has none in any value.
+    with pytest.MonkeyPatch.context() as patch:
+        if split:  # the joined rows scanned in two halves at once, however short
+            patch.setattr(_prefilter, "SPLIT_FROM", 1)
+        found = scanner.candidates_rows(rows)
+    assert set(found) <= set(range(len(rows)))
+    for r, row in enumerate(rows):
+        alone = [[] if v is None else scanner.candidates_bytes(v) for v in row]
+        if r not in found:
+            assert not any(alone), (r, row)
+            continue
+        assert len(found[r]) == len(row)
+        for c, detectors in enumerate(found[r]):
+            assert detectors == sorted(set(detectors))
+            assert set(alone[c]) <= set(detectors), (r, c, row)
+            if row[c] is None:
+                assert detectors == []
+
+
+def test_candidates_of_rows_by_row_and_column() -> None:
+    index = {d.name: i for i, d in enumerate(SCANNER.detectors)}
+    rows: list[list[bytes | None]] = [
+        [b"1", None, b"clean"],
+        [b"2", b"bob@example.com", None, CARD.encode()],
+        [None, b"nothing"],
+        [b"call " + PHONE.encode(), b"x"],
+    ]
+    found = SCANNER.candidates_rows(rows)
+    assert sorted(found) == [1, 3]
+    assert found[1][0] == [] and found[1][2] == []
+    assert found[1][1] == [index["email"]]
+    assert index["card"] in found[1][3]
+    assert index["phone"] in found[3][0] and found[3][1] == []
+    assert SCANNER.candidates_rows([]) == {} == SCANNER.candidates_rows([[None], [None, None]])

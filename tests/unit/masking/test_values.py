@@ -335,3 +335,37 @@ def test_a_row_pre_filtered_whole_is_masked_as_value_by_value() -> None:
                 single = type(one)((alone,))
                 assert cells[k] == TM.mask_cells(single, [v], MaskCounts())[0]
                 assert values[k] == TM.mask_values(single, [v], MaskCounts())[0]
+
+
+def test_cells_by_the_candidates_of_one_pass_over_the_rows() -> None:
+    """mask_cells given each value's detectors (rows_candidates: one pre-filter pass over
+    many rows) makes the cells and counts it makes pre-filtering each value itself."""
+    tm = Masker(MaskingConfig(), hmac_key=b"").for_target("any")
+    plan = tm.column_plan(None, ["note", "email", "n"], type_oids=[TEXT, TEXT, INT4])
+    rows: list[list[bytes | None]] = [
+        [b"card 4111111111111111", b"bob@example.com", b"4111111111111111"],
+        [b"clean", None, b"7"],
+        [None, b"call (415) 555-2671", b"1"],
+        [b"x", b"y", b"2"],
+    ]
+    found = tm.rows_candidates(plan, rows)
+    assert found is not None and sorted(found) == [0, 2]
+    alone, together = MaskCounts(), MaskCounts()
+    for i in found:
+        expected = tm.mask_cells(plan, rows[i], alone)
+        assert tm.mask_cells(plan, rows[i], together, candidates=found[i]) == expected
+    assert together.as_dict() == alone.as_dict() and alone.total() == 4
+    assert tm.rows_to_mask(plan, rows) == {0, 2}
+    with pytest.raises(ValueError, match="one entry per value"):
+        tm.mask_cells(plan, rows[0], MaskCounts(), candidates=[[]])
+
+
+def test_cells_of_binary_values_are_pre_filtered_whatever_the_candidates() -> None:
+    # A binary value's text is not its bytes: candidates given for the row do not apply.
+    plan = TM.column_plan(None, ["note", "n"], formats=[1, 0], type_oids=[TEXT, TEXT])
+    assert TM.rows_candidates(plan, []) is None  # not scan-only: every row is masked alone
+    row: list[bytes | None] = [b"bob@example.com", b"x"]
+    assert TM.mask_cells(plan, row, MaskCounts(), candidates=[[], []]) == [
+        "[REDACTED:EMAIL]",
+        "x",
+    ]
