@@ -466,7 +466,7 @@ class TargetMasker:
 
     def rows_candidates(
         self, plan: ColumnPlan, rows: Sequence[Sequence[bytes | None]]
-    ) -> dict[int, list[list[int]]] | None:
+    ) -> dict[int, list[Sequence[int]]] | None:
         """:meth:`rows_to_mask`, with what the pre-filter let through for each value: per
         row that masking may change, per value, the detectors to pass to :meth:`mask_cells`
         (or :meth:`mask_values`) as ``candidates`` (:meth:`Scanner.candidates_rows

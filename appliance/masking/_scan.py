@@ -17,7 +17,7 @@ from __future__ import annotations
 import bisect
 import functools
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from appliance.masking._counts import MaskCounts
@@ -148,7 +148,9 @@ class Scanner:
         ``data`` (UTF-8 bytes): pass them to :meth:`find` as ``only``."""
         return self.prefilter.which(data)
 
-    def candidates_rows(self, rows: Sequence[Sequence[bytes | None]]) -> dict[int, list[list[int]]]:
+    def candidates_rows(
+        self, rows: Sequence[Sequence[bytes | None]]
+    ) -> dict[int, list[Sequence[int]]]:
         """:meth:`candidates_bytes` for every value of many rows (UTF-8 bytes; None: NULL) by
         one pre-filter pass over them all, joined by a NUL byte (a pattern's match in a
         value is a match in the joined bytes: no value's stretch of digits runs into the
@@ -162,39 +164,18 @@ class Scanner:
         at once (:meth:`Prefilter.where_split
         <appliance.masking._prefilter.Prefilter.where_split>`), cut after the middle row."""
         flat: list[bytes] = []
-        starts: list[int] = []  # per non-NULL value: its offset in the joined bytes
-        owners: list[tuple[int, int]] = []  # per non-NULL value: its row and column
         ends: list[int] = []  # per row: the offset after its last value and the NUL after it
         pos = 0
-        for r, row in enumerate(rows):
-            for c, v in enumerate(row):
+        for row in rows:
+            for v in row:
                 if v is not None:
                     flat.append(v)
-                    starts.append(pos)
-                    owners.append((r, c))
                     pos += len(v) + 1
             ends.append(pos)
-        out: dict[int, list[list[int]]] = {}
         if not flat:
-            return out
+            return {}
         cut = ends[len(rows) // 2 - 1] if len(rows) > 1 else 0
-        last_value = len(flat) - 1
-        for start, end, detector in self.prefilter.where_split(b"\x00".join(flat), cut):
-            first = bisect.bisect_right(starts, start) - 1
-            last = min(bisect.bisect_right(starts, max(start, end - 1)) - 1, last_value)
-            for k in range(max(first, 0), last + 1):
-                r, c = owners[k]
-                found = out.get(r)
-                if found is None:
-                    found = [[] for _ in rows[r]]
-                    out[r] = found
-                if detector not in found[c]:
-                    found[c].append(detector)
-        for found in out.values():
-            for detectors in found:
-                if len(detectors) > 1:
-                    detectors.sort()
-        return out
+        return spans_by_value(rows, ends, self.prefilter.where_split(b"\x00".join(flat), cut))
 
     def windowed(self, text: str) -> bool:
         """Whether :meth:`find` locates the pre-filter's matches in ``text`` itself (a long
@@ -342,6 +323,46 @@ class Scanner:
         # The renderings keep producing findings: give up on keeping anything (fail closed).
         found(findings[0])
         return redact(label_for(findings[0].detector))
+
+
+def spans_by_value(
+    rows: Sequence[Sequence[bytes | None]],
+    ends: Sequence[int],
+    spans: Iterable[tuple[int, int, int]],
+) -> dict[int, list[Sequence[int]]]:
+    """Per row that one of ``spans`` (``(start, end, detector)``, offsets in the rows'
+    values joined by a NUL byte, NULLs left out; ``ends``: per row, the offset after its
+    last value and the NUL after it) overlaps, per value, the detectors (sorted) of the
+    spans overlapping the value or the NUL after it: see :meth:`Scanner.candidates_rows`."""
+    out: dict[int, list[Sequence[int]]] = {}
+    n = len(rows)
+    for start, end, detector in spans:
+        last = max(start, end - 1)  # the span's last byte
+        # The rows, then their values (each with the NUL after it), the span overlaps:
+        # found by offsets only where a span is (most values have none).
+        r = bisect.bisect_right(ends, start)
+        at = ends[r - 1] if r > 0 else 0
+        while r < n and at <= last:
+            row = rows[r]
+            for c, v in enumerate(row):
+                if v is None:
+                    continue
+                stop = at + len(v) + 1
+                if stop > start:
+                    found = out.get(r)
+                    if found is None:
+                        found = [()] * len(row)
+                        out[r] = found
+                    detectors = found[c]
+                    if not detectors:
+                        found[c] = [detector]
+                    elif detector not in detectors:
+                        found[c] = sorted([*detectors, detector])
+                at = stop
+                if at > last:
+                    break
+            r += 1
+    return out
 
 
 def _scanner(

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from appliance.masking import MaskCounts, Masker, Style, _prefilter
 from appliance.masking._config import DetectorSetting
 from appliance.masking._detectors import DETECTORS, Options
-from appliance.masking._scan import Counted, Finding, Renderer, Scanner
+from appliance.masking._scan import Counted, Finding, Renderer, Scanner, spans_by_value
 from appliance.masking._styles import keyed_hash, partial, redact
 from tests.unit.masking.helpers import KEY, all_on
 
@@ -151,10 +151,10 @@ def test_candidates_of_rows_hold_each_values_own(
             continue
         assert len(found[r]) == len(row)
         for c, detectors in enumerate(found[r]):
-            assert detectors == sorted(set(detectors))
+            assert list(detectors) == sorted(set(detectors))
             assert set(alone[c]) <= set(detectors), (r, c, row)
             if row[c] is None:
-                assert detectors == []
+                assert not detectors
 
 
 def test_candidates_of_rows_by_row_and_column() -> None:
@@ -167,8 +167,24 @@ def test_candidates_of_rows_by_row_and_column() -> None:
     ]
     found = SCANNER.candidates_rows(rows)
     assert sorted(found) == [1, 3]
-    assert found[1][0] == [] and found[1][2] == []
+    assert not found[1][0] and not found[1][2]
     assert found[1][1] == [index["email"]]
     assert index["card"] in found[1][3]
-    assert index["phone"] in found[3][0] and found[3][1] == []
+    assert index["phone"] in found[3][0] and not found[3][1]
     assert SCANNER.candidates_rows([]) == {} == SCANNER.candidates_rows([[None], [None, None]])
+
+
+def test_spans_are_given_to_the_values_they_overlap() -> None:
+    # Joined: b"ab\0" (row 0: None, b"ab", None), b"cde\0" b"\0" (row 1: b"cde", b""),
+    # then row 2 (all NULL), then b"fg\0" (row 3).
+    rows: list[list[bytes | None]] = [[None, b"ab", None], [b"cde", b""], [None], [b"fg"]]
+    ends = [3, 8, 8, 11]
+    assert spans_by_value(rows, ends, []) == {}
+    # The first byte of a value after a NULL; the NUL after a value; a value's last byte.
+    assert spans_by_value(rows, ends, [(0, 1, 5)]) == {0: [(), [5], ()]}
+    assert spans_by_value(rows, ends, [(2, 3, 5)]) == {0: [(), [5], ()]}
+    assert spans_by_value(rows, ends, [(5, 6, 7), (7, 8, 5), (5, 6, 5)]) == {1: [[5, 7], [5]]}
+    # Across values and rows (spans of the re engine are whole matches), past a NULL row.
+    assert spans_by_value(rows, ends, [(1, 5, 2)]) == {0: [(), [2], ()], 1: [[2], ()]}
+    assert spans_by_value(rows, ends, [(6, 9, 3)]) == {1: [[3], [3]], 3: [[3]]}
+    assert spans_by_value(rows, ends, [(10, 11, 1)]) == {3: [[1]]}
