@@ -41,7 +41,7 @@ from appliance.protocols.postgres.messages import (
     datarow_values,
 )
 from appliance.proxy.pg.relay import Statement
-from appliance.proxy.records import MaskingTransform, SessionRecords
+from appliance.proxy.records import MaskingTransform, SessionRecords, pieces
 
 _LEN = struct.Struct("!I")
 
@@ -59,12 +59,11 @@ class RowsTransform(MaskingTransform):
     def __init__(self, masker: TargetMasker | None) -> None:
         super().__init__(masker)
         self.rows = LedgerRows(masker, self.counts)
-        self._header: bytes | None = None  # the body of the last header part
 
     def part(self, kind: bytes, body: bytes) -> bytes:
         rows = self.rows
         if kind == HEADER:
-            self._header = body
+            self.header = body
             # The same result shapes come back statement after statement: what a header
             # gives (its plan, its masked line, what masking it counted) is kept per
             # target and header bytes.
@@ -78,7 +77,7 @@ class RowsTransform(MaskingTransform):
             # All the run's rows at once: masking pre-filters them together.
             frames = _frames(body)
             if len(body) >= transform_helper.SHARE_FROM and self._splits_rows(frames):
-                return self._shared(ROWS, _row_pieces(frames))
+                return self.shared(ROWS, pieces(frames))
             out.extend(map(orjson.dumps, rows.rows([datarow_values(p) for p in frames])))
         elif kind == COPY and rows.copy is not None and rows.copy.format == "binary":
             out.append(orjson.dumps(rows.copy_binary(sum(len(p) for p in _frames(body)))))
@@ -86,22 +85,21 @@ class RowsTransform(MaskingTransform):
             # All the chunk's rows at once: masking pre-filters them together.
             lines = rows.take_lines(b"".join(_frames(body)))
             if len(lines) >= transform_helper.SHARE_FROM and self._splits_copy():
-                return self._shared(COPY, _line_pieces(lines))
+                return self.shared(COPY, _line_pieces(lines))
             out.extend(map(orjson.dumps, rows.copy_lines(lines)))
         elif kind == COPY_END:
             out.extend(orjson.dumps(line) for line in rows.copy_end())
         return b"\n".join(out) + b"\n" if out else b""
 
     # A long run in pieces, some of which the ledger writer's helper process may mask on a
-    # core that would sit idle (see appliance.ledger.transform_helper), as this transform
-    # would.
+    # core that would sit idle (MaskingTransform.shared).
 
     def _splits_rows(self, frames: list[bytes]) -> bool:
         """Whether a run of DataRows may be masked in pieces: a masker and a header whose
         plan every row fits (else rows are planned one by one, and a plan made for one row
         is kept for the next: state the pieces would not share)."""
         plan = self.rows.plan
-        if self.masker is None or self._header is None or plan is None or len(frames) < 2:
+        if self.masker is None or self.header is None or plan is None or len(frames) < 2:
             return False
         width = _WIDTH.pack(len(plan.columns))
         return all(p[:2] == width for p in frames)
@@ -112,63 +110,21 @@ class RowsTransform(MaskingTransform):
         copy = self.rows.copy
         return (
             self.masker is not None
-            and self._header is not None
+            and self.header is not None
             and copy is not None
             and copy.format == "text"
         )
 
-    def _shared(self, kind: bytes, pieces: list[list[bytes]]) -> bytes:
-        """The JSON lines of a run cut in ``pieces`` (of DataRow payloads, or each one body
-        of COPY text lines), some of which the helper may mask while this thread masks the
-        others."""
-        assert self._header is not None
-        done = transform_helper.share(
-            pieces,
-            lambda p: (self._masked(kind, p), None),
-            piece,
-            self.masker,
-            self._header,
-            kind,
-        )
-        out = []
-        for data, counts in done:
-            if counts is not None:
-                self.counts.update(MaskCounts.of(counts))
-            out.append(data)
-        return b"".join(out)
+    def resume(self, header: bytes) -> None:
+        self.rows.start(_cached_header(self.masker, header)[0])
 
-    def _masked(self, kind: bytes, frames: list[bytes]) -> bytes:
+    def masked(self, kind: bytes, frames: list[bytes]) -> bytes:
+        """DataRow payloads, or one body of lines of a text COPY (which has no header line)."""
         rows = self.rows
         if kind == ROWS:
             cells = rows.rows([datarow_values(p) for p in frames])
             return b"".join([orjson.dumps(c) + b"\n" for c in cells])
         return b"".join([orjson.dumps(t) + b"\n" for t in rows.copy_lines(frames[0])])
-
-
-def piece(
-    masker: TargetMasker, header: bytes, kind: bytes, frames: list[bytes]
-) -> tuple[bytes, tuple[dict[str, int], dict[str, int]] | None]:
-    """A piece of :meth:`RowsTransform._shared`, in the helper: rows after the header
-    ``header`` (DataRow payloads, or one body of lines of a text COPY, which has no header
-    line) as JSON lines, masked as the transform masks them, and what was masked."""
-    t = RowsTransform(masker)
-    t.rows.start(_cached_header(masker, header)[0])
-    return t._masked(kind, frames), t.counts.raw()
-
-
-def _row_pieces(frames: list[bytes]) -> list[list[bytes]]:
-    """DataRow payloads in pieces of about :data:`~appliance.ledger.transform_helper.PIECE`
-    bytes."""
-    pieces: list[list[bytes]] = []
-    size, start = 0, 0
-    for i, frame in enumerate(frames):
-        size += len(frame)
-        if size >= transform_helper.PIECE:
-            pieces.append(frames[start : i + 1])
-            size, start = 0, i + 1
-    if start < len(frames):
-        pieces.append(frames[start:])
-    return pieces
 
 
 def _line_pieces(lines: bytes) -> list[list[bytes]]:

@@ -19,6 +19,7 @@ from appliance.ledger import transform_helper
 from appliance.ledger.result_sink import COPY, COPY_END, HEADER, ROWS, _framed
 from appliance.masking import ColumnRule, Masker, MaskingConfig, Style, TargetMasker
 from appliance.protocols.postgres.messages import DataRow
+from appliance.proxy.mysql.recording import RowsTransform as MySQLRows
 from appliance.proxy.pg.recording import RowsTransform
 
 pytestmark = pytest.mark.skipif(
@@ -109,6 +110,31 @@ def test_runs_masked_in_pieces_are_the_bytes_and_counts_of_one_process(
         assert counts == {"column_rule": 120 + 2 * 4 * 120, "email": 60, "phone": 30}
     else:
         assert counts == {"card": 3 * 120, "email": 3 * 60, "phone": 3 * 30}
+
+
+def test_mysql_runs_masked_in_pieces_are_the_bytes_and_counts_of_one_process(
+    helper: transform_helper.Helper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = {
+        "columns": ["id", "email", "card", "note"],
+        "types": [253] * 4,
+        "unsigned": [False] * 4,
+        "bytes": [False] * 4,
+        "binary": False,
+    }
+    payloads = [b"".join(bytes([len(v)]) + v for v in row) for row in _rows(120)]
+    payloads[7] = b"\xff"  # unreadable: one binary cell of its length
+    run = b"".join(struct.pack("!I", len(p)) + p for p in payloads)
+    chunk = _framed(HEADER, orjson.dumps(header)) + _framed(ROWS, run)
+    masker = _masker(False)
+    t = MySQLRows(masker)
+    shared = t(chunk), t.annotation()
+    assert helper.answered >= 1
+    monkeypatch.setattr(transform_helper, "SHARE_FROM", 1 << 40)
+    t = MySQLRows(masker)
+    alone = t(chunk), t.annotation()
+    assert shared == alone
+    assert orjson.loads(orjson.dumps(alone[1]))["masking"]["detectors"]["card"] == 119
 
 
 def test_csv_copy_and_rows_of_other_widths_are_not_shared(
