@@ -36,6 +36,19 @@ class MaskCounts:
         for name, n in other._columns.items():
             self._columns[name] = self._columns.get(name, 0) + n
 
+    def raw(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The counts per detector and per column (copies), for :meth:`of`."""
+        return dict(self._detectors), dict(self._columns)
+
+    @staticmethod
+    def of(raw: tuple[dict[str, int], dict[str, int]]) -> MaskCounts:
+        """Counts made from :meth:`raw`'s (another process's)."""
+        counts = MaskCounts()
+        detectors, columns = raw
+        counts._detectors.update(detectors)
+        counts._columns.update(columns)
+        return counts
+
     def as_dict(self) -> dict[str, dict[str, int]]:
         """``{"detectors": {"card": 3}, "columns": {"customers.card": 3}}``, keys sorted."""
         return {

@@ -500,9 +500,21 @@ class LedgerRows:
         waits for the next call (or :meth:`copy_end`). Give it as much data at once as
         there is: the lines are pre-filtered together, and only those that may hold
         something to mask are masked one by one."""
+        return self.copy_lines(self.take_lines(payload))
+
+    def take_lines(self, payload: bytes) -> bytes:
+        """The complete lines that ``payload`` ends (with what an earlier piece left after
+        its last newline); the piece after the last newline waits for the next call."""
         data = self._partial + payload if self._partial else payload
         cut = data.rfind(b"\n") + 1
         body, self._partial = data[:cut], data[cut:]
+        return body
+
+    def copy_lines(self, body: bytes) -> list[str]:
+        """Complete lines of COPY text/CSV data (``body`` ends with a newline), masked, as
+        :meth:`copy_text` masks them. A COPY's lines may go here in pieces cut at line ends,
+        to as many of these as there are pieces: a line is masked on its own, with no state
+        but a CSV header line's (the first of the COPY)."""
         if not body:
             return []
         lines = body.split(b"\n")

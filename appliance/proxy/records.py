@@ -20,13 +20,14 @@ from typing import Any, ClassVar
 
 from mypy_extensions import mypyc_attr
 
+from appliance.ledger import transform_helper
 from appliance.ledger.api import Blob, Ledger, PendingBlob
 from appliance.ledger.entries import canonical_json
 from appliance.ledger.result_sink import PartsTransform, RowsSink, transforms
 from appliance.ledger.sender import LedgerSender, SessionEntries
 from appliance.masking import MaskCounts, TargetMasker
 
-__all__ = ["MaskingTransform", "SessionRecords"]
+__all__ = ["MaskingTransform", "SessionRecords", "masked_piece", "pieces"]
 
 _MASK_CACHE = 64  # masked statement texts remembered per session (then forgotten at once)
 _NOT_A_DECISION = frozenset({"allow", "syntax_error"})
@@ -35,14 +36,79 @@ _NOT_A_DECISION = frozenset({"allow", "syntax_error"})
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled, and subclassed by protocols
 class MaskingTransform(PartsTransform):
     """The base of a protocol's result-blob transform: it counts what it masked
-    (``counts``), and the counts annotate the blob's reference in the response entry."""
+    (``counts``), and the counts annotate the blob's reference in the response entry.
+
+    A long run of rows may be masked in pieces (:meth:`shared`), some of them by the ledger
+    writer's helper process on a core that would sit idle (:mod:`appliance.ledger.
+    transform_helper`): a protocol whose rows are masked one by one after their header
+    implements :meth:`resume` and :meth:`masked`, keeps the last header part's body in
+    ``header``, and calls :meth:`shared` for a run it may cut."""
 
     def __init__(self, masker: TargetMasker | None) -> None:
         super().__init__(masker)
         self.counts = MaskCounts()
+        self.header: bytes | None = None  # the body of the last header part
 
     def annotation(self) -> Mapping[str, Any]:
         return {"masking": self.counts.as_dict()} if self.counts else {}
+
+    def resume(self, header: bytes) -> None:
+        """Be as after the header part ``header``, without writing or counting it."""
+        raise NotImplementedError
+
+    def masked(self, kind: bytes, frames: list[bytes]) -> bytes:
+        """A piece of a run of ``kind`` (the protocol's units, e.g. row payloads) as the
+        blob's JSON lines, counted in ``counts``: what :meth:`part` writes for them."""
+        raise NotImplementedError
+
+    def shared(self, kind: bytes, pieces: list[list[bytes]]) -> bytes:
+        """:meth:`masked` of each piece, joined: some of them maybe done by the helper."""
+        header = self.header
+        assert header is not None
+        done = transform_helper.share(
+            pieces,
+            lambda p: (self.masked(kind, p), None),
+            masked_piece,
+            self.masker,
+            type(self),
+            header,
+            kind,
+        )
+        out = []
+        for data, counts in done:
+            if counts is not None:
+                self.counts.update(MaskCounts.of(counts))
+            out.append(data)
+        return b"".join(out)
+
+
+def masked_piece(
+    masker: TargetMasker,
+    make: type[MaskingTransform],
+    header: bytes,
+    kind: bytes,
+    frames: list[bytes],
+) -> tuple[bytes, tuple[dict[str, int], dict[str, int]] | None]:
+    """:meth:`MaskingTransform.shared`'s piece in the helper process: what a fresh
+    transform resumed after ``header`` writes for it, and what it counted."""
+    t = make(masker)
+    t.resume(header)
+    return t.masked(kind, frames), t.counts.raw()
+
+
+def pieces(units: list[bytes]) -> list[list[bytes]]:
+    """A run's units (row payloads) in pieces of about :data:`~appliance.ledger.
+    transform_helper.PIECE` bytes."""
+    out: list[list[bytes]] = []
+    size, start = 0, 0
+    for i, unit in enumerate(units):
+        size += len(unit)
+        if size >= transform_helper.PIECE:
+            out.append(units[start : i + 1])
+            size, start = 0, i + 1
+    if start < len(units):
+        out.append(units[start:])
+    return out
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # compiled, and subclassed by protocols

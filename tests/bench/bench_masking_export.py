@@ -203,7 +203,8 @@ def export(lab: Lab, env: dict[str, str], argv: list[str]) -> float:
 
 def _cpu(app: Appliance) -> tuple[float, float]:
     """CPU seconds (user + system) so far of the appliance's processes: the proxy (its
-    process and any other descendant) and the ledger writer process, from /proc."""
+    process and any other descendant) and the ledger writer process with its transform
+    helper (appliance.ledger.transform_helper), from /proc."""
     assert app.proc is not None
     tick = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
@@ -222,7 +223,8 @@ def _cpu(app: Appliance) -> tuple[float, float]:
     proxy = writer = 0.0
     for pid in tree:
         with contextlib.suppress(OSError):
-            if b"child_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"child_main" in cmdline or b"transform_helper" in cmdline:
                 writer += cpu.get(pid, 0.0)
                 continue
         proxy += cpu.get(pid, 0.0)

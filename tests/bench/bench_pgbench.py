@@ -329,11 +329,15 @@ def cpu_seconds(pids: list[int]) -> float:
 
 
 def appliance_pids(app: Appliance) -> list[int]:
-    """The daemon and its ledger writer process."""
+    """The daemon and its descendants: the ledger writer process (and its transform
+    helper, if it started one)."""
     assert app.proc is not None
-    pid = app.proc.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [pid, *(int(c) for c in children)]
+    found = [app.proc.pid]
+    for pid in found:  # grows as it goes
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            found.extend(int(c) for c in children)
+    return found
 
 
 def rss_mb(pid: int) -> float:

@@ -23,12 +23,13 @@ from typing import Any
 
 import orjson
 
+from appliance.ledger import transform_helper
 from appliance.ledger.result_sink import HEADER, RowsSink
 from appliance.masking import MaskCounts, TargetMasker
 from appliance.masking.mysql import LedgerRows, ResultColumns
 from appliance.protocols.mysql.constants import Type
 from appliance.protocols.mysql.messages import ColumnDef, Err
-from appliance.proxy.records import MaskingTransform, SessionRecords
+from appliance.proxy.records import MaskingTransform, SessionRecords, pieces
 
 _LEN = struct.Struct("!I")  # a row payload's length, before it in a run
 
@@ -47,6 +48,7 @@ class RowsTransform(MaskingTransform):
 
     def part(self, kind: bytes, body: bytes) -> bytes:
         if kind == HEADER:
+            self.header = body
             header = orjson.loads(body)
             columns = self.rows.header(header)  # planned by the real names
             shown: dict[str, Any] = {"columns": self._names(columns.names)}
@@ -60,8 +62,23 @@ class RowsTransform(MaskingTransform):
             (n,) = _LEN.unpack_from(body, pos)
             payloads.append(body[pos + 4 : pos + 4 + n])
             pos += 4 + n
+        if (
+            len(body) >= transform_helper.SHARE_FROM
+            and self.masker is not None
+            and self.rows.plan is not None
+        ):
+            # A long run in pieces, some of which the ledger writer's helper process may
+            # mask on a core that would sit idle (rows are masked one by one after their
+            # header: MaskingTransform.shared).
+            return self.shared(kind, pieces(payloads))
+        return self.masked(kind, payloads)
+
+    def resume(self, header: bytes) -> None:
+        self.rows.header(orjson.loads(header))
+
+    def masked(self, kind: bytes, frames: list[bytes]) -> bytes:
         # The run's rows at once: masking pre-filters them together.
-        return b"".join(orjson.dumps(cells) + b"\n" for cells in self.rows.rows(payloads))
+        return b"".join([orjson.dumps(cells) + b"\n" for cells in self.rows.rows(frames)])
 
     def _names(self, names: Sequence[str]) -> list[str]:
         """Column names as written: masked (MySQL names a column after its expression,

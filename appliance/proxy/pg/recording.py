@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from appliance.ledger import transform_helper
 from appliance.ledger.result_sink import COPY, COPY_END, HEADER, ROWS, RowsSink, header_part
 from appliance.masking import MaskCounts, TargetMasker
 from appliance.masking.postgres import HeaderPlan, LedgerRows, header_plan
@@ -40,7 +41,7 @@ from appliance.protocols.postgres.messages import (
     datarow_values,
 )
 from appliance.proxy.pg.relay import Statement
-from appliance.proxy.records import MaskingTransform, SessionRecords
+from appliance.proxy.records import MaskingTransform, SessionRecords, pieces
 
 _LEN = struct.Struct("!I")
 
@@ -62,17 +63,11 @@ class RowsTransform(MaskingTransform):
     def part(self, kind: bytes, body: bytes) -> bytes:
         rows = self.rows
         if kind == HEADER:
+            self.header = body
             # The same result shapes come back statement after statement: what a header
             # gives (its plan, its masked line, what masking it counted) is kept per
             # target and header bytes.
-            key = (self.masker, body)
-            hit = _HEADERS.get(key)
-            if hit is None:
-                hit = _header(self.masker, body)
-                if len(_HEADERS) >= _HEADER_CACHE:
-                    _HEADERS.clear()
-                _HEADERS[key] = hit
-            planned, line, found = hit
+            planned, line, found = _cached_header(self.masker, body)
             rows.start(planned)
             if found:
                 self.counts.update(found)
@@ -80,20 +75,88 @@ class RowsTransform(MaskingTransform):
         out: list[bytes] = []
         if kind == ROWS:
             # All the run's rows at once: masking pre-filters them together.
-            out.extend(map(orjson.dumps, rows.rows([datarow_values(p) for p in _frames(body)])))
+            frames = _frames(body)
+            if len(body) >= transform_helper.SHARE_FROM and self._splits_rows(frames):
+                return self.shared(ROWS, pieces(frames))
+            out.extend(map(orjson.dumps, rows.rows([datarow_values(p) for p in frames])))
         elif kind == COPY and rows.copy is not None and rows.copy.format == "binary":
             out.append(orjson.dumps(rows.copy_binary(sum(len(p) for p in _frames(body)))))
         elif kind == COPY:
             # All the chunk's rows at once: masking pre-filters them together.
-            out.extend(map(orjson.dumps, rows.copy_text(b"".join(_frames(body)))))
+            lines = rows.take_lines(b"".join(_frames(body)))
+            if len(lines) >= transform_helper.SHARE_FROM and self._splits_copy():
+                return self.shared(COPY, _line_pieces(lines))
+            out.extend(map(orjson.dumps, rows.copy_lines(lines)))
         elif kind == COPY_END:
             out.extend(orjson.dumps(line) for line in rows.copy_end())
         return b"\n".join(out) + b"\n" if out else b""
 
+    # A long run in pieces, some of which the ledger writer's helper process may mask on a
+    # core that would sit idle (MaskingTransform.shared).
 
+    def _splits_rows(self, frames: list[bytes]) -> bool:
+        """Whether a run of DataRows may be masked in pieces: a masker and a header whose
+        plan every row fits (else rows are planned one by one, and a plan made for one row
+        is kept for the next: state the pieces would not share)."""
+        plan = self.rows.plan
+        if self.masker is None or self.header is None or plan is None or len(frames) < 2:
+            return False
+        width = _WIDTH.pack(len(plan.columns))
+        return all(p[:2] == width for p in frames)
+
+    def _splits_copy(self) -> bool:
+        """Whether COPY lines may be masked in pieces: text format (a CSV value may span
+        lines), with a masker."""
+        copy = self.rows.copy
+        return (
+            self.masker is not None
+            and self.header is not None
+            and copy is not None
+            and copy.format == "text"
+        )
+
+    def resume(self, header: bytes) -> None:
+        self.rows.start(_cached_header(self.masker, header)[0])
+
+    def masked(self, kind: bytes, frames: list[bytes]) -> bytes:
+        """DataRow payloads, or one body of lines of a text COPY (which has no header line)."""
+        rows = self.rows
+        if kind == ROWS:
+            cells = rows.rows([datarow_values(p) for p in frames])
+            return b"".join([orjson.dumps(c) + b"\n" for c in cells])
+        return b"".join([orjson.dumps(t) + b"\n" for t in rows.copy_lines(frames[0])])
+
+
+def _line_pieces(lines: bytes) -> list[list[bytes]]:
+    """Lines (``lines`` ends with a newline) in pieces of about :data:`~appliance.ledger.
+    transform_helper.PIECE` bytes, cut at line ends."""
+    pieces: list[list[bytes]] = []
+    start, n = 0, len(lines)
+    while start < n:
+        end = lines.find(b"\n", min(start + transform_helper.PIECE, n) - 1) + 1
+        pieces.append([lines[start:end]])
+        start = end
+    return pieces
+
+
+_WIDTH = struct.Struct("!H")
 _HEADER_CACHE = 1024
 _HEADERS_KEPT = 64  # result shapes whose header part a session keeps (then forgotten at once)
 _HEADERS: dict[tuple[TargetMasker | None, bytes], tuple[HeaderPlan, bytes, MaskCounts]] = {}
+
+
+def _cached_header(
+    masker: TargetMasker | None, body: bytes
+) -> tuple[HeaderPlan, bytes, MaskCounts]:
+    """:func:`_header`, kept per target and header bytes."""
+    key = (masker, body)
+    hit = _HEADERS.get(key)
+    if hit is None:
+        hit = _header(masker, body)
+        if len(_HEADERS) >= _HEADER_CACHE:
+            _HEADERS.clear()
+        _HEADERS[key] = hit
+    return hit
 
 
 def _header(masker: TargetMasker | None, body: bytes) -> tuple[HeaderPlan, bytes, MaskCounts]:
