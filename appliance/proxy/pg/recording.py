@@ -72,24 +72,23 @@ class RowsTransform(MaskingTransform):
             if found:
                 self.counts.update(found)
             return line
-        out: list[bytes] = []
         if kind == ROWS:
             # All the run's rows at once: masking pre-filters them together.
             frames = _frames(body)
             if len(body) >= transform_helper.SHARE_FROM and self._splits_rows(frames):
                 return self.shared(ROWS, pieces(frames))
-            out.extend(map(orjson.dumps, rows.rows([datarow_values(p) for p in frames])))
-        elif kind == COPY and rows.copy is not None and rows.copy.format == "binary":
-            out.append(orjson.dumps(rows.copy_binary(sum(len(p) for p in _frames(body)))))
-        elif kind == COPY:
+            return self.masked(ROWS, frames)
+        if kind == COPY and rows.copy is not None and rows.copy.format == "binary":
+            return orjson.dumps(rows.copy_binary(sum(len(p) for p in _frames(body)))) + b"\n"
+        if kind == COPY:
             # All the chunk's rows at once: masking pre-filters them together.
             lines = rows.take_lines(b"".join(_frames(body)))
             if len(lines) >= transform_helper.SHARE_FROM and self._splits_copy():
                 return self.shared(COPY, _line_pieces(lines))
-            out.extend(map(orjson.dumps, rows.copy_lines(lines)))
-        elif kind == COPY_END:
-            out.extend(orjson.dumps(line) for line in rows.copy_end())
-        return b"\n".join(out) + b"\n" if out else b""
+            return self.masked(COPY, [lines])
+        if kind == COPY_END:
+            return b"".join([orjson.dumps(line) + b"\n" for line in rows.copy_end()])
+        return b""
 
     # A long run in pieces, some of which the ledger writer's helper process may mask on a
     # core that would sit idle (MaskingTransform.shared).
