@@ -337,6 +337,33 @@ class ResponseMasker:
             return None
         return encode_datarow(masked)
 
+    def mask_row_run(
+        self, plan: object, chunk: bytes, frames: list[tuple[int, int]]
+    ) -> list[bytes | None]:
+        """DataRow frames of one result set, ``chunk[s:e]`` for each ``(s, e)`` of
+        ``frames``, masked: per frame, the frame rewritten or None if no value changed (as
+        :meth:`mask_frame` of each frame alone). When the plan only scans and every row
+        fits it, one pre-filter pass over all their values (:meth:`TargetMasker.
+        rows_candidates`) says which rows may change and which detectors to run on which
+        value, instead of a pass per row and another per value."""
+        masker = self.masker
+        if not isinstance(plan, ColumnPlan) or len(frames) < 2 or not plan.scan_only:
+            return [self.mask_frame(plan, chunk[s:e]) for s, e in frames]
+        rows = [datarow_values(chunk[s:e], 5) for s, e in frames]
+        n = len(plan.columns)
+        if any(len(values) != n for values in rows):
+            return [self.mask_frame(plan, chunk[s:e]) for s, e in frames]
+        found = masker.rows_candidates(plan, rows)
+        out: list[bytes | None] = [None] * len(rows)
+        if found is None:  # pragma: no cover - scan_only plans always have candidates
+            return [self.mask_frame(plan, chunk[s:e]) for s, e in frames]
+        for i, candidates in found.items():
+            values = rows[i]
+            masked = masker.mask_values(plan, values, self.counts, candidates=candidates)
+            if masked is not values:
+                out[i] = encode_datarow(masked)
+        return out
+
     def _unknown_plan(self, plan: object, n: int) -> ColumnPlan:
         formats = plan.formats if isinstance(plan, UnknownColumns) else ()
         key = (n, formats)

@@ -173,9 +173,12 @@ class RowMasker(Protocol):
 
     def plan(self, row_description: RowDescription | None, formats: tuple[int, ...]) -> object: ...
 
-    def mask_frame(self, plan: object, frame: bytes) -> bytes | None:
-        """The DataRow frame rewritten, or None if no value changed. Raises MaskingRefused
-        (fail closed)."""
+    def mask_row_run(
+        self, plan: object, chunk: bytes, frames: list[tuple[int, int]]
+    ) -> list[bytes | None]:
+        """The DataRow frames ``chunk[s:e]`` (back to back in one read), each rewritten or
+        None if no value in it changed: masked together (one pre-filter pass), as each
+        alone. Raises MaskingRefused (fail closed)."""
         ...
 
     def copy_plan(self, statement: str, binary: bool) -> object:
@@ -729,11 +732,13 @@ class Relay:
         out = self._to_client
         run = 0  # start of the bytes not yet forwarded
         d_start = -1  # start of a run of rows being recorded
-        copies: list[tuple[int, int]] = []  # CopyData frames to mask for the job, together
+        # DataRow (or CopyData) frames back to back, to mask for the job together
+        pending: list[tuple[int, int]] = []
+        pending_kind = 0
         for t, s, e in msgs.frames:
-            if copies and t != B_COPY_DATA:
-                run = self._mask_copies(chunk, copies, run)
-                copies = []
+            if pending and t != pending_kind:
+                run = self._mask_run(pending_kind, chunk, pending, run)
+                pending = []
             if t == B_DATAROW or t == B_COPY_DATA:
                 result = self._result or self._begin_rows()
                 result.rows += 1
@@ -744,24 +749,9 @@ class Relay:
                         out.append(chunk[run:s])
                     run = e
                     continue
-                masker = self._masker
-                if masker is not None:
-                    if t == B_COPY_DATA:
-                        copies.append((s, e))
-                        continue
-                    try:
-                        masked = masker.mask_frame(self._result_plan, chunk[s:e])
-                    except MaskingRefused as exc:
-                        if run < s:
-                            out.append(chunk[run:s])  # what came before, then the error
-                        run = e
-                        self._refuse_result(str(exc))
-                        continue
-                    if masked is not None:
-                        if run < s:
-                            out.append(chunk[run:s])
-                        out.append(masked)
-                        run = e
+                if self._masker is not None:
+                    pending.append((s, e))
+                    pending_kind = t
                 continue
             if d_start >= 0:
                 assert self._result is not None and self._result.sink is not None
@@ -808,22 +798,27 @@ class Relay:
                     )
                 self.hooks.parameter(status.name, status.value)
             # CopyDone, FunctionCallResponse...: relayed as they are.
-        if copies:
-            run = self._mask_copies(chunk, copies, run)
+        if pending:
+            run = self._mask_run(pending_kind, chunk, pending, run)
         if d_start >= 0:
             assert self._result is not None and self._result.sink is not None
             self._result.sink.add(chunk[d_start:])
         if run < len(chunk):
             out.append(chunk[run:] if run else chunk)
 
-    def _mask_copies(self, chunk: bytes, frames: list[tuple[int, int]], run: int) -> int:
-        """CopyData ``frames`` of ``chunk`` (back to back) masked for the job: what is before
-        each rewritten one is forwarded, then it; returns the start of what is not yet
-        forwarded. A refusal (binary COPY) withholds them all, as the first frame's would."""
-        assert self._masker is not None
+    def _mask_run(self, kind: int, chunk: bytes, frames: list[tuple[int, int]], run: int) -> int:
+        """DataRow or CopyData (``kind``) ``frames`` of ``chunk`` (back to back) masked for
+        the job: what is before each rewritten one is forwarded, then it; returns the start
+        of what is not yet forwarded. A refusal (binary COPY) withholds them all, as the
+        first frame's would."""
+        masker = self._masker
+        assert masker is not None
         out = self._to_client
         try:
-            masked = self._masker.mask_copy_run(self._result_plan, chunk, frames)
+            if kind == B_COPY_DATA:
+                masked = masker.mask_copy_run(self._result_plan, chunk, frames)
+            else:
+                masked = masker.mask_row_run(self._result_plan, chunk, frames)
         except MaskingRefused as exc:
             if run < frames[0][0]:
                 out.append(chunk[run : frames[0][0]])  # what came before, then the error

@@ -192,6 +192,41 @@ def test_copy_frames_to_the_job_are_masked_as_the_ledger_masks_them(csv: bool) -
     assert job.take_counts().as_dict()["detectors"] == {"card": 1, "email": 1, "phone": 1}
 
 
+@pytest.mark.parametrize("rules", [False, True], ids=["detectors", "column rule"])
+def test_datarow_runs_to_the_job_are_masked_as_each_frame_alone(rules: bool, split: bool) -> None:
+    """ResponseMasker.mask_row_run (the relay's DataRows of one read, pre-filtered together)
+    writes, frame by frame, what mask_frame writes for each frame alone, and counts the same;
+    rows of another width, and rows of an undescribed result, too."""
+    from appliance.masking.postgres import ResponseMasker
+    from appliance.protocols.postgres.messages import DataRow, FieldDescription, RowDescription
+
+    sysbench = b"68487932199-96439406143-93774651418-41631865787-96406072701"
+    notes = [sysbench, b"call (415) 555-2671", b"bob@example.com", None, b"4111 1111 1111 1111"]
+    rows: list[tuple[bytes | None, ...]] = [
+        (str(i).encode(), notes[i % 5], sysbench, b"4111111111111111"[: i + 4]) for i in range(15)
+    ]
+    columns = (ColumnRule("card", Style.PARTIAL),) if rules else ()
+    tm = Masker(MaskingConfig(columns=columns), hmac_key=b"k" * 32).for_target("db")
+    described = RowDescription(tuple(FieldDescription(n) for n in ("id", "note", "c", "card")))
+    for run in (rows, [*rows[:3], (b"1",), *rows[3:6]]):
+        chunk = b"".join(DataRow(r).encode() for r in run)
+        frames, pos = [], 0
+        for r in run:
+            end = pos + len(DataRow(r).encode())
+            frames.append((pos, end))
+            pos = end
+        for described_or_not in (described, None):
+            alone, together = ResponseMasker(tm), ResponseMasker(tm)
+            plan = alone.plan(described_or_not, ())
+            expected = [alone.mask_frame(plan, chunk[s:e]) for s, e in frames]
+            assert together.mask_row_run(together.plan(described_or_not, ()), chunk, frames) == (
+                expected
+            )
+            assert together.take_counts().as_dict() == alone.take_counts().as_dict()
+            assert any(frame is not None for frame in expected)
+            assert any(frame is None for frame in expected) or rules
+
+
 # The definition escapes() implements without a regular expression: text format, a backslash
 # that is not the whole of a NULL field; CSV, a quote.
 _TEXT_ESCAPE = re.compile(rb"\\(?!N[\t\n])|(?<=[^\t\n])\\N")
