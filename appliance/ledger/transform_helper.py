@@ -86,11 +86,11 @@ class Helper:
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._out = self._proc.stdin.fileno()
-        self._in = self.answers_fd = self._proc.stdout.fileno()
-        for fd in (self._out, self._in):
+        self.answers_fd = self._proc.stdout.fileno()
+        for fd in (self._out, self.answers_fd):
             with contextlib.suppress(OSError):  # a smaller pipe only means more wake-ups
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE)
-        os.set_blocking(self._in, False)
+        os.set_blocking(self.answers_fd, False)
         self._buf = bytearray()  # the start of an answer not complete yet
         self.ready = False  # it said so
         self._tokens: dict[int, int] = {}  # id(masker) -> token
@@ -134,7 +134,7 @@ class Helper:
         """The answers that have come, ``(seq, ok, result)`` (without waiting)."""
         try:
             while True:
-                got = os.read(self._in, _PIPE)
+                got = os.read(self.answers_fd, _PIPE)
                 if not got:
                     raise self.fail("it exited")
                 self._buf += got

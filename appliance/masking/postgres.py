@@ -354,9 +354,8 @@ class ResponseMasker:
         if any(len(values) != n for values in rows):
             return [self.mask_frame(plan, chunk[s:e]) for s, e in frames]
         found = masker.rows_candidates(plan, rows)
+        assert found is not None  # a plan that only scans
         out: list[bytes | None] = [None] * len(rows)
-        if found is None:  # pragma: no cover - scan_only plans always have candidates
-            return [self.mask_frame(plan, chunk[s:e]) for s, e in frames]
         for i, candidates in found.items():
             values = rows[i]
             masked = masker.mask_values(plan, values, self.counts, candidates=candidates)
