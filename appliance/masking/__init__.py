@@ -27,7 +27,7 @@ is sent to the job. Nothing here does I/O, reads a clock or a key file.
   (:mod:`appliance.masking._prefilter`; ``re`` where Hyperscan is missing); one pass says
   which detectors can find something in a text (over the raw bytes for result values, over a
   whole chunk of rows for COPY data and a whole run of result rows toward the ledger:
-  :meth:`TargetMasker.rows_to_mask`), and only those run their pattern and validator.
+  :meth:`TargetMasker.rows_candidates`), and only those run their pattern and validator.
   Detectors run in priority order; a match inside a finding already selected is not
   validated. Compiling the databases takes a second or more: the ledger writer's process
   gets them serialized with the masker, and the daemon keeps them between starts in its

@@ -451,24 +451,16 @@ class TargetMasker:
             out.append(text.decode("utf-8", "replace"))
         return out
 
-    def rows_to_mask(self, plan: ColumnPlan, rows: Sequence[Sequence[bytes | None]]) -> set[int]:
-        """Of many rows of one ``plan`` (a run of rows on its way to the ledger), the
-        indexes of those that masking may change: every other row is clean as it stands,
-        and :meth:`mask_values` / :meth:`mask_cells` would return it unchanged.
-
-        One pre-filter pass over all their values (joined by a NUL byte: a pattern's match
-        in a value is a match in the joined bytes, as no value's stretch of digits runs into
-        the next), instead of one per row; then the rows its spans touch. Every row when
-        the plan has column rules, JSON or binary columns (:attr:`ColumnPlan.scan_only`).
-        """
-        found = self.rows_candidates(plan, rows)
-        return set(range(len(rows))) if found is None else set(found)
-
     def rows_candidates(
         self, plan: ColumnPlan, rows: Sequence[Sequence[bytes | None]]
     ) -> dict[int, list[Sequence[int]]] | None:
-        """:meth:`rows_to_mask`, with what the pre-filter let through for each value: per
-        row that masking may change, per value, the detectors to pass to :meth:`mask_cells`
+        """Of many rows of one ``plan`` (a run of rows on its way to the ledger, or to the
+        job), those that masking may change: every other row is clean as it stands, and
+        :meth:`mask_values` / :meth:`mask_cells` would return it unchanged. One pre-filter
+        pass over all their values (joined by a NUL byte: a pattern's match in a value is a
+        match in the joined bytes, as no value's stretch of digits runs into the next),
+        instead of one per row. Per row that masking may change, per value, what the
+        pre-filter let through for it: the detectors to pass to :meth:`mask_cells`
         (or :meth:`mask_values`) as ``candidates`` (:meth:`Scanner.candidates_rows
         <appliance.masking._scan.Scanner.candidates_rows>`: one pass over all the rows, no
         pass per row and per value). None when the plan is not

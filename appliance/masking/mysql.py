@@ -212,8 +212,9 @@ class LedgerRows:
 
     def rows(self, payloads: Sequence[bytes]) -> list[list[Any]]:
         """Many rows (a run of them) as masked cells, as :meth:`row` makes each: one
-        pre-filter pass over the run's values (:meth:`TargetMasker.rows_to_mask`), and only
-        the rows it does not rule out are masked one by one."""
+        pre-filter pass over the run's values (:meth:`TargetMasker.rows_candidates`); only the
+        rows it does not rule out are masked one by one, each value by the detectors that
+        pass let through for it (as PostgreSQL's ledger rows are)."""
         columns = self.columns
         if columns is None:
             return [[binary_cell(len(p))] for p in payloads]
@@ -224,18 +225,25 @@ class LedgerRows:
             except PeerProtocolError:
                 texts.append(None)
         masker, plan = self.masker, self.plan
-        to_mask: set[int] = set()
+        # per readable row that masking may change, its values' candidates; None: mask
+        # every readable row, each value pre-filtered on its own (not a scan-only plan)
+        found: dict[int, list[Sequence[int]]] | None = {}
         if masker is not None and plan is not None:
-            to_mask = masker.rows_to_mask(plan, [t for t in texts if t is not None])
+            found = masker.rows_candidates(plan, [t for t in texts if t is not None])
         out: list[list[Any]] = []
         readable = 0  # the index of a readable row among the readable ones
         for payload, values in zip(payloads, texts, strict=True):
             if values is None:
                 out.append([binary_cell(len(payload))])
                 continue
-            if readable in to_mask:
+            if found is None:
                 assert masker is not None and plan is not None
                 values = masker.mask_values(plan, values, self.counts)
+            else:
+                candidates = found.get(readable)
+                if candidates is not None:
+                    assert masker is not None and plan is not None
+                    values = masker.mask_values(plan, values, self.counts, candidates=candidates)
             readable += 1
             out.append(self._cells(columns, values))
         return out

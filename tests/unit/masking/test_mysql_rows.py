@@ -177,7 +177,7 @@ def test_a_run_of_rows_is_masked_as_each_row_alone() -> None:
             for i in range(12)
         ]
         payloads.insert(5, b"\x01garbage")
-        alone, together = MaskCounts(), MaskCounts()
+        alone, together, own = MaskCounts(), MaskCounts(), MaskCounts()
         one = LedgerRows(tm, alone)
         one.header(columns.header())
         many = LedgerRows(tm, together)
@@ -186,3 +186,12 @@ def test_a_run_of_rows_is_masked_as_each_row_alone() -> None:
         assert many.rows(payloads) == expected
         assert together.as_dict() == alone.as_dict()
         assert together.total() > 0
+        # ... and those of each value pre-filtered on its own (no candidates from a run)
+        assert one.plan is not None
+        for p, cells in zip(payloads, expected, strict=True):
+            if p == b"\x01garbage":
+                assert len(cells) == 1 and is_binary_cell(cells[0])
+                continue
+            values = tm.mask_values(one.plan, row_texts(p, columns)[1], own)
+            assert LedgerRows._cells(columns, values) == cells
+        assert own.as_dict() == alone.as_dict()

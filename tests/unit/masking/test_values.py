@@ -355,7 +355,6 @@ def test_cells_by_the_candidates_of_one_pass_over_the_rows() -> None:
         expected = tm.mask_cells(plan, rows[i], alone)
         assert tm.mask_cells(plan, rows[i], together, candidates=found[i]) == expected
     assert together.as_dict() == alone.as_dict() and alone.total() == 4
-    assert tm.rows_to_mask(plan, rows) == {0, 2}
     with pytest.raises(ValueError, match="one entry per value"):
         tm.mask_cells(plan, rows[0], MaskCounts(), candidates=[[]])
 
