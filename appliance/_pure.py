@@ -49,6 +49,15 @@ HOT_MODULES = (
     "appliance/proxy/pg/hooks.py",
     "appliance/proxy/pg/recording.py",
     "appliance/proxy/pg/core.py",
+    "appliance/protocols/mysql/_wire.py",
+    "appliance/protocols/mysql/messages.py",
+    "appliance/protocols/mysql/job.py",
+    "appliance/protocols/mysql/upstream.py",
+    "appliance/masking/mysql.py",
+    "appliance/proxy/mysql/relay.py",
+    "appliance/proxy/mysql/hooks.py",
+    "appliance/proxy/mysql/recording.py",
+    "appliance/proxy/mysql/core.py",
 )
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES_DIGEST = ROOT / "build" / "compiled.sources"

@@ -1,8 +1,9 @@
 """Compile the hot path's typed modules with mypyc (in place, beside their sources).
 
 Which modules: those every statement and every result passes through (framing, the session
-core, the relay, its hooks and recorder, both ends' PostgreSQL state machines, statement
-policy, mask counts, masking's pre-filter, entry encoding), all typed under ``mypy --strict``; a module left interpreted costs a Python
+core, the relay, its hooks and recorder, both ends' state machines, of PostgreSQL and of
+MySQL, statement policy, mask counts, masking's pre-filter and row code, entry encoding), all
+typed under ``mypy --strict``; a module left interpreted costs a Python
 frame per call from compiled code (about 1k instructions), so small helpers called per
 statement belong here.
 
