@@ -6,6 +6,8 @@ import hashlib
 import hmac
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.masking import MaskCounts, Masker, MaskingKeyError, Style
 from appliance.masking._config import DetectorSetting
@@ -37,6 +39,21 @@ def test_keyed_hash_is_hmac_sha256_truncated() -> None:
     assert keyed_hash(b"other key 16 byt", b"4111111111111111") != keyed_hash(
         KEY, b"4111111111111111"
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    key=st.one_of(st.binary(max_size=200), st.sampled_from([b"", b"k" * 63, b"k" * 64, b"k" * 65])),
+    value=st.binary(max_size=300),
+)
+def test_keyed_hash_is_hmac_for_any_key_and_value(key: bytes, value: bytes) -> None:
+    """The padded key blocks hashed once per key give HMAC-SHA256 itself: keys shorter than
+    a block, of a block, longer (hashed first), and the same key again (its cached pads not
+    worn by an earlier value)."""
+    digest = hmac.new(key, value, hashlib.sha256).hexdigest()
+    assert keyed_hash(key, value) == f"[HMAC:{digest[:16]}]"
+    assert keyed_hash(key, value) == f"[HMAC:{digest[:16]}]"
+    assert keyed_hash(key, b"") == f"[HMAC:{hmac.new(key, b'', hashlib.sha256).hexdigest()[:16]}]"
 
 
 def test_redact_labels() -> None:
