@@ -685,7 +685,7 @@ def _pending_session(ledger: Any, masker: Any) -> None:
 
     results: list[Any] = [
         rows(1),
-        rows(1000),  # ~30 kB: past the inline limit, under the sink's chunk
+        rows(5000),  # ~100 kB masked: past the inline limit; 150 kB, under the sink's chunk
         PendingBlob(None, b"\xff\xfe not UTF-8"),
         PendingBlob(factory, b"H\x00\x00\x00\x03{{{"),  # a header that is not JSON
         PendingBlob(None, b""),
@@ -723,7 +723,7 @@ def test_pending_blobs_give_the_same_ledger_as_the_thread_writer(tmp_path: Path)
     refs = [orjson.loads(raw)["data"].get("result") for raw in ledgers["thread"][1::2]]
     assert refs[0]["masking"]["detectors"] == {"card": 1}
     assert "4111" not in refs[0]["inline"]
-    assert "inline" not in refs[1] and refs[1]["masking"]["detectors"] == {"card": 1000}
+    assert "inline" not in refs[1] and refs[1]["masking"]["detectors"] == {"card": 5000}
     assert "inline" not in refs[2]
     assert refs[3]["error"].startswith("blob transform failed")
     assert refs[4]["inline"] == ""
