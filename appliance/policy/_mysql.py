@@ -17,6 +17,7 @@ rule names it. Never raises.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Iterable
@@ -525,6 +526,7 @@ def _tree(
     index: int, text: str, tree: exp.Expression, classes: set[str]
 ) -> tuple[StatementClass, str | None]:
     writes: set[str] = set()
+    numbers_decide = False  # see StatementClass.numbers_decide
     command = type(tree).__name__
     ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
     if isinstance(tree, (exp.Select, exp.SetOperation, exp.Subquery)):
@@ -538,11 +540,13 @@ def _tree(
         classes.add("update")
         if not _has_real_where(tree):
             classes.add("update_without_where")
+        numbers_decide = _numbers_decide(tree)
         writes.add(_table(tree.this))
     elif isinstance(tree, exp.Delete):
         classes.add("delete")
         if not _has_real_where(tree):
             classes.add("delete_without_where")
+        numbers_decide = _numbers_decide(tree)
         targets = tree.args.get("tables") or [tree.this]
         writes.update(_table(t) for t in targets if t is not None)
     elif isinstance(tree, exp.Create):
@@ -636,7 +640,10 @@ def _tree(
             classes.add("function_call")
     reads.discard("")
     writes.discard("")
-    return _make(index, text, command, classes, reads, writes, functions), None
+    made = _make(index, text, command, classes, reads, writes, functions)
+    if numbers_decide:
+        made = dataclasses.replace(made, numbers_decide=True)
+    return made, None
 
 
 def _has_real_where(tree: exp.Expression) -> bool:
@@ -654,6 +661,30 @@ def _has_real_where(tree: exp.Expression) -> bool:
     if isinstance(cond, exp.Not) and isinstance(cond.this, exp.Boolean):
         return bool(cond.this.this)
     return True
+
+
+def _numbers_decide(tree: exp.Expression) -> bool:
+    """May :func:`_has_real_where`'s answer for ``tree`` change with the value of an integer
+    literal (``StatementClass.numbers_decide``: then the statement's allow is remembered by
+    its exact text, not by its shape)? Only where it reads values: a WHERE that is a literal
+    (``WHERE 5``, ``WHERE 0``), or an equality whose two sides are the same but for their
+    numbers (``1 = 1``, ``1 = 2``). ``id = 5`` is a comparison whatever the number."""
+    where = tree.args.get("where")
+    if where is None:
+        return False
+    cond = where.this
+    if isinstance(cond, exp.Literal):
+        return True
+    if isinstance(cond, (exp.EQ, exp.Is)):
+        return _without_numbers(cond.this) == _without_numbers(cond.expression)
+    return False
+
+
+def _without_numbers(node: exp.Expression) -> exp.Expression:
+    """``node`` with every number literal 0."""
+    return node.transform(
+        lambda n: exp.Literal.number(0) if isinstance(n, exp.Literal) and not n.is_string else n
+    )
 
 
 _NAME = r"[`\w$]+(?:\s*\.\s*[`\w$]+)?"

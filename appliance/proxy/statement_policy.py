@@ -14,10 +14,11 @@ read back. Sans-IO: no await, no clock.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from appliance.approvals.request import identity_key, statement_digest
 from appliance.policy import Classification, Decision, Policy, RequestContext
@@ -35,6 +36,7 @@ __all__ = [
     "Holds",
     "SettingsInFlight",
     "StatementPolicy",
+    "integer_shape",
     "read_otherwise",
     "settings_in_flight_message",
     "statement_bytes",
@@ -368,3 +370,57 @@ class Holds(Generic[T]):
     def drain(self) -> list[Command]:
         self.draining = True
         return [PauseReading("job", "drain", True)]
+
+
+# -- statement shapes ------------------------------------------------------------------------
+
+# At most 9 digits: always an integer token to PostgreSQL's and MySQL's lexers (a literal beyond
+# int4 becomes a numeric one, which some places of PostgreSQL's grammar refuse); longer ones
+# stay as they are.
+_INTEGER = re.compile(r"(?<![\w.])[0-9]{1,9}(?![\w.])")
+# The same for ASCII text, as bytes: the bytes that \w or . match (Final: compiled, a C
+# variable, not a lookup in the module's dict per byte).
+_WORD_OR_DOT: Final = bytes(1 if chr(b).isalnum() or chr(b) in "_." else 0 for b in range(128))
+
+
+def integer_shape(text: str, unshaped: tuple[str, ...]) -> str:
+    """``text`` with its integer literals (up to 9 digits, not part of a word, a name or a
+    decimal) as 0, or ``text`` itself (the same object: the caller tells "no shape" by
+    identity) when it has none or holds any of ``unshaped``: the protocol's marks of text
+    where a digit may be something else than an integer (strings, quoted names, parameters,
+    escapes, comments). The key under which a protocol's hooks remember the allow of a
+    statement whose classes no integer's value can change (PostgreSQL's and MySQL's
+    ``_shape_safe``): texts of one shape differ only in the values of integer tokens."""
+    for mark in unshaped:
+        if mark in text:
+            return text
+    if not text.isascii():
+        return _INTEGER.sub("0", text)
+    # ASCII: the same as the pattern, by hand (it runs on every statement of the simple
+    # protocol; the pattern costs several times more).
+    # One pass over the bytes: compiled, indexing bytes is native (no method call per run).
+    data = text.encode("ascii")
+    n = len(data)
+    pieces: list[bytes] = []
+    done = 0  # data[:done] is in pieces
+    i = 0
+    while i < n:
+        if not 48 <= data[i] <= 57:
+            i += 1
+            continue
+        j = i + 1
+        while j < n and 48 <= data[j] <= 57:
+            j += 1
+        if (
+            j - i <= 9
+            and (i == 0 or not _WORD_OR_DOT[data[i - 1]])
+            and (j == n or not _WORD_OR_DOT[data[j]])
+        ):
+            pieces.append(data[done:i])
+            pieces.append(b"0")
+            done = j
+        i = j
+    if not pieces:
+        return text
+    pieces.append(data[done:])
+    return b"".join(pieces).decode("ascii")

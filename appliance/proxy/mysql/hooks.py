@@ -40,6 +40,7 @@ from appliance.proxy.statement_policy import (
     Denial,
     SettingsInFlight,
     StatementPolicy,
+    integer_shape,
     read_otherwise,
     settings_in_flight_message,
 )
@@ -115,16 +116,19 @@ class SessionPolicy:
     ) -> None:
         self.recorder = recorder
         self.write_ahead = write_ahead  # ledger.durability: see Verdict.durable
-        # Allow verdicts by (text, backslash escapes, database): USE changes the database.
-        self.statements: StatementPolicy[tuple[str, bool, str | None], Verdict] = StatementPolicy(
-            policy,
-            session=recorder.session,
-            target=target,
-            database=database,
-            account=account,
-            identity=identity,
-            new_id=new_id,
-            mask=recorder.mask,
+        # Allow verdicts by (text or its shape, backslash escapes, database, whether it is a
+        # shape): USE changes the database.
+        self.statements: StatementPolicy[tuple[str, bool, str | None, bool], Verdict] = (
+            StatementPolicy(
+                policy,
+                session=recorder.session,
+                target=target,
+                database=database,
+                account=account,
+                identity=identity,
+                new_id=new_id,
+                mask=recorder.mask,
+            )
         )
         self.owner = self.statements.owner
         self.sql_mode = ""
@@ -192,8 +196,11 @@ class SessionPolicy:
                 changes_settings=bool(classification.classes & _MAY_CHANGE_SETTINGS),
                 durable=self._durable(classification),
             )
-        key = (text, self.backslash_escapes, self.database)
+        key = (text, self.backslash_escapes, self.database, False)
         cached = self.statements.cached(key)
+        shape = integer_shape(text, _UNSHAPED)
+        if cached is None and shape is not text:
+            cached = self.statements.cached((shape, self.backslash_escapes, self.database, True))
         if cached is not None:
             return cached
         classification = classify_mysql(text, backslash_escapes=self.backslash_escapes)
@@ -209,6 +216,9 @@ class SessionPolicy:
             )
         verdict = self._decide(classification)
         if verdict.action == "allow" and verdict.enforced:
+            # Under its shape only what no integer can change (see _shape_safe).
+            if shape is not text and _shape_safe(classification):
+                key = (shape, self.backslash_escapes, self.database, True)
             self.statements.remember(key, verdict)
         return verdict
 
@@ -237,3 +247,22 @@ class SessionPolicy:
         result = self.statements.approval_answered(decision_id, answer)
         error = _err(result.denial) if result.denial is not None else None
         return result.approved, error, result.record
+
+
+# Texts in which a digit may be anything but an integer literal (strings, quoted names,
+# user variables, escapes, comments, executable comments) are never reshaped
+# (integer_shape): their allow is remembered by their exact text.
+_UNSHAPED = ("'", '"', "`", "$", "@", "\\", "--", "/*", "#")
+_SHAPE_SAFE = frozenset({"select", "insert", "update", "delete"})
+
+
+def _shape_safe(classification: Classification) -> bool:
+    """May ``classification``'s allow stand for every text of the same shape (its integer
+    literals as 0: sysbench's and ORMs' statements in the text protocol, which differ only
+    in their numbers, are classified once, not per statement)? Only for reads and plain row
+    changes whose classes no integer's value can change: an UPDATE or DELETE whose WHERE is
+    a literal or an equality of numbers is remembered by its exact text (``WHERE 1 = 1``
+    changes every row, ``WHERE 1 = 2`` none: ``Classification.numbers_decide``), as
+    PostgreSQL's hooks do."""
+    classes = classification.classes
+    return bool(classes) and classes <= _SHAPE_SAFE and not classification.numbers_decide

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from appliance.masking import MaskCounts
 from appliance.masking.postgres import ResponseMasker
@@ -51,6 +51,7 @@ from appliance.proxy.statement_policy import (
     Denial,
     SettingsInFlight,
     StatementPolicy,
+    integer_shape,
     read_otherwise,
     settings_in_flight_message,
 )
@@ -353,14 +354,10 @@ _ALLOW_IN_BLOCK = Verdict("allow", True, b"", {"decision": "allow"}, in_block=Tr
 _ALLOW_DURABLE_IN_BLOCK = Verdict("allow", True, b"", {"decision": "allow"}, True, in_block=True)
 
 # Texts in which a digit may be anything but an integer literal (strings, quoted names,
-# dollar quotes, parameters, escapes, comments) are never reshaped.
+# dollar quotes, parameters, escapes, comments) are never reshaped (integer_shape).
+_UNSHAPED = ("'", '"', "$", "\\", "--", "/*")
+# The same, as one pattern (the tests hold the shape to it).
 _NOT_SHAPED = re.compile(r"""['"$\\]|--|/\*""")
-# At most 9 digits: always an integer token to PostgreSQL's lexer (a literal beyond int4
-# becomes a numeric one, which some places of the grammar refuse); longer ones stay as they are.
-_INTEGER = re.compile(r"(?<![\w.])[0-9]{1,9}(?![\w.])")
-# The same for ASCII text, as bytes: the bytes that \w or . match (Final: compiled, a C
-# variable, not a lookup in the module's dict per byte).
-_WORD_OR_DOT: Final = bytes(1 if chr(b).isalnum() or chr(b) in "_." else 0 for b in range(128))
 
 
 _SHAPE_SAFE = frozenset({"select", "insert", "update", "delete"})
@@ -388,38 +385,7 @@ def _shape(text: str) -> str:
     parsed once, not per statement. Other statements are remembered by their exact text:
     there a value can decide (``DELETE ... WHERE 3 > 2``, ``EXPLAIN (ANALYZE 1)``). The
     statement's own text is what is recorded."""
-    if not text.isascii():
-        return text if _NOT_SHAPED.search(text) else _INTEGER.sub("0", text)
-    # ASCII: the same as the two patterns, by hand (it runs on every statement of the simple
-    # protocol; the patterns cost several times more).
-    if "'" in text or '"' in text or "$" in text or "\\" in text or "--" in text or "/*" in text:
-        return text
-    # One pass over the bytes: compiled, indexing bytes is native (no method call per run).
-    data = text.encode("ascii")
-    n = len(data)
-    pieces: list[bytes] = []
-    done = 0  # data[:done] is in pieces
-    i = 0
-    while i < n:
-        if not 48 <= data[i] <= 57:
-            i += 1
-            continue
-        j = i + 1
-        while j < n and 48 <= data[j] <= 57:
-            j += 1
-        if (
-            j - i <= 9
-            and (i == 0 or not _WORD_OR_DOT[data[i - 1]])
-            and (j == n or not _WORD_OR_DOT[data[j]])
-        ):
-            pieces.append(data[done:i])
-            pieces.append(b"0")
-            done = j
-        i = j
-    if not pieces:
-        return text
-    pieces.append(data[done:])
-    return b"".join(pieces).decode("ascii")
+    return integer_shape(text, _UNSHAPED)
 
 
 def _rejected(error: GrammarError) -> Verdict:

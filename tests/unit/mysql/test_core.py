@@ -385,3 +385,55 @@ def test_each_execution_of_a_prepared_change_is_written_ahead() -> None:
         assert d.to_up == execute
         d.to_up = b""
         d.out(d.core.receive("upstream", _ok()))
+
+
+def test_texts_that_differ_only_in_integers_share_one_remembered_allow() -> None:
+    """sysbench (and ORMs) in the text protocol: statements that differ only in integer
+    literals are classified once, under their shape, and each is still recorded as sent;
+    where a number decides the classes (``WHERE 1 = 1`` changes every row, ``WHERE 1 = 2``
+    none), and where a digit may be something else (strings, quoted names, user variables,
+    comments), the allow is remembered by the exact text."""
+    d = Drive(
+        policy=rules(
+            "- name: bounded\n"
+            "  action: deny\n"
+            "  match: {classes: [update_without_where, delete_without_where]}\n"
+            "- {name: rest, action: allow}\n"
+        )
+    )
+    d.login()
+    ok = packet(1, Ok(status=Status.AUTOCOMMIT).encode(SERVER_CAPS))
+    assert d.core.policy is not None
+    allowed = d.core.policy.statements._allowed
+
+    def query(text: str, answer: bytes | None = None) -> bool:
+        """Send ``text``; True if it went upstream (then answered with ``answer``)."""
+        d.to_up = d.to_job = b""
+        d.out(d.core.receive("job", packet(0, b"\x03" + text.encode())))
+        sent = d.to_up == packet(0, b"\x03" + text.encode())
+        if sent:
+            d.out(d.core.receive("upstream", answer or d.result(["c"], [[b"x"]])))
+        return sent
+
+    for i in (5000, 17, 123456789):
+        assert query(f"SELECT c FROM sbtest1 WHERE id={i}")
+        assert query(f"UPDATE sbtest1 SET k=k+1 WHERE id={i}", ok)
+    assert set(allowed) == {
+        ("SELECT c FROM sbtest1 WHERE id=0", True, "app", True),
+        ("UPDATE sbtest1 SET k=k+0 WHERE id=0", True, "app", True),
+    }
+    # a number decides: by the exact text (1 = 2 allowed, then 1 = 1 still denied)
+    assert query("UPDATE t SET a=1 WHERE 1=2", ok)
+    assert ("UPDATE t SET a=1 WHERE 1=2", True, "app", False) in allowed
+    assert not query("UPDATE t SET a=1 WHERE 1=1")
+    assert Err.decode(Framer("server").feed(d.to_job)[0][1]).code == 1142
+    assert query("DELETE FROM t WHERE 0", ok)  # of the same shape as WHERE 5
+    assert not query("DELETE FROM t WHERE 5")
+    # digits that may be something else: never reshaped
+    for text in ("SELECT `1` FROM t", "SELECT @1", "SELECT 1 # 2", "SELECT '1'", "SELECT 1 -- 2"):
+        assert query(text)
+        assert (text, True, "app", False) in allowed
+    # each statement recorded as it was sent
+    texts = [data.get("text") for type_, _, data in d.ledger.entries if type_ == "statement"]
+    assert "SELECT c FROM sbtest1 WHERE id=123456789" in texts
+    assert "UPDATE sbtest1 SET k=k+1 WHERE id=17" in texts

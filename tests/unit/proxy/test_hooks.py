@@ -22,8 +22,9 @@ from appliance.protocols.postgres.messages import (
     decode_backend,
     error_response,
 )
-from appliance.proxy.pg.hooks import _INTEGER, _NOT_SHAPED, SessionHooks, _shape
+from appliance.proxy.pg.hooks import _NOT_SHAPED, SessionHooks, _shape
 from appliance.proxy.pg.relay import Relay, Statement
+from appliance.proxy.statement_policy import _INTEGER
 from tests.unit.policy.helpers import rules
 
 POLICY = """
