@@ -198,11 +198,13 @@ class SessionPolicy:
             )
         key = (text, self.backslash_escapes, self.database, False)
         cached = self.statements.cached(key)
-        shape = integer_shape(text, _UNSHAPED)
-        if cached is None and shape is not text:
-            cached = self.statements.cached((shape, self.backslash_escapes, self.database, True))
         if cached is not None:
             return cached
+        shape = integer_shape(text, _UNSHAPED)
+        if shape is not text:
+            cached = self.statements.cached((shape, self.backslash_escapes, self.database, True))
+            if cached is not None:
+                return cached
         classification = classify_mysql(text, backslash_escapes=self.backslash_escapes)
         if "encoding" in classification.classes:
             return _verdict(
