@@ -83,7 +83,8 @@ def keyed_hash(key: bytes, value: bytes) -> str:
 
     HMAC (RFC 2104) from the key's two padded blocks, each hashed once per key and copied
     per value (:func:`_pads`): ``hmac.new`` hashes both again for every value, half its
-    cost for a short one (issue 19: an export hashes an e-mail address in every row)."""
+    cost for a short one (issue 19: with ``style: hash`` on e-mail addresses, an export
+    hashes one in every row)."""
     inner_pad, outer_pad = _pads(key)
     inner = inner_pad.copy()
     inner.update(value)
