@@ -147,7 +147,8 @@ class Pipe(asyncio.Protocol):
         transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data):
-        self.peer.transport.write(data)
+        if not self.peer.transport.is_closing():  # the other side may have gone first
+            self.peer.transport.write(data)
 
     def connection_lost(self, exc):
         if self.peer is not None and self.peer.transport is not None:
@@ -170,7 +171,7 @@ class Front(Pipe):
     def data_received(self, data):
         if self.peer is None:
             self.early.append(data)
-        else:
+        elif not self.peer.transport.is_closing():
             self.peer.transport.write(data)
 
     async def connect(self):
