@@ -17,7 +17,6 @@ rule names it. Never raises.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from collections.abc import Iterable
@@ -640,10 +639,9 @@ def _tree(
             classes.add("function_call")
     reads.discard("")
     writes.discard("")
-    made = _make(index, text, command, classes, reads, writes, functions)
-    if numbers_decide:
-        made = dataclasses.replace(made, numbers_decide=True)
-    return made, None
+    return _make(
+        index, text, command, classes, reads, writes, functions, numbers_decide=numbers_decide
+    ), None
 
 
 def _has_real_where(tree: exp.Expression) -> bool:
@@ -771,6 +769,8 @@ def _make(
     writes: Iterable[str] = (),
     functions: Iterable[str] = (),
     prepared: str | None = None,
+    *,
+    numbers_decide: bool = False,
 ) -> StatementClass:
     return StatementClass(
         index,
@@ -781,6 +781,7 @@ def _make(
         frozenset(writes),
         frozenset(functions),
         prepared.strip("`") if prepared else None,
+        numbers_decide=numbers_decide,
     )
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "integer_shape",
     "read_otherwise",
     "settings_in_flight_message",
+    "shape_safe",
     "statement_bytes",
 ]
 
@@ -424,3 +425,20 @@ def integer_shape(text: str, unshaped: tuple[str, ...]) -> str:
         return text
     pieces.append(data[done:])
     return b"".join(pieces).decode("ascii")
+
+
+# Classes whose texts of one shape share a remembered allow (see shape_safe).
+_SHAPE_SAFE = frozenset({"select", "insert", "update", "delete"})
+
+
+def shape_safe(classification: Classification) -> bool:
+    """May ``classification``'s allow stand for every text of the same shape
+    (:func:`integer_shape`)? Only for reads and plain row changes (classes within
+    ``select``, ``insert``, ``update``, ``delete``: no EXPLAIN, whose ANALYZE 1 runs its
+    statement and ANALYZE 0 does not; no COPY, SET or call) whose classes no integer's value
+    can change: an UPDATE or DELETE whose WHERE compares numbers otherwise than a column
+    with a constant is remembered by its exact text (``WHERE 3 > 2`` keeps every row,
+    ``WHERE 2 > 3`` none, MySQL's ``WHERE 1 = 1`` against ``WHERE 1 = 2``: each protocol's
+    classifier sets ``Classification.numbers_decide``)."""
+    classes = classification.classes
+    return bool(classes) and classes <= _SHAPE_SAFE and not classification.numbers_decide

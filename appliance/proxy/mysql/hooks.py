@@ -43,6 +43,7 @@ from appliance.proxy.statement_policy import (
     integer_shape,
     read_otherwise,
     settings_in_flight_message,
+    shape_safe,
 )
 
 ER_TABLEACCESS_DENIED = 1142  # "<command> command denied to user ..." (SQLSTATE 42000)
@@ -218,8 +219,8 @@ class SessionPolicy:
             )
         verdict = self._decide(classification)
         if verdict.action == "allow" and verdict.enforced:
-            # Under its shape only what no integer can change (see _shape_safe).
-            if shape is not text and _shape_safe(classification):
+            # Under its shape only what no integer can change (see shape_safe).
+            if shape is not text and shape_safe(classification):
                 key = (shape, self.backslash_escapes, self.database, True)
             self.statements.remember(key, verdict)
         return verdict
@@ -255,16 +256,3 @@ class SessionPolicy:
 # user variables, escapes, comments, executable comments) are never reshaped
 # (integer_shape): their allow is remembered by their exact text.
 _UNSHAPED = ("'", '"', "`", "$", "@", "\\", "--", "/*", "#")
-_SHAPE_SAFE = frozenset({"select", "insert", "update", "delete"})
-
-
-def _shape_safe(classification: Classification) -> bool:
-    """May ``classification``'s allow stand for every text of the same shape (its integer
-    literals as 0: sysbench's and ORMs' statements in the text protocol, which differ only
-    in their numbers, are classified once, not per statement)? Only for reads and plain row
-    changes whose classes no integer's value can change: an UPDATE or DELETE whose WHERE is
-    a literal or an equality of numbers is remembered by its exact text (``WHERE 1 = 1``
-    changes every row, ``WHERE 1 = 2`` none: ``Classification.numbers_decide``), as
-    PostgreSQL's hooks do."""
-    classes = classification.classes
-    return bool(classes) and classes <= _SHAPE_SAFE and not classification.numbers_decide

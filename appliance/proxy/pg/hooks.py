@@ -54,6 +54,7 @@ from appliance.proxy.statement_policy import (
     integer_shape,
     read_otherwise,
     settings_in_flight_message,
+    shape_safe,
 )
 
 # Classes of statements that may change session settings, directly or through code.
@@ -216,8 +217,8 @@ class SessionHooks:
             self._in_flight.sent(stmt.n)
         verdict = self._verdict(self.statements.decide(classification), classification)
         if verdict.action == "allow" and verdict.enforced:
-            # Under its shape only what no integer can change (see _shape_safe).
-            if shape is not text and _shape_safe(classification):
+            # Under its shape only what no integer can change (see shape_safe).
+            if shape is not text and shape_safe(classification):
                 self.statements.remember((shape, scs, True), (verdict, changes_settings))
             else:
                 self.statements.remember((text, scs, False), (verdict, changes_settings))
@@ -360,22 +361,8 @@ _UNSHAPED = ("'", '"', "$", "\\", "--", "/*")
 _NOT_SHAPED = re.compile(r"""['"$\\]|--|/\*""")
 
 
-_SHAPE_SAFE = frozenset({"select", "insert", "update", "delete"})
-
-
-def _shape_safe(classification: Classification) -> bool:
-    """May ``classification``'s allow stand for every text of the same shape? Only for reads
-    and plain row changes (classes within :data:`_SHAPE_SAFE`: no EXPLAIN, whose (ANALYZE 1)
-    runs its statement and (ANALYZE 0) does not; no COPY, SET or call) whose classes no
-    integer's value can change: an UPDATE or DELETE whose WHERE compares numbers otherwise
-    than a column with a constant is remembered by its exact text (WHERE 3 > 2 keeps every
-    row, WHERE 2 > 3 none: ``Classification.numbers_decide``)."""
-    classes = classification.classes
-    return bool(classes) and classes <= _SHAPE_SAFE and not classification.numbers_decide
-
-
 def _shape(text: str) -> str:
-    """The key under which the allow of a statement :func:`_shape_safe` accepts is
+    """The key under which the allow of a statement :func:`shape_safe` accepts is
     remembered: ``text`` with its integer literals (up to 9 digits) as 0 (``... WHERE aid =
     42`` and ``... WHERE aid = 7`` share one), for text with no quote, dollar, backslash or
     comment; else ``text`` itself. Texts of one shape differ only in the values of integer
