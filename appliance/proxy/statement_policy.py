@@ -390,8 +390,8 @@ def integer_shape(text: str, unshaped: tuple[str, ...]) -> str:
     identity) when it has none or holds any of ``unshaped``: the protocol's marks of text
     where a digit may be something else than an integer (strings, quoted names, parameters,
     escapes, comments). The key under which a protocol's hooks remember the allow of a
-    statement whose classes no integer's value can change (PostgreSQL's and MySQL's
-    ``_shape_safe``): texts of one shape differ only in the values of integer tokens."""
+    statement whose classes no integer's value can change (:func:`shape_safe`): texts of
+    one shape differ only in the values of integer tokens."""
     for mark in unshaped:
         if mark in text:
             return text
