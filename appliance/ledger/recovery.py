@@ -31,7 +31,7 @@ from pathlib import Path
 
 import orjson
 
-from appliance.ledger import history
+from appliance.ledger import history, journal
 from appliance.ledger._framing import ENTRY_MAGIC, Damage, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, open_checkpoint
 from appliance.ledger.entries import (
@@ -42,6 +42,7 @@ from appliance.ledger.entries import (
     parse_entry,
 )
 from appliance.ledger.errors import LedgerError, TamperError
+from appliance.ledger.journal import JOURNAL
 from appliance.ledger.merkle import CompactRange
 from appliance.ledger.store import (
     CHECKPOINT,
@@ -144,6 +145,13 @@ def recover(
     report = RecoveryReport(directory, dry_run)
     findings: list[str] = []
     would = "would " if dry_run else ""
+    held = journal.pending(directory)  # the writer replays it before it recovers
+    if held:
+        report.actions.append(
+            f"{JOURNAL} holds {held} bytes of {ENTRIES} past its end, made durable by"
+            " write-ahead syncs before the machine stopped: the writer puts them back on"
+            " open, before the rest"
+        )
 
     # 1-2. checkpoint history ------------------------------------------------------------
     notes, hscan = read_history(directory)

@@ -1,7 +1,8 @@
 """The ledger directory: its layout, and reading what is in it.
 
 Layout (all of it append-only or written once, except ``checkpoint``, which is replaced
-atomically, and ``index.sqlite``, which is derived)::
+atomically, ``entries.journal``, overwritten in place, and ``index.sqlite``, which is
+derived)::
 
     DIR/entries.log       framed entries (see _framing), record i holds entry seq i
     DIR/checkpoints.log   framed history of every signed checkpoint note, oldest first, so a
@@ -10,6 +11,9 @@ atomically, and ``index.sqlite``, which is derived)::
     DIR/blobs/ab/ab12...  content-addressed blobs, named by SHA-256 of their content
     DIR/blobs/tmp/        blobs being written (removed on open)
     DIR/recovered/        torn tails copied aside by recovery before truncation
+    DIR/entries.journal   the sync journal: entries.log's bytes made durable by write-ahead
+                          syncs since its last fsync, overwritten in place (ledger.journal;
+                          made on first use, put back into entries.log by the writer on open)
     DIR/index.sqlite      query index, rebuilt from entries.log at any time
     DIR/lock              held (flock) by the one writer
 

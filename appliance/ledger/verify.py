@@ -33,7 +33,7 @@ from pathlib import Path
 
 import orjson
 
-from appliance.ledger import history, index
+from appliance.ledger import history, index, journal
 from appliance.ledger._framing import ENTRY_MAGIC, FrameScanner, MappedFile
 from appliance.ledger.checkpoint import Checkpoint, MalformedCheckpoint, parse_checkpoint_text
 from appliance.ledger.entries import (
@@ -196,6 +196,12 @@ def verify_ledger(
                 f"{report.entries - max(sizes)} entries after the latest checkpoint are not "
                 "signed yet"
             )
+    held = journal.pending(directory)
+    if held:
+        report.warnings.append(
+            f"{journal.JOURNAL} holds {held} bytes of {ENTRIES} past its end (made durable by"
+            " write-ahead syncs before the machine stopped; the writer puts them back on open)"
+        )
     report.finish()
     return report
 

@@ -20,9 +20,13 @@ thread does all disk work, in queue order:
   ``checkpoints.log`` and fsync it, then replace ``checkpoint`` atomically. Only then does
   ``flush`` return for the entries it covers (design invariant 4);
 - syncs, when :meth:`LedgerWriter.durable` asks (write-ahead of a statement that may change
-  a target): write out and fsync the log and new blobs, without signing; whoever waits is
-  released once everything appended before the request is on disk. A crash after that
-  keeps the entries: recovery signs what it finds complete after the last checkpoint.
+  a target): write out, and make durable without signing: the log's new bytes go to the
+  sync journal (:mod:`appliance.ledger.journal`, a file overwritten in place: about half
+  an fsync of the growing log), or, when new blobs need an fsync or the bytes do not fit
+  there, the log and new blobs are fsynced as for a checkpoint; whoever waits is released
+  once everything appended before the request is on disk. A crash after that keeps the
+  entries: on open the journal is replayed into the log, and recovery signs what it finds
+  complete after the last checkpoint.
 
 Any I/O error (an fsync error above all) stops the writer for good: it is never retried,
 because after a failed fsync the kernel may have dropped the dirty pages. ``append`` then
@@ -56,6 +60,7 @@ from appliance.ledger.entries import (
     ts_to_us,
 )
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
+from appliance.ledger.journal import JOURNAL, Journal, replay
 from appliance.ledger.recovery import LastEntry, RecoveryReport, recover
 from appliance.ledger.store import (
     BLOB_TMP,
@@ -160,6 +165,7 @@ class LedgerWriter:
         report: RecoveryReport,
         lock_fd: int,
         fsync: Callable[[int], None],
+        datasync: Callable[[int], None],
         inline_limit: int = 0,
         on_signed: Callable[[int], None] | None = None,
         threaded: bool = True,
@@ -207,6 +213,13 @@ class LedgerWriter:
         blobs = directory / BLOBS
         self._blob_tmp = blobs / BLOB_TMP
         self._log_fd = os.open(directory / ENTRIES, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        # The sync journal (see _sync): the log's size, its size at its last fsync (recovery
+        # may leave bytes it did not fsync: fsynced here once), and its bytes written since
+        # the last sync or fsync (_tail; None once more than the journal holds).
+        fsync(self._log_fd)
+        self._log_size = self._log_synced = os.fstat(self._log_fd).st_size
+        self._journal = Journal(directory / JOURNAL, datasync, fsync)
+        self._tail: bytearray | None = bytearray()
         self._hist_fd = os.open(directory / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._worker = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
 
@@ -224,6 +237,7 @@ class LedgerWriter:
         clock: Callable[[], float] = time.time,
         queue_limit: int = 100_000,
         fsync: Callable[[int], None] = os.fsync,
+        datasync: Callable[[int], None] | None = None,
         inline_limit: int = INLINE_LIMIT,
         on_signed: Callable[[int], None] | None = None,
         lock_wait: float = 0.0,
@@ -236,7 +250,9 @@ class LedgerWriter:
 
         Appends a ``key.published`` entry if ``key`` is new to this log. Raises TamperError
         on damage inside signed history, LedgerError if another writer holds the directory or
-        the ledger belongs to another origin. ``fsync`` is replaceable for fault injection.
+        the ledger belongs to another origin. ``fsync`` is replaceable for fault injection;
+        ``datasync`` syncs the sync journal (None: ``os.fdatasync``, or ``fsync`` where
+        that was replaced, so that injected faults reach the journal too).
         ``on_signed(size)`` is called in the writer thread after each checkpoint.
         ``lock_wait``: how long to wait for another writer to let go of the directory (a
         writer process finishing its last checkpoint after its proxy was killed).
@@ -268,7 +284,13 @@ class LedgerWriter:
         try:
             for stale in (directory / BLOBS / BLOB_TMP).iterdir():
                 stale.unlink()  # unfinished blobs; no entry can reference them
+            restored = replay(directory, fsync)
             report = recover(directory, trusted=[key.verifier()], origin=origin)
+            if restored:
+                report.actions.append(
+                    f"restored {restored} bytes of {ENTRIES} from {JOURNAL} (made durable by"
+                    " write-ahead syncs before the machine stopped)"
+                )
             writer = cls(
                 directory,
                 origin=origin,
@@ -280,6 +302,7 @@ class LedgerWriter:
                 report=report,
                 lock_fd=lock_fd,
                 fsync=fsync,
+                datasync=datasync or (os.fdatasync if fsync is os.fsync else fsync),
                 inline_limit=inline_limit,
                 on_signed=on_signed,
                 threaded=threaded,
@@ -669,6 +692,7 @@ class LedgerWriter:
                 except OSError:
                     pass
             self._pending_fds.clear()
+            self._journal.close()
             os.close(self._lock_fd)
         if self._failed is not None:
             raise LedgerUnavailable(f"ledger writer had stopped: {self._failed}")
@@ -821,11 +845,19 @@ class LedgerWriter:
         return ref
 
     def _write_out(self) -> None:
-        view = memoryview(self._buf)
+        buf = self._buf
+        tail = self._tail
+        if tail is not None:
+            if len(tail) + len(buf) <= self._journal.capacity:
+                tail += buf
+            else:
+                self._tail = None  # more than the journal holds: the next sync fsyncs the log
+        view = memoryview(buf)
         while view:
             view = view[os.write(self._log_fd, view) :]
         view.release()
-        self._buf.clear()
+        self._log_size += len(buf)
+        buf.clear()
 
     # blobs
 
@@ -946,10 +978,31 @@ class LedgerWriter:
 
     # checkpoints
 
-    def _sync(self) -> None:
-        """Make everything written durable (log, new blobs and their directories)."""
+    def _sync(self, *, full: bool = False) -> None:
+        """Make everything written durable: the log's bytes since the last sync go to the
+        sync journal, unless ``full`` (a checkpoint), new blobs need an fsync, or they do not
+        fit; then the log, new blobs and their directories are fsynced (and the journal
+        starts over)."""
         self._write_out()
+        tail = self._tail
+        if (
+            not full
+            and tail is not None
+            and not self._pending_fds
+            and not self._pending_dirs
+            and self._journal.fits(len(tail))
+        ):
+            if tail:
+                self._journal.append(self._log_synced, self._log_size - len(tail), tail)
+                tail.clear()
+            with self._cond:
+                self._durable = max(self._durable, self._written)
+                self._cond.notify_all()
+            return
         self._fsync(self._log_fd)
+        self._log_synced = self._log_size
+        self._journal.reset()
+        self._tail = bytearray()
         for fd in self._pending_fds:
             self._fsync(fd)
         for fd in self._pending_fds:
@@ -964,7 +1017,7 @@ class LedgerWriter:
 
     def _checkpoint(self) -> None:
         """Make everything written durable, then sign and publish a checkpoint of it."""
-        self._sync()
+        self._sync(full=True)
         size = self._written
         note = sign_checkpoint(Checkpoint(self.origin, size, self._compact.root()), self._key)
         frame = encode_frame(CHECKPOINT_MAGIC, self._history_seq, note.encode())
