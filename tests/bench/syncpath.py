@@ -8,7 +8,8 @@ processes) at each step of every :meth:`RemoteLedger.sync`:
 - ``send``: ``sync()`` called until its SYNC message is handed to the socket;
 - ``to_child``: until the writer process has read it (the ``recv`` that brought it);
 - ``to_fsync``: until the writer starts its first fsync (handling the gulp, writing);
-- ``fsync``: the fsyncs (how many per sync, of which files), until the last one ends;
+- ``fsync``: the fsyncs and fdatasyncs (how many per sync, of which files: the sync
+  journal's, or the log's), until the last one ends;
 - ``answer``: until SYNCED is sent;
 - ``to_listener``: until the proxy's side has read the answer and settles the waiter;
 - ``to_loop``: until the settling callback runs on the event loop;
@@ -60,6 +61,19 @@ if _out and "APPLIANCE_LEDGER_FD" in os.environ:
         _events.append(("fsync", t0, t1, name))
 
     os.fsync = _fsync
+    _real_fdatasync = os.fdatasync
+
+    def _fdatasync(fd):
+        t0 = _now()
+        _real_fdatasync(fd)
+        t1 = _now()
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = "?"
+        _events.append(("fsync", t0, t1, name))
+
+    os.fdatasync = _fdatasync
     from appliance.ledger import remote as _r
 
     _recv = _r._Reader.recv
