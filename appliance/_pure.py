@@ -35,6 +35,7 @@ HOT_MODULES = (
     "appliance/ledger/_entry_log.py",
     "appliance/ledger/sender.py",
     "appliance/ledger/result_sink.py",
+    "appliance/ledger/writer.py",
     "appliance/masking/_counts.py",
     "appliance/masking/_prefilter.py",
     "appliance/masking/_scan.py",

@@ -173,6 +173,17 @@ def check_blob(directory: Path, sha256: str) -> tuple[str | None, int]:
     return None, read
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may take part of it). Not compiled on
+    purpose: mypyc's build of the memoryview loop below wrote a whole buffer twice."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        view.release()
+
+
 def fsync_dir(path: Path, fsync: Callable[[int], None] = os.fsync) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:

@@ -71,6 +71,7 @@ from appliance.ledger.store import (
     LOCK,
     atomic_write,
     fsync_dir,
+    write_all,
 )
 from appliance.signing.keys import SigningKey
 
@@ -416,7 +417,7 @@ class LedgerWriter:
         account: str | None = None,
         target: str | None = None,
         data: Mapping[str, Any],
-        blobs: Mapping[str, BlobSink] | None = None,
+        blobs: Mapping[str, BlobSink | PendingBlob] | None = None,
         trusted: bool = False,
     ) -> None:
         """Record one entry; see the module docstring. Thread-safe.
@@ -428,17 +429,19 @@ class LedgerWriter:
         recursive type check is skipped on this hot path; encoding errors still raise.
         """
         opened: list[BlobSink] = []
+        sinks: dict[str, BlobSink] = {}
         if blobs:
             data = dict(data)
-            blobs = dict(blobs)
-            for k, sink in blobs.items():
-                if isinstance(sink, PendingBlob):
-                    pending = self.open_blob(sink.transform)
-                    pending.write(sink.data)
-                    opened.append(pending)
-                    blobs[k] = sink = pending
+            for k, given in blobs.items():
+                if isinstance(given, PendingBlob):
+                    sink = self.open_blob(given.transform)
+                    sink.write(given.data)
+                    opened.append(sink)
+                else:
+                    sink = given
                 if sink._writer is not self:
                     raise LedgerError("blob sink belongs to another writer")
+                sinks[k] = sink
                 data[k] = None  # placeholder, replaced by the reference in the writer thread
         try:
             with self._cond:
@@ -451,18 +454,18 @@ class LedgerWriter:
                 )
                 if len(raw) > MAX_PAYLOAD:
                     raise CanonicalError(f"entry of {len(raw)} bytes is too large; use a blob")
-                if blobs:
-                    for sink in blobs.values():
+                if sinks:
+                    for sink in sinks.values():
                         if not sink.closed:
                             sink._state = "closed"
                             self._queue.append((_BLOB_CLOSE, sink))
                     # the writer thread splices the references into the holes
                     marked = dict(data)
-                    marked.update((k, self._marker(k)) for k in blobs)
+                    marked.update((k, self._marker(k)) for k in sinks)
                     raw = prefix.encode(
                         self._next_seq, format_ts_us(ts_us), type, marked, trusted=True
                     )
-                    self._queue.append((_ENTRY, raw, self._holes(raw, blobs)))
+                    self._queue.append((_ENTRY, raw, self._holes(raw, sinks)))
                 else:
                     self._queue.append((_ENTRY, raw, None))
                 self._next_seq += 1
@@ -849,13 +852,10 @@ class LedgerWriter:
         tail = self._tail
         if tail is not None:
             if len(tail) + len(buf) <= self._journal.capacity:
-                tail += buf
+                tail.extend(buf)
             else:
                 self._tail = None  # more than the journal holds: the next sync fsyncs the log
-        view = memoryview(buf)
-        while view:
-            view = view[os.write(self._log_fd, view) :]
-        view.release()
+        write_all(self._log_fd, buf)
         self._log_size += len(buf)
         buf.clear()
 
@@ -918,9 +918,7 @@ class LedgerWriter:
             sink._mem = None  # too large to inline: spill what was kept, then stream
             chunk = bytes(mem) + chunk
         fd = self._blob_file(sink)
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, chunk)
 
     def _blob_close(self, sink: BlobSink) -> None:
         if sink.error is not None or sink.ref is not None:
@@ -933,9 +931,7 @@ class LedgerWriter:
                 text = mem.decode("utf-8")
             except UnicodeDecodeError:
                 fd = self._blob_file(sink)
-                view = memoryview(bytes(mem))
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, bytes(mem))
             else:
                 sink.ref = {"sha256": sha, "size": sink._size, "inline": text}
                 return
@@ -968,9 +964,7 @@ class LedgerWriter:
             return
         tmp = self._blob_tmp / f"put.{sha}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         final.parent.mkdir(mode=0o750, exist_ok=True)
         os.rename(tmp, final)
         self._pending_fds.append(fd)
@@ -1021,9 +1015,7 @@ class LedgerWriter:
         size = self._written
         note = sign_checkpoint(Checkpoint(self.origin, size, self._compact.root()), self._key)
         frame = encode_frame(CHECKPOINT_MAGIC, self._history_seq, note.encode())
-        view = memoryview(frame)
-        while view:
-            view = view[os.write(self._hist_fd, view) :]
+        write_all(self._hist_fd, frame)
         self._fsync(self._hist_fd)
         self._history_seq += 1
         atomic_write(self.directory / CHECKPOINT, note.encode(), fsync=self._fsync)

@@ -652,13 +652,16 @@ def test_a_failure_in_the_writer_process_stops_it_before_any_later_signature(
     signed = w.signed_size
     seq = w.next_seq
     w.append_encoded(seq, 1, b'{"seq":%d}' % seq)
-
-    def broken(raw: bytes) -> None:
-        raise OSError(5, "Input/output error")
-
-    w._write_entry = broken  # type: ignore[method-assign]
-    with pytest.raises(LedgerUnavailable):
-        w.append_encoded(seq + 1, 2, b'{"seq":%d}' % (seq + 1))
+    # The log's descriptor now writes to a full disk, and an entry of 1 MiB is written out
+    # as it arrives.
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, w._log_fd)
+    finally:
+        os.close(full)
+    big = b'{"seq":%d,"x":"%s"}' % (seq + 1, b"x" * (1 << 20))
+    with pytest.raises(LedgerUnavailable, match="No space left"):
+        w.append_encoded(seq + 1, 2, big)
     assert isinstance(w.failed, OSError)
     with pytest.raises(LedgerUnavailable):
         w.pump(flush=True)
