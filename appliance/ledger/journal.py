@@ -28,8 +28,8 @@ checksum, and the chain ends before it). :func:`replay`, run by the writer when 
 the directory and before recovery, writes the chain's bytes back into the log at their
 offsets, fsyncs the log and clears the journal: recovery then finds every entry a sync
 acknowledged. A reader that does not open the writer (``ledger verify`` of a copy) sees the
-log alone, without those entries (``ledger verify`` and ``fsck`` warn of them,
-:func:`pending`); they are after the last checkpoint (unsigned) anyway, and the daemon's
+log alone, without those entries (``ledger verify`` and ``fsck`` say so,
+:func:`notice`); they are after the last checkpoint (unsigned) anyway, and the daemon's
 next start puts them back and signs them.
 """
 
@@ -43,7 +43,7 @@ from pathlib import Path
 
 from appliance.ledger.store import ENTRIES, fsync_dir
 
-__all__ = ["CAPACITY", "JOURNAL", "Journal", "chain", "pending", "replay"]
+__all__ = ["CAPACITY", "JOURNAL", "Journal", "chain", "notice", "replay"]
 
 JOURNAL = "entries.journal"
 # The journal's length, written with zeros on first use. A sync of more bytes than fit, or
@@ -88,18 +88,32 @@ def chain(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def pending(directory: Path) -> int:
-    """How many bytes the journal's chain holds past the end of ``directory``'s log: what
-    :func:`replay` would put back (0: none; read-only, for ``ledger verify`` and ``fsck``)."""
+def notice(directory: Path) -> str | None:
+    """What the journal holds that the log does not, in one sentence for ``ledger verify``
+    (a warning) and ``fsck`` (an action), or None: bytes past the log's end that
+    :func:`replay` would put back, or a chain it will not replay because the log ends before
+    the chain's base (the log lost bytes that were fsynced: damage from outside)."""
     try:
         records = chain((directory / JOURNAL).read_bytes())
         size = (directory / ENTRIES).stat().st_size
     except FileNotFoundError:
-        return 0
-    if not records or size < records[0][0]:
-        return 0
-    offset, last = records[-1]
-    return max(0, offset + len(last) - size)
+        return None
+    if not records:
+        return None
+    base, (offset, last) = records[0][0], records[-1]
+    if size < base:
+        return (
+            f"{JOURNAL} holds {offset + len(last) - base} bytes of {ENTRIES} from byte {base},"
+            f" but {ENTRIES} ends at byte {size}: it lost bytes that were fsynced, and the"
+            " journal is not replayed over the gap"
+        )
+    held = offset + len(last) - size
+    if held <= 0:
+        return None
+    return (
+        f"{JOURNAL} holds {held} bytes of {ENTRIES} past its end, made durable by write-ahead"
+        " syncs before the machine stopped: the writer puts them back on open"
+    )
 
 
 def replay(directory: Path, fsync: Callable[[int], None] = os.fsync) -> int:

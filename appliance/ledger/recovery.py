@@ -42,7 +42,6 @@ from appliance.ledger.entries import (
     parse_entry,
 )
 from appliance.ledger.errors import LedgerError, TamperError
-from appliance.ledger.journal import JOURNAL
 from appliance.ledger.merkle import CompactRange
 from appliance.ledger.store import (
     CHECKPOINT,
@@ -145,13 +144,9 @@ def recover(
     report = RecoveryReport(directory, dry_run)
     findings: list[str] = []
     would = "would " if dry_run else ""
-    held = journal.pending(directory)  # the writer replays it before it recovers
-    if held:
-        report.actions.append(
-            f"{JOURNAL} holds {held} bytes of {ENTRIES} past its end, made durable by"
-            " write-ahead syncs before the machine stopped: the writer puts them back on"
-            " open, before the rest"
-        )
+    held = journal.notice(directory)  # the writer replays what it can before it recovers
+    if held is not None:
+        report.actions.append(held)
 
     # 1-2. checkpoint history ------------------------------------------------------------
     notes, hscan = read_history(directory)

@@ -196,12 +196,9 @@ def verify_ledger(
                 f"{report.entries - max(sizes)} entries after the latest checkpoint are not "
                 "signed yet"
             )
-    held = journal.pending(directory)
-    if held:
-        report.warnings.append(
-            f"{journal.JOURNAL} holds {held} bytes of {ENTRIES} past its end (made durable by"
-            " write-ahead syncs before the machine stopped; the writer puts them back on open)"
-        )
+    held = journal.notice(directory)
+    if held is not None:
+        report.warnings.append(held)
     report.finish()
     return report
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.ledger import LedgerUnavailable, iter_entries
+from appliance.ledger import LedgerUnavailable, TamperError, iter_entries
 from appliance.ledger import writer as writer_module
 from appliance.ledger.journal import (
     CAPACITY,
@@ -21,7 +21,7 @@ from appliance.ledger.journal import (
     Journal,
     _record,
     chain,
-    pending,
+    notice,
     replay,
 )
 from appliance.ledger.recovery import recover
@@ -160,11 +160,10 @@ def test_what_a_sync_acknowledged_survives_a_crash_of_the_machine(tmp_path: Path
         w.close()
     log = (crashed / ENTRIES).read_bytes()
     assert b'"n":2' not in log  # the log alone lost them
-    assert pending(crashed) == disk_end - len(log)
-    warnings = verify_ledger(crashed, [KEY.verifier()]).warnings
-    assert any(JOURNAL in w and "puts them back" in w for w in warnings)
-    fsck = recover(crashed, trusted=[KEY.verifier()], dry_run=True)  # what fsck runs
-    assert any(JOURNAL in a and "puts them back" in a for a in fsck.actions)
+    said = notice(crashed)
+    assert said is not None and f"holds {disk_end - len(log)} bytes" in said
+    assert said in verify_ledger(crashed, [KEY.verifier()]).warnings
+    assert said in recover(crashed, trusted=[KEY.verifier()], dry_run=True).actions  # fsck
     assert (crashed / ENTRIES).read_bytes() == log  # a dry run changes nothing
     with open_writer(crashed) as again:
         assert any("restored" in line and JOURNAL in line for line in again.recovery.summary())
@@ -172,7 +171,7 @@ def test_what_a_sync_acknowledged_survives_a_crash_of_the_machine(tmp_path: Path
     assert [e.obj["data"].get("n") for e in iter_entries(crashed)][1:5] == [1, 2, 3, 4]
     assert verify_ledger(crashed, [KEY.verifier()]).ok
     # Replayed once: the journal is cleared, and the next open finds nothing to restore.
-    assert chain((crashed / JOURNAL).read_bytes()) == [] and pending(crashed) == 0
+    assert chain((crashed / JOURNAL).read_bytes()) == [] and notice(crashed) is None
     with open_writer(crashed) as again:
         assert not any("restored" in line for line in again.recovery.summary())
 
@@ -217,6 +216,10 @@ def test_a_log_shorter_than_what_it_fsynced_is_not_patched(tmp_path: Path) -> No
         journal = (d / JOURNAL).read_bytes()
     with open(d / ENTRIES, "r+b") as f:
         f.truncate(base - 1)
+    said = notice(d)
+    assert said is not None and "lost bytes that were fsynced" in said
+    with pytest.raises(TamperError):  # the cut is inside signed history: fsck says so
+        recover(d, trusted=[KEY.verifier()], dry_run=True)
     assert replay(d) == 0
     assert (d / JOURNAL).read_bytes() == journal
 
