@@ -60,6 +60,19 @@ def _record(base: int, offset: int, data: bytes | bytearray) -> bytes:
     return b"".join((MAGIC, fields, crc.to_bytes(4, "big"), data))
 
 
+def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> int:
+    """Write all of ``data`` at ``offset`` (``os.pwrite`` may take part of it); returns
+    where it ends."""
+    view = memoryview(data)
+    try:
+        while view:
+            done = os.pwrite(fd, view, offset)
+            view, offset = view[done:], offset + done
+    finally:
+        view.release()
+    return offset
+
+
 def chain(data: bytes) -> list[tuple[int, bytes]]:
     """The records of ``data`` (a journal's bytes) that replay: ``(offset, bytes)`` from byte
     0, as long as each is whole, its checksum holds, it carries the first one's base and
@@ -137,10 +150,7 @@ def replay(directory: Path, fsync: Callable[[int], None] = os.fsync) -> int:
         if os.fstat(fd).st_size < records[0][0]:
             return 0
         for offset, payload in records:
-            view = memoryview(payload)
-            while view:
-                done = os.pwrite(fd, view, offset)
-                view, offset = view[done:], offset + done
+            _pwrite_all(fd, payload, offset)
         fsync(fd)
     finally:
         os.close(fd)
@@ -181,14 +191,9 @@ class Journal:
         """Write the log's ``data`` at ``offset`` (``base``: the log's size at its last
         fsync) as the next record, and return once it is durable."""
         fd = self._fd if self._fd is not None else self._open()
-        record = _record(base, offset, data)
-        view = memoryview(record)
-        at = self._pos
-        while view:
-            done = os.pwrite(fd, view, at)
-            view, at = view[done:], at + done
+        end = _pwrite_all(fd, _record(base, offset, data), self._pos)
         self._datasync(fd)
-        self._pos = at
+        self._pos = end
 
     def reset(self) -> None:
         """The log was fsynced: the next record starts the journal over."""
@@ -208,7 +213,7 @@ class Journal:
                 os.ftruncate(fd, 0)
                 zeros = bytes(1 << 20)
                 for at in range(0, self.capacity, len(zeros)):
-                    os.pwrite(fd, zeros[: self.capacity - at], at)
+                    _pwrite_all(fd, zeros[: self.capacity - at], at)
                 self._fsync(fd)
                 fsync_dir(self.path.parent, self._fsync)
         except BaseException:

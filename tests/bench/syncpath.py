@@ -48,32 +48,21 @@ _out = os.environ.get("APPLIANCE_SYNCTRACE")
 if _out and "APPLIANCE_LEDGER_FD" in os.environ:
     _now = time.monotonic_ns
     _events = []
-    _real_fsync = os.fsync
 
-    def _fsync(fd):
-        t0 = _now()
-        _real_fsync(fd)
-        t1 = _now()
-        try:
-            name = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            name = "?"
-        _events.append(("fsync", t0, t1, name))
+    def _timed(real):
+        def sync(fd):
+            t0 = _now()
+            real(fd)
+            t1 = _now()
+            try:
+                name = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                name = "?"
+            _events.append(("fsync", t0, t1, name))
+        return sync
 
-    os.fsync = _fsync
-    _real_fdatasync = os.fdatasync
-
-    def _fdatasync(fd):
-        t0 = _now()
-        _real_fdatasync(fd)
-        t1 = _now()
-        try:
-            name = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            name = "?"
-        _events.append(("fsync", t0, t1, name))
-
-    os.fdatasync = _fdatasync
+    os.fsync = _timed(os.fsync)
+    os.fdatasync = _timed(os.fdatasync)
     from appliance.ledger import remote as _r
 
     _recv = _r._Reader.recv

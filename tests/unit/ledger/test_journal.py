@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance.ledger import LedgerUnavailable, TamperError, iter_entries
+from appliance.ledger import LedgerUnavailable, LedgerWriter, TamperError, iter_entries
 from appliance.ledger import writer as writer_module
 from appliance.ledger.journal import (
     CAPACITY,
@@ -52,6 +52,11 @@ class Disk:
     def datasync(self, fd: int) -> None:
         os.fdatasync(fd)
         self.datasynced.append(self._name(fd))
+
+    def writer(self, d: Path, **kw: object) -> LedgerWriter:
+        """A writer of ``d`` whose syncs go through this disk (no checkpoint on its own)."""
+        kw.setdefault("checkpoint_interval", 3600)
+        return open_writer(d, fsync=self.fsync, datasync=self.datasync, **kw)
 
 
 def crashed_copy(d: Path, disk: Disk, to: Path) -> Path:
@@ -124,7 +129,7 @@ def test_the_journal_is_written_with_zeros_once_and_then_overwritten(tmp_path: P
 
 def test_a_sync_goes_to_the_journal_and_a_checkpoint_fsyncs_the_log(tmp_path: Path) -> None:
     d, disk = tmp_path / "l", Disk()
-    w = open_writer(d, fsync=disk.fsync, datasync=disk.datasync, checkpoint_interval=3600)
+    w = disk.writer(d)
     try:
         w.append("statement", data={"n": 1})
         disk.fsynced.clear()
@@ -144,7 +149,7 @@ def test_a_sync_goes_to_the_journal_and_a_checkpoint_fsyncs_the_log(tmp_path: Pa
 
 def test_what_a_sync_acknowledged_survives_a_crash_of_the_machine(tmp_path: Path) -> None:
     d, disk = tmp_path / "l", Disk()
-    w = open_writer(d, fsync=disk.fsync, datasync=disk.datasync, checkpoint_interval=3600)
+    w = disk.writer(d)
     try:
         w.append("statement", data={"n": 1})
         w.flush()
@@ -180,7 +185,7 @@ def test_a_sync_torn_by_the_crash_loses_only_what_it_had_not_acknowledged(
     tmp_path: Path,
 ) -> None:
     d, disk = tmp_path / "l", Disk()
-    w = open_writer(d, fsync=disk.fsync, datasync=disk.datasync, checkpoint_interval=3600)
+    w = disk.writer(d)
     try:
         w.flush()
         w.append("statement", data={"n": 1})
@@ -207,7 +212,7 @@ def test_a_log_shorter_than_what_it_fsynced_is_not_patched(tmp_path: Path) -> No
     """Damage from outside (the log lost fsynced bytes): the journal is not replayed over a
     gap, and stays for whoever looks."""
     d, disk = tmp_path / "l", Disk()
-    with open_writer(d, fsync=disk.fsync, datasync=disk.datasync) as w:
+    with disk.writer(d, checkpoint_interval=1.0) as w:
         w.append("statement", data={"n": 1})
         w.flush()
         w.append("statement", data={"n": 2})
@@ -232,7 +237,7 @@ def test_new_blobs_or_too_many_bytes_fsync_the_log_and_start_the_journal_over(
 
     monkeypatch.setattr(writer_module, "Journal", small)
     d, disk = tmp_path / "l", Disk()
-    w = open_writer(d, fsync=disk.fsync, datasync=disk.datasync, checkpoint_interval=3600)
+    w = disk.writer(d)
     try:
         w.append("statement", data={"n": 1})
         disk.fsynced.clear()
