@@ -41,7 +41,7 @@ Where the time goes (2-core VM; see the README for the last table and its analys
   taken from the others. PgBouncer and the bare relay spend ~20 µs a select-only
   transaction, mostly the kernel's socket work (the daemon makes the same four calls).
 - the daemon's user time is the session core (``pgcore.py``; under callgrind with
-  ``--toggle-collect=CPyPy_core___PgSession___receive`` and ``...___settle`` its
+  ``--toggle-collect=CPyPy_pg___core___PgSession___receive`` and ``...___settle`` its
   instructions per transaction:
   ~100k for select-only simple at the end of session 9, 122k at its start, with literals
   that differ per transaction as pgbench's): the two ledger entries per statement

@@ -17,8 +17,8 @@ It prints µs of CPU per transaction of this process (``proxy_us``) and of the w
 flush: the writer's start-up (unpickling the masker, compiling the detectors) is not in them.
 
 Run by hand, alone or under ``valgrind --tool=callgrind`` (instruction counts, repeatable on
-a busy machine; ``--collect-atstart=no --toggle-collect=CPyPy_core___PgSession___receive
---toggle-collect=CPyPy_core___PgSession___settle`` counts the session core only, without the
+a busy machine; ``--collect-atstart=no --toggle-collect=CPyPy_pg___core___PgSession___receive
+--toggle-collect=CPyPy_pg___core___PgSession___settle`` counts the session core only, without the
 start-up: ``settle`` records what a step deferred until its bytes were written)::
 
     .venv/bin/python -m tests.bench.pgcore select-only prepared 2000
