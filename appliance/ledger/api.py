@@ -48,6 +48,11 @@ class Ledger(Protocol):
         """Return once everything appended so far is fsynced (signed or not); raise
         LedgerUnavailable if it cannot be (the write-ahead of a statement)."""
 
+    def hurry(self) -> None:
+        """Hand what is queued to the writer soon, not with the next batch: a write-ahead
+        sync is coming (a transaction block changed something). Nothing to do where entries
+        are not batched."""
+
     def close(self) -> None: ...
 
     @property

@@ -379,6 +379,13 @@ class RemoteLedger(LedgerSender):
             self._read_on(loop)
         await future
 
+    def hurry(self) -> None:
+        """:meth:`LedgerSender.hurry`, unless a sync is on its way already: the writer is
+        busy with it, and the next SYNC carries what is queued (under load a send per
+        statement cost more than the writer's head start saved)."""
+        if not self._sync_waiters:
+            super().hurry()
+
     def _read_on(self, loop: asyncio.AbstractEventLoop) -> None:
         """From now on read the writer's answers on ``loop`` (its reader callback), not in
         the listener thread, which waits meanwhile.

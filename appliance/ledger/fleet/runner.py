@@ -331,6 +331,9 @@ class BacklogGuard:
     async def sync(self) -> None:
         await self._ledger.sync()
 
+    def hurry(self) -> None:
+        self._ledger.hurry()
+
     def close(self) -> None:
         self._ledger.close()
 

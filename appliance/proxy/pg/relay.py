@@ -478,6 +478,12 @@ class Relay:
         return self._held is not None or self._withheld is not None
 
     @property
+    def owes_sync(self) -> bool:
+        """True inside a transaction block that changed something: its entries are made
+        durable before the statement that may end it is sent (write-ahead)."""
+        return self._owed
+
+    @property
     def idle(self) -> bool:
         """Nothing in flight: no expectation pending, nothing held or queued."""
         return (

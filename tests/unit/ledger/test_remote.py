@@ -125,6 +125,51 @@ def test_appends_from_an_event_loop_are_batched_and_all_arrive(tmp_path: Path) -
     assert [e["data"]["n"] for e in objs(d)[1:]] == list(range(2000))  # type: ignore[index]
 
 
+def test_hurried_entries_leave_at_the_end_of_the_loops_turn_not_after_the_batch_delay(
+    tmp_path: Path,
+) -> None:
+    """From an event loop entries wait SEND_DELAY for more; ``hurry()`` (a write-ahead sync is
+    coming) sends what is queued once the loop's turn ends, so the writer process has them
+    before the SYNC. Outside a loop, with nothing queued, or while a sync is on its way (the
+    next SYNC carries them), it does nothing."""
+    d = tmp_path / "l"
+    ledger = open_remote(d, checkpoint_interval=3600)
+    ledger.hurry()  # no loop: nothing to do (appends from no loop are sent at once)
+    sent: list[int] = []
+
+    async def main() -> None:
+        ledger.hurry()  # nothing queued
+        ledger.append("statement", data={"n": 1})
+        await asyncio.sleep(0)
+        sent.append(ledger.backlog)  # still waiting for the batch delay
+        ledger.hurry()
+        ledger.hurry()  # once per turn
+        assert ledger.backlog > 0  # not from within the call
+        await asyncio.sleep(0)
+        sent.append(ledger.backlog)
+        await asyncio.wait_for(ledger.sync(), 10)
+        # With a sync on its way (the writer stopped: it is not answered), the next SYNC
+        # carries what is queued: nothing is hurried.
+        assert ledger._proc is not None
+        os.kill(ledger._proc.pid, signal.SIGSTOP)
+        try:
+            waiting = asyncio.ensure_future(ledger.sync())
+            await asyncio.sleep(0.05)
+            ledger.append("statement", data={"n": 2})
+            ledger.hurry()
+            await asyncio.sleep(0)
+            sent.append(ledger.backlog)
+        finally:
+            os.kill(ledger._proc.pid, signal.SIGCONT)
+        await asyncio.wait_for(waiting, 10)
+        await asyncio.wait_for(ledger.sync(), 10)
+
+    asyncio.run(main())
+    assert sent[0] > 0 and sent[1] == 0 and sent[2] > 0
+    ledger.close()
+    assert [e["data"] for e in objs(d) if e["type"] == "statement"] == [{"n": 1}, {"n": 2}]
+
+
 def test_tampering_found_by_the_writer_process_is_raised_as_tampering(tmp_path: Path) -> None:
     d = tmp_path / "l"
     with open_writer(d) as w:

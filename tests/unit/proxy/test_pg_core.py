@@ -77,6 +77,7 @@ class FakeLedger:
         self.entries: list[tuple[str, str | None, dict[str, Any]]] = []
         self.fail: BaseException | None = None
         self.break_once: str | None = None  # an entry type whose next append raises (a bug)
+        self.hurried = 0  # hurry() calls: a write-ahead sync is coming
 
     def append(
         self, type: str, *, session: str | None = None, data: Mapping[str, Any], **_: Any
@@ -93,6 +94,9 @@ class FakeLedger:
 
     def flush(self, timeout: float | None = None) -> None:
         pass
+
+    def hurry(self) -> None:
+        self.hurried += 1
 
     def close(self) -> None:
         pass
@@ -587,6 +591,37 @@ def test_a_write_is_sent_only_once_its_entry_is_durable() -> None:
     d.up(b"C\x00\x00\x00\x0dUPDATE 1\x00" + ReadyForQuery("I").encode())
     assert not any(isinstance(c, AwaitDurable) for c in d.job(Query("select 1").encode()))
     assert d.take_up() == Query("select 1").encode()
+
+
+def test_the_entries_of_a_block_that_changed_something_are_hurried_to_the_writer() -> None:
+    """Inside a transaction block a write is not synced on its own: the block's sync comes
+    before the statement that may end it. Meanwhile each settle hurries the entries to the
+    writer (not with the next batch), so that it has them before that sync; reads, and a
+    block that changed nothing, are left to the batch."""
+    d = Drive(policy_rules="- {name: rest, action: allow}")
+    d.services.write_ahead = True
+    connect(d)
+    ok = ReadyForQuery("T").encode()
+
+    def step(sql: str, tag: bytes) -> list[Command]:
+        commands = d.job(Query(sql).encode())
+        d.up(b"C" + (4 + len(tag) + 1).to_bytes(4, "big") + tag + b"\x00" + ok)
+        return commands
+
+    step("select 1", b"SELECT 1")
+    step("begin", b"BEGIN")
+    step("select 2", b"SELECT 1")
+    assert d.ledger.hurried == 0  # nothing changed yet: no sync is coming
+    commands = step("update t set x = 1", b"UPDATE 1")
+    assert not any(isinstance(c, AwaitDurable) for c in commands)  # owed to the block's end
+    assert d.ledger.hurried == 2  # its statement's settle, its response's
+    commands = d.job(Query("commit").encode())
+    (wait,) = [c for c in commands if isinstance(c, AwaitDurable)]
+    d.event(Durable(wait.key, True))
+    d.up(b"C\x00\x00\x00\x0bCOMMIT\x00" + ReadyForQuery("I").encode())
+    hurried = d.ledger.hurried
+    step("select 3", b"SELECT 1")
+    assert d.ledger.hurried == hurried  # the block is over
 
 
 def test_a_write_that_cannot_be_made_durable_is_refused_and_never_sent() -> None:
