@@ -13,7 +13,9 @@ What a sender does with an entry: assigns ``seq`` and ``ts`` in call order under
 (the order of seq is the order on the wire), encodes it (a :class:`CanonicalError` reaches
 the caller), frames it, and appends it to the buffer, which goes to the writer in one
 ``send`` :data:`SEND_DELAY` seconds after its first entry (from a running event loop), at
-once past :data:`SEND_AT` bytes, or at once without a loop. A blob's transform runs in the
+the end of the loop's turn once :meth:`LedgerSender.hurry` is asked (a write-ahead sync is
+coming: a transaction block changed something), at once past :data:`SEND_AT` bytes, or at
+once without a loop. A blob's transform runs in the
 writer process: the sender names each :class:`~appliance.ledger.writer.TransformFactory`
 once (pickled across) and sends the blob's chunks raw.
 
