@@ -15,9 +15,9 @@ the caller), frames it, and appends it to the buffer, which goes to the writer i
 ``send`` :data:`SEND_DELAY` seconds after its first entry (from a running event loop), at
 the end of the loop's turn once :meth:`LedgerSender.hurry` is asked (a write-ahead sync is
 coming: a transaction block changed something), at once past :data:`SEND_AT` bytes, or at
-once without a loop. A blob's transform runs in the
-writer process: the sender names each :class:`~appliance.ledger.writer.TransformFactory`
-once (pickled across) and sends the blob's chunks raw.
+once without a loop. A blob's transform runs in the writer process: the sender names each
+:class:`~appliance.ledger.writer.TransformFactory` once (pickled across) and sends the
+blob's chunks raw.
 
 Never blocking the event loop (issue 19): from a running loop a send takes what the socket
 has room for (a non-blocking ``send`` on a second handle of the socket); the rest stays
