@@ -231,12 +231,7 @@ class LedgerSender:
     def _send_scheduled(self) -> None:
         with self._lock:
             self._scheduled = False
-            if self._failed is None and self._out:
-                # A failure is kept in _failed: the next append raises it to its caller.
-                try:
-                    _send_out(self)
-                except LedgerUnavailable:
-                    pass
+            _send_queued(self)
 
     def hurry(self) -> None:
         """What is queued goes to the writer process at the end of this turn of the event
@@ -256,11 +251,7 @@ class LedgerSender:
     def _send_hurried(self) -> None:
         with self._lock:
             self._hurried = False
-            if self._failed is None and self._out and self._writing is None:
-                try:
-                    _send_out(self)
-                except LedgerUnavailable:
-                    pass  # kept in _failed: the next append raises it to its caller
+            _send_queued(self)
 
     def _send_out(self) -> None:
         _send_out(self)
@@ -554,6 +545,17 @@ def _gone(sender: LedgerSender, exc: OSError) -> LedgerUnavailable:
     sender._rest = b""
     sender._rest_at = 0
     return LedgerUnavailable(f"ledger writer has stopped: {sender._failed}")
+
+
+def _send_queued(sender: LedgerSender) -> None:
+    """Holding ``_lock``, from the loop (a scheduled or hurried send): what is queued goes
+    out, unless the sender has failed. A failure is kept in ``_failed``: the next append
+    raises it to its caller."""
+    if sender._failed is None and sender._out:
+        try:
+            _send_out(sender)
+        except LedgerUnavailable:
+            pass
 
 
 def _send_out(sender: LedgerSender) -> None:

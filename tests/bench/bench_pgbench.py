@@ -319,14 +319,20 @@ class Setup:
     rss: tuple[float, float] | None = None  # MB at 200 sessions: main process, writer
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of ``pids`` (and of their threads), from /proc."""
-    total = 0
+    total = 0.0
     for pid in pids:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            total += sum(cpu_times(pid))
+    return total
 
 
 def appliance_pids(app: Appliance) -> list[int]:

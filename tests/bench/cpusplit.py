@@ -40,6 +40,7 @@ from tests.bench.bench_pgbench import (
     PORTS,
     SCALE,
     appliance_pids,
+    cpu_times,
     direct_env,
     local_env,
     pgbouncer,
@@ -54,13 +55,6 @@ SYSCALLS = [
     "pwrite64", "fsync", "fdatasync", "futex",
 ]  # fmt: skip
 EVENTS = [f"syscalls:sys_enter_{name}" for name in SYSCALLS] + ["context-switches"]
-
-
-def cpu_times(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of ``pid`` (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def machine_times() -> list[int]:
