@@ -199,8 +199,10 @@ class LedgerSender:
         self._writing: Any = None
         self._added = 0  # bytes queued since the start (see holds_back)
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._scheduled = False
-        self._hurried = False  # a send at the end of this loop turn is scheduled (hurry)
+        # The loop on which a batch send (_send_scheduled) or a send at the end of the turn
+        # (hurry) is pending, if any: a loop that closed before running it does not count.
+        self._scheduled_on: asyncio.AbstractEventLoop | None = None
+        self._hurried_on: asyncio.AbstractEventLoop | None = None
         self._failed: BaseException | None = None
         self._closed = False
         self._next_blob_id = 1
@@ -230,7 +232,7 @@ class LedgerSender:
 
     def _send_scheduled(self) -> None:
         with self._lock:
-            self._scheduled = False
+            self._scheduled_on = None
             _send_queued(self)
 
     def hurry(self) -> None:
@@ -240,17 +242,17 @@ class LedgerSender:
         the block goes on, not after the SYNC arrives (issue 19: the writer's work on a
         tpcb-like block's entries was a quarter of the sync's time at one client)."""
         with self._lock:
-            if self._hurried or not self._out or self._writing is not None:
+            if not self._out or self._writing is not None:
                 return
             loop = running_loop()
-            if loop is None:
+            if loop is None or self._hurried_on is loop:
                 return
-            self._hurried = True
+            self._hurried_on = loop
         loop.call_soon(self._send_hurried)
 
     def _send_hurried(self) -> None:
         with self._lock:
-            self._hurried = False
+            self._hurried_on = None
             _send_queued(self)
 
     def _send_out(self) -> None:
@@ -520,14 +522,17 @@ def _queued(sender: LedgerSender) -> None:
     if sender._out_size >= SEND_AT:
         _send_out(sender)
         return
-    if sender._scheduled:
-        return
+    pending = sender._scheduled_on
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        _deliver(sender)
+        # From another thread: the send a running loop has scheduled carries it too.
+        if pending is None or pending.is_closed():
+            _deliver(sender)
         return
-    sender._scheduled = True
+    if pending is loop:
+        return
+    sender._scheduled_on = loop
     loop.call_later(SEND_DELAY, sender._send_scheduled)
 
 

@@ -27,6 +27,7 @@ from appliance.ledger import (
 from appliance.ledger.api import PendingBlob
 from appliance.ledger.remote import RemoteLedger
 from appliance.ledger.result_sink import RowsSink, transforms
+from appliance.ledger.sender import SEND_DELAY
 from appliance.ledger.store import ENTRIES
 from appliance.ledger.writer import INLINE_LIMIT
 from appliance.masking import Masker, MaskingConfig
@@ -168,6 +169,47 @@ def test_hurried_entries_leave_at_the_end_of_the_loops_turn_not_after_the_batch_
     assert sent[0] > 0 and sent[1] == 0 and sent[2] > 0
     ledger.close()
     assert [e["data"] for e in objs(d) if e["type"] == "statement"] == [{"n": 1}, {"n": 2}]
+
+
+def test_sends_left_pending_by_a_closed_loop_do_not_hold_back_the_next_loops(
+    tmp_path: Path,
+) -> None:
+    """A sender used from one event loop and then another (``asyncio.run`` twice, as a test
+    or a restarted worker does): the batch send and the hurried send that the first loop
+    never ran (it closed with them pending) do not keep the next loop from scheduling its
+    own, and nothing queued is lost."""
+    d = tmp_path / "l"
+    ledger = open_remote(d, checkpoint_interval=3600)
+    loop = asyncio.new_event_loop()
+
+    async def leave_pending() -> None:
+        ledger.append("statement", data={"n": 1})  # a batch send, SEND_DELAY from now
+        ledger.hurry()  # and one at the end of this turn
+        loop.stop()  # the loop ends this turn without running either
+
+    task = loop.create_task(leave_pending())
+    loop.run_forever()
+    loop.close()
+    assert task.done() and ledger.backlog > 0
+    backlog: list[int] = []
+
+    async def next_loop() -> None:
+        ledger.append("statement", data={"n": 2})
+        ledger.hurry()
+        await asyncio.sleep(0)
+        backlog.append(ledger.backlog)  # hurried: sent at the end of the turn
+        ledger.append("statement", data={"n": 3})
+        await asyncio.sleep(SEND_DELAY * 4)
+        backlog.append(ledger.backlog)  # sent by this loop's batch send
+
+    asyncio.run(next_loop())
+    assert backlog == [0, 0]
+    ledger.close()
+    assert [e["data"] for e in objs(d) if e["type"] == "statement"] == [
+        {"n": 1},
+        {"n": 2},
+        {"n": 3},
+    ]
 
 
 def test_tampering_found_by_the_writer_process_is_raised_as_tampering(tmp_path: Path) -> None:
