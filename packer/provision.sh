@@ -37,8 +37,9 @@ cp -a "$src/appliance" "$src/bpf" "$src/pyproject.toml" "$src/README.md" "$dest/
 /usr/bin/python3 -m venv --system-site-packages "$dest/.venv"
 # Editable: the package runs from $dest, where bpf/*.c (loaded by bcc at start) sits beside
 # it; a plain install would copy the package alone into site-packages and attribution would
-# not find its programs (tests/image/test_provision.py caught that).
-"$dest/.venv/bin/pip" install -q -e "$dest"
+# not find its programs (tests/image/test_provision.py caught that). constraints.txt: the
+# versions the suite last passed with.
+"$dest/.venv/bin/pip" install -q -c "$src/constraints.txt" -e "$dest"
 
 install -D -m 0644 "$src/systemd/appliance.service" /etc/systemd/system/appliance.service
 install -d -m 0750 /etc/appliance

@@ -129,11 +129,12 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(sys.
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
 stamp=.venv/.appliance-installed
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "pip: installing appliance[test] into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  if ! .venv/bin/python -m pip install -q -e '.[test]' >.venv/pip-install.log 2>&1; then
+  # constraints.txt: the versions the suite last passed with, not the newest release.
+  if ! .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]' >.venv/pip-install.log 2>&1; then
     cat .venv/pip-install.log >&2
     exit 1
   fi
