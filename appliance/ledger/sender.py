@@ -244,8 +244,11 @@ class LedgerSender:
         with self._lock:
             if not self._out or self._writing is not None:
                 return
+            pending = self._hurried_on
+            if pending is not None and not pending.is_closed():
+                return  # once per turn
             loop = running_loop()
-            if loop is None or self._hurried_on is loop:
+            if loop is None:
                 return
             self._hurried_on = loop
         loop.call_soon(self._send_hurried)
@@ -523,14 +526,12 @@ def _queued(sender: LedgerSender) -> None:
         _send_out(sender)
         return
     pending = sender._scheduled_on
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        # From another thread: the send a running loop has scheduled carries it too.
-        if pending is None or pending.is_closed():
-            _deliver(sender)
-        return
-    if pending is loop:
+    if pending is not None and not pending.is_closed():
+        return  # the send scheduled carries this too (from its loop or from another thread)
+    # (Asked only now: in Python 3.11 each get_running_loop() is a getpid system call.)
+    loop = running_loop()
+    if loop is None:
+        _deliver(sender)
         return
     sender._scheduled_on = loop
     loop.call_later(SEND_DELAY, sender._send_scheduled)

@@ -52,7 +52,7 @@ from tests.lab.proxy import TargetSpec, running_appliance
 SECONDS = int(os.environ.get("SECONDS", "10"))
 SYSCALLS = [
     "read", "write", "recvfrom", "sendto", "epoll_wait", "epoll_pwait", "epoll_ctl", "select",
-    "pwrite64", "fsync", "fdatasync", "futex", "brk", "mmap", "munmap", "madvise",
+    "pwrite64", "fsync", "fdatasync", "futex", "brk", "mmap", "munmap", "madvise", "getpid",
 ]  # fmt: skip
 EVENTS = [f"syscalls:sys_enter_{name}" for name in SYSCALLS] + ["context-switches", "page-faults"]
 
