@@ -220,7 +220,8 @@ async def run(workload: str, mode: str, transactions: int, clients: int = 8) -> 
                 clock=time.time,
                 monotonic=clock,
                 read_secret=lambda ref: "secret",
-                write_ahead=True,
+                # PGCORE_DURABILITY=checkpoint: no write-ahead waits (what they cost)
+                write_ahead=os.environ.get("PGCORE_DURABILITY", "write-ahead") == "write-ahead",
             )
             counter = itertools.count(1)
             shared = PgShared(
