@@ -24,8 +24,12 @@ process; PgBouncer; the relay; from /proc), the latency of one client (pgbench `
 ``-T $PGBENCH_LATENCY_SECONDS``: p50 and p99 per transaction, and the p50 added over direct
 per statement: a tpcb-like transaction is 7 statements), and for the appliance setups the
 peak RSS (MB, daemon + writer) while 200 sessions run select-only; under it, each
-appliance's start-to-ready time (a restart, process start to ready file). Nothing is
-asserted about speed. ``PGBENCH_ONLY=appliance,pgbouncer`` restricts the setups (direct
+appliance's start-to-ready time (a restart, process start to ready file), and the CPU per
+transaction of the appliance and of PgBouncer at the same rate (``pgbench -R``, 90% of the
+appliance's median tps; ``PGBENCH_SAME_RATE=0`` leaves it out): per transaction a process
+spends more the fewer transactions share each wake-up, so the table's CPU column compares
+the appliance at its throughput with PgBouncer at a higher one. Nothing is asserted about
+speed. ``PGBENCH_ONLY=appliance,pgbouncer`` restricts the setups (direct
 always runs), ``PGBENCH_WORKLOADS=select-only:simple,tpcb-like:prepared`` the workloads.
 
 ``tests/bench/pgcore.py`` plays the same conversations through the session core without
@@ -95,6 +99,8 @@ from tests.lab.lab import Lab, PgServer, wait_port
 from tests.lab.proxy import APPLIANCE, Appliance, TargetSpec, running_appliance
 
 SECONDS = int(os.environ.get("PGBENCH_SECONDS", "10"))
+SAME_RATE = os.environ.get("PGBENCH_SAME_RATE", "1") != "0"
+SAME_RATE_SHARE = 0.9  # of the appliance's median tps
 LATENCY_SECONDS = int(os.environ.get("PGBENCH_LATENCY_SECONDS", "4"))
 CLIENTS = 8
 SCALE = 10
@@ -502,10 +508,64 @@ def test_pgbench_table(tmp_path: Path) -> None:
                             lab, setup.env, [*flags, "-M", mode], logdir
                         )
                     print(f"round {r + 1} {key:<24} {setup.name:<21} {t:9.0f} tps", flush=True)
+        rated = same_rate(lab, setups, tps) if SAME_RATE else {}
         for setup in setups:
             if setup.name.startswith("appliance"):
                 setup.rss = sessions_rss(lab, setup, setup.pids())
     _print_table(setups, tps, cpu, lat, rounds)
+    _print_same_rate(rated)
+
+
+# (workload key, setup name) -> (the rate asked, tps reached, CPU µs per transaction)
+Rated = dict[tuple[str, str], tuple[int, float, float]]
+
+
+def same_rate(lab: Lab, setups: list[Setup], tps: dict[tuple[str, str], list[float]]) -> Rated:
+    """CPU per transaction of the appliance and of PgBouncer, each held by ``pgbench -R`` to
+    :data:`SAME_RATE_SHARE` of the appliance's median tps (one run each)."""
+    out: Rated = {}
+    for workload, flags, mode in workloads():
+        key = f"{workload} -M {mode}"
+        reached = tps.get((key, "appliance"))
+        if not reached:
+            continue
+        rate = int(statistics.median(reached) * SAME_RATE_SHARE)
+        for setup in setups:
+            if setup.name not in ("appliance", "pgbouncer"):
+                continue
+            pids = setup.pids()
+            c0 = cpu_seconds(pids)
+            args = [*flags, "-M", mode, "-R", str(rate)]
+            t, n = run_pgbench(lab, setup.env, args, SECONDS, CLIENTS)
+            out[(key, setup.name)] = (rate, t, (cpu_seconds(pids) - c0) / n * 1e6)
+            print(f"same rate {key:<24} {setup.name:<21} {t:9.0f} tps (-R {rate})", flush=True)
+    return out
+
+
+def _print_same_rate(rated: Rated) -> None:
+    """The same-rate CPU, and its goal row (the table's CPU column has its own)."""
+    if not rated:
+        return
+    print(
+        f"\nCPU per transaction at the same rate (pgbench -R, {SAME_RATE_SHARE:.0%} of the "
+        "appliance's median tps; daemon + ledger writer, PgBouncer, from /proc):"
+    )
+    for key in dict.fromkeys(k for k, _ in rated):
+        app, bouncer = rated.get((key, "appliance")), rated.get((key, "pgbouncer"))
+        if app is None or bouncer is None:
+            continue
+        ratio = app[2] / bouncer[2]
+        print(
+            f"  {key:<24} -R {app[0]:>6}: appliance {app[2]:6.1f} us ({app[1]:.0f} tps), "
+            f"pgbouncer {bouncer[2]:6.1f} us ({bouncer[1]:.0f} tps): {ratio:.2f}x"
+        )
+        goals.at_most(
+            f"{key}: CPU per transaction at the same rate / PgBouncer's",
+            ratio,
+            2.0,
+            "x",
+            f"pgbench -R {app[0]}; both reached {min(app[1], bouncer[1]):.0f} tps or more",
+        )
 
 
 def _print_table(
