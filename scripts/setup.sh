@@ -132,8 +132,8 @@ stamp=.venv/.appliance-installed
 want=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   log "pip: installing appliance[test] into .venv"
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  # constraints.txt: the versions the suite last passed with, not the newest release.
+  # constraints.txt: the versions the suite last passed with (pip's too), not the newest.
+  .venv/bin/python -m pip install -q --upgrade -c constraints.txt pip >/dev/null
   if ! .venv/bin/python -m pip install -q -c constraints.txt -e '.[test]' >.venv/pip-install.log 2>&1; then
     cat .venv/pip-install.log >&2
     exit 1
