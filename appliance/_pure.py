@@ -48,6 +48,7 @@ HOT_MODULES = (
     "appliance/proxy/records.py",
     "appliance/proxy/pg/relay.py",
     "appliance/proxy/pg/hooks.py",
+    "appliance/proxy/pg/rows.py",
     "appliance/proxy/pg/recording.py",
     "appliance/proxy/pg/core.py",
     "appliance/protocols/mysql/_wire.py",

@@ -29,10 +29,6 @@ import hmac
 from dataclasses import dataclass
 from typing import Literal
 
-from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes
-
 from appliance.credentials.saslprep import prepare_password
 from appliance.errors import ApplianceError
 
@@ -219,6 +215,12 @@ def tls_server_end_point(certificate_der: bytes) -> bytes | None:
     server certificate hashed with its signature's hash algorithm, SHA-256 if that is MD5
     or SHA-1. None when the algorithm has no single hash (Ed25519, Ed448): PostgreSQL
     cannot bind such channels either."""
+    # Imported here: the ledger writer process imports the PostgreSQL package for its
+    # messages alone, and cryptography is 8 MB of its memory (issue 19).
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes
+
     try:
         cert = x509.load_der_x509_certificate(certificate_der)
     except ValueError:

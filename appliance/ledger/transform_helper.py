@@ -3,7 +3,7 @@
 Why: masking an export's rows for the ledger is Python work per value (a ``customers`` row
 costs the writer ~14 µs of CPU; PostgreSQL sends it in ~1 µs), and one process runs Python
 on one core at a time, under the GIL. So a protocol's blob transform
-(:class:`~appliance.proxy.pg.recording.RowsTransform`) cuts a long run of rows into pieces
+(:class:`~appliance.proxy.pg.rows.RowsTransform`) cuts a long run of rows into pieces
 of about :data:`PIECE` bytes, where rows start, and calls :func:`share`: this thread masks
 pieces from the front while a helper process masks pieces from the back, with a copy of
 the same masker, and the results are joined in order -- the same bytes and counts as

@@ -29,7 +29,7 @@ from appliance.ledger.results import binary_cell
 from appliance.masking._copy import CopyFormat, CopyRowError, encode_field, line_ending
 from appliance.masking._counts import MaskCounts
 from appliance.masking._masker import ColumnPlan, TargetMasker
-from appliance.policy import CopySpec, copy_spec
+from appliance.protocols.postgres.copy import CopySpec
 from appliance.protocols.postgres.messages import RowDescription, datarow_values, encode_datarow
 
 __all__ = [
@@ -373,6 +373,10 @@ class ResponseMasker:
         return cached
 
     def copy_plan(self, statement: str, binary: bool) -> CopyPlan:
+        # Imported here: the ledger writer's process imports this module without the SQL
+        # parser, which this part (the rows sent to the job) alone needs.
+        from appliance.policy import copy_spec
+
         copy = copy_spec(statement) or _UNKNOWN_COPY
         self._copy = _CopyLines(self.masker, copy)
         return CopyPlan(copy, binary)

@@ -49,7 +49,6 @@ Public API::
 
 from appliance.policy._classify import (
     Classification,
-    CopySpec,
     GrammarError,
     StatementClass,
     classify,
@@ -82,6 +81,7 @@ from appliance.policy._ssh import (
     subsystem_request,
 )
 from appliance.policy._vocabulary import CLASSES, EXPLICIT, GROUPS, expand
+from appliance.protocols.postgres.copy import CopySpec
 
 __all__ = [
     "CLASSES",

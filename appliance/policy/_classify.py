@@ -41,6 +41,7 @@ from appliance.policy._functions import call_classes
 from appliance.policy._plpgsql import body_sql
 from appliance.policy._where import keeps_every_row, same_for_every_number
 from appliance.protocols.postgres import fastpath
+from appliance.protocols.postgres.copy import CopySpec
 from appliance.protocols.postgres.encodings import ascii_safe
 
 __all__ = [
@@ -71,20 +72,6 @@ _RELATION_OBJECTS = frozenset(
 _MERGE_COMMANDS = {"CMD_UPDATE": "update", "CMD_DELETE": "delete", "CMD_INSERT": "insert"}
 _SIMPLE_NAME = re.compile(r"[a-z_][a-z0-9_$]*")
 _MISSING: dict[str, Any] = {}
-
-
-@dataclass(frozen=True)
-class CopySpec:
-    """What a COPY statement says of its data (the protocol says nothing): the direction,
-    the table when written with its schema (unqualified, it depends on ``search_path``:
-    None), the column list when written (pg_dump writes both), the format (``text``,
-    ``csv`` or ``binary``) and whether CSV data starts with a header line."""
-
-    direction: str  # "in" (FROM) | "out" (TO)
-    table: str | None = None
-    columns: tuple[str, ...] | None = None
-    format: str = "text"
-    header: bool = False
 
 
 @dataclass(frozen=True)

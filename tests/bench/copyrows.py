@@ -1,6 +1,6 @@
 """The ledger writer's masking of COPY rows of ``customers``, per row, in this process.
 
-What it measures: :class:`~appliance.proxy.pg.recording.RowsTransform` (what the ledger writer
+What it measures: :class:`~appliance.proxy.pg.rows.RowsTransform` (what the ledger writer
 process runs on a result blob's chunks) over the 256 KiB chunks a :class:`~appliance.ledger.
 result_sink.RowsSink` would hand it for ``COPY customers TO STDOUT`` (one row per CopyData
 frame, as PostgreSQL sends them), rows made as :mod:`tests.bench.bench_masking_export` makes
@@ -89,7 +89,7 @@ def worker(path: str) -> None:
     """Run the transform over the chunks in ``path``; print rows, CPU seconds, blob digest,
     and the cards and e-mails masked. Imports only ``appliance`` (from ``PYTHONPATH``)."""
     from appliance.masking import Masker, MaskingConfig
-    from appliance.proxy.pg.recording import RowsTransform
+    from appliance.proxy.pg.rows import RowsTransform
 
     with open(path, "rb") as f:
         rows, chunks = pickle.load(f)
@@ -113,7 +113,7 @@ def split(path: str) -> None:
     detectors the pre-filter let through), and the rest (splitting, spans to fields,
     writing the fields back, JSON lines)."""
     from appliance.masking import Masker, MaskingConfig, TargetMasker
-    from appliance.proxy.pg.recording import RowsTransform
+    from appliance.proxy.pg.rows import RowsTransform
 
     with open(path, "rb") as f:
         rows, chunks = pickle.load(f)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from nacl import bindings
 
 NATIVE = "mysql_native_password"
@@ -58,6 +56,11 @@ def caching_sha2_scramble(password: str, scramble: bytes) -> bytes:
 def rsa_encrypted_password(password: str, scramble: bytes, public_key_pem: bytes) -> bytes:
     """The password for full authentication on a plain connection. Raises ValueError when
     the key is not an RSA public key."""
+    # Imported here: the ledger writer process imports this package for the messages
+    # alone, and cryptography is 8 MB of its memory (issue 19).
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
     key = serialization.load_pem_public_key(public_key_pem)
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError("the server's public key is not an RSA key")

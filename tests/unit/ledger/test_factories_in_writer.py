@@ -13,7 +13,10 @@ the same factory gives in this process.
 
 from __future__ import annotations
 
+import pickle
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from appliance.masking.postgres import CopyPlan, ResponseMasker
 from appliance.protocols.postgres.messages import DataRow, FieldDescription, RowDescription
 from appliance.proxy.http.recording import body_transforms
 from appliance.proxy.mysql.recording import RowsTransform as MySQLRows
-from appliance.proxy.pg.recording import RowsTransform as PgRows
+from appliance.proxy.pg.rows import RowsTransform as PgRows
 from appliance.proxy.ssh.terminal import StreamTransforms, frame
 from appliance.proxy.ssh.transfers import MaskedText
 from tests.unit.ledger.conftest import KEY, ORIGIN
@@ -156,3 +159,33 @@ def test_a_masker_that_served_copy_pickles_with_its_formats(csv: bool) -> None:
     got = copy.mask_copy_line(plan, line, MaskCounts(), csv=csv, delimiter=delimiter)
     assert got == tm.mask_copy_line(plan, line, MaskCounts(), csv=csv, delimiter=delimiter)
     assert CARD.encode() not in got
+
+
+# What the writer process must not import to run the SQL protocols' factories: the session
+# core's side (relay, policy, the SQL parser) and cryptography (upstream authentication).
+# They were 14 MB of its memory, counted in issue 19's RSS goal at 200 sessions.
+_NOT_IN_THE_WRITER = ("pglast", "cryptography", "appliance.policy", "appliance.proxy.pg.relay")
+
+
+def test_the_writer_process_runs_the_sql_factories_without_the_session_cores_imports() -> None:
+    tm = _served_masker()
+    sent = pickle.dumps((transforms(PgRows, tm), transforms(MySQLRows, tm), _pg_chunk()))
+    # As the writer process starts (remote.py's child), then unpickles what the proxy sent
+    # and runs it on a chunk; in the build this run tests (APPLIANCE_PURE is inherited).
+    code = (
+        "import pickle, sys\n"
+        "from appliance.ledger.remote import child_main\n"
+        "pg, mysql, chunk = pickle.loads(sys.stdin.buffer.read())\n"
+        "transform, _ = pg.new()\n"
+        "assert transform(chunk)\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code],
+        input=sent,
+        capture_output=True,
+        check=True,
+    )
+    modules = set(done.stdout.decode().split())
+    assert "appliance.proxy.pg.rows" in modules and "appliance.proxy.mysql.recording" in modules
+    assert not modules & set(_NOT_IN_THE_WRITER)

@@ -32,7 +32,7 @@ from appliance.ledger.store import ENTRIES
 from appliance.ledger.writer import INLINE_LIMIT
 from appliance.masking import Masker, MaskingConfig
 from appliance.protocols.postgres.messages import DataRow
-from appliance.proxy.pg.recording import RowsTransform
+from appliance.proxy.pg.rows import RowsTransform
 from tests.unit.ledger.conftest import KEY, ORIGIN, OTHER_KEY, open_writer, write_session
 
 ROOT = Path(__file__).resolve().parents[3]

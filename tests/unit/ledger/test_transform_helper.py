@@ -20,7 +20,7 @@ from appliance.ledger.result_sink import COPY, COPY_END, HEADER, ROWS, _framed
 from appliance.masking import ColumnRule, Masker, MaskingConfig, Style, TargetMasker
 from appliance.protocols.postgres.messages import DataRow
 from appliance.proxy.mysql.recording import RowsTransform as MySQLRows
-from appliance.proxy.pg.recording import RowsTransform
+from appliance.proxy.pg.rows import RowsTransform
 
 pytestmark = pytest.mark.skipif(
     len(os.sched_getaffinity(0)) < 2, reason="the helper is used only on two cores or more"
