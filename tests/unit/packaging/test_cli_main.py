@@ -1,0 +1,53 @@
+"""The ``appliance`` command's groups, each imported when it is named (``appliance/cli/
+main.py``): every name resolves to its command, ``--help`` lists them all, and the daemon
+(``appliance run``) does not load what only the other commands need (issue 19: the
+report's pages and charts and the pcap export were 44 MB of the daemon's memory)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+from click.testing import CliRunner
+
+from appliance.cli.main import cli
+
+# What only `appliance report` and `appliance ledger export --pcap` need.
+_NOT_IN_THE_DAEMON = ("matplotlib", "numpy", "PIL", "jinja2", "dpkt")
+
+
+def test_every_command_resolves_to_the_command_of_its_name() -> None:
+    ctx = click.Context(cli)
+    names = cli.list_commands(ctx)
+    assert {"run", "ledger", "report", "bucket-policy", "approvals"} <= set(names)
+    for name in names:
+        command = cli.get_command(ctx, name)
+        assert command is not None and command.name == name
+    assert cli.get_command(ctx, "no-such-command") is None
+
+
+def test_help_lists_every_command_and_an_unknown_one_is_refused() -> None:
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["--help"])
+    assert shown.exit_code == 0
+    listed = shown.output.split("Commands:")[1]
+    for name in cli.list_commands(click.Context(cli)):
+        assert f"\n  {name} " in listed
+    refused = runner.invoke(cli, ["nonsense"])
+    assert refused.exit_code == 2 and "No such command 'nonsense'" in refused.output
+
+
+def test_the_daemon_loads_neither_the_report_nor_the_pcap_export() -> None:
+    # What `appliance run` imports before it serves: the CLI, its run command, the daemon.
+    code = (
+        "import sys, click\n"
+        "from appliance.cli.main import cli\n"
+        "assert cli.get_command(click.Context(cli), 'run') is not None\n"
+        "from appliance import daemon\n"
+        "print(' '.join(sorted(m for m in sys.modules if '.' not in m)))\n"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, check=True)
+    loaded = set(done.stdout.decode().split())
+    assert "appliance" in loaded and "click" in loaded
+    assert not loaded & set(_NOT_IN_THE_DAEMON)
