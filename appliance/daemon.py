@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance import __version__, capture
+from appliance import __version__, capture, collector
 from appliance.approvals import (
     ApprovalServer,
     Broker,
@@ -497,7 +497,8 @@ class Daemon:
                     self.ready_file.write_text(
                         json.dumps({"pid": os.getpid(), "listening": listening}) + "\n"
                     )
-                await serving
+                with collector.serving():
+                    await serving
                 for task in helpers:
                     task.cancel()
                 if notifier is not None:

@@ -53,6 +53,7 @@ from typing import Any
 
 import orjson
 
+from appliance import collector
 from appliance.ledger.entries import format_ts_us, number_entry
 from appliance.ledger.errors import CanonicalError, LedgerError, LedgerUnavailable
 from appliance.ledger.recovery import LastEntry
@@ -737,7 +738,8 @@ class _Child:
         }
         self.send(_READY, orjson.dumps(ready))
         try:
-            stopped = self.serve(writer)
+            with collector.serving():
+                stopped = self.serve(writer)
         except BaseException as exc:
             self.fail(exc)
             try:

@@ -62,6 +62,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from appliance import collector
 from appliance.approvals import ApprovalsUnavailable, Broker
 from appliance.approvals.broker import Outcome
 from appliance.config import Config
@@ -493,7 +494,8 @@ class Worker:
                 ledger.append("proxy.worker.ready", data=me)
                 self.control.send(_READY)
                 log.info("proxy worker ready", extra={"fields": me})
-                await serving
+                with collector.serving():
+                    await serving
                 watch.cancel()
             loop.remove_reader(self.control.fileno())
             with contextlib.suppress(ApplianceError):
