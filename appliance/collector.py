@@ -7,11 +7,11 @@ CPython's 700; on leaving it undoes both, so a process that serves again (a test
 the daemon in-process) collects as before.
 
 Why: a collection of the oldest generation walks every tracked object. In the daemon that
-was the 60,000 objects of its start, about 17 ms each time: a pause for every session
-(an 8-client pgbench run saw several a minute), and with the young collections 1.4 µs of
-CPU per select-only transaction in the session core (``pgcore``), against 0.3 µs with both
-settings. Frozen objects are never walked again; what the sessions allocate is collected as
-before, in larger batches.
+was every object its imports made (about 60,000), 17 ms each time: a pause for every
+session (``tests/bench/pgcore.py`` saw 3 such collections in 60,000 select-only
+transactions), and with the young collections 1.4 µs of CPU per transaction in the session
+core, against 0.3 µs with both settings. Frozen objects are never walked again; what the
+sessions allocate is collected as before, in larger batches.
 
 Used by the daemon (:mod:`appliance.daemon`), each proxy worker (:mod:`appliance.proxy.
 workers`) and the ledger writer process (:mod:`appliance.ledger.remote`) once they start
