@@ -475,29 +475,32 @@ class Daemon:
                 helpers.append(tg.create_task(self._flush_refusals(refusals)))
                 if hub is not None:
                     helpers.append(tg.create_task(hub.run()))
-                elapsed = time.monotonic() - started
-                listening = [format_endpoint(h, p) for h, p in bound]
-                ledger.append(
-                    "appliance.ready",
-                    data={"listening": listening, "startup_ms": round(elapsed * 1000)},
-                )
-                # Ready means the start of this run is on disk under a signed checkpoint.
-                await asyncio.to_thread(ledger.flush, 30)
-                if shipping is not None:
-                    # Shipping starts from there: its first round has that checkpoint to ship
-                    # (started beside the flush, it could find none, call the bucket caught
-                    # up and wait a whole interval before its first try).
-                    helpers.append(tg.create_task(shipping.run()))
-                log.info(
-                    "ready",
-                    extra={"fields": {"listening": listening, "startup_ms": round(elapsed * 1000)}},
-                )
-                sd_notify("READY=1")
-                if self.ready_file is not None:
-                    self.ready_file.write_text(
-                        json.dumps({"pid": os.getpid(), "listening": listening}) + "\n"
-                    )
+                # Frozen before "ready": the one full collection is part of the start.
                 with collector.serving():
+                    elapsed = time.monotonic() - started
+                    listening = [format_endpoint(h, p) for h, p in bound]
+                    ledger.append(
+                        "appliance.ready",
+                        data={"listening": listening, "startup_ms": round(elapsed * 1000)},
+                    )
+                    # Ready means the start of this run is on disk under a signed checkpoint.
+                    await asyncio.to_thread(ledger.flush, 30)
+                    if shipping is not None:
+                        # Shipping starts from there: its first round has that checkpoint
+                        # to ship (started beside the flush, it could find none, call the
+                        # bucket caught up and wait a whole interval before its first try).
+                        helpers.append(tg.create_task(shipping.run()))
+                    log.info(
+                        "ready",
+                        extra={
+                            "fields": {"listening": listening, "startup_ms": round(elapsed * 1000)}
+                        },
+                    )
+                    sd_notify("READY=1")
+                    if self.ready_file is not None:
+                        self.ready_file.write_text(
+                            json.dumps({"pid": os.getpid(), "listening": listening}) + "\n"
+                        )
                     await serving
                 for task in helpers:
                     task.cancel()

@@ -491,10 +491,10 @@ class Worker:
                 serving = tg.create_task(server.serve())
                 watch = tg.create_task(self._watch(ledger))
                 await asyncio.sleep(0)  # the server's task group exists: hand-overs may come
-                ledger.append("proxy.worker.ready", data=me)
-                self.control.send(_READY)
-                log.info("proxy worker ready", extra={"fields": me})
-                with collector.serving():
+                with collector.serving():  # frozen before "ready" (see the daemon)
+                    ledger.append("proxy.worker.ready", data=me)
+                    self.control.send(_READY)
+                    log.info("proxy worker ready", extra={"fields": me})
                     await serving
                 watch.cancel()
             loop.remove_reader(self.control.fileno())
