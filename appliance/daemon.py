@@ -489,6 +489,7 @@ class Daemon:
                         # Shipping starts from there: its first round has that checkpoint
                         # to ship (started beside the flush, it could find none, call the
                         # bucket caught up and wait a whole interval before its first try).
+                        shipping.starting()
                         helpers.append(tg.create_task(shipping.run()))
                     log.info(
                         "ready",

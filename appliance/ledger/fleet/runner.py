@@ -135,6 +135,13 @@ class ShipRunner:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def starting(self) -> None:
+        """Write the status before the first round (``starting``), from the daemon before it
+        says ready: ``appliance status`` then shows this run's shipping at once, where it
+        found no file, or an earlier run's, until the first round ended (a round may wait on
+        the bucket for seconds)."""
+        self._write_status(self.clock())
+
     async def run(self) -> None:
         """Ship until cancelled."""
         while True:

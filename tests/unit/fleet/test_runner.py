@@ -88,6 +88,19 @@ def runner(
     return r, client, rec
 
 
+def test_the_status_says_starting_before_the_first_round(tmp_path: Path, s3: Any) -> None:
+    d = make_ledger(tmp_path / "l", sessions=1)
+    first, _, _ = runner(d, s3)
+    assert first.round() == first.interval
+    assert (s := read_status(d)) is not None and s.state == "ok"  # an earlier run's
+    again, _, _ = runner(d, s3)
+    again.starting()
+    status = read_status(d)
+    assert status is not None and status.state == "starting" and status.shipped_size == 0
+    assert again.round() == again.interval
+    assert (s := read_status(d)) is not None and s.state == "ok"
+
+
 def test_storage_down_is_recorded_once_then_resumed(tmp_path: Path, s3: Any) -> None:
     d = make_ledger(tmp_path / "l", sessions=1)
     r, client, rec = runner(d, s3)
