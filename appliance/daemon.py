@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from appliance import __version__, capture, collector
 from appliance.approvals import (
@@ -60,7 +60,7 @@ from appliance.config import Config, format_endpoint
 from appliance.config.sections import Sections, parse_sections
 from appliance.credentials import read_secret
 from appliance.errors import ApplianceError
-from appliance.identity import Outcome, Verifier, annotate, boot_id
+from appliance.identity import Outcome, annotate, boot_id
 from appliance.ledger import LedgerWriter
 from appliance.ledger.api import Ledger
 from appliance.ledger.fleet.runner import BacklogGuard, ShipRunner
@@ -80,6 +80,9 @@ from appliance.proxy.tls import upstream_context
 from appliance.proxy.waits import ApprovalBroker
 from appliance.proxy.workers import LIMITS, WorkerPool
 from appliance.signing.keys import SigningKey
+
+if TYPE_CHECKING:
+    from appliance.identity import Verifier
 
 log = logging.getLogger("appliance")
 _LEDGER_WATCH = 0.5  # seconds between looks at the ledger writer's health
@@ -352,6 +355,8 @@ class Daemon:
             identity = sections.identity
             verifier = None
             if identity is not None:
+                from appliance.identity import Verifier  # joserfc: only with issuers
+
                 verifier = Verifier(
                     identity, boot_id=boot_id(), record=lambda t, d: ledger.append(t, data=d)
                 )

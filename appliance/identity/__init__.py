@@ -23,13 +23,45 @@ A token is a bearer credential: it never reaches the ledger or a log; records na
 SHA-256 and keep its claims, issuer and key id.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from appliance.identity._claims import CLAIMS, PROVIDERS, fields_from_claims
 from appliance.identity._config import IdentityConfig, Issuer, TokenSource, parse_identity
 from appliance.identity._fetch import Fetcher, FetchError
-from appliance.identity._keys import KeyStore, KeysUnavailable, parse_jwks
 from appliance.identity._record import STATUSES, Outcome, annotate
-from appliance.identity._verifier import Verifier
-from appliance.identity._verify import REASONS, TokenRejected, inspect, token_sha256, verify
+
+if TYPE_CHECKING:
+    from appliance.identity._keys import KeyStore, KeysUnavailable, parse_jwks
+    from appliance.identity._verifier import Verifier
+    from appliance.identity._verify import REASONS, TokenRejected, inspect, token_sha256, verify
+
+# What checks tokens needs joserfc (and through it cryptography): about 8 MB and 40 ms that a
+# daemon with no ``identity`` section never uses (issue 19), so those names are imported on
+# first use (PEP 562).
+_LAZY = {
+    "KeyStore": "_keys",
+    "KeysUnavailable": "_keys",
+    "parse_jwks": "_keys",
+    "Verifier": "_verifier",
+    "REASONS": "_verify",
+    "TokenRejected": "_verify",
+    "inspect": "_verify",
+    "token_sha256": "_verify",
+    "verify": "_verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CLAIMS",

@@ -36,9 +36,9 @@ from pathlib import Path
 
 from appliance.config import Node
 from appliance.identity._claims import PROVIDERS
-from appliance.identity._verify import ALGORITHMS
 
 __all__ = [
+    "ALGORITHMS",
     "BOOT_ID",
     "REQUEST_TOKEN",
     "REQUEST_URL",
@@ -48,6 +48,8 @@ __all__ = [
     "parse_identity",
 ]
 
+# Asymmetric signatures only: a shared-secret (HS*) or "none" token is never a CI identity.
+ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 # GitHub Actions' token endpoint, in the environment of a job with `id-token: write`.
 REQUEST_URL = "ACTIONS_ID_TOKEN_REQUEST_URL"
 REQUEST_TOKEN = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"

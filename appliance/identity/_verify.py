@@ -31,6 +31,8 @@ from joserfc.errors import (
 )
 from joserfc.jwk import Key
 
+from appliance.identity._config import ALGORITHMS
+
 __all__ = [
     "ALGORITHMS",
     "MAX_TOKEN_BYTES",
@@ -42,8 +44,6 @@ __all__ = [
     "verify",
 ]
 
-# Asymmetric signatures only: a shared-secret (HS*) or "none" token is never a CI identity.
-ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 MAX_TOKEN_BYTES = 16 * 1024
 _MAX_RECORDED = 256  # characters kept of an unverified value in a record
 

@@ -51,3 +51,21 @@ def test_the_daemon_loads_neither_the_report_nor_the_pcap_export() -> None:
     loaded = set(done.stdout.decode().split())
     assert "appliance" in loaded and "click" in loaded
     assert not loaded & set(_NOT_IN_THE_DAEMON)
+
+
+def test_the_daemon_without_issuers_loads_no_token_library() -> None:
+    # The identity section's parser and the session records are the daemon's; what checks
+    # a token (joserfc, and through it cryptography) comes only with a configured issuer.
+    code = (
+        "import sys\n"
+        "from appliance import daemon\n"
+        "from appliance.identity import parse_identity\n"
+        "assert parse_identity(None) is None\n"
+        "print(' '.join(sorted(m for m in sys.modules if '.' not in m)))\n"
+        "from appliance.identity import Verifier, verify\n"
+        "print(' '.join(sorted(m for m in sys.modules if '.' not in m)))\n"
+    )
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, check=True)
+    before, after = (set(line.split()) for line in done.stdout.decode().splitlines())
+    assert not before & {"joserfc", "cryptography"}
+    assert {"joserfc", "cryptography"} <= after
