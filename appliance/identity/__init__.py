@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from appliance.identity._verifier import Verifier
     from appliance.identity._verify import REASONS, TokenRejected, inspect, token_sha256, verify
 
-# What checks tokens needs joserfc (and through it cryptography): about 8 MB and 40 ms that a
+# What checks tokens needs joserfc (and through it cryptography): about 9 MB and 40 ms that a
 # daemon with no ``identity`` section never uses (issue 19), so those names are imported on
 # first use (PEP 562).
 _LAZY = {
