@@ -87,11 +87,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -289,6 +290,39 @@ def relay(
         proc.wait(10)
 
 
+def pgbench_server(lab: Lab) -> PgServer:
+    """The lab's PostgreSQL with pgbench's tables (scale :data:`SCALE`), vacuumed: where every
+    pgbench benchmark starts."""
+    pg = lab.start_postgres(0)
+    init = lab.job(["pgbench", "-i", "-q", "-s", str(SCALE)], env=direct_env(pg), timeout=600)
+    assert init.returncode == 0, init.stderr
+    pg.admin_sql("vacuum analyze", database="app")
+    return pg
+
+
+def pgbench_appliance(
+    lab: Lab,
+    pg: PgServer,
+    workdir: Path,
+    port: int,
+    *,
+    env: Mapping[str, str] | None = None,
+    durability: str | None = None,
+    executable: str = APPLIANCE,
+) -> AbstractContextManager[Appliance]:
+    """An appliance as the pgbench benchmarks run it: target ``db`` on ``port`` (account
+    ``app``), :data:`POLICY`, a checkpoint every second, ``ledger.durability`` (None: the
+    build's default), ``executable`` (another build's, for a baseline)."""
+    ledger: dict[str, Any] = {"checkpoint_interval": "1s"}
+    if durability is not None:
+        ledger["durability"] = durability
+    return running_appliance(
+        lab, pg, workdir,
+        targets=[TargetSpec("db", port, accounts=[("app", "app")])],
+        policy=POLICY, env=env, ledger_options=ledger, executable=executable,
+    )  # fmt: skip
+
+
 @contextmanager
 def profiled(pids: list[int], out: Path) -> Iterator[None]:
     """Sample ``pids`` (the daemon, its writer) with py-spy while the body runs, when
@@ -443,28 +477,19 @@ def test_pgbench_table(tmp_path: Path) -> None:
     """The one table of ``make bench``: see the module docstring."""
     only = set(filter(None, os.environ.get("PGBENCH_ONLY", "").split(",")))
     rounds = int(os.environ.get("PGBENCH_ROUNDS", "2"))
-    policy = POLICY
     tps: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     lat: dict[tuple[str, str], list[int]] = {}
     with Lab(n_targets=1) as lab, contextlib.ExitStack() as stack:
-        pg = lab.start_postgres(0)
-        init = lab.job(["pgbench", "-i", "-q", "-s", str(SCALE)], env=direct_env(pg), timeout=600)
-        assert init.returncode == 0, init.stderr
-        pg.admin_sql("vacuum analyze", database="app")
+        pg = pgbench_server(lab)
         setups = [Setup("direct", direct_env(pg))]
         for name, port, env, durability in APPLIANCES:
             if only and name not in only:
                 continue
             t0 = time.monotonic()
             app = stack.enter_context(
-                running_appliance(
-                    lab, pg, tmp_path / name,
-                    targets=[TargetSpec("db", port, accounts=[("app", "app")])],
-                    policy=policy, env=env,
-                    ledger_options={"checkpoint_interval": "1s", "durability": durability},
-                )
-            )  # fmt: skip
+                pgbench_appliance(lab, pg, tmp_path / name, port, env=env, durability=durability)
+            )
             # Start to ready, measured again on a restart (the first start also made keys).
             app.stop()
             t0 = time.monotonic()
@@ -710,23 +735,14 @@ def test_pgbench_against_a_baseline_build(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.chdir(tmp_path)
     rounds = int(os.environ.get("PGBENCH_ROUNDS", "3"))
     samples: dict[str, dict[str, list[float]]] = {}
-    policy = POLICY
     with Lab(n_targets=1) as lab:
-        pg = lab.start_postgres(0)
-        init = lab.job(["pgbench", "-i", "-q", "-s", str(SCALE)], env=direct_env(pg), timeout=600)
-        assert init.returncode == 0, init.stderr
-        pg.admin_sql("vacuum analyze", database="app")
+        pg = pgbench_server(lab)
         builds = {"this": (APPLIANCE, 6442), "baseline": (baseline, 6443)}
         with contextlib.ExitStack() as stack:
             for name, (exe, port) in builds.items():
                 stack.enter_context(
-                    running_appliance(
-                        lab, pg, tmp_path / name,
-                        targets=[TargetSpec("db", port, accounts=[("app", "app")])],
-                        policy=policy, ledger_options={"checkpoint_interval": "1s"},
-                        executable=exe,
-                    )
-                )  # fmt: skip
+                    pgbench_appliance(lab, pg, tmp_path / name, port, executable=exe)
+                )
             warm_up(lab, [local_env(port) for _, port in builds.values()])
             for r in range(rounds):
                 for workload, flags, mode in workloads():

@@ -17,7 +17,13 @@ Functions without symbols (a library's stripped code: Hyperscan's scan, orjson) 
 caller's leaf ``[unknown]``. Samples are taken by the clock (cpu-clock: a VM has no
 hardware counters), so a stretch with interrupts off is counted where they come back on
 (``_raw_spin_unlock_irqrestore``, ``finish_task_switch``). The README's "where the daemon's
-CPU goes" figures come from this. Run by hand (``SECONDS``, default 10)::
+CPU goes" figures come from this.
+
+Beside ``PGBENCH_PROFILE`` (:func:`tests.bench.bench_pgbench.profiled`: py-spy's raw stacks
+of every setup of a table run, not summed): py-spy samples by the wall clock, pausing the
+process at each sample, so a thread asleep or a ``write`` that is preempted counts as time
+there, and it sees no kernel frames; here only time on a CPU counts, the process runs
+undisturbed, and the kernel's part (TCP, wake-ups) is split by function too. Run by hand (``SECONDS``, default 10)::
 
     .venv/bin/python -m tests.bench.callstacks select-only simple [daemon|writer] [N]
 """
@@ -104,15 +110,13 @@ def main() -> None:
     from tests.bench.bench_pgbench import (
         APPLIANCES,
         CLIENTS,
-        POLICY,
-        SCALE,
         appliance_pids,
-        direct_env,
         local_env,
+        pgbench_appliance,
+        pgbench_server,
         run_pgbench,
     )
     from tests.lab.lab import Lab
-    from tests.lab.proxy import TargetSpec, running_appliance
 
     workload, mode = sys.argv[1], sys.argv[2]
     which = sys.argv[3] if len(sys.argv) > 3 else "daemon"
@@ -128,18 +132,10 @@ def main() -> None:
         contextlib.ExitStack() as stack,
     ):
         os.chdir(tmp)  # (as cpusplit.py: no `appliance` package in the working directory)
-        pg = lab.start_postgres(0)
-        init = lab.job(["pgbench", "-i", "-q", "-s", str(SCALE)], env=direct_env(pg), timeout=600)
-        assert init.returncode == 0, init.stderr
-        pg.admin_sql("vacuum analyze", database="app")
+        pg = pgbench_server(lab)
         app = stack.enter_context(
-            running_appliance(
-                lab, pg, Path(tmp) / name,
-                targets=[TargetSpec("db", port, accounts=[("app", "app")])],
-                policy=POLICY, env=env,
-                ledger_options={"checkpoint_interval": "1s", "durability": durability},
-            )
-        )  # fmt: skip
+            pgbench_appliance(lab, pg, Path(tmp) / name, port, env=env, durability=durability)
+        )
         run_pgbench(lab, local_env(port), ["-S"], 3, CLIENTS)  # warm-up
         pid = appliance_pids(app)[0 if which == "daemon" else 1]
         data = Path(tmp) / "perf.data"

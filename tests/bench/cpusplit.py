@@ -36,18 +36,16 @@ from pathlib import Path
 from tests.bench.bench_pgbench import (
     APPLIANCES,
     CLIENTS,
-    POLICY,
     PORTS,
-    SCALE,
     appliance_pids,
     cpu_times,
-    direct_env,
     local_env,
+    pgbench_appliance,
+    pgbench_server,
     pgbouncer,
     run_pgbench,
 )
 from tests.lab.lab import Lab
-from tests.lab.proxy import TargetSpec, running_appliance
 
 SECONDS = int(os.environ.get("SECONDS", "10"))
 SYSCALLS = [
@@ -127,32 +125,21 @@ def main() -> None:
         # From a directory without an ``appliance`` package: a baseline build's writer process
         # (``python -c``) would import this checkout's package from the working directory.
         os.chdir(tmp)
-        pg = lab.start_postgres(0)
-        init = lab.job(["pgbench", "-i", "-q", "-s", str(SCALE)], env=direct_env(pg), timeout=600)
-        assert init.returncode == 0, init.stderr
-        pg.admin_sql("vacuum analyze", database="app")
+        pg = pgbench_server(lab)
         setups = []
         for name, port, env, durability in APPLIANCES:
             if name in wanted:
                 app = stack.enter_context(
-                    running_appliance(
-                        lab, pg, Path(tmp) / name,
-                        targets=[TargetSpec("db", port, accounts=[("app", "app")])],
-                        policy=POLICY, env=env,
-                        ledger_options={"checkpoint_interval": "1s", "durability": durability},
+                    pgbench_appliance(
+                        lab, pg, Path(tmp) / name, port, env=env, durability=durability
                     )
-                )  # fmt: skip
+                )
                 setups.append((name, port, lambda app=app: appliance_pids(app)))
             baseline = os.environ.get("CPUSPLIT_BASELINE")
             if name == "appliance" and baseline:
                 app = stack.enter_context(
-                    running_appliance(
-                        lab, pg, Path(tmp) / "baseline",
-                        targets=[TargetSpec("db", 6443, accounts=[("app", "app")])],
-                        policy=POLICY, executable=baseline,
-                        ledger_options={"checkpoint_interval": "1s"},
-                    )
-                )  # fmt: skip
+                    pgbench_appliance(lab, pg, Path(tmp) / "baseline", 6443, executable=baseline)
+                )
                 setups.append(("baseline", 6443, lambda app=app: appliance_pids(app)))
         if "pgbouncer" in wanted:
             proc = stack.enter_context(pgbouncer(lab, pg, lab.dir / "pgbouncer"))
