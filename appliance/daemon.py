@@ -45,7 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from appliance import __version__, capture, collector
+from appliance import __version__, _pure, capture, collector
 from appliance.approvals import (
     ApprovalServer,
     Broker,
@@ -160,6 +160,27 @@ def sd_notify(message: str) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.connect(path)
         s.send(message.encode())
+
+
+def hot_path() -> dict[str, str]:
+    """Which build of the hot path serves (``appliance.start``'s ``hot_path``), said in the
+    log too: the pure-Python build spends about twice the CPU per statement, so a runner
+    image that did not compile it (or whose extensions are older than their sources)
+    serves at about half the throughput, and should not do so unnoticed."""
+    build, why = _pure.running()
+    if build == "compiled":
+        log.info("hot path: compiled (mypyc)")
+        return {"build": build}
+    if why == f"{_pure.ENV} is set":
+        log.info("hot path: pure Python (%s)", why)
+    else:
+        log.warning(
+            "hot path: %s: %s; it spends about twice the CPU per statement "
+            "(scripts/compile.py compiles it: make setup, packer/provision.sh)",
+            "pure Python" if build == "pure" else "partly compiled",
+            why,
+        )
+    return {"build": build, "why": why}
 
 
 def load_masking_key(
@@ -336,6 +357,7 @@ class Daemon:
             start["warning"] = policy.warning
         if cfg.proxy.workers > 1:
             log.warning(LIMITS)
+        start["hot_path"] = hot_path()
         start["previous_run"] = ended = previous_run(previous)
         if previous is not None and ended is not None and not ended["stopped_cleanly"]:
             log.warning(

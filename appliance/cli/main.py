@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from appliance import __version__
+from appliance import __version__, _pure
 from appliance.errors import ApplianceError
 
 # Each command: (module under appliance.cli, attribute holding the click command or group).
@@ -49,13 +49,29 @@ class _Commands(click.Group):
     cls=_Commands,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(__version__, prog_name="appliance")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _version(ctx, value),
+    help="Show the version and which build of the hot path runs (compiled or pure Python), "
+    "then exit.",
+)
 def cli() -> None:
     """Capture, decide, mask and record what CI jobs do to protected targets.
 
     Every privileged operation a job performs against a protected target is attributed to
     the job, checked against policy, masked, and recorded in a signed append-only ledger.
     """
+
+
+def _version(ctx: click.Context, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    build, why = _pure.running()
+    click.echo(f"appliance, version {__version__} (hot path: {build}{f': {why}' if why else ''})")
+    ctx.exit()
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from appliance import _pure
 from appliance.ledger import iter_entries
 from tests.lab.lab import Lab, PgServer, stop_process
 from tests.lab.test_capture_rules import marked_client, marked_root_job, reject_packets
@@ -305,6 +306,8 @@ def test_the_next_start_says_how_the_previous_run_ended(runner: Runner) -> None:
         assert (previous["last_type"] == "appliance.stop") is clean
         before = [e for e in runner.entries() if e["seq"] == previous["last_seq"]]
         assert before[0]["type"] == previous["last_type"] and before[0]["ts"] == previous["last_ts"]
+        # Which build of the hot path served: the one this suite runs (make test: compiled).
+        assert start["data"]["hot_path"]["build"] == _pure.running()[0]
 
 
 def test_outside_its_cgroup_the_appliance_refuses_to_start(runner: Runner) -> None:

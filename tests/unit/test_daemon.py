@@ -4,11 +4,15 @@ the lab (tests/lab/test_appliance_capture.py)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
+
+from appliance import _pure
 from appliance.capture import FlowOwner
 from appliance.config import parse_config
-from appliance.daemon import bypass_entries, previous_run
+from appliance.daemon import bypass_entries, hot_path, previous_run
 from appliance.ledger.recovery import LastEntry
 
 CONFIG = parse_config("""\
@@ -69,3 +73,27 @@ def test_a_flood_of_attempts_is_counted_past_the_first_ones() -> None:
     more, identity = entries[-1]
     assert identity is None
     assert more == {"more": 484, "pids": [100, 101, 102], "dsts": ["198.18.0.2:5432"]}
+
+
+def test_the_start_says_which_build_of_the_hot_path_serves(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``appliance.start``'s ``hot_path``: a pure-Python build nobody asked for is a warning
+    (a runner image that did not compile it serves at about half the throughput)."""
+    caplog.set_level(logging.INFO, logger="appliance")
+    monkeypatch.setattr(_pure, "running", lambda: ("compiled", ""))
+    assert hot_path() == {"build": "compiled"}
+    assert caplog.records[-1].levelno == logging.INFO
+    assert caplog.records[-1].getMessage() == "hot path: compiled (mypyc)"
+    asked = ("pure", "APPLIANCE_PURE is set")
+    monkeypatch.setattr(_pure, "running", lambda: asked)
+    assert hot_path() == {"build": "pure", "why": "APPLIANCE_PURE is set"}
+    assert caplog.records[-1].levelno == logging.INFO
+    why = "the hot path is not compiled here (scripts/compile.py has not run)"
+    monkeypatch.setattr(_pure, "running", lambda: ("pure", why))
+    assert hot_path() == {"build": "pure", "why": why}
+    assert caplog.records[-1].levelno == logging.WARNING
+    assert caplog.records[-1].getMessage().startswith(f"hot path: pure Python: {why};")
+    monkeypatch.setattr(_pure, "running", lambda: ("mixed", "1 of 36 hot modules ..."))
+    assert hot_path()["build"] == "mixed"
+    assert "partly compiled: 1 of 36" in caplog.records[-1].getMessage()

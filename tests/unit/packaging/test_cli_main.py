@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import click
+import pytest
 from click.testing import CliRunner
 
 from appliance.cli.main import cli
@@ -69,3 +70,19 @@ def test_the_daemon_without_issuers_loads_no_token_library() -> None:
     before, after = (set(line.split()) for line in done.stdout.decode().splitlines())
     assert not before & {"joserfc", "cryptography"}
     assert {"joserfc", "cryptography"} <= after
+
+
+def test_version_says_which_build_of_the_hot_path_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance import __version__, _pure
+
+    out = CliRunner().invoke(cli, ["--version"])
+    assert out.exit_code == 0
+    build, why = _pure.running()
+    assert out.output == (
+        f"appliance, version {__version__} (hot path: {build}{f': {why}' if why else ''})\n"
+    )
+    monkeypatch.setattr(_pure, "running", lambda: ("pure", "APPLIANCE_PURE is set"))
+    out = CliRunner().invoke(cli, ["--version"])
+    assert (
+        out.output == f"appliance, version {__version__} (hot path: pure: APPLIANCE_PURE is set)\n"
+    )

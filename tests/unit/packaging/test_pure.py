@@ -3,11 +3,14 @@ imports every module from its ``.py`` source, also where a compiled extension si
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+
+import pytest
 
 import appliance.proxy.pg.relay as relay
 from appliance import _pure
@@ -49,8 +52,6 @@ def test_this_process_runs_the_build_its_environment_asks_for() -> None:
 def test_a_stale_extension_is_never_imported(tmp_path: Path) -> None:
     """Sources edited since the last compile: the digest recorded beside the extensions no
     longer matches, and the sources run (an old extension would run old code)."""
-    import pytest
-
     mp = pytest.MonkeyPatch()
     try:
         digest = tmp_path / "compiled.sources"
@@ -63,3 +64,59 @@ def test_a_stale_extension_is_never_imported(tmp_path: Path) -> None:
         assert _pure.stale() is compiled  # without extensions nothing can be stale
     finally:
         mp.undo()
+
+
+_RUNNING = "import appliance._pure as p; print(repr(p.running()))"
+
+
+def _running_in_child(**env_add: str) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != _pure.ENV}
+    env.update(env_add)
+    out = subprocess.run(
+        [sys.executable, "-c", _RUNNING], env=env, capture_output=True, text=True, check=True,
+        cwd=ROOT,
+    )  # fmt: skip
+    build, why = ast.literal_eval(out.stdout)
+    return build, why
+
+
+def test_running_says_which_build_the_imports_take() -> None:
+    """What the daemon records as ``hot_path``: the build the hot modules are imported as,
+    in this process and in a child with and without APPLIANCE_PURE."""
+    assert _running_in_child(APPLIANCE_PURE="1") == ("pure", "APPLIANCE_PURE is set")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    compiled = (ROOT / "appliance" / "proxy" / "pg" / f"relay{suffix}").exists()
+    if compiled and not _pure.stale():
+        assert _running_in_child() == ("compiled", "")
+    build, why = _pure.running()
+    assert build == _pure.build(relay)
+    assert (why == "") is (build == "compiled")
+
+
+def test_running_names_hot_modules_left_uncompiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the pure-Python finder (nothing asked for it), the extensions' files decide:
+    none is the pure build, some a mixed one that names what is missing, all compiled."""
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not _is_sources_only(f)])
+    every = set(_pure.HOT_MODULES)
+    present: set[str] = set()
+    monkeypatch.setattr(_pure, "_extension", lambda m: _Exists(m in present))
+    build, why = _pure.running()
+    assert build == "pure" and "not compiled here" in why
+    present = every - {"appliance/proxy/pg/core.py"}
+    build, why = _pure.running()
+    assert build == "mixed" and why.endswith(": appliance/proxy/pg/core.py")
+    assert why.startswith(f"1 of {len(every)} hot modules")
+    present = every
+    assert _pure.running() == ("compiled", "")
+
+
+def _is_sources_only(finder: object) -> bool:
+    return type(finder).__name__ == "_SourcesOnly"
+
+
+class _Exists:
+    def __init__(self, exists: bool) -> None:
+        self._exists = exists
+
+    def exists(self) -> bool:
+        return self._exists
