@@ -44,7 +44,8 @@ test-pure: setup
 	$(MAKE) --no-print-directory unit-pure lab-pure guard
 
 # The runner image baked for real: debootstrap, packer/provision.sh, boot with systemd-nspawn
-# (tests/image/test_provision.py; about 2 minutes with its cache, 3 to 5 without).
+# (tests/image/test_provision.py; about 3.5 minutes with its cache, 5 to 7 without: provisioning
+# compiles the hot path).
 image:
 	$(PYTEST) tests/image -q -m image
 

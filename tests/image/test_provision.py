@@ -18,9 +18,9 @@ CA, the masking key) and ``db.internal.example`` pointing at the lab's PostgreSQ
 
 Caching (``$APPLIANCE_IMAGE_CACHE``, default ``/var/cache/appliance-image-test``): the
 debootstrapped base tree (keyed by suite, mirror and package list), the downloaded .debs and
-pip's cache. Cold (nothing cached) the test takes about 4 to 5 minutes on the 2-core VM
-(debootstrap under a minute, provisioning two to three); warm about 2 to 3 minutes, mostly
-dpkg unpacking bcc's LLVM and pip building the venv. It runs in ``make test`` (target
+pip's cache. Cold (nothing cached) the test takes about 5 to 7 minutes on the 2-core VM
+(debootstrap under a minute, provisioning three to five); warm about 3.5 minutes, mostly
+dpkg unpacking bcc's LLVM, pip building the venv and mypyc compiling the hot path. It runs in ``make test`` (target
 ``image``) and alone with ``make image-test``.
 
 Attribution: on the development VM bcc fails to compile ``bpf/attribution.c`` inside the
