@@ -296,6 +296,8 @@ def test_the_unit_is_enabled_and_starts_on_boot(image: tuple[Machine, Path, Path
     # pure-Python build at about twice the CPU per statement.
     assert start["hot_path"] == {"build": "compiled"}, start["hot_path"]
     assert "hot path: compiled (mypyc)" in journal, journal
+    version = machine.sh(["/opt/appliance/.venv/bin/appliance", "--version"])
+    assert version.stdout.endswith("(hot path: compiled)\n"), version
     # The container's cgroups are the lab's, not the host's root.
     own = Path(f"/proc/{machine.pid}/cgroup").read_text()
     assert f"/appliance-lab-{machine.lab.lab_id}/image" in own, own
