@@ -89,23 +89,22 @@ def stale() -> bool:
         return True
 
 
+def _missing() -> list[str]:
+    """The hot modules without a compiled extension beside them."""
+    return [m for m in HOT_MODULES if not _extension(m).exists()]
+
+
 def running() -> tuple[str, str]:
     """The build of the hot path this interpreter imports, and why when it is not the
-    compiled one: ``("compiled", "")``, ``("pure", why)`` or ``("mixed", why)`` (some hot
-    modules compiled, some not). Decided as the imports decide (:func:`install` has run:
-    ``import appliance`` runs it), from the environment and the extensions' files, so it
-    holds for hot modules not imported yet. The daemon says it at start and records it in
-    ``appliance.start``: the pure-Python build spends about twice the CPU per statement."""
+    compiled one: ``("compiled", "")`` or ``("pure", why)``. Decided as the imports decide
+    (:func:`install` has run: ``import appliance`` runs it), so it holds for hot modules
+    not imported yet. The daemon says it at start and records it in ``appliance.start``:
+    the pure-Python build spends about twice the CPU per statement."""
     for finder in sys.meta_path:
         if isinstance(finder, _SourcesOnly):
             return "pure", finder.why
-    missing = [m for m in HOT_MODULES if not _extension(m).exists()]
-    if len(missing) == len(HOT_MODULES):
+    if len(_missing()) == len(HOT_MODULES):
         return "pure", "the hot path is not compiled here (scripts/compile.py has not run)"
-    if missing:
-        return "mixed", f"{len(missing)} of {len(HOT_MODULES)} hot modules not compiled: " + (
-            ", ".join(missing)
-        )
     return "compiled", ""
 
 
@@ -137,20 +136,35 @@ class _SourcesOnly(importlib.abc.MetaPathFinder):
 
 def install() -> None:
     """Import the pure-Python build from here on if ``APPLIANCE_PURE`` is set (not "0"), or
-    if the compiled extensions are stale (then say so once, on stderr)."""
+    if the compiled extensions are stale or some are missing (then say so once, on
+    stderr).
+
+    Some missing: the build is all or nothing. The extensions are one mypyc group, and with
+    a module's extension missing what imports depends on the order of the imports (the
+    relay's missing: imported first by the compiled session core it came from the group,
+    compiled; imported first on its own, from its source): a mix no test has run."""
     if any(isinstance(f, _SourcesOnly) for f in sys.meta_path):
         return
     if os.environ.get(ENV, "0") not in ("", "0"):
         sys.meta_path.insert(0, _SourcesOnly(f"{ENV} is set"))
-    elif stale():
-        print(
-            "appliance: the compiled hot path is older than its sources; running the "
-            "pure-Python build (make setup compiles it again)",
-            file=sys.stderr,
+        return
+    missing = _missing()
+    if len(missing) == len(HOT_MODULES):
+        return  # not compiled: the sources are what imports anyway
+    if stale():
+        why = "the compiled extensions are older than their sources"
+    elif missing:
+        why = (
+            f"{len(missing)} of {len(HOT_MODULES)} hot modules have no compiled extension: "
+            + ", ".join(missing)
         )
-        sys.meta_path.insert(
-            0, _SourcesOnly("the compiled extensions are older than their sources")
-        )
+    else:
+        return
+    print(
+        f"appliance: {why}; running the pure-Python build (make setup compiles it again)",
+        file=sys.stderr,
+    )
+    sys.meta_path.insert(0, _SourcesOnly(why))
 
 
 def build(module: ModuleType) -> str:

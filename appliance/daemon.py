@@ -165,8 +165,8 @@ def sd_notify(message: str) -> None:
 def hot_path() -> dict[str, str]:
     """Which build of the hot path serves (``appliance.start``'s ``hot_path``), said in the
     log too: the pure-Python build spends about twice the CPU per statement, so a runner
-    image that did not compile it (or whose extensions are older than their sources)
-    serves at about half the throughput, and should not do so unnoticed."""
+    image that did not compile it (or whose extensions are older than their sources, or
+    incomplete) serves at about half the throughput, and should not do so unnoticed."""
     build, why = _pure.running()
     if build == "compiled":
         log.info("hot path: compiled (mypyc)")
@@ -175,9 +175,8 @@ def hot_path() -> dict[str, str]:
         log.info("hot path: pure Python (%s)", why)
     else:
         log.warning(
-            "hot path: %s: %s; it spends about twice the CPU per statement "
+            "hot path: pure Python: %s; it spends about twice the CPU per statement "
             "(scripts/compile.py compiles it: make setup, packer/provision.sh)",
-            "pure Python" if build == "pure" else "partly compiled",
             why,
         )
     return {"build": build, "why": why}

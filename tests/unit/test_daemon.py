@@ -94,6 +94,3 @@ def test_the_start_says_which_build_of_the_hot_path_serves(
     assert hot_path() == {"build": "pure", "why": why}
     assert caplog.records[-1].levelno == logging.WARNING
     assert caplog.records[-1].getMessage().startswith(f"hot path: pure Python: {why};")
-    monkeypatch.setattr(_pure, "running", lambda: ("mixed", "1 of 36 hot modules ..."))
-    assert hot_path()["build"] == "mixed"
-    assert "partly compiled: 1 of 36" in caplog.records[-1].getMessage()

@@ -93,21 +93,36 @@ def test_running_says_which_build_the_imports_take() -> None:
     assert (why == "") is (build == "compiled")
 
 
-def test_running_names_hot_modules_left_uncompiled(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the pure-Python finder (nothing asked for it), the extensions' files decide:
-    none is the pure build, some a mixed one that names what is missing, all compiled."""
+def test_a_partial_build_runs_as_pure_python_and_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The build is all or nothing (one mypyc group: compiled modules call each other's
+    compiled code directly). Without APPLIANCE_PURE, the extensions' files decide: none is
+    the pure build, all (of these sources) the compiled one, some the pure build too, said
+    on stderr and by running(), naming what is missing."""
+    monkeypatch.delenv(_pure.ENV, raising=False)
     monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not _is_sources_only(f)])
+    monkeypatch.setattr(_pure, "stale", lambda: False)
     every = set(_pure.HOT_MODULES)
     present: set[str] = set()
     monkeypatch.setattr(_pure, "_extension", lambda m: _Exists(m in present))
+    _pure.install()
     build, why = _pure.running()
     assert build == "pure" and "not compiled here" in why
-    present = every - {"appliance/proxy/pg/core.py"}
-    build, why = _pure.running()
-    assert build == "mixed" and why.endswith(": appliance/proxy/pg/core.py")
-    assert why.startswith(f"1 of {len(every)} hot modules")
     present = every
+    _pure.install()
     assert _pure.running() == ("compiled", "")
+    assert capsys.readouterr().err == ""
+    present = every - {"appliance/proxy/pg/core.py"}
+    _pure.install()
+    build, why = _pure.running()
+    assert build == "pure"
+    assert why == f"1 of {len(every)} hot modules have no compiled extension: " + (
+        "appliance/proxy/pg/core.py"
+    )
+    assert why in capsys.readouterr().err
+    present = every
+    assert _pure.running() == ("pure", why)  # decided once, at the first import
 
 
 def _is_sources_only(finder: object) -> bool:
