@@ -21,6 +21,7 @@ from pathlib import Path
 from types import ModuleType
 
 ENV = "APPLIANCE_PURE"
+ASKED = f"{ENV} is set"  # running()'s why when the environment asked for the pure build
 # The modules scripts/compile.py compiles (the hot path), and the digest of their sources it
 # records beside the extensions: an extension older than its source is never imported.
 HOT_MODULES = (
@@ -146,7 +147,7 @@ def install() -> None:
     if any(isinstance(f, _SourcesOnly) for f in sys.meta_path):
         return
     if os.environ.get(ENV, "0") not in ("", "0"):
-        sys.meta_path.insert(0, _SourcesOnly(f"{ENV} is set"))
+        sys.meta_path.insert(0, _SourcesOnly(ASKED))
         return
     missing = _missing()
     if len(missing) == len(HOT_MODULES):

@@ -171,7 +171,7 @@ def hot_path() -> dict[str, str]:
     if build == "compiled":
         log.info("hot path: compiled (mypyc)")
         return {"build": build}
-    if why == f"{_pure.ENV} is set":
+    if why == _pure.ASKED:
         log.info("hot path: pure Python (%s)", why)
     else:
         log.warning(
