@@ -29,8 +29,11 @@ appliance's start-to-ready time (a restart, process start to ready file), and th
 transaction of the appliance and of PgBouncer at the same rate (``pgbench -R``, 90% of the
 appliance's median tps; ``PGBENCH_SAME_RATE=0`` leaves it out): per transaction a process
 spends more the fewer transactions share each wake-up, so the table's CPU column compares
-the appliance at its throughput with PgBouncer at a higher one. Nothing is asserted about
-speed. ``PGBENCH_ONLY=appliance,pgbouncer`` restricts the setups (direct
+the appliance at its throughput with PgBouncer at a higher one. Also under it: the disk's
+flush latency in the ledgers' file system (:func:`disk_flush_us`, measured before the
+rounds: each write-ahead sync waits for one), and for tpcb-like one client's latency per
+statement and setup (``pgbench -r`` in the latency runs, :func:`statements_table`). Nothing
+is asserted about speed. ``PGBENCH_ONLY=appliance,pgbouncer`` restricts the setups (direct
 always runs), ``PGBENCH_WORKLOADS=select-only:simple,tpcb-like:prepared`` the workloads.
 
 ``tests/bench/pgcore.py`` plays the same conversations through the session core without
@@ -481,7 +484,7 @@ def disk_flush_us(directory: Path, times: int = 500) -> list[float]:
     does it: ``pwrite`` of a few hundred bytes into a file of fixed length written once,
     then ``fdatasync`` (no size or block changes), ``times`` times, µs each, sorted. A
     write-ahead sync waits for one; the figure moves from day to day on this VM (93 µs at
-    the median in session 16, 173-176 in session 20), and the write-ahead rows with it."""
+    the median in session 16, 129-176 in session 20), and the write-ahead rows with it."""
     path = directory / "disk-flush.bin"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
