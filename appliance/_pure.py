@@ -95,25 +95,24 @@ def _missing() -> list[str]:
     return [m for m in HOT_MODULES if not _extension(m).exists()]
 
 
+NOT_COMPILED = "the hot path is not compiled here (scripts/compile.py has not run)"
+# What install() decided: the build, and why when it is not the compiled one.
+_build: tuple[str, str] = ("pure", NOT_COMPILED)
+
+
 def running() -> tuple[str, str]:
     """The build of the hot path this interpreter imports, and why when it is not the
-    compiled one: ``("compiled", "")`` or ``("pure", why)``. Decided as the imports decide
-    (:func:`install` has run: ``import appliance`` runs it), so it holds for hot modules
-    not imported yet. The daemon says it at start and records it in ``appliance.start``:
-    the pure-Python build spends about twice the CPU per statement."""
-    for finder in sys.meta_path:
-        if isinstance(finder, _SourcesOnly):
-            return "pure", finder.why
-    if len(_missing()) == len(HOT_MODULES):
-        return "pure", "the hot path is not compiled here (scripts/compile.py has not run)"
-    return "compiled", ""
+    compiled one: ``("compiled", "")`` or ``("pure", why)``, as :func:`install` decided it
+    at ``import appliance``, so it holds for hot modules not imported yet. The daemon says
+    it at start and records it in ``appliance.start``: the pure-Python build spends about
+    twice the CPU per statement."""
+    return _build
 
 
 class _SourcesOnly(importlib.abc.MetaPathFinder):
     """Finds ``appliance.*`` modules among ``.py`` (and cached bytecode) files only."""
 
-    def __init__(self, why: str) -> None:
-        self.why = why  # why the pure-Python build runs (for running())
+    def __init__(self) -> None:
         self._finders: dict[str, machinery.FileFinder] = {}
 
     def find_spec(
@@ -144,14 +143,17 @@ def install() -> None:
     a module's extension missing what imports depends on the order of the imports (the
     relay's missing: imported first by the compiled session core it came from the group,
     compiled; imported first on its own, from its source): a mix no test has run."""
+    global _build
     if any(isinstance(f, _SourcesOnly) for f in sys.meta_path):
         return
     if os.environ.get(ENV, "0") not in ("", "0"):
-        sys.meta_path.insert(0, _SourcesOnly(ASKED))
+        _build = ("pure", ASKED)
+        sys.meta_path.insert(0, _SourcesOnly())
         return
     missing = _missing()
     if len(missing) == len(HOT_MODULES):
-        return  # not compiled: the sources are what imports anyway
+        _build = ("pure", NOT_COMPILED)  # the sources are what imports anyway
+        return
     if stale():
         why = "the compiled extensions are older than their sources"
     elif missing:
@@ -160,12 +162,14 @@ def install() -> None:
             + ", ".join(missing)
         )
     else:
+        _build = ("compiled", "")
         return
     print(
         f"appliance: {why}; running the pure-Python build (make setup compiles it again)",
         file=sys.stderr,
     )
-    sys.meta_path.insert(0, _SourcesOnly(why))
+    _build = ("pure", why)
+    sys.meta_path.insert(0, _SourcesOnly())
 
 
 def build(module: ModuleType) -> str:

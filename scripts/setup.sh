@@ -148,9 +148,9 @@ if ! .venv/bin/python scripts/compile.py >.venv/compile.log 2>&1; then
 fi
 # What the daemon will say at start (appliance.start's hot_path); not compiled here means
 # the benchmarks and the lab run the pure-Python build (about twice the CPU a statement).
-if ! build=$(env -u APPLIANCE_PURE .venv/bin/python -c 'import sys; from appliance import _pure
-build, why = _pure.running(); print(build, why); sys.exit(build != "compiled")' 2>&1); then
-  log "warning: the hot path is not compiled: $build (see .venv/compile.log)"
+version=$(env -u APPLIANCE_PURE .venv/bin/appliance --version 2>&1) || true
+if [[ "$version" != *"(hot path: compiled)" ]]; then
+  log "warning: the hot path is not compiled: $version (see .venv/compile.log)"
 fi
 .venv/bin/python -c 'import bcc' 2>/dev/null || log "warning: 'import bcc' fails in .venv"
 log "ready"

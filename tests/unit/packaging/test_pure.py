@@ -102,6 +102,7 @@ def test_a_partial_build_runs_as_pure_python_and_says_what_is_missing(
     on stderr and by running(), naming what is missing."""
     monkeypatch.delenv(_pure.ENV, raising=False)
     monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not _is_sources_only(f)])
+    monkeypatch.setattr(_pure, "_build", _pure.running())  # restored afterwards
     monkeypatch.setattr(_pure, "stale", lambda: False)
     every = set(_pure.HOT_MODULES)
     present: set[str] = set()
