@@ -15,121 +15,41 @@ processes) at each step of every :meth:`RemoteLedger.sync`:
 - ``to_loop``: until the settling callback runs on the event loop;
 - ``resume``: until the coroutine that awaited ``sync()`` runs again.
 
-The writer process is instrumented through a ``sitecustomize`` module on its
-``PYTHONPATH`` (it wraps ``os.fsync`` before the ledger is imported, and a few methods of
-:mod:`appliance.ledger.remote`); nothing in the appliance is changed. Timings include the
-instrumentation's own few µs per stamp. Run by hand::
+The stamps are :mod:`tests.bench.synctrace`'s: the writer process is instrumented through a
+``sitecustomize`` module on its ``PYTHONPATH`` (it wraps ``os.fsync`` before the ledger is
+imported, and a few methods of :mod:`appliance.ledger.remote`); nothing in the appliance is
+changed. Timings include the instrumentation's own few µs per stamp. Each sync's stamps are
+matched by its token, so syncs of several sessions at once (group commit: one fsync answers
+every SYNC of a gulp) are each measured from their own call. Run by hand::
 
     .venv/bin/python -m tests.bench.syncpath tpcb-like simple 2000 [uvloop|asyncio [SERVER_US]]
 
 ``SERVER_US``: the server's answer to each statement comes that many µs later (the loop
 runs meanwhile, so the sender's batching timer may fire inside a transaction, as in a lab).
+
+``lab``: the same stamps in a lab (needs root), in the daemon and its writer process as
+:mod:`tests.bench.bench_pgbench` runs them, while pgbench runs ``CLIENTS`` clients (default 1)
+for ``SECONDS`` (default 8) with ``-r``: at several clients the daemon's event loop is shared
+by the sessions, and the steps show where a sync waits for it::
+
+    .venv/bin/python -m tests.bench.syncpath lab tpcb-like simple [CLIENTS [SECONDS]]
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
+import pickle
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from appliance.ledger import remote
 from appliance.proxy.commands import AwaitDurable, Durable
-from tests.bench import pgcore
-
-# Run in the writer process (APPLIANCE_SYNCTRACE names the file it writes its stamps to).
-_SITECUSTOMIZE = r"""
-import os, time
-_out = os.environ.get("APPLIANCE_SYNCTRACE")
-if _out and "APPLIANCE_LEDGER_FD" in os.environ:
-    _now = time.monotonic_ns
-    _events = []
-
-    def _timed(real):
-        def sync(fd):
-            t0 = _now()
-            real(fd)
-            t1 = _now()
-            try:
-                name = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:
-                name = "?"
-            _events.append(("fsync", t0, t1, name))
-        return sync
-
-    os.fsync = _timed(os.fsync)
-    os.fdatasync = _timed(os.fdatasync)
-    from appliance.ledger import remote as _r
-
-    _recv = _r._Reader.recv
-    def recv(self):
-        data = _recv(self)
-        _events.append(("recv", _now(), len(data)))
-        return data
-    _r._Reader.recv = recv
-
-    _handle = _r._Child.handle
-    def handle(self, writer, conn, kind, payload):
-        if kind == _r.SYNC:
-            _events.append(("sync", _now()))
-        return _handle(self, writer, conn, kind, payload)
-    _r._Child.handle = handle
-
-    _send = _r._Conn.send
-    def send(self, kind, payload):
-        if kind == _r._SYNCED:
-            _events.append(("synced", _now()))
-        return _send(self, kind, payload)
-    _r._Conn.send = send
-
-    _run = _r._Child.run
-    def run(self):
-        try:
-            return _run(self)
-        finally:
-            import pickle
-            with open(_out, "wb") as f:
-                pickle.dump(_events, f)
-    _r._Child.run = run
-"""
-
-
-def _instrument_proxy(events: list[tuple[Any, ...]]) -> None:
-    """Stamps on the proxy's side: sync called, sent, listener settling, loop running it,
-    coroutine resumed."""
-    now = time.monotonic_ns
-    real_sync = remote.RemoteLedger.sync
-    real_resolve = remote.RemoteLedger._resolve_syncs
-    real_settle = remote._settle
-
-    async def sync(self: remote.RemoteLedger) -> None:
-        events.append(("call", now()))
-        await real_sync(self)
-        events.append(("resumed", now()))
-
-    def resolve(self: remote.RemoteLedger, *, final: bool = False) -> None:
-        if any(token <= self._synced for token, _, _ in self._sync_waiters):
-            events.append(("listener", now()))
-        real_resolve(self, final=final)
-
-    def settle(future: asyncio.Future[None], error: BaseException | None) -> None:
-        events.append(("settle", now()))
-        real_settle(future, error)
-
-    real_send_out = remote.RemoteLedger._send_out
-
-    def send_out(self: remote.RemoteLedger) -> None:
-        real_send_out(self)
-        events.append(("sent", now()))
-
-    remote.RemoteLedger.sync = sync  # type: ignore[method-assign]
-    remote.RemoteLedger._resolve_syncs = resolve  # type: ignore[method-assign]
-    remote._settle = settle
-    remote.RemoteLedger._send_out = send_out  # type: ignore[method-assign,assignment]
+from tests.bench import pgcore, synctrace
+from tests.bench.synctrace import Events
 
 
 def _slow_server(seconds: float) -> None:
@@ -154,97 +74,116 @@ def _slow_server(seconds: float) -> None:
     pgcore.Conversation.step = step  # type: ignore[method-assign]
 
 
-def _after(events: list[tuple[Any, ...]], kind: str, t: int) -> tuple[Any, ...] | None:
-    for e in events:
-        if e[0] == kind and e[1] >= t:
-            return e
-    return None
+STEPS = ("send", "to_child", "to_fsync", "fsync", "answer", "to_listener", "to_loop", "resume")
 
 
-def breakdown(proxy: list[tuple[Any, ...]], child: list[tuple[Any, ...]]) -> dict[str, Any]:
-    """Per-sync step durations (µs) matched by time (one client: syncs do not overlap)."""
-    steps: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "send",
-            "to_child",
-            "to_fsync",
-            "fsync",
-            "answer",
-            "to_listener",
-            "to_loop",
-            "resume",
-            "total",
-        )
-    }
-    fsyncs: list[int] = []
+def breakdown(proxy: Events, child: Events) -> dict[str, Any]:
+    """Per sync, the step durations (µs, see the module docstring), its stamps matched by
+    its token: in the writer, the SYNC handled, the ``recv`` that brought it (the last one
+    before), the fsyncs between it and the first answer that covers its token; in the
+    proxy, its ``call``, ``sent``, ``listener``, ``settle`` and ``resumed``. A sync missing
+    a stamp (the run ended first) is left out. ``fsyncs_per_sync``: the fsyncs in each
+    sync's wait (one shared by a gulp's syncs counts for each); ``fsynced``: the files of
+    those fsyncs, each fsync once."""
+    stamps: dict[str, dict[int, int]] = {k: {} for k in ("call", "sent", "listener", "settle")}
+    stamps["resumed"] = {}
+    for kind, t, token in proxy:
+        stamps[kind].setdefault(token, t)
+    handled = {e[2]: e[1] for e in child if e[0] == "sync"}
+    recvs = sorted(e[1] for e in child if e[0] == "recv")
+    answers = sorted((e[1], e[2]) for e in child if e[0] == "synced")
+    fsyncs = sorted((e[1], e[2], e[3]) for e in child if e[0] == "fsync")
+    steps: dict[str, list[float]] = {k: [] for k in (*STEPS, "total")}
+    per_sync: list[int] = []
+    covered: set[tuple[int, int, str]] = set()
     slow: list[str] = []
-    names: dict[str, int] = {}
-    calls = [e[1] for e in proxy if e[0] == "call"]
-    for t_call in calls:
-        sent = _after(proxy, "sent", t_call)
-        got = _after(child, "sync", t_call)
-        synced = _after(child, "synced", t_call)
-        listener = _after(proxy, "listener", t_call)
-        settle = _after(proxy, "settle", t_call)
-        resumed = _after(proxy, "resumed", t_call)
-        if None in (sent, got, synced, listener, settle, resumed):
+    us = 1e-3
+    for token, t_call in sorted(stamps["call"].items()):
+        t_sync = handled.get(token)
+        got = [stamps[k].get(token) for k in ("sent", "listener", "settle", "resumed")]
+        if t_sync is None or None in got:
             continue
-        assert sent and got and synced and listener and settle and resumed
-        # the recv that brought the SYNC: the last one before it was handled
-        recvs = [e for e in child if e[0] == "recv" and t_call <= e[1] <= got[1]]
-        t_recv = recvs[-1][1] if recvs else got[1]
-        these = [e for e in child if e[0] == "fsync" and got[1] <= e[1] <= synced[1]]
-        fsyncs.append(len(these))
-        for e in these:
-            names[e[3]] = names.get(e[3], 0) + 1
-        first = these[0][1] if these else synced[1]
-        last = these[-1][2] if these else synced[1]
-        us = 1e-3
-        steps["send"].append((sent[1] - t_call) * us)
-        steps["to_child"].append((t_recv - sent[1]) * us)
-        steps["to_fsync"].append((first - t_recv) * us)
-        steps["fsync"].append((last - first) * us)
-        steps["answer"].append((synced[1] - last) * us)
-        steps["to_listener"].append((listener[1] - synced[1]) * us)
-        steps["to_loop"].append((settle[1] - listener[1]) * us)
-        steps["resume"].append((resumed[1] - settle[1]) * us)
-        steps["total"].append((resumed[1] - t_call) * us)
-        if (resumed[1] - t_call) * us > 1000:
+        sent, listener, settle, resumed = (t for t in got if t is not None)
+        at = bisect.bisect_right(recvs, t_sync)
+        t_recv = recvs[at - 1] if at else t_sync
+        t_synced = next((t for t, value in answers if t >= t_sync and value >= token), None)
+        if t_synced is None:
+            continue
+        these = [f for f in fsyncs if t_sync <= f[0] and f[1] <= t_synced]
+        per_sync.append(len(these))
+        covered.update(these)
+        first = these[0][0] if these else t_synced
+        last = these[-1][1] if these else t_synced
+        for k, v in zip(
+            (*STEPS, "total"),
+            (
+                sent - t_call,
+                t_recv - sent,
+                first - t_recv,
+                last - first,
+                t_synced - last,
+                listener - t_synced,
+                settle - listener,
+                resumed - settle,
+                resumed - t_call,
+            ),
+            strict=True,
+        ):
+            steps[k].append(v * us)
+        if (resumed - t_call) * us > 1000:
             slow.append(
-                f"slow sync: total {(resumed[1] - t_call) * us:.0f} µs, "
-                + ", ".join(f"{k} {v[-1]:.0f}" for k, v in steps.items() if k != "total")
-                + f"; fsyncs {[e[3].rsplit('/', 1)[-1] for e in these]}"
+                f"slow sync: total {(resumed - t_call) * us:.0f} µs, "
+                + ", ".join(f"{k} {steps[k][-1]:.0f}" for k in STEPS)
+                + f"; fsyncs {[f[2].rsplit('/', 1)[-1] for f in these]}"
             )
     out: dict[str, Any] = {"syncs": len(steps["total"])}
     for k, v in steps.items():
         if v:
             v.sort()
             out[k] = (statistics.median(v), v[int(len(v) * 0.99)], statistics.mean(v))
-    out["fsyncs_per_sync"] = statistics.mean(fsyncs) if fsyncs else 0
+    out["fsyncs_per_sync"] = statistics.mean(per_sync) if per_sync else 0
     late = steps["to_child"]
     out["late"] = sum(1 for v in late if v > 500) / len(late) if late else 0.0
+    names: dict[str, int] = {}
+    for f in covered:
+        names[f[2]] = names.get(f[2], 0) + 1
     out["fsynced"] = names
     out["slow"] = slow
     return out
 
 
+def report(out: dict[str, Any]) -> None:
+    """Print :func:`breakdown`'s figures."""
+    print(f"syncs matched: {out.pop('syncs')}; fsyncs per sync: {out.pop('fsyncs_per_sync'):.2f}")
+    print("fsynced:", out.pop("fsynced"))
+    print(f"syncs read by the writer over 500 µs after they were sent: {out.pop('late'):.1%}")
+    for line in out.pop("slow")[:20]:
+        print(line)
+    print(f"{'step':<12} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8}")
+    for k, (p50, p99, mean) in out.items():
+        print(f"{k:<12} {p50:8.1f} {p99:8.1f} {mean:8.1f}")
+
+
 def main() -> None:
+    if sys.argv[1] == "lab":
+        workload, mode = sys.argv[2], sys.argv[3]
+        clients = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+        seconds = int(sys.argv[5]) if len(sys.argv) > 5 else 8
+        in_lab(workload, mode, clients, seconds)
+        return
     workload, mode = sys.argv[1], sys.argv[2]
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 2000
     loop = sys.argv[4] if len(sys.argv) > 4 else "uvloop"
     server_us = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     with tempfile.TemporaryDirectory() as tmp:
-        site = Path(tmp) / "site"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+        site = synctrace.sitecustomize(Path(tmp))
         trace = Path(tmp) / "child.pickle"
-        os.environ["APPLIANCE_SYNCTRACE"] = str(trace)
+        os.environ[synctrace.WRITER_ENV] = str(trace)
         os.environ["PYTHONPATH"] = os.pathsep.join(
             [str(site), *filter(None, [os.environ.get("PYTHONPATH")])]
         )
-        proxy: list[tuple[Any, ...]] = []
-        _instrument_proxy(proxy)
+        proxy: synctrace.Events = []
+        synctrace.instrument_proxy(proxy)
         if server_us:
             _slow_server(server_us / 1e6)
         coro = pgcore.run(workload, mode, n, clients=1)
@@ -254,21 +193,50 @@ def main() -> None:
             result = uvloop.run(coro)
         else:
             result = asyncio.run(coro)
-        import pickle
-
         child = pickle.loads(trace.read_bytes())
     calls = sum(1 for e in proxy if e[0] == "call")
     print(f"{workload} {mode} ({loop}): {n} transactions (+1 warm-up), {calls} syncs")
     print(" ".join(f"{k}={v:.1f}" for k, v in result.items()))
-    out = breakdown(proxy, child)
-    print(f"syncs matched: {out.pop('syncs')}; fsyncs per sync: {out.pop('fsyncs_per_sync'):.2f}")
-    print("fsynced:", out.pop("fsynced"))
-    print(f"syncs read by the writer over 500 µs after they were sent: {out.pop('late'):.1%}")
-    for line in out.pop("slow")[:20]:
-        print(line)
-    print(f"{'step':<12} {'p50 µs':>8} {'p99 µs':>8} {'mean µs':>8}")
-    for k, (p50, p99, mean) in out.items():
-        print(f"{k:<12} {p50:8.1f} {p99:8.1f} {mean:8.1f}")
+    report(breakdown(proxy, child))
+
+
+def in_lab(workload: str, mode: str, clients: int, seconds: int) -> None:
+    """The stamps of every sync in a lab's daemon and writer while pgbench runs (see the
+    module docstring); prints pgbench's summary and END's latency, then the steps."""
+    from tests.bench.bench_pgbench import WORKLOADS, local_env, pgbench_appliance, pgbench_server
+    from tests.lab.lab import Lab
+
+    flags = dict(WORKLOADS)[workload]
+    with tempfile.TemporaryDirectory() as tmp, Lab(n_targets=1) as lab:
+        os.chmod(tmp, 0o755)  # the daemon and its writer write their stamps here
+        site = synctrace.sitecustomize(Path(tmp))
+        trace, prefix = Path(tmp) / "child.pickle", Path(tmp) / "proxy.pickle"
+        env = {
+            "PYTHONPATH": str(site),
+            synctrace.WRITER_ENV: str(trace),
+            synctrace.PROXY_ENV: str(prefix),
+        }
+        pg = pgbench_server(lab)
+        with pgbench_appliance(lab, pg, Path(tmp) / "appliance", 6432, env=env):
+            job_env = local_env(6432)
+            lab.job(["pgbench", "-n", "-c", str(clients), "-T", "2"], env=job_env, timeout=60)
+            command = ["pgbench", "-n", "-r", "-c", str(clients), "-j", str(min(clients, 2))]
+            command += ["-T", str(seconds), "-M", mode, *flags]
+            run = lab.job(
+                command,
+                env=job_env,
+                timeout=seconds + 60,
+            )
+            assert run.returncode == 0, run.stderr
+        # the daemon has stopped: both processes wrote their stamps
+        proxy, child = synctrace.proxy_events(prefix), pickle.loads(trace.read_bytes())
+    print(f"{workload} -M {mode}, {clients} clients, -T {seconds}, write-ahead, in a lab:")
+    for line in run.stdout.splitlines():
+        if line.startswith(("tps", "latency average")) or line.strip().endswith("END;"):
+            print("  " + line.strip())
+    calls = sum(1 for e in proxy if e[0] == "call")
+    print(f"{calls} syncs")
+    report(breakdown(proxy, child))
 
 
 if __name__ == "__main__":
