@@ -85,14 +85,17 @@ def breakdown(proxy: Events, child: Events) -> dict[str, Any]:
     a stamp (the run ended first) is left out. ``fsyncs_per_sync``: the fsyncs in each
     sync's wait (one shared by a gulp's syncs counts for each); ``fsynced``: the files of
     those fsyncs, each fsync once."""
-    stamps: dict[str, dict[int, int]] = {k: {} for k in ("call", "sent", "listener", "settle")}
-    stamps["resumed"] = {}
+    stamps: dict[str, dict[int, int]] = {
+        k: {} for k in ("call", "sent", "listener", "settle", "resumed")
+    }
     for kind, t, token in proxy:
         stamps[kind].setdefault(token, t)
     handled = {e[2]: e[1] for e in child if e[0] == "sync"}
     recvs = sorted(e[1] for e in child if e[0] == "recv")
     answers = sorted((e[1], e[2]) for e in child if e[0] == "synced")
+    answer_times = [t for t, _ in answers]
     fsyncs = sorted((e[1], e[2], e[3]) for e in child if e[0] == "fsync")
+    fsync_starts = [f[0] for f in fsyncs]
     steps: dict[str, list[float]] = {k: [] for k in (*STEPS, "total")}
     per_sync: list[int] = []
     covered: set[tuple[int, int, str]] = set()
@@ -106,10 +109,16 @@ def breakdown(proxy: Events, child: Events) -> dict[str, Any]:
         sent, listener, settle, resumed = (t for t in got if t is not None)
         at = bisect.bisect_right(recvs, t_sync)
         t_recv = recvs[at - 1] if at else t_sync
-        t_synced = next((t for t, value in answers if t >= t_sync and value >= token), None)
-        if t_synced is None:
+        # (searched from the SYNC's handling on: the lists are sorted by time)
+        i = bisect.bisect_left(answer_times, t_sync)
+        while i < len(answers) and answers[i][1] < token:
+            i += 1
+        if i == len(answers):
             continue
-        these = [f for f in fsyncs if t_sync <= f[0] and f[1] <= t_synced]
+        t_synced = answers[i][0]
+        lo = bisect.bisect_left(fsync_starts, t_sync)
+        hi = bisect.bisect_right(fsync_starts, t_synced)
+        these = [f for f in fsyncs[lo:hi] if f[1] <= t_synced]
         per_sync.append(len(these))
         covered.update(these)
         first = these[0][0] if these else t_synced
@@ -154,8 +163,11 @@ def breakdown(proxy: Events, child: Events) -> dict[str, Any]:
 
 def report(out: dict[str, Any]) -> None:
     """Print :func:`breakdown`'s figures."""
-    print(f"syncs matched: {out.pop('syncs')}; fsyncs per sync: {out.pop('fsyncs_per_sync'):.2f}")
-    print("fsynced:", out.pop("fsynced"))
+    syncs, waited, fsynced = out.pop("syncs"), out.pop("fsyncs_per_sync"), out.pop("fsynced")
+    distinct = sum(fsynced.values()) / syncs if syncs else 0.0
+    print(f"syncs matched: {syncs}; fsyncs in a sync's wait: {waited:.2f}; fsyncs a sync, each")
+    print(f"counted once: {distinct:.2f} (under 1: group commit answered several syncs with one)")
+    print("fsynced:", fsynced)
     print(f"syncs read by the writer over 500 µs after they were sent: {out.pop('late'):.1%}")
     for line in out.pop("slow")[:20]:
         print(line)
